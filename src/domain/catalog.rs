@@ -1,0 +1,188 @@
+//! The catalog: locations and channels. A channel lists, in sourcing priority order, the
+//! locations it may sell from, with a safety buffer and an optional cap on what it exposes.
+//! The catalog is small and changes rarely, so the engine shares it as an immutable
+//! snapshot (`Arc<Catalog>`) and replaces it whole on change (copy-on-write).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ChannelId, LocationId};
+use super::limits::{
+    MAX_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL, MAX_QTY, MAX_REGION_BYTES,
+};
+use super::rejection::Rejection;
+
+/// What kind of place a location is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LocationKind {
+    /// A distribution centre.
+    Warehouse,
+    /// A physical store (stock also sold at the till).
+    Store,
+    /// A micro-fulfilment site for quick commerce.
+    DarkStore,
+    /// Stock held by a marketplace (e.g. Amazon FBA).
+    MarketplaceFulfilled,
+    /// Stock shipped directly by a supplier.
+    Dropship,
+}
+
+/// A stock location.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    /// Its id.
+    pub id: LocationId,
+    /// Its kind.
+    pub kind: LocationKind,
+    /// Region code, e.g. `FR` or `US-CA`.
+    pub region: String,
+}
+
+/// A sales channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Its id.
+    pub id: ChannelId,
+    /// Locations it sells from, highest sourcing priority first.
+    pub locations: Vec<LocationId>,
+    /// Units held back from this channel (per SKU) as a safety buffer.
+    pub buffer: u32,
+    /// Most units the channel may expose per SKU, if capped.
+    pub cap: Option<u32>,
+}
+
+impl Channel {
+    /// Position of `loc` in the sourcing order, if the channel sells from it.
+    pub fn priority_of(&self, loc: &LocationId) -> Option<usize> {
+        self.locations.iter().position(|l| l == loc)
+    }
+}
+
+/// Commands that change the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogCommand {
+    /// Create or replace a location.
+    UpsertLocation(Location),
+    /// Create or replace a channel.
+    UpsertChannel(Channel),
+}
+
+/// Events of the catalog (past tense); the catalog is a fold over them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogEvent {
+    /// A location was created or replaced.
+    LocationUpserted(Location),
+    /// A channel was created or replaced.
+    ChannelUpserted(Channel),
+}
+
+/// Locations and channels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// All locations by id.
+    pub locations: BTreeMap<LocationId, Location>,
+    /// All channels by id.
+    pub channels: BTreeMap<ChannelId, Channel>,
+    /// Log sequence number of the last event applied (0 before any).
+    pub last_seq: u64,
+}
+
+impl Catalog {
+    /// The shared id of a known location (so buckets share one allocation per location).
+    pub fn location_id(&self, name: &str) -> Option<&LocationId> {
+        self.locations.get_key_value(name).map(|(k, _)| k)
+    }
+
+    /// Looks a channel up, or rejects with `UnknownChannel`.
+    pub fn channel(&self, id: &ChannelId) -> Result<&Channel, Rejection> {
+        self.channels
+            .get(id)
+            .ok_or_else(|| Rejection::UnknownChannel(id.clone()))
+    }
+
+    /// Rejects an unknown location.
+    pub fn require_location(&self, id: &LocationId) -> Result<(), Rejection> {
+        if self.locations.contains_key(id) {
+            Ok(())
+        } else {
+            Err(Rejection::UnknownLocation(id.clone()))
+        }
+    }
+
+    /// Validates a catalog command against the current catalog.
+    pub fn decide(&self, cmd: &CatalogCommand) -> Result<CatalogEvent, Rejection> {
+        match cmd {
+            CatalogCommand::UpsertLocation(loc) => {
+                loc.id.check()?;
+                if loc.region.is_empty()
+                    || loc.region.len() > MAX_REGION_BYTES
+                    || !loc.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                {
+                    return Err(Rejection::invalid(format!(
+                        "region {:?} must be 1..={MAX_REGION_BYTES} bytes of [A-Za-z0-9-]",
+                        loc.region
+                    )));
+                }
+                if !self.locations.contains_key(&loc.id) && self.locations.len() >= MAX_LOCATIONS
+                {
+                    return Err(Rejection::invalid(format!(
+                        "at most {MAX_LOCATIONS} locations"
+                    )));
+                }
+                Ok(CatalogEvent::LocationUpserted(loc.clone()))
+            }
+            CatalogCommand::UpsertChannel(ch) => {
+                self.check_channel(ch)?;
+                Ok(CatalogEvent::ChannelUpserted(ch.clone()))
+            }
+        }
+    }
+
+    fn check_channel(&self, ch: &Channel) -> Result<(), Rejection> {
+        ch.id.check()?;
+        if ch.locations.is_empty() || ch.locations.len() > MAX_LOCATIONS_PER_CHANNEL {
+            return Err(Rejection::invalid(format!(
+                "a channel sells from 1..={MAX_LOCATIONS_PER_CHANNEL} locations"
+            )));
+        }
+        for (i, loc) in ch.locations.iter().enumerate() {
+            self.require_location(loc)?;
+            if ch.locations[..i].contains(loc) {
+                return Err(Rejection::invalid(format!(
+                    "location {loc} listed twice in channel {}",
+                    ch.id
+                )));
+            }
+        }
+        if ch.buffer > MAX_QTY || ch.cap.is_some_and(|c| c > MAX_QTY) {
+            return Err(Rejection::invalid(format!(
+                "channel buffer and cap are at most {MAX_QTY}"
+            )));
+        }
+        if !self.channels.contains_key(&ch.id) && self.channels.len() >= MAX_CHANNELS {
+            return Err(Rejection::invalid(format!("at most {MAX_CHANNELS} channels")));
+        }
+        Ok(())
+    }
+
+    /// Applies an event. Cannot fail: events were validated by `decide` before logging.
+    pub fn apply(&mut self, ev: &CatalogEvent, seq: u64) {
+        match ev {
+            CatalogEvent::LocationUpserted(loc) => {
+                self.locations.insert(loc.id.clone(), loc.clone());
+            }
+            CatalogEvent::ChannelUpserted(ch) => {
+                // Re-use the catalog's own location ids so every bucket shares them.
+                let mut ch = ch.clone();
+                for loc in &mut ch.locations {
+                    if let Some(shared) = self.location_id(loc.as_str()) {
+                        *loc = shared.clone();
+                    }
+                }
+                self.channels.insert(ch.id.clone(), ch);
+            }
+        }
+        self.last_seq = self.last_seq.max(seq);
+    }
+}

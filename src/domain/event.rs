@@ -1,0 +1,145 @@
+//! Events: the past-tense facts of a SKU's history. They are what the write-ahead log stores,
+//! what subscribers receive and what `SkuState::apply` folds; replaying a SKU's events
+//! rebuilds its state exactly. Quantities are fixed-width integers.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ChannelId, LocationId, ReservationId, TimeMs};
+use super::sku::AdjustReason;
+
+/// Units of a hold taken from one location.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Where the units are held.
+    pub location: LocationId,
+    /// How many units.
+    pub qty: u32,
+}
+
+/// Why a hold was released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    /// The client released it (cart abandoned, order cancelled).
+    Client,
+    /// Its expiry time passed.
+    Expired,
+    /// Another line of the same cart was rejected, so this line was undone.
+    CartAborted,
+    /// Recovery found a cart that was never acknowledged (crash mid-cart).
+    Recovery,
+}
+
+/// Non-sellable and sellable states a unit can be in at a location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StockState {
+    /// Sellable on hand.
+    Sellable,
+    /// Damaged, not sellable.
+    Damaged,
+    /// In quality control, not sellable yet.
+    QualityControl,
+}
+
+/// A change to one SKU's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// Units were held for a reservation.
+    HoldPlaced {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Its channel.
+        channel: ChannelId,
+        /// When it expires.
+        expires_at_ms: TimeMs,
+        /// How many SKUs the whole cart spans (recovery uses it to find unfinished carts).
+        cart_skus: u16,
+        /// Where the units were taken from.
+        allocations: Vec<Allocation>,
+    },
+    /// Held units were sold: on hand and reserved both drop.
+    HoldFulfilled {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units fulfilled per location.
+        allocations: Vec<Allocation>,
+        /// Whether the hold is gone afterwards (otherwise it stays, possibly at zero units,
+        /// until the reservation is released, fulfilled whole or expires).
+        closed: bool,
+    },
+    /// A hold was released: reserved drops, units are available again.
+    HoldReleased {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Units returned per location.
+        allocations: Vec<Allocation>,
+        /// Why.
+        reason: ReleaseReason,
+    },
+    /// A hold's expiry time changed.
+    HoldExtended {
+        /// The reservation.
+        reservation: ReservationId,
+        /// The new expiry.
+        expires_at_ms: TimeMs,
+    },
+    /// Sellable on hand changed by a signed delta.
+    StockAdjusted {
+        /// Where.
+        location: LocationId,
+        /// Signed change.
+        delta: i64,
+        /// Why.
+        reason: AdjustReason,
+        /// Free reference (document id).
+        reference: String,
+    },
+    /// Sellable on hand was set to an absolute value (cycle count, WMS sync).
+    OnHandSet {
+        /// Where.
+        location: LocationId,
+        /// Value before.
+        previous: u32,
+        /// Value after.
+        on_hand: u32,
+        /// Free reference.
+        reference: String,
+    },
+    /// Units moved between sellable and non-sellable states at one location.
+    StockMoved {
+        /// Where.
+        location: LocationId,
+        /// From this state.
+        from: StockState,
+        /// To this state.
+        to: StockState,
+        /// How many.
+        qty: u32,
+    },
+    /// Sellable units moved between locations.
+    Transferred {
+        /// From.
+        from: LocationId,
+        /// To.
+        to: LocationId,
+        /// How many.
+        qty: u32,
+        /// Free reference.
+        reference: String,
+    },
+    /// Safety stock of a location changed.
+    SafetyStockSet {
+        /// Where.
+        location: LocationId,
+        /// New safety stock.
+        qty: u32,
+    },
+    /// Expected receipts at a location changed.
+    IncomingSet {
+        /// Where.
+        location: LocationId,
+        /// Units expected.
+        qty: u32,
+        /// Expected arrival (0 = unknown).
+        eta_ms: TimeMs,
+    },
+}

@@ -1,0 +1,111 @@
+//! Identifiers. SKU, location and channel ids are short validated strings shared through
+//! `Arc<str>` so that thousands of buckets naming the same location cost one pointer each.
+//! Reservation and request ids are client-chosen 128-bit integers.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::limits::{MAX_NAME_BYTES, MAX_SKU_ID_BYTES};
+use super::rejection::Rejection;
+
+/// Milliseconds since the Unix epoch. The domain never reads a clock: callers pass it.
+pub type TimeMs = u64;
+
+/// Client-chosen 128-bit reservation id (a UUID fits).
+pub type ReservationId = u128;
+
+/// Client-chosen 128-bit idempotency key carried by every mutating request.
+pub type RequestId = u128;
+
+fn valid_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '#' | '+')
+}
+
+fn validate(kind: &'static str, s: &str, max: usize) -> Result<(), Rejection> {
+    if s.is_empty() || s.len() > max || !s.chars().all(valid_id_char) {
+        return Err(Rejection::invalid(format!(
+            "{kind} id {s:?} must be 1..={max} bytes of [A-Za-z0-9-_.:/#+]"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            pub fn new(s: &str) -> Result<Self, Rejection> {
+                validate($kind, s, $max)?;
+                Ok(Self(Arc::from(s)))
+            }
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            /// Re-validates an id that was decoded from bytes (wire, disk).
+            pub fn check(&self) -> Result<(), Rejection> {
+                validate($kind, &self.0, $max)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A stock keeping unit, e.g. `TSHIRT-RED-M`.
+    SkuId,
+    "sku",
+    MAX_SKU_ID_BYTES
+);
+string_id!(
+    /// A stock location (warehouse, store, dark store, ...), e.g. `wh-paris`.
+    LocationId,
+    "location",
+    MAX_NAME_BYTES
+);
+string_id!(
+    /// A sales channel, e.g. `web-fr`, `amazon-us`.
+    ChannelId,
+    "channel",
+    MAX_NAME_BYTES
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_empty_long_and_odd_characters() {
+        assert!(SkuId::new("TSHIRT-RED-M").is_ok());
+        assert!(SkuId::new("").is_err());
+        assert!(SkuId::new("has space").is_err());
+        assert!(SkuId::new(&"x".repeat(MAX_SKU_ID_BYTES + 1)).is_err());
+        assert!(LocationId::new(&"x".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(ChannelId::new("web-fr").is_ok());
+        assert!(ChannelId::new("é").is_err());
+    }
+}

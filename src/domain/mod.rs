@@ -1,0 +1,19 @@
+//! The pure domain: identifiers, the catalog (locations and channels), the SKU state
+//! machine, commands, events and rejections.
+//!
+//! Architecture invariant: nothing in `domain/` knows actix, tokio, sled, sockets or the
+//! clock. Time arrives as a parameter (`now_ms`), so the live path, recovery and replay all
+//! run the same code and tests can replay whole histories deterministically.
+
+pub mod catalog;
+pub mod event;
+pub mod ids;
+pub mod limits;
+pub mod rejection;
+pub mod sku;
+
+pub use catalog::{Catalog, CatalogCommand, CatalogEvent, Channel, Location, LocationKind};
+pub use event::{Allocation, Event, ReleaseReason, StockState};
+pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
+pub use rejection::{Rejection, RejectionCode};
+pub use sku::{AdjustReason, Bucket, Hold, HoldLine, SkuCommand, SkuState, SkuView};

@@ -1,0 +1,6 @@
+//! omnistock: a real-time, authoritative available-to-promise (ATP) inventory engine.
+//!
+//! See docs/architecture.md for the map.
+#![deny(missing_docs)]
+
+pub mod domain;
