@@ -3,4 +3,6 @@
 //! See docs/architecture.md for the map.
 #![deny(missing_docs)]
 
+pub mod codec;
 pub mod domain;
+pub mod engine;

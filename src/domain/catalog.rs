@@ -117,15 +117,17 @@ impl Catalog {
                 loc.id.check()?;
                 if loc.region.is_empty()
                     || loc.region.len() > MAX_REGION_BYTES
-                    || !loc.region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    || !loc
+                        .region
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-')
                 {
                     return Err(Rejection::invalid(format!(
                         "region {:?} must be 1..={MAX_REGION_BYTES} bytes of [A-Za-z0-9-]",
                         loc.region
                     )));
                 }
-                if !self.locations.contains_key(&loc.id) && self.locations.len() >= MAX_LOCATIONS
-                {
+                if !self.locations.contains_key(&loc.id) && self.locations.len() >= MAX_LOCATIONS {
                     return Err(Rejection::invalid(format!(
                         "at most {MAX_LOCATIONS} locations"
                     )));
@@ -161,7 +163,9 @@ impl Catalog {
             )));
         }
         if !self.channels.contains_key(&ch.id) && self.channels.len() >= MAX_CHANNELS {
-            return Err(Rejection::invalid(format!("at most {MAX_CHANNELS} channels")));
+            return Err(Rejection::invalid(format!(
+                "at most {MAX_CHANNELS} channels"
+            )));
         }
         Ok(())
     }

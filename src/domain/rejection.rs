@@ -50,7 +50,9 @@ pub enum RejectionCode {
 #[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum Rejection {
     /// Not enough ATP for line `line` (index in the request).
-    #[error("insufficient stock for line {line} ({sku}): requested {requested}, available {available}")]
+    #[error(
+        "insufficient stock for line {line} ({sku}): requested {requested}, available {available}"
+    )]
     InsufficientStock {
         /// Index of the failing line in the request.
         line: u16,

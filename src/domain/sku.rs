@@ -779,7 +779,11 @@ impl SkuState {
         }
         let dst = self.bucket(to).map_or(0, |b| b.on_hand);
         if add_in_range(dst, i64::from(qty)).is_none() {
-            return Err(out_of_range(format!("on_hand at {to}"), dst, i64::from(qty)));
+            return Err(out_of_range(
+                format!("on_hand at {to}"),
+                dst,
+                i64::from(qty),
+            ));
         }
         Ok(Event::Transferred {
             from: from.clone(),
@@ -932,7 +936,10 @@ impl SkuState {
                 ));
             }
             if b.on_hand > MAX_QTY || b.damaged > MAX_QTY || b.quality_control > MAX_QTY {
-                return Err(format!("{} at {}: quantity over limit", self.sku, b.location));
+                return Err(format!(
+                    "{} at {}: quantity over limit",
+                    self.sku, b.location
+                ));
             }
         }
         if let Some((loc, _)) = held.into_iter().find(|(_, q)| *q > 0) {

@@ -1,0 +1,97 @@
+//! The one bincode configuration used on the wire and on disk: fixed-width little-endian
+//! integers, a decode limit, trailing bytes rejected. Also the compact (varint) form used
+//! for passive SKUs in memory, which never leaves the process.
+
+use bincode::config::{self, Configuration, Fixint, LittleEndian, Varint};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+/// Largest value the fixed codec will decode (protects against hostile length prefixes).
+pub const MAX_DECODE_BYTES: usize = 16 * 1024 * 1024;
+
+const FIXED: Configuration<LittleEndian, Fixint, bincode::config::Limit<MAX_DECODE_BYTES>> =
+    config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_DECODE_BYTES>();
+
+const COMPACT: Configuration<LittleEndian, Varint> = config::standard();
+
+/// A value could not be encoded or decoded.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// Encoding failed (a value over a limit).
+    #[error("encode: {0}")]
+    Encode(String),
+    /// The bytes are not a valid value.
+    #[error("decode: {0}")]
+    Decode(String),
+    /// A value decoded but bytes were left over.
+    #[error("decode: {0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// Encodes with the fixed wire/disk configuration.
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(v, FIXED).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Encodes with the fixed configuration, appending to `out`.
+pub fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let bytes = encode(v)?;
+    out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Decodes a whole buffer with the fixed configuration; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, FIXED)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
+
+/// Encodes in the compact in-memory form (varints).
+pub fn encode_compact<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(v, COMPACT).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes the compact in-memory form.
+pub fn decode_compact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, COMPACT)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_encoding_is_little_endian_fixed_width() {
+        assert_eq!(encode(&0x0102_0304u32).unwrap(), vec![4, 3, 2, 1]);
+        assert_eq!(encode(&1u64).unwrap(), vec![1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            encode(&"ab").unwrap(),
+            vec![2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_and_huge_lengths_are_rejected() {
+        assert!(matches!(
+            decode::<u32>(&[1, 0, 0, 0, 9]),
+            Err(CodecError::Trailing(1))
+        ));
+        // A string claiming 2^40 bytes must fail without allocating it.
+        let mut b = (1u64 << 40).to_le_bytes().to_vec();
+        b.extend_from_slice(b"xx");
+        assert!(decode::<String>(&b).is_err());
+    }
+}

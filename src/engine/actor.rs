@@ -1,0 +1,179 @@
+//! The SKU actor: a thin actix shell over [`SkuState`]. Its handler is always the same four
+//! steps — decide, log, apply, reply — with no business rule of its own. It passivates
+//! itself when idle, handing its compact state back to the registry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use tokio::sync::oneshot;
+
+use crate::domain::{Catalog, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView, TimeMs};
+
+use super::journal::{LogRecord, RecordBody};
+use super::{Core, EngineError};
+
+/// What a SKU actor is asked to do.
+#[derive(Debug, Clone)]
+pub(crate) enum SkuOp {
+    /// Decide, log, apply.
+    Command {
+        cmd: SkuCommand,
+        request: RequestId,
+        fingerprint: u64,
+        catalog: Arc<Catalog>,
+        now_ms: TimeMs,
+    },
+    /// Read the SKU.
+    View { catalog: Arc<Catalog> },
+    /// Copy the whole state (checkpoints, tests).
+    Snapshot,
+}
+
+/// The actor's answer.
+#[derive(Debug)]
+pub(crate) enum SkuReply {
+    /// Events applied, appended to the journal at `seq`.
+    Done { seq: u64, events: Vec<Event> },
+    /// Rejected; nothing changed.
+    Rejected(Rejection),
+    /// A view.
+    View(SkuView),
+    /// A copy of the state.
+    State(Box<SkuState>),
+    /// This actor was passivated before it handled the op: look the SKU up again.
+    Moved(SkuOp),
+    /// The journal refused the append (storage failure): nothing changed.
+    Failed(EngineError),
+}
+
+/// An op and where to answer.
+#[derive(Debug)]
+pub(crate) struct SkuMsg {
+    pub op: SkuOp,
+    pub reply: oneshot::Sender<SkuReply>,
+}
+
+impl Message for SkuMsg {
+    type Result = ();
+}
+
+/// One SKU's actor.
+pub(crate) struct SkuActor {
+    state: SkuState,
+    core: Arc<Core>,
+    generation: u64,
+    passivated: bool,
+    last_active: Instant,
+    idle_timer_armed: bool,
+}
+
+impl SkuActor {
+    pub(crate) fn new(state: SkuState, core: Arc<Core>, generation: u64) -> Self {
+        SkuActor {
+            state,
+            core,
+            generation,
+            passivated: false,
+            last_active: Instant::now(),
+            idle_timer_armed: false,
+        }
+    }
+
+    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>, after: Duration) {
+        self.idle_timer_armed = true;
+        ctx.run_later(after, |act, ctx| {
+            act.idle_timer_armed = false;
+            let idle_after = act.core.config.passivate_after;
+            let idle = act.last_active.elapsed();
+            if idle >= idle_after {
+                act.try_passivate(ctx);
+            } else {
+                act.arm_idle_timer(ctx, idle_after - idle);
+            }
+        });
+    }
+
+    fn try_passivate(&mut self, ctx: &mut Context<Self>) {
+        if self
+            .core
+            .registry
+            .passivate(&self.state, self.generation)
+            .is_ok()
+        {
+            self.passivated = true;
+            ctx.stop();
+        }
+    }
+
+    fn command(
+        &mut self,
+        cmd: &SkuCommand,
+        request: RequestId,
+        fingerprint: u64,
+        catalog: &Catalog,
+        now_ms: TimeMs,
+    ) -> SkuReply {
+        let events = match self.state.decide(cmd, catalog, now_ms) {
+            Ok(events) => events,
+            Err(r) => return SkuReply::Rejected(r),
+        };
+        let rec = LogRecord {
+            at_ms: now_ms,
+            request,
+            fingerprint,
+            body: RecordBody::Sku {
+                sku: self.state.sku.clone(),
+                events,
+            },
+        };
+        let seq = match self.core.journal.append(&rec) {
+            Ok(seq) => seq,
+            Err(e) => return SkuReply::Failed(e),
+        };
+        let RecordBody::Sku { events, .. } = rec.body else {
+            unreachable!("invariant: record built as Sku above")
+        };
+        for e in &events {
+            self.state.apply(e, seq);
+        }
+        debug_assert_eq!(self.state.check_invariants(), Ok(()));
+        SkuReply::Done { seq, events }
+    }
+}
+
+impl Actor for SkuActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.core.config.mailbox_capacity);
+    }
+}
+
+impl Handler<SkuMsg> for SkuActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
+        if self.passivated {
+            let _ = msg.reply.send(SkuReply::Moved(msg.op));
+            return;
+        }
+        self.last_active = Instant::now();
+        if !self.idle_timer_armed {
+            self.arm_idle_timer(ctx, self.core.config.passivate_after);
+        }
+        let reply = match msg.op {
+            SkuOp::Command {
+                cmd,
+                request,
+                fingerprint,
+                catalog,
+                now_ms,
+            } => self.command(&cmd, request, fingerprint, &catalog, now_ms),
+            SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
+            SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
+        };
+        // The caller may have gone away (client disconnected); the change stands either way.
+        let _ = msg.reply.send(reply);
+    }
+}

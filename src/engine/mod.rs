@@ -1,0 +1,328 @@
+//! The engine: one actix actor per SKU, a registry that activates and passivates them, the
+//! cart coordinator, the reservation index, idempotency, exact expiry and the journal.
+//!
+//! [`Engine`] is the one public async API; the TCP server, the tests and the load generator
+//! all use it. Actors run on their own actix system thread with one arbiter per core; the
+//! async API works from any tokio runtime (replies come back over oneshot channels).
+//!
+//! Architecture invariant: `engine/` is the only module that knows actix.
+
+mod actor;
+mod api;
+pub mod clock;
+mod coordinator;
+mod expiry;
+mod idempotency;
+pub mod journal;
+mod registry;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::{Arbiter, System};
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use thiserror::Error;
+
+use crate::domain::{Catalog, ChannelId, ReservationId, SkuId, SkuState, TimeMs};
+
+pub use api::{Change, Command, Failure, Outcome, Request, ReserveLine, ReserveRequest};
+pub use clock::{Clock, ManualClock, SystemClock};
+use expiry::ExpiryQueue;
+use idempotency::IdempotencyTable;
+use journal::Journal;
+use registry::Registry;
+
+/// A failure of the engine itself (not a business rejection).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// The log could not be written or flushed: writes are stopped, reads continue.
+    #[error("storage failure, writes stopped: {0}")]
+    Storage(String),
+    /// Stored or in-memory data failed a consistency check.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A configured capacity limit was reached.
+    #[error("limit reached: {0}")]
+    Limit(String),
+    /// The engine is shutting down.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    /// The engine could not start.
+    #[error("engine start failed: {0}")]
+    Startup(String),
+}
+
+/// Engine settings. Every field has a documented default (`EngineConfig::default()`).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Actix arbiters (threads) for SKU actors. Default: one per core.
+    pub arbiters: usize,
+    /// Messages a SKU's mailbox holds before callers get `Busy`. Default 1024.
+    pub mailbox_capacity: usize,
+    /// Idle time after which a SKU actor passivates to compact state. Default 60 s.
+    pub passivate_after: Duration,
+    /// Most SKUs the engine accepts. Default 50,000,000.
+    pub max_skus: usize,
+    /// Most remembered request ids (idempotency). Default 1,000,000.
+    pub idempotency_max_entries: usize,
+    /// Longest a request id is remembered. Default 24 h.
+    pub idempotency_retention_ms: u64,
+    /// Run the expiry driver task (tests with a manual clock call `expire_due` instead).
+    /// Default true.
+    pub expiry_driver: bool,
+    /// Most reservations expired concurrently in one driver round. Default 1024.
+    pub expiry_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            arbiters: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            mailbox_capacity: 1024,
+            passivate_after: Duration::from_secs(60),
+            max_skus: 50_000_000,
+            idempotency_max_entries: 1_000_000,
+            idempotency_retention_ms: 24 * 3600 * 1000,
+            expiry_driver: true,
+            expiry_batch: 1024,
+        }
+    }
+}
+
+/// A reservation as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationView {
+    /// The reservation.
+    pub reservation: ReservationId,
+    /// Its channel.
+    pub channel: ChannelId,
+    /// When it expires.
+    pub expires_at_ms: TimeMs,
+    /// Units still held per SKU.
+    pub lines: Vec<(SkuId, u32)>,
+}
+
+/// Reservation index entry.
+#[derive(Debug, Clone)]
+pub(crate) struct ResEntry {
+    pub channel: ChannelId,
+    pub lines: Vec<(SkuId, u32)>,
+    pub expires_at_ms: TimeMs,
+    /// An operation on this reservation is in flight (or it is still being placed).
+    pub busy: bool,
+    /// All its holds were placed and acknowledged.
+    pub committed: bool,
+}
+
+/// State shared by the engine, its actors and its tasks.
+pub(crate) struct Core {
+    pub config: EngineConfig,
+    pub clock: Arc<dyn Clock>,
+    pub journal: Journal,
+    pub registry: Registry,
+    catalog: RwLock<Arc<Catalog>>,
+    pub catalog_write: tokio::sync::Mutex<()>,
+    pub reservations: DashMap<ReservationId, ResEntry>,
+    pub idem: IdempotencyTable,
+    pub expiry: ExpiryQueue,
+}
+
+impl Core {
+    /// The current catalog snapshot.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
+    }
+
+    fn set_catalog(&self, c: Arc<Catalog>) {
+        *self.catalog.write() = c;
+    }
+}
+
+/// Statistics for memory accounting and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStats {
+    /// SKUs known.
+    pub skus: usize,
+    /// SKUs with an actor.
+    pub active_skus: u64,
+    /// Active reservations.
+    pub reservations: usize,
+    /// Pending expiry deadlines.
+    pub expiry_pending: usize,
+    /// Remembered request ids.
+    pub idempotency_entries: usize,
+    /// Bytes of compact state of passive SKUs.
+    pub passive_bytes: usize,
+}
+
+/// The in-process inventory engine.
+pub struct Engine {
+    core: Arc<Core>,
+    system: System,
+    actors_thread: Mutex<Option<JoinHandle<()>>>,
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn start_actor_system(n: usize) -> Result<(System, Vec<Arbiter>, JoinHandle<()>), EngineError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("omnistock-actors".into())
+        .spawn(move || {
+            let sys = System::new();
+            let arbiters: Vec<Arbiter> =
+                sys.block_on(async { (0..n).map(|_| Arbiter::new()).collect() });
+            let _ = tx.send((System::current(), arbiters));
+            let _ = sys.run();
+        })
+        .map_err(|e| EngineError::Startup(format!("actor thread: {e}")))?;
+    let (system, arbiters) = rx
+        .recv()
+        .map_err(|_| EngineError::Startup("actor system did not start".into()))?;
+    Ok((system, arbiters, thread))
+}
+
+impl Engine {
+    /// Starts an engine with an in-memory journal (no durability) and the system clock.
+    /// Must be called within a tokio runtime when `config.expiry_driver` is set.
+    pub fn start_in_memory(config: EngineConfig) -> Result<Engine, EngineError> {
+        Self::start_with(
+            config,
+            Arc::new(SystemClock),
+            Journal::memory(0),
+            Catalog::default(),
+            Vec::new(),
+        )
+    }
+
+    /// Starts an engine from recovered parts.
+    pub(crate) fn start_with(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        journal: Journal,
+        catalog: Catalog,
+        skus: Vec<SkuState>,
+    ) -> Result<Engine, EngineError> {
+        if config.arbiters == 0 || config.mailbox_capacity == 0 || config.expiry_batch == 0 {
+            return Err(EngineError::Startup(
+                "arbiters, mailbox_capacity and expiry_batch must be at least 1".into(),
+            ));
+        }
+        let (system, arbiters, thread) = start_actor_system(config.arbiters)?;
+        let handles = arbiters.iter().map(Arbiter::handle).collect();
+        // The Arbiter values only stop their threads when told to; the System stops them.
+        drop(arbiters);
+        let core = Arc::new(Core {
+            idem: IdempotencyTable::new(
+                config.idempotency_max_entries,
+                config.idempotency_retention_ms,
+            ),
+            config,
+            clock,
+            journal,
+            registry: Registry::new(handles),
+            catalog: RwLock::new(Arc::new(catalog)),
+            catalog_write: tokio::sync::Mutex::new(()),
+            reservations: DashMap::new(),
+            expiry: ExpiryQueue::default(),
+        });
+        for s in &skus {
+            core.registry.insert_passive(s)?;
+        }
+        coordinator::index_holds(&core, &skus);
+        let engine = Engine {
+            core,
+            system,
+            actors_thread: Mutex::new(Some(thread)),
+            driver: Mutex::new(None),
+        };
+        if engine.core.config.expiry_driver {
+            let rt = tokio::runtime::Handle::try_current().map_err(|_| {
+                EngineError::Startup("the expiry driver needs a tokio runtime".into())
+            })?;
+            let core = engine.core.clone();
+            *engine.driver.lock() = Some(rt.spawn(coordinator::expiry_driver(core)));
+        }
+        Ok(engine)
+    }
+
+    /// Uses `clock` instead of the system clock (tests).
+    pub fn start_in_memory_with_clock(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, EngineError> {
+        Self::start_with(
+            config,
+            clock,
+            Journal::memory(0),
+            Catalog::default(),
+            Vec::new(),
+        )
+    }
+
+    /// Executes a mutating request: reserve, fulfil, release, extend, stock or catalog.
+    pub async fn execute(&self, req: Request) -> Result<Arc<Outcome>, Failure> {
+        coordinator::execute(&self.core, req).await
+    }
+
+    /// Reads one SKU: buckets, ATP per channel, oversold flag. Does not activate a passive SKU.
+    pub async fn get(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
+        coordinator::get(&self.core, sku).await
+    }
+
+    /// A copy of one SKU's full state (tests, audits). Does not activate a passive SKU.
+    pub async fn sku_state(&self, sku: &SkuId) -> Result<SkuState, Failure> {
+        coordinator::sku_state(&self.core, sku).await
+    }
+
+    /// An active reservation.
+    pub fn reservation(&self, id: ReservationId) -> Option<ReservationView> {
+        let e = self.core.reservations.get(&id)?;
+        e.committed.then(|| ReservationView {
+            reservation: id,
+            channel: e.channel.clone(),
+            expires_at_ms: e.expires_at_ms,
+            lines: e.lines.clone(),
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.core.catalog()
+    }
+
+    /// Expires every reservation due at the clock's now; returns how many expired.
+    pub async fn expire_due(&self) -> usize {
+        coordinator::expire_due(&self.core).await
+    }
+
+    /// Counts for memory accounting and metrics.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            skus: self.core.registry.len(),
+            active_skus: self.core.registry.active(),
+            reservations: self.core.reservations.len(),
+            expiry_pending: self.core.expiry.len(),
+            idempotency_entries: self.core.idem.len(),
+            passive_bytes: self.core.registry.passive_bytes(),
+        }
+    }
+
+    /// Stops the expiry driver and the actor system. Idempotent.
+    pub fn shutdown(&self) {
+        if let Some(d) = self.driver.lock().take() {
+            d.abort();
+        }
+        if let Some(t) = self.actors_thread.lock().take() {
+            self.system.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

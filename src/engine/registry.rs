@@ -1,0 +1,220 @@
+//! The SKU registry: SKU id -> its actor (active) or its compact state (passive).
+//!
+//! A cold SKU costs only its compact bytes (varint bincode). On first use it is activated:
+//! decoded and given an actor on one of the arbiters (round-robin, one arbiter per core).
+//! An idle actor passivates itself: under the registry's shard lock it swaps its slot back to
+//! compact bytes, so no message can reach a stale actor unnoticed (a late message is answered
+//! `Moved` and the caller looks the SKU up again).
+//!
+//! Mailbox bound: all callers `try_send` through the one `Addr` stored here (never a clone),
+//! because actix tracks "mailbox full" per sender handle; a clone would be a fresh sender that
+//! is never refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::{Actor, Addr, ArbiterHandle};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::codec;
+use crate::domain::{Catalog, SkuId, SkuState};
+
+use super::actor::SkuActor;
+use super::{Core, EngineError};
+
+/// Where a SKU lives.
+pub(crate) enum Slot {
+    /// It has an actor.
+    Active {
+        addr: Addr<SkuActor>,
+        generation: u64,
+    },
+    /// Only its compact state.
+    Passive(Box<[u8]>),
+}
+
+/// SKU id -> slot.
+pub(crate) struct Registry {
+    map: DashMap<SkuId, Slot>,
+    arbiters: Vec<ArbiterHandle>,
+    next_generation: AtomicU64,
+    active: AtomicU64,
+}
+
+/// Re-points a decoded state's location ids at the catalog's shared ones.
+fn intern(state: &mut SkuState, catalog: &Catalog) {
+    for b in &mut state.buckets {
+        if let Some(l) = catalog.location_id(b.location.as_str()) {
+            b.location = l.clone();
+        }
+    }
+    for h in state.holds.values_mut() {
+        for a in &mut h.allocations {
+            if let Some(l) = catalog.location_id(a.location.as_str()) {
+                a.location = l.clone();
+            }
+        }
+    }
+}
+
+/// Decodes a passive SKU's compact bytes.
+pub(crate) fn decode_passive(bytes: &[u8], catalog: &Catalog) -> Result<SkuState, EngineError> {
+    let mut s: SkuState = codec::decode_compact(bytes)
+        .map_err(|e| EngineError::Corrupt(format!("passive sku state: {e}")))?;
+    intern(&mut s, catalog);
+    Ok(s)
+}
+
+fn encode_passive(state: &SkuState) -> Result<Box<[u8]>, EngineError> {
+    codec::encode_compact(state)
+        .map(Vec::into_boxed_slice)
+        .map_err(|e| EngineError::Corrupt(format!("encode passive sku state: {e}")))
+}
+
+impl Registry {
+    pub(crate) fn new(arbiters: Vec<ArbiterHandle>) -> Self {
+        Registry {
+            map: DashMap::new(),
+            arbiters,
+            next_generation: AtomicU64::new(1),
+            active: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of SKUs known.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Number of SKUs with an actor.
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Inserts a SKU as passive (recovery, bulk load). Replaces what was there.
+    pub(crate) fn insert_passive(&self, state: &SkuState) -> Result<(), EngineError> {
+        let bytes = encode_passive(state)?;
+        if let Some(Slot::Active { .. }) = self.map.insert(state.sku.clone(), Slot::Passive(bytes))
+        {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn start(&self, core: &Arc<Core>, state: SkuState) -> (Addr<SkuActor>, u64) {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let arbiter = &self.arbiters[(generation as usize) % self.arbiters.len()];
+        let core = core.clone();
+        let addr =
+            SkuActor::start_in_arbiter(arbiter, move |_| SkuActor::new(state, core, generation));
+        self.active.fetch_add(1, Ordering::Relaxed);
+        (addr, generation)
+    }
+
+    /// Runs `f` with the SKU's actor address, activating it if passive and creating it if
+    /// absent and `create` is set. `Ok(None)`: unknown SKU.
+    pub(crate) fn with_addr<R>(
+        &self,
+        core: &Arc<Core>,
+        sku: &SkuId,
+        create: bool,
+        f: impl FnOnce(&Addr<SkuActor>) -> R,
+    ) -> Result<Option<R>, EngineError> {
+        if let Some(slot) = self.map.get(sku) {
+            if let Slot::Active { addr, .. } = &*slot {
+                return Ok(Some(f(addr)));
+            }
+        }
+        match self.map.entry(sku.clone()) {
+            Entry::Occupied(mut o) => {
+                if let Slot::Passive(bytes) = o.get() {
+                    let state = decode_passive(bytes, &core.catalog())?;
+                    let (addr, generation) = self.start(core, state);
+                    o.insert(Slot::Active { addr, generation });
+                }
+                match o.get() {
+                    Slot::Active { addr, .. } => Ok(Some(f(addr))),
+                    Slot::Passive(_) => unreachable!("invariant: activated just above"),
+                }
+            }
+            Entry::Vacant(v) => {
+                if !create {
+                    return Ok(None);
+                }
+                if self.map.len() >= core.config.max_skus {
+                    return Err(EngineError::Limit(format!(
+                        "at most {} SKUs (max_skus)",
+                        core.config.max_skus
+                    )));
+                }
+                let (addr, generation) = self.start(core, SkuState::new(sku.clone()));
+                let slot = v.insert(Slot::Active { addr, generation });
+                match &*slot {
+                    Slot::Active { addr, .. } => Ok(Some(f(addr))),
+                    Slot::Passive(_) => unreachable!("invariant: inserted active"),
+                }
+            }
+        }
+    }
+
+    /// The state of a passive SKU without activating it; `Ok(None)` if active or unknown.
+    pub(crate) fn passive_state(
+        &self,
+        sku: &SkuId,
+        catalog: &Catalog,
+    ) -> Result<Option<SkuState>, EngineError> {
+        match self.map.get(sku).as_deref() {
+            Some(Slot::Passive(bytes)) => decode_passive(bytes, catalog).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the SKU is known.
+    pub(crate) fn contains(&self, sku: &SkuId) -> bool {
+        self.map.contains_key(sku)
+    }
+
+    /// Called by an idle actor: swaps its slot to compact bytes if it is still the one
+    /// registered (same generation). Err: it was not (or encoding failed) — stay active.
+    pub(crate) fn passivate(&self, state: &SkuState, generation: u64) -> Result<(), EngineError> {
+        let mut slot = self
+            .map
+            .get_mut(&state.sku)
+            .ok_or_else(|| EngineError::Corrupt("passivating an unknown sku".into()))?;
+        match &*slot {
+            Slot::Active { generation: g, .. } if *g == generation => {
+                *slot = Slot::Passive(encode_passive(state)?);
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(EngineError::Corrupt("stale actor".into())),
+        }
+    }
+
+    /// Every SKU: its address if active, else its decoded state (checkpoints, iteration).
+    pub(crate) fn for_each_slot(
+        &self,
+        catalog: &Catalog,
+        mut f: impl FnMut(&SkuId, Result<SkuState, Addr<SkuActor>>),
+    ) -> Result<(), EngineError> {
+        for r in self.map.iter() {
+            match r.value() {
+                Slot::Active { addr, .. } => f(r.key(), Err(addr.clone())),
+                Slot::Passive(bytes) => f(r.key(), Ok(decode_passive(bytes, catalog)?)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of compact state held by passive SKUs (for memory accounting).
+    pub(crate) fn passive_bytes(&self) -> usize {
+        self.map
+            .iter()
+            .map(|r| match r.value() {
+                Slot::Passive(b) => b.len(),
+                Slot::Active { .. } => 0,
+            })
+            .sum()
+    }
+}
