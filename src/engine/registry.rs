@@ -126,6 +126,8 @@ impl Registry {
                 return Ok(Some(f(addr)));
             }
         }
+        // Counted before taking the shard lock: `len` locks every shard (would deadlock).
+        let full = create && self.map.len() >= core.config.max_skus;
         match self.map.entry(sku.clone()) {
             Entry::Occupied(mut o) => {
                 if let Slot::Passive(bytes) = o.get() {
@@ -142,7 +144,7 @@ impl Registry {
                 if !create {
                     return Ok(None);
                 }
-                if self.map.len() >= core.config.max_skus {
+                if full {
                     return Err(EngineError::Limit(format!(
                         "at most {} SKUs (max_skus)",
                         core.config.max_skus

@@ -1,0 +1,101 @@
+//! Shared test helpers: a small catalog and request builders.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use omnistock::domain::{
+    AdjustReason, CatalogCommand, Channel, ChannelId, Location, LocationId, LocationKind,
+    SkuCommand, SkuId,
+};
+use omnistock::engine::{Command, Engine, Failure, Outcome, Request, ReserveLine, ReserveRequest};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh non-zero request id.
+pub fn rid() -> u128 {
+    u128::from(NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn sku(s: &str) -> SkuId {
+    SkuId::new(s).expect("valid sku")
+}
+pub fn loc(s: &str) -> LocationId {
+    LocationId::new(s).expect("valid location")
+}
+pub fn chan(s: &str) -> ChannelId {
+    ChannelId::new(s).expect("valid channel")
+}
+
+/// Locations wh-a, st-b, ds-c; channels web (wh-a, st-b; buffer 1) and store (ds-c, wh-a; cap 5).
+pub async fn small_catalog(e: &Engine) {
+    for (id, kind) in [
+        ("wh-a", LocationKind::Warehouse),
+        ("st-b", LocationKind::Store),
+        ("ds-c", LocationKind::DarkStore),
+    ] {
+        exec(
+            e,
+            Command::Catalog(CatalogCommand::UpsertLocation(Location {
+                id: loc(id),
+                kind,
+                region: "FR".into(),
+            })),
+        )
+        .await
+        .expect("location");
+    }
+    for (id, locs, buffer, cap) in [
+        ("web", vec!["wh-a", "st-b"], 1, None),
+        ("store", vec!["ds-c", "wh-a"], 0, Some(5)),
+    ] {
+        exec(
+            e,
+            Command::Catalog(CatalogCommand::UpsertChannel(Channel {
+                id: chan(id),
+                locations: locs.into_iter().map(loc).collect(),
+                buffer,
+                cap,
+            })),
+        )
+        .await
+        .expect("channel");
+    }
+}
+
+pub async fn exec(e: &Engine, command: Command) -> Result<Arc<Outcome>, Failure> {
+    e.execute(Request { id: rid(), command }).await
+}
+
+pub async fn adjust(e: &Engine, s: &str, l: &str, delta: i64) -> Result<Arc<Outcome>, Failure> {
+    exec(
+        e,
+        Command::Stock {
+            sku: sku(s),
+            command: SkuCommand::Adjust {
+                location: loc(l),
+                delta,
+                reason: AdjustReason::Receipt,
+                reference: "test".into(),
+            },
+        },
+    )
+    .await
+}
+
+pub fn reserve_cmd(res: u128, channel: &str, lines: &[(&str, u32)], ttl_ms: u64) -> Command {
+    Command::Reserve(ReserveRequest {
+        reservation: res,
+        channel: chan(channel),
+        lines: lines
+            .iter()
+            .map(|(s, q)| ReserveLine {
+                sku: sku(s),
+                qty: *q,
+                location: None,
+            })
+            .collect(),
+        allow_split: true,
+        ttl_ms,
+    })
+}
