@@ -4,5 +4,11 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+/// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
+/// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
+/// locks; mimalloc's thread-local free lists do not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod domain;
 pub mod engine;
