@@ -13,7 +13,11 @@ fn rss_bytes() -> u64 {
         libc::malloc_trim(0);
     }
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).expect("rss");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .expect("rss");
     pages * 4096
 }
 
@@ -21,8 +25,14 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let n: usize = std::env::var("OMNISTOCK_MEM_SKUS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let n: usize = std::env::var("OMNISTOCK_MEM_SKUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let cfg = EngineConfig {
             passivate_after: Duration::from_secs(3),
@@ -69,7 +79,10 @@ fn main() {
         let load_s = t.elapsed().as_secs_f64();
         let active = rss_bytes();
         let st = e.stats();
-        println!("loaded {n} SKUs x 4 locations in {load_s:.1}s; active actors {}", st.active_skus);
+        println!(
+            "loaded {n} SKUs x 4 locations in {load_s:.1}s; active actors {}",
+            st.active_skus
+        );
         while e.stats().active_skus > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -77,8 +90,19 @@ fn main() {
         let st = e.stats();
         println!("| state | RSS growth | bytes per SKU |");
         println!("|---|---|---|");
-        println!("| active (actor + state) | {} MiB | {} |", (active - base) >> 20, (active - base) / n as u64);
-        println!("| passive (compact) | {} MiB | {} |", (passive.saturating_sub(base)) >> 20, passive.saturating_sub(base) / n as u64);
-        println!("compact state bytes per passive SKU (payload only): {}", st.passive_bytes / n);
+        println!(
+            "| active (actor + state) | {} MiB | {} |",
+            (active - base) >> 20,
+            (active - base) / n as u64
+        );
+        println!(
+            "| passive (compact) | {} MiB | {} |",
+            (passive.saturating_sub(base)) >> 20,
+            passive.saturating_sub(base) / n as u64
+        );
+        println!(
+            "compact state bytes per passive SKU (payload only): {}",
+            st.passive_bytes / n
+        );
     });
 }

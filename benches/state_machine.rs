@@ -18,7 +18,10 @@ fn setup() -> (Catalog, SkuState) {
     let ev = c
         .decide(&CatalogCommand::UpsertChannel(Channel {
             id: ChannelId::new("web").unwrap(),
-            locations: ["wh", "st", "ds", "mk"].iter().map(|l| LocationId::new(l).unwrap()).collect(),
+            locations: ["wh", "st", "ds", "mk"]
+                .iter()
+                .map(|l| LocationId::new(l).unwrap())
+                .collect(),
             buffer: 2,
             cap: None,
         }))
@@ -43,7 +46,11 @@ fn hold(id: u128) -> SkuCommand {
     SkuCommand::Hold {
         reservation: id,
         channel: ChannelId::new("web").unwrap(),
-        lines: vec![HoldLine { line: 0, qty: 1, location: None }],
+        lines: vec![HoldLine {
+            line: 0,
+            qty: 1,
+            location: None,
+        }],
         allow_split: false,
         expires_at_ms: 10_000,
         cart_skus: 1,
@@ -81,7 +88,10 @@ fn bench(c: &mut Criterion) {
             for e in s.decide(&hold(id), &cat, 1).unwrap() {
                 s.apply(&e, 1);
             }
-            let f = SkuCommand::Fulfill { reservation: id, qty: None };
+            let f = SkuCommand::Fulfill {
+                reservation: id,
+                qty: None,
+            };
             for e in s.decide(&f, &cat, 1).unwrap() {
                 s.apply(&e, 2);
             }
@@ -95,7 +105,10 @@ fn bench(c: &mut Criterion) {
             for e in s.decide(&hold(id), &cat, 1).unwrap() {
                 s.apply(&e, 1);
             }
-            let r = SkuCommand::Release { reservation: id, reason: ReleaseReason::Client };
+            let r = SkuCommand::Release {
+                reservation: id,
+                reason: ReleaseReason::Client,
+            };
             for e in s.decide(&r, &cat, 1).unwrap() {
                 s.apply(&e, 2);
             }
@@ -103,7 +116,11 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("channel_atp_4_locations", |b| {
         let ch = cat.channels.values().next().unwrap();
-        b.iter_batched(|| (), |_| black_box(base.channel_atp(ch)), BatchSize::SmallInput)
+        b.iter_batched(
+            || (),
+            |_| black_box(base.channel_atp(ch)),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }

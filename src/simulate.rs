@@ -13,7 +13,9 @@ use omnistock::domain::{
     AdjustReason, CatalogCommand, Channel, ChannelId, Location, LocationId, LocationKind,
     Rejection, SkuCommand, SkuId,
 };
-use omnistock::engine::{Command, Engine, EngineConfig, Failure, Request, ReserveLine, ReserveRequest};
+use omnistock::engine::{
+    Command, Engine, EngineConfig, Failure, Request, ReserveLine, ReserveRequest,
+};
 
 /// Flags of `simulate`.
 #[derive(clap::Args)]
@@ -58,13 +60,20 @@ async fn exec(e: &Engine, command: Command) -> Result<(), Failure> {
 
 async fn load_catalog(e: &Engine, skus: u32) -> anyhow::Result<()> {
     for (id, kind, region) in LOCATIONS {
-        let loc = Location { id: LocationId::new(id)?, kind, region: region.into() };
+        let loc = Location {
+            id: LocationId::new(id)?,
+            kind,
+            region: region.into(),
+        };
         exec(e, Command::Catalog(CatalogCommand::UpsertLocation(loc))).await?;
     }
     for (id, locs, buffer, cap) in CHANNELS {
         let ch = Channel {
             id: ChannelId::new(id)?,
-            locations: locs.iter().map(|l| LocationId::new(l)).collect::<Result<_, _>>()?,
+            locations: locs
+                .iter()
+                .map(|l| LocationId::new(l))
+                .collect::<Result<_, _>>()?,
             buffer,
             cap,
         };
@@ -79,7 +88,14 @@ async fn load_catalog(e: &Engine, skus: u32) -> anyhow::Result<()> {
                 reason: AdjustReason::Receipt,
                 reference: "initial-load".into(),
             };
-            exec(e, Command::Stock { sku: sku.clone(), command }).await?;
+            exec(
+                e,
+                Command::Stock {
+                    sku: sku.clone(),
+                    command,
+                },
+            )
+            .await?;
         }
     }
     Ok(())
@@ -92,7 +108,14 @@ struct Counters {
     busy: AtomicU64,
 }
 
-async fn checkout_task(e: Arc<Engine>, n: u32, skus: u32, deadline: Instant, c: Arc<Counters>, lat: Arc<parking_lot::Mutex<Vec<u32>>>) {
+async fn checkout_task(
+    e: Arc<Engine>,
+    n: u32,
+    skus: u32,
+    deadline: Instant,
+    c: Arc<Counters>,
+    lat: Arc<parking_lot::Mutex<Vec<u32>>>,
+) {
     let mut x = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         x ^= x << 13;
@@ -113,20 +136,32 @@ async fn checkout_task(e: Arc<Engine>, n: u32, skus: u32, deadline: Instant, c: 
             })
             .collect();
         let t = Instant::now();
-        let r = exec(&e, Command::Reserve(ReserveRequest {
-            reservation: res,
-            channel: ChannelId::new(channel).expect("valid"),
-            lines: cart,
-            allow_split: true,
-            ttl_ms: 200,
-        }))
+        let r = exec(
+            &e,
+            Command::Reserve(ReserveRequest {
+                reservation: res,
+                channel: ChannelId::new(channel).expect("valid"),
+                lines: cart,
+                allow_split: true,
+                ttl_ms: 200,
+            }),
+        )
         .await;
         local.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
         match r {
             Ok(()) => {
                 c.ok.fetch_add(1, Ordering::Relaxed);
                 match next() % 10 {
-                    0..=5 => drop(exec(&e, Command::Fulfill { reservation: res, lines: None }).await),
+                    0..=5 => drop(
+                        exec(
+                            &e,
+                            Command::Fulfill {
+                                reservation: res,
+                                lines: None,
+                            },
+                        )
+                        .await,
+                    ),
                     6..=8 => drop(exec(&e, Command::Release { reservation: res }).await),
                     _ => {} // left to expire
                 }
@@ -153,10 +188,16 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 /// Runs the simulation.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !(1..=1_000_000).contains(&args.skus) || !(1..=600).contains(&args.seconds) || !(1..=4096).contains(&args.tasks) {
+    if !(1..=1_000_000).contains(&args.skus)
+        || !(1..=600).contains(&args.seconds)
+        || !(1..=4096).contains(&args.tasks)
+    {
         bail!("--skus 1..=1000000, --seconds 1..=600, --tasks 1..=4096");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     rt.block_on(async move {
         let e = Arc::new(Engine::start_in_memory(EngineConfig::default())?);
         let t = Instant::now();
@@ -190,7 +231,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 async fn audit(e: &Engine, skus: u32) -> anyhow::Result<()> {
     let mut oversold = 0;
     for i in 0..skus {
-        let s = e.sku_state(&SkuId::new(&format!("SKU-{i:07}"))?).await.map_err(|f| anyhow::anyhow!("{f}"))?;
+        let s = e
+            .sku_state(&SkuId::new(&format!("SKU-{i:07}"))?)
+            .await
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
         if let Err(msg) = s.check_invariants() {
             bail!("invariant broken: {msg}");
         }

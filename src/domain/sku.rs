@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Channel};
@@ -242,7 +244,7 @@ pub struct SkuState {
     /// Buckets sorted by location id.
     pub buckets: Vec<Bucket>,
     /// Active holds by reservation id.
-    pub holds: HashMap<ReservationId, Hold>,
+    pub holds: HashMap<ReservationId, Hold, RandomState>,
     /// Log sequence number of the last applied event (0 = none); makes replay idempotent.
     pub last_seq: u64,
 }
@@ -305,17 +307,15 @@ impl SkuState {
         SkuState {
             sku,
             buckets: Vec::new(),
-            holds: HashMap::new(),
+            holds: HashMap::default(),
             last_seq: 0,
         }
     }
 
     /// The bucket at `loc`, if any.
     pub fn bucket(&self, loc: &LocationId) -> Option<&Bucket> {
-        self.buckets
-            .binary_search_by(|b| b.location.cmp(loc))
-            .ok()
-            .map(|i| &self.buckets[i])
+        // Linear: a SKU has few buckets and interned ids compare by pointer first.
+        self.buckets.iter().find(|b| b.location == *loc)
     }
 
     fn bucket_mut(&mut self, loc: &LocationId) -> &mut Bucket {
