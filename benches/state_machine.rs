@@ -31,7 +31,7 @@ fn setup() -> (Catalog, SkuState) {
     for l in ["wh", "st", "ds", "mk"] {
         let cmd = SkuCommand::Adjust {
             location: LocationId::new(l).unwrap(),
-            delta: 1_000_000_00,
+            delta: 100_000_000,
             reason: AdjustReason::Receipt,
             reference: String::new(),
         };

@@ -18,6 +18,15 @@ const FIXED: Configuration<LittleEndian, Fixint, bincode::config::Limit<MAX_DECO
 
 const COMPACT: Configuration<LittleEndian, Varint> = config::standard();
 
+/// Largest checkpoint the codec will decode (64 GiB): checkpoints hold the whole state.
+pub const MAX_CHECKPOINT_BYTES: usize = 1 << 36;
+
+const LARGE: Configuration<LittleEndian, Fixint, bincode::config::Limit<MAX_CHECKPOINT_BYTES>> =
+    config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_CHECKPOINT_BYTES>();
+
 /// A value could not be encoded or decoded.
 #[derive(Debug, Error)]
 pub enum CodecError {
@@ -47,6 +56,16 @@ pub fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecEr
 /// Decodes a whole buffer with the fixed configuration; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (v, used) = bincode::serde::decode_from_slice(bytes, FIXED)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(v)
+}
+
+/// Decodes a checkpoint-sized value (same layout as [`decode`], larger limit).
+pub fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, LARGE)
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));

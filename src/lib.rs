@@ -12,3 +12,4 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod domain;
 pub mod engine;
+pub mod wal;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod simulate;
+mod tools;
 
 /// omnistock: real-time authoritative available-to-promise inventory.
 #[derive(Parser)]
@@ -18,6 +19,10 @@ struct Cli {
 enum Cmd {
     /// Run an in-process checkout simulation against the engine and print what it saw.
     Simulate(simulate::Args),
+    /// Verify a data directory (checkpoint, log checksums, replay, invariants); print counts.
+    Check(tools::CheckArgs),
+    /// Print a SKU's history from a data directory: the audit ledger.
+    Dump(tools::DumpArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +36,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Simulate(args) => simulate::run(args),
+        Cmd::Check(args) => tools::check(args),
+        Cmd::Dump(args) => tools::dump(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

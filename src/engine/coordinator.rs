@@ -40,6 +40,27 @@ enum Delivery {
     Wait,
 }
 
+/// What `try_send` did with an op.
+enum Sent {
+    Queued,
+    Full,
+    /// The actor had stopped (passivated): the op comes back to be re-sent.
+    Closed(SkuOp),
+}
+
+/// Changes committed by SKU actors: (sku, seq, events).
+type Done = Vec<(SkuId, u64, Vec<Event>)>;
+
+/// How a fulfil request maps onto the reservation's SKUs.
+struct FulfilPlan {
+    /// Per SKU: units, or `None` for everything still held.
+    per_sku: Vec<(SkuId, Option<u32>)>,
+    /// Units still held per SKU afterwards (when not closing).
+    remaining: Vec<(SkuId, u32)>,
+    /// The whole reservation ends.
+    closes: bool,
+}
+
 /// Most times one op is re-sent because its actor passivated under it.
 const MAX_REDELIVERIES: usize = 8;
 
@@ -59,14 +80,18 @@ async fn call(
             Delivery::Try => {
                 let sent = core
                     .registry
-                    .with_addr(core, sku, create, |a| a.try_send(msg))
+                    .with_addr(core, sku, create, |a| match a.try_send(msg) {
+                        Ok(()) => Sent::Queued,
+                        Err(actix::dev::SendError::Full(_)) => Sent::Full,
+                        Err(actix::dev::SendError::Closed(m)) => Sent::Closed(m.op),
+                    })
                     .map_err(limit_to_rejection)?;
                 match sent {
                     None => return Err(Rejection::UnknownSku(sku.clone()).into()),
-                    Some(Ok(())) => {}
-                    Some(Err(actix::dev::SendError::Full(_))) => return Err(Rejection::Busy.into()),
-                    Some(Err(actix::dev::SendError::Closed(m))) => {
-                        op = m.op;
+                    Some(Sent::Queued) => {}
+                    Some(Sent::Full) => return Err(Rejection::Busy.into()),
+                    Some(Sent::Closed(back)) => {
+                        op = back;
                         continue;
                     }
                 }
@@ -114,6 +139,13 @@ pub(crate) async fn execute(core: &Arc<Core>, req: Request) -> Result<Arc<Outcom
     if let Begin::Replay(o) = core.idem.begin(req.id, fp)? {
         return Ok(o);
     }
+    let epoch = core.enter_epoch();
+    let result = run_new(core, req, fp).await;
+    core.exit_epoch(epoch);
+    result
+}
+
+async fn run_new(core: &Arc<Core>, req: Request, fp: u64) -> Result<Arc<Outcome>, Failure> {
     let now = core.clock.now_ms();
     let result = match req.command {
         Command::Reserve(r) => reserve(core, req.id, fp, r, now).await,
@@ -152,9 +184,7 @@ fn sku_op(cmd: SkuCommand, request: u128, fingerprint: u64, core: &Core, now_ms:
 }
 
 /// Collects `Done` replies into changes; the first non-`Done` becomes the failure.
-fn collect(
-    results: Vec<(SkuId, Result<SkuReply, Failure>)>,
-) -> (Vec<(SkuId, u64, Vec<Event>)>, Option<Failure>) {
+fn collect(results: Vec<(SkuId, Result<SkuReply, Failure>)>) -> (Done, Option<Failure>) {
     let mut done = Vec::new();
     let mut failure = None;
     for (sku, r) in results {
@@ -294,16 +324,24 @@ fn held_by(events: &[Event]) -> u32 {
 }
 
 /// Releases the holds a rejected cart had placed (engine-initiated, request id 0).
-async fn undo_holds(
+async fn undo_holds(core: &Arc<Core>, reservation: ReservationId, done: &Done, _now: TimeMs) {
+    let skus: Vec<SkuId> = done.iter().map(|d| d.0.clone()).collect();
+    release_holds(core, reservation, &skus, ReleaseReason::CartAborted).await;
+}
+
+/// Releases a reservation's holds on `skus` (engine-initiated, request id 0), logging
+/// failures: cart undo and recovery of carts a crash left half-placed.
+pub(crate) async fn release_holds(
     core: &Arc<Core>,
     reservation: ReservationId,
-    done: &[(SkuId, u64, Vec<Event>)],
-    now: TimeMs,
+    skus: &[SkuId],
+    reason: ReleaseReason,
 ) {
-    let calls = done.iter().map(|(sku, _, _)| {
+    let now = core.clock.now_ms();
+    let calls = skus.iter().map(|sku| {
         let cmd = SkuCommand::Release {
             reservation,
-            reason: ReleaseReason::CartAborted,
+            reason,
         };
         let op = sku_op(cmd, 0, 0, core, now);
         async move {
@@ -354,7 +392,7 @@ async fn fan_out(
     request: u128,
     fp: u64,
     now: TimeMs,
-) -> (Vec<(SkuId, u64, Vec<Event>)>, Option<Failure>) {
+) -> (Done, Option<Failure>) {
     let calls = targets.into_iter().map(|(sku, cmd)| {
         let op = sku_op(cmd, request, fp, core, now);
         async move {
@@ -369,10 +407,14 @@ async fn fan_out(
 fn fulfil_plan(
     entry: &ResEntry,
     lines: Option<Vec<(SkuId, u32)>>,
-) -> Result<(Vec<(SkuId, Option<u32>)>, Vec<(SkuId, u32)>, bool), Rejection> {
+) -> Result<FulfilPlan, Rejection> {
     let Some(lines) = lines else {
         let all = entry.lines.iter().map(|(s, _)| (s.clone(), None)).collect();
-        return Ok((all, Vec::new(), true));
+        return Ok(FulfilPlan {
+            per_sku: all,
+            remaining: Vec::new(),
+            closes: true,
+        });
     };
     if lines.is_empty() || lines.len() > MAX_LINES_PER_RESERVATION {
         return Err(Rejection::invalid(format!(
@@ -407,13 +449,21 @@ fn fulfil_plan(
     if remaining.iter().all(|(_, q)| *q == 0) {
         // Everything left is being fulfilled: close the whole reservation.
         let all = entry.lines.iter().map(|(s, _)| (s.clone(), None)).collect();
-        return Ok((all, Vec::new(), true));
+        return Ok(FulfilPlan {
+            per_sku: all,
+            remaining: Vec::new(),
+            closes: true,
+        });
     }
     let per_sku = want
         .into_iter()
         .map(|(s, q)| (s, Some(u32::try_from(q).unwrap_or(u32::MAX))))
         .collect();
-    Ok((per_sku, remaining, false))
+    Ok(FulfilPlan {
+        per_sku,
+        remaining,
+        closes: false,
+    })
 }
 
 async fn fulfill(
@@ -429,7 +479,11 @@ async fn fulfill(
         unlock_reservation(core, id, None);
         return Err(Rejection::ReservationExpired(id).into());
     }
-    let (plan, remaining, whole) = match fulfil_plan(&entry, lines) {
+    let FulfilPlan {
+        per_sku: plan,
+        remaining,
+        closes: whole,
+    } = match fulfil_plan(&entry, lines) {
         Ok(p) => p,
         Err(r) => {
             unlock_reservation(core, id, None);
@@ -459,7 +513,7 @@ async fn finish_reservation_op(
     core: &Arc<Core>,
     id: ReservationId,
     entry: &ResEntry,
-    done: Vec<(SkuId, u64, Vec<Event>)>,
+    done: Done,
     failure: Option<Failure>,
     remaining: Option<Vec<(SkuId, u32)>>,
 ) -> Result<Outcome, Failure> {
@@ -593,20 +647,30 @@ pub(crate) async fn expire_due(core: &Arc<Core>) -> usize {
 }
 
 /// Sleeps until the earliest deadline (or until an earlier one is added), then expires.
-pub(crate) async fn expiry_driver(core: Arc<Core>) {
+/// Holds the core only weakly between rounds, so a shut-down engine is released at once.
+pub(crate) async fn expiry_driver(weak: std::sync::Weak<Core>) {
     loop {
-        expire_due(&core).await;
-        let now = core.clock.now_ms();
-        match core.expiry.next_deadline() {
-            Some(t) if t <= now => continue,
-            Some(t) => {
-                let wait = std::time::Duration::from_millis(t - now);
+        let (wait, changed) = {
+            let Some(core) = weak.upgrade() else { return };
+            expire_due(&core).await;
+            let now = core.clock.now_ms();
+            match core.expiry.next_deadline() {
+                Some(t) if t <= now => continue,
+                Some(t) => (
+                    Some(std::time::Duration::from_millis(t - now)),
+                    core.wake_handle(),
+                ),
+                None => (None, core.wake_handle()),
+            }
+        };
+        match wait {
+            Some(w) => {
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = core.expiry.changed() => {}
+                    _ = tokio::time::sleep(w) => {}
+                    _ = changed.notified() => {}
                 }
             }
-            None => core.expiry.changed().await,
+            None => changed.notified().await,
         }
     }
 }
@@ -680,6 +744,15 @@ pub(crate) async fn get(core: &Arc<Core>, sku: &SkuId) -> Result<SkuView, Failur
     }
 }
 
+/// Sends `op` waiting for mailbox room (checkpoints).
+pub(crate) async fn call_wait(
+    core: &Arc<Core>,
+    sku: &SkuId,
+    op: SkuOp,
+) -> Result<SkuReply, Failure> {
+    call(core, sku, op, false, Delivery::Wait).await
+}
+
 pub(crate) async fn sku_state(core: &Arc<Core>, sku: &SkuId) -> Result<SkuState, Failure> {
     if let Some(s) = core.registry.passive_state(sku, &core.catalog())? {
         return Ok(s);
@@ -691,9 +764,16 @@ pub(crate) async fn sku_state(core: &Arc<Core>, sku: &SkuId) -> Result<SkuState,
 }
 
 /// Rebuilds the reservation index and expiry queue from recovered SKU holds.
-pub(crate) fn index_holds(core: &Core, skus: &[SkuState]) {
+pub(crate) fn index_holds(
+    core: &Core,
+    skus: &[SkuState],
+    skip: &std::collections::HashSet<ReservationId>,
+) {
     for s in skus {
         for (id, h) in &s.holds {
+            if skip.contains(id) {
+                continue;
+            }
             let mut e = core.reservations.entry(*id).or_insert_with(|| ResEntry {
                 channel: h.channel.clone(),
                 lines: Vec::new(),

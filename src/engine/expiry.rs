@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -13,7 +15,7 @@ use crate::domain::{ReservationId, TimeMs};
 #[derive(Debug, Default)]
 pub struct ExpiryQueue {
     set: Mutex<BTreeSet<(TimeMs, ReservationId)>>,
-    wake: Notify,
+    wake: Arc<Notify>,
 }
 
 impl ExpiryQueue {
@@ -60,14 +62,9 @@ impl ExpiryQueue {
         self.set.lock().len()
     }
 
-    /// Whether no deadline is pending.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Resolves when a new earliest deadline was inserted.
-    pub async fn changed(&self) {
-        self.wake.notified().await;
+    /// The notifier woken when a new earliest deadline is inserted.
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
     }
 }
 
@@ -84,6 +81,6 @@ mod tests {
         assert_eq!(q.next_deadline(), Some(10));
         assert_eq!(q.take_due(20, 10), vec![1, 2]);
         q.remove(30, 3);
-        assert!(q.is_empty());
+        assert_eq!(q.next_deadline(), None);
     }
 }

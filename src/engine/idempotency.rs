@@ -113,11 +113,6 @@ impl IdempotencyTable {
         self.order.lock().len()
     }
 
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// All remembered entries, oldest first: (time, id, fingerprint, outcome). For checkpoints.
     pub fn entries(&self) -> Vec<(TimeMs, RequestId, u64, Arc<Outcome>)> {
         let order = self.order.lock();

@@ -8,11 +8,13 @@
 //! tests of the engine alone. `Wal` is the sled write-ahead log with group commit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::domain::{CatalogEvent, Event, RequestId, SkuId, TimeMs};
+use crate::wal::Wal;
 
 use super::EngineError;
 
@@ -51,6 +53,8 @@ pub enum Journal {
         /// Last assigned sequence number.
         seq: AtomicU64,
     },
+    /// The sled write-ahead log.
+    Wal(Arc<Wal>),
 }
 
 impl Journal {
@@ -68,6 +72,9 @@ impl Journal {
                 let _ = rec;
                 Ok(seq.fetch_add(1, Ordering::Relaxed) + 1)
             }
+            Journal::Wal(wal) => wal
+                .append(Self::encode(rec)?)
+                .map_err(|e| EngineError::Storage(e.to_string())),
         }
     }
 
@@ -78,6 +85,25 @@ impl Journal {
                 let _ = seq;
                 Ok(())
             }
+            Journal::Wal(wal) => wal
+                .wait_durable(seq)
+                .await
+                .map_err(|e| EngineError::Storage(e.to_string())),
+        }
+    }
+
+    /// The last sequence number assigned.
+    pub fn last_seq(&self) -> u64 {
+        match self {
+            Journal::Memory { seq } => seq.load(Ordering::Relaxed),
+            Journal::Wal(wal) => wal.last_assigned_seq(),
+        }
+    }
+
+    /// Stops the log writer after flushing what is pending (no-op in memory).
+    pub fn shutdown(&self) {
+        if let Journal::Wal(wal) = self {
+            wal.shutdown();
         }
     }
 

@@ -14,8 +14,12 @@ mod coordinator;
 mod expiry;
 mod idempotency;
 pub mod journal;
+mod persist;
+pub mod recovery;
 mod registry;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,6 +36,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
 use idempotency::IdempotencyTable;
 use journal::Journal;
+pub use persist::{CheckpointReport, PersistConfig};
 use registry::Registry;
 
 /// A failure of the engine itself (not a business rejection).
@@ -127,6 +132,11 @@ pub(crate) struct Core {
     pub reservations: DashMap<ReservationId, ResEntry>,
     pub idem: IdempotencyTable,
     pub expiry: ExpiryQueue,
+    /// One checkpoint at a time.
+    pub checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Request epochs (see `persist`): the current epoch and in-flight requests per epoch.
+    epoch: AtomicUsize,
+    epoch_inflight: [AtomicU64; 2],
 }
 
 impl Core {
@@ -137,6 +147,38 @@ impl Core {
 
     fn set_catalog(&self, c: Arc<Catalog>) {
         *self.catalog.write() = c;
+    }
+
+    /// The expiry driver's wake-up notifier.
+    pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
+        self.expiry.wake_handle()
+    }
+
+    /// Registers a mutating request in the current epoch; pass the result to `exit_epoch`.
+    pub fn enter_epoch(&self) -> usize {
+        let e = self.epoch.load(Ordering::SeqCst) & 1;
+        self.epoch_inflight[e].fetch_add(1, Ordering::SeqCst);
+        e
+    }
+
+    /// Ends a request registered by `enter_epoch`.
+    pub fn exit_epoch(&self, e: usize) {
+        self.epoch_inflight[e].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Starts a new epoch and waits until every request of the previous one has finished.
+    pub async fn drain_epoch(&self) -> Result<(), EngineError> {
+        let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.epoch_inflight[old].load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(EngineError::Storage(
+                    "requests did not finish within 30 s; checkpoint abandoned".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +204,12 @@ pub struct Engine {
     core: Arc<Core>,
     system: System,
     actors_thread: Mutex<Option<JoinHandle<()>>>,
-    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The actor threads, stopped and joined at shutdown so every actor (and its reference
+    /// to the core, hence to the log) is gone when `shutdown` returns.
+    arbiters: Mutex<Vec<Arbiter>>,
+    /// Background tasks (expiry driver, checkpoints), aborted at shutdown. They hold only a
+    /// `Weak` reference to the core between rounds.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn start_actor_system(n: usize) -> Result<(System, Vec<Arbiter>, JoinHandle<()>), EngineError> {
@@ -193,6 +240,7 @@ impl Engine {
             Journal::memory(0),
             Catalog::default(),
             Vec::new(),
+            &HashSet::new(),
         )
     }
 
@@ -203,6 +251,7 @@ impl Engine {
         journal: Journal,
         catalog: Catalog,
         skus: Vec<SkuState>,
+        not_indexed: &HashSet<ReservationId>,
     ) -> Result<Engine, EngineError> {
         if config.arbiters == 0 || config.mailbox_capacity == 0 || config.expiry_batch == 0 {
             return Err(EngineError::Startup(
@@ -211,8 +260,6 @@ impl Engine {
         }
         let (system, arbiters, thread) = start_actor_system(config.arbiters)?;
         let handles = arbiters.iter().map(Arbiter::handle).collect();
-        // The Arbiter values only stop their threads when told to; the System stops them.
-        drop(arbiters);
         let core = Arc::new(Core {
             idem: IdempotencyTable::new(
                 config.idempotency_max_entries,
@@ -226,23 +273,30 @@ impl Engine {
             catalog_write: tokio::sync::Mutex::new(()),
             reservations: DashMap::new(),
             expiry: ExpiryQueue::default(),
+            checkpoint_lock: tokio::sync::Mutex::new(()),
+            epoch: AtomicUsize::new(0),
+            epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
         });
         for s in &skus {
             core.registry.insert_passive(s)?;
         }
-        coordinator::index_holds(&core, &skus);
+        coordinator::index_holds(&core, &skus, not_indexed);
         let engine = Engine {
             core,
             system,
             actors_thread: Mutex::new(Some(thread)),
-            driver: Mutex::new(None),
+            arbiters: Mutex::new(arbiters),
+            tasks: Mutex::new(Vec::new()),
         };
         if engine.core.config.expiry_driver {
             let rt = tokio::runtime::Handle::try_current().map_err(|_| {
                 EngineError::Startup("the expiry driver needs a tokio runtime".into())
             })?;
-            let core = engine.core.clone();
-            *engine.driver.lock() = Some(rt.spawn(coordinator::expiry_driver(core)));
+            let core = Arc::downgrade(&engine.core);
+            engine
+                .tasks
+                .lock()
+                .push(rt.spawn(coordinator::expiry_driver(core)));
         }
         Ok(engine)
     }
@@ -258,6 +312,7 @@ impl Engine {
             Journal::memory(0),
             Catalog::default(),
             Vec::new(),
+            &HashSet::new(),
         )
     }
 
@@ -311,12 +366,17 @@ impl Engine {
 
     /// Stops the expiry driver and the actor system. Idempotent.
     pub fn shutdown(&self) {
-        if let Some(d) = self.driver.lock().take() {
-            d.abort();
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
         }
         if let Some(t) = self.actors_thread.lock().take() {
+            for a in self.arbiters.lock().drain(..) {
+                a.stop();
+                let _ = a.join();
+            }
             self.system.stop();
             let _ = t.join();
+            self.core.journal.shutdown();
         }
     }
 }

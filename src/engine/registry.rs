@@ -172,11 +172,6 @@ impl Registry {
         }
     }
 
-    /// Whether the SKU is known.
-    pub(crate) fn contains(&self, sku: &SkuId) -> bool {
-        self.map.contains_key(sku)
-    }
-
     /// Called by an idle actor: swaps its slot to compact bytes if it is still the one
     /// registered (same generation). Err: it was not (or encoding failed) — stay active.
     pub(crate) fn passivate(&self, state: &SkuState, generation: u64) -> Result<(), EngineError> {

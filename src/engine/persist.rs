@@ -1,0 +1,281 @@
+//! The durable engine: opening a data directory (checkpoint + log replay through the same
+//! `apply`), releasing what the crash left half-done, and taking checkpoints so the log
+//! stays proportional to live state.
+//!
+//! Checkpoints are fuzzy and do not pause reservations: the start sequence is read first,
+//! then the request epoch is flipped and the previous epoch drained (so every request whose
+//! records fall below the start has finished and recorded its idempotency outcome), then the
+//! catalog, every SKU (active ones through their actor, passive ones from compact bytes) and
+//! the idempotency table are copied. Replay skips, per SKU, records at or below its
+//! `last_seq`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+
+use crate::codec;
+use crate::domain::ReleaseReason;
+use crate::wal::{Durability, FaultInjector, Wal, WalConfig};
+
+use super::actor::{SkuOp, SkuReply};
+use super::coordinator;
+use super::journal::Journal;
+use super::recovery::{self, CheckpointState, IdemRecord, CHECKPOINT_VERSION};
+use super::{Core, Engine, EngineConfig, EngineError, SystemClock};
+
+/// Settings of a durable engine.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// Engine settings.
+    pub engine: EngineConfig,
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// `Sync` (default): acknowledge after the flush. `Relaxed`: flush every N ms.
+    pub durability: Durability,
+    /// Take a checkpoint once this many records were logged since the last one.
+    /// Default 1,000,000.
+    pub checkpoint_every_records: u64,
+    /// How often the checkpoint task looks at the log. Default 1 s.
+    pub checkpoint_poll: Duration,
+    /// Test hook: makes the log's storage calls fail on demand. `None` in production.
+    pub wal_fault: Option<Arc<FaultInjector>>,
+}
+
+impl PersistConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PersistConfig {
+            engine: EngineConfig::default(),
+            data_dir: data_dir.into(),
+            durability: Durability::Sync,
+            checkpoint_every_records: 1_000_000,
+            checkpoint_poll: Duration::from_secs(1),
+            wal_fault: None,
+        }
+    }
+}
+
+/// What a checkpoint wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Replay after a restart starts here.
+    pub start_seq: u64,
+    /// SKUs written.
+    pub skus: usize,
+    /// Bytes of state written.
+    pub bytes: usize,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+fn storage(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Storage(e.to_string())
+}
+
+impl Engine {
+    /// Opens (or creates) a durable engine in `cfg.data_dir`: latest checkpoint, then replay
+    /// of the log after it, then release of carts a crash left half-placed and of holds that
+    /// expired while the process was down. Returns only when recovery is complete.
+    pub async fn open(cfg: PersistConfig) -> Result<Engine, EngineError> {
+        let t0 = Instant::now();
+        let dir = cfg.data_dir.display().to_string();
+        let mut wal_cfg = WalConfig::new(&cfg.data_dir);
+        wal_cfg.durability = cfg.durability;
+        wal_cfg.fault = cfg.wal_fault.clone();
+        let wal = Wal::open(wal_cfg).map_err(|e| EngineError::Startup(format!("{dir}: {e}")))?;
+        let checkpoint = match wal
+            .latest_checkpoint()
+            .map_err(|e| EngineError::Corrupt(format!("{dir}: {e}")))?
+        {
+            Some(c) => {
+                tracing::info!(
+                    start_seq = c.start_seq,
+                    bytes = c.state.len(),
+                    "loading checkpoint"
+                );
+                Some((c.start_seq, recovery::decode_checkpoint(&c.state)?))
+            }
+            None => None,
+        };
+        let start_seq = checkpoint.as_ref().map_or(1, |c| c.0);
+        let rec = recovery::recover(
+            checkpoint.map(|c| c.1),
+            wal.replay_from(start_seq),
+            1_000_000,
+            |n, seq| tracing::info!(records = n, seq, "recovery: replaying log"),
+        )
+        .map_err(|e| match e {
+            EngineError::Corrupt(m) => EngineError::Corrupt(format!("{dir}: {m}")),
+            other => other,
+        })?;
+        tracing::info!(
+            skus = rec.skus.len(),
+            replayed = rec.records_replayed,
+            skipped = rec.records_skipped,
+            incomplete_carts = rec.incomplete.len(),
+            "recovery: state rebuilt"
+        );
+        let engine = Engine::start_with(
+            cfg.engine.clone(),
+            Arc::new(SystemClock),
+            Journal::Wal(Arc::new(wal)),
+            rec.catalog,
+            rec.skus,
+            &rec.incomplete
+                .iter()
+                .map(|(id, _)| *id)
+                .collect::<HashSet<_>>(),
+        )?;
+        for r in rec.idempotency {
+            let IdemRecord {
+                at_ms,
+                id,
+                fingerprint,
+                outcome,
+            } = r;
+            engine
+                .core
+                .idem
+                .complete(id, fingerprint, Arc::new(outcome), at_ms);
+        }
+        for (id, skus) in &rec.incomplete {
+            coordinator::release_holds(&engine.core, *id, skus, ReleaseReason::Recovery).await;
+        }
+        let expired = engine.expire_due().await;
+        tracing::info!(
+            expired,
+            released_incomplete = rec.incomplete.len(),
+            duration_ms = t0.elapsed().as_millis() as u64,
+            "recovery done: ready"
+        );
+        if cfg.checkpoint_every_records > 0 {
+            let core = Arc::downgrade(&engine.core);
+            let task = tokio::spawn(checkpoint_task(
+                core,
+                cfg.checkpoint_every_records,
+                cfg.checkpoint_poll,
+            ));
+            engine.tasks.lock().push(task);
+        }
+        Ok(engine)
+    }
+
+    /// Size of the log, for a durable engine.
+    pub fn log_stats(&self) -> Option<crate::wal::LogStats> {
+        match &self.core.journal {
+            Journal::Wal(wal) => Some(wal.log_stats()),
+            Journal::Memory { .. } => None,
+        }
+    }
+
+    /// Takes a checkpoint now and truncates the log below it.
+    pub async fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
+        checkpoint(&self.core).await
+    }
+}
+
+async fn checkpoint_task(weak: std::sync::Weak<Core>, every: u64, poll: Duration) {
+    let mut last = match weak.upgrade() {
+        Some(core) => core.journal.last_seq(),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(poll).await;
+        let Some(core) = weak.upgrade() else { return };
+        if core.journal.last_seq().saturating_sub(last) < every {
+            continue;
+        }
+        match checkpoint(&core).await {
+            Ok(r) => {
+                last = r.start_seq;
+                tracing::info!(
+                    start_seq = r.start_seq,
+                    skus = r.skus,
+                    bytes = r.bytes,
+                    ms = r.duration.as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(e) => tracing::error!("checkpoint failed: {e}"),
+        }
+    }
+}
+
+/// Most SKU snapshots requested from actors at once during a checkpoint.
+const CHECKPOINT_CONCURRENCY: usize = 256;
+
+pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, EngineError> {
+    let t0 = Instant::now();
+    let Journal::Wal(wal) = &core.journal else {
+        return Err(EngineError::Storage(
+            "checkpoints need a data directory".into(),
+        ));
+    };
+    let _one_at_a_time = core.checkpoint_lock.lock().await;
+    let start_seq = wal.last_assigned_seq() + 1;
+    core.drain_epoch().await?;
+    let catalog = {
+        let _w = core.catalog_write.lock().await;
+        (*core.catalog()).clone()
+    };
+    let mut passive = Vec::new();
+    let mut active = Vec::new();
+    core.registry
+        .for_each_slot(&catalog, |sku, slot| match slot {
+            Ok(state) => passive.push(state),
+            Err(_) => active.push(sku.clone()),
+        })?;
+    let snapshots: Vec<_> = stream::iter(active)
+        .map(|sku| {
+            let core = core.clone();
+            async move { coordinator::call_wait(&core, &sku, SkuOp::Snapshot).await }
+        })
+        .buffer_unordered(CHECKPOINT_CONCURRENCY)
+        .collect()
+        .await;
+    let mut skus = passive;
+    for s in snapshots {
+        match s {
+            Ok(SkuReply::State(st)) => skus.push(*st),
+            other => {
+                return Err(EngineError::Corrupt(format!(
+                    "checkpoint snapshot: {other:?}"
+                )))
+            }
+        }
+    }
+    let idempotency = core
+        .idem
+        .entries()
+        .into_iter()
+        .map(|(at_ms, id, fingerprint, o)| IdemRecord {
+            at_ms,
+            id,
+            fingerprint,
+            outcome: (*o).clone(),
+        })
+        .collect();
+    let n = skus.len();
+    let state = CheckpointState {
+        version: CHECKPOINT_VERSION,
+        catalog,
+        skus,
+        idempotency,
+    };
+    let bytes = codec::encode(&state).map_err(storage)?;
+    let len = bytes.len();
+    let wal = wal.clone();
+    tokio::task::spawn_blocking(move || wal.write_checkpoint(start_seq, &bytes))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    Ok(CheckpointReport {
+        start_seq,
+        skus: n,
+        bytes: len,
+        duration: t0.elapsed(),
+    })
+}

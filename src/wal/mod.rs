@@ -1,0 +1,577 @@
+//! The write-ahead log: every acknowledged inventory change is appended here, and made
+//! durable, before the engine replies; on restart the engine rebuilds its in-memory
+//! state from the latest checkpoint plus a replay of the log after it.
+//!
+//! This module owns the public WAL API ([`Wal`], [`WalConfig`], [`WalError`]) and the
+//! lifecycle glue (open, shutdown). The work lives in submodules: [`record`] (on-disk
+//! byte layout), `writer` (group commit on one OS thread), `checkpoint` (snapshot
+//! storage and log truncation) and `recovery` (open-time validation, replay). Payloads
+//! are opaque bytes: the WAL never decodes them, so the engine's record types can
+//! evolve without touching this module. Storage is a sled database at
+//! [`WalConfig::dir`] with two trees, `log` and `checkpoint`; nothing else may write to
+//! that database.
+//!
+//! Durability contract: in [`Durability::Sync`] (the default) `wait_durable(seq)`
+//! returns only after the batch containing `seq` has been fsynced. Failures are
+//! fail-stop: after the first write or flush error every pending and later operation
+//! reports [`WalError::Failed`], and a record whose wait reported `Failed` has an
+//! *unknown* outcome (it may or may not reappear on replay); it is never reported
+//! durable.
+#![deny(missing_docs)]
+
+mod checkpoint;
+pub mod record;
+mod recovery;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+pub use checkpoint::{Checkpoint, REMOVE_BATCH_KEYS};
+pub use recovery::ReplayIter;
+pub use writer::FaultInjector;
+
+/// Default for [`WalConfig::max_record_bytes`]: 1 MiB. Domain records are tens of
+/// bytes; anything near this size is a bug upstream, and sled keeps whole values in
+/// memory.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Default for [`WalConfig::max_batch_records`]: 8192 records per sled batch and fsync.
+/// Large enough to amortise the fsync, small enough that one batch's `apply_batch`
+/// (which holds sled's process-wide write lock) stays in the low milliseconds.
+pub const DEFAULT_MAX_BATCH_RECORDS: usize = 8192;
+
+/// Default for [`WalConfig::max_pending_records`]: 1,000,000 records waiting for the
+/// writer. Beyond this `append` returns [`WalError::Backpressure`] so a stalled disk
+/// turns into a retriable error instead of unbounded memory growth.
+pub const DEFAULT_MAX_PENDING_RECORDS: usize = 1_000_000;
+
+/// Default for [`WalConfig::checkpoint_chunk_bytes`]: 1 MiB per sled value, so a large
+/// snapshot never becomes one huge sled value.
+pub const CHECKPOINT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Default for [`WalConfig::sled_cache_capacity_bytes`]: 64 MiB. The WAL is written far
+/// more than it is read, so sled's default 1 GiB page cache would mostly hold records
+/// that are only read again at the next restart.
+pub const DEFAULT_SLED_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Name of the sled tree holding log records.
+const LOG_TREE: &str = "log";
+/// Name of the sled tree holding checkpoints.
+const CHECKPOINT_TREE: &str = "checkpoint";
+
+/// When `wait_durable` may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `wait_durable(seq)` returns after the batch holding `seq` is fsynced: nothing
+    /// acknowledged is lost on power failure.
+    #[default]
+    Sync,
+    /// `wait_durable(seq)` returns once `seq` is written into sled (in memory); the
+    /// writer fsyncs at most `flush_interval_ms` after the oldest unflushed write.
+    /// Up to `flush_interval_ms` of acknowledged work can be lost on power loss, a
+    /// kernel crash, or a process crash (sled buffers writes in process memory until
+    /// they are flushed).
+    Relaxed {
+        /// Longest time a written record stays unflushed, in milliseconds (>= 1).
+        flush_interval_ms: u64,
+    },
+}
+
+/// Configuration for [`Wal::open`]. Build with [`WalConfig::new`] and override fields.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Data directory of the sled database (created if missing).
+    pub dir: PathBuf,
+    /// When waiters are released; see [`Durability`].
+    pub durability: Durability,
+    /// Largest accepted payload; default [`DEFAULT_MAX_RECORD_BYTES`].
+    pub max_record_bytes: usize,
+    /// Most records per sled batch and fsync; default [`DEFAULT_MAX_BATCH_RECORDS`].
+    pub max_batch_records: usize,
+    /// Most records queued for the writer; default [`DEFAULT_MAX_PENDING_RECORDS`].
+    pub max_pending_records: usize,
+    /// Size of each checkpoint chunk value; default [`CHECKPOINT_CHUNK_BYTES`].
+    pub checkpoint_chunk_bytes: usize,
+    /// sled page-cache size; default [`DEFAULT_SLED_CACHE_CAPACITY_BYTES`].
+    pub sled_cache_capacity_bytes: u64,
+    /// Test hook making the writer's storage calls fail; `None` in production.
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+impl WalConfig {
+    /// Defaults for everything but the data directory.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            durability: Durability::Sync,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            max_pending_records: DEFAULT_MAX_PENDING_RECORDS,
+            checkpoint_chunk_bytes: CHECKPOINT_CHUNK_BYTES,
+            sled_cache_capacity_bytes: DEFAULT_SLED_CACHE_CAPACITY_BYTES,
+            fault: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), WalError> {
+        let bad = |what: &str| {
+            Err(WalError::InvalidConfig(format!(
+                "{what} must be at least 1"
+            )))
+        };
+        if self.max_record_bytes == 0 {
+            return bad("max_record_bytes");
+        }
+        if self.max_batch_records == 0 {
+            return bad("max_batch_records");
+        }
+        if self.max_pending_records == 0 {
+            return bad("max_pending_records");
+        }
+        if self.checkpoint_chunk_bytes == 0 {
+            return bad("checkpoint_chunk_bytes");
+        }
+        if let Durability::Relaxed {
+            flush_interval_ms: 0,
+        } = self.durability
+        {
+            return bad("Durability::Relaxed flush_interval_ms");
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong in the WAL.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// The payload exceeds [`WalConfig::max_record_bytes`]. Not retriable.
+    #[error("WAL record of {len} bytes exceeds the {max} byte limit")]
+    RecordTooLarge {
+        /// Payload length.
+        len: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// Too many records are waiting for the writer. Retriable: back off and retry, or
+    /// shed load; the disk is slower than the offered load.
+    #[error("WAL backpressure: {pending_records} records pending (limit {max_pending_records})")]
+    Backpressure {
+        /// Records queued when the append was refused.
+        pending_records: usize,
+        /// Configured limit.
+        max_pending_records: usize,
+    },
+    /// A write or flush failed; the WAL is permanently failed (fail-stop) until the
+    /// process reopens it. The outcome of records not yet durable is unknown.
+    #[error("WAL failed (fail-stop): {0}")]
+    Failed(String),
+    /// The WAL was shut down; no more appends are accepted.
+    #[error("WAL is shut down")]
+    Closed,
+    /// A log record is damaged or missing somewhere other than the tail. Recovery
+    /// refuses to skip it: acknowledged changes would silently vanish.
+    #[error(
+        "WAL data directory {dir:?} is corrupt at record seq {seq}: {reason}. \
+         Refusing to skip it; restore the directory from a backup or repair it by hand"
+    )]
+    Corrupt {
+        /// Data directory of the damaged log.
+        dir: PathBuf,
+        /// Seq of the damaged (or first missing) record.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The latest checkpoint's header or state fails its checks.
+    #[error("WAL data directory {dir:?} has a corrupt checkpoint: {reason}")]
+    CorruptCheckpoint {
+        /// Data directory of the damaged checkpoint.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `replay_from` asked for records already removed by a checkpoint.
+    #[error(
+        "WAL records from seq {requested} were truncated by a checkpoint; \
+         the log starts at seq {first_available}: load the checkpoint first"
+    )]
+    Truncated {
+        /// Seq the caller asked for.
+        requested: u64,
+        /// Lowest seq the log still holds.
+        first_available: u64,
+    },
+    /// A wait named a seq that `append` never returned.
+    #[error("WAL seq {seq} was never assigned (last assigned seq is {last_assigned})")]
+    SeqNotAssigned {
+        /// Seq waited for.
+        seq: u64,
+        /// Highest seq assigned so far.
+        last_assigned: u64,
+    },
+    /// A call's arguments are inconsistent with the log (e.g. checkpoint bounds).
+    #[error("invalid WAL call: {0}")]
+    InvalidArgument(String),
+    /// [`WalConfig`] has an unusable value.
+    #[error("invalid WAL config: {0}")]
+    InvalidConfig(String),
+    /// sled returned an error outside the writer thread (open, read, checkpoint).
+    #[error("WAL storage error during {op}: {source}")]
+    Storage {
+        /// What the WAL was doing.
+        op: &'static str,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("could not start the WAL writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// Counters the engine can export as metrics; the WAL itself depends on no metrics
+/// crate. All are monotonic except `flush_latency_max_us` (a running max) and
+/// `last_batch_records` (a gauge).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    /// Batches committed (one `apply_batch` each).
+    pub batches: AtomicU64,
+    /// Records committed.
+    pub records: AtomicU64,
+    /// Encoded record bytes committed (header + payload).
+    pub written_bytes: AtomicU64,
+    /// Sum of `apply_batch` durations (encoding excluded), in microseconds.
+    pub apply_latency_total_us: AtomicU64,
+    /// sled flushes (fsyncs) performed by the writer.
+    pub flushes: AtomicU64,
+    /// Sum of flush durations, in microseconds.
+    pub flush_latency_total_us: AtomicU64,
+    /// Longest single flush, in microseconds.
+    pub flush_latency_max_us: AtomicU64,
+    /// Records in the most recent batch.
+    pub last_batch_records: AtomicU64,
+}
+
+/// What [`Wal::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Seq of a damaged last record that was removed (never acknowledged), if any.
+    pub torn_tail_dropped: Option<u64>,
+    /// Records below the checkpoint left by an interrupted truncation, now removed.
+    pub stale_records_removed: u64,
+    /// Valid records in the log at or above the checkpoint's start seq.
+    pub records: u64,
+    /// Lowest such seq.
+    pub first_seq: Option<u64>,
+    /// Highest such seq; appends continue after it.
+    pub last_seq: Option<u64>,
+    /// Start seq of the latest checkpoint, if one exists.
+    pub checkpoint_start_seq: Option<u64>,
+}
+
+/// A point-in-time view of the log's size.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Records currently stored (`last_seq - first_seq + 1`; includes any not yet
+    /// truncated below the checkpoint).
+    pub records: u64,
+    /// Lowest stored seq.
+    pub first_seq: Option<u64>,
+    /// Highest stored seq (may briefly exceed `durable_seq` while a batch commits).
+    pub last_seq: Option<u64>,
+    /// Highest seq acknowledged to waiters.
+    pub durable_seq: u64,
+    /// Highest seq known fsynced (below `durable_seq` only in relaxed mode).
+    pub flushed_seq: u64,
+    /// sled's on-disk size (data file plus blobs), in bytes; 0 if it cannot be read.
+    pub approx_disk_bytes: u64,
+}
+
+/// The write-ahead log. Share it as `Arc<Wal>`; every method takes `&self`.
+pub struct Wal {
+    shared: Arc<writer::Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    db: sled::Db,
+    log: sled::Tree,
+    checkpoints: sled::Tree,
+    dir: Arc<PathBuf>,
+    config: WalConfig,
+    report: OpenReport,
+    /// Lowest seq the log promises to hold (checkpoint start, or 1).
+    replay_floor: AtomicU64,
+    /// Serialises checkpoint writes and reads, so a read never sees chunks vanish.
+    checkpoint_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("durable_seq", &self.durable_seq())
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+fn storage(op: &'static str) -> impl FnOnce(sled::Error) -> WalError {
+    move |source| WalError::Storage { op, source }
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `config.dir`, validates the log (see
+    /// [`OpenReport`] for the repairs it may make) and starts the writer thread.
+    ///
+    /// Reads every record once to check it, so opening costs about as much as a
+    /// replay of the log since the last checkpoint.
+    pub fn open(config: WalConfig) -> Result<Wal, WalError> {
+        config.validate()?;
+        let db = sled::Config::new()
+            .path(&config.dir)
+            .cache_capacity(config.sled_cache_capacity_bytes)
+            .open()
+            .map_err(storage("open sled database"))?;
+        let log = db.open_tree(LOG_TREE).map_err(storage("open log tree"))?;
+        let checkpoints = db
+            .open_tree(CHECKPOINT_TREE)
+            .map_err(storage("open checkpoint tree"))?;
+        let header = checkpoint::read_header(&checkpoints, &config.dir)?;
+        let floor = header.map_or(1, |h| h.start_seq.max(1));
+        let recovered = recovery::recover_log(&log, &config.dir, floor)?;
+        let next_seq = recovered.last_seq.map_or(floor, |last| last + 1);
+        let report = OpenReport {
+            torn_tail_dropped: recovered.torn_tail_dropped,
+            stale_records_removed: recovered.stale_records_removed,
+            records: recovered.records,
+            first_seq: recovered.first_seq,
+            last_seq: recovered.last_seq,
+            checkpoint_start_seq: header.map(|h| h.start_seq),
+        };
+        let shared = Arc::new(writer::Shared::new(next_seq));
+        let handle = Self::spawn_writer(&config, &shared, &log)?;
+        Ok(Wal {
+            shared,
+            writer: Mutex::new(Some(handle)),
+            db,
+            log,
+            checkpoints,
+            dir: Arc::new(config.dir.clone()),
+            config,
+            report,
+            replay_floor: AtomicU64::new(floor),
+            checkpoint_lock: Mutex::new(()),
+        })
+    }
+
+    fn spawn_writer(
+        config: &WalConfig,
+        shared: &Arc<writer::Shared>,
+        log: &sled::Tree,
+    ) -> Result<JoinHandle<()>, WalError> {
+        let writer = writer::Writer {
+            shared: Arc::clone(shared),
+            log: log.clone(),
+            dir: config.dir.clone(),
+            durability: config.durability,
+            max_batch_records: config.max_batch_records,
+            fault: config.fault.clone(),
+        };
+        std::thread::Builder::new()
+            .name("wal-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(WalError::Spawn)
+    }
+
+    /// What open found and repaired.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// Queues `payload` and returns its seq (1, 2, 3, ... with no gaps). Never blocks
+    /// on I/O; call [`Wal::wait_durable`] before acknowledging the change.
+    ///
+    /// Errors: [`WalError::RecordTooLarge`], [`WalError::Backpressure`] (retriable),
+    /// [`WalError::Failed`], [`WalError::Closed`].
+    pub fn append(&self, payload: Vec<u8>) -> Result<u64, WalError> {
+        if payload.len() > self.config.max_record_bytes {
+            return Err(WalError::RecordTooLarge {
+                len: payload.len(),
+                max: self.config.max_record_bytes,
+            });
+        }
+        self.shared.append(payload, self.config.max_pending_records)
+    }
+
+    /// Resolves once `seq` is durable (see [`Durability`]). Returns
+    /// [`WalError::Failed`] if the WAL failed before `seq` became durable, and
+    /// [`WalError::SeqNotAssigned`] for a seq `append` never returned. A seq that was
+    /// durable before a failure still reports `Ok`. Cheap with many waiters: all are
+    /// woken once per batch.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
+        self.shared.wait_durable(seq).await
+    }
+
+    /// Blocking form of [`Wal::wait_durable`] for threads outside an async runtime.
+    /// Do not call it on an async executor thread.
+    pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), WalError> {
+        self.shared.wait_durable_blocking(seq)
+    }
+
+    /// Highest seq that [`Wal::wait_durable`] has released (0 if none).
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq()
+    }
+
+    /// Highest seq `append` has returned (or recovered at open; 0 if none).
+    pub fn last_assigned_seq(&self) -> u64 {
+        self.shared.last_assigned()
+    }
+
+    /// Group-commit counters for metrics export.
+    pub fn stats(&self) -> &WalStats {
+        &self.shared.stats
+    }
+
+    /// Current log size and progress. Storage read errors degrade to `None`/0 here
+    /// (this is a monitoring call); they surface as errors from the other methods.
+    pub fn log_stats(&self) -> LogStats {
+        let seq_of = |entry: sled::Result<Option<(sled::IVec, sled::IVec)>>| {
+            entry
+                .ok()
+                .flatten()
+                .and_then(|(key, _)| record::decode_key(&key).ok())
+        };
+        let first_seq = seq_of(self.log.first());
+        let last_seq = seq_of(self.log.last());
+        let records = match (first_seq, last_seq) {
+            (Some(first), Some(last)) if last >= first => last - first + 1,
+            _ => 0,
+        };
+        LogStats {
+            records,
+            first_seq,
+            last_seq,
+            durable_seq: self.shared.durable_seq(),
+            flushed_seq: self.shared.flushed_seq(),
+            approx_disk_bytes: self.db.size_on_disk().unwrap_or(0),
+        }
+    }
+
+    /// Records with seq >= `seq`, in order, up to the durable seq at the time of the
+    /// call. Each is re-verified; damage or a gap yields [`WalError::Corrupt`], and a
+    /// `seq` below the latest checkpoint yields [`WalError::Truncated`]. Meant for
+    /// recovery: do not run it concurrently with [`Wal::write_checkpoint`], whose
+    /// truncation could remove records the iterator has not reached yet.
+    pub fn replay_from(&self, seq: u64) -> ReplayIter {
+        let floor = self.replay_floor.load(Ordering::Acquire);
+        let end = self.shared.durable_seq();
+        ReplayIter::new(&self.log, Arc::clone(&self.dir), seq, end, floor)
+    }
+
+    /// The latest complete checkpoint, with its whole-state CRC verified.
+    pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, WalError> {
+        let _serialised = self.checkpoint_lock.lock();
+        match checkpoint::read_header(&self.checkpoints, &self.dir)? {
+            Some(header) => checkpoint::read_state(&self.checkpoints, &self.dir, &header).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `state` as the new checkpoint and then removes what it supersedes: log
+    /// records below `covers_up_to_seq_exclusive` and the previous checkpoint.
+    ///
+    /// The checkpoint is *fuzzy*: the engine reads `covers_up_to_seq_exclusive` first
+    /// and captures `state` afterwards, so `state` reflects every record below it and
+    /// possibly some at or above it. Replay from `start_seq` therefore re-applies
+    /// records the state may already contain, which the engine makes idempotent per
+    /// entity (each SKU remembers the last seq it applied). The caller must ensure
+    /// every record below the bound is reflected in `state`.
+    ///
+    /// Blocking (waits for `covers_up_to_seq_exclusive - 1` to be durable, writes and
+    /// fsyncs): run it on a blocking thread, not an async executor. A storage error
+    /// here trips fail-stop like a writer error, because a failed fsync may have
+    /// discarded log pages too.
+    pub fn write_checkpoint(
+        &self,
+        covers_up_to_seq_exclusive: u64,
+        state: &[u8],
+    ) -> Result<(), WalError> {
+        let start_seq = covers_up_to_seq_exclusive;
+        self.shared.check_running()?;
+        let _serialised = self.checkpoint_lock.lock();
+        self.check_checkpoint_bounds(start_seq)?;
+        // Records below the bound must be in sled before truncation runs, or one
+        // committed afterwards would survive below the new floor.
+        self.shared.wait_durable_blocking(start_seq - 1)?;
+        let header = checkpoint::write(
+            &self.checkpoints,
+            &self.dir,
+            start_seq,
+            state,
+            self.config.checkpoint_chunk_bytes,
+        )
+        .map_err(|e| self.trip(e))?;
+        self.replay_floor.store(start_seq, Ordering::Release);
+        let removed_records =
+            checkpoint::remove_log_below(&self.log, start_seq).map_err(|e| self.trip(e))?;
+        let removed_chunks = checkpoint::remove_chunks_except(&self.checkpoints, header.id)
+            .map_err(|e| self.trip(e))?;
+        tracing::debug!(
+            start_seq,
+            state_bytes = state.len(),
+            removed_records,
+            removed_chunks,
+            "WAL checkpoint written"
+        );
+        Ok(())
+    }
+
+    fn check_checkpoint_bounds(&self, start_seq: u64) -> Result<(), WalError> {
+        let floor = self.replay_floor.load(Ordering::Acquire);
+        let next_seq = self.shared.last_assigned() + 1;
+        if start_seq == 0 || start_seq < floor || start_seq > next_seq {
+            return Err(WalError::InvalidArgument(format!(
+                "checkpoint start seq {start_seq} must be in {floor}..={next_seq} \
+                 (current checkpoint start ..= next seq to be assigned)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Storage errors in checkpointing are treated like writer errors: fail-stop.
+    fn trip(&self, error: WalError) -> WalError {
+        if let WalError::Storage { .. } = error {
+            self.shared.fail(format!(
+                "checkpoint in {} failed: {error}",
+                self.dir.display()
+            ));
+        }
+        error
+    }
+
+    /// Stops accepting appends, lets the writer commit everything already appended,
+    /// and joins it. Idempotent; also run by `Drop`. Reads (replay, checkpoints,
+    /// stats) keep working until the `Wal` is dropped.
+    pub fn shutdown(&self) {
+        self.shared.begin_shutdown();
+        let handle = self.writer.lock().take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("WAL writer thread panicked before shutdown");
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
