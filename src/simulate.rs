@@ -14,7 +14,7 @@ use omnistock::domain::{
     Rejection, SkuCommand, SkuId,
 };
 use omnistock::engine::{
-    Command, Engine, EngineConfig, Failure, Request, ReserveLine, ReserveRequest,
+    Command, Engine, EngineConfig, Failure, PersistConfig, Request, ReserveLine, ReserveRequest,
 };
 
 /// Flags of `simulate`.
@@ -29,6 +29,9 @@ pub struct Args {
     /// Concurrent checkout tasks (1..=4096).
     #[arg(long, default_value_t = 256)]
     tasks: u32,
+    /// Run durably with the write-ahead log in this directory (default: in memory only).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 const LOCATIONS: [(&str, LocationKind, &str); 6] = [
@@ -199,7 +202,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let e = Arc::new(Engine::start_in_memory(EngineConfig::default())?);
+        let e = Arc::new(match &args.data_dir {
+            Some(dir) => {
+                println!("durable mode: write-ahead log in {}", dir.display());
+                Engine::open(PersistConfig::new(dir)).await?
+            }
+            None => Engine::start_in_memory(EngineConfig::default())?,
+        });
         let t = Instant::now();
         load_catalog(&e, args.skus).await?;
         println!("catalog: {} locations, {} channels, {} SKUs stocked in {:.2}s", LOCATIONS.len(), CHANNELS.len(), args.skus, t.elapsed().as_secs_f64());
@@ -224,7 +233,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut l = std::mem::take(&mut *lat.lock());
         l.sort_unstable();
         println!("reserve attempts {} in {secs:.1}s = {:.0}/s; latency us p50 {} p99 {} p99.9 {}", l.len(), l.len() as f64 / secs, percentile(&l, 0.5), percentile(&l, 0.99), percentile(&l, 0.999));
-        audit(&e, args.skus).await
+        let r = audit(&e, args.skus).await;
+        e.shutdown();
+        r
     })
 }
 

@@ -40,7 +40,7 @@ pub enum Begin {
 /// Remembered request ids (bounded).
 #[derive(Debug)]
 pub struct IdempotencyTable {
-    map: DashMap<RequestId, Entry_>,
+    map: DashMap<RequestId, Entry_, foldhash::fast::RandomState>,
     order: Mutex<VecDeque<(TimeMs, RequestId)>>,
     max_entries: usize,
     retention_ms: u64,
@@ -50,7 +50,7 @@ impl IdempotencyTable {
     /// An empty table keeping at most `max_entries` ids for at most `retention_ms`.
     pub fn new(max_entries: usize, retention_ms: u64) -> Self {
         IdempotencyTable {
-            map: DashMap::new(),
+            map: DashMap::default(),
             order: Mutex::new(VecDeque::new()),
             max_entries,
             retention_ms,

@@ -129,7 +129,7 @@ pub(crate) struct Core {
     pub registry: Registry,
     catalog: RwLock<Arc<Catalog>>,
     pub catalog_write: tokio::sync::Mutex<()>,
-    pub reservations: DashMap<ReservationId, ResEntry>,
+    pub reservations: DashMap<ReservationId, ResEntry, foldhash::fast::RandomState>,
     pub idem: IdempotencyTable,
     pub expiry: ExpiryQueue,
     /// One checkpoint at a time.
@@ -271,7 +271,7 @@ impl Engine {
             registry: Registry::new(handles),
             catalog: RwLock::new(Arc::new(catalog)),
             catalog_write: tokio::sync::Mutex::new(()),
-            reservations: DashMap::new(),
+            reservations: DashMap::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             epoch: AtomicUsize::new(0),

@@ -36,7 +36,7 @@ pub(crate) enum Slot {
 
 /// SKU id -> slot.
 pub(crate) struct Registry {
-    map: DashMap<SkuId, Slot>,
+    map: DashMap<SkuId, Slot, foldhash::fast::RandomState>,
     arbiters: Vec<ArbiterHandle>,
     next_generation: AtomicU64,
     active: AtomicU64,
@@ -75,7 +75,7 @@ fn encode_passive(state: &SkuState) -> Result<Box<[u8]>, EngineError> {
 impl Registry {
     pub(crate) fn new(arbiters: Vec<ArbiterHandle>) -> Self {
         Registry {
-            map: DashMap::new(),
+            map: DashMap::default(),
             arbiters,
             next_generation: AtomicU64::new(1),
             active: AtomicU64::new(0),

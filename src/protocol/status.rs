@@ -1,0 +1,104 @@
+//! Status codes of operation results and error frames. `0` is success; `1..=99` are the
+//! engine's [`RejectionCode`]s with the same numbers (business answers, state unchanged);
+//! `100` and above are errors of the server or of the request. Numbers are stable: never
+//! renumbered, only added (docs/protocol.md has the table).
+
+use crate::domain::{Rejection, RejectionCode};
+use crate::engine::{EngineError, Failure};
+
+/// Success.
+pub const OK: u16 = 0;
+/// The log could not be written or data is corrupt: writes are stopped.
+pub const STORAGE_FAILURE: u16 = 100;
+/// The server or engine is shutting down.
+pub const SHUTTING_DOWN: u16 = 101;
+/// A frame or payload is malformed (bad magic, undecodable body, unexpected frame kind).
+pub const PROTOCOL_ERROR: u16 = 102;
+/// Missing or unknown auth token (connection-level; the connection is closed).
+pub const UNAUTHORIZED: u16 = 103;
+/// The connection's role may not run this operation.
+pub const FORBIDDEN: u16 = 104;
+/// The opcode is reserved for a later version (subscribe, unsubscribe, ack, history).
+pub const NOT_IMPLEMENTED: u16 = 105;
+/// The opcode is not known at all.
+pub const UNKNOWN_OPERATION: u16 = 106;
+/// A request frame carries more operations than the server's batch limit.
+pub const TOO_MANY_OPERATIONS: u16 = 107;
+/// A configured limit was exceeded (frame bytes, connections, lines, engine capacity).
+pub const LIMIT_EXCEEDED: u16 = 108;
+/// The connection was idle longer than the idle timeout (connection-level).
+pub const IDLE_TIMEOUT: u16 = 109;
+/// The server failed to build an answer (a bug; the operation may have been applied).
+pub const INTERNAL_ERROR: u16 = 110;
+/// The client's protocol version is not supported (connection-level).
+pub const UNSUPPORTED_VERSION: u16 = 111;
+
+/// The wire status of a rejection: its stable code.
+pub fn of_rejection(r: &Rejection) -> u16 {
+    of_code(r.code())
+}
+
+/// The wire status of a rejection code (same number).
+pub fn of_code(c: RejectionCode) -> u16 {
+    c as u16
+}
+
+/// The wire status of an engine error.
+pub fn of_engine_error(e: &EngineError) -> u16 {
+    match e {
+        EngineError::Storage(_) | EngineError::Corrupt(_) | EngineError::Startup(_) => {
+            STORAGE_FAILURE
+        }
+        EngineError::Limit(_) => LIMIT_EXCEEDED,
+        EngineError::ShuttingDown => SHUTTING_DOWN,
+    }
+}
+
+/// The wire status of any engine failure.
+pub fn of_failure(f: &Failure) -> u16 {
+    match f {
+        Failure::Rejected(r) => of_rejection(r),
+        Failure::Error(e) => of_engine_error(e),
+    }
+}
+
+/// A short stable name for a status (logs, `omnistock ctl` output).
+pub fn name(status: u16) -> &'static str {
+    match status {
+        OK => "ok",
+        1 => "insufficient_stock",
+        2 => "unknown_sku",
+        3 => "unknown_location",
+        4 => "unknown_channel",
+        5 => "location_not_in_channel",
+        6 => "reservation_not_found",
+        7 => "reservation_exists",
+        8 => "idempotency_conflict",
+        9 => "compare_failed",
+        10 => "exceeds_hold",
+        11 => "quantity_out_of_range",
+        12 => "invalid_request",
+        13 => "busy",
+        14 => "not_expired",
+        15 => "reservation_expired",
+        16 => "in_progress",
+        STORAGE_FAILURE => "storage_failure",
+        SHUTTING_DOWN => "shutting_down",
+        PROTOCOL_ERROR => "protocol_error",
+        UNAUTHORIZED => "unauthorized",
+        FORBIDDEN => "forbidden",
+        NOT_IMPLEMENTED => "not_implemented",
+        UNKNOWN_OPERATION => "unknown_operation",
+        TOO_MANY_OPERATIONS => "too_many_operations",
+        LIMIT_EXCEEDED => "limit_exceeded",
+        IDLE_TIMEOUT => "idle_timeout",
+        INTERNAL_ERROR => "internal_error",
+        UNSUPPORTED_VERSION => "unsupported_version",
+        _ => "unknown_status",
+    }
+}
+
+/// Whether retrying the same operation (same request id) later may succeed unchanged.
+pub fn is_retriable(status: u16) -> bool {
+    matches!(status, 13 | 16 | SHUTTING_DOWN)
+}
