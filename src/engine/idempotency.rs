@@ -38,12 +38,22 @@ pub enum Begin {
 }
 
 /// Remembered request ids (bounded).
+///
+/// The eviction order is kept in [`SHARDS`] queues (by request id), each bounded to its
+/// share of `max_entries`, so concurrent completions do not contend on one lock.
 #[derive(Debug)]
 pub struct IdempotencyTable {
     map: DashMap<RequestId, Entry_, foldhash::fast::RandomState>,
-    order: Mutex<VecDeque<(TimeMs, RequestId)>>,
-    max_entries: usize,
+    order: Vec<Mutex<VecDeque<(TimeMs, RequestId)>>>,
+    max_per_shard: usize,
     retention_ms: u64,
+}
+
+/// Shards of the eviction order (a power of two).
+const SHARDS: usize = 16;
+
+fn shard_of(id: RequestId) -> usize {
+    ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
 }
 
 impl IdempotencyTable {
@@ -51,8 +61,8 @@ impl IdempotencyTable {
     pub fn new(max_entries: usize, retention_ms: u64) -> Self {
         IdempotencyTable {
             map: DashMap::default(),
-            order: Mutex::new(VecDeque::new()),
-            max_entries,
+            order: (0..SHARDS).map(|_| Mutex::new(VecDeque::new())).collect(),
+            max_per_shard: max_entries.div_ceil(SHARDS).max(1),
             retention_ms,
         }
     }
@@ -95,11 +105,11 @@ impl IdempotencyTable {
                 state: State::Done(outcome),
             },
         );
-        let mut order = self.order.lock();
+        let mut order = self.order[shard_of(id)].lock();
         order.push_back((now_ms, id));
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);
         while let Some(&(t, old)) = order.front() {
-            if order.len() <= self.max_entries && t >= oldest_kept {
+            if order.len() <= self.max_per_shard && t >= oldest_kept {
                 break;
             }
             order.pop_front();
@@ -110,15 +120,19 @@ impl IdempotencyTable {
 
     /// Number of remembered (accepted) ids.
     pub fn len(&self) -> usize {
-        self.order.lock().len()
+        self.order.iter().map(|o| o.lock().len()).sum()
     }
 
     /// All remembered entries, oldest first: (time, id, fingerprint, outcome). For checkpoints.
     pub fn entries(&self) -> Vec<(TimeMs, RequestId, u64, Arc<Outcome>)> {
-        let order = self.order.lock();
-        order
+        let mut all: Vec<(TimeMs, RequestId)> = self
+            .order
             .iter()
-            .filter_map(|&(t, id)| {
+            .flat_map(|o| o.lock().iter().copied().collect::<Vec<_>>())
+            .collect();
+        all.sort_unstable();
+        all.into_iter()
+            .filter_map(|(t, id)| {
                 let e = self.map.get(&id)?;
                 match &e.state {
                     State::Done(o) => Some((t, id, e.fingerprint, o.clone())),
@@ -166,16 +180,26 @@ mod tests {
 
     #[test]
     fn table_is_bounded_by_count_and_age() {
-        let t = IdempotencyTable::new(3, 100);
-        for id in 1..=5u128 {
+        let t = IdempotencyTable::new(SHARDS * 2, 100);
+        for id in 1..=2000u128 {
             assert!(matches!(t.begin(id, 0), Ok(Begin::New)));
             t.complete(id, 0, outcome(id as u64), 10);
         }
-        assert_eq!(t.len(), 3);
+        assert!(t.len() <= SHARDS * 2, "bounded: {}", t.len());
         assert!(matches!(t.begin(1, 0), Ok(Begin::New)), "oldest evicted");
         t.abort(1);
-        assert!(matches!(t.begin(6, 0), Ok(Begin::New)));
-        t.complete(6, 0, outcome(6), 500);
-        assert_eq!(t.len(), 1, "entries older than retention evicted");
+        assert!(
+            matches!(t.begin(2000, 0), Ok(Begin::Replay(_))),
+            "newest kept"
+        );
+        let id = 5000u128;
+        assert!(matches!(t.begin(id, 0), Ok(Begin::New)));
+        t.complete(id, 0, outcome(1), 500);
+        let shard = shard_of(id);
+        assert_eq!(
+            t.order[shard].lock().len(),
+            1,
+            "entries older than retention evicted"
+        );
     }
 }
