@@ -3,6 +3,7 @@
 //! See docs/architecture.md for the map.
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod codec;
 /// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
 /// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
@@ -12,4 +13,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod domain;
 pub mod engine;
+pub mod protocol;
+pub mod server;
 pub mod wal;

@@ -86,12 +86,23 @@ pub struct Catalog {
     pub channels: BTreeMap<ChannelId, Channel>,
     /// Log sequence number of the last event applied (0 before any).
     pub last_seq: u64,
+    /// Locations in creation order: a stable small number per location (locations are never
+    /// removed), used by the engine's compact in-memory encoding of passive SKUs.
+    pub location_order: Vec<LocationId>,
 }
 
 impl Catalog {
     /// The shared id of a known location (so buckets share one allocation per location).
     pub fn location_id(&self, name: &str) -> Option<&LocationId> {
         self.locations.get_key_value(name).map(|(k, _)| k)
+    }
+
+    /// The stable number of a location (its position in creation order).
+    pub fn location_number(&self, id: &LocationId) -> Option<u32> {
+        self.location_order
+            .iter()
+            .position(|l| l == id)
+            .and_then(|i| u32::try_from(i).ok())
     }
 
     /// Looks a channel up, or rejects with `UnknownChannel`.
@@ -174,7 +185,9 @@ impl Catalog {
     pub fn apply(&mut self, ev: &CatalogEvent, seq: u64) {
         match ev {
             CatalogEvent::LocationUpserted(loc) => {
-                self.locations.insert(loc.id.clone(), loc.clone());
+                if self.locations.insert(loc.id.clone(), loc.clone()).is_none() {
+                    self.location_order.push(loc.id.clone());
+                }
             }
             CatalogEvent::ChannelUpserted(ch) => {
                 // Re-use the catalog's own location ids so every bucket shares them.

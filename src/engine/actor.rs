@@ -98,7 +98,7 @@ impl SkuActor {
         if self
             .core
             .registry
-            .passivate(&self.state, self.generation)
+            .passivate(&self.state, self.generation, &self.core.catalog())
             .is_ok()
         {
             self.passivated = true;

@@ -277,8 +277,9 @@ impl Engine {
             epoch: AtomicUsize::new(0),
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
         });
+        let catalog = core.catalog();
         for s in &skus {
-            core.registry.insert_passive(s)?;
+            core.registry.insert_passive(s, &catalog)?;
         }
         coordinator::index_holds(&core, &skus, not_indexed);
         let engine = Engine {

@@ -18,19 +18,22 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::codec;
-use crate::domain::{Catalog, SkuId, SkuState};
+use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState};
 
 use super::actor::SkuActor;
 use super::{Core, EngineError};
 
-/// Where a SKU lives.
+/// An active SKU's actor.
+pub(crate) struct ActiveSlot {
+    addr: Addr<SkuActor>,
+    generation: u64,
+}
+
+/// Where a SKU lives. Boxed both ways so a registry entry stays small: most SKUs are passive.
 pub(crate) enum Slot {
     /// It has an actor.
-    Active {
-        addr: Addr<SkuActor>,
-        generation: u64,
-    },
-    /// Only its compact state.
+    Active(Box<ActiveSlot>),
+    /// Only its compact state (buckets, holds, last seq; the id is the map key).
     Passive(Box<[u8]>),
 }
 
@@ -58,18 +61,99 @@ fn intern(state: &mut SkuState, catalog: &Catalog) {
     }
 }
 
+/// A bucket in compact form: the location as its stable catalog number.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CompactBucket {
+    location: u32,
+    on_hand: u32,
+    reserved: u32,
+    safety_stock: u32,
+    damaged: u32,
+    quality_control: u32,
+    incoming: u32,
+    incoming_eta_ms: u64,
+}
+
+type Holds = std::collections::HashMap<ReservationId, Hold, foldhash::fast::RandomState>;
+
+/// The compact form of a passive SKU: no id (it is the map key), locations as numbers.
+#[derive(serde::Deserialize)]
+struct Compact {
+    buckets: Vec<CompactBucket>,
+    holds: Holds,
+    last_seq: u64,
+}
+
+/// [`Compact`] for encoding, borrowing the holds.
+#[derive(serde::Serialize)]
+struct CompactRef<'a> {
+    buckets: Vec<CompactBucket>,
+    holds: &'a Holds,
+    last_seq: u64,
+}
+
 /// Decodes a passive SKU's compact bytes.
-pub(crate) fn decode_passive(bytes: &[u8], catalog: &Catalog) -> Result<SkuState, EngineError> {
-    let mut s: SkuState = codec::decode_compact(bytes)
-        .map_err(|e| EngineError::Corrupt(format!("passive sku state: {e}")))?;
+pub(crate) fn decode_passive(
+    sku: &SkuId,
+    bytes: &[u8],
+    catalog: &Catalog,
+) -> Result<SkuState, EngineError> {
+    let corrupt = |m: String| EngineError::Corrupt(format!("passive state of {sku}: {m}"));
+    let c: Compact = codec::decode_compact(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut buckets = Vec::with_capacity(c.buckets.len());
+    for b in c.buckets {
+        let location = usize::try_from(b.location)
+            .ok()
+            .and_then(|i| catalog.location_order.get(i))
+            .ok_or_else(|| corrupt(format!("location number {}", b.location)))?
+            .clone();
+        buckets.push(Bucket {
+            location,
+            on_hand: b.on_hand,
+            reserved: b.reserved,
+            safety_stock: b.safety_stock,
+            damaged: b.damaged,
+            quality_control: b.quality_control,
+            incoming: b.incoming,
+            incoming_eta_ms: b.incoming_eta_ms,
+        });
+    }
+    let mut s = SkuState {
+        sku: sku.clone(),
+        buckets,
+        holds: c.holds,
+        last_seq: c.last_seq,
+    };
     intern(&mut s, catalog);
     Ok(s)
 }
 
-fn encode_passive(state: &SkuState) -> Result<Box<[u8]>, EngineError> {
-    codec::encode_compact(state)
+fn encode_passive(state: &SkuState, catalog: &Catalog) -> Result<Box<[u8]>, EngineError> {
+    let corrupt = |m: String| EngineError::Corrupt(format!("passive state of {}: {m}", state.sku));
+    let mut buckets = Vec::with_capacity(state.buckets.len());
+    for b in &state.buckets {
+        let location = catalog
+            .location_number(&b.location)
+            .ok_or_else(|| corrupt(format!("unknown location {}", b.location)))?;
+        buckets.push(CompactBucket {
+            location,
+            on_hand: b.on_hand,
+            reserved: b.reserved,
+            safety_stock: b.safety_stock,
+            damaged: b.damaged,
+            quality_control: b.quality_control,
+            incoming: b.incoming,
+            incoming_eta_ms: b.incoming_eta_ms,
+        });
+    }
+    let c = CompactRef {
+        buckets,
+        holds: &state.holds,
+        last_seq: state.last_seq,
+    };
+    codec::encode_compact(&c)
         .map(Vec::into_boxed_slice)
-        .map_err(|e| EngineError::Corrupt(format!("encode passive sku state: {e}")))
+        .map_err(|e| corrupt(e.to_string()))
 }
 
 impl Registry {
@@ -93,10 +177,13 @@ impl Registry {
     }
 
     /// Inserts a SKU as passive (recovery, bulk load). Replaces what was there.
-    pub(crate) fn insert_passive(&self, state: &SkuState) -> Result<(), EngineError> {
-        let bytes = encode_passive(state)?;
-        if let Some(Slot::Active { .. }) = self.map.insert(state.sku.clone(), Slot::Passive(bytes))
-        {
+    pub(crate) fn insert_passive(
+        &self,
+        state: &SkuState,
+        catalog: &Catalog,
+    ) -> Result<(), EngineError> {
+        let bytes = encode_passive(state, catalog)?;
+        if let Some(Slot::Active(_)) = self.map.insert(state.sku.clone(), Slot::Passive(bytes)) {
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
@@ -122,8 +209,8 @@ impl Registry {
         f: impl FnOnce(&Addr<SkuActor>) -> R,
     ) -> Result<Option<R>, EngineError> {
         if let Some(slot) = self.map.get(sku) {
-            if let Slot::Active { addr, .. } = &*slot {
-                return Ok(Some(f(addr)));
+            if let Slot::Active(a) = &*slot {
+                return Ok(Some(f(&a.addr)));
             }
         }
         // Counted before taking the shard lock: `len` locks every shard (would deadlock).
@@ -131,12 +218,12 @@ impl Registry {
         match self.map.entry(sku.clone()) {
             Entry::Occupied(mut o) => {
                 if let Slot::Passive(bytes) = o.get() {
-                    let state = decode_passive(bytes, &core.catalog())?;
+                    let state = decode_passive(sku, bytes, &core.catalog())?;
                     let (addr, generation) = self.start(core, state);
-                    o.insert(Slot::Active { addr, generation });
+                    o.insert(Slot::Active(Box::new(ActiveSlot { addr, generation })));
                 }
                 match o.get() {
-                    Slot::Active { addr, .. } => Ok(Some(f(addr))),
+                    Slot::Active(a) => Ok(Some(f(&a.addr))),
                     Slot::Passive(_) => unreachable!("invariant: activated just above"),
                 }
             }
@@ -151,9 +238,9 @@ impl Registry {
                     )));
                 }
                 let (addr, generation) = self.start(core, SkuState::new(sku.clone()));
-                let slot = v.insert(Slot::Active { addr, generation });
+                let slot = v.insert(Slot::Active(Box::new(ActiveSlot { addr, generation })));
                 match &*slot {
-                    Slot::Active { addr, .. } => Ok(Some(f(addr))),
+                    Slot::Active(a) => Ok(Some(f(&a.addr))),
                     Slot::Passive(_) => unreachable!("invariant: inserted active"),
                 }
             }
@@ -167,21 +254,26 @@ impl Registry {
         catalog: &Catalog,
     ) -> Result<Option<SkuState>, EngineError> {
         match self.map.get(sku).as_deref() {
-            Some(Slot::Passive(bytes)) => decode_passive(bytes, catalog).map(Some),
+            Some(Slot::Passive(bytes)) => decode_passive(sku, bytes, catalog).map(Some),
             _ => Ok(None),
         }
     }
 
     /// Called by an idle actor: swaps its slot to compact bytes if it is still the one
     /// registered (same generation). Err: it was not (or encoding failed) — stay active.
-    pub(crate) fn passivate(&self, state: &SkuState, generation: u64) -> Result<(), EngineError> {
+    pub(crate) fn passivate(
+        &self,
+        state: &SkuState,
+        generation: u64,
+        catalog: &Catalog,
+    ) -> Result<(), EngineError> {
         let mut slot = self
             .map
             .get_mut(&state.sku)
             .ok_or_else(|| EngineError::Corrupt("passivating an unknown sku".into()))?;
         match &*slot {
-            Slot::Active { generation: g, .. } if *g == generation => {
-                *slot = Slot::Passive(encode_passive(state)?);
+            Slot::Active(a) if a.generation == generation => {
+                *slot = Slot::Passive(encode_passive(state, catalog)?);
                 self.active.fetch_sub(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -197,8 +289,8 @@ impl Registry {
     ) -> Result<(), EngineError> {
         for r in self.map.iter() {
             match r.value() {
-                Slot::Active { addr, .. } => f(r.key(), Err(addr.clone())),
-                Slot::Passive(bytes) => f(r.key(), Ok(decode_passive(bytes, catalog)?)),
+                Slot::Active(a) => f(r.key(), Err(a.addr.clone())),
+                Slot::Passive(bytes) => f(r.key(), Ok(decode_passive(r.key(), bytes, catalog)?)),
             }
         }
         Ok(())
@@ -210,7 +302,7 @@ impl Registry {
             .iter()
             .map(|r| match r.value() {
                 Slot::Passive(b) => b.len(),
-                Slot::Active { .. } => 0,
+                Slot::Active(_) => 0,
             })
             .sum()
     }

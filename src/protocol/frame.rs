@@ -102,7 +102,11 @@ impl Frame {
         let kind = FrameKind::from_u8(body[0]).ok_or(FrameError::UnknownKind(body[0]))?;
         let mut corr = [0u8; 8];
         corr.copy_from_slice(&body[1..HEADER_BYTES]);
-        let frame = Frame::new(kind, u64::from_le_bytes(corr), body[HEADER_BYTES..].to_vec());
+        let frame = Frame::new(
+            kind,
+            u64::from_le_bytes(corr),
+            body[HEADER_BYTES..].to_vec(),
+        );
         Ok(Some((frame, total)))
     }
 

@@ -102,3 +102,31 @@ pub fn name(status: u16) -> &'static str {
 pub fn is_retriable(status: u16) -> bool {
     matches!(status, 13 | 16 | SHUTTING_DOWN)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Rejection;
+
+    #[test]
+    fn rejections_keep_their_numbers_and_errors_map_to_100_plus() {
+        assert_eq!(of_rejection(&Rejection::Busy), 13);
+        assert_eq!(of_rejection(&Rejection::InProgress(1)), 16);
+        assert_eq!(of_engine_error(&EngineError::ShuttingDown), SHUTTING_DOWN);
+        assert_eq!(
+            of_engine_error(&EngineError::Storage("x".into())),
+            STORAGE_FAILURE
+        );
+        assert_eq!(
+            of_engine_error(&EngineError::Corrupt("x".into())),
+            STORAGE_FAILURE
+        );
+        assert_eq!(
+            of_engine_error(&EngineError::Limit("x".into())),
+            LIMIT_EXCEEDED
+        );
+        for s in (0..=16).chain(100..=111) {
+            assert_ne!(name(s), "unknown_status", "{s}");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! One client connection: the write half behind a lock (callers write whole frames), and a
+//! reader task that routes each response to the caller waiting on its correlation id. When
+//! the connection ends every waiting caller gets [`ClientError::Disconnected`] (or the
+//! server's error frame), so nobody waits forever.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+use crate::protocol::{self, ErrorFrame, Frame, FrameKind, Hello, ResponseBatch, Welcome};
+
+use super::{ClientConfig, ClientError};
+
+type Waiter = oneshot::Sender<Result<ResponseBatch, ClientError>>;
+
+struct Pending {
+    closed: bool,
+    waiters: HashMap<u64, Waiter>,
+}
+
+/// A live connection.
+pub(crate) struct Conn {
+    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Mutex<Pending>,
+    next_corr: AtomicU64,
+    pub welcome: Welcome,
+}
+
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Frame, ClientError> {
+    loop {
+        let parsed = Frame::parse(buf, max).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some((f, used)) = parsed {
+            buf.advance(used);
+            return Ok(f);
+        }
+        buf.reserve(64 * 1024);
+        let n = rd
+            .read_buf(buf)
+            .await
+            .map_err(|_| ClientError::Disconnected)?;
+        if n == 0 {
+            return Err(ClientError::Disconnected);
+        }
+    }
+}
+
+fn server_error(f: &Frame) -> ClientError {
+    match protocol::decode_payload::<ErrorFrame>(&f.payload) {
+        Ok(e) => ClientError::Refused {
+            status: e.status,
+            message: e.message,
+        },
+        Err(e) => ClientError::Protocol(format!("undecodable error frame: {e}")),
+    }
+}
+
+impl Conn {
+    /// Connects, says `Hello`, waits for `Welcome`, starts the reader task.
+    pub async fn open(cfg: &ClientConfig) -> Result<Arc<Conn>, ClientError> {
+        let sock = timeout(cfg.connect_timeout, TcpStream::connect(&cfg.addr))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let hello = Hello {
+            magic: protocol::MAGIC,
+            version: protocol::PROTOCOL_VERSION,
+            client_name: cfg.client_name.clone(),
+            token: cfg.token.clone(),
+        };
+        let f = protocol::frame_of(FrameKind::Hello, 0, &hello)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        wr.write_all(&f.encode())
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let max = protocol::DEFAULT_MAX_FRAME_BYTES;
+        let first = timeout(cfg.connect_timeout, read_frame(&mut rd, &mut buf, max))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        let welcome: Welcome = match first.kind {
+            FrameKind::Welcome => protocol::decode_payload(&first.payload)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            FrameKind::Error => return Err(server_error(&first)),
+            k => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome, got {k:?}"
+                )))
+            }
+        };
+        let max = welcome.max_frame_bytes as usize;
+        let conn = Arc::new(Conn {
+            wr: tokio::sync::Mutex::new(wr),
+            pending: Mutex::new(Pending {
+                closed: false,
+                waiters: HashMap::new(),
+            }),
+            next_corr: AtomicU64::new(1),
+            welcome,
+        });
+        tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf, max));
+        Ok(conn)
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.pending.lock().closed
+    }
+
+    /// Sends one request frame and waits for its response.
+    pub async fn roundtrip(
+        &self,
+        payload: &[u8],
+        limit: Duration,
+    ) -> Result<ResponseBatch, ClientError> {
+        let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock();
+            if p.closed {
+                return Err(ClientError::Disconnected);
+            }
+            p.waiters.insert(corr, tx);
+        }
+        let frame = Frame::new(FrameKind::Request, corr, payload.to_vec());
+        let written = self.wr.lock().await.write_all(&frame.encode()).await;
+        if written.is_err() {
+            self.pending.lock().waiters.remove(&corr);
+            return Err(ClientError::Disconnected);
+        }
+        match timeout(limit, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Err(_) => {
+                self.pending.lock().waiters.remove(&corr);
+                Err(ClientError::Timeout)
+            }
+        }
+    }
+
+    /// Closes the write side (the server then finishes and closes).
+    pub async fn close(&self) {
+        let _ = self.wr.lock().await.shutdown().await;
+    }
+
+    fn fail_all(&self, err: &ClientError) {
+        let mut p = self.pending.lock();
+        p.closed = true;
+        for (_, w) in p.waiters.drain() {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+}
+
+async fn read_loop(
+    conn: std::sync::Weak<Conn>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    max: usize,
+) {
+    let err = loop {
+        let f = match read_frame(&mut rd, &mut buf, max).await {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        let Some(c) = conn.upgrade() else { return };
+        match f.kind {
+            FrameKind::Response => {
+                let r = protocol::decode_payload::<ResponseBatch>(&f.payload)
+                    .map_err(|e| ClientError::Protocol(e.to_string()));
+                if let Some(w) = c.pending.lock().waiters.remove(&f.correlation) {
+                    let _ = w.send(r);
+                }
+            }
+            FrameKind::Error => break server_error(&f),
+            k => break ClientError::Protocol(format!("unexpected frame kind {k:?}")),
+        }
+    };
+    if let Some(c) = conn.upgrade() {
+        c.fail_all(&err);
+    }
+}

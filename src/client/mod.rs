@@ -1,0 +1,303 @@
+//! The async omnistock client: one TCP connection multiplexed by correlation id, so many
+//! tasks can call concurrently (pipelining); batches; automatic reconnection; and
+//! idempotent retries. A mutating operation carries a request id chosen *once* (by the
+//! caller or [`new_request_id`]); when the connection drops before the answer, the client
+//! reconnects and sends the same bytes again, and the engine's idempotency table returns the
+//! original outcome instead of applying the change twice.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), omnistock::client::ClientError> {
+//! use omnistock::client::{new_request_id, Client, ClientConfig};
+//! use omnistock::protocol::{Reserve, WireLine};
+//!
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:7878").token("s3cret")).await?;
+//! client.ping().await?;
+//! let r = client
+//!     .reserve(Reserve {
+//!         request_id: new_request_id(),
+//!         reservation: 42,
+//!         channel: "web-fr".into(),
+//!         lines: vec![WireLine { sku: "TSHIRT-RED-M".into(), qty: 2, location: None }],
+//!         allow_split: false,
+//!         ttl_ms: 600_000,
+//!     })
+//!     .await?;
+//! println!("held until {}: {:?}", r.expires_at_ms, r.allocations);
+//! # Ok(()) }
+//! ```
+
+mod conn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::protocol::ops::decode_body;
+use crate::protocol::*;
+use conn::Conn;
+
+/// Why a call failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ClientError {
+    /// The TCP connection could not be opened.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection dropped before the answer (after the retries, if any).
+    #[error("disconnected")]
+    Disconnected,
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// The server sent an error frame (handshake refused, limit, protocol error).
+    #[error("refused by server: status {status} ({}): {message}", status::name(*status))]
+    Refused {
+        /// Status code.
+        status: u16,
+        /// The server's reason.
+        message: String,
+    },
+    /// The server's bytes did not make sense, or a request could not be encoded.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The operation ran and was answered with a non-zero status.
+    #[error("status {status} ({}): {message}", status::name(*status))]
+    Status {
+        /// Status code (see docs/protocol.md).
+        status: u16,
+        /// The server's message.
+        message: String,
+        /// Facts of the rejection, if the protocol defines them for this status.
+        body: Vec<u8>,
+    },
+}
+
+impl ClientError {
+    /// The status code of a `Status` or `Refused` error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } | ClientError::Refused { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port`.
+    pub addr: String,
+    /// Auth token (empty for a server without tokens).
+    pub token: String,
+    /// Name sent in `Hello`. Default `omnistock-client`.
+    pub client_name: String,
+    /// Connect + handshake timeout. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Longest wait for one response. Default 30 s.
+    pub request_timeout: Duration,
+    /// Retries after a dropped connection or a refused connect. Default 3.
+    pub max_retries: u32,
+    /// Back-off before retry n is n times this. Default 50 ms.
+    pub retry_backoff: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `addr`.
+    pub fn new(addr: impl Into<String>) -> Self {
+        ClientConfig {
+            addr: addr.into(),
+            token: String::new(),
+            client_name: "omnistock-client".into(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            retry_backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// Sets the token.
+    pub fn token(mut self, t: impl Into<String>) -> Self {
+        self.token = t.into();
+        self
+    }
+}
+
+/// A fresh random non-zero request id.
+pub fn new_request_id() -> u128 {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A pipelined, reconnecting client. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+impl Client {
+    /// Connects and handshakes (fails fast on a bad token or address).
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let conn = Conn::open(&config).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                conn: tokio::sync::Mutex::new(Some(conn)),
+            }),
+        })
+    }
+
+    /// The server's `Welcome` on the current connection, if connected.
+    pub async fn welcome(&self) -> Option<Welcome> {
+        let g = self.inner.conn.lock().await;
+        g.as_ref().map(|c| c.welcome.clone())
+    }
+
+    /// Closes the current connection (the next call reconnects).
+    pub async fn disconnect(&self) {
+        if let Some(c) = self.inner.conn.lock().await.take() {
+            c.close().await;
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
+        let mut g = self.inner.conn.lock().await;
+        if let Some(c) = g.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let c = Conn::open(&self.inner.config).await?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Sends raw operations as one request frame; retries on a dropped connection with the
+    /// same bytes (hence the same request ids).
+    pub async fn raw_batch(&self, ops: Vec<RawOp>) -> Result<Vec<OpResult>, ClientError> {
+        let payload = encode_payload(&RequestBatch { ops })
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let cfg = &self.inner.config;
+        let mut attempt = 0;
+        loop {
+            let r = match self.connection().await {
+                Ok(c) => c.roundtrip(&payload, cfg.request_timeout).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(resp) => return Ok(resp.results),
+                Err(ClientError::Disconnected | ClientError::Connect(_))
+                    if attempt < cfg.max_retries =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(cfg.retry_backoff * attempt).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends typed operations as one request frame; one result per operation, in order.
+    pub async fn batch(&self, ops: &[Op]) -> Result<Vec<OpResult>, ClientError> {
+        let raw = ops
+            .iter()
+            .map(Op::to_raw)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.raw_batch(raw).await
+    }
+
+    /// Runs one operation and decodes its result body. A non-zero status is
+    /// [`ClientError::Status`]; `InProgress` (16) is retried with back-off, since the
+    /// original attempt of the same request id is still running.
+    pub async fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T, ClientError> {
+        let cfg = &self.inner.config;
+        let mut attempt = 0;
+        loop {
+            let mut results = self.batch(std::slice::from_ref(&op)).await?;
+            let r = results
+                .pop()
+                .ok_or_else(|| ClientError::Protocol("empty response".into()))?;
+            if r.status == 16 && attempt < cfg.max_retries {
+                attempt += 1;
+                tokio::time::sleep(cfg.retry_backoff * attempt).await;
+                continue;
+            }
+            return decode_result(r);
+        }
+    }
+
+    /// Liveness check.
+    pub async fn ping(&self) -> Result<Pong, ClientError> {
+        self.call(Op::Ping).await
+    }
+    /// Server name, version and counts.
+    pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
+        self.call(Op::ServerInfo).await
+    }
+    /// Reserves a cart.
+    pub async fn reserve(&self, r: Reserve) -> Result<Reserved, ClientError> {
+        self.call(Op::Reserve(r)).await
+    }
+    /// Fulfils a reservation.
+    pub async fn fulfill(&self, f: Fulfill) -> Result<Applied, ClientError> {
+        self.call(Op::Fulfill(f)).await
+    }
+    /// Releases a reservation.
+    pub async fn release(&self, r: Release) -> Result<Applied, ClientError> {
+        self.call(Op::Release(r)).await
+    }
+    /// Extends a reservation.
+    pub async fn extend(&self, e: Extend) -> Result<Applied, ClientError> {
+        self.call(Op::Extend(e)).await
+    }
+    /// Runs a stock or catalog operation (adjust, set on hand, move, transfer, safety
+    /// stock, incoming, upsert location, upsert channel).
+    pub async fn apply(&self, op: Op) -> Result<Applied, ClientError> {
+        self.call(op).await
+    }
+    /// Reads one SKU.
+    pub async fn get_sku(&self, sku: &str) -> Result<WireSku, ClientError> {
+        self.call(Op::GetSku(GetSku { sku: sku.into() })).await
+    }
+    /// Reads several SKUs (`None` for unknown ones).
+    pub async fn get_skus(&self, skus: Vec<String>) -> Result<WireSkus, ClientError> {
+        self.call(Op::GetSkus(GetSkus { skus })).await
+    }
+    /// Reads one reservation.
+    pub async fn get_reservation(&self, id: u128) -> Result<WireReservation, ClientError> {
+        self.call(Op::GetReservation(GetReservation { reservation: id }))
+            .await
+    }
+    /// Lists locations.
+    pub async fn locations(&self) -> Result<Locations, ClientError> {
+        self.call(Op::ListLocations).await
+    }
+    /// Lists channels.
+    pub async fn channels(&self) -> Result<Channels, ClientError> {
+        self.call(Op::ListChannels).await
+    }
+}
+
+/// Decodes a successful result's body, or turns a non-zero status into an error.
+pub fn decode_result<T: DeserializeOwned>(r: OpResult) -> Result<T, ClientError> {
+    if r.status != status::OK {
+        return Err(ClientError::Status {
+            status: r.status,
+            message: r.message,
+            body: r.body,
+        });
+    }
+    decode_body(&r.body).map_err(|e| ClientError::Protocol(e.to_string()))
+}

@@ -1,0 +1,305 @@
+//! Conversions between wire messages and engine/domain types. Wire ids are strings: they
+//! are validated here, and a bad one becomes the engine's own `InvalidRequest` rejection,
+//! so the client sees the same status (12) as for any other malformed request.
+
+use crate::domain::{
+    AdjustReason, Catalog, CatalogCommand, Channel, ChannelId, Event, Location, LocationId,
+    LocationKind, Rejection, SkuCommand, SkuId, SkuView, StockState,
+};
+use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
+
+use super::messages::*;
+
+fn sku(s: &str) -> Result<SkuId, Rejection> {
+    SkuId::new(s)
+}
+fn loc(s: &str) -> Result<LocationId, Rejection> {
+    LocationId::new(s)
+}
+
+impl From<WireAdjustReason> for AdjustReason {
+    fn from(r: WireAdjustReason) -> Self {
+        match r {
+            WireAdjustReason::Receipt => AdjustReason::Receipt,
+            WireAdjustReason::Shrinkage => AdjustReason::Shrinkage,
+            WireAdjustReason::Damage => AdjustReason::Damage,
+            WireAdjustReason::ReturnToStock => AdjustReason::ReturnToStock,
+            WireAdjustReason::Correction => AdjustReason::Correction,
+        }
+    }
+}
+
+impl From<WireStockState> for StockState {
+    fn from(s: WireStockState) -> Self {
+        match s {
+            WireStockState::Sellable => StockState::Sellable,
+            WireStockState::Damaged => StockState::Damaged,
+            WireStockState::QualityControl => StockState::QualityControl,
+        }
+    }
+}
+
+impl From<WireLocationKind> for LocationKind {
+    fn from(k: WireLocationKind) -> Self {
+        match k {
+            WireLocationKind::Warehouse => LocationKind::Warehouse,
+            WireLocationKind::Store => LocationKind::Store,
+            WireLocationKind::DarkStore => LocationKind::DarkStore,
+            WireLocationKind::MarketplaceFulfilled => LocationKind::MarketplaceFulfilled,
+            WireLocationKind::Dropship => LocationKind::Dropship,
+        }
+    }
+}
+
+impl From<LocationKind> for WireLocationKind {
+    fn from(k: LocationKind) -> Self {
+        match k {
+            LocationKind::Warehouse => WireLocationKind::Warehouse,
+            LocationKind::Store => WireLocationKind::Store,
+            LocationKind::DarkStore => WireLocationKind::DarkStore,
+            LocationKind::MarketplaceFulfilled => WireLocationKind::MarketplaceFulfilled,
+            LocationKind::Dropship => WireLocationKind::Dropship,
+        }
+    }
+}
+
+/// The engine command of a reserve body.
+pub fn reserve_command(r: &Reserve) -> Result<Command, Rejection> {
+    let lines = r
+        .lines
+        .iter()
+        .map(|l| {
+            Ok(ReserveLine {
+                sku: sku(&l.sku)?,
+                qty: l.qty,
+                location: l.location.as_deref().map(loc).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, Rejection>>()?;
+    Ok(Command::Reserve(ReserveRequest {
+        reservation: r.reservation,
+        channel: ChannelId::new(&r.channel)?,
+        lines,
+        allow_split: r.allow_split,
+        ttl_ms: r.ttl_ms,
+    }))
+}
+
+/// The engine command of a fulfil body.
+pub fn fulfill_command(f: &Fulfill) -> Result<Command, Rejection> {
+    let lines = match &f.lines {
+        None => None,
+        Some(v) => Some(
+            v.iter()
+                .map(|(s, q)| Ok((sku(s)?, *q)))
+                .collect::<Result<Vec<_>, Rejection>>()?,
+        ),
+    };
+    Ok(Command::Fulfill {
+        reservation: f.reservation,
+        lines,
+    })
+}
+
+fn stock(s: &str, command: SkuCommand) -> Result<Command, Rejection> {
+    Ok(Command::Stock {
+        sku: sku(s)?,
+        command,
+    })
+}
+
+/// The engine command of a stock body (adjust).
+pub fn adjust_command(a: &Adjust) -> Result<Command, Rejection> {
+    let c = SkuCommand::Adjust {
+        location: loc(&a.location)?,
+        delta: a.delta,
+        reason: a.reason.into(),
+        reference: a.reference.clone(),
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of a set-on-hand body.
+pub fn set_on_hand_command(a: &SetOnHand) -> Result<Command, Rejection> {
+    let c = SkuCommand::SetOnHand {
+        location: loc(&a.location)?,
+        on_hand: a.on_hand,
+        expected: a.expected,
+        reference: a.reference.clone(),
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of a move body.
+pub fn move_command(a: &MoveStock) -> Result<Command, Rejection> {
+    let c = SkuCommand::Move {
+        location: loc(&a.location)?,
+        from: a.from.into(),
+        to: a.to.into(),
+        qty: a.qty,
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of a transfer body.
+pub fn transfer_command(a: &Transfer) -> Result<Command, Rejection> {
+    let c = SkuCommand::Transfer {
+        from: loc(&a.from)?,
+        to: loc(&a.to)?,
+        qty: a.qty,
+        reference: a.reference.clone(),
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of a set-safety-stock body.
+pub fn safety_command(a: &SetSafetyStock) -> Result<Command, Rejection> {
+    let c = SkuCommand::SetSafetyStock {
+        location: loc(&a.location)?,
+        qty: a.qty,
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of a set-incoming body.
+pub fn incoming_command(a: &SetIncoming) -> Result<Command, Rejection> {
+    let c = SkuCommand::SetIncoming {
+        location: loc(&a.location)?,
+        qty: a.qty,
+        eta_ms: a.eta_ms,
+    };
+    stock(&a.sku, c)
+}
+
+/// The engine command of an upsert-location body.
+pub fn location_command(u: &UpsertLocation) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::UpsertLocation(Location {
+        id: loc(&u.location.id)?,
+        kind: u.location.kind.into(),
+        region: u.location.region.clone(),
+    })))
+}
+
+/// The engine command of an upsert-channel body.
+pub fn channel_command(u: &UpsertChannel) -> Result<Command, Rejection> {
+    let c = &u.channel;
+    Ok(Command::Catalog(CatalogCommand::UpsertChannel(Channel {
+        id: ChannelId::new(&c.id)?,
+        locations: c
+            .locations
+            .iter()
+            .map(|l| loc(l))
+            .collect::<Result<_, _>>()?,
+        buffer: c.buffer,
+        cap: c.cap,
+    })))
+}
+
+/// The reserve result of an accepted reservation's outcome.
+pub fn reserved_of(o: &Outcome) -> Reserved {
+    let mut expires_at_ms = 0;
+    let mut allocations = Vec::new();
+    for ch in &o.changes {
+        if let Change::Sku {
+            sku,
+            event:
+                Event::HoldPlaced {
+                    expires_at_ms: e,
+                    allocations: a,
+                    ..
+                },
+        } = ch
+        {
+            expires_at_ms = *e;
+            allocations.extend(a.iter().map(|a| WireAllocation {
+                sku: sku.to_string(),
+                location: a.location.to_string(),
+                qty: a.qty,
+            }));
+        }
+    }
+    Reserved {
+        seq: o.seq,
+        expires_at_ms,
+        allocations,
+    }
+}
+
+/// The result of any other accepted mutating request.
+pub fn applied_of(o: &Outcome) -> Applied {
+    Applied {
+        seq: o.seq,
+        changes: u32::try_from(o.changes.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// A SKU view on the wire.
+pub fn sku_of(v: &SkuView) -> WireSku {
+    WireSku {
+        sku: v.sku.to_string(),
+        buckets: v
+            .buckets
+            .iter()
+            .map(|b| WireBucket {
+                location: b.location.to_string(),
+                on_hand: b.on_hand,
+                reserved: b.reserved,
+                safety_stock: b.safety_stock,
+                damaged: b.damaged,
+                quality_control: b.quality_control,
+                incoming: b.incoming,
+                incoming_eta_ms: b.incoming_eta_ms,
+                atp: b.atp(),
+            })
+            .collect(),
+        channels: v
+            .channels
+            .iter()
+            .map(|(c, q)| (c.to_string(), *q))
+            .collect(),
+        oversold: v.oversold,
+        holds: v.holds,
+        last_seq: v.last_seq,
+    }
+}
+
+/// A reservation on the wire.
+pub fn reservation_of(r: &ReservationView) -> WireReservation {
+    WireReservation {
+        reservation: r.reservation,
+        channel: r.channel.to_string(),
+        expires_at_ms: r.expires_at_ms,
+        lines: r.lines.iter().map(|(s, q)| (s.to_string(), *q)).collect(),
+    }
+}
+
+/// The catalog's locations on the wire.
+pub fn locations_of(c: &Catalog) -> Locations {
+    Locations {
+        locations: c
+            .locations
+            .values()
+            .map(|l| WireLocation {
+                id: l.id.to_string(),
+                kind: l.kind.into(),
+                region: l.region.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The catalog's channels on the wire.
+pub fn channels_of(c: &Catalog) -> Channels {
+    Channels {
+        channels: c
+            .channels
+            .values()
+            .map(|ch| WireChannel {
+                id: ch.id.to_string(),
+                locations: ch.locations.iter().map(|l| l.to_string()).collect(),
+                buffer: ch.buffer,
+                cap: ch.cap,
+            })
+            .collect(),
+    }
+}

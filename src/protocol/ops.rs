@@ -1,0 +1,265 @@
+//! Opcodes, the typed [`Op`] enum (one variant per operation body), and which role may run
+//! which opcode. The opcode table is the wire contract; `Op` is the Rust convenience that
+//! turns a body into a [`RawOp`] and back.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::messages::*;
+use super::ProtocolError;
+use crate::codec;
+
+/// Opcodes (`u16`). Ranges: 0x00xx meta, 0x01xx reservations, 0x02xx stock, 0x03xx catalog,
+/// 0x04xx reads, 0x05xx subscriptions (reserved), 0x06xx history (reserved).
+pub mod opcode {
+    /// Liveness check.
+    pub const PING: u16 = 0x0001;
+    /// Server name, version, counts.
+    pub const SERVER_INFO: u16 = 0x0002;
+    /// Reserve a cart.
+    pub const RESERVE: u16 = 0x0101;
+    /// Fulfil a reservation.
+    pub const FULFILL: u16 = 0x0102;
+    /// Release a reservation.
+    pub const RELEASE: u16 = 0x0103;
+    /// Extend a reservation.
+    pub const EXTEND: u16 = 0x0104;
+    /// Adjust sellable on hand.
+    pub const ADJUST: u16 = 0x0201;
+    /// Set sellable on hand (optionally compare-and-set).
+    pub const SET_ON_HAND: u16 = 0x0202;
+    /// Move units between stock states.
+    pub const MOVE: u16 = 0x0203;
+    /// Transfer units between locations.
+    pub const TRANSFER: u16 = 0x0204;
+    /// Set safety stock.
+    pub const SET_SAFETY_STOCK: u16 = 0x0205;
+    /// Set incoming.
+    pub const SET_INCOMING: u16 = 0x0206;
+    /// Create or replace a location.
+    pub const UPSERT_LOCATION: u16 = 0x0301;
+    /// Create or replace a channel.
+    pub const UPSERT_CHANNEL: u16 = 0x0302;
+    /// List locations.
+    pub const LIST_LOCATIONS: u16 = 0x0303;
+    /// List channels.
+    pub const LIST_CHANNELS: u16 = 0x0304;
+    /// Read one SKU.
+    pub const GET_SKU: u16 = 0x0401;
+    /// Read several SKUs.
+    pub const GET_SKUS: u16 = 0x0402;
+    /// Read one reservation.
+    pub const GET_RESERVATION: u16 = 0x0403;
+    /// Reserved: subscribe to SKU events (answers `NOT_IMPLEMENTED`).
+    pub const SUBSCRIBE: u16 = 0x0501;
+    /// Reserved: unsubscribe (answers `NOT_IMPLEMENTED`).
+    pub const UNSUBSCRIBE: u16 = 0x0502;
+    /// Reserved: acknowledge pushed events (answers `NOT_IMPLEMENTED`).
+    pub const ACK: u16 = 0x0503;
+    /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
+    pub const SKU_HISTORY: u16 = 0x0601;
+}
+
+/// What a connection may do, chosen by its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Checkout services: reserve, fulfil, release, extend, reads.
+    Checkout,
+    /// Channel adapters: reads and (later) subscriptions.
+    Adapter,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Parses `checkout`, `adapter` or `admin`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "checkout" => Some(Role::Checkout),
+            "adapter" => Some(Role::Adapter),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Whether this role may run `opcode`. Unknown opcodes are "allowed" here so that the
+    /// caller answers them `UNKNOWN_OPERATION` rather than `FORBIDDEN`.
+    pub fn may(self, op: u16) -> bool {
+        use opcode::*;
+        let read = matches!(
+            op,
+            PING | SERVER_INFO
+                | GET_SKU
+                | GET_SKUS
+                | GET_RESERVATION
+                | LIST_LOCATIONS
+                | LIST_CHANNELS
+        );
+        match self {
+            Role::Admin => true,
+            Role::Checkout => read || matches!(op, RESERVE | FULFILL | RELEASE | EXTEND),
+            Role::Adapter => read || matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY),
+        }
+    }
+}
+
+/// A typed operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `PING`
+    Ping,
+    /// `SERVER_INFO`
+    ServerInfo,
+    /// `RESERVE`
+    Reserve(Reserve),
+    /// `FULFILL`
+    Fulfill(Fulfill),
+    /// `RELEASE`
+    Release(Release),
+    /// `EXTEND`
+    Extend(Extend),
+    /// `ADJUST`
+    Adjust(Adjust),
+    /// `SET_ON_HAND`
+    SetOnHand(SetOnHand),
+    /// `MOVE`
+    Move(MoveStock),
+    /// `TRANSFER`
+    Transfer(Transfer),
+    /// `SET_SAFETY_STOCK`
+    SetSafetyStock(SetSafetyStock),
+    /// `SET_INCOMING`
+    SetIncoming(SetIncoming),
+    /// `UPSERT_LOCATION`
+    UpsertLocation(UpsertLocation),
+    /// `UPSERT_CHANNEL`
+    UpsertChannel(UpsertChannel),
+    /// `LIST_LOCATIONS`
+    ListLocations,
+    /// `LIST_CHANNELS`
+    ListChannels,
+    /// `GET_SKU`
+    GetSku(GetSku),
+    /// `GET_SKUS`
+    GetSkus(GetSkus),
+    /// `GET_RESERVATION`
+    GetReservation(GetReservation),
+}
+
+fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
+    codec::encode(v).map_err(|e| ProtocolError::Encode(e.to_string()))
+}
+
+/// Decodes an operation or result body.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    codec::decode(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+impl Op {
+    /// Its opcode.
+    pub fn opcode(&self) -> u16 {
+        use opcode::*;
+        match self {
+            Op::Ping => PING,
+            Op::ServerInfo => SERVER_INFO,
+            Op::Reserve(_) => RESERVE,
+            Op::Fulfill(_) => FULFILL,
+            Op::Release(_) => RELEASE,
+            Op::Extend(_) => EXTEND,
+            Op::Adjust(_) => ADJUST,
+            Op::SetOnHand(_) => SET_ON_HAND,
+            Op::Move(_) => MOVE,
+            Op::Transfer(_) => TRANSFER,
+            Op::SetSafetyStock(_) => SET_SAFETY_STOCK,
+            Op::SetIncoming(_) => SET_INCOMING,
+            Op::UpsertLocation(_) => UPSERT_LOCATION,
+            Op::UpsertChannel(_) => UPSERT_CHANNEL,
+            Op::ListLocations => LIST_LOCATIONS,
+            Op::ListChannels => LIST_CHANNELS,
+            Op::GetSku(_) => GET_SKU,
+            Op::GetSkus(_) => GET_SKUS,
+            Op::GetReservation(_) => GET_RESERVATION,
+        }
+    }
+
+    /// The request id of a mutating operation (reads have none).
+    pub fn request_id(&self) -> Option<u128> {
+        Some(match self {
+            Op::Reserve(b) => b.request_id,
+            Op::Fulfill(b) => b.request_id,
+            Op::Release(b) => b.request_id,
+            Op::Extend(b) => b.request_id,
+            Op::Adjust(b) => b.request_id,
+            Op::SetOnHand(b) => b.request_id,
+            Op::Move(b) => b.request_id,
+            Op::Transfer(b) => b.request_id,
+            Op::SetSafetyStock(b) => b.request_id,
+            Op::SetIncoming(b) => b.request_id,
+            Op::UpsertLocation(b) => b.request_id,
+            Op::UpsertChannel(b) => b.request_id,
+            _ => return None,
+        })
+    }
+
+    /// Encodes it as a raw operation.
+    pub fn to_raw(&self) -> Result<RawOp, ProtocolError> {
+        let body = match self {
+            Op::Ping | Op::ServerInfo | Op::ListLocations | Op::ListChannels => body(&Empty {})?,
+            Op::Reserve(b) => body(b)?,
+            Op::Fulfill(b) => body(b)?,
+            Op::Release(b) => body(b)?,
+            Op::Extend(b) => body(b)?,
+            Op::Adjust(b) => body(b)?,
+            Op::SetOnHand(b) => body(b)?,
+            Op::Move(b) => body(b)?,
+            Op::Transfer(b) => body(b)?,
+            Op::SetSafetyStock(b) => body(b)?,
+            Op::SetIncoming(b) => body(b)?,
+            Op::UpsertLocation(b) => body(b)?,
+            Op::UpsertChannel(b) => body(b)?,
+            Op::GetSku(b) => body(b)?,
+            Op::GetSkus(b) => body(b)?,
+            Op::GetReservation(b) => body(b)?,
+        };
+        Ok(RawOp {
+            opcode: self.opcode(),
+            body,
+        })
+    }
+
+    /// Decodes a raw operation. `Ok(None)`: the opcode is not one of [`Op`]'s (reserved or
+    /// unknown); an error: the body does not decode.
+    pub fn from_raw(raw: &RawOp) -> Result<Option<Op>, ProtocolError> {
+        use opcode::*;
+        let b = raw.body.as_slice();
+        Ok(Some(match raw.opcode {
+            PING => decode_body::<Empty>(b).map(|_| Op::Ping)?,
+            SERVER_INFO => decode_body::<Empty>(b).map(|_| Op::ServerInfo)?,
+            LIST_LOCATIONS => decode_body::<Empty>(b).map(|_| Op::ListLocations)?,
+            LIST_CHANNELS => decode_body::<Empty>(b).map(|_| Op::ListChannels)?,
+            RESERVE => Op::Reserve(decode_body(b)?),
+            FULFILL => Op::Fulfill(decode_body(b)?),
+            RELEASE => Op::Release(decode_body(b)?),
+            EXTEND => Op::Extend(decode_body(b)?),
+            ADJUST => Op::Adjust(decode_body(b)?),
+            SET_ON_HAND => Op::SetOnHand(decode_body(b)?),
+            MOVE => Op::Move(decode_body(b)?),
+            TRANSFER => Op::Transfer(decode_body(b)?),
+            SET_SAFETY_STOCK => Op::SetSafetyStock(decode_body(b)?),
+            SET_INCOMING => Op::SetIncoming(decode_body(b)?),
+            UPSERT_LOCATION => Op::UpsertLocation(decode_body(b)?),
+            UPSERT_CHANNEL => Op::UpsertChannel(decode_body(b)?),
+            GET_SKU => Op::GetSku(decode_body(b)?),
+            GET_SKUS => Op::GetSkus(decode_body(b)?),
+            GET_RESERVATION => Op::GetReservation(decode_body(b)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`).
+pub fn is_reserved(op: u16) -> bool {
+    use opcode::*;
+    matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY)
+}

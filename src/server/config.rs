@@ -1,0 +1,130 @@
+//! Server settings with documented defaults, and their validation. Every limit the server
+//! enforces lives here so tests can shrink it and `omnistock serve` can set it from flags or
+//! a TOML file.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::domain::limits::MAX_LINES_PER_RESERVATION;
+use crate::protocol::{frame, Role};
+
+/// Why a server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A setting is invalid; the message names it.
+    #[error("invalid setting {setting}: {reason}")]
+    Config {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+}
+
+/// Server settings. Every field has a documented default ([`ServerConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:7878`.
+    pub listen: SocketAddr,
+    /// Name sent in `Welcome` and server info. Default `omnistock`.
+    pub server_name: String,
+    /// Token → role. Empty (default): every client is admin, allowed only on loopback.
+    pub tokens: HashMap<String, Role>,
+    /// Most open connections; beyond, a new one gets an error frame and is closed.
+    /// Default 10,000.
+    pub max_connections: usize,
+    /// Most request frames being processed per connection; at the limit the server stops
+    /// reading that socket until responses drain. Default 1024.
+    pub max_in_flight: usize,
+    /// Largest frame length value accepted. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Most operations per request frame (and SKUs per get-many). Default 8,190.
+    pub max_batch_ops: usize,
+    /// Most lines per reservation (the engine's own limit is 100). Default 100.
+    pub max_lines_per_reservation: usize,
+    /// A connection with nothing in flight that sends nothing for this long is closed.
+    /// Default 5 minutes.
+    pub idle_timeout: Duration,
+    /// Time a new connection has to send its `Hello`. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            server_name: "omnistock".into(),
+            tokens: HashMap::new(),
+            max_connections: 10_000,
+            max_in_flight: 1024,
+            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+            max_batch_ops: 8_190,
+            max_lines_per_reservation: MAX_LINES_PER_RESERVATION,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn bad(setting: &'static str, reason: impl Into<String>) -> ServerError {
+    ServerError::Config {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+impl ServerConfig {
+    /// Checks every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(bad(
+                "tokens",
+                format!(
+                    "no auth token configured and listen address {} is not loopback; \
+                     add --token TOKEN:ROLE or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ));
+        }
+        if self.tokens.keys().any(|t| t.is_empty() || t.len() > 256) {
+            return Err(bad("tokens", "a token must be 1..=256 bytes"));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(bad("max_connections", "must be 1..=1000000"));
+        }
+        if !(1..=65_536).contains(&self.max_in_flight) {
+            return Err(bad("max_in_flight", "must be 1..=65536"));
+        }
+        // 256 bytes: room for a Hello with a short name and token.
+        if !(256..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return Err(bad("max_frame_bytes", "must be 256..=67108864"));
+        }
+        if !(1..=1_000_000).contains(&self.max_batch_ops) {
+            return Err(bad("max_batch_ops", "must be 1..=1000000"));
+        }
+        if !(1..=MAX_LINES_PER_RESERVATION).contains(&self.max_lines_per_reservation) {
+            return Err(bad(
+                "max_lines_per_reservation",
+                format!("must be 1..={MAX_LINES_PER_RESERVATION}"),
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(bad("idle_timeout", "must be positive"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(bad("handshake_timeout", "must be positive"));
+        }
+        Ok(())
+    }
+}

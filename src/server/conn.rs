@@ -1,0 +1,359 @@
+//! One client connection: handshake, then a read loop that hands each request frame to its
+//! own task (so responses may leave out of order) and a writer task that owns the write
+//! half. Back-pressure: a semaphore of `max_in_flight` permits is taken *before* reading the
+//! next frame, so a client that pipelines faster than the engine answers simply stops being
+//! read. A protocol violation gets one error frame, then a lingering close (the socket is
+//! drained briefly so the error frame is not lost to a TCP reset).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::timeout;
+
+use crate::protocol::{self, failed, status, ErrorFrame, Frame, FrameError, FrameKind, Role};
+use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
+
+use super::dispatch::{run_batch, Ctx};
+
+/// Why reading a frame failed.
+enum ReadError {
+    Frame(FrameError),
+    /// The peer closed in the middle of a frame, or the socket failed.
+    Io,
+}
+
+/// Reads frames from the read half, never buffering more than one frame (≤ the limit).
+pub(crate) struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl FrameReader {
+    fn new(rd: OwnedReadHalf, max: usize) -> Self {
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(4096),
+            max,
+        }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read so far
+    /// stay in the buffer.
+    async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
+                self.buf.advance(used);
+                return Ok(Some(f));
+            }
+            // Reserve at most the announced frame (already checked against the limit).
+            let want = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
+                Some(len) => (4 + len).saturating_sub(self.buf.len()),
+                None => 4096,
+            };
+            self.buf.reserve(want.min(64 * 1024));
+            let n = self
+                .rd
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|_| ReadError::Io)?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Io)
+                };
+            }
+        }
+    }
+
+    /// Reads and discards for up to `d` (at most 1 MiB) so that closing does not reset
+    /// the connection before the peer has read our last frame.
+    async fn linger(mut self, d: Duration) {
+        let mut sink = [0u8; 8192];
+        let mut total = 0usize;
+        let _ = timeout(d, async {
+            while total < 1 << 20 {
+                match self.rd.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut out = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        out.clear();
+        out.extend_from_slice(&first);
+        // Coalesce whatever else is ready into one write.
+        while out.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn error_frame(corr: u64, status: u16, message: impl Into<String>) -> Vec<u8> {
+    let e = ErrorFrame {
+        status,
+        message: message.into(),
+    };
+    match protocol::frame_of(FrameKind::Error, corr, &e) {
+        Ok(f) => f.encode(),
+        // Unreachable in practice (a small struct); fall back to an empty payload.
+        Err(_) => Frame::new(FrameKind::Error, corr, Vec::new()).encode(),
+    }
+}
+
+/// Compares a token in time independent of where it differs.
+fn token_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn role_of(ctx: &Ctx, token: &str) -> Option<Role> {
+    if ctx.config.tokens.is_empty() {
+        return Some(Role::Admin);
+    }
+    let mut found = None;
+    for (t, r) in &ctx.config.tokens {
+        if token_eq(t, token) {
+            found = Some(*r);
+        }
+    }
+    found
+}
+
+/// Reads and checks the `Hello`; answers `Welcome` or an error frame. `None`: close.
+async fn handshake(
+    reader: &mut FrameReader,
+    tx: &mpsc::Sender<Vec<u8>>,
+    ctx: &Ctx,
+) -> Option<Role> {
+    let c = &ctx.config;
+    let frame = match timeout(c.handshake_timeout, reader.next()).await {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return None,
+        Ok(Err(ReadError::Frame(e))) => {
+            return refuse(ctx, tx, 0, status_of_frame_error(&e), e.to_string()).await
+        }
+        Err(_) => {
+            let msg = "no Hello within the handshake timeout";
+            return refuse(ctx, tx, 0, status::IDLE_TIMEOUT, msg).await;
+        }
+    };
+    let corr = frame.correlation;
+    if frame.kind != FrameKind::Hello {
+        let msg = "the first frame must be Hello";
+        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, msg).await;
+    }
+    if frame.payload.get(..4) != Some(&MAGIC[..]) {
+        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, "bad magic").await;
+    }
+    let hello: Hello = match protocol::decode_payload(&frame.payload) {
+        Ok(h) => h,
+        Err(e) => return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, e.to_string()).await,
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} not supported; this server speaks 1",
+            hello.version
+        );
+        return refuse(ctx, tx, corr, status::UNSUPPORTED_VERSION, msg).await;
+    }
+    let Some(role) = role_of(ctx, &hello.token) else {
+        ctx.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(client = %hello.client_name, "connection refused: bad token");
+        return refuse(
+            ctx,
+            tx,
+            corr,
+            status::UNAUTHORIZED,
+            "missing or unknown token",
+        )
+        .await;
+    };
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        server_name: c.server_name.clone(),
+        max_frame_bytes: u32::try_from(c.max_frame_bytes).unwrap_or(u32::MAX),
+        max_batch_ops: u32::try_from(c.max_batch_ops).unwrap_or(u32::MAX),
+        max_lines_per_reservation: u32::try_from(c.max_lines_per_reservation).unwrap_or(u32::MAX),
+        max_in_flight: u32::try_from(c.max_in_flight).unwrap_or(u32::MAX),
+    };
+    let f = protocol::frame_of(FrameKind::Welcome, corr, &welcome).ok()?;
+    tx.send(f.encode()).await.ok()?;
+    Some(role)
+}
+
+async fn refuse(
+    ctx: &Ctx,
+    tx: &mpsc::Sender<Vec<u8>>,
+    corr: u64,
+    status: u16,
+    msg: impl Into<String>,
+) -> Option<Role> {
+    if status == status::PROTOCOL_ERROR || status == status::LIMIT_EXCEEDED {
+        ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = tx.send(error_frame(corr, status, msg)).await;
+    None
+}
+
+fn status_of_frame_error(e: &FrameError) -> u16 {
+    match e {
+        FrameError::TooLarge { .. } => status::LIMIT_EXCEEDED,
+        _ => status::PROTOCOL_ERROR,
+    }
+}
+
+/// Serves one accepted connection until it closes, fails, idles out or the server stops.
+pub(crate) async fn serve(sock: TcpStream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
+    let _ = sock.set_nodelay(true);
+    let (rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel(ctx.config.max_in_flight + 2);
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let mut reader = FrameReader::new(rd, ctx.config.max_frame_bytes);
+    let clean = match handshake(&mut reader, &tx, &ctx).await {
+        Some(role) => read_loop(&mut reader, &tx, &ctx, role, shutdown).await,
+        None => false,
+    };
+    drop(tx);
+    let _ = writer.await;
+    if !clean {
+        reader.linger(Duration::from_millis(250)).await;
+    }
+}
+
+/// Refuses a connection over the connection limit.
+pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
+    let (rd, mut wr) = sock.into_split();
+    let _ = wr
+        .write_all(&error_frame(0, status::LIMIT_EXCEEDED, message))
+        .await;
+    let _ = wr.shutdown().await;
+    FrameReader::new(rd, 0)
+        .linger(Duration::from_millis(250))
+        .await;
+}
+
+/// The request loop. Returns true when it ended cleanly (EOF, shutdown), false after an
+/// error frame was sent.
+async fn read_loop(
+    reader: &mut FrameReader,
+    tx: &mpsc::Sender<Vec<u8>>,
+    ctx: &Arc<Ctx>,
+    role: Role,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    let max = ctx.config.max_in_flight;
+    let sem = Arc::new(Semaphore::new(max));
+    let clean = loop {
+        // Back-pressure: no permit, no read.
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break true },
+            _ = super::stopped(&mut shutdown) => break true,
+        };
+        let next = tokio::select! {
+            r = timeout(ctx.config.idle_timeout, reader.next()) => r,
+            _ = super::stopped(&mut shutdown) => break true,
+        };
+        let frame = match next {
+            Err(_) if sem.available_permits() + 1 < max => continue, // answers pending
+            Err(_) => {
+                ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                let _ = tx
+                    .send(error_frame(0, status::IDLE_TIMEOUT, "idle timeout"))
+                    .await;
+                break false;
+            }
+            Ok(Ok(None)) => break true,
+            Ok(Err(ReadError::Io)) => break true,
+            Ok(Err(ReadError::Frame(e))) => {
+                refuse(ctx, tx, 0, status_of_frame_error(&e), e.to_string()).await;
+                break false;
+            }
+            Ok(Ok(Some(f))) => f,
+        };
+        if frame.kind != FrameKind::Request {
+            let msg = format!("unexpected frame kind {:?} after the handshake", frame.kind);
+            refuse(ctx, tx, frame.correlation, status::PROTOCOL_ERROR, msg).await;
+            break false;
+        }
+        let batch: RequestBatch = match protocol::decode_payload(&frame.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = format!("request payload: {e}");
+                refuse(ctx, tx, frame.correlation, status::PROTOCOL_ERROR, msg).await;
+                break false;
+            }
+        };
+        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (ctx, tx) = (ctx.clone(), tx.clone());
+        tokio::spawn(async move {
+            let bytes = answer(&ctx, role, frame.correlation, &batch).await;
+            let _ = tx.send(bytes).await;
+            drop(permit);
+        });
+    };
+    // Finish in-flight requests before the writer is closed.
+    let _ = sem
+        .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
+        .await;
+    clean
+}
+
+/// Runs a batch and encodes its response frame (never over the frame limit).
+async fn answer(ctx: &Ctx, role: Role, corr: u64, batch: &RequestBatch) -> Vec<u8> {
+    let max_ops = ctx.config.max_batch_ops;
+    let results = if batch.ops.len() > max_ops {
+        let msg = format!(
+            "{} operations; at most {max_ops} per request",
+            batch.ops.len()
+        );
+        vec![failed(status::TOO_MANY_OPERATIONS, msg)]
+    } else {
+        ctx.stats
+            .operations
+            .fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
+        run_batch(ctx, role, &batch.ops).await
+    };
+    let n = results.len();
+    let frame = protocol::frame_of(FrameKind::Response, corr, &ResponseBatch { results });
+    match frame {
+        Ok(f) if f.encoded_len() <= ctx.config.max_frame_bytes => f.encode(),
+        Ok(f) => {
+            let msg = format!(
+                "response of {} bytes for {n} operations is over the frame limit; split the batch",
+                f.encoded_len()
+            );
+            let r = ResponseBatch {
+                results: vec![failed(status::LIMIT_EXCEEDED, msg)],
+            };
+            match protocol::frame_of(FrameKind::Response, corr, &r) {
+                Ok(f) => f.encode(),
+                Err(_) => error_frame(corr, status::INTERNAL_ERROR, "cannot encode"),
+            }
+        }
+        Err(e) => error_frame(corr, status::INTERNAL_ERROR, e.to_string()),
+    }
+}
