@@ -103,11 +103,15 @@ async fn run(e: &Arc<Engine>, n: u64, lines: usize, zipf: bool, base: &mut u128)
         chunks.push(std::mem::replace(&mut reqs, rest));
     }
     let t = Instant::now();
+    let on_arbiters = std::env::var_os("ON_ARBITERS").is_some();
     let tasks: Vec<_> = chunks
         .into_iter()
-        .map(|chunk| {
+        .enumerate()
+        .map(|(i, chunk)| {
             let e = e.clone();
-            tokio::spawn(async move {
+            let e2 = e.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let work = async move {
                 stream::iter(chunk)
                     .map(|r| e.execute(r))
                     .buffer_unordered(WINDOW / DRIVERS)
@@ -116,8 +120,15 @@ async fn run(e: &Arc<Engine>, n: u64, lines: usize, zipf: bool, base: &mut u128)
                             assert!(matches!(f, Failure::Rejected(Rejection::Busy)), "{f}");
                         }
                     })
-                    .await
-            })
+                    .await;
+                let _ = tx.send(());
+            };
+            if on_arbiters {
+                assert!(e2.spawn_on_arbiter(i, work));
+            } else {
+                tokio::spawn(work);
+            }
+            rx
         })
         .collect();
     for t in tasks {

@@ -353,6 +353,22 @@ impl Engine {
         coordinator::expire_due(&self.core).await
     }
 
+    /// Number of actor arbiters (threads).
+    pub fn arbiter_count(&self) -> usize {
+        self.core.registry.arbiters().len()
+    }
+
+    /// Runs `fut` on actor arbiter `i % arbiter_count()`, the thread that also runs a share of
+    /// the SKU actors: replies from those actors then need no cross-thread wake-up. Returns
+    /// false if the arbiter has stopped. The server spreads connection tasks this way.
+    pub fn spawn_on_arbiter<F>(&self, i: usize, fut: F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let arbiters = self.core.registry.arbiters();
+        arbiters[i % arbiters.len()].spawn(fut)
+    }
+
     /// Counts for memory accounting and metrics.
     pub fn stats(&self) -> EngineStats {
         EngineStats {

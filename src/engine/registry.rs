@@ -171,6 +171,11 @@ impl Registry {
         self.map.len()
     }
 
+    /// The arbiters hosting SKU actors.
+    pub(crate) fn arbiters(&self) -> &[ArbiterHandle] {
+        &self.arbiters
+    }
+
     /// Number of SKUs with an actor.
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
