@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod ctl;
+mod serve;
 mod simulate;
 mod tools;
 
@@ -23,6 +25,10 @@ enum Cmd {
     Check(tools::CheckArgs),
     /// Print a SKU's history from a data directory: the audit ledger.
     Dump(tools::DumpArgs),
+    /// Run the TCP server (binary protocol, docs/protocol.md) until SIGTERM/SIGINT.
+    Serve(serve::Args),
+    /// Talk to a running server: ping, get, reserve, fulfill, adjust, ...
+    Ctl(ctl::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,8 @@ fn main() -> ExitCode {
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Check(args) => tools::check(args),
         Cmd::Dump(args) => tools::dump(args),
+        Cmd::Serve(args) => serve::run(args),
+        Cmd::Ctl(args) => return ctl::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
