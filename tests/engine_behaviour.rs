@@ -444,3 +444,22 @@ async fn full_mailbox_answers_busy_instead_of_queueing() {
     assert_eq!(reserved as usize, ok);
     let _ = ReleaseReason::Client;
 }
+
+#[tokio::test]
+async fn requests_after_shutdown_answer_shutting_down() {
+    let (e, _) = manual_engine();
+    small_catalog(&e).await;
+    e.shutdown();
+    let r = adjust(&e, "S", "wh-a", 1).await;
+    assert!(
+        matches!(
+            r,
+            Err(Failure::Error(omnistock::engine::EngineError::ShuttingDown))
+        ),
+        "{r:?}"
+    );
+    assert!(matches!(
+        e.get(&sku("S")).await,
+        Err(Failure::Error(omnistock::engine::EngineError::ShuttingDown))
+    ));
+}

@@ -210,6 +210,8 @@ pub struct Engine {
     /// Background tasks (expiry driver, checkpoints), aborted at shutdown. They hold only a
     /// `Weak` reference to the core between rounds.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set by `shutdown`: new requests answer `ShuttingDown`.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn start_actor_system(n: usize) -> Result<(System, Vec<Arbiter>, JoinHandle<()>), EngineError> {
@@ -288,6 +290,7 @@ impl Engine {
             actors_thread: Mutex::new(Some(thread)),
             arbiters: Mutex::new(arbiters),
             tasks: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         };
         if engine.core.config.expiry_driver {
             let rt = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -319,11 +322,20 @@ impl Engine {
 
     /// Executes a mutating request: reserve, fulfil, release, extend, stock or catalog.
     pub async fn execute(&self, req: Request) -> Result<Arc<Outcome>, Failure> {
+        self.check_running()?;
         coordinator::execute(&self.core, req).await
+    }
+
+    fn check_running(&self) -> Result<(), EngineError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Reads one SKU: buckets, ATP per channel, oversold flag. Does not activate a passive SKU.
     pub async fn get(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
+        self.check_running()?;
         coordinator::get(&self.core, sku).await
     }
 
@@ -350,6 +362,9 @@ impl Engine {
 
     /// Expires every reservation due at the clock's now; returns how many expired.
     pub async fn expire_due(&self) -> usize {
+        if self.check_running().is_err() {
+            return 0;
+        }
         coordinator::expire_due(&self.core).await
     }
 
@@ -383,6 +398,7 @@ impl Engine {
 
     /// Stops the expiry driver and the actor system. Idempotent.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
