@@ -236,7 +236,7 @@ impl Engine {
     /// Starts an engine with an in-memory journal (no durability) and the system clock.
     /// Must be called within a tokio runtime when `config.expiry_driver` is set.
     pub fn start_in_memory(config: EngineConfig) -> Result<Engine, EngineError> {
-        Self::start_with(
+        Self::start_with_driver(
             config,
             Arc::new(SystemClock),
             Journal::memory(0),
@@ -246,7 +246,20 @@ impl Engine {
         )
     }
 
-    /// Starts an engine from recovered parts.
+    fn start_with_driver(
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+        journal: Journal,
+        catalog: Catalog,
+        skus: Vec<SkuState>,
+        not_indexed: &HashSet<ReservationId>,
+    ) -> Result<Engine, EngineError> {
+        let e = Self::start_with(config, clock, journal, catalog, skus, not_indexed)?;
+        e.start_expiry_driver()?;
+        Ok(e)
+    }
+
+    /// Starts an engine from recovered parts (without the expiry driver).
     pub(crate) fn start_with(
         config: EngineConfig,
         clock: Arc<dyn Clock>,
@@ -292,17 +305,22 @@ impl Engine {
             tasks: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         };
-        if engine.core.config.expiry_driver {
-            let rt = tokio::runtime::Handle::try_current().map_err(|_| {
-                EngineError::Startup("the expiry driver needs a tokio runtime".into())
-            })?;
-            let core = Arc::downgrade(&engine.core);
-            engine
-                .tasks
-                .lock()
-                .push(rt.spawn(coordinator::expiry_driver(core)));
-        }
         Ok(engine)
+    }
+
+    /// Starts the expiry driver (if configured). Called once the engine's state is complete:
+    /// after recovery, so recovery's own expiry pass is not raced by the driver.
+    pub(crate) fn start_expiry_driver(&self) -> Result<(), EngineError> {
+        if !self.core.config.expiry_driver {
+            return Ok(());
+        }
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| EngineError::Startup("the expiry driver needs a tokio runtime".into()))?;
+        let core = Arc::downgrade(&self.core);
+        self.tasks
+            .lock()
+            .push(rt.spawn(coordinator::expiry_driver(core)));
+        Ok(())
     }
 
     /// Uses `clock` instead of the system clock (tests).
@@ -310,7 +328,7 @@ impl Engine {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, EngineError> {
-        Self::start_with(
+        Self::start_with_driver(
             config,
             clock,
             Journal::memory(0),

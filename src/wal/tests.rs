@@ -53,7 +53,7 @@ fn assert_replays(wal: &Wal, from: u64, to_inclusive: u64) {
 
 /// Opens the database behind a closed `Wal` for tampering.
 fn raw_tree(dir: &Path, tree: &str) -> (sled::Db, sled::Tree) {
-    let db = sled::open(dir).expect("raw sled open");
+    let db = open_sled(dir, DEFAULT_SLED_CACHE_CAPACITY_BYTES).expect("raw sled open");
     let tree = db.open_tree(tree).expect("raw tree");
     (db, tree)
 }
@@ -74,6 +74,13 @@ fn flip_payload_byte(log: &sled::Tree, seq: u64) {
 
 fn open_err(dir: &Path) -> WalError {
     Wal::open(WalConfig::new(dir)).expect_err("open must fail")
+}
+
+#[test]
+fn wal_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Wal>();
+    assert_send_sync::<Arc<FaultInjector>>();
 }
 
 #[test]
@@ -582,6 +589,25 @@ fn injected_write_failure_is_fail_stop() {
         "the failed batch never reached sled"
     );
     assert_replays(&wal, 1, 3);
+}
+
+#[test]
+fn fail_writes_after_lets_n_batches_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, fault) = faulty(dir.path());
+    fault.fail_writes_after(2);
+    // Waiting after each append makes every record its own batch.
+    for seq in 1..=2 {
+        assert_eq!(wal.append(payload(seq)).expect("append"), seq);
+        wal.wait_durable_blocking(seq)
+            .expect("batch within the allowance");
+    }
+    let seq = wal.append(payload(3)).expect("append");
+    assert!(matches!(
+        wal.wait_durable_blocking(seq),
+        Err(WalError::Failed(_))
+    ));
+    assert_eq!(wal.durable_seq(), 2);
 }
 
 #[test]

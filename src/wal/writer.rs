@@ -330,10 +330,21 @@ impl Shared {
         self.blocking_cv.notify_all();
     }
 
-    fn publish_durable(&self, seq: u64) {
-        self.durable_seq.store(seq, Ordering::Release);
+    /// Publishes `seq` as durable unless the WAL has failed meanwhile (a checkpoint
+    /// thread can trip fail-stop while this batch was being written). Checked under
+    /// the pending lock, which `fail` also takes, so no seq is published after the
+    /// failed state became visible.
+    fn publish_durable(&self, seq: u64) -> Result<(), String> {
+        {
+            let pending = self.pending.lock();
+            if pending.state == RunState::Failed {
+                return Err(format!("not publishing seq {seq}: the WAL already failed"));
+            }
+            self.durable_seq.store(seq, Ordering::Release);
+        }
         self.durable_tx.send_replace(seq);
         self.wake_waiters();
+        Ok(())
     }
 
     fn publish_flushed(&self, seq: u64) {
@@ -343,9 +354,11 @@ impl Shared {
     /// Enters the sticky failed state: drops everything pending (it will never be
     /// written) and wakes every waiter so they observe `WalError::Failed`.
     pub(crate) fn fail(&self, message: String) {
-        tracing::error!(error = %message, "WAL failed; refusing further appends (fail-stop)");
         // First failure wins: later errors are usually consequences of the first.
-        let _ = self.failure.set(message);
+        if self.failure.set(message).is_ok() {
+            let message = self.failure.get().map_or("", String::as_str);
+            tracing::error!(error = %message, "WAL failed; refusing further appends (fail-stop)");
+        }
         {
             let mut pending = self.pending.lock();
             pending.state = RunState::Failed;
@@ -399,6 +412,22 @@ impl Shared {
 
 fn micros_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Encodes `chunk` (first seq `first_seq`) into one sled batch; returns it and the
+/// encoded byte count. `scratch` is reused across records and batches.
+fn encode_batch(first_seq: u64, chunk: &[Vec<u8>], scratch: &mut Vec<u8>) -> (sled::Batch, u64) {
+    let mut batch = sled::Batch::default();
+    let mut bytes = 0u64;
+    for (seq, payload) in (first_seq..).zip(chunk) {
+        scratch.clear();
+        record::encode_value_into(seq, payload, scratch);
+        bytes += scratch.len() as u64;
+        // Both conversions copy into sled's own buffers (keys inline, values in one
+        // Arc), so the scratch buffer is reused and nothing else is allocated.
+        batch.insert(&record::encode_key(seq)[..], &scratch[..]);
+    }
+    (batch, bytes)
 }
 
 /// Everything the writer thread owns.
@@ -486,16 +515,7 @@ impl Writer {
         unflushed: &mut Unflushed,
     ) -> Result<(), String> {
         let last_seq = first_seq + chunk.len() as u64 - 1;
-        let mut batch = sled::Batch::default();
-        let mut bytes = 0u64;
-        for (seq, payload) in (first_seq..).zip(chunk) {
-            scratch.clear();
-            record::encode_value_into(seq, payload, scratch);
-            bytes += scratch.len() as u64;
-            // Both conversions copy into sled's own buffers (keys inline, values in one
-            // Arc), so the scratch buffer is reused and nothing else is allocated.
-            batch.insert(&record::encode_key(seq)[..], &scratch[..]);
-        }
+        let (batch, bytes) = encode_batch(first_seq, chunk, scratch);
         self.inject(FaultPoint::Write)?;
         let started = Instant::now();
         self.log.apply_batch(batch).map_err(|e| {
@@ -504,24 +524,21 @@ impl Writer {
                 self.dir.display()
             )
         })?;
-        self.shared
-            .stats
-            .apply_latency_total_us
-            .fetch_add(micros_since(started), Ordering::Relaxed);
+        // Counters before publishing, so a woken waiter already sees this batch counted.
+        self.record_batch(first_seq, chunk.len() as u64, bytes, micros_since(started));
         match self.durability {
             Durability::Sync => {
                 self.flush(last_seq)?;
-                self.shared.publish_durable(last_seq);
+                self.shared.publish_durable(last_seq)?;
             }
             Durability::Relaxed { flush_interval_ms } => {
-                self.shared.publish_durable(last_seq);
+                self.shared.publish_durable(last_seq)?;
                 unflushed.seq = last_seq;
                 unflushed.due.get_or_insert_with(|| {
                     Instant::now() + Duration::from_millis(flush_interval_ms)
                 });
             }
         }
-        self.record_batch(first_seq, chunk.len() as u64, bytes);
         Ok(())
     }
 
@@ -571,12 +588,15 @@ impl Writer {
         }
     }
 
-    fn record_batch(&self, first_seq: u64, records: u64, bytes: u64) {
+    fn record_batch(&self, first_seq: u64, records: u64, bytes: u64, apply_us: u64) {
         let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(records, Ordering::Relaxed);
         stats.written_bytes.fetch_add(bytes, Ordering::Relaxed);
+        stats
+            .apply_latency_total_us
+            .fetch_add(apply_us, Ordering::Relaxed);
         stats.last_batch_records.store(records, Ordering::Relaxed);
-        tracing::debug!(first_seq, records, bytes, "WAL batch committed");
+        tracing::debug!(first_seq, records, bytes, apply_us, "WAL batch applied");
     }
 }
