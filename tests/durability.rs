@@ -233,3 +233,34 @@ async fn checkpoint_truncates_the_log_and_restart_matches() {
     }
     e.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_answers_what_happened_to_a_sku() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(cfg(dir.path())).await.unwrap();
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 5).await.unwrap();
+    adjust(&e, "B", "wh-a", 5).await.unwrap();
+    exec(&e, reserve_cmd(1, "web", &[("A", 2)], 60_000))
+        .await
+        .unwrap();
+    exec(&e, Command::Release { reservation: 1 }).await.unwrap();
+    let h = e.history(&sku("A"), 10).await.unwrap();
+    let kinds: Vec<&str> = h
+        .iter()
+        .map(|x| match x.event {
+            omnistock::domain::Event::StockAdjusted { .. } => "adjusted",
+            omnistock::domain::Event::HoldPlaced { .. } => "held",
+            omnistock::domain::Event::HoldReleased { .. } => "released",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["adjusted", "held", "released"]);
+    assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        e.history(&sku("A"), 1).await.unwrap().len(),
+        1,
+        "limit keeps the newest"
+    );
+    e.shutdown();
+}

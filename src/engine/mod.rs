@@ -36,7 +36,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
 use idempotency::IdempotencyTable;
 use journal::Journal;
-pub use persist::{CheckpointReport, PersistConfig};
+pub use persist::{CheckpointReport, HistoryEntry, PersistConfig};
 use registry::Registry;
 
 /// A failure of the engine itself (not a business rejection).

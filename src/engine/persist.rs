@@ -172,10 +172,77 @@ impl Engine {
         }
     }
 
+    /// What happened to `sku`: its logged events since the last checkpoint (the history the
+    /// log keeps), newest last, at most `limit`. Older history is in the checkpoint's state
+    /// only; `omnistock dump` prints the same from a data directory. Scans the log off the
+    /// async threads; costs one pass over the records since the checkpoint.
+    pub async fn history(
+        &self,
+        sku: &crate::domain::SkuId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, EngineError> {
+        let Journal::Wal(wal) = &self.core.journal else {
+            return Err(EngineError::Storage(
+                "history needs a data directory".into(),
+            ));
+        };
+        let (wal, sku) = (wal.clone(), sku.clone());
+        // No checkpoint may truncate the log under the scan.
+        let _no_checkpoint = self.core.checkpoint_lock.lock().await;
+        tokio::task::spawn_blocking(move || scan_history(&wal, &sku, limit))
+            .await
+            .map_err(storage)?
+    }
+
     /// Takes a checkpoint now and truncates the log below it.
     pub async fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         checkpoint(&self.core).await
     }
+}
+
+/// One event of a SKU's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When the engine accepted it.
+    pub at_ms: u64,
+    /// The request id (0: engine-initiated, e.g. expiry).
+    pub request: u128,
+    /// The event (reason codes and references included).
+    pub event: crate::domain::Event,
+}
+
+fn scan_history(
+    wal: &Wal,
+    sku: &crate::domain::SkuId,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, EngineError> {
+    let start = wal
+        .latest_checkpoint()
+        .map_err(storage)?
+        .map_or(1, |c| c.start_seq);
+    let mut out = std::collections::VecDeque::new();
+    for r in wal.replay_from(start) {
+        let (seq, bytes) = r.map_err(|e| EngineError::Corrupt(e.to_string()))?;
+        let rec = recovery::decode_record(seq, &bytes)?;
+        if let super::journal::RecordBody::Sku { sku: s, events } = rec.body {
+            if s == *sku {
+                for event in events {
+                    if out.len() == limit {
+                        out.pop_front();
+                    }
+                    out.push_back(HistoryEntry {
+                        seq,
+                        at_ms: rec.at_ms,
+                        request: rec.request,
+                        event,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out.into())
 }
 
 async fn checkpoint_task(weak: std::sync::Weak<Core>, every: u64, poll: Duration) {
