@@ -53,9 +53,12 @@ pub fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecEr
     Ok(())
 }
 
-/// Decodes a whole buffer with the fixed configuration; trailing bytes are an error.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, FIXED)
+/// Decodes a whole buffer with `config`; trailing bytes are an error.
+fn decode_whole<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
@@ -63,14 +66,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(v)
 }
 
+/// Decodes a whole buffer with the fixed configuration; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_whole(bytes, FIXED)
+}
+
 /// Decodes a checkpoint-sized value (same layout as [`decode`], larger limit).
 pub fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, LARGE)
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing(bytes.len() - used));
-    }
-    Ok(v)
+    decode_whole(bytes, LARGE)
 }
 
 /// Encodes in the compact in-memory form (varints).
@@ -80,12 +83,7 @@ pub fn encode_compact<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes the compact in-memory form.
 pub fn decode_compact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, COMPACT)
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(CodecError::Trailing(bytes.len() - used));
-    }
-    Ok(v)
+    decode_whole(bytes, COMPACT)
 }
 
 #[cfg(test)]

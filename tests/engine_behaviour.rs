@@ -10,10 +10,15 @@ use omnistock::domain::{Event, Rejection, ReleaseReason};
 use omnistock::engine::{Change, Command, Engine, EngineConfig, Failure, ManualClock, Request};
 
 fn manual_engine() -> (Engine, Arc<ManualClock>) {
+    manual_engine_with(EngineConfig::default())
+}
+
+/// An engine on a manual clock (no expiry driver: tests call `expire_due`).
+fn manual_engine_with(cfg: EngineConfig) -> (Engine, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let cfg = EngineConfig {
         expiry_driver: false,
-        ..EngineConfig::default()
+        ..cfg
     };
     let e = Engine::start_in_memory_with_clock(cfg, clock.clone()).expect("engine");
     (e, clock)
@@ -363,13 +368,10 @@ async fn unknown_sku_channel_and_location_are_rejected_with_their_codes() {
 
 #[tokio::test]
 async fn idle_skus_passivate_and_reactivate_with_their_state() {
-    let clock = Arc::new(ManualClock::new(1_000_000));
-    let cfg = EngineConfig {
-        expiry_driver: false,
+    let (e, _) = manual_engine_with(EngineConfig {
         passivate_after: Duration::from_millis(20),
         ..EngineConfig::default()
-    };
-    let e = Engine::start_in_memory_with_clock(cfg, clock).unwrap();
+    });
     small_catalog(&e).await;
     for i in 0..50 {
         adjust(&e, &format!("S{i}"), "wh-a", 5).await.unwrap();
@@ -408,14 +410,12 @@ async fn idle_skus_passivate_and_reactivate_with_their_state() {
 
 #[tokio::test]
 async fn full_mailbox_answers_busy_instead_of_queueing() {
-    let clock = Arc::new(ManualClock::new(1_000_000));
-    let cfg = EngineConfig {
-        expiry_driver: false,
+    let (e, _) = manual_engine_with(EngineConfig {
         mailbox_capacity: 1,
         arbiters: 1,
         ..EngineConfig::default()
-    };
-    let e = Arc::new(Engine::start_in_memory_with_clock(cfg, clock).unwrap());
+    });
+    let e = Arc::new(e);
     small_catalog(&e).await;
     adjust(&e, "S", "wh-a", 1_000_000).await.unwrap();
     let tasks: Vec<_> = (0..2_000u128)
