@@ -2,10 +2,10 @@
 //! steps — decide, log, apply, reply — with no business rule of its own. It passivates
 //! itself when idle, handing its compact state back to the registry.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::domain::{Catalog, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView, TimeMs};
@@ -28,6 +28,8 @@ pub(crate) enum SkuOp {
     View { catalog: Arc<Catalog> },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
+    /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
+    Passivate { tick: u64 },
 }
 
 /// The actor's answer.
@@ -45,6 +47,8 @@ pub(crate) enum SkuReply {
     Moved(SkuOp),
     /// The journal refused the append (storage failure): nothing changed.
     Failed(EngineError),
+    /// Answer to `Passivate`.
+    Passivated,
 }
 
 /// An op and where to answer.
@@ -64,34 +68,24 @@ pub(crate) struct SkuActor {
     core: Arc<Core>,
     generation: u64,
     passivated: bool,
-    last_active: Instant,
-    idle_timer_armed: bool,
+    /// Sweep tick of the last message handled, shared with the registry's sweeper.
+    last_tick: Arc<AtomicU64>,
 }
 
 impl SkuActor {
-    pub(crate) fn new(state: SkuState, core: Arc<Core>, generation: u64) -> Self {
+    pub(crate) fn new(
+        state: SkuState,
+        core: Arc<Core>,
+        generation: u64,
+        last_tick: Arc<AtomicU64>,
+    ) -> Self {
         SkuActor {
             state,
             core,
             generation,
             passivated: false,
-            last_active: Instant::now(),
-            idle_timer_armed: false,
+            last_tick,
         }
-    }
-
-    fn arm_idle_timer(&mut self, ctx: &mut Context<Self>, after: Duration) {
-        self.idle_timer_armed = true;
-        ctx.run_later(after, |act, ctx| {
-            act.idle_timer_armed = false;
-            let idle_after = act.core.config.passivate_after;
-            let idle = act.last_active.elapsed();
-            if idle >= idle_after {
-                act.try_passivate(ctx);
-            } else {
-                act.arm_idle_timer(ctx, idle_after - idle);
-            }
-        });
     }
 
     fn try_passivate(&mut self, ctx: &mut Context<Self>) {
@@ -158,10 +152,17 @@ impl Handler<SkuMsg> for SkuActor {
             let _ = msg.reply.send(SkuReply::Moved(msg.op));
             return;
         }
-        self.last_active = Instant::now();
-        if !self.idle_timer_armed {
-            self.arm_idle_timer(ctx, self.core.config.passivate_after);
+        // Idle tracking without a timer per actor: a relaxed store of the sweeper's tick.
+        let tick = self.core.registry.tick();
+        if let SkuOp::Passivate { tick: seen } = msg.op {
+            // Passivate only if nothing arrived since the sweeper looked.
+            if self.last_tick.load(Ordering::Relaxed) <= seen {
+                self.try_passivate(ctx);
+            }
+            let _ = msg.reply.send(SkuReply::Passivated);
+            return;
         }
+        self.last_tick.store(tick, Ordering::Relaxed);
         let reply = match msg.op {
             SkuOp::Command {
                 cmd,
@@ -172,6 +173,7 @@ impl Handler<SkuMsg> for SkuActor {
             } => self.command(&cmd, request, fingerprint, &catalog, now_ms),
             SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
+            SkuOp::Passivate { .. } => SkuReply::Passivated,
         };
         // The caller may have gone away (client disconnected); the change stands either way.
         let _ = msg.reply.send(reply);

@@ -20,13 +20,15 @@ use dashmap::DashMap;
 use crate::codec;
 use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState};
 
-use super::actor::SkuActor;
+use super::actor::{SkuActor, SkuMsg, SkuOp};
 use super::{Core, EngineError};
 
 /// An active SKU's actor.
 pub(crate) struct ActiveSlot {
     addr: Addr<SkuActor>,
     generation: u64,
+    /// Sweep tick of the actor's last message (written by the actor, read by the sweeper).
+    last_tick: Arc<AtomicU64>,
 }
 
 /// Where a SKU lives. Boxed both ways so a registry entry stays small: most SKUs are passive.
@@ -43,6 +45,8 @@ pub(crate) struct Registry {
     arbiters: Vec<ArbiterHandle>,
     next_generation: AtomicU64,
     active: AtomicU64,
+    /// Idle-sweep counter (see `sweep_idle`).
+    tick: AtomicU64,
 }
 
 /// Re-points a decoded state's location ids at the catalog's shared ones.
@@ -163,6 +167,7 @@ impl Registry {
             arbiters,
             next_generation: AtomicU64::new(1),
             active: AtomicU64::new(0),
+            tick: AtomicU64::new(0),
         }
     }
 
@@ -194,14 +199,47 @@ impl Registry {
         Ok(())
     }
 
-    fn start(&self, core: &Arc<Core>, state: SkuState) -> (Addr<SkuActor>, u64) {
+    fn start(&self, core: &Arc<Core>, state: SkuState) -> Slot {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let arbiter = &self.arbiters[(generation as usize) % self.arbiters.len()];
         let core = core.clone();
-        let addr =
-            SkuActor::start_in_arbiter(arbiter, move |_| SkuActor::new(state, core, generation));
+        let last_tick = Arc::new(AtomicU64::new(self.tick()));
+        let shared = last_tick.clone();
+        let addr = SkuActor::start_in_arbiter(arbiter, move |_| {
+            SkuActor::new(state, core, generation, shared)
+        });
         self.active.fetch_add(1, Ordering::Relaxed);
-        (addr, generation)
+        Slot::Active(Box::new(ActiveSlot {
+            addr,
+            generation,
+            last_tick,
+        }))
+    }
+
+    /// The idle sweeper's current tick.
+    pub(crate) fn tick(&self) -> u64 {
+        self.tick.load(Ordering::Relaxed)
+    }
+
+    /// One idle sweep: advances the tick and asks every actor idle for at least
+    /// `idle_ticks` sweeps to passivate (it re-checks, so a message racing the sweep wins).
+    /// A full mailbox just means the actor is not idle: skipped.
+    pub(crate) fn sweep_idle(&self, idle_ticks: u64) -> usize {
+        let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut asked = 0;
+        for r in self.map.iter() {
+            if let Slot::Active(a) = r.value() {
+                let last = a.last_tick.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= idle_ticks {
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let op = SkuOp::Passivate { tick: last };
+                    if a.addr.try_send(SkuMsg { op, reply: tx }).is_ok() {
+                        asked += 1;
+                    }
+                }
+            }
+        }
+        asked
     }
 
     /// Runs `f` with the SKU's actor address, activating it if passive and creating it if
@@ -224,8 +262,8 @@ impl Registry {
             Entry::Occupied(mut o) => {
                 if let Slot::Passive(bytes) = o.get() {
                     let state = decode_passive(sku, bytes, &core.catalog())?;
-                    let (addr, generation) = self.start(core, state);
-                    o.insert(Slot::Active(Box::new(ActiveSlot { addr, generation })));
+                    let slot = self.start(core, state);
+                    o.insert(slot);
                 }
                 match o.get() {
                     Slot::Active(a) => Ok(Some(f(&a.addr))),
@@ -242,8 +280,7 @@ impl Registry {
                         core.config.max_skus
                     )));
                 }
-                let (addr, generation) = self.start(core, SkuState::new(sku.clone()));
-                let slot = v.insert(Slot::Active(Box::new(ActiveSlot { addr, generation })));
+                let slot = v.insert(self.start(core, SkuState::new(sku.clone())));
                 match &*slot {
                     Slot::Active(a) => Ok(Some(f(&a.addr))),
                     Slot::Passive(_) => unreachable!("invariant: inserted active"),
