@@ -1,6 +1,6 @@
 //! The SKU actor: a thin actix shell over [`SkuState`]. Its handler is always the same four
-//! steps — decide, log, apply, reply — with no business rule of its own. It passivates
-//! itself when idle, handing its compact state back to the registry.
+//! steps — decide, log, apply, reply — with no business rule of its own. Asked by the
+//! registry's idle sweeper, it passivates, handing its compact state back to the registry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -2,9 +2,11 @@
 //!
 //! A cold SKU costs only its compact bytes (varint bincode). On first use it is activated:
 //! decoded and given an actor on one of the arbiters (round-robin, one arbiter per core).
-//! An idle actor passivates itself: under the registry's shard lock it swaps its slot back to
-//! compact bytes, so no message can reach a stale actor unnoticed (a late message is answered
-//! `Moved` and the caller looks the SKU up again).
+//! Idleness is tracked without a timer per actor: each actor stores the sweeper's tick on
+//! every message; one sweeper task (`sweep_idle`) asks actors idle for a whole
+//! `passivate_after` to passivate. The actor re-checks and, under the registry's shard lock,
+//! swaps its slot back to compact bytes, so no message can reach a stale actor unnoticed (a
+//! late message is answered `Moved` and the caller looks the SKU up again).
 //!
 //! Mailbox bound: all callers `try_send` through the one `Addr` stored here (never a clone),
 //! because actix tracks "mailbox full" per sender handle; a clone would be a fresh sender that
