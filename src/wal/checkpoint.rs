@@ -1,5 +1,5 @@
 //! Checkpoint storage in the sled tree `checkpoint`, and the removals that follow a
-//! checkpoint (old log records, old checkpoint chunks).
+//! checkpoint (old log groups, old checkpoint chunks).
 //!
 //! A checkpoint is written as chunks keyed `[b'C'][id: u64 BE][index: u32 BE]` and then
 //! one header under the fixed key `b"H"` naming the id, start seq, length, chunk count
@@ -244,23 +244,45 @@ pub(crate) fn remove_chunks_except(tree: &sled::Tree, keep_id: u64) -> Result<u6
     Ok(removed)
 }
 
-/// Removes log records with seq below `below_seq`, lowest first.
+/// Removes log groups whose records all have seqs below `below_seq`, lowest first, and
+/// returns how many records they held. A group straddling `below_seq` stays: groups are
+/// never rewritten, and replay skips the records in it below its start seq.
 ///
 /// One `remove` per key rather than `apply_batch`: a sled batch holds a process-wide
 /// write lock for its whole duration (measured ~26 ms per 4096 removals here), which
 /// would stall the WAL writer's own `apply_batch`; single removes only take that lock
-/// shared, so truncating a million records never blocks appends for more than one
-/// removal. Atomicity is not needed: whatever a crash leaves below the checkpoint's
-/// start seq is removed again at the next open.
+/// shared, so truncating a large log never blocks appends for more than one removal.
+/// Atomicity is not needed: whatever a crash leaves below the checkpoint's start seq is
+/// removed again at the next open.
 pub(crate) fn remove_log_below(log: &sled::Tree, below_seq: u64) -> Result<u64, WalError> {
-    let end = record::encode_key(below_seq);
+    // Groups are contiguous, so every group below `below_seq` except the last one ends
+    // before the next group's first seq, i.e. below `below_seq`; only the last one can
+    // straddle, and not even that one if a group starts exactly at `below_seq`.
+    let boundary_group = log
+        .contains_key(record::encode_key(below_seq))
+        .map_err(storage("scan log for truncation"))?;
     let mut removed = 0u64;
-    for key in log.range(..end).keys() {
-        let key = key.map_err(storage("scan log for truncation"))?;
-        log.remove(key).map_err(storage("truncate log"))?;
-        removed += 1;
+    let mut groups = log.range(..record::encode_key(below_seq)).peekable();
+    while let Some(item) = groups.next() {
+        let (key, value) = item.map_err(storage("scan log for truncation"))?;
+        let is_last = groups.peek().is_none();
+        if is_last && !boundary_group && may_straddle(&key, &value, below_seq) {
+            break;
+        }
+        log.remove(&key).map_err(storage("truncate log"))?;
+        removed += record::peek_count(&value).map_or(1, u64::from);
     }
     Ok(removed)
+}
+
+/// Whether the group stored as (`key`, `value`) may hold seqs at or above `seq`. An
+/// undecodable group is kept (answer `true`): recovery then reports it, rather than
+/// truncation silently deleting records that might still be needed.
+fn may_straddle(key: &[u8], value: &[u8], seq: u64) -> bool {
+    match (record::decode_key(key), record::peek_count(value)) {
+        (Ok(first), Some(count)) => first.saturating_add(u64::from(count)) > seq,
+        _ => true,
+    }
 }
 
 #[cfg(test)]

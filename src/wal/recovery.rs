@@ -1,14 +1,21 @@
 //! Reading the log back: the open-time validation scan (torn-tail handling, gap and
 //! corruption detection) and the replay iterator.
 //!
-//! The rule both share is "never silently skip": a record that fails its CRC, or a seq
-//! that is not exactly one more than the previous, stops recovery with
-//! `WalError::Corrupt` naming the data directory and seq, because replaying around a
-//! hole would silently lose acknowledged inventory changes. The single exception is a
-//! damaged *last* record: only the newest write can have been torn by a crash, and it
-//! was never acknowledged (acknowledgement follows the flush that would have completed
-//! it), so dropping it loses nothing that was promised.
+//! The log is a chain of groups (see [`super::record`]): each group's first seq must be
+//! exactly the previous group's first seq plus its record count. The rule both readers
+//! share is "never silently skip": a group that fails its checks, or a group that does
+//! not continue the chain, stops recovery with `WalError::Corrupt` naming the data
+//! directory and the group's first seq (or the first missing seq), because replaying
+//! around a hole would silently lose acknowledged inventory changes. The single
+//! exception is a damaged *last* group: only the newest write can have been torn by a
+//! crash, and none of its records was acknowledged (acknowledgement follows the flush
+//! that would have completed it), so dropping it loses nothing that was promised.
+//!
+//! A seq to start from (the checkpoint's start seq, or a `replay_from` argument) may
+//! fall inside a group, because truncation removes whole groups only; both readers
+//! therefore start at the group *containing* that seq and skip its earlier records.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,9 +45,23 @@ pub(crate) struct Recovered {
     pub(crate) last_seq: Option<u64>,
 }
 
+impl Recovered {
+    /// Counts the records of a valid group (`first`, `count`) at or above `floor`.
+    fn count_group(&mut self, first: u64, count: u64, floor: u64) {
+        let last = first + count - 1;
+        if last < floor {
+            return;
+        }
+        let lowest = first.max(floor);
+        self.first_seq.get_or_insert(lowest);
+        self.last_seq = Some(last);
+        self.records += last - lowest + 1;
+    }
+}
+
 /// Validates the log from `floor` (the checkpoint's start seq, or 1) upwards and
-/// repairs the two benign leftovers of a crash: records below `floor` whose truncation
-/// was interrupted, and a torn last record.
+/// repairs the two benign leftovers of a crash: groups below `floor` whose truncation
+/// was interrupted, and a torn last group.
 pub(crate) fn recover_log(log: &sled::Tree, dir: &Path, floor: u64) -> Result<Recovered, WalError> {
     let stale_records_removed = checkpoint::remove_log_below(log, floor)?;
     let mut recovered = scan(log, dir, floor)?;
@@ -49,7 +70,7 @@ pub(crate) fn recover_log(log: &sled::Tree, dir: &Path, floor: u64) -> Result<Re
         tracing::warn!(
             dir = %dir.display(),
             seq,
-            "WAL: dropping torn last record (failed its checksum; it was never acknowledged)"
+            "WAL: dropping torn last group (failed its checks; it was never acknowledged)"
         );
         log.remove(record::encode_key(seq))
             .map_err(storage("remove torn tail"))?;
@@ -59,43 +80,79 @@ pub(crate) fn recover_log(log: &sled::Tree, dir: &Path, floor: u64) -> Result<Re
     Ok(recovered)
 }
 
-/// Checks every record from `floor`: contiguous seqs starting exactly at `floor`, and
-/// a valid header and CRC everywhere except possibly the last record.
+/// Key to start a range scan at so that the group holding `seq` is included: the
+/// greatest key <= `seq`, or `seq` itself when there is none (the log starts later,
+/// which the chain check then reports).
+fn group_start_key(log: &sled::Tree, seq: u64) -> Result<sled::IVec, WalError> {
+    let at_or_below = log
+        .range(..=record::encode_key(seq))
+        .keys()
+        .next_back()
+        .transpose()
+        .map_err(storage("find group holding seq"))?;
+    Ok(at_or_below.unwrap_or_else(|| sled::IVec::from(&record::encode_key(seq)[..])))
+}
+
+/// Checks that a group starting at `first` continues the chain: it starts exactly at
+/// `next_first` (the previous group's end), or, for the first group read, at or below
+/// `start` (the seq reading began at). `at_log_start` only picks the wording.
+fn check_chain(
+    dir: &Path,
+    first: u64,
+    next_first: Option<u64>,
+    start: u64,
+    at_log_start: bool,
+) -> Result<(), WalError> {
+    match next_first {
+        Some(expected) if first != expected => {
+            Err(corrupt(dir, expected, gap_reason(expected, first, false)))
+        }
+        None if first > start => Err(corrupt(dir, start, gap_reason(start, first, at_log_start))),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes the key of a stored group; `expected` names the error's position.
+fn group_first_seq(dir: &Path, key: &[u8], expected: u64) -> Result<u64, WalError> {
+    record::decode_key(key)
+        .map_err(|e| corrupt(dir, expected, format!("undecodable key {:02x?}: {e}", key)))
+}
+
+/// Checks every group from the one holding `floor`: a contiguous chain reaching down to
+/// `floor`, and valid groups everywhere except possibly the last one.
 fn scan(log: &sled::Tree, dir: &Path, floor: u64) -> Result<Recovered, WalError> {
     let mut out = Recovered::default();
-    let mut expected = floor;
-    let mut iter = log.range(record::encode_key(floor)..);
+    let mut next_first: Option<u64> = None;
+    let mut iter = log.range(group_start_key(log, floor)?..);
     while let Some(item) = iter.next() {
         let (key, value) = item.map_err(storage("scan log"))?;
-        let seq = record::decode_key(&key).map_err(|e| {
-            corrupt(
-                dir,
-                expected,
-                format!("undecodable key {:02x?}: {e}", &key[..]),
-            )
-        })?;
-        if seq != expected {
-            let reason = gap_reason(expected, seq, expected == floor);
-            return Err(corrupt(dir, expected, reason));
-        }
-        if let Err(e) = record::decode_value(seq, &value) {
-            if iter.next().is_none() {
-                out.torn_tail_dropped = Some(seq);
-                break;
+        let first = group_first_seq(dir, &key, next_first.unwrap_or(floor))?;
+        check_chain(dir, first, next_first, floor, true)?;
+        let count = match record::decode_group(first, &value) {
+            Ok(payloads) => payloads.len() as u64,
+            Err(e) => {
+                if iter.next().is_none() {
+                    out.torn_tail_dropped = Some(first);
+                    break;
+                }
+                let reason = format!("{e}; it is not the last group, so it is not a torn write");
+                return Err(corrupt(dir, first, reason));
             }
-            let reason = format!("{e}; it is not the last record, so it is not a torn write");
-            return Err(corrupt(dir, seq, reason));
-        }
-        out.first_seq.get_or_insert(seq);
-        out.last_seq = Some(seq);
-        out.records += 1;
-        expected += 1;
+        };
+        out.count_group(first, count, floor);
+        // Cannot overflow: decode_group checked that first + count fits.
+        next_first = Some(first + count);
     }
     Ok(out)
 }
 
 fn gap_reason(expected: u64, found: u64, at_log_start: bool) -> String {
-    if at_log_start {
+    if found < expected {
+        format!(
+            "groups overlap: expected a group starting at seq {expected}, \
+             next group starts at seq {found}"
+        )
+    } else if at_log_start {
         format!(
             "log should start at seq {expected} (checkpoint start, or 1 without a checkpoint) \
              but starts at seq {found}: records {expected}..={} are missing",
@@ -103,23 +160,30 @@ fn gap_reason(expected: u64, found: u64, at_log_start: bool) -> String {
         )
     } else {
         format!(
-            "sequence gap: expected seq {expected}, next record is seq {found}: \
+            "sequence gap: expected seq {expected}, next group starts at seq {found}: \
              records {expected}..={} are missing",
             found - 1
         )
     }
 }
 
-/// Iterator returned by [`super::Wal::replay_from`]: records in seq order, each
-/// re-verified, ending at the durable seq observed when the iterator was created.
+/// Iterator returned by [`super::Wal::replay_from`]: records in seq order, each group
+/// re-verified when it is reached, ending at the durable seq observed when the
+/// iterator was created.
 ///
 /// Fused after the first error. Holds its own handle on the sled tree, so it may
 /// outlive the borrow of the `Wal` it came from.
 pub struct ReplayIter {
     inner: Option<sled::Iter>,
     dir: Arc<PathBuf>,
+    /// Next seq to yield.
     expected: u64,
+    /// First seq the next group must have; `None` until the first group is read, which
+    /// may start below `expected` (replay can begin inside a group).
+    next_first: Option<u64>,
     end: u64,
+    /// Decoded records of the current group that are still to be yielded.
+    buffered: VecDeque<(u64, Vec<u8>)>,
     pending_error: Option<WalError>,
 }
 
@@ -134,26 +198,34 @@ impl ReplayIter {
     ) -> Self {
         let from = from.max(1);
         if from < floor {
-            return Self::failed(
-                dir,
-                WalError::Truncated {
-                    requested: from,
-                    first_available: floor,
-                },
-            );
+            let error = WalError::Truncated {
+                requested: from,
+                first_available: floor,
+            };
+            return Self::failed(dir, error);
         }
-        // Bounded by the durable seq: a batch being applied right now may be visible
-        // out of order (sled applies a batch's keys in hash order), and must not look
-        // like a gap.
-        let inner =
-            (from <= end).then(|| log.range(record::encode_key(from)..=record::encode_key(end)));
-        Self {
-            inner,
+        let mut iter = Self {
+            inner: None,
             dir,
             expected: from,
+            next_first: None,
             end,
+            buffered: VecDeque::new(),
             pending_error: None,
+        };
+        if from <= end {
+            // Bounded by the durable seq: a batch being applied right now may be visible
+            // out of order (sled applies a batch's keys in hash order), and must not look
+            // like a gap. Groups never straddle batches, so no group crosses `end`.
+            match group_start_key(log, from) {
+                Ok(start) => {
+                    let end_key = sled::IVec::from(&record::encode_key(end)[..]);
+                    iter.inner = Some(log.range(start..=end_key));
+                }
+                Err(error) => iter.pending_error = Some(error),
+            }
         }
+        iter
     }
 
     fn failed(dir: Arc<PathBuf>, error: WalError) -> Self {
@@ -161,25 +233,31 @@ impl ReplayIter {
             inner: None,
             dir,
             expected: 0,
+            next_first: None,
             end: 0,
+            buffered: VecDeque::new(),
             pending_error: Some(error),
         }
     }
 
-    fn decode(
-        &self,
-        item: sled::Result<(sled::IVec, sled::IVec)>,
-    ) -> Result<(u64, Vec<u8>), WalError> {
+    /// Verifies the next group and buffers its records in `expected..=end`.
+    fn load_group(&mut self, item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(), WalError> {
         let (key, value) = item.map_err(storage("replay log"))?;
-        let seq = record::decode_key(&key)
-            .map_err(|e| corrupt(&self.dir, self.expected, format!("undecodable key: {e}")))?;
-        if seq != self.expected {
-            let reason = gap_reason(self.expected, seq, false);
-            return Err(corrupt(&self.dir, self.expected, reason));
+        let want = self.next_first.unwrap_or(self.expected);
+        let first = group_first_seq(&self.dir, &key, want)?;
+        check_chain(&self.dir, first, self.next_first, self.expected, false)?;
+        let payloads = record::decode_group(first, &value)
+            .map_err(|e| corrupt(&self.dir, first, e.to_string()))?;
+        let count = payloads.len() as u64;
+        for (seq, payload) in (first..).zip(payloads) {
+            if seq >= self.expected && seq <= self.end {
+                self.buffered.push_back((seq, payload.to_vec()));
+            }
         }
-        let payload = record::decode_value(seq, &value)
-            .map_err(|e| corrupt(&self.dir, seq, e.to_string()))?;
-        Ok((seq, payload.to_vec()))
+        // Cannot overflow: decode_group checked that first + count fits.
+        self.next_first = Some(first + count);
+        self.expected = self.expected.max(first + count);
+        Ok(())
     }
 }
 
@@ -190,23 +268,25 @@ impl Iterator for ReplayIter {
         if let Some(error) = self.pending_error.take() {
             return Some(Err(error));
         }
-        let inner = self.inner.as_mut()?;
-        let Some(item) = inner.next() else {
-            self.inner = None;
-            if self.expected <= self.end {
-                let reason = format!(
-                    "log ends before seq {}, which was acknowledged durable",
-                    self.end
-                );
-                return Some(Err(corrupt(&self.dir, self.expected, reason)));
+        loop {
+            if let Some(record) = self.buffered.pop_front() {
+                return Some(Ok(record));
             }
-            return None;
-        };
-        let decoded = self.decode(item);
-        match &decoded {
-            Ok(_) => self.expected += 1,
-            Err(_) => self.inner = None,
+            let Some(item) = self.inner.as_mut()?.next() else {
+                self.inner = None;
+                if self.expected <= self.end {
+                    let reason = format!(
+                        "log ends before seq {}, which was acknowledged durable",
+                        self.end
+                    );
+                    return Some(Err(corrupt(&self.dir, self.expected, reason)));
+                }
+                return None;
+            };
+            if let Err(error) = self.load_group(item) {
+                self.inner = None;
+                return Some(Err(error));
+            }
         }
-        Some(decoded)
     }
 }

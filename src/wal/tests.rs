@@ -64,12 +64,50 @@ fn tamper_log(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
     db.flush().expect("raw flush");
 }
 
-fn flip_payload_byte(log: &sled::Tree, seq: u64) {
-    let key = record::encode_key(seq);
-    let mut value = log.get(key).expect("get").expect("record exists").to_vec();
+/// Damages the last payload byte of the group starting at `first_seq`.
+fn flip_group_byte(log: &sled::Tree, first_seq: u64) {
+    let key = record::encode_key(first_seq);
+    let mut value = log.get(key).expect("get").expect("group exists").to_vec();
     let last = value.len() - 1;
     value[last] ^= 0x5A;
-    log.insert(key, value).expect("insert damaged record");
+    log.insert(key, value).expect("insert damaged group");
+}
+
+/// `(first_seq, count)` of every stored group, read with the `Wal` closed.
+fn group_layout(dir: &Path) -> Vec<(u64, u16)> {
+    let (_db, log) = raw_tree(dir, LOG_TREE);
+    log.iter()
+        .map(|item| {
+            let (key, value) = item.expect("read group");
+            let first = record::decode_key(&key).expect("key");
+            (first, record::peek_count(&value).expect("count"))
+        })
+        .collect()
+}
+
+/// Opens `config` with groups of at most `max_group_records` and a fault injector, so
+/// a test can lay out several groups deterministically with [`append_batched`].
+fn grouped(mut config: WalConfig, max_group_records: usize) -> (Wal, Arc<FaultInjector>) {
+    let fault = Arc::new(FaultInjector::new());
+    config.fault = Some(Arc::clone(&fault));
+    config.max_group_records = max_group_records;
+    (open_with(config), fault)
+}
+
+/// Appends `n` records ([`payload`] contents) with a deterministic group layout: the
+/// writer is parked holding the first record, the rest pile up and are committed as
+/// one batch, so the groups are `[first]` and then runs of `max_group_records`.
+fn append_batched(wal: &Wal, fault: &Arc<FaultInjector>, n: u64) {
+    let _resume = ResumeOnDrop(Arc::clone(fault));
+    let first = wal.last_assigned_seq() + 1;
+    fault.stall_writes();
+    assert_eq!(wal.append(payload(first)).expect("append"), first);
+    fault.wait_until_writer_stalled();
+    for seq in first + 1..first + n {
+        assert_eq!(wal.append(payload(seq)).expect("append"), seq);
+    }
+    fault.resume_writes();
+    wal.wait_durable_blocking(first + n - 1).expect("durable");
 }
 
 fn open_err(dir: &Path) -> WalError {
@@ -98,6 +136,8 @@ fn append_wait_replay_in_order() {
     let batches = stats.batches.load(Ordering::Relaxed);
     assert!((1..=100).contains(&batches), "batches = {batches}");
     assert_eq!(stats.flushes.load(Ordering::Relaxed), batches);
+    let groups = stats.groups.load(Ordering::Relaxed);
+    assert!((batches..=100).contains(&groups), "groups = {groups}");
     let log = wal.log_stats();
     assert_eq!(
         (log.records, log.first_seq, log.last_seq),
@@ -150,6 +190,16 @@ fn invalid_config_is_rejected() {
         flush_interval_ms: 0,
     };
     let err = Wal::open(config).expect_err("zero interval");
+    assert!(matches!(err, WalError::InvalidConfig(_)), "{err}");
+    for max_group_records in [0, record::MAX_GROUP_RECORDS + 1] {
+        let mut config = WalConfig::new(dir.path());
+        config.max_group_records = max_group_records;
+        let err = Wal::open(config).expect_err("group size out of range");
+        assert!(matches!(err, WalError::InvalidConfig(_)), "{err}");
+    }
+    let mut config = WalConfig::new(dir.path());
+    config.max_group_bytes = 0;
+    let err = Wal::open(config).expect_err("zero group bytes");
     assert!(matches!(err, WalError::InvalidConfig(_)), "{err}");
 }
 
@@ -271,19 +321,23 @@ fn shutdown_commits_pending_and_is_idempotent() {
 #[test]
 fn torn_tail_is_dropped_and_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_n(&open(dir.path()), 5);
-    tamper_log(dir.path(), |log| flip_payload_byte(log, 5));
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 2);
+        append_batched(&wal, &fault, 5);
+    }
+    assert_eq!(group_layout(dir.path()), [(1, 1), (2, 2), (4, 2)]);
+    tamper_log(dir.path(), |log| flip_group_byte(log, 4));
     let wal = open(dir.path());
     let report = wal.open_report().clone();
-    assert_eq!(report.torn_tail_dropped, Some(5));
-    assert_eq!((report.records, report.last_seq), (4, Some(4)));
+    assert_eq!(report.torn_tail_dropped, Some(4), "the whole last group");
+    assert_eq!((report.records, report.last_seq), (3, Some(3)));
     assert_eq!(
-        wal.append(payload(5)).expect("append"),
-        5,
-        "seq 5 is reused"
+        wal.append(payload(4)).expect("append"),
+        4,
+        "seq 4 is reused"
     );
-    wal.wait_durable_blocking(5).expect("durable");
-    assert_replays(&wal, 1, 5);
+    wal.wait_durable_blocking(4).expect("durable");
+    assert_replays(&wal, 1, 4);
     drop(wal);
     assert_eq!(open(dir.path()).open_report().torn_tail_dropped, None);
 }
@@ -291,21 +345,68 @@ fn torn_tail_is_dropped_and_reported() {
 #[test]
 fn undecodable_last_header_is_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_n(&open(dir.path()), 3);
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 2);
+        append_batched(&wal, &fault, 3);
+    }
+    assert_eq!(group_layout(dir.path()), [(1, 1), (2, 2)]);
     tamper_log(dir.path(), |log| {
-        log.insert(record::encode_key(3), &[1u8, 2][..])
+        log.insert(record::encode_key(2), &[2u8, 2][..])
             .expect("truncate value");
     });
     let wal = open(dir.path());
-    assert_eq!(wal.open_report().torn_tail_dropped, Some(3));
-    assert_replays(&wal, 1, 2);
+    assert_eq!(wal.open_report().torn_tail_dropped, Some(2));
+    assert_replays(&wal, 1, 1);
+}
+
+/// A version-1 value (one record: `[1][crc][payload]`) predates groups: corruption in
+/// the middle, a torn tail at the end, never a panic.
+#[test]
+fn version_1_values_are_corruption_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 2);
+        append_batched(&wal, &fault, 5);
+    }
+    let v1 = |seq: u64| {
+        let body = payload(seq);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&seq.to_le_bytes());
+        crc.update(&body);
+        let mut value = vec![1u8];
+        value.extend_from_slice(&crc.finalize().to_le_bytes());
+        value.extend_from_slice(&body);
+        value
+    };
+    tamper_log(dir.path(), |log| {
+        log.insert(record::encode_key(2), v1(2)).expect("insert");
+    });
+    match open_err(dir.path()) {
+        WalError::Corrupt { seq, reason, .. } => {
+            assert_eq!(seq, 2);
+            assert!(reason.contains("version 1"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    tamper_log(dir.path(), |log| {
+        log.remove(record::encode_key(2)).expect("remove");
+        log.remove(record::encode_key(4)).expect("remove");
+        log.insert(record::encode_key(2), v1(2)).expect("insert");
+    });
+    let wal = open(dir.path());
+    assert_eq!(wal.open_report().torn_tail_dropped, Some(2));
+    assert_replays(&wal, 1, 1);
 }
 
 #[test]
-fn corrupt_middle_record_is_fatal_and_names_dir_and_seq() {
+fn corrupt_middle_group_is_fatal_and_names_dir_and_seq() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_n(&open(dir.path()), 10);
-    tamper_log(dir.path(), |log| flip_payload_byte(log, 3));
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 3);
+        append_batched(&wal, &fault, 10);
+    }
+    assert_eq!(group_layout(dir.path()), [(1, 1), (2, 3), (5, 3), (8, 3)]);
+    tamper_log(dir.path(), |log| flip_group_byte(log, 5));
     match open_err(dir.path()) {
         WalError::Corrupt {
             dir: got,
@@ -313,7 +414,7 @@ fn corrupt_middle_record_is_fatal_and_names_dir_and_seq() {
             reason,
         } => {
             assert_eq!(got, dir.path());
-            assert_eq!(seq, 3);
+            assert_eq!(seq, 5, "the damaged group's first seq");
             assert!(reason.contains("CRC"), "{reason}");
         }
         other => panic!("expected Corrupt, got {other}"),
@@ -323,13 +424,17 @@ fn corrupt_middle_record_is_fatal_and_names_dir_and_seq() {
         message.contains(&dir.path().display().to_string()),
         "{message}"
     );
-    assert!(message.contains("seq 3"), "{message}");
+    assert!(message.contains("seq 5"), "{message}");
 }
 
 #[test]
 fn sequence_gap_is_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_n(&open(dir.path()), 6);
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 2);
+        append_batched(&wal, &fault, 6);
+    }
+    assert_eq!(group_layout(dir.path()), [(1, 1), (2, 2), (4, 2), (6, 1)]);
     tamper_log(dir.path(), |log| {
         log.remove(record::encode_key(4)).expect("remove");
     });
@@ -345,12 +450,116 @@ fn sequence_gap_is_fatal() {
 #[test]
 fn missing_log_start_without_checkpoint_is_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_n(&open(dir.path()), 4);
+    {
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 2);
+        append_batched(&wal, &fault, 4);
+    }
     tamper_log(dir.path(), |log| {
         log.remove(record::encode_key(1)).expect("remove");
     });
     let err = open_err(dir.path());
     assert!(matches!(err, WalError::Corrupt { seq: 1, .. }), "{err}");
+}
+
+#[test]
+fn replay_from_inside_a_group_starts_exactly_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, fault) = grouped(WalConfig::new(dir.path()), 4);
+    append_batched(&wal, &fault, 20);
+    assert_eq!(wal.stats().groups.load(Ordering::Relaxed), 6);
+    for from in 1..=20 {
+        assert_replays(&wal, from, 20);
+    }
+    assert_eq!(wal.replay_from(21).count(), 0);
+    let log = wal.log_stats();
+    assert_eq!(
+        (log.records, log.first_seq, log.last_seq),
+        (20, Some(1), Some(20))
+    );
+    drop(wal);
+    assert_eq!(
+        group_layout(dir.path()),
+        [(1, 1), (2, 4), (6, 4), (10, 4), (14, 4), (18, 3)]
+    );
+    let wal = open(dir.path());
+    assert_replays(&wal, 7, 20);
+    assert_replays(&wal, 18, 20);
+}
+
+#[test]
+fn checkpoint_inside_a_group_keeps_it_and_replays_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        // Groups [1], [2..=9], ..., [58..=65], ...: seq 61 is inside [58..=65].
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 8);
+        append_batched(&wal, &fault, 100);
+        wal.write_checkpoint(61, b"state").expect("checkpoint");
+        let log = wal.log_stats();
+        assert_eq!(
+            (log.first_seq, log.last_seq, log.records),
+            (Some(58), Some(100), 43),
+            "the straddling group stays whole"
+        );
+        assert_replays(&wal, 61, 100);
+        let err = wal
+            .replay_from(60)
+            .next()
+            .expect("an item")
+            .expect_err("below the checkpoint");
+        assert!(matches!(err, WalError::Truncated { .. }), "{err}");
+    }
+    assert_eq!(group_layout(dir.path())[0], (58, 8));
+    let wal = open(dir.path());
+    let report = wal.open_report().clone();
+    assert_eq!(report.checkpoint_start_seq, Some(61));
+    assert_eq!(report.stale_records_removed, 0);
+    assert_eq!(
+        (report.first_seq, report.last_seq, report.records),
+        (Some(61), Some(100), 40)
+    );
+    assert_replays(&wal, 61, 100);
+    assert_replays(&wal, 63, 100);
+    assert_eq!(wal.append(payload(101)).expect("append"), 101);
+    wal.wait_durable_blocking(101).expect("durable");
+    assert_replays(&wal, 61, 101);
+    // The next checkpoint past the group's end removes it.
+    wal.write_checkpoint(66, b"later").expect("checkpoint");
+    assert_eq!(wal.log_stats().first_seq, Some(66));
+    assert_replays(&wal, 66, 101);
+}
+
+#[test]
+fn byte_cap_splits_groups_and_big_records_stand_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = WalConfig::new(dir.path());
+    // Header 7 + two records of 4 + 8 bytes = 31; a third would make 43 > 40.
+    config.max_group_bytes = 40;
+    let (wal, fault) = grouped(config, 256);
+    let big = vec![0xEE; 1000];
+    {
+        let _resume = ResumeOnDrop(Arc::clone(&fault));
+        fault.stall_writes();
+        wal.append(payload(1)).expect("append");
+        fault.wait_until_writer_stalled();
+        for seq in 2..=5 {
+            wal.append(payload(seq)).expect("append");
+        }
+        assert_eq!(wal.append(big.clone()).expect("append big"), 6);
+        for seq in 7..=8 {
+            wal.append(payload(seq)).expect("append");
+        }
+    }
+    wal.wait_durable_blocking(8).expect("durable");
+    let replayed = replay_all(&wal, 1);
+    let expected: Vec<(u64, Vec<u8>)> = (1..=8)
+        .map(|s| (s, if s == 6 { big.clone() } else { payload(s) }))
+        .collect();
+    assert_eq!(replayed, expected);
+    drop(wal);
+    assert_eq!(
+        group_layout(dir.path()),
+        [(1, 1), (2, 2), (4, 2), (6, 1), (7, 2)]
+    );
 }
 
 fn small_chunk_config(dir: &Path) -> WalConfig {
@@ -375,8 +584,9 @@ fn checkpoint_truncates_log_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = state_of(3500, 7);
     {
-        let wal = open_with(small_chunk_config(dir.path()));
-        append_n(&wal, 100);
+        // Groups [1], [2..=60], [61..=100]: the checkpoint starts on a group boundary.
+        let (wal, fault) = grouped(small_chunk_config(dir.path()), 59);
+        append_batched(&wal, &fault, 100);
         wal.write_checkpoint(61, &state).expect("checkpoint");
         let log = wal.log_stats();
         assert_eq!(
@@ -499,25 +709,31 @@ fn crash_mid_checkpoint_keeps_previous_checkpoint() {
 fn interrupted_truncation_is_finished_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let wal = open(dir.path());
-        append_n(&wal, 20);
+        // Groups [1], [2..=5], [6..=9], [10..=13], [14..=17], [18..=20].
+        let (wal, fault) = grouped(WalConfig::new(dir.path()), 4);
+        append_batched(&wal, &fault, 20);
         wal.write_checkpoint(11, b"state").expect("checkpoint");
     }
-    // Put back records below the checkpoint, as if truncation had stopped halfway.
+    assert_eq!(
+        group_layout(dir.path())[0],
+        (10, 4),
+        "straddling group kept"
+    );
+    // Put back groups below the checkpoint, as if truncation had stopped halfway.
     tamper_log(dir.path(), |log| {
-        for seq in 7..=10 {
-            log.insert(
-                record::encode_key(seq),
-                record::encode_value(seq, &payload(seq)),
-            )
-            .expect("insert");
+        for first in [2u64, 6] {
+            let payloads: Vec<Vec<u8>> = (first..first + 4).map(payload).collect();
+            let value = record::encode_group(first, &payloads).expect("encode");
+            log.insert(record::encode_key(first), value)
+                .expect("insert");
         }
     });
     let wal = open(dir.path());
     let report = wal.open_report();
-    assert_eq!(report.stale_records_removed, 4);
+    assert_eq!(report.stale_records_removed, 8);
     assert_eq!((report.first_seq, report.records), (Some(11), 10));
-    assert_eq!(wal.log_stats().first_seq, Some(11));
+    assert_eq!(wal.log_stats().first_seq, Some(10), "group [10..=13] stays");
+    assert_replays(&wal, 11, 20);
 }
 
 #[test]
@@ -702,6 +918,7 @@ fn batches_are_capped_at_max_batch_records() {
     let mut config = WalConfig::new(dir.path());
     config.fault = Some(Arc::clone(&fault));
     config.max_batch_records = 7;
+    config.max_group_records = 3;
     let wal = open_with(config);
     let _resume = ResumeOnDrop(Arc::clone(&fault));
     fault.stall_writes();
@@ -716,6 +933,8 @@ fn batches_are_capped_at_max_batch_records() {
     // One stalled batch of 1, then 99 records in batches of at most 7: 15 batches.
     assert_eq!(stats.batches.load(Ordering::Relaxed), 16);
     assert_eq!(stats.last_batch_records.load(Ordering::Relaxed), 99 % 7);
+    // Groups never straddle batches: 1 + 14 batches of 7 in groups 3+3+1, then 1.
+    assert_eq!(stats.groups.load(Ordering::Relaxed), 1 + 14 * 3 + 1);
     assert_replays(&wal, 1, 100);
 }
 

@@ -6,7 +6,9 @@
 //! record as for thousands, so appenders only pay for a mutex push and the writer pays
 //! for one `apply_batch` + one `flush` per batch. While the writer is inside `flush`,
 //! appenders keep filling the next buffer, so batch size grows with load and throughput
-//! is bounded by sled's per-record apply cost, not by fsync latency. Failure handling
+//! is bounded by sled's apply cost, not by fsync latency. sled charges per key, so each
+//! batch is packed into groups of consecutive records (one sled value per group, see
+//! [`super::record`]) and that cost is paid per group, not per record. Failure handling
 //! lives here too, because fail-stop must be decided at the one place that observes
 //! write errors: once a batch fails, no later sequence number is ever published durable.
 
@@ -414,20 +416,45 @@ fn micros_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Encodes `chunk` (first seq `first_seq`) into one sled batch; returns it and the
-/// encoded byte count. `scratch` is reused across records and batches.
-fn encode_batch(first_seq: u64, chunk: &[Vec<u8>], scratch: &mut Vec<u8>) -> (sled::Batch, u64) {
+/// Caps on one group (one sled value); see `WalConfig::max_group_records` and
+/// `WalConfig::max_group_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupLimits {
+    pub(crate) max_records: usize,
+    pub(crate) max_bytes: usize,
+}
+
+/// Encodes `chunk` (first seq `first_seq`) into one sled batch of groups; returns it,
+/// the group count and the encoded byte count. `scratch` is reused across groups.
+///
+/// Records are packed into as few groups as the limits allow because sled's cost is
+/// per key, not per byte: one 256-record value costs about as much as one record did.
+fn encode_batch(
+    first_seq: u64,
+    chunk: &[Vec<u8>],
+    limits: GroupLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<(sled::Batch, u64, u64), String> {
     let mut batch = sled::Batch::default();
-    let mut bytes = 0u64;
-    for (seq, payload) in (first_seq..).zip(chunk) {
+    let (mut groups, mut bytes) = (0u64, 0u64);
+    let mut seq = first_seq;
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        // At least 1 for a non-empty slice, so the loop always advances.
+        let len = record::next_group_len(rest, limits.max_records, limits.max_bytes);
+        let (group, tail) = rest.split_at(len);
         scratch.clear();
-        record::encode_value_into(seq, payload, scratch);
+        record::encode_group_into(seq, group, scratch)
+            .map_err(|e| format!("encoding the group at seq {seq} failed: {e}"))?;
         bytes += scratch.len() as u64;
+        groups += 1;
         // Both conversions copy into sled's own buffers (keys inline, values in one
         // Arc), so the scratch buffer is reused and nothing else is allocated.
         batch.insert(&record::encode_key(seq)[..], &scratch[..]);
+        seq += len as u64;
+        rest = tail;
     }
-    (batch, bytes)
+    Ok((batch, groups, bytes))
 }
 
 /// Everything the writer thread owns.
@@ -437,6 +464,7 @@ pub(crate) struct Writer {
     pub(crate) dir: PathBuf,
     pub(crate) durability: Durability,
     pub(crate) max_batch_records: usize,
+    pub(crate) group_limits: GroupLimits,
     pub(crate) fault: Option<Arc<super::FaultInjector>>,
 }
 
@@ -506,7 +534,9 @@ impl Writer {
         Ok(())
     }
 
-    /// One group commit: encode, `apply_batch`, then (in `Sync`) `flush`, then publish.
+    /// One group commit: encode into groups, `apply_batch`, then (in `Sync`) `flush`,
+    /// then publish. Groups never straddle two commits, so the published durable seq
+    /// is always the last seq of a whole group.
     fn commit(
         &self,
         first_seq: u64,
@@ -515,7 +545,7 @@ impl Writer {
         unflushed: &mut Unflushed,
     ) -> Result<(), String> {
         let last_seq = first_seq + chunk.len() as u64 - 1;
-        let (batch, bytes) = encode_batch(first_seq, chunk, scratch);
+        let (batch, groups, bytes) = encode_batch(first_seq, chunk, self.group_limits, scratch)?;
         self.inject(FaultPoint::Write)?;
         let started = Instant::now();
         self.log.apply_batch(batch).map_err(|e| {
@@ -525,7 +555,12 @@ impl Writer {
             )
         })?;
         // Counters before publishing, so a woken waiter already sees this batch counted.
-        self.record_batch(first_seq, chunk.len() as u64, bytes, micros_since(started));
+        let counts = BatchCounts {
+            records: chunk.len() as u64,
+            groups,
+            bytes,
+        };
+        self.record_batch(first_seq, counts, micros_since(started));
         match self.durability {
             Durability::Sync => {
                 self.flush(last_seq)?;
@@ -588,15 +623,35 @@ impl Writer {
         }
     }
 
-    fn record_batch(&self, first_seq: u64, records: u64, bytes: u64, apply_us: u64) {
+    fn record_batch(&self, first_seq: u64, counts: BatchCounts, apply_us: u64) {
+        let BatchCounts {
+            records,
+            groups,
+            bytes,
+        } = counts;
         let stats = &self.shared.stats;
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(records, Ordering::Relaxed);
+        stats.groups.fetch_add(groups, Ordering::Relaxed);
         stats.written_bytes.fetch_add(bytes, Ordering::Relaxed);
         stats
             .apply_latency_total_us
             .fetch_add(apply_us, Ordering::Relaxed);
         stats.last_batch_records.store(records, Ordering::Relaxed);
-        tracing::debug!(first_seq, records, bytes, apply_us, "WAL batch applied");
+        tracing::debug!(
+            first_seq,
+            records,
+            groups,
+            bytes,
+            apply_us,
+            "WAL batch applied"
+        );
     }
+}
+
+/// Sizes of one committed batch, for [`WalStats`].
+struct BatchCounts {
+    records: u64,
+    groups: u64,
+    bytes: u64,
 }
