@@ -10,6 +10,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+/// Seeded fast hasher for the replay maps (SipHash showed in the recovery profile).
+type Fast = foldhash::fast::RandomState;
+
 use crate::codec;
 use crate::domain::{
     Catalog, Event, ReleaseReason, RequestId, ReservationId, SkuId, SkuState, TimeMs,
@@ -88,12 +91,12 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<LogRecord, EngineError> {
 
 struct Replay {
     catalog: Catalog,
-    skus: HashMap<SkuId, SkuState>,
-    idem: HashMap<RequestId, IdemRecord>,
+    skus: HashMap<SkuId, SkuState, Fast>,
+    idem: HashMap<RequestId, IdemRecord, Fast>,
     idem_order: Vec<RequestId>,
     /// Multi-SKU cart reservation -> the request that placed it (to forget aborted carts).
-    cart_request: HashMap<ReservationId, RequestId>,
-    aborted_requests: HashSet<RequestId>,
+    cart_request: HashMap<ReservationId, RequestId, Fast>,
+    aborted_requests: HashSet<RequestId, Fast>,
 }
 
 impl Replay {
@@ -190,10 +193,10 @@ pub fn recover<E: std::fmt::Display>(
     let mut r = Replay {
         catalog: cp.catalog,
         skus: cp.skus.into_iter().map(|s| (s.sku.clone(), s)).collect(),
-        idem: HashMap::new(),
+        idem: HashMap::default(),
         idem_order: Vec::new(),
-        cart_request: HashMap::new(),
-        aborted_requests: HashSet::new(),
+        cart_request: HashMap::default(),
+        aborted_requests: HashSet::default(),
     };
     for rec in cp.idempotency {
         r.idem_order.push(rec.id);
@@ -228,7 +231,7 @@ fn finish(
     last_seq: u64,
 ) -> Result<Recovered, EngineError> {
     // A cart is complete when every one of its SKUs holds it.
-    let mut holders: HashMap<ReservationId, (u16, Vec<SkuId>)> = HashMap::new();
+    let mut holders: HashMap<ReservationId, (u16, Vec<SkuId>), Fast> = HashMap::default();
     for s in r.skus.values() {
         for (id, h) in &s.holds {
             let e = holders.entry(*id).or_insert((h.cart_skus, Vec::new()));
