@@ -869,3 +869,63 @@ async fn retry_after_a_dropped_connection_returns_the_original_outcome() {
     let v = admin.get_sku("A").await.unwrap();
     assert_eq!(v.buckets[0].reserved, 2, "applied exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_reservation_and_shutting_down_reach_the_client() {
+    let clock = Arc::new(omnistock::engine::ManualClock::new(1_000_000));
+    let cfg = EngineConfig {
+        expiry_driver: false,
+        ..engine_config()
+    };
+    let e = Engine::start_in_memory_with_clock(cfg, clock.clone()).unwrap();
+    let s = serve(e, None, Arc::new(FaultInjector::new()), |_| {}).await;
+    let c = client(&s, "").await;
+    catalog(&c).await;
+    c.apply(adjust("A", "wh-a", 5)).await.unwrap();
+    let mut r = reserve(77, "web", &[("A", 1, None)]);
+    r.ttl_ms = 1_000;
+    c.reserve(r).await.unwrap();
+    clock.advance(1_000);
+    let expired = c
+        .fulfill(Fulfill {
+            request_id: rid(),
+            reservation: 77,
+            lines: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st(expired), 15, "ReservationExpired");
+    s.engine.shutdown();
+    let down = c.apply(adjust("A", "wh-a", 1)).await.unwrap_err();
+    assert_eq!(st(down), 101, "ShuttingDown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sku_mailbox_answers_busy() {
+    let cfg = EngineConfig {
+        mailbox_capacity: 1,
+        ..engine_config()
+    };
+    let e = Engine::start_in_memory(cfg).unwrap();
+    let s = serve(e, None, Arc::new(FaultInjector::new()), |_| {}).await;
+    let c = client(&s, "").await;
+    catalog(&c).await;
+    c.apply(adjust("A", "wh-a", 1_000_000)).await.unwrap();
+    let ops: Vec<Op> = (0..2_000u128)
+        .map(|i| Op::Reserve(reserve(10_000 + i, "web", &[("A", 1, None)])))
+        .collect();
+    let res = c.batch(&ops).await.unwrap();
+    let busy = res.iter().filter(|r| r.status == 13).count();
+    let ok = res.iter().filter(|r| r.status == 0).count();
+    assert_eq!(busy + ok, ops.len(), "only ok or busy");
+    assert!(
+        busy > 0,
+        "a mailbox of 1 refuses some of 2,000 concurrent operations"
+    );
+    let view = c.get_sku("A").await.unwrap();
+    let reserved: u32 = view.buckets.iter().map(|b| b.reserved).sum();
+    assert_eq!(
+        reserved as usize, ok,
+        "exactly the accepted ones hold stock"
+    );
+}
