@@ -144,26 +144,10 @@ impl Actor for SkuActor {
     }
 }
 
-impl Handler<SkuMsg> for SkuActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
-        if self.passivated {
-            let _ = msg.reply.send(SkuReply::Moved(msg.op));
-            return;
-        }
-        // Idle tracking without a timer per actor: a relaxed store of the sweeper's tick.
-        let tick = self.core.registry.tick();
-        if let SkuOp::Passivate { tick: seen } = msg.op {
-            // Passivate only if nothing arrived since the sweeper looked.
-            if self.last_tick.load(Ordering::Relaxed) <= seen {
-                self.try_passivate(ctx);
-            }
-            let _ = msg.reply.send(SkuReply::Passivated);
-            return;
-        }
-        self.last_tick.store(tick, Ordering::Relaxed);
-        let reply = match msg.op {
+impl SkuActor {
+    /// Answers every op but `Passivate`.
+    fn serve(&mut self, op: SkuOp) -> SkuReply {
+        match op {
             SkuOp::Command {
                 cmd,
                 request,
@@ -174,6 +158,32 @@ impl Handler<SkuMsg> for SkuActor {
             SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
             SkuOp::Passivate { .. } => SkuReply::Passivated,
+        }
+    }
+}
+
+impl Handler<SkuMsg> for SkuActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
+        if self.passivated {
+            let _ = msg.reply.send(SkuReply::Moved(msg.op));
+            return;
+        }
+        let reply = match msg.op {
+            SkuOp::Passivate { tick: seen } => {
+                // Passivate only if nothing arrived since the sweeper looked.
+                if self.last_tick.load(Ordering::Relaxed) <= seen {
+                    self.try_passivate(ctx);
+                }
+                SkuReply::Passivated
+            }
+            op => {
+                // Idle tracking without a timer per actor: a relaxed store of the sweep tick.
+                self.last_tick
+                    .store(self.core.registry.tick(), Ordering::Relaxed);
+                self.serve(op)
+            }
         };
         // The caller may have gone away (client disconnected); the change stands either way.
         let _ = msg.reply.send(reply);

@@ -291,7 +291,9 @@ async fn reserve(
     });
     let (done, failure) = collect(join_all(calls).await);
     if let Some(f) = failure {
-        undo_holds(core, r.reservation, &done, now).await;
+        // Undo the holds the rejected cart had placed.
+        let placed: Vec<SkuId> = done.iter().map(|d| d.0.clone()).collect();
+        release_holds(core, r.reservation, &placed, ReleaseReason::CartAborted).await;
         core.reservations.remove(&r.reservation);
         return Err(f);
     }
@@ -321,12 +323,6 @@ fn held_by(events: &[Event]) -> u32 {
             _ => 0,
         })
         .sum()
-}
-
-/// Releases the holds a rejected cart had placed (engine-initiated, request id 0).
-async fn undo_holds(core: &Arc<Core>, reservation: ReservationId, done: &Done, _now: TimeMs) {
-    let skus: Vec<SkuId> = done.iter().map(|d| d.0.clone()).collect();
-    release_holds(core, reservation, &skus, ReleaseReason::CartAborted).await;
 }
 
 /// Releases a reservation's holds on `skus` (engine-initiated, request id 0), logging

@@ -276,7 +276,7 @@ impl Engine {
         not_indexed: &HashSet<ReservationId>,
     ) -> Result<Engine, EngineError> {
         let e = Self::start_with(config, clock, journal, catalog, skus, not_indexed)?;
-        e.start_expiry_driver()?;
+        e.start_background_tasks()?;
         Ok(e)
     }
 
@@ -332,7 +332,7 @@ impl Engine {
     /// Starts the background tasks: the idle sweeper (passivation) and, if configured, the
     /// expiry driver. Called once the engine's state is complete: after recovery, so
     /// recovery's own expiry pass is not raced by the driver.
-    pub(crate) fn start_expiry_driver(&self) -> Result<(), EngineError> {
+    pub(crate) fn start_background_tasks(&self) -> Result<(), EngineError> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             if self.core.config.expiry_driver {
                 return Err(EngineError::Startup(

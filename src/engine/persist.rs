@@ -145,7 +145,7 @@ impl Engine {
             coordinator::release_holds(&engine.core, *id, skus, ReleaseReason::Recovery).await;
         }
         let expired = engine.expire_due().await;
-        engine.start_expiry_driver()?;
+        engine.start_background_tasks()?;
         tracing::info!(
             expired,
             released_incomplete = rec.incomplete.len(),
