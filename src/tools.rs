@@ -70,7 +70,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             *kinds.entry(kind).or_default() += 1;
         }
     });
-    let rec = recovery::recover(cp_state, records, 1_000_000, |n, seq| {
+    let rec = recovery::recover(cp_state, records, 0, 1_000_000, |n, seq| {
         eprintln!("  ... {n} records (seq {seq})")
     })?;
     let mut holds = 0usize;

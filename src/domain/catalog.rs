@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ChannelId, LocationId};
+use super::ids::{ChannelId, LocationId, SkuId};
 use super::limits::{
-    MAX_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL, MAX_QTY, MAX_REGION_BYTES,
+    MAX_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL, MAX_LOW_STOCK_OVERRIDES, MAX_QTY,
+    MAX_REGION_BYTES,
 };
 use super::rejection::Rejection;
 
@@ -66,6 +67,19 @@ pub enum CatalogCommand {
     UpsertLocation(Location),
     /// Create or replace a channel.
     UpsertChannel(Channel),
+    /// Set the low-stock threshold of a channel, or of one SKU on a channel.
+    SetLowStock(LowStock),
+}
+
+/// A low-stock threshold: a channel's ATP in `1..=threshold` is "low stock".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LowStock {
+    /// The channel.
+    pub channel: ChannelId,
+    /// A SKU overriding the channel's threshold, or `None` for the channel's own.
+    pub sku: Option<SkuId>,
+    /// Units; 0 removes the threshold (or the SKU's override).
+    pub threshold: u32,
 }
 
 /// Events of the catalog (past tense); the catalog is a fold over them.
@@ -75,7 +89,21 @@ pub enum CatalogEvent {
     LocationUpserted(Location),
     /// A channel was created or replaced.
     ChannelUpserted(Channel),
+    /// A low-stock threshold was set.
+    LowStockSet(LowStock),
 }
+
+/// Channels by location: derived from the channels, built on first use after each change.
+/// Never serialized, and ignored by equality (it is a cache of `channels`).
+#[derive(Clone, Debug, Default)]
+pub struct ChannelIndex(std::sync::OnceLock<std::collections::HashMap<LocationId, Vec<ChannelId>>>);
+
+impl PartialEq for ChannelIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ChannelIndex {}
 
 /// Locations and channels.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +117,13 @@ pub struct Catalog {
     /// Locations in creation order: a stable small number per location (locations are never
     /// removed), used by the engine's compact in-memory encoding of passive SKUs.
     pub location_order: Vec<LocationId>,
+    /// Low-stock threshold per channel (absent = none).
+    pub low_stock: BTreeMap<ChannelId, u32>,
+    /// Per-SKU overrides of the low-stock threshold, by SKU then channel.
+    pub low_stock_sku: BTreeMap<SkuId, BTreeMap<ChannelId, u32>>,
+    /// Derived: which channels sell from each location.
+    #[serde(skip)]
+    pub index: ChannelIndex,
 }
 
 impl Catalog {
@@ -110,6 +145,32 @@ impl Catalog {
         self.channels
             .get(id)
             .ok_or_else(|| Rejection::UnknownChannel(id.clone()))
+    }
+
+    /// Channels that sell from `loc` (empty if none).
+    pub fn channels_of(&self, loc: &LocationId) -> &[ChannelId] {
+        let index = self.index.0.get_or_init(|| {
+            let mut m: std::collections::HashMap<LocationId, Vec<ChannelId>> =
+                std::collections::HashMap::new();
+            for ch in self.channels.values() {
+                for l in &ch.locations {
+                    m.entry(l.clone()).or_default().push(ch.id.clone());
+                }
+            }
+            m
+        });
+        index.get(loc).map_or(&[], Vec::as_slice)
+    }
+
+    /// The low-stock threshold of `sku` on `channel`: the SKU's override, else the
+    /// channel's, else 0 (none).
+    pub fn low_stock_of(&self, sku: &SkuId, channel: &ChannelId) -> u32 {
+        self.low_stock_sku
+            .get(sku)
+            .and_then(|m| m.get(channel))
+            .or_else(|| self.low_stock.get(channel))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Rejects an unknown location.
@@ -148,6 +209,28 @@ impl Catalog {
             CatalogCommand::UpsertChannel(ch) => {
                 self.check_channel(ch)?;
                 Ok(CatalogEvent::ChannelUpserted(ch.clone()))
+            }
+            CatalogCommand::SetLowStock(l) => {
+                self.channel(&l.channel)?;
+                if l.threshold > MAX_QTY {
+                    return Err(Rejection::invalid(format!(
+                        "low-stock threshold is at most {MAX_QTY}"
+                    )));
+                }
+                if let Some(sku) = &l.sku {
+                    sku.check()?;
+                    let overrides: usize = self.low_stock_sku.values().map(BTreeMap::len).sum();
+                    let known = self
+                        .low_stock_sku
+                        .get(sku)
+                        .is_some_and(|m| m.contains_key(&l.channel));
+                    if l.threshold > 0 && !known && overrides >= MAX_LOW_STOCK_OVERRIDES {
+                        return Err(Rejection::invalid(format!(
+                            "at most {MAX_LOW_STOCK_OVERRIDES} per-SKU low-stock overrides"
+                        )));
+                    }
+                }
+                Ok(CatalogEvent::LowStockSet(l.clone()))
             }
         }
     }
@@ -199,7 +282,27 @@ impl Catalog {
                 }
                 self.channels.insert(ch.id.clone(), ch);
             }
+            CatalogEvent::LowStockSet(l) => match &l.sku {
+                None if l.threshold == 0 => {
+                    self.low_stock.remove(&l.channel);
+                }
+                None => {
+                    self.low_stock.insert(l.channel.clone(), l.threshold);
+                }
+                Some(sku) => {
+                    let m = self.low_stock_sku.entry(sku.clone()).or_default();
+                    if l.threshold == 0 {
+                        m.remove(&l.channel);
+                    } else {
+                        m.insert(l.channel.clone(), l.threshold);
+                    }
+                    if m.is_empty() {
+                        self.low_stock_sku.remove(sku);
+                    }
+                }
+            },
         }
+        self.index = ChannelIndex::default();
         self.last_seq = self.last_seq.max(seq);
     }
 }

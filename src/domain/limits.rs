@@ -40,3 +40,10 @@ pub const MAX_HOLDS_PER_SKU: usize = 1_000_000;
 
 /// Longest a hold may live before it expires: 7 days.
 pub const MAX_HOLD_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// Most per-SKU low-stock threshold overrides in the catalog (the catalog is copied whole on
+/// every change, so this bounds the cost of a catalog change).
+pub const MAX_LOW_STOCK_OVERRIDES: usize = 100_000;
+
+/// Most named (durable) feed subscriptions whose positions the server stores.
+pub const MAX_NAMED_SUBSCRIPTIONS: usize = 10_000;

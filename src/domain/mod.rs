@@ -12,7 +12,9 @@ pub mod limits;
 pub mod rejection;
 pub mod sku;
 
-pub use catalog::{Catalog, CatalogCommand, CatalogEvent, Channel, Location, LocationKind};
+pub use catalog::{
+    Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
+};
 pub use event::{Allocation, Event, ReleaseReason, StockState};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};

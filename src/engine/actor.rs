@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use crate::domain::{Catalog, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView, TimeMs};
 
 use super::journal::{LogRecord, RecordBody};
+use crate::feed;
 use super::{Core, EngineError};
 
 /// What a SKU actor is asked to do.
@@ -121,6 +122,10 @@ impl SkuActor {
                 events,
             },
         };
+        let RecordBody::Sku { events, .. } = &rec.body else {
+            unreachable!("invariant: record built as Sku above")
+        };
+        let before = feed::before(catalog, &self.state, events);
         let seq = match self.core.journal.append(&rec) {
             Ok(seq) => seq,
             Err(e) => return SkuReply::Failed(e),
@@ -132,6 +137,8 @@ impl SkuActor {
             self.state.apply(e, seq);
         }
         debug_assert_eq!(self.state.check_invariants(), Ok(()));
+        let record = feed::derive(catalog, before, &self.state, &events, seq, now_ms);
+        self.core.feed.push(seq, Some(Arc::new(record)));
         SkuReply::Done { seq, events }
     }
 }

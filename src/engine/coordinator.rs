@@ -722,6 +722,14 @@ async fn catalog(
     let mut next = (*current).clone();
     next.apply(&event, seq);
     core.set_catalog(Arc::new(next));
+    core.feed.push(
+        seq,
+        Some(Arc::new(crate::feed::FeedRecord {
+            seq,
+            at_ms: now,
+            body: crate::feed::FeedBody::Catalog,
+        })),
+    );
     core.journal.wait_durable(seq).await?;
     Ok(Outcome {
         seq,
@@ -735,6 +743,17 @@ pub(crate) async fn get(core: &Arc<Core>, sku: &SkuId) -> Result<SkuView, Failur
         return Ok(s.view(&catalog));
     }
     match call(core, sku, SkuOp::View { catalog }, false, Delivery::Try).await? {
+        SkuReply::View(v) => Ok(v),
+        other => Err(EngineError::Corrupt(format!("unexpected actor reply {other:?}")).into()),
+    }
+}
+
+pub(crate) async fn get_waiting(core: &Arc<Core>, sku: &SkuId) -> Result<SkuView, Failure> {
+    let catalog = core.catalog();
+    if let Some(s) = core.registry.passive_state(sku, &catalog)? {
+        return Ok(s.view(&catalog));
+    }
+    match call(core, sku, SkuOp::View { catalog }, false, Delivery::Wait).await? {
         SkuReply::View(v) => Ok(v),
         other => Err(EngineError::Corrupt(format!("unexpected actor reply {other:?}")).into()),
     }

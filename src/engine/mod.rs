@@ -79,6 +79,8 @@ pub struct EngineConfig {
     pub expiry_driver: bool,
     /// Most reservations expired concurrently in one driver round. Default 1024.
     pub expiry_batch: usize,
+    /// Feed records kept in memory for subscribers to resume from (about 100–200 B each).
+    pub feed_retention_records: usize,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +94,7 @@ impl Default for EngineConfig {
             idempotency_retention_ms: 24 * 3600 * 1000,
             expiry_driver: true,
             expiry_batch: 1024,
+            feed_retention_records: crate::feed::hub::DEFAULT_RETENTION_RECORDS,
         }
     }
 }
@@ -134,6 +137,10 @@ pub(crate) struct Core {
     pub expiry: ExpiryQueue,
     /// One checkpoint at a time.
     pub checkpoint_lock: tokio::sync::Mutex<()>,
+    /// The stock-change feed (ordered, durable, resumable).
+    pub feed: Arc<crate::feed::hub::Hub>,
+    /// Acknowledged positions of named subscriptions (persisted in the WAL when durable).
+    pub positions: DashMap<String, u64>,
     /// Request epochs (see `persist`): the current epoch and in-flight requests per epoch.
     epoch: AtomicUsize,
     epoch_inflight: [AtomicU64; 2],
@@ -220,6 +227,25 @@ async fn idle_sweeper(weak: std::sync::Weak<Core>) {
     }
 }
 
+/// Publishes the feed in sequence order once durable. Holds the core only weakly.
+async fn feed_publisher(weak: std::sync::Weak<Core>) {
+    let Some(hub) = weak.upgrade().map(|c| c.feed.clone()) else {
+        return;
+    };
+    let durable = |seq: u64| {
+        let weak = weak.clone();
+        async move {
+            let core = weak.upgrade().ok_or_else(|| "engine stopped".to_string())?;
+            core.journal
+                .wait_durable(seq)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let alive = || weak.strong_count() > 0;
+    hub.run_publisher(durable, alive).await;
+}
+
 /// The in-process inventory engine.
 pub struct Engine {
     core: Arc<Core>,
@@ -295,6 +321,7 @@ impl Engine {
             ));
         }
         let (system, arbiters, thread) = start_actor_system(config.arbiters)?;
+        let (last_seq, feed_retention) = (journal.last_seq(), config.feed_retention_records);
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let core = Arc::new(Core {
             idem: IdempotencyTable::new(
@@ -310,6 +337,8 @@ impl Engine {
             reservations: DashMap::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),
+            feed: Arc::new(crate::feed::hub::Hub::new(last_seq, feed_retention)),
+            positions: DashMap::new(),
             epoch: AtomicUsize::new(0),
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
         });
@@ -339,11 +368,13 @@ impl Engine {
                     "the expiry driver needs a tokio runtime".into(),
                 ));
             }
-            tracing::warn!("no tokio runtime: idle SKUs will not be passivated");
+            tracing::warn!("no tokio runtime: idle SKUs will not be passivated, no feed");
+            self.core.feed.disable();
             return Ok(());
         };
         let mut tasks = self.tasks.lock();
         tasks.push(rt.spawn(idle_sweeper(Arc::downgrade(&self.core))));
+        tasks.push(rt.spawn(feed_publisher(Arc::downgrade(&self.core))));
         if self.core.config.expiry_driver {
             let core = Arc::downgrade(&self.core);
             tasks.push(rt.spawn(coordinator::expiry_driver(core)));
@@ -383,6 +414,70 @@ impl Engine {
     pub async fn get(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
         self.check_running()?;
         coordinator::get(&self.core, sku).await
+    }
+
+    /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed
+    /// snapshots, which must not skip a SKU).
+    pub async fn get_waiting(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
+        self.check_running()?;
+        coordinator::get_waiting(&self.core, sku).await
+    }
+
+    /// Every known SKU id starting with `prefix`, sorted.
+    pub fn sku_ids(&self, prefix: &str) -> Vec<SkuId> {
+        let mut v = self.core.registry.ids(prefix);
+        v.sort();
+        v
+    }
+
+    /// The stock-change feed.
+    pub fn feed(&self) -> &Arc<crate::feed::hub::Hub> {
+        &self.core.feed
+    }
+
+    /// Waits until every log record up to `seq` is durable.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), EngineError> {
+        self.core.journal.wait_durable(seq).await
+    }
+
+    /// The acknowledged feed position of the named subscription `name`.
+    pub fn feed_position(&self, name: &str) -> Option<u64> {
+        self.core.positions.get(name).map(|p| *p)
+    }
+
+    /// Stores the acknowledged feed position of `name` (durably, with a data directory).
+    /// A position may only move forward and never past the published head.
+    pub async fn ack_position(&self, name: &str, seq: u64) -> Result<(), Failure> {
+        self.check_running()?;
+        let head = self.core.feed.head();
+        if seq > head {
+            return Err(crate::domain::Rejection::invalid(format!(
+                "seq {seq} is ahead of the last published sequence number {head}"
+            ))
+            .into());
+        }
+        if self.feed_position(name).is_some_and(|p| p >= seq) {
+            return Ok(());
+        }
+        if !self.core.positions.contains_key(name)
+            && self.core.positions.len() >= crate::domain::limits::MAX_NAMED_SUBSCRIPTIONS
+        {
+            return Err(crate::domain::Rejection::invalid(format!(
+                "at most {} named subscriptions",
+                crate::domain::limits::MAX_NAMED_SUBSCRIPTIONS
+            ))
+            .into());
+        }
+        if let journal::Journal::Wal(wal) = &self.core.journal {
+            let (wal, n) = (wal.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || wal.store_position(&n, seq))
+                .await
+                .map_err(|e| EngineError::Storage(e.to_string()))?
+                .map_err(|e| EngineError::Storage(e.to_string()))?;
+        }
+        let mut p = self.core.positions.entry(name.to_string()).or_insert(0);
+        *p = (*p).max(seq);
+        Ok(())
     }
 
     /// A copy of one SKU's full state (tests, audits). Does not activate a passive SKU.

@@ -104,6 +104,7 @@ impl Engine {
         let rec = recovery::recover(
             checkpoint.map(|c| c.1),
             wal.replay_from(start_seq),
+            cfg.engine.feed_retention_records,
             1_000_000,
             |n, seq| tracing::info!(records = n, seq, "recovery: replaying log"),
         )
@@ -129,6 +130,15 @@ impl Engine {
                 .map(|(id, _)| *id)
                 .collect::<HashSet<_>>(),
         )?;
+        engine
+            .core
+            .feed
+            .load(rec.feed, rec.last_seq.max(engine.core.journal.last_seq()));
+        if let Journal::Wal(wal) = &engine.core.journal {
+            for (name, seq) in wal.positions().map_err(storage)? {
+                engine.core.positions.insert(name, seq);
+            }
+        }
         for r in rec.idempotency {
             let IdemRecord {
                 at_ms,

@@ -6,7 +6,8 @@
 //! `last_seq` (likewise for the catalog). This module is pure: it reads decoded bytes and
 //! returns state; the WAL (sled) and the actors live elsewhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +20,12 @@ use crate::domain::{
 };
 
 use super::api::{Change, Outcome};
+use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 use super::journal::{LogRecord, RecordBody};
 use super::EngineError;
 
 /// Checkpoint format version.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// One remembered request in a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +70,9 @@ pub struct Recovered {
     pub records_skipped: u64,
     /// Highest sequence number seen.
     pub last_seq: u64,
+    /// Feed records of the last records replayed (at most the retention asked for),
+    /// contiguous up to `last_seq`: subscribers resume from them after a restart.
+    pub feed: VecDeque<(u64, Slot)>,
 }
 
 /// Decodes a checkpoint.
@@ -97,6 +102,10 @@ struct Replay {
     /// Multi-SKU cart reservation -> the request that placed it (to forget aborted carts).
     cart_request: HashMap<ReservationId, RequestId, Fast>,
     aborted_requests: HashSet<RequestId, Fast>,
+    /// Records from here on are derived for the feed (none of them is in the checkpoint).
+    feed_start: u64,
+    feed_retention: usize,
+    feed: VecDeque<(u64, Slot)>,
 }
 
 impl Replay {
@@ -108,6 +117,11 @@ impl Replay {
                     return false;
                 }
                 self.catalog.apply(&ev, seq);
+                self.keep_feed(seq, || FeedRecord {
+                    seq,
+                    at_ms: rec.at_ms,
+                    body: FeedBody::Catalog,
+                });
                 vec![Change::Catalog(ev)]
             }
             RecordBody::Sku { sku, events } => {
@@ -118,8 +132,14 @@ impl Replay {
                 if seq <= state.last_seq {
                     return false;
                 }
+                let derive = seq >= self.feed_start;
+                let before = derive.then(|| feed::before(&self.catalog, state, &events));
                 for e in &events {
                     state.apply(e, seq);
+                }
+                if let Some(b) = before {
+                    let f = feed::derive(&self.catalog, b, state, &events, seq, rec.at_ms);
+                    self.keep_feed(seq, || f);
                 }
                 for e in &events {
                     self.track_cart(e, rec.request);
@@ -153,6 +173,16 @@ impl Replay {
         true
     }
 
+    fn keep_feed(&mut self, seq: u64, f: impl FnOnce() -> FeedRecord) {
+        if seq < self.feed_start || self.feed_retention == 0 {
+            return;
+        }
+        self.feed.push_back((seq, Some(Arc::new(f()))));
+        if self.feed.len() > self.feed_retention {
+            self.feed.pop_front();
+        }
+    }
+
     fn track_cart(&mut self, e: &Event, request: RequestId) {
         match e {
             Event::HoldPlaced {
@@ -178,9 +208,11 @@ impl Replay {
 
 /// Rebuilds state from an optional checkpoint and the records after it (in sequence order).
 /// `progress` is called every `progress_every` records with (records so far, last seq).
+/// The feed records of the last `feed_retention` records are derived on the way.
 pub fn recover<E: std::fmt::Display>(
     checkpoint: Option<CheckpointState>,
     records: impl Iterator<Item = Result<(u64, Vec<u8>), E>>,
+    feed_retention: usize,
     progress_every: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Recovered, EngineError> {
@@ -190,7 +222,20 @@ pub fn recover<E: std::fmt::Display>(
         skus: Vec::new(),
         idempotency: Vec::new(),
     });
+    // Records at or below the highest seq the fuzzy checkpoint holds may be skipped for
+    // some entity, so their "before" is unknown: the feed starts after it.
+    let feed_start = cp
+        .skus
+        .iter()
+        .map(|s| s.last_seq)
+        .chain([cp.catalog.last_seq])
+        .max()
+        .unwrap_or(0)
+        + 1;
     let mut r = Replay {
+        feed_start,
+        feed_retention,
+        feed: VecDeque::new(),
         catalog: cp.catalog,
         skus: cp.skus.into_iter().map(|s| (s.sku.clone(), s)).collect(),
         idem: HashMap::default(),
@@ -254,6 +299,9 @@ fn finish(
         .filter(|id| !r.aborted_requests.contains(id))
         .filter_map(|id| r.idem.remove(id))
         .collect();
+    // Positions with no feed meaning between derived records are impossible (every record
+    // at or after `feed_start` is derived), so `feed` is contiguous.
+    let feed = std::mem::take(&mut r.feed);
     let mut skus: Vec<SkuState> = r.skus.into_values().collect();
     skus.sort_by(|a, b| a.sku.cmp(&b.sku));
     Ok(Recovered {
@@ -264,5 +312,6 @@ fn finish(
         records_replayed: replayed,
         records_skipped: skipped,
         last_seq,
+        feed,
     })
 }

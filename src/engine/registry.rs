@@ -340,6 +340,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Ids of every SKU starting with `prefix` (unordered).
+    pub(crate) fn ids(&self, prefix: &str) -> Vec<SkuId> {
+        self.map
+            .iter()
+            .filter(|r| r.key().as_str().starts_with(prefix))
+            .map(|r| r.key().clone())
+            .collect()
+    }
+
     /// Bytes of compact state held by passive SKUs (for memory accounting).
     pub(crate) fn passive_bytes(&self) -> usize {
         self.map

@@ -3,7 +3,7 @@
 //! so the client sees the same status (12) as for any other malformed request.
 
 use crate::domain::{
-    AdjustReason, Catalog, CatalogCommand, Channel, ChannelId, Event, Location, LocationId,
+    AdjustReason, Catalog, CatalogCommand, LowStock, Channel, ChannelId, Event, Location, LocationId,
     LocationKind, Rejection, SkuCommand, SkuId, SkuView, StockState,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
@@ -192,6 +192,15 @@ pub fn channel_command(u: &UpsertChannel) -> Result<Command, Rejection> {
             .collect::<Result<_, _>>()?,
         buffer: c.buffer,
         cap: c.cap,
+    })))
+}
+
+/// The engine command of a set-low-stock body.
+pub fn low_stock_command(u: &SetLowStock) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::SetLowStock(LowStock {
+        channel: ChannelId::new(&u.channel)?,
+        sku: u.sku.as_deref().map(SkuId::new).transpose()?,
+        threshold: u.threshold,
     })))
 }
 

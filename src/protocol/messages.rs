@@ -504,3 +504,276 @@ pub struct Channels {
     /// Sorted by id.
     pub channels: Vec<WireChannel>,
 }
+
+/// `SET_LOW_STOCK` body: the low-stock threshold of a channel, or of one SKU on a channel
+/// (overriding the channel's). A channel's ATP in `1..=threshold` is "low stock"; 0 turns
+/// low-stock events off (for the SKU override: falls back to the channel's threshold).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetLowStock {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The channel.
+    pub channel: String,
+    /// A SKU to override the channel's threshold for, or `None` for the channel's own.
+    pub sku: Option<String>,
+    /// Units; 0 = none (channel) or "use the channel's" (SKU override).
+    pub threshold: u32,
+}
+
+/// Where a subscription starts (`Subscribe::start`).
+pub mod start {
+    /// Live: events after the last published sequence number, nothing older.
+    pub const LIVE: u8 = 0;
+    /// A snapshot of current ATP for the filter, then live.
+    pub const SNAPSHOT: u8 = 1;
+    /// Every event after `from_seq` (replayed from the log), then live; a snapshot first if
+    /// the log no longer holds `from_seq + 1`.
+    pub const AFTER: u8 = 2;
+    /// After the position last acknowledged under `name` (snapshot if none is stored).
+    pub const RESUME: u8 = 3;
+}
+
+/// Event kinds a subscription asks for (`Subscribe::kinds`, a bit set).
+pub mod kinds {
+    /// Every ATP change per channel (`PushItem::Atp`).
+    pub const ATP: u8 = 1;
+    /// Threshold transitions only: ATP items whose `transition` is not 0, and oversold flags.
+    pub const THRESHOLDS: u8 = 2;
+    /// Reservation lifecycle: placed, fulfilled, released, expired, extended.
+    pub const RESERVATIONS: u8 = 4;
+    /// Every kind.
+    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS;
+}
+
+/// `SUBSCRIBE` body: start a stream of stock changes on this connection. The server answers
+/// [`Subscribed`], then sends `Push` frames with the SUBSCRIBE request's correlation id.
+/// One subscription per connection; other operations still work on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Empty: anonymous. Otherwise a durable name (1..=64 bytes of `[A-Za-z0-9._-]`): `ACK`
+    /// stores positions under it and `start = RESUME` continues from there.
+    pub name: String,
+    /// See [`start`].
+    pub start: u8,
+    /// For `start = AFTER`: the last sequence number the subscriber has seen.
+    pub from_seq: u64,
+    /// Channels to receive (empty = every channel).
+    pub channels: Vec<String>,
+    /// SKUs to receive (empty = every SKU, or those matching `sku_prefix`).
+    pub skus: Vec<String>,
+    /// Only SKUs starting with this prefix (empty = no prefix filter).
+    pub sku_prefix: String,
+    /// See [`kinds`]; 0 is invalid.
+    pub kinds: u8,
+    /// 0: every change. Otherwise coalesced: the latest ATP per SKU x channel at most every
+    /// `coalesce_ms` milliseconds (10..=60000).
+    pub coalesce_ms: u32,
+}
+
+/// What a subscription does first (`Subscribed::start`).
+pub mod started {
+    /// Live from `from_seq`.
+    pub const LIVE: u8 = 0;
+    /// A snapshot, then events after `from_seq`.
+    pub const SNAPSHOT: u8 = 1;
+    /// Replay from the log after `from_seq`, then live.
+    pub const REPLAY: u8 = 2;
+}
+
+/// Answer to `SUBSCRIBE`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// See [`started`].
+    pub start: u8,
+    /// Events with a sequence number above this follow (after the snapshot, if any).
+    pub from_seq: u64,
+    /// The last sequence number published when the subscription began.
+    pub head_seq: u64,
+    /// The oldest sequence number a later `AFTER` start can still replay from
+    /// (`from_seq >= retained_from_seq - 1` replays; older gets a snapshot).
+    pub retained_from_seq: u64,
+    /// Why a snapshot is sent, if one is (e.g. `from_seq` older than the log keeps).
+    pub note: String,
+}
+
+/// `ACK` body: remember `seq` as the position of the named subscription `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The subscription name.
+    pub name: String,
+    /// Every event up to this sequence number was processed.
+    pub seq: u64,
+}
+
+/// What caused a change (`WireAtp::cause`).
+pub mod cause {
+    /// A reservation placed holds.
+    pub const RESERVE: u8 = 1;
+    /// Held units were sold.
+    pub const FULFILL: u8 = 2;
+    /// The client released a reservation.
+    pub const RELEASE: u8 = 3;
+    /// A reservation expired.
+    pub const EXPIRY: u8 = 4;
+    /// A cart line was undone because another line was rejected.
+    pub const CART_ABORT: u8 = 5;
+    /// Recovery released a cart a crash left half-placed.
+    pub const RECOVERY: u8 = 6;
+    /// Stock adjusted by a delta.
+    pub const ADJUST: u8 = 7;
+    /// On hand set to a value.
+    pub const SET_ON_HAND: u8 = 8;
+    /// Units moved between sellable, damaged, quality control.
+    pub const MOVE: u8 = 9;
+    /// Units transferred between locations.
+    pub const TRANSFER: u8 = 10;
+    /// Safety stock changed.
+    pub const SAFETY_STOCK: u8 = 11;
+    /// Expected receipts changed.
+    pub const INCOMING: u8 = 12;
+    /// A reservation's expiry moved.
+    pub const EXTEND: u8 = 13;
+}
+
+/// Threshold transitions (`WireAtp::transition`).
+pub mod transition {
+    /// None.
+    pub const NONE: u8 = 0;
+    /// ATP went from above 0 to 0.
+    pub const OUT_OF_STOCK: u8 = 1;
+    /// ATP went from 0 to above 0.
+    pub const BACK_IN_STOCK: u8 = 2;
+    /// ATP entered `1..=threshold` from above it (or from 0: then `BACK_IN_STOCK` wins).
+    pub const LOW_STOCK: u8 = 3;
+}
+
+/// Reservation lifecycle kinds (`WireReservationEvent::kind`).
+pub mod lifecycle {
+    /// Units held.
+    pub const PLACED: u8 = 1;
+    /// Held units sold.
+    pub const FULFILLED: u8 = 2;
+    /// Released by the client.
+    pub const RELEASED: u8 = 3;
+    /// Released at expiry.
+    pub const EXPIRED: u8 = 4;
+    /// Expiry moved.
+    pub const EXTENDED: u8 = 5;
+    /// Undone: cart aborted or recovery.
+    pub const UNDONE: u8 = 6;
+}
+
+/// ATP of one SKU on one channel changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireAtp {
+    /// Log sequence number of the change.
+    pub seq: u64,
+    /// When the engine accepted it (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The channel.
+    pub channel: String,
+    /// ATP before.
+    pub previous: u32,
+    /// ATP after.
+    pub atp: u32,
+    /// See [`cause`] (of the latest change when coalesced).
+    pub cause: u8,
+    /// See [`transition`].
+    pub transition: u8,
+    /// Whether several changes were merged into this one (coalesced mode or catching up).
+    pub coalesced: bool,
+}
+
+/// The SKU's oversold flag changed (some location holds more than it has).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireOversold {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The new flag.
+    pub oversold: bool,
+}
+
+/// A reservation's part on one SKU changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReservationEvent {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The reservation.
+    pub reservation: u128,
+    /// See [`lifecycle`].
+    pub kind: u8,
+    /// Units concerned (held, sold or returned; 0 for `EXTENDED`).
+    pub qty: u32,
+    /// Expiry (for `PLACED` and `EXTENDED`; else 0).
+    pub expires_at_ms: u64,
+}
+
+/// Current ATP of one SKU on one channel, in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSnapshotEntry {
+    /// The SKU's last change (events of this SKU up to here are in the value).
+    pub seq: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The channel.
+    pub channel: String,
+    /// ATP.
+    pub atp: u32,
+    /// The SKU's oversold flag.
+    pub oversold: bool,
+}
+
+/// One item of a `Push` frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushItem {
+    /// 0: an ATP change.
+    Atp(WireAtp),
+    /// 1: the oversold flag changed.
+    Oversold(WireOversold),
+    /// 2: reservation lifecycle.
+    Reservation(WireReservationEvent),
+    /// 3: the catalog changed (channel sourcing, buffer, cap or thresholds): ATP of many
+    /// SKUs may have changed without per-SKU events; re-read or re-subscribe with a snapshot.
+    Catalog {
+        /// Log sequence number.
+        seq: u64,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
+    /// 4: snapshot entry.
+    Snapshot(WireSnapshotEntry),
+    /// 5: the snapshot is complete; events after `seq` follow.
+    SnapshotEnd {
+        /// The position the live stream continues from.
+        seq: u64,
+    },
+    /// 6: every event up to `seq` matching the filter has been sent (acknowledge this).
+    Position {
+        /// The position.
+        seq: u64,
+    },
+    /// 7: the subscriber fell too far behind; the server closes the connection after this.
+    Lagged {
+        /// Subscribe again with `start = AFTER` and this `from_seq`.
+        resume_from_seq: u64,
+        /// Why.
+        message: String,
+    },
+}
+
+/// `Push` frame payload (server → subscriber).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushBatch {
+    /// Items in sequence order.
+    pub items: Vec<PushItem>,
+}

@@ -44,6 +44,8 @@ pub mod opcode {
     pub const LIST_LOCATIONS: u16 = 0x0303;
     /// List channels.
     pub const LIST_CHANNELS: u16 = 0x0304;
+    /// Set a channel's (or one SKU's) low-stock threshold (admin).
+    pub const SET_LOW_STOCK: u16 = 0x0305;
     /// Read one SKU.
     pub const GET_SKU: u16 = 0x0401;
     /// Read several SKUs.
@@ -145,6 +147,14 @@ pub enum Op {
     GetSkus(GetSkus),
     /// `GET_RESERVATION`
     GetReservation(GetReservation),
+    /// `SET_LOW_STOCK`
+    SetLowStock(SetLowStock),
+    /// `SUBSCRIBE`
+    Subscribe(Subscribe),
+    /// `UNSUBSCRIBE`
+    Unsubscribe,
+    /// `ACK`
+    Ack(Ack),
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -180,6 +190,10 @@ impl Op {
             Op::GetSku(_) => GET_SKU,
             Op::GetSkus(_) => GET_SKUS,
             Op::GetReservation(_) => GET_RESERVATION,
+            Op::SetLowStock(_) => SET_LOW_STOCK,
+            Op::Subscribe(_) => SUBSCRIBE,
+            Op::Unsubscribe => UNSUBSCRIBE,
+            Op::Ack(_) => ACK,
         }
     }
 
@@ -198,6 +212,7 @@ impl Op {
             Op::SetIncoming(b) => b.request_id,
             Op::UpsertLocation(b) => b.request_id,
             Op::UpsertChannel(b) => b.request_id,
+            Op::SetLowStock(b) => b.request_id,
             _ => return None,
         })
     }
@@ -205,7 +220,9 @@ impl Op {
     /// Encodes it as a raw operation.
     pub fn to_raw(&self) -> Result<RawOp, ProtocolError> {
         let body = match self {
-            Op::Ping | Op::ServerInfo | Op::ListLocations | Op::ListChannels => body(&Empty {})?,
+            Op::Ping | Op::ServerInfo | Op::ListLocations | Op::ListChannels | Op::Unsubscribe => {
+                body(&Empty {})?
+            }
             Op::Reserve(b) => body(b)?,
             Op::Fulfill(b) => body(b)?,
             Op::Release(b) => body(b)?,
@@ -221,6 +238,9 @@ impl Op {
             Op::GetSku(b) => body(b)?,
             Op::GetSkus(b) => body(b)?,
             Op::GetReservation(b) => body(b)?,
+            Op::SetLowStock(b) => body(b)?,
+            Op::Subscribe(b) => body(b)?,
+            Op::Ack(b) => body(b)?,
         };
         Ok(RawOp {
             opcode: self.opcode(),
@@ -253,6 +273,10 @@ impl Op {
             GET_SKU => Op::GetSku(decode_body(b)?),
             GET_SKUS => Op::GetSkus(decode_body(b)?),
             GET_RESERVATION => Op::GetReservation(decode_body(b)?),
+            SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
+            SUBSCRIBE => Op::Subscribe(decode_body(b)?),
+            UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
+            ACK => Op::Ack(decode_body(b)?),
             _ => return Ok(None),
         }))
     }
@@ -261,5 +285,5 @@ impl Op {
 /// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`).
 pub fn is_reserved(op: u16) -> bool {
     use opcode::*;
-    matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY)
+    op == SKU_HISTORY
 }

@@ -8,6 +8,8 @@ use crate::engine::{EngineError, Failure};
 
 /// Success.
 pub const OK: u16 = 0;
+/// The request is malformed or out of range (same as the engine's rejection 12).
+pub const INVALID_REQUEST: u16 = 12;
 /// The log could not be written or data is corrupt: writes are stopped.
 pub const STORAGE_FAILURE: u16 = 100;
 /// The server or engine is shutting down.

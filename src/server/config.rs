@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::feed::subscription::SubscriptionConfig;
+
 use thiserror::Error;
 
 use crate::domain::limits::MAX_LINES_PER_RESERVATION;
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time a new connection has to send its `Hello`. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
+    pub subscription: SubscriptionConfig,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             max_lines_per_reservation: MAX_LINES_PER_RESERVATION,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
+            subscription: SubscriptionConfig::default(),
         }
     }
 }
@@ -124,6 +129,16 @@ impl ServerConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err(bad("handshake_timeout", "must be positive"));
+        }
+        let s = &self.subscription;
+        if s.max_lag_records == 0 {
+            return Err(bad("subscriber_max_lag_records", "must be positive"));
+        }
+        if !(1..=10_000_000).contains(&s.max_coalesce_pairs) {
+            return Err(bad("subscriber_max_coalesce_pairs", "must be 1..=10000000"));
+        }
+        if s.stall_timeout.is_zero() {
+            return Err(bad("subscriber_stall_timeout", "must be positive"));
         }
         Ok(())
     }

@@ -13,10 +13,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use crate::protocol::{self, failed, status, ErrorFrame, Frame, FrameError, FrameKind, Role};
+use crate::feed::subscription::{self, Ended};
+use crate::protocol::{self, failed, opcode, status, ErrorFrame, Frame, FrameError, FrameKind};
+use crate::protocol::{Op, OpResult, Role};
 use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
 
 use super::dispatch::{run_batch, Ctx};
@@ -226,6 +229,22 @@ fn status_of_frame_error(e: &FrameError) -> u16 {
     }
 }
 
+/// How long a closing connection may take to write what is queued.
+const WRITER_DRAIN: Duration = Duration::from_secs(5);
+
+/// The subscription of a connection (at most one).
+struct ActiveSub {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ActiveSub {
+    async fn end(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Serves one accepted connection until it closes, fails, idles out or the server stops.
 pub(crate) async fn serve(sock: TcpStream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
     let _ = sock.set_nodelay(true);
@@ -238,7 +257,11 @@ pub(crate) async fn serve(sock: TcpStream, ctx: Arc<Ctx>, shutdown: watch::Recei
         None => false,
     };
     drop(tx);
-    let _ = writer.await;
+    // A peer that stopped reading must not keep this task forever.
+    let mut writer = writer;
+    if timeout(WRITER_DRAIN, &mut writer).await.is_err() {
+        writer.abort();
+    }
     if !clean {
         reader.linger(Duration::from_millis(250)).await;
     }
@@ -267,6 +290,9 @@ async fn read_loop(
 ) -> bool {
     let max = ctx.config.max_in_flight;
     let sem = Arc::new(Semaphore::new(max));
+    let mut sub: Option<ActiveSub> = None;
+    // Set by a subscription that lagged: the connection is closed.
+    let kill = Arc::new(Notify::new());
     let clean = loop {
         // Back-pressure: no permit, no read.
         let permit = tokio::select! {
@@ -276,9 +302,11 @@ async fn read_loop(
         let next = tokio::select! {
             r = timeout(ctx.config.idle_timeout, reader.next()) => r,
             _ = super::stopped(&mut shutdown) => break true,
+            _ = kill.notified() => break false,
         };
         let frame = match next {
-            Err(_) if sem.available_permits() + 1 < max => continue, // answers pending
+            // Answers pending, or a subscriber only listening: not idle.
+            Err(_) if sem.available_permits() + 1 < max || sub.is_some() => continue,
             Err(_) => {
                 ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                 let _ = tx
@@ -308,6 +336,19 @@ async fn read_loop(
             }
         };
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let [op] = batch.ops.as_slice() {
+            if matches!(op.opcode, opcode::SUBSCRIBE | opcode::UNSUBSCRIBE) && role.may(op.opcode) {
+                let corr = frame.correlation;
+                let result = subscription_op(ctx, tx, corr, op, &mut sub, &kill).await;
+                let _ = tx.send(response_bytes(ctx, corr, vec![result])).await;
+                if let Some(s) = sub.as_mut() {
+                    // The answer is queued: the stream may start.
+                    let _ = s.stop.send_replace(false);
+                }
+                drop(permit);
+                continue;
+            }
+        }
         let (ctx, tx) = (ctx.clone(), tx.clone());
         tokio::spawn(async move {
             let bytes = answer(&ctx, role, frame.correlation, &batch).await;
@@ -315,6 +356,9 @@ async fn read_loop(
             drop(permit);
         });
     };
+    if let Some(s) = sub.take() {
+        s.end().await;
+    }
     // Finish in-flight requests before the writer is closed.
     let _ = sem
         .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
@@ -337,6 +381,11 @@ async fn answer(ctx: &Ctx, role: Role, corr: u64, batch: &RequestBatch) -> Vec<u
             .fetch_add(batch.ops.len() as u64, Ordering::Relaxed);
         run_batch(ctx, role, &batch.ops).await
     };
+    response_bytes(ctx, corr, results)
+}
+
+/// Encodes a response frame (never over the frame limit).
+fn response_bytes(ctx: &Ctx, corr: u64, results: Vec<OpResult>) -> Vec<u8> {
     let n = results.len();
     let frame = protocol::frame_of(FrameKind::Response, corr, &ResponseBatch { results });
     match frame {
@@ -355,5 +404,91 @@ async fn answer(ctx: &Ctx, role: Role, corr: u64, batch: &RequestBatch) -> Vec<u
             }
         }
         Err(e) => error_frame(corr, status::INTERNAL_ERROR, e.to_string()),
+    }
+}
+
+/// Runs `SUBSCRIBE` or `UNSUBSCRIBE` for this connection. The stream task is created held
+/// (its stop flag starts at "hold") and released once the answer is queued, so the answer
+/// always precedes the first `Push` frame.
+async fn subscription_op(
+    ctx: &Arc<Ctx>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    corr: u64,
+    raw: &protocol::RawOp,
+    sub: &mut Option<ActiveSub>,
+    kill: &Arc<Notify>,
+) -> OpResult {
+    let body = match Op::from_raw(raw) {
+        Ok(Some(Op::Subscribe(b))) => b,
+        Ok(Some(Op::Unsubscribe)) => {
+            return match sub.take() {
+                Some(s) => {
+                    s.end().await;
+                    ok_empty()
+                }
+                None => failed(status::INVALID_REQUEST, "no subscription on this connection"),
+            };
+        }
+        Ok(_) => return failed(status::INTERNAL_ERROR, "not a subscription operation"),
+        Err(e) => return failed(status::PROTOCOL_ERROR, format!("opcode {:#06x}: {e}", raw.opcode)),
+    };
+    if sub.as_ref().is_some_and(|s| !s.task.is_finished()) {
+        return failed(
+            status::INVALID_REQUEST,
+            "this connection already has a subscription; UNSUBSCRIBE first or open another connection",
+        );
+    }
+    let cfg = ctx.config.subscription.clone();
+    let plan = match subscription::plan(&ctx.engine, &cfg, &body) {
+        Ok(p) => p,
+        Err(subscription::Invalid(m)) => return failed(status::INVALID_REQUEST, m),
+    };
+    let answer = match protocol::encode_payload(&plan.answer) {
+        Ok(b) => OpResult {
+            status: status::OK,
+            message: String::new(),
+            body: b,
+        },
+        Err(e) => return failed(status::INTERNAL_ERROR, e.to_string()),
+    };
+    // `true` = hold until the answer is queued (see `read_loop`), then `false`, then `true`
+    // again to stop.
+    let (stop_tx, mut stop_rx) = watch::channel(true);
+    let (engine, tx, kill) = (ctx.engine.clone(), tx.clone(), kill.clone());
+    let task = tokio::spawn(async move {
+        // Wait for the release (or the end before it started).
+        while *stop_rx.borrow_and_update() {
+            if stop_rx.changed().await.is_err() {
+                return;
+            }
+        }
+        let ended = subscription::run(engine, cfg, plan, corr, tx, stop_rx).await;
+        match ended {
+            Ended::Lagged { resume_from_seq } => {
+                tracing::info!(resume_from_seq, "subscriber lagged: disconnecting");
+                kill.notify_one();
+            }
+            Ended::EngineGone(e) => {
+                tracing::warn!(error = %e, "subscription ended");
+                kill.notify_one();
+            }
+            Ended::Stopped => {}
+        }
+    });
+    *sub = Some(ActiveSub {
+        stop: stop_tx,
+        task,
+    });
+    answer
+}
+
+fn ok_empty() -> OpResult {
+    match protocol::encode_payload(&protocol::Empty {}) {
+        Ok(body) => OpResult {
+            status: status::OK,
+            message: String::new(),
+            body,
+        },
+        Err(e) => failed(status::INTERNAL_ERROR, e.to_string()),
     }
 }

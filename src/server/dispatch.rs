@@ -171,6 +171,15 @@ async fn run_typed(ctx: &Ctx, op: Op) -> OpResult {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
         },
+        Op::SetLowStock(b) => exec(ctx, b.request_id, low_stock_command(&b), a).await,
+        Op::Ack(b) => match ctx.engine.ack_position(&b.name, b.seq).await {
+            Ok(()) => ok(&protocol::Empty {}),
+            Err(f) => failure(&f),
+        },
+        // The connection runs these itself when they come alone (they change its state).
+        Op::Subscribe(_) | Op::Unsubscribe => rejected(&Rejection::invalid(
+            "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",
+        )),
     }
 }
 

@@ -8,7 +8,8 @@
 //! storage and log truncation) and `recovery` (open-time validation, replay). Payloads
 //! are opaque bytes: the WAL never decodes them, so the engine's record types can
 //! evolve without touching this module. Storage is a sled database at
-//! [`WalConfig::dir`] with two trees, `log` and `checkpoint`; nothing else may write to
+//! [`WalConfig::dir`] with three trees, `log`, `checkpoint` and `positions` (named
+//! subscriptions' acknowledged feed positions); nothing else may write to
 //! that database. Each `log` value holds a *group* of consecutive records (format
 //! version 2, see [`record`]): sled costs microseconds per key, so packing up to
 //! [`WalConfig::max_group_records`] records into one value is what makes the log fast.
@@ -89,6 +90,8 @@ pub const OPEN_LOCK_RETRY_MS: u64 = 5000;
 const LOG_TREE: &str = "log";
 /// Name of the sled tree holding checkpoints.
 const CHECKPOINT_TREE: &str = "checkpoint";
+/// Name of the sled tree holding the acknowledged positions of named subscriptions.
+const POSITIONS_TREE: &str = "positions";
 
 /// When `wait_durable` may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -640,6 +643,38 @@ impl Wal {
             ));
         }
         error
+    }
+
+    /// Stores the acknowledged feed position of subscription `name` and flushes it.
+    /// Blocking (one fsync): call it off the async threads.
+    pub fn store_position(&self, name: &str, seq: u64) -> Result<(), WalError> {
+        let tree = self
+            .db
+            .open_tree(POSITIONS_TREE)
+            .map_err(storage("open positions tree"))?;
+        tree.insert(name.as_bytes(), &seq.to_le_bytes())
+            .map_err(storage("store position"))?;
+        tree.flush().map_err(storage("flush position"))?;
+        Ok(())
+    }
+
+    /// Every stored feed position, by subscription name.
+    pub fn positions(&self) -> Result<Vec<(String, u64)>, WalError> {
+        let tree = self
+            .db
+            .open_tree(POSITIONS_TREE)
+            .map_err(storage("open positions tree"))?;
+        let mut out = Vec::new();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(storage("read positions"))?;
+            let (Ok(name), Ok(bytes)) = (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&v[..]))
+            else {
+                tracing::warn!("ignoring a malformed stored feed position");
+                continue;
+            };
+            out.push((name, u64::from_le_bytes(bytes)));
+        }
+        Ok(out)
     }
 
     /// Stops accepting appends, lets the writer commit everything already appended,

@@ -1,0 +1,470 @@
+//! Stock-change feed for marketplace adapters and automation: what subscribers receive.
+//!
+//! This module is pure (no tokio, no actix, no clock): [`derive`] turns one log record's
+//! events, with the SKU's channel ATPs before it, into a [`FeedRecord`] (ATP changes per
+//! channel with threshold transitions, the oversold flag, reservation lifecycle);
+//! [`Filter`] selects what one subscriber asked for and renders it as wire items; and
+//! [`Coalescer`] keeps only the latest ATP per SKU x channel for coalesced delivery and for
+//! subscribers catching up. The SKU actor, recovery and tests all call the same `derive`, so
+//! the events a subscriber replays after a restart are the ones it would have seen live.
+//!
+//! [`hub`] (tokio) orders the records by sequence number, publishes them once durable and
+//! keeps a bounded ring for resumption; [`subscription`] serves one subscriber.
+
+pub mod hub;
+pub mod subscription;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::{
+    Catalog, ChannelId, Event, LocationId, ReleaseReason, ReservationId, SkuId, SkuState, TimeMs,
+};
+use crate::protocol::{
+    cause, kinds, lifecycle, transition, PushItem, WireAtp, WireOversold, WireReservationEvent,
+};
+
+/// ATP of one SKU on one channel changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtpChange {
+    /// The channel.
+    pub channel: ChannelId,
+    /// ATP before.
+    pub previous: u32,
+    /// ATP after.
+    pub atp: u32,
+    /// See [`crate::protocol::transition`].
+    pub transition: u8,
+}
+
+/// A reservation's part on one SKU changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationChange {
+    /// The reservation.
+    pub reservation: ReservationId,
+    /// See [`crate::protocol::lifecycle`].
+    pub kind: u8,
+    /// Units concerned.
+    pub qty: u32,
+    /// Expiry, for placed and extended.
+    pub expires_at_ms: TimeMs,
+}
+
+/// What one log record means to subscribers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedBody {
+    /// A SKU changed.
+    Sku {
+        /// The SKU.
+        sku: SkuId,
+        /// See [`crate::protocol::cause`].
+        cause: u8,
+        /// Channels whose ATP changed.
+        atp: Vec<AtpChange>,
+        /// The new oversold flag, if it changed.
+        oversold: Option<bool>,
+        /// Reservation lifecycle.
+        reservations: Vec<ReservationChange>,
+    },
+    /// The catalog changed.
+    Catalog,
+}
+
+/// One log record's meaning for the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedRecord {
+    /// Its log sequence number.
+    pub seq: u64,
+    /// When the engine accepted it.
+    pub at_ms: TimeMs,
+    /// What changed.
+    pub body: FeedBody,
+}
+
+/// A SKU's channel ATPs (and oversold flag) before a record, for the channels it touches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Before {
+    atp: Vec<(ChannelId, u32)>,
+    oversold: bool,
+}
+
+fn add<'a>(l: &'a LocationId, out: &mut Vec<&'a LocationId>) {
+    if !out.iter().any(|x| *x == l) {
+        out.push(l);
+    }
+}
+
+fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
+    let mut out: Vec<&LocationId> = Vec::new();
+    for e in events {
+        match e {
+            Event::HoldPlaced { allocations, .. }
+            | Event::HoldFulfilled { allocations, .. }
+            | Event::HoldReleased { allocations, .. } => {
+                for a in allocations {
+                    add(&a.location, &mut out);
+                }
+            }
+            Event::HoldExtended { .. } => {}
+            Event::StockAdjusted { location, .. }
+            | Event::OnHandSet { location, .. }
+            | Event::StockMoved { location, .. }
+            | Event::SafetyStockSet { location, .. }
+            | Event::IncomingSet { location, .. } => add(location, &mut out),
+            Event::Transferred { from, to, .. } => {
+                add(from, &mut out);
+                add(to, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Channel ATPs of `state` for the channels that sell from a location `events` touch. Call
+/// before applying `events`.
+pub fn before(catalog: &Catalog, state: &SkuState, events: &[Event]) -> Before {
+    let mut atp: Vec<(ChannelId, u32)> = Vec::new();
+    for loc in touched_locations(events) {
+        for ch_id in catalog.channels_of(loc) {
+            if atp.iter().any(|(c, _)| c == ch_id) {
+                continue;
+            }
+            if let Some(ch) = catalog.channels.get(ch_id) {
+                atp.push((ch_id.clone(), state.channel_atp(ch)));
+            }
+        }
+    }
+    Before {
+        atp,
+        oversold: state.oversold(),
+    }
+}
+
+/// The transition of a channel's ATP from `previous` to `atp` given a low-stock threshold.
+pub fn transition_of(previous: u32, atp: u32, low_stock: u32) -> u8 {
+    if previous > 0 && atp == 0 {
+        transition::OUT_OF_STOCK
+    } else if previous == 0 && atp > 0 {
+        transition::BACK_IN_STOCK
+    } else if low_stock > 0 && atp > 0 && atp <= low_stock && previous > low_stock {
+        transition::LOW_STOCK
+    } else {
+        transition::NONE
+    }
+}
+
+fn cause_of(events: &[Event]) -> u8 {
+    match events.first() {
+        Some(Event::HoldPlaced { .. }) | None => cause::RESERVE,
+        Some(Event::HoldFulfilled { .. }) => cause::FULFILL,
+        Some(Event::HoldReleased { reason, .. }) => match reason {
+            ReleaseReason::Client => cause::RELEASE,
+            ReleaseReason::Expired => cause::EXPIRY,
+            ReleaseReason::CartAborted => cause::CART_ABORT,
+            ReleaseReason::Recovery => cause::RECOVERY,
+        },
+        Some(Event::HoldExtended { .. }) => cause::EXTEND,
+        Some(Event::StockAdjusted { .. }) => cause::ADJUST,
+        Some(Event::OnHandSet { .. }) => cause::SET_ON_HAND,
+        Some(Event::StockMoved { .. }) => cause::MOVE,
+        Some(Event::Transferred { .. }) => cause::TRANSFER,
+        Some(Event::SafetyStockSet { .. }) => cause::SAFETY_STOCK,
+        Some(Event::IncomingSet { .. }) => cause::INCOMING,
+    }
+}
+
+fn reservation_changes(events: &[Event]) -> Vec<ReservationChange> {
+    let sum = |a: &[crate::domain::Allocation]| a.iter().map(|x| x.qty).sum::<u32>();
+    events
+        .iter()
+        .filter_map(|e| {
+            Some(match e {
+                Event::HoldPlaced {
+                    reservation,
+                    expires_at_ms,
+                    allocations,
+                    ..
+                } => ReservationChange {
+                    reservation: *reservation,
+                    kind: lifecycle::PLACED,
+                    qty: sum(allocations),
+                    expires_at_ms: *expires_at_ms,
+                },
+                Event::HoldFulfilled {
+                    reservation,
+                    allocations,
+                    ..
+                } => ReservationChange {
+                    reservation: *reservation,
+                    kind: lifecycle::FULFILLED,
+                    qty: sum(allocations),
+                    expires_at_ms: 0,
+                },
+                Event::HoldReleased {
+                    reservation,
+                    allocations,
+                    reason,
+                } => ReservationChange {
+                    reservation: *reservation,
+                    kind: match reason {
+                        ReleaseReason::Client => lifecycle::RELEASED,
+                        ReleaseReason::Expired => lifecycle::EXPIRED,
+                        ReleaseReason::CartAborted | ReleaseReason::Recovery => lifecycle::UNDONE,
+                    },
+                    qty: sum(allocations),
+                    expires_at_ms: 0,
+                },
+                Event::HoldExtended {
+                    reservation,
+                    expires_at_ms,
+                } => ReservationChange {
+                    reservation: *reservation,
+                    kind: lifecycle::EXTENDED,
+                    qty: 0,
+                    expires_at_ms: *expires_at_ms,
+                },
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// The feed record of one SKU record: `before` was taken with [`before`] on the state
+/// before `events`, `after` is the state once they are applied.
+pub fn derive(
+    catalog: &Catalog,
+    before: Before,
+    after: &SkuState,
+    events: &[Event],
+    seq: u64,
+    at_ms: TimeMs,
+) -> FeedRecord {
+    let mut atp = Vec::new();
+    for (ch_id, previous) in before.atp {
+        let now = catalog
+            .channels
+            .get(&ch_id)
+            .map_or(0, |ch| after.channel_atp(ch));
+        if now != previous {
+            let t = transition_of(previous, now, catalog.low_stock_of(&after.sku, &ch_id));
+            atp.push(AtpChange {
+                channel: ch_id,
+                previous,
+                atp: now,
+                transition: t,
+            });
+        }
+    }
+    let oversold_now = after.oversold();
+    FeedRecord {
+        seq,
+        at_ms,
+        body: FeedBody::Sku {
+            sku: after.sku.clone(),
+            cause: cause_of(events),
+            atp,
+            oversold: (oversold_now != before.oversold).then_some(oversold_now),
+            reservations: reservation_changes(events),
+        },
+    }
+}
+
+/// What one subscriber asked for. Validated by the caller (ids checked, kinds non-empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Channels (empty = all).
+    pub channels: HashSet<ChannelId>,
+    /// SKUs (empty = all).
+    pub skus: HashSet<SkuId>,
+    /// SKU prefix (empty = none).
+    pub sku_prefix: String,
+    /// Bit set of [`crate::protocol::kinds`].
+    pub kinds: u8,
+}
+
+impl Filter {
+    /// Whether events of `sku` are wanted.
+    pub fn wants_sku(&self, sku: &SkuId) -> bool {
+        (self.skus.is_empty() || self.skus.contains(sku)) && sku.as_str().starts_with(&self.sku_prefix)
+    }
+
+    /// Whether ATP of `channel` is wanted.
+    pub fn wants_channel(&self, channel: &ChannelId) -> bool {
+        self.channels.is_empty() || self.channels.contains(channel)
+    }
+
+    fn wants_atp_change(&self, c: &AtpChange) -> bool {
+        self.wants_channel(&c.channel)
+            && (self.kinds & kinds::ATP != 0
+                || (self.kinds & kinds::THRESHOLDS != 0 && c.transition != transition::NONE))
+    }
+
+    /// Appends the wire items of `rec` this filter selects. ATP changes go to `atp` when it
+    /// is given (coalescing), else to `out` with everything else.
+    pub fn render(
+        &self,
+        rec: &FeedRecord,
+        out: &mut Vec<PushItem>,
+        mut atp: Option<&mut Coalescer>,
+    ) {
+        let (seq, at_ms) = (rec.seq, rec.at_ms);
+        let (sku, cause, changes, oversold, reservations) = match &rec.body {
+            FeedBody::Catalog => {
+                out.push(PushItem::Catalog { seq, at_ms });
+                return;
+            }
+            FeedBody::Sku {
+                sku,
+                cause,
+                atp,
+                oversold,
+                reservations,
+            } => (sku, *cause, atp, *oversold, reservations),
+        };
+        if !self.wants_sku(sku) {
+            return;
+        }
+        for c in changes.iter().filter(|c| self.wants_atp_change(c)) {
+            match atp.as_deref_mut() {
+                Some(co) => co.add(sku, c, cause, seq, at_ms),
+                None => out.push(PushItem::Atp(WireAtp {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    channel: c.channel.to_string(),
+                    previous: c.previous,
+                    atp: c.atp,
+                    cause,
+                    transition: c.transition,
+                    coalesced: false,
+                })),
+            }
+        }
+        if let Some(flag) = oversold {
+            if self.kinds & (kinds::THRESHOLDS | kinds::ATP) != 0 {
+                out.push(PushItem::Oversold(WireOversold {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    oversold: flag,
+                }));
+            }
+        }
+        if self.kinds & kinds::RESERVATIONS != 0 {
+            for r in reservations {
+                out.push(PushItem::Reservation(WireReservationEvent {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    reservation: r.reservation,
+                    kind: r.kind,
+                    qty: r.qty,
+                    expires_at_ms: r.expires_at_ms,
+                }));
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    previous: u32,
+    atp: u32,
+    cause: u8,
+    seq: u64,
+    at_ms: TimeMs,
+    merged: u32,
+}
+
+/// The latest ATP per SKU x channel since the last drain, bounded by `max_pairs`.
+#[derive(Debug)]
+pub struct Coalescer {
+    pending: HashMap<(SkuId, ChannelId), Pending>,
+    max_pairs: usize,
+    merged_total: u64,
+}
+
+impl Coalescer {
+    /// An empty coalescer holding at most `max_pairs` SKU x channel pairs.
+    pub fn new(max_pairs: usize) -> Self {
+        Coalescer {
+            pending: HashMap::new(),
+            max_pairs,
+            merged_total: 0,
+        }
+    }
+
+    /// Whether it holds as many pairs as it may.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.max_pairs
+    }
+
+    /// Pairs held.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Changes merged into an earlier one since the last call (for metrics).
+    pub fn take_merged(&mut self) -> u64 {
+        std::mem::take(&mut self.merged_total)
+    }
+
+    /// Records a change; the first `previous` and the latest `atp` are kept.
+    pub fn add(&mut self, sku: &SkuId, c: &AtpChange, cause: u8, seq: u64, at_ms: TimeMs) {
+        match self.pending.get_mut(&(sku.clone(), c.channel.clone())) {
+            Some(p) => {
+                p.atp = c.atp;
+                p.cause = cause;
+                p.seq = seq;
+                p.at_ms = at_ms;
+                p.merged += 1;
+                self.merged_total += 1;
+            }
+            None => {
+                self.pending.insert(
+                    (sku.clone(), c.channel.clone()),
+                    Pending {
+                        previous: c.previous,
+                        atp: c.atp,
+                        cause,
+                        seq,
+                        at_ms,
+                        merged: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Everything held, as wire items in sequence order; transitions are recomputed from the
+    /// first previous and the latest value, so a round trip through zero shows none.
+    /// Pairs whose value came back to where it started are dropped.
+    pub fn drain(&mut self, catalog: &Catalog) -> Vec<PushItem> {
+        let mut v: Vec<((SkuId, ChannelId), Pending)> = self.pending.drain().collect();
+        v.retain(|(_, p)| p.atp != p.previous);
+        v.sort_by_key(|(_, p)| p.seq);
+        v.into_iter()
+            .map(|((sku, ch), p)| {
+                let t = transition_of(p.previous, p.atp, catalog.low_stock_of(&sku, &ch));
+                PushItem::Atp(WireAtp {
+                    seq: p.seq,
+                    at_ms: p.at_ms,
+                    sku: sku.to_string(),
+                    channel: ch.to_string(),
+                    previous: p.previous,
+                    atp: p.atp,
+                    cause: p.cause,
+                    transition: t,
+                    coalesced: p.merged > 0,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,454 @@
+//! One subscriber: validates a `SUBSCRIBE`, decides where it starts (live, snapshot, replay
+//! from the ring, or the position stored under its name), then streams `Push` frames into
+//! the connection's writer until it unsubscribes, disconnects, or lags.
+//!
+//! Back-pressure, in order: the connection's bounded writer queue and socket; when the
+//! subscriber falls more than `max_lag_records` behind, its ATP changes are coalesced
+//! (latest per SKU x channel, bounded by `max_coalesce_pairs`) until it catches up; when the
+//! ring no longer holds its position, or a frame cannot be queued within `stall_timeout`,
+//! it gets `Lagged { resume_from_seq }` and the connection is closed. None of this waits
+//! inside the engine.
+//!
+//! A `Push` frame never splits the items of one sequence number, and every round ends with
+//! `Position`, so the highest sequence number of a processed frame is a safe resume point.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::domain::{ChannelId, SkuId};
+use crate::engine::Engine;
+use crate::protocol::{self, kinds, start, started, FrameKind, PushBatch, PushItem};
+use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
+
+use super::hub::{Hub, Read};
+use super::{Coalescer, FeedBody, Filter};
+
+/// Limits of one subscription.
+#[derive(Clone, Debug)]
+pub struct SubscriptionConfig {
+    /// Records behind the head before ATP changes are coalesced.
+    pub max_lag_records: u64,
+    /// Most SKU x channel pairs (and other items) held while coalescing.
+    pub max_coalesce_pairs: usize,
+    /// A frame that cannot be queued for this long disconnects the subscriber.
+    pub stall_timeout: Duration,
+    /// Most items per `Push` frame (a frame may exceed it to keep one sequence number whole).
+    pub max_items_per_frame: usize,
+    /// A `Position` is sent at least this often while records pass that match nothing.
+    pub position_interval: Duration,
+    /// Most SKUs in a `skus` filter.
+    pub max_filter_skus: usize,
+}
+
+impl Default for SubscriptionConfig {
+    fn default() -> Self {
+        SubscriptionConfig {
+            max_lag_records: 100_000,
+            max_coalesce_pairs: 100_000,
+            stall_timeout: Duration::from_secs(10),
+            max_items_per_frame: 1024,
+            position_interval: Duration::from_secs(1),
+            max_filter_skus: 10_000,
+        }
+    }
+}
+
+/// Smallest and largest `coalesce_ms`.
+pub const COALESCE_MS_RANGE: std::ops::RangeInclusive<u32> = 10..=60_000;
+/// Records read from the ring per lock.
+const READ_CHUNK: usize = 1024;
+/// SKUs read per snapshot step.
+const SNAPSHOT_CHUNK: usize = 256;
+
+/// A subscription request that failed validation: answered `InvalidRequest` (12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+/// A validated subscription, ready to run.
+#[derive(Debug)]
+pub struct Plan {
+    filter: Filter,
+    name: Option<String>,
+    coalesce: Option<Duration>,
+    snapshot: bool,
+    /// Events after this follow (after the snapshot, if any).
+    cursor: u64,
+    /// The answer to send before the first push.
+    pub answer: Subscribed,
+}
+
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks a `SUBSCRIBE` and decides where it starts.
+pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<Plan, Invalid> {
+    let bad = |m: String| Err(Invalid(m));
+    if s.kinds == 0 || s.kinds & !kinds::ALL != 0 {
+        return bad(format!("kinds {:#x}: a non-empty set of 1, 2, 4", s.kinds));
+    }
+    if s.coalesce_ms != 0 && !COALESCE_MS_RANGE.contains(&s.coalesce_ms) {
+        return bad(format!("coalesce_ms {} must be 0 or 10..=60000", s.coalesce_ms));
+    }
+    if !s.name.is_empty() && !valid_name(&s.name) {
+        return bad("name must be 1..=64 bytes of [A-Za-z0-9._-]".into());
+    }
+    if s.skus.len() > cfg.max_filter_skus {
+        let m = cfg.max_filter_skus;
+        return bad(format!("{} skus in the filter; at most {m}", s.skus.len()));
+    }
+    let catalog = engine.catalog();
+    let mut channels = HashSet::new();
+    for c in &s.channels {
+        let id = ChannelId::new(c).map_err(|r| Invalid(r.to_string()))?;
+        if !catalog.channels.contains_key(&id) {
+            return bad(format!("unknown channel {c:?}"));
+        }
+        channels.insert(id);
+    }
+    let mut skus = HashSet::new();
+    for k in &s.skus {
+        skus.insert(SkuId::new(k).map_err(|r| Invalid(r.to_string()))?);
+    }
+    if s.sku_prefix.len() > crate::domain::limits::MAX_SKU_ID_BYTES {
+        return bad("sku_prefix is longer than a SKU id may be".into());
+    }
+    let filter = Filter {
+        channels,
+        skus,
+        sku_prefix: s.sku_prefix.clone(),
+        kinds: s.kinds,
+    };
+    let hub = engine.feed();
+    let head = hub.head();
+    let retained = hub.retained_from();
+    let name = (!s.name.is_empty()).then(|| s.name.clone());
+    let (from, note) = match s.start {
+        start::LIVE => (Some(head), String::new()),
+        start::SNAPSHOT => (None, "snapshot requested".to_string()),
+        start::AFTER => (Some(s.from_seq), String::new()),
+        start::RESUME => match &name {
+            None => return bad("start RESUME needs a name".into()),
+            Some(n) => match engine.feed_position(n) {
+                Some(p) => (Some(p), String::new()),
+                None => (None, format!("no position stored under {n:?}: snapshot")),
+            },
+        },
+        other => return bad(format!("start {other} is not 0..=3")),
+    };
+    let (snapshot, cursor, start_kind, note) = match from {
+        Some(f) if f > head => {
+            return bad(format!(
+                "from_seq {f} is ahead of the last published sequence number {head}"
+            ))
+        }
+        Some(f) if f + 1 >= retained => (false, f, started::REPLAY, note),
+        Some(f) => (
+            true,
+            head,
+            started::SNAPSHOT,
+            format!(
+                "from_seq {f} is older than the log keeps (oldest {retained}): snapshot, then live"
+            ),
+        ),
+        None => (true, head, started::SNAPSHOT, note),
+    };
+    let start_kind = if start_kind == started::REPLAY && cursor == head {
+        started::LIVE
+    } else {
+        start_kind
+    };
+    Ok(Plan {
+        filter,
+        name,
+        coalesce: (s.coalesce_ms > 0).then(|| Duration::from_millis(u64::from(s.coalesce_ms))),
+        snapshot,
+        cursor,
+        answer: Subscribed {
+            start: start_kind,
+            from_seq: cursor,
+            head_seq: head,
+            retained_from_seq: retained,
+            note,
+        },
+    })
+}
+
+/// How a subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Unsubscribed or the connection closed.
+    Stopped,
+    /// Disconnected for lagging (the `Lagged` item was queued if the socket allowed it).
+    Lagged {
+        /// Where to resume.
+        resume_from_seq: u64,
+    },
+    /// The engine is shutting down or failed.
+    EngineGone(String),
+}
+
+struct Out<'a> {
+    tx: &'a mpsc::Sender<Vec<u8>>,
+    corr: u64,
+    cfg: &'a SubscriptionConfig,
+    hub: &'a Hub,
+    /// The last position the subscriber was told (all items up to it were queued).
+    told: u64,
+}
+
+impl Out<'_> {
+    /// Queues one frame; false if the subscriber stalled.
+    async fn send(&mut self, items: Vec<PushItem>) -> Result<(), Ended> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let n = items.len() as u64;
+        let pos = items.iter().rev().find_map(|i| match i {
+            PushItem::Position { seq } | PushItem::SnapshotEnd { seq } => Some(*seq),
+            _ => None,
+        });
+        let frame = protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items })
+            .map_err(|e| Ended::EngineGone(format!("encode push: {e}")))?;
+        match tokio::time::timeout(self.cfg.stall_timeout, self.tx.send(frame.encode())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Ended::Stopped),
+            Err(_) => return Err(self.lagged("no frame could be queued within the stall timeout")),
+        }
+        self.hub.stats.items_sent.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("omnistock_subscription_events_sent_total").increment(n);
+        if let Some(p) = pos {
+            self.told = p;
+        }
+        Ok(())
+    }
+
+    fn lagged(&self, why: &str) -> Ended {
+        let item = PushItem::Lagged {
+            resume_from_seq: self.told,
+            message: format!("lagged: {why}; resume from seq {}", self.told),
+        };
+        if let Ok(f) = protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items: vec![item] })
+        {
+            let _ = self.tx.try_send(f.encode());
+        }
+        self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "lagged")
+            .increment(1);
+        Ended::Lagged {
+            resume_from_seq: self.told,
+        }
+    }
+}
+
+/// Runs a planned subscription until `stop` turns true, the writer closes, or it lags.
+pub async fn run(
+    engine: Arc<Engine>,
+    cfg: SubscriptionConfig,
+    plan: Plan,
+    corr: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    mut stop: watch::Receiver<bool>,
+) -> Ended {
+    let hub = engine.feed().clone();
+    let (id, cursor_gauge) = hub.join(plan.cursor);
+    metrics::gauge!("omnistock_subscribers").increment(1.0);
+    let mut out = Out {
+        tx: &tx,
+        corr,
+        cfg: &cfg,
+        hub: &hub,
+        told: plan.cursor,
+    };
+    let r = stream(&engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
+    hub.leave(id);
+    metrics::gauge!("omnistock_subscribers").decrement(1.0);
+    let ended = match r {
+        Ok(()) => Ended::Stopped,
+        Err(e) => e,
+    };
+    if ended == Ended::Stopped {
+        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "closed")
+            .increment(1);
+    } else if let Ended::EngineGone(_) = ended {
+        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "error")
+            .increment(1);
+    }
+    ended
+}
+
+async fn stream(
+    engine: &Engine,
+    plan: &Plan,
+    out: &mut Out<'_>,
+    cursor_gauge: &std::sync::atomic::AtomicU64,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), Ended> {
+    let hub = engine.feed();
+    let mut watch = hub.watch();
+    let skip = if plan.snapshot {
+        snapshot(engine, plan, out).await?
+    } else {
+        HashMap::new()
+    };
+    let mut cursor = plan.cursor;
+    let mut items: Vec<PushItem> = Vec::new();
+    let mut coalescer = Coalescer::new(out.cfg.max_coalesce_pairs);
+    let mut catching_up = false;
+    let mut last_flush = tokio::time::Instant::now();
+    let tick = plan.coalesce.unwrap_or(out.cfg.position_interval);
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let records = match hub.read_after(cursor, READ_CHUNK) {
+            Read::FellOff { first_seq } => {
+                let why = format!("the feed no longer holds seq {} (oldest {first_seq})", cursor + 1);
+                return Err(out.lagged(&why));
+            }
+            Read::Records(r) => r,
+        };
+        let head = hub.head();
+        let lag = head.saturating_sub(cursor);
+        if plan.coalesce.is_none() {
+            if !catching_up && lag > out.cfg.max_lag_records {
+                catching_up = true;
+            } else if catching_up && lag <= out.cfg.max_lag_records / 2 {
+                catching_up = false;
+            }
+        }
+        let coalescing = plan.coalesce.is_some() || catching_up;
+        let got = records.len();
+        for (seq, slot) in records {
+            cursor = seq;
+            let Some(rec) = slot else { continue };
+            if let FeedBody::Sku { sku, .. } = &rec.body {
+                if skip.get(sku).is_some_and(|s| *s >= seq) {
+                    continue;
+                }
+            }
+            plan.filter
+                .render(&rec, &mut items, coalescing.then_some(&mut coalescer));
+            if !coalescing && items.len() >= out.cfg.max_items_per_frame {
+                out.send(std::mem::take(&mut items)).await?;
+            }
+        }
+        cursor_gauge.store(cursor, Ordering::Relaxed);
+        let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
+        let due = last_flush.elapsed() >= tick;
+        let flush_now = if coalescing {
+            full || due || (catching_up && got == 0)
+        } else {
+            !items.is_empty() || (due && out.told < cursor)
+        };
+        if flush_now {
+            let merged = coalescer.take_merged();
+            if merged > 0 {
+                hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
+                metrics::counter!("omnistock_subscription_coalesced_total").increment(merged);
+            }
+            let mut batch = coalescer.drain(&engine.catalog());
+            batch.append(&mut items);
+            batch.sort_by_key(item_seq);
+            if !batch.is_empty() || out.told < cursor {
+                batch.push(PushItem::Position { seq: cursor });
+            }
+            out.send(batch).await?;
+            last_flush = tokio::time::Instant::now();
+        }
+        if got == READ_CHUNK {
+            continue; // more is ready
+        }
+        let wait = tick.saturating_sub(last_flush.elapsed());
+        tokio::select! {
+            r = watch.changed() => if r.is_err() { return Err(Ended::EngineGone("feed stopped".into())) },
+            r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+        }
+    }
+}
+
+fn item_seq(i: &PushItem) -> u64 {
+    match i {
+        PushItem::Atp(a) => a.seq,
+        PushItem::Oversold(o) => o.seq,
+        PushItem::Reservation(r) => r.seq,
+        PushItem::Catalog { seq, .. }
+        | PushItem::SnapshotEnd { seq }
+        | PushItem::Position { seq } => *seq,
+        PushItem::Snapshot(s) => s.seq,
+        PushItem::Lagged {
+            resume_from_seq, ..
+        } => *resume_from_seq,
+    }
+}
+
+/// Sends current ATP for the filter, then `SnapshotEnd { seq: cursor }`. Returns the SKUs
+/// whose value already includes changes after the cursor (their live events up to that
+/// sequence number are skipped, so nothing is counted twice).
+async fn snapshot(
+    engine: &Engine,
+    plan: &Plan,
+    out: &mut Out<'_>,
+) -> Result<HashMap<SkuId, u64>, Ended> {
+    let mut skip = HashMap::new();
+    let f = &plan.filter;
+    if f.kinds & (kinds::ATP | kinds::THRESHOLDS) != 0 {
+        let ids: Vec<SkuId> = if f.skus.is_empty() {
+            engine.sku_ids(&f.sku_prefix)
+        } else {
+            let mut v: Vec<SkuId> = f.skus.iter().filter(|s| f.wants_sku(s)).cloned().collect();
+            v.sort();
+            v
+        };
+        for chunk in ids.chunks(SNAPSHOT_CHUNK) {
+            let mut items = Vec::new();
+            let mut max_seq = 0;
+            for sku in chunk {
+                let view = match engine.get_waiting(sku).await {
+                    Ok(v) => v,
+                    Err(crate::engine::Failure::Rejected(_)) => continue, // unknown SKU
+                    Err(crate::engine::Failure::Error(e)) => {
+                        return Err(Ended::EngineGone(e.to_string()))
+                    }
+                };
+                max_seq = max_seq.max(view.last_seq);
+                if view.last_seq > plan.cursor {
+                    skip.insert(sku.clone(), view.last_seq);
+                }
+                for (ch, atp) in &view.channels {
+                    if f.wants_channel(ch) {
+                        items.push(PushItem::Snapshot(WireSnapshotEntry {
+                            seq: view.last_seq,
+                            sku: sku.to_string(),
+                            channel: ch.to_string(),
+                            atp: *atp,
+                            oversold: view.oversold,
+                        }));
+                    }
+                }
+            }
+            // Never show a value a crash could take back.
+            engine
+                .wait_durable(max_seq)
+                .await
+                .map_err(|e| Ended::EngineGone(e.to_string()))?;
+            out.send(items).await?;
+        }
+    }
+    out.send(vec![PushItem::SnapshotEnd { seq: plan.cursor }])
+        .await?;
+    Ok(skip)
+}
+
+/// The name of a planned subscription (for `ACK`).
+pub fn name_of(plan: &Plan) -> Option<&str> {
+    plan.name.as_deref()
+}
