@@ -137,6 +137,47 @@ enum CtlCmd {
     Locations,
     /// List channels.
     Channels,
+    /// Set the low-stock threshold of a channel, or of one SKU on it (0 removes).
+    LowStock {
+        /// Channel id.
+        channel: String,
+        /// Units: ATP in 1..=threshold is low stock.
+        threshold: u32,
+        /// Override for this SKU only.
+        #[arg(long)]
+        sku: Option<String>,
+    },
+    /// Print stock changes live, one line each; resumes by itself after a disconnect.
+    Tail {
+        /// Only this channel (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Only this SKU (repeatable).
+        #[arg(long = "sku")]
+        skus: Vec<String>,
+        /// Only SKUs starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this log sequence number (replayed from the log).
+        #[arg(long = "from")]
+        from_seq: Option<u64>,
+        /// Start with a snapshot of current ATP.
+        #[arg(long, conflicts_with = "from_seq")]
+        snapshot: bool,
+        /// Comma-separated kinds: atp, thresholds, reservations.
+        #[arg(long, value_delimiter = ',', default_value = "atp,thresholds")]
+        kinds: Vec<String>,
+        /// Coalesce: latest ATP per SKU x channel at most every N ms (10..=60000).
+        #[arg(long, default_value_t = 0)]
+        coalesce_ms: u32,
+        /// Durable subscription name: resumes from its acknowledged position and acks
+        /// after every frame.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Exit after printing this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Create or replace a location.
     AddLocation {
         /// Location id.
@@ -252,6 +293,9 @@ fn show<T: Serialize + std::fmt::Debug>(json: bool, v: &T) -> anyhow::Result<()>
 async fn execute(args: Args) -> anyhow::Result<()> {
     let mut cfg = ClientConfig::new(args.addr.clone()).token(args.token.clone());
     cfg.client_name = "omnistock-ctl".into();
+    if let CtlCmd::Tail { .. } = &args.cmd {
+        return tail(cfg, args.json, args.cmd).await;
+    }
     let c = Client::connect(cfg).await?;
     let rid = args.request_id.unwrap_or_else(new_request_id);
     let j = args.json;
@@ -383,6 +427,16 @@ async fn execute_more(c: &Client, rid: u128, j: bool, cmd: CtlCmd) -> anyhow::Re
                 cap,
             },
         }),
+        CtlCmd::LowStock {
+            channel,
+            threshold,
+            sku,
+        } => Op::SetLowStock(SetLowStock {
+            request_id: rid,
+            channel,
+            sku,
+            threshold,
+        }),
         CtlCmd::Locations => return show(j, &c.locations().await?),
         CtlCmd::Channels => return show(j, &c.channels().await?),
         _ => bail!("unreachable: handled by execute"),
@@ -417,4 +471,176 @@ fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
     }
     println!("  holds {}  last_seq {}", v.holds, v.last_seq);
     Ok(())
+}
+
+fn kinds_of(names: &[String]) -> anyhow::Result<u8> {
+    let mut k = 0;
+    for n in names {
+        k |= match n.as_str() {
+            "atp" => kinds::ATP,
+            "thresholds" => kinds::THRESHOLDS,
+            "reservations" => kinds::RESERVATIONS,
+            _ => bail!("--kinds {n:?}: atp, thresholds or reservations"),
+        };
+    }
+    Ok(k)
+}
+
+fn cause_name(c: u8) -> &'static str {
+    match c {
+        cause::RESERVE => "reserve",
+        cause::FULFILL => "fulfill",
+        cause::RELEASE => "release",
+        cause::EXPIRY => "expiry",
+        cause::CART_ABORT => "cart-abort",
+        cause::RECOVERY => "recovery",
+        cause::ADJUST => "adjust",
+        cause::SET_ON_HAND => "set",
+        cause::MOVE => "move",
+        cause::TRANSFER => "transfer",
+        cause::SAFETY_STOCK => "safety-stock",
+        cause::INCOMING => "incoming",
+        cause::EXTEND => "extend",
+        _ => "other",
+    }
+}
+
+fn transition_name(t: u8) -> &'static str {
+    match t {
+        transition::OUT_OF_STOCK => "  OUT-OF-STOCK",
+        transition::BACK_IN_STOCK => "  BACK-IN-STOCK",
+        transition::LOW_STOCK => "  LOW-STOCK",
+        _ => "",
+    }
+}
+
+fn lifecycle_name(k: u8) -> &'static str {
+    match k {
+        lifecycle::PLACED => "placed",
+        lifecycle::FULFILLED => "fulfilled",
+        lifecycle::RELEASED => "released",
+        lifecycle::EXPIRED => "expired",
+        lifecycle::EXTENDED => "extended",
+        lifecycle::UNDONE => "undone",
+        _ => "other",
+    }
+}
+
+/// One line per event; `None` for bookkeeping items (positions).
+fn tail_line(item: &PushItem) -> Option<String> {
+    Some(match item {
+        PushItem::Atp(a) => format!(
+            "{} {} {} atp {} -> {} ({}{}){}",
+            a.seq,
+            a.sku,
+            a.channel,
+            a.previous,
+            a.atp,
+            cause_name(a.cause),
+            if a.coalesced { ", coalesced" } else { "" },
+            transition_name(a.transition)
+        ),
+        PushItem::Oversold(o) => format!(
+            "{} {} {}",
+            o.seq,
+            o.sku,
+            if o.oversold { "OVERSOLD" } else { "no longer oversold" }
+        ),
+        PushItem::Reservation(r) => format!(
+            "{} {} reservation {} {} qty {}",
+            r.seq,
+            r.sku,
+            r.reservation,
+            lifecycle_name(r.kind),
+            r.qty
+        ),
+        PushItem::Catalog { seq, .. } => format!("{seq} catalog changed"),
+        PushItem::Snapshot(s) => format!(
+            "snapshot {} {} atp {}{}",
+            s.sku,
+            s.channel,
+            s.atp,
+            if s.oversold { "  OVERSOLD" } else { "" }
+        ),
+        PushItem::SnapshotEnd { seq } => format!("snapshot complete at {seq}; live"),
+        PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
+    })
+}
+
+/// `ctl tail`: subscribe and print; on a disconnect or a lag notice, resume after the last
+/// complete position (the server replays from its log, so nothing is lost or repeated).
+async fn tail(cfg: ClientConfig, json: bool, cmd: CtlCmd) -> anyhow::Result<()> {
+    let CtlCmd::Tail {
+        channels,
+        skus,
+        prefix,
+        from_seq,
+        snapshot,
+        kinds,
+        coalesce_ms,
+        name,
+        count,
+    } = cmd
+    else {
+        bail!("unreachable: not tail");
+    };
+    let (start_kind, from) = match (from_seq, snapshot, name.is_empty()) {
+        (Some(f), _, _) => (start::AFTER, f),
+        (None, true, _) => (start::SNAPSHOT, 0),
+        (None, false, false) => (start::RESUME, 0),
+        (None, false, true) => (start::LIVE, 0),
+    };
+    let request = Subscribe {
+        name: name.clone(),
+        start: start_kind,
+        from_seq: from,
+        channels,
+        skus,
+        sku_prefix: prefix,
+        kinds: kinds_of(&kinds)?,
+        coalesce_ms,
+    };
+    let mut sub = omnistock::client::Subscriber::subscribe(cfg, request).await?;
+    let s = sub.subscribed();
+    eprintln!(
+        "subscribed: events after seq {} (head {}, log keeps from {}){}",
+        s.from_seq,
+        s.head_seq,
+        s.retained_from_seq,
+        if s.note.is_empty() { String::new() } else { format!("; {}", s.note) }
+    );
+    let mut printed = 0u64;
+    loop {
+        let items = tokio::select! {
+            r = sub.next() => r,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let items = match items {
+            Ok(i) => i,
+            Err(e @ (ClientError::Lagged { .. } | ClientError::Disconnected)) => {
+                eprintln!("{e}; resuming after seq {}", sub.position());
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                sub.resume().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for item in &items {
+            let line = match (json, item) {
+                (_, PushItem::Position { .. }) => None,
+                (true, _) => serde_json::to_string(item).ok(),
+                (false, _) => tail_line(item),
+            };
+            if let Some(l) = line {
+                println!("{l}");
+                printed += 1;
+                if count.is_some_and(|c| printed >= c) {
+                    return Ok(());
+                }
+            }
+        }
+        if !name.is_empty() {
+            sub.ack().await?;
+        }
+    }
 }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 
 use crate::protocol::{self, ErrorFrame, Frame, FrameKind, Hello, ResponseBatch, Welcome};
@@ -25,6 +25,8 @@ type Waiter = oneshot::Sender<Result<ResponseBatch, ClientError>>;
 struct Pending {
     closed: bool,
     waiters: HashMap<u64, Waiter>,
+    /// Where `Push` frames of a subscription go, by the SUBSCRIBE request's correlation id.
+    pushes: HashMap<u64, mpsc::Sender<Vec<u8>>>,
 }
 
 /// A live connection.
@@ -108,6 +110,7 @@ impl Conn {
             pending: Mutex::new(Pending {
                 closed: false,
                 waiters: HashMap::new(),
+                pushes: HashMap::new(),
             }),
             next_corr: AtomicU64::new(1),
             welcome,
@@ -127,6 +130,18 @@ impl Conn {
         payload: &[u8],
         limit: Duration,
     ) -> Result<ResponseBatch, ClientError> {
+        self.roundtrip_with_push(payload, limit, None).await
+    }
+
+    /// Like `roundtrip`, routing later `Push` frames with the same correlation id to `push`
+    /// (registered before the request leaves, so none is missed). The reader waits for
+    /// room in `push`: a subscriber that does not read stops the socket being read.
+    pub async fn roundtrip_with_push(
+        &self,
+        payload: &[u8],
+        limit: Duration,
+        push: Option<mpsc::Sender<Vec<u8>>>,
+    ) -> Result<ResponseBatch, ClientError> {
         let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -135,6 +150,9 @@ impl Conn {
                 return Err(ClientError::Disconnected);
             }
             p.waiters.insert(corr, tx);
+            if let Some(push) = push {
+                p.pushes.insert(corr, push);
+            }
         }
         let frame = Frame::new(FrameKind::Request, corr, payload.to_vec());
         let written = self.wr.lock().await.write_all(&frame.encode()).await;
@@ -163,6 +181,7 @@ impl Conn {
         for (_, w) in p.waiters.drain() {
             let _ = w.send(Err(err.clone()));
         }
+        p.pushes.clear();
     }
 }
 
@@ -184,6 +203,14 @@ async fn read_loop(
                     .map_err(|e| ClientError::Protocol(e.to_string()));
                 if let Some(w) = c.pending.lock().waiters.remove(&f.correlation) {
                     let _ = w.send(r);
+                }
+            }
+            FrameKind::Push => {
+                let to = c.pending.lock().pushes.get(&f.correlation).cloned();
+                drop(c);
+                if let Some(to) = to {
+                    // Back-pressure: wait for the subscriber to take it.
+                    let _ = to.send(f.payload).await;
                 }
             }
             FrameKind::Error => break server_error(&f),

@@ -27,6 +27,7 @@
 //! ```
 
 mod conn;
+mod subscriber;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ use thiserror::Error;
 use crate::protocol::ops::decode_body;
 use crate::protocol::*;
 use conn::Conn;
+pub use subscriber::Subscriber;
 
 /// Why a call failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -61,6 +63,14 @@ pub enum ClientError {
     /// The server's bytes did not make sense, or a request could not be encoded.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The server dropped a subscriber that fell too far behind.
+    #[error("{message}")]
+    Lagged {
+        /// Subscribe again after this sequence number.
+        resume_from_seq: u64,
+        /// The server's message.
+        message: String,
+    },
     /// The operation ran and was answered with a non-zero status.
     #[error("status {status} ({}): {message}", status::name(*status))]
     Status {

@@ -1,0 +1,215 @@
+//! A subscriber of the stock-change feed: its own connection (so the stream is never stuck
+//! behind other calls), the position to resume from, and resumption after a disconnect or a
+//! `Lagged` notice without a gap or a duplicate.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), omnistock::client::ClientError> {
+//! use omnistock::client::{ClientConfig, Subscriber};
+//! use omnistock::protocol::{kinds, start, PushItem, Subscribe};
+//!
+//! let request = Subscribe {
+//!     name: "amazon-listings".into(),
+//!     start: start::RESUME,
+//!     from_seq: 0,
+//!     channels: vec!["amazon".into()],
+//!     skus: vec![],
+//!     sku_prefix: String::new(),
+//!     kinds: kinds::ATP | kinds::THRESHOLDS,
+//!     coalesce_ms: 1000,
+//! };
+//! let mut sub = Subscriber::subscribe(ClientConfig::new("127.0.0.1:7878"), request).await?;
+//! loop {
+//!     let items = match sub.next().await {
+//!         Ok(items) => items,
+//!         Err(_) => { sub.resume().await?; continue; } // reconnect after the last position
+//!     };
+//!     for item in items {
+//!         if let PushItem::Atp(a) = item { println!("{} {} -> {}", a.sku, a.channel, a.atp); }
+//!     }
+//!     sub.ack().await?; // store the position under the name
+//! }
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::protocol::ops::decode_body;
+use crate::protocol::*;
+
+use super::conn::Conn;
+use super::{decode_result, ClientConfig, ClientError};
+
+/// Push frames buffered on the client before the socket stops being read.
+const PUSH_BUFFER_FRAMES: usize = 64;
+
+/// One subscription on its own connection.
+pub struct Subscriber {
+    config: ClientConfig,
+    request: Subscribe,
+    conn: Arc<Conn>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    subscribed: Subscribed,
+    position: u64,
+    in_snapshot: bool,
+}
+
+fn request_payload(op: &Op) -> Result<Vec<u8>, ClientError> {
+    let raw = op
+        .to_raw()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    encode_payload(&RequestBatch { ops: vec![raw] })
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+fn one_result(mut r: ResponseBatch) -> Result<OpResult, ClientError> {
+    match (r.results.pop(), r.results.is_empty()) {
+        (Some(x), true) => Ok(x),
+        _ => Err(ClientError::Protocol("expected one result".into())),
+    }
+}
+
+impl Subscriber {
+    /// Connects and subscribes. Fails with the server's status if the request is refused
+    /// (unknown channel, bad filter, `from_seq` ahead of the log, ...).
+    pub async fn subscribe(config: ClientConfig, request: Subscribe) -> Result<Self, ClientError> {
+        let (conn, rx, subscribed) = Self::open(&config, &request).await?;
+        let in_snapshot = subscribed.start == started::SNAPSHOT;
+        Ok(Subscriber {
+            position: subscribed.from_seq,
+            config,
+            request,
+            conn,
+            rx,
+            subscribed,
+            in_snapshot,
+        })
+    }
+
+    async fn open(
+        config: &ClientConfig,
+        request: &Subscribe,
+    ) -> Result<(Arc<Conn>, mpsc::Receiver<Vec<u8>>, Subscribed), ClientError> {
+        let conn = Conn::open(config).await?;
+        let (tx, rx) = mpsc::channel(PUSH_BUFFER_FRAMES);
+        let payload = request_payload(&Op::Subscribe(request.clone()))?;
+        let resp = conn
+            .roundtrip_with_push(&payload, config.request_timeout, Some(tx))
+            .await?;
+        let subscribed: Subscribed = decode_result(one_result(resp)?)?;
+        Ok((conn, rx, subscribed))
+    }
+
+    /// The server's answer to the (latest) SUBSCRIBE.
+    pub fn subscribed(&self) -> &Subscribed {
+        &self.subscribed
+    }
+
+    /// The last sequence number whose events were all delivered by [`Subscriber::next`]:
+    /// resume after it.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Whether a snapshot is being received (until `SnapshotEnd`).
+    pub fn in_snapshot(&self) -> bool {
+        self.in_snapshot
+    }
+
+    /// The items of the next `Push` frame. `Err(Lagged)`: the server dropped this
+    /// subscriber for falling behind; `Err(Disconnected)`: the connection ended. Either way
+    /// [`Subscriber::resume`] continues after [`Subscriber::position`].
+    pub async fn next(&mut self) -> Result<Vec<PushItem>, ClientError> {
+        let Some(bytes) = self.rx.recv().await else {
+            return Err(ClientError::Disconnected);
+        };
+        let batch: PushBatch =
+            decode_body(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut last = None;
+        for item in &batch.items {
+            match item {
+                PushItem::Atp(WireAtp { seq, .. })
+                | PushItem::Oversold(WireOversold { seq, .. })
+                | PushItem::Reservation(WireReservationEvent { seq, .. })
+                | PushItem::Catalog { seq, .. }
+                | PushItem::Position { seq } => last = Some(*seq),
+                PushItem::SnapshotEnd { seq } => {
+                    self.in_snapshot = false;
+                    last = Some(*seq);
+                }
+                PushItem::Snapshot(_) => {}
+                PushItem::Lagged {
+                    resume_from_seq,
+                    message,
+                } => {
+                    return Err(ClientError::Lagged {
+                        resume_from_seq: *resume_from_seq,
+                        message: message.clone(),
+                    })
+                }
+            }
+        }
+        // A frame never splits one sequence number's items: its last is complete.
+        if let Some(l) = last {
+            if !self.in_snapshot {
+                self.position = self.position.max(l);
+            }
+        }
+        Ok(batch.items)
+    }
+
+    /// Reconnects and subscribes again after [`Subscriber::position`] (the server replays
+    /// from its log, or sends a snapshot if the log no longer holds that position). A
+    /// snapshot interrupted before `SnapshotEnd` is started over.
+    pub async fn resume(&mut self) -> Result<&Subscribed, ClientError> {
+        self.conn.close().await;
+        let mut req = self.request.clone();
+        if !self.in_snapshot {
+            req.start = start::AFTER;
+            req.from_seq = self.position;
+        }
+        let (conn, rx, subscribed) = Self::open(&self.config, &req).await?;
+        self.in_snapshot = subscribed.start == started::SNAPSHOT;
+        if !self.in_snapshot {
+            self.position = subscribed.from_seq;
+        }
+        self.conn = conn;
+        self.rx = rx;
+        self.subscribed = subscribed;
+        Ok(&self.subscribed)
+    }
+
+    /// Stores [`Subscriber::position`] under the subscription's name (named subscriptions
+    /// only), so a later `start = RESUME` continues from it, across server restarts too.
+    pub async fn ack(&self) -> Result<(), ClientError> {
+        if self.request.name.is_empty() {
+            return Err(ClientError::Protocol(
+                "ack needs a named subscription".into(),
+            ));
+        }
+        let op = Op::Ack(Ack {
+            name: self.request.name.clone(),
+            seq: self.position,
+        });
+        let resp = self
+            .conn
+            .roundtrip(&request_payload(&op)?, self.config.request_timeout)
+            .await?;
+        let _: Empty = decode_result(one_result(resp)?)?;
+        Ok(())
+    }
+
+    /// Ends the subscription and closes the connection.
+    pub async fn close(self) {
+        let Subscriber {
+            conn, rx, config, ..
+        } = self;
+        // Unread pushes must not hold the answer up: the reader drops them from now on.
+        drop(rx);
+        if let Ok(p) = request_payload(&Op::Unsubscribe) {
+            let _ = conn.roundtrip(&p, config.request_timeout).await;
+        }
+        conn.close().await;
+    }
+}
