@@ -544,7 +544,11 @@ fn tail_line(item: &PushItem) -> Option<String> {
             "{} {} {}",
             o.seq,
             o.sku,
-            if o.oversold { "OVERSOLD" } else { "no longer oversold" }
+            if o.oversold {
+                "OVERSOLD"
+            } else {
+                "no longer oversold"
+            }
         ),
         PushItem::Reservation(r) => format!(
             "{} {} reservation {} {} qty {}",
@@ -607,7 +611,11 @@ async fn tail(cfg: ClientConfig, json: bool, cmd: CtlCmd) -> anyhow::Result<()> 
         s.from_seq,
         s.head_seq,
         s.retained_from_seq,
-        if s.note.is_empty() { String::new() } else { format!("; {}", s.note) }
+        if s.note.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", s.note)
+        }
     );
     let mut printed = 0u64;
     loop {

@@ -2,6 +2,8 @@
 //! hold after every step, for random command sequences on the pure state machine.
 
 use omnistock::domain::*;
+use omnistock::feed::{self, FeedBody};
+use omnistock::protocol::transition;
 use proptest::prelude::*;
 
 fn catalog() -> Catalog {
@@ -157,6 +159,47 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+
+    /// The feed (what subscribers receive) tells the truth: for every record, a channel's
+    /// ATP item exists exactly when its ATP changed, its `previous` is the value before and
+    /// its `atp` the value after, the transition follows from them, and the oversold flag is
+    /// reported exactly when it flips. The same `derive` serves the actor and recovery.
+    #[test]
+    fn feed_items_are_exactly_the_channel_atp_changes(cmds in prop::collection::vec(command(), 1..80), low in 0u32..6) {
+        let mut cat = catalog();
+        let ch = ChannelId::new("ch").unwrap();
+        let ev = cat.decide(&CatalogCommand::SetLowStock(LowStock { channel: ch.clone(), sku: None, threshold: low })).unwrap();
+        cat.apply(&ev, 5);
+        let channel = cat.channels.get(&ch).unwrap().clone();
+        let mut s = SkuState::new(SkuId::new("S").unwrap());
+        for (i, (cmd, now)) in cmds.iter().enumerate() {
+            let Ok(events) = s.decide(cmd, &cat, *now) else { continue };
+            let seq = i as u64 + 10;
+            let (atp_before, oversold_before) = (s.channel_atp(&channel), s.oversold());
+            let before = feed::before(&cat, &s, &events);
+            for e in &events {
+                s.apply(e, seq);
+            }
+            let rec = feed::derive(&cat, before, &s, &events, seq, *now);
+            prop_assert_eq!(rec.seq, seq);
+            let FeedBody::Sku { atp, oversold, .. } = rec.body else { panic!("sku record") };
+            let after = s.channel_atp(&channel);
+            if after == atp_before {
+                prop_assert!(atp.is_empty(), "no change but {:?}", atp);
+            } else {
+                prop_assert_eq!(atp.len(), 1);
+                prop_assert_eq!(atp[0].previous, atp_before);
+                prop_assert_eq!(atp[0].atp, after);
+                let t = atp[0].transition;
+                let expected = if atp_before > 0 && after == 0 { transition::OUT_OF_STOCK }
+                    else if atp_before == 0 && after > 0 { transition::BACK_IN_STOCK }
+                    else if low > 0 && after <= low && atp_before > low { transition::LOW_STOCK }
+                    else { transition::NONE };
+                prop_assert_eq!(t, expected);
+            }
+            prop_assert_eq!(oversold, (s.oversold() != oversold_before).then_some(s.oversold()));
         }
     }
 }

@@ -260,3 +260,145 @@ fn opcode_and_status_numbers_are_stable() {
     );
     assert_eq!(FrameKind::from_u8(6), Some(FrameKind::Push));
 }
+
+#[test]
+fn zz_dump_tmp() {
+    let sub = Subscribe {
+        name: "erp".into(),
+        start: start::AFTER,
+        from_seq: 41,
+        channels: vec!["web".into()],
+        skus: vec![],
+        sku_prefix: String::new(),
+        kinds: kinds::ALL,
+        coalesce_ms: 0,
+    };
+    let op = Op::Subscribe(sub.clone());
+    println!("SUBBODY {}", hex(&op.to_raw().unwrap().body));
+    let f = frame_of(
+        FrameKind::Request,
+        7,
+        &RequestBatch {
+            ops: vec![op.to_raw().unwrap()],
+        },
+    )
+    .unwrap();
+    println!("SUBFRAME {} len {}", hex(&f.encode()), f.encode().len());
+    let ans = Subscribed {
+        start: started::REPLAY,
+        from_seq: 41,
+        head_seq: 57,
+        retained_from_seq: 1,
+        note: String::new(),
+    };
+    let body = encode_payload(&ans).unwrap();
+    println!("SUBSCRIBED body {}", hex(&body));
+    let r = ResponseBatch {
+        results: vec![OpResult {
+            status: 0,
+            message: String::new(),
+            body,
+        }],
+    };
+    println!(
+        "SUBRESP {}",
+        hex(&frame_of(FrameKind::Response, 7, &r).unwrap().encode())
+    );
+    let push = PushBatch {
+        items: vec![
+            PushItem::Atp(WireAtp {
+                seq: 42,
+                at_ms: 1_700_000_000_000,
+                sku: "A".into(),
+                channel: "web".into(),
+                previous: 3,
+                atp: 0,
+                cause: cause::RESERVE,
+                transition: transition::OUT_OF_STOCK,
+                coalesced: false,
+            }),
+            PushItem::Position { seq: 45 },
+        ],
+    };
+    println!(
+        "PUSH {}",
+        hex(&frame_of(FrameKind::Push, 7, &push).unwrap().encode())
+    );
+    println!(
+        "ACK {}",
+        hex(&Op::Ack(Ack {
+            name: "erp".into(),
+            seq: 45
+        })
+        .to_raw()
+        .unwrap()
+        .body)
+    );
+    println!(
+        "LOW {}",
+        hex(&Op::SetLowStock(SetLowStock {
+            request_id: 1,
+            channel: "web".into(),
+            sku: Some("A".into()),
+            threshold: 5
+        })
+        .to_raw()
+        .unwrap()
+        .body)
+    );
+    println!(
+        "LOWCH {}",
+        hex(&Op::SetLowStock(SetLowStock {
+            request_id: 2,
+            channel: "web".into(),
+            sku: None,
+            threshold: 10
+        })
+        .to_raw()
+        .unwrap()
+        .body)
+    );
+    let items = vec![
+        PushItem::Oversold(WireOversold {
+            seq: 43,
+            at_ms: 1_700_000_000_000,
+            sku: "A".into(),
+            oversold: true,
+        }),
+        PushItem::Reservation(WireReservationEvent {
+            seq: 42,
+            at_ms: 1_700_000_000_000,
+            sku: "A".into(),
+            reservation: 2,
+            kind: lifecycle::PLACED,
+            qty: 3,
+            expires_at_ms: 1_700_000_060_000,
+        }),
+        PushItem::Catalog {
+            seq: 44,
+            at_ms: 1_700_000_000_000,
+        },
+        PushItem::Snapshot(WireSnapshotEntry {
+            seq: 9,
+            sku: "A".into(),
+            channel: "web".into(),
+            atp: 2,
+            oversold: false,
+        }),
+        PushItem::SnapshotEnd { seq: 57 },
+        PushItem::Position { seq: 45 },
+        PushItem::Lagged {
+            resume_from_seq: 45,
+            message: "lag".into(),
+        },
+    ];
+    for i in items {
+        println!("ITEM {:?}\n  {}", i, hex(&encode_payload(&i).unwrap()));
+    }
+    println!("ATPITEM {}", hex(&encode_payload(&push.items[0]).unwrap()));
+    println!(
+        "PUSHEMPTY {}",
+        hex(&encode_payload(&PushBatch { items: vec![] }).unwrap())
+    );
+    println!("UNSUB {}", hex(&Op::Unsubscribe.to_raw().unwrap().body));
+}

@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use crate::domain::{Catalog, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView, TimeMs};
 
 use super::journal::{LogRecord, RecordBody};
-use crate::feed;
 use super::{Core, EngineError};
+use crate::feed;
 
 /// What a SKU actor is asked to do.
 #[derive(Debug, Clone)]

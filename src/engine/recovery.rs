@@ -20,9 +20,9 @@ use crate::domain::{
 };
 
 use super::api::{Change, Outcome};
-use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 use super::journal::{LogRecord, RecordBody};
 use super::EngineError;
+use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 
 /// Checkpoint format version.
 pub const CHECKPOINT_VERSION: u32 = 2;

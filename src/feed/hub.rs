@@ -217,9 +217,11 @@ impl Hub {
         let mut reorder: BTreeMap<u64, Slot> = BTreeMap::new();
         loop {
             // The timeout only bounds how long a stopped engine keeps this task alive.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(200), self.staged.notified())
-                    .await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                self.staged.notified(),
+            )
+            .await;
             if !alive() {
                 return;
             }

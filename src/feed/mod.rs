@@ -88,7 +88,7 @@ pub struct Before {
 }
 
 fn add<'a>(l: &'a LocationId, out: &mut Vec<&'a LocationId>) {
-    if !out.iter().any(|x| *x == l) {
+    if !out.contains(&l) {
         out.push(l);
     }
 }
@@ -284,7 +284,8 @@ pub struct Filter {
 impl Filter {
     /// Whether events of `sku` are wanted.
     pub fn wants_sku(&self, sku: &SkuId) -> bool {
-        (self.skus.is_empty() || self.skus.contains(sku)) && sku.as_str().starts_with(&self.sku_prefix)
+        (self.skus.is_empty() || self.skus.contains(sku))
+            && sku.as_str().starts_with(&self.sku_prefix)
     }
 
     /// Whether ATP of `channel` is wanted.

@@ -83,8 +83,7 @@ pub struct Plan {
 
 fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -95,7 +94,10 @@ pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<
         return bad(format!("kinds {:#x}: a non-empty set of 1, 2, 4", s.kinds));
     }
     if s.coalesce_ms != 0 && !COALESCE_MS_RANGE.contains(&s.coalesce_ms) {
-        return bad(format!("coalesce_ms {} must be 0 or 10..=60000", s.coalesce_ms));
+        return bad(format!(
+            "coalesce_ms {} must be 0 or 10..=60000",
+            s.coalesce_ms
+        ));
     }
     if !s.name.is_empty() && !valid_name(&s.name) {
         return bad("name must be 1..=64 bytes of [A-Za-z0-9._-]".into());
@@ -235,7 +237,8 @@ impl Out<'_> {
             resume_from_seq: self.told,
             message: format!("lagged: {why}; resume from seq {}", self.told),
         };
-        if let Ok(f) = protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items: vec![item] })
+        if let Ok(f) =
+            protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items: vec![item] })
         {
             let _ = self.tx.try_send(f.encode());
         }
@@ -310,7 +313,10 @@ async fn stream(
         }
         let records = match hub.read_after(cursor, READ_CHUNK) {
             Read::FellOff { first_seq } => {
-                let why = format!("the feed no longer holds seq {} (oldest {first_seq})", cursor + 1);
+                let why = format!(
+                    "the feed no longer holds seq {} (oldest {first_seq})",
+                    cursor + 1
+                );
                 return Err(out.lagged(&why));
             }
             Read::Records(r) => r,

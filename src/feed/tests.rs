@@ -1,0 +1,259 @@
+//! Unit tests of the pure feed pieces: transitions, filters, coalescing.
+
+use super::*;
+use crate::domain::{CatalogCommand, Channel, Location, LocationKind, LowStock};
+
+fn cat() -> Catalog {
+    let mut c = Catalog::default();
+    let mut seq = 0;
+    let mut apply = |c: &mut Catalog, cmd: CatalogCommand| {
+        seq += 1;
+        let ev = c.decide(&cmd).expect("valid");
+        c.apply(&ev, seq);
+    };
+    for l in ["a", "b"] {
+        apply(
+            &mut c,
+            CatalogCommand::UpsertLocation(Location {
+                id: LocationId::new(l).expect("id"),
+                kind: LocationKind::Store,
+                region: "FR".into(),
+            }),
+        );
+    }
+    for (ch, locs) in [("web", vec!["a", "b"]), ("pos", vec!["b"])] {
+        apply(
+            &mut c,
+            CatalogCommand::UpsertChannel(Channel {
+                id: ChannelId::new(ch).expect("id"),
+                locations: locs
+                    .iter()
+                    .map(|l| LocationId::new(l).expect("id"))
+                    .collect(),
+                buffer: 0,
+                cap: None,
+            }),
+        );
+    }
+    apply(
+        &mut c,
+        CatalogCommand::SetLowStock(LowStock {
+            channel: ChannelId::new("web").expect("id"),
+            sku: None,
+            threshold: 5,
+        }),
+    );
+    c
+}
+
+#[test]
+fn transitions_follow_the_bands() {
+    let cases = [
+        (3, 0, 5, transition::OUT_OF_STOCK),
+        (0, 3, 5, transition::BACK_IN_STOCK),
+        (0, 9, 5, transition::BACK_IN_STOCK),
+        (9, 5, 5, transition::LOW_STOCK),
+        (9, 1, 5, transition::LOW_STOCK),
+        (5, 4, 5, transition::NONE), // already low
+        (4, 9, 5, transition::NONE), // leaving the band is not an event
+        (9, 8, 5, transition::NONE),
+        (9, 1, 0, transition::NONE), // no threshold
+        (1, 0, 0, transition::OUT_OF_STOCK),
+    ];
+    for (prev, now, low, want) in cases {
+        assert_eq!(
+            transition_of(prev, now, low),
+            want,
+            "{prev} -> {now} (low {low})"
+        );
+    }
+}
+
+#[test]
+fn catalog_index_lists_the_channels_of_a_location_and_follows_changes() {
+    let mut c = cat();
+    let names = |c: &Catalog, l: &str| {
+        let mut v: Vec<String> = c
+            .channels_of(&LocationId::new(l).expect("id"))
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&c, "a"), ["web"]);
+    assert_eq!(names(&c, "b"), ["pos", "web"]);
+    let ev = c
+        .decide(&CatalogCommand::UpsertChannel(Channel {
+            id: ChannelId::new("pos").expect("id"),
+            locations: vec![LocationId::new("a").expect("id")],
+            buffer: 0,
+            cap: None,
+        }))
+        .expect("valid");
+    c.apply(&ev, 99);
+    assert_eq!(names(&c, "a"), ["pos", "web"]);
+    assert_eq!(names(&c, "b"), ["web"]);
+}
+
+#[test]
+fn per_sku_low_stock_overrides_the_channel_and_zero_removes_it() {
+    let mut c = cat();
+    let web = ChannelId::new("web").expect("id");
+    let sku = SkuId::new("X").expect("id");
+    assert_eq!(c.low_stock_of(&sku, &web), 5);
+    for (t, want) in [(9, 9), (0, 5)] {
+        let ev = c
+            .decide(&CatalogCommand::SetLowStock(LowStock {
+                channel: web.clone(),
+                sku: Some(sku.clone()),
+                threshold: t,
+            }))
+            .expect("valid");
+        c.apply(&ev, 100);
+        assert_eq!(c.low_stock_of(&sku, &web), want);
+    }
+    assert!(
+        c.low_stock_sku.is_empty(),
+        "a removed override leaves nothing behind"
+    );
+    let unknown = c.decide(&CatalogCommand::SetLowStock(LowStock {
+        channel: ChannelId::new("nope").expect("id"),
+        sku: None,
+        threshold: 1,
+    }));
+    assert!(matches!(
+        unknown,
+        Err(crate::domain::Rejection::UnknownChannel(_))
+    ));
+}
+
+fn change(ch: &str, previous: u32, atp: u32) -> AtpChange {
+    AtpChange {
+        channel: ChannelId::new(ch).expect("id"),
+        previous,
+        atp,
+        transition: transition_of(previous, atp, 5),
+    }
+}
+
+fn record(seq: u64, sku: &str, changes: Vec<AtpChange>) -> FeedRecord {
+    FeedRecord {
+        seq,
+        at_ms: 1,
+        body: FeedBody::Sku {
+            sku: SkuId::new(sku).expect("id"),
+            cause: cause::RESERVE,
+            atp: changes,
+            oversold: None,
+            reservations: vec![ReservationChange {
+                reservation: 7,
+                kind: lifecycle::PLACED,
+                qty: 1,
+                expires_at_ms: 9,
+            }],
+        },
+    }
+}
+
+#[test]
+fn filters_select_skus_channels_and_kinds() {
+    let rec = record(3, "SHOE-1", vec![change("web", 9, 8), change("pos", 1, 0)]);
+    let render = |f: &Filter| {
+        let mut out = Vec::new();
+        f.render(&rec, &mut out, None);
+        out
+    };
+    let all = Filter {
+        kinds: kinds::ALL,
+        ..Filter::default()
+    };
+    assert_eq!(render(&all).len(), 3);
+    let pos_only = Filter {
+        channels: [ChannelId::new("pos").expect("id")].into(),
+        kinds: kinds::ATP,
+        ..Filter::default()
+    };
+    assert!(matches!(&render(&pos_only)[..], [PushItem::Atp(a)] if a.channel == "pos"));
+    let thresholds = Filter {
+        kinds: kinds::THRESHOLDS,
+        ..Filter::default()
+    };
+    // web 9 -> 8 is no transition; pos 1 -> 0 is out of stock.
+    assert!(
+        matches!(&render(&thresholds)[..], [PushItem::Atp(a)] if a.transition == transition::OUT_OF_STOCK)
+    );
+    let other_prefix = Filter {
+        sku_prefix: "HAT".into(),
+        kinds: kinds::ALL,
+        ..Filter::default()
+    };
+    assert!(render(&other_prefix).is_empty());
+    let listed = Filter {
+        skus: [SkuId::new("SHOE-1").expect("id")].into(),
+        kinds: kinds::RESERVATIONS,
+        ..Filter::default()
+    };
+    assert!(matches!(&render(&listed)[..], [PushItem::Reservation(r)] if r.reservation == 7));
+}
+
+#[test]
+fn coalescing_keeps_first_previous_and_latest_value_and_drops_round_trips() {
+    let c = cat();
+    let mut co = Coalescer::new(10);
+    let f = Filter {
+        kinds: kinds::ATP,
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    f.render(
+        &record(1, "A", vec![change("web", 9, 8)]),
+        &mut out,
+        Some(&mut co),
+    );
+    f.render(
+        &record(2, "B", vec![change("web", 3, 2)]),
+        &mut out,
+        Some(&mut co),
+    );
+    f.render(
+        &record(3, "A", vec![change("web", 8, 4)]),
+        &mut out,
+        Some(&mut co),
+    );
+    f.render(
+        &record(4, "B", vec![change("web", 2, 3)]),
+        &mut out,
+        Some(&mut co),
+    );
+    assert!(out.is_empty(), "ATP changes went to the coalescer");
+    assert_eq!(co.take_merged(), 2);
+    let drained = co.drain(&c);
+    assert_eq!(drained.len(), 1, "B went 3 -> 2 -> 3: nothing to say");
+    let PushItem::Atp(a) = &drained[0] else {
+        panic!("atp")
+    };
+    assert_eq!((a.sku.as_str(), a.previous, a.atp, a.seq), ("A", 9, 4, 3));
+    assert_eq!(
+        a.transition,
+        transition::LOW_STOCK,
+        "recomputed from 9 -> 4"
+    );
+    assert!(a.coalesced);
+    assert!(co.is_empty());
+}
+
+#[test]
+fn coalescer_reports_full_at_its_bound() {
+    let mut co = Coalescer::new(2);
+    for (i, s) in ["A", "B"].iter().enumerate() {
+        co.add(
+            &SkuId::new(s).expect("id"),
+            &change("web", 1, 2),
+            1,
+            i as u64,
+            0,
+        );
+    }
+    assert!(co.is_full());
+}

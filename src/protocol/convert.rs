@@ -3,8 +3,8 @@
 //! so the client sees the same status (12) as for any other malformed request.
 
 use crate::domain::{
-    AdjustReason, Catalog, CatalogCommand, LowStock, Channel, ChannelId, Event, Location, LocationId,
-    LocationKind, Rejection, SkuCommand, SkuId, SkuView, StockState,
+    AdjustReason, Catalog, CatalogCommand, Channel, ChannelId, Event, Location, LocationId,
+    LocationKind, LowStock, Rejection, SkuCommand, SkuId, SkuView, StockState,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 

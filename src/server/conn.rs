@@ -19,8 +19,8 @@ use tokio::time::timeout;
 
 use crate::feed::subscription::{self, Ended};
 use crate::protocol::{self, failed, opcode, status, ErrorFrame, Frame, FrameError, FrameKind};
-use crate::protocol::{Op, OpResult, Role};
 use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{Op, OpResult, Role};
 
 use super::dispatch::{run_batch, Ctx};
 
@@ -426,11 +426,19 @@ async fn subscription_op(
                     s.end().await;
                     ok_empty()
                 }
-                None => failed(status::INVALID_REQUEST, "no subscription on this connection"),
+                None => failed(
+                    status::INVALID_REQUEST,
+                    "no subscription on this connection",
+                ),
             };
         }
         Ok(_) => return failed(status::INTERNAL_ERROR, "not a subscription operation"),
-        Err(e) => return failed(status::PROTOCOL_ERROR, format!("opcode {:#06x}: {e}", raw.opcode)),
+        Err(e) => {
+            return failed(
+                status::PROTOCOL_ERROR,
+                format!("opcode {:#06x}: {e}", raw.opcode),
+            )
+        }
     };
     if sub.as_ref().is_some_and(|s| !s.task.is_finished()) {
         return failed(

@@ -667,7 +667,8 @@ impl Wal {
         let mut out = Vec::new();
         for kv in tree.iter() {
             let (k, v) = kv.map_err(storage("read positions"))?;
-            let (Ok(name), Ok(bytes)) = (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&v[..]))
+            let (Ok(name), Ok(bytes)) =
+                (String::from_utf8(k.to_vec()), <[u8; 8]>::try_from(&v[..]))
             else {
                 tracing::warn!("ignoring a malformed stored feed position");
                 continue;
