@@ -653,5 +653,24 @@ async fn bad_subscriptions_are_refused_with_a_clear_status() {
     let mut r = request(9, 0);
     r.name = "x".into();
     assert_eq!(status_of(Subscriber::subscribe(cfg(), r).await), Some(12));
+    // ACK: a name SUBSCRIBE would refuse, or a seq ahead of the log.
+    let ack = |name: &str, seq| {
+        Op::Ack(Ack {
+            name: name.into(),
+            seq,
+        })
+    };
+    let res = c
+        .batch(&[
+            ack("", 1),
+            ack("a b", 1),
+            ack("ok", 1_000_000),
+            ack("ok", 1),
+        ])
+        .await
+        .unwrap();
+    let codes: Vec<u16> = res.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [12, 12, 12, 0]);
+    assert_eq!(s.engine.feed_position("ok"), Some(1));
     s.stop().await;
 }

@@ -220,9 +220,10 @@ fn opcode_and_status_numbers_are_stable() {
             UPSERT_LOCATION,
             UPSERT_CHANNEL,
             LIST_LOCATIONS,
-            LIST_CHANNELS
+            LIST_CHANNELS,
+            SET_LOW_STOCK
         ],
-        [0x0301, 0x0302, 0x0303, 0x0304]
+        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305]
     );
     assert_eq!(
         [
@@ -261,9 +262,27 @@ fn opcode_and_status_numbers_are_stable() {
     assert_eq!(FrameKind::from_u8(6), Some(FrameKind::Push));
 }
 
+// ---- subscriptions and low-stock thresholds (docs/protocol.md sections 7 and 11) --------
+
+const AT_MS: u64 = 1_700_000_000_000;
+
+fn atp_item() -> PushItem {
+    PushItem::Atp(WireAtp {
+        seq: 42,
+        at_ms: AT_MS,
+        sku: "A".into(),
+        channel: "web".into(),
+        previous: 3,
+        atp: 0,
+        cause: cause::RESERVE,
+        transition: transition::OUT_OF_STOCK,
+        coalesced: false,
+    })
+}
+
 #[test]
-fn zz_dump_tmp() {
-    let sub = Subscribe {
+fn subscribe_request_frame() {
+    let op = Op::Subscribe(Subscribe {
         name: "erp".into(),
         start: start::AFTER,
         from_seq: 41,
@@ -272,27 +291,26 @@ fn zz_dump_tmp() {
         sku_prefix: String::new(),
         kinds: kinds::ALL,
         coalesce_ms: 0,
-    };
-    let op = Op::Subscribe(sub.clone());
-    println!("SUBBODY {}", hex(&op.to_raw().unwrap().body));
-    let f = frame_of(
-        FrameKind::Request,
-        7,
-        &RequestBatch {
-            ops: vec![op.to_raw().unwrap()],
-        },
-    )
-    .unwrap();
-    println!("SUBFRAME {} len {}", hex(&f.encode()), f.encode().len());
-    let ans = Subscribed {
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, 0x0501);
+    golden("subscribe body", &raw.body, "03 00 00 00 00 00 00 00 65 72 70 02 29 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 07 00 00 00 00");
+    let f = frame_of(FrameKind::Request, 7, &RequestBatch { ops: vec![raw] }).unwrap();
+    golden("subscribe Request", &f.encode(), "57 00 00 00 03 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 05 3c 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 65 72 70 02 29 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 07 00 00 00 00");
+    let back: RequestBatch = decode_payload(&f.payload).unwrap();
+    assert_eq!(Op::from_raw(&back.ops[0]).unwrap(), Some(op));
+}
+
+#[test]
+fn subscribed_response_frame() {
+    let body = encode_payload(&Subscribed {
         start: started::REPLAY,
         from_seq: 41,
         head_seq: 57,
         retained_from_seq: 1,
         note: String::new(),
-    };
-    let body = encode_payload(&ans).unwrap();
-    println!("SUBSCRIBED body {}", hex(&body));
+    })
+    .unwrap();
     let r = ResponseBatch {
         results: vec![OpResult {
             status: 0,
@@ -300,105 +318,216 @@ fn zz_dump_tmp() {
             body,
         }],
     };
-    println!(
-        "SUBRESP {}",
-        hex(&frame_of(FrameKind::Response, 7, &r).unwrap().encode())
+    let f = frame_of(FrameKind::Response, 7, &r).unwrap();
+    golden("subscribed Response", &f.encode(), "44 00 00 00 04 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 21 00 00 00 00 00 00 00 02 29 00 00 00 00 00 00 00 39 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+}
+
+#[test]
+fn unsubscribe_and_ack_bodies() {
+    let raw = Op::Unsubscribe.to_raw().unwrap();
+    assert_eq!((raw.opcode, raw.body.len()), (0x0502, 0));
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(Op::Unsubscribe));
+    let op = Op::Ack(Ack {
+        name: "erp".into(),
+        seq: 45,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, 0x0503);
+    golden(
+        "ack body",
+        &raw.body,
+        "03 00 00 00 00 00 00 00 65 72 70 2d 00 00 00 00 00 00 00",
     );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    // UNSUBSCRIBE and ACK answer `Empty`: a 0-byte body.
+    assert!(encode_payload(&Empty {}).unwrap().is_empty());
+}
+
+#[test]
+fn set_low_stock_bodies() {
+    let sku = Op::SetLowStock(SetLowStock {
+        request_id: 1,
+        channel: "web".into(),
+        sku: Some("A".into()),
+        threshold: 5,
+    });
+    let raw = sku.to_raw().unwrap();
+    assert_eq!(raw.opcode, 0x0305);
+    assert_eq!(sku.request_id(), Some(1));
+    golden("set low stock body (SKU override)", &raw.body, "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 01 01 00 00 00 00 00 00 00 41 05 00 00 00");
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(sku));
+    let channel = Op::SetLowStock(SetLowStock {
+        request_id: 2,
+        channel: "web".into(),
+        sku: None,
+        threshold: 10,
+    });
+    golden("set low stock body (channel)", &channel.to_raw().unwrap().body, "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 00 0a 00 00 00");
+}
+
+#[test]
+fn push_frame_atp_and_position() {
     let push = PushBatch {
-        items: vec![
-            PushItem::Atp(WireAtp {
+        items: vec![atp_item(), PushItem::Position { seq: 45 }],
+    };
+    let f = frame_of(FrameKind::Push, 7, &push).unwrap();
+    golden("Push frame", &f.encode(), "50 00 00 00 06 07 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 03 00 00 00 00 00 00 00 01 01 00 06 00 00 00 2d 00 00 00 00 00 00 00");
+    let parsed = Frame::parse(&f.encode(), 1024).unwrap().unwrap().0;
+    assert_eq!(parsed.kind, FrameKind::Push);
+    assert_eq!(decode_payload::<PushBatch>(&parsed.payload).unwrap(), push);
+}
+
+#[test]
+fn push_batch_with_every_item() {
+    // Each item as docs/protocol.md section 11.12 shows it; a `PushBatch` is the u64 count
+    // followed by the items.
+    let items: Vec<(&str, PushItem, &str)> = vec![
+        ("Atp item", atp_item(), "00 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 03 00 00 00 00 00 00 00 01 01 00"),
+        (
+            "Oversold item",
+            PushItem::Oversold(WireOversold {
+                seq: 43,
+                at_ms: AT_MS,
+                sku: "A".into(),
+                oversold: true,
+            }),
+            "01 00 00 00 2b 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 01",
+        ),
+        (
+            "Reservation item",
+            PushItem::Reservation(WireReservationEvent {
                 seq: 42,
-                at_ms: 1_700_000_000_000,
+                at_ms: AT_MS,
+                sku: "A".into(),
+                reservation: 2,
+                kind: lifecycle::PLACED,
+                qty: 3,
+                expires_at_ms: AT_MS + 60_000,
+            }),
+            "02 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 03 00 00 00 60 52 e6 cf 8b 01 00 00",
+        ),
+        (
+            "Catalog item",
+            PushItem::Catalog {
+                seq: 44,
+                at_ms: AT_MS,
+            },
+            "03 00 00 00 2c 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00",
+        ),
+        (
+            "Snapshot item",
+            PushItem::Snapshot(WireSnapshotEntry {
+                seq: 9,
                 sku: "A".into(),
                 channel: "web".into(),
-                previous: 3,
-                atp: 0,
-                cause: cause::RESERVE,
-                transition: transition::OUT_OF_STOCK,
-                coalesced: false,
+                atp: 2,
+                oversold: false,
             }),
+            "04 00 00 00 09 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 02 00 00 00 00",
+        ),
+        (
+            "SnapshotEnd item",
+            PushItem::SnapshotEnd { seq: 57 },
+            "05 00 00 00 39 00 00 00 00 00 00 00",
+        ),
+        (
+            "Position item",
             PushItem::Position { seq: 45 },
-        ],
-    };
-    println!(
-        "PUSH {}",
-        hex(&frame_of(FrameKind::Push, 7, &push).unwrap().encode())
-    );
-    println!(
-        "ACK {}",
-        hex(&Op::Ack(Ack {
-            name: "erp".into(),
-            seq: 45
-        })
-        .to_raw()
-        .unwrap()
-        .body)
-    );
-    println!(
-        "LOW {}",
-        hex(&Op::SetLowStock(SetLowStock {
-            request_id: 1,
-            channel: "web".into(),
-            sku: Some("A".into()),
-            threshold: 5
-        })
-        .to_raw()
-        .unwrap()
-        .body)
-    );
-    println!(
-        "LOWCH {}",
-        hex(&Op::SetLowStock(SetLowStock {
-            request_id: 2,
-            channel: "web".into(),
-            sku: None,
-            threshold: 10
-        })
-        .to_raw()
-        .unwrap()
-        .body)
-    );
-    let items = vec![
-        PushItem::Oversold(WireOversold {
-            seq: 43,
-            at_ms: 1_700_000_000_000,
-            sku: "A".into(),
-            oversold: true,
-        }),
-        PushItem::Reservation(WireReservationEvent {
-            seq: 42,
-            at_ms: 1_700_000_000_000,
-            sku: "A".into(),
-            reservation: 2,
-            kind: lifecycle::PLACED,
-            qty: 3,
-            expires_at_ms: 1_700_000_060_000,
-        }),
-        PushItem::Catalog {
-            seq: 44,
-            at_ms: 1_700_000_000_000,
-        },
-        PushItem::Snapshot(WireSnapshotEntry {
-            seq: 9,
-            sku: "A".into(),
-            channel: "web".into(),
-            atp: 2,
-            oversold: false,
-        }),
-        PushItem::SnapshotEnd { seq: 57 },
-        PushItem::Position { seq: 45 },
-        PushItem::Lagged {
-            resume_from_seq: 45,
-            message: "lag".into(),
-        },
+            "06 00 00 00 2d 00 00 00 00 00 00 00",
+        ),
+        (
+            "Lagged item",
+            PushItem::Lagged {
+                resume_from_seq: 45,
+                message: "lag".into(),
+            },
+            "07 00 00 00 2d 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 6c 61 67",
+        ),
     ];
-    for i in items {
-        println!("ITEM {:?}\n  {}", i, hex(&encode_payload(&i).unwrap()));
+    let mut expected = vec!["08 00 00 00 00 00 00 00".to_string()];
+    for (name, item, hex_item) in &items {
+        golden(name, &encode_payload(item).unwrap(), hex_item);
+        expected.push(hex_item.to_string());
     }
-    println!("ATPITEM {}", hex(&encode_payload(&push.items[0]).unwrap()));
-    println!(
-        "PUSHEMPTY {}",
-        hex(&encode_payload(&PushBatch { items: vec![] }).unwrap())
+    let batch = PushBatch {
+        items: items.into_iter().map(|(_, i, _)| i).collect(),
+    };
+    let bytes = encode_payload(&batch).unwrap();
+    assert_eq!(hex(&bytes), expected.join(" "), "PushBatch of every item");
+    assert_eq!(decode_payload::<PushBatch>(&bytes).unwrap(), batch);
+}
+
+#[test]
+fn subscription_constants_are_stable() {
+    assert_eq!(
+        [start::LIVE, start::SNAPSHOT, start::AFTER, start::RESUME],
+        [0, 1, 2, 3]
     );
-    println!("UNSUB {}", hex(&Op::Unsubscribe.to_raw().unwrap().body));
+    assert_eq!(
+        [
+            kinds::ATP,
+            kinds::THRESHOLDS,
+            kinds::RESERVATIONS,
+            kinds::ALL
+        ],
+        [1, 2, 4, 7]
+    );
+    assert_eq!(
+        [started::LIVE, started::SNAPSHOT, started::REPLAY],
+        [0, 1, 2]
+    );
+    assert_eq!(
+        [
+            cause::RESERVE,
+            cause::FULFILL,
+            cause::RELEASE,
+            cause::EXPIRY,
+            cause::CART_ABORT,
+            cause::RECOVERY,
+            cause::ADJUST,
+            cause::SET_ON_HAND,
+            cause::MOVE,
+            cause::TRANSFER,
+            cause::SAFETY_STOCK,
+            cause::INCOMING,
+            cause::EXTEND
+        ],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    );
+    assert_eq!(
+        [
+            transition::NONE,
+            transition::OUT_OF_STOCK,
+            transition::BACK_IN_STOCK,
+            transition::LOW_STOCK
+        ],
+        [0, 1, 2, 3]
+    );
+    assert_eq!(
+        [
+            lifecycle::PLACED,
+            lifecycle::FULFILLED,
+            lifecycle::RELEASED,
+            lifecycle::EXPIRED,
+            lifecycle::EXTENDED,
+            lifecycle::UNDONE
+        ],
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+#[test]
+fn roles_of_the_new_operations() {
+    use omnistock::protocol::ops::is_reserved;
+    use omnistock::protocol::ops::opcode::*;
+    for op in [SUBSCRIBE, UNSUBSCRIBE, ACK] {
+        assert!(Role::Adapter.may(op) && Role::Admin.may(op), "{op:#06x}");
+        assert!(!Role::Checkout.may(op), "{op:#06x}");
+        assert!(!is_reserved(op), "{op:#06x} is implemented");
+    }
+    assert!(Role::Admin.may(SET_LOW_STOCK));
+    assert!(!Role::Adapter.may(SET_LOW_STOCK) && !Role::Checkout.may(SET_LOW_STOCK));
+    assert!(!is_reserved(SET_LOW_STOCK));
+    // Still reserved: answered 105.
+    assert!(is_reserved(SKU_HISTORY));
 }

@@ -449,6 +449,12 @@ impl Engine {
     /// A position may only move forward and never past the published head.
     pub async fn ack_position(&self, name: &str, seq: u64) -> Result<(), Failure> {
         self.check_running()?;
+        if !crate::feed::subscription::valid_name(name) {
+            return Err(crate::domain::Rejection::invalid(
+                "subscription name must be 1..=64 bytes of [A-Za-z0-9._-]",
+            )
+            .into());
+        }
         let head = self.core.feed.head();
         if seq > head {
             return Err(crate::domain::Rejection::invalid(format!(

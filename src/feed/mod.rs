@@ -443,10 +443,16 @@ impl Coalescer {
 
     /// Everything held, as wire items in sequence order; transitions are recomputed from the
     /// first previous and the latest value, so a round trip through zero shows none.
-    /// Pairs whose value came back to where it started are dropped.
-    pub fn drain(&mut self, catalog: &Catalog) -> Vec<PushItem> {
+    /// Pairs whose value came back to where it started are dropped, and with
+    /// `only_transitions` (a subscriber of thresholds only) so are those showing none.
+    pub fn drain(&mut self, catalog: &Catalog, only_transitions: bool) -> Vec<PushItem> {
         let mut v: Vec<((SkuId, ChannelId), Pending)> = self.pending.drain().collect();
         v.retain(|(_, p)| p.atp != p.previous);
+        if only_transitions {
+            v.retain(|((sku, ch), p)| {
+                transition_of(p.previous, p.atp, catalog.low_stock_of(sku, ch)) != transition::NONE
+            });
+        }
         v.sort_by_key(|(_, p)| p.seq);
         v.into_iter()
             .map(|((sku, ch), p)| {

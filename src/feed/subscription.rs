@@ -81,7 +81,8 @@ pub struct Plan {
     pub answer: Subscribed,
 }
 
-fn valid_name(n: &str) -> bool {
+/// Whether `n` is a valid subscription name: 1..=64 bytes of `[A-Za-z0-9._-]`.
+pub fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -207,8 +208,25 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
-    /// Queues one frame; false if the subscriber stalled.
-    async fn send(&mut self, items: Vec<PushItem>) -> Result<(), Ended> {
+    /// Queues `items` as frames of at most `max_items_per_frame` items, never splitting
+    /// items of one sequence number (so every frame stays well under the frame limit).
+    async fn send(&mut self, mut items: Vec<PushItem>) -> Result<(), Ended> {
+        let max = self.cfg.max_items_per_frame.max(1);
+        while items.len() > max {
+            let mut cut = max;
+            let seq = item_seq(&items[cut - 1]);
+            while cut < items.len() && item_seq(&items[cut]) == seq {
+                cut += 1;
+            }
+            let rest = items.split_off(cut);
+            self.send_frame(items).await?;
+            items = rest;
+        }
+        self.send_frame(items).await
+    }
+
+    /// Queues one frame; `Lagged` if the subscriber stalled.
+    async fn send_frame(&mut self, items: Vec<PushItem>) -> Result<(), Ended> {
         if items.is_empty() {
             return Ok(());
         }
@@ -360,7 +378,8 @@ async fn stream(
                 hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
                 metrics::counter!("omnistock_subscription_coalesced_total").increment(merged);
             }
-            let mut batch = coalescer.drain(&engine.catalog());
+            let only_transitions = plan.filter.kinds & kinds::ATP == 0;
+            let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
             batch.append(&mut items);
             batch.sort_by_key(item_seq);
             if !batch.is_empty() || out.told < cursor {

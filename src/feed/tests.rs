@@ -228,7 +228,7 @@ fn coalescing_keeps_first_previous_and_latest_value_and_drops_round_trips() {
     );
     assert!(out.is_empty(), "ATP changes went to the coalescer");
     assert_eq!(co.take_merged(), 2);
-    let drained = co.drain(&c);
+    let drained = co.drain(&c, false);
     assert_eq!(drained.len(), 1, "B went 3 -> 2 -> 3: nothing to say");
     let PushItem::Atp(a) = &drained[0] else {
         panic!("atp")

@@ -29,7 +29,8 @@ pub enum FrameKind {
     Response = 4,
     /// Server → client: a connection-level error; the server closes the connection after it.
     Error = 5,
-    /// Server → client: reserved for subscription events (not sent by protocol version 1).
+    /// Server → client: subscription items (`PushBatch`), with the SUBSCRIBE request's
+    /// correlation id.
     Push = 6,
 }
 

@@ -10,7 +10,7 @@ use super::ProtocolError;
 use crate::codec;
 
 /// Opcodes (`u16`). Ranges: 0x00xx meta, 0x01xx reservations, 0x02xx stock, 0x03xx catalog,
-/// 0x04xx reads, 0x05xx subscriptions (reserved), 0x06xx history (reserved).
+/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history (reserved).
 pub mod opcode {
     /// Liveness check.
     pub const PING: u16 = 0x0001;
@@ -52,11 +52,11 @@ pub mod opcode {
     pub const GET_SKUS: u16 = 0x0402;
     /// Read one reservation.
     pub const GET_RESERVATION: u16 = 0x0403;
-    /// Reserved: subscribe to SKU events (answers `NOT_IMPLEMENTED`).
+    /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
-    /// Reserved: unsubscribe (answers `NOT_IMPLEMENTED`).
+    /// End this connection's subscription (alone in its request).
     pub const UNSUBSCRIBE: u16 = 0x0502;
-    /// Reserved: acknowledge pushed events (answers `NOT_IMPLEMENTED`).
+    /// Store the position of a named subscription.
     pub const ACK: u16 = 0x0503;
     /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
     pub const SKU_HISTORY: u16 = 0x0601;
@@ -68,7 +68,7 @@ pub mod opcode {
 pub enum Role {
     /// Checkout services: reserve, fulfil, release, extend, reads.
     Checkout,
-    /// Channel adapters: reads and (later) subscriptions.
+    /// Channel adapters: reads and subscriptions.
     Adapter,
     /// Everything.
     Admin,
