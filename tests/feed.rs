@@ -473,8 +473,8 @@ async fn coalesced_mode_sends_the_latest_value_per_sku_and_channel() {
     let s = start(100_000).await;
     let c = client(&s).await;
     catalog(&c).await;
-    adjust(&c, "C", "wh", 1000).await;
-    let mut req = request(start::LIVE, 0);
+    let stocked = adjust(&c, "C", "wh", 1000).await;
+    let mut req = request(start::AFTER, stocked);
     req.coalesce_ms = 300;
     req.channels = vec!["web".into()];
     let mut sub = subscribe(&s, req).await;

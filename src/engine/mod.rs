@@ -435,6 +435,12 @@ impl Engine {
         &self.core.feed
     }
 
+    /// The last sequence number the log assigned (published to the feed shortly after it
+    /// is durable).
+    pub fn last_seq(&self) -> u64 {
+        self.core.journal.last_seq()
+    }
+
     /// Waits until every log record up to `seq` is durable.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), EngineError> {
         self.core.journal.wait_durable(seq).await
@@ -455,10 +461,10 @@ impl Engine {
             )
             .into());
         }
-        let head = self.core.feed.head();
+        let head = self.core.journal.last_seq();
         if seq > head {
             return Err(crate::domain::Rejection::invalid(format!(
-                "seq {seq} is ahead of the last published sequence number {head}"
+                "seq {seq} is ahead of the log's last sequence number {head}"
             ))
             .into());
         }

@@ -147,9 +147,11 @@ pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<
         other => return bad(format!("start {other} is not 0..=3")),
     };
     let (snapshot, cursor, start_kind, note) = match from {
-        Some(f) if f > head => {
+        // Acknowledged but not yet published is fine: the stream starts when it is.
+        Some(f) if f > head.max(engine.last_seq()) => {
             return bad(format!(
-                "from_seq {f} is ahead of the last published sequence number {head}"
+                "from_seq {f} is ahead of the log's last sequence number {}",
+                engine.last_seq()
             ))
         }
         Some(f) if f + 1 >= retained => (false, f, started::REPLAY, note),
@@ -163,7 +165,7 @@ pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<
         ),
         None => (true, head, started::SNAPSHOT, note),
     };
-    let start_kind = if start_kind == started::REPLAY && cursor == head {
+    let start_kind = if start_kind == started::REPLAY && cursor >= head {
         started::LIVE
     } else {
         start_kind

@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
     pub subscription: SubscriptionConfig,
+    /// Run each connection on one of the engine's actor threads (round robin) instead of
+    /// the tokio worker pool, so requests and actor replies stay on one thread. Such
+    /// connections end abruptly if the engine is shut down before the server (the server
+    /// must stop first, as `serve` does). Default false.
+    pub connections_on_arbiters: bool,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +83,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             subscription: SubscriptionConfig::default(),
+            connections_on_arbiters: false,
         }
     }
 }

@@ -183,9 +183,32 @@ impl Server {
             });
             return;
         }
-        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        let n = stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx.clone();
         let stop = self.shutdown_tx.subscribe();
+        if ctx.config.connections_on_arbiters {
+            // Run the connection on an actor thread: its requests, the SKU actors' replies
+            // and its socket IO then need no cross-thread wake-up. The socket is moved to
+            // that thread's reactor. The JoinSet task only waits for it (shutdown drains).
+            if let Ok(std_sock) = sock.into_std() {
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                let engine = ctx.engine.clone();
+                let i = usize::try_from(n).unwrap_or(0);
+                let spawned = engine.spawn_on_arbiter(i, async move {
+                    if let Ok(sock) = tokio::net::TcpStream::from_std(std_sock) {
+                        conn::serve(sock, ctx, stop).await;
+                    }
+                    drop(done_tx);
+                });
+                conns.spawn(async move {
+                    if spawned {
+                        let _ = done_rx.await;
+                    }
+                    drop(guard);
+                });
+            }
+            return;
+        }
         conns.spawn(async move {
             conn::serve(sock, ctx, stop).await;
             drop(guard);
