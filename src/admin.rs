@@ -297,7 +297,7 @@ mod tests {
     fn head_ends_at_the_blank_line() {
         assert_eq!(
             find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"),
-            Some(22)
+            Some(20)
         );
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
     }
