@@ -223,6 +223,9 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
         return None;
     }
     let path = target.split('?').next()?;
+    if !path.starts_with('/') {
+        return None;
+    }
     Some((method, path))
 }
 
@@ -290,6 +293,8 @@ mod tests {
         assert_eq!(ok("GET /metrics"), None);
         assert_eq!(ok("GET /metrics HTTP/2 extra"), None);
         assert_eq!(ok("GET /metrics SPDY/3"), None);
+        assert_eq!(ok("GET  HTTP/1.1"), None);
+        assert_eq!(ok("GET metrics HTTP/1.1"), None);
         assert_eq!(parse_request_line(&[0xff, 0xfe]), None);
     }
 

@@ -145,8 +145,12 @@ impl Engine {
             coordinator::release_holds(&engine.core, *id, skus, ReleaseReason::Recovery).await;
         }
         let expired = engine.expire_due().await;
+        // Ready means the log is writable: what recovery wrote itself (releases of
+        // incomplete carts and of expired holds) must be durable before `open` returns.
+        let last = engine.core.journal.last_seq();
+        engine.core.journal.wait_durable(last).await?;
         engine.start_background_tasks()?;
-        crate::metrics::recovery_done(t0.elapsed(), rec.records_replayed as u64);
+        crate::metrics::recovery_done(t0.elapsed(), rec.records_replayed);
         tracing::info!(
             expired,
             released_incomplete = rec.incomplete.len(),
