@@ -202,7 +202,8 @@ fn an_invalid_setting_stops_serve_with_an_error_naming_it() {
     let data = dir.path().join("data");
     let config = dir.path().join("omnistock.toml");
     std::fs::write(&config, "[limits]\nmax_in_flight = 0\n").unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--max-connections", "0"], vec![], "max_connections"),
         (
             vec![],
