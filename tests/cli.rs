@@ -268,3 +268,44 @@ fn serve_help_documents_every_setting_with_its_default_and_environment_variable(
         );
     }
 }
+
+#[test]
+fn the_example_config_in_docs_operations_md_starts_a_server() {
+    let ops = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let toml = ops
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in docs/operations.md");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("omnistock.toml");
+    std::fs::write(&config, toml).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    // The example listens on a non-loopback address; the flags move it to loopback here.
+    let child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(admin, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready with the example config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pinged = Command::new(BIN)
+        .args(["ctl", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--token", "ops-secret", "ping"])
+        .output()
+        .unwrap();
+    assert!(pinged.status.success(), "{pinged:?}");
+    stop(child);
+}
