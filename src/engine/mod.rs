@@ -141,9 +141,9 @@ pub(crate) struct Core {
     pub counters: Counters,
 }
 
-/// Relaxed atomic counters the engine bumps on rare-enough events (a reservation's start
-/// and end, a full mailbox, a SKU turning oversold); metrics read them at scrape time, so
-/// the engine itself depends on no metrics crate.
+/// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
+/// end, a full mailbox, a SKU turning oversold); `crate::metrics` reads them at scrape
+/// time, so the request path records no metric itself.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub reservations_placed: AtomicU64,
