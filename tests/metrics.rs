@@ -290,6 +290,18 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
     assert!(after.contains(r#"omnistock_request_duration_seconds_bucket{op="reserve",le="1"}"#));
     promtool_check_metrics(&after);
 
+    // Stock counted away below what is held: the SKU is oversold until restocked.
+    common::adjust(&engine, "A", "wh-a", -9).await.unwrap(); // 9 on hand, 1 held
+    assert_eq!(
+        value(&scrape(admin.addr).await, "omnistock_skus_oversold"),
+        1.0
+    );
+    common::adjust(&engine, "A", "wh-a", 10).await.unwrap();
+    assert_eq!(
+        value(&scrape(admin.addr).await, "omnistock_skus_oversold"),
+        0.0
+    );
+
     assert_eq!(http(admin.addr, "GET", "/healthz").await.0, 200);
     assert_eq!(http(admin.addr, "HEAD", "/metrics").await.0, 200);
     assert_eq!(http(admin.addr, "GET", "/nope").await.0, 404);
