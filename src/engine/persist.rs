@@ -224,7 +224,11 @@ impl Engine {
 
     /// Takes a checkpoint now and truncates the log below it.
     pub async fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
-        checkpoint(&self.core).await
+        let r = checkpoint(&self.core).await;
+        if r.is_err() {
+            crate::metrics::checkpoint_failed();
+        }
+        r
     }
 }
 
