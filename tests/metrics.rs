@@ -302,6 +302,18 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
         0.0
     );
 
+    // A checkpoint is timed and empties the log since the last one.
+    assert!(value(&after, "omnistock_wal_log_records") >= 5.0);
+    engine.checkpoint().await.unwrap();
+    let m = scrape(admin.addr).await;
+    assert_eq!(
+        value(&m, "omnistock_checkpoint_duration_seconds_count")
+            - value(&after, "omnistock_checkpoint_duration_seconds_count"),
+        1.0
+    );
+    assert!(value(&m, "omnistock_checkpoint_bytes") > 0.0);
+    assert!(value(&m, "omnistock_wal_log_records") < value(&after, "omnistock_wal_log_records"));
+
     assert_eq!(http(admin.addr, "GET", "/healthz").await.0, 200);
     assert_eq!(http(admin.addr, "HEAD", "/metrics").await.0, 200);
     assert_eq!(http(admin.addr, "GET", "/nope").await.0, 404);
