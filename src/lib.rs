@@ -3,6 +3,7 @@
 //! See docs/architecture.md for the map.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod client;
 pub mod codec;
 /// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
@@ -14,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod domain;
 pub mod engine;
 pub mod feed;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod wal;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod ctl;
 mod serve;
+mod settings;
 mod simulate;
 mod tools;
 
@@ -26,26 +27,52 @@ enum Cmd {
     /// Print a SKU's history from a data directory: the audit ledger.
     Dump(tools::DumpArgs),
     /// Run the TCP server (binary protocol, docs/protocol.md) until SIGTERM/SIGINT.
-    Serve(serve::Args),
+    #[command(
+        after_help = "Every setting can also be given in the TOML file named by --config, \
+        with the flag's name in snake_case: listen, admin_listen, data_dir, log_format, \
+        log_level, [[tokens]] (token, role), [limits] (max_connections, max_in_flight, \
+        max_frame_bytes, max_batch_ops, max_lines_per_reservation, idle_timeout_ms, \
+        handshake_timeout_ms), [engine] (arbiters, mailbox_capacity, passivate_after_ms, \
+        max_skus, idempotency_max_entries, idempotency_retention_ms), [storage] (durability, \
+        flush_interval_ms, checkpoint_every_records). A flag or its environment variable \
+        overrides the file; the file overrides the default. docs/operations.md has an example."
+    )]
+    Serve(Box<serve::Args>),
     /// Talk to a running server: ping, get, reserve, fulfill, adjust, ...
-    Ctl(ctl::Args),
+    Ctl(Box<ctl::Args>),
+}
+
+/// Logs to stderr, readable lines or one JSON object per line, filtered by `filter`
+/// (`EnvFilter` syntax; an invalid filter falls back to `info`: `serve` checks it earlier).
+pub(crate) fn init_logging(json: bool, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes when stderr is a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `serve` sets up logging itself, once its settings (log format, filter) are resolved.
+    if !matches!(cli.command, Cmd::Serve(_)) {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        init_logging(false, &filter);
+    }
     let result = match cli.command {
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Check(args) => tools::check(args),
         Cmd::Dump(args) => tools::dump(args),
-        Cmd::Serve(args) => serve::run(args),
-        Cmd::Ctl(args) => return ctl::run(args),
+        Cmd::Serve(args) => serve::run(*args),
+        Cmd::Ctl(args) => return ctl::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

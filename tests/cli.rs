@@ -138,3 +138,174 @@ fn serve_and_ctl_round_trip_and_survive_a_restart() {
         "{text}"
     );
 }
+
+/// `GET path` on the admin endpoint: (status, body); `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+#[test]
+fn serve_answers_health_and_metrics_on_the_admin_address_set_by_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("OMNISTOCK_DATA_DIR", dir.path().join("data"))
+        .env("OMNISTOCK_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("OMNISTOCK_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = http_get(admin, "/readyz") {
+            assert_eq!(body, "ready\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(ctl(port, &["ping"]));
+    assert_eq!(http_get(admin, "/healthz").map(|r| r.0), Some(200));
+    let (status, metrics) = http_get(admin, "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("\nomnistock_ready 1\n"), "{metrics}");
+    assert!(
+        metrics.contains(r#"omnistock_requests_total{op="ping",status="ok"} 1"#),
+        "{metrics}"
+    );
+    stop(child);
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_setting_stops_serve_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("omnistock.toml");
+    std::fs::write(&config, "[limits]\nmax_in_flight = 0\n").unwrap();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--max-connections", "0"], vec![], "max_connections"),
+        (
+            vec![],
+            vec![("OMNISTOCK_DURABILITY", "sometimes")],
+            "durability",
+        ),
+        (
+            vec![],
+            vec![("OMNISTOCK_MAX_FRAME_BYTES", "lots")],
+            "--max-frame-bytes",
+        ),
+        (
+            vec!["--config", config.to_str().unwrap()],
+            vec![],
+            "max_in_flight",
+        ),
+    ];
+    for (args, env, setting) in cases {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(&args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(err.contains(setting), "{args:?} {env:?}: {err}");
+    }
+    assert!(!data.exists(), "nothing was opened");
+}
+
+#[test]
+fn serve_help_documents_every_setting_with_its_default_and_environment_variable() {
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let flags = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '<']).next().unwrap_or_default().to_string())
+        .filter(|f| f != "help")
+        .collect::<Vec<_>>();
+    assert!(flags.len() >= 20, "{help}");
+    // Each option's text runs until the next option; it must name a default and its variable.
+    let mut chunks = help.split("\n      --").skip(1);
+    for flag in &flags {
+        let chunk = chunks.next().unwrap_or_default();
+        assert!(chunk.starts_with(flag.as_str()), "{flag}: {chunk}");
+        let var = format!("OMNISTOCK_{}", flag.to_uppercase().replace('-', "_"));
+        let var = if flag == "token" {
+            "OMNISTOCK_TOKENS".into()
+        } else {
+            var
+        };
+        assert!(chunk.contains(&format!("[env: {var}=")), "{flag}: {chunk}");
+        assert!(
+            chunk.contains("[default: ") || flag == "config",
+            "{flag} documents no default: {chunk}"
+        );
+    }
+}
+
+#[test]
+fn the_example_config_in_docs_operations_md_starts_a_server() {
+    let ops = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let toml = ops
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in docs/operations.md");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("omnistock.toml");
+    std::fs::write(&config, toml).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    // The example listens on a non-loopback address; the flags move it to loopback here.
+    let child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(admin, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready with the example config"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pinged = Command::new(BIN)
+        .args(["ctl", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--token", "ops-secret", "ping"])
+        .output()
+        .unwrap();
+    assert!(pinged.status.success(), "{pinged:?}");
+    stop(child);
+}

@@ -264,3 +264,26 @@ async fn history_answers_what_happened_to_a_sku() {
     );
     e.shutdown();
 }
+
+#[tokio::test]
+async fn oversold_skus_are_counted_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(cfg(dir.path())).await.unwrap();
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 5).await.unwrap();
+    adjust(&e, "B", "wh-a", 5).await.unwrap();
+    exec(&e, reserve_cmd(1, "web", &[("A", 3)], 600_000))
+        .await
+        .unwrap();
+    adjust(&e, "A", "wh-a", -4).await.unwrap(); // 1 on hand, 3 held
+    assert_eq!(e.stats().oversold_skus, 1);
+    let e = reopen(dir.path(), e).await;
+    assert_eq!(
+        e.stats().oversold_skus,
+        1,
+        "recovered oversold SKUs are counted"
+    );
+    adjust(&e, "A", "wh-a", 2).await.unwrap();
+    assert_eq!(e.stats().oversold_skus, 0);
+    e.shutdown();
+}

@@ -442,6 +442,12 @@ async fn full_mailbox_answers_busy_instead_of_queueing() {
     );
     let reserved = e.get(&sku("S")).await.unwrap().buckets[0].reserved;
     assert_eq!(reserved as usize, ok);
+    let stats = e.stats();
+    assert_eq!(
+        stats.mailbox_full as usize, busy,
+        "every Busy is counted for metrics"
+    );
+    assert_eq!(stats.reservations_placed as usize, ok);
     let _ = ReleaseReason::Client;
 }
 

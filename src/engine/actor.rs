@@ -133,13 +133,32 @@ impl SkuActor {
         let RecordBody::Sku { events, .. } = rec.body else {
             unreachable!("invariant: record built as Sku above")
         };
+        let was_oversold = self.state.oversold();
         for e in &events {
             self.state.apply(e, seq);
         }
+        self.count_oversold(was_oversold);
         debug_assert_eq!(self.state.check_invariants(), Ok(()));
         let record = feed::derive(catalog, before, &self.state, &events, seq, now_ms);
         self.core.feed.push(seq, Some(Arc::new(record)));
         SkuReply::Done { seq, events }
+    }
+}
+
+impl SkuActor {
+    /// Keeps the engine's oversold-SKU gauge in step when this SKU enters or leaves oversold.
+    fn count_oversold(&self, was: bool) {
+        let now = self.state.oversold();
+        let n = &self.core.counters.oversold_skus;
+        match (was, now) {
+            (false, true) => {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                n.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 }
 

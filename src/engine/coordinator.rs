@@ -29,7 +29,7 @@ use super::actor::{SkuMsg, SkuOp, SkuReply};
 use super::api::{Change, Command, Failure, Outcome, Request, ReserveRequest};
 use super::idempotency::Begin;
 use super::journal::{LogRecord, RecordBody};
-use super::{Core, EngineError, ResEntry};
+use super::{Core, Counters, EngineError, ResEntry};
 
 /// How to deliver to a SKU whose mailbox is full.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,10 @@ async fn call(
                 match sent {
                     None => return Err(Rejection::UnknownSku(sku.clone()).into()),
                     Some(Sent::Queued) => {}
-                    Some(Sent::Full) => return Err(Rejection::Busy.into()),
+                    Some(Sent::Full) => {
+                        Counters::bump(&core.counters.mailbox_full);
+                        return Err(Rejection::Busy.into());
+                    }
                     Some(Sent::Closed(back)) => {
                         op = back;
                         continue;
@@ -312,6 +315,7 @@ async fn reserve(
         e.committed = true;
     }
     core.expiry.insert(expires_at_ms, r.reservation);
+    Counters::bump(&core.counters.reservations_placed);
     outcome
 }
 
@@ -500,7 +504,11 @@ async fn fulfill(
         .collect();
     let (done, failure) = fan_out(core, targets, request, fp, now).await;
     let remaining = if whole { None } else { Some(remaining) };
-    finish_reservation_op(core, id, &entry, done, failure, remaining).await
+    let r = finish_reservation_op(core, id, &entry, done, failure, remaining).await;
+    if whole && r.is_ok() {
+        Counters::bump(&core.counters.reservations_fulfilled);
+    }
+    r
 }
 
 /// Common tail of fulfil/release: report, then end or unlock the reservation.
@@ -552,7 +560,11 @@ async fn release(
         })
         .collect();
     let (done, failure) = fan_out(core, targets, request, fp, now).await;
-    finish_reservation_op(core, id, &entry, done, failure, None).await
+    let r = finish_reservation_op(core, id, &entry, done, failure, None).await;
+    if r.is_ok() {
+        Counters::bump(&core.counters.reservations_released);
+    }
+    r
 }
 
 async fn extend(
@@ -625,6 +637,7 @@ async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs) -> bool {
         return false;
     }
     core.reservations.remove(&id);
+    Counters::bump(&core.counters.reservations_expired);
     true
 }
 

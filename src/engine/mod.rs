@@ -144,6 +144,28 @@ pub(crate) struct Core {
     /// Request epochs (see `persist`): the current epoch and in-flight requests per epoch.
     epoch: AtomicUsize,
     epoch_inflight: [AtomicU64; 2],
+    /// Monotonic counters read by [`Engine::stats`] (exported as metrics at scrape time).
+    pub counters: Counters,
+}
+
+/// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
+/// end, a full mailbox, a SKU turning oversold); `crate::metrics` reads them at scrape
+/// time, so the request path records no metric itself.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub reservations_placed: AtomicU64,
+    pub reservations_fulfilled: AtomicU64,
+    pub reservations_released: AtomicU64,
+    pub reservations_expired: AtomicU64,
+    pub mailbox_full: AtomicU64,
+    /// SKUs whose state is oversold now (a gauge: actors add or remove themselves).
+    pub oversold_skus: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Core {
@@ -204,6 +226,18 @@ pub struct EngineStats {
     pub idempotency_entries: usize,
     /// Bytes of compact state of passive SKUs.
     pub passive_bytes: usize,
+    /// Reservations placed (committed) since start.
+    pub reservations_placed: u64,
+    /// Reservations ended by a whole fulfilment since start.
+    pub reservations_fulfilled: u64,
+    /// Reservations released by a client since start.
+    pub reservations_released: u64,
+    /// Reservations expired since start.
+    pub reservations_expired: u64,
+    /// Requests answered `Busy` because a SKU's mailbox was full, since start.
+    pub mailbox_full: u64,
+    /// SKUs oversold now (on hand below reserved at some location).
+    pub oversold_skus: u64,
 }
 
 /// Sweeps per `passivate_after`: an actor idle for this many sweeps is passivated, so the
@@ -341,10 +375,14 @@ impl Engine {
             positions: DashMap::new(),
             epoch: AtomicUsize::new(0),
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+            counters: Counters::default(),
         });
         let catalog = core.catalog();
         for s in &skus {
             core.registry.insert_passive(s, &catalog)?;
+            if s.oversold() {
+                Counters::bump(&core.counters.oversold_skus);
+            }
         }
         coordinator::index_holds(&core, &skus, not_indexed);
         let engine = Engine {
@@ -539,6 +577,7 @@ impl Engine {
 
     /// Counts for memory accounting and metrics.
     pub fn stats(&self) -> EngineStats {
+        let c = &self.core.counters;
         EngineStats {
             skus: self.core.registry.len(),
             active_skus: self.core.registry.active(),
@@ -546,6 +585,12 @@ impl Engine {
             expiry_pending: self.core.expiry.len(),
             idempotency_entries: self.core.idem.len(),
             passive_bytes: self.core.registry.passive_bytes(),
+            reservations_placed: c.reservations_placed.load(Ordering::Relaxed),
+            reservations_fulfilled: c.reservations_fulfilled.load(Ordering::Relaxed),
+            reservations_released: c.reservations_released.load(Ordering::Relaxed),
+            reservations_expired: c.reservations_expired.load(Ordering::Relaxed),
+            mailbox_full: c.mailbox_full.load(Ordering::Relaxed),
+            oversold_skus: c.oversold_skus.load(Ordering::Relaxed),
         }
     }
 

@@ -155,7 +155,12 @@ impl Engine {
             coordinator::release_holds(&engine.core, *id, skus, ReleaseReason::Recovery).await;
         }
         let expired = engine.expire_due().await;
+        // Ready means the log is writable: what recovery wrote itself (releases of
+        // incomplete carts and of expired holds) must be durable before `open` returns.
+        let last = engine.core.journal.last_seq();
+        engine.core.journal.wait_durable(last).await?;
         engine.start_background_tasks()?;
+        crate::metrics::recovery_done(t0.elapsed(), rec.records_replayed);
         tracing::info!(
             expired,
             released_incomplete = rec.incomplete.len(),
@@ -172,6 +177,29 @@ impl Engine {
             engine.tasks.lock().push(task);
         }
         Ok(engine)
+    }
+
+    /// The log's group-commit counters, for a durable engine.
+    pub fn wal_stats(&self) -> Option<&crate::wal::WalStats> {
+        match &self.core.journal {
+            Journal::Wal(wal) => Some(wal.stats()),
+            Journal::Memory { .. } => None,
+        }
+    }
+
+    /// Whether the engine accepts writes: `Err` once it is shutting down or its log has
+    /// failed (fail-stop). Readiness checks use it.
+    pub fn writable(&self) -> Result<(), EngineError> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        match &self.core.journal {
+            Journal::Wal(wal) => match wal.failure() {
+                Some(m) => Err(EngineError::Storage(m.to_string())),
+                None => Ok(()),
+            },
+            Journal::Memory { .. } => Ok(()),
+        }
     }
 
     /// Size of the log, for a durable engine.
@@ -206,7 +234,11 @@ impl Engine {
 
     /// Takes a checkpoint now and truncates the log below it.
     pub async fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
-        checkpoint(&self.core).await
+        let r = checkpoint(&self.core).await;
+        if r.is_err() {
+            crate::metrics::checkpoint_failed();
+        }
+        r
     }
 }
 
@@ -277,7 +309,10 @@ async fn checkpoint_task(weak: std::sync::Weak<Core>, every: u64, poll: Duration
                     "checkpoint written"
                 );
             }
-            Err(e) => tracing::error!("checkpoint failed: {e}"),
+            Err(e) => {
+                crate::metrics::checkpoint_failed();
+                tracing::error!("checkpoint failed: {e}");
+            }
         }
     }
 }
@@ -350,6 +385,7 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
         .await
         .map_err(storage)?
         .map_err(storage)?;
+    crate::metrics::checkpoint_done(t0.elapsed(), len);
     Ok(CheckpointReport {
         start_seq,
         skus: n,

@@ -245,7 +245,7 @@ impl Out<'_> {
             Err(_) => return Err(self.lagged("no frame could be queued within the stall timeout")),
         }
         self.hub.stats.items_sent.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("omnistock_subscription_events_sent_total").increment(n);
+        metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
         if let Some(p) = pos {
             self.told = p;
         }
@@ -263,7 +263,7 @@ impl Out<'_> {
             let _ = self.tx.try_send(f.encode());
         }
         self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "lagged")
+        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "lagged")
             .increment(1);
         Ended::Lagged {
             resume_from_seq: self.told,
@@ -282,7 +282,7 @@ pub async fn run(
 ) -> Ended {
     let hub = engine.feed().clone();
     let (id, cursor_gauge) = hub.join(plan.cursor);
-    metrics::gauge!("omnistock_subscribers").increment(1.0);
+    metrics::gauge!(crate::metrics::SUBSCRIBERS).increment(1.0);
     let mut out = Out {
         tx: &tx,
         corr,
@@ -292,16 +292,16 @@ pub async fn run(
     };
     let r = stream(&engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
     hub.leave(id);
-    metrics::gauge!("omnistock_subscribers").decrement(1.0);
+    metrics::gauge!(crate::metrics::SUBSCRIBERS).decrement(1.0);
     let ended = match r {
         Ok(()) => Ended::Stopped,
         Err(e) => e,
     };
     if ended == Ended::Stopped {
-        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "closed")
+        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "closed")
             .increment(1);
     } else if let Ended::EngineGone(_) = ended {
-        metrics::counter!("omnistock_subscriber_disconnects_total", "reason" => "error")
+        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "error")
             .increment(1);
     }
     ended
@@ -378,7 +378,7 @@ async fn stream(
             let merged = coalescer.take_merged();
             if merged > 0 {
                 hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
-                metrics::counter!("omnistock_subscription_coalesced_total").increment(merged);
+                metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
             }
             let only_transitions = plan.filter.kinds & kinds::ATP == 0;
             let mut batch = coalescer.drain(&engine.catalog(), only_transitions);

@@ -70,7 +70,11 @@ fn failure(f: &Failure) -> OpResult {
 
 /// Runs every operation of a batch concurrently; results in request order.
 pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpResult> {
-    join_all(ops.iter().map(|op| run_op(ctx, role, op))).await
+    join_all(
+        ops.iter()
+            .map(|op| crate::metrics::timed_op(op.opcode, run_op(ctx, role, op))),
+    )
+    .await
 }
 
 /// Runs one raw operation.

@@ -40,7 +40,7 @@ pub use config::{ServerConfig, ServerError};
 use crate::engine::Engine;
 use dispatch::Ctx;
 
-/// Counters of the server (the metrics issue will export them).
+/// Counters of the server; `crate::metrics` exports them at scrape time.
 #[derive(Debug, Default)]
 pub struct ServerStats {
     /// Connections open now (handshaken or not).

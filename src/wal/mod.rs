@@ -290,8 +290,9 @@ pub enum WalError {
     Spawn(#[source] std::io::Error),
 }
 
-/// Counters the engine can export as metrics; the WAL itself depends on no metrics
-/// crate. All are monotonic except `flush_latency_max_us` (a running max) and
+/// Counters the engine exports as metrics at scrape time. Besides these, the writer
+/// thread records its batch size and flush latency histograms through `crate::metrics`
+/// (once per batch, off the request path). All are monotonic except `flush_latency_max_us` (a running max) and
 /// `last_batch_records` (a gauge).
 #[derive(Debug, Default)]
 pub struct WalStats {
@@ -513,6 +514,11 @@ impl Wal {
     /// Highest seq `append` has returned (or recovered at open; 0 if none).
     pub fn last_assigned_seq(&self) -> u64 {
         self.shared.last_assigned()
+    }
+
+    /// Why the log stopped accepting writes (fail-stop), or `None` while it is healthy.
+    pub fn failure(&self) -> Option<&str> {
+        self.shared.failure()
     }
 
     /// Group-commit counters for metrics export.

@@ -258,6 +258,11 @@ impl Shared {
         self.last_assigned.load(Ordering::Acquire)
     }
 
+    /// The fail-stop message, once the log has failed.
+    pub(crate) fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
     pub(crate) fn failed_error(&self) -> WalError {
         let message = self.failure.get().map_or("unknown failure", String::as_str);
         WalError::Failed(message.to_owned())
@@ -596,6 +601,7 @@ impl Writer {
         stats
             .flush_latency_max_us
             .fetch_max(micros, Ordering::Relaxed);
+        crate::metrics::wal_flush(micros);
         self.shared.publish_flushed(up_to_seq);
         Ok(())
     }
@@ -638,6 +644,7 @@ impl Writer {
             .apply_latency_total_us
             .fetch_add(apply_us, Ordering::Relaxed);
         stats.last_batch_records.store(records, Ordering::Relaxed);
+        crate::metrics::wal_batch(records, apply_us);
         tracing::debug!(
             first_seq,
             records,

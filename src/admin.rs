@@ -1,0 +1,320 @@
+//! The admin HTTP endpoint (`--admin-listen`, default 127.0.0.1:9878): `GET /metrics`
+//! (Prometheus text format), `GET /healthz` (200 while the process runs) and `GET /readyz`
+//! (200 once recovery is done and the log is writable, 503 with the reason otherwise).
+//!
+//! A deliberately small HTTP/1.1 server on tokio rather than a framework: three read-only
+//! paths, one request per connection (`Connection: close`), a request head of at most
+//! [`MAX_REQUEST_BYTES`] read within [`READ_TIMEOUT`], the answer written within
+//! [`WRITE_TIMEOUT`], at most [`MAX_CONNECTIONS`] connections at once (more are closed at
+//! once), 404 for other paths, 405 for methods other than GET and HEAD, 400 for anything
+//! that is not HTTP. It is bound before the engine is opened, so `/healthz` and `/readyz`
+//! answer during recovery. Scrapes run collection and rendering on the blocking pool
+//! (collection reads sled), never on the runtime's worker threads.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::metrics::Sources;
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Time a client has to send its whole request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the answer has to be written.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How often histogram samples are folded in even when nobody scrapes (bounds memory).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A bound admin endpoint, ready to [`run`](AdminServer::run).
+pub struct AdminServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    sources: Arc<Sources>,
+    metrics: PrometheusHandle,
+}
+
+/// An HTTP answer.
+struct Answer {
+    status: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: String,
+    allow: bool,
+}
+
+impl Answer {
+    fn text(status: u16, reason: &'static str, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            reason,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+            allow: false,
+        }
+    }
+
+    fn encode(&self, head_only: bool) -> Vec<u8> {
+        let allow = if self.allow {
+            "Allow: GET, HEAD\r\n"
+        } else {
+            ""
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.reason,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+impl AdminServer {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(
+        addr: SocketAddr,
+        sources: Arc<Sources>,
+        metrics: PrometheusHandle,
+    ) -> std::io::Result<AdminServer> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("admin endpoint {addr}: {e}")))?;
+        let local_addr = listener.local_addr()?;
+        Ok(AdminServer {
+            listener,
+            local_addr,
+            shared: Arc::new(Shared { sources, metrics }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `stop` resolves, then waits for the connections being answered.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut conns = JoinSet::new();
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+        tracing::info!(addr = %self.local_addr, "admin endpoint: /metrics /healthz /readyz");
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = upkeep.tick() => {
+                    let m = self.shared.metrics.clone();
+                    // Folding samples takes a lock in the exporter: keep it off the workers.
+                    drop(tokio::task::spawn_blocking(move || m.run_upkeep()));
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = self.listener.accept() => match accepted {
+                    Ok((sock, _)) => {
+                        // Over the limit: dropping the socket closes it.
+                        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+                        let shared = self.shared.clone();
+                        conns.spawn(async move {
+                            serve_one(sock, &shared).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        }
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+/// Reads one request head, answers it, closes.
+async fn serve_one(mut sock: TcpStream, shared: &Shared) {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut sock)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(HeadError::TooLarge)) => {
+            let a = Answer::text(
+                431,
+                "Request Header Fields Too Large",
+                "request too large\n",
+            );
+            return write(&mut sock, &a, false).await;
+        }
+        // Closed, failed or timed out before a whole request arrived: nothing to answer.
+        Ok(Err(HeadError::Io)) | Err(_) => return,
+    };
+    let (answer, head_only) = match parse_request_line(&head) {
+        None => (Answer::text(400, "Bad Request", "bad request\n"), false),
+        Some((method, path)) => {
+            let head_only = method == "HEAD";
+            (route(method, path, shared).await, head_only)
+        }
+    };
+    write(&mut sock, &answer, head_only).await;
+}
+
+async fn write(sock: &mut TcpStream, a: &Answer, head_only: bool) {
+    let bytes = a.encode(head_only);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        if sock.write_all(&bytes).await.is_ok() {
+            let _ = sock.shutdown().await;
+        }
+    })
+    .await;
+}
+
+enum HeadError {
+    TooLarge,
+    Io,
+}
+
+/// Reads until the blank line ending the request head, never more than the limit.
+async fn read_head(sock: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = sock.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = find_head_end(&buf) {
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if buf.len() >= MAX_REQUEST_BYTES {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// `(method, path without query)` of an HTTP/1.x request line.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let head = std::str::from_utf8(head).ok()?;
+    let line = head.split("\r\n").next()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") || method.is_empty() {
+        return None;
+    }
+    let path = target.split('?').next()?;
+    if !path.starts_with('/') {
+        return None;
+    }
+    Some((method, path))
+}
+
+async fn route(method: &str, path: &str, shared: &Shared) -> Answer {
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    if !known {
+        return Answer::text(
+            404,
+            "Not Found",
+            "not found: try /metrics, /healthz, /readyz\n",
+        );
+    }
+    if method != "GET" && method != "HEAD" {
+        let mut a = Answer::text(405, "Method Not Allowed", "method not allowed\n");
+        a.allow = true;
+        return a;
+    }
+    match path {
+        "/healthz" => Answer::text(200, "OK", "ok\n"),
+        "/readyz" => match shared.sources.ready() {
+            Ok(()) => Answer::text(200, "OK", "ready\n"),
+            Err(why) => Answer::text(503, "Service Unavailable", format!("not ready: {why}\n")),
+        },
+        _ => scrape(shared).await,
+    }
+}
+
+async fn scrape(shared: &Shared) -> Answer {
+    let (sources, handle) = (shared.sources.clone(), shared.metrics.clone());
+    let rendered = tokio::task::spawn_blocking(move || {
+        sources.collect();
+        handle.render()
+    })
+    .await;
+    match rendered {
+        Ok(body) => Answer {
+            status: 200,
+            reason: "OK",
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body,
+            allow: false,
+        },
+        Err(e) => Answer::text(
+            500,
+            "Internal Server Error",
+            format!("scrape failed: {e}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_parse_or_are_refused() {
+        fn ok(s: &str) -> Option<(&str, &str)> {
+            parse_request_line(s.as_bytes())
+        }
+        assert_eq!(ok("GET /metrics HTTP/1.1"), Some(("GET", "/metrics")));
+        assert_eq!(
+            ok("HEAD /readyz?x=1 HTTP/1.0\r\nHost: a"),
+            Some(("HEAD", "/readyz"))
+        );
+        assert_eq!(ok("GET /metrics"), None);
+        assert_eq!(ok("GET /metrics HTTP/2 extra"), None);
+        assert_eq!(ok("GET /metrics SPDY/3"), None);
+        assert_eq!(ok("GET  HTTP/1.1"), None);
+        assert_eq!(ok("GET metrics HTTP/1.1"), None);
+        assert_eq!(parse_request_line(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn head_ends_at_the_blank_line() {
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"),
+            Some(20)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[test]
+    fn answers_carry_length_and_close() {
+        let a = Answer::text(404, "Not Found", "nope\n");
+        let s = String::from_utf8(a.encode(false)).expect("utf-8");
+        assert!(s.starts_with("HTTP/1.1 404 Not Found\r\n"), "{s}");
+        assert!(s.contains("Content-Length: 5\r\n") && s.contains("Connection: close\r\n"));
+        assert!(s.ends_with("\r\n\r\nnope\n"));
+        let head = String::from_utf8(a.encode(true)).expect("utf-8");
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+}

@@ -1,0 +1,603 @@
+//! Every metric omnistock exports, in one place: its name (a `pub const`), its type, unit and
+//! help text ([`describe`]), the recorder ([`install`]) and the scrape-time collection
+//! ([`Sources::collect`]). docs/metrics.md lists the same names; a test checks that every
+//! constant here appears in a real scrape and that `promtool check metrics` accepts it.
+//!
+//! Two ways a value gets here, chosen by cost:
+//! - **Read at scrape time** (most of them): the engine, the log and the server already keep
+//!   relaxed atomic counters ([`EngineStats`](crate::engine::EngineStats),
+//!   [`WalStats`](crate::wal::WalStats), [`ServerStats`]); a scrape copies them into
+//!   counters (`absolute`) and gauges. Nothing on the request path changes for them.
+//! - **Recorded where it happens**: per-operation request counts and latency (one call per
+//!   operation from the server's dispatch), the log's batch size and flush latency (once
+//!   per batch, on the writer thread), checkpoint and recovery durations. These use handles
+//!   resolved once and cached in `OnceLock`s, so recording is an atomic add or a lock-free
+//!   bucket push: no registry lookup, no lock. Before [`install`] runs, every recording
+//!   function returns at once (tests and `simulate` pay one atomic load).
+//!
+//! Conventions: `omnistock_` prefix, base units (`_seconds`, `_bytes`), counters end in
+//! `_total`, labels have a fixed small set of values (operation names, status names, a few
+//! enumerations): never a SKU, reservation or client. Recording never panics or blocks.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::engine::Engine;
+use crate::protocol::ops::opcode;
+use crate::protocol::{status, OpResult};
+use crate::server::ServerStats;
+
+// ---- requests (recorded in the server's dispatch) ----
+
+/// Counter `{op, status}`: operations answered, by operation and status name.
+pub const REQUESTS_TOTAL: &str = "omnistock_requests_total";
+/// Histogram `{op}`, seconds: time from decoding an operation to its result.
+pub const REQUEST_DURATION_SECONDS: &str = "omnistock_request_duration_seconds";
+
+// ---- engine (read at scrape time) ----
+
+/// Gauge: active (committed, not yet ended) reservations.
+pub const RESERVATIONS: &str = "omnistock_reservations";
+/// Counter: reservations placed.
+pub const RESERVATIONS_PLACED_TOTAL: &str = "omnistock_reservations_placed_total";
+/// Counter `{outcome = fulfilled | released | expired}`: reservations ended.
+pub const RESERVATIONS_ENDED_TOTAL: &str = "omnistock_reservations_ended_total";
+/// Gauge `{state = active | passive}`: SKUs in memory, with an actor or as compact bytes.
+pub const SKUS: &str = "omnistock_skus";
+/// Gauge: SKUs with more held than on hand at some location.
+pub const SKUS_OVERSOLD: &str = "omnistock_skus_oversold";
+/// Gauge, bytes: compact state of passive SKUs.
+pub const PASSIVE_STATE_BYTES: &str = "omnistock_passive_state_bytes";
+/// Counter: requests answered `Busy` because a SKU's mailbox was full.
+pub const MAILBOX_FULL_TOTAL: &str = "omnistock_mailbox_full_total";
+/// Gauge: request ids remembered for idempotency.
+pub const IDEMPOTENCY_ENTRIES: &str = "omnistock_idempotency_entries";
+/// Gauge: pending expiry deadlines.
+pub const EXPIRY_PENDING: &str = "omnistock_expiry_pending";
+
+// ---- write-ahead log ----
+
+/// Histogram: records per group commit (recorded by the writer thread).
+pub const WAL_BATCH_RECORDS: &str = "omnistock_wal_batch_records";
+/// Histogram, seconds: one batch write (`apply_batch`), flush excluded.
+pub const WAL_WRITE_DURATION_SECONDS: &str = "omnistock_wal_write_duration_seconds";
+/// Histogram, seconds: one flush (fsync) of the log.
+pub const WAL_FLUSH_DURATION_SECONDS: &str = "omnistock_wal_flush_duration_seconds";
+/// Counter: records committed to the log.
+pub const WAL_RECORDS_TOTAL: &str = "omnistock_wal_records_total";
+/// Counter, bytes: encoded bytes committed to the log.
+pub const WAL_WRITTEN_BYTES_TOTAL: &str = "omnistock_wal_written_bytes_total";
+/// Gauge: records in the log since the last checkpoint (replayed at the next start).
+pub const WAL_LOG_RECORDS: &str = "omnistock_wal_log_records";
+/// Gauge, bytes: the data directory's size on disk as sled reports it.
+pub const WAL_DISK_BYTES: &str = "omnistock_wal_disk_bytes";
+/// Gauge: 1 once the log has failed (fail-stop: writes refused), else 0.
+pub const WAL_FAILED: &str = "omnistock_wal_failed";
+/// Histogram, seconds: one checkpoint, start to header written.
+pub const CHECKPOINT_DURATION_SECONDS: &str = "omnistock_checkpoint_duration_seconds";
+/// Gauge, bytes: state bytes of the last checkpoint.
+pub const CHECKPOINT_BYTES: &str = "omnistock_checkpoint_bytes";
+/// Counter: checkpoints that failed.
+pub const CHECKPOINT_FAILURES_TOTAL: &str = "omnistock_checkpoint_failures_total";
+/// Gauge, seconds: how long the last start-up recovery took.
+pub const RECOVERY_DURATION_SECONDS: &str = "omnistock_recovery_duration_seconds";
+/// Gauge: log records replayed by the last start-up recovery.
+pub const RECOVERY_RECORDS: &str = "omnistock_recovery_records";
+
+// ---- server (read at scrape time) ----
+
+/// Gauge: open client connections.
+pub const CONNECTIONS: &str = "omnistock_connections";
+/// Counter: connections accepted.
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "omnistock_connections_accepted_total";
+/// Counter: connections refused at the connection limit.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "omnistock_connections_refused_total";
+/// Counter: handshakes refused for a missing or unknown token.
+pub const AUTH_FAILURES_TOTAL: &str = "omnistock_auth_failures_total";
+/// Counter: connections closed for a malformed or oversized frame.
+pub const PROTOCOL_ERRORS_TOTAL: &str = "omnistock_protocol_errors_total";
+/// Counter: connections closed for idleness.
+pub const IDLE_DISCONNECTS_TOTAL: &str = "omnistock_idle_disconnects_total";
+/// Counter: request frames received (one frame carries a batch of operations).
+pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
+
+// ---- subscriptions (recorded by src/feed/) ----
+
+/// Gauge: connected subscriptions.
+pub const SUBSCRIBERS: &str = "omnistock_subscribers";
+/// Counter: events sent to subscribers.
+pub const SUBSCRIPTION_EVENTS_SENT_TOTAL: &str = "omnistock_subscription_events_sent_total";
+/// Gauge: the largest backlog of any subscriber, in events.
+pub const SUBSCRIBER_LAG_MAX_EVENTS: &str = "omnistock_subscriber_lag_max_events";
+/// Counter `{reason = lagged | closed | error}`: subscribers disconnected.
+pub const SUBSCRIBER_DISCONNECTS_TOTAL: &str = "omnistock_subscriber_disconnects_total";
+/// Counter: events merged by coalescing (not sent separately).
+pub const SUBSCRIPTION_COALESCED_TOTAL: &str = "omnistock_subscription_coalesced_total";
+/// The values of the `reason` label of [`SUBSCRIBER_DISCONNECTS_TOTAL`].
+pub const SUBSCRIBER_DISCONNECT_REASONS: [&str; 3] = ["lagged", "closed", "error"];
+
+// ---- process ----
+
+/// Gauge, bytes: resident set size, read from /proc/self/status at each scrape.
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "omnistock_process_resident_memory_bytes";
+/// Gauge: 1 when ready (recovery done, log writable, not shutting down), else 0.
+pub const READY: &str = "omnistock_ready";
+/// Gauge `{version}`: always 1; carries the build's version.
+pub const BUILD_INFO: &str = "omnistock_build_info";
+
+/// Latency buckets (seconds), 10 µs to 1 s: every `_seconds` histogram except checkpoints.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Checkpoint duration buckets (seconds), 10 ms to 10 min.
+pub const CHECKPOINT_BUCKETS_SECONDS: [f64; 11] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+/// Records-per-batch buckets, powers of 4 from 1 to 65,536.
+pub const BATCH_RECORDS_BUCKETS: [f64; 9] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+
+/// Every metric name with its kind, unit and help text.
+#[rustfmt::skip]
+const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
+    (REQUESTS_TOTAL, Kind::Counter, None, "Operations answered, by operation and status."),
+    (REQUEST_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Time from decoding an operation to its result, by operation."),
+    (RESERVATIONS, Kind::Gauge, None, "Active reservations (placed, not yet fulfilled, released or expired)."),
+    (RESERVATIONS_PLACED_TOTAL, Kind::Counter, None, "Reservations placed."),
+    (RESERVATIONS_ENDED_TOTAL, Kind::Counter, None, "Reservations ended, by outcome (fulfilled, released, expired)."),
+    (SKUS, Kind::Gauge, None, "SKUs in memory, by state: active (an actor) or passive (compact bytes)."),
+    (SKUS_OVERSOLD, Kind::Gauge, None, "SKUs with more units held than on hand at some location."),
+    (PASSIVE_STATE_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes of compact state of passive SKUs."),
+    (MAILBOX_FULL_TOTAL, Kind::Counter, None, "Requests answered Busy because a SKU's mailbox was full."),
+    (IDEMPOTENCY_ENTRIES, Kind::Gauge, None, "Request ids remembered for idempotency."),
+    (EXPIRY_PENDING, Kind::Gauge, None, "Pending reservation expiry deadlines."),
+    (WAL_BATCH_RECORDS, Kind::Histogram, None, "Records per write-ahead-log group commit."),
+    (WAL_WRITE_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Duration of one log batch write, flush excluded."),
+    (WAL_FLUSH_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Duration of one log flush (fsync)."),
+    (WAL_RECORDS_TOTAL, Kind::Counter, None, "Records committed to the write-ahead log."),
+    (WAL_WRITTEN_BYTES_TOTAL, Kind::Counter, Some(Unit::Bytes), "Encoded bytes committed to the write-ahead log."),
+    (WAL_LOG_RECORDS, Kind::Gauge, None, "Records in the log since the last checkpoint (replayed at the next start)."),
+    (WAL_DISK_BYTES, Kind::Gauge, Some(Unit::Bytes), "Size of the data directory on disk as sled reports it."),
+    (WAL_FAILED, Kind::Gauge, None, "1 once the log has failed and writes are refused (fail-stop), else 0."),
+    (CHECKPOINT_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Duration of one checkpoint."),
+    (CHECKPOINT_BYTES, Kind::Gauge, Some(Unit::Bytes), "State bytes written by the last checkpoint."),
+    (CHECKPOINT_FAILURES_TOTAL, Kind::Counter, None, "Checkpoints that failed."),
+    (RECOVERY_DURATION_SECONDS, Kind::Gauge, Some(Unit::Seconds), "Duration of the last start-up recovery."),
+    (RECOVERY_RECORDS, Kind::Gauge, None, "Log records replayed by the last start-up recovery."),
+    (CONNECTIONS, Kind::Gauge, None, "Open client connections."),
+    (CONNECTIONS_ACCEPTED_TOTAL, Kind::Counter, None, "Client connections accepted."),
+    (CONNECTIONS_REFUSED_TOTAL, Kind::Counter, None, "Client connections refused at the connection limit."),
+    (AUTH_FAILURES_TOTAL, Kind::Counter, None, "Handshakes refused for a missing or unknown token."),
+    (PROTOCOL_ERRORS_TOTAL, Kind::Counter, None, "Connections closed for a malformed or oversized frame."),
+    (IDLE_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed for idleness."),
+    (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
+    (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),
+    (SUBSCRIPTION_EVENTS_SENT_TOTAL, Kind::Counter, None, "Events sent to subscribers."),
+    (SUBSCRIBER_LAG_MAX_EVENTS, Kind::Gauge, None, "Largest backlog of any subscriber, in events."),
+    (SUBSCRIBER_DISCONNECTS_TOTAL, Kind::Counter, None, "Subscribers disconnected, by reason (lagged, closed, error)."),
+    (SUBSCRIPTION_COALESCED_TOTAL, Kind::Counter, None, "Subscription events merged by coalescing."),
+    (PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, Some(Unit::Bytes), "Resident set size of the process."),
+    (READY, Kind::Gauge, None, "1 when ready: recovery done, log writable, not shutting down."),
+    (BUILD_INFO, Kind::Gauge, None, "Always 1; the version label names the build."),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric name this module defines (tests check each appears in a scrape).
+pub fn names() -> impl Iterator<Item = &'static str> {
+    DESCRIPTIONS.iter().map(|d| d.0)
+}
+
+/// Registers the type, unit and help text of every metric with the installed recorder.
+pub fn describe() {
+    for &(name, kind, unit, help) in DESCRIPTIONS {
+        match (kind, unit) {
+            (Kind::Counter, Some(u)) => describe_counter!(name, u, help),
+            (Kind::Counter, None) => describe_counter!(name, help),
+            (Kind::Gauge, Some(u)) => describe_gauge!(name, u, help),
+            (Kind::Gauge, None) => describe_gauge!(name, help),
+            (Kind::Histogram, Some(u)) => describe_histogram!(name, u, help),
+            (Kind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Operation label values, by opcode. Anything else is `other`.
+const OPS: &[(u16, &str)] = &[
+    (opcode::PING, "ping"),
+    (opcode::SERVER_INFO, "server_info"),
+    (opcode::RESERVE, "reserve"),
+    (opcode::FULFILL, "fulfill"),
+    (opcode::RELEASE, "release"),
+    (opcode::EXTEND, "extend"),
+    (opcode::ADJUST, "adjust"),
+    (opcode::SET_ON_HAND, "set_on_hand"),
+    (opcode::MOVE, "move"),
+    (opcode::TRANSFER, "transfer"),
+    (opcode::SET_SAFETY_STOCK, "set_safety_stock"),
+    (opcode::SET_INCOMING, "set_incoming"),
+    (opcode::UPSERT_LOCATION, "upsert_location"),
+    (opcode::UPSERT_CHANNEL, "upsert_channel"),
+    (opcode::LIST_LOCATIONS, "list_locations"),
+    (opcode::LIST_CHANNELS, "list_channels"),
+    (opcode::GET_SKU, "get_sku"),
+    (opcode::GET_SKUS, "get_skus"),
+    (opcode::GET_RESERVATION, "get_reservation"),
+    (opcode::SUBSCRIBE, "subscribe"),
+    (opcode::UNSUBSCRIBE, "unsubscribe"),
+    (opcode::ACK, "ack"),
+    (opcode::SKU_HISTORY, "sku_history"),
+];
+/// Slots per dimension: the known values plus one for "other".
+const N_OPS: usize = OPS.len() + 1;
+/// Statuses 0..=16 and 100..=111, plus one slot for any other.
+const N_STATUS: usize = 17 + 12 + 1;
+
+/// The `op` label of an opcode.
+pub fn op_label(op: u16) -> &'static str {
+    OPS.get(op_index(op)).map_or("other", |o| o.1)
+}
+
+fn op_index(op: u16) -> usize {
+    OPS.iter().position(|o| o.0 == op).unwrap_or(OPS.len())
+}
+
+fn status_index(s: u16) -> usize {
+    match s {
+        0..=16 => usize::from(s),
+        100..=111 => 17 + usize::from(s - 100),
+        _ => N_STATUS - 1,
+    }
+}
+
+/// Handles resolved once per label set, so recording never looks a key up in the registry.
+struct Hot {
+    requests: Box<[OnceLock<Counter>]>,
+    latency: Box<[OnceLock<Histogram>]>,
+    wal_batch: Histogram,
+    wal_write: Histogram,
+    wal_flush: Histogram,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for the process (histogram buckets as above), describes
+/// every metric and creates every unlabelled or fixed-label series at zero, so the first
+/// scrape already lists them all. Idempotent: later calls return the same handle.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    // One installer at a time, so a second caller gets the first one's handle.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS_SECONDS)?
+        .set_buckets_for_metric(
+            Matcher::Full(CHECKPOINT_DURATION_SECONDS.into()),
+            &CHECKPOINT_BUCKETS_SECONDS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(WAL_BATCH_RECORDS.into()),
+            &BATCH_RECORDS_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    let _ = HOT.set(Hot {
+        requests: (0..N_OPS * N_STATUS).map(|_| OnceLock::new()).collect(),
+        latency: (0..N_OPS).map(|_| OnceLock::new()).collect(),
+        wal_batch: histogram!(WAL_BATCH_RECORDS),
+        wal_write: histogram!(WAL_WRITE_DURATION_SECONDS),
+        wal_flush: histogram!(WAL_FLUSH_DURATION_SECONDS),
+    });
+    create_series();
+    let _ = HANDLE.set(handle.clone());
+    Ok(handle)
+}
+
+/// The installed recorder's handle, if [`install`] ran.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE.get().cloned()
+}
+
+/// Series that exist before anything happens (dashboards show 0, not "no data").
+fn create_series() {
+    for outcome in ["fulfilled", "released", "expired"] {
+        counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for reason in SUBSCRIBER_DISCONNECT_REASONS {
+        counter!(SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => reason).increment(0);
+    }
+    counter!(SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(0);
+    counter!(SUBSCRIPTION_COALESCED_TOTAL).increment(0);
+    gauge!(SUBSCRIBERS).increment(0.0);
+    gauge!(SUBSCRIBER_LAG_MAX_EVENTS).increment(0.0);
+    counter!(CHECKPOINT_FAILURES_TOTAL).increment(0);
+    gauge!(CHECKPOINT_BYTES).increment(0.0);
+    gauge!(RECOVERY_DURATION_SECONDS).increment(0.0);
+    gauge!(RECOVERY_RECORDS).increment(0.0);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Histograms appear once they have a sample; checkpoints may take hours to get one.
+    let _ = histogram!(CHECKPOINT_DURATION_SECONDS);
+    let _ = histogram!(REQUEST_DURATION_SECONDS, "op" => "reserve");
+    counter!(REQUESTS_TOTAL, "op" => "reserve", "status" => "ok").increment(0);
+    // Counters and gauges read at scrape time are created by the first `collect`.
+}
+
+/// Records one answered operation: a counter by (op, status) and a latency sample by op.
+pub fn record_op(op: u16, status: u16, elapsed: Duration) {
+    let Some(hot) = HOT.get() else { return };
+    let (o, s) = (op_index(op), status_index(status));
+    let (op_name, status_name) = (op_label(op), status::name(status));
+    if let Some(c) = hot.requests.get(o * N_STATUS + s) {
+        c.get_or_init(|| counter!(REQUESTS_TOTAL, "op" => op_name, "status" => status_name))
+            .increment(1);
+    }
+    if let Some(h) = hot.latency.get(o) {
+        h.get_or_init(|| histogram!(REQUEST_DURATION_SECONDS, "op" => op_name))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// Runs `op`'s future and records its status and latency (see [`record_op`]). Before
+/// [`install`], it only awaits the future.
+pub async fn timed_op<F: Future<Output = OpResult>>(op: u16, fut: F) -> OpResult {
+    if HOT.get().is_none() {
+        return fut.await;
+    }
+    let started = Instant::now();
+    let r = fut.await;
+    record_op(op, r.status, started.elapsed());
+    r
+}
+
+/// The log writer committed a batch of `records` in `write_us` microseconds.
+pub fn wal_batch(records: u64, write_us: u64) {
+    if let Some(hot) = HOT.get() {
+        hot.wal_batch.record(records as f64);
+        hot.wal_write.record(micros_to_secs(write_us));
+    }
+}
+
+/// The log writer flushed in `flush_us` microseconds.
+pub fn wal_flush(flush_us: u64) {
+    if let Some(hot) = HOT.get() {
+        hot.wal_flush.record(micros_to_secs(flush_us));
+    }
+}
+
+fn micros_to_secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// A checkpoint of `bytes` state bytes took `took`.
+pub fn checkpoint_done(took: Duration, bytes: usize) {
+    if HOT.get().is_some() {
+        histogram!(CHECKPOINT_DURATION_SECONDS).record(took.as_secs_f64());
+        gauge!(CHECKPOINT_BYTES).set(bytes as f64);
+    }
+}
+
+/// A checkpoint failed.
+pub fn checkpoint_failed() {
+    if HOT.get().is_some() {
+        counter!(CHECKPOINT_FAILURES_TOTAL).increment(1);
+    }
+}
+
+/// Start-up recovery replayed `records` log records in `took`.
+pub fn recovery_done(took: Duration, records: u64) {
+    if HOT.get().is_some() {
+        gauge!(RECOVERY_DURATION_SECONDS).set(took.as_secs_f64());
+        gauge!(RECOVERY_RECORDS).set(records as f64);
+    }
+}
+
+/// Why the process is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The engine is still recovering (or has not been opened).
+    Recovering,
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The log has failed; writes are refused.
+    LogFailed(String),
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Recovering => f.write_str("recovering"),
+            NotReady::ShuttingDown => f.write_str("shutting down"),
+            NotReady::LogFailed(m) => write!(f, "log failed: {m}"),
+        }
+    }
+}
+
+/// What health checks and scrapes read, filled in as the process starts: the engine once
+/// recovery is done, the server's counters once it is bound. Shared with the admin
+/// endpoint before the engine exists, so `/readyz` can answer 503 during recovery.
+#[derive(Default)]
+pub struct Sources {
+    engine: OnceLock<Arc<Engine>>,
+    server: OnceLock<Arc<ServerStats>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Sources {
+    /// Empty: not ready, nothing to read but the process.
+    pub fn new() -> Arc<Sources> {
+        Arc::new(Sources::default())
+    }
+
+    /// The engine, once recovery is done: from now on the process may be ready.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The server's counters.
+    pub fn set_server(&self, stats: Arc<ServerStats>) {
+        let _ = self.server.set(stats);
+    }
+
+    /// Shutdown has begun: not ready from now on.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when recovery is done, the log is writable and shutdown has not begun.
+    pub fn ready(&self) -> Result<(), NotReady> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(NotReady::ShuttingDown);
+        }
+        let Some(engine) = self.engine.get() else {
+            return Err(NotReady::Recovering);
+        };
+        match engine.writable() {
+            Ok(()) => Ok(()),
+            Err(crate::engine::EngineError::ShuttingDown) => Err(NotReady::ShuttingDown),
+            Err(e) => Err(NotReady::LogFailed(e.to_string())),
+        }
+    }
+
+    /// Copies the engine's, the log's and the server's counters into the recorder and reads
+    /// the process's memory. Called at each scrape (off the async threads: it reads sled).
+    pub fn collect(&self) {
+        if let Some(e) = self.engine.get() {
+            collect_engine(e);
+        }
+        if let Some(s) = self.server.get() {
+            collect_server(s);
+        }
+        gauge!(READY).set(if self.ready().is_ok() { 1.0 } else { 0.0 });
+        if let Some(rss) = resident_memory_bytes() {
+            gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(rss as f64);
+        }
+    }
+}
+
+fn collect_engine(e: &Engine) {
+    let s = e.stats();
+    let passive = (s.skus as u64).saturating_sub(s.active_skus);
+    gauge!(SKUS, "state" => "active").set(s.active_skus as f64);
+    gauge!(SKUS, "state" => "passive").set(passive as f64);
+    gauge!(SKUS_OVERSOLD).set(s.oversold_skus as f64);
+    gauge!(PASSIVE_STATE_BYTES).set(s.passive_bytes as f64);
+    gauge!(RESERVATIONS).set(s.reservations as f64);
+    gauge!(IDEMPOTENCY_ENTRIES).set(s.idempotency_entries as f64);
+    gauge!(EXPIRY_PENDING).set(s.expiry_pending as f64);
+    gauge!(SUBSCRIBER_LAG_MAX_EVENTS).set(e.feed().max_lag() as f64);
+    counter!(RESERVATIONS_PLACED_TOTAL).absolute(s.reservations_placed);
+    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "fulfilled").absolute(s.reservations_fulfilled);
+    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "released").absolute(s.reservations_released);
+    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "expired").absolute(s.reservations_expired);
+    counter!(MAILBOX_FULL_TOTAL).absolute(s.mailbox_full);
+    if let Some(w) = e.wal_stats() {
+        counter!(WAL_RECORDS_TOTAL).absolute(w.records.load(Ordering::Relaxed));
+        counter!(WAL_WRITTEN_BYTES_TOTAL).absolute(w.written_bytes.load(Ordering::Relaxed));
+    }
+    if let Some(l) = e.log_stats() {
+        gauge!(WAL_LOG_RECORDS).set(l.records as f64);
+        gauge!(WAL_DISK_BYTES).set(l.approx_disk_bytes as f64);
+    }
+    let failed = matches!(e.writable(), Err(crate::engine::EngineError::Storage(_)));
+    gauge!(WAL_FAILED).set(if failed { 1.0 } else { 0.0 });
+}
+
+fn collect_server(s: &ServerStats) {
+    let read = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    gauge!(CONNECTIONS).set(read(&s.connections_open) as f64);
+    counter!(CONNECTIONS_ACCEPTED_TOTAL).absolute(read(&s.connections_accepted));
+    counter!(CONNECTIONS_REFUSED_TOTAL).absolute(read(&s.connections_refused));
+    counter!(AUTH_FAILURES_TOTAL).absolute(read(&s.auth_refused));
+    counter!(PROTOCOL_ERRORS_TOTAL).absolute(read(&s.protocol_errors));
+    counter!(IDLE_DISCONNECTS_TOTAL).absolute(read(&s.idle_closed));
+    counter!(REQUEST_FRAMES_TOTAL).absolute(read(&s.requests));
+}
+
+/// Resident set size from /proc/self/status (`VmRSS`, in kB); `None` where there is no
+/// procfs (the gauge is then simply not updated).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_follow_the_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind, unit, help) in DESCRIPTIONS {
+            assert!(seen.insert(name), "{name} listed twice");
+            assert!(name.starts_with("omnistock_"), "{name}");
+            assert!(!help.is_empty(), "{name}");
+            let total = name.ends_with("_total");
+            assert_eq!(
+                matches!(kind, Kind::Counter),
+                total,
+                "{name}: _total iff counter"
+            );
+            match unit {
+                Some(Unit::Seconds) => assert!(name.contains("_seconds"), "{name}"),
+                Some(Unit::Bytes) => assert!(name.contains("_bytes"), "{name}"),
+                _ => assert!(
+                    !name.contains("_seconds") && !name.contains("_bytes"),
+                    "{name}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_and_opcode_has_its_own_slot() {
+        for s in (0..=16).chain(100..=111) {
+            assert_ne!(status_index(s), N_STATUS - 1, "{s}");
+        }
+        assert_eq!(status_index(17), N_STATUS - 1);
+        assert_eq!(status_index(u16::MAX), N_STATUS - 1);
+        assert_eq!(op_label(opcode::RESERVE), "reserve");
+        assert_eq!(op_label(0x7777), "other");
+        let labels: std::collections::HashSet<_> = OPS.iter().map(|o| o.1).collect();
+        assert_eq!(labels.len(), OPS.len());
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tx\nVmPeak:\t  2000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(resident_memory_bytes().is_some_and(|b| b > 0));
+    }
+}

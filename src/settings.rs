@@ -1,0 +1,578 @@
+//! Settings of `omnistock serve`: flags, environment variables (`OMNISTOCK_...`, read by clap
+//! for each flag) and an optional TOML file (`--config`). A flag or its environment variable
+//! wins over the file, the file over the built-in default; every default works out of the
+//! box on one machine. Every setting is checked before anything starts, and an invalid one
+//! is an error naming it (`invalid setting max_connections: must be 1..=1000000`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use omnistock::engine::{EngineConfig, PersistConfig};
+use omnistock::protocol::Role;
+use omnistock::server::ServerConfig;
+use omnistock::wal::Durability;
+use serde::Deserialize;
+
+/// Default of `--listen`.
+const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+/// Default of `--admin-listen`.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9878";
+/// Default of `--data-dir`.
+const DEFAULT_DATA_DIR: &str = "./omnistock-data";
+
+/// Flags of `serve`. Each also reads the environment variable shown in `--help`.
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// TOML settings file; flags and environment variables override it.
+    #[arg(long, env = "OMNISTOCK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the binary protocol [default: 127.0.0.1:7878].
+    #[arg(long, env = "OMNISTOCK_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the admin HTTP endpoint: /metrics, /healthz, /readyz
+    /// [default: 127.0.0.1:9878].
+    #[arg(long, env = "OMNISTOCK_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory of the write-ahead log and checkpoints [default: ./omnistock-data].
+    #[arg(long, env = "OMNISTOCK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// An auth token and its role (checkout, adapter, admin); repeatable, comma-separated in
+    /// the environment variable. Without any, every client is admin, and only on a loopback
+    /// address [default: none].
+    #[arg(
+        long = "token",
+        env = "OMNISTOCK_TOKENS",
+        value_name = "TOKEN:ROLE",
+        value_delimiter = ','
+    )]
+    pub tokens: Vec<String>,
+    /// Log format: human (readable lines) or json (one object per line) [default: human].
+    #[arg(long, env = "OMNISTOCK_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info, debug, omnistock=debug,sled=warn [default: info, or RUST_LOG].
+    #[arg(long, env = "OMNISTOCK_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Most open client connections [default: 10000].
+    #[arg(long, env = "OMNISTOCK_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most requests in flight per connection (back-pressure) [default: 1024].
+    #[arg(long, env = "OMNISTOCK_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// Largest frame accepted, in bytes [default: 1048576].
+    #[arg(long, env = "OMNISTOCK_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Most operations per request frame [default: 8190].
+    #[arg(long, env = "OMNISTOCK_MAX_BATCH_OPS", value_name = "N")]
+    pub max_batch_ops: Option<usize>,
+    /// Most lines per reservation [default: 100].
+    #[arg(long, env = "OMNISTOCK_MAX_LINES_PER_RESERVATION", value_name = "N")]
+    pub max_lines_per_reservation: Option<usize>,
+    /// Idle connections are closed after this long, in ms [default: 300000].
+    #[arg(long, env = "OMNISTOCK_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Time a new connection has to send its Hello, in ms [default: 10000].
+    #[arg(long, env = "OMNISTOCK_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Records a subscriber may fall behind before its ATP changes are coalesced
+    /// [default: 100000].
+    #[arg(long, env = "OMNISTOCK_SUBSCRIBER_MAX_LAG_RECORDS", value_name = "N")]
+    pub subscriber_max_lag_records: Option<u64>,
+    /// Most SKU x channel pairs held per coalescing subscriber [default: 100000].
+    #[arg(
+        long,
+        env = "OMNISTOCK_SUBSCRIBER_MAX_COALESCE_PAIRS",
+        value_name = "N"
+    )]
+    pub subscriber_max_coalesce_pairs: Option<usize>,
+    /// A subscriber whose socket accepts nothing for this long is disconnected, in ms
+    /// [default: 10000].
+    #[arg(long, env = "OMNISTOCK_SUBSCRIBER_STALL_TIMEOUT_MS", value_name = "MS")]
+    pub subscriber_stall_timeout_ms: Option<u64>,
+    /// Run each connection on one of the actor threads instead of the tokio pool: true or
+    /// false [default: false].
+    #[arg(long, env = "OMNISTOCK_CONNECTIONS_ON_ARBITERS", value_name = "BOOL")]
+    pub connections_on_arbiters: Option<bool>,
+
+    /// Actor threads [default: one per core].
+    #[arg(long, env = "OMNISTOCK_ARBITERS", value_name = "N")]
+    pub arbiters: Option<usize>,
+    /// Messages a SKU's mailbox holds before callers get Busy [default: 1024].
+    #[arg(long, env = "OMNISTOCK_MAILBOX_CAPACITY", value_name = "N")]
+    pub mailbox_capacity: Option<usize>,
+    /// Idle time after which a SKU's actor is passivated, in ms [default: 60000].
+    #[arg(long, env = "OMNISTOCK_PASSIVATE_AFTER_MS", value_name = "MS")]
+    pub passivate_after_ms: Option<u64>,
+    /// Most SKUs [default: 50000000].
+    #[arg(long, env = "OMNISTOCK_MAX_SKUS", value_name = "N")]
+    pub max_skus: Option<usize>,
+    /// Most request ids remembered for idempotency [default: 1000000].
+    #[arg(long, env = "OMNISTOCK_IDEMPOTENCY_MAX_ENTRIES", value_name = "N")]
+    pub idempotency_max_entries: Option<usize>,
+    /// Longest a request id is remembered, in ms [default: 86400000].
+    #[arg(long, env = "OMNISTOCK_IDEMPOTENCY_RETENTION_MS", value_name = "MS")]
+    pub idempotency_retention_ms: Option<u64>,
+    /// Feed records kept in memory so subscribers can resume (about 100-200 B each)
+    /// [default: 1000000].
+    #[arg(long, env = "OMNISTOCK_FEED_RETENTION_RECORDS", value_name = "N")]
+    pub feed_retention_records: Option<usize>,
+
+    /// When a write is acknowledged: sync (after fsync) or relaxed (after the write; fsync
+    /// every --flush-interval-ms, which may lose that much on power loss) [default: sync].
+    #[arg(long, env = "OMNISTOCK_DURABILITY", value_name = "MODE")]
+    pub durability: Option<String>,
+    /// Relaxed durability's longest unflushed time, in ms [default: 10].
+    #[arg(long, env = "OMNISTOCK_FLUSH_INTERVAL_MS", value_name = "MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Take a checkpoint after this many log records; 0 disables [default: 1000000].
+    #[arg(long, env = "OMNISTOCK_CHECKPOINT_EVERY_RECORDS", value_name = "N")]
+    pub checkpoint_every_records: Option<u64>,
+}
+
+/// The TOML file: the same settings, grouped. Unknown keys are errors.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    #[serde(default)]
+    tokens: Vec<FileToken>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    engine: FileEngine,
+    #[serde(default)]
+    storage: FileStorage,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    token: String,
+    role: String,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    max_batch_ops: Option<usize>,
+    max_lines_per_reservation: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    subscriber_max_lag_records: Option<u64>,
+    subscriber_max_coalesce_pairs: Option<usize>,
+    subscriber_stall_timeout_ms: Option<u64>,
+    connections_on_arbiters: Option<bool>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileEngine {
+    arbiters: Option<usize>,
+    mailbox_capacity: Option<usize>,
+    passivate_after_ms: Option<u64>,
+    max_skus: Option<usize>,
+    idempotency_max_entries: Option<usize>,
+    idempotency_retention_ms: Option<u64>,
+    feed_retention_records: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    durability: Option<String>,
+    flush_interval_ms: Option<u64>,
+    checkpoint_every_records: Option<u64>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines (default).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug)]
+pub struct Settings {
+    /// The TCP server.
+    pub server: ServerConfig,
+    /// The durable engine (data directory included).
+    pub persist: PersistConfig,
+    /// The admin HTTP endpoint.
+    pub admin_listen: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`EnvFilter` syntax), already checked.
+    pub log_filter: String,
+}
+
+fn bad(setting: &str, reason: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("invalid setting {setting}: {reason}")
+}
+
+fn parse_addr(setting: &str, s: &str) -> anyhow::Result<SocketAddr> {
+    s.parse()
+        .map_err(|_| bad(setting, format!("{s:?} is not an ip:port address")))
+}
+
+fn add_token(cfg: &mut ServerConfig, token: &str, role: &str) -> anyhow::Result<()> {
+    let Some(r) = Role::parse(role) else {
+        bail!("invalid setting token: role {role:?} must be checkout, adapter or admin");
+    };
+    if token.is_empty() {
+        bail!("invalid setting token: empty token");
+    }
+    cfg.tokens.insert(token.to_string(), r);
+    Ok(())
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    setting: &str,
+    v: T,
+    lo: T,
+    hi: T,
+) -> anyhow::Result<T> {
+    if v < lo || v > hi {
+        return Err(bad(setting, format!("{v} must be {lo}..={hi}")));
+    }
+    Ok(v)
+}
+
+fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    let Some(p) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("invalid setting config: cannot read {}", p.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", p.display()))
+}
+
+/// Merges flags (and their environment variables) over the file over the defaults, and
+/// checks every setting.
+pub fn resolve(args: Args) -> anyhow::Result<Settings> {
+    let file = read_file(args.config.as_ref())?;
+    let server = server_config(&args, &file)?;
+    let persist = persist_config(&args, &file)?;
+    let admin_listen = match (args.admin_listen, &file.admin_listen) {
+        (Some(a), _) => a,
+        (None, Some(a)) => parse_addr("admin_listen", a)?,
+        (None, None) => parse_addr("admin_listen", DEFAULT_ADMIN_LISTEN)?,
+    };
+    let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
+        None | Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(bad(
+                "log_format",
+                format!("{other:?} must be human or json"),
+            ))
+        }
+    };
+    let log_filter = args
+        .log_level
+        .or(file.log_level)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&log_filter)
+        .map_err(|e| bad("log_level", format!("{log_filter:?}: {e}")))?;
+    Ok(Settings {
+        server,
+        persist,
+        admin_listen,
+        log_format,
+        log_filter,
+    })
+}
+
+fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig> {
+    let listen = match (args.listen, &file.listen) {
+        (Some(l), _) => l,
+        (None, Some(l)) => parse_addr("listen", l)?,
+        (None, None) => parse_addr("listen", DEFAULT_LISTEN)?,
+    };
+    let mut cfg = ServerConfig {
+        listen,
+        ..ServerConfig::default()
+    };
+    // Tokens given as flags or in the environment replace the file's.
+    if args.tokens.is_empty() {
+        for t in &file.tokens {
+            add_token(&mut cfg, &t.token, &t.role)?;
+        }
+    }
+    for t in &args.tokens {
+        let Some((token, role)) = t.rsplit_once(':') else {
+            bail!("invalid setting token: {t:?} is not TOKEN:ROLE");
+        };
+        add_token(&mut cfg, token, role)?;
+    }
+    let l = &file.limits;
+    cfg.max_connections = args
+        .max_connections
+        .or(l.max_connections)
+        .unwrap_or(cfg.max_connections);
+    cfg.max_in_flight = args
+        .max_in_flight
+        .or(l.max_in_flight)
+        .unwrap_or(cfg.max_in_flight);
+    cfg.max_frame_bytes = args
+        .max_frame_bytes
+        .or(l.max_frame_bytes)
+        .unwrap_or(cfg.max_frame_bytes);
+    cfg.max_batch_ops = args
+        .max_batch_ops
+        .or(l.max_batch_ops)
+        .unwrap_or(cfg.max_batch_ops);
+    cfg.max_lines_per_reservation = args
+        .max_lines_per_reservation
+        .or(l.max_lines_per_reservation)
+        .unwrap_or(cfg.max_lines_per_reservation);
+    if let Some(ms) = args.idle_timeout_ms.or(l.idle_timeout_ms) {
+        cfg.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.handshake_timeout_ms.or(l.handshake_timeout_ms) {
+        cfg.handshake_timeout = Duration::from_millis(ms);
+    }
+    let sub = &mut cfg.subscription;
+    if let Some(n) = args
+        .subscriber_max_lag_records
+        .or(l.subscriber_max_lag_records)
+    {
+        sub.max_lag_records = n;
+    }
+    if let Some(n) = args
+        .subscriber_max_coalesce_pairs
+        .or(l.subscriber_max_coalesce_pairs)
+    {
+        sub.max_coalesce_pairs = n;
+    }
+    if let Some(ms) = args
+        .subscriber_stall_timeout_ms
+        .or(l.subscriber_stall_timeout_ms)
+    {
+        sub.stall_timeout = Duration::from_millis(ms);
+    }
+    if let Some(b) = args.connections_on_arbiters.or(l.connections_on_arbiters) {
+        cfg.connections_on_arbiters = b;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn persist_config(args: &Args, file: &FileConfig) -> anyhow::Result<PersistConfig> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let mut p = PersistConfig::new(data_dir);
+    p.engine = engine_config(args, &file.engine)?;
+    let s = &file.storage;
+    let flush_ms = args.flush_interval_ms.or(s.flush_interval_ms);
+    p.durability = match args.durability.as_deref().or(s.durability.as_deref()) {
+        None | Some("sync") => {
+            if flush_ms.is_some() {
+                return Err(bad(
+                    "flush_interval_ms",
+                    "only applies to durability relaxed",
+                ));
+            }
+            Durability::Sync
+        }
+        Some("relaxed") => Durability::Relaxed {
+            flush_interval_ms: in_range("flush_interval_ms", flush_ms.unwrap_or(10), 1, 60_000)?,
+        },
+        Some(other) => {
+            return Err(bad(
+                "durability",
+                format!("{other:?} must be sync or relaxed"),
+            ))
+        }
+    };
+    if let Some(n) = args.checkpoint_every_records.or(s.checkpoint_every_records) {
+        p.checkpoint_every_records = n;
+    }
+    Ok(p)
+}
+
+fn engine_config(args: &Args, f: &FileEngine) -> anyhow::Result<EngineConfig> {
+    let d = EngineConfig::default();
+    let ms = Duration::from_millis;
+    Ok(EngineConfig {
+        arbiters: in_range(
+            "arbiters",
+            args.arbiters.or(f.arbiters).unwrap_or(d.arbiters),
+            1,
+            1024,
+        )?,
+        mailbox_capacity: in_range(
+            "mailbox_capacity",
+            args.mailbox_capacity
+                .or(f.mailbox_capacity)
+                .unwrap_or(d.mailbox_capacity),
+            1,
+            1_000_000,
+        )?,
+        passivate_after: match args.passivate_after_ms.or(f.passivate_after_ms) {
+            Some(v) => ms(in_range("passivate_after_ms", v, 1, u64::MAX)?),
+            None => d.passivate_after,
+        },
+        max_skus: in_range(
+            "max_skus",
+            args.max_skus.or(f.max_skus).unwrap_or(d.max_skus),
+            1,
+            usize::MAX,
+        )?,
+        idempotency_max_entries: in_range(
+            "idempotency_max_entries",
+            args.idempotency_max_entries
+                .or(f.idempotency_max_entries)
+                .unwrap_or(d.idempotency_max_entries),
+            1,
+            usize::MAX,
+        )?,
+        idempotency_retention_ms: in_range(
+            "idempotency_retention_ms",
+            args.idempotency_retention_ms
+                .or(f.idempotency_retention_ms)
+                .unwrap_or(d.idempotency_retention_ms),
+            1,
+            u64::MAX,
+        )?,
+        feed_retention_records: in_range(
+            "feed_retention_records",
+            args.feed_retention_records
+                .or(f.feed_retention_records)
+                .unwrap_or(d.feed_retention_records),
+            1,
+            100_000_000,
+        )?,
+        ..d
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// Settings from flags (the environment is not consulted: no `OMNISTOCK_*` is set in
+    /// the test process) and an optional TOML text.
+    fn resolve_with(flags: &[&str], toml: Option<&str>) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let mut argv = vec!["t".to_string()];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        if let Some(t) = toml {
+            let p = dir.path().join("omnistock.toml");
+            std::fs::write(&p, t)?;
+            argv.push("--config".into());
+            argv.push(p.display().to_string());
+        }
+        resolve(Cli::try_parse_from(argv)?.args)
+    }
+
+    fn err(flags: &[&str], toml: Option<&str>) -> String {
+        match resolve_with(flags, toml) {
+            Ok(s) => panic!("expected an error, got {s:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        let s = resolve_with(&[], None).expect("defaults");
+        assert_eq!(s.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(s.persist.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(s.persist.durability, Durability::Sync);
+        assert_eq!(s.log_format, LogFormat::Human);
+        assert_eq!(s.server.max_connections, 10_000);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let toml = r#"
+            listen = "127.0.0.1:1111"
+            admin_listen = "127.0.0.1:2222"
+            log_format = "json"
+            [limits]
+            max_connections = 7
+            max_in_flight = 9
+            [engine]
+            mailbox_capacity = 16
+            [storage]
+            durability = "relaxed"
+            flush_interval_ms = 5
+            checkpoint_every_records = 0
+        "#;
+        let s = resolve_with(
+            &["--max-connections", "3", "--listen", "127.0.0.1:3333"],
+            Some(toml),
+        )
+        .expect("valid");
+        assert_eq!(s.server.listen.to_string(), "127.0.0.1:3333");
+        assert_eq!(s.admin_listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(s.server.max_connections, 3);
+        assert_eq!(s.server.max_in_flight, 9);
+        assert_eq!(s.persist.engine.mailbox_capacity, 16);
+        assert_eq!(
+            s.persist.durability,
+            Durability::Relaxed {
+                flush_interval_ms: 5
+            }
+        );
+        assert_eq!(s.persist.checkpoint_every_records, 0);
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn invalid_settings_are_errors_naming_the_setting() {
+        let cases: &[(&[&str], Option<&str>, &str)] = &[
+            (&["--max-connections", "0"], None, "max_connections"),
+            (&["--max-frame-bytes", "10"], None, "max_frame_bytes"),
+            (&["--mailbox-capacity", "0"], None, "mailbox_capacity"),
+            (&["--arbiters", "0"], None, "arbiters"),
+            (&["--durability", "maybe"], None, "durability"),
+            (&["--flush-interval-ms", "5"], None, "flush_interval_ms"),
+            (&["--log-format", "xml"], None, "log_format"),
+            (&["--log-level", "info,=[["], None, "log_level"),
+            (&["--token", "abc"], None, "token"),
+            (&["--token", "abc:root"], None, "token"),
+            (&["--listen", "0.0.0.0:7878"], None, "tokens"),
+            (&[], Some("listen = \"nowhere\""), "listen"),
+            (&[], Some("[limits]\nidle_timeout_ms = 0"), "idle_timeout"),
+            (&[], Some("[engine]\nmax_skus = 0"), "max_skus"),
+            (&[], Some("lisen = \"127.0.0.1:1\""), "lisen"),
+        ];
+        for (flags, toml, setting) in cases {
+            let e = err(flags, *toml);
+            assert!(e.contains(setting), "{flags:?} {toml:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_flag_that_is_not_a_number_is_refused_by_name() {
+        let e = match Cli::try_parse_from(["t", "--max-in-flight", "lots"]) {
+            Ok(_) => panic!("parsed"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("--max-in-flight"), "{e}");
+    }
+}
