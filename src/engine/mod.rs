@@ -261,19 +261,26 @@ async fn idle_sweeper(weak: std::sync::Weak<Core>) {
     }
 }
 
-/// Publishes the feed in sequence order once durable. Holds the core only weakly.
+/// Publishes the feed in sequence order once durable. Holds the core only weakly, and waits
+/// for durability through a handle that does not keep the log open (a task being aborted
+/// at shutdown must not hold the sled directory lock).
 async fn feed_publisher(weak: std::sync::Weak<Core>) {
-    let Some(hub) = weak.upgrade().map(|c| c.feed.clone()) else {
+    let Some((hub, waiter)) = weak.upgrade().map(|c| {
+        let waiter = match &c.journal {
+            Journal::Wal(wal) => Some(wal.durability_waiter()),
+            Journal::Memory { .. } => None,
+        };
+        (c.feed.clone(), waiter)
+    }) else {
         return;
     };
     let durable = |seq: u64| {
-        let weak = weak.clone();
+        let waiter = waiter.clone();
         async move {
-            let core = weak.upgrade().ok_or_else(|| "engine stopped".to_string())?;
-            core.journal
-                .wait_durable(seq)
-                .await
-                .map_err(|e| e.to_string())
+            match waiter {
+                Some(w) => w.wait_durable(seq).await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
         }
     };
     let alive = || weak.strong_count() > 0;

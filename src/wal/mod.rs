@@ -354,6 +354,23 @@ pub struct LogStats {
     pub approx_disk_bytes: u64,
 }
 
+/// Waits for durability without holding the [`Wal`] (see [`Wal::durability_waiter`]).
+#[derive(Clone)]
+pub struct DurabilityWaiter(Arc<writer::Shared>);
+
+impl std::fmt::Debug for DurabilityWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurabilityWaiter").finish_non_exhaustive()
+    }
+}
+
+impl DurabilityWaiter {
+    /// Same as [`Wal::wait_durable`].
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
+        self.0.wait_durable(seq).await
+    }
+}
+
 /// The write-ahead log. Share it as `Arc<Wal>`; every method takes `&self`.
 pub struct Wal {
     shared: Arc<writer::Shared>,
@@ -498,6 +515,12 @@ impl Wal {
     /// woken once per batch.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
         self.shared.wait_durable(seq).await
+    }
+
+    /// A handle that waits for durability like [`Wal::wait_durable`] without keeping the
+    /// WAL (its sled database and directory lock) alive: for long-lived background tasks.
+    pub fn durability_waiter(&self) -> DurabilityWaiter {
+        DurabilityWaiter(Arc::clone(&self.shared))
     }
 
     /// Blocking form of [`Wal::wait_durable`] for threads outside an async runtime.
