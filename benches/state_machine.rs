@@ -114,6 +114,28 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // What the feed adds to every reserve in the actor: channel ATPs before, the feed record
+    // after (ATP change with transition, lifecycle item), boxed for the hub.
+    g.bench_function("reserve_with_feed_record", |b| {
+        let mut s = base.clone();
+        let mut id = 0u128;
+        b.iter(|| {
+            id += 1;
+            let ev = s.decide(&hold(id), &cat, 1).unwrap();
+            let before = omnistock::feed::before(&cat, &s, &ev);
+            for e in &ev {
+                s.apply(e, 1);
+            }
+            let rec = omnistock::feed::derive(&cat, before, &s, &ev, id as u64, 1);
+            black_box(std::sync::Arc::new(rec));
+            if s.holds.len() > 1000 {
+                s.holds.clear();
+                for bk in &mut s.buckets {
+                    bk.reserved = 0;
+                }
+            }
+        })
+    });
     g.bench_function("channel_atp_4_locations", |b| {
         let ch = cat.channels.values().next().unwrap();
         b.iter_batched(
