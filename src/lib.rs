@@ -13,6 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod domain;
 pub mod engine;
+pub mod loadgen;
 pub mod protocol;
 pub mod server;
 pub mod wal;
