@@ -228,8 +228,10 @@ async fn open_loop_rate_is_respected_and_bounded_by_ops() {
     assert!(out.report.check.unwrap().passed());
     cfg.rate = None;
     cfg.max_flows = Some(123);
+    // Same seed, same server: reservation ids must not collide with the first run's.
     let out = loadgen::run(cfg).await.unwrap();
     assert_eq!(out.report.ops[0].count, 123);
+    assert_eq!(out.report.ops[0].ok, 123, "{}", out.report.human());
     s.stop().await;
 }
 

@@ -2,7 +2,8 @@
 //! the cart-size distribution, SKU popularity (uniform or Zipf) and the fate of each
 //! reservation (fulfilled, released, left to expire or kept open). A [`Flow`] is one
 //! logical client action: a checkout (reserve, then maybe a follow-up) or a restock.
-//! Generation is pure and seeded, so a run's sequence of decisions can be reproduced.
+//! Generation is seeded, so a run's sequence of decisions can be reproduced; reservation
+//! ids alone are random, so runs never collide.
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -306,12 +307,9 @@ impl Generator {
                 qty: w.qty,
             })
             .collect();
-        let reservation = loop {
-            let r: u128 = rng.gen();
-            if r != 0 {
-                break r;
-            }
-        };
+        // Not from the seeded generator: a second run with the same seed against the same
+        // server must not reuse reservation ids (they would be rejected as existing).
+        let reservation = crate::client::new_request_id();
         Flow::Checkout {
             reservation,
             channel: rng.gen_range(0..w.channels.len()),
