@@ -5,7 +5,7 @@
 //! and after the run. The checks, per SKU:
 //!
 //! - **no oversell**: the SKU is not flagged oversold and no bucket has more reserved than
-//!   on hand;
+//!   on hand or an ATP below zero;
 //! - **conservation**: on hand after = on hand before + acknowledged receipts − acknowledged
 //!   fulfilments;
 //! - **holds equal reserved**: reserved after = reserved before + the units of the
@@ -89,7 +89,7 @@ pub struct SkuFacts {
     pub on_hand: u64,
     /// Reserved over all locations.
     pub reserved: u64,
-    /// Flagged oversold, or some bucket has reserved > on hand.
+    /// Flagged oversold, or some bucket has reserved > on hand or ATP below zero.
     pub oversold: bool,
 }
 
@@ -112,10 +112,16 @@ pub async fn snapshot(client: &Client, skus: u32) -> Result<Snapshot, LoadError>
         let names = (first..last).map(sku_name).collect();
         let got = client.get_skus(names).await?;
         for s in got.skus {
-            out.push(s.map(|s| SkuFacts {
-                on_hand: s.buckets.iter().map(|b| u64::from(b.on_hand)).sum(),
-                reserved: s.buckets.iter().map(|b| u64::from(b.reserved)).sum(),
-                oversold: s.oversold || s.buckets.iter().any(|b| b.reserved > b.on_hand),
+            out.push(s.map(|s| {
+                SkuFacts {
+                    on_hand: s.buckets.iter().map(|b| u64::from(b.on_hand)).sum(),
+                    reserved: s.buckets.iter().map(|b| u64::from(b.reserved)).sum(),
+                    // The generator never sets safety stock, so a hold can never make ATP negative.
+                    oversold: s.oversold
+                        || s.buckets
+                            .iter()
+                            .any(|b| b.reserved > b.on_hand || b.atp < 0),
+                }
             }));
         }
         first = last;
@@ -227,7 +233,7 @@ pub fn check(
         r.units_taken += l.fulfilled + l.open;
         if a.oversold {
             r.fail(format!(
-                "{name}: oversold (on hand {}, reserved {})",
+                "{name}: oversold or ATP below zero (on hand {}, reserved {})",
                 a.on_hand, a.reserved
             ));
         }
