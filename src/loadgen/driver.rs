@@ -3,7 +3,7 @@
 //! Admission takes tickets from one counter: closed loop by default, or open loop at
 //! `rate` flows per second where a frame's latency is measured from its *intended* send
 //! time (so a stalled server is charged for the requests it delayed: no coordinated
-//! omission). Operations sent during the warm-up are applied and recorded in the ledger but
+//! omission; a backlog scheduled before the deadline is still sent, for at most 5 s more). Operations sent during the warm-up are applied and recorded in the ledger but
 //! not measured. A ticker prints the progress line every second. Every loop stops by
 //! itself at the deadline; flows already started finish (their follow-ups included) so the
 //! ledger is complete before the final snapshot.
@@ -26,6 +26,10 @@ use crate::client::{new_request_id, Client};
 use crate::protocol::{
     status, Adjust, Fulfill, Op, OpResult, Release, Reserve, WireAdjustReason, WireLine,
 };
+
+/// How long past the deadline an open-loop run keeps sending the flows it scheduled before
+/// it (a backlog left by a slow target), so their delay is measured rather than dropped.
+const OPEN_LOOP_BACKLOG: Duration = Duration::from_secs(5);
 
 /// What a run produced.
 pub struct RunOutcome {
@@ -55,6 +59,9 @@ struct Shared {
     start: Instant,
     measure_from: Instant,
     end: Instant,
+    /// Open loop: flows scheduled before `end` but delayed by a slow target are still sent
+    /// (and charged their delay) until this instant; closed loop: `end`.
+    hard_end: Instant,
     rate: Option<f64>,
     max_flows: Option<u64>,
     batch: u64,
@@ -66,7 +73,7 @@ impl Shared {
     /// when the run is over.
     async fn admit(&self) -> Option<(Instant, u64)> {
         let now = Instant::now();
-        if now >= self.end {
+        if now >= self.hard_end || (self.rate.is_none() && now >= self.end) {
             return None;
         }
         let t = self.tickets.fetch_add(self.batch, Ordering::Relaxed);
@@ -609,6 +616,14 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
         start,
         measure_from: start + cfg.warmup,
         end: start + cfg.warmup + cfg.duration,
+        hard_end: start
+            + cfg.warmup
+            + cfg.duration
+            + if cfg.rate.is_some() {
+                OPEN_LOOP_BACKLOG
+            } else {
+                Duration::ZERO
+            },
         rate: cfg.rate,
         max_flows: cfg.max_flows,
         batch: u64::from(cfg.batch),
