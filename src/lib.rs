@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod domain;
 pub mod engine;
 pub mod feed;
+pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

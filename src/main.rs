@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ctl;
+mod demo;
 mod serve;
 mod settings;
 mod simulate;
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Start a server with a demo catalog, run a short checkout simulation through it, then
+    /// keep serving until Ctrl-C (try `omnistock ctl` against it).
+    Demo(demo::Args),
     /// Run an in-process checkout simulation against the engine and print what it saw.
     Simulate(simulate::Args),
     /// Verify a data directory (checkpoint, log checksums, replay, invariants); print counts.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         init_logging(false, &filter);
     }
     let result = match cli.command {
+        Cmd::Demo(args) => demo::run(args),
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Check(args) => tools::check(args),
         Cmd::Dump(args) => tools::dump(args),
