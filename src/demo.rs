@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use omnistock::client::Client;
+use omnistock::admin::AdminServer;
 use omnistock::engine::{Engine, PersistConfig};
+use omnistock::metrics::{self, Sources};
 use omnistock::loadgen::{
     self, sku_name, CartLines, CatalogSpec, LoadConfig, Progress, TargetSpec, WorkloadKind,
 };
@@ -27,7 +29,7 @@ pub struct Args {
     /// Address of the binary protocol (loopback; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
-    /// Address of the admin endpoint whose metrics URL is printed.
+    /// Address of the admin endpoint: Prometheus metrics, /healthz, /readyz.
     #[arg(long, default_value = "127.0.0.1:9878")]
     admin_listen: SocketAddr,
     /// Keep the data here [default: a temporary directory removed at exit].
@@ -188,11 +190,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
+        let handle = metrics::install().context("installing the metrics recorder")?;
+        let sources = Sources::new();
+        let admin = AdminServer::bind(a.admin_listen, sources.clone(), handle)
+            .await
+            .with_context(|| {
+                format!(
+                    "admin endpoint on {} (in use? try --admin-listen 127.0.0.1:0)",
+                    a.admin_listen
+                )
+            })?;
+        let admin_addr = admin.local_addr();
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(admin.run(async move {
+            let _ = admin_stopped.await;
+        }));
         let engine = Arc::new(
             Engine::open(PersistConfig::new(&dir))
                 .await
                 .with_context(|| format!("opening {}", dir.display()))?,
         );
+        sources.set_engine(engine.clone());
         let cfg = ServerConfig {
             listen: a.listen,
             ..ServerConfig::default()
@@ -204,6 +222,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             )
         })?;
         let addr = server.local_addr();
+        sources.set_server(server.stats());
         let stop = server.shutdown_handle();
         let running = tokio::spawn(server.run());
         println!(
@@ -215,7 +234,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let exe = std::env::current_exe()
                 .map_or_else(|_| "omnistock".into(), |p| p.display().to_string());
             println!();
-            println!("metrics: http://{}/metrics", a.admin_listen);
+            println!("metrics: http://{admin_addr}/metrics (also /healthz, /readyz)");
             println!("try it (in another terminal):");
             println!("  {exe} ctl --addr {addr} get SKU-0000042");
             println!("  {exe} ctl --addr {addr} reserve --channel web-fr --line SKU-0000042:1");
@@ -226,11 +245,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } else {
             Ok(())
         };
+        sources.set_stopping();
         stop.shutdown();
         running.await.context("server task")?;
         tokio::task::spawn_blocking(move || engine.shutdown())
             .await
             .context("engine shutdown")?;
+        let _ = admin_stop.send(());
+        admin_task.await.context("admin task")?;
         result.and(waited)
     })
 }

@@ -18,7 +18,7 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
             "2",
             "--no-serve",
         ])
-        .args(["--skus", "1000"])
+        .args(["--skus", "1000", "--admin-listen", "127.0.0.1:0"])
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,7 +33,7 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         "reserve ",
         "p99 us",
         "end-of-run check PASSED",
-        "metrics: http://127.0.0.1:9878/metrics",
+        "metrics: http://127.0.0.1:",
         "ctl --addr 127.0.0.1:",
         "reserve --channel web-fr --line SKU-0000042:1",
     ] {
