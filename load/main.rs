@@ -141,6 +141,10 @@ struct RunArgs {
     /// Seed of the flow generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Feed subscribers beside the load (omnistock only): each receives every ATP change;
+    /// the report gives acknowledgement-to-subscriber latency and events per second.
+    #[arg(long, default_value_t = 0)]
+    subscribers: u32,
     /// Print the final report as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     json: bool,
@@ -226,6 +230,7 @@ fn config(a: &RunArgs) -> Result<(LoadConfig, CatalogSpec), LoadError> {
     cfg.max_flows = a.ops;
     cfg.rate = a.rate;
     cfg.seed = a.seed;
+    cfg.subscribers = a.subscribers;
     cfg.check = !a.no_check;
     cfg.progress = match (a.quiet, a.json) {
         (true, _) => Progress::Off,

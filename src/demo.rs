@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use omnistock::client::Client;
 use omnistock::admin::AdminServer;
+use omnistock::client::Client;
 use omnistock::engine::{Engine, PersistConfig};
-use omnistock::metrics::{self, Sources};
 use omnistock::loadgen::{
     self, sku_name, CartLines, CatalogSpec, LoadConfig, Progress, TargetSpec, WorkloadKind,
 };
+use omnistock::metrics::{self, Sources};
 use omnistock::protocol::WireSku;
 use omnistock::server::{Server, ServerConfig};
 

@@ -116,6 +116,28 @@ async fn checkout_with_fulfil_release_expire_and_restock_passes_its_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_beside_the_load_receive_every_change_and_time_it() {
+    let s = TestServer::start(true).await;
+    let spec = CatalogSpec::generic(100, 2, 2, 1_000_000).unwrap();
+    loadgen::load_catalog(&s.target(), &spec).await.unwrap();
+    let w = loadgen::preset(WorkloadKind::Reserve, &spec);
+    let mut cfg = LoadConfig::new(s.target(), w);
+    short(&mut cfg, 1.5);
+    cfg.subscribers = 3;
+    let out = loadgen::run(cfg).await.unwrap();
+    let r = &out.report;
+    assert!(r.check.as_ref().unwrap().passed(), "{}", r.human());
+    let f = r.feed.as_ref().expect("feed report");
+    let reserves = op_ok(r, "reserve");
+    // Each reserve changes the ATP of both channels of its SKU (every subscriber gets both);
+    // events of the warm-up's tail may be counted, so allow a little over.
+    assert!(f.events >= 3 * 2 * reserves * 9 / 10, "{}", r.human());
+    assert!(f.timed > 0 && f.p99_us > 0, "{}", r.human());
+    assert_eq!(f.lagged, 0, "{}", r.human());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flash_sale_of_one_sku_to_a_thousand_clients_sells_exactly_the_stock() {
     let s = TestServer::start(false).await;
     let spec = CatalogSpec::generic(1, 2, 1, 100).unwrap();

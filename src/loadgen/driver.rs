@@ -66,6 +66,8 @@ struct Shared {
     max_flows: Option<u64>,
     batch: u64,
     first_error: Mutex<Option<String>>,
+    /// When acknowledged reservations came back, for the feed latency (with subscribers).
+    acks: Option<Arc<super::feed::AckClock>>,
 }
 
 impl Shared {
@@ -316,6 +318,9 @@ async fn omnistock_loop(sh: Arc<Shared>, client: Client, cell: Cell, seed: u64) 
         let ops: Vec<Op> = flows.iter().map(|f| first_op(&sh, f)).collect();
         let res = send(&client, &ops).await;
         let lat = micros(t0.elapsed());
+        if let (Some(clock), Ok(results)) = (&sh.acks, &res) {
+            note_acks(clock, &flows, results);
+        }
         let measured = t0 >= sh.measure_from;
         let mut a = Answers::default();
         let mut follow: Vec<&Flow> = Vec::new();
@@ -362,6 +367,17 @@ async fn omnistock_loop(sh: Arc<Shared>, client: Client, cell: Cell, seed: u64) 
         a.publish(&sh.live);
         if !follow.is_empty() {
             follow_up(&sh, &client, &cell, &follow).await;
+        }
+    }
+}
+
+/// Notes the acknowledgement instant of every accepted reservation's sequence number.
+fn note_acks(clock: &super::feed::AckClock, flows: &[Flow], results: &[OpResult]) {
+    for (f, r) in flows.iter().zip(results) {
+        if r.status == status::OK && matches!(f, Flow::Checkout { .. }) {
+            if let Ok(x) = crate::protocol::decode_payload::<crate::protocol::Reserved>(&r.body) {
+                clock.acked(x.seq);
+            }
         }
     }
 }
@@ -628,7 +644,22 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
         max_flows: cfg.max_flows,
         batch: u64::from(cfg.batch),
         first_error: Mutex::new(None),
+        acks: (cfg.subscribers > 0).then(|| Arc::new(super::feed::AckClock::new(start))),
     });
+    let subscribers = match (&sh.acks, &cfg.target) {
+        (Some(clock), TargetSpec::Omnistock { addr, token }) => Some(
+            super::feed::start_subscribers(
+                cfg.subscribers,
+                crate::client::ClientConfig::new(addr.clone()).token(token.clone()),
+                clock.clone(),
+                sh.measure_from,
+                sh.end,
+            )
+            .await
+            .map_err(|e| LoadError::Connect(format!("subscribers: {e}")))?,
+        ),
+        _ => None,
+    };
     let cells: Vec<Cell> = (0..cfg.connections).map(|_| Cell::default()).collect();
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let ticker = tokio::spawn(progress_loop(
@@ -683,6 +714,9 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
     };
     let first_error = sh.first_error.lock().clone();
     let mut report = Report::build(header, &tally, measured_s, first_error);
+    if let Some(subs) = subscribers {
+        report.feed = Some(subs.finish().await.map_err(LoadError::Connect)?);
+    }
     let after = match &before {
         Some(b) => {
             let a = take_snapshot(&mut conns, skus).await?;

@@ -22,6 +22,7 @@
 pub mod catalog;
 pub mod check;
 mod driver;
+pub mod feed;
 pub mod redis;
 pub mod report;
 pub mod workload;
@@ -185,6 +186,9 @@ pub struct LoadConfig {
     pub check: bool,
     /// Seed of the flow generators.
     pub seed: u64,
+    /// Feed subscribers running beside the load (omnistock only): every ATP change, live;
+    /// the report gives their acknowledgement-to-arrival latency. Default 0.
+    pub subscribers: u32,
 }
 
 impl LoadConfig {
@@ -203,11 +207,13 @@ impl LoadConfig {
             progress: Progress::Off,
             check: true,
             seed: 1,
+            subscribers: 0,
         }
     }
 
     /// Checks ranges and target support; the error names the flag.
     pub fn validate(&self) -> Result<(), LoadError> {
+        const MAX_SUBSCRIBERS: u32 = 1_000;
         let cfg = |m: String| Err(LoadError::Config(m));
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             return cfg(format!("--connections must be 1..={MAX_CONNECTIONS}"));
@@ -231,6 +237,12 @@ impl LoadConfig {
         }
         if self.max_flows == Some(0) {
             return cfg("--ops must be at least 1".into());
+        }
+        if self.subscribers > MAX_SUBSCRIBERS {
+            return cfg(format!("--subscribers must be 0..={MAX_SUBSCRIBERS}"));
+        }
+        if self.subscribers > 0 && matches!(self.target, TargetSpec::Redis { .. }) {
+            return cfg("--subscribers needs --target omnistock (Redis has no feed)".into());
         }
         self.workload.validate()?;
         if let TargetSpec::Redis { .. } = self.target {

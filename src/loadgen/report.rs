@@ -212,6 +212,8 @@ pub struct Report {
     pub first_error: Option<String>,
     /// The end-of-run check (None when skipped).
     pub check: Option<CheckReport>,
+    /// What feed subscribers saw (None without `--subscribers`).
+    pub feed: Option<super::feed::FeedReport>,
 }
 
 /// Settings echoed in the report.
@@ -297,6 +299,7 @@ impl Report {
             rejections,
             first_error,
             check: None,
+            feed: None,
         }
     }
 
@@ -353,6 +356,9 @@ impl Report {
         }
         if let Some(e) = &self.first_error {
             let _ = writeln!(s, "first error: {e}");
+        }
+        if let Some(f) = &self.feed {
+            s.push_str(&f.human());
         }
         if let Some(c) = &self.check {
             s.push_str(&c.human());
