@@ -92,7 +92,7 @@ pub struct Args {
     #[arg(long, env = "OMNISTOCK_SUBSCRIBER_STALL_TIMEOUT_MS", value_name = "MS")]
     pub subscriber_stall_timeout_ms: Option<u64>,
     /// Run each connection on one of the actor threads instead of the tokio pool: true or
-    /// false [default: false].
+    /// false [default: true].
     #[arg(long, env = "OMNISTOCK_CONNECTIONS_ON_ARBITERS", value_name = "BOOL")]
     pub connections_on_arbiters: Option<bool>,
 

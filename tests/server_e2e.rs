@@ -881,7 +881,13 @@ async fn expired_reservation_and_shutting_down_reach_the_client() {
         ..engine_config()
     };
     let e = Engine::start_in_memory_with_clock(cfg, clock.clone()).unwrap();
-    let s = serve(e, None, Arc::new(FaultInjector::new()), |_| {}).await;
+    // The engine is shut down under a running server below (`serve` never does that: it
+    // stops the server first). Connections on the tokio pool outlive the actor threads and
+    // can answer 101; connections on the actor threads would just be dropped.
+    let s = serve(e, None, Arc::new(FaultInjector::new()), |c| {
+        c.connections_on_arbiters = false;
+    })
+    .await;
     let c = client(&s, "").await;
     catalog(&c).await;
     c.apply(adjust("A", "wh-a", 5)).await.unwrap();
