@@ -145,6 +145,10 @@ struct RunArgs {
     /// the report gives acknowledgement-to-subscriber latency and events per second.
     #[arg(long, default_value_t = 0)]
     subscribers: u32,
+    /// Comma-separated SKU prefixes the subscribers filter on, round robin (e.g.
+    /// SKU-00000,...,SKU-00009 gives each a tenth of 100,000 SKUs); default every SKU.
+    #[arg(long, value_delimiter = ',')]
+    subscriber_prefixes: Vec<String>,
     /// Print the final report as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     json: bool,
@@ -231,6 +235,7 @@ fn config(a: &RunArgs) -> Result<(LoadConfig, CatalogSpec), LoadError> {
     cfg.rate = a.rate;
     cfg.seed = a.seed;
     cfg.subscribers = a.subscribers;
+    cfg.subscriber_prefixes = a.subscriber_prefixes.clone();
     cfg.check = !a.no_check;
     cfg.progress = match (a.quiet, a.json) {
         (true, _) => Progress::Off,

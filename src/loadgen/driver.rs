@@ -650,6 +650,7 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
         (Some(clock), TargetSpec::Omnistock { addr, token }) => Some(
             super::feed::start_subscribers(
                 cfg.subscribers,
+                &cfg.subscriber_prefixes,
                 crate::client::ClientConfig::new(addr.clone()).token(token.clone()),
                 clock.clone(),
                 sh.measure_from,

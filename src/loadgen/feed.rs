@@ -47,14 +47,20 @@ impl AckClock {
         self.seqs[i].store(seq, Ordering::Release);
     }
 
-    /// Microseconds from the acknowledgement of `seq` to now, if it was noted.
+    /// Microseconds from the acknowledgement of `seq` to now: 0 when the change arrived
+    /// before the load task noted its acknowledgement (the slot still holds an older seq),
+    /// `None` when the slot was reused by a newer seq or `seq` was not a reservation.
     fn since_ack(&self, seq: u64) -> Option<u64> {
         let i = (seq as usize) & (SLOTS - 1);
         let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if self.seqs[i].load(Ordering::Acquire) != seq {
-            return None;
+        let noted = self.seqs[i].load(Ordering::Acquire);
+        if noted == seq {
+            Some(now.saturating_sub(self.micros[i].load(Ordering::Relaxed)))
+        } else if noted < seq && seq - noted < SLOTS as u64 * 2 {
+            Some(0)
+        } else {
+            None
         }
-        Some(now.saturating_sub(self.micros[i].load(Ordering::Relaxed)))
     }
 }
 
@@ -108,6 +114,7 @@ struct Tally {
 /// Runs one subscriber until `end`, counting from `measure_from`.
 async fn subscriber(
     config: ClientConfig,
+    prefix: String,
     clock: Arc<AckClock>,
     measure_from: Instant,
     end: Instant,
@@ -118,7 +125,7 @@ async fn subscriber(
         from_seq: 0,
         channels: vec![],
         skus: vec![],
-        sku_prefix: String::new(),
+        sku_prefix: prefix,
         kinds: kinds::ATP,
         coalesce_ms: 0,
     };
@@ -160,18 +167,26 @@ async fn subscriber(
     Ok(t)
 }
 
-/// Starts `n` subscribers; the returned handle gives their report once the run is over.
+/// Starts `n` subscribers, subscriber `i` filtering on `prefixes[i % len]` (every SKU when
+/// `prefixes` is empty); the returned handle gives their report once the run is over.
 pub async fn start_subscribers(
     n: u32,
+    prefixes: &[String],
     config: ClientConfig,
     clock: Arc<AckClock>,
     measure_from: Instant,
     end: Instant,
 ) -> Result<Subscribers, ClientError> {
     let mut tasks = Vec::new();
-    for _ in 0..n {
+    for i in 0..n as usize {
+        let prefix = if prefixes.is_empty() {
+            String::new()
+        } else {
+            prefixes[i % prefixes.len()].clone()
+        };
         tasks.push(tokio::spawn(subscriber(
             config.clone(),
+            prefix,
             clock.clone(),
             measure_from,
             end,

@@ -189,6 +189,8 @@ pub struct LoadConfig {
     /// Feed subscribers running beside the load (omnistock only): every ATP change, live;
     /// the report gives their acknowledgement-to-arrival latency. Default 0.
     pub subscribers: u32,
+    /// SKU prefixes the subscribers filter on, assigned round robin (empty: every SKU).
+    pub subscriber_prefixes: Vec<String>,
 }
 
 impl LoadConfig {
@@ -208,6 +210,7 @@ impl LoadConfig {
             check: true,
             seed: 1,
             subscribers: 0,
+            subscriber_prefixes: Vec::new(),
         }
     }
 
