@@ -294,6 +294,9 @@ async fn catalog(a: CatalogArgs) -> Result<bool, LoadError> {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = omnistock::disable_transparent_huge_pages() {
+        eprintln!("note: transparent huge pages stay on ({e}); the generator may be slower");
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

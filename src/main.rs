@@ -65,11 +65,18 @@ pub(crate) fn init_logging(json: bool, filter: &str) {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much; failure only costs performance.
+    let thp = omnistock::disable_transparent_huge_pages();
     let cli = Cli::parse();
     // `serve` sets up logging itself, once its settings (log format, filter) are resolved.
     if !matches!(cli.command, Cmd::Serve(_)) {
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         init_logging(false, &filter);
+    }
+    if let Err(e) = thp {
+        eprintln!(
+            "warning: could not turn transparent huge pages off ({e}); allocation may be slower"
+        );
     }
     let result = match cli.command {
         Cmd::Demo(args) => demo::run(args),
