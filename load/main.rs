@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the catalog (unless --no-catalog), run a workload, report, check.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Only create the catalog (locations, channels, stock), batched through the protocol.
     Catalog(CatalogArgs),
 }
@@ -310,7 +310,7 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async move {
         match cli.command {
-            Cmd::Run(a) => run(a).await,
+            Cmd::Run(a) => run(*a).await,
             Cmd::Catalog(a) => catalog(a).await,
         }
     });
