@@ -48,9 +48,9 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Encodes with the fixed configuration, appending to `out`.
 pub fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let bytes = encode(v)?;
-    out.extend_from_slice(&bytes);
-    Ok(())
+    bincode::serde::encode_into_std_write(v, out, FIXED)
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 /// Decodes a whole buffer with `config`; trailing bytes are an error.

@@ -737,11 +737,11 @@ async fn catalog(
     core.set_catalog(Arc::new(next));
     core.feed.push(
         seq,
-        Some(Arc::new(crate::feed::FeedRecord {
+        Some(Arc::new(crate::feed::FeedRecord::new(
             seq,
-            at_ms: now,
-            body: crate::feed::FeedBody::Catalog,
-        })),
+            now,
+            crate::feed::FeedBody::Catalog,
+        ))),
     );
     core.journal.wait_durable(seq).await?;
     Ok(Outcome {

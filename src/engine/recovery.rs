@@ -117,11 +117,7 @@ impl Replay {
                     return false;
                 }
                 self.catalog.apply(&ev, seq);
-                self.keep_feed(seq, || FeedRecord {
-                    seq,
-                    at_ms: rec.at_ms,
-                    body: FeedBody::Catalog,
-                });
+                self.keep_feed(seq, || FeedRecord::new(seq, rec.at_ms, FeedBody::Catalog));
                 vec![Change::Catalog(ev)]
             }
             RecordBody::Sku { sku, events } => {

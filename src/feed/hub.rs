@@ -52,18 +52,6 @@ pub struct HubStats {
     pub coalesced: AtomicU64,
 }
 
-/// Read from the ring.
-#[derive(Debug)]
-pub enum Read {
-    /// Records after the cursor (possibly none yet), in order, with their sequence numbers.
-    Records(Vec<(u64, Slot)>),
-    /// The ring no longer holds the record after the cursor (it was `first_seq` - 1 or older).
-    FellOff {
-        /// The oldest sequence number still held.
-        first_seq: u64,
-    },
-}
-
 /// See the module documentation.
 pub struct Hub {
     staging: Mutex<Vec<(u64, Slot)>>,
@@ -154,24 +142,29 @@ impl Hub {
         self.head_tx.subscribe()
     }
 
-    /// Up to `max` published records after `cursor`.
-    pub fn read_after(&self, cursor: u64, max: usize) -> Read {
+    /// Calls `f(seq, slot)` for up to `max` published records after `cursor`, in order,
+    /// under the ring's read lock (no reference count is touched), until `f` returns false.
+    /// Returns how many were visited, or `Err(first_seq)` if the ring no longer holds
+    /// `cursor + 1`. Keep `f` short: the publisher waits for the lock.
+    pub fn visit_after(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut f: impl FnMut(u64, &Slot) -> bool,
+    ) -> Result<usize, u64> {
         let ring = self.ring.read();
         if cursor + 1 < ring.first_seq {
-            return Read::FellOff {
-                first_seq: ring.first_seq,
-            };
+            return Err(ring.first_seq);
         }
         let start = usize::try_from(cursor + 1 - ring.first_seq).unwrap_or(usize::MAX);
-        let out = ring
-            .entries
-            .iter()
-            .skip(start)
-            .take(max)
-            .enumerate()
-            .map(|(i, s)| (cursor + 1 + i as u64, s.clone()))
-            .collect();
-        Read::Records(out)
+        let mut n = 0;
+        for (i, slot) in ring.entries.iter().skip(start).take(max).enumerate() {
+            n += 1;
+            if !f(cursor + 1 + i as u64, slot) {
+                break;
+            }
+        }
+        Ok(n)
     }
 
     /// Registers a subscriber's cursor (for the lag metric); removed by [`Hub::leave`].

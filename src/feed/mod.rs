@@ -78,6 +78,90 @@ pub struct FeedRecord {
     pub at_ms: TimeMs,
     /// What changed.
     pub body: FeedBody,
+    /// Its wire items, encoded once by the first subscriber that needs them and copied by
+    /// every other one (see [`Filter::render_bytes`]).
+    pub encoded: EncodedCache,
+}
+
+impl FeedRecord {
+    /// A record (its wire encoding is computed on first use).
+    pub fn new(seq: u64, at_ms: TimeMs, body: FeedBody) -> Self {
+        FeedRecord {
+            seq,
+            at_ms,
+            body,
+            encoded: EncodedCache::default(),
+        }
+    }
+}
+
+/// The wire items of a record, encoded: one buffer and where each item ends.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// End of the i-th ATP item; the first starts at 0.
+    atp_ends: Vec<usize>,
+    /// End of the oversold item (equal to the last ATP end when there is none).
+    oversold_end: usize,
+    /// End of the reservation items (they are selected all together).
+    reservations_end: usize,
+}
+
+/// A lazily filled [`Encoded`]; ignored by equality and cloned empty (it is a cache).
+#[derive(Debug, Default)]
+pub struct EncodedCache(std::sync::OnceLock<Encoded>);
+
+impl Clone for EncodedCache {
+    fn clone(&self) -> Self {
+        EncodedCache::default()
+    }
+}
+impl PartialEq for EncodedCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EncodedCache {}
+
+/// Push items being collected into one frame payload (a `PushBatch`: a `u64` count, then the
+/// items), so that cached item bytes can be appended without decoding or re-encoding.
+#[derive(Debug)]
+pub struct FrameBuf {
+    /// The payload: 8 bytes for the count, then the items.
+    pub bytes: Vec<u8>,
+    /// Items so far.
+    pub count: u64,
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        FrameBuf {
+            bytes: vec![0; 8],
+            count: 0,
+        }
+    }
+}
+
+impl FrameBuf {
+    /// Appends one item.
+    pub fn push(&mut self, item: &PushItem) {
+        if crate::codec::encode_into(item, &mut self.bytes).is_ok() {
+            self.count += 1;
+        }
+    }
+
+    /// Whether it holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The finished `PushBatch` payload; the buffer is left empty for reuse.
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.bytes);
+        out[..8].copy_from_slice(&self.count.to_le_bytes());
+        *self = FrameBuf::default();
+        out
+    }
 }
 
 /// A SKU's channel ATPs (and oversold flag) before a record, for the channels it touches.
@@ -255,17 +339,44 @@ pub fn derive(
         }
     }
     let oversold_now = after.oversold();
-    FeedRecord {
+    FeedRecord::new(
         seq,
         at_ms,
-        body: FeedBody::Sku {
+        FeedBody::Sku {
             sku: after.sku.clone(),
             cause: cause_of(events),
             atp,
             oversold: (oversold_now != before.oversold).then_some(oversold_now),
             reservations: reservation_changes(events),
         },
+    )
+}
+
+/// Encodes every wire item of a record once, in the order `Filter::render` emits them.
+fn encode_record(rec: &FeedRecord) -> Encoded {
+    let mut e = Encoded::default();
+    let all = Filter {
+        kinds: kinds::ALL,
+        ..Filter::default()
+    };
+    let mut items = Vec::new();
+    all.render(rec, &mut items, None);
+    for item in &items {
+        let _ = crate::codec::encode_into(item, &mut e.bytes);
+        match item {
+            PushItem::Atp(_) | PushItem::Catalog { .. } => {
+                e.atp_ends.push(e.bytes.len());
+                e.oversold_end = e.bytes.len();
+                e.reservations_end = e.bytes.len();
+            }
+            PushItem::Oversold(_) => {
+                e.oversold_end = e.bytes.len();
+                e.reservations_end = e.bytes.len();
+            }
+            _ => e.reservations_end = e.bytes.len(),
+        }
     }
+    e
 }
 
 /// What one subscriber asked for. Validated by the caller (ids checked, kinds non-empty).
@@ -291,6 +402,48 @@ impl Filter {
     /// Whether ATP of `channel` is wanted.
     pub fn wants_channel(&self, channel: &ChannelId) -> bool {
         self.channels.is_empty() || self.channels.contains(channel)
+    }
+
+    /// Like [`Filter::render`] without coalescing, appending the record's cached wire bytes
+    /// (encoded once per record, whichever subscriber asks first) instead of building items.
+    pub fn render_bytes(&self, rec: &FeedRecord, out: &mut FrameBuf) {
+        let (sku, changes, oversold) = match &rec.body {
+            FeedBody::Catalog => (None, &[][..], None),
+            FeedBody::Sku {
+                sku, atp, oversold, ..
+            } => (Some(sku), &atp[..], *oversold),
+        };
+        if let Some(sku) = sku {
+            if !self.wants_sku(sku) {
+                return;
+            }
+        }
+        let e = rec.encoded.0.get_or_init(|| encode_record(rec));
+        if sku.is_none() {
+            // Catalog: one item, always sent.
+            out.bytes.extend_from_slice(&e.bytes[..e.reservations_end]);
+            out.count += 1;
+            return;
+        }
+        let mut start = 0;
+        for (c, end) in changes.iter().zip(&e.atp_ends) {
+            if self.wants_atp_change(c) {
+                out.bytes.extend_from_slice(&e.bytes[start..*end]);
+                out.count += 1;
+            }
+            start = *end;
+        }
+        if oversold.is_some() && self.kinds & (kinds::THRESHOLDS | kinds::ATP) != 0 {
+            out.bytes.extend_from_slice(&e.bytes[start..e.oversold_end]);
+            out.count += 1;
+        }
+        if self.kinds & kinds::RESERVATIONS != 0 {
+            if let FeedBody::Sku { reservations, .. } = &rec.body {
+                out.bytes
+                    .extend_from_slice(&e.bytes[e.oversold_end..e.reservations_end]);
+                out.count += reservations.len() as u64;
+            }
+        }
     }
 
     fn wants_atp_change(&self, c: &AtpChange) -> bool {

@@ -21,11 +21,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::domain::{ChannelId, SkuId};
 use crate::engine::Engine;
-use crate::protocol::{self, kinds, start, started, FrameKind, PushBatch, PushItem};
+use crate::protocol::{self, kinds, start, started, Frame, FrameKind, PushBatch, PushItem};
 use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
 
-use super::hub::{Hub, Read};
-use super::{Coalescer, FeedBody, Filter};
+use super::hub::Hub;
+use super::{Coalescer, FeedBody, Filter, FrameBuf};
 
 /// Limits of one subscription.
 #[derive(Clone, Debug)]
@@ -232,13 +232,32 @@ impl Out<'_> {
         if items.is_empty() {
             return Ok(());
         }
-        let n = items.len() as u64;
         let pos = items.iter().rev().find_map(|i| match i {
             PushItem::Position { seq } | PushItem::SnapshotEnd { seq } => Some(*seq),
             _ => None,
         });
-        let frame = protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items })
-            .map_err(|e| Ended::EngineGone(format!("encode push: {e}")))?;
+        let mut buf = FrameBuf::default();
+        for i in &items {
+            buf.push(i);
+        }
+        self.queue(&mut buf, pos).await
+    }
+
+    /// Queues the items collected in `buf` as one frame, after a `Position { seq }` item
+    /// when `position` is given.
+    async fn send_buf(&mut self, buf: &mut FrameBuf, position: Option<u64>) -> Result<(), Ended> {
+        if let Some(seq) = position {
+            buf.push(&PushItem::Position { seq });
+        }
+        self.queue(buf, position).await
+    }
+
+    async fn queue(&mut self, buf: &mut FrameBuf, position: Option<u64>) -> Result<(), Ended> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let n = buf.count;
+        let frame = Frame::new(FrameKind::Push, self.corr, buf.take_payload());
         match tokio::time::timeout(self.cfg.stall_timeout, self.tx.send(frame.encode())).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Ended::Stopped),
@@ -246,7 +265,7 @@ impl Out<'_> {
         }
         self.hub.stats.items_sent.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
-        if let Some(p) = pos {
+        if let Some(p) = position {
             self.told = p;
         }
         Ok(())
@@ -322,27 +341,19 @@ async fn stream(
         HashMap::new()
     };
     let mut cursor = plan.cursor;
+    // Every-change mode appends cached item bytes to `buf`; coalescing collects `items`.
+    let mut buf = FrameBuf::default();
     let mut items: Vec<PushItem> = Vec::new();
     let mut coalescer = Coalescer::new(out.cfg.max_coalesce_pairs);
     let mut catching_up = false;
     let mut last_flush = tokio::time::Instant::now();
     let tick = plan.coalesce.unwrap_or(out.cfg.position_interval);
+    let max_items = out.cfg.max_items_per_frame.max(1) as u64;
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let records = match hub.read_after(cursor, READ_CHUNK) {
-            Read::FellOff { first_seq } => {
-                let why = format!(
-                    "the feed no longer holds seq {} (oldest {first_seq})",
-                    cursor + 1
-                );
-                return Err(out.lagged(&why));
-            }
-            Read::Records(r) => r,
-        };
-        let head = hub.head();
-        let lag = head.saturating_sub(cursor);
+        let lag = hub.head().saturating_sub(cursor);
         if plan.coalesce.is_none() {
             if !catching_up && lag > out.cfg.max_lag_records {
                 catching_up = true;
@@ -351,46 +362,63 @@ async fn stream(
             }
         }
         let coalescing = plan.coalesce.is_some() || catching_up;
-        let got = records.len();
-        for (seq, slot) in records {
+        let visited = hub.visit_after(cursor, READ_CHUNK, |seq, slot| {
             cursor = seq;
-            let Some(rec) = slot else { continue };
+            let Some(rec) = slot else { return true };
             if let FeedBody::Sku { sku, .. } = &rec.body {
                 if skip.get(sku).is_some_and(|s| *s >= seq) {
-                    continue;
+                    return true;
                 }
             }
-            plan.filter
-                .render(&rec, &mut items, coalescing.then_some(&mut coalescer));
-            if !coalescing && items.len() >= out.cfg.max_items_per_frame {
-                out.send(std::mem::take(&mut items)).await?;
+            if coalescing {
+                plan.filter.render(rec, &mut items, Some(&mut coalescer));
+                true
+            } else {
+                plan.filter.render_bytes(rec, &mut buf);
+                // A frame ends after a whole record, at about `max_items_per_frame` items.
+                buf.count < max_items
             }
-        }
-        cursor_gauge.store(cursor, Ordering::Relaxed);
-        let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
-        let due = last_flush.elapsed() >= tick;
-        let flush_now = if coalescing {
-            full || due || (catching_up && got == 0)
-        } else {
-            !items.is_empty() || (due && out.told < cursor)
+        });
+        let got = match visited {
+            Ok(n) => n,
+            Err(first_seq) => {
+                let why = format!(
+                    "the feed no longer holds seq {} (oldest {first_seq})",
+                    cursor + 1
+                );
+                return Err(out.lagged(&why));
+            }
         };
-        if flush_now {
-            let merged = coalescer.take_merged();
-            if merged > 0 {
-                hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
+        cursor_gauge.store(cursor, Ordering::Relaxed);
+        let due = last_flush.elapsed() >= tick;
+        if coalescing {
+            let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
+            if full || due || (catching_up && got == 0) || (!catching_up && !buf.is_empty()) {
+                // Every-change items rendered before catching up started go first.
+                if !buf.is_empty() {
+                    out.send_buf(&mut buf, None).await?;
+                }
+                let merged = coalescer.take_merged();
+                if merged > 0 {
+                    hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL)
+                        .increment(merged);
+                }
+                let only_transitions = plan.filter.kinds & kinds::ATP == 0;
+                let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
+                batch.append(&mut items);
+                batch.sort_by_key(item_seq);
+                if !batch.is_empty() || out.told < cursor {
+                    batch.push(PushItem::Position { seq: cursor });
+                }
+                out.send(batch).await?;
+                last_flush = tokio::time::Instant::now();
             }
-            let only_transitions = plan.filter.kinds & kinds::ATP == 0;
-            let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
-            batch.append(&mut items);
-            batch.sort_by_key(item_seq);
-            if !batch.is_empty() || out.told < cursor {
-                batch.push(PushItem::Position { seq: cursor });
-            }
-            out.send(batch).await?;
+        } else if !buf.is_empty() || (due && out.told < cursor) {
+            out.send_buf(&mut buf, Some(cursor)).await?;
             last_flush = tokio::time::Instant::now();
         }
-        if got == READ_CHUNK {
+        if got == READ_CHUNK || buf.count >= max_items {
             continue; // more is ready
         }
         let wait = tick.saturating_sub(last_flush.elapsed());

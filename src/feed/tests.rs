@@ -138,10 +138,10 @@ fn change(ch: &str, previous: u32, atp: u32) -> AtpChange {
 }
 
 fn record(seq: u64, sku: &str, changes: Vec<AtpChange>) -> FeedRecord {
-    FeedRecord {
+    FeedRecord::new(
         seq,
-        at_ms: 1,
-        body: FeedBody::Sku {
+        1,
+        FeedBody::Sku {
             sku: SkuId::new(sku).expect("id"),
             cause: cause::RESERVE,
             atp: changes,
@@ -153,7 +153,7 @@ fn record(seq: u64, sku: &str, changes: Vec<AtpChange>) -> FeedRecord {
                 expires_at_ms: 9,
             }],
         },
-    }
+    )
 }
 
 #[test]
@@ -256,4 +256,57 @@ fn coalescer_reports_full_at_its_bound() {
         );
     }
     assert!(co.is_full());
+}
+
+#[test]
+fn cached_bytes_are_exactly_the_encoded_items_for_every_filter() {
+    let mut rec = record(3, "SHOE-1", vec![change("web", 9, 8), change("pos", 1, 0)]);
+    if let FeedBody::Sku { oversold, .. } = &mut rec.body {
+        *oversold = Some(true);
+    }
+    let catalog = FeedRecord::new(4, 2, FeedBody::Catalog);
+    let channel = |c: &str| [ChannelId::new(c).expect("id")].into();
+    let filters = [
+        Filter {
+            kinds: kinds::ALL,
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::ATP,
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::THRESHOLDS,
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::RESERVATIONS,
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::ALL,
+            channels: channel("pos"),
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::ATP | kinds::RESERVATIONS,
+            channels: channel("web"),
+            ..Filter::default()
+        },
+        Filter {
+            kinds: kinds::ALL,
+            sku_prefix: "HAT".into(),
+            ..Filter::default()
+        },
+    ];
+    for f in &filters {
+        for r in [&rec, &catalog] {
+            let mut items = Vec::new();
+            f.render(r, &mut items, None);
+            let want = crate::codec::encode(&crate::protocol::PushBatch { items }).expect("encode");
+            let mut buf = FrameBuf::default();
+            f.render_bytes(r, &mut buf);
+            assert_eq!(buf.take_payload(), want, "{f:?} on record {}", r.seq);
+        }
+    }
 }
