@@ -365,9 +365,11 @@ async fn stream(
         let visited = hub.visit_after(cursor, READ_CHUNK, |seq, slot| {
             cursor = seq;
             let Some(rec) = slot else { return true };
-            if let FeedBody::Sku { sku, .. } = &rec.body {
-                if skip.get(sku).is_some_and(|s| *s >= seq) {
-                    return true;
+            if !skip.is_empty() {
+                if let FeedBody::Sku { sku, .. } = &rec.body {
+                    if skip.get(sku).is_some_and(|s| *s >= seq) {
+                        return true;
+                    }
                 }
             }
             if coalescing {
