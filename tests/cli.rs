@@ -309,3 +309,74 @@ fn the_example_config_in_docs_operations_md_starts_a_server() {
     assert!(pinged.status.success(), "{pinged:?}");
     stop(child);
 }
+
+#[test]
+fn ctl_tail_prints_changes_from_a_position_one_line_each_with_transitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    ok(ctl(port, &["add-location", "wh-a", "--region", "FR"]));
+    ok(ctl(port, &["add-channel", "web", "--locations", "wh-a"]));
+    ok(ctl(port, &["low-stock", "web", "3"]));
+    let adjusted = ok(ctl(
+        port,
+        &[
+            "--json", "adjust", "TEE", "wh-a", "5", "--reason", "receipt",
+        ],
+    ));
+    let seq = serde_json::from_str::<serde_json::Value>(&adjusted).unwrap()["seq"]
+        .as_u64()
+        .expect("seq");
+    let from = (seq - 1).to_string();
+    ok(ctl(
+        port,
+        &["reserve", "--channel", "web", "--line", "TEE:2"],
+    ));
+    ok(ctl(
+        port,
+        &["reserve", "--channel", "web", "--line", "TEE:3"],
+    ));
+    // Replayed from the log: every change after the catalog was set up.
+    let out = ok(ctl(
+        port,
+        &[
+            "tail",
+            "--channel",
+            "web",
+            "--sku",
+            "TEE",
+            "--from",
+            &from,
+            "--count",
+            "3",
+        ],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].contains("TEE web atp 0 -> 5 (adjust)") && lines[0].contains("BACK-IN-STOCK"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("atp 5 -> 3 (reserve)") && lines[1].contains("LOW-STOCK"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("atp 3 -> 0 (reserve)") && lines[2].contains("OUT-OF-STOCK"),
+        "{out}"
+    );
+    // --json: one JSON object per event.
+    let json = ok(ctl(
+        port,
+        &[
+            "--json", "tail", "--sku", "TEE", "--from", &from, "--count", "1",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
+    assert_eq!(v["Atp"]["atp"], 5, "{v}");
+    // A bad filter is a clear error with the protocol status as exit code.
+    let bad = ctl(port, &["tail", "--channel", "nope", "--count", "1"]);
+    assert_eq!(bad.status.code(), Some(12), "{:?}", bad);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown channel"));
+    stop(server);
+}
