@@ -607,13 +607,20 @@ impl Engine {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
+        // The last reference may be dropped on an actor thread (a connection served there):
+        // a thread cannot join itself, so then the threads are only told to stop.
+        let on_actor_thread = actix::Arbiter::try_current().is_some();
         if let Some(t) = self.actors_thread.lock().take() {
             for a in self.arbiters.lock().drain(..) {
                 a.stop();
-                let _ = a.join();
+                if !on_actor_thread {
+                    let _ = a.join();
+                }
             }
             self.system.stop();
-            let _ = t.join();
+            if !on_actor_thread {
+                let _ = t.join();
+            }
             self.core.journal.shutdown();
         }
     }

@@ -393,30 +393,29 @@ async fn stream(
         };
         cursor_gauge.store(cursor, Ordering::Relaxed);
         let due = last_flush.elapsed() >= tick;
-        if coalescing {
-            let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
-            if full || due || (catching_up && got == 0) || (!catching_up && !buf.is_empty()) {
-                // Every-change items rendered before catching up started go first.
-                if !buf.is_empty() {
-                    out.send_buf(&mut buf, None).await?;
-                }
-                let merged = coalescer.take_merged();
-                if merged > 0 {
-                    hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
-                    metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL)
-                        .increment(merged);
-                }
-                let only_transitions = plan.filter.kinds & kinds::ATP == 0;
-                let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
-                batch.append(&mut items);
-                batch.sort_by_key(item_seq);
-                if !batch.is_empty() || out.told < cursor {
-                    batch.push(PushItem::Position { seq: cursor });
-                }
-                out.send(batch).await?;
-                last_flush = tokio::time::Instant::now();
+        let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
+        // Coalesced changes go out when due, when the coalescer is full, once a catching-up
+        // subscriber has read everything, and as soon as it stops catching up (before the
+        // every-change items that follow them).
+        let left_over = !coalescing && (!coalescer.is_empty() || !items.is_empty());
+        if left_over || (coalescing && (full || due || (catching_up && got == 0))) {
+            let merged = coalescer.take_merged();
+            if merged > 0 {
+                hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
             }
-        } else if !buf.is_empty() || (due && out.told < cursor) {
+            let only_transitions = plan.filter.kinds & kinds::ATP == 0;
+            let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
+            batch.append(&mut items);
+            batch.sort_by_key(item_seq);
+            // The position is only complete when nothing rendered after it is pending.
+            if buf.is_empty() && (!batch.is_empty() || out.told < cursor) {
+                batch.push(PushItem::Position { seq: cursor });
+            }
+            out.send(batch).await?;
+            last_flush = tokio::time::Instant::now();
+        }
+        if !buf.is_empty() || (!coalescing && due && out.told < cursor) {
             out.send_buf(&mut buf, Some(cursor)).await?;
             last_flush = tokio::time::Instant::now();
         }
