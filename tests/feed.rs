@@ -740,3 +740,48 @@ async fn a_subscriber_behind_by_a_burst_gets_it_coalesced_then_every_change_agai
     }
     s.stop().await;
 }
+
+/// More than a frame's worth of changes published at once all arrive without waiting for
+/// further publications (the position interval is set to a minute, so a subscriber that
+/// waited for the next publication or tick would miss the 5 s deadline of `until`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_beyond_one_frame_arrive_without_waiting_for_the_next_publication() {
+    let engine = Engine::start_in_memory(engine_config(100_000)).unwrap();
+    let s = serve(engine, |cfg| {
+        cfg.subscription.position_interval = Duration::from_secs(60);
+        cfg.subscription.max_items_per_frame = 64;
+    })
+    .await;
+    let c = client(&s).await;
+    catalog(&c).await;
+    let mut last = 0;
+    for k in 0..10 {
+        last = adjust(&c, &format!("F{k}"), "wh", 1_000).await;
+    }
+    let mut sub = subscribe(&s, request(start::AFTER, last)).await;
+    let ops: Vec<Op> = (0..1_000u128)
+        .map(|i| {
+            Op::Reserve(Reserve {
+                request_id: rid(),
+                reservation: i + 1,
+                channel: "web".into(),
+                lines: vec![WireLine {
+                    sku: format!("F{}", i % 10),
+                    qty: 1,
+                    location: None,
+                }],
+                allow_split: false,
+                ttl_ms: 600_000,
+            })
+        })
+        .collect();
+    let res = c.batch(&ops).await.unwrap();
+    let last = res
+        .iter()
+        .map(|r| decode_payload::<Reserved>(&r.body).unwrap().seq)
+        .max()
+        .unwrap();
+    let items = until(&mut sub, last).await;
+    assert_eq!(atps(&items).len(), 1_000, "one web change per reservation");
+    s.stop().await;
+}

@@ -392,6 +392,8 @@ async fn stream(
             }
         };
         cursor_gauge.store(cursor, Ordering::Relaxed);
+        // The visit stopped for a full frame: more records may be waiting already.
+        let frame_full = buf.count >= max_items;
         let due = last_flush.elapsed() >= tick;
         let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
         // Coalesced changes go out when due, when the coalescer is full, once a catching-up
@@ -419,7 +421,7 @@ async fn stream(
             out.send_buf(&mut buf, Some(cursor)).await?;
             last_flush = tokio::time::Instant::now();
         }
-        if got == READ_CHUNK || buf.count >= max_items {
+        if got == READ_CHUNK || frame_full {
             continue; // more is ready
         }
         let wait = tick.saturating_sub(last_flush.elapsed());
