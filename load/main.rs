@@ -274,7 +274,7 @@ async fn run(a: RunArgs) -> Result<bool, LoadError> {
     } else {
         print!("{}", out.report.human());
     }
-    Ok(out.report.check.as_ref().map_or(true, |c| c.passed()))
+    Ok(out.report.check.as_ref().is_none_or(|c| c.passed()))
 }
 
 async fn catalog(a: CatalogArgs) -> Result<bool, LoadError> {
