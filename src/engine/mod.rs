@@ -79,7 +79,7 @@ pub struct EngineConfig {
     pub expiry_driver: bool,
     /// Most reservations expired concurrently in one driver round. Default 1024.
     pub expiry_batch: usize,
-    /// Feed records kept in memory for subscribers to resume from (about 100–200 B each).
+    /// Feed records kept in memory for subscribers to resume from (about 650 B each once a subscriber has read it: ~650 MB at the default).
     pub feed_retention_records: usize,
 }
 

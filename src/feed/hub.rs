@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 
 use super::FeedRecord;
 
-/// Default records kept for resumption (about 100–200 B each).
+/// Default records kept for resumption (about 650 B each once a subscriber has read it: ~650 MB at the default).
 pub const DEFAULT_RETENTION_RECORDS: usize = 1_000_000;
 
 /// One published position of the ring: the record of that sequence number, if it means
