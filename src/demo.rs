@@ -238,6 +238,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("try it (in another terminal):");
             println!("  {exe} ctl --addr {addr} get SKU-0000042");
             println!("  {exe} ctl --addr {addr} reserve --channel web-fr --line SKU-0000042:1");
+            println!("  {exe} ctl --addr {addr} tail --channel amazon --kinds thresholds   # live stock alerts");
         }
         let waited = if result.is_ok() && !a.no_serve {
             println!("serving until Ctrl-C");

@@ -36,6 +36,7 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         "metrics: http://127.0.0.1:",
         "ctl --addr 127.0.0.1:",
         "reserve --channel web-fr --line SKU-0000042:1",
+        "tail --channel amazon --kinds thresholds",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
