@@ -37,19 +37,12 @@ struct Ring {
     entries: VecDeque<Slot>,
 }
 
-/// Counters of the hub (read by metrics and `server_info`).
+/// Counters of the hub that tests and tools read directly (the rest are Prometheus
+/// counters, src/metrics.rs).
 #[derive(Debug, Default)]
 pub struct HubStats {
-    /// Records published.
-    pub published: AtomicU64,
-    /// Subscriptions started.
-    pub subscriptions_started: AtomicU64,
     /// Subscribers disconnected because they lagged.
     pub lagged: AtomicU64,
-    /// Items sent to subscribers.
-    pub items_sent: AtomicU64,
-    /// ATP changes merged by coalescing.
-    pub coalesced: AtomicU64,
 }
 
 /// See the module documentation.
@@ -172,9 +165,6 @@ impl Hub {
         let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let c = Arc::new(AtomicU64::new(cursor));
         self.subscribers.lock().insert(id, c.clone());
-        self.stats
-            .subscriptions_started
-            .fetch_add(1, Ordering::Relaxed);
         (id, c)
     }
 
@@ -254,7 +244,6 @@ impl Hub {
             ring.first_seq += 1;
         }
         drop(ring);
-        self.stats.published.fetch_add(n, Ordering::Relaxed);
         self.head_tx.send_replace(head + n);
     }
 }

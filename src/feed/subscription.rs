@@ -72,7 +72,6 @@ pub struct Invalid(pub String);
 #[derive(Debug)]
 pub struct Plan {
     filter: Filter,
-    name: Option<String>,
     coalesce: Option<Duration>,
     snapshot: bool,
     /// Events after this follow (after the snapshot, if any).
@@ -172,7 +171,6 @@ pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<
     };
     Ok(Plan {
         filter,
-        name,
         coalesce: (s.coalesce_ms > 0).then(|| Duration::from_millis(u64::from(s.coalesce_ms))),
         snapshot,
         cursor,
@@ -263,7 +261,6 @@ impl Out<'_> {
             Ok(Err(_)) => return Err(Ended::Stopped),
             Err(_) => return Err(self.lagged("no frame could be queued within the stall timeout")),
         }
-        self.hub.stats.items_sent.fetch_add(n, Ordering::Relaxed);
         metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
         if let Some(p) = position {
             self.told = p;
@@ -403,7 +400,6 @@ async fn stream(
         if left_over || (coalescing && (full || due || (catching_up && got == 0))) {
             let merged = coalescer.take_merged();
             if merged > 0 {
-                hub.stats.coalesced.fetch_add(merged, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
             }
             let only_transitions = plan.filter.kinds & kinds::ATP == 0;
@@ -504,9 +500,4 @@ async fn snapshot(
     out.send(vec![PushItem::SnapshotEnd { seq: plan.cursor }])
         .await?;
     Ok(skip)
-}
-
-/// The name of a planned subscription (for `ACK`).
-pub fn name_of(plan: &Plan) -> Option<&str> {
-    plan.name.as_deref()
 }

@@ -22,7 +22,7 @@ use crate::protocol::{self, failed, opcode, status, ErrorFrame, Frame, FrameErro
 use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
 use crate::protocol::{Op, OpResult, Role};
 
-use super::dispatch::{run_batch, Ctx};
+use super::dispatch::{ok, run_batch, Ctx};
 
 /// Why reading a frame failed.
 enum ReadError {
@@ -424,7 +424,7 @@ async fn subscription_op(
             return match sub.take() {
                 Some(s) => {
                     s.end().await;
-                    ok_empty()
+                    ok(&protocol::Empty {})
                 }
                 None => failed(
                     status::INVALID_REQUEST,
@@ -451,14 +451,10 @@ async fn subscription_op(
         Ok(p) => p,
         Err(subscription::Invalid(m)) => return failed(status::INVALID_REQUEST, m),
     };
-    let answer = match protocol::encode_payload(&plan.answer) {
-        Ok(b) => OpResult {
-            status: status::OK,
-            message: String::new(),
-            body: b,
-        },
-        Err(e) => return failed(status::INTERNAL_ERROR, e.to_string()),
-    };
+    let answer = ok(&plan.answer);
+    if answer.status != status::OK {
+        return answer;
+    }
     // `true` = hold until the answer is queued (see `read_loop`), then `false`, then `true`
     // again to stop.
     let (stop_tx, mut stop_rx) = watch::channel(true);
@@ -488,15 +484,4 @@ async fn subscription_op(
         task,
     });
     answer
-}
-
-fn ok_empty() -> OpResult {
-    match protocol::encode_payload(&protocol::Empty {}) {
-        Ok(body) => OpResult {
-            status: status::OK,
-            message: String::new(),
-            body,
-        },
-        Err(e) => failed(status::INTERNAL_ERROR, e.to_string()),
-    }
 }

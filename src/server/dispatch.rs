@@ -23,7 +23,8 @@ pub(crate) struct Ctx {
     pub stats: Arc<ServerStats>,
 }
 
-fn ok<T: Serialize>(v: &T) -> OpResult {
+/// A successful result carrying `v` (an encoding failure becomes `INTERNAL_ERROR`).
+pub(crate) fn ok<T: Serialize>(v: &T) -> OpResult {
     match protocol::encode_payload(v) {
         Ok(body) => OpResult {
             status: status::OK,
