@@ -95,17 +95,6 @@ fn table(before: &[WireSku], after: &[WireSku], channels: &[String]) {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
 async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     let target = TargetSpec::Omnistock {
         addr: addr.to_string(),
@@ -242,7 +231,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         let waited = if result.is_ok() && !a.no_serve {
             println!("serving until Ctrl-C");
-            signal().await
+            crate::serve::signal().await
         } else {
             Ok(())
         };

@@ -19,7 +19,7 @@ use crate::settings::{self, LogFormat};
 pub use settings::Args;
 
 /// Resolves on SIGINT or SIGTERM.
-async fn signal() -> anyhow::Result<()> {
+pub(crate) async fn signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     tokio::select! {

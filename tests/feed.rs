@@ -122,8 +122,9 @@ async fn adjust(c: &Client, sku: &str, loc: &str, delta: i64) -> u64 {
     .seq
 }
 
-async fn reserve(c: &Client, res: u128, sku: &str, qty: u32) -> Result<Reserved, ClientError> {
-    c.reserve(Reserve {
+/// A single-line reservation on channel web.
+fn reserve_body(res: u128, sku: &str, qty: u32) -> Reserve {
+    Reserve {
         request_id: rid(),
         reservation: res,
         channel: "web".into(),
@@ -134,8 +135,11 @@ async fn reserve(c: &Client, res: u128, sku: &str, qty: u32) -> Result<Reserved,
         }],
         allow_split: false,
         ttl_ms: 600_000,
-    })
-    .await
+    }
+}
+
+async fn reserve(c: &Client, res: u128, sku: &str, qty: u32) -> Result<Reserved, ClientError> {
+    c.reserve(reserve_body(res, sku, qty)).await
 }
 
 async fn release(c: &Client, res: u128) {
@@ -544,18 +548,7 @@ async fn a_stalled_subscriber_is_disconnected_while_reservations_keep_flowing() 
         let mut ops = Vec::new();
         for k in 0..500 {
             r += 1;
-            ops.push(Op::Reserve(Reserve {
-                request_id: rid(),
-                reservation: r,
-                channel: "web".into(),
-                lines: vec![WireLine {
-                    sku: format!("L{k:03}"),
-                    qty: 1,
-                    location: None,
-                }],
-                allow_split: false,
-                ttl_ms: 600_000,
-            }));
+            ops.push(Op::Reserve(reserve_body(r, &format!("L{k:03}"), 1)));
         }
         let res = c.batch(&ops).await.unwrap();
         assert!(res.iter().all(|x| x.status == status::OK));
@@ -693,20 +686,7 @@ async fn a_subscriber_behind_by_a_burst_gets_it_coalesced_then_every_change_agai
     let mut sub = subscribe(&s, req).await;
     // One request of 400 reservations: published in one go, 400 records past the cursor.
     let ops: Vec<Op> = (0..400u128)
-        .map(|i| {
-            Op::Reserve(Reserve {
-                request_id: rid(),
-                reservation: i + 1,
-                channel: "web".into(),
-                lines: vec![WireLine {
-                    sku: format!("B{}", i % 4),
-                    qty: 1,
-                    location: None,
-                }],
-                allow_split: false,
-                ttl_ms: 600_000,
-            })
-        })
+        .map(|i| Op::Reserve(reserve_body(i + 1, &format!("B{}", i % 4), 1)))
         .collect();
     let res = c.batch(&ops).await.unwrap();
     assert!(res.iter().all(|r| r.status == status::OK));
@@ -760,20 +740,7 @@ async fn changes_beyond_one_frame_arrive_without_waiting_for_the_next_publicatio
     }
     let mut sub = subscribe(&s, request(start::AFTER, last)).await;
     let ops: Vec<Op> = (0..1_000u128)
-        .map(|i| {
-            Op::Reserve(Reserve {
-                request_id: rid(),
-                reservation: i + 1,
-                channel: "web".into(),
-                lines: vec![WireLine {
-                    sku: format!("F{}", i % 10),
-                    qty: 1,
-                    location: None,
-                }],
-                allow_split: false,
-                ttl_ms: 600_000,
-            })
-        })
+        .map(|i| Op::Reserve(reserve_body(i + 1, &format!("F{}", i % 10), 1)))
         .collect();
     let res = c.batch(&ops).await.unwrap();
     let last = res
