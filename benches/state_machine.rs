@@ -57,6 +57,16 @@ fn hold(id: u128) -> SkuCommand {
     }
 }
 
+/// Keeps the hold map small and stable: drops every hold once there are over 1,000.
+fn keep_holds_small(s: &mut SkuState) {
+    if s.holds.len() > 1000 {
+        s.holds.clear();
+        for bk in &mut s.buckets {
+            bk.reserved = 0;
+        }
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let (cat, base) = setup();
     let mut g = c.benchmark_group("state_machine");
@@ -70,13 +80,7 @@ fn bench(c: &mut Criterion) {
             for e in &ev {
                 s.apply(e, 1);
             }
-            // Keep the hold map small and stable: release every 1000th batch.
-            if s.holds.len() > 1000 {
-                s.holds.clear();
-                for bk in &mut s.buckets {
-                    bk.reserved = 0;
-                }
-            }
+            keep_holds_small(&mut s);
             black_box(&s);
         })
     });
@@ -128,12 +132,7 @@ fn bench(c: &mut Criterion) {
             }
             let rec = omnistock::feed::derive(&cat, before, &s, &ev, id as u64, 1);
             black_box(std::sync::Arc::new(rec));
-            if s.holds.len() > 1000 {
-                s.holds.clear();
-                for bk in &mut s.buckets {
-                    bk.reserved = 0;
-                }
-            }
+            keep_holds_small(&mut s);
         })
     });
     g.bench_function("channel_atp_4_locations", |b| {

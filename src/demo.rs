@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use omnistock::admin::AdminServer;
 use omnistock::client::Client;
 use omnistock::engine::{Engine, PersistConfig};
 use omnistock::loadgen::{
     self, sku_name, CartLines, CatalogSpec, LoadConfig, Progress, TargetSpec, WorkloadKind,
 };
-use omnistock::metrics::{self, Sources};
 use omnistock::protocol::WireSku;
 use omnistock::server::{Server, ServerConfig};
 
@@ -179,21 +177,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let handle = metrics::install().context("installing the metrics recorder")?;
-        let sources = Sources::new();
-        let admin = AdminServer::bind(a.admin_listen, sources.clone(), handle)
+        let admin = crate::serve::start_admin(a.admin_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "admin endpoint on {} (in use? try --admin-listen 127.0.0.1:0)",
-                    a.admin_listen
-                )
-            })?;
-        let admin_addr = admin.local_addr();
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(admin.run(async move {
-            let _ = admin_stopped.await;
-        }));
+            .context("in use? try --admin-listen 127.0.0.1:0")?;
+        let (admin_addr, sources) = (admin.addr, admin.sources.clone());
         let engine = Arc::new(
             Engine::open(PersistConfig::new(&dir))
                 .await
@@ -235,14 +222,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } else {
             Ok(())
         };
-        sources.set_stopping();
-        stop.shutdown();
-        running.await.context("server task")?;
-        tokio::task::spawn_blocking(move || engine.shutdown())
-            .await
-            .context("engine shutdown")?;
-        let _ = admin_stop.send(());
-        admin_task.await.context("admin task")?;
+        crate::serve::shut_down(admin, stop, running, engine).await?;
         result.and(waited)
     })
 }

@@ -29,6 +29,57 @@ pub(crate) async fn signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin endpoint (metrics, health, readiness) running beside a server.
+pub(crate) struct Admin {
+    /// What scrapes and readiness read; hand it the engine and the server when they exist.
+    pub sources: Arc<Sources>,
+    /// The bound address.
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Installs the metrics recorder and starts the admin endpoint on `listen` (before recovery,
+/// so `/healthz` answers and `/readyz` says 503 while it runs).
+pub(crate) async fn start_admin(listen: std::net::SocketAddr) -> anyhow::Result<Admin> {
+    let handle = metrics::install().context("installing the metrics recorder")?;
+    let sources = Sources::new();
+    let admin = AdminServer::bind(listen, sources.clone(), handle)
+        .await
+        .with_context(|| format!("admin endpoint on {listen}"))?;
+    let addr = admin.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(admin.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Admin {
+        sources,
+        addr,
+        stop,
+        task,
+    })
+}
+
+/// Stops in the order operations rely on: not ready, the server (finishing requests in
+/// flight; it must stop before the engine, whose threads run its connections), the engine
+/// (flushing the log), then the admin endpoint.
+pub(crate) async fn shut_down(
+    admin: Admin,
+    server: omnistock::server::ShutdownHandle,
+    running: tokio::task::JoinHandle<()>,
+    engine: Arc<Engine>,
+) -> anyhow::Result<()> {
+    admin.sources.set_stopping();
+    server.shutdown();
+    running.await.context("server task")?;
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .context("engine shutdown")?;
+    let _ = admin.stop.send(());
+    admin.task.await.context("admin task")?;
+    Ok(())
+}
+
 /// Runs `omnistock serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let s = settings::resolve(args)?;
@@ -38,13 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let handle = metrics::install().context("installing the metrics recorder")?;
-        let sources = Sources::new();
-        let admin = AdminServer::bind(s.admin_listen, sources.clone(), handle).await?;
-        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin_task = tokio::spawn(admin.run(async move {
-            let _ = admin_stopped.await;
-        }));
+        let admin = start_admin(s.admin_listen).await?;
+        let sources = admin.sources.clone();
         let data_dir = s.persist.data_dir.clone();
         let engine = Arc::new(
             Engine::open(s.persist)
@@ -58,14 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let running = tokio::spawn(server.run());
         let waited = signal().await;
         tracing::info!("shutting down: finishing requests in flight");
-        sources.set_stopping();
-        stop.shutdown();
-        running.await.context("server task")?;
-        tokio::task::spawn_blocking(move || engine.shutdown())
-            .await
-            .context("engine shutdown")?;
-        let _ = admin_stop.send(());
-        admin_task.await.context("admin task")?;
+        shut_down(admin, stop, running, engine).await?;
         tracing::info!("log flushed, bye");
         waited
     })
