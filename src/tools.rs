@@ -65,6 +65,8 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
             let kind = match recovery::decode_record(*seq, bytes).map(|r| r.body) {
                 Ok(RecordBody::Sku { .. }) => "sku",
                 Ok(RecordBody::Catalog(_)) => "catalog",
+                Ok(RecordBody::OpBegun { .. }) => "operation begun",
+                Ok(RecordBody::CartPlaced { .. }) => "cart placed",
                 Err(_) => "undecodable",
             };
             *kinds.entry(kind).or_default() += 1;
@@ -91,7 +93,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         kinds.get("catalog").unwrap_or(&0),
         stats.approx_disk_bytes
     );
-    println!("state: {} locations, {} channels, {} SKUs, {} holds, {} oversold SKUs, {} remembered request ids, {} incomplete carts to release at start", rec.catalog.locations.len(), rec.catalog.channels.len(), rec.skus.len(), holds, oversold, rec.idempotency.len(), rec.incomplete.len());
+    println!("state: {} locations, {} channels, {} SKUs, {} holds, {} oversold SKUs, {} remembered request ids, {} cut multi-SKU operations to finish and {} unacknowledged carts to release at start", rec.catalog.locations.len(), rec.catalog.channels.len(), rec.skus.len(), holds, oversold, rec.idempotency.len(), rec.rolled_forward, rec.rolled_back);
     println!(
         "ok: replayed {} records ({} already in the checkpoint) in {:.2}s",
         rec.records_replayed,

@@ -1,10 +1,13 @@
 //! Crash test: a child process (this test binary, re-run with `--ignored crash_child`) runs
 //! a durable engine under concurrent adjusts, carts, fulfils and releases, printing `SEND`
 //! before and `ACK` after every acknowledged operation. The parent kills it with SIGKILL at
-//! a random moment, reopens the data directory in process and checks: every acknowledged
-//! operation is present, nothing unacknowledged is half-applied (carts whole or absent),
-//! on-hand stock is explained by adjustments and fulfilments, reserved equals the sum of
-//! holds, no oversell. Cycles continue on the same directory (recovery of a recovery).
+//! a random moment, reopens the data directory in process, resends every acknowledged
+//! request of the cycle (the stored outcome must answer) and every unanswered one (as a
+//! retrying client would: applied exactly once or rejected), then checks on hand and
+//! reserved of every SKU *exactly* against the ledger of accepted requests (adjusts,
+//! multi-SKU carts on overlapping SKUs, their fulfils and releases), every accepted
+//! reservation whole, nothing else present, no oversell. Cycles continue on the same
+//! directory (recovery of a recovery).
 //! OMNISTOCK_CRASH_CYCLES sets the number of cycles (default 20).
 
 mod common;
@@ -67,72 +70,85 @@ fn say(out: &Mutex<std::io::Stdout>, line: String) {
     let _ = o.flush();
 }
 
+/// The command a `SEND` line describes (the parent rebuilds it to resend after a crash).
+fn command_of(line: &str) -> Command {
+    let parts: Vec<&str> = line.split(' ').collect();
+    let num = |i: usize| -> u128 { parts[i].parse().expect("number") };
+    match parts[0] {
+        "adj" => Command::Stock {
+            sku: sku(&format!("S{}", parts[1])),
+            command: SkuCommand::Adjust {
+                location: loc("wh"),
+                delta: parts[2].parse().expect("delta"),
+                reason: AdjustReason::Receipt,
+                reference: "crash".into(),
+            },
+        },
+        "res" => Command::Reserve(ReserveRequest {
+            reservation: num(1),
+            channel: chan("web"),
+            lines: cart_lines(parts[2])
+                .into_iter()
+                .map(|(s, q)| ReserveLine {
+                    sku: sku(&format!("S{s}")),
+                    qty: q,
+                    location: None,
+                })
+                .collect(),
+            allow_split: false,
+            ttl_ms: 3_600_000,
+        }),
+        "ful" => Command::Fulfill {
+            reservation: num(1),
+            lines: None,
+        },
+        "rel" => Command::Release {
+            reservation: num(1),
+        },
+        other => panic!("unknown operation {other}"),
+    }
+}
+
+/// "s:q,s:q" -> lines.
+fn cart_lines(desc: &str) -> Vec<(usize, u32)> {
+    desc.split(',')
+        .map(|x| {
+            let (s, q) = x.split_once(':').expect("s:q");
+            (s.parse().expect("sku"), q.parse().expect("qty"))
+        })
+        .collect()
+}
+
 async fn child_task(e: Arc<Engine>, cycle: u64, task: u64, out: Arc<Mutex<std::io::Stdout>>) {
     let mut rng = StdRng::seed_from_u64(cycle * 1000 + task);
     let mut mine: Vec<u128> = Vec::new();
     for n in 0u64.. {
         let req = (u128::from(cycle) << 64) | (u128::from(task) << 40) | u128::from(n + 1);
-        let (line, command) = match rng.gen_range(0..10) {
-            0..=2 => {
-                let s = rng.gen_range(0..SKUS);
-                let q = rng.gen_range(1..6);
-                (
-                    format!("adj {s} {q}"),
-                    Command::Stock {
-                        sku: sku(&format!("S{s}")),
-                        command: SkuCommand::Adjust {
-                            location: loc("wh"),
-                            delta: q,
-                            reason: AdjustReason::Receipt,
-                            reference: format!("c{cycle}"),
-                        },
-                    },
-                )
-            }
+        let line = match rng.gen_range(0..10) {
+            0..=2 => format!("adj {} {}", rng.gen_range(0..SKUS), rng.gen_range(1..6)),
             3..=6 => {
+                // 1-3 distinct SKUs of 8: carts overlap on SKUs all the time.
                 let k = rng.gen_range(1..=3);
                 let mut picked: Vec<usize> = (0..SKUS).collect();
                 picked.shuffle(&mut rng);
-                let lines: Vec<(usize, u32)> = picked[..k]
+                let desc: Vec<String> = picked[..k]
                     .iter()
-                    .map(|s| (*s, rng.gen_range(1..3)))
+                    .map(|s| format!("{s}:{}", rng.gen_range(1..3)))
                     .collect();
-                let desc: Vec<String> = lines.iter().map(|(s, q)| format!("{s}:{q}")).collect();
                 mine.push(req);
-                (
-                    format!("res {req} {}", desc.join(",")),
-                    Command::Reserve(ReserveRequest {
-                        reservation: req,
-                        channel: chan("web"),
-                        lines: lines
-                            .iter()
-                            .map(|(s, q)| ReserveLine {
-                                sku: sku(&format!("S{s}")),
-                                qty: *q,
-                                location: None,
-                            })
-                            .collect(),
-                        allow_split: false,
-                        ttl_ms: 3_600_000,
-                    }),
-                )
+                format!("res {req} {}", desc.join(","))
             }
             _ if !mine.is_empty() => {
                 let r = mine.swap_remove(rng.gen_range(0..mine.len()));
                 if rng.gen_bool(0.5) {
-                    (
-                        format!("ful {r}"),
-                        Command::Fulfill {
-                            reservation: r,
-                            lines: None,
-                        },
-                    )
+                    format!("ful {r}")
                 } else {
-                    (format!("rel {r}"), Command::Release { reservation: r })
+                    format!("rel {r}")
                 }
             }
             _ => continue,
         };
+        let command = command_of(&line);
         say(&out, format!("SEND {req} {line}"));
         if e.execute(Request { id: req, command }).await.is_ok() {
             say(&out, format!("ACK {req}"));
@@ -174,6 +190,8 @@ fn crash_child() {
 struct Seen {
     sent: HashMap<u128, String>,
     acked: HashSet<u128>,
+    /// Answered with a rejection when the parent resent it after a crash.
+    rejected: HashSet<u128>,
 }
 
 fn run_child(dir: &str, cycle: u64, kill_after: Duration) -> Seen {
@@ -220,88 +238,129 @@ fn run_child(dir: &str, cycle: u64, kill_after: Duration) -> Seen {
     reader.join().unwrap()
 }
 
-#[derive(Default, Debug)]
-struct Book {
-    adj_acked: i64,
-    adj_sent: i64,
-    ful_acked: i64,
-    ful_sent: i64,
+/// After a crash, the parent resends every request that was sent but not answered, with
+/// its id, as a client retrying would: each is then either applied exactly once (it had
+/// been, or is now) or rejected. Every request of the history then has a definite answer,
+/// and the state must equal the ledger of the accepted ones exactly.
+async fn settle(e: &Engine, all: &mut Seen) {
+    let mut open: Vec<u128> = all
+        .sent
+        .keys()
+        .filter(|id| !all.acked.contains(id) && !all.rejected.contains(id))
+        .copied()
+        .collect();
+    open.sort();
+    for id in open {
+        let command = command_of(&all.sent[&id]);
+        match e.execute(Request { id, command }).await {
+            Ok(_) => {
+                all.acked.insert(id);
+            }
+            Err(f) if f.rejection().is_some() => {
+                all.rejected.insert(id);
+            }
+            Err(f) => panic!("resend of {id} failed: {f}"),
+        }
+    }
 }
 
-async fn verify(dir: &str, all: &Seen) {
+async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen) {
     let e = Engine::open(persist(dir)).await.expect("reopen after kill");
-    let mut book: Vec<Book> = (0..SKUS).map(|_| Book::default()).collect();
-    let mut carts: HashMap<u128, Vec<(usize, u32)>> = HashMap::new();
-    for (id, op) in &all.sent {
-        if let Some(rest) = op.strip_prefix("res ") {
-            let (_, lines) = rest.split_once(' ').unwrap();
-            let l = lines.split(',').map(|x| {
-                let (s, q) = x.split_once(':').unwrap();
-                (s.parse().unwrap(), q.parse().unwrap())
-            });
-            carts.insert(*id, l.collect());
-        }
+    // Acknowledged before the crash: a resend answers from the stored outcome.
+    for id in &last_cycle.acked {
+        let command = command_of(&last_cycle.sent[id]);
+        e.execute(Request { id: *id, command })
+            .await
+            .unwrap_or_else(|f| panic!("acknowledged request {id} resent: {f}"));
     }
-    let mut ended_acked = HashSet::new();
-    let mut ended_sent = HashSet::new();
-    for (id, op) in &all.sent {
-        let acked = all.acked.contains(id);
-        let parts: Vec<&str> = op.split(' ').collect();
+    settle(&e, all).await;
+    // The ledger of accepted requests, in id order (per task, the order they were sent).
+    let mut ids: Vec<&u128> = all.acked.iter().collect();
+    ids.sort();
+    let mut on_hand = [0i64; SKUS];
+    let mut holds: HashMap<u128, Vec<(usize, u32)>> = HashMap::new();
+    for id in ids {
+        let line = &all.sent[id];
+        let parts: Vec<&str> = line.split(' ').collect();
         match parts[0] {
             "adj" => {
-                let (s, q): (usize, i64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
-                book[s].adj_sent += q;
-                if acked {
-                    book[s].adj_acked += q;
-                }
+                on_hand[parts[1].parse::<usize>().unwrap()] += parts[2].parse::<i64>().unwrap()
             }
-            "ful" | "rel" => {
+            "res" => {
+                holds.insert(*id, cart_lines(parts[2]));
+            }
+            "ful" => {
                 let r: u128 = parts[1].parse().unwrap();
-                ended_sent.insert(r);
-                if acked {
-                    ended_acked.insert(r);
-                }
-                if parts[0] == "ful" {
-                    for (s, q) in &carts[&r] {
-                        book[*s].ful_sent += i64::from(*q);
-                        if acked {
-                            book[*s].ful_acked += i64::from(*q);
-                        }
-                    }
+                let lines = holds
+                    .remove(&r)
+                    .unwrap_or_else(|| panic!("fulfil {id} of a reservation {r} not held"));
+                for (s, q) in lines {
+                    on_hand[s] -= i64::from(q);
                 }
             }
-            _ => {}
+            "rel" => {
+                let r: u128 = parts[1].parse().unwrap();
+                assert!(
+                    holds.remove(&r).is_some(),
+                    "release {id} of a reservation {r} not held"
+                );
+            }
+            other => panic!("unknown operation {other}"),
         }
     }
-    for (s, b) in book.iter().enumerate() {
+    let mut reserved = [0i64; SKUS];
+    for lines in holds.values() {
+        for (s, q) in lines {
+            reserved[*s] += i64::from(*q);
+        }
+    }
+    for s in 0..SKUS {
         let st = e.sku_state(&sku(&format!("S{s}"))).await;
         let Ok(st) = st else {
-            assert_eq!(b.adj_acked, 0, "S{s} lost with acknowledged adjustments");
+            assert_eq!(on_hand[s], 0, "S{s} lost with accepted adjustments");
             continue;
         };
         st.check_invariants().unwrap();
         assert!(!st.oversold(), "S{s} oversold");
-        let on_hand = st.on_hand_total() as i64;
-        assert!(
-            on_hand >= b.adj_acked - b.ful_sent && on_hand <= b.adj_sent - b.ful_acked,
-            "S{s}: on_hand {on_hand} not explained by {b:?}"
+        let held: i64 = st.holds.values().map(|h| i64::from(h.held())).sum();
+        assert_eq!(
+            st.on_hand_total() as i64,
+            on_hand[s],
+            "S{s}: on hand against the ledger"
         );
+        if held != reserved[s] {
+            for (r, h) in &st.holds {
+                let l = holds.get(r);
+                let want = l.map(|l| l.iter().filter(|x| x.0 == s).map(|x| x.1).sum::<u32>());
+                if want != Some(h.held()) {
+                    for (i, l) in &all.sent {
+                        if l.contains(&r.to_string()) {
+                            eprintln!(
+                                "  op {i} {l} acked {} rejected {} child-acked {} cycle {}",
+                                all.acked.contains(i),
+                                all.rejected.contains(i),
+                                last_cycle.acked.contains(i),
+                                i >> 64
+                            );
+                        }
+                    }
+                    eprintln!("S{s}: reservation {r} holds {} ledger {want:?}: sent {:?} acked {} rejected {}", h.held(), all.sent.get(r), all.acked.contains(r), all.rejected.contains(r));
+                }
+            }
+        }
+        assert_eq!(held, reserved[s], "S{s}: reserved against the ledger");
     }
-    for (id, lines) in &carts {
-        let view = e.reservation(*id);
-        if all.acked.contains(id) && !ended_sent.contains(id) {
-            let v = view.unwrap_or_else(|| panic!("acknowledged reservation {id} lost"));
-            assert_eq!(v.lines.len(), lines.len(), "reservation {id} is whole");
-        } else if ended_acked.contains(id) {
+    for (id, lines) in &holds {
+        let v = e
+            .reservation(*id)
+            .unwrap_or_else(|| panic!("accepted reservation {id} lost"));
+        assert_eq!(v.lines.len(), lines.len(), "reservation {id} is whole");
+    }
+    for (id, line) in &all.sent {
+        if line.starts_with("res ") && !holds.contains_key(id) {
             assert!(
-                view.is_none(),
-                "reservation {id} ended (acknowledged) but present"
-            );
-        } else if let Some(v) = view {
-            assert_eq!(
-                v.lines.len(),
-                lines.len(),
-                "unacknowledged reservation {id} half-applied"
+                e.reservation(*id).is_none(),
+                "reservation {id} ended or refused but present"
             );
         }
     }
@@ -316,6 +375,7 @@ fn crash_recovery_keeps_every_acknowledged_operation() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
+
     let mut all = Seen::default();
     let mut rng = StdRng::seed_from_u64(7);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -335,8 +395,8 @@ fn crash_recovery_keeps_every_acknowledged_operation() {
             seen.sent.len(),
             seen.acked.len()
         );
-        all.sent.extend(seen.sent);
-        all.acked.extend(seen.acked);
-        rt.block_on(verify(&path, &all));
+        all.sent.extend(seen.sent.clone());
+        all.acked.extend(seen.acked.iter().copied());
+        rt.block_on(verify(&path, &mut all, &seen));
     }
 }

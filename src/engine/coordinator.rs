@@ -212,9 +212,15 @@ fn collect(results: Vec<(SkuId, Result<SkuReply, Failure>)>) -> (Done, Option<Fa
     (done, failure)
 }
 
-async fn committed(core: &Core, done: Vec<(SkuId, u64, Vec<Event>)>) -> Result<Outcome, Failure> {
+/// Waits until the request's records (and `marker`, a record that closes the request's
+/// group in the log, or 0) are durable, then builds its outcome.
+async fn committed(
+    core: &Core,
+    done: Vec<(SkuId, u64, Vec<Event>)>,
+    marker: u64,
+) -> Result<Outcome, Failure> {
     let seq = done.iter().map(|d| d.1).max().unwrap_or(0);
-    core.journal.wait_durable(seq).await?;
+    core.journal.wait_durable(seq.max(marker)).await?;
     let changes = done
         .into_iter()
         .flat_map(|(sku, _, events)| {
@@ -304,7 +310,23 @@ async fn reserve(
         .iter()
         .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
         .collect();
-    let outcome = committed(core, done).await;
+    // A cart of several SKUs is several records: `CartPlaced` after the last hold tells
+    // recovery it was complete (and may have been acknowledged).
+    let marker = if groups.len() > 1 {
+        let body = RecordBody::CartPlaced {
+            reservation: r.reservation,
+        };
+        match log_marker(core, request, fp, now, body) {
+            Ok(seq) => seq,
+            Err(e) => {
+                core.reservations.remove(&r.reservation);
+                return Err(e);
+            }
+        }
+    } else {
+        0
+    };
+    let outcome = committed(core, done, marker).await;
     if outcome.is_err() {
         core.reservations.remove(&r.reservation);
         return outcome;
@@ -385,14 +407,45 @@ fn end_reservation(core: &Core, id: ReservationId, entry: &ResEntry) {
     core.reservations.remove(&id);
 }
 
+/// Logs a record that changes no SKU (a group marker) and gives the feed its empty slot.
+fn log_marker(
+    core: &Core,
+    request: u128,
+    fingerprint: u64,
+    now: TimeMs,
+    body: RecordBody,
+) -> Result<u64, Failure> {
+    let rec = LogRecord {
+        at_ms: now,
+        request,
+        fingerprint,
+        body,
+    };
+    let seq = core.journal.append(&rec)?;
+    core.feed.push(seq, None);
+    Ok(seq)
+}
+
 /// Sends one command per SKU of a reservation (waiting for mailbox room) and collects.
+/// With several SKUs, `OpBegun` is logged first, so that recovery finishes the operation
+/// on every SKU if a crash cuts it after some of them.
 async fn fan_out(
     core: &Arc<Core>,
+    reservation: ReservationId,
     targets: Vec<(SkuId, SkuCommand)>,
     request: u128,
     fp: u64,
     now: TimeMs,
 ) -> (Done, Option<Failure>) {
+    if targets.len() > 1 {
+        let body = RecordBody::OpBegun {
+            reservation,
+            parts: targets.clone(),
+        };
+        if let Err(f) = log_marker(core, request, fp, now, body) {
+            return (Vec::new(), Some(f));
+        }
+    }
     let calls = targets.into_iter().map(|(sku, cmd)| {
         let op = sku_op(cmd, request, fp, core, now);
         async move {
@@ -502,7 +555,7 @@ async fn fulfill(
             )
         })
         .collect();
-    let (done, failure) = fan_out(core, targets, request, fp, now).await;
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
     let remaining = if whole { None } else { Some(remaining) };
     let r = finish_reservation_op(core, id, &entry, done, failure, remaining).await;
     if whole && r.is_ok() {
@@ -527,7 +580,7 @@ async fn finish_reservation_op(
         tracing::error!(reservation = %format!("{id:032x}"), "reservation op partly failed: {f}");
         unlock_reservation(core, id, None);
         if !done.is_empty() {
-            committed(core, done).await?;
+            committed(core, done, 0).await?;
         }
         return Err(f);
     }
@@ -535,7 +588,7 @@ async fn finish_reservation_op(
         None => end_reservation(core, id, entry),
         Some(lines) => unlock_reservation(core, id, Some(lines)),
     }
-    committed(core, done).await
+    committed(core, done, 0).await
 }
 
 async fn release(
@@ -559,7 +612,7 @@ async fn release(
             )
         })
         .collect();
-    let (done, failure) = fan_out(core, targets, request, fp, now).await;
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
     let r = finish_reservation_op(core, id, &entry, done, failure, None).await;
     if r.is_ok() {
         Counters::bump(&core.counters.reservations_released);
@@ -599,7 +652,7 @@ async fn extend(
             )
         })
         .collect();
-    let (done, failure) = fan_out(core, targets, request, fp, now).await;
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
     if failure.is_none() {
         core.expiry.remove(entry.expires_at_ms, id);
         if let Some(mut e) = core.reservations.get_mut(&id) {
@@ -630,7 +683,7 @@ async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs) -> bool {
         .iter()
         .map(|(sku, _)| (sku.clone(), SkuCommand::Expire { reservation: id }))
         .collect();
-    let (_done, failure) = fan_out(core, targets, 0, 0, now).await;
+    let (_done, failure) = fan_out(core, id, targets, 0, 0, now).await;
     if let Some(f) = failure {
         tracing::error!(reservation = %format!("{id:032x}"), "expiry failed: {f}");
         unlock_reservation(core, id, None);
@@ -650,7 +703,10 @@ pub(crate) async fn expire_due(core: &Arc<Core>) -> usize {
         if due.is_empty() {
             return n;
         }
+        // In a request epoch, like client requests: a checkpoint waits for expiries in flight.
+        let epoch = core.enter_epoch();
         let results = join_all(due.into_iter().map(|id| expire_one(core, id, now))).await;
+        core.exit_epoch(epoch);
         n += results.into_iter().filter(|x| *x).count();
     }
 }
@@ -712,7 +768,7 @@ async fn stock(
     if let Some(f) = failure {
         return Err(f);
     }
-    committed(core, done).await
+    committed(core, done, 0).await
 }
 
 async fn catalog(
@@ -792,16 +848,9 @@ pub(crate) async fn sku_state(core: &Arc<Core>, sku: &SkuId) -> Result<SkuState,
 }
 
 /// Rebuilds the reservation index and expiry queue from recovered SKU holds.
-pub(crate) fn index_holds(
-    core: &Core,
-    skus: &[SkuState],
-    skip: &std::collections::HashSet<ReservationId>,
-) {
+pub(crate) fn index_holds(core: &Core, skus: &[SkuState]) {
     for s in skus {
         for (id, h) in &s.holds {
-            if skip.contains(id) {
-                continue;
-            }
             let mut e = core.reservations.entry(*id).or_insert_with(|| ResEntry {
                 channel: h.channel.clone(),
                 lines: Vec::new(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::domain::{CatalogEvent, Event, RequestId, SkuId, TimeMs};
+use crate::domain::{CatalogEvent, Event, RequestId, ReservationId, SkuCommand, SkuId, TimeMs};
 use crate::wal::Wal;
 
 use super::EngineError;
@@ -30,6 +30,23 @@ pub enum RecordBody {
     },
     /// A catalog change.
     Catalog(CatalogEvent),
+    /// A reservation operation spanning several SKUs (fulfil, release, extend, expire)
+    /// begins: the command each SKU will be sent. Written before any SKU's part, so a
+    /// recovery that finds it with parts missing finishes the operation (roll forward):
+    /// once one SKU has sold or released its units the others must follow.
+    OpBegun {
+        /// The reservation.
+        reservation: ReservationId,
+        /// Each SKU's command, in the order they are sent.
+        parts: Vec<(SkuId, SkuCommand)>,
+    },
+    /// Every SKU of a multi-SKU cart holds it. Written after the last hold and before the
+    /// answer: a cart whose holds are in the log without this record was never
+    /// acknowledged, and recovery releases its holds (roll back).
+    CartPlaced {
+        /// The reservation.
+        reservation: ReservationId,
+    },
 }
 
 /// One log record (format version 1; the WAL frames it with a version byte and checksum).

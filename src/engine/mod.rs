@@ -18,7 +18,6 @@ mod persist;
 pub mod recovery;
 mod registry;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -330,7 +329,6 @@ impl Engine {
             Journal::memory(0),
             Catalog::default(),
             Vec::new(),
-            &HashSet::new(),
         )
     }
 
@@ -340,9 +338,8 @@ impl Engine {
         journal: Journal,
         catalog: Catalog,
         skus: Vec<SkuState>,
-        not_indexed: &HashSet<ReservationId>,
     ) -> Result<Engine, EngineError> {
-        let e = Self::start_with(config, clock, journal, catalog, skus, not_indexed)?;
+        let e = Self::start_with(config, clock, journal, catalog, skus)?;
         e.start_background_tasks()?;
         Ok(e)
     }
@@ -354,7 +351,6 @@ impl Engine {
         journal: Journal,
         catalog: Catalog,
         skus: Vec<SkuState>,
-        not_indexed: &HashSet<ReservationId>,
     ) -> Result<Engine, EngineError> {
         if config.arbiters == 0 || config.mailbox_capacity == 0 || config.expiry_batch == 0 {
             return Err(EngineError::Startup(
@@ -391,7 +387,7 @@ impl Engine {
                 Counters::bump(&core.counters.oversold_skus);
             }
         }
-        coordinator::index_holds(&core, &skus, not_indexed);
+        coordinator::index_holds(&core, &skus);
         let engine = Engine {
             core,
             system,
@@ -438,7 +434,6 @@ impl Engine {
             Journal::memory(0),
             Catalog::default(),
             Vec::new(),
-            &HashSet::new(),
         )
     }
 

@@ -9,7 +9,6 @@
 //! the idempotency table are copied. Replay skips, per SKU, records at or below its
 //! `last_seq`.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 
 use crate::codec;
-use crate::domain::ReleaseReason;
 use crate::wal::{Durability, FaultInjector, Wal, WalConfig};
 
 use super::actor::{SkuOp, SkuReply};
@@ -42,6 +40,8 @@ pub struct PersistConfig {
     pub checkpoint_poll: Duration,
     /// Test hook: makes the log's storage calls fail on demand. `None` in production.
     pub wal_fault: Option<Arc<FaultInjector>>,
+    /// The clock; `None` (default) is the system clock. Tests inject a manual one.
+    pub clock: Option<Arc<dyn super::Clock>>,
 }
 
 impl PersistConfig {
@@ -54,6 +54,7 @@ impl PersistConfig {
             checkpoint_every_records: 1_000_000,
             checkpoint_poll: Duration::from_secs(1),
             wal_fault: None,
+            clock: None,
         }
     }
 }
@@ -116,24 +117,33 @@ impl Engine {
             skus = rec.skus.len(),
             replayed = rec.records_replayed,
             skipped = rec.records_skipped,
-            incomplete_carts = rec.incomplete.len(),
+            rolled_forward = rec.rolled_forward,
+            rolled_back = rec.rolled_back,
             "recovery: state rebuilt"
         );
+        // What recovery decided itself (finishing cut operations, releasing unacknowledged
+        // carts) is logged at the positions it was derived for, before anything else.
+        for (i, c) in rec.completions.iter().enumerate() {
+            let want = rec.last_seq + 1 + i as u64;
+            let seq = wal.append(Journal::encode(c)?).map_err(storage)?;
+            if seq != want {
+                return Err(EngineError::Corrupt(format!(
+                    "{dir}: recovery record logged at {seq}, expected {want}"
+                )));
+            }
+        }
+        let last_seq = rec.last_seq + rec.completions.len() as u64;
         let engine = Engine::start_with(
             cfg.engine.clone(),
-            Arc::new(SystemClock),
+            cfg.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
             Journal::Wal(Arc::new(wal)),
             rec.catalog,
             rec.skus,
-            &rec.incomplete
-                .iter()
-                .map(|(id, _)| *id)
-                .collect::<HashSet<_>>(),
         )?;
         engine
             .core
             .feed
-            .load(rec.feed, rec.last_seq.max(engine.core.journal.last_seq()));
+            .load(rec.feed, last_seq.max(engine.core.journal.last_seq()));
         if let Journal::Wal(wal) = &engine.core.journal {
             for (name, seq) in wal.positions().map_err(storage)? {
                 engine.core.positions.insert(name, seq);
@@ -151,19 +161,17 @@ impl Engine {
                 .idem
                 .complete(id, fingerprint, Arc::new(outcome), at_ms);
         }
-        for (id, skus) in &rec.incomplete {
-            coordinator::release_holds(&engine.core, *id, skus, ReleaseReason::Recovery).await;
-        }
         let expired = engine.expire_due().await;
-        // Ready means the log is writable: what recovery wrote itself (releases of
-        // incomplete carts and of expired holds) must be durable before `open` returns.
+        // Ready means the log is writable: what recovery wrote itself (finished operations,
+        // released carts, expired holds) must be durable before `open` returns.
         let last = engine.core.journal.last_seq();
         engine.core.journal.wait_durable(last).await?;
         engine.start_background_tasks()?;
         crate::metrics::recovery_done(t0.elapsed(), rec.records_replayed);
         tracing::info!(
             expired,
-            released_incomplete = rec.incomplete.len(),
+            rolled_forward = rec.rolled_forward,
+            rolled_back = rec.rolled_back,
             duration_ms = t0.elapsed().as_millis() as u64,
             "recovery done: ready"
         );

@@ -16,7 +16,7 @@ type Fast = foldhash::fast::RandomState;
 
 use crate::codec;
 use crate::domain::{
-    Catalog, Event, ReleaseReason, RequestId, ReservationId, SkuId, SkuState, TimeMs,
+    Catalog, Event, ReleaseReason, RequestId, ReservationId, SkuCommand, SkuId, SkuState, TimeMs,
 };
 
 use super::api::{Change, Outcome};
@@ -62,8 +62,15 @@ pub struct Recovered {
     pub skus: Vec<SkuState>,
     /// Accepted requests to remember, oldest first.
     pub idempotency: Vec<IdemRecord>,
-    /// Carts whose holds are not all present (crash mid-cart): release them.
-    pub incomplete: Vec<(ReservationId, Vec<SkuId>)>,
+    /// Records recovery decided itself, already applied to `skus` (and counted in
+    /// `idempotency`), to be appended to the log at `last_seq + 1, + 2, ...` before the
+    /// engine serves: the missing parts of multi-SKU operations a crash cut (roll
+    /// forward), and the release of carts that were never acknowledged (roll back).
+    pub completions: Vec<LogRecord>,
+    /// Multi-SKU operations finished by `completions` (roll forward).
+    pub rolled_forward: usize,
+    /// Unacknowledged multi-SKU carts released by `completions` (roll back).
+    pub rolled_back: usize,
     /// Records replayed after the checkpoint.
     pub records_replayed: u64,
     /// Records skipped because the checkpoint already contained them.
@@ -73,6 +80,14 @@ pub struct Recovered {
     /// Feed records of the last records replayed (at most the retention asked for),
     /// contiguous up to `last_seq`: subscribers resume from them after a restart.
     pub feed: VecDeque<(u64, Slot)>,
+}
+
+/// The SKU a change is about (catalog changes sort first).
+fn change_sku(c: &Change) -> Option<&SkuId> {
+    match c {
+        Change::Sku { sku, .. } => Some(sku),
+        Change::Catalog(_) => None,
+    }
 }
 
 /// Decodes a checkpoint.
@@ -102,16 +117,174 @@ struct Replay {
     /// Multi-SKU cart reservation -> the request that placed it (to forget aborted carts).
     cart_request: HashMap<ReservationId, RequestId, Fast>,
     aborted_requests: HashSet<RequestId, Fast>,
+    /// Multi-SKU carts whose holds are in the log but whose `CartPlaced` is not (yet):
+    /// reservation -> (request, at_ms).
+    tentative_carts: HashMap<ReservationId, (RequestId, TimeMs), Fast>,
+    /// Multi-SKU reservation operations begun (`OpBegun`) whose parts are not all in the log.
+    pending_ops: HashMap<ReservationId, PendingOp, Fast>,
     /// Records from here on are derived for the feed (none of them is in the checkpoint).
     feed_start: u64,
     feed_retention: usize,
     feed: VecDeque<(u64, Slot)>,
 }
 
+/// A multi-SKU reservation operation whose parts are not all logged yet.
+struct PendingOp {
+    begun_seq: u64,
+    at_ms: TimeMs,
+    request: RequestId,
+    fingerprint: u64,
+    /// The parts not logged yet.
+    missing: Vec<(SkuId, SkuCommand)>,
+}
+
+/// The reservation an event ends or changes (not a placement).
+fn touched_reservation(e: &Event) -> Option<ReservationId> {
+    match e {
+        Event::HoldFulfilled { reservation, .. }
+        | Event::HoldReleased { reservation, .. }
+        | Event::HoldExtended { reservation, .. } => Some(*reservation),
+        _ => None,
+    }
+}
+
 impl Replay {
+    /// Follows the multi-SKU groups: carts placed or not, operations begun and their parts.
+    /// Runs for every record, also the ones the checkpoint already contains (a part is
+    /// present in the log whether or not it must be applied again).
+    fn track_groups(&mut self, seq: u64, rec: &LogRecord) {
+        match &rec.body {
+            RecordBody::OpBegun { reservation, parts } => {
+                self.pending_ops.insert(
+                    *reservation,
+                    PendingOp {
+                        begun_seq: seq,
+                        at_ms: rec.at_ms,
+                        request: rec.request,
+                        fingerprint: rec.fingerprint,
+                        missing: parts.clone(),
+                    },
+                );
+            }
+            RecordBody::CartPlaced { reservation } => {
+                self.tentative_carts.remove(reservation);
+            }
+            RecordBody::Sku { sku, events } => {
+                for e in events {
+                    if let Event::HoldPlaced {
+                        reservation,
+                        cart_skus,
+                        ..
+                    } = e
+                    {
+                        if *cart_skus > 1 {
+                            self.tentative_carts
+                                .insert(*reservation, (rec.request, rec.at_ms));
+                        } else {
+                            // A new reservation with this id: an earlier cart of the id ended.
+                            self.tentative_carts.remove(reservation);
+                        }
+                    }
+                    let Some(r) = touched_reservation(e) else {
+                        continue;
+                    };
+                    if let Some(p) = self.pending_ops.get_mut(&r) {
+                        p.missing.retain(|(s, _)| s != sku);
+                        if p.missing.is_empty() {
+                            self.pending_ops.remove(&r);
+                        }
+                    }
+                }
+            }
+            RecordBody::Catalog(_) => {}
+        }
+    }
+
+    /// Remembers `changes` as (part of) the outcome of `request` (not 0).
+    fn remember(
+        &mut self,
+        seq: u64,
+        at_ms: TimeMs,
+        request: RequestId,
+        fingerprint: u64,
+        changes: Vec<Change>,
+    ) {
+        if request == 0 {
+            return;
+        }
+        let entry = self.idem.entry(request).or_insert_with(|| {
+            self.idem_order.push(request);
+            IdemRecord {
+                at_ms,
+                id: request,
+                fingerprint,
+                outcome: Outcome {
+                    seq,
+                    changes: Vec::new(),
+                },
+            }
+        });
+        entry.outcome.seq = entry.outcome.seq.max(seq);
+        entry.outcome.changes.extend(changes);
+    }
+
+    /// Decides `cmd` on `sku` at `at_ms`, applies it at `seq` and returns the record to
+    /// append, or `None` (with a warning) when the SKU refuses: then the live engine had
+    /// refused it too, and the state stays as the live engine left it.
+    fn complete(
+        &mut self,
+        seq: u64,
+        at_ms: TimeMs,
+        request: RequestId,
+        fingerprint: u64,
+        sku: &SkuId,
+        cmd: &SkuCommand,
+    ) -> Option<LogRecord> {
+        let Some(state) = self.skus.get_mut(sku) else {
+            tracing::warn!(%sku, "recovery: a multi-SKU operation names a SKU that does not exist");
+            return None;
+        };
+        let events = match state.decide(cmd, &self.catalog, at_ms) {
+            Ok(ev) => ev,
+            Err(r) => {
+                tracing::warn!(%sku, "recovery: finishing a cut operation was refused: {r}");
+                return None;
+            }
+        };
+        let before = feed::before(&self.catalog, state, &events);
+        for e in &events {
+            state.apply(e, seq);
+        }
+        let f = feed::derive(&self.catalog, before, state, &events, seq, at_ms);
+        self.keep_feed(seq, || f);
+        let changes = events
+            .iter()
+            .map(|event| Change::Sku {
+                sku: sku.clone(),
+                event: event.clone(),
+            })
+            .collect();
+        self.remember(seq, at_ms, request, fingerprint, changes);
+        Some(LogRecord {
+            at_ms,
+            request,
+            fingerprint,
+            body: RecordBody::Sku {
+                sku: sku.clone(),
+                events,
+            },
+        })
+    }
+
     /// Applies one record; false if the checkpoint already contained it.
     fn record(&mut self, seq: u64, rec: LogRecord) -> bool {
+        self.track_groups(seq, &rec);
         let changes: Vec<Change> = match rec.body {
+            RecordBody::OpBegun { .. } | RecordBody::CartPlaced { .. } => {
+                // Markers: nothing to apply, nothing for subscribers (but the position).
+                self.keep_slot(seq, None);
+                return true;
+            }
             RecordBody::Catalog(ev) => {
                 if seq <= self.catalog.last_seq {
                     return false;
@@ -149,23 +322,7 @@ impl Replay {
                     .collect()
             }
         };
-        if rec.request == 0 {
-            return true;
-        }
-        let entry = self.idem.entry(rec.request).or_insert_with(|| {
-            self.idem_order.push(rec.request);
-            IdemRecord {
-                at_ms: rec.at_ms,
-                id: rec.request,
-                fingerprint: rec.fingerprint,
-                outcome: Outcome {
-                    seq,
-                    changes: Vec::new(),
-                },
-            }
-        });
-        entry.outcome.seq = entry.outcome.seq.max(seq);
-        entry.outcome.changes.extend(changes);
+        self.remember(seq, rec.at_ms, rec.request, rec.fingerprint, changes);
         true
     }
 
@@ -173,7 +330,14 @@ impl Replay {
         if seq < self.feed_start || self.feed_retention == 0 {
             return;
         }
-        self.feed.push_back((seq, Some(Arc::new(f()))));
+        self.keep_slot(seq, Some(Arc::new(f())));
+    }
+
+    fn keep_slot(&mut self, seq: u64, slot: Slot) {
+        if seq < self.feed_start || self.feed_retention == 0 {
+            return;
+        }
+        self.feed.push_back((seq, slot));
         if self.feed.len() > self.feed_retention {
             self.feed.pop_front();
         }
@@ -238,6 +402,8 @@ pub fn recover<E: std::fmt::Display>(
         idem_order: Vec::new(),
         cart_request: HashMap::default(),
         aborted_requests: HashSet::default(),
+        tentative_carts: HashMap::default(),
+        pending_ops: HashMap::default(),
     };
     for rec in cp.idempotency {
         r.idem_order.push(rec.id);
@@ -271,30 +437,59 @@ fn finish(
     skipped: u64,
     last_seq: u64,
 ) -> Result<Recovered, EngineError> {
-    // A cart is complete when every one of its SKUs holds it.
-    let mut holders: HashMap<ReservationId, (u16, Vec<SkuId>), Fast> = HashMap::default();
-    for s in r.skus.values() {
-        for (id, h) in &s.holds {
-            let e = holders.entry(*id).or_insert((h.cart_skus, Vec::new()));
-            e.1.push(s.sku.clone());
+    let mut completions = Vec::new();
+    let mut next_seq = last_seq + 1;
+    // Roll forward: an operation begun on several SKUs is finished on the ones the crash
+    // cut off, with the commands it logged and the time it was accepted.
+    let mut pending: Vec<PendingOp> = std::mem::take(&mut r.pending_ops).into_values().collect();
+    pending.sort_by_key(|p| p.begun_seq);
+    let rolled_forward = pending.len();
+    for p in pending {
+        for (sku, cmd) in &p.missing {
+            if let Some(rec) = r.complete(next_seq, p.at_ms, p.request, p.fingerprint, sku, cmd) {
+                completions.push(rec);
+                next_seq += 1;
+            }
         }
     }
-    let incomplete: Vec<(ReservationId, Vec<SkuId>)> = holders
-        .into_iter()
-        .filter(|(_, (n, skus))| skus.len() < usize::from(*n))
-        .map(|(id, (_, skus))| (id, skus))
-        .collect();
-    for (id, _) in &incomplete {
-        if let Some(req) = r.cart_request.get(id) {
-            r.aborted_requests.insert(*req);
+    // Roll back: a cart whose `CartPlaced` is missing was never acknowledged.
+    let mut tentative: Vec<(ReservationId, (RequestId, TimeMs))> =
+        std::mem::take(&mut r.tentative_carts).into_iter().collect();
+    tentative.sort_by_key(|t| t.0);
+    let rolled_back = tentative.len();
+    for (id, (request, at_ms)) in tentative {
+        r.aborted_requests.insert(request);
+        let mut holders: Vec<SkuId> = r
+            .skus
+            .values()
+            .filter(|s| s.holds.contains_key(&id))
+            .map(|s| s.sku.clone())
+            .collect();
+        holders.sort();
+        let cmd = SkuCommand::Release {
+            reservation: id,
+            reason: ReleaseReason::Recovery,
+        };
+        for sku in holders {
+            if let Some(rec) = r.complete(next_seq, at_ms, 0, 0, &sku, &cmd) {
+                completions.push(rec);
+                next_seq += 1;
+            }
         }
     }
-    let idempotency = r
+    let mut idempotency: Vec<IdemRecord> = r
         .idem_order
         .iter()
         .filter(|id| !r.aborted_requests.contains(id))
         .filter_map(|id| r.idem.remove(id))
         .collect();
+    // One defined order for an outcome's changes, live and recovered: by SKU, each SKU's
+    // events in apply order (the coordinator sends to SKUs in that order).
+    for rec in &mut idempotency {
+        rec.outcome
+            .changes
+            .sort_by(|a, b| change_sku(a).cmp(&change_sku(b)));
+    }
     // Positions with no feed meaning between derived records are impossible (every record
     // at or after `feed_start` is derived), so `feed` is contiguous.
     let feed = std::mem::take(&mut r.feed);
@@ -304,7 +499,9 @@ fn finish(
         catalog: r.catalog,
         skus,
         idempotency,
-        incomplete,
+        completions,
+        rolled_forward,
+        rolled_back,
         records_replayed: replayed,
         records_skipped: skipped,
         last_seq,
