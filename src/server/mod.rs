@@ -24,7 +24,9 @@
 
 mod config;
 mod conn;
+pub mod convert;
 mod dispatch;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
