@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use omnistock::admin::AdminServer;
+use omnistock::admin::{AdminServer, Sources};
 use omnistock::engine::Engine;
-use omnistock::metrics::{self, Sources};
+use omnistock::metrics;
 use omnistock::server::Server;
 
 use crate::settings::{self, LogFormat};
