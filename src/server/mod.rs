@@ -26,6 +26,7 @@ mod config;
 mod conn;
 pub mod convert;
 mod dispatch;
+mod feed_source;
 pub mod status;
 
 use std::net::SocketAddr;
