@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use settings::LogFormat;
+
 mod ctl;
 mod demo;
 mod serve;
@@ -46,24 +48,6 @@ enum Cmd {
     Ctl(Box<ctl::Args>),
 }
 
-/// Logs to stderr, readable lines or one JSON object per line, filtered by `filter`
-/// (`EnvFilter` syntax; an invalid filter falls back to `info`: `serve` checks it earlier).
-pub(crate) fn init_logging(json: bool, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // No colour codes when stderr is a file or the journal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     // Before anything allocates much; failure only costs performance.
     let thp = omnistock::disable_transparent_huge_pages();
@@ -71,7 +55,7 @@ fn main() -> ExitCode {
     // `serve` sets up logging itself, once its settings (log format, filter) are resolved.
     if !matches!(cli.command, Cmd::Serve(_)) {
         let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        init_logging(false, &filter);
+        settings::init_logging(LogFormat::Human, &filter);
     }
     if let Err(e) = thp {
         eprintln!(

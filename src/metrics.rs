@@ -1,13 +1,17 @@
 //! Every metric omnistock exports, in one place: its name (a `pub const`), its type, unit and
-//! help text ([`describe`]), the recorder ([`install`]) and the scrape-time collection
-//! ([`Sources::collect`]). docs/metrics.md lists the same names; a test checks that every
-//! constant here appears in a real scrape and that `promtool check metrics` accepts it.
+//! help text ([`describe`]), the recorder ([`install`]) and the recording helpers. docs/metrics.md
+//! lists the same names; a test checks that every constant here appears in a real scrape and
+//! that `promtool check metrics` accepts it.
+//!
+//! A leaf module: it imports nothing of the crate but the protocol's opcodes and status names
+//! (for labels), so the engine, the log, the feed and the server can all record through it
+//! without an import loop (tests/architecture.rs enforces this).
 //!
 //! Two ways a value gets here, chosen by cost:
 //! - **Read at scrape time** (most of them): the engine, the log and the server already keep
-//!   relaxed atomic counters ([`EngineStats`](crate::engine::EngineStats),
-//!   [`WalStats`](crate::wal::WalStats), [`ServerStats`]); a scrape copies them into
-//!   counters (`absolute`) and gauges. Nothing on the request path changes for them.
+//!   relaxed atomic counters (`EngineStats`, `WalStats`, `ServerStats`); at each scrape the
+//!   admin endpoint (`crate::admin::Sources`) copies them into counters (`absolute`) and
+//!   gauges. Nothing on the request path changes for them.
 //! - **Recorded where it happens**: per-operation request counts and latency (one call per
 //!   operation from the server's dispatch), the log's batch size and flush latency (once
 //!   per batch, on the writer thread), checkpoint and recovery durations. These use handles
@@ -20,8 +24,7 @@
 //! enumerations): never a SKU, reservation or client. Recording never panics or blocks.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics::{
@@ -30,10 +33,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::engine::Engine;
 use crate::protocol::ops::opcode;
 use crate::protocol::{status, OpResult};
-use crate::server::ServerStats;
 
 // ---- requests (recorded in the server's dispatch) ----
 
@@ -411,147 +412,6 @@ pub fn recovery_done(took: Duration, records: u64) {
     }
 }
 
-/// Why the process is not ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotReady {
-    /// The engine is still recovering (or has not been opened).
-    Recovering,
-    /// Shutdown has begun.
-    ShuttingDown,
-    /// The log has failed; writes are refused.
-    LogFailed(String),
-}
-
-impl std::fmt::Display for NotReady {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NotReady::Recovering => f.write_str("recovering"),
-            NotReady::ShuttingDown => f.write_str("shutting down"),
-            NotReady::LogFailed(m) => write!(f, "log failed: {m}"),
-        }
-    }
-}
-
-/// What health checks and scrapes read, filled in as the process starts: the engine once
-/// recovery is done, the server's counters once it is bound. Shared with the admin
-/// endpoint before the engine exists, so `/readyz` can answer 503 during recovery.
-#[derive(Default)]
-pub struct Sources {
-    engine: OnceLock<Arc<Engine>>,
-    server: OnceLock<Arc<ServerStats>>,
-    stopping: std::sync::atomic::AtomicBool,
-}
-
-impl Sources {
-    /// Empty: not ready, nothing to read but the process.
-    pub fn new() -> Arc<Sources> {
-        Arc::new(Sources::default())
-    }
-
-    /// The engine, once recovery is done: from now on the process may be ready.
-    pub fn set_engine(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
-    }
-
-    /// The server's counters.
-    pub fn set_server(&self, stats: Arc<ServerStats>) {
-        let _ = self.server.set(stats);
-    }
-
-    /// Shutdown has begun: not ready from now on.
-    pub fn set_stopping(&self) {
-        self.stopping.store(true, Ordering::Release);
-    }
-
-    /// `Ok` when recovery is done, the log is writable and shutdown has not begun.
-    pub fn ready(&self) -> Result<(), NotReady> {
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(NotReady::ShuttingDown);
-        }
-        let Some(engine) = self.engine.get() else {
-            return Err(NotReady::Recovering);
-        };
-        match engine.writable() {
-            Ok(()) => Ok(()),
-            Err(crate::engine::EngineError::ShuttingDown) => Err(NotReady::ShuttingDown),
-            Err(e) => Err(NotReady::LogFailed(e.to_string())),
-        }
-    }
-
-    /// Copies the engine's, the log's and the server's counters into the recorder and reads
-    /// the process's memory. Called at each scrape (off the async threads: it reads sled).
-    pub fn collect(&self) {
-        if let Some(e) = self.engine.get() {
-            collect_engine(e);
-        }
-        if let Some(s) = self.server.get() {
-            collect_server(s);
-        }
-        gauge!(READY).set(if self.ready().is_ok() { 1.0 } else { 0.0 });
-        if let Some(rss) = resident_memory_bytes() {
-            gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(rss as f64);
-        }
-    }
-}
-
-fn collect_engine(e: &Engine) {
-    let s = e.stats();
-    let passive = (s.skus as u64).saturating_sub(s.active_skus);
-    gauge!(SKUS, "state" => "active").set(s.active_skus as f64);
-    gauge!(SKUS, "state" => "passive").set(passive as f64);
-    gauge!(SKUS_OVERSOLD).set(s.oversold_skus as f64);
-    gauge!(PASSIVE_STATE_BYTES).set(s.passive_bytes as f64);
-    gauge!(RESERVATIONS).set(s.reservations as f64);
-    gauge!(IDEMPOTENCY_ENTRIES).set(s.idempotency_entries as f64);
-    gauge!(EXPIRY_PENDING).set(s.expiry_pending as f64);
-    gauge!(SUBSCRIBER_LAG_MAX_EVENTS).set(e.feed().max_lag() as f64);
-    counter!(RESERVATIONS_PLACED_TOTAL).absolute(s.reservations_placed);
-    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "fulfilled").absolute(s.reservations_fulfilled);
-    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "released").absolute(s.reservations_released);
-    counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "expired").absolute(s.reservations_expired);
-    counter!(MAILBOX_FULL_TOTAL).absolute(s.mailbox_full);
-    if let Some(w) = e.wal_stats() {
-        counter!(WAL_RECORDS_TOTAL).absolute(w.records.load(Ordering::Relaxed));
-        counter!(WAL_WRITTEN_BYTES_TOTAL).absolute(w.written_bytes.load(Ordering::Relaxed));
-    }
-    if let Some(l) = e.log_stats() {
-        gauge!(WAL_LOG_RECORDS).set(l.records as f64);
-        gauge!(WAL_DISK_BYTES).set(l.approx_disk_bytes as f64);
-    }
-    let failed = matches!(e.writable(), Err(crate::engine::EngineError::Storage(_)));
-    gauge!(WAL_FAILED).set(if failed { 1.0 } else { 0.0 });
-}
-
-fn collect_server(s: &ServerStats) {
-    let read = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    gauge!(CONNECTIONS).set(read(&s.connections_open) as f64);
-    counter!(CONNECTIONS_ACCEPTED_TOTAL).absolute(read(&s.connections_accepted));
-    counter!(CONNECTIONS_REFUSED_TOTAL).absolute(read(&s.connections_refused));
-    counter!(AUTH_FAILURES_TOTAL).absolute(read(&s.auth_refused));
-    counter!(PROTOCOL_ERRORS_TOTAL).absolute(read(&s.protocol_errors));
-    counter!(IDLE_DISCONNECTS_TOTAL).absolute(read(&s.idle_closed));
-    counter!(REQUEST_FRAMES_TOTAL).absolute(read(&s.requests));
-}
-
-/// Resident set size from /proc/self/status (`VmRSS`, in kB); `None` where there is no
-/// procfs (the gauge is then simply not updated).
-pub fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&status)
-}
-
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    kb.checked_mul(1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,13 +451,5 @@ mod tests {
         assert_eq!(op_label(0x7777), "other");
         let labels: std::collections::HashSet<_> = OPS.iter().map(|o| o.1).collect();
         assert_eq!(labels.len(), OPS.len());
-    }
-
-    #[test]
-    fn vm_rss_is_read_in_bytes() {
-        let status = "Name:\tx\nVmPeak:\t  2000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
-        assert_eq!(parse_vm_rss(status), Some(1234 * 1024));
-        assert_eq!(parse_vm_rss("Name: x\n"), None);
-        assert!(resident_memory_bytes().is_some_and(|b| b > 0));
     }
 }

@@ -9,12 +9,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use omnistock::admin::AdminServer;
+use omnistock::admin::{AdminServer, Sources};
 use omnistock::engine::Engine;
-use omnistock::metrics::{self, Sources};
+use omnistock::metrics;
 use omnistock::server::Server;
 
-use crate::settings::{self, LogFormat};
+use crate::settings;
 
 pub use settings::Args;
 
@@ -83,7 +83,7 @@ pub(crate) async fn shut_down(
 /// Runs `omnistock serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let s = settings::resolve(args)?;
-    crate::init_logging(s.log_format == LogFormat::Json, &s.log_filter);
+    settings::init_logging(s.log_format, &s.log_filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -202,6 +202,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logs to stderr, readable lines or one JSON object per line, filtered by `filter`
+/// (`EnvFilter` syntax; an invalid filter falls back to `info`: `serve` checks it earlier).
+/// Here rather than in `main.rs` so `serve` needs nothing from the binary's root.
+pub(crate) fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // No colour codes when stderr is a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if format == LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug)]
 pub struct Settings {

@@ -20,10 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnistock::admin::AdminServer;
+use omnistock::admin::{AdminServer, Sources};
 use omnistock::client::{Client, ClientConfig};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
-use omnistock::metrics::{self, Sources};
+use omnistock::metrics;
 use omnistock::protocol::{kinds, start, Fulfill, Release, Reserve, Role, Subscribe, WireLine};
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
 use omnistock::wal::FaultInjector;

@@ -13,19 +13,41 @@
 //! `Position`, so the highest sequence number of a processed frame is a safe resume point.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::domain::{ChannelId, SkuId};
-use crate::engine::Engine;
+use crate::domain::{Catalog, ChannelId, SkuId, SkuView};
 use crate::protocol::{self, kinds, start, started, Frame, FrameKind, PushBatch, PushItem};
 use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
 
 use super::hub::Hub;
 use super::{Coalescer, FeedBody, Filter, FrameBuf};
+
+/// What a subscription reads from the engine. `feed/` does not import the engine (the
+/// engine imports `feed/` for its hub and records), so the server implements this for
+/// `Engine` and hands the engine in as a `Source`.
+pub trait Source: Send + Sync + 'static {
+    /// The current catalog.
+    fn catalog(&self) -> Arc<Catalog>;
+    /// The feed's hub (staging, ring, subscriber cursors).
+    fn feed(&self) -> &Arc<Hub>;
+    /// The position stored under a subscription name, if any.
+    fn feed_position(&self, name: &str) -> Option<u64>;
+    /// The highest sequence number the log has assigned.
+    fn last_seq(&self) -> u64;
+    /// The known SKU ids starting with `prefix`, sorted.
+    fn sku_ids(&self, prefix: &str) -> Vec<SkuId>;
+    /// A SKU's current view (waiting for room in its mailbox): `Ok(None)` when the engine
+    /// rejects the read (an unknown SKU), `Err` with the reason when it is stopped or failed.
+    fn sku_view(&self, sku: &SkuId)
+        -> impl Future<Output = Result<Option<SkuView>, String>> + Send;
+    /// Waits until `seq` is durable; `Err` with the reason when the engine stopped or failed.
+    fn wait_durable(&self, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
 
 /// Limits of one subscription.
 #[derive(Clone, Debug)]
@@ -88,7 +110,11 @@ pub fn valid_name(n: &str) -> bool {
 }
 
 /// Checks a `SUBSCRIBE` and decides where it starts.
-pub fn plan(engine: &Engine, cfg: &SubscriptionConfig, s: &Subscribe) -> Result<Plan, Invalid> {
+pub fn plan<S: Source>(
+    engine: &S,
+    cfg: &SubscriptionConfig,
+    s: &Subscribe,
+) -> Result<Plan, Invalid> {
     let bad = |m: String| Err(Invalid(m));
     if s.kinds == 0 || s.kinds & !kinds::ALL != 0 {
         return bad(format!("kinds {:#x}: a non-empty set of 1, 2, 4", s.kinds));
@@ -288,8 +314,8 @@ impl Out<'_> {
 }
 
 /// Runs a planned subscription until `stop` turns true, the writer closes, or it lags.
-pub async fn run(
-    engine: Arc<Engine>,
+pub async fn run<S: Source>(
+    engine: Arc<S>,
     cfg: SubscriptionConfig,
     plan: Plan,
     corr: u64,
@@ -306,7 +332,7 @@ pub async fn run(
         hub: &hub,
         told: plan.cursor,
     };
-    let r = stream(&engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
+    let r = stream(&*engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
     hub.leave(id);
     metrics::gauge!(crate::metrics::SUBSCRIBERS).decrement(1.0);
     let ended = match r {
@@ -323,8 +349,8 @@ pub async fn run(
     ended
 }
 
-async fn stream(
-    engine: &Engine,
+async fn stream<S: Source>(
+    engine: &S,
     plan: &Plan,
     out: &mut Out<'_>,
     cursor_gauge: &std::sync::atomic::AtomicU64,
@@ -447,8 +473,8 @@ fn item_seq(i: &PushItem) -> u64 {
 /// Sends current ATP for the filter, then `SnapshotEnd { seq: cursor }`. Returns the SKUs
 /// whose value already includes changes after the cursor (their live events up to that
 /// sequence number are skipped, so nothing is counted twice).
-async fn snapshot(
-    engine: &Engine,
+async fn snapshot<S: Source>(
+    engine: &S,
     plan: &Plan,
     out: &mut Out<'_>,
 ) -> Result<HashMap<SkuId, u64>, Ended> {
@@ -466,12 +492,10 @@ async fn snapshot(
             let mut items = Vec::new();
             let mut max_seq = 0;
             for sku in chunk {
-                let view = match engine.get_waiting(sku).await {
-                    Ok(v) => v,
-                    Err(crate::engine::Failure::Rejected(_)) => continue, // unknown SKU
-                    Err(crate::engine::Failure::Error(e)) => {
-                        return Err(Ended::EngineGone(e.to_string()))
-                    }
+                let view = match engine.sku_view(sku).await {
+                    Ok(Some(v)) => v,
+                    Ok(None) => continue, // unknown SKU
+                    Err(e) => return Err(Ended::EngineGone(e)),
                 };
                 max_seq = max_seq.max(view.last_seq);
                 if view.last_seq > plan.cursor {
@@ -493,7 +517,7 @@ async fn snapshot(
             engine
                 .wait_durable(max_seq)
                 .await
-                .map_err(|e| Ended::EngineGone(e.to_string()))?;
+                .map_err(Ended::EngineGone)?;
             out.send(items).await?;
         }
     }

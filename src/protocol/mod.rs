@@ -4,7 +4,6 @@
 //! can be tested byte by byte and reused by any transport. docs/protocol.md is the
 //! byte-level specification; the golden tests in `tests/protocol_golden.rs` pin it.
 
-pub mod convert;
 pub mod frame;
 pub mod messages;
 pub mod ops;

@@ -1,10 +1,8 @@
 //! Status codes of operation results and error frames. `0` is success; `1..=99` are the
-//! engine's [`RejectionCode`]s with the same numbers (business answers, state unchanged);
+//! engine's rejection codes with the same numbers (business answers, state unchanged);
 //! `100` and above are errors of the server or of the request. Numbers are stable: never
-//! renumbered, only added (docs/protocol.md has the table).
-
-use crate::domain::{Rejection, RejectionCode};
-use crate::engine::{EngineError, Failure};
+//! renumbered, only added (docs/protocol.md has the table). Pure data: the mapping from the
+//! engine's rejections and errors to these codes is `crate::server::status`.
 
 /// Success.
 pub const OK: u16 = 0;
@@ -34,35 +32,6 @@ pub const IDLE_TIMEOUT: u16 = 109;
 pub const INTERNAL_ERROR: u16 = 110;
 /// The client's protocol version is not supported (connection-level).
 pub const UNSUPPORTED_VERSION: u16 = 111;
-
-/// The wire status of a rejection: its stable code.
-pub fn of_rejection(r: &Rejection) -> u16 {
-    of_code(r.code())
-}
-
-/// The wire status of a rejection code (same number).
-pub fn of_code(c: RejectionCode) -> u16 {
-    c as u16
-}
-
-/// The wire status of an engine error.
-pub fn of_engine_error(e: &EngineError) -> u16 {
-    match e {
-        EngineError::Storage(_) | EngineError::Corrupt(_) | EngineError::Startup(_) => {
-            STORAGE_FAILURE
-        }
-        EngineError::Limit(_) => LIMIT_EXCEEDED,
-        EngineError::ShuttingDown => SHUTTING_DOWN,
-    }
-}
-
-/// The wire status of any engine failure.
-pub fn of_failure(f: &Failure) -> u16 {
-    match f {
-        Failure::Rejected(r) => of_rejection(r),
-        Failure::Error(e) => of_engine_error(e),
-    }
-}
 
 /// A short stable name for a status (logs, `omnistock ctl` output).
 pub fn name(status: u16) -> &'static str {
@@ -108,27 +77,13 @@ pub fn is_retriable(status: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Rejection;
 
     #[test]
-    fn rejections_keep_their_numbers_and_errors_map_to_100_plus() {
-        assert_eq!(of_rejection(&Rejection::Busy), 13);
-        assert_eq!(of_rejection(&Rejection::InProgress(1)), 16);
-        assert_eq!(of_engine_error(&EngineError::ShuttingDown), SHUTTING_DOWN);
-        assert_eq!(
-            of_engine_error(&EngineError::Storage("x".into())),
-            STORAGE_FAILURE
-        );
-        assert_eq!(
-            of_engine_error(&EngineError::Corrupt("x".into())),
-            STORAGE_FAILURE
-        );
-        assert_eq!(
-            of_engine_error(&EngineError::Limit("x".into())),
-            LIMIT_EXCEEDED
-        );
+    fn every_defined_status_has_a_name() {
         for s in (0..=16).chain(100..=111) {
             assert_ne!(name(s), "unknown_status", "{s}");
         }
+        assert_eq!(name(INVALID_REQUEST), "invalid_request");
+        assert!(is_retriable(SHUTTING_DOWN) && !is_retriable(OK));
     }
 }

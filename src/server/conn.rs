@@ -447,7 +447,7 @@ async fn subscription_op(
         );
     }
     let cfg = ctx.config.subscription.clone();
-    let plan = match subscription::plan(&ctx.engine, &cfg, &body) {
+    let plan = match subscription::plan(ctx.engine.as_ref(), &cfg, &body) {
         Ok(p) => p,
         Err(subscription::Invalid(m)) => return failed(status::INVALID_REQUEST, m),
     };

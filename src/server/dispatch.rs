@@ -9,11 +9,12 @@ use serde::Serialize;
 
 use crate::domain::{Rejection, SkuId};
 use crate::engine::{Command, Engine, Failure, Outcome, Request};
-use crate::protocol::convert::{self, *};
 use crate::protocol::ops::is_reserved;
 use crate::protocol::{self, failed, status, Op, OpResult, RawOp, Role};
 use crate::protocol::{CompareFacts, InsufficientFacts, Pong, ServerInfo, WireSkus};
 
+use super::convert::{self, *};
+use super::status::{of_engine_error, of_rejection};
 use super::{ServerConfig, ServerStats};
 
 /// What an operation needs besides its body.
@@ -56,7 +57,7 @@ fn rejected(r: &Rejection) -> OpResult {
         _ => Ok(Vec::new()),
     };
     OpResult {
-        status: status::of_rejection(r),
+        status: of_rejection(r),
         message: r.to_string(),
         body: body.unwrap_or_default(),
     }
@@ -65,7 +66,7 @@ fn rejected(r: &Rejection) -> OpResult {
 fn failure(f: &Failure) -> OpResult {
     match f {
         Failure::Rejected(r) => rejected(r),
-        Failure::Error(e) => failed(status::of_engine_error(e), e.to_string()),
+        Failure::Error(e) => failed(of_engine_error(e), e.to_string()),
     }
 }
 

@@ -24,7 +24,10 @@
 
 mod config;
 mod conn;
+pub mod convert;
 mod dispatch;
+mod feed_source;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,14 +1,15 @@
-//! Conversions between wire messages and engine/domain types. Wire ids are strings: they
-//! are validated here, and a bad one becomes the engine's own `InvalidRequest` rejection,
-//! so the client sees the same status (12) as for any other malformed request.
+//! Conversions between wire messages and engine/domain types. They live in `server/`, not
+//! `protocol/`, so the protocol stays pure data a client can use without the engine. Wire ids
+//! are strings: they are validated here, and a bad one becomes the engine's own
+//! `InvalidRequest` rejection, so the client sees the same status (12) as for any other
+//! malformed request.
 
 use crate::domain::{
     AdjustReason, Catalog, CatalogCommand, Channel, ChannelId, Event, Location, LocationId,
     LocationKind, LowStock, Rejection, SkuCommand, SkuId, SkuView, StockState,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
-
-use super::messages::*;
+use crate::protocol::messages::*;
 
 fn sku(s: &str) -> Result<SkuId, Rejection> {
     SkuId::new(s)
