@@ -134,11 +134,14 @@ pub(crate) fn fingerprint(cmd: &Command) -> u64 {
 }
 
 /// Entry point for every mutating request.
-pub(crate) async fn execute(core: &Arc<Core>, req: Request) -> Result<Arc<Outcome>, Failure> {
+pub(crate) async fn execute(
+    core: &Arc<Core>,
+    req: Request,
+    fp: u64,
+) -> Result<Arc<Outcome>, Failure> {
     if req.id == 0 {
         return Err(Rejection::invalid("request id must be non-zero").into());
     }
-    let fp = fingerprint(&req.command);
     if let Begin::Replay(o) = core.idem.begin(req.id, fp)? {
         return Ok(o);
     }

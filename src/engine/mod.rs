@@ -440,7 +440,20 @@ impl Engine {
     /// Executes a mutating request: reserve, fulfil, release, extend, stock or catalog.
     pub async fn execute(&self, req: Request) -> Result<Arc<Outcome>, Failure> {
         self.check_running()?;
-        coordinator::execute(&self.core, req).await
+        let fp = coordinator::fingerprint(&req.command);
+        coordinator::execute(&self.core, req, fp).await
+    }
+
+    /// [`Engine::execute`] with the idempotency fingerprint computed by the caller (the
+    /// server hashes the operation's wire bytes instead of re-encoding the command). A
+    /// request id must always be sent through the same path.
+    pub async fn execute_fingerprinted(
+        &self,
+        req: Request,
+        fingerprint: u64,
+    ) -> Result<Arc<Outcome>, Failure> {
+        self.check_running()?;
+        coordinator::execute(&self.core, req, fingerprint).await
     }
 
     fn check_running(&self) -> Result<(), EngineError> {

@@ -58,7 +58,9 @@ pub struct ErrorFrame {
 pub struct RawOp {
     /// Opcode (see [`super::ops::opcode`]).
     pub opcode: u16,
-    /// The operation's body.
+    /// The operation's body. Encoded as bincode encodes a `Vec<u8>` (u64 length, bytes),
+    /// but (de)serialized as one byte string rather than element by element.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -77,6 +79,7 @@ pub struct OpResult {
     /// Empty on success; the reason otherwise.
     pub message: String,
     /// On success the operation's result body; on some rejections their facts (see docs).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

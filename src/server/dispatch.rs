@@ -94,7 +94,7 @@ pub(crate) async fn run_op(ctx: &Ctx, role: Role, raw: &RawOp) -> OpResult {
         );
     }
     match Op::from_raw(raw) {
-        Ok(Some(op)) => run_typed(ctx, op).await,
+        Ok(Some(op)) => run_typed(ctx, op, fingerprint(raw)).await,
         Ok(None) => failed(
             status::UNKNOWN_OPERATION,
             format!("unknown opcode {:#06x}", raw.opcode),
@@ -106,9 +106,21 @@ pub(crate) async fn run_op(ctx: &Ctx, role: Role, raw: &RawOp) -> OpResult {
     }
 }
 
+/// The idempotency fingerprint of a wire operation: xxh3 of its body's bytes, seeded with
+/// the opcode and [`FINGERPRINT_VERSION`] (no re-encoding of the decoded command). The
+/// encoding is canonical (fixed-width, trailing bytes refused), so equal bytes mean an
+/// equal operation. Persisted in the log: a change of definition bumps the version.
+fn fingerprint(raw: &RawOp) -> u64 {
+    let seed = (FINGERPRINT_VERSION << 16) | u64::from(raw.opcode);
+    xxhash_rust::xxh3::xxh3_64_with_seed(&raw.body, seed)
+}
+
+/// Version of [`fingerprint`]'s definition.
+const FINGERPRINT_VERSION: u64 = 1;
+
 async fn exec(
     ctx: &Ctx,
-    id: u128,
+    (id, fp): (u128, u64),
     cmd: Result<Command, Rejection>,
     on_ok: fn(&Outcome) -> OpResult,
 ) -> OpResult {
@@ -116,7 +128,11 @@ async fn exec(
         Ok(c) => c,
         Err(r) => return rejected(&r),
     };
-    match ctx.engine.execute(Request { id, command }).await {
+    match ctx
+        .engine
+        .execute_fingerprinted(Request { id, command }, fp)
+        .await
+    {
         Ok(outcome) => on_ok(&outcome),
         Err(f) => failure(&f),
     }
@@ -129,7 +145,7 @@ fn applied_result(o: &Outcome) -> OpResult {
     ok(&convert::applied_of(o))
 }
 
-async fn run_typed(ctx: &Ctx, op: Op) -> OpResult {
+async fn run_typed(ctx: &Ctx, op: Op, fp: u64) -> OpResult {
     let a = applied_result;
     match op {
         Op::Ping => ok(&Pong {
@@ -142,30 +158,36 @@ async fn run_typed(ctx: &Ctx, op: Op) -> OpResult {
                 let msg = format!("{} lines; at most {max} per reservation", r.lines.len());
                 return failed(status::LIMIT_EXCEEDED, msg);
             }
-            exec(ctx, r.request_id, reserve_command(&r), reserved_result).await
+            exec(
+                ctx,
+                (r.request_id, fp),
+                reserve_command(&r),
+                reserved_result,
+            )
+            .await
         }
-        Op::Fulfill(f) => exec(ctx, f.request_id, fulfill_command(&f), a).await,
+        Op::Fulfill(f) => exec(ctx, (f.request_id, fp), fulfill_command(&f), a).await,
         Op::Release(r) => {
             let c = Ok(Command::Release {
                 reservation: r.reservation,
             });
-            exec(ctx, r.request_id, c, a).await
+            exec(ctx, (r.request_id, fp), c, a).await
         }
         Op::Extend(e) => {
             let c = Ok(Command::Extend {
                 reservation: e.reservation,
                 ttl_ms: e.ttl_ms,
             });
-            exec(ctx, e.request_id, c, a).await
+            exec(ctx, (e.request_id, fp), c, a).await
         }
-        Op::Adjust(b) => exec(ctx, b.request_id, adjust_command(&b), a).await,
-        Op::SetOnHand(b) => exec(ctx, b.request_id, set_on_hand_command(&b), a).await,
-        Op::Move(b) => exec(ctx, b.request_id, move_command(&b), a).await,
-        Op::Transfer(b) => exec(ctx, b.request_id, transfer_command(&b), a).await,
-        Op::SetSafetyStock(b) => exec(ctx, b.request_id, safety_command(&b), a).await,
-        Op::SetIncoming(b) => exec(ctx, b.request_id, incoming_command(&b), a).await,
-        Op::UpsertLocation(b) => exec(ctx, b.request_id, location_command(&b), a).await,
-        Op::UpsertChannel(b) => exec(ctx, b.request_id, channel_command(&b), a).await,
+        Op::Adjust(b) => exec(ctx, (b.request_id, fp), adjust_command(&b), a).await,
+        Op::SetOnHand(b) => exec(ctx, (b.request_id, fp), set_on_hand_command(&b), a).await,
+        Op::Move(b) => exec(ctx, (b.request_id, fp), move_command(&b), a).await,
+        Op::Transfer(b) => exec(ctx, (b.request_id, fp), transfer_command(&b), a).await,
+        Op::SetSafetyStock(b) => exec(ctx, (b.request_id, fp), safety_command(&b), a).await,
+        Op::SetIncoming(b) => exec(ctx, (b.request_id, fp), incoming_command(&b), a).await,
+        Op::UpsertLocation(b) => exec(ctx, (b.request_id, fp), location_command(&b), a).await,
+        Op::UpsertChannel(b) => exec(ctx, (b.request_id, fp), channel_command(&b), a).await,
         Op::ListLocations => ok(&convert::locations_of(&ctx.engine.catalog())),
         Op::ListChannels => ok(&convert::channels_of(&ctx.engine.catalog())),
         Op::GetSku(g) => match get_sku(ctx, &g.sku).await {
@@ -177,7 +199,7 @@ async fn run_typed(ctx: &Ctx, op: Op) -> OpResult {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
         },
-        Op::SetLowStock(b) => exec(ctx, b.request_id, low_stock_command(&b), a).await,
+        Op::SetLowStock(b) => exec(ctx, (b.request_id, fp), low_stock_command(&b), a).await,
         Op::Ack(b) => match ctx.engine.ack_position(&b.name, b.seq).await {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),

@@ -18,7 +18,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::watch;
 
 use super::record;
 use super::{Durability, WalError, WalStats};
@@ -191,8 +190,11 @@ pub(crate) struct Shared {
     last_assigned: AtomicU64,
     /// Sticky fail-stop message; set once, never cleared.
     failure: OnceLock<String>,
-    /// Async waiters: one `send` per batch wakes all of them at once.
-    durable_tx: watch::Sender<u64>,
+    /// Async waiters by the sequence number they wait for: a publication wakes exactly
+    /// the ones it satisfies (a `watch` woke every waiter on every batch).
+    waiters: Mutex<Waiters>,
+    /// Set when the writer thread has exited: waiters for what it never published stop.
+    writer_exited: std::sync::atomic::AtomicBool,
     /// Blocking waiters park here; the lock only orders the check against the notify.
     blocking_lock: Mutex<()>,
     blocking_cv: Condvar,
@@ -203,7 +205,6 @@ impl Shared {
     /// State for a log whose next record gets `next_seq` (everything below is durable).
     pub(crate) fn new(next_seq: u64) -> Self {
         let durable = next_seq.saturating_sub(1);
-        let (durable_tx, _) = watch::channel(durable);
         Self {
             pending: Mutex::new(Pending {
                 next_seq,
@@ -215,7 +216,8 @@ impl Shared {
             flushed_seq: AtomicU64::new(durable),
             last_assigned: AtomicU64::new(durable),
             failure: OnceLock::new(),
-            durable_tx,
+            waiters: Mutex::new(Waiters::default()),
+            writer_exited: std::sync::atomic::AtomicBool::new(false),
             blocking_lock: Mutex::new(()),
             blocking_cv: Condvar::new(),
             stats: WalStats::default(),
@@ -282,7 +284,12 @@ impl Shared {
         if self.durable_seq() >= seq {
             return Some(Ok(()));
         }
-        self.failure.get()?;
+        if self.failure.get().is_none() {
+            if self.writer_exited.load(Ordering::Acquire) && self.durable_seq() < seq {
+                return Some(Err(WalError::Closed));
+            }
+            return None;
+        }
         // Re-read: the seq may have been published just before a later batch failed,
         // and a durable record must be reported durable.
         if self.durable_seq() >= seq {
@@ -306,14 +313,12 @@ impl Shared {
             return outcome;
         }
         self.check_assigned(seq)?;
-        let mut rx = self.durable_tx.subscribe();
-        // Subscribing before the predicate runs means a publish that lands between the
-        // fast-path check above and here still bumps the version we wait on.
-        let waited = rx
-            .wait_for(|durable| *durable >= seq || self.failure.get().is_some())
-            .await;
-        drop(waited);
-        self.poll_durable(seq).unwrap_or(Err(WalError::Closed))
+        DurableWait {
+            shared: self,
+            seq,
+            key: None,
+        }
+        .await
     }
 
     /// Blocking twin of [`Shared::wait_durable`] for threads outside an async runtime.
@@ -349,9 +354,34 @@ impl Shared {
             }
             self.durable_seq.store(seq, Ordering::Release);
         }
-        self.durable_tx.send_replace(seq);
+        self.wake_async(Some(seq));
         self.wake_waiters();
         Ok(())
+    }
+
+    /// Wakes the async waiters for `seq` and below (all of them with `None`), outside
+    /// the lock.
+    fn wake_async(&self, upto: Option<u64>) {
+        let ready = {
+            let mut w = self.waiters.lock();
+            match upto {
+                Some(seq) => {
+                    let rest = w.by_seq.split_off(&(seq.saturating_add(1), 0));
+                    std::mem::replace(&mut w.by_seq, rest)
+                }
+                None => std::mem::take(&mut w.by_seq),
+            }
+        };
+        for (_, waker) in ready {
+            waker.wake();
+        }
+    }
+
+    /// The writer thread is gone: nothing more will be published.
+    fn writer_gone(&self) {
+        self.writer_exited.store(true, Ordering::Release);
+        self.wake_async(None);
+        self.wake_waiters();
     }
 
     fn publish_flushed(&self, seq: u64) {
@@ -372,7 +402,7 @@ impl Shared {
             pending.records = Vec::new();
         }
         self.writer_wake.notify_all();
-        self.durable_tx.send_modify(|_| {});
+        self.wake_async(None);
         self.wake_waiters();
     }
 
@@ -497,6 +527,7 @@ impl Writer {
     pub(crate) fn run(self) {
         let shared = Arc::clone(&self.shared);
         let _guard = PanicGuard(&shared);
+        let _gone = ExitGuard(&shared);
         let mut buf: Vec<Vec<u8>> = Vec::new();
         let mut scratch: Vec<u8> = Vec::new();
         let mut unflushed = Unflushed::default();
@@ -661,4 +692,78 @@ struct BatchCounts {
     records: u64,
     groups: u64,
     bytes: u64,
+}
+
+/// Async waiters keyed by (sequence number, registration id).
+#[derive(Default)]
+pub(crate) struct Waiters {
+    by_seq: std::collections::BTreeMap<(u64, u64), std::task::Waker>,
+    next_id: u64,
+}
+
+/// Tells waiters the writer has exited, however it exits.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.writer_gone();
+    }
+}
+
+/// The future of [`Shared::wait_durable`]: registers its waker under the sequence number
+/// it waits for, and removes the registration when dropped.
+struct DurableWait<'a> {
+    shared: &'a Shared,
+    seq: u64,
+    key: Option<(u64, u64)>,
+}
+
+impl std::future::Future for DurableWait<'_> {
+    type Output = Result<(), WalError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if let Some(outcome) = self.shared.poll_durable(self.seq) {
+            self.unregister();
+            return std::task::Poll::Ready(outcome);
+        }
+        {
+            let mut w = self.shared.waiters.lock();
+            let key = match self.key {
+                Some(k) => k,
+                None => {
+                    w.next_id += 1;
+                    (self.seq, w.next_id)
+                }
+            };
+            w.by_seq.insert(key, cx.waker().clone());
+            drop(w);
+            self.key = Some(key);
+        }
+        // A publication between the check above and the registration has already run
+        // its wake-up pass: look again now that the waker is registered.
+        match self.shared.poll_durable(self.seq) {
+            Some(outcome) => {
+                self.unregister();
+                std::task::Poll::Ready(outcome)
+            }
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl DurableWait<'_> {
+    fn unregister(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.shared.waiters.lock().by_seq.remove(&k);
+        }
+    }
+}
+
+impl Drop for DurableWait<'_> {
+    fn drop(&mut self) {
+        self.unregister();
+    }
 }
