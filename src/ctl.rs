@@ -450,12 +450,20 @@ fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
     }
     println!("{}{}", v.sku, if v.oversold { "  OVERSOLD" } else { "" });
     println!(
-        "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "location", "on_hand", "reserved", "safety", "damaged", "qc", "incoming", "atp"
+        "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "damaged",
+        "qc",
+        "incoming",
+        "atp",
+        "shortfall"
     );
     for b in &v.buckets {
         println!(
-            "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
             b.location,
             b.on_hand,
             b.reserved,
@@ -463,7 +471,8 @@ fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
             b.damaged,
             b.quality_control,
             b.incoming,
-            b.atp
+            b.atp,
+            b.shortfall
         );
     }
     for (ch, atp) in &v.channels {

@@ -450,8 +450,10 @@ pub struct WireBucket {
     pub incoming: u32,
     /// Incoming ETA (0 = unknown).
     pub incoming_eta_ms: u64,
-    /// ATP of the bucket, may be negative.
+    /// ATP of the bucket (on_hand - shortfall - reserved - safety), may be negative.
     pub atp: i64,
+    /// Units sold that were not on hand, owed back by the next arrivals (0 unless oversold).
+    pub shortfall: u32,
 }
 
 /// Result of get SKU.
