@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::domain::TimeMs;
 
 /// A source of wall-clock milliseconds since the Unix epoch.
-pub trait Clock: Send + Sync + 'static {
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Now, in ms since the epoch.
     fn now_ms(&self) -> TimeMs;
 }

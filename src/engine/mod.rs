@@ -566,6 +566,14 @@ impl Engine {
         coordinator::expire_due(&self.core).await
     }
 
+    /// Test hook: asks every active SKU actor to passivate now, as the idle sweep does after
+    /// `passivate_after`; returns how many were asked. Passivation is asynchronous (an actor
+    /// that receives a message first stays active): watch `stats().active_skus`.
+    #[doc(hidden)]
+    pub fn passivate_all_now(&self) -> usize {
+        self.core.registry.sweep_idle(0)
+    }
+
     /// Number of actor arbiters (threads).
     pub fn arbiter_count(&self) -> usize {
         self.core.registry.arbiters().len()

@@ -24,7 +24,7 @@ use super::actor::{SkuOp, SkuReply};
 use super::coordinator;
 use super::journal::Journal;
 use super::recovery::{self, CheckpointState, IdemRecord, CHECKPOINT_VERSION};
-use super::{Core, Engine, EngineConfig, EngineError, SystemClock};
+use super::{Clock, Core, Engine, EngineConfig, EngineError, SystemClock};
 
 /// Settings of a durable engine.
 #[derive(Debug, Clone)]
@@ -42,6 +42,9 @@ pub struct PersistConfig {
     pub checkpoint_poll: Duration,
     /// Test hook: makes the log's storage calls fail on demand. `None` in production.
     pub wal_fault: Option<Arc<FaultInjector>>,
+    /// Test hook: the clock to use instead of the system clock (a `ManualClock` drives
+    /// expiry deterministically across restarts). `None` in production.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl PersistConfig {
@@ -54,6 +57,7 @@ impl PersistConfig {
             checkpoint_every_records: 1_000_000,
             checkpoint_poll: Duration::from_secs(1),
             wal_fault: None,
+            clock: None,
         }
     }
 }
@@ -121,7 +125,7 @@ impl Engine {
         );
         let engine = Engine::start_with(
             cfg.engine.clone(),
-            Arc::new(SystemClock),
+            cfg.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
             Journal::Wal(Arc::new(wal)),
             rec.catalog,
             rec.skus,
