@@ -104,7 +104,8 @@ enum CtlCmd {
         #[arg(long, default_value = "")]
         reference: String,
     },
-    /// Set sellable on hand (optionally only if it currently is --expected).
+    /// Set sellable on hand, a cycle count: clears any shortfall (optionally only if on hand
+    /// currently is --expected).
     Set {
         /// SKU id.
         sku: String,

@@ -236,7 +236,7 @@ pub struct EngineStats {
     pub reservations_expired: u64,
     /// Requests answered `Busy` because a SKU's mailbox was full, since start.
     pub mailbox_full: u64,
-    /// SKUs oversold now (on hand below reserved at some location).
+    /// SKUs oversold now (on hand below reserved, or a shortfall, at some location).
     pub oversold_skus: u64,
 }
 

@@ -465,7 +465,7 @@ pub struct WireSku {
     pub buckets: Vec<WireBucket>,
     /// ATP per channel.
     pub channels: Vec<(String, u32)>,
-    /// Some bucket holds more than on hand.
+    /// Some bucket holds more than on hand, or has a shortfall.
     pub oversold: bool,
     /// Active holds.
     pub holds: u32,
@@ -688,7 +688,7 @@ pub struct WireAtp {
     pub coalesced: bool,
 }
 
-/// The SKU's oversold flag changed (some location holds more than it has).
+/// The SKU's oversold flag changed (some location holds more than it has, or has a shortfall).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireOversold {
     /// Log sequence number.
