@@ -104,7 +104,8 @@ enum CtlCmd {
         #[arg(long, default_value = "")]
         reference: String,
     },
-    /// Set sellable on hand (optionally only if it currently is --expected).
+    /// Set sellable on hand, a cycle count: clears any shortfall (optionally only if on hand
+    /// currently is --expected).
     Set {
         /// SKU id.
         sku: String,
@@ -450,12 +451,20 @@ fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
     }
     println!("{}{}", v.sku, if v.oversold { "  OVERSOLD" } else { "" });
     println!(
-        "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "location", "on_hand", "reserved", "safety", "damaged", "qc", "incoming", "atp"
+        "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "damaged",
+        "qc",
+        "incoming",
+        "atp",
+        "shortfall"
     );
     for b in &v.buckets {
         println!(
-            "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
             b.location,
             b.on_hand,
             b.reserved,
@@ -463,7 +472,8 @@ fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
             b.damaged,
             b.quality_control,
             b.incoming,
-            b.atp
+            b.atp,
+            b.shortfall
         );
     }
     for (ch, atp) in &v.channels {

@@ -157,7 +157,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (RESERVATIONS_PLACED_TOTAL, Kind::Counter, None, "Reservations placed."),
     (RESERVATIONS_ENDED_TOTAL, Kind::Counter, None, "Reservations ended, by outcome (fulfilled, released, expired)."),
     (SKUS, Kind::Gauge, None, "SKUs in memory, by state: active (an actor) or passive (compact bytes)."),
-    (SKUS_OVERSOLD, Kind::Gauge, None, "SKUs with more units held than on hand at some location."),
+    (SKUS_OVERSOLD, Kind::Gauge, None, "SKUs with more units held than on hand, or a shortfall, at some location."),
     (PASSIVE_STATE_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes of compact state of passive SKUs."),
     (MAILBOX_FULL_TOTAL, Kind::Counter, None, "Requests answered Busy because a SKU's mailbox was full."),
     (IDEMPOTENCY_ENTRIES, Kind::Gauge, None, "Request ids remembered for idempotency."),

@@ -119,14 +119,15 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
                 );
                 for b in &s.buckets {
                     println!(
-                        "#   {}: on_hand {} reserved {} safety {} damaged {} qc {} incoming {}",
+                        "#   {}: on_hand {} reserved {} safety {} damaged {} qc {} incoming {} shortfall {}",
                         b.location,
                         b.on_hand,
                         b.reserved,
                         b.safety_stock,
                         b.damaged,
                         b.quality_control,
-                        b.incoming
+                        b.incoming,
+                        b.shortfall
                     );
                 }
                 println!("#   {} active holds", s.holds.len());

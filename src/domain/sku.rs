@@ -5,10 +5,20 @@
 //! event, seq)` folds one event in and cannot fail. The live path (actor), recovery (log
 //! replay) and tests all go through this one `apply`.
 //!
-//! ATP(location) = on_hand - reserved - safety_stock (may be negative when oversold);
-//! ATP(channel) = min(cap, sum over the channel's locations of max(0, ATP(location)) - buffer),
-//! never below 0. A reservation never takes a bucket's ATP below zero; an adjustment may
-//! (stock really was lost), which leaves the SKU flagged oversold until stock returns.
+//! ATP(location) = on_hand - shortfall - reserved - safety_stock (may be negative when
+//! oversold); ATP(channel) = min(cap, sum over the channel's locations of
+//! max(0, ATP(location)) - buffer), never below 0. A reservation never takes a bucket's ATP
+//! below zero; an adjustment may (stock really was lost), which leaves the SKU flagged
+//! oversold until stock returns.
+//!
+//! Shortfall: fulfilling a hold sells its units even when the bucket no longer has them (an
+//! adjustment lost them after the hold was placed). The sale takes `on_hand` down to 0 and
+//! records the rest as `shortfall` (units sold that were not on hand), so the books balance:
+//! received - adjusted out - sold = on_hand - shortfall. Sellable units arriving later (a
+//! positive adjustment, a transfer in, a move into sellable) pay the shortfall back before
+//! they add to `on_hand`; a cycle count (`OnHandSet`, absolute) clears it, since a count is
+//! the truth. Hence `shortfall > 0` implies `on_hand == 0`. A bucket with a shortfall is
+//! oversold. Negative adjustments, moves and transfers out stay limited to `on_hand`.
 
 use std::collections::HashMap;
 
@@ -59,6 +69,9 @@ pub struct Bucket {
     pub incoming: u32,
     /// When they are expected (0 = unknown).
     pub incoming_eta_ms: TimeMs,
+    /// Units sold (fulfilled) that were not on hand, owed back by the next sellable units
+    /// to arrive; cleared by a cycle count. Non-zero only while `on_hand` is 0.
+    pub shortfall: u32,
 }
 
 impl Bucket {
@@ -72,12 +85,17 @@ impl Bucket {
             quality_control: 0,
             incoming: 0,
             incoming_eta_ms: 0,
+            shortfall: 0,
         }
     }
 
-    /// Raw ATP, negative when the bucket is oversold or under its safety stock.
+    /// Raw ATP, `on_hand - shortfall - reserved - safety_stock`: negative when the bucket is
+    /// oversold or under its safety stock.
     pub fn atp(&self) -> i64 {
-        i64::from(self.on_hand) - i64::from(self.reserved) - i64::from(self.safety_stock)
+        i64::from(self.on_hand)
+            - i64::from(self.shortfall)
+            - i64::from(self.reserved)
+            - i64::from(self.safety_stock)
     }
 
     /// ATP as exposed: never below zero.
@@ -85,9 +103,38 @@ impl Bucket {
         u32::try_from(self.atp().max(0)).unwrap_or(MAX_QTY)
     }
 
-    /// More is held than is on hand.
+    /// More is held than is on hand, or units were sold that were not on hand.
     pub fn oversold(&self) -> bool {
-        self.reserved > self.on_hand
+        self.reserved > self.on_hand || self.shortfall > 0
+    }
+
+    /// `(on_hand, shortfall)` after a signed change of sellable stock, if it stays in range.
+    /// Units coming in pay the shortfall back first; units going out are limited to
+    /// `on_hand` (the shortfall is unchanged). `decide` and `apply` both use it.
+    pub fn sellable_after(&self, delta: i64) -> Option<(u32, u32)> {
+        if delta > 0 {
+            let paid = i64::from(self.shortfall).min(delta);
+            let on_hand = add_in_range(self.on_hand, delta - paid)?;
+            let shortfall = u32::try_from(i64::from(self.shortfall) - paid).ok()?;
+            Some((on_hand, shortfall))
+        } else {
+            Some((add_in_range(self.on_hand, delta)?, self.shortfall))
+        }
+    }
+
+    /// Applies [`Bucket::sellable_after`]; out of range changes nothing (decide rejected it).
+    fn change_sellable(&mut self, delta: i64) {
+        if let Some((on_hand, shortfall)) = self.sellable_after(delta) {
+            self.on_hand = on_hand;
+            self.shortfall = shortfall;
+        }
+    }
+
+    /// Sells `qty` units: from `on_hand` down to 0, the rest recorded as shortfall.
+    fn sell(&mut self, qty: u32) {
+        let from_stock = self.on_hand.min(qty);
+        self.on_hand -= from_stock;
+        self.shortfall = self.shortfall.saturating_add(qty - from_stock);
     }
 
     fn state_qty(&mut self, s: StockState) -> &mut u32 {
@@ -254,11 +301,12 @@ pub struct SkuState {
 pub struct SkuView {
     /// The SKU.
     pub sku: SkuId,
-    /// Buckets (with their ATP computable by the reader: on_hand - reserved - safety).
+    /// Buckets (with their ATP computable by the reader: on_hand - shortfall - reserved -
+    /// safety).
     pub buckets: Vec<Bucket>,
     /// ATP per channel of the catalog, never below 0.
     pub channels: Vec<(ChannelId, u32)>,
-    /// Some bucket holds more than it has on hand.
+    /// Some bucket holds more than it has on hand, or has a shortfall.
     pub oversold: bool,
     /// Active holds.
     pub holds: u32,
@@ -347,7 +395,7 @@ impl SkuState {
         u32::try_from(capped).unwrap_or(u32::MAX)
     }
 
-    /// Whether any bucket holds more than it has on hand.
+    /// Whether any bucket holds more than it has on hand or has a shortfall.
     pub fn oversold(&self) -> bool {
         self.buckets.iter().any(Bucket::oversold)
     }
@@ -625,8 +673,13 @@ impl SkuState {
             } => {
                 self.known_bucket_room(location, catalog)?;
                 check_reference(reference)?;
-                let have = self.bucket(location).map_or(0, |b| b.on_hand);
-                if *delta == 0 || add_in_range(have, *delta).is_none() {
+                let b = self.bucket(location);
+                let have = b.map_or(0, |b| b.on_hand);
+                let fits = b.map_or_else(
+                    || add_in_range(0, *delta).is_some(),
+                    |b| b.sellable_after(*delta).is_some(),
+                );
+                if *delta == 0 || !fits {
                     return Err(out_of_range(format!("on_hand at {location}"), have, *delta));
                 }
                 Event::StockAdjusted {
@@ -737,7 +790,12 @@ impl SkuState {
             ));
         }
         let target = *b.state_qty(to);
-        if add_in_range(target, i64::from(qty)).is_none() {
+        let fits = match to {
+            // Sellable units coming in pay a shortfall back first.
+            StockState::Sellable => b.sellable_after(i64::from(qty)).is_some(),
+            _ => add_in_range(target, i64::from(qty)).is_some(),
+        };
+        if !fits {
             return Err(out_of_range(
                 format!("{to:?} at {location}"),
                 target,
@@ -777,8 +835,13 @@ impl SkuState {
                 -i64::from(qty),
             ));
         }
-        let dst = self.bucket(to).map_or(0, |b| b.on_hand);
-        if add_in_range(dst, i64::from(qty)).is_none() {
+        let dst_bucket = self.bucket(to);
+        let dst = dst_bucket.map_or(0, |b| b.on_hand);
+        let fits = dst_bucket.map_or_else(
+            || add_in_range(0, i64::from(qty)).is_some(),
+            |b| b.sellable_after(i64::from(qty)).is_some(),
+        );
+        if !fits {
             return Err(out_of_range(
                 format!("on_hand at {to}"),
                 dst,
@@ -852,7 +915,7 @@ impl SkuState {
         for a in allocs {
             let b = self.bucket_mut(&a.location);
             b.reserved = b.reserved.saturating_sub(a.qty);
-            b.on_hand = b.on_hand.saturating_sub(a.qty);
+            b.sell(a.qty);
         }
         if closed {
             self.holds.remove(&reservation);
@@ -869,13 +932,15 @@ impl SkuState {
         match ev {
             Event::StockAdjusted {
                 location, delta, ..
-            } => {
-                let b = self.bucket_mut(location);
-                b.on_hand = add_in_range(b.on_hand, *delta).unwrap_or(b.on_hand);
-            }
+            } => self.bucket_mut(location).change_sellable(*delta),
             Event::OnHandSet {
                 location, on_hand, ..
-            } => self.bucket_mut(location).on_hand = *on_hand,
+            } => {
+                // A count is the truth: what was owed is forgotten.
+                let b = self.bucket_mut(location);
+                b.on_hand = *on_hand;
+                b.shortfall = 0;
+            }
             Event::StockMoved {
                 location,
                 from,
@@ -885,14 +950,17 @@ impl SkuState {
                 let b = self.bucket_mut(location);
                 let f = b.state_qty(*from);
                 *f = f.saturating_sub(*qty);
-                let t = b.state_qty(*to);
-                *t = t.saturating_add(*qty);
+                if *to == StockState::Sellable {
+                    b.change_sellable(i64::from(*qty));
+                } else {
+                    let t = b.state_qty(*to);
+                    *t = t.saturating_add(*qty);
+                }
             }
             Event::Transferred { from, to, qty, .. } => {
                 let f = self.bucket_mut(from);
                 f.on_hand = f.on_hand.saturating_sub(*qty);
-                let t = self.bucket_mut(to);
-                t.on_hand = t.on_hand.saturating_add(*qty);
+                self.bucket_mut(to).change_sellable(i64::from(*qty));
             }
             Event::SafetyStockSet { location, qty } => {
                 self.bucket_mut(location).safety_stock = *qty;
@@ -914,7 +982,8 @@ impl SkuState {
     }
 
     /// Checks the state's invariants: every bucket's `reserved` equals the sum of the holds'
-    /// allocations there, quantities are within limits, buckets are sorted and unique.
+    /// allocations there, quantities are within limits, a shortfall only on an empty bucket
+    /// (`shortfall > 0` implies `on_hand == 0`), buckets are sorted and unique.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut held: HashMap<&LocationId, u64> = HashMap::new();
         for h in self.holds.values() {
@@ -935,10 +1004,20 @@ impl SkuState {
                     self.sku, b.location, b.reserved
                 ));
             }
-            if b.on_hand > MAX_QTY || b.damaged > MAX_QTY || b.quality_control > MAX_QTY {
+            if b.on_hand > MAX_QTY
+                || b.damaged > MAX_QTY
+                || b.quality_control > MAX_QTY
+                || b.shortfall > MAX_QTY
+            {
                 return Err(format!(
                     "{} at {}: quantity over limit",
                     self.sku, b.location
+                ));
+            }
+            if b.shortfall > 0 && b.on_hand > 0 {
+                return Err(format!(
+                    "{} at {}: shortfall {} with {} on hand (arrivals must pay it first)",
+                    self.sku, b.location, b.shortfall, b.on_hand
                 ));
             }
         }
@@ -956,4 +1035,168 @@ fn check_expiry(expires_at_ms: TimeMs, now_ms: TimeMs) -> Result<(), Rejection> 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::catalog::{CatalogCommand, Location, LocationKind};
+
+    fn loc() -> LocationId {
+        LocationId::new("wh").unwrap()
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        let ev = c
+            .decide(&CatalogCommand::UpsertLocation(Location {
+                id: loc(),
+                kind: LocationKind::Warehouse,
+                region: "FR".into(),
+            }))
+            .unwrap();
+        c.apply(&ev, 1);
+        let ev = c
+            .decide(&CatalogCommand::UpsertChannel(Channel {
+                id: ChannelId::new("web").unwrap(),
+                locations: vec![loc()],
+                buffer: 0,
+                cap: None,
+            }))
+            .unwrap();
+        c.apply(&ev, 2);
+        c
+    }
+
+    /// Decides and applies `cmd`, checking the invariants; returns the rejection if any.
+    fn run(s: &mut SkuState, c: &Catalog, cmd: SkuCommand) -> Result<(), Rejection> {
+        let events = s.decide(&cmd, c, 0)?;
+        for e in &events {
+            let seq = s.last_seq + 1;
+            s.apply(e, seq);
+        }
+        s.check_invariants().unwrap();
+        Ok(())
+    }
+
+    fn adjust(delta: i64) -> SkuCommand {
+        SkuCommand::Adjust {
+            location: loc(),
+            delta,
+            reason: AdjustReason::Correction,
+            reference: String::new(),
+        }
+    }
+
+    fn hold(reservation: ReservationId, qty: u32) -> SkuCommand {
+        SkuCommand::Hold {
+            reservation,
+            channel: ChannelId::new("web").unwrap(),
+            lines: vec![HoldLine {
+                line: 0,
+                qty,
+                location: None,
+            }],
+            allow_split: false,
+            expires_at_ms: 1000,
+            cart_skus: 1,
+        }
+    }
+
+    fn fulfil(reservation: ReservationId) -> SkuCommand {
+        SkuCommand::Fulfill {
+            reservation,
+            qty: None,
+        }
+    }
+
+    /// (on_hand, shortfall, reserved, atp, oversold)
+    fn facts(s: &SkuState) -> (u32, u32, u32, i64, bool) {
+        let b = s.bucket(&loc()).unwrap();
+        (b.on_hand, b.shortfall, b.reserved, b.atp(), s.oversold())
+    }
+
+    // postmortem: fulfilling a hold on a bucket an adjustment had emptied used
+    // `on_hand.saturating_sub(qty)`, silently dropping the unit sold without stock: the
+    // oversold flag cleared and received - adjusted - sold no longer equalled on hand.
+    // The sale now records the missing unit as shortfall.
+    #[test]
+    fn fulfilling_an_oversold_hold_records_a_shortfall() {
+        let c = catalog();
+        let mut s = SkuState::new(SkuId::new("A").unwrap());
+        run(&mut s, &c, adjust(2)).unwrap();
+        assert!(matches!(
+            run(&mut s, &c, adjust(-3)),
+            Err(Rejection::QuantityOutOfRange { .. })
+        ));
+        run(&mut s, &c, hold(1, 1)).unwrap();
+        run(&mut s, &c, adjust(-2)).unwrap();
+        assert_eq!(facts(&s), (0, 0, 1, -1, true));
+        run(&mut s, &c, fulfil(1)).unwrap();
+        // received 2 - adjusted 2 - sold 1 = -1 = on_hand - shortfall
+        assert_eq!(facts(&s), (0, 1, 0, -1, true));
+        // Going out is limited to on hand: nothing to adjust out or transfer.
+        assert!(run(&mut s, &c, adjust(-1)).is_err());
+        // Arrivals pay the shortfall back first.
+        run(&mut s, &c, adjust(3)).unwrap();
+        assert_eq!(facts(&s), (2, 0, 0, 2, false));
+    }
+
+    #[test]
+    fn arrivals_pay_a_shortfall_back_and_a_count_clears_it() {
+        let c = catalog();
+        let mut s = SkuState::new(SkuId::new("A").unwrap());
+        run(&mut s, &c, adjust(3)).unwrap();
+        run(&mut s, &c, hold(1, 3)).unwrap();
+        run(&mut s, &c, adjust(-3)).unwrap();
+        run(&mut s, &c, fulfil(1)).unwrap();
+        assert_eq!(facts(&s), (0, 3, 0, -3, true));
+        // A partial payback leaves on hand at 0.
+        run(&mut s, &c, adjust(1)).unwrap();
+        assert_eq!(facts(&s), (0, 2, 0, -2, true));
+        // A move into sellable pays too.
+        let mut b = s.bucket(&loc()).unwrap().clone();
+        b.damaged = 1;
+        s.buckets = vec![b];
+        run(
+            &mut s,
+            &c,
+            SkuCommand::Move {
+                location: loc(),
+                from: StockState::Damaged,
+                to: StockState::Sellable,
+                qty: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(facts(&s), (0, 1, 0, -1, true));
+        // A hold cannot be placed against a shortfall.
+        assert!(matches!(
+            run(&mut s, &c, hold(2, 1)),
+            Err(Rejection::InsufficientStock { .. })
+        ));
+        // A cycle count is the truth: the shortfall is forgotten.
+        run(
+            &mut s,
+            &c,
+            SkuCommand::SetOnHand {
+                location: loc(),
+                on_hand: 4,
+                expected: Some(0),
+                reference: String::new(),
+            },
+        )
+        .unwrap();
+        assert_eq!(facts(&s), (4, 0, 0, 4, false));
+    }
+
+    #[test]
+    fn invariants_reject_a_shortfall_with_stock_on_hand() {
+        let mut s = SkuState::new(SkuId::new("A").unwrap());
+        let mut b = Bucket::new(loc());
+        b.on_hand = 1;
+        b.shortfall = 1;
+        s.buckets.push(b);
+        assert!(s.check_invariants().is_err());
+    }
 }

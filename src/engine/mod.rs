@@ -235,7 +235,7 @@ pub struct EngineStats {
     pub reservations_expired: u64,
     /// Requests answered `Busy` because a SKU's mailbox was full, since start.
     pub mailbox_full: u64,
-    /// SKUs oversold now (on hand below reserved at some location).
+    /// SKUs oversold now (on hand below reserved, or a shortfall, at some location).
     pub oversold_skus: u64,
 }
 
@@ -572,6 +572,14 @@ impl Engine {
             return 0;
         }
         coordinator::expire_due(&self.core).await
+    }
+
+    /// Test hook: asks every active SKU actor to passivate now, as the idle sweep does after
+    /// `passivate_after`; returns how many were asked. Passivation is asynchronous (an actor
+    /// that receives a message first stays active): watch `stats().active_skus`.
+    #[doc(hidden)]
+    pub fn passivate_all_now(&self) -> usize {
+        self.core.registry.sweep_idle(0)
     }
 
     /// Number of actor arbiters (threads).

@@ -22,7 +22,7 @@ use super::actor::{SkuOp, SkuReply};
 use super::coordinator;
 use super::journal::Journal;
 use super::recovery::{self, CheckpointState, IdemRecord, CHECKPOINT_VERSION};
-use super::{Core, Engine, EngineConfig, EngineError, SystemClock};
+use super::{Clock, Core, Engine, EngineConfig, EngineError, SystemClock};
 
 /// Settings of a durable engine.
 #[derive(Debug, Clone)]
@@ -40,8 +40,9 @@ pub struct PersistConfig {
     pub checkpoint_poll: Duration,
     /// Test hook: makes the log's storage calls fail on demand. `None` in production.
     pub wal_fault: Option<Arc<FaultInjector>>,
-    /// The clock; `None` (default) is the system clock. Tests inject a manual one.
-    pub clock: Option<Arc<dyn super::Clock>>,
+    /// Test hook: the clock to use instead of the system clock (a `ManualClock` drives
+    /// expiry deterministically across restarts). `None` in production.
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl PersistConfig {

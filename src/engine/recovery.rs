@@ -25,7 +25,7 @@ use super::EngineError;
 use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 
 /// Checkpoint format version.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// One remembered request in a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,7 @@ struct CompactBucket {
     quality_control: u32,
     incoming: u32,
     incoming_eta_ms: u64,
+    shortfall: u32,
 }
 
 type Holds = std::collections::HashMap<ReservationId, Hold, foldhash::fast::RandomState>;
@@ -122,6 +123,7 @@ pub(crate) fn decode_passive(
             quality_control: b.quality_control,
             incoming: b.incoming,
             incoming_eta_ms: b.incoming_eta_ms,
+            shortfall: b.shortfall,
         });
     }
     let mut s = SkuState {
@@ -150,6 +152,7 @@ fn encode_passive(state: &SkuState, catalog: &Catalog) -> Result<Box<[u8]>, Engi
             quality_control: b.quality_control,
             incoming: b.incoming,
             incoming_eta_ms: b.incoming_eta_ms,
+            shortfall: b.shortfall,
         });
     }
     let c = CompactRef {

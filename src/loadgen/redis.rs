@@ -159,6 +159,7 @@ pub async fn snapshot(con: &mut MultiplexedConnection, skus: u32) -> Result<Snap
                 SkuFacts {
                     on_hand,
                     reserved,
+                    shortfall: 0,
                     oversold: reserved > on_hand,
                 }
             }));

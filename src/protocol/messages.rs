@@ -453,8 +453,10 @@ pub struct WireBucket {
     pub incoming: u32,
     /// Incoming ETA (0 = unknown).
     pub incoming_eta_ms: u64,
-    /// ATP of the bucket, may be negative.
+    /// ATP of the bucket (on_hand - shortfall - reserved - safety), may be negative.
     pub atp: i64,
+    /// Units sold that were not on hand, owed back by the next arrivals (0 unless oversold).
+    pub shortfall: u32,
 }
 
 /// Result of get SKU.
@@ -466,7 +468,7 @@ pub struct WireSku {
     pub buckets: Vec<WireBucket>,
     /// ATP per channel.
     pub channels: Vec<(String, u32)>,
-    /// Some bucket holds more than on hand.
+    /// Some bucket holds more than on hand, or has a shortfall.
     pub oversold: bool,
     /// Active holds.
     pub holds: u32,
@@ -689,7 +691,7 @@ pub struct WireAtp {
     pub coalesced: bool,
 }
 
-/// The SKU's oversold flag changed (some location holds more than it has).
+/// The SKU's oversold flag changed (some location holds more than it has, or has a shortfall).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireOversold {
     /// Log sequence number.

@@ -260,6 +260,7 @@ pub fn sku_of(v: &SkuView) -> WireSku {
                 incoming: b.incoming,
                 incoming_eta_ms: b.incoming_eta_ms,
                 atp: b.atp(),
+                shortfall: b.shortfall,
             })
             .collect(),
         channels: v
