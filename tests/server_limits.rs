@@ -198,3 +198,83 @@ async fn idle_connections_are_closed() {
     assert!(t0.elapsed() >= Duration::from_millis(150));
     assert!(read_frame(&mut s).await.is_none(), "closed after the error");
 }
+
+fn subscribe_op() -> Op {
+    Op::Subscribe(Subscribe {
+        name: String::new(),
+        start: start::LIVE,
+        from_seq: 0,
+        channels: Vec::new(),
+        skus: Vec::new(),
+        sku_prefix: String::new(),
+        kinds: kinds::ALL,
+        coalesce_ms: 0,
+    })
+}
+
+/// Waits until the server counts `n` open connections (at most 5 s).
+async fn open_connections_become(stats: &omnistock::server::ServerStats, n: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if stats
+            .connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == n
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+// postmortem: SUBSCRIBE and UNSUBSCRIBE (or a close) in one write ended the subscription
+// before its task was first polled; the task then saw only "hold" on its one watch and
+// waited forever, and so did UNSUBSCRIBE: 50 of 50 connections stuck, slots and
+// descriptors never freed, SIGTERM never finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_then_unsubscribe_or_close_in_one_write_never_wedges() {
+    let engine = Arc::new(
+        Engine::start_in_memory(EngineConfig {
+            arbiters: 1,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
+    let c = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(c, engine).await.unwrap();
+    let (addr, stats) = (server.local_addr(), server.stats());
+    tokio::spawn(server.run());
+    for round in 0..50u64 {
+        let (mut s, _) = raw(addr).await;
+        let mut both = request(7, &[subscribe_op()]);
+        both.extend(request(8, &[Op::Unsubscribe]));
+        s.write_all(&both).await.unwrap();
+        let mut answered = Vec::new();
+        while answered.len() < 2 {
+            let f = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: an answer never came: {answered:?}"))
+                .expect("frame");
+            if f.kind == FrameKind::Response {
+                answered.push((f.correlation, results(&f)));
+            }
+        }
+        assert_eq!(answered, vec![(7, vec![0]), (8, vec![0])], "round {round}");
+        drop(s);
+        // Close right after a SUBSCRIBE, in the same write as the Hello's follow-up.
+        let (mut s, _) = raw(addr).await;
+        s.write_all(&request(9, &[subscribe_op()])).await.unwrap();
+        drop(s);
+    }
+    assert!(
+        open_connections_become(&stats, 0).await,
+        "connections still open: {}",
+        stats
+            .connections_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

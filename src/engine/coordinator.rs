@@ -247,6 +247,21 @@ fn group_lines(r: &ReserveRequest) -> Result<Vec<(SkuId, Vec<HoldLine>)>, Reject
             "ttl_ms must be 1..={MAX_HOLD_DURATION_MS}"
         )));
     }
+    if let [l] = r.lines.as_slice() {
+        // The common one-line cart: no map.
+        l.sku.check()?;
+        if l.qty == 0 || l.qty > MAX_QTY {
+            return Err(Rejection::invalid(format!(
+                "line 0: qty must be 1..={MAX_QTY}"
+            )));
+        }
+        let line = HoldLine {
+            line: 0,
+            qty: l.qty,
+            location: l.location.clone(),
+        };
+        return Ok(vec![(l.sku.clone(), vec![line])]);
+    }
     let mut groups: BTreeMap<SkuId, Vec<HoldLine>> = BTreeMap::new();
     for (i, l) in r.lines.iter().enumerate() {
         l.sku.check()?;

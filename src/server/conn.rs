@@ -233,14 +233,30 @@ fn status_of_frame_error(e: &FrameError) -> u16 {
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
 /// The subscription of a connection (at most one).
+/// A subscription's task and its two signals. They are separate on purpose: with one
+/// `watch` for "hold / go / stop", a SUBSCRIBE answered and ended (UNSUBSCRIBE, or the
+/// close of the connection) before the task was first polled left it seeing only the last
+/// value, "hold", forever, while `end` waited for it: the connection, its slot and its
+/// descriptor were stuck and shutdown never finished.
 struct ActiveSub {
+    /// Fired once the SUBSCRIBE answer is queued: the stream may start. Dropped unfired
+    /// when the subscription ends first.
+    release: Option<tokio::sync::oneshot::Sender<()>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl ActiveSub {
-    async fn end(self) {
+    /// Lets the stream start (after the SUBSCRIBE answer is queued).
+    fn start(&mut self) {
+        if let Some(r) = self.release.take() {
+            let _ = r.send(());
+        }
+    }
+
+    async fn end(mut self) {
         let _ = self.stop.send(true);
+        drop(self.release.take());
         let _ = self.task.await;
     }
 }
@@ -343,7 +359,7 @@ async fn read_loop(
                 let _ = tx.send(response_bytes(ctx, corr, vec![result])).await;
                 if let Some(s) = sub.as_mut() {
                     // The answer is queued: the stream may start.
-                    let _ = s.stop.send_replace(false);
+                    s.start();
                 }
                 drop(permit);
                 continue;
@@ -455,16 +471,15 @@ async fn subscription_op(
     if answer.status != status::OK {
         return answer;
     }
-    // `true` = hold until the answer is queued (see `read_loop`), then `false`, then `true`
-    // again to stop.
-    let (stop_tx, mut stop_rx) = watch::channel(true);
+    // The stream starts once the answer is queued (`release`, see `read_loop`) and stops
+    // when `stop` turns true.
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = watch::channel(false);
     let (engine, tx, kill) = (ctx.engine.clone(), tx.clone(), kill.clone());
     let task = tokio::spawn(async move {
-        // Wait for the release (or the end before it started).
-        while *stop_rx.borrow_and_update() {
-            if stop_rx.changed().await.is_err() {
-                return;
-            }
+        // Ended before it started: the release was dropped unfired, or stop already set.
+        if release_rx.await.is_err() || *stop_rx.borrow() {
+            return;
         }
         let ended = subscription::run(engine, cfg, plan, corr, tx, stop_rx).await;
         match ended {
@@ -480,6 +495,7 @@ async fn subscription_op(
         }
     });
     *sub = Some(ActiveSub {
+        release: Some(release_tx),
         stop: stop_tx,
         task,
     });
