@@ -49,12 +49,15 @@ impl Step {
     }
 }
 
+/// Buckets and holds of every SKU, by SKU name.
+type States = BTreeMap<String, (Vec<Bucket>, BTreeMap<u128, Hold>)>;
+
 /// What the live run saw after each step.
 struct Live {
     /// Log records of step i are `seqs[i].0 + 1 ..= seqs[i].1`.
     seqs: Vec<(u64, u64)>,
     /// State of every SKU after step i (index 0: before any step).
-    states: Vec<BTreeMap<String, (Vec<Bucket>, BTreeMap<u128, Hold>)>>,
+    states: Vec<States>,
     /// Outcome of each request step.
     outcomes: Vec<Option<Arc<Outcome>>>,
     /// Clock after step i.
@@ -145,7 +148,7 @@ fn scenario() -> Vec<Step> {
     ]
 }
 
-async fn snapshot(e: &Engine) -> BTreeMap<String, (Vec<Bucket>, BTreeMap<u128, Hold>)> {
+async fn snapshot(e: &Engine) -> States {
     let mut out = BTreeMap::new();
     for s in SKUS {
         let id: SkuId = sku(s);
