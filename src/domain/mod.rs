@@ -5,6 +5,7 @@
 //! clock. Time arrives as a parameter (`now_ms`), so the live path, recovery and replay all
 //! run the same code and tests can replay whole histories deterministically.
 
+pub mod cart;
 pub mod catalog;
 pub mod event;
 pub mod ids;

@@ -24,6 +24,8 @@ pub(crate) enum SkuOp {
         fingerprint: u64,
         catalog: Arc<Catalog>,
         now_ms: TimeMs,
+        /// Log it even under back-pressure: it finishes work already begun.
+        must_log: bool,
     },
     /// Read the SKU.
     View { catalog: Arc<Catalog> },
@@ -108,6 +110,7 @@ impl SkuActor {
         fingerprint: u64,
         catalog: &Catalog,
         now_ms: TimeMs,
+        must_log: bool,
     ) -> SkuReply {
         let events = match self.state.decide(cmd, catalog, now_ms) {
             Ok(events) => events,
@@ -126,7 +129,7 @@ impl SkuActor {
             unreachable!("invariant: record built as Sku above")
         };
         let before = feed::before(catalog, &self.state, events);
-        let seq = match self.core.journal.append(&rec) {
+        let seq = match self.core.journal.append(&rec, must_log) {
             Ok(seq) => seq,
             Err(e) => return SkuReply::Failed(e),
         };
@@ -180,7 +183,8 @@ impl SkuActor {
                 fingerprint,
                 catalog,
                 now_ms,
-            } => self.command(&cmd, request, fingerprint, &catalog, now_ms),
+                must_log,
+            } => self.command(&cmd, request, fingerprint, &catalog, now_ms, must_log),
             SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
             SkuOp::Passivate { .. } => SkuReply::Passivated,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::domain::{CatalogEvent, Event, RequestId, ReservationId, SkuCommand, SkuId, TimeMs};
-use crate::wal::Wal;
+use crate::wal::{Wal, WalError};
 
 use super::EngineError;
 
@@ -82,16 +82,35 @@ impl Journal {
         }
     }
 
-    /// Appends a record and returns its sequence number (not yet durable).
-    pub fn append(&self, rec: &LogRecord) -> Result<u64, EngineError> {
+    /// Appends a record and returns its sequence number (not yet durable). With
+    /// `must`, the log's back-pressure bound does not apply (see [`Wal::append_unbounded`]):
+    /// the record finishes work already begun.
+    pub fn append(&self, rec: &LogRecord, must: bool) -> Result<u64, EngineError> {
         match self {
             Journal::Memory { seq } => {
                 let _ = rec;
                 Ok(seq.fetch_add(1, Ordering::Relaxed) + 1)
             }
-            Journal::Wal(wal) => wal
-                .append(Self::encode(rec)?)
-                .map_err(|e| EngineError::Storage(e.to_string())),
+            Journal::Wal(wal) => {
+                let bytes = Self::encode(rec)?;
+                let r = if must {
+                    wal.append_unbounded(bytes)
+                } else {
+                    wal.append(bytes)
+                };
+                r.map_err(Self::error)
+            }
+        }
+    }
+
+    /// The engine's view of a log error: back-pressure is retriable, a closed log is a
+    /// shutdown, an oversized record a limit; the rest stops writes (fail-stop).
+    pub fn error(e: WalError) -> EngineError {
+        match e {
+            WalError::Backpressure { .. } => EngineError::Overloaded(e.to_string()),
+            WalError::Closed => EngineError::ShuttingDown,
+            WalError::RecordTooLarge { .. } => EngineError::Limit(e.to_string()),
+            other => EngineError::Storage(other.to_string()),
         }
     }
 
@@ -102,10 +121,7 @@ impl Journal {
                 let _ = seq;
                 Ok(())
             }
-            Journal::Wal(wal) => wal
-                .wait_durable(seq)
-                .await
-                .map_err(|e| EngineError::Storage(e.to_string())),
+            Journal::Wal(wal) => wal.wait_durable(seq).await.map_err(Self::error),
         }
     }
 
@@ -127,5 +143,24 @@ impl Journal {
     /// Encodes a record with the fixed codec.
     pub fn encode(rec: &LogRecord) -> Result<Vec<u8>, EngineError> {
         codec::encode(rec).map_err(|e| EngineError::Storage(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_back_pressure_is_a_retriable_overload_not_a_storage_failure() {
+        let e = Journal::error(WalError::Backpressure {
+            pending_records: 10,
+            max_pending_records: 10,
+        });
+        assert!(matches!(e, EngineError::Overloaded(_)) && e.is_retriable());
+        assert_eq!(Journal::error(WalError::Closed), EngineError::ShuttingDown);
+        let failed = Journal::error(WalError::Failed("disk full".into()));
+        assert!(matches!(failed, EngineError::Storage(_)) && !failed.is_retriable());
+        let big = Journal::error(WalError::RecordTooLarge { len: 2, max: 1 });
+        assert!(matches!(big, EngineError::Limit(_)) && !big.is_retriable());
     }
 }

@@ -9,14 +9,19 @@
 
 mod actor;
 mod api;
+mod catalog_writes;
 pub mod clock;
 mod coordinator;
+mod delivery;
 mod expiry;
+mod expiry_driver;
 mod idempotency;
 pub mod journal;
 mod persist;
+mod reads;
 pub mod recovery;
 mod registry;
+mod reservations;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,9 +58,20 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("engine is shutting down")]
     ShuttingDown,
+    /// The log has more records waiting for the disk than it accepts: nothing was
+    /// changed; retry after a back-off (the disk is slower than the offered load).
+    #[error("overloaded, retry later: {0}")]
+    Overloaded(String),
     /// The engine could not start.
     #[error("engine start failed: {0}")]
     Startup(String),
+}
+
+impl EngineError {
+    /// Whether the same request may succeed if sent again later (with the same request id).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, EngineError::ShuttingDown | EngineError::Overloaded(_))
+    }
 }
 
 /// Engine settings. Every field has a documented default (`EngineConfig::default()`).
@@ -387,7 +403,7 @@ impl Engine {
                 Counters::bump(&core.counters.oversold_skus);
             }
         }
-        coordinator::index_holds(&core, &skus);
+        reservations::index_holds(&core, &skus);
         let engine = Engine {
             core,
             system,
@@ -418,7 +434,7 @@ impl Engine {
         tasks.push(rt.spawn(feed_publisher(Arc::downgrade(&self.core))));
         if self.core.config.expiry_driver {
             let core = Arc::downgrade(&self.core);
-            tasks.push(rt.spawn(coordinator::expiry_driver(core)));
+            tasks.push(rt.spawn(expiry_driver::expiry_driver(core)));
         }
         Ok(())
     }
@@ -466,14 +482,14 @@ impl Engine {
     /// Reads one SKU: buckets, ATP per channel, oversold flag. Does not activate a passive SKU.
     pub async fn get(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
         self.check_running()?;
-        coordinator::get(&self.core, sku).await
+        reads::get(&self.core, sku).await
     }
 
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed
     /// snapshots, which must not skip a SKU).
     pub async fn get_waiting(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
         self.check_running()?;
-        coordinator::get_waiting(&self.core, sku).await
+        reads::get_waiting(&self.core, sku).await
     }
 
     /// Every known SKU id starting with `prefix`, sorted.
@@ -547,7 +563,7 @@ impl Engine {
 
     /// A copy of one SKU's full state (tests, audits). Does not activate a passive SKU.
     pub async fn sku_state(&self, sku: &SkuId) -> Result<SkuState, Failure> {
-        coordinator::sku_state(&self.core, sku).await
+        reads::sku_state(&self.core, sku).await
     }
 
     /// An active reservation.
@@ -571,7 +587,7 @@ impl Engine {
         if self.check_running().is_err() {
             return 0;
         }
-        coordinator::expire_due(&self.core).await
+        expiry_driver::expire_due(&self.core).await
     }
 
     /// Test hook: asks every active SKU actor to passivate now, as the idle sweep does after

@@ -19,8 +19,8 @@ use crate::codec;
 use crate::wal::{Durability, FaultInjector, Wal, WalConfig};
 
 use super::actor::{SkuOp, SkuReply};
-use super::coordinator;
 use super::journal::Journal;
+use super::reads;
 use super::recovery::{self, CheckpointState, IdemRecord, CHECKPOINT_VERSION};
 use super::{Clock, Core, Engine, EngineConfig, EngineError, SystemClock};
 
@@ -126,7 +126,9 @@ impl Engine {
         // carts) is logged at the positions it was derived for, before anything else.
         for (i, c) in rec.completions.iter().enumerate() {
             let want = rec.last_seq + 1 + i as u64;
-            let seq = wal.append(Journal::encode(c)?).map_err(storage)?;
+            let seq = wal
+                .append_unbounded(Journal::encode(c)?)
+                .map_err(Journal::error)?;
             if seq != want {
                 return Err(EngineError::Corrupt(format!(
                     "{dir}: recovery record logged at {seq}, expected {want}"
@@ -353,7 +355,7 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
     let snapshots: Vec<_> = stream::iter(active)
         .map(|sku| {
             let core = core.clone();
-            async move { coordinator::call_wait(&core, &sku, SkuOp::Snapshot).await }
+            async move { reads::call_wait(&core, &sku, SkuOp::Snapshot).await }
         })
         .buffer_unordered(CHECKPOINT_CONCURRENCY)
         .collect()

@@ -25,6 +25,8 @@ pub fn of_engine_error(e: &EngineError) -> u16 {
         }
         EngineError::Limit(_) => LIMIT_EXCEEDED,
         EngineError::ShuttingDown => SHUTTING_DOWN,
+        // Retriable like a full mailbox: the same code and meaning ("busy").
+        EngineError::Overloaded(_) => of_code(RejectionCode::Busy),
     }
 }
 
@@ -63,5 +65,10 @@ mod tests {
             LIMIT_EXCEEDED
         );
         assert_eq!(name(of_rejection(&Rejection::Busy)), "busy");
+        // postmortem: log back-pressure, documented as retriable, was answered 100
+        // "writes are stopped" while /readyz still said ready.
+        let overload = of_engine_error(&EngineError::Overloaded("x".into()));
+        assert_eq!(overload, 13);
+        assert!(crate::protocol::status::is_retriable(overload));
     }
 }

@@ -508,6 +508,20 @@ impl Wal {
         self.shared.append(payload, self.config.max_pending_records)
     }
 
+    /// [`Wal::append`] without the pending-records bound: for records that finish work
+    /// already begun (the other parts of a multi-SKU operation, the undo of a refused cart,
+    /// expiry, recovery's own records), which back-pressure must not cut in half. Their
+    /// number is bounded by the requests in flight.
+    pub fn append_unbounded(&self, payload: Vec<u8>) -> Result<u64, WalError> {
+        if payload.len() > self.config.max_record_bytes {
+            return Err(WalError::RecordTooLarge {
+                len: payload.len(),
+                max: self.config.max_record_bytes,
+            });
+        }
+        self.shared.append(payload, usize::MAX)
+    }
+
     /// Resolves once `seq` is durable (see [`Durability`]). Returns
     /// [`WalError::Failed`] if the WAL failed before `seq` became durable, and
     /// [`WalError::SeqNotAssigned`] for a seq `append` never returned. A seq that was

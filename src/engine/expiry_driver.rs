@@ -1,0 +1,89 @@
+//! The expiry driver: a task that sleeps until the earliest deadline of the expiry queue
+//! and expires what is due, every SKU of a reservation at the same `now`, in a request
+//! epoch like client requests.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::domain::{Rejection, ReservationId, SkuCommand, TimeMs};
+
+use super::reservations::*;
+use super::{Core, Counters};
+
+/// Expires one due reservation. Returns whether it expired.
+pub(super) async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs) -> bool {
+    let entry = match lock_reservation(core, id) {
+        Ok(e) => e,
+        Err(Rejection::InProgress(_)) => {
+            // Another op holds it; look again in a millisecond.
+            core.expiry.insert(now + 1, id);
+            return false;
+        }
+        Err(_) => return false,
+    };
+    if entry.expires_at_ms > now {
+        unlock_reservation(core, id, None);
+        return false;
+    }
+    let targets = entry
+        .lines
+        .iter()
+        .map(|(sku, _)| (sku.clone(), SkuCommand::Expire { reservation: id }))
+        .collect();
+    let (_done, failure) = fan_out(core, id, targets, 0, 0, now).await;
+    if let Some(f) = failure {
+        tracing::error!(reservation = %format!("{id:032x}"), "expiry failed: {f}");
+        unlock_reservation(core, id, None);
+        return false;
+    }
+    core.reservations.remove(&id);
+    Counters::bump(&core.counters.reservations_expired);
+    true
+}
+
+/// Expires everything due now, in rounds of `expiry_batch`.
+pub(crate) async fn expire_due(core: &Arc<Core>) -> usize {
+    let mut n = 0;
+    loop {
+        let now = core.clock.now_ms();
+        let due = core.expiry.take_due(now, core.config.expiry_batch);
+        if due.is_empty() {
+            return n;
+        }
+        // In a request epoch, like client requests: a checkpoint waits for expiries in flight.
+        let epoch = core.enter_epoch();
+        let results = join_all(due.into_iter().map(|id| expire_one(core, id, now))).await;
+        core.exit_epoch(epoch);
+        n += results.into_iter().filter(|x| *x).count();
+    }
+}
+
+/// Sleeps until the earliest deadline (or until an earlier one is added), then expires.
+/// Holds the core only weakly between rounds, so a shut-down engine is released at once.
+pub(crate) async fn expiry_driver(weak: std::sync::Weak<Core>) {
+    loop {
+        let (wait, changed) = {
+            let Some(core) = weak.upgrade() else { return };
+            expire_due(&core).await;
+            let now = core.clock.now_ms();
+            match core.expiry.next_deadline() {
+                Some(t) if t <= now => continue,
+                Some(t) => (
+                    Some(std::time::Duration::from_millis(t - now)),
+                    core.wake_handle(),
+                ),
+                None => (None, core.wake_handle()),
+            }
+        };
+        match wait {
+            Some(w) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(w) => {}
+                    _ = changed.notified() => {}
+                }
+            }
+            None => changed.notified().await,
+        }
+    }
+}

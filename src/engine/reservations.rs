@@ -1,0 +1,468 @@
+//! Reservation operations: a cart is all-or-nothing: every SKU's hold is placed
+//! concurrently; if any is rejected, the ones placed are undone (released as
+//! `CartAborted`) before the rejection is answered. A cart of several SKUs logs
+//! `CartPlaced` after its holds; a fulfil, release, extend or expiry of several SKUs logs
+//! `OpBegun` first, so recovery can tell a whole request from a cut one.
+//!
+//! What a concurrent reader can observe while a cart is in flight: a hold already placed on
+//! one SKU of the cart is visible (it lowers that SKU's ATP) before the cart is decided; if the
+//! cart is then rejected, that hold is released. ATP is therefore never over-promised, but
+//! may briefly be under-stated by an in-flight cart.
+//!
+//! Operations on one reservation (fulfil, release, extend, expire) are serialised by the
+//! index entry's `busy` flag: a concurrent second one answers `InProgress` (retriable).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::domain::limits::{MAX_HOLD_DURATION_MS, MAX_LINES_PER_RESERVATION, MAX_QTY};
+use crate::domain::{
+    Event, HoldLine, Rejection, ReleaseReason, ReservationId, SkuCommand, SkuId, SkuState, TimeMs,
+};
+
+use super::actor::SkuReply;
+use super::api::{Failure, Outcome, ReserveRequest};
+use super::coordinator::*;
+use super::delivery::*;
+use super::journal::{LogRecord, RecordBody};
+use super::{Core, Counters, ResEntry};
+
+/// How a fulfil request maps onto the reservation's SKUs.
+pub(super) struct FulfilPlan {
+    /// Per SKU: units, or `None` for everything still held.
+    per_sku: Vec<(SkuId, Option<u32>)>,
+    /// Units still held per SKU afterwards (when not closing).
+    remaining: Vec<(SkuId, u32)>,
+    /// The whole reservation ends.
+    closes: bool,
+}
+
+/// The cart's lines grouped by SKU (limits checked), in the order holds are placed.
+pub(super) fn group_lines(r: &ReserveRequest) -> Result<Vec<(SkuId, Vec<HoldLine>)>, Rejection> {
+    crate::domain::cart::group_lines(&r.lines, r.ttl_ms, |l| (&l.sku, l.qty, &l.location))
+}
+
+pub(super) async fn reserve(
+    core: &Arc<Core>,
+    request: u128,
+    fp: u64,
+    r: ReserveRequest,
+    now: TimeMs,
+) -> Result<Outcome, Failure> {
+    let groups = group_lines(&r)?;
+    core.catalog().channel(&r.channel)?;
+    let expires_at_ms = now.saturating_add(r.ttl_ms);
+    match core.reservations.entry(r.reservation) {
+        dashmap::mapref::entry::Entry::Occupied(_) => {
+            return Err(Rejection::ReservationExists(r.reservation).into())
+        }
+        dashmap::mapref::entry::Entry::Vacant(v) => {
+            v.insert(ResEntry {
+                channel: r.channel.clone(),
+                lines: Vec::new(),
+                expires_at_ms,
+                busy: true,
+                committed: false,
+            });
+        }
+    }
+    let cart_skus = u16::try_from(groups.len()).unwrap_or(u16::MAX);
+    let calls = groups.iter().map(|(sku, lines)| {
+        let cmd = SkuCommand::Hold {
+            reservation: r.reservation,
+            channel: r.channel.clone(),
+            lines: lines.clone(),
+            allow_split: r.allow_split,
+            expires_at_ms,
+            cart_skus,
+        };
+        let op = sku_op(cmd, (request, fp), core, now, Admit::New);
+        async move { (sku.clone(), call(core, sku, op, false, Delivery::Try).await) }
+    });
+    let (done, failure) = collect(join_all(calls).await);
+    if let Some(f) = failure {
+        // Undo the holds the rejected cart had placed.
+        let placed: Vec<SkuId> = done.iter().map(|d| d.0.clone()).collect();
+        release_holds(core, r.reservation, &placed, ReleaseReason::CartAborted).await;
+        core.reservations.remove(&r.reservation);
+        return Err(f);
+    }
+    let lines = done
+        .iter()
+        .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
+        .collect();
+    // A cart of several SKUs is several records: `CartPlaced` after the last hold tells
+    // recovery it was complete (and may have been acknowledged).
+    let marker = if groups.len() > 1 {
+        let body = RecordBody::CartPlaced {
+            reservation: r.reservation,
+        };
+        // The holds are placed: the marker must be logged too (never refused).
+        match log_marker(core, (request, fp), now, body, Admit::Finish) {
+            Ok(seq) => seq,
+            Err(e) => {
+                core.reservations.remove(&r.reservation);
+                return Err(e);
+            }
+        }
+    } else {
+        0
+    };
+    let outcome = committed(core, done, marker).await;
+    if outcome.is_err() {
+        core.reservations.remove(&r.reservation);
+        return outcome;
+    }
+    if let Some(mut e) = core.reservations.get_mut(&r.reservation) {
+        e.lines = lines;
+        e.busy = false;
+        e.committed = true;
+    }
+    core.expiry.insert(expires_at_ms, r.reservation);
+    Counters::bump(&core.counters.reservations_placed);
+    outcome
+}
+
+pub(super) fn held_by(events: &[Event]) -> u32 {
+    events
+        .iter()
+        .map(|e| match e {
+            Event::HoldPlaced { allocations, .. } => allocations.iter().map(|a| a.qty).sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Releases a reservation's holds on `skus` (engine-initiated, request id 0), logging
+/// failures: cart undo and recovery of carts a crash left half-placed.
+pub(crate) async fn release_holds(
+    core: &Arc<Core>,
+    reservation: ReservationId,
+    skus: &[SkuId],
+    reason: ReleaseReason,
+) {
+    let now = core.clock.now_ms();
+    let calls = skus.iter().map(|sku| {
+        let cmd = SkuCommand::Release {
+            reservation,
+            reason,
+        };
+        let op = sku_op(cmd, (0, 0), core, now, Admit::Finish);
+        async move {
+            (
+                sku.clone(),
+                call(core, sku, op, false, Delivery::Wait).await,
+            )
+        }
+    });
+    for (sku, r) in join_all(calls).await {
+        if !matches!(r, Ok(SkuReply::Done { .. })) {
+            tracing::error!(%sku, reservation = %format!("{reservation:032x}"), "cart undo failed: {r:?}");
+        }
+    }
+}
+
+/// Marks a committed reservation busy and returns a copy of its entry.
+pub(super) fn lock_reservation(core: &Core, id: ReservationId) -> Result<ResEntry, Rejection> {
+    let mut e = core
+        .reservations
+        .get_mut(&id)
+        .ok_or(Rejection::ReservationNotFound(id))?;
+    if !e.committed || e.busy {
+        return Err(Rejection::InProgress(id));
+    }
+    e.busy = true;
+    Ok(e.clone())
+}
+
+pub(super) fn unlock_reservation(core: &Core, id: ReservationId, lines: Option<Vec<(SkuId, u32)>>) {
+    if let Some(mut e) = core.reservations.get_mut(&id) {
+        if let Some(l) = lines {
+            e.lines = l;
+        }
+        e.busy = false;
+    }
+}
+
+pub(super) fn end_reservation(core: &Core, id: ReservationId, entry: &ResEntry) {
+    core.expiry.remove(entry.expires_at_ms, id);
+    core.reservations.remove(&id);
+}
+
+/// Logs a record that changes no SKU (a group marker) and gives the feed its empty slot.
+pub(super) fn log_marker(
+    core: &Core,
+    (request, fingerprint): (u128, u64),
+    now: TimeMs,
+    body: RecordBody,
+    admit: Admit,
+) -> Result<u64, Failure> {
+    let rec = LogRecord {
+        at_ms: now,
+        request,
+        fingerprint,
+        body,
+    };
+    let seq = core.journal.append(&rec, admit == Admit::Finish)?;
+    core.feed.push(seq, None);
+    Ok(seq)
+}
+
+/// Sends one command per SKU of a reservation (waiting for mailbox room) and collects.
+/// With several SKUs, `OpBegun` is logged first, so that recovery finishes the operation
+/// on every SKU if a crash cuts it after some of them.
+pub(super) async fn fan_out(
+    core: &Arc<Core>,
+    reservation: ReservationId,
+    targets: Vec<(SkuId, SkuCommand)>,
+    request: u128,
+    fp: u64,
+    now: TimeMs,
+) -> (Done, Option<Failure>) {
+    if targets.len() > 1 {
+        let body = RecordBody::OpBegun {
+            reservation,
+            parts: targets.clone(),
+        };
+        // Nothing is done yet: back-pressure may refuse the operation here.
+        if let Err(f) = log_marker(core, (request, fp), now, body, Admit::New) {
+            return (Vec::new(), Some(f));
+        }
+    }
+    let calls = targets.into_iter().map(|(sku, cmd)| {
+        let op = sku_op(cmd, (request, fp), core, now, Admit::Finish);
+        async move {
+            let r = call(core, &sku, op, false, Delivery::Wait).await;
+            (sku, r)
+        }
+    });
+    collect(join_all(calls).await)
+}
+
+/// Per-SKU fulfil amounts, validated against what the reservation holds.
+pub(super) fn fulfil_plan(
+    entry: &ResEntry,
+    lines: Option<Vec<(SkuId, u32)>>,
+) -> Result<FulfilPlan, Rejection> {
+    let Some(lines) = lines else {
+        let all = entry.lines.iter().map(|(s, _)| (s.clone(), None)).collect();
+        return Ok(FulfilPlan {
+            per_sku: all,
+            remaining: Vec::new(),
+            closes: true,
+        });
+    };
+    if lines.is_empty() || lines.len() > MAX_LINES_PER_RESERVATION {
+        return Err(Rejection::invalid(format!(
+            "fulfil 1..={MAX_LINES_PER_RESERVATION} lines, or the whole reservation"
+        )));
+    }
+    let mut want: BTreeMap<SkuId, u64> = BTreeMap::new();
+    for (sku, q) in lines {
+        if q == 0 || q > MAX_QTY {
+            return Err(Rejection::invalid(format!(
+                "fulfil qty must be 1..={MAX_QTY}"
+            )));
+        }
+        *want.entry(sku).or_default() += u64::from(q);
+    }
+    let mut remaining = entry.lines.clone();
+    for (sku, q) in &want {
+        let Some(r) = remaining.iter_mut().find(|(s, _)| s == sku) else {
+            return Err(Rejection::invalid(format!(
+                "sku {sku} is not in the reservation"
+            )));
+        };
+        if *q > u64::from(r.1) {
+            return Err(Rejection::ExceedsHold {
+                sku: sku.clone(),
+                held: r.1,
+                requested: u32::try_from(*q).unwrap_or(u32::MAX),
+            });
+        }
+        r.1 -= u32::try_from(*q).unwrap_or(u32::MAX);
+    }
+    if remaining.iter().all(|(_, q)| *q == 0) {
+        // Everything left is being fulfilled: close the whole reservation.
+        let all = entry.lines.iter().map(|(s, _)| (s.clone(), None)).collect();
+        return Ok(FulfilPlan {
+            per_sku: all,
+            remaining: Vec::new(),
+            closes: true,
+        });
+    }
+    let per_sku = want
+        .into_iter()
+        .map(|(s, q)| (s, Some(u32::try_from(q).unwrap_or(u32::MAX))))
+        .collect();
+    Ok(FulfilPlan {
+        per_sku,
+        remaining,
+        closes: false,
+    })
+}
+
+pub(super) async fn fulfill(
+    core: &Arc<Core>,
+    request: u128,
+    fp: u64,
+    id: ReservationId,
+    lines: Option<Vec<(SkuId, u32)>>,
+    now: TimeMs,
+) -> Result<Outcome, Failure> {
+    let entry = lock_reservation(core, id)?;
+    if entry.expires_at_ms <= now {
+        unlock_reservation(core, id, None);
+        return Err(Rejection::ReservationExpired(id).into());
+    }
+    let FulfilPlan {
+        per_sku: plan,
+        remaining,
+        closes: whole,
+    } = match fulfil_plan(&entry, lines) {
+        Ok(p) => p,
+        Err(r) => {
+            unlock_reservation(core, id, None);
+            return Err(r.into());
+        }
+    };
+    let targets = plan
+        .into_iter()
+        .map(|(sku, qty)| {
+            (
+                sku,
+                SkuCommand::Fulfill {
+                    reservation: id,
+                    qty,
+                },
+            )
+        })
+        .collect();
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
+    let remaining = if whole { None } else { Some(remaining) };
+    let r = finish_reservation_op(core, id, &entry, done, failure, remaining).await;
+    if whole && r.is_ok() {
+        Counters::bump(&core.counters.reservations_fulfilled);
+    }
+    r
+}
+
+/// Common tail of fulfil/release: report, then end or unlock the reservation.
+/// `remaining: None` ends it; `Some(lines)` keeps it with those lines.
+pub(super) async fn finish_reservation_op(
+    core: &Arc<Core>,
+    id: ReservationId,
+    entry: &ResEntry,
+    done: Done,
+    failure: Option<Failure>,
+    remaining: Option<Vec<(SkuId, u32)>>,
+) -> Result<Outcome, Failure> {
+    if let Some(f) = failure {
+        // A SKU disagreed with the index (should not happen: ops on a reservation are
+        // serialised). Keep the reservation so it can still be released or expire.
+        tracing::error!(reservation = %format!("{id:032x}"), "reservation op partly failed: {f}");
+        unlock_reservation(core, id, None);
+        if !done.is_empty() {
+            committed(core, done, 0).await?;
+        }
+        return Err(f);
+    }
+    match remaining {
+        None => end_reservation(core, id, entry),
+        Some(lines) => unlock_reservation(core, id, Some(lines)),
+    }
+    committed(core, done, 0).await
+}
+
+pub(super) async fn release(
+    core: &Arc<Core>,
+    request: u128,
+    fp: u64,
+    id: ReservationId,
+    now: TimeMs,
+) -> Result<Outcome, Failure> {
+    let entry = lock_reservation(core, id)?;
+    let targets = entry
+        .lines
+        .iter()
+        .map(|(sku, _)| {
+            (
+                sku.clone(),
+                SkuCommand::Release {
+                    reservation: id,
+                    reason: ReleaseReason::Client,
+                },
+            )
+        })
+        .collect();
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
+    let r = finish_reservation_op(core, id, &entry, done, failure, None).await;
+    if r.is_ok() {
+        Counters::bump(&core.counters.reservations_released);
+    }
+    r
+}
+
+pub(super) async fn extend(
+    core: &Arc<Core>,
+    request: u128,
+    fp: u64,
+    id: ReservationId,
+    ttl_ms: u64,
+    now: TimeMs,
+) -> Result<Outcome, Failure> {
+    if ttl_ms == 0 || ttl_ms > MAX_HOLD_DURATION_MS {
+        return Err(
+            Rejection::invalid(format!("ttl_ms must be 1..={MAX_HOLD_DURATION_MS}")).into(),
+        );
+    }
+    let entry = lock_reservation(core, id)?;
+    if entry.expires_at_ms <= now {
+        unlock_reservation(core, id, None);
+        return Err(Rejection::ReservationExpired(id).into());
+    }
+    let new_expiry = now.saturating_add(ttl_ms);
+    let targets = entry
+        .lines
+        .iter()
+        .map(|(sku, _)| {
+            (
+                sku.clone(),
+                SkuCommand::Extend {
+                    reservation: id,
+                    expires_at_ms: new_expiry,
+                },
+            )
+        })
+        .collect();
+    let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
+    if failure.is_none() {
+        core.expiry.remove(entry.expires_at_ms, id);
+        if let Some(mut e) = core.reservations.get_mut(&id) {
+            e.expires_at_ms = new_expiry;
+        }
+        core.expiry.insert(new_expiry, id);
+    }
+    finish_reservation_op(core, id, &entry, done, failure, Some(entry.lines.clone())).await
+}
+
+/// Rebuilds the reservation index and expiry queue from recovered SKU holds.
+pub(crate) fn index_holds(core: &Core, skus: &[SkuState]) {
+    for s in skus {
+        for (id, h) in &s.holds {
+            let mut e = core.reservations.entry(*id).or_insert_with(|| ResEntry {
+                channel: h.channel.clone(),
+                lines: Vec::new(),
+                expires_at_ms: h.expires_at_ms,
+                busy: false,
+                committed: true,
+            });
+            e.lines.push((s.sku.clone(), h.held()));
+        }
+    }
+    for r in core.reservations.iter() {
+        core.expiry.insert(r.expires_at_ms, *r.key());
+    }
+}
