@@ -287,3 +287,41 @@ async fn oversold_skus_are_counted_again_after_a_restart() {
     assert_eq!(e.stats().oversold_skus, 0);
     e.shutdown();
 }
+
+// postmortem: the checkpoint task counted records from its own process's start, so a
+// server restarted more often than every `checkpoint_every_records` records never wrote a
+// checkpoint (101 lifetimes: 9.7M records, recovery 0.4 s -> 27 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_due_by_records_since_the_last_one_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = |d: &std::path::Path| {
+        let mut c = PersistConfig::new(d);
+        c.checkpoint_every_records = 40;
+        c.checkpoint_poll = Duration::from_millis(5);
+        c
+    };
+    let mut e = Engine::open(every(dir.path())).await.unwrap();
+    small_catalog(&e).await;
+    // Each lifetime logs fewer records than the interval; together they pass it.
+    for lifetime in 0..3 {
+        for i in 0..15 {
+            adjust(&e, &format!("S{lifetime}-{i}"), "wh-a", 1)
+                .await
+                .unwrap();
+        }
+        e.shutdown();
+        drop(e);
+        e = Engine::open(every(dir.path())).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.records_since_checkpoint() >= 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint after {} records over restarts",
+            e.records_since_checkpoint()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(e.log_stats().is_some());
+    e.shutdown();
+}

@@ -161,6 +161,9 @@ pub(crate) struct Core {
     epoch_inflight: [AtomicU64; 2],
     /// Monotonic counters read by [`Engine::stats`] (exported as metrics at scrape time).
     pub counters: Counters,
+    /// Where a replay would start now: the latest checkpoint's start sequence (1 without
+    /// one). Checkpoints are due by the records logged since, across restarts.
+    pub checkpoint_start: AtomicU64,
 }
 
 /// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
@@ -395,6 +398,7 @@ impl Engine {
             epoch: AtomicUsize::new(0),
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Counters::default(),
+            checkpoint_start: AtomicU64::new(1),
         });
         let catalog = core.catalog();
         for s in &skus {

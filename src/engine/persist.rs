@@ -136,6 +136,10 @@ impl Engine {
             }
         }
         let last_seq = rec.last_seq + rec.completions.len() as u64;
+        tracing::info!(
+            since_checkpoint = last_seq.saturating_sub(start_seq - 1),
+            "records a restart would replay"
+        );
         let engine = Engine::start_with(
             cfg.engine.clone(),
             cfg.clock.clone().unwrap_or_else(|| Arc::new(SystemClock)),
@@ -143,6 +147,10 @@ impl Engine {
             rec.catalog,
             rec.skus,
         )?;
+        engine
+            .core
+            .checkpoint_start
+            .store(start_seq, std::sync::atomic::Ordering::Relaxed);
         engine
             .core
             .feed
@@ -243,6 +251,15 @@ impl Engine {
             .map_err(storage)?
     }
 
+    /// Records a restart would replay: those logged since the latest checkpoint.
+    pub fn records_since_checkpoint(&self) -> u64 {
+        let start = self
+            .core
+            .checkpoint_start
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (self.core.journal.last_seq() + 1).saturating_sub(start)
+    }
+
     /// Takes a checkpoint now and truncates the log below it.
     pub async fn checkpoint(&self) -> Result<CheckpointReport, EngineError> {
         let r = checkpoint(&self.core).await;
@@ -298,20 +315,22 @@ fn scan_history(
     Ok(out.into())
 }
 
+/// Takes a checkpoint whenever `every` records were logged since the latest one, counted
+/// from that checkpoint's start sequence, not from this process's start: a process that
+/// restarts often (a crash or deploy loop) still checkpoints, so recovery time stays
+/// bounded by the interval.
 async fn checkpoint_task(weak: std::sync::Weak<Core>, every: u64, poll: Duration) {
-    let mut last = match weak.upgrade() {
-        Some(core) => core.journal.last_seq(),
-        None => return,
-    };
     loop {
         tokio::time::sleep(poll).await;
         let Some(core) = weak.upgrade() else { return };
-        if core.journal.last_seq().saturating_sub(last) < every {
+        let start = core
+            .checkpoint_start
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if (core.journal.last_seq() + 1).saturating_sub(start) < every {
             continue;
         }
         match checkpoint(&core).await {
             Ok(r) => {
-                last = r.start_seq;
                 tracing::info!(
                     start_seq = r.start_seq,
                     skus = r.skus,
@@ -397,6 +416,8 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
         .map_err(storage)?
         .map_err(storage)?;
     crate::metrics::checkpoint_done(t0.elapsed(), len);
+    core.checkpoint_start
+        .store(start_seq, std::sync::atomic::Ordering::Relaxed);
     Ok(CheckpointReport {
         start_seq,
         skus: n,
