@@ -142,7 +142,7 @@ async fn exec(
 }
 
 fn reserved_result(o: &Outcome) -> OpResult {
-    ok(&convert::reserved_of(o))
+    ok(&convert::reserved_view(o))
 }
 fn applied_result(o: &Outcome) -> OpResult {
     ok(&convert::applied_of(o))
