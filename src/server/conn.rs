@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -304,40 +305,63 @@ async fn read_loop(
     role: Role,
     mut shutdown: watch::Receiver<bool>,
 ) -> bool {
+    // The frames in flight run inside this task, not one task each: no spawn, no task
+    // wake-up and no cross-task hand-off per frame (an unpipelined client paid all three
+    // for every request). At `max_in_flight` nothing more is read: back-pressure.
     let max = ctx.config.max_in_flight;
-    let sem = Arc::new(Semaphore::new(max));
+    let mut inflight = futures::stream::FuturesUnordered::new();
+    // Answers done but not yet queued for the writer: at most `max` (one per frame in
+    // flight). The requests keep running while a client is slow to read; only reading
+    // stops.
+    let mut ready: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
     let mut sub: Option<ActiveSub> = None;
     // Set by a subscription that lagged: the connection is closed.
     let kill = Arc::new(Notify::new());
+    // One idle timer for the connection, pushed back when a frame arrives (a fresh
+    // `timeout` around every read cost a timer registration per request).
+    let idle = tokio::time::sleep(ctx.config.idle_timeout);
+    tokio::pin!(idle);
     let clean = loop {
-        // Back-pressure: no permit, no read.
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break true },
-            _ = super::stopped(&mut shutdown) => break true,
-        };
         let next = tokio::select! {
-            r = timeout(ctx.config.idle_timeout, reader.next()) => r,
+            biased;
+            permit = tx.reserve(), if !ready.is_empty() => {
+                match (permit, ready.pop_front()) {
+                    (Ok(p), Some(bytes)) => p.send(bytes),
+                    _ => break true, // the writer is gone: the peer closed
+                }
+                continue;
+            }
+            Some(bytes) = inflight.next(), if !inflight.is_empty() => {
+                ready.push_back(bytes);
+                continue;
+            }
             _ = super::stopped(&mut shutdown) => break true,
             _ = kill.notified() => break false,
-        };
-        let frame = match next {
-            // Answers pending, or a subscriber only listening: not idle.
-            Err(_) if sem.available_permits() + 1 < max || sub.is_some() => continue,
-            Err(_) => {
+            r = reader.next(), if inflight.len() + ready.len() < max => r,
+            _ = &mut idle => {
+                // Answers pending, or a subscriber only listening: not idle.
+                if !inflight.is_empty() || !ready.is_empty() || sub.is_some() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
+                    continue;
+                }
                 ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                 let _ = tx
                     .send(error_frame(0, status::IDLE_TIMEOUT, "idle timeout"))
                     .await;
                 break false;
             }
-            Ok(Ok(None)) => break true,
-            Ok(Err(ReadError::Io)) => break true,
-            Ok(Err(ReadError::Frame(e))) => {
+        };
+        let frame = match next {
+            Ok(None) => break true,
+            Err(ReadError::Io) => break true,
+            Err(ReadError::Frame(e)) => {
                 refuse(ctx, tx, 0, status_of_frame_error(&e), e.to_string()).await;
                 break false;
             }
-            Ok(Ok(Some(f))) => f,
+            Ok(Some(f)) => f,
         };
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
         if frame.kind != FrameKind::Request {
             let msg = format!("unexpected frame kind {:?} after the handshake", frame.kind);
             refuse(ctx, tx, frame.correlation, status::PROTOCOL_ERROR, msg).await;
@@ -361,24 +385,30 @@ async fn read_loop(
                     // The answer is queued: the stream may start.
                     s.start();
                 }
-                drop(permit);
                 continue;
             }
         }
-        let (ctx, tx) = (ctx.clone(), tx.clone());
-        tokio::spawn(async move {
-            let bytes = answer(&ctx, role, frame.correlation, &batch).await;
-            let _ = tx.send(bytes).await;
-            drop(permit);
-        });
+        let ctx = ctx.clone();
+        let corr = frame.correlation;
+        inflight.push(async move { answer(&ctx, role, corr, &batch).await });
     };
     if let Some(s) = sub.take() {
         s.end().await;
     }
-    // Finish in-flight requests before the writer is closed.
-    let _ = sem
-        .acquire_many(u32::try_from(max).unwrap_or(u32::MAX))
-        .await;
+    // In-flight requests always finish (the engine's work does not depend on the client);
+    // their answers are queued for the writer for at most `WRITER_DRAIN` (a client that
+    // stopped reading cannot hold the connection, or a shutdown, forever).
+    while let Some(bytes) = inflight.next().await {
+        ready.push_back(bytes);
+    }
+    let _ = timeout(WRITER_DRAIN, async {
+        for bytes in ready {
+            if tx.send(bytes).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
     clean
 }
 
