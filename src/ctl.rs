@@ -1,29 +1,80 @@
 //! `omnistock ctl`: a command-line client of the binary protocol for operators and scripts.
-//! Readable output by default, `--json` for scripts; the exit status is the operation's
-//! status code (0 ok, 1..=99 rejection, 100+ error), or 1 for a client-side failure.
+//! Readable output by default (`key: value` lines, aligned tables), `--json` for scripts
+//! (one JSON value per result, 128-bit ids as strings, errors as `{"error": {...}}` on
+//! stdout). Exit codes keep server answers and client-side failures apart: see
+//! [`exit`] and docs/ctl.md.
+//!
+//! clap parses the command line here, not in `main`, so that a usage error exits with
+//! [`exit::USAGE`] (64) instead of clap's 2, which is the status code of `unknown_sku`.
 
+mod exit;
+mod ids;
+mod render;
+mod tail;
+
+use std::ffi::OsString;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
-use clap::Subcommand;
-use omnistock::client::{new_request_id, Client, ClientConfig, ClientError};
+use clap::{Parser, Subcommand};
+use omnistock::client::{new_request_id, Client, ClientConfig};
 use omnistock::protocol::*;
-use serde::Serialize;
 
-/// Flags of `ctl`.
+use exit::Failure;
+use ids::parse_id;
+use render::Output;
+
+/// The port `--addr HOST` connects to.
+pub const DEFAULT_PORT: u16 = 7878;
+
+/// `omnistock ctl ARGS...`: the arguments, parsed by [`Cli`] in [`run`].
 #[derive(clap::Args)]
+#[command(
+    disable_help_flag = true,
+    after_help = "Run `omnistock ctl --help` for the commands and flags; docs/ctl.md for \
+    output formats and exit codes."
+)]
 pub struct Args {
-    /// Server address.
-    #[arg(long, global = true, default_value = "127.0.0.1:7878")]
+    /// Flags and a command (`omnistock ctl --help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<OsString>,
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0          ok
+  1..=63     the server's rejection with that status code (1 insufficient_stock, ...)
+  64         usage error (bad flags or values)
+  69         unavailable: connection refused, unreachable, unknown host
+  70         internal error of ctl
+  75         timeout or connection lost: retry with the same --request-id
+  76         not an omnistock server, or an unreadable answer
+  99         a status code without an exit code of its own
+  100..=125  the server's error with that status code (103 unauthorized, ...)
+Ids (reservations, requests) print as 32 lowercase hex digits; input also takes 0x-hex
+and decimal. docs/ctl.md has the details.";
+
+/// Talk to a running omnistock server.
+#[derive(Parser)]
+#[command(name = "omnistock ctl", bin_name = "omnistock ctl", after_help = EXIT_CODES)]
+struct Cli {
+    /// Server address: HOST[:PORT] (port 7878 when absent).
+    #[arg(
+        long,
+        global = true,
+        env = "OMNISTOCK_ADDR",
+        default_value = "127.0.0.1:7878"
+    )]
     addr: String,
     /// Auth token.
     #[arg(long, global = true, env = "OMNISTOCK_TOKEN", default_value = "")]
     token: String,
-    /// Print results as JSON.
+    /// Print results, and errors, as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
-    /// Request id (idempotency key) of a mutating command; random when absent. Decimal or 0x-hex.
-    #[arg(long, global = true, value_parser = parse_u128)]
+    /// Request id (idempotency key) of a mutating command: 32 hex digits, 0x-hex or decimal;
+    /// random when absent (printed with the result, and with a retriable error).
+    #[arg(long, global = true, value_parser = parse_id)]
     request_id: Option<u128>,
     #[command(subcommand)]
     cmd: CtlCmd,
@@ -42,8 +93,8 @@ enum CtlCmd {
     },
     /// A reservation.
     Reservation {
-        /// Reservation id (decimal or 0x-hex).
-        #[arg(value_parser = parse_u128)]
+        /// Reservation id: 32 hex digits, 0x-hex or decimal.
+        #[arg(value_parser = parse_id)]
         id: u128,
     },
     /// Reserve a cart.
@@ -57,17 +108,18 @@ enum CtlCmd {
         /// Hold time in ms.
         #[arg(long, default_value_t = 600_000)]
         ttl_ms: u64,
-        /// Reservation id; random when absent.
-        #[arg(long, value_parser = parse_u128)]
+        /// Reservation id (32 hex digits, 0x-hex or decimal); random when absent.
+        #[arg(long, value_parser = parse_id)]
         id: Option<u128>,
         /// Allow one line to be split across locations.
         #[arg(long)]
         split: bool,
     },
     /// Fulfil a reservation (whole, or SKU:QTY lines).
+    #[command(visible_alias = "fulfil")]
     Fulfill {
         /// Reservation id.
-        #[arg(value_parser = parse_u128)]
+        #[arg(value_parser = parse_id)]
         id: u128,
         /// SKU:QTY; repeatable. Absent: everything.
         #[arg(long = "line")]
@@ -76,13 +128,13 @@ enum CtlCmd {
     /// Release a reservation.
     Release {
         /// Reservation id.
-        #[arg(value_parser = parse_u128)]
+        #[arg(value_parser = parse_id)]
         id: u128,
     },
     /// Extend a reservation.
     Extend {
         /// Reservation id.
-        #[arg(value_parser = parse_u128)]
+        #[arg(value_parser = parse_id)]
         id: u128,
         /// New hold time from now, in ms.
         #[arg(long)]
@@ -206,26 +258,52 @@ enum CtlCmd {
     },
 }
 
-fn parse_u128(s: &str) -> Result<u128, String> {
-    let r = match s.strip_prefix("0x") {
-        Some(h) => u128::from_str_radix(h, 16),
-        None => s.parse(),
+/// `HOST`, `HOST:PORT`, `IPv6` or `[IPv6]:PORT` → something `connect` takes, with
+/// [`DEFAULT_PORT`] when no port is given.
+fn with_default_port(addr: &str) -> Result<String, Failure> {
+    let bad = || {
+        Failure::usage(format!(
+            "--addr {addr:?}: expected HOST, HOST:PORT, IPv6 or [IPv6]:PORT"
+        ))
     };
-    r.map_err(|e| format!("{s:?}: {e}"))
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(addr.to_string());
+    }
+    if let Ok(ip) = addr.parse::<Ipv6Addr>() {
+        return Ok(format!("[{ip}]:{DEFAULT_PORT}"));
+    }
+    if let Some(inner) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(format!("{addr}:{DEFAULT_PORT}")),
+            Err(_) => Err(bad()),
+        };
+    }
+    match addr.rsplit_once(':') {
+        None if !addr.is_empty() && !addr.contains(char::is_whitespace) => {
+            Ok(format!("{addr}:{DEFAULT_PORT}"))
+        }
+        Some((host, port))
+            if !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok() =>
+        {
+            Ok(addr.to_string())
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// `SKU:QTY[@LOC]`.
-fn parse_line(s: &str) -> anyhow::Result<WireLine> {
+fn parse_line(s: &str) -> Result<WireLine, Failure> {
     let (item, location) = match s.split_once('@') {
         Some((i, l)) => (i, Some(l.to_string())),
         None => (s, None),
     };
+    let bad = |why: &str| Failure::usage(format!("--line {s:?}: {why}"));
     let Some((sku, qty)) = item.rsplit_once(':') else {
-        bail!("line {s:?}: expected SKU:QTY[@LOCATION]");
+        return Err(bad("expected SKU:QTY[@LOCATION]"));
     };
     let qty = qty
         .parse()
-        .with_context(|| format!("line {s:?}: quantity"))?;
+        .map_err(|e| bad(&format!("quantity {qty:?}: {e}")))?;
     Ok(WireLine {
         sku: sku.into(),
         qty,
@@ -233,117 +311,184 @@ fn parse_line(s: &str) -> anyhow::Result<WireLine> {
     })
 }
 
-fn reason(s: &str) -> anyhow::Result<WireAdjustReason> {
+fn reason(s: &str) -> Result<WireAdjustReason, Failure> {
     Ok(match s {
         "receipt" => WireAdjustReason::Receipt,
         "shrinkage" => WireAdjustReason::Shrinkage,
         "damage" => WireAdjustReason::Damage,
         "return" => WireAdjustReason::ReturnToStock,
         "correction" => WireAdjustReason::Correction,
-        _ => bail!("--reason {s:?}: receipt, shrinkage, damage, return or correction"),
+        _ => {
+            return Err(Failure::usage(format!(
+                "--reason {s:?}: receipt, shrinkage, damage, return or correction"
+            )))
+        }
     })
 }
 
-fn kind(s: &str) -> anyhow::Result<WireLocationKind> {
+fn kind(s: &str) -> Result<WireLocationKind, Failure> {
     Ok(match s {
         "warehouse" => WireLocationKind::Warehouse,
         "store" => WireLocationKind::Store,
         "dark-store" => WireLocationKind::DarkStore,
         "marketplace" => WireLocationKind::MarketplaceFulfilled,
         "dropship" => WireLocationKind::Dropship,
-        _ => bail!("--kind {s:?}: warehouse, store, dark-store, marketplace or dropship"),
+        _ => {
+            return Err(Failure::usage(format!(
+                "--kind {s:?}: warehouse, store, dark-store, marketplace or dropship"
+            )))
+        }
     })
 }
 
-/// Runs `omnistock ctl`; the exit status is the status code.
+/// Prints a failure: the JSON error object on stdout under `--json`, else `error: ...` on
+/// stderr; returns its exit code.
+fn fail(json: bool, f: &Failure) -> ExitCode {
+    if json {
+        println!("{}", f.to_json());
+    } else {
+        let what = match &f.kind {
+            exit::Kind::Server { status, .. } => format!("{} ({status})", f.name()),
+            _ => f.name().to_string(),
+        };
+        eprintln!("error: {what}: {}", f.message);
+        if let Some(id) = f.request_id.filter(|_| f.retriable()) {
+            eprintln!(
+                "hint: retry with --request-id {} to apply it at most once",
+                ids::fmt_id(id)
+            );
+        }
+    }
+    ExitCode::from(f.exit_code())
+}
+
+/// Runs `omnistock ctl`; the exit code is documented in [`exit`] and docs/ctl.md.
 pub fn run(args: Args) -> ExitCode {
+    // Before parsing succeeds, `--json` anywhere asks for a JSON usage error.
+    let json = args.args.iter().any(|a| a == "--json");
+    let argv = std::iter::once(OsString::from("omnistock ctl")).chain(args.args);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if e.exit_code() == 0 => {
+            // --help, --version: not errors.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if json => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("usage error");
+            return fail(true, &Failure::usage(first.trim_start_matches("error: ")));
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let json = cli.json;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(json, &Failure::internal(format!("tokio runtime: {e}"))),
     };
-    match rt.block_on(execute(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let code = e
-                .downcast_ref::<ClientError>()
-                .and_then(ClientError::status)
-                .and_then(|s| u8::try_from(s).ok())
-                .filter(|s| *s != 0)
-                .unwrap_or(1);
-            eprintln!("error: {e:#}");
-            ExitCode::from(code)
+    match rt.block_on(execute(cli)) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(out)) => {
+            if json {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.human);
+            }
+            ExitCode::SUCCESS
         }
+        Err(f) => fail(json, &f),
     }
 }
 
-fn show<T: Serialize + std::fmt::Debug>(json: bool, v: &T) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(v)?);
-    } else {
-        println!("{v:#?}");
-    }
-    Ok(())
+/// Runs the command; `None` when it printed as it went (`tail`).
+async fn execute(cli: Cli) -> Result<Option<Output>, Failure> {
+    let addr = with_default_port(&cli.addr)?;
+    execute_at(&addr, cli).await.map_err(|mut f| {
+        // Which server did not answer, or was something else.
+        if matches!(f.kind, exit::Kind::Unavailable | exit::Kind::NotOmnistock) {
+            f.message = format!("{addr}: {}", f.message);
+        }
+        f
+    })
 }
 
-async fn execute(args: Args) -> anyhow::Result<()> {
-    let mut cfg = ClientConfig::new(args.addr.clone()).token(args.token.clone());
+async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
+    let mut cfg = ClientConfig::new(addr).token(cli.token.clone());
     cfg.client_name = "omnistock-ctl".into();
-    if let CtlCmd::Tail { .. } = &args.cmd {
-        return tail(cfg, args.json, args.cmd).await;
+    if let CtlCmd::Tail {
+        channels,
+        skus,
+        prefix,
+        from_seq,
+        snapshot,
+        kinds,
+        coalesce_ms,
+        name,
+        count,
+    } = cli.cmd
+    {
+        let args = tail::TailArgs {
+            channels,
+            skus,
+            prefix,
+            from_seq,
+            snapshot,
+            kinds,
+            coalesce_ms,
+            name,
+            count,
+        };
+        return tail::tail(cfg, cli.json, args).await.map(|()| None);
     }
+    let rid = cli.request_id.unwrap_or_else(new_request_id);
+    let op = operation(rid, cli.cmd)?;
     let c = Client::connect(cfg).await?;
-    let rid = args.request_id.unwrap_or_else(new_request_id);
-    let j = args.json;
-    match args.cmd {
-        CtlCmd::Ping => show(j, &c.ping().await?),
-        CtlCmd::Info => show(j, &c.server_info().await?),
-        CtlCmd::Get { sku } => show_sku(j, &c.get_sku(&sku).await?),
-        CtlCmd::Reservation { id } => show(j, &c.get_reservation(id).await?),
+    let mutating = op.request_id().is_some();
+    let out = answer(&c, op).await;
+    match out {
+        Err(f) if mutating => Err(f.with_request_id(rid)),
+        other => other.map(Some),
+    }
+}
+
+/// The operation of a command (everything but `tail`); usage errors before connecting.
+fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
+    Ok(match cmd {
+        CtlCmd::Ping => Op::Ping,
+        CtlCmd::Info => Op::ServerInfo,
+        CtlCmd::Get { sku } => Op::GetSku(GetSku { sku }),
+        CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
+        CtlCmd::Locations => Op::ListLocations,
+        CtlCmd::Channels => Op::ListChannels,
         CtlCmd::Reserve {
             channel,
             lines,
             ttl_ms,
             id,
             split,
-        } => {
-            let reservation = id.unwrap_or_else(new_request_id);
-            let lines = lines
+        } => Op::Reserve(Reserve {
+            request_id: rid,
+            reservation: id.unwrap_or_else(new_request_id),
+            channel,
+            lines: lines
                 .iter()
                 .map(|l| parse_line(l))
-                .collect::<anyhow::Result<_>>()?;
-            let r = c
-                .reserve(Reserve {
-                    request_id: rid,
-                    reservation,
-                    channel,
-                    lines,
-                    allow_split: split,
-                    ttl_ms,
-                })
-                .await?;
-            if !j {
-                println!("reservation {reservation} (0x{reservation:032x})");
-            }
-            show(j, &r)
-        }
-        other => execute_more(&c, rid, j, other).await,
-    }
-}
-
-async fn execute_more(c: &Client, rid: u128, j: bool, cmd: CtlCmd) -> anyhow::Result<()> {
-    let op = match cmd {
+                .collect::<Result<_, _>>()?,
+            allow_split: split,
+            ttl_ms,
+        }),
         CtlCmd::Fulfill { id, lines } => {
             let lines = if lines.is_empty() {
                 None
             } else {
                 let parsed = lines.iter().map(|l| parse_line(l).map(|w| (w.sku, w.qty)));
-                Some(parsed.collect::<anyhow::Result<_>>()?)
+                Some(parsed.collect::<Result<_, _>>()?)
             };
             Op::Fulfill(Fulfill {
                 request_id: rid,
@@ -438,227 +583,83 @@ async fn execute_more(c: &Client, rid: u128, j: bool, cmd: CtlCmd) -> anyhow::Re
             sku,
             threshold,
         }),
-        CtlCmd::Locations => return show(j, &c.locations().await?),
-        CtlCmd::Channels => return show(j, &c.channels().await?),
-        _ => bail!("unreachable: handled by execute"),
-    };
-    show(j, &c.apply(op).await?)
-}
-
-fn show_sku(json: bool, v: &WireSku) -> anyhow::Result<()> {
-    if json {
-        return show(true, v);
-    }
-    println!("{}{}", v.sku, if v.oversold { "  OVERSOLD" } else { "" });
-    println!(
-        "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
-        "location",
-        "on_hand",
-        "reserved",
-        "safety",
-        "damaged",
-        "qc",
-        "incoming",
-        "atp",
-        "shortfall"
-    );
-    for b in &v.buckets {
-        println!(
-            "  {:<16} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
-            b.location,
-            b.on_hand,
-            b.reserved,
-            b.safety_stock,
-            b.damaged,
-            b.quality_control,
-            b.incoming,
-            b.atp,
-            b.shortfall
-        );
-    }
-    for (ch, atp) in &v.channels {
-        println!("  channel {ch:<16} atp {atp}");
-    }
-    println!("  holds {}  last_seq {}", v.holds, v.last_seq);
-    Ok(())
-}
-
-fn kinds_of(names: &[String]) -> anyhow::Result<u8> {
-    let mut k = 0;
-    for n in names {
-        k |= match n.as_str() {
-            "atp" => kinds::ATP,
-            "thresholds" => kinds::THRESHOLDS,
-            "reservations" => kinds::RESERVATIONS,
-            _ => bail!("--kinds {n:?}: atp, thresholds or reservations"),
-        };
-    }
-    Ok(k)
-}
-
-fn cause_name(c: u8) -> &'static str {
-    match c {
-        cause::RESERVE => "reserve",
-        cause::FULFILL => "fulfill",
-        cause::RELEASE => "release",
-        cause::EXPIRY => "expiry",
-        cause::CART_ABORT => "cart-abort",
-        cause::RECOVERY => "recovery",
-        cause::ADJUST => "adjust",
-        cause::SET_ON_HAND => "set",
-        cause::MOVE => "move",
-        cause::TRANSFER => "transfer",
-        cause::SAFETY_STOCK => "safety-stock",
-        cause::INCOMING => "incoming",
-        cause::EXTEND => "extend",
-        _ => "other",
-    }
-}
-
-fn transition_name(t: u8) -> &'static str {
-    match t {
-        transition::OUT_OF_STOCK => "  OUT-OF-STOCK",
-        transition::BACK_IN_STOCK => "  BACK-IN-STOCK",
-        transition::LOW_STOCK => "  LOW-STOCK",
-        _ => "",
-    }
-}
-
-fn lifecycle_name(k: u8) -> &'static str {
-    match k {
-        lifecycle::PLACED => "placed",
-        lifecycle::FULFILLED => "fulfilled",
-        lifecycle::RELEASED => "released",
-        lifecycle::EXPIRED => "expired",
-        lifecycle::EXTENDED => "extended",
-        lifecycle::UNDONE => "undone",
-        _ => "other",
-    }
-}
-
-/// One line per event; `None` for bookkeeping items (positions).
-fn tail_line(item: &PushItem) -> Option<String> {
-    Some(match item {
-        PushItem::Atp(a) => format!(
-            "{} {} {} atp {} -> {} ({}{}){}",
-            a.seq,
-            a.sku,
-            a.channel,
-            a.previous,
-            a.atp,
-            cause_name(a.cause),
-            if a.coalesced { ", coalesced" } else { "" },
-            transition_name(a.transition)
-        ),
-        PushItem::Oversold(o) => format!(
-            "{} {} {}",
-            o.seq,
-            o.sku,
-            if o.oversold {
-                "OVERSOLD"
-            } else {
-                "no longer oversold"
-            }
-        ),
-        PushItem::Reservation(r) => format!(
-            "{} {} reservation {} {} qty {}",
-            r.seq,
-            r.sku,
-            r.reservation,
-            lifecycle_name(r.kind),
-            r.qty
-        ),
-        PushItem::Catalog { seq, .. } => format!("{seq} catalog changed"),
-        PushItem::Snapshot(s) => format!(
-            "snapshot {} {} atp {}{}",
-            s.sku,
-            s.channel,
-            s.atp,
-            if s.oversold { "  OVERSOLD" } else { "" }
-        ),
-        PushItem::SnapshotEnd { seq } => format!("snapshot complete at {seq}; live"),
-        PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
+        CtlCmd::Tail { .. } => return Err(Failure::internal("tail is not one operation")),
     })
 }
 
-/// `ctl tail`: subscribe and print; on a disconnect or a lag notice, resume after the last
-/// complete position (the server replays from its log, so nothing is lost or repeated).
-async fn tail(cfg: ClientConfig, json: bool, cmd: CtlCmd) -> anyhow::Result<()> {
-    let CtlCmd::Tail {
-        channels,
-        skus,
-        prefix,
-        from_seq,
-        snapshot,
-        kinds,
-        coalesce_ms,
-        name,
-        count,
-    } = cmd
-    else {
-        bail!("unreachable: not tail");
-    };
-    let (start_kind, from) = match (from_seq, snapshot, name.is_empty()) {
-        (Some(f), _, _) => (start::AFTER, f),
-        (None, true, _) => (start::SNAPSHOT, 0),
-        (None, false, false) => (start::RESUME, 0),
-        (None, false, true) => (start::LIVE, 0),
-    };
-    let request = Subscribe {
-        name: name.clone(),
-        start: start_kind,
-        from_seq: from,
-        channels,
-        skus,
-        sku_prefix: prefix,
-        kinds: kinds_of(&kinds)?,
-        coalesce_ms,
-    };
-    let mut sub = omnistock::client::Subscriber::subscribe(cfg, request).await?;
-    let s = sub.subscribed();
-    eprintln!(
-        "subscribed: events after seq {} (head {}, log keeps from {}){}",
-        s.from_seq,
-        s.head_seq,
-        s.retained_from_seq,
-        if s.note.is_empty() {
-            String::new()
-        } else {
-            format!("; {}", s.note)
+/// Runs `op` and renders its answer.
+async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
+    Ok(match op {
+        Op::Ping => render::pong(&c.ping().await?)?,
+        Op::ServerInfo => render::info(&c.server_info().await?)?,
+        Op::GetSku(g) => render::sku(&c.get_sku(&g.sku).await?)?,
+        Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
+        Op::ListLocations => render::locations(&c.locations().await?)?,
+        Op::ListChannels => render::channels(&c.channels().await?)?,
+        Op::Reserve(r) => {
+            let (reservation, request_id) = (r.reservation, r.request_id);
+            render::reserved(reservation, request_id, &c.reserve(r).await?)?
         }
-    );
-    let mut printed = 0u64;
-    loop {
-        let items = tokio::select! {
-            r = sub.next() => r,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let items = match items {
-            Ok(i) => i,
-            Err(e @ (ClientError::Lagged { .. } | ClientError::Disconnected)) => {
-                eprintln!("{e}; resuming after seq {}", sub.position());
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                sub.resume().await?;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        for item in &items {
-            let line = match (json, item) {
-                (_, PushItem::Position { .. }) => None,
-                (true, _) => serde_json::to_string(item).ok(),
-                (false, _) => tail_line(item),
+        op => {
+            let rid = op.request_id().unwrap_or_default();
+            let reservation = match &op {
+                Op::Fulfill(f) => Some(f.reservation),
+                Op::Release(r) => Some(r.reservation),
+                Op::Extend(e) => Some(e.reservation),
+                _ => None,
             };
-            if let Some(l) = line {
-                println!("{l}");
-                printed += 1;
-                if count.is_some_and(|c| printed >= c) {
-                    return Ok(());
-                }
-            }
+            render::applied(rid, reservation, &c.apply(op).await?)
         }
-        if !name.is_empty() {
-            sub.ack().await?;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_default_port() {
+        let ok = |a: &str| with_default_port(a).unwrap();
+        assert_eq!(ok("127.0.0.1:9000"), "127.0.0.1:9000");
+        assert_eq!(ok("127.0.0.1"), "127.0.0.1:7878");
+        assert_eq!(ok("inventory.internal"), "inventory.internal:7878");
+        assert_eq!(ok("inventory.internal:1"), "inventory.internal:1");
+        assert_eq!(ok("::1"), "[::1]:7878");
+        assert_eq!(ok("[::1]"), "[::1]:7878");
+        assert_eq!(ok("[::1]:9000"), "[::1]:9000");
+        for bad in [
+            "",
+            "host:",
+            "host:port",
+            ":7878",
+            "[nope]",
+            "a b",
+            "host:99999",
+        ] {
+            assert!(with_default_port(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn lines_parse_and_bad_ones_are_usage_errors() {
+        let l = parse_line("TEE:2@wh-a").unwrap();
+        assert_eq!(
+            (l.sku.as_str(), l.qty, l.location.as_deref()),
+            ("TEE", 2, Some("wh-a"))
+        );
+        let e = parse_line("TEE").unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert!(parse_line("TEE:x").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses_ids_in_every_form() {
+        let cli = Cli::try_parse_from(["ctl", "--request-id", "0x2a", "release", "42"]).unwrap();
+        assert_eq!(cli.request_id, Some(42));
+        assert!(matches!(cli.cmd, CtlCmd::Release { id: 42 }));
+        let cli =
+            Cli::try_parse_from(["ctl", "fulfil", "0000000000000000000000000000002a"]).unwrap();
+        assert!(matches!(cli.cmd, CtlCmd::Fulfill { id: 42, .. }));
+        assert!(Cli::try_parse_from(["ctl", "release", "nope"]).is_err());
     }
 }

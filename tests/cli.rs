@@ -380,3 +380,278 @@ fn ctl_tail_prints_changes_from_a_position_one_line_each_with_transitions() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown channel"));
     stop(server);
 }
+
+fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .arg("ctl")
+        .args(args)
+        .env_remove("OMNISTOCK_ADDR")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ctl")
+}
+
+fn json_of(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not one JSON value ({e}): {o:?}"))
+}
+
+/// A catalog with one location, one channel and `qty` units of `sku`.
+fn stock(port: u16, sku: &str, qty: &str) {
+    ok(ctl(port, &["add-location", "wh-a", "--region", "FR"]));
+    ok(ctl(port, &["add-channel", "web", "--locations", "wh-a"]));
+    ok(ctl(
+        port,
+        &["adjust", sku, "wh-a", qty, "--reason", "receipt"],
+    ));
+}
+
+fn is_hex_id(v: &serde_json::Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[test]
+fn ctl_json_reserve_prints_its_ids_as_strings_and_a_script_can_fulfil_and_release_with_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    stock(port, "TEE", "10");
+    let before = json_of(&ctl(port, &["--json", "get", "TEE"]))["last_seq"]
+        .as_u64()
+        .expect("last_seq");
+
+    let reserved = json_of(&ctl(
+        port,
+        &["--json", "reserve", "--channel", "web", "--line", "TEE:2"],
+    ));
+    let id = reserved["reservation"].clone();
+    assert!(
+        is_hex_id(&id),
+        "reservation id as 32 hex digits: {reserved}"
+    );
+    assert!(is_hex_id(&reserved["request_id"]), "{reserved}");
+    assert_eq!(reserved["allocations"][0]["qty"], 2, "{reserved}");
+    let id = id.as_str().unwrap().to_string();
+    let fulfilled = json_of(&ctl(port, &["--json", "fulfil", &id]));
+    assert_eq!(fulfilled["reservation"], id.as_str(), "{fulfilled}");
+    assert!(fulfilled["seq"].as_u64().is_some(), "{fulfilled}");
+
+    // Human output: `key: value` lines and tables, the same id form; no Rust Debug.
+    let text = ok(ctl(
+        port,
+        &["reserve", "--channel", "web", "--line", "TEE:3"],
+    ));
+    assert!(
+        !text.contains('{') && text.contains("allocations:"),
+        "{text}"
+    );
+    let second = text
+        .lines()
+        .find_map(|l| l.strip_prefix("reservation:"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no reservation line: {text}"));
+    assert!(is_hex_id(&serde_json::json!(second)), "{text}");
+    let shown = ok(ctl(port, &["reservation", &second]));
+    assert!(shown.contains(&format!("reservation: {second}")), "{shown}");
+    assert!(shown.contains("TEE") && !shown.contains('{'), "{shown}");
+    // Every input form names the same reservation: 0x-hex here.
+    let hex = format!("0x{}", second.trim_start_matches('0'));
+    let released = json_of(&ctl(port, &["--json", "release", &hex]));
+    assert_eq!(released["reservation"], second.as_str(), "{released}");
+    let gone = ctl(port, &["--json", "reservation", &second]);
+    assert_eq!(gone.status.code(), Some(6), "{gone:?}");
+    assert_eq!(json_of(&gone)["error"]["name"], "reservation_not_found");
+
+    // The feed names reservations with the same string.
+    let tail = ok(ctl(
+        port,
+        &[
+            "--json",
+            "tail",
+            "--kinds",
+            "reservations",
+            "--from",
+            &before.to_string(),
+            "--count",
+            "4",
+        ],
+    ));
+    let events: Vec<serde_json::Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 4, "{tail}");
+    let ids: Vec<&serde_json::Value> = events
+        .iter()
+        .map(|e| &e["Reservation"]["reservation"])
+        .collect();
+    assert!(ids.iter().all(|v| is_hex_id(v)), "{tail}");
+    assert_eq!(ids[0], &serde_json::json!(id), "{tail}");
+    assert_eq!(ids[3], &serde_json::json!(second), "{tail}");
+    let human = ok(ctl(
+        port,
+        &[
+            "tail",
+            "--kinds",
+            "reservations",
+            "--from",
+            &before.to_string(),
+            "--count",
+            "1",
+        ],
+    ));
+    assert!(
+        human.contains(&format!("reservation {id} placed qty 2")),
+        "{human}"
+    );
+    stop(server);
+}
+
+#[test]
+fn ctl_json_errors_are_objects_with_the_status_as_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    stock(port, "TEE", "5");
+    let short = ctl(
+        port,
+        &[
+            "--json",
+            "reserve",
+            "--channel",
+            "web",
+            "--line",
+            "TEE:9",
+            "--request-id",
+            "42",
+        ],
+    );
+    assert_eq!(short.status.code(), Some(1), "{short:?}");
+    let e = &json_of(&short)["error"];
+    assert_eq!(e["status"], 1, "{e}");
+    assert_eq!(e["name"], "insufficient_stock", "{e}");
+    assert_eq!(e["retriable"], false, "{e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("TEE")),
+        "{e}"
+    );
+    assert_eq!(e["details"]["available"], 5, "{e}");
+    assert_eq!(e["request_id"], "0000000000000000000000000000002a", "{e}");
+    assert!(short.stderr.is_empty(), "{short:?}");
+    // Without --json: one line on stderr naming the status, nothing on stdout.
+    let short = ctl(port, &["reserve", "--channel", "web", "--line", "TEE:9"]);
+    assert_eq!(short.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.starts_with("error: insufficient_stock (1): "), "{err}");
+    assert!(short.stdout.is_empty(), "{short:?}");
+    stop(server);
+}
+
+#[test]
+fn ctl_client_side_failures_have_their_own_exit_codes() {
+    let dead = free_port(); // bound then released: nothing listens there
+    let refused = ctl(dead, &["ping"]);
+    assert_eq!(refused.status.code(), Some(69), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("unavailable") && err.contains(&dead.to_string()),
+        "{err}"
+    );
+    let refused = ctl(dead, &["--json", "ping"]);
+    assert_eq!(refused.status.code(), Some(69), "{refused:?}");
+    let e = &json_of(&refused)["error"];
+    assert_eq!(e["name"], "unavailable", "{e}");
+    assert_eq!(e["status"], serde_json::Value::Null, "{e}");
+    assert_eq!(e["retriable"], true, "{e}");
+
+    // Usage errors exit 64, clap's own and ctl's, and come before connecting.
+    for args in [
+        &["reserve", "--line", "TEE:1"][..],
+        &["release", "not-an-id"],
+        &["frobnicate"],
+        &[],
+        &["reserve", "--channel", "web", "--line", "TEE"],
+        &["adjust", "TEE", "wh-a", "1", "--reason", "gift"],
+    ] {
+        let out = ctl(dead, args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: {out:?}");
+    }
+    let out = ctl(dead, &["--json", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(json_of(&out)["error"]["name"], "usage", "{out:?}");
+    let help = ctl(dead, &["--help"]);
+    assert_eq!(help.status.code(), Some(0), "{help:?}");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("reserve") && help.contains("Exit codes"),
+        "{help}"
+    );
+}
+
+#[test]
+fn ctl_reads_its_address_from_omnistock_addr_with_a_default_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    let addr = format!("127.0.0.1:{port}");
+    let pinged = ctl_env(&["--json", "ping"], &[("OMNISTOCK_ADDR", &addr)]);
+    assert!(pinged.status.success(), "{pinged:?}");
+    assert!(json_of(&pinged)["server_time_ms"].as_u64().is_some());
+    // --addr wins over the variable.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let pinged = ctl_env(
+        &["--addr", &addr, "ping"],
+        &[("OMNISTOCK_ADDR", dead.as_str())],
+    );
+    assert!(pinged.status.success(), "{pinged:?}");
+    let refused = ctl_env(&["ping"], &[("OMNISTOCK_ADDR", dead.as_str())]);
+    assert_eq!(refused.status.code(), Some(69), "{refused:?}");
+    stop(server);
+    // A host without a port means port 7878 (whatever listens there on this machine).
+    let out = ctl_env(&["--json", "ping"], &[("OMNISTOCK_ADDR", "127.0.0.1")]);
+    if !out.status.success() {
+        let e = &json_of(&out)["error"];
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("127.0.0.1:7878")),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn ctl_pointed_at_something_else_says_it_is_not_an_omnistock_server() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let http = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 512];
+            let _ = s.read(&mut b);
+            let _ = s.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            // Until the client hangs up, so the answer is not lost to a reset.
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+        }
+    });
+    let out = ctl(port, &["ping"]);
+    assert_eq!(out.status.code(), Some(76), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this is not an omnistock server") && err.contains("HTTP/1.1 400"),
+        "{err}"
+    );
+    let out = ctl(port, &["--json", "ping"]);
+    assert_eq!(out.status.code(), Some(76), "{out:?}");
+    assert_eq!(json_of(&out)["error"]["name"], "not_omnistock", "{out:?}");
+    http.join().unwrap();
+}

@@ -69,6 +69,15 @@ fn server_error(f: &Frame) -> ClientError {
     }
 }
 
+/// The peer's first bytes, quoted: at most 40, escaped like a Rust string.
+fn not_omnistock(got: &[u8]) -> ClientError {
+    let head = &got[..got.len().min(40)];
+    let more = if got.len() > head.len() { "..." } else { "" };
+    ClientError::NotOmnistock {
+        got: format!("{:?}{more}", String::from_utf8_lossy(head)),
+    }
+}
+
 impl Conn {
     /// Connects, says `Hello`, waits for `Welcome`, starts the reader task.
     pub async fn open(cfg: &ClientConfig) -> Result<Arc<Conn>, ClientError> {
@@ -91,9 +100,12 @@ impl Conn {
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(4096);
         let max = protocol::DEFAULT_MAX_FRAME_BYTES;
-        let first = timeout(cfg.connect_timeout, read_frame(&mut rd, &mut buf, max))
-            .await
-            .map_err(|_| ClientError::Timeout)??;
+        let first = match timeout(cfg.connect_timeout, read_frame(&mut rd, &mut buf, max)).await {
+            Err(_) => return Err(ClientError::Timeout),
+            // The first bytes are no frame at all: say what answered instead.
+            Ok(Err(ClientError::Protocol(_))) => return Err(not_omnistock(&buf)),
+            Ok(r) => r?,
+        };
         let welcome: Welcome = match first.kind {
             FrameKind::Welcome => protocol::decode_payload(&first.payload)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,

@@ -63,6 +63,12 @@ pub enum ClientError {
     /// The server's bytes did not make sense, or a request could not be encoded.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The peer's first bytes are not an omnistock frame (an HTTP server, a database, ...).
+    #[error("this is not an omnistock server (got {got})")]
+    NotOmnistock {
+        /// The start of what it sent, quoted and escaped.
+        got: String,
+    },
     /// The server dropped a subscriber that fell too far behind.
     #[error("{message}")]
     Lagged {

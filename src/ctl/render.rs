@@ -1,0 +1,350 @@
+//! What `ctl` prints for a result: a JSON value (`--json`, ids as strings) and a human text
+//! (`key: value` lines and aligned tables). Pure: no IO here.
+
+use omnistock::protocol::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::exit::Failure;
+use super::ids::fmt_id;
+
+/// A result in both forms.
+pub struct Output {
+    pub json: Value,
+    pub human: String,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Value, Failure> {
+    serde_json::to_value(v).map_err(|e| Failure::internal(format!("JSON: {e}")))
+}
+
+/// `key: value` lines, values aligned after the longest key.
+pub fn kv(rows: &[(&str, String)]) -> String {
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:"), w = w + 1))
+        .collect()
+}
+
+/// An aligned table: a header row, then the rows; columns whose header is in `right` are
+/// right-aligned (numbers). Every line is indented by `indent` spaces; no trailing spaces.
+pub fn table(indent: usize, header: &[&str], right: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = " ".repeat(indent);
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if right.contains(&header[i]) {
+                s.push_str(&format!("{c:>w$}"));
+            } else {
+                s.push_str(&format!("{c:<w$}"));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Unix milliseconds as `2024-05-01T12:00:00.000Z (1714564800000)`.
+pub fn time(ms: u64) -> String {
+    let (secs, milli) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z ({ms})",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn pong(p: &Pong) -> Result<Output, Failure> {
+    Ok(Output {
+        json: to_json(p)?,
+        human: kv(&[
+            ("pong", "ok".into()),
+            ("server_time", time(p.server_time_ms)),
+        ]),
+    })
+}
+
+pub fn info(i: &ServerInfo) -> Result<Output, Failure> {
+    Ok(Output {
+        json: to_json(i)?,
+        human: kv(&[
+            ("server_name", i.server_name.clone()),
+            ("server_version", i.server_version.clone()),
+            ("protocol_version", i.protocol_version.to_string()),
+            ("skus", i.skus.to_string()),
+            ("reservations", i.reservations.to_string()),
+            ("connections", i.connections.to_string()),
+        ]),
+    })
+}
+
+pub fn sku(v: &WireSku) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("sku", v.sku.clone()),
+        ("oversold", if v.oversold { "YES" } else { "no" }.into()),
+        ("holds", v.holds.to_string()),
+        ("last_seq", v.last_seq.to_string()),
+    ]);
+    human.push_str("buckets:\n");
+    let cols = [
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "damaged",
+        "qc",
+        "incoming",
+        "atp",
+        "shortfall",
+    ];
+    let rows: Vec<Vec<String>> = v
+        .buckets
+        .iter()
+        .map(|b| {
+            vec![
+                b.location.clone(),
+                b.on_hand.to_string(),
+                b.reserved.to_string(),
+                b.safety_stock.to_string(),
+                b.damaged.to_string(),
+                b.quality_control.to_string(),
+                b.incoming.to_string(),
+                b.atp.to_string(),
+                b.shortfall.to_string(),
+            ]
+        })
+        .collect();
+    human.push_str(&table(2, &cols, &cols[1..], &rows));
+    human.push_str("channels:\n");
+    let rows: Vec<Vec<String>> = v
+        .channels
+        .iter()
+        .map(|(c, atp)| vec![c.clone(), atp.to_string()])
+        .collect();
+    human.push_str(&table(2, &["channel", "atp"], &["atp"], &rows));
+    Ok(Output {
+        json: to_json(v)?,
+        human,
+    })
+}
+
+fn lines_table(lines: &[(String, u32)]) -> String {
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|(s, q)| vec![s.clone(), q.to_string()])
+        .collect();
+    table(2, &["sku", "qty"], &["qty"], &rows)
+}
+
+pub fn reservation(r: &WireReservation) -> Output {
+    let mut human = kv(&[
+        ("reservation", fmt_id(r.reservation)),
+        ("channel", r.channel.clone()),
+        ("expires_at", time(r.expires_at_ms)),
+    ]);
+    human.push_str("lines:\n");
+    human.push_str(&lines_table(&r.lines));
+    Output {
+        json: json!({
+            "reservation": fmt_id(r.reservation),
+            "channel": r.channel,
+            "expires_at_ms": r.expires_at_ms,
+            "lines": r.lines,
+        }),
+        human,
+    }
+}
+
+pub fn reserved(reservation: u128, request_id: u128, r: &Reserved) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("reservation", fmt_id(reservation)),
+        ("request_id", fmt_id(request_id)),
+        ("seq", r.seq.to_string()),
+        ("expires_at", time(r.expires_at_ms)),
+    ]);
+    human.push_str("allocations:\n");
+    let rows: Vec<Vec<String>> = r
+        .allocations
+        .iter()
+        .map(|a| vec![a.sku.clone(), a.location.clone(), a.qty.to_string()])
+        .collect();
+    human.push_str(&table(2, &["sku", "location", "qty"], &["qty"], &rows));
+    Ok(Output {
+        json: json!({
+            "reservation": fmt_id(reservation),
+            "request_id": fmt_id(request_id),
+            "seq": r.seq,
+            "expires_at_ms": r.expires_at_ms,
+            "allocations": to_json(&r.allocations)?,
+        }),
+        human,
+    })
+}
+
+/// A mutation's answer; `reservation` for fulfil, release and extend.
+pub fn applied(request_id: u128, reservation: Option<u128>, a: &Applied) -> Output {
+    let mut rows = Vec::new();
+    let mut json = json!({ "request_id": fmt_id(request_id), "seq": a.seq, "changes": a.changes });
+    if let Some(r) = reservation {
+        rows.push(("reservation", fmt_id(r)));
+        json["reservation"] = json!(fmt_id(r));
+    }
+    rows.push(("request_id", fmt_id(request_id)));
+    rows.push(("seq", a.seq.to_string()));
+    rows.push(("changes", a.changes.to_string()));
+    Output {
+        json,
+        human: kv(&rows),
+    }
+}
+
+fn location_kind(k: &WireLocationKind) -> &'static str {
+    match k {
+        WireLocationKind::Warehouse => "warehouse",
+        WireLocationKind::Store => "store",
+        WireLocationKind::DarkStore => "dark-store",
+        WireLocationKind::MarketplaceFulfilled => "marketplace",
+        WireLocationKind::Dropship => "dropship",
+    }
+}
+
+pub fn locations(l: &Locations) -> Result<Output, Failure> {
+    let rows: Vec<Vec<String>> = l
+        .locations
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.clone(),
+                location_kind(&l.kind).into(),
+                l.region.clone(),
+            ]
+        })
+        .collect();
+    Ok(Output {
+        json: to_json(l)?,
+        human: table(0, &["id", "kind", "region"], &[], &rows),
+    })
+}
+
+pub fn channels(c: &Channels) -> Result<Output, Failure> {
+    let rows: Vec<Vec<String>> = c
+        .channels
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.clone(),
+                c.locations.join(","),
+                c.buffer.to_string(),
+                c.cap.map_or("-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    Ok(Output {
+        json: to_json(c)?,
+        human: table(
+            0,
+            &["id", "locations", "buffer", "cap"],
+            &["buffer", "cap"],
+            &rows,
+        ),
+    })
+}
+
+/// A feed item as JSON: the wire shape (`{"Atp": {...}}`), the reservation id as a string.
+pub fn push_item_json(item: &PushItem) -> Result<Value, Failure> {
+    match item {
+        PushItem::Reservation(r) => Ok(json!({ "Reservation": {
+            "seq": r.seq,
+            "at_ms": r.at_ms,
+            "sku": r.sku,
+            "reservation": fmt_id(r.reservation),
+            "kind": r.kind,
+            "qty": r.qty,
+            "expires_at_ms": r.expires_at_ms,
+        }})),
+        other => to_json(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_times_are_utc() {
+        let t = table(
+            2,
+            &["sku", "qty"],
+            &["qty"],
+            &[
+                vec!["TEE".into(), "2".into()],
+                vec!["LONG-SKU".into(), "100".into()],
+            ],
+        );
+        assert_eq!(t, "  sku       qty\n  TEE         2\n  LONG-SKU  100\n");
+        assert_eq!(
+            kv(&[("a", "1".into()), ("bbb", "2".into())]),
+            "a:   1\nbbb: 2\n"
+        );
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z (0)");
+        assert_eq!(
+            time(1_709_210_096_789),
+            "2024-02-29T12:34:56.789Z (1709210096789)"
+        );
+    }
+
+    #[test]
+    fn ids_are_strings_in_json() {
+        let r = WireReservation {
+            reservation: u128::MAX,
+            channel: "web".into(),
+            expires_at_ms: 1,
+            lines: vec![("TEE".into(), 2)],
+        };
+        let o = reservation(&r);
+        assert_eq!(o.json["reservation"], "ffffffffffffffffffffffffffffffff");
+        assert!(o
+            .human
+            .contains("reservation: ffffffffffffffffffffffffffffffff"));
+        let item = PushItem::Reservation(WireReservationEvent {
+            seq: 1,
+            at_ms: 2,
+            sku: "TEE".into(),
+            reservation: u128::MAX,
+            kind: lifecycle::PLACED,
+            qty: 2,
+            expires_at_ms: 3,
+        });
+        let j = push_item_json(&item).unwrap();
+        assert_eq!(
+            j["Reservation"]["reservation"],
+            "ffffffffffffffffffffffffffffffff"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! `ctl tail`: subscribe to the stock-change feed and print one line (or one JSON object)
+//! per event; resumes by itself after a disconnect or a lag notice.
+
+use omnistock::client::{ClientConfig, ClientError, Subscriber};
+use omnistock::protocol::*;
+
+use super::exit::Failure;
+use super::ids::fmt_id;
+use super::render::push_item_json;
+
+/// What `ctl tail` was asked for.
+pub struct TailArgs {
+    pub channels: Vec<String>,
+    pub skus: Vec<String>,
+    pub prefix: String,
+    pub from_seq: Option<u64>,
+    pub snapshot: bool,
+    pub kinds: Vec<String>,
+    pub coalesce_ms: u32,
+    pub name: String,
+    pub count: Option<u64>,
+}
+
+fn kinds_of(names: &[String]) -> Result<u8, Failure> {
+    let mut k = 0;
+    for n in names {
+        k |= match n.as_str() {
+            "atp" => kinds::ATP,
+            "thresholds" => kinds::THRESHOLDS,
+            "reservations" => kinds::RESERVATIONS,
+            _ => {
+                return Err(Failure::usage(format!(
+                    "--kinds {n:?}: atp, thresholds or reservations"
+                )))
+            }
+        };
+    }
+    Ok(k)
+}
+
+fn cause_name(c: u8) -> &'static str {
+    match c {
+        cause::RESERVE => "reserve",
+        cause::FULFILL => "fulfill",
+        cause::RELEASE => "release",
+        cause::EXPIRY => "expiry",
+        cause::CART_ABORT => "cart-abort",
+        cause::RECOVERY => "recovery",
+        cause::ADJUST => "adjust",
+        cause::SET_ON_HAND => "set",
+        cause::MOVE => "move",
+        cause::TRANSFER => "transfer",
+        cause::SAFETY_STOCK => "safety-stock",
+        cause::INCOMING => "incoming",
+        cause::EXTEND => "extend",
+        _ => "other",
+    }
+}
+
+fn transition_name(t: u8) -> &'static str {
+    match t {
+        transition::OUT_OF_STOCK => "  OUT-OF-STOCK",
+        transition::BACK_IN_STOCK => "  BACK-IN-STOCK",
+        transition::LOW_STOCK => "  LOW-STOCK",
+        _ => "",
+    }
+}
+
+fn lifecycle_name(k: u8) -> &'static str {
+    match k {
+        lifecycle::PLACED => "placed",
+        lifecycle::FULFILLED => "fulfilled",
+        lifecycle::RELEASED => "released",
+        lifecycle::EXPIRED => "expired",
+        lifecycle::EXTENDED => "extended",
+        lifecycle::UNDONE => "undone",
+        _ => "other",
+    }
+}
+
+/// One line per event; `None` for bookkeeping items (positions).
+fn tail_line(item: &PushItem) -> Option<String> {
+    Some(match item {
+        PushItem::Atp(a) => format!(
+            "{} {} {} atp {} -> {} ({}{}){}",
+            a.seq,
+            a.sku,
+            a.channel,
+            a.previous,
+            a.atp,
+            cause_name(a.cause),
+            if a.coalesced { ", coalesced" } else { "" },
+            transition_name(a.transition)
+        ),
+        PushItem::Oversold(o) => format!(
+            "{} {} {}",
+            o.seq,
+            o.sku,
+            if o.oversold {
+                "OVERSOLD"
+            } else {
+                "no longer oversold"
+            }
+        ),
+        PushItem::Reservation(r) => format!(
+            "{} {} reservation {} {} qty {}",
+            r.seq,
+            r.sku,
+            fmt_id(r.reservation),
+            lifecycle_name(r.kind),
+            r.qty
+        ),
+        PushItem::Catalog { seq, .. } => format!("{seq} catalog changed"),
+        PushItem::Snapshot(s) => format!(
+            "snapshot {} {} atp {}{}",
+            s.sku,
+            s.channel,
+            s.atp,
+            if s.oversold { "  OVERSOLD" } else { "" }
+        ),
+        PushItem::SnapshotEnd { seq } => format!("snapshot complete at {seq}; live"),
+        PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
+    })
+}
+
+/// `ctl tail`: subscribe and print; on a disconnect or a lag notice, resume after the last
+/// complete position (the server replays from its log, so nothing is lost or repeated).
+pub async fn tail(cfg: ClientConfig, json: bool, args: TailArgs) -> Result<(), Failure> {
+    let TailArgs {
+        channels,
+        skus,
+        prefix,
+        from_seq,
+        snapshot,
+        kinds,
+        coalesce_ms,
+        name,
+        count,
+    } = args;
+    let (start_kind, from) = match (from_seq, snapshot, name.is_empty()) {
+        (Some(f), _, _) => (start::AFTER, f),
+        (None, true, _) => (start::SNAPSHOT, 0),
+        (None, false, false) => (start::RESUME, 0),
+        (None, false, true) => (start::LIVE, 0),
+    };
+    let request = Subscribe {
+        name: name.clone(),
+        start: start_kind,
+        from_seq: from,
+        channels,
+        skus,
+        sku_prefix: prefix,
+        kinds: kinds_of(&kinds)?,
+        coalesce_ms,
+    };
+    let mut sub = Subscriber::subscribe(cfg, request).await?;
+    let s = sub.subscribed();
+    eprintln!(
+        "subscribed: events after seq {} (head {}, log keeps from {}){}",
+        s.from_seq,
+        s.head_seq,
+        s.retained_from_seq,
+        if s.note.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", s.note)
+        }
+    );
+    let mut printed = 0u64;
+    loop {
+        let items = tokio::select! {
+            r = sub.next() => r,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let items = match items {
+            Ok(i) => i,
+            Err(e @ (ClientError::Lagged { .. } | ClientError::Disconnected)) => {
+                eprintln!("{e}; resuming after seq {}", sub.position());
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                sub.resume().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for item in &items {
+            let line = match (json, item) {
+                (_, PushItem::Position { .. }) => None,
+                (true, _) => Some(push_item_json(item)?.to_string()),
+                (false, _) => tail_line(item),
+            };
+            if let Some(l) = line {
+                println!("{l}");
+                printed += 1;
+                if count.is_some_and(|c| printed >= c) {
+                    return Ok(());
+                }
+            }
+        }
+        if !name.is_empty() {
+            sub.ack().await?;
+        }
+    }
+}
