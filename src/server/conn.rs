@@ -296,6 +296,9 @@ pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
         .await;
 }
 
+/// A frame being answered: its response bytes when done.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
+
 /// The request loop. Returns true when it ended cleanly (EOF, shutdown), false after an
 /// error frame was sent.
 async fn read_loop(
@@ -309,7 +312,8 @@ async fn read_loop(
     // wake-up and no cross-task hand-off per frame (an unpipelined client paid all three
     // for every request). At `max_in_flight` nothing more is read: back-pressure.
     let max = ctx.config.max_in_flight;
-    let mut inflight = futures::stream::FuturesUnordered::new();
+    let mut inflight: futures::stream::FuturesUnordered<InFlight> =
+        futures::stream::FuturesUnordered::new();
     // Answers done but not yet queued for the writer: at most `max` (one per frame in
     // flight). The requests keep running while a client is slow to read; only reading
     // stops.
@@ -321,6 +325,12 @@ async fn read_loop(
     // `timeout` around every read cost a timer registration per request).
     let idle = tokio::time::sleep(ctx.config.idle_timeout);
     tokio::pin!(idle);
+    // Built once: the task is woken for every operation's progress inside `inflight`,
+    // and each wake-up polls every branch.
+    let stop = super::stopped(&mut shutdown);
+    tokio::pin!(stop);
+    let killed = kill.notified();
+    tokio::pin!(killed);
     let clean = loop {
         let next = tokio::select! {
             biased;
@@ -335,8 +345,8 @@ async fn read_loop(
                 ready.push_back(bytes);
                 continue;
             }
-            _ = super::stopped(&mut shutdown) => break true,
-            _ = kill.notified() => break false,
+            _ = &mut stop => break true,
+            _ = &mut killed => break false,
             r = reader.next(), if inflight.len() + ready.len() < max => r,
             _ = &mut idle => {
                 // Answers pending, or a subscriber only listening: not idle.
@@ -390,7 +400,21 @@ async fn read_loop(
         }
         let ctx = ctx.clone();
         let corr = frame.correlation;
-        inflight.push(async move { answer(&ctx, role, corr, &batch).await });
+        let fut: InFlight = if batch.ops.len() == 1 {
+            // One operation (an unpipelined client's every request): run it right here.
+            Box::pin(async move { answer(&ctx, role, corr, &batch).await })
+        } else {
+            // A batch gets its own task: its operations' many wake-ups then wake that
+            // task, not this one (every wake-up here polls the whole connection).
+            let task = tokio::spawn(async move { answer(&ctx, role, corr, &batch).await });
+            Box::pin(async move {
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!("request task failed: {e}");
+                    error_frame(corr, status::INTERNAL_ERROR, "request task failed")
+                })
+            })
+        };
+        inflight.push(fut);
     };
     if let Some(s) = sub.take() {
         s.end().await;
