@@ -138,7 +138,7 @@ VG=(valgrind --tool=callgrind "--callgrind-out-file=$CG" --dump-instr=no)
 if [[ $TARGET == omnistock ]]; then
   admin=$(free_port)
   log "starting ${VG[*]} $OMNI serve on 127.0.0.1:$port (admin $admin)"
-  "${VG[@]}" "$OMNI" serve --data-dir "$DATA/data" --listen "127.0.0.1:$port" \
+  "${VG[@]}" "$OMNI" serve --init --data-dir "$DATA/data" --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin" >"$OUT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   ready() { curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz"; }

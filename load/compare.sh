@@ -159,7 +159,7 @@ run_one() {
   port=$(free_port)
   if [[ $target == omnistock ]]; then
     admin=$(free_port)
-    "$OMNI" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+    "$OMNI" serve --init --data-dir "$dir/data" --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$admin" >"$RAW/$tag.server.log" 2>&1 &
     SERVER_PID=$!
     wait_ready omnistock 60 curl -sf "http://127.0.0.1:$admin/readyz" || { stop_server; return 1; }

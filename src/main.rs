@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Demo(args) => demo::run(args),
         Cmd::Simulate(args) => simulate::run(args),
-        Cmd::Check(args) => tools::check(args),
+        Cmd::Check(args) => return tools::check(args),
         Cmd::Dump(args) => tools::dump(args),
         Cmd::Serve(args) => serve::run(*args),
         Cmd::Ctl(args) => return ctl::run(*args),

@@ -38,6 +38,12 @@ pub struct Args {
     /// Data directory of the write-ahead log and checkpoints [default: ./omnistock-data].
     #[arg(long, env = "OMNISTOCK_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Create a new, empty inventory if the data directory is missing or empty. Without
+    /// it such a directory is refused (a volume that failed to mount looks empty); an
+    /// existing directory opens the same either way. For the first start only: do not
+    /// leave it in a unit file [default: false].
+    #[arg(long, env = "OMNISTOCK_INIT")]
+    pub init: bool,
     /// An auth token and its role (checkout, adapter, admin); repeatable, comma-separated in
     /// the environment variable. Without any, every client is admin, and only on a loopback
     /// address [default: none].
@@ -396,6 +402,7 @@ fn persist_config(args: &Args, file: &FileConfig) -> anyhow::Result<PersistConfi
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let mut p = PersistConfig::new(data_dir);
+    p.init = args.init;
     p.engine = engine_config(args, &file.engine)?;
     let s = &file.storage;
     let flush_ms = args.flush_interval_ms.or(s.flush_interval_ms);

@@ -1,16 +1,24 @@
 //! `omnistock check DIR` and `omnistock dump DIR --sku SKU`: offline verification of a data
 //! directory and the per-SKU audit ledger. Both open the log exclusively (sled locks the
-//! directory), so they refuse to run against a directory a live server holds.
+//! directory), so they refuse to run against a directory a live server holds. Neither
+//! initialises a directory nor writes an identity file (`Init::RefuseReadOnly`).
+//!
+//! `check`'s exit status: 0 the directory is sound; 1 it is corrupt or unreadable (a
+//! damaged file, a failed replay or invariant, a held lock, any other error); 2 usage
+//! (bad flags, from clap); 3 not an initialised data directory (missing, or empty: no
+//! `omnistock.id` and no database); 4 the log was lost (`omnistock.id` or sled's other
+//! files are there but the database is missing or empty).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use omnistock::domain::SkuId;
 use omnistock::engine::journal::RecordBody;
 use omnistock::engine::recovery;
-use omnistock::wal::{Wal, WalConfig};
+use omnistock::wal::{identity, DirState, Init, Wal, WalConfig, WalError};
 
 /// Flags of `check`.
 #[derive(clap::Args)]
@@ -30,16 +38,47 @@ pub struct DumpArgs {
 }
 
 fn open(dir: &PathBuf) -> anyhow::Result<Wal> {
-    if !dir.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    Wal::open(WalConfig::new(dir)).with_context(|| format!("opening the log in {}", dir.display()))
+    let mut config = WalConfig::new(dir);
+    config.init = Init::RefuseReadOnly;
+    Wal::open(config).with_context(|| format!("opening the log in {}", dir.display()))
 }
 
-/// Verifies checkpoint and log: every record's checksum and decoding, sequence continuity,
-/// a full replay through `apply`, and every SKU's invariants. Prints counts.
-pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+/// `check`'s exit status for an error (see the module documentation).
+fn check_exit_code(e: &anyhow::Error) -> u8 {
+    match e.chain().find_map(|c| c.downcast_ref::<WalError>()) {
+        Some(WalError::NotInitialised { .. }) => 3,
+        Some(WalError::LostLog { .. }) => 4,
+        _ => 1,
+    }
+}
+
+/// Runs `check`, printing an error and mapping it to the exit status.
+pub fn check(args: CheckArgs) -> ExitCode {
+    match check_dir(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(check_exit_code(&e))
+        }
+    }
+}
+
+/// Verifies checkpoint and log: the identity file, every record's checksum and decoding,
+/// sequence continuity, a full replay through `apply`, and every SKU's invariants. Prints
+/// counts.
+fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
     let t = Instant::now();
+    match identity::inspect(&args.dir)? {
+        DirState::Identified(id) => {
+            println!("identity: {} (format {})", id.id, id.format);
+        }
+        DirState::Unidentified => println!(
+            "identity: none (the directory predates {}; serve adopts it and writes one)",
+            identity::IDENTITY_FILE
+        ),
+        // Refused by the open below, with the message.
+        DirState::Missing | DirState::Empty => {}
+    }
     let wal = open(&args.dir)?;
     let stats = wal.log_stats();
     let cp = wal.latest_checkpoint().context("reading the checkpoint")?;

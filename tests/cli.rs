@@ -20,6 +20,7 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(BIN)
         .args([
             "serve",
+            "--init",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data-dir",
@@ -160,6 +161,7 @@ fn serve_answers_health_and_metrics_on_the_admin_address_set_by_environment() {
     let child = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("OMNISTOCK_DATA_DIR", dir.path().join("data"))
+        .env("OMNISTOCK_INIT", "true")
         .env("OMNISTOCK_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("OMNISTOCK_LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -284,7 +286,7 @@ fn the_example_config_in_docs_operations_md_starts_a_server() {
     let (port, admin) = (free_port(), free_port());
     // The example listens on a non-loopback address; the flags move it to loopback here.
     let child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["serve", "--init", "--config", config.to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--data-dir")

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 
 use crate::codec;
-use crate::wal::{Durability, FaultInjector, Wal, WalConfig};
+use crate::wal::{Durability, FaultInjector, Init, Wal, WalConfig};
 
 use super::actor::{SkuOp, SkuReply};
 use super::journal::Journal;
@@ -43,6 +43,9 @@ pub struct PersistConfig {
     /// Test hook: the clock to use instead of the system clock (a `ManualClock` drives
     /// expiry deterministically across restarts). `None` in production.
     pub clock: Option<Arc<dyn Clock>>,
+    /// Whether a missing or empty `data_dir` may be initialised as a new, empty inventory.
+    /// Default true (tests, embedded use); `omnistock serve` sets it from `--init`.
+    pub init: bool,
 }
 
 impl PersistConfig {
@@ -56,6 +59,7 @@ impl PersistConfig {
             checkpoint_poll: Duration::from_secs(1),
             wal_fault: None,
             clock: None,
+            init: true,
         }
     }
 }
@@ -87,6 +91,7 @@ impl Engine {
         let mut wal_cfg = WalConfig::new(&cfg.data_dir);
         wal_cfg.durability = cfg.durability;
         wal_cfg.fault = cfg.wal_fault.clone();
+        wal_cfg.init = if cfg.init { Init::Allow } else { Init::Refuse };
         let wal = Wal::open(wal_cfg).map_err(|e| EngineError::Startup(format!("{dir}: {e}")))?;
         let checkpoint = match wal
             .latest_checkpoint()

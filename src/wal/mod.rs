@@ -24,6 +24,8 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod guard;
+pub mod identity;
 pub mod record;
 mod recovery;
 mod writer;
@@ -39,6 +41,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 pub use checkpoint::Checkpoint;
+pub use identity::{DirState, Identity, Init};
 pub use recovery::ReplayIter;
 pub use writer::FaultInjector;
 
@@ -136,6 +139,8 @@ pub struct WalConfig {
     pub sled_cache_capacity_bytes: u64,
     /// Test hook making the writer's storage calls fail; `None` in production.
     pub fault: Option<Arc<FaultInjector>>,
+    /// Whether a missing or empty directory may be initialised; default [`Init::Allow`].
+    pub init: Init,
 }
 
 impl WalConfig {
@@ -152,6 +157,7 @@ impl WalConfig {
             checkpoint_chunk_bytes: CHECKPOINT_CHUNK_BYTES,
             sled_cache_capacity_bytes: DEFAULT_SLED_CACHE_CAPACITY_BYTES,
             fault: None,
+            init: Init::Allow,
         }
     }
 
@@ -285,6 +291,59 @@ pub enum WalError {
         #[source]
         source: sled::Error,
     },
+    /// A file of the data directory is damaged: sled panicked reading it, the log ends
+    /// before a seq that was durable at the last clean shutdown, or the identity file is
+    /// malformed. Not retriable: restore the directory from a backup.
+    #[error("data directory corrupt: {}: {reason}", file.display())]
+    CorruptFile {
+        /// The data directory.
+        dir: PathBuf,
+        /// The damaged file (or the directory itself).
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The directory has an identity file (or sled's other files) but its database is
+    /// missing or empty: the log was deleted or lost. Refused whatever [`Init`] says;
+    /// starting anyway would be a new, empty inventory.
+    #[error(
+        "data directory {} lost its log: {}{what}. Refusing to start an empty inventory; \
+         restore the directory from a backup",
+        dir.display(),
+        id.as_ref().map(|id| format!("{} says {id} but ", identity::IDENTITY_FILE)).unwrap_or_default()
+    )]
+    LostLog {
+        /// The data directory.
+        dir: PathBuf,
+        /// The id in its identity file, if it has one.
+        id: Option<String>,
+        /// What is missing.
+        what: String,
+    },
+    /// The directory is missing or empty (no identity file, no database) and
+    /// [`WalConfig::init`] does not allow creating one: a volume that failed to mount
+    /// looks like this.
+    #[error(
+        "data directory {} is {state}: no {} and no database. If the volume holding it \
+         failed to mount, mount it; to create a new, empty inventory there, start once \
+         with `omnistock serve --init`",
+        dir.display(),
+        identity::IDENTITY_FILE
+    )]
+    NotInitialised {
+        /// The data directory.
+        dir: PathBuf,
+        /// "missing" or "empty".
+        state: &'static str,
+    },
+    /// Writing the identity file or the durable mark failed.
+    #[error("could not write {}: {reason}", path.display())]
+    Identity {
+        /// The file being written.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
     /// The writer thread could not be started.
     #[error("could not start the WAL writer thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -401,6 +460,31 @@ fn storage(op: &'static str) -> impl FnOnce(sled::Error) -> WalError {
     move |source| WalError::Storage { op, source }
 }
 
+/// sled's own "corrupted data" error, from reading the database in `dir`, as
+/// [`WalError::CorruptFile`] naming the file; other errors unchanged.
+pub(crate) fn name_corrupt_file(dir: &std::path::Path, error: WalError) -> WalError {
+    match error {
+        WalError::Storage {
+            op,
+            source: source @ sled::Error::Corruption { .. },
+        } => WalError::CorruptFile {
+            dir: dir.to_path_buf(),
+            file: dir.join(identity::DB_FILE),
+            reason: format!("sled reports it corrupt during {op}: {source}"),
+        },
+        other => other,
+    }
+}
+
+/// The error for a sled panic caught while `doing` something with the database in `dir`.
+pub(crate) fn sled_panicked(dir: &std::path::Path, doing: &str, panic: String) -> WalError {
+    WalError::CorruptFile {
+        dir: dir.to_path_buf(),
+        file: dir.join(identity::DB_FILE),
+        reason: format!("sled failed an internal check {doing}: {panic}"),
+    }
+}
+
 /// sled reports a held directory lock as an `Other` I/O error with this text.
 fn is_lock_contention(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
@@ -424,14 +508,19 @@ fn open_sled(dir: &std::path::Path, cache_capacity_bytes: u64) -> Result<sled::D
     }
 }
 
+/// What [`Wal::open_storage`] opened: the database, its two trees, the checkpoint header
+/// and the validated log.
+type OpenedStorage = (
+    sled::Db,
+    sled::Tree,
+    sled::Tree,
+    Option<checkpoint::Header>,
+    recovery::Recovered,
+);
+
 impl Wal {
-    /// Opens (or creates) the WAL in `config.dir`, validates the log (see
-    /// [`OpenReport`] for the repairs it may make) and starts the writer thread.
-    ///
-    /// Reads every group once to check it, so opening costs about as much as a
-    /// replay of the log since the last checkpoint.
-    pub fn open(config: WalConfig) -> Result<Wal, WalError> {
-        config.validate()?;
+    /// sled's open and everything open reads from it (run under the panic guard).
+    fn open_storage(config: &WalConfig) -> Result<OpenedStorage, WalError> {
         let db = open_sled(&config.dir, config.sled_cache_capacity_bytes)?;
         let log = db.open_tree(LOG_TREE).map_err(storage("open log tree"))?;
         let checkpoints = db
@@ -440,7 +529,97 @@ impl Wal {
         let header = checkpoint::read_header(&checkpoints, &config.dir)?;
         let floor = header.map_or(1, |h| h.start_seq.max(1));
         let recovered = recovery::recover_log(&log, &config.dir, floor)?;
+        Ok((db, log, checkpoints, header, recovered))
+    }
+
+    /// Opens (or creates) the WAL in `config.dir`, validates the log (see
+    /// [`OpenReport`] for the repairs it may make) and starts the writer thread.
+    ///
+    /// Reads every group once to check it, so opening costs about as much as a
+    /// replay of the log since the last checkpoint.
+    ///
+    /// Before sled touches the directory, its identity file decides (see [`Init`] and
+    /// [`identity::inspect`]): a missing or empty directory is initialised or refused
+    /// ([`WalError::NotInitialised`]), a directory whose database is gone is refused
+    /// ([`WalError::LostLog`]), one from before identity files is adopted. sled's open
+    /// and the validation scan run under a panic guard: a damaged file is
+    /// [`WalError::CorruptFile`], never a panic. A log that ends before the seq recorded
+    /// durable at the last clean shutdown or checkpoint (sled silently rolls a truncated
+    /// `db` back to an older state) is [`WalError::CorruptFile`] too.
+    pub fn open(config: WalConfig) -> Result<Wal, WalError> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        let state = identity::inspect(&dir)?;
+        let new = matches!(state, DirState::Missing | DirState::Empty);
+        if new && config.init != Init::Allow {
+            let state = if state == DirState::Missing {
+                "missing"
+            } else {
+                "empty"
+            };
+            return Err(WalError::NotInitialised { dir, state });
+        }
+        let mark = match state {
+            DirState::Identified(_) => identity::read_durable_mark(&dir)?,
+            _ => None,
+        };
+        let opened = guard::guarded(|| Self::open_storage(&config)).map_err(|panic| {
+            let db_file = dir.join(identity::DB_FILE);
+            let size = std::fs::metadata(&db_file)
+                .map(|m| format!("{} bytes", m.len()))
+                .unwrap_or_else(|e| e.to_string());
+            WalError::CorruptFile {
+                dir: dir.clone(),
+                file: db_file,
+                reason: format!(
+                    "sled failed an internal check reading it ({size}; truncated or overwritten?): {panic}"
+                ),
+            }
+        })?
+        .map_err(|e| name_corrupt_file(&dir, e))?;
+        let (db, log, checkpoints, header, recovered) = opened;
+        let floor = header.map_or(1, |h| h.start_seq.max(1));
         let next_seq = recovered.last_seq.map_or(floor, |last| last + 1);
+        // A torn last group is the one damage a crash may leave; its records may reach the
+        // mark, so the check only applies to a log whose every group is intact.
+        if let (Some(mark), None) = (mark, recovered.torn_tail_dropped) {
+            if next_seq - 1 < mark {
+                return Err(WalError::CorruptFile {
+                    file: dir.join(identity::DB_FILE),
+                    reason: format!(
+                        "the log ends at seq {} but seq {mark} was durable at the last clean \
+                         shutdown or checkpoint ({}): the db was truncated or rolled back",
+                        next_seq - 1,
+                        identity::DURABLE_MARK_FILE
+                    ),
+                    dir,
+                });
+            }
+        }
+        if let (Some(mark), Some(_)) = (mark, recovered.torn_tail_dropped) {
+            // The torn group was removed from the log just now: lower the mark with it, or
+            // the next open would take the missing group for a truncation.
+            if next_seq - 1 < mark {
+                identity::write_durable_mark(&dir, next_seq - 1)?;
+            }
+        }
+        match state {
+            DirState::Missing | DirState::Empty => {
+                db.flush().map_err(storage("flush new database"))?;
+                let id = identity::write_new(&dir)?;
+                tracing::info!(dir = %dir.display(), id = %id.id, "initialised a new data directory");
+            }
+            DirState::Unidentified if config.init != Init::RefuseReadOnly => {
+                let id = identity::write_new(&dir)?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    id = %id.id,
+                    "data directory has a database but no {}: adopted it (it predates identity files) and wrote one",
+                    identity::IDENTITY_FILE
+                );
+            }
+            DirState::Unidentified | DirState::Identified(_) => {}
+        }
         let report = OpenReport {
             torn_tail_dropped: recovered.torn_tail_dropped,
             stale_records_removed: recovered.stale_records_removed,
@@ -608,10 +787,15 @@ impl Wal {
     /// The latest complete checkpoint, with its whole-state CRC verified.
     pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, WalError> {
         let _serialised = self.checkpoint_lock.lock();
-        match checkpoint::read_header(&self.checkpoints, &self.dir)? {
-            Some(header) => checkpoint::read_state(&self.checkpoints, &self.dir, &header).map(Some),
-            None => Ok(None),
-        }
+        guard::guarded(
+            || match checkpoint::read_header(&self.checkpoints, &self.dir)? {
+                Some(header) => {
+                    checkpoint::read_state(&self.checkpoints, &self.dir, &header).map(Some)
+                }
+                None => Ok(None),
+            },
+        )
+        .map_err(|panic| sled_panicked(&self.dir, "reading the checkpoint", panic))?
     }
 
     /// Stores `state` as the new checkpoint and then removes what it supersedes: log
@@ -655,6 +839,7 @@ impl Wal {
             checkpoint::remove_log_below(&self.log, start_seq).map_err(|e| self.trip(e))?;
         let removed_chunks = checkpoint::remove_chunks_except(&self.checkpoints, header.id)
             .map_err(|e| self.trip(e))?;
+        self.write_durable_mark(start_seq - 1);
         tracing::debug!(
             start_seq,
             state_bytes = state.len(),
@@ -675,6 +860,23 @@ impl Wal {
             )));
         }
         Ok(())
+    }
+
+    /// Records `seq` (known flushed) in the durable mark, never lowering it. Best effort:
+    /// a failure only weakens the truncation check of the next open, so it is logged.
+    fn write_durable_mark(&self, seq: u64) {
+        if seq == 0 || self.config.init == Init::RefuseReadOnly {
+            return;
+        }
+        let result = identity::read_durable_mark(&self.dir).and_then(|old| {
+            if old.is_some_and(|old| old >= seq) {
+                return Ok(());
+            }
+            identity::write_durable_mark(&self.dir, seq)
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record the durable seq");
+        }
     }
 
     /// Storage errors in checkpointing are treated like writer errors: fail-stop.
@@ -703,6 +905,11 @@ impl Wal {
 
     /// Every stored feed position, by subscription name.
     pub fn positions(&self) -> Result<Vec<(String, u64)>, WalError> {
+        guard::guarded(|| self.read_positions())
+            .map_err(|panic| sled_panicked(&self.dir, "reading feed positions", panic))?
+    }
+
+    fn read_positions(&self) -> Result<Vec<(String, u64)>, WalError> {
         let tree = self
             .db
             .open_tree(POSITIONS_TREE)
@@ -730,6 +937,8 @@ impl Wal {
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 tracing::error!("WAL writer thread panicked before shutdown");
+            } else if self.shared.failure().is_none() {
+                self.write_durable_mark(self.shared.flushed_seq());
             }
         }
     }

@@ -272,7 +272,16 @@ impl Iterator for ReplayIter {
             if let Some(record) = self.buffered.pop_front() {
                 return Some(Ok(record));
             }
-            let Some(item) = self.inner.as_mut()?.next() else {
+            let inner = self.inner.as_mut()?;
+            let item = match super::guard::guarded(|| inner.next()) {
+                Ok(item) => item,
+                Err(panic) => {
+                    self.inner = None;
+                    let doing = "replaying the log";
+                    return Some(Err(super::sled_panicked(&self.dir, doing, panic)));
+                }
+            };
+            let Some(item) = item else {
                 self.inner = None;
                 if self.expected <= self.end {
                     let reason = format!(
@@ -285,7 +294,7 @@ impl Iterator for ReplayIter {
             };
             if let Err(error) = self.load_group(item) {
                 self.inner = None;
-                return Some(Err(error));
+                return Some(Err(super::name_corrupt_file(&self.dir, error)));
             }
         }
     }
