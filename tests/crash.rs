@@ -8,7 +8,8 @@
 //! multi-SKU carts on overlapping SKUs, their fulfils and releases), every accepted
 //! reservation whole, nothing else present, no oversell. Cycles continue on the same
 //! directory (recovery of a recovery).
-//! OMNISTOCK_CRASH_CYCLES sets the number of cycles (default 20).
+//! OMNISTOCK_CRASH_CYCLES sets the number of cycles (default 20); OMNISTOCK_CRASH_KEEP=1
+//! keeps the data directory.
 
 mod common;
 
@@ -375,6 +376,14 @@ fn crash_recovery_keeps_every_acknowledged_operation() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
+    // OMNISTOCK_CRASH_KEEP=1 keeps the data directory for `omnistock dump` after a failure.
+    let _dir = if std::env::var("OMNISTOCK_CRASH_KEEP").is_ok() {
+        eprintln!("data directory kept: {path}");
+        let _ = dir.keep();
+        None
+    } else {
+        Some(dir)
+    };
 
     let mut all = Seen::default();
     let mut rng = StdRng::seed_from_u64(7);

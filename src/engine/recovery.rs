@@ -122,6 +122,8 @@ struct Replay {
     tentative_carts: HashMap<ReservationId, (RequestId, TimeMs), Fast>,
     /// Multi-SKU reservation operations begun (`OpBegun`) whose parts are not all in the log.
     pending_ops: HashMap<ReservationId, PendingOp, Fast>,
+    /// Requests whose outcome the checkpoint holds.
+    checkpointed_requests: HashSet<RequestId, Fast>,
     /// Records from here on are derived for the feed (none of them is in the checkpoint).
     feed_start: u64,
     feed_retention: usize,
@@ -209,7 +211,9 @@ impl Replay {
         fingerprint: u64,
         changes: Vec<Change>,
     ) {
-        if request == 0 {
+        // A request the checkpoint remembers had finished before its copy: its outcome
+        // there is whole, and its records in the log would only repeat changes.
+        if request == 0 || self.checkpointed_requests.contains(&request) {
             return;
         }
         let entry = self.idem.entry(request).or_insert_with(|| {
@@ -279,51 +283,54 @@ impl Replay {
     /// Applies one record; false if the checkpoint already contained it.
     fn record(&mut self, seq: u64, rec: LogRecord) -> bool {
         self.track_groups(seq, &rec);
-        let changes: Vec<Change> = match rec.body {
+        let (fresh, changes): (bool, Vec<Change>) = match rec.body {
             RecordBody::OpBegun { .. } | RecordBody::CartPlaced { .. } => {
                 // Markers: nothing to apply, nothing for subscribers (but the position).
                 self.keep_slot(seq, None);
                 return true;
             }
             RecordBody::Catalog(ev) => {
-                if seq <= self.catalog.last_seq {
-                    return false;
+                let fresh = seq > self.catalog.last_seq;
+                if fresh {
+                    self.catalog.apply(&ev, seq);
+                    self.keep_feed(seq, || FeedRecord::new(seq, rec.at_ms, FeedBody::Catalog));
                 }
-                self.catalog.apply(&ev, seq);
-                self.keep_feed(seq, || FeedRecord::new(seq, rec.at_ms, FeedBody::Catalog));
-                vec![Change::Catalog(ev)]
+                (fresh, vec![Change::Catalog(ev)])
             }
             RecordBody::Sku { sku, events } => {
                 let state = self
                     .skus
                     .entry(sku.clone())
                     .or_insert_with(|| SkuState::new(sku.clone()));
-                if seq <= state.last_seq {
-                    return false;
-                }
-                let derive = seq >= self.feed_start;
-                let before = derive.then(|| feed::before(&self.catalog, state, &events));
-                for e in &events {
-                    state.apply(e, seq);
-                }
-                if let Some(b) = before {
-                    let f = feed::derive(&self.catalog, b, state, &events, seq, rec.at_ms);
-                    self.keep_feed(seq, || f);
+                // Already in the checkpoint's state (fuzzy checkpoint): not applied again,
+                // but still part of its request's outcome and cart history below.
+                let fresh = seq > state.last_seq;
+                if fresh {
+                    let derive = seq >= self.feed_start;
+                    let before = derive.then(|| feed::before(&self.catalog, state, &events));
+                    for e in &events {
+                        state.apply(e, seq);
+                    }
+                    if let Some(b) = before {
+                        let f = feed::derive(&self.catalog, b, state, &events, seq, rec.at_ms);
+                        self.keep_feed(seq, || f);
+                    }
                 }
                 for e in &events {
                     self.track_cart(e, rec.request);
                 }
-                events
+                let changes = events
                     .into_iter()
                     .map(|event| Change::Sku {
                         sku: sku.clone(),
                         event,
                     })
-                    .collect()
+                    .collect();
+                (fresh, changes)
             }
         };
         self.remember(seq, rec.at_ms, rec.request, rec.fingerprint, changes);
-        true
+        fresh
     }
 
     fn keep_feed(&mut self, seq: u64, f: impl FnOnce() -> FeedRecord) {
@@ -404,8 +411,10 @@ pub fn recover<E: std::fmt::Display>(
         aborted_requests: HashSet::default(),
         tentative_carts: HashMap::default(),
         pending_ops: HashMap::default(),
+        checkpointed_requests: HashSet::default(),
     };
     for rec in cp.idempotency {
+        r.checkpointed_requests.insert(rec.id);
         r.idem_order.push(rec.id);
         r.idem.insert(rec.id, rec);
     }

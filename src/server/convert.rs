@@ -254,31 +254,19 @@ pub fn reserved_view(o: &Outcome) -> ReservedView<'_> {
 
 /// The reserve result of an accepted reservation's outcome.
 pub fn reserved_of(o: &Outcome) -> Reserved {
-    let mut expires_at_ms = 0;
-    let mut allocations = Vec::new();
-    for ch in &o.changes {
-        if let Change::Sku {
-            sku,
-            event:
-                Event::HoldPlaced {
-                    expires_at_ms: e,
-                    allocations: a,
-                    ..
-                },
-        } = ch
-        {
-            expires_at_ms = *e;
-            allocations.extend(a.iter().map(|a| WireAllocation {
-                sku: sku.to_string(),
+    let v = reserved_view(o);
+    Reserved {
+        seq: v.seq,
+        expires_at_ms: v.expires_at_ms,
+        allocations: v
+            .allocations
+            .iter()
+            .map(|a| WireAllocation {
+                sku: a.sku.to_string(),
                 location: a.location.to_string(),
                 qty: a.qty,
-            }));
-        }
-    }
-    Reserved {
-        seq: o.seq,
-        expires_at_ms,
-        allocations,
+            })
+            .collect(),
     }
 }
 
@@ -393,8 +381,8 @@ mod tests {
             ],
         };
         assert_eq!(
-            crate::codec::encode(&reserved_view(&o)).expect("view"),
-            crate::codec::encode(&reserved_of(&o)).expect("owned")
+            crate::protocol::encode_payload(&reserved_view(&o)).expect("view"),
+            crate::protocol::encode_payload(&reserved_of(&o)).expect("owned")
         );
     }
 }
