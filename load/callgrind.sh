@@ -60,6 +60,9 @@ done
 [[ $OPS =~ ^[1-9][0-9]*$ ]] || die "--ops must be a positive integer"
 [[ $START_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--start-timeout must be a positive integer"
 OMNI=$BIN_DIR/omnistock
+# Builds before the data-directory identity (2026-12-01) have no --init: only pass it when known.
+INIT_FLAG=""
+if [[ "$("$OMNI" serve --help 2>/dev/null)" == *--init* ]]; then INIT_FLAG=--init; fi
 LOAD=$BIN_DIR/omnistock-load
 [[ -x $LOAD ]] || die "no omnistock-load in $BIN_DIR (build it or pass --bin-dir)"
 [[ $TARGET == redis || -x $OMNI ]] || die "no omnistock in $BIN_DIR"
@@ -138,7 +141,7 @@ VG=(valgrind --tool=callgrind "--callgrind-out-file=$CG" --dump-instr=no)
 if [[ $TARGET == omnistock ]]; then
   admin=$(free_port)
   log "starting ${VG[*]} $OMNI serve on 127.0.0.1:$port (admin $admin)"
-  "${VG[@]}" "$OMNI" serve --init --data-dir "$DATA/data" --listen "127.0.0.1:$port" \
+  "${VG[@]}" "$OMNI" serve ${INIT_FLAG:+"$INIT_FLAG"} --data-dir "$DATA/data" --listen "127.0.0.1:$port" \
     --admin-listen "127.0.0.1:$admin" >"$OUT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   ready() { curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz"; }

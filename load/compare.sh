@@ -62,6 +62,9 @@ done
 [[ $DURATION =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--duration must be a number of seconds"
 [[ $WARMUP =~ ^[0-9]+([.][0-9]+)?$ ]] || die "--warmup must be a number of seconds"
 OMNI=$BIN_DIR/omnistock
+# Builds before the data-directory identity (2026-12-01) have no --init: only pass it when known.
+INIT_FLAG=""
+if [[ "$("$OMNI" serve --help 2>/dev/null)" == *--init* ]]; then INIT_FLAG=--init; fi
 LOAD=$BIN_DIR/omnistock-load
 [[ -x $OMNI && -x $LOAD ]] || die "no omnistock / omnistock-load in $BIN_DIR (build them or pass --bin-dir)"
 for tool in jq curl redis-cli "$REDIS_SERVER"; do
@@ -159,7 +162,7 @@ run_one() {
   port=$(free_port)
   if [[ $target == omnistock ]]; then
     admin=$(free_port)
-    "$OMNI" serve --init --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+    "$OMNI" serve ${INIT_FLAG:+"$INIT_FLAG"} --data-dir "$dir/data" --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$admin" >"$RAW/$tag.server.log" 2>&1 &
     SERVER_PID=$!
     wait_ready omnistock 60 curl -sf "http://127.0.0.1:$admin/readyz" || { stop_server; return 1; }
