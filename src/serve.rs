@@ -72,12 +72,21 @@ pub(crate) async fn shut_down(
     admin.sources.set_stopping();
     server.shutdown();
     running.await.context("server task")?;
+    // Read before the engine stops (then every write answers "shutting down").
+    let log_failed = match engine.writable() {
+        Err(omnistock::engine::EngineError::Storage(m)) => Some(m),
+        _ => None,
+    };
     tokio::task::spawn_blocking(move || engine.shutdown())
         .await
         .context("engine shutdown")?;
     let _ = admin.stop.send(());
     admin.task.await.context("admin task")?;
-    Ok(())
+    // A stop after a log failure is not a clean stop: exit non-zero so a supervisor sees it.
+    match log_failed {
+        Some(m) => anyhow::bail!("stopped after a log failure (writes had stopped): {m}"),
+        None => Ok(()),
+    }
 }
 
 /// Runs `omnistock serve`.

@@ -82,6 +82,10 @@ pub struct Args {
     /// Time a new connection has to send its Hello, in ms [default: 10000].
     #[arg(long, env = "OMNISTOCK_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Longest a shutdown waits for connections to finish and close, in ms; then they
+    /// are dropped [default: 10000].
+    #[arg(long, env = "OMNISTOCK_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub shutdown_timeout_ms: Option<u64>,
     /// Records a subscriber may fall behind before its ATP changes are coalesced
     /// [default: 100000].
     #[arg(long, env = "OMNISTOCK_SUBSCRIBER_MAX_LAG_RECORDS", value_name = "N")]
@@ -173,6 +177,7 @@ struct FileLimits {
     max_lines_per_reservation: Option<usize>,
     idle_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    shutdown_timeout_ms: Option<u64>,
     subscriber_max_lag_records: Option<u64>,
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
@@ -368,6 +373,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     }
     if let Some(ms) = args.handshake_timeout_ms.or(l.handshake_timeout_ms) {
         cfg.handshake_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.shutdown_timeout_ms.or(l.shutdown_timeout_ms) {
+        cfg.shutdown_timeout = Duration::from_millis(ms);
     }
     let sub = &mut cfg.subscription;
     if let Some(n) = args

@@ -657,3 +657,87 @@ fn ctl_pointed_at_something_else_says_it_is_not_an_omnistock_server() {
     assert_eq!(json_of(&out)["error"]["name"], "not_omnistock", "{out:?}");
     http.join().unwrap();
 }
+
+// postmortem: SIGTERM never completed while a client had stopped reading with its queue
+// full: no shutdown deadline, and the read loop waited for every in-flight answer to be
+// queued. Now answers get a bounded time to be queued and the server a deadline.
+#[test]
+fn sigterm_stops_within_the_deadline_while_a_client_has_stopped_reading() {
+    use omnistock::protocol::{frame_of, FrameKind, Hello, Op, RequestBatch, MAGIC};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("OMNISTOCK_SHUTDOWN_TIMEOUT_MS", "2000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut s = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let hello = Hello {
+        magic: MAGIC,
+        version: 1,
+        client_name: "non-reader".into(),
+        token: String::new(),
+    };
+    s.write_all(&frame_of(FrameKind::Hello, 0, &hello).unwrap().encode())
+        .unwrap();
+    // Pipeline pings and never read, until the socket buffers are full (a write blocks).
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let ping = Op::Ping.to_raw().unwrap();
+    let mut sent = 0usize;
+    for corr in 1..=2_000_000u64 {
+        let f = frame_of(
+            FrameKind::Request,
+            corr,
+            &RequestBatch {
+                ops: vec![ping.clone()],
+            },
+        )
+        .unwrap()
+        .encode();
+        if s.write_all(&f).is_err() {
+            break;
+        }
+        sent += f.len();
+    }
+    assert!(
+        sent > 64 * 1024,
+        "the client filled the buffers ({sent} bytes)"
+    );
+    let t0 = Instant::now();
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("serve did not stop within 30 s with a non-reading client");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "clean stop: {status}");
+    // The 2 s deadline plus the writer's 5 s drain, with room for a busy machine.
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    drop(s);
+}

@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time a new connection has to send its `Hello`. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Longest a shutdown waits for connections to finish their in-flight requests and
+    /// close; those still open then are dropped (a client that stopped reading cannot
+    /// hold the process). Default 10 s.
+    pub shutdown_timeout: Duration,
     /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
     pub subscription: SubscriptionConfig,
     /// Run each connection on one of the engine's actor threads (round robin) instead of
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             max_lines_per_reservation: MAX_LINES_PER_RESERVATION,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
             subscription: SubscriptionConfig::default(),
             connections_on_arbiters: true,
         }
@@ -130,6 +135,9 @@ impl ServerConfig {
                 "max_lines_per_reservation",
                 format!("must be 1..={MAX_LINES_PER_RESERVATION}"),
             ));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(bad("shutdown_timeout", "must be positive"));
         }
         if self.idle_timeout.is_zero() {
             return Err(bad("idle_timeout", "must be positive"));

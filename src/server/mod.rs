@@ -168,7 +168,20 @@ impl Server {
             open = stats.connections_open.load(Ordering::Relaxed),
             "draining connections"
         );
-        while conns.join_next().await.is_some() {}
+        let deadline = self.ctx.config.shutdown_timeout;
+        let drained = tokio::time::timeout(deadline, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = stats.connections_open.load(Ordering::Relaxed),
+                deadline_ms = deadline.as_millis() as u64,
+                "connections still open at the shutdown deadline: dropped"
+            );
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
         tracing::info!("server stopped");
     }
 
