@@ -33,11 +33,11 @@ pub enum CodecError {
     /// Encoding failed (a value over a limit).
     #[error("encode: {0}")]
     Encode(String),
-    /// The bytes are not a valid value.
-    #[error("decode: {0}")]
+    /// The bytes are not a valid value (the callers say what was being decoded).
+    #[error("{0}")]
     Decode(String),
     /// A value decoded but bytes were left over.
-    #[error("decode: {0} trailing bytes")]
+    #[error("{0} byte(s) after the end of the value")]
     Trailing(usize),
 }
 
@@ -60,13 +60,35 @@ pub fn encode_into<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), CodecEr
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// What went wrong, in words for a client or an operator (bincode's own text is Rust
+/// `Debug` output such as `UnexpectedEnd { additional: 2 }`).
+fn plain(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as D;
+    match e {
+        D::UnexpectedEnd { additional } => {
+            format!("the bytes end {additional} byte(s) before the value does")
+        }
+        D::LimitExceeded => "a length is over the decode limit".into(),
+        D::InvalidBooleanValue(b) => format!("{b} is not a boolean (0 or 1)"),
+        D::UnexpectedVariant {
+            found, type_name, ..
+        } => {
+            format!("{found} is not a variant of {type_name}")
+        }
+        D::Utf8 { .. } => "a string is not valid UTF-8".into(),
+        D::InvalidCharEncoding(_) => "a character is not valid UTF-8".into(),
+        D::OutsideUsizeRange(n) => format!("a length of {n} does not fit in memory"),
+        other => other.to_string(),
+    }
+}
+
 /// Decodes a whole buffer with `config`; trailing bytes are an error.
 fn decode_whole<T: DeserializeOwned, C: bincode::config::Config>(
     bytes: &[u8],
     config: C,
 ) -> Result<T, CodecError> {
     let (v, used) = bincode::serde::decode_from_slice(bytes, config)
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+        .map_err(|e| CodecError::Decode(plain(&e)))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
@@ -105,6 +127,16 @@ mod tests {
             encode(&"ab").unwrap(),
             vec![2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']
         );
+    }
+
+    #[test]
+    fn decode_errors_read_as_words_not_rust_debug_text() {
+        let short = decode::<(u32, u32)>(&[1, 0, 0, 0, 2, 0])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(short, "the bytes end 2 byte(s) before the value does");
+        let bad_bool = decode::<bool>(&[7]).unwrap_err().to_string();
+        assert_eq!(bad_bool, "7 is not a boolean (0 or 1)");
     }
 
     #[test]

@@ -144,6 +144,19 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
 
 /// Prints a SKU's state at the checkpoint, then every logged change of it after that.
 pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
+    // `dump ... | head` closes the pipe early: that ends the dump, it is not an error.
+    match dump_to(args, &mut std::io::BufWriter::new(std::io::stdout().lock())) {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn dump_to(args: DumpArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     let sku = SkuId::new(&args.sku).map_err(|e| anyhow::anyhow!("{e}"))?;
     let wal = open(&args.dir)?;
     let cp = wal.latest_checkpoint().context("reading the checkpoint")?;
@@ -152,12 +165,13 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
         let state = recovery::decode_checkpoint(&c.state)?;
         match state.skus.iter().find(|s| s.sku == sku) {
             Some(s) => {
-                println!(
+                writeln!(
+                    out,
                     "# {sku} at checkpoint (seq < {start}), last change seq {}",
                     s.last_seq
-                );
+                )?;
                 for b in &s.buckets {
-                    println!(
+                    writeln!(out, 
                         "#   {}: on_hand {} reserved {} safety {} damaged {} qc {} incoming {} shortfall {}",
                         b.location,
                         b.on_hand,
@@ -167,11 +181,11 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
                         b.quality_control,
                         b.incoming,
                         b.shortfall
-                    );
+                    )?;
                 }
-                println!("#   {} active holds", s.holds.len());
+                writeln!(out, "#   {} active holds", s.holds.len())?;
             }
-            None => println!("# {sku} not in the checkpoint (seq < {start})"),
+            None => writeln!(out, "# {sku} not in the checkpoint (seq < {start})")?,
         }
     }
     let mut n = 0u64;
@@ -181,15 +195,17 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
         if let RecordBody::Sku { sku: s, events } = &rec.body {
             if *s == sku {
                 for e in events {
-                    println!(
+                    writeln!(
+                        out,
                         "seq={seq} at_ms={} request={:032x} {e:?}",
                         rec.at_ms, rec.request
-                    );
+                    )?;
                     n += 1;
                 }
             }
         }
     }
-    println!("# {n} events");
+    writeln!(out, "# {n} events")?;
+    out.flush()?;
     Ok(())
 }

@@ -472,3 +472,35 @@ async fn requests_after_shutdown_answer_shutting_down() {
         Err(Failure::Error(omnistock::engine::EngineError::ShuttingDown))
     ));
 }
+
+// postmortem: ADJUST with delta 0 answered 11 (quantity_out_of_range, "change of 0 would
+// leave 0..=1000000000") where docs/protocol.md says the delta is non-zero (a malformed
+// request, 12); SET_INCOMING accepted an ETA of u64::MAX.
+#[tokio::test]
+async fn a_zero_adjustment_and_an_eta_past_year_9999_are_invalid_requests() {
+    let (e, _) = manual_engine_with(EngineConfig::default());
+    small_catalog(&e).await;
+    let zero = adjust(&e, "A", "wh-a", 0)
+        .await
+        .expect_err("delta 0 refused");
+    assert_eq!(
+        zero.rejection().map(|r| r.code()),
+        Some(omnistock::domain::RejectionCode::InvalidRequest)
+    );
+    let incoming = |eta_ms| Command::Stock {
+        sku: sku("A"),
+        command: omnistock::domain::SkuCommand::SetIncoming {
+            location: loc("wh-a"),
+            qty: 5,
+            eta_ms,
+        },
+    };
+    let far = exec(&e, incoming(u64::MAX)).await.expect_err("eta refused");
+    assert_eq!(
+        far.rejection().map(|r| r.code()),
+        Some(omnistock::domain::RejectionCode::InvalidRequest)
+    );
+    exec(&e, incoming(omnistock::domain::limits::MAX_TIME_MS))
+        .await
+        .expect("the last representable day is fine");
+}

@@ -270,7 +270,10 @@ impl Model {
     fn adjust(&mut self, s: usize, l: usize, delta: i64) -> MResult {
         self.touch(s);
         let have = self.bucket(s, l).on_hand();
-        if delta == 0 || have + delta < 0 {
+        if delta == 0 {
+            return Err(Rejection::invalid("a change of 0"));
+        }
+        if have + delta < 0 {
             return Err(out_of_range(have, delta));
         }
         // In: pays the shortfall first (net counts it); out: limited to on hand (above).

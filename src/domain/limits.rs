@@ -47,3 +47,6 @@ pub const MAX_LOW_STOCK_OVERRIDES: usize = 100_000;
 
 /// Most named (durable) feed subscriptions whose positions the server stores.
 pub const MAX_NAMED_SUBSCRIPTIONS: usize = 10_000;
+
+/// Latest time a client may name (an ETA), in ms since the epoch: 9999-12-31T23:59:59.999Z.
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;

@@ -31,7 +31,7 @@ use super::event::{Allocation, Event, ReleaseReason, StockState};
 use super::ids::{ChannelId, LocationId, ReservationId, SkuId, TimeMs};
 use super::limits::{
     MAX_BUCKETS_PER_SKU, MAX_HOLDS_PER_SKU, MAX_HOLD_DURATION_MS, MAX_LINES_PER_RESERVATION,
-    MAX_QTY, MAX_REFERENCE_BYTES,
+    MAX_QTY, MAX_REFERENCE_BYTES, MAX_TIME_MS,
 };
 use super::rejection::Rejection;
 
@@ -679,7 +679,10 @@ impl SkuState {
                     || add_in_range(0, *delta).is_some(),
                     |b| b.sellable_after(*delta).is_some(),
                 );
-                if *delta == 0 || !fits {
+                if *delta == 0 {
+                    return Err(Rejection::invalid("an adjustment's delta must be non-zero"));
+                }
+                if !fits {
                     return Err(out_of_range(format!("on_hand at {location}"), have, *delta));
                 }
                 Event::StockAdjusted {
@@ -746,6 +749,11 @@ impl SkuState {
                 self.known_bucket_room(location, catalog)?;
                 if *qty > MAX_QTY {
                     return Err(Rejection::invalid(format!("incoming <= {MAX_QTY}")));
+                }
+                if *eta_ms > MAX_TIME_MS {
+                    return Err(Rejection::invalid(format!(
+                        "eta_ms must be at most {MAX_TIME_MS} (9999-12-31), or 0 for none"
+                    )));
                 }
                 Event::IncomingSet {
                     location: location.clone(),
