@@ -171,7 +171,7 @@ fn dump_to(args: DumpArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> 
                     s.last_seq
                 )?;
                 for b in &s.buckets {
-                    writeln!(out, 
+                    writeln!(out,
                         "#   {}: on_hand {} reserved {} safety {} damaged {} qc {} incoming {} shortfall {}",
                         b.location,
                         b.on_hand,
