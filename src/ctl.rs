@@ -201,36 +201,7 @@ enum CtlCmd {
         sku: Option<String>,
     },
     /// Print stock changes live, one line each; resumes by itself after a disconnect.
-    Tail {
-        /// Only this channel (repeatable).
-        #[arg(long = "channel")]
-        channels: Vec<String>,
-        /// Only this SKU (repeatable).
-        #[arg(long = "sku")]
-        skus: Vec<String>,
-        /// Only SKUs starting with this.
-        #[arg(long, default_value = "")]
-        prefix: String,
-        /// Start after this log sequence number (replayed from the log).
-        #[arg(long = "from")]
-        from_seq: Option<u64>,
-        /// Start with a snapshot of current ATP.
-        #[arg(long, conflicts_with = "from_seq")]
-        snapshot: bool,
-        /// Comma-separated kinds: atp, thresholds, reservations.
-        #[arg(long, value_delimiter = ',', default_value = "atp,thresholds")]
-        kinds: Vec<String>,
-        /// Coalesce: latest ATP per SKU x channel at most every N ms (10..=60000).
-        #[arg(long, default_value_t = 0)]
-        coalesce_ms: u32,
-        /// Durable subscription name: resumes from its acknowledged position and acks
-        /// after every frame.
-        #[arg(long, default_value = "")]
-        name: String,
-        /// Exit after printing this many events.
-        #[arg(long)]
-        count: Option<u64>,
-    },
+    Tail(tail::TailArgs),
     /// Create or replace a location.
     AddLocation {
         /// Location id.
@@ -421,29 +392,7 @@ async fn execute(cli: Cli) -> Result<Option<Output>, Failure> {
 async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
     let mut cfg = ClientConfig::new(addr).token(cli.token.clone());
     cfg.client_name = "omnistock-ctl".into();
-    if let CtlCmd::Tail {
-        channels,
-        skus,
-        prefix,
-        from_seq,
-        snapshot,
-        kinds,
-        coalesce_ms,
-        name,
-        count,
-    } = cli.cmd
-    {
-        let args = tail::TailArgs {
-            channels,
-            skus,
-            prefix,
-            from_seq,
-            snapshot,
-            kinds,
-            coalesce_ms,
-            name,
-            count,
-        };
+    if let CtlCmd::Tail(args) = cli.cmd {
         return tail::tail(cfg, cli.json, args).await.map(|()| None);
     }
     let rid = cli.request_id.unwrap_or_else(new_request_id);
@@ -583,7 +532,7 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
             sku,
             threshold,
         }),
-        CtlCmd::Tail { .. } => return Err(Failure::internal("tail is not one operation")),
+        CtlCmd::Tail(_) => return Err(Failure::internal("tail is not one operation")),
     })
 }
 

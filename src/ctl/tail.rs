@@ -8,16 +8,36 @@ use super::exit::Failure;
 use super::ids::fmt_id;
 use super::render::push_item_json;
 
-/// What `ctl tail` was asked for.
+/// What `ctl tail` was asked for (its flags).
+#[derive(clap::Args, Debug)]
 pub struct TailArgs {
+    /// Only this channel (repeatable).
+    #[arg(long = "channel")]
     pub channels: Vec<String>,
+    /// Only this SKU (repeatable).
+    #[arg(long = "sku")]
     pub skus: Vec<String>,
+    /// Only SKUs starting with this.
+    #[arg(long, default_value = "")]
     pub prefix: String,
+    /// Start after this log sequence number (replayed from the log).
+    #[arg(long = "from")]
     pub from_seq: Option<u64>,
+    /// Start with a snapshot of current ATP.
+    #[arg(long, conflicts_with = "from_seq")]
     pub snapshot: bool,
+    /// Comma-separated kinds: atp, thresholds, reservations.
+    #[arg(long, value_delimiter = ',', default_value = "atp,thresholds")]
     pub kinds: Vec<String>,
+    /// Coalesce: latest ATP per SKU x channel at most every N ms (10..=60000).
+    #[arg(long, default_value_t = 0)]
     pub coalesce_ms: u32,
+    /// Durable subscription name: resumes from its acknowledged position and acks
+    /// after every frame.
+    #[arg(long, default_value = "")]
     pub name: String,
+    /// Exit after printing this many events.
+    #[arg(long)]
     pub count: Option<u64>,
 }
 
