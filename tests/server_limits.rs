@@ -278,3 +278,38 @@ async fn subscribe_then_unsubscribe_or_close_in_one_write_never_wedges() {
             .load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+// postmortem: a failed handshake logged the client name, which had no size limit (a
+// 500 KB name gave a 500 KB log line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_with_an_oversized_client_name_is_refused() {
+    let addr = start(|_| {}).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let h = Hello {
+        magic: MAGIC,
+        version: 1,
+        client_name: "n".repeat(500_000),
+        token: String::new(),
+    };
+    s.write_all(&frame_of(FrameKind::Hello, 0, &h).unwrap().encode())
+        .await
+        .unwrap();
+    let f = read_frame(&mut s).await.expect("an answer");
+    assert_eq!(error_status(&f), status::PROTOCOL_ERROR);
+    // A name at the limit is fine.
+    let (_ok, welcome) = {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let h = Hello {
+            magic: MAGIC,
+            version: 1,
+            client_name: "n".repeat(128),
+            token: String::new(),
+        };
+        s.write_all(&frame_of(FrameKind::Hello, 0, &h).unwrap().encode())
+            .await
+            .unwrap();
+        let f = read_frame(&mut s).await.expect("an answer");
+        (s, f)
+    };
+    assert_eq!(welcome.kind, FrameKind::Welcome);
+}

@@ -125,13 +125,22 @@ fn error_frame(corr: u64, status: u16, message: impl Into<String>) -> Vec<u8> {
     }
 }
 
-/// Compares a token in time independent of where it differs.
+/// Longest client name a `Hello` may carry (it is logged).
+pub const MAX_CLIENT_NAME_BYTES: usize = 128;
+/// Longest token a `Hello` may carry (comparison time is proportional to it).
+pub const MAX_TOKEN_BYTES: usize = 256;
+
+/// Compares a token in time independent of where, and whether in length, it differs: every
+/// byte up to the longer of the two is looked at (the length difference is folded in).
 fn token_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut acc = u64::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        acc |= u64::from(x ^ y);
+    }
+    acc == 0
 }
 
 fn role_of(ctx: &Ctx, token: &str) -> Option<Role> {
@@ -177,6 +186,12 @@ async fn handshake(
         Ok(h) => h,
         Err(e) => return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, e.to_string()).await,
     };
+    if hello.client_name.len() > MAX_CLIENT_NAME_BYTES || hello.token.len() > MAX_TOKEN_BYTES {
+        let msg = format!(
+            "client name over {MAX_CLIENT_NAME_BYTES} bytes or token over {MAX_TOKEN_BYTES} bytes"
+        );
+        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, msg).await;
+    }
     if hello.version != PROTOCOL_VERSION {
         let msg = format!(
             "protocol version {} not supported; this server speaks 1",
@@ -554,4 +569,19 @@ async fn subscription_op(
         task,
     });
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_eq;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(token_eq("secret-token", "secret-token"));
+        assert!(!token_eq("secret-token", "secret-tokeN"));
+        assert!(!token_eq("secret-token", "secret-token-and-more"));
+        assert!(!token_eq("secret-token", "secret"));
+        assert!(!token_eq("", "x"));
+        assert!(token_eq("", ""));
+    }
 }
