@@ -107,6 +107,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "omnistock_auth_failures_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "omnistock_protocol_errors_total";
 /// Counter: connections closed for idleness.
 pub const IDLE_DISCONNECTS_TOTAL: &str = "omnistock_idle_disconnects_total";
+/// Connections closed because the client did not read its answers within `write_timeout_ms`.
+pub const SLOW_READER_DISCONNECTS_TOTAL: &str = "omnistock_slow_reader_disconnects_total";
 /// Counter: request frames received (one frame carries a batch of operations).
 pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
 
@@ -181,6 +183,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (AUTH_FAILURES_TOTAL, Kind::Counter, None, "Handshakes refused for a missing or unknown token."),
     (PROTOCOL_ERRORS_TOTAL, Kind::Counter, None, "Connections closed for a malformed or oversized frame."),
     (IDLE_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed for idleness."),
+    (SLOW_READER_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because the client did not read its answers within the write timeout."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
     (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),
     (SUBSCRIPTION_EVENTS_SENT_TOTAL, Kind::Counter, None, "Events sent to subscribers."),

@@ -86,6 +86,10 @@ pub struct Args {
     /// are dropped [default: 10000].
     #[arg(long, env = "OMNISTOCK_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// A client that does not read its answers for this long is disconnected, in ms
+    /// [default: 30000].
+    #[arg(long, env = "OMNISTOCK_WRITE_TIMEOUT_MS", value_name = "MS")]
+    pub write_timeout_ms: Option<u64>,
     /// Records a subscriber may fall behind before its ATP changes are coalesced
     /// [default: 100000].
     #[arg(long, env = "OMNISTOCK_SUBSCRIBER_MAX_LAG_RECORDS", value_name = "N")]
@@ -178,6 +182,7 @@ struct FileLimits {
     idle_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
     shutdown_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
     subscriber_max_lag_records: Option<u64>,
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
@@ -376,6 +381,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     }
     if let Some(ms) = args.shutdown_timeout_ms.or(l.shutdown_timeout_ms) {
         cfg.shutdown_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.write_timeout_ms.or(l.write_timeout_ms) {
+        cfg.write_timeout = Duration::from_millis(ms);
     }
     let sub = &mut cfg.subscription;
     if let Some(n) = args

@@ -313,3 +313,46 @@ async fn a_hello_with_an_oversized_client_name_is_refused() {
     };
     assert_eq!(welcome.kind, FrameKind::Welcome);
 }
+
+// postmortem: a client that pipelined requests and never read kept its connection, and
+// everything queued for it, for as long as it liked (+2.2 GB RSS per connection for
+// pipelined GET_SKUS; the idle timeout does not apply while answers are pending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let engine = Arc::new(
+        Engine::start_in_memory(EngineConfig {
+            arbiters: 1,
+            ..EngineConfig::default()
+        })
+        .unwrap(),
+    );
+    let c = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        write_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(c, engine).await.unwrap();
+    let (addr, stats) = (server.local_addr(), server.stats());
+    tokio::spawn(server.run());
+    let (mut s, _) = raw(addr).await;
+    // Pings pipelined without reading until our writes stop going through.
+    let frame = request(1, &[Op::Ping]);
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&frame)).await {
+            Ok(Ok(())) => sent += frame.len(),
+            _ => break,
+        }
+    }
+    assert!(sent > 64 * 1024, "the buffers filled ({sent} bytes)");
+    assert!(
+        open_connections_become(&stats, 0).await,
+        "the non-reader is still connected"
+    );
+    assert_eq!(
+        stats
+            .slow_readers_closed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}

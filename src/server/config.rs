@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// close; those still open then are dropped (a client that stopped reading cannot
     /// hold the process). Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Longest one write to a client may wait for the client to read. A client that stops
+    /// reading is disconnected after this (counted in
+    /// `omnistock_slow_reader_disconnects_total`), which frees what was queued for it.
+    /// Default 30 s.
+    pub write_timeout: Duration,
     /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
     pub subscription: SubscriptionConfig,
     /// Run each connection on one of the engine's actor threads (round robin) instead of
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             subscription: SubscriptionConfig::default(),
             connections_on_arbiters: true,
         }
@@ -135,6 +141,9 @@ impl ServerConfig {
                 "max_lines_per_reservation",
                 format!("must be 1..={MAX_LINES_PER_RESERVATION}"),
             ));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(bad("write_timeout", "must be positive"));
         }
         if self.shutdown_timeout.is_zero() {
             return Err(bad("shutdown_timeout", "must be positive"));

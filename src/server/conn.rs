@@ -94,7 +94,7 @@ impl FrameReader {
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, ctx: Arc<Ctx>) {
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         out.clear();
@@ -106,8 +106,21 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
                 Err(_) => break,
             }
         }
-        if wr.write_all(&out).await.is_err() {
-            return;
+        match timeout(ctx.config.write_timeout, wr.write_all(&out)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Dropping the queue makes every sender fail: the connection closes and
+                // what was waiting for this client is freed.
+                ctx.stats
+                    .slow_readers_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    timeout_ms = ctx.config.write_timeout.as_millis() as u64,
+                    "client did not read its answers: disconnected"
+                );
+                return;
+            }
         }
     }
     let _ = wr.shutdown().await;
@@ -282,7 +295,7 @@ pub(crate) async fn serve(sock: TcpStream, ctx: Arc<Ctx>, shutdown: watch::Recei
     let _ = sock.set_nodelay(true);
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_in_flight + 2);
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let writer = tokio::spawn(write_loop(wr, rx, ctx.clone()));
     let mut reader = FrameReader::new(rd, ctx.config.max_frame_bytes);
     let clean = match handshake(&mut reader, &tx, &ctx).await {
         Some(role) => read_loop(&mut reader, &tx, &ctx, role, shutdown).await,

@@ -58,6 +58,8 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
     /// Connections closed for idleness.
     pub idle_closed: AtomicU64,
+    /// Connections closed because the client did not read within `write_timeout`.
+    pub slow_readers_closed: AtomicU64,
     /// Request frames processed.
     pub requests: AtomicU64,
     /// Operations processed.
