@@ -12,6 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start(f: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
+    start_with_stats(f).await.0
+}
+
+/// [`start`], also returning the server's counters.
+async fn start_with_stats(
+    f: impl FnOnce(&mut ServerConfig),
+) -> (SocketAddr, Arc<omnistock::server::ServerStats>) {
     let cfg = EngineConfig {
         arbiters: 1,
         ..EngineConfig::default()
@@ -23,9 +30,9 @@ async fn start(f: impl FnOnce(&mut ServerConfig)) -> SocketAddr {
     };
     f(&mut c);
     let server = Server::bind(c, engine).await.unwrap();
-    let addr = server.local_addr();
+    let (addr, stats) = (server.local_addr(), server.stats());
     tokio::spawn(server.run());
-    addr
+    (addr, stats)
 }
 
 async fn read_frame(s: &mut TcpStream) -> Option<Frame> {
@@ -234,20 +241,7 @@ async fn open_connections_become(stats: &omnistock::server::ServerStats, n: u64)
 // descriptors never freed, SIGTERM never finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_then_unsubscribe_or_close_in_one_write_never_wedges() {
-    let engine = Arc::new(
-        Engine::start_in_memory(EngineConfig {
-            arbiters: 1,
-            ..EngineConfig::default()
-        })
-        .unwrap(),
-    );
-    let c = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(c, engine).await.unwrap();
-    let (addr, stats) = (server.local_addr(), server.stats());
-    tokio::spawn(server.run());
+    let (addr, stats) = start_with_stats(|_| {}).await;
     for round in 0..50u64 {
         let (mut s, _) = raw(addr).await;
         let mut both = request(7, &[subscribe_op()]);
@@ -319,21 +313,7 @@ async fn a_hello_with_an_oversized_client_name_is_refused() {
 // pipelined GET_SKUS; the idle timeout does not apply while answers are pending).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
-    let engine = Arc::new(
-        Engine::start_in_memory(EngineConfig {
-            arbiters: 1,
-            ..EngineConfig::default()
-        })
-        .unwrap(),
-    );
-    let c = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        write_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
-    };
-    let server = Server::bind(c, engine).await.unwrap();
-    let (addr, stats) = (server.local_addr(), server.stats());
-    tokio::spawn(server.run());
+    let (addr, stats) = start_with_stats(|c| c.write_timeout = Duration::from_millis(300)).await;
     let (mut s, _) = raw(addr).await;
     // Pings pipelined without reading until our writes stop going through.
     let frame = request(1, &[Op::Ping]);

@@ -26,11 +26,7 @@ pub(super) async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs)
         unlock_reservation(core, id, None);
         return false;
     }
-    let targets = entry
-        .lines
-        .iter()
-        .map(|(sku, _)| (sku.clone(), SkuCommand::Expire { reservation: id }))
-        .collect();
+    let targets = every_sku(&entry, SkuCommand::Expire { reservation: id });
     let (_done, failure) = fan_out(core, id, targets, 0, 0, now).await;
     if let Some(f) = failure {
         tracing::error!(reservation = %format!("{id:032x}"), "expiry failed: {f}");

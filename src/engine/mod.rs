@@ -196,6 +196,12 @@ impl Core {
         *self.catalog.write() = c;
     }
 
+    /// Records logged since the latest checkpoint's start (what a restart would replay).
+    pub fn records_since_checkpoint(&self) -> u64 {
+        let start = self.checkpoint_start.load(Ordering::Relaxed);
+        (self.journal.last_seq() + 1).saturating_sub(start)
+    }
+
     /// The expiry driver's wake-up notifier.
     pub fn wake_handle(&self) -> Arc<tokio::sync::Notify> {
         self.expiry.wake_handle()

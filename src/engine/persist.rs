@@ -258,11 +258,7 @@ impl Engine {
 
     /// Records a restart would replay: those logged since the latest checkpoint.
     pub fn records_since_checkpoint(&self) -> u64 {
-        let start = self
-            .core
-            .checkpoint_start
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (self.core.journal.last_seq() + 1).saturating_sub(start)
+        self.core.records_since_checkpoint()
     }
 
     /// Takes a checkpoint now and truncates the log below it.
@@ -328,10 +324,7 @@ async fn checkpoint_task(weak: std::sync::Weak<Core>, every: u64, poll: Duration
     loop {
         tokio::time::sleep(poll).await;
         let Some(core) = weak.upgrade() else { return };
-        let start = core
-            .checkpoint_start
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if (core.journal.last_seq() + 1).saturating_sub(start) < every {
+        if core.records_since_checkpoint() < every {
             continue;
         }
         match checkpoint(&core).await {

@@ -376,6 +376,15 @@ pub(super) async fn finish_reservation_op(
     committed(core, done, 0).await
 }
 
+/// The same command for every SKU the reservation holds (release, extend, expire).
+pub(super) fn every_sku(entry: &ResEntry, cmd: SkuCommand) -> Vec<(SkuId, SkuCommand)> {
+    entry
+        .lines
+        .iter()
+        .map(|(sku, _)| (sku.clone(), cmd.clone()))
+        .collect()
+}
+
 pub(super) async fn release(
     core: &Arc<Core>,
     request: u128,
@@ -384,19 +393,13 @@ pub(super) async fn release(
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
     let entry = lock_reservation(core, id)?;
-    let targets = entry
-        .lines
-        .iter()
-        .map(|(sku, _)| {
-            (
-                sku.clone(),
-                SkuCommand::Release {
-                    reservation: id,
-                    reason: ReleaseReason::Client,
-                },
-            )
-        })
-        .collect();
+    let targets = every_sku(
+        &entry,
+        SkuCommand::Release {
+            reservation: id,
+            reason: ReleaseReason::Client,
+        },
+    );
     let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
     let r = finish_reservation_op(core, id, &entry, done, failure, None).await;
     if r.is_ok() {
@@ -424,19 +427,13 @@ pub(super) async fn extend(
         return Err(Rejection::ReservationExpired(id).into());
     }
     let new_expiry = now.saturating_add(ttl_ms);
-    let targets = entry
-        .lines
-        .iter()
-        .map(|(sku, _)| {
-            (
-                sku.clone(),
-                SkuCommand::Extend {
-                    reservation: id,
-                    expires_at_ms: new_expiry,
-                },
-            )
-        })
-        .collect();
+    let targets = every_sku(
+        &entry,
+        SkuCommand::Extend {
+            reservation: id,
+            expires_at_ms: new_expiry,
+        },
+    );
     let (done, failure) = fan_out(core, id, targets, request, fp, now).await;
     if failure.is_none() {
         core.expiry.remove(entry.expires_at_ms, id);
