@@ -299,7 +299,8 @@ fn the_schema_refuses_what_an_event_must_never_be() {
     let v = validator();
     let good = reservation_event();
     assert_eq!(errors(&v, &good), "", "the base case is valid");
-    let broken: [(&str, fn(&mut Value)); 9] = [
+    type Break = fn(&mut Value);
+    let broken: [(&str, Break); 9] = [
         ("a numeric reservation id", |e| {
             e["data"]["reservation"] = json!(u64::MAX)
         }),
