@@ -259,6 +259,21 @@ fn atp_type(t: u8) -> &'static str {
     }
 }
 
+/// The `type` of a reservation change of this kind (`omnistock.reservation.unknown_<n>` for
+/// a kind this version does not know).
+fn reservation_type(k: u8) -> String {
+    let t = match k {
+        lifecycle::PLACED => types::RESERVATION_PLACED,
+        lifecycle::FULFILLED => types::RESERVATION_FULFILLED,
+        lifecycle::RELEASED => types::RESERVATION_RELEASED,
+        lifecycle::EXPIRED => types::RESERVATION_EXPIRED,
+        lifecycle::EXTENDED => types::RESERVATION_EXTENDED,
+        lifecycle::UNDONE => types::RESERVATION_UNDONE,
+        n => return format!("omnistock.reservation.unknown_{n}"),
+    };
+    t.into()
+}
+
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds: `2023-11-14T22:13:20.000Z`.
 /// Times after 9999 are written as [`MAX_TIME_MS`].
 pub fn rfc3339_ms(ms: u64) -> String {
@@ -354,7 +369,7 @@ pub fn envelope(item: &PushItem, source: &str) -> Option<Envelope> {
                 Head {
                     seq: Some(r.seq),
                     id: format!("{}:reservation:{:032x}:{kind}", r.seq, r.reservation),
-                    event_type: format!("omnistock.reservation.{kind}"),
+                    event_type: reservation_type(r.kind),
                     at_ms: Some(r.at_ms),
                     subject: Some(&r.sku),
                 },

@@ -99,7 +99,11 @@ fn each_lifecycle_kind_has_its_own_type_and_only_placed_and_extended_an_expiry()
             e.id,
             format!("42:reservation:ffffffffffffffffffffffffffffffff:{}", d.kind)
         );
+        assert_eq!(e.event_type, format!("omnistock.reservation.{}", d.kind));
     }
+    let newer = ev(&reservation(9));
+    assert_eq!(newer.event_type, "omnistock.reservation.unknown_9");
+    assert!(!types::ALL.contains(&newer.event_type.as_str()));
 }
 
 #[test]
