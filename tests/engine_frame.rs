@@ -129,21 +129,28 @@ async fn a_resent_frame_replays_every_accepted_request_and_applies_nothing_twice
     let e = engine();
     small_catalog(&e).await;
     adjust(&e, "A", "wh-a", 10).await.unwrap();
+    adjust(&e, "B", "wh-a", 10).await.unwrap();
     let frame = vec![
         req(reserve_cmd(200, "web", &[("A", 2)], 60_000)),
         req(adjust_cmd("A", "wh-a", 1)),
         req(reserve_cmd(201, "web", &[("A", 50)], 60_000)),
+        // A cart of two SKUs placed beside them (closed by its marker).
+        req(reserve_cmd(202, "web", &[("B", 3), ("A", 1)], 60_000)),
     ];
     let first = e.execute_frame(frame.clone()).await;
     let again = e.execute_frame(frame).await;
-    for i in 0..2 {
+    let cart = e.reservation(202).expect("cart 202 indexed");
+    assert_eq!(cart.lines, vec![(sku("A"), 1), (sku("B"), 3)]);
+    for i in [0, 1, 3] {
         let (a, b) = (first[i].as_ref().unwrap(), again[i].as_ref().unwrap());
         assert_eq!(a, b, "request {i} replays its outcome");
     }
     // The rejected one is evaluated again (nothing was remembered), still rejected.
     assert!(first[2].is_err() && again[2].is_err());
     let a = e.sku_state(&sku("A")).await.unwrap();
-    assert_eq!(a.reserved_total(), 2);
+    assert_eq!(a.reserved_total(), 3, "2 for 200 and 1 for the cart");
+    let b = e.sku_state(&sku("B")).await.unwrap();
+    assert_eq!(b.reserved_total(), 3);
 }
 
 #[tokio::test]

@@ -96,7 +96,11 @@ pub enum CatalogEvent {
 /// Channels by location: derived from the channels, built on first use after each change.
 /// Never serialized, and ignored by equality (it is a cache of `channels`).
 #[derive(Clone, Debug, Default)]
-pub struct ChannelIndex(std::sync::OnceLock<std::collections::HashMap<LocationId, Vec<ChannelId>>>);
+pub struct ChannelIndex(std::sync::OnceLock<ChannelsByLocation>);
+
+/// The channel index's map (foldhash: it is read for every SKU change the feed derives).
+type ChannelsByLocation =
+    std::collections::HashMap<LocationId, Vec<ChannelId>, foldhash::fast::RandomState>;
 
 impl PartialEq for ChannelIndex {
     fn eq(&self, _: &Self) -> bool {
@@ -150,8 +154,7 @@ impl Catalog {
     /// Channels that sell from `loc` (empty if none).
     pub fn channels_of(&self, loc: &LocationId) -> &[ChannelId] {
         let index = self.index.0.get_or_init(|| {
-            let mut m: std::collections::HashMap<LocationId, Vec<ChannelId>> =
-                std::collections::HashMap::new();
+            let mut m = ChannelsByLocation::default();
             for ch in self.channels.values() {
                 for l in &ch.locations {
                     m.entry(l.clone()).or_default().push(ch.id.clone());
@@ -165,6 +168,9 @@ impl Catalog {
     /// The low-stock threshold of `sku` on `channel`: the SKU's override, else the
     /// channel's, else 0 (none).
     pub fn low_stock_of(&self, sku: &SkuId, channel: &ChannelId) -> u32 {
+        if self.low_stock.is_empty() && self.low_stock_sku.is_empty() {
+            return 0;
+        }
         self.low_stock_sku
             .get(sku)
             .and_then(|m| m.get(channel))

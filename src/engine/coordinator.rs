@@ -16,7 +16,7 @@ use super::api::{Change, Command, Failure, Outcome, Request};
 use super::catalog_writes::catalog;
 use super::delivery::*;
 use super::reservations::*;
-use super::Core;
+use super::{Core, EngineError};
 
 /// The fingerprint of a command, stable across versions of the process (xxh3 of its bytes).
 pub(crate) fn fingerprint(cmd: &Command) -> u64 {
@@ -32,7 +32,10 @@ pub(super) async fn run_new(
 ) -> Result<Arc<Outcome>, Failure> {
     let now = core.clock.now_ms();
     let result = match req.command {
-        Command::Reserve(r) => reserve(core, req.id, fp, r, now).await,
+        // The frame sends every reserve to its SKUs itself (`frame.rs`).
+        Command::Reserve(_) => {
+            Err(EngineError::Corrupt("a reserve reached the general request path".into()).into())
+        }
         Command::Fulfill { reservation, lines } => {
             fulfill(core, req.id, fp, reservation, lines, now).await
         }

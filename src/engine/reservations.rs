@@ -44,59 +44,6 @@ pub(super) fn group_lines(r: &ReserveRequest) -> Result<Vec<(SkuId, Vec<HoldLine
     crate::domain::cart::group_lines(&r.lines, r.ttl_ms, |l| (&l.sku, l.qty, &l.location))
 }
 
-pub(super) async fn reserve(
-    core: &Arc<Core>,
-    request: u128,
-    fp: u64,
-    r: ReserveRequest,
-    now: TimeMs,
-) -> Result<Outcome, Failure> {
-    let groups = group_lines(&r)?;
-    let expires_at_ms = begin_reservation(core, &core.catalog(), &r, now)?;
-    let cart_skus = u16::try_from(groups.len()).unwrap_or(u16::MAX);
-    let calls = groups.iter().map(|(sku, lines)| {
-        let cmd = hold_command(&r, lines.clone(), expires_at_ms, cart_skus);
-        let op = sku_op(cmd, (request, fp), core, now, Admit::New);
-        async move { (sku.clone(), call(core, sku, op, false, Delivery::Try).await) }
-    });
-    let (done, failure) = collect(join_all(calls).await);
-    if let Some(f) = failure {
-        // Undo the holds the rejected cart had placed.
-        let placed: Vec<SkuId> = done.iter().map(|d| d.0.clone()).collect();
-        release_holds(core, r.reservation, &placed, ReleaseReason::CartAborted).await;
-        core.reservations.remove(&r.reservation);
-        return Err(f);
-    }
-    let lines = done
-        .iter()
-        .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
-        .collect();
-    // A cart of several SKUs is several records: `CartPlaced` after the last hold tells
-    // recovery it was complete (and may have been acknowledged).
-    let marker = if groups.len() > 1 {
-        let body = RecordBody::CartPlaced {
-            reservation: r.reservation,
-        };
-        // The holds are placed: the marker must be logged too (never refused).
-        match log_marker(core, (request, fp), now, body, Admit::Finish) {
-            Ok(seq) => seq,
-            Err(e) => {
-                core.reservations.remove(&r.reservation);
-                return Err(e);
-            }
-        }
-    } else {
-        0
-    };
-    let outcome = committed(core, done, marker).await;
-    if outcome.is_err() {
-        core.reservations.remove(&r.reservation);
-        return outcome;
-    }
-    finish_reservation(core, r.reservation, lines, expires_at_ms);
-    outcome
-}
-
 /// Checks the cart's channel and enters the reservation in the index, busy and not yet
 /// committed (a second reservation with the same id is refused). Returns its expiry time.
 pub(super) fn begin_reservation(

@@ -17,7 +17,8 @@ pub mod subscription;
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::{
-    Catalog, ChannelId, Event, LocationId, ReleaseReason, ReservationId, SkuId, SkuState, TimeMs,
+    Catalog, Channel, ChannelId, Event, LocationId, ReleaseReason, ReservationId, SkuId, SkuState,
+    TimeMs,
 };
 use crate::protocol::{
     cause, kinds, lifecycle, transition, PushItem, WireAtp, WireOversold, WireReservationEvent,
@@ -166,8 +167,8 @@ impl FrameBuf {
 
 /// A SKU's channel ATPs (and oversold flag) before a record, for the channels it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Before {
-    atp: Vec<(ChannelId, u32)>,
+pub struct Before<'c> {
+    atp: Vec<(&'c Channel, u32)>,
     oversold: bool,
 }
 
@@ -178,7 +179,8 @@ fn add<'a>(l: &'a LocationId, out: &mut Vec<&'a LocationId>) {
 }
 
 fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
-    let mut out: Vec<&LocationId> = Vec::new();
+    // Most records touch one or two locations.
+    let mut out: Vec<&LocationId> = Vec::with_capacity(2);
     for e in events {
         match e {
             Event::HoldPlaced { allocations, .. }
@@ -205,15 +207,15 @@ fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
 
 /// Channel ATPs of `state` for the channels that sell from a location `events` touch. Call
 /// before applying `events`.
-pub fn before(catalog: &Catalog, state: &SkuState, events: &[Event]) -> Before {
-    let mut atp: Vec<(ChannelId, u32)> = Vec::new();
+pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> Before<'c> {
+    let mut atp: Vec<(&'c Channel, u32)> = Vec::with_capacity(catalog.channels.len().min(8));
     for loc in touched_locations(events) {
         for ch_id in catalog.channels_of(loc) {
-            if atp.iter().any(|(c, _)| c == ch_id) {
+            if atp.iter().any(|(c, _)| &c.id == ch_id) {
                 continue;
             }
             if let Some(ch) = catalog.channels.get(ch_id) {
-                atp.push((ch_id.clone(), state.channel_atp(ch)));
+                atp.push((ch, state.channel_atp(ch)));
             }
         }
     }
@@ -322,22 +324,19 @@ fn reservation_changes(events: &[Event]) -> Vec<ReservationChange> {
 /// before `events`, `after` is the state once they are applied.
 pub fn derive(
     catalog: &Catalog,
-    before: Before,
+    before: Before<'_>,
     after: &SkuState,
     events: &[Event],
     seq: u64,
     at_ms: TimeMs,
 ) -> FeedRecord {
-    let mut atp = Vec::new();
-    for (ch_id, previous) in before.atp {
-        let now = catalog
-            .channels
-            .get(&ch_id)
-            .map_or(0, |ch| after.channel_atp(ch));
+    let mut atp = Vec::with_capacity(before.atp.len());
+    for (ch, previous) in before.atp {
+        let now = after.channel_atp(ch);
         if now != previous {
-            let t = transition_of(previous, now, catalog.low_stock_of(&after.sku, &ch_id));
+            let t = transition_of(previous, now, catalog.low_stock_of(&after.sku, &ch.id));
             atp.push(AtpChange {
-                channel: ch_id,
+                channel: ch.id.clone(),
                 previous,
                 atp: now,
                 transition: t,

@@ -76,8 +76,8 @@ fn failure(f: &Failure) -> OpResult {
 pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpResult> {
     let started = crate::metrics::op_clock();
     let mut results: Vec<Option<OpResult>> = (0..ops.len()).map(|_| None).collect();
-    let mut writes = Vec::new();
-    let mut writes_at = Vec::new();
+    let mut writes = Vec::with_capacity(ops.len());
+    let mut writes_at = Vec::with_capacity(ops.len());
     let mut others = Vec::new();
     for (i, raw) in ops.iter().enumerate() {
         match plan(ctx, role, raw) {
