@@ -61,6 +61,11 @@ pub(crate) struct Meter {
     out: AtomicUsize,
     /// The partial frame in the read buffer.
     reading: AtomicUsize,
+    /// Estimated answers of the requests in flight (see [`answer_estimate`]): not bytes
+    /// held yet, so not in the server-wide total, but read no more than the budget allows.
+    reserved: AtomicUsize,
+    /// Woken when queued output or reservations shrink: the reader may go on.
+    room: Notify,
     stats: Arc<ServerStats>,
     max_out: usize,
     max_total: u64,
@@ -77,6 +82,8 @@ impl Meter {
         Meter {
             out: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            room: Notify::new(),
             stats: ctx.stats.clone(),
             max_out: ctx.config.max_output_bytes,
             max_total: ctx.config.max_connections_memory_bytes as u64,
@@ -98,6 +105,18 @@ impl Meter {
     fn sub_out(&self, n: usize) {
         self.out.fetch_sub(n, Ordering::AcqRel);
         self.total().fetch_sub(n as u64, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+
+    fn reserve(&self, n: usize) {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// An answer is done: its estimate is replaced by its real size.
+    fn answered(&self, estimate: usize, bytes: usize) {
+        self.add_out(bytes);
+        self.reserved.fetch_sub(estimate, Ordering::AcqRel);
+        self.room.notify_one();
     }
 
     fn queued(&self) -> usize {
@@ -117,9 +136,19 @@ impl Meter {
         self.total().load(Ordering::Relaxed) > self.max_total
     }
 
-    /// Whether the next frame may be taken: queued output under half the budget.
+    /// Whether the next frame may be taken: queued output and the estimated answers of the
+    /// requests in flight under half the budget, or nothing at all queued or in flight.
     fn may_take_frame(&self) -> bool {
-        self.queued() < self.max_out / 2
+        let (out, reserved) = (self.queued(), self.reserved.load(Ordering::Acquire));
+        out + reserved < self.max_out / 2 || out + reserved == 0
+    }
+
+    /// Waits until `ok` holds, woken by `room` and, at the latest, every [`GATE_RECHECK`]
+    /// (the server-wide total moves without waking anyone here).
+    async fn wait_until(&self, ok: impl Fn(&Self) -> bool) {
+        while !ok(self) {
+            let _ = timeout(GATE_RECHECK, self.room.notified()).await;
+        }
     }
 
     /// Whether more of a partial frame of `buffered` bytes may be read.
@@ -236,9 +265,7 @@ impl FrameReader {
     /// the allowance while the server is over its connection memory budget.
     async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         if let Some(m) = &self.meter {
-            while !m.may_take_frame() {
-                tokio::time::sleep(GATE_RECHECK).await;
-            }
+            m.wait_until(Meter::may_take_frame).await;
         }
         loop {
             if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
@@ -247,19 +274,21 @@ impl FrameReader {
                 return Ok(Some(f));
             }
             if let Some(m) = &self.meter {
-                while !m.may_read_more(self.buf.len()) {
-                    tokio::time::sleep(GATE_RECHECK).await;
-                }
+                let buffered = self.buf.len();
+                m.wait_until(|m| m.may_read_more(buffered)).await;
             }
             // Reserve at most the announced frame (already checked against the limit).
             let want = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
                 Some(len) => (4 + len).saturating_sub(self.buf.len()),
                 None => 4096,
             };
-            self.buf.reserve(want.min(64 * 1024));
+            // At most one chunk per read (`reserve` may grow the buffer further): what is
+            // read beyond a budget check stays within a chunk of it.
+            let chunk = want.min(64 * 1024);
+            self.buf.reserve(chunk);
             let n = self
                 .rd
-                .read_buf(&mut self.buf)
+                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, chunk))
                 .await
                 .map_err(|_| ReadError::Io)?;
             self.counted();
@@ -276,6 +305,9 @@ impl FrameReader {
     /// Reads and discards for up to `d` (at most 1 MiB) so that closing does not reset
     /// the connection before the peer has read our last frame.
     async fn linger(mut self, d: Duration) {
+        // What was buffered is no longer needed: free it (and its count) first.
+        self.buf = BytesMut::new();
+        self.counted();
         let mut sink = [0u8; 8192];
         let mut total = 0usize;
         let _ = timeout(d, async {
@@ -582,8 +614,38 @@ pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
         .await;
 }
 
-/// A frame being answered: its response bytes when done.
-type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
+/// A frame being answered: its response bytes when done, and the estimate it reserved.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (Vec<u8>, usize)> + Send>>;
+
+/// Bytes reserved in the output budget for the answer of a request in flight, until the
+/// answer exists: an upper estimate, so that pipelined requests whose answers would not fit
+/// are not read in the first place (answers are produced while the client may not read).
+/// Reads that list (get-many, the location and channel lists, a SKU's history) may answer
+/// a whole frame; a reservation or one SKU's record a few KiB; anything else little. Never
+/// more than a frame: a larger answer is replaced by a `LIMIT_EXCEEDED` result.
+fn answer_estimate(batch: &RequestBatch, max_frame_bytes: usize) -> usize {
+    let mut sum = 64usize;
+    for op in &batch.ops {
+        sum = sum.saturating_add(match op.opcode {
+            opcode::GET_SKUS
+            | opcode::LIST_LOCATIONS
+            | opcode::LIST_CHANNELS
+            | opcode::SKU_HISTORY => max_frame_bytes,
+            opcode::GET_SKU
+            | opcode::GET_RESERVATION
+            | opcode::RESERVE
+            | opcode::FULFILL
+            | opcode::RELEASE
+            | opcode::EXTEND
+            | opcode::SERVER_INFO => 4096,
+            _ => 512,
+        });
+        if sum >= max_frame_bytes {
+            return max_frame_bytes;
+        }
+    }
+    sum
+}
 
 /// The request loop. Returns how it ended.
 async fn read_loop(
@@ -631,8 +693,8 @@ async fn read_loop(
                 }
                 continue;
             }
-            Some(bytes) = inflight.next(), if !inflight.is_empty() => {
-                meter.add_out(bytes.len());
+            Some((bytes, estimate)) = inflight.next(), if !inflight.is_empty() => {
+                meter.answered(estimate, bytes.len());
                 ready.push_back(bytes);
                 if meter.over_budget() {
                     break End::Dropped;
@@ -702,18 +764,21 @@ async fn read_loop(
             }
         }
         let ctx = ctx.clone();
+        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes);
+        meter.reserve(estimate);
         let fut: InFlight = if batch.ops.len() == 1 {
             // One operation (an unpipelined client's every request): run it right here.
-            Box::pin(async move { answer(&ctx, role, corr, &batch).await })
+            Box::pin(async move { (answer(&ctx, role, corr, &batch).await, estimate) })
         } else {
             // A batch gets its own task: its operations' many wake-ups then wake that
             // task, not this one (every wake-up here polls the whole connection).
             let task = tokio::spawn(async move { answer(&ctx, role, corr, &batch).await });
             Box::pin(async move {
-                task.await.unwrap_or_else(|e| {
+                let bytes = task.await.unwrap_or_else(|e| {
                     tracing::error!("request task failed: {e}");
                     error_frame(corr, status::INTERNAL_ERROR, "request task failed")
-                })
+                });
+                (bytes, estimate)
             })
         };
         inflight.push(fut);
@@ -729,8 +794,8 @@ async fn read_loop(
     // In-flight requests always finish (the engine's work does not depend on the client);
     // their answers are queued for the writer for at most `WRITER_DRAIN` (a client that
     // stopped reading cannot hold the connection, or a shutdown, forever).
-    while let Some(bytes) = inflight.next().await {
-        meter.add_out(bytes.len());
+    while let Some((bytes, estimate)) = inflight.next().await {
+        meter.answered(estimate, bytes.len());
         ready.push_back(bytes);
         if meter.over_budget() {
             return End::Dropped;
