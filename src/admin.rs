@@ -59,7 +59,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 256;
 /// A connection still without its whole request head after this long may be closed to make
 /// room for a new one when all [`MAX_CONNECTIONS`] are taken.
-pub const EVICTABLE_AFTER: Duration = Duration::from_millis(100);
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
 /// How often a full pool with nobody to evict looks again (new connections wait meanwhile
 /// in the accept queue).
 pub const ACCEPT_RECHECK: Duration = Duration::from_millis(10);
