@@ -7,10 +7,12 @@
 //!
 //! Memory: every byte a connection holds in buffers — answers and push frames produced but
 //! not yet written, and the partial frame being read — is counted in its [`Meter`], and
-//! mirrored into the server-wide total. At half of `max_output_bytes` of queued output the
-//! connection is not read (back-pressure); over `max_output_bytes` it is disconnected at
-//! once, dropping what was queued and the requests in flight (a client that does not read
-//! cannot hold memory). Over `max_connections_memory_bytes` in total, new requests are
+//! mirrored into the server-wide total. When queued output plus an estimate of the answers
+//! of the requests in flight ([`answer_estimate`]) reaches half of `max_output_bytes`, the
+//! connection is not read (back-pressure: a client that pipelines large reads and does not
+//! read their answers stalls, then meets `write_timeout`); a connection whose held bytes
+//! still go over `max_output_bytes` (pushes, answers larger than estimated) is
+//! disconnected at once, dropping what was queued and the requests in flight. Over `max_connections_memory_bytes` in total, new requests are
 //! answered busy without being run and partial frames are read no further than a small
 //! allowance. The `Hello` is read with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame
 //! limit, so a socket without a credential cannot make the server buffer a megabyte.
@@ -936,11 +938,18 @@ async fn subscription_op(
     answer
 }
 
-/// Moves a subscription's push frames into the connection's counted output. A connection
-/// over its budget is disconnected (the meter wakes the read loop); a queue that accepts
-/// nothing within the stall timeout ends the forwarding, and with it the stream.
+/// Moves a subscription's push frames into the connection's counted output. While queued
+/// output is at half the budget it waits, so the feed's own back-pressure decides (its
+/// sends wait, it lags, coalesces or drops the subscriber with a resume position); a
+/// connection that goes over its budget all the same is disconnected (the meter wakes the
+/// read loop); nothing accepted within the stall timeout ends the forwarding, and with it
+/// the stream.
 async fn forward_pushes(mut rx: mpsc::Receiver<Vec<u8>>, out: Out, stall: Duration) {
+    let room = |m: &Meter| m.must_drop() || m.queued() < m.max_out / 2;
     while let Some(bytes) = rx.recv().await {
+        if timeout(stall, out.meter.wait_until(room)).await.is_err() || out.meter.must_drop() {
+            return;
+        }
         let n = bytes.len();
         out.meter.add_out(n);
         if out.meter.over_budget() {

@@ -1,5 +1,7 @@
-//! The TCP server: accepts connections, enforces the connection limit, runs one task per
-//! connection (see `conn`) and shuts down gracefully: stop accepting, stop reading, finish
+//! The TCP server: accepts connections into their pools (`Admission`: a pending pool for
+//! connections before their `Hello`, whose oldest member is evicted when it is full; the
+//! `max_connections` slots, taken only by a connection whose `Hello` was accepted; a count
+//! per source IP), runs one task per connection (see `conn`) and shuts down gracefully: stop accepting, stop reading, finish
 //! the requests in flight, close. Flushing the log is the caller's last step
 //! ([`Engine::shutdown`](crate::engine::Engine::shutdown)) because the engine may outlive
 //! one server (tests) and `shutdown` blocks.
