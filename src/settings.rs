@@ -91,7 +91,11 @@ pub struct Args {
     pub max_connections_per_source: Option<usize>,
     /// Apply --max-connections-per-source to loopback clients too: true or false
     /// [default: true].
-    #[arg(long, env = "OMNISTOCK_PER_SOURCE_LIMIT_ON_LOOPBACK", value_name = "BOOL")]
+    #[arg(
+        long,
+        env = "OMNISTOCK_PER_SOURCE_LIMIT_ON_LOOPBACK",
+        value_name = "BOOL"
+    )]
     pub per_source_limit_on_loopback: Option<bool>,
     /// Output budget of one connection: answers and pushes not yet written plus the
     /// partial frame being read, in bytes; over it the client is disconnected; at least
@@ -100,7 +104,11 @@ pub struct Args {
     pub max_output_bytes: Option<usize>,
     /// Memory budget of all connections' buffers together, in bytes; over it new requests
     /// are answered busy (13) [default: 1073741824].
-    #[arg(long, env = "OMNISTOCK_MAX_CONNECTIONS_MEMORY_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        env = "OMNISTOCK_MAX_CONNECTIONS_MEMORY_BYTES",
+        value_name = "BYTES"
+    )]
     pub max_connections_memory_bytes: Option<usize>,
     /// Longest a shutdown waits for connections to finish and close, in ms; then they
     /// are dropped [default: 10000].
@@ -648,8 +656,16 @@ mod tests {
         let cases: &[(&[&str], Option<&str>, &str)] = &[
             (&["--max-connections", "0"], None, "max_connections"),
             (&["--max-frame-bytes", "10"], None, "max_frame_bytes"),
-            (&["--max-pending-handshakes", "0"], None, "max_pending_handshakes"),
-            (&["--max-connections-per-source", "0"], None, "max_connections_per_source"),
+            (
+                &["--max-pending-handshakes", "0"],
+                None,
+                "max_pending_handshakes",
+            ),
+            (
+                &["--max-connections-per-source", "0"],
+                None,
+                "max_connections_per_source",
+            ),
             (&["--max-output-bytes", "1000"], None, "max_output_bytes"),
             (
                 &["--max-connections-memory-bytes", "1000"],

@@ -3,7 +3,6 @@
 //! liveness probe that cannot connect restarts a healthy server).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omnistock::admin::{AdminServer, Sources, MAX_CONNECTIONS};
@@ -66,7 +65,10 @@ async fn two_thousand_concurrent_probes_are_all_answered_beside_silent_connectio
     let probes: Vec<_> = (0..2000)
         .map(|i| {
             let path = if i % 2 == 0 { "/healthz" } else { "/readyz" };
-            tokio::spawn(tokio::time::timeout(Duration::from_secs(20), get(addr, path)))
+            tokio::spawn(tokio::time::timeout(
+                Duration::from_secs(20),
+                get(addr, path),
+            ))
         })
         .collect();
     let (mut answered, mut closed, mut late) = (0, 0, 0);

@@ -478,7 +478,10 @@ async fn a_client_that_pipelines_large_answers_without_reading_is_bounded_then_d
         load(&stats.connections_open)
     );
     let sent = sent.await.unwrap() / get.len();
-    assert!(sent > 10, "requests written before the server stopped reading: {sent}");
+    assert!(
+        sent > 10,
+        "requests written before the server stopped reading: {sent}"
+    );
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peak = peak.await.unwrap() as usize;
     // The budget, plus one answer that may complete beyond it and one partial frame.
@@ -583,7 +586,9 @@ async fn a_hello_frame_over_a_few_kib_is_refused_from_its_length_alone() {
     .await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     // Only the length of a 1 MiB - 1 frame; the body never comes.
-    s.write_all(&((1u32 << 20) - 1).to_le_bytes()).await.unwrap();
+    s.write_all(&((1u32 << 20) - 1).to_le_bytes())
+        .await
+        .unwrap();
     let f = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut s))
         .await
         .expect("refused at once, not at the handshake timeout")
@@ -620,11 +625,16 @@ async fn requests_are_answered_busy_while_connection_memory_is_over_the_server_b
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while load(&stats.connection_buffered_bytes) <= BUDGET as u64 {
-        assert!(Instant::now() < deadline, "the partial frames were not read");
+        assert!(
+            Instant::now() < deadline,
+            "the partial frames were not read"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (mut c, _) = raw(addr).await;
-    c.write_all(&request(1, &[Op::Ping, Op::Ping])).await.unwrap();
+    c.write_all(&request(1, &[Op::Ping, Op::Ping]))
+        .await
+        .unwrap();
     let f = read_frame(&mut c).await.unwrap();
     assert_eq!(results(&f), [13, 13]);
     assert!(status::is_retriable(13));

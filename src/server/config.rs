@@ -171,13 +171,19 @@ impl ServerConfig {
         if self.max_output_bytes < self.max_frame_bytes {
             return Err(bad(
                 "max_output_bytes",
-                format!("must be at least max_frame_bytes ({})", self.max_frame_bytes),
+                format!(
+                    "must be at least max_frame_bytes ({})",
+                    self.max_frame_bytes
+                ),
             ));
         }
         if self.max_connections_memory_bytes < self.max_output_bytes {
             return Err(bad(
                 "max_connections_memory_bytes",
-                format!("must be at least max_output_bytes ({})", self.max_output_bytes),
+                format!(
+                    "must be at least max_output_bytes ({})",
+                    self.max_output_bytes
+                ),
             ));
         }
         if !(1..=1_000_000).contains(&self.max_batch_ops) {

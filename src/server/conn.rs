@@ -493,10 +493,14 @@ async fn handshake(
     };
     let slot = admitted.take().and_then(|a| a.admission.establish());
     let Some(slot) = slot else {
-        ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         let max = c.max_connections;
         let msg = format!("{max} connections open; at most {max} (max_connections)");
-        let _ = out.send(error_frame(corr, status::LIMIT_EXCEEDED, msg)).await;
+        let _ = out
+            .send(error_frame(corr, status::LIMIT_EXCEEDED, msg))
+            .await;
         return None;
     };
     let welcome = Welcome {
@@ -511,7 +515,13 @@ async fn handshake(
     out.send(f.encode()).await.then_some((role, slot))
 }
 
-async fn refuse<T>(ctx: &Ctx, out: &Out, corr: u64, status: u16, msg: impl Into<String>) -> Option<T> {
+async fn refuse<T>(
+    ctx: &Ctx,
+    out: &Out,
+    corr: u64,
+    status: u16,
+    msg: impl Into<String>,
+) -> Option<T> {
     if status == status::PROTOCOL_ERROR || status == status::LIMIT_EXCEEDED {
         ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }

@@ -335,7 +335,9 @@ impl Admission {
             };
             // `notify_one` keeps a permit: the connection sees it even if not waiting yet.
             oldest.notify_one();
-            self.stats.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .handshakes_evicted
+                .fetch_add(1, Ordering::Relaxed);
         }
         pending.insert(id, evicted.clone());
         self.stats
