@@ -80,15 +80,15 @@ pub(crate) struct Meter {
 }
 
 impl Meter {
-    fn new(ctx: &Ctx) -> Meter {
+    fn new(stats: Arc<ServerStats>, max_out: usize, max_total: usize) -> Meter {
         Meter {
             out: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
             room: Notify::new(),
-            stats: ctx.stats.clone(),
-            max_out: ctx.config.max_output_bytes,
-            max_total: ctx.config.max_connections_memory_bytes as u64,
+            stats,
+            max_out,
+            max_total: max_total as u64,
             overflowed: AtomicBool::new(false),
             writer_gone: AtomicBool::new(false),
             kill: Arc::new(Notify::new()),
@@ -581,7 +581,13 @@ pub(crate) async fn serve(
     let _source = admitted.source.take();
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_in_flight + 2);
-    let meter = Arc::new(Meter::new(&ctx));
+    let c = &ctx.config;
+    let meter = Meter::new(
+        ctx.stats.clone(),
+        c.max_output_bytes,
+        c.max_connections_memory_bytes,
+    );
+    let meter = Arc::new(meter);
     let out = Out {
         tx,
         meter: meter.clone(),
@@ -978,7 +984,43 @@ async fn forward_pushes(mut rx: mpsc::Receiver<Vec<u8>>, out: Out, stall: Durati
 
 #[cfg(test)]
 mod tests {
-    use super::token_eq;
+    use super::{token_eq, Meter, ServerStats};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_connection_over_its_budget_is_counted_once_and_its_bytes_settled_on_drop() {
+        let stats = Arc::new(ServerStats::default());
+        let total = |s: &ServerStats| s.connection_buffered_bytes.load(Ordering::Relaxed);
+        let m = Meter::new(stats.clone(), 1000, 1500);
+        m.set_reading(300);
+        m.add_out(600);
+        assert!(!m.over_budget() && !m.must_drop());
+        assert!(!m.may_take_frame(), "600 queued is over half of 1000: not read");
+        assert_eq!(total(&stats), 900);
+        let other = Meter::new(stats.clone(), 1000, 1500);
+        other.add_out(700);
+        assert!(m.server_over_budget(), "1600 held of 1500");
+        assert!(m.may_read_more(100) && !m.may_read_more(5000), "only the allowance");
+        m.add_out(200);
+        assert!(m.over_budget() && m.over_budget() && m.must_drop());
+        assert_eq!(stats.slow_readers_closed.load(Ordering::Relaxed), 1, "once");
+        drop(m);
+        assert_eq!(total(&stats), 700, "what it held is settled");
+        other.sub_out(700);
+        assert_eq!(total(&stats), 0);
+    }
+
+    #[test]
+    fn in_flight_estimates_hold_back_reading_until_answered() {
+        let m = Meter::new(Arc::new(ServerStats::default()), 1000, 1 << 20);
+        assert!(m.may_take_frame(), "nothing queued or in flight");
+        m.reserve(600);
+        assert!(!m.may_take_frame());
+        m.answered(600, 100);
+        assert!(m.may_take_frame());
+        assert_eq!(m.queued(), 100);
+    }
 
     #[test]
     fn tokens_match_only_when_equal_whatever_their_lengths() {
