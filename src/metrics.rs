@@ -116,7 +116,8 @@ pub const SOURCE_LIMIT_REFUSALS_TOTAL: &str = "omnistock_source_limit_refusals_t
 pub const HANDSHAKES_PENDING: &str = "omnistock_handshakes_pending";
 /// Counter: pending handshakes closed to make room (`max_pending_handshakes`).
 pub const HANDSHAKES_EVICTED_TOTAL: &str = "omnistock_handshakes_evicted_total";
-/// Gauge, bytes: what all connections hold in buffers (queued output, partial frames).
+/// Gauge, bytes: what all connections hold in buffers (queued output, partial frames) or
+/// have reserved for requests in flight.
 pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
 /// Counter: request frames answered busy because connection memory was over budget.
 pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
@@ -198,7 +199,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (SOURCE_LIMIT_REFUSALS_TOTAL, Kind::Counter, None, "Connections refused because max_connections_per_source were open from the same IP."),
     (HANDSHAKES_PENDING, Kind::Gauge, None, "Connections that have not completed their Hello yet."),
     (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
-    (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold in buffers: output not yet written and partial frames."),
+    (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
     (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),

@@ -79,7 +79,7 @@ pub struct ServerConfig {
     /// `max_frame_bytes`. Default 4 MiB.
     pub max_output_bytes: usize,
     /// Memory budget of all connections together (the bytes `max_output_bytes` counts,
-    /// summed). Beyond it new requests are answered `BUSY` (13, retriable) without being
+    /// summed, plus what requests in flight reserve: their body and estimated answer). Beyond it new requests are answered `BUSY` (13, retriable) without being
     /// run, and partial frames are read no further than a small allowance. At least
     /// `max_output_bytes`. Default 1 GiB.
     pub max_connections_memory_bytes: usize,

@@ -50,6 +50,9 @@ const GATE_RECHECK: Duration = Duration::from_millis(10);
 /// Push frames a subscription may have queued before they are counted in the output
 /// budget (the feed's own back-pressure: beyond, its sends wait and it lags).
 const PUSH_QUEUE_FRAMES: usize = 16;
+/// What a request in flight holds besides its body and its answer (its future, the
+/// decoded batch's vectors), counted in its reservation.
+const IN_FLIGHT_OVERHEAD_BYTES: usize = 256;
 /// Status of a retriable "busy" answer (the engine's `Busy` rejection).
 fn busy() -> u16 {
     super::status::of_code(crate::domain::RejectionCode::Busy)
@@ -63,8 +66,9 @@ pub(crate) struct Meter {
     out: AtomicUsize,
     /// The partial frame in the read buffer.
     reading: AtomicUsize,
-    /// Estimated answers of the requests in flight (see [`answer_estimate`]): not bytes
-    /// held yet, so not in the server-wide total, but read no more than the budget allows.
+    /// What the requests in flight are expected to hold: their request and an estimate of
+    /// their answer (see [`answer_estimate`]); in the server-wide total too, so that work
+    /// under way counts against `max_connections_memory_bytes` before its answers exist.
     reserved: AtomicUsize,
     /// Woken when queued output or reservations shrink: the reader may go on.
     room: Notify,
@@ -112,12 +116,14 @@ impl Meter {
 
     fn reserve(&self, n: usize) {
         self.reserved.fetch_add(n, Ordering::AcqRel);
+        self.total().fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// An answer is done: its estimate is replaced by its real size.
     fn answered(&self, estimate: usize, bytes: usize) {
         self.add_out(bytes);
         self.reserved.fetch_sub(estimate, Ordering::AcqRel);
+        self.total().fetch_sub(estimate as u64, Ordering::Relaxed);
         self.room.notify_one();
     }
 
@@ -192,7 +198,9 @@ impl Meter {
 
 impl Drop for Meter {
     fn drop(&mut self) {
-        let held = self.out.load(Ordering::Acquire) + self.reading.load(Ordering::Acquire);
+        let held = self.out.load(Ordering::Acquire)
+            + self.reading.load(Ordering::Acquire)
+            + self.reserved.load(Ordering::Acquire);
         self.total().fetch_sub(held as u64, Ordering::Relaxed);
     }
 }
@@ -782,7 +790,9 @@ async fn read_loop(
             }
         }
         let ctx = ctx.clone();
-        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes);
+        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes)
+            + frame.payload.len()
+            + IN_FLIGHT_OVERHEAD_BYTES;
         meter.reserve(estimate);
         let fut: InFlight = if batch.ops.len() == 1 {
             // One operation (an unpipelined client's every request): run it right here.
@@ -931,9 +941,10 @@ async fn subscription_op(
         // Push frames pass through a short queue of their own into the counted output, in
         // order; the forwarder ends once the stream has ended and its queue is empty.
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_FRAMES);
-        let stall = cfg.stall_timeout;
+        let (stall, stop_fwd) = (cfg.stall_timeout, stop_rx.clone());
         let run = subscription::run(engine, cfg, plan, corr, push_tx, stop_rx);
-        let (ended, ()) = futures::join!(run, forward_pushes(push_rx, out, stall));
+        let forward = forward_pushes(push_rx, out, stall, stop_fwd);
+        let (ended, ()) = futures::join!(run, forward);
         match ended {
             Ended::Lagged { resume_from_seq } => {
                 tracing::info!(resume_from_seq, "subscriber lagged: disconnecting");
@@ -956,14 +967,31 @@ async fn subscription_op(
 
 /// Moves a subscription's push frames into the connection's counted output. While queued
 /// output is at half the budget it waits, so the feed's own back-pressure decides (its
-/// sends wait, it lags, coalesces or drops the subscriber with a resume position); a
+/// sends wait, it lags, coalesces or drops the subscriber with a resume position; a timer
+/// here would race the feed's and end streams the feed would have reported as lagged); a
 /// connection that goes over its budget all the same is disconnected (the meter wakes the
-/// read loop); nothing accepted within the stall timeout ends the forwarding, and with it
-/// the stream.
-async fn forward_pushes(mut rx: mpsc::Receiver<Vec<u8>>, out: Out, stall: Duration) {
+/// read loop). It ends when the stream has ended and its queue is drained, when the
+/// connection is dropped, or, once stopped, when the queue accepts nothing within `stall`.
+async fn forward_pushes(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    out: Out,
+    stall: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let room = |m: &Meter| m.must_drop() || m.queued() < m.max_out / 2;
+    let mut stopping = *stop.borrow();
+    // Set at the stop: everything left must be queued by then (one bound, not one each).
+    let mut deadline = None;
     while let Some(bytes) = rx.recv().await {
-        if timeout(stall, out.meter.wait_until(room)).await.is_err() || out.meter.must_drop() {
+        // Before the stop, waiting is the feed's back-pressure (its own stall timeout
+        // decides); after it, what the stream had queued goes out within `stall` or not.
+        if !stopping {
+            tokio::select! {
+                _ = out.meter.wait_until(room) => {}
+                _ = super::stopped(&mut stop) => stopping = true,
+            }
+        }
+        if out.meter.must_drop() {
             return;
         }
         let n = bytes.len();
@@ -972,12 +1000,19 @@ async fn forward_pushes(mut rx: mpsc::Receiver<Vec<u8>>, out: Out, stall: Durati
             out.meter.sub_out(n);
             return;
         }
-        match timeout(stall, out.tx.send(bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                out.meter.sub_out(n);
-                return;
+        let sent = if stopping {
+            let by = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
+            let sent = tokio::time::timeout_at(by, out.tx.send(bytes)).await;
+            matches!(sent, Ok(Ok(())))
+        } else {
+            tokio::select! {
+                r = out.tx.send(bytes) => r.is_ok(),
+                _ = super::stopped(&mut stop) => false,
             }
+        };
+        if !sent {
+            out.meter.sub_out(n);
+            return;
         }
     }
 }
@@ -996,12 +1031,18 @@ mod tests {
         m.set_reading(300);
         m.add_out(600);
         assert!(!m.over_budget() && !m.must_drop());
-        assert!(!m.may_take_frame(), "600 queued is over half of 1000: not read");
+        assert!(
+            !m.may_take_frame(),
+            "600 queued is over half of 1000: not read"
+        );
         assert_eq!(total(&stats), 900);
         let other = Meter::new(stats.clone(), 1000, 1500);
         other.add_out(700);
         assert!(m.server_over_budget(), "1600 held of 1500");
-        assert!(m.may_read_more(100) && !m.may_read_more(5000), "only the allowance");
+        assert!(
+            m.may_read_more(100) && !m.may_read_more(5000),
+            "only the allowance"
+        );
         m.add_out(200);
         assert!(m.over_budget() && m.over_budget() && m.must_drop());
         assert_eq!(stats.slow_readers_closed.load(Ordering::Relaxed), 1, "once");
@@ -1017,9 +1058,11 @@ mod tests {
         assert!(m.may_take_frame(), "nothing queued or in flight");
         m.reserve(600);
         assert!(!m.may_take_frame());
+        let total = || m.stats.connection_buffered_bytes.load(Ordering::Relaxed);
+        assert_eq!(total(), 600, "reservations count server-wide");
         m.answered(600, 100);
         assert!(m.may_take_frame());
-        assert_eq!(m.queued(), 100);
+        assert_eq!((m.queued(), total()), (100, 100));
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub struct ServerStats {
     pub handshakes_pending: AtomicU64,
     /// Pending handshakes closed to make room for a newer one (`max_pending_handshakes`).
     pub handshakes_evicted: AtomicU64,
-    /// Bytes all connections hold in buffers now: answers and pushes not yet written and
-    /// partial frames being read (what `max_connections_memory_bytes` limits).
+    /// Bytes all connections hold or have reserved now: answers and pushes not yet
+    /// written, partial frames being read, and for each request in flight its body and an
+    /// estimate of its answer (what `max_connections_memory_bytes` limits).
     pub connection_buffered_bytes: AtomicU64,
     /// Request frames answered busy, unrun, because connection memory was over its budget.
     pub memory_busy: AtomicU64,
