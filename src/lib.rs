@@ -36,6 +36,7 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
 
 pub mod domain;
 pub mod engine;
+pub mod events;
 pub mod feed;
 pub mod loadgen;
 pub mod metrics;

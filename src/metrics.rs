@@ -23,7 +23,6 @@
 //! `_total`, labels have a fixed small set of values (operation names, status names, a few
 //! enumerations): never a SKU, reservation or client. Recording never panics or blocks.
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ops::opcode;
-use crate::protocol::{status, OpResult};
+use crate::protocol::status;
 
 // ---- requests (recorded in the server's dispatch) ----
 
@@ -378,16 +377,10 @@ pub fn record_op(op: u16, status: u16, elapsed: Duration) {
     }
 }
 
-/// Runs `op`'s future and records its status and latency (see [`record_op`]). Before
-/// [`install`], it only awaits the future.
-pub async fn timed_op<F: Future<Output = OpResult>>(op: u16, fut: F) -> OpResult {
-    if HOT.get().is_none() {
-        return fut.await;
-    }
-    let started = Instant::now();
-    let r = fut.await;
-    record_op(op, r.status, started.elapsed());
-    r
+/// The start of a request frame's operations, when metrics are installed (the frame's
+/// operations are then recorded with [`record_op`], each with the frame's latency).
+pub fn op_clock() -> Option<Instant> {
+    HOT.get().map(|_| Instant::now())
 }
 
 /// The log writer committed a batch of `records` in `write_us` microseconds.

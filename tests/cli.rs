@@ -367,20 +367,107 @@ fn ctl_tail_prints_changes_from_a_position_one_line_each_with_transitions() {
         lines[2].contains("atp 3 -> 0 (reserve)") && lines[2].contains("OUT-OF-STOCK"),
         "{out}"
     );
-    // --json: one JSON object per event.
+    // --json: one event envelope (docs/events.md) per line, valid against its schema.
     let json = ok(ctl(
         port,
         &[
-            "--json", "tail", "--sku", "TEE", "--from", &from, "--count", "1",
+            "--json", "tail", "--sku", "TEE", "--from", &from, "--count", "3",
         ],
     ));
-    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
-    assert_eq!(v["Atp"]["atp"], 5, "{v}");
+    let events = valid_events(&json);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "omnistock.stock.back",
+            "omnistock.stock.low",
+            "omnistock.stock.out"
+        ],
+        "{json}"
+    );
+    let v = &events[0];
+    assert_eq!(v["data"]["atp"], 5, "{v}");
+    assert_eq!(v["data"]["cause"], "adjust", "{v}");
+    assert_eq!(v["subject"], "TEE", "{v}");
+    assert_eq!(v["seq"], seq, "{v}");
+    assert_eq!(v["source"], format!("omnistock://127.0.0.1:{port}"), "{v}");
+    // Leaving the low-stock band upwards: 0 -> 2 is back in stock (inside the band), then
+    // 2 -> 6 clears low stock, in the human form and as an event.
+    ok(ctl(
+        port,
+        &["adjust", "TEE", "wh-a", "2", "--reason", "receipt"],
+    ));
+    ok(ctl(
+        port,
+        &["adjust", "TEE", "wh-a", "4", "--reason", "receipt"],
+    ));
+    let human = ok(ctl(
+        port,
+        &[
+            "tail",
+            "--kinds",
+            "thresholds",
+            "--from",
+            &from,
+            "--count",
+            "5",
+        ],
+    ));
+    assert!(
+        human
+            .lines()
+            .nth(4)
+            .is_some_and(|l| l.contains("atp 2 -> 6 (adjust)") && l.contains("LOW-STOCK-CLEARED")),
+        "{human}"
+    );
+    let json = ok(ctl(
+        port,
+        &[
+            "--json",
+            "tail",
+            "--kinds",
+            "thresholds",
+            "--from",
+            &from,
+            "--count",
+            "5",
+            "--source",
+            "urn:example:inventory",
+        ],
+    ));
+    let events = valid_events(&json);
+    assert_eq!(events[4]["type"], "omnistock.stock.low_cleared", "{json}");
+    assert_eq!(events[4]["source"], "urn:example:inventory", "{json}");
     // A bad filter is a clear error with the protocol status as exit code.
     let bad = ctl(port, &["tail", "--channel", "nope", "--count", "1"]);
     assert_eq!(bad.status.code(), Some(12), "{:?}", bad);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown channel"));
     stop(server);
+}
+
+/// Each line of `out` as JSON, checked against docs/events.schema.json.
+fn valid_events(out: &str) -> Vec<serde_json::Value> {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/events.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let v = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).expect("one JSON object a line");
+            let complaints: Vec<String> = v.iter_errors(&e).map(|x| x.to_string()).collect();
+            assert!(complaints.is_empty(), "{l}: {complaints:?}");
+            e
+        })
+        .collect()
 }
 
 fn ctl_env(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -487,10 +574,19 @@ fn ctl_json_reserve_prints_its_ids_as_strings_and_a_script_can_fulfil_and_releas
         .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
         .collect();
     assert_eq!(events.len(), 4, "{tail}");
-    let ids: Vec<&serde_json::Value> = events
-        .iter()
-        .map(|e| &e["Reservation"]["reservation"])
-        .collect();
+    let ids: Vec<&serde_json::Value> = events.iter().map(|e| &e["data"]["reservation"]).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "omnistock.reservation.placed",
+            "omnistock.reservation.fulfilled",
+            "omnistock.reservation.placed",
+            "omnistock.reservation.released"
+        ],
+        "{tail}"
+    );
+    valid_events(&tail);
     assert!(ids.iter().all(|v| is_hex_id(v)), "{tail}");
     assert_eq!(ids[0], &serde_json::json!(id), "{tail}");
     assert_eq!(ids[3], &serde_json::json!(second), "{tail}");

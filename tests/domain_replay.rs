@@ -196,6 +196,7 @@ proptest! {
                 let expected = if atp_before > 0 && after == 0 { transition::OUT_OF_STOCK }
                     else if atp_before == 0 && after > 0 { transition::BACK_IN_STOCK }
                     else if low > 0 && after <= low && atp_before > low { transition::LOW_STOCK }
+                    else if low > 0 && atp_before <= low && after > low { transition::LOW_STOCK_CLEARED }
                     else { transition::NONE };
                 prop_assert_eq!(t, expected);
             }

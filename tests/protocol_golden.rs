@@ -500,9 +500,10 @@ fn subscription_constants_are_stable() {
             transition::NONE,
             transition::OUT_OF_STOCK,
             transition::BACK_IN_STOCK,
-            transition::LOW_STOCK
+            transition::LOW_STOCK,
+            transition::LOW_STOCK_CLEARED
         ],
-        [0, 1, 2, 3]
+        [0, 1, 2, 3, 4]
     );
     assert_eq!(
         [

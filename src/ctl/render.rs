@@ -1,6 +1,7 @@
 //! What `ctl` prints for a result: a JSON value (`--json`, ids as strings) and a human text
 //! (`key: value` lines and aligned tables). Pure: no IO here.
 
+use omnistock::events::rfc3339_ms;
 use omnistock::protocol::*;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -60,24 +61,7 @@ pub fn table(indent: usize, header: &[&str], right: &[&str], rows: &[Vec<String>
 
 /// Unix milliseconds as `2024-05-01T12:00:00.000Z (1714564800000)`.
 pub fn time(ms: u64) -> String {
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{milli:03}Z ({ms})",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{} ({ms})", rfc3339_ms(ms))
 }
 
 pub fn pong(p: &Pong) -> Result<Output, Failure> {
@@ -276,22 +260,6 @@ pub fn channels(c: &Channels) -> Result<Output, Failure> {
     })
 }
 
-/// A feed item as JSON: the wire shape (`{"Atp": {...}}`), the reservation id as a string.
-pub fn push_item_json(item: &PushItem) -> Result<Value, Failure> {
-    match item {
-        PushItem::Reservation(r) => Ok(json!({ "Reservation": {
-            "seq": r.seq,
-            "at_ms": r.at_ms,
-            "sku": r.sku,
-            "reservation": fmt_id(r.reservation),
-            "kind": r.kind,
-            "qty": r.qty,
-            "expires_at_ms": r.expires_at_ms,
-        }})),
-        other => to_json(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,19 +300,5 @@ mod tests {
         assert!(o
             .human
             .contains("reservation: ffffffffffffffffffffffffffffffff"));
-        let item = PushItem::Reservation(WireReservationEvent {
-            seq: 1,
-            at_ms: 2,
-            sku: "TEE".into(),
-            reservation: u128::MAX,
-            kind: lifecycle::PLACED,
-            qty: 2,
-            expires_at_ms: 3,
-        });
-        let j = push_item_json(&item).unwrap();
-        assert_eq!(
-            j["Reservation"]["reservation"],
-            "ffffffffffffffffffffffffffffffff"
-        );
     }
 }

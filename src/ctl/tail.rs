@@ -1,12 +1,13 @@
-//! `ctl tail`: subscribe to the stock-change feed and print one line (or one JSON object)
-//! per event; resumes by itself after a disconnect or a lag notice.
+//! `ctl tail`: subscribe to the stock-change feed and print one line (or, with `--json`,
+//! one event envelope of docs/events.md) per event; resumes by itself after a disconnect or
+//! a lag notice.
 
 use omnistock::client::{ClientConfig, ClientError, Subscriber};
+use omnistock::events::envelope;
 use omnistock::protocol::*;
 
 use super::exit::Failure;
 use super::ids::fmt_id;
-use super::render::push_item_json;
 
 /// What `ctl tail` was asked for (its flags).
 #[derive(clap::Args, Debug)]
@@ -39,6 +40,10 @@ pub struct TailArgs {
     /// Exit after printing this many events.
     #[arg(long)]
     pub count: Option<u64>,
+    /// The `source` of the `--json` events (a URI reference naming this server);
+    /// default `omnistock://HOST:PORT` of the address connected to.
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 fn kinds_of(names: &[String]) -> Result<u8, Failure> {
@@ -82,6 +87,7 @@ fn transition_name(t: u8) -> &'static str {
         transition::OUT_OF_STOCK => "  OUT-OF-STOCK",
         transition::BACK_IN_STOCK => "  BACK-IN-STOCK",
         transition::LOW_STOCK => "  LOW-STOCK",
+        transition::LOW_STOCK_CLEARED => "  LOW-STOCK-CLEARED",
         _ => "",
     }
 }
@@ -156,7 +162,9 @@ pub async fn tail(cfg: ClientConfig, json: bool, args: TailArgs) -> Result<(), F
         coalesce_ms,
         name,
         count,
+        source,
     } = args;
+    let source = source.unwrap_or_else(|| format!("omnistock://{}", cfg.addr));
     let (start_kind, from) = match (from_seq, snapshot, name.is_empty()) {
         (Some(f), _, _) => (start::AFTER, f),
         (None, true, _) => (start::SNAPSHOT, 0),
@@ -205,7 +213,10 @@ pub async fn tail(cfg: ClientConfig, json: bool, args: TailArgs) -> Result<(), F
         for item in &items {
             let line = match (json, item) {
                 (_, PushItem::Position { .. }) => None,
-                (true, _) => Some(push_item_json(item)?.to_string()),
+                (true, _) => envelope(item, &source)
+                    .map(|e| serde_json::to_string(&e))
+                    .transpose()
+                    .map_err(|e| Failure::internal(format!("JSON: {e}")))?,
                 (false, _) => tail_line(item),
             };
             if let Some(l) = line {

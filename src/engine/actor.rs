@@ -58,7 +58,27 @@ pub(crate) enum SkuReply {
 #[derive(Debug)]
 pub(crate) struct SkuMsg {
     pub op: SkuOp,
-    pub reply: oneshot::Sender<SkuReply>,
+    pub reply: ReplyTo,
+}
+
+/// Where an actor's answer goes: a oneshot (one request's own call) or a slot of a
+/// request frame's shared reply buffer (the frame path: no channel per operation).
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    One(oneshot::Sender<SkuReply>),
+    Slot(super::delivery::SlotReply),
+}
+
+impl ReplyTo {
+    fn send(self, reply: SkuReply) {
+        match self {
+            // The caller may have gone away (client disconnected); the change stands.
+            ReplyTo::One(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Slot(s) => s.send(reply),
+        }
+    }
 }
 
 impl Message for SkuMsg {
@@ -197,7 +217,7 @@ impl Handler<SkuMsg> for SkuActor {
 
     fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
         if self.passivated {
-            let _ = msg.reply.send(SkuReply::Moved(msg.op));
+            msg.reply.send(SkuReply::Moved(msg.op));
             return;
         }
         let reply = match msg.op {
@@ -215,7 +235,6 @@ impl Handler<SkuMsg> for SkuActor {
                 self.serve(op)
             }
         };
-        // The caller may have gone away (client disconnected); the change stands either way.
-        let _ = msg.reply.send(reply);
+        msg.reply.send(reply);
     }
 }

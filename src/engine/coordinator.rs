@@ -1,5 +1,6 @@
-//! The request entry: every mutating request goes through `execute` (request id check,
-//! idempotency, the checkpoint epoch), then to the operation's module: reservations
+//! The general request path: a request the frame path (`frame.rs`) does not send to one
+//! SKU itself comes here once its id is checked and entered in the idempotency table,
+//! inside the frame's checkpoint epoch, and goes to its operation's module: reservations
 //! (`reservations.rs`), stock commands (here) or catalog writes (`catalog_writes.rs`). A
 //! request is acknowledged only once its highest log sequence is durable (`committed`).
 
@@ -10,10 +11,10 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::codec;
 use crate::domain::{Event, Rejection, SkuCommand, SkuId, TimeMs};
 
+use super::actor::SkuOp;
 use super::api::{Change, Command, Failure, Outcome, Request};
 use super::catalog_writes::catalog;
 use super::delivery::*;
-use super::idempotency::Begin;
 use super::reservations::*;
 use super::Core;
 
@@ -22,24 +23,8 @@ pub(crate) fn fingerprint(cmd: &Command) -> u64 {
     codec::encode(cmd).map_or(0, |b| xxh3_64(&b))
 }
 
-/// Entry point for every mutating request.
-pub(crate) async fn execute(
-    core: &Arc<Core>,
-    req: Request,
-    fp: u64,
-) -> Result<Arc<Outcome>, Failure> {
-    if req.id == 0 {
-        return Err(Rejection::invalid("request id must be non-zero").into());
-    }
-    if let Begin::Replay(o) = core.idem.begin(req.id, fp)? {
-        return Ok(o);
-    }
-    let epoch = core.enter_epoch();
-    let result = run_new(core, req, fp).await;
-    core.exit_epoch(epoch);
-    result
-}
-
+/// Runs a new request (its id checked and entered in the idempotency table, inside a
+/// checkpoint epoch: see `frame`) and completes or forgets its idempotency entry.
 pub(super) async fn run_new(
     core: &Arc<Core>,
     req: Request,
@@ -101,8 +86,24 @@ pub(super) async fn stock(
     cmd: SkuCommand,
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
+    let op = stock_op(&core.catalog(), (request, fp), &sku, cmd, now)?;
+    let reply = call(core, &sku, op, true, Delivery::Try).await;
+    let (done, failure) = collect(vec![(sku, reply)]);
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    committed(core, done, 0).await
+}
+
+/// A stock command checked (SKU id, the locations it names) and ready for its actor.
+pub(super) fn stock_op(
+    catalog: &Arc<crate::domain::Catalog>,
+    (request, fp): (u128, u64),
+    sku: &SkuId,
+    cmd: SkuCommand,
+    now: TimeMs,
+) -> Result<SkuOp, Rejection> {
     sku.check()?;
-    let catalog = core.catalog();
     match &cmd {
         SkuCommand::Adjust { location, .. }
         | SkuCommand::SetOnHand { location, .. }
@@ -113,13 +114,17 @@ pub(super) async fn stock(
             catalog.require_location(from)?;
             catalog.require_location(to)?;
         }
-        _ => return Err(Rejection::invalid("reservation commands are not stock commands").into()),
+        _ => {
+            return Err(Rejection::invalid(
+                "reservation commands are not stock commands",
+            ))
+        }
     }
-    let op = sku_op(cmd, (request, fp), core, now, Admit::New);
-    let reply = call(core, &sku, op, true, Delivery::Try).await;
-    let (done, failure) = collect(vec![(sku, reply)]);
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    committed(core, done, 0).await
+    Ok(sku_op_with(
+        cmd,
+        (request, fp),
+        catalog.clone(),
+        now,
+        Admit::New,
+    ))
 }

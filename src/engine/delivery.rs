@@ -2,13 +2,16 @@
 //! `try_send` (new work: a full mailbox answers `Busy`) or `send` (work that must finish:
 //! it waits for room), re-sent when the actor passivated under it, and its reply collected.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use futures::task::AtomicWaker;
 
 use tokio::sync::oneshot;
 
 use crate::domain::{Event, Rejection, SkuCommand, SkuId, TimeMs};
 
-use super::actor::{SkuMsg, SkuOp, SkuReply};
+use super::actor::{ReplyTo, SkuMsg, SkuOp, SkuReply};
 use super::api::Failure;
 use super::{Core, Counters, EngineError};
 
@@ -45,7 +48,10 @@ pub(super) async fn call(
 ) -> Result<SkuReply, Failure> {
     for _ in 0..MAX_REDELIVERIES {
         let (tx, rx) = oneshot::channel();
-        let msg = SkuMsg { op, reply: tx };
+        let msg = SkuMsg {
+            op,
+            reply: ReplyTo::One(tx),
+        };
         let kept = (delivery == Delivery::Wait).then(|| msg.op.clone());
         match delivery {
             Delivery::Try => {
@@ -110,8 +116,19 @@ pub(super) enum Admit {
 
 pub(super) fn sku_op(
     cmd: SkuCommand,
-    (request, fingerprint): (u128, u64),
+    id: (u128, u64),
     core: &Core,
+    now_ms: TimeMs,
+    admit: Admit,
+) -> SkuOp {
+    sku_op_with(cmd, id, core.catalog(), now_ms, admit)
+}
+
+/// [`sku_op`] with a catalog snapshot the caller holds (one per frame).
+pub(super) fn sku_op_with(
+    cmd: SkuCommand,
+    (request, fingerprint): (u128, u64),
+    catalog: Arc<crate::domain::Catalog>,
     now_ms: TimeMs,
     admit: Admit,
 ) -> SkuOp {
@@ -119,7 +136,7 @@ pub(super) fn sku_op(
         cmd,
         request,
         fingerprint,
-        catalog: core.catalog(),
+        catalog,
         now_ms,
         must_log: admit == Admit::Finish,
     }
@@ -149,4 +166,197 @@ pub(super) fn collect(results: Vec<(SkuId, Result<SkuReply, Failure>)>) -> (Done
         }
     }
     (done, failure)
+}
+
+/// What a slot of a [`FrameReplies`] holds.
+#[derive(Debug)]
+pub(super) enum SlotState {
+    /// Not answered yet.
+    Waiting,
+    /// The actor's answer.
+    Reply(SkuReply),
+    /// Refused before reaching an actor (full mailbox, unknown SKU, limit).
+    Refused(Failure),
+    /// Dropped unhandled by an actor that was stopping: nothing was applied.
+    Dropped,
+}
+
+/// The replies of one round of a request frame's single-SKU operations: one buffer and
+/// one waker for the whole frame instead of a oneshot, a future and a wake-up per
+/// operation. Each message carries a [`SlotReply`] that fills its slot exactly once (on
+/// drop if the actor never answered), and the last one wakes the frame.
+#[derive(Debug)]
+pub(super) struct FrameReplies {
+    slots: parking_lot::Mutex<Vec<SlotState>>,
+    /// Slots not filled yet, plus one while messages are still being sent.
+    pending: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+/// The right to fill one slot of a [`FrameReplies`].
+#[derive(Debug)]
+pub(crate) struct SlotReply {
+    frame: Arc<FrameReplies>,
+    idx: usize,
+    filled: bool,
+}
+
+impl SlotReply {
+    pub(super) fn send(mut self, reply: SkuReply) {
+        self.fill(SlotState::Reply(reply));
+    }
+
+    fn fill(&mut self, state: SlotState) {
+        if !self.filled {
+            self.filled = true;
+            self.frame.slots.lock()[self.idx] = state;
+            self.frame.done_one();
+        }
+    }
+}
+
+impl Drop for SlotReply {
+    fn drop(&mut self) {
+        self.fill(SlotState::Dropped);
+    }
+}
+
+impl FrameReplies {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(FrameReplies {
+            slots: parking_lot::Mutex::new((0..n).map(|_| SlotState::Waiting).collect()),
+            pending: AtomicUsize::new(n + 1),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    fn done_one(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    async fn all_filled(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.pending.load(Ordering::Acquire) == 0 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Sends every `(sku, op)` with `try_send` (new work: a full mailbox answers `Busy`), each
+/// answering into one shared buffer, and waits once for all of them. Ops whose actor
+/// passivated under them are re-sent (at most [`MAX_REDELIVERIES`] rounds). Results in
+/// the order given.
+pub(super) async fn deliver_all(
+    core: &Arc<Core>,
+    ops: Vec<(SkuId, SkuOp)>,
+    create: &[bool],
+) -> Vec<(SkuId, Result<SkuReply, Failure>)> {
+    let n = ops.len();
+    let mut out: Vec<Option<(SkuId, Result<SkuReply, Failure>)>> = (0..n).map(|_| None).collect();
+    // (position in `out`, sku, op) still to deliver.
+    let mut round: Vec<(usize, SkuId, SkuOp)> = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, o))| (i, s, o))
+        .collect();
+    for _ in 0..MAX_REDELIVERIES {
+        if round.is_empty() {
+            break;
+        }
+        let frame = FrameReplies::new(round.len());
+        let mut skus = Vec::with_capacity(round.len());
+        for (slot, (i, sku, op)) in round.drain(..).enumerate() {
+            let reply = SlotReply {
+                frame: frame.clone(),
+                idx: slot,
+                filled: false,
+            };
+            send_slot(core, &sku, op, reply, create[i]);
+            skus.push((i, sku));
+        }
+        frame.done_one();
+        frame.all_filled().await;
+        let states = std::mem::take(&mut *frame.slots.lock());
+        for ((i, sku), state) in skus.into_iter().zip(states) {
+            let r = match state {
+                SlotState::Reply(SkuReply::Moved(op)) => {
+                    round.push((i, sku, op));
+                    continue;
+                }
+                SlotState::Reply(r) => Ok(r),
+                SlotState::Refused(f) => Err(f),
+                SlotState::Dropped | SlotState::Waiting => Err(Rejection::Busy.into()),
+            };
+            out[i] = Some((sku, r));
+        }
+    }
+    // Ops still moving after the last round answer `Busy` (retriable).
+    for (i, sku, _) in round {
+        out[i] = Some((sku, Err(Rejection::Busy.into())));
+    }
+    out.into_iter()
+        .map(|r| r.expect("invariant: every op answered or still in the last round"))
+        .collect()
+}
+
+/// What one `try_send` of a slot message did (the message stays with the caller unless queued).
+enum Offer {
+    Queued,
+    Full,
+    Closed,
+}
+
+/// Queues one op for `sku`'s actor, answering into `reply`; a refusal fills the slot.
+fn send_slot(core: &Arc<Core>, sku: &SkuId, op: SkuOp, reply: SlotReply, create: bool) {
+    let mut held = Some(SkuMsg {
+        op,
+        reply: ReplyTo::Slot(reply),
+    });
+    for _ in 0..MAX_REDELIVERIES {
+        // The message stays in `held` unless the closure runs and the mailbox takes it.
+        let sent = core.registry.with_addr(core, sku, create, |a| {
+            let msg = held.take().expect("invariant: held until sent");
+            match a.try_send(msg) {
+                Ok(()) => Offer::Queued,
+                Err(actix::dev::SendError::Full(m)) => {
+                    held = Some(m);
+                    Offer::Full
+                }
+                Err(actix::dev::SendError::Closed(m)) => {
+                    held = Some(m);
+                    Offer::Closed
+                }
+            }
+        });
+        let failure: Failure = match sent {
+            Ok(Some(Offer::Queued)) => return,
+            // The actor had stopped (passivated): look the SKU up again.
+            Ok(Some(Offer::Closed)) => continue,
+            Ok(Some(Offer::Full)) => {
+                Counters::bump(&core.counters.mailbox_full);
+                Rejection::Busy.into()
+            }
+            Ok(None) => Rejection::UnknownSku(sku.clone()).into(),
+            Err(e) => limit_to_rejection(e),
+        };
+        return refuse(held, failure);
+    }
+    refuse(held, Rejection::Busy.into());
+}
+
+fn refuse(msg: Option<SkuMsg>, f: Failure) {
+    if let Some(SkuMsg {
+        reply: ReplyTo::Slot(mut s),
+        ..
+    }) = msg
+    {
+        s.fill(SlotState::Refused(f));
+    }
 }

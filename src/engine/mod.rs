@@ -15,6 +15,7 @@ mod coordinator;
 mod delivery;
 mod expiry;
 mod expiry_driver;
+mod frame;
 mod idempotency;
 pub mod journal;
 mod persist;
@@ -465,9 +466,8 @@ impl Engine {
 
     /// Executes a mutating request: reserve, fulfil, release, extend, stock or catalog.
     pub async fn execute(&self, req: Request) -> Result<Arc<Outcome>, Failure> {
-        self.check_running()?;
         let fp = coordinator::fingerprint(&req.command);
-        coordinator::execute(&self.core, req, fp).await
+        self.execute_fingerprinted(req, fp).await
     }
 
     /// [`Engine::execute`] with the idempotency fingerprint computed by the caller (the
@@ -478,8 +478,24 @@ impl Engine {
         req: Request,
         fingerprint: u64,
     ) -> Result<Arc<Outcome>, Failure> {
-        self.check_running()?;
-        coordinator::execute(&self.core, req, fingerprint).await
+        let mut answers = self.execute_frame(vec![(req, fingerprint)]).await;
+        answers.pop().unwrap_or_else(|| {
+            Err(EngineError::Corrupt("a frame of one request had no answer".into()).into())
+        })
+    }
+
+    /// Runs the requests of one request frame together, each with its fingerprint (see
+    /// [`Engine::execute_fingerprinted`]): one checkpoint epoch, one reply buffer for the
+    /// single-SKU requests, one durability wait. Answers in request order; each request is
+    /// still atomic and idempotent on its own.
+    pub async fn execute_frame(
+        &self,
+        reqs: Vec<(Request, u64)>,
+    ) -> Vec<Result<Arc<Outcome>, Failure>> {
+        if let Err(e) = self.check_running() {
+            return reqs.iter().map(|_| Err(e.clone().into())).collect();
+        }
+        frame::execute_frame(&self.core, reqs).await
     }
 
     fn check_running(&self) -> Result<(), EngineError> {

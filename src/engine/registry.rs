@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use crate::codec;
 use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState};
 
-use super::actor::{SkuActor, SkuMsg, SkuOp};
+use super::actor::{ReplyTo, SkuActor, SkuMsg, SkuOp};
 use super::{Core, EngineError};
 
 /// An active SKU's actor.
@@ -238,7 +238,13 @@ impl Registry {
                 if now.saturating_sub(last) >= idle_ticks {
                     let (tx, _rx) = tokio::sync::oneshot::channel();
                     let op = SkuOp::Passivate { tick: last };
-                    if a.addr.try_send(SkuMsg { op, reply: tx }).is_ok() {
+                    if a.addr
+                        .try_send(SkuMsg {
+                            op,
+                            reply: ReplyTo::One(tx),
+                        })
+                        .is_ok()
+                    {
                         asked += 1;
                     }
                 }

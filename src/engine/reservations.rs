@@ -52,32 +52,10 @@ pub(super) async fn reserve(
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
     let groups = group_lines(&r)?;
-    core.catalog().channel(&r.channel)?;
-    let expires_at_ms = now.saturating_add(r.ttl_ms);
-    match core.reservations.entry(r.reservation) {
-        dashmap::mapref::entry::Entry::Occupied(_) => {
-            return Err(Rejection::ReservationExists(r.reservation).into())
-        }
-        dashmap::mapref::entry::Entry::Vacant(v) => {
-            v.insert(ResEntry {
-                channel: r.channel.clone(),
-                lines: Vec::new(),
-                expires_at_ms,
-                busy: true,
-                committed: false,
-            });
-        }
-    }
+    let expires_at_ms = begin_reservation(core, &core.catalog(), &r, now)?;
     let cart_skus = u16::try_from(groups.len()).unwrap_or(u16::MAX);
     let calls = groups.iter().map(|(sku, lines)| {
-        let cmd = SkuCommand::Hold {
-            reservation: r.reservation,
-            channel: r.channel.clone(),
-            lines: lines.clone(),
-            allow_split: r.allow_split,
-            expires_at_ms,
-            cart_skus,
-        };
+        let cmd = hold_command(&r, lines.clone(), expires_at_ms, cart_skus);
         let op = sku_op(cmd, (request, fp), core, now, Admit::New);
         async move { (sku.clone(), call(core, sku, op, false, Delivery::Try).await) }
     });
@@ -115,14 +93,69 @@ pub(super) async fn reserve(
         core.reservations.remove(&r.reservation);
         return outcome;
     }
-    if let Some(mut e) = core.reservations.get_mut(&r.reservation) {
+    finish_reservation(core, r.reservation, lines, expires_at_ms);
+    outcome
+}
+
+/// Checks the cart's channel and enters the reservation in the index, busy and not yet
+/// committed (a second reservation with the same id is refused). Returns its expiry time.
+pub(super) fn begin_reservation(
+    core: &Core,
+    catalog: &crate::domain::Catalog,
+    r: &ReserveRequest,
+    now: TimeMs,
+) -> Result<TimeMs, Rejection> {
+    catalog.channel(&r.channel)?;
+    let expires_at_ms = now.saturating_add(r.ttl_ms);
+    match core.reservations.entry(r.reservation) {
+        dashmap::mapref::entry::Entry::Occupied(_) => {
+            Err(Rejection::ReservationExists(r.reservation))
+        }
+        dashmap::mapref::entry::Entry::Vacant(v) => {
+            v.insert(ResEntry {
+                channel: r.channel.clone(),
+                lines: Vec::new(),
+                expires_at_ms,
+                busy: true,
+                committed: false,
+            });
+            Ok(expires_at_ms)
+        }
+    }
+}
+
+/// The hold one SKU of the cart is asked to place.
+pub(super) fn hold_command(
+    r: &ReserveRequest,
+    lines: Vec<HoldLine>,
+    expires_at_ms: TimeMs,
+    cart_skus: u16,
+) -> SkuCommand {
+    SkuCommand::Hold {
+        reservation: r.reservation,
+        channel: r.channel.clone(),
+        lines,
+        allow_split: r.allow_split,
+        expires_at_ms,
+        cart_skus,
+    }
+}
+
+/// A placed and durable reservation: its units per SKU, free for fulfil, release, extend,
+/// and due for expiry.
+pub(super) fn finish_reservation(
+    core: &Core,
+    id: ReservationId,
+    lines: Vec<(SkuId, u32)>,
+    expires_at_ms: TimeMs,
+) {
+    if let Some(mut e) = core.reservations.get_mut(&id) {
         e.lines = lines;
         e.busy = false;
         e.committed = true;
     }
-    core.expiry.insert(expires_at_ms, r.reservation);
+    core.expiry.insert(expires_at_ms, id);
     Counters::bump(&core.counters.reservations_placed);
-    outcome
 }
 
 pub(super) fn held_by(events: &[Event]) -> u32 {

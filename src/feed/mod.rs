@@ -223,14 +223,20 @@ pub fn before(catalog: &Catalog, state: &SkuState, events: &[Event]) -> Before {
     }
 }
 
-/// The transition of a channel's ATP from `previous` to `atp` given a low-stock threshold.
+/// The transition of a channel's ATP from `previous` to `atp` given a low-stock threshold
+/// (0: none). The low-stock band is `1..=low_stock`; out of stock and back in stock win
+/// over entering or leaving it, so each change has at most one transition.
 pub fn transition_of(previous: u32, atp: u32, low_stock: u32) -> u8 {
+    let in_band = |v: u32| v > 0 && v <= low_stock;
     if previous > 0 && atp == 0 {
         transition::OUT_OF_STOCK
     } else if previous == 0 && atp > 0 {
         transition::BACK_IN_STOCK
-    } else if low_stock > 0 && atp > 0 && atp <= low_stock && previous > low_stock {
+    } else if in_band(atp) && previous > low_stock {
         transition::LOW_STOCK
+    } else if in_band(previous) && atp > low_stock {
+        // An ads-pauser that paused on LOW_STOCK resumes on this.
+        transition::LOW_STOCK_CLEARED
     } else {
         transition::NONE
     }

@@ -54,8 +54,14 @@ fn transitions_follow_the_bands() {
         (0, 9, 5, transition::BACK_IN_STOCK),
         (9, 5, 5, transition::LOW_STOCK),
         (9, 1, 5, transition::LOW_STOCK),
-        (5, 4, 5, transition::NONE), // already low
-        (4, 9, 5, transition::NONE), // leaving the band is not an event
+        (5, 4, 5, transition::NONE),              // already low
+        (4, 9, 5, transition::LOW_STOCK_CLEARED), // leaving the band upwards
+        (5, 6, 5, transition::LOW_STOCK_CLEARED), // from its top edge, by one unit
+        (1, 9, 5, transition::LOW_STOCK_CLEARED),
+        (0, 6, 5, transition::BACK_IN_STOCK), // from 0 straight above: back in stock wins
+        (4, 5, 5, transition::NONE),          // still in the band
+        (6, 9, 5, transition::NONE),          // above it all along
+        (3, 4, 0, transition::NONE),          // no threshold, no band
         (9, 8, 5, transition::NONE),
         (9, 1, 0, transition::NONE), // no threshold
         (1, 0, 0, transition::OUT_OF_STOCK),
@@ -309,4 +315,61 @@ fn cached_bytes_are_exactly_the_encoded_items_for_every_filter() {
             assert_eq!(buf.take_payload(), want, "{f:?} on record {}", r.seq);
         }
     }
+}
+
+/// Adjusts `sku` at location `a` (channel web sells from a and b, low-stock threshold 5)
+/// and returns the web ATP change the feed derives.
+fn derive_adjust(state: &mut SkuState, c: &Catalog, delta: i64, seq: u64) -> Option<AtpChange> {
+    let cmd = crate::domain::SkuCommand::Adjust {
+        location: LocationId::new("a").expect("id"),
+        delta,
+        reason: crate::domain::AdjustReason::Correction,
+        reference: String::new(),
+    };
+    let events = state.decide(&cmd, c, 1_000).expect("adjust accepted");
+    let before = before(c, state, &events);
+    for e in &events {
+        state.apply(e, seq);
+    }
+    let FeedBody::Sku { atp, .. } = derive(c, before, state, &events, seq, 1_000).body else {
+        panic!("a SKU record")
+    };
+    atp.into_iter()
+        .find(|a| a.channel == ChannelId::new("web").expect("id"))
+}
+
+#[test]
+fn leaving_the_low_stock_band_upwards_is_derived_as_low_stock_cleared() {
+    let c = cat();
+    let mut s = SkuState::new(SkuId::new("TEE").expect("id"));
+    let steps = [
+        (3, 0, 3, transition::BACK_IN_STOCK),
+        (6, 3, 9, transition::LOW_STOCK_CLEARED), // entered the band from 0, left it
+        (1, 9, 10, transition::NONE),
+        (-6, 10, 4, transition::LOW_STOCK),
+        (-1, 4, 3, transition::NONE),
+        (3, 3, 6, transition::LOW_STOCK_CLEARED),
+        (-6, 6, 0, transition::OUT_OF_STOCK),
+        (7, 0, 7, transition::BACK_IN_STOCK),
+    ];
+    for (i, (delta, previous, atp, want)) in steps.into_iter().enumerate() {
+        let change = derive_adjust(&mut s, &c, delta, i as u64 + 10).expect("web changed");
+        assert_eq!(
+            (change.previous, change.atp, change.transition),
+            (previous, atp, want),
+            "step {i}: adjust {delta}"
+        );
+    }
+    // A thresholds-only subscriber receives it: it is what tells an ads-pauser to resume.
+    let rec = record(20, "TEE", vec![change("web", 4, 9)]);
+    let mut out = Vec::new();
+    Filter {
+        kinds: kinds::THRESHOLDS,
+        ..Filter::default()
+    }
+    .render(&rec, &mut out, None);
+    assert!(
+        matches!(&out[..], [PushItem::Atp(a)] if a.transition == transition::LOW_STOCK_CLEARED),
+        "{out:?}"
+    );
 }

@@ -650,6 +650,9 @@ pub mod transition {
     pub const BACK_IN_STOCK: u8 = 2;
     /// ATP entered `1..=threshold` from above it (or from 0: then `BACK_IN_STOCK` wins).
     pub const LOW_STOCK: u8 = 3;
+    /// ATP left `1..=threshold` upwards (from 0 straight above it: `BACK_IN_STOCK`). Added
+    /// after the first release: a reader that does not know it sees an ATP change.
+    pub const LOW_STOCK_CLEARED: u8 = 4;
 }
 
 /// Reservation lifecycle kinds (`WireReservationEvent::kind`).

@@ -70,39 +70,92 @@ fn failure(f: &Failure) -> OpResult {
     }
 }
 
-/// Runs every operation of a batch concurrently; results in request order.
+/// Runs the operations of one request frame; results in request order. Every mutating
+/// operation of the frame goes to the engine in one call (`Engine::execute_frame`: one
+/// reply buffer, one durability wait); the others (reads, ping, ack) run beside it.
 pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpResult> {
-    join_all(
-        ops.iter()
-            .map(|op| crate::metrics::timed_op(op.opcode, run_op(ctx, role, op))),
-    )
-    .await
+    let started = crate::metrics::op_clock();
+    let mut results: Vec<Option<OpResult>> = (0..ops.len()).map(|_| None).collect();
+    let mut writes = Vec::new();
+    let mut writes_at = Vec::new();
+    let mut others = Vec::new();
+    for (i, raw) in ops.iter().enumerate() {
+        match plan(ctx, role, raw) {
+            Plan::Answer(r) => results[i] = Some(r),
+            Plan::Write(req, fp, on_ok) => {
+                writes.push((req, fp));
+                writes_at.push((i, on_ok));
+            }
+            Plan::Other(op) => others.push((i, op)),
+        }
+    }
+    let writes_fut = async {
+        if writes.is_empty() {
+            Vec::new()
+        } else {
+            ctx.engine.execute_frame(writes).await
+        }
+    };
+    let others_fut = join_all(
+        others
+            .into_iter()
+            .map(|(i, op)| async move { (i, run_other(ctx, op).await) }),
+    );
+    let (answers, others) = futures::join!(writes_fut, others_fut);
+    for ((i, on_ok), answer) in writes_at.into_iter().zip(answers) {
+        results[i] = Some(match answer {
+            Ok(outcome) => on_ok(&outcome),
+            Err(f) => failure(&f),
+        });
+    }
+    for (i, r) in others {
+        results[i] = Some(r);
+    }
+    let results: Vec<OpResult> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| failed(status::INTERNAL_ERROR, "operation not answered")))
+        .collect();
+    if let Some(t) = started {
+        for (raw, r) in ops.iter().zip(&results) {
+            crate::metrics::record_op(raw.opcode, r.status, t.elapsed());
+        }
+    }
+    results
 }
 
-/// Runs one raw operation.
-pub(crate) async fn run_op(ctx: &Ctx, role: Role, raw: &RawOp) -> OpResult {
+/// What a frame does with one operation.
+enum Plan {
+    /// Answered at once: forbidden, reserved, unknown, malformed, over a limit, rejected.
+    Answer(OpResult),
+    /// A mutating request for the engine's frame, and how its outcome is encoded.
+    Write(Request, u64, fn(&Outcome) -> OpResult),
+    /// A read or a connection-level operation.
+    Other(Op),
+}
+
+fn plan(ctx: &Ctx, role: Role, raw: &RawOp) -> Plan {
     if !role.may(raw.opcode) {
-        return failed(
+        return Plan::Answer(failed(
             status::FORBIDDEN,
             format!("role {role:?} may not run opcode {:#06x}", raw.opcode),
-        );
+        ));
     }
     if is_reserved(raw.opcode) {
-        return failed(
+        return Plan::Answer(failed(
             status::NOT_IMPLEMENTED,
             format!("opcode {:#06x} is reserved for a later version", raw.opcode),
-        );
+        ));
     }
     match Op::from_raw(raw) {
-        Ok(Some(op)) => run_typed(ctx, op, fingerprint(raw)).await,
-        Ok(None) => failed(
+        Ok(Some(op)) => plan_typed(ctx, op, fingerprint(raw)),
+        Ok(None) => Plan::Answer(failed(
             status::UNKNOWN_OPERATION,
             format!("unknown opcode {:#06x}", raw.opcode),
-        ),
-        Err(e) => failed(
+        )),
+        Err(e) => Plan::Answer(failed(
             status::PROTOCOL_ERROR,
             format!("opcode {:#06x}: {e}", raw.opcode),
-        ),
+        )),
     }
 }
 
@@ -118,26 +171,14 @@ fn fingerprint(raw: &RawOp) -> u64 {
 /// Version of [`fingerprint`]'s definition.
 const FINGERPRINT_VERSION: u64 = 1;
 
-async fn exec(
-    ctx: &Ctx,
+fn write(
     (id, fp): (u128, u64),
     cmd: Result<Command, Rejection>,
     on_ok: fn(&Outcome) -> OpResult,
-) -> OpResult {
-    let command = match cmd {
-        Ok(c) => c,
-        Err(r) => return rejected(&r),
-    };
-    // Boxed: the engine's future is several KB, and every future that holds it inline
-    // (this one, the batch's FuturesOrdered slot, the timing wrapper) was moved by memcpy
-    // about seven times per operation (5K instructions); a box is moved as a pointer.
-    let fut = Box::pin(
-        ctx.engine
-            .execute_fingerprinted(Request { id, command }, fp),
-    );
-    match fut.await {
-        Ok(outcome) => on_ok(&outcome),
-        Err(f) => failure(&f),
+) -> Plan {
+    match cmd {
+        Ok(command) => Plan::Write(Request { id, command }, fp, on_ok),
+        Err(r) => Plan::Answer(rejected(&r)),
     }
 }
 
@@ -148,49 +189,55 @@ fn applied_result(o: &Outcome) -> OpResult {
     ok(&convert::applied_of(o))
 }
 
-async fn run_typed(ctx: &Ctx, op: Op, fp: u64) -> OpResult {
+fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
     let a = applied_result;
     match op {
-        Op::Ping => ok(&Pong {
-            server_time_ms: now_ms(),
-        }),
-        Op::ServerInfo => ok(&server_info(ctx)),
         Op::Reserve(r) => {
             let max = ctx.config.max_lines_per_reservation;
             if r.lines.len() > max {
                 let msg = format!("{} lines; at most {max} per reservation", r.lines.len());
-                return failed(status::LIMIT_EXCEEDED, msg);
+                return Plan::Answer(failed(status::LIMIT_EXCEEDED, msg));
             }
-            exec(
-                ctx,
-                (r.request_id, fp),
-                reserve_command(&r),
-                reserved_result,
-            )
-            .await
+            write((r.request_id, fp), reserve_command(&r), reserved_result)
         }
-        Op::Fulfill(f) => exec(ctx, (f.request_id, fp), fulfill_command(&f), a).await,
+        Op::Fulfill(f) => write((f.request_id, fp), fulfill_command(&f), a),
         Op::Release(r) => {
             let c = Ok(Command::Release {
                 reservation: r.reservation,
             });
-            exec(ctx, (r.request_id, fp), c, a).await
+            write((r.request_id, fp), c, a)
         }
         Op::Extend(e) => {
             let c = Ok(Command::Extend {
                 reservation: e.reservation,
                 ttl_ms: e.ttl_ms,
             });
-            exec(ctx, (e.request_id, fp), c, a).await
+            write((e.request_id, fp), c, a)
         }
-        Op::Adjust(b) => exec(ctx, (b.request_id, fp), adjust_command(&b), a).await,
-        Op::SetOnHand(b) => exec(ctx, (b.request_id, fp), set_on_hand_command(&b), a).await,
-        Op::Move(b) => exec(ctx, (b.request_id, fp), move_command(&b), a).await,
-        Op::Transfer(b) => exec(ctx, (b.request_id, fp), transfer_command(&b), a).await,
-        Op::SetSafetyStock(b) => exec(ctx, (b.request_id, fp), safety_command(&b), a).await,
-        Op::SetIncoming(b) => exec(ctx, (b.request_id, fp), incoming_command(&b), a).await,
-        Op::UpsertLocation(b) => exec(ctx, (b.request_id, fp), location_command(&b), a).await,
-        Op::UpsertChannel(b) => exec(ctx, (b.request_id, fp), channel_command(&b), a).await,
+        Op::Adjust(b) => write((b.request_id, fp), adjust_command(&b), a),
+        Op::SetOnHand(b) => write((b.request_id, fp), set_on_hand_command(&b), a),
+        Op::Move(b) => write((b.request_id, fp), move_command(&b), a),
+        Op::Transfer(b) => write((b.request_id, fp), transfer_command(&b), a),
+        Op::SetSafetyStock(b) => write((b.request_id, fp), safety_command(&b), a),
+        Op::SetIncoming(b) => write((b.request_id, fp), incoming_command(&b), a),
+        Op::UpsertLocation(b) => write((b.request_id, fp), location_command(&b), a),
+        Op::UpsertChannel(b) => write((b.request_id, fp), channel_command(&b), a),
+        Op::SetLowStock(b) => write((b.request_id, fp), low_stock_command(&b), a),
+        // The connection runs these itself when they come alone (they change its state).
+        Op::Subscribe(_) | Op::Unsubscribe => Plan::Answer(rejected(&Rejection::invalid(
+            "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",
+        ))),
+        other => Plan::Other(other),
+    }
+}
+
+/// Runs a read or connection-level operation.
+async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
+    match op {
+        Op::Ping => ok(&Pong {
+            server_time_ms: now_ms(),
+        }),
+        Op::ServerInfo => ok(&server_info(ctx)),
         Op::ListLocations => ok(&convert::locations_of(&ctx.engine.catalog())),
         Op::ListChannels => ok(&convert::channels_of(&ctx.engine.catalog())),
         Op::GetSku(g) => match get_sku(ctx, &g.sku).await {
@@ -202,15 +249,14 @@ async fn run_typed(ctx: &Ctx, op: Op, fp: u64) -> OpResult {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
         },
-        Op::SetLowStock(b) => exec(ctx, (b.request_id, fp), low_stock_command(&b), a).await,
         Op::Ack(b) => match ctx.engine.ack_position(&b.name, b.seq).await {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),
         },
-        // The connection runs these itself when they come alone (they change its state).
-        Op::Subscribe(_) | Op::Unsubscribe => rejected(&Rejection::invalid(
-            "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",
-        )),
+        other => failed(
+            status::INTERNAL_ERROR,
+            format!("operation {other:?} has no read path"),
+        ),
     }
 }
 

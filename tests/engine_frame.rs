@@ -1,0 +1,204 @@
+//! The request frame as the engine's unit of work (`Engine::execute_frame`): the answers
+//! of a frame mixing one-SKU reserves, stock commands, carts of several SKUs, fulfils,
+//! duplicates and bad requests are each what the request alone would have answered, in
+//! request order, with requests on one SKU applied in frame order.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use omnistock::domain::{AdjustReason, Rejection, SkuCommand};
+use omnistock::engine::{Command, Engine, EngineConfig, Failure, Outcome, Request};
+
+fn engine() -> Engine {
+    Engine::start_in_memory(EngineConfig {
+        expiry_driver: false,
+        ..EngineConfig::default()
+    })
+    .expect("engine")
+}
+
+fn req(command: Command) -> (Request, u64) {
+    let fp = command_fp(&command);
+    (Request { id: rid(), command }, fp)
+}
+
+/// Any stable fingerprint of the command's content (the server hashes wire bytes).
+fn command_fp(c: &Command) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{c:?}").hash(&mut h);
+    h.finish()
+}
+
+fn adjust_cmd(s: &str, l: &str, delta: i64) -> Command {
+    Command::Stock {
+        sku: sku(s),
+        command: SkuCommand::Adjust {
+            location: loc(l),
+            delta,
+            reason: AdjustReason::Receipt,
+            reference: "frame".into(),
+        },
+    }
+}
+
+fn on_hand(s: &omnistock::domain::SkuState) -> u32 {
+    s.buckets.iter().map(|b| b.on_hand).sum()
+}
+
+fn rejection(r: &Result<Arc<Outcome>, Failure>) -> &Rejection {
+    match r {
+        Err(Failure::Rejected(r)) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_mixed_frame_answers_each_request_in_order_and_applies_one_sku_in_frame_order() {
+    let e = engine();
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 3).await.unwrap(); // web ATP 2
+    adjust(&e, "B", "wh-a", 5).await.unwrap(); // web ATP 4
+    let frame = vec![
+        // 0: a one-SKU reserve takes A's two units.
+        req(reserve_cmd(100, "web", &[("A", 2)], 60_000)),
+        // 1: the next one on A finds nothing left (applied after 0).
+        req(reserve_cmd(101, "web", &[("A", 1)], 60_000)),
+        // 2: a stock command on A after both: +4 units.
+        req(adjust_cmd("A", "wh-a", 4)),
+        // 3: a cart of two SKUs on the general path.
+        req(reserve_cmd(102, "web", &[("B", 1), ("C", 1)], 60_000)),
+        // 4: request id 0 is refused.
+        (
+            Request {
+                id: 0,
+                command: adjust_cmd("A", "wh-a", 1),
+            },
+            1,
+        ),
+        // 5: an unknown SKU in a one-SKU reserve.
+        req(reserve_cmd(103, "web", &[("NOPE", 1)], 60_000)),
+        // 6: a reservation id already used earlier in the frame.
+        req(reserve_cmd(100, "web", &[("B", 1)], 60_000)),
+        // 7: a zero ttl, refused before any actor.
+        req(reserve_cmd(104, "web", &[("B", 1)], 0)),
+    ];
+    let answers = e.execute_frame(frame).await;
+    assert_eq!(answers.len(), 8);
+    let placed = answers[0].as_ref().expect("reserve 100");
+    assert!(placed.seq > 0);
+    assert!(matches!(
+        rejection(&answers[1]),
+        Rejection::InsufficientStock { available: 0, .. }
+    ));
+    assert!(answers[2].is_ok(), "{:?}", answers[2]);
+    // C has no stock: the cart is refused whole, and B keeps its units.
+    assert!(matches!(
+        rejection(&answers[3]),
+        Rejection::InsufficientStock { .. } | Rejection::UnknownSku(_)
+    ));
+    assert!(matches!(
+        rejection(&answers[4]),
+        Rejection::InvalidRequest(_)
+    ));
+    assert!(matches!(rejection(&answers[5]), Rejection::UnknownSku(_)));
+    assert!(matches!(
+        rejection(&answers[6]),
+        Rejection::ReservationExists(100)
+    ));
+    assert!(matches!(
+        rejection(&answers[7]),
+        Rejection::InvalidRequest(_)
+    ));
+
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    let b = e.sku_state(&sku("B")).await.unwrap();
+    assert_eq!(on_hand(&a), 7, "3 + 4");
+    assert_eq!(a.reserved_total(), 2, "reservation 100 only");
+    assert_eq!(b.reserved_total(), 0, "the refused cart left nothing on B");
+    let r = e.reservation(100).expect("reservation 100 indexed");
+    assert_eq!(r.lines, vec![(sku("A"), 2)]);
+    assert!(e.reservation(101).is_none());
+    assert!(e.reservation(102).is_none());
+}
+
+#[tokio::test]
+async fn a_resent_frame_replays_every_accepted_request_and_applies_nothing_twice() {
+    let e = engine();
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 10).await.unwrap();
+    let frame = vec![
+        req(reserve_cmd(200, "web", &[("A", 2)], 60_000)),
+        req(adjust_cmd("A", "wh-a", 1)),
+        req(reserve_cmd(201, "web", &[("A", 50)], 60_000)),
+    ];
+    let first = e.execute_frame(frame.clone()).await;
+    let again = e.execute_frame(frame).await;
+    for i in 0..2 {
+        let (a, b) = (first[i].as_ref().unwrap(), again[i].as_ref().unwrap());
+        assert_eq!(a, b, "request {i} replays its outcome");
+    }
+    // The rejected one is evaluated again (nothing was remembered), still rejected.
+    assert!(first[2].is_err() && again[2].is_err());
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!(a.reserved_total(), 2);
+}
+
+#[tokio::test]
+async fn the_same_request_id_twice_in_one_frame_is_in_progress_the_second_time() {
+    let e = engine();
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 10).await.unwrap();
+    let one = req(adjust_cmd("A", "wh-a", 1));
+    let answers = e.execute_frame(vec![one.clone(), one]).await;
+    assert!(answers[0].is_ok());
+    assert!(matches!(rejection(&answers[1]), Rejection::InProgress(_)));
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!(on_hand(&a), 11);
+}
+
+#[tokio::test]
+async fn a_frame_reaches_skus_that_passivated_under_it() {
+    let e = engine();
+    small_catalog(&e).await;
+    let skus: Vec<String> = (0..64).map(|i| format!("P{i}")).collect();
+    for s in &skus {
+        adjust(&e, s, "wh-a", 5).await.unwrap();
+    }
+    // Passivation is asynchronous: the frame below races it on every SKU.
+    e.passivate_all_now();
+    let frame: Vec<_> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            req(reserve_cmd(
+                300 + i as u128,
+                "web",
+                &[(s.as_str(), 1)],
+                60_000,
+            ))
+        })
+        .collect();
+    let answers = e.execute_frame(frame).await;
+    for (i, a) in answers.iter().enumerate() {
+        match a {
+            Ok(_) => {}
+            // Retriable and nothing applied: the only other acceptable answer.
+            Err(Failure::Rejected(Rejection::Busy)) => {
+                assert!(e.reservation(300 + i as u128).is_none())
+            }
+            other => panic!("sku {i}: {other:?}"),
+        }
+    }
+    let placed = answers.iter().filter(|a| a.is_ok()).count();
+    let mut held = 0;
+    for s in &skus {
+        held += e.sku_state(&sku(s)).await.unwrap().reserved_total();
+    }
+    assert_eq!(
+        held as usize, placed,
+        "one unit held per placed reservation"
+    );
+}
