@@ -5,9 +5,16 @@
 //! A deliberately small HTTP/1.1 server on tokio rather than a framework: three read-only
 //! paths, one request per connection (`Connection: close`), a request head of at most
 //! [`MAX_REQUEST_BYTES`] read within [`READ_TIMEOUT`], the answer written within
-//! [`WRITE_TIMEOUT`], at most [`MAX_CONNECTIONS`] connections at once (more are closed at
-//! once), 404 for other paths, 405 for methods other than GET and HEAD, 400 for anything
-//! that is not HTTP. It is bound before the engine is opened, so `/healthz` and `/readyz`
+//! [`WRITE_TIMEOUT`], 404 for other paths, 405 for methods other than GET and HEAD, 400 for
+//! anything that is not HTTP.
+//!
+//! Probes must answer under a connection flood (a liveness probe that cannot connect
+//! restarts a healthy server). So: at most [`MAX_CONNECTIONS`] connections are served at
+//! once, and when all are taken, the oldest one still waiting for its request head after
+//! [`EVICTABLE_AFTER`] is closed to make room (a real client sends its request at once; a
+//! silent one is a squatter). When none can be closed, new connections wait in the kernel's
+//! accept queue (checked again every [`ACCEPT_RECHECK`]) instead of being closed unanswered:
+//! answers take microseconds, so the queue drains fast. It is bound before the engine is opened, so `/healthz` and `/readyz`
 //! answer during recovery. Scrapes run collection and rendering on the blocking pool
 //! (collection reads sled), never on the runtime's worker threads.
 //!
@@ -15,38 +22,47 @@
 //! own counters, copied into the recorder at each scrape, and readiness. It lives here, not in
 //! `crate::metrics`, so that `metrics` stays a leaf every module may record through.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use ::metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::engine::{Engine, EngineError};
 use crate::metrics::{
     AUTH_FAILURES_TOTAL, CONNECTIONS, CONNECTIONS_ACCEPTED_TOTAL, CONNECTIONS_REFUSED_TOTAL,
-    EXPIRY_PENDING, IDEMPOTENCY_ENTRIES, IDLE_DISCONNECTS_TOTAL, MAILBOX_FULL_TOTAL,
+    CONNECTION_BUFFERED_BYTES, EXPIRY_PENDING, HANDSHAKES_EVICTED_TOTAL, HANDSHAKES_PENDING,
+    IDEMPOTENCY_ENTRIES, IDLE_DISCONNECTS_TOTAL, MAILBOX_FULL_TOTAL, MEMORY_BUDGET_BUSY_TOTAL,
     PASSIVE_STATE_BYTES, PROCESS_RESIDENT_MEMORY_BYTES, PROTOCOL_ERRORS_TOTAL, READY,
     REQUEST_FRAMES_TOTAL, RESERVATIONS, RESERVATIONS_ENDED_TOTAL, RESERVATIONS_PLACED_TOTAL, SKUS,
-    SKUS_OVERSOLD, SLOW_READER_DISCONNECTS_TOTAL, SUBSCRIBER_LAG_MAX_EVENTS, WAL_DISK_BYTES,
-    WAL_FAILED, WAL_LOG_RECORDS, WAL_RECORDS_TOTAL, WAL_WRITTEN_BYTES_TOTAL,
+    SKUS_OVERSOLD, SLOW_READER_DISCONNECTS_TOTAL, SOURCE_LIMIT_REFUSALS_TOTAL,
+    SUBSCRIBER_LAG_MAX_EVENTS, WAL_DISK_BYTES, WAL_FAILED, WAL_LOG_RECORDS, WAL_RECORDS_TOTAL,
+    WAL_WRITTEN_BYTES_TOTAL,
 };
 use crate::server::ServerStats;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Time a client has to send its whole request head.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time the answer has to be written.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most admin connections served at once.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection still without its whole request head after this long may be closed to make
+/// room for a new one when all [`MAX_CONNECTIONS`] are taken.
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
+/// How often a full pool with nobody to evict looks again (new connections wait meanwhile
+/// in the accept queue).
+pub const ACCEPT_RECHECK: Duration = Duration::from_millis(10);
 /// How often histogram samples are folded in even when nobody scrapes (bounds memory).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -130,27 +146,29 @@ impl AdminServer {
     /// Serves until `stop` resolves, then waits for the connections being answered.
     pub async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let pool = Arc::new(Pool::default());
         let mut conns = JoinSet::new();
         let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
         tracing::info!(addr = %self.local_addr, "admin endpoint: /metrics /healthz /readyz");
         loop {
+            let room = pool.has_room();
             tokio::select! {
                 _ = &mut stop => break,
+                _ = tokio::time::sleep(ACCEPT_RECHECK), if !room => {}
                 _ = upkeep.tick() => {
                     let m = self.shared.metrics.clone();
                     // Folding samples takes a lock in the exporter: keep it off the workers.
                     drop(tokio::task::spawn_blocking(move || m.run_upkeep()));
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = self.listener.accept() => match accepted {
+                accepted = self.listener.accept(), if room => match accepted {
                     Ok((sock, _)) => {
-                        // Over the limit: dropping the socket closes it.
-                        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+                        // No room after all (the evictable one finished meanwhile): close.
+                        let Some(slot) = pool.enter() else { continue };
                         let shared = self.shared.clone();
                         conns.spawn(async move {
-                            serve_one(sock, &shared).await;
-                            drop(permit);
+                            serve_one(sock, &shared, &slot).await;
+                            drop(slot);
                         });
                     }
                     Err(e) => {
@@ -164,9 +182,110 @@ impl AdminServer {
     }
 }
 
-/// Reads one request head, answers it, closes.
-async fn serve_one(mut sock: TcpStream, shared: &Shared) {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut sock)).await {
+/// Locks a mutex, taking the data of a poisoned one (each update is one map operation).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The admin connections being served. std `Mutex`: held for a map operation, never
+/// across an await.
+#[derive(Default)]
+struct Pool {
+    inner: Mutex<PoolInner>,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    /// Connections holding a place (evicted ones no longer do).
+    active: usize,
+    next_id: u64,
+    /// Those still reading their request head, oldest first: when they came, and the
+    /// signal that closes them.
+    reading: BTreeMap<u64, (Instant, Arc<Notify>)>,
+}
+
+impl PoolInner {
+    fn oldest_evictable(&self) -> bool {
+        self.reading
+            .first_key_value()
+            .is_some_and(|(_, (since, _))| since.elapsed() >= EVICTABLE_AFTER)
+    }
+}
+
+/// A place in the pool; freed on drop unless it was taken away by eviction.
+struct Slot {
+    pool: Arc<Pool>,
+    id: u64,
+    evicted: Arc<Notify>,
+    /// Its request head was read before any eviction: it keeps its place to the end.
+    answered: AtomicBool,
+}
+
+impl Pool {
+    fn has_room(&self) -> bool {
+        let p = lock(&self.inner);
+        p.active < MAX_CONNECTIONS || p.oldest_evictable()
+    }
+
+    /// A place for a new connection, evicting the oldest silent one if all are taken.
+    fn enter(self: &Arc<Self>) -> Option<Slot> {
+        let mut p = lock(&self.inner);
+        if p.active >= MAX_CONNECTIONS {
+            if !p.oldest_evictable() {
+                return None;
+            }
+            // Its place passes to the new connection: `active` stays.
+            let (_, (_, signal)) = p.reading.pop_first()?;
+            signal.notify_one();
+        } else {
+            p.active += 1;
+        }
+        let id = p.next_id;
+        p.next_id += 1;
+        let evicted = Arc::new(Notify::new());
+        p.reading.insert(id, (Instant::now(), evicted.clone()));
+        Some(Slot {
+            pool: self.clone(),
+            id,
+            evicted,
+            answered: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Slot {
+    /// The request head is in: this connection is answered, never evicted.
+    fn head_read(&self) -> bool {
+        let mut p = lock(&self.pool.inner);
+        let still = p.reading.remove(&self.id).is_some();
+        self.answered.store(still, Ordering::Relaxed);
+        still
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut p = lock(&self.pool.inner);
+        let was_reading = p.reading.remove(&self.id).is_some();
+        // Neither reading nor answered: evicted, and its place already passed on.
+        if was_reading || self.answered.load(Ordering::Relaxed) {
+            p.active = p.active.saturating_sub(1);
+        }
+    }
+}
+
+/// Reads one request head, answers it, closes. Closed without an answer when evicted
+/// while still reading.
+async fn serve_one(mut sock: TcpStream, shared: &Shared, slot: &Slot) {
+    let read = tokio::time::timeout(READ_TIMEOUT, read_head(&mut sock));
+    let head = tokio::select! {
+        r = read => r,
+        _ = slot.evicted.notified() => return,
+    };
+    if !slot.head_read() {
+        return; // evicted just as its request arrived
+    }
+    let head = match head {
         Ok(Ok(h)) => h,
         Ok(Err(HeadError::TooLarge)) => {
             let a = Answer::text(
@@ -411,6 +530,11 @@ fn collect_server(s: &ServerStats) {
     counter!(PROTOCOL_ERRORS_TOTAL).absolute(read(&s.protocol_errors));
     counter!(IDLE_DISCONNECTS_TOTAL).absolute(read(&s.idle_closed));
     counter!(SLOW_READER_DISCONNECTS_TOTAL).absolute(read(&s.slow_readers_closed));
+    counter!(SOURCE_LIMIT_REFUSALS_TOTAL).absolute(read(&s.source_refused));
+    gauge!(HANDSHAKES_PENDING).set(read(&s.handshakes_pending) as f64);
+    counter!(HANDSHAKES_EVICTED_TOTAL).absolute(read(&s.handshakes_evicted));
+    gauge!(CONNECTION_BUFFERED_BYTES).set(read(&s.connection_buffered_bytes) as f64);
+    counter!(MEMORY_BUDGET_BUSY_TOTAL).absolute(read(&s.memory_busy));
     counter!(REQUEST_FRAMES_TOTAL).absolute(read(&s.requests));
 }
 

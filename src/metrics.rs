@@ -106,8 +106,20 @@ pub const AUTH_FAILURES_TOTAL: &str = "omnistock_auth_failures_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "omnistock_protocol_errors_total";
 /// Counter: connections closed for idleness.
 pub const IDLE_DISCONNECTS_TOTAL: &str = "omnistock_idle_disconnects_total";
-/// Connections closed because the client did not read its answers within `write_timeout_ms`.
+/// Counter: connections closed because the client did not read its answers: nothing written
+/// within `write_timeout_ms`, or more than `max_output_bytes` queued.
 pub const SLOW_READER_DISCONNECTS_TOTAL: &str = "omnistock_slow_reader_disconnects_total";
+/// Counter: connections refused at `max_connections_per_source`.
+pub const SOURCE_LIMIT_REFUSALS_TOTAL: &str = "omnistock_source_limit_refusals_total";
+/// Gauge: connections that have not completed their `Hello` yet.
+pub const HANDSHAKES_PENDING: &str = "omnistock_handshakes_pending";
+/// Counter: pending handshakes closed to make room (`max_pending_handshakes`).
+pub const HANDSHAKES_EVICTED_TOTAL: &str = "omnistock_handshakes_evicted_total";
+/// Gauge, bytes: what all connections hold in buffers (queued output, partial frames) or
+/// have reserved for requests in flight.
+pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
+/// Counter: request frames answered busy because connection memory was over budget.
+pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
 /// Counter: request frames received (one frame carries a batch of operations).
 pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
 
@@ -182,7 +194,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (AUTH_FAILURES_TOTAL, Kind::Counter, None, "Handshakes refused for a missing or unknown token."),
     (PROTOCOL_ERRORS_TOTAL, Kind::Counter, None, "Connections closed for a malformed or oversized frame."),
     (IDLE_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed for idleness."),
-    (SLOW_READER_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because the client did not read its answers within the write timeout."),
+    (SLOW_READER_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because the client did not read its answers: nothing written within the write timeout, or more than max_output_bytes queued."),
+    (SOURCE_LIMIT_REFUSALS_TOTAL, Kind::Counter, None, "Connections refused because max_connections_per_source were open from the same IP."),
+    (HANDSHAKES_PENDING, Kind::Gauge, None, "Connections that have not completed their Hello yet."),
+    (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
+    (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
+    (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
     (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),
     (SUBSCRIPTION_EVENTS_SENT_TOTAL, Kind::Counter, None, "Events sent to subscribers."),

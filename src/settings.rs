@@ -79,9 +79,37 @@ pub struct Args {
     /// Idle connections are closed after this long, in ms [default: 300000].
     #[arg(long, env = "OMNISTOCK_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// Time a new connection has to send its Hello, in ms [default: 10000].
+    /// Time a new connection has to send its Hello, in ms [default: 5000].
     #[arg(long, env = "OMNISTOCK_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Most connections still waiting to send their Hello, in a pool of their own (they
+    /// take no --max-connections slot); when full, the oldest is closed [default: 1024].
+    #[arg(long, env = "OMNISTOCK_MAX_PENDING_HANDSHAKES", value_name = "N")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Most connections from one source IP, handshaken or not [default: 1024].
+    #[arg(long, env = "OMNISTOCK_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+    /// Apply --max-connections-per-source to loopback clients too: true or false
+    /// [default: true].
+    #[arg(
+        long,
+        env = "OMNISTOCK_PER_SOURCE_LIMIT_ON_LOOPBACK",
+        value_name = "BOOL"
+    )]
+    pub per_source_limit_on_loopback: Option<bool>,
+    /// Output budget of one connection: answers and pushes not yet written plus the
+    /// partial frame being read, in bytes; over it the client is disconnected; at least
+    /// --max-frame-bytes [default: 4194304].
+    #[arg(long, env = "OMNISTOCK_MAX_OUTPUT_BYTES", value_name = "BYTES")]
+    pub max_output_bytes: Option<usize>,
+    /// Memory budget of all connections' buffers together, in bytes; over it new requests
+    /// are answered busy (13) [default: 1073741824].
+    #[arg(
+        long,
+        env = "OMNISTOCK_MAX_CONNECTIONS_MEMORY_BYTES",
+        value_name = "BYTES"
+    )]
+    pub max_connections_memory_bytes: Option<usize>,
     /// Longest a shutdown waits for connections to finish and close, in ms; then they
     /// are dropped [default: 10000].
     #[arg(long, env = "OMNISTOCK_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
@@ -181,6 +209,11 @@ struct FileLimits {
     max_lines_per_reservation: Option<usize>,
     idle_timeout_ms: Option<u64>,
     handshake_timeout_ms: Option<u64>,
+    max_pending_handshakes: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    per_source_limit_on_loopback: Option<bool>,
+    max_output_bytes: Option<usize>,
+    max_connections_memory_bytes: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     subscriber_max_lag_records: Option<u64>,
@@ -379,6 +412,26 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     if let Some(ms) = args.handshake_timeout_ms.or(l.handshake_timeout_ms) {
         cfg.handshake_timeout = Duration::from_millis(ms);
     }
+    cfg.max_pending_handshakes = args
+        .max_pending_handshakes
+        .or(l.max_pending_handshakes)
+        .unwrap_or(cfg.max_pending_handshakes);
+    cfg.max_connections_per_source = args
+        .max_connections_per_source
+        .or(l.max_connections_per_source)
+        .unwrap_or(cfg.max_connections_per_source);
+    cfg.per_source_limit_on_loopback = args
+        .per_source_limit_on_loopback
+        .or(l.per_source_limit_on_loopback)
+        .unwrap_or(cfg.per_source_limit_on_loopback);
+    cfg.max_output_bytes = args
+        .max_output_bytes
+        .or(l.max_output_bytes)
+        .unwrap_or(cfg.max_output_bytes);
+    cfg.max_connections_memory_bytes = args
+        .max_connections_memory_bytes
+        .or(l.max_connections_memory_bytes)
+        .unwrap_or(cfg.max_connections_memory_bytes);
     if let Some(ms) = args.shutdown_timeout_ms.or(l.shutdown_timeout_ms) {
         cfg.shutdown_timeout = Duration::from_millis(ms);
     }
@@ -546,6 +599,12 @@ mod tests {
         assert_eq!(s.persist.durability, Durability::Sync);
         assert_eq!(s.log_format, LogFormat::Human);
         assert_eq!(s.server.max_connections, 10_000);
+        assert_eq!(s.server.max_pending_handshakes, 1024);
+        assert_eq!(s.server.max_connections_per_source, 1024);
+        assert!(s.server.per_source_limit_on_loopback);
+        assert_eq!(s.server.max_output_bytes, 4 << 20);
+        assert_eq!(s.server.max_connections_memory_bytes, 1 << 30);
+        assert_eq!(s.server.handshake_timeout.as_millis(), 5000);
     }
 
     #[test]
@@ -557,6 +616,10 @@ mod tests {
             [limits]
             max_connections = 7
             max_in_flight = 9
+            max_pending_handshakes = 11
+            max_connections_per_source = 12
+            per_source_limit_on_loopback = false
+            max_output_bytes = 8388608
             [engine]
             mailbox_capacity = 16
             [storage]
@@ -573,6 +636,10 @@ mod tests {
         assert_eq!(s.admin_listen.to_string(), "127.0.0.1:2222");
         assert_eq!(s.server.max_connections, 3);
         assert_eq!(s.server.max_in_flight, 9);
+        assert_eq!(s.server.max_pending_handshakes, 11);
+        assert_eq!(s.server.max_connections_per_source, 12);
+        assert!(!s.server.per_source_limit_on_loopback);
+        assert_eq!(s.server.max_output_bytes, 8 << 20);
         assert_eq!(s.persist.engine.mailbox_capacity, 16);
         assert_eq!(
             s.persist.durability,
@@ -589,6 +656,22 @@ mod tests {
         let cases: &[(&[&str], Option<&str>, &str)] = &[
             (&["--max-connections", "0"], None, "max_connections"),
             (&["--max-frame-bytes", "10"], None, "max_frame_bytes"),
+            (
+                &["--max-pending-handshakes", "0"],
+                None,
+                "max_pending_handshakes",
+            ),
+            (
+                &["--max-connections-per-source", "0"],
+                None,
+                "max_connections_per_source",
+            ),
+            (&["--max-output-bytes", "1000"], None, "max_output_bytes"),
+            (
+                &["--max-connections-memory-bytes", "1000"],
+                None,
+                "max_connections_memory_bytes",
+            ),
             (&["--mailbox-capacity", "0"], None, "mailbox_capacity"),
             (&["--arbiters", "0"], None, "arbiters"),
             (&["--durability", "maybe"], None, "durability"),

@@ -274,22 +274,29 @@ async fn subscribe_then_unsubscribe_or_close_in_one_write_never_wedges() {
 }
 
 // postmortem: a failed handshake logged the client name, which had no size limit (a
-// 500 KB name gave a 500 KB log line).
+// 500 KB name gave a 500 KB log line). A 500 KB Hello is now refused by its length alone
+// (see `a_hello_frame_over_a_few_kib_is_refused_from_its_length_alone`); a name over 128
+// bytes in a small Hello is refused by the name check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_with_an_oversized_client_name_is_refused() {
     let addr = start(|_| {}).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let h = Hello {
-        magic: MAGIC,
-        version: 1,
-        client_name: "n".repeat(500_000),
-        token: String::new(),
-    };
-    s.write_all(&frame_of(FrameKind::Hello, 0, &h).unwrap().encode())
-        .await
-        .unwrap();
-    let f = read_frame(&mut s).await.expect("an answer");
-    assert_eq!(error_status(&f), status::PROTOCOL_ERROR);
+    for (name_bytes, expected) in [
+        (500_000, status::LIMIT_EXCEEDED),
+        (129, status::PROTOCOL_ERROR),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let h = Hello {
+            magic: MAGIC,
+            version: 1,
+            client_name: "n".repeat(name_bytes),
+            token: String::new(),
+        };
+        let _ = s
+            .write_all(&frame_of(FrameKind::Hello, 0, &h).unwrap().encode())
+            .await;
+        let f = read_frame(&mut s).await.expect("an answer");
+        assert_eq!(error_status(&f), expected, "name of {name_bytes} bytes");
+    }
     // A name at the limit is fine.
     let (_ok, welcome) = {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -314,25 +321,334 @@ async fn a_hello_with_an_oversized_client_name_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     let (addr, stats) = start_with_stats(|c| c.write_timeout = Duration::from_millis(300)).await;
-    let (mut s, _) = raw(addr).await;
-    // Pings pipelined without reading until our writes stop going through.
-    let frame = request(1, &[Op::Ping]);
-    let mut sent = 0usize;
-    while sent < 64 << 20 {
-        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&frame)).await {
-            Ok(Ok(())) => sent += frame.len(),
-            _ => break,
-        }
-    }
-    assert!(sent > 64 * 1024, "the buffers filled ({sent} bytes)");
+    // Pings pipelined without reading, until the server closes the connection.
+    let sent = pipeline_without_reading(non_reader(addr).await, request(1, &[Op::Ping]));
     assert!(
-        open_connections_become(&stats, 0).await,
+        open_connections_within(&stats, 0, Duration::from_secs(20)).await,
         "the non-reader is still connected"
     );
+    let sent = sent.await.unwrap();
+    assert!(sent > 64 * 1024, "the buffers filled ({sent} bytes)");
     assert_eq!(
         stats
             .slow_readers_closed
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+}
+
+/// A handshaken connection with a small receive buffer (no autotuning: loopback may
+/// otherwise absorb tens of MB of answers before the server sees a client not reading).
+async fn non_reader(addr: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    s.write_all(&hello_frame("")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await.unwrap().kind, FrameKind::Welcome);
+    s
+}
+
+/// Writes `frame` again and again, never reading, until the server closes the connection
+/// (at most 30 s or 256 MiB); the bytes written.
+fn pipeline_without_reading(mut s: TcpStream, frame: Vec<u8>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let (mut sent, t0) = (0usize, Instant::now());
+        while sent < 256 << 20 && t0.elapsed() < Duration::from_secs(30) {
+            match tokio::time::timeout(Duration::from_secs(1), s.write_all(&frame)).await {
+                Ok(Ok(())) => sent += frame.len(),
+                Ok(Err(_)) => break,
+                Err(_) => {} // the server is not reading now: try again
+            }
+        }
+        sent
+    })
+}
+
+/// Waits until the server counts `n` open connections, at most `d`.
+async fn open_connections_within(
+    stats: &omnistock::server::ServerStats,
+    n: u64,
+    d: Duration,
+) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        if load(&stats.connections_open) == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+fn hello_frame(token: &str) -> Vec<u8> {
+    let h = Hello {
+        magic: MAGIC,
+        version: 1,
+        client_name: "t".into(),
+        token: token.into(),
+    };
+    frame_of(FrameKind::Hello, 0, &h).unwrap().encode()
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// SKUs `SKU-0..n` at one location, on hand 5 each: what the large-answer tests read.
+async fn skus(addr: SocketAddr, n: usize) -> Vec<String> {
+    let (mut s, _) = raw(addr).await;
+    let loc = Op::UpsertLocation(UpsertLocation {
+        request_id: 1,
+        location: WireLocation {
+            id: "wh".into(),
+            kind: WireLocationKind::Warehouse,
+            region: "FR".into(),
+        },
+    });
+    s.write_all(&request(1, &[loc])).await.unwrap();
+    assert_eq!(results(&read_frame(&mut s).await.unwrap()), [0]);
+    let names: Vec<String> = (0..n).map(|i| format!("SKU-{i:05}")).collect();
+    let sets: Vec<Op> = names
+        .iter()
+        .enumerate()
+        .map(|(i, sku)| {
+            Op::SetOnHand(SetOnHand {
+                request_id: 100 + i as u128,
+                sku: sku.clone(),
+                location: "wh".into(),
+                on_hand: 5,
+                expected: None,
+                reference: String::new(),
+            })
+        })
+        .collect();
+    s.write_all(&request(2, &sets)).await.unwrap();
+    assert!(results(&read_frame(&mut s).await.unwrap())
+        .iter()
+        .all(|&st| st == 0));
+    names
+}
+
+// postmortem: pipelined GET_SKUS (~1 MB answers) without reading: +2.2 GB RSS per
+// connection, held 330 s; the answers of every request in flight were queued whatever
+// their size. Now what a connection holds is bounded by max_output_bytes (requests whose
+// answers would not fit are not read), and the client is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_large_answers_without_reading_is_bounded_then_disconnected() {
+    const BUDGET: usize = 2 << 20;
+    let (addr, stats) = start_with_stats(|c| {
+        c.max_output_bytes = BUDGET;
+        c.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // A get-many of 2,000 SKUs: one answer of a few hundred KB.
+    let get = request(
+        3,
+        &[Op::GetSkus(GetSkus {
+            skus: skus(addr, 2000).await,
+        })],
+    );
+    let (mut reader, _) = raw(addr).await;
+    reader.write_all(&get).await.unwrap();
+    let answer = read_frame(&mut reader).await.unwrap();
+    assert_eq!(results(&answer), [0]);
+    let answer_bytes = answer.payload.len() + 13;
+    assert!(answer_bytes > 100_000, "answer of {answer_bytes} bytes");
+    drop(reader);
+
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = {
+        let (stats, sampling) = (stats.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(load(&stats.connection_buffered_bytes));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            peak
+        })
+    };
+    // Without a budget, each request read is one more answer queued for this connection.
+    let sent = pipeline_without_reading(non_reader(addr).await, get.clone());
+    assert!(
+        open_connections_within(&stats, 0, Duration::from_secs(20)).await,
+        "the non-reader is still connected: slow {}, buffered {}, open {}",
+        load(&stats.slow_readers_closed),
+        load(&stats.connection_buffered_bytes),
+        load(&stats.connections_open)
+    );
+    let sent = sent.await.unwrap() / get.len();
+    assert!(
+        sent > 10,
+        "requests written before the server stopped reading: {sent}"
+    );
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.await.unwrap() as usize;
+    // The budget, plus one answer that may complete beyond it and one partial frame.
+    assert!(
+        peak <= BUDGET + answer_bytes + (64 << 10),
+        "a connection held {peak} bytes with a budget of {BUDGET}"
+    );
+    assert_eq!(load(&stats.slow_readers_closed), 1);
+    assert_eq!(load(&stats.connection_buffered_bytes), 0, "all freed");
+}
+
+// postmortem: 13,000 silent sockets that never sent Hello, re-opened when dropped, took
+// the connection slots: 73% of a normal client's connects were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squatters_that_never_send_hello_do_not_lock_out_an_authenticated_client() {
+    let (addr, stats) = start_with_stats(|c| {
+        c.tokens.insert("secret".into(), Role::Checkout);
+        c.max_connections = 4;
+        c.max_pending_handshakes = 8;
+    })
+    .await;
+    let mut squatters = Vec::new();
+    for _ in 0..40 {
+        squatters.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Every slot an authenticated client can have is still free.
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&hello_frame("secret")).await.unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+            .await
+            .expect("an answer in time")
+            .expect("a frame");
+        assert_eq!(f.kind, FrameKind::Welcome, "client {i}");
+        s.write_all(&request(1, &[Op::Ping])).await.unwrap();
+        assert_eq!(results(&read_frame(&mut s).await.unwrap()), [0]);
+        clients.push(s);
+    }
+    // The pool held at most 8 of them: the oldest were told why and closed.
+    assert!(load(&stats.handshakes_evicted) >= 32);
+    let f = read_frame(&mut squatters[0]).await.expect("an error frame");
+    assert_eq!(error_status(&f), status::LIMIT_EXCEEDED);
+    assert!(read_frame(&mut squatters[0]).await.is_none(), "closed");
+    // max_connections still holds for authenticated clients.
+    let mut fifth = TcpStream::connect(addr).await.unwrap();
+    fifth.write_all(&hello_frame("secret")).await.unwrap();
+    assert_eq!(
+        error_status(&read_frame(&mut fifth).await.unwrap()),
+        status::LIMIT_EXCEEDED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_source_limit_refuses_the_extra_connection_naming_the_limit() {
+    let (addr, stats) = start_with_stats(|c| c.max_connections_per_source = 3).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (s, f) = raw(addr).await;
+        assert_eq!(f.kind, FrameKind::Welcome);
+        open.push(s);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let f = read_frame(&mut extra).await.expect("an error frame");
+    let e: ErrorFrame = decode_payload(&f.payload).unwrap();
+    assert_eq!(e.status, status::LIMIT_EXCEEDED);
+    assert!(
+        e.message.contains("max_connections_per_source") && e.message.contains("127.0.0.1"),
+        "{}",
+        e.message
+    );
+    assert_eq!(load(&stats.source_refused), 1);
+    // Closing one makes room for that source again.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_s, f) = raw(addr).await;
+        if f.kind == FrameKind::Welcome {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a place should free up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Loopback can be exempted.
+    let addr = start(|c| {
+        c.max_connections_per_source = 1;
+        c.per_source_limit_on_loopback = false;
+    })
+    .await;
+    let (_a, fa) = raw(addr).await;
+    let (_b, fb) = raw(addr).await;
+    assert_eq!((fa.kind, fb.kind), (FrameKind::Welcome, FrameKind::Welcome));
+}
+
+// postmortem: 1,000 partial 1 MiB Hellos to a server with tokens, so with no credential:
+// +1.07 GB in 1.2 s, renewable every 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_frame_over_a_few_kib_is_refused_from_its_length_alone() {
+    let (addr, stats) = start_with_stats(|c| {
+        c.tokens.insert("secret".into(), Role::Checkout);
+    })
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Only the length of a 1 MiB - 1 frame; the body never comes.
+    s.write_all(&((1u32 << 20) - 1).to_le_bytes())
+        .await
+        .unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(2), read_frame(&mut s))
+        .await
+        .expect("refused at once, not at the handshake timeout")
+        .expect("an error frame");
+    let e: ErrorFrame = decode_payload(&f.payload).unwrap();
+    assert_eq!(e.status, status::LIMIT_EXCEEDED);
+    assert!(e.message.contains("4096"), "{}", e.message);
+    assert!(read_frame(&mut s).await.is_none(), "closed");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while load(&stats.connection_buffered_bytes) != 0 {
+        assert!(Instant::now() < deadline, "the 4 bytes read are freed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// The server-wide budget: over it, a new request is answered busy (retriable) instead of
+// being run; once memory is released the same request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_busy_while_connection_memory_is_over_the_server_budget() {
+    const BUDGET: usize = 1 << 20;
+    let (addr, stats) = start_with_stats(|c| {
+        c.max_output_bytes = BUDGET;
+        c.max_connections_memory_bytes = BUDGET;
+    })
+    .await;
+    // Two clients each send most of a 1 MiB frame and stop.
+    let mut partial = Vec::new();
+    for _ in 0..2 {
+        let (mut s, _) = raw(addr).await;
+        let mut bytes = ((1u32 << 20) - 1).to_le_bytes().to_vec();
+        bytes.resize(700_000, 0);
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&bytes)).await;
+        partial.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while load(&stats.connection_buffered_bytes) <= BUDGET as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the partial frames were not read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut c, _) = raw(addr).await;
+    c.write_all(&request(1, &[Op::Ping, Op::Ping]))
+        .await
+        .unwrap();
+    let f = read_frame(&mut c).await.unwrap();
+    assert_eq!(results(&f), [13, 13]);
+    assert!(status::is_retriable(13));
+    assert_eq!(load(&stats.memory_busy), 1);
+    // Bounded: the second partial frame was read no further than a small allowance.
+    assert!(load(&stats.connection_buffered_bytes) < (BUDGET + (128 << 10)) as u64);
+    drop(partial);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        c.write_all(&request(2, &[Op::Ping])).await.unwrap();
+        if results(&read_frame(&mut c).await.unwrap()) == [0] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "memory should be released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -58,8 +58,31 @@ pub struct ServerConfig {
     /// A connection with nothing in flight that sends nothing for this long is closed.
     /// Default 5 minutes.
     pub idle_timeout: Duration,
-    /// Time a new connection has to send its `Hello`. Default 10 s.
+    /// Time a new connection has to send its `Hello`. Default 5 s.
     pub handshake_timeout: Duration,
+    /// Most connections that have not completed their `Hello` yet. They live in their own
+    /// pool and do not take `max_connections` slots; when it is full the oldest pending
+    /// handshake is closed to make room (counted in `omnistock_handshakes_evicted_total`),
+    /// so silent sockets cannot lock out clients that handshake at once. Default 1,024.
+    pub max_pending_handshakes: usize,
+    /// Most connections (pending handshakes and established) from one source IP; beyond,
+    /// a new one gets an error frame (`LIMIT_EXCEEDED`, naming the limit) and is closed.
+    /// Default 1,024.
+    pub max_connections_per_source: usize,
+    /// Whether `max_connections_per_source` applies to loopback sources too (a load
+    /// generator or sidecar on the same host may need it off). Default true.
+    pub per_source_limit_on_loopback: bool,
+    /// Output budget of one connection: bytes of answers and push frames produced but not
+    /// yet written, plus the partial frame being read. At half of it the connection is
+    /// not read (back-pressure); a connection whose queued output goes over it is
+    /// disconnected (counted in `omnistock_slow_reader_disconnects_total`). At least
+    /// `max_frame_bytes`. Default 4 MiB.
+    pub max_output_bytes: usize,
+    /// Memory budget of all connections together (the bytes `max_output_bytes` counts,
+    /// summed, plus what requests in flight reserve: their body and estimated answer). Beyond it new requests are answered `BUSY` (13, retriable) without being
+    /// run, and partial frames are read no further than a small allowance. At least
+    /// `max_output_bytes`. Default 1 GiB.
+    pub max_connections_memory_bytes: usize,
     /// Longest a shutdown waits for connections to finish their in-flight requests and
     /// close; those still open then are dropped (a client that stopped reading cannot
     /// hold the process). Default 10 s.
@@ -91,7 +114,12 @@ impl Default for ServerConfig {
             max_batch_ops: 8_190,
             max_lines_per_reservation: MAX_LINES_PER_RESERVATION,
             idle_timeout: Duration::from_secs(300),
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_pending_handshakes: 1024,
+            max_connections_per_source: 1024,
+            per_source_limit_on_loopback: true,
+            max_output_bytes: 4 << 20,
+            max_connections_memory_bytes: 1 << 30,
             shutdown_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             subscription: SubscriptionConfig::default(),
@@ -126,12 +154,37 @@ impl ServerConfig {
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(bad("max_connections", "must be 1..=1000000"));
         }
+        if !(1..=1_000_000).contains(&self.max_pending_handshakes) {
+            return Err(bad("max_pending_handshakes", "must be 1..=1000000"));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections_per_source) {
+            return Err(bad("max_connections_per_source", "must be 1..=1000000"));
+        }
         if !(1..=65_536).contains(&self.max_in_flight) {
             return Err(bad("max_in_flight", "must be 1..=65536"));
         }
         // 256 bytes: room for a Hello with a short name and token.
         if !(256..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
             return Err(bad("max_frame_bytes", "must be 256..=67108864"));
+        }
+        // An answer may be a whole frame: a smaller budget would disconnect for one answer.
+        if self.max_output_bytes < self.max_frame_bytes {
+            return Err(bad(
+                "max_output_bytes",
+                format!(
+                    "must be at least max_frame_bytes ({})",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.max_connections_memory_bytes < self.max_output_bytes {
+            return Err(bad(
+                "max_connections_memory_bytes",
+                format!(
+                    "must be at least max_output_bytes ({})",
+                    self.max_output_bytes
+                ),
+            ));
         }
         if !(1..=1_000_000).contains(&self.max_batch_ops) {
             return Err(bad("max_batch_ops", "must be 1..=1000000"));

@@ -4,8 +4,20 @@
 //! next frame, so a client that pipelines faster than the engine answers simply stops being
 //! read. A protocol violation gets one error frame, then a lingering close (the socket is
 //! drained briefly so the error frame is not lost to a TCP reset).
+//!
+//! Memory: every byte a connection holds in buffers — answers and push frames produced but
+//! not yet written, and the partial frame being read — is counted in its [`Meter`], and
+//! mirrored into the server-wide total. When queued output plus an estimate of the answers
+//! of the requests in flight ([`answer_estimate`]) reaches half of `max_output_bytes`, the
+//! connection is not read (back-pressure: a client that pipelines large reads and does not
+//! read their answers stalls, then meets `write_timeout`); a connection whose held bytes
+//! still go over `max_output_bytes` (pushes, answers larger than estimated) is
+//! disconnected at once, dropping what was queued and the requests in flight. Over `max_connections_memory_bytes` in total, new requests are
+//! answered busy without being run and partial frames are read no further than a small
+//! allowance. The `Hello` is read with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame
+//! limit, so a socket without a credential cannot make the server buffer a megabyte.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +36,206 @@ use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOC
 use crate::protocol::{Op, OpResult, Role};
 
 use super::dispatch::{ok, run_batch, Ctx};
+use super::{Admitted, Established, ServerStats};
+
+/// Largest `Hello` frame (its length value) read. A name of 128 bytes and a token of 256 fit
+/// many times over; a larger length is refused as soon as its 4 bytes arrive.
+pub const MAX_HELLO_FRAME_BYTES: usize = 4096;
+/// While the server-wide connection memory is over budget, a connection reads a partial
+/// frame no further than this (a small request can still arrive and be answered busy).
+const READ_ALLOWANCE_BYTES: usize = 4096;
+/// How often a connection that may not read (over its own or the server's budget) looks
+/// again.
+const GATE_RECHECK: Duration = Duration::from_millis(10);
+/// Push frames a subscription may have queued before they are counted in the output
+/// budget (the feed's own back-pressure: beyond, its sends wait and it lags).
+const PUSH_QUEUE_FRAMES: usize = 16;
+/// What a request in flight holds besides its body and its answer (its future, the
+/// decoded batch's vectors), counted in its reservation.
+const IN_FLIGHT_OVERHEAD_BYTES: usize = 256;
+/// Status of a retriable "busy" answer (the engine's `Busy` rejection).
+fn busy() -> u16 {
+    super::status::of_code(crate::domain::RejectionCode::Busy)
+}
+
+/// The bytes one connection holds in buffers, mirrored into the server-wide total
+/// (`ServerStats::connection_buffered_bytes`). Shared by the read loop, the writer and the
+/// subscription's forwarder; the total is settled when the last of them drops it.
+pub(crate) struct Meter {
+    /// Answers and pushes queued (produced, not yet written).
+    out: AtomicUsize,
+    /// The partial frame in the read buffer.
+    reading: AtomicUsize,
+    /// What the requests in flight are expected to hold: their request and an estimate of
+    /// their answer (see [`answer_estimate`]); in the server-wide total too, so that work
+    /// under way counts against `max_connections_memory_bytes` before its answers exist.
+    reserved: AtomicUsize,
+    /// Woken when queued output or reservations shrink: the reader may go on.
+    room: Notify,
+    stats: Arc<ServerStats>,
+    max_out: usize,
+    max_total: u64,
+    /// Set once, by whoever first saw the connection over its budget.
+    overflowed: AtomicBool,
+    /// Set when the writer ended (peer gone or too slow).
+    writer_gone: AtomicBool,
+    /// Wakes the read loop: over budget, writer gone, or a subscription that lagged.
+    kill: Arc<Notify>,
+}
+
+impl Meter {
+    fn new(stats: Arc<ServerStats>, max_out: usize, max_total: usize) -> Meter {
+        Meter {
+            out: AtomicUsize::new(0),
+            reading: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
+            room: Notify::new(),
+            stats,
+            max_out,
+            max_total: max_total as u64,
+            overflowed: AtomicBool::new(false),
+            writer_gone: AtomicBool::new(false),
+            kill: Arc::new(Notify::new()),
+        }
+    }
+
+    fn total(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.stats.connection_buffered_bytes
+    }
+
+    fn add_out(&self, n: usize) {
+        self.out.fetch_add(n, Ordering::AcqRel);
+        self.total().fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn sub_out(&self, n: usize) {
+        self.out.fetch_sub(n, Ordering::AcqRel);
+        self.total().fetch_sub(n as u64, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+
+    fn reserve(&self, n: usize) {
+        self.reserved.fetch_add(n, Ordering::AcqRel);
+        self.total().fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An answer is done: its estimate is replaced by its real size.
+    fn answered(&self, estimate: usize, bytes: usize) {
+        self.add_out(bytes);
+        self.reserved.fetch_sub(estimate, Ordering::AcqRel);
+        self.total().fetch_sub(estimate as u64, Ordering::Relaxed);
+        self.room.notify_one();
+    }
+
+    fn queued(&self) -> usize {
+        self.out.load(Ordering::Acquire)
+    }
+
+    fn set_reading(&self, n: usize) {
+        let old = self.reading.swap(n, Ordering::AcqRel);
+        if n >= old {
+            self.total().fetch_add((n - old) as u64, Ordering::Relaxed);
+        } else {
+            self.total().fetch_sub((old - n) as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn server_over_budget(&self) -> bool {
+        self.total().load(Ordering::Relaxed) > self.max_total
+    }
+
+    /// Whether the next frame may be taken: queued output and the estimated answers of the
+    /// requests in flight under half the budget, or nothing at all queued or in flight.
+    fn may_take_frame(&self) -> bool {
+        let (out, reserved) = (self.queued(), self.reserved.load(Ordering::Acquire));
+        out + reserved < self.max_out / 2 || out + reserved == 0
+    }
+
+    /// Waits until `ok` holds, woken by `room` and, at the latest, every [`GATE_RECHECK`]
+    /// (the server-wide total moves without waking anyone here).
+    async fn wait_until(&self, ok: impl Fn(&Self) -> bool) {
+        while !ok(self) {
+            let _ = timeout(GATE_RECHECK, self.room.notified()).await;
+        }
+    }
+
+    /// Whether more of a partial frame of `buffered` bytes may be read.
+    fn may_read_more(&self, buffered: usize) -> bool {
+        buffered < READ_ALLOWANCE_BYTES || !self.server_over_budget()
+    }
+
+    /// Whether the connection holds more than its budget; the first to see it logs, counts
+    /// and wakes the read loop, which disconnects.
+    fn over_budget(&self) -> bool {
+        let held = self.queued() + self.reading.load(Ordering::Acquire);
+        if held <= self.max_out {
+            return false;
+        }
+        if !self.overflowed.swap(true, Ordering::AcqRel) {
+            self.stats
+                .slow_readers_closed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                held_bytes = held,
+                max_output_bytes = self.max_out,
+                "client let its queued answers grow over max_output_bytes: disconnected"
+            );
+            self.kill.notify_one();
+        }
+        true
+    }
+
+    fn writer_ended(&self) {
+        self.writer_gone.store(true, Ordering::Release);
+        self.kill.notify_one();
+    }
+
+    /// The connection must be dropped at once (over budget, or nobody is writing).
+    fn must_drop(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire) || self.writer_gone.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let held = self.out.load(Ordering::Acquire)
+            + self.reading.load(Ordering::Acquire)
+            + self.reserved.load(Ordering::Acquire);
+        self.total().fetch_sub(held as u64, Ordering::Relaxed);
+    }
+}
+
+/// The writer's queue, as the rest of the connection sees it: every frame queued through
+/// [`Out::send`] is counted in the meter until the writer has written it.
+#[derive(Clone)]
+struct Out {
+    tx: mpsc::Sender<Vec<u8>>,
+    meter: Arc<Meter>,
+}
+
+impl Out {
+    /// Counts and queues one frame; false when the writer is gone.
+    async fn send(&self, bytes: Vec<u8>) -> bool {
+        let n = bytes.len();
+        self.meter.add_out(n);
+        if self.tx.send(bytes).await.is_err() {
+            self.meter.sub_out(n);
+            return false;
+        }
+        true
+    }
+}
+
+/// How the request loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// EOF or shutdown: what is in flight is answered.
+    Clean,
+    /// An error frame was sent: linger so it is read.
+    Refused,
+    /// Over the output budget, or the writer is gone: drop everything at once.
+    Dropped,
+}
 
 /// Why reading a frame failed.
 enum ReadError {
@@ -37,36 +249,59 @@ pub(crate) struct FrameReader {
     rd: OwnedReadHalf,
     buf: BytesMut,
     max: usize,
+    /// Where the buffered bytes are counted, and what says whether to read on.
+    meter: Option<Arc<Meter>>,
 }
 
 impl FrameReader {
-    fn new(rd: OwnedReadHalf, max: usize) -> Self {
+    fn new(rd: OwnedReadHalf, max: usize, meter: Option<Arc<Meter>>) -> Self {
         FrameReader {
             rd,
             buf: BytesMut::with_capacity(4096),
             max,
+            meter,
+        }
+    }
+
+    fn counted(&self) {
+        if let Some(m) = &self.meter {
+            m.set_reading(self.buf.len());
         }
     }
 
     /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read so far
-    /// stay in the buffer.
+    /// stay in the buffer. Waits (rechecking every [`GATE_RECHECK`]) while the connection's
+    /// queued output is at half its budget, and before reading more of a partial frame over
+    /// the allowance while the server is over its connection memory budget.
     async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        if let Some(m) = &self.meter {
+            m.wait_until(Meter::may_take_frame).await;
+        }
         loop {
             if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
                 self.buf.advance(used);
+                self.counted();
                 return Ok(Some(f));
+            }
+            if let Some(m) = &self.meter {
+                let buffered = self.buf.len();
+                m.wait_until(|m| m.may_read_more(buffered)).await;
             }
             // Reserve at most the announced frame (already checked against the limit).
             let want = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
                 Some(len) => (4 + len).saturating_sub(self.buf.len()),
                 None => 4096,
             };
-            self.buf.reserve(want.min(64 * 1024));
+            // At most one chunk per read (`reserve` may grow the buffer further): what is
+            // read beyond a budget check stays within a chunk of it.
+            let chunk = want.min(64 * 1024);
+            self.buf.reserve(chunk);
             let n = self
                 .rd
-                .read_buf(&mut self.buf)
+                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, chunk))
                 .await
                 .map_err(|_| ReadError::Io)?;
+            self.counted();
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -80,6 +315,9 @@ impl FrameReader {
     /// Reads and discards for up to `d` (at most 1 MiB) so that closing does not reset
     /// the connection before the peer has read our last frame.
     async fn linger(mut self, d: Duration) {
+        // What was buffered is no longer needed: free it (and its count) first.
+        self.buf = BytesMut::new();
+        self.counted();
         let mut sink = [0u8; 8192];
         let mut total = 0usize;
         let _ = timeout(d, async {
@@ -94,7 +332,22 @@ impl FrameReader {
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, ctx: Arc<Ctx>) {
+/// Marks the writer gone when it ends, however it ends.
+struct WriterGone(Arc<Meter>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0.writer_ended();
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    ctx: Arc<Ctx>,
+    meter: Arc<Meter>,
+) {
+    let _gone = WriterGone(meter.clone());
     let mut out = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         out.clear();
@@ -107,7 +360,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, ctx
             }
         }
         match timeout(ctx.config.write_timeout, wr.write_all(&out)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => meter.sub_out(out.len()),
             Ok(Err(_)) => return,
             Err(_) => {
                 // Dropping the queue makes every sender fail: the connection closes and
@@ -169,60 +422,94 @@ fn role_of(ctx: &Ctx, token: &str) -> Option<Role> {
     found
 }
 
-/// Reads and checks the `Hello`; answers `Welcome` or an error frame. `None`: close.
+/// Reads and checks the `Hello`; answers `Welcome` or an error frame. `None`: close. The
+/// connection takes its `max_connections` slot only here, once its `Hello` is accepted;
+/// until then it is in the handshake pool, whose oldest member is evicted when it is full.
 async fn handshake(
     reader: &mut FrameReader,
-    tx: &mpsc::Sender<Vec<u8>>,
+    out: &Out,
     ctx: &Ctx,
-) -> Option<Role> {
+    admitted: &mut Option<Admitted>,
+) -> Option<(Role, Established)> {
     let c = &ctx.config;
-    let frame = match timeout(c.handshake_timeout, reader.next()).await {
+    let evicted = async {
+        match admitted.as_ref() {
+            Some(a) => a.pending.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let read = timeout(c.handshake_timeout, reader.next());
+    let got = tokio::select! {
+        r = read => r,
+        _ = evicted => {
+            let msg = "too many connections waiting to send their Hello; this one waited longest";
+            let _ = out.send(error_frame(0, status::LIMIT_EXCEEDED, msg)).await;
+            return None;
+        }
+    };
+    let frame = match got {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return None,
+        Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
+            let msg = format!("a Hello frame is at most {MAX_HELLO_FRAME_BYTES} bytes, not {len}");
+            return refuse(ctx, out, 0, status::LIMIT_EXCEEDED, msg).await;
+        }
         Ok(Err(ReadError::Frame(e))) => {
-            return refuse(ctx, tx, 0, status_of_frame_error(&e), e.to_string()).await
+            return refuse(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await
         }
         Err(_) => {
             let msg = "no Hello within the handshake timeout";
-            return refuse(ctx, tx, 0, status::IDLE_TIMEOUT, msg).await;
+            return refuse(ctx, out, 0, status::IDLE_TIMEOUT, msg).await;
         }
     };
     let corr = frame.correlation;
     if frame.kind != FrameKind::Hello {
         let msg = "the first frame must be Hello";
-        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, msg).await;
+        return refuse(ctx, out, corr, status::PROTOCOL_ERROR, msg).await;
     }
     if frame.payload.get(..4) != Some(&MAGIC[..]) {
-        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, "bad magic").await;
+        return refuse(ctx, out, corr, status::PROTOCOL_ERROR, "bad magic").await;
     }
     let hello: Hello = match protocol::decode_payload(&frame.payload) {
         Ok(h) => h,
-        Err(e) => return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, e.to_string()).await,
+        Err(e) => return refuse(ctx, out, corr, status::PROTOCOL_ERROR, e.to_string()).await,
     };
     if hello.client_name.len() > MAX_CLIENT_NAME_BYTES || hello.token.len() > MAX_TOKEN_BYTES {
         let msg = format!(
             "client name over {MAX_CLIENT_NAME_BYTES} bytes or token over {MAX_TOKEN_BYTES} bytes"
         );
-        return refuse(ctx, tx, corr, status::PROTOCOL_ERROR, msg).await;
+        return refuse(ctx, out, corr, status::PROTOCOL_ERROR, msg).await;
     }
     if hello.version != PROTOCOL_VERSION {
         let msg = format!(
             "protocol version {} not supported; this server speaks 1",
             hello.version
         );
-        return refuse(ctx, tx, corr, status::UNSUPPORTED_VERSION, msg).await;
+        return refuse(ctx, out, corr, status::UNSUPPORTED_VERSION, msg).await;
     }
     let Some(role) = role_of(ctx, &hello.token) else {
         ctx.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
         tracing::info!(client = %hello.client_name, "connection refused: bad token");
         return refuse(
             ctx,
-            tx,
+            out,
             corr,
             status::UNAUTHORIZED,
             "missing or unknown token",
         )
         .await;
+    };
+    let slot = admitted.take().and_then(|a| a.admission.establish());
+    let Some(slot) = slot else {
+        ctx.stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let max = c.max_connections;
+        let msg = format!("{max} connections open; at most {max} (max_connections)");
+        let _ = out
+            .send(error_frame(corr, status::LIMIT_EXCEEDED, msg))
+            .await;
+        return None;
     };
     let welcome = Welcome {
         version: PROTOCOL_VERSION,
@@ -233,21 +520,20 @@ async fn handshake(
         max_in_flight: u32::try_from(c.max_in_flight).unwrap_or(u32::MAX),
     };
     let f = protocol::frame_of(FrameKind::Welcome, corr, &welcome).ok()?;
-    tx.send(f.encode()).await.ok()?;
-    Some(role)
+    out.send(f.encode()).await.then_some((role, slot))
 }
 
-async fn refuse(
+async fn refuse<T>(
     ctx: &Ctx,
-    tx: &mpsc::Sender<Vec<u8>>,
+    out: &Out,
     corr: u64,
     status: u16,
     msg: impl Into<String>,
-) -> Option<Role> {
+) -> Option<T> {
     if status == status::PROTOCOL_ERROR || status == status::LIMIT_EXCEEDED {
         ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
-    let _ = tx.send(error_frame(corr, status, msg)).await;
+    let _ = out.send(error_frame(corr, status, msg)).await;
     None
 }
 
@@ -291,64 +577,125 @@ impl ActiveSub {
 }
 
 /// Serves one accepted connection until it closes, fails, idles out or the server stops.
-pub(crate) async fn serve(sock: TcpStream, ctx: Arc<Ctx>, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    sock: TcpStream,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Receiver<bool>,
+    admitted: Admitted,
+) {
     let _ = sock.set_nodelay(true);
+    // Held until the connection ends: its count against its source.
+    let mut admitted = admitted;
+    let _source = admitted.source.take();
     let (rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel(ctx.config.max_in_flight + 2);
-    let writer = tokio::spawn(write_loop(wr, rx, ctx.clone()));
-    let mut reader = FrameReader::new(rd, ctx.config.max_frame_bytes);
-    let clean = match handshake(&mut reader, &tx, &ctx).await {
-        Some(role) => read_loop(&mut reader, &tx, &ctx, role, shutdown).await,
-        None => false,
+    let c = &ctx.config;
+    let meter = Meter::new(
+        ctx.stats.clone(),
+        c.max_output_bytes,
+        c.max_connections_memory_bytes,
+    );
+    let meter = Arc::new(meter);
+    let out = Out {
+        tx,
+        meter: meter.clone(),
     };
-    drop(tx);
+    let mut writer = tokio::spawn(write_loop(wr, rx, ctx.clone(), meter.clone()));
+    let hello_max = MAX_HELLO_FRAME_BYTES.min(ctx.config.max_frame_bytes);
+    let mut reader = FrameReader::new(rd, hello_max, Some(meter.clone()));
+    let mut admitted = Some(admitted);
+    let end = match handshake(&mut reader, &out, &ctx, &mut admitted).await {
+        Some((role, _slot)) => {
+            reader.max = ctx.config.max_frame_bytes;
+            read_loop(&mut reader, &out, &ctx, role, shutdown).await
+        }
+        None => End::Refused,
+    };
+    drop(admitted);
+    drop(out);
+    if end == End::Dropped {
+        // Over budget or not reading: what was queued is freed now, not after a drain.
+        writer.abort();
+        let _ = (&mut writer).await;
+        return;
+    }
     // A peer that stopped reading must not keep this task forever.
-    let mut writer = writer;
     if timeout(WRITER_DRAIN, &mut writer).await.is_err() {
         writer.abort();
     }
-    if !clean {
+    if end == End::Refused {
         reader.linger(Duration::from_millis(250)).await;
     }
 }
 
-/// Refuses a connection over the connection limit.
+/// Refuses a connection over a connection limit (the message names it).
 pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
     let (rd, mut wr) = sock.into_split();
     let _ = wr
         .write_all(&error_frame(0, status::LIMIT_EXCEEDED, message))
         .await;
     let _ = wr.shutdown().await;
-    FrameReader::new(rd, 0)
+    FrameReader::new(rd, 0, None)
         .linger(Duration::from_millis(250))
         .await;
 }
 
-/// A frame being answered: its response bytes when done.
-type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>;
+/// A frame being answered: its response bytes when done, and the estimate it reserved.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (Vec<u8>, usize)> + Send>>;
 
-/// The request loop. Returns true when it ended cleanly (EOF, shutdown), false after an
-/// error frame was sent.
+/// Bytes reserved in the output budget for the answer of a request in flight, until the
+/// answer exists: an upper estimate, so that pipelined requests whose answers would not fit
+/// are not read in the first place (answers are produced while the client may not read).
+/// Reads that list (get-many, the location and channel lists, a SKU's history) may answer
+/// a whole frame; a reservation or one SKU's record a few KiB; anything else little. Never
+/// more than a frame: a larger answer is replaced by a `LIMIT_EXCEEDED` result.
+fn answer_estimate(batch: &RequestBatch, max_frame_bytes: usize) -> usize {
+    let mut sum = 64usize;
+    for op in &batch.ops {
+        sum = sum.saturating_add(match op.opcode {
+            opcode::GET_SKUS
+            | opcode::LIST_LOCATIONS
+            | opcode::LIST_CHANNELS
+            | opcode::SKU_HISTORY => max_frame_bytes,
+            opcode::GET_SKU
+            | opcode::GET_RESERVATION
+            | opcode::RESERVE
+            | opcode::FULFILL
+            | opcode::RELEASE
+            | opcode::EXTEND
+            | opcode::SERVER_INFO => 4096,
+            _ => 512,
+        });
+        if sum >= max_frame_bytes {
+            return max_frame_bytes;
+        }
+    }
+    sum
+}
+
+/// The request loop. Returns how it ended.
 async fn read_loop(
     reader: &mut FrameReader,
-    tx: &mpsc::Sender<Vec<u8>>,
+    out: &Out,
     ctx: &Arc<Ctx>,
     role: Role,
     mut shutdown: watch::Receiver<bool>,
-) -> bool {
+) -> End {
     // The frames in flight run inside this task, not one task each: no spawn, no task
     // wake-up and no cross-task hand-off per frame (an unpipelined client paid all three
     // for every request). At `max_in_flight` nothing more is read: back-pressure.
     let max = ctx.config.max_in_flight;
+    let meter = &out.meter;
+    let tx = &out.tx;
     let mut inflight: futures::stream::FuturesUnordered<InFlight> =
         futures::stream::FuturesUnordered::new();
     // Answers done but not yet queued for the writer: at most `max` (one per frame in
-    // flight). The requests keep running while a client is slow to read; only reading
-    // stops.
+    // flight), counted in the meter. The requests keep running while a client is slow to
+    // read; only reading stops.
     let mut ready: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
     let mut sub: Option<ActiveSub> = None;
-    // Set by a subscription that lagged: the connection is closed.
-    let kill = Arc::new(Notify::new());
+    // Set by a subscription that lagged, by the meter over budget, or by the writer's end.
+    let kill = meter.kill.clone();
     // One idle timer for the connection, pushed back when a frame arrives (a fresh
     // `timeout` around every read cost a timer registration per request).
     let idle = tokio::time::sleep(ctx.config.idle_timeout);
@@ -359,42 +706,48 @@ async fn read_loop(
     tokio::pin!(stop);
     let killed = kill.notified();
     tokio::pin!(killed);
-    let clean = loop {
+    let end = loop {
         let next = tokio::select! {
             biased;
+            _ = &mut killed => {
+                break if meter.must_drop() { End::Dropped } else { End::Refused };
+            }
             permit = tx.reserve(), if !ready.is_empty() => {
                 match (permit, ready.pop_front()) {
                     (Ok(p), Some(bytes)) => p.send(bytes),
-                    _ => break true, // the writer is gone: the peer closed
+                    _ => break End::Dropped, // the writer is gone: the peer closed
                 }
                 continue;
             }
-            Some(bytes) = inflight.next(), if !inflight.is_empty() => {
+            Some((bytes, estimate)) = inflight.next(), if !inflight.is_empty() => {
+                meter.answered(estimate, bytes.len());
                 ready.push_back(bytes);
+                if meter.over_budget() {
+                    break End::Dropped;
+                }
                 continue;
             }
-            _ = &mut stop => break true,
-            _ = &mut killed => break false,
+            _ = &mut stop => break End::Clean,
             r = reader.next(), if inflight.len() + ready.len() < max => r,
             _ = &mut idle => {
                 // Answers pending, or a subscriber only listening: not idle.
-                if !inflight.is_empty() || !ready.is_empty() || sub.is_some() {
+                if !inflight.is_empty() || !ready.is_empty() || sub.is_some() || meter.queued() > 0 {
                     idle.as_mut().reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
                     continue;
                 }
                 ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                let _ = tx
+                let _ = out
                     .send(error_frame(0, status::IDLE_TIMEOUT, "idle timeout"))
                     .await;
-                break false;
+                break End::Refused;
             }
         };
         let frame = match next {
-            Ok(None) => break true,
-            Err(ReadError::Io) => break true,
+            Ok(None) => break End::Clean,
+            Err(ReadError::Io) => break End::Clean,
             Err(ReadError::Frame(e)) => {
-                refuse(ctx, tx, 0, status_of_frame_error(&e), e.to_string()).await;
-                break false;
+                refuse::<()>(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await;
+                break End::Refused;
             }
             Ok(Some(f)) => f,
         };
@@ -402,23 +755,33 @@ async fn read_loop(
             .reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
         if frame.kind != FrameKind::Request {
             let msg = format!("unexpected frame kind {:?} after the handshake", frame.kind);
-            refuse(ctx, tx, frame.correlation, status::PROTOCOL_ERROR, msg).await;
-            break false;
+            refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
+            break End::Refused;
         }
         let batch: RequestBatch = match protocol::decode_payload(&frame.payload) {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("request payload: {e}");
-                refuse(ctx, tx, frame.correlation, status::PROTOCOL_ERROR, msg).await;
-                break false;
+                refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
+                break End::Refused;
             }
         };
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let corr = frame.correlation;
+        if meter.server_over_budget() {
+            // Memory first: a retriable answer instead of running what may grow it.
+            ctx.stats.memory_busy.fetch_add(1, Ordering::Relaxed);
+            let msg = "the server's connection memory is over max_connections_memory_bytes; retry";
+            let results = batch.ops.iter().map(|_| failed(busy(), msg)).collect();
+            let bytes = response_bytes(ctx, corr, results);
+            meter.add_out(bytes.len());
+            ready.push_back(bytes);
+            continue;
+        }
         if let [op] = batch.ops.as_slice() {
             if matches!(op.opcode, opcode::SUBSCRIBE | opcode::UNSUBSCRIBE) && role.may(op.opcode) {
-                let corr = frame.correlation;
-                let result = subscription_op(ctx, tx, corr, op, &mut sub, &kill).await;
-                let _ = tx.send(response_bytes(ctx, corr, vec![result])).await;
+                let result = subscription_op(ctx, out, corr, op, &mut sub).await;
+                let _ = out.send(response_bytes(ctx, corr, vec![result])).await;
                 if let Some(s) = sub.as_mut() {
                     // The answer is queued: the stream may start.
                     s.start();
@@ -427,19 +790,23 @@ async fn read_loop(
             }
         }
         let ctx = ctx.clone();
-        let corr = frame.correlation;
+        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes)
+            + frame.payload.len()
+            + IN_FLIGHT_OVERHEAD_BYTES;
+        meter.reserve(estimate);
         let fut: InFlight = if batch.ops.len() == 1 {
             // One operation (an unpipelined client's every request): run it right here.
-            Box::pin(async move { answer(&ctx, role, corr, &batch).await })
+            Box::pin(async move { (answer(&ctx, role, corr, &batch).await, estimate) })
         } else {
             // A batch gets its own task: its operations' many wake-ups then wake that
             // task, not this one (every wake-up here polls the whole connection).
             let task = tokio::spawn(async move { answer(&ctx, role, corr, &batch).await });
             Box::pin(async move {
-                task.await.unwrap_or_else(|e| {
+                let bytes = task.await.unwrap_or_else(|e| {
                     tracing::error!("request task failed: {e}");
                     error_frame(corr, status::INTERNAL_ERROR, "request task failed")
-                })
+                });
+                (bytes, estimate)
             })
         };
         inflight.push(fut);
@@ -447,11 +814,20 @@ async fn read_loop(
     if let Some(s) = sub.take() {
         s.end().await;
     }
+    if end == End::Dropped {
+        // Nothing more is written: the answers queued and in flight are dropped here (the
+        // engine finishes what it was sent; only the waiting for it stops).
+        return end;
+    }
     // In-flight requests always finish (the engine's work does not depend on the client);
     // their answers are queued for the writer for at most `WRITER_DRAIN` (a client that
     // stopped reading cannot hold the connection, or a shutdown, forever).
-    while let Some(bytes) = inflight.next().await {
+    while let Some((bytes, estimate)) = inflight.next().await {
+        meter.answered(estimate, bytes.len());
         ready.push_back(bytes);
+        if meter.over_budget() {
+            return End::Dropped;
+        }
     }
     let _ = timeout(WRITER_DRAIN, async {
         for bytes in ready {
@@ -461,7 +837,7 @@ async fn read_loop(
         }
     })
     .await;
-    clean
+    end
 }
 
 /// Runs a batch and encodes its response frame (never over the frame limit).
@@ -510,11 +886,10 @@ fn response_bytes(ctx: &Ctx, corr: u64, results: Vec<OpResult>) -> Vec<u8> {
 /// always precedes the first `Push` frame.
 async fn subscription_op(
     ctx: &Arc<Ctx>,
-    tx: &mpsc::Sender<Vec<u8>>,
+    out: &Out,
     corr: u64,
     raw: &protocol::RawOp,
     sub: &mut Option<ActiveSub>,
-    kill: &Arc<Notify>,
 ) -> OpResult {
     let body = match Op::from_raw(raw) {
         Ok(Some(Op::Subscribe(b))) => b,
@@ -557,13 +932,19 @@ async fn subscription_op(
     // when `stop` turns true.
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (engine, tx, kill) = (ctx.engine.clone(), tx.clone(), kill.clone());
+    let (engine, out, kill) = (ctx.engine.clone(), out.clone(), out.meter.kill.clone());
     let task = tokio::spawn(async move {
         // Ended before it started: the release was dropped unfired, or stop already set.
         if release_rx.await.is_err() || *stop_rx.borrow() {
             return;
         }
-        let ended = subscription::run(engine, cfg, plan, corr, tx, stop_rx).await;
+        // Push frames pass through a short queue of their own into the counted output, in
+        // order; the forwarder ends once the stream has ended and its queue is empty.
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_FRAMES);
+        let (stall, stop_fwd) = (cfg.stall_timeout, stop_rx.clone());
+        let run = subscription::run(engine, cfg, plan, corr, push_tx, stop_rx);
+        let forward = forward_pushes(push_rx, out, stall, stop_fwd);
+        let (ended, ()) = futures::join!(run, forward);
         match ended {
             Ended::Lagged { resume_from_seq } => {
                 tracing::info!(resume_from_seq, "subscriber lagged: disconnecting");
@@ -584,9 +965,105 @@ async fn subscription_op(
     answer
 }
 
+/// Moves a subscription's push frames into the connection's counted output. While queued
+/// output is at half the budget it waits, so the feed's own back-pressure decides (its
+/// sends wait, it lags, coalesces or drops the subscriber with a resume position; a timer
+/// here would race the feed's and end streams the feed would have reported as lagged); a
+/// connection that goes over its budget all the same is disconnected (the meter wakes the
+/// read loop). It ends when the stream has ended and its queue is drained, when the
+/// connection is dropped, or, once stopped, when the queue accepts nothing within `stall`.
+async fn forward_pushes(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    out: Out,
+    stall: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let room = |m: &Meter| m.must_drop() || m.queued() < m.max_out / 2;
+    let mut stopping = *stop.borrow();
+    // Set at the stop: everything left must be queued by then (one bound, not one each).
+    let mut deadline = None;
+    while let Some(bytes) = rx.recv().await {
+        // Before the stop, waiting is the feed's back-pressure (its own stall timeout
+        // decides); after it, what the stream had queued goes out within `stall` or not.
+        if !stopping {
+            tokio::select! {
+                _ = out.meter.wait_until(room) => {}
+                _ = super::stopped(&mut stop) => stopping = true,
+            }
+        }
+        if out.meter.must_drop() {
+            return;
+        }
+        let n = bytes.len();
+        out.meter.add_out(n);
+        if out.meter.over_budget() {
+            out.meter.sub_out(n);
+            return;
+        }
+        let sent = if stopping {
+            let by = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
+            let sent = tokio::time::timeout_at(by, out.tx.send(bytes)).await;
+            matches!(sent, Ok(Ok(())))
+        } else {
+            tokio::select! {
+                r = out.tx.send(bytes) => r.is_ok(),
+                _ = super::stopped(&mut stop) => false,
+            }
+        };
+        if !sent {
+            out.meter.sub_out(n);
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::token_eq;
+    use super::{token_eq, Meter, ServerStats};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_connection_over_its_budget_is_counted_once_and_its_bytes_settled_on_drop() {
+        let stats = Arc::new(ServerStats::default());
+        let total = |s: &ServerStats| s.connection_buffered_bytes.load(Ordering::Relaxed);
+        let m = Meter::new(stats.clone(), 1000, 1500);
+        m.set_reading(300);
+        m.add_out(600);
+        assert!(!m.over_budget() && !m.must_drop());
+        assert!(
+            !m.may_take_frame(),
+            "600 queued is over half of 1000: not read"
+        );
+        assert_eq!(total(&stats), 900);
+        let other = Meter::new(stats.clone(), 1000, 1500);
+        other.add_out(700);
+        assert!(m.server_over_budget(), "1600 held of 1500");
+        assert!(
+            m.may_read_more(100) && !m.may_read_more(5000),
+            "only the allowance"
+        );
+        m.add_out(200);
+        assert!(m.over_budget() && m.over_budget() && m.must_drop());
+        assert_eq!(stats.slow_readers_closed.load(Ordering::Relaxed), 1, "once");
+        drop(m);
+        assert_eq!(total(&stats), 700, "what it held is settled");
+        other.sub_out(700);
+        assert_eq!(total(&stats), 0);
+    }
+
+    #[test]
+    fn in_flight_estimates_hold_back_reading_until_answered() {
+        let m = Meter::new(Arc::new(ServerStats::default()), 1000, 1 << 20);
+        assert!(m.may_take_frame(), "nothing queued or in flight");
+        m.reserve(600);
+        assert!(!m.may_take_frame());
+        let total = || m.stats.connection_buffered_bytes.load(Ordering::Relaxed);
+        assert_eq!(total(), 600, "reservations count server-wide");
+        m.answered(600, 100);
+        assert!(m.may_take_frame());
+        assert_eq!((m.queued(), total()), (100, 100));
+    }
 
     #[test]
     fn tokens_match_only_when_equal_whatever_their_lengths() {

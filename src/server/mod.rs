@@ -1,5 +1,7 @@
-//! The TCP server: accepts connections, enforces the connection limit, runs one task per
-//! connection (see `conn`) and shuts down gracefully: stop accepting, stop reading, finish
+//! The TCP server: accepts connections into their pools (`Admission`: a pending pool for
+//! connections before their `Hello`, whose oldest member is evicted when it is full; the
+//! `max_connections` slots, taken only by a connection whose `Hello` was accepted; a count
+//! per source IP), runs one task per connection (see `conn`) and shuts down gracefully: stop accepting, stop reading, finish
 //! the requests in flight, close. Flushing the log is the caller's last step
 //! ([`Engine::shutdown`](crate::engine::Engine::shutdown)) because the engine may outlive
 //! one server (tests) and `shutdown` blocks.
@@ -29,13 +31,14 @@ mod dispatch;
 mod feed_source;
 pub mod status;
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{ServerConfig, ServerError};
@@ -58,8 +61,21 @@ pub struct ServerStats {
     pub protocol_errors: AtomicU64,
     /// Connections closed for idleness.
     pub idle_closed: AtomicU64,
-    /// Connections closed because the client did not read within `write_timeout`.
+    /// Connections closed because the client did not read: nothing written within
+    /// `write_timeout`, or more than `max_output_bytes` queued for it.
     pub slow_readers_closed: AtomicU64,
+    /// Connections refused because `max_connections_per_source` were open from its IP.
+    pub source_refused: AtomicU64,
+    /// Connections that have not completed their `Hello` yet (their own pool).
+    pub handshakes_pending: AtomicU64,
+    /// Pending handshakes closed to make room for a newer one (`max_pending_handshakes`).
+    pub handshakes_evicted: AtomicU64,
+    /// Bytes all connections hold or have reserved now: answers and pushes not yet
+    /// written, partial frames being read, and for each request in flight its body and an
+    /// estimate of its answer (what `max_connections_memory_bytes` limits).
+    pub connection_buffered_bytes: AtomicU64,
+    /// Request frames answered busy, unrun, because connection memory was over its budget.
+    pub memory_busy: AtomicU64,
     /// Request frames processed.
     pub requests: AtomicU64,
     /// Operations processed.
@@ -83,6 +99,7 @@ impl ShutdownHandle {
 pub struct Server {
     listener: TcpListener,
     ctx: Arc<Ctx>,
+    admission: Arc<Admission>,
     local_addr: SocketAddr,
     shutdown_tx: Arc<watch::Sender<bool>>,
 }
@@ -115,12 +132,15 @@ impl Server {
             tracing::warn!(%local_addr, "no auth tokens configured: every client is admin (loopback only)");
         }
         let (tx, _) = watch::channel(false);
+        let config = Arc::new(config);
+        let stats = Arc::new(ServerStats::default());
         Ok(Server {
             listener,
+            admission: Arc::new(Admission::new(config.clone(), stats.clone())),
             ctx: Arc::new(Ctx {
                 engine,
-                config: Arc::new(config),
-                stats: Arc::new(ServerStats::default()),
+                config,
+                stats,
             }),
             local_addr,
             shutdown_tx: Arc::new(tx),
@@ -156,7 +176,7 @@ impl Server {
                 _ = stopped(&mut stop) => break,
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = self.listener.accept() => match accepted {
-                    Ok((sock, _peer)) => self.admit(sock, &mut conns),
+                    Ok((sock, peer)) => self.admit(sock, peer.ip(), &mut conns),
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -187,20 +207,30 @@ impl Server {
         tracing::info!("server stopped");
     }
 
-    fn admit(&self, sock: tokio::net::TcpStream, conns: &mut JoinSet<()>) {
+    /// Admits an accepted socket into the handshake pool, or refuses it (per-source limit).
+    /// `max_connections` is checked when the `Hello` is complete (see `conn::handshake`), so
+    /// sockets that never send one take no slot of an authenticated client.
+    fn admit(&self, sock: tokio::net::TcpStream, ip: IpAddr, conns: &mut JoinSet<()>) {
         let stats = &self.ctx.stats;
-        let open = stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
         let guard = OpenGuard(stats.clone());
-        let max = self.ctx.config.max_connections as u64;
-        if open >= max {
-            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-            let msg = format!("{max} connections open; at most {max}");
-            conns.spawn(async move {
-                conn::refuse_connection(sock, msg).await;
-                drop(guard);
-            });
-            return;
-        }
+        let source = match self.admission.enter_source(ip) {
+            Ok(s) => s,
+            Err(msg) => {
+                stats.source_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%ip, "connection refused: per-source limit");
+                conns.spawn(async move {
+                    conn::refuse_connection(sock, msg).await;
+                    drop(guard);
+                });
+                return;
+            }
+        };
+        let admitted = Admitted {
+            pending: self.admission.enter_pending(),
+            source,
+            admission: self.admission.clone(),
+        };
         let n = stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx.clone();
         let stop = self.shutdown_tx.subscribe();
@@ -214,7 +244,7 @@ impl Server {
                 let i = usize::try_from(n).unwrap_or(0);
                 let spawned = engine.spawn_on_arbiter(i, async move {
                     if let Ok(sock) = tokio::net::TcpStream::from_std(std_sock) {
-                        conn::serve(sock, ctx, stop).await;
+                        conn::serve(sock, ctx, stop, admitted).await;
                     }
                     drop(done_tx);
                 });
@@ -228,7 +258,7 @@ impl Server {
             return;
         }
         conns.spawn(async move {
-            conn::serve(sock, ctx, stop).await;
+            conn::serve(sock, ctx, stop, admitted).await;
             drop(guard);
         });
     }
@@ -238,4 +268,158 @@ impl Server {
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here, inside this statement.
     let _ = rx.wait_for(|s| *s).await.is_ok();
+}
+
+/// Locks a mutex, taking the data of a poisoned one (the maps below stay consistent: every
+/// update is one map operation).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The connection pools: pending handshakes (their own, smaller pool, oldest evicted when
+/// full), established connections (`max_connections`) and connections per source IP.
+/// std `Mutex`, not tokio's: each is held for one map operation, never across an await.
+pub(crate) struct Admission {
+    config: Arc<ServerConfig>,
+    stats: Arc<ServerStats>,
+    established: AtomicU64,
+    next_id: AtomicU64,
+    /// Pending handshakes by admission order (oldest first), each with its eviction signal.
+    pending: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    /// Open connections per source IP (only sources the limit applies to).
+    sources: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Admission {
+    fn new(config: Arc<ServerConfig>, stats: Arc<ServerStats>) -> Admission {
+        Admission {
+            config,
+            stats,
+            established: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `ip`, or says why it is refused.
+    fn enter_source(self: &Arc<Self>, ip: IpAddr) -> Result<Option<SourceGuard>, String> {
+        let c = &self.config;
+        if ip.is_loopback() && !c.per_source_limit_on_loopback {
+            return Ok(None);
+        }
+        let max = c.max_connections_per_source;
+        let mut sources = lock(&self.sources);
+        let open = sources.entry(ip).or_insert(0);
+        if *open >= max {
+            return Err(format!(
+                "{max} connections open from {ip}; at most {max} per source \
+                 (max_connections_per_source)"
+            ));
+        }
+        *open += 1;
+        Ok(Some(SourceGuard {
+            admission: self.clone(),
+            ip,
+        }))
+    }
+
+    /// Enters the handshake pool; when it is full, the oldest pending handshake is told to
+    /// close (a client that sends its `Hello` at once is never the oldest for long).
+    fn enter_pending(self: &Arc<Self>) -> PendingTicket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = Arc::new(Notify::new());
+        let mut pending = lock(&self.pending);
+        while pending.len() >= self.config.max_pending_handshakes {
+            let Some((_, oldest)) = pending.pop_first() else {
+                break;
+            };
+            // `notify_one` keeps a permit: the connection sees it even if not waiting yet.
+            oldest.notify_one();
+            self.stats
+                .handshakes_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        pending.insert(id, evicted.clone());
+        self.stats
+            .handshakes_pending
+            .store(pending.len() as u64, Ordering::Relaxed);
+        PendingTicket {
+            admission: self.clone(),
+            id,
+            evicted,
+        }
+    }
+
+    /// Takes a `max_connections` slot for a connection whose `Hello` was accepted; `None`
+    /// when all are taken.
+    pub(crate) fn establish(self: &Arc<Self>) -> Option<Established> {
+        let max = self.config.max_connections as u64;
+        self.established
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Established(self.clone()))
+    }
+}
+
+/// What an admitted connection holds: its place in the handshake pool (until its `Hello`
+/// is accepted) and its count against its source.
+pub(crate) struct Admitted {
+    pub pending: PendingTicket,
+    pub source: Option<SourceGuard>,
+    pub admission: Arc<Admission>,
+}
+
+/// A place in the handshake pool; leaving it (drop) frees the place.
+pub(crate) struct PendingTicket {
+    admission: Arc<Admission>,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl PendingTicket {
+    /// Resolves when this handshake was evicted to make room for a newer one.
+    pub(crate) async fn evicted(&self) {
+        self.evicted.notified().await;
+    }
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.admission.pending);
+        pending.remove(&self.id);
+        self.admission
+            .stats
+            .handshakes_pending
+            .store(pending.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A `max_connections` slot, freed on drop.
+pub(crate) struct Established(Arc<Admission>);
+
+impl Drop for Established {
+    fn drop(&mut self) {
+        self.0.established.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One connection counted against its source IP, uncounted on drop.
+pub(crate) struct SourceGuard {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut sources = lock(&self.admission.sources);
+        if let Some(open) = sources.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                sources.remove(&self.ip);
+            }
+        }
+    }
 }
