@@ -138,6 +138,84 @@ pub fn sku(v: &WireSku) -> Result<Output, Failure> {
     })
 }
 
+/// `explain SKU CHANNEL`: the parts, then the arithmetic from their sum to the ATP.
+pub fn explanation(e: &WireAtpExplanation) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("sku", e.sku.clone()),
+        ("channel", e.channel.clone()),
+        ("last_seq", e.last_seq.to_string()),
+    ]);
+    human.push_str("locations:\n");
+    let cols = [
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "damaged",
+        "qc",
+        "shortfall",
+        "atp",
+        "adds",
+    ];
+    let rows: Vec<Vec<String>> = e
+        .locations
+        .iter()
+        .map(|p| {
+            vec![
+                p.location.clone(),
+                p.on_hand.to_string(),
+                p.reserved.to_string(),
+                p.safety_stock.to_string(),
+                p.damaged.to_string(),
+                p.quality_control.to_string(),
+                p.shortfall.to_string(),
+                p.atp.to_string(),
+                p.contribution.to_string(),
+            ]
+        })
+        .collect();
+    human.push_str(&table(2, &cols, &cols[1..], &rows));
+    let cap = e.cap.map_or("none".into(), |c| c.to_string());
+    let source = match e.low_stock_source {
+        WireLowStockSource::None => "none",
+        WireLowStockSource::Channel => "channel",
+        WireLowStockSource::Sku => "sku override",
+    };
+    let low = if e.low_stock { "LOW-STOCK" } else { "not low" };
+    human.push_str(&kv(&[
+        ("sum", e.sum.to_string()),
+        (
+            "buffer",
+            format!("{} (withheld {})", e.buffer, e.withheld_by_buffer),
+        ),
+        ("cap", format!("{cap} (withheld {})", e.withheld_by_cap)),
+        ("atp", e.atp.to_string()),
+        (
+            "low_stock",
+            format!("{} ({source}), {low}", e.low_stock_threshold),
+        ),
+    ]));
+    human.push_str("holds:\n");
+    let rows: Vec<Vec<String>> = e
+        .holds
+        .iter()
+        .map(|h| {
+            vec![
+                h.channel.clone(),
+                h.holds.to_string(),
+                h.units.to_string(),
+                h.units_here.to_string(),
+            ]
+        })
+        .collect();
+    let cols = ["channel", "holds", "units", "here"];
+    human.push_str(&table(2, &cols, &cols[1..], &rows));
+    Ok(Output {
+        json: to_json(e)?,
+        human,
+    })
+}
+
 fn lines_table(lines: &[(String, u32)]) -> String {
     let rows: Vec<Vec<String>> = lines
         .iter()

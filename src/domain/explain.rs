@@ -337,11 +337,19 @@ mod tests {
     #[test]
     fn safety_stock_above_what_is_free_contributes_nothing_not_less_than_nothing() {
         let cat = catalog(0, None);
-        let cmds = [adjust("l1", 5), safety("l1", 2), adjust("l2", 3), safety("l2", 7)];
+        let cmds = [
+            adjust("l1", 5),
+            safety("l1", 2),
+            adjust("l2", 3),
+            safety("l2", 7),
+        ];
         let s = sku(&cat, &cmds);
         let e = s.explain(&cat, &c("web")).unwrap();
         let p2 = &e.locations[1];
-        assert_eq!((p2.on_hand, p2.safety_stock, p2.atp, p2.contribution), (3, 7, -4, 0));
+        assert_eq!(
+            (p2.on_hand, p2.safety_stock, p2.atp, p2.contribution),
+            (3, 7, -4, 0)
+        );
         let want = (parts(&[("l1", 3), ("l2", 0), ("l3", 0)]), (3, 0, 0, 3));
         assert_eq!(facts(&e), want);
     }
@@ -364,7 +372,10 @@ mod tests {
         let s = sku(&cat, &cmds);
         let e = s.explain(&cat, &c("web")).unwrap();
         let p1 = &e.locations[0];
-        assert_eq!((p1.on_hand, p1.shortfall, p1.atp, p1.contribution), (0, 3, -3, 0));
+        assert_eq!(
+            (p1.on_hand, p1.shortfall, p1.atp, p1.contribution),
+            (0, 3, -3, 0)
+        );
         assert_eq!(facts(&e).1, (2, 0, 0, 2));
     }
 
@@ -377,7 +388,11 @@ mod tests {
             to: state,
             qty: 2,
         };
-        let cmds = [adjust("l1", 10), to(StockState::Damaged), to(StockState::QualityControl)];
+        let cmds = [
+            adjust("l1", 10),
+            to(StockState::Damaged),
+            to(StockState::QualityControl),
+        ];
         let e = sku(&cat, &cmds).explain(&cat, &c("web")).unwrap();
         let p = &e.locations[0];
         let got = (p.on_hand, p.damaged, p.quality_control, p.contribution);
@@ -573,7 +588,11 @@ mod tests {
     #[test]
     fn another_channels_hold_at_a_shared_location_lowers_this_channels_atp() {
         let cat = catalog(1, Some(4));
-        let cmds = [adjust("l1", 6), adjust("l3", 3), hold(1, "pos", 2, Some("l3"))];
+        let cmds = [
+            adjust("l1", 6),
+            adjust("l3", 3),
+            hold(1, "pos", 2, Some("l3")),
+        ];
         let want = (parts(&[("l1", 6), ("l2", 0), ("l3", 1)]), (7, 1, 2, 4));
         check(&cat, &cmds, "web", want);
     }

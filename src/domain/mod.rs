@@ -18,8 +18,8 @@ pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
     LowStockSource,
 };
-pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use event::{Allocation, Event, ReleaseReason, StockState};
+pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
