@@ -365,6 +365,67 @@ mod tests {
         );
     }
 
+    fn part(location: &str, on_hand: u32, reserved: u32, safety: u32, damaged: u32) -> WireAtpPart {
+        let atp = i64::from(on_hand) - i64::from(reserved) - i64::from(safety);
+        WireAtpPart {
+            location: location.into(),
+            on_hand,
+            reserved,
+            safety_stock: safety,
+            damaged,
+            quality_control: 0,
+            shortfall: 0,
+            atp,
+            contribution: u32::try_from(atp.max(0)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn explain_prints_the_parts_and_the_arithmetic_as_docs_ctl_md_shows() {
+        let holds = |channel: &str, holds, units| WireChannelHolds {
+            channel: channel.into(),
+            holds,
+            units,
+            units_here: units,
+        };
+        let e = WireAtpExplanation {
+            sku: "TSHIRT-RED-M".into(),
+            channel: "web-fr".into(),
+            locations: vec![
+                part("wh-paris", 11, 3, 2, 1),
+                part("st-lyon", 8, 3, 1, 0),
+                part("dk-paris", 1, 0, 3, 0),
+            ],
+            sum: 10,
+            buffer: 2,
+            withheld_by_buffer: 2,
+            cap: Some(14),
+            withheld_by_cap: 0,
+            atp: 8,
+            holds: vec![holds("pos", 1, 2), holds("web-fr", 2, 4)],
+            low_stock_threshold: 20,
+            low_stock_source: WireLowStockSource::Channel,
+            low_stock: true,
+            last_seq: 12,
+        };
+        let o = explanation(&e).unwrap();
+        let doc = include_str!("../../docs/ctl.md");
+        let shown = format!(
+            "$ omnistock ctl explain TSHIRT-RED-M web-fr\n{}```",
+            o.human
+        );
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert_eq!(o.json["low_stock_source"], "channel");
+        assert_eq!(o.json["cap"], 14);
+        assert_eq!(o.json["locations"][2]["atp"], -2);
+        let none = WireAtpExplanation { cap: None, ..e };
+        assert!(explanation(&none)
+            .unwrap()
+            .human
+            .contains("cap:       none (withheld 0)"));
+        assert!(explanation(&none).unwrap().json["cap"].is_null());
+    }
+
     #[test]
     fn ids_are_strings_in_json() {
         let r = WireReservation {
