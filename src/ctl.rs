@@ -91,6 +91,14 @@ enum CtlCmd {
         /// SKU id.
         sku: String,
     },
+    /// Why a channel shows the ATP it shows for a SKU: each location's part, the channel's
+    /// buffer and cap, open holds by channel, the low-stock threshold.
+    Explain {
+        /// SKU id.
+        sku: String,
+        /// Channel id.
+        channel: String,
+    },
     /// A reservation.
     Reservation {
         /// Reservation id: 32 hex digits, 0x-hex or decimal.
@@ -412,6 +420,7 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
         CtlCmd::Ping => Op::Ping,
         CtlCmd::Info => Op::ServerInfo,
         CtlCmd::Get { sku } => Op::GetSku(GetSku { sku }),
+        CtlCmd::Explain { sku, channel } => Op::ExplainAtp(ExplainAtp { sku, channel }),
         CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
         CtlCmd::Locations => Op::ListLocations,
         CtlCmd::Channels => Op::ListChannels,
@@ -542,6 +551,7 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::Ping => render::pong(&c.ping().await?)?,
         Op::ServerInfo => render::info(&c.server_info().await?)?,
         Op::GetSku(g) => render::sku(&c.get_sku(&g.sku).await?)?,
+        Op::ExplainAtp(e) => render::explanation(&c.explain_atp(&e.sku, &e.channel).await?)?,
         Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,

@@ -258,6 +258,7 @@ const OPS: &[(u16, &str)] = &[
     (opcode::GET_SKU, "get_sku"),
     (opcode::GET_SKUS, "get_skus"),
     (opcode::GET_RESERVATION, "get_reservation"),
+    (opcode::EXPLAIN_ATP, "explain_atp"),
     (opcode::SUBSCRIBE, "subscribe"),
     (opcode::UNSUBSCRIBE, "unsubscribe"),
     (opcode::ACK, "ack"),

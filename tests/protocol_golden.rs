@@ -533,3 +533,59 @@ fn roles_of_the_new_operations() {
     // Still reserved: answered 105.
     assert!(is_reserved(SKU_HISTORY));
 }
+
+#[test]
+fn explain_atp_bodies() {
+    use omnistock::protocol::ops::opcode::EXPLAIN_ATP;
+    assert_eq!(EXPLAIN_ATP, 0x0404);
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(role.may(EXPLAIN_ATP), "{role:?} may explain (a read)");
+    }
+    assert!(!omnistock::protocol::ops::is_reserved(EXPLAIN_ATP));
+    let op = Op::ExplainAtp(ExplainAtp {
+        sku: "A".into(),
+        channel: "web".into(),
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, EXPLAIN_ATP);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "explain atp body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62",
+    );
+    // A; web sells from wh (5 on hand, 3 reserved, 1 safety: adds 1), buffer 0, cap 1;
+    // 1 hold of web (3 units, all at wh); channel threshold 2 (in band); seq 9.
+    let e = WireAtpExplanation {
+        sku: "A".into(),
+        channel: "web".into(),
+        locations: vec![WireAtpPart {
+            location: "wh".into(),
+            on_hand: 5,
+            reserved: 3,
+            safety_stock: 1,
+            damaged: 0,
+            quality_control: 0,
+            shortfall: 0,
+            atp: 1,
+            contribution: 1,
+        }],
+        sum: 1,
+        buffer: 0,
+        withheld_by_buffer: 0,
+        cap: Some(1),
+        withheld_by_cap: 0,
+        atp: 1,
+        holds: vec![WireChannelHolds {
+            channel: "web".into(),
+            holds: 1,
+            units: 3,
+            units_here: 3,
+        }],
+        low_stock_threshold: 2,
+        low_stock_source: WireLowStockSource::Channel,
+        low_stock: true,
+        last_seq: 9,
+    };
+    golden("explain atp result", &encode_payload(&e).unwrap(), "01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 05 00 00 00 03 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 01 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 03 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 02 00 00 00 01 00 00 00 01 09 00 00 00 00 00 00 00");
+}

@@ -296,6 +296,19 @@ impl Client {
         self.call(Op::GetReservation(GetReservation { reservation: id }))
             .await
     }
+    /// Explains `channel`'s ATP for `sku` (`EXPLAIN_ATP`): each location's part, the
+    /// channel's buffer and cap, open holds by channel, the low-stock threshold in force.
+    pub async fn explain_atp(
+        &self,
+        sku: &str,
+        channel: &str,
+    ) -> Result<WireAtpExplanation, ClientError> {
+        self.call(Op::ExplainAtp(ExplainAtp {
+            sku: sku.into(),
+            channel: channel.into(),
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

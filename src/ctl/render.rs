@@ -138,6 +138,84 @@ pub fn sku(v: &WireSku) -> Result<Output, Failure> {
     })
 }
 
+/// `explain SKU CHANNEL`: the parts, then the arithmetic from their sum to the ATP.
+pub fn explanation(e: &WireAtpExplanation) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("sku", e.sku.clone()),
+        ("channel", e.channel.clone()),
+        ("last_seq", e.last_seq.to_string()),
+    ]);
+    human.push_str("locations:\n");
+    let cols = [
+        "location",
+        "on_hand",
+        "reserved",
+        "safety",
+        "damaged",
+        "qc",
+        "shortfall",
+        "atp",
+        "adds",
+    ];
+    let rows: Vec<Vec<String>> = e
+        .locations
+        .iter()
+        .map(|p| {
+            vec![
+                p.location.clone(),
+                p.on_hand.to_string(),
+                p.reserved.to_string(),
+                p.safety_stock.to_string(),
+                p.damaged.to_string(),
+                p.quality_control.to_string(),
+                p.shortfall.to_string(),
+                p.atp.to_string(),
+                p.contribution.to_string(),
+            ]
+        })
+        .collect();
+    human.push_str(&table(2, &cols, &cols[1..], &rows));
+    let cap = e.cap.map_or("none".into(), |c| c.to_string());
+    let source = match e.low_stock_source {
+        WireLowStockSource::None => "none",
+        WireLowStockSource::Channel => "channel",
+        WireLowStockSource::Sku => "sku override",
+    };
+    let low = if e.low_stock { "LOW-STOCK" } else { "not low" };
+    human.push_str(&kv(&[
+        ("sum", e.sum.to_string()),
+        (
+            "buffer",
+            format!("{} (withheld {})", e.buffer, e.withheld_by_buffer),
+        ),
+        ("cap", format!("{cap} (withheld {})", e.withheld_by_cap)),
+        ("atp", e.atp.to_string()),
+        (
+            "low_stock",
+            format!("{} ({source}), {low}", e.low_stock_threshold),
+        ),
+    ]));
+    human.push_str("holds:\n");
+    let rows: Vec<Vec<String>> = e
+        .holds
+        .iter()
+        .map(|h| {
+            vec![
+                h.channel.clone(),
+                h.holds.to_string(),
+                h.units.to_string(),
+                h.units_here.to_string(),
+            ]
+        })
+        .collect();
+    let cols = ["channel", "holds", "units", "here"];
+    human.push_str(&table(2, &cols, &cols[1..], &rows));
+    Ok(Output {
+        json: to_json(e)?,
+        human,
+    })
+}
+
 fn lines_table(lines: &[(String, u32)]) -> String {
     let rows: Vec<Vec<String>> = lines
         .iter()
@@ -285,6 +363,67 @@ mod tests {
             time(1_709_210_096_789),
             "2024-02-29T12:34:56.789Z (1709210096789)"
         );
+    }
+
+    fn part(location: &str, on_hand: u32, reserved: u32, safety: u32, damaged: u32) -> WireAtpPart {
+        let atp = i64::from(on_hand) - i64::from(reserved) - i64::from(safety);
+        WireAtpPart {
+            location: location.into(),
+            on_hand,
+            reserved,
+            safety_stock: safety,
+            damaged,
+            quality_control: 0,
+            shortfall: 0,
+            atp,
+            contribution: u32::try_from(atp.max(0)).unwrap(),
+        }
+    }
+
+    #[test]
+    fn explain_prints_the_parts_and_the_arithmetic_as_docs_ctl_md_shows() {
+        let holds = |channel: &str, holds, units| WireChannelHolds {
+            channel: channel.into(),
+            holds,
+            units,
+            units_here: units,
+        };
+        let e = WireAtpExplanation {
+            sku: "TSHIRT-RED-M".into(),
+            channel: "web-fr".into(),
+            locations: vec![
+                part("wh-paris", 11, 3, 2, 1),
+                part("st-lyon", 8, 3, 1, 0),
+                part("dk-paris", 1, 0, 3, 0),
+            ],
+            sum: 10,
+            buffer: 2,
+            withheld_by_buffer: 2,
+            cap: Some(14),
+            withheld_by_cap: 0,
+            atp: 8,
+            holds: vec![holds("pos", 1, 2), holds("web-fr", 2, 4)],
+            low_stock_threshold: 20,
+            low_stock_source: WireLowStockSource::Channel,
+            low_stock: true,
+            last_seq: 12,
+        };
+        let o = explanation(&e).unwrap();
+        let doc = include_str!("../../docs/ctl.md");
+        let shown = format!(
+            "$ omnistock ctl explain TSHIRT-RED-M web-fr\n{}```",
+            o.human
+        );
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert_eq!(o.json["low_stock_source"], "channel");
+        assert_eq!(o.json["cap"], 14);
+        assert_eq!(o.json["locations"][2]["atp"], -2);
+        let none = WireAtpExplanation { cap: None, ..e };
+        assert!(explanation(&none)
+            .unwrap()
+            .human
+            .contains("cap:       none (withheld 0)"));
+        assert!(explanation(&none).unwrap().json["cap"].is_null());
     }
 
     #[test]

@@ -82,6 +82,22 @@ pub struct LowStock {
     pub threshold: u32,
 }
 
+/// Where the low-stock threshold of a SKU on a channel comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LowStockSource {
+    /// No threshold: no low-stock transitions.
+    None,
+    /// The channel's own threshold.
+    Channel,
+    /// The SKU's override on the channel.
+    Sku,
+}
+
+/// Whether a channel's ATP lies in the low-stock band `1..=threshold` (threshold 0: never).
+pub fn in_low_stock_band(atp: u32, threshold: u32) -> bool {
+    atp > 0 && atp <= threshold
+}
+
 /// Events of the catalog (past tense); the catalog is a fold over them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogEvent {
@@ -168,15 +184,22 @@ impl Catalog {
     /// The low-stock threshold of `sku` on `channel`: the SKU's override, else the
     /// channel's, else 0 (none).
     pub fn low_stock_of(&self, sku: &SkuId, channel: &ChannelId) -> u32 {
+        self.low_stock_in_force(sku, channel).0
+    }
+
+    /// The low-stock threshold of `sku` on `channel` and where it comes from.
+    pub fn low_stock_in_force(&self, sku: &SkuId, channel: &ChannelId) -> (u32, LowStockSource) {
         if self.low_stock.is_empty() && self.low_stock_sku.is_empty() {
-            return 0;
+            // The common catalog without thresholds: no map lookups per feed record.
+            return (0, LowStockSource::None);
         }
-        self.low_stock_sku
-            .get(sku)
-            .and_then(|m| m.get(channel))
-            .or_else(|| self.low_stock.get(channel))
-            .copied()
-            .unwrap_or(0)
+        if let Some(t) = self.low_stock_sku.get(sku).and_then(|m| m.get(channel)) {
+            (*t, LowStockSource::Sku)
+        } else if let Some(t) = self.low_stock.get(channel) {
+            (*t, LowStockSource::Channel)
+        } else {
+            (0, LowStockSource::None)
+        }
     }
 
     /// Rejects an unknown location.

@@ -8,6 +8,7 @@
 pub mod cart;
 pub mod catalog;
 pub mod event;
+pub mod explain;
 pub mod ids;
 pub mod limits;
 pub mod rejection;
@@ -15,8 +16,10 @@ pub mod sku;
 
 pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
+    LowStockSource,
 };
 pub use event::{Allocation, Event, ReleaseReason, StockState};
+pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};
-pub use sku::{AdjustReason, Bucket, Hold, HoldLine, SkuCommand, SkuState, SkuView};
+pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};

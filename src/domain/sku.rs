@@ -314,6 +314,39 @@ pub struct SkuView {
     pub last_seq: u64,
 }
 
+/// How a channel's ATP is made from its locations' exposed ATP: the one place the channel
+/// formula lives, used by [`SkuState::channel_atp`] (every read and feed item) and by
+/// [`SkuState::explain`], so an explanation cannot drift from the ATP the channel shows.
+/// `sum - withheld_by_buffer - withheld_by_cap == atp` always holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSum {
+    /// Sum of the locations' exposed ATP (each one at least 0).
+    pub sum: u64,
+    /// Units the channel's buffer held back: `min(buffer, sum)`.
+    pub withheld_by_buffer: u64,
+    /// Units the channel's cap held back (without a cap, what lies above `u32::MAX`, the
+    /// most a channel's ATP can show; only reachable across many full locations).
+    pub withheld_by_cap: u64,
+    /// The channel's ATP.
+    pub atp: u32,
+}
+
+impl ChannelSum {
+    /// The channel ATP of `ch` given its locations' exposed ATP (in any order).
+    pub fn of(ch: &Channel, exposed: impl IntoIterator<Item = u32>) -> ChannelSum {
+        let sum: u64 = exposed.into_iter().map(u64::from).sum();
+        let after_buffer = sum.saturating_sub(u64::from(ch.buffer));
+        let cap = ch.cap.map_or(u64::from(u32::MAX), u64::from);
+        let capped = after_buffer.min(cap);
+        ChannelSum {
+            sum,
+            withheld_by_buffer: sum - after_buffer,
+            withheld_by_cap: after_buffer - capped,
+            atp: u32::try_from(capped).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 fn check_qty(qty: u32, what: &str) -> Result<(), Rejection> {
     if qty == 0 || qty > MAX_QTY {
         return Err(Rejection::invalid(format!("{what} must be 1..={MAX_QTY}")));
@@ -381,18 +414,10 @@ impl SkuState {
         self.bucket(loc).map_or(0, Bucket::atp_exposed)
     }
 
-    /// ATP of a channel: sum of its locations' exposed ATP, minus its buffer, capped, >= 0.
+    /// ATP of a channel: sum of its locations' exposed ATP, minus its buffer, capped, >= 0
+    /// ([`ChannelSum::of`], the one copy of the formula).
     pub fn channel_atp(&self, ch: &Channel) -> u32 {
-        let sum: u64 = ch
-            .locations
-            .iter()
-            .map(|l| u64::from(self.location_atp(l)))
-            .sum();
-        let after_buffer = sum.saturating_sub(u64::from(ch.buffer));
-        let capped = ch
-            .cap
-            .map_or(after_buffer, |c| after_buffer.min(u64::from(c)));
-        u32::try_from(capped).unwrap_or(u32::MAX)
+        ChannelSum::of(ch, ch.locations.iter().map(|l| self.location_atp(l))).atp
     }
 
     /// Whether any bucket holds more than it has on hand or has a shortfall.

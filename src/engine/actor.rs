@@ -8,7 +8,10 @@ use std::sync::Arc;
 use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
-use crate::domain::{Catalog, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView, TimeMs};
+use crate::domain::{
+    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView,
+    TimeMs,
+};
 
 use super::journal::{LogRecord, RecordBody};
 use super::{Core, EngineError};
@@ -29,6 +32,11 @@ pub(crate) enum SkuOp {
     },
     /// Read the SKU.
     View { catalog: Arc<Catalog> },
+    /// Explain one channel's ATP for the SKU (a read, like `View`).
+    Explain {
+        catalog: Arc<Catalog>,
+        channel: ChannelId,
+    },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
     /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
@@ -44,6 +52,8 @@ pub(crate) enum SkuReply {
     Rejected(Rejection),
     /// A view.
     View(SkuView),
+    /// An explained ATP.
+    Explained(Box<AtpExplanation>),
     /// A copy of the state.
     State(Box<SkuState>),
     /// This actor was passivated before it handled the op: look the SKU up again.
@@ -206,6 +216,10 @@ impl SkuActor {
                 must_log,
             } => self.command(&cmd, request, fingerprint, &catalog, now_ms, must_log),
             SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
+            SkuOp::Explain { catalog, channel } => match self.state.explain(&catalog, &channel) {
+                Ok(e) => SkuReply::Explained(Box::new(e)),
+                Err(r) => SkuReply::Rejected(r),
+            },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
             SkuOp::Passivate { .. } => SkuReply::Passivated,
         }

@@ -511,6 +511,19 @@ impl Engine {
         reads::get(&self.core, sku).await
     }
 
+    /// Explains `channel`'s ATP for `sku`: each location's part, the buffer and cap, open
+    /// holds by channel, the low-stock threshold; its ATP equals the one [`Engine::get`]
+    /// shows for the channel. Unknown channel or SKU: rejected. Does not activate a passive
+    /// SKU.
+    pub async fn explain(
+        &self,
+        sku: &SkuId,
+        channel: &crate::domain::ChannelId,
+    ) -> Result<crate::domain::AtpExplanation, Failure> {
+        self.check_running()?;
+        reads::explain(&self.core, sku, channel).await
+    }
+
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed
     /// snapshots, which must not skip a SKU).
     pub async fn get_waiting(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {

@@ -229,7 +229,7 @@ pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> B
 /// (0: none). The low-stock band is `1..=low_stock`; out of stock and back in stock win
 /// over entering or leaving it, so each change has at most one transition.
 pub fn transition_of(previous: u32, atp: u32, low_stock: u32) -> u8 {
-    let in_band = |v: u32| v > 0 && v <= low_stock;
+    let in_band = |v: u32| crate::domain::catalog::in_low_stock_band(v, low_stock);
     if previous > 0 && atp == 0 {
         transition::OUT_OF_STOCK
     } else if previous == 0 && atp > 0 {

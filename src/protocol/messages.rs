@@ -377,6 +377,15 @@ pub struct GetReservation {
     pub reservation: u128,
 }
 
+/// Explain one channel's ATP for one SKU (`EXPLAIN_ATP`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainAtp {
+    /// SKU id.
+    pub sku: String,
+    /// Channel id.
+    pub channel: String,
+}
+
 // ---- result bodies -------------------------------------------------------------------
 
 /// Result of ping.
@@ -473,6 +482,88 @@ pub struct WireSku {
     /// Active holds.
     pub holds: u32,
     /// Sequence number of the last change.
+    pub last_seq: u64,
+}
+
+/// One location's part in an explained ATP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireAtpPart {
+    /// Location (in the channel's sourcing order).
+    pub location: String,
+    /// Sellable on hand.
+    pub on_hand: u32,
+    /// Reserved by open holds of any channel.
+    pub reserved: u32,
+    /// Safety stock.
+    pub safety_stock: u32,
+    /// Damaged (shown, not subtracted: not part of on hand).
+    pub damaged: u32,
+    /// In quality control (shown, not subtracted).
+    pub quality_control: u32,
+    /// Units sold that were not on hand.
+    pub shortfall: u32,
+    /// on_hand - shortfall - reserved - safety_stock, may be negative.
+    pub atp: i64,
+    /// What the location adds to the channel's sum: max(0, atp).
+    pub contribution: u32,
+}
+
+/// The open holds of one channel on the explained SKU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChannelHolds {
+    /// The holds' channel.
+    pub channel: String,
+    /// Open holds.
+    pub holds: u32,
+    /// Units they hold, anywhere.
+    pub units: u64,
+    /// Of those, units at the explained channel's locations.
+    pub units_here: u64,
+}
+
+/// Where a low-stock threshold comes from (`u32` on the wire: 0, 1, 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireLowStockSource {
+    /// No threshold.
+    None,
+    /// The channel's threshold.
+    Channel,
+    /// The SKU's override on the channel.
+    Sku,
+}
+
+/// Result of `EXPLAIN_ATP`: `sum - withheld_by_buffer - withheld_by_cap = atp`, and `atp`
+/// is the ATP `GET_SKU` shows for the channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireAtpExplanation {
+    /// SKU.
+    pub sku: String,
+    /// Channel.
+    pub channel: String,
+    /// One part per location of the channel, in sourcing order.
+    pub locations: Vec<WireAtpPart>,
+    /// Sum of the parts' contributions.
+    pub sum: u64,
+    /// The channel's buffer.
+    pub buffer: u32,
+    /// Units the buffer withheld: min(buffer, sum).
+    pub withheld_by_buffer: u64,
+    /// The channel's cap, if any.
+    pub cap: Option<u32>,
+    /// Units the cap withheld.
+    pub withheld_by_cap: u64,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// Open holds on the SKU by channel, sorted by channel id.
+    pub holds: Vec<WireChannelHolds>,
+    /// The low-stock threshold in force (0: none).
+    pub low_stock_threshold: u32,
+    /// Where it comes from.
+    pub low_stock_source: WireLowStockSource,
+    /// Whether the ATP is in the low-stock band 1..=threshold.
+    pub low_stock: bool,
+    /// Sequence number of the SKU's last change.
     pub last_seq: u64,
 }
 

@@ -52,6 +52,8 @@ pub mod opcode {
     pub const GET_SKUS: u16 = 0x0402;
     /// Read one reservation.
     pub const GET_RESERVATION: u16 = 0x0403;
+    /// Explain one channel's ATP for one SKU.
+    pub const EXPLAIN_ATP: u16 = 0x0404;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -95,6 +97,7 @@ impl Role {
                 | GET_SKU
                 | GET_SKUS
                 | GET_RESERVATION
+                | EXPLAIN_ATP
                 | LIST_LOCATIONS
                 | LIST_CHANNELS
         );
@@ -147,6 +150,8 @@ pub enum Op {
     GetSkus(GetSkus),
     /// `GET_RESERVATION`
     GetReservation(GetReservation),
+    /// `EXPLAIN_ATP`
+    ExplainAtp(ExplainAtp),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
     /// `SUBSCRIBE`
@@ -190,6 +195,7 @@ impl Op {
             Op::GetSku(_) => GET_SKU,
             Op::GetSkus(_) => GET_SKUS,
             Op::GetReservation(_) => GET_RESERVATION,
+            Op::ExplainAtp(_) => EXPLAIN_ATP,
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
@@ -238,6 +244,7 @@ impl Op {
             Op::GetSku(b) => body(b)?,
             Op::GetSkus(b) => body(b)?,
             Op::GetReservation(b) => body(b)?,
+            Op::ExplainAtp(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
@@ -273,6 +280,7 @@ impl Op {
             GET_SKU => Op::GetSku(decode_body(b)?),
             GET_SKUS => Op::GetSkus(decode_body(b)?),
             GET_RESERVATION => Op::GetReservation(decode_body(b)?),
+            EXPLAIN_ATP => Op::ExplainAtp(decode_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_body(b)?),
             UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,

@@ -5,8 +5,9 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, Catalog, CatalogCommand, Channel, ChannelId, Event, Location, LocationId,
-    LocationKind, LowStock, Rejection, SkuCommand, SkuId, SkuView, StockState,
+    AdjustReason, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId, Event, Location,
+    LocationId, LocationKind, LowStock, LowStockSource, Rejection, SkuCommand, SkuId, SkuView,
+    StockState,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -306,6 +307,58 @@ pub fn sku_of(v: &SkuView) -> WireSku {
         oversold: v.oversold,
         holds: v.holds,
         last_seq: v.last_seq,
+    }
+}
+
+/// The ids of an `EXPLAIN_ATP` body, validated (a bad one: `InvalidRequest`).
+pub fn explain_ids(e: &ExplainAtp) -> Result<(SkuId, ChannelId), Rejection> {
+    Ok((sku(&e.sku)?, ChannelId::new(&e.channel)?))
+}
+
+/// An explained ATP on the wire.
+pub fn explanation_of(e: &AtpExplanation) -> WireAtpExplanation {
+    WireAtpExplanation {
+        sku: e.sku.to_string(),
+        channel: e.channel.to_string(),
+        locations: e
+            .locations
+            .iter()
+            .map(|p| WireAtpPart {
+                location: p.location.to_string(),
+                on_hand: p.on_hand,
+                reserved: p.reserved,
+                safety_stock: p.safety_stock,
+                damaged: p.damaged,
+                quality_control: p.quality_control,
+                shortfall: p.shortfall,
+                atp: p.atp,
+                contribution: p.contribution,
+            })
+            .collect(),
+        sum: e.sum.sum,
+        buffer: e.buffer,
+        withheld_by_buffer: e.sum.withheld_by_buffer,
+        cap: e.cap,
+        withheld_by_cap: e.sum.withheld_by_cap,
+        atp: e.sum.atp,
+        holds: e
+            .holds
+            .iter()
+            .map(|h| WireChannelHolds {
+                channel: h.channel.to_string(),
+                holds: h.holds,
+                units: h.units,
+                units_here: h.units_here,
+            })
+            .collect(),
+        low_stock_threshold: e.low_stock.threshold,
+        low_stock_source: match e.low_stock.source {
+            LowStockSource::None => WireLowStockSource::None,
+            LowStockSource::Channel => WireLowStockSource::Channel,
+            LowStockSource::Sku => WireLowStockSource::Sku,
+        },
+        low_stock: e.low_stock.low,
+        last_seq: e.last_seq,
     }
 }
 

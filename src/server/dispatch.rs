@@ -245,6 +245,10 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Err(f) => failure(&f),
         },
         Op::GetSkus(g) => get_skus(ctx, &g.skus).await,
+        Op::ExplainAtp(e) => match explain(ctx, &e).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -264,6 +268,15 @@ async fn get_sku(ctx: &Ctx, s: &str) -> Result<crate::protocol::WireSku, Failure
     let id = SkuId::new(s)?;
     let v = ctx.engine.get(&id).await?;
     Ok(convert::sku_of(&v))
+}
+
+async fn explain(
+    ctx: &Ctx,
+    e: &crate::protocol::ExplainAtp,
+) -> Result<crate::protocol::WireAtpExplanation, Failure> {
+    let (sku, channel) = convert::explain_ids(e)?;
+    let v = ctx.engine.explain(&sku, &channel).await?;
+    Ok(convert::explanation_of(&v))
 }
 
 async fn get_skus(ctx: &Ctx, skus: &[String]) -> OpResult {
