@@ -144,7 +144,7 @@ pub(super) fn sku_op_with(
 
 /// Collects `Done` replies into changes; the first non-`Done` becomes the failure.
 pub(super) fn collect(results: Vec<(SkuId, Result<SkuReply, Failure>)>) -> (Done, Option<Failure>) {
-    let mut done = Vec::new();
+    let mut done = Vec::with_capacity(results.len());
     let mut failure = None;
     for (sku, r) in results {
         match r {

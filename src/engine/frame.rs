@@ -254,15 +254,13 @@ fn complete(
                     .collect();
                 finish_reservation(core, reservation, lines, expires_at_ms);
             }
-            let changes = done
-                .into_iter()
-                .flat_map(|(sku, _, events)| {
-                    events.into_iter().map(move |event| Change::Sku {
-                        sku: sku.clone(),
-                        event,
-                    })
-                })
-                .collect();
+            let mut changes = Vec::with_capacity(done.iter().map(|d| d.2.len()).sum());
+            for (sku, _, events) in done {
+                changes.extend(events.into_iter().map(|event| Change::Sku {
+                    sku: sku.clone(),
+                    event,
+                }));
+            }
             let outcome = Arc::new(Outcome { seq, changes });
             core.idem.complete(id, fp, outcome.clone(), now);
             return Ok(outcome);
