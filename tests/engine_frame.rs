@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use omnistock::domain::{AdjustReason, Rejection, SkuCommand};
+use omnistock::domain::Rejection;
 use omnistock::engine::{Command, Engine, EngineConfig, Failure, Outcome, Request};
 
 fn engine() -> Engine {
@@ -30,18 +30,6 @@ fn command_fp(c: &Command) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     format!("{c:?}").hash(&mut h);
     h.finish()
-}
-
-fn adjust_cmd(s: &str, l: &str, delta: i64) -> Command {
-    Command::Stock {
-        sku: sku(s),
-        command: SkuCommand::Adjust {
-            location: loc(l),
-            delta,
-            reason: AdjustReason::Receipt,
-            reference: "frame".into(),
-        },
-    }
 }
 
 fn on_hand(s: &omnistock::domain::SkuState) -> u32 {

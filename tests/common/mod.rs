@@ -68,19 +68,20 @@ pub async fn exec(e: &Engine, command: Command) -> Result<Arc<Outcome>, Failure>
 }
 
 pub async fn adjust(e: &Engine, s: &str, l: &str, delta: i64) -> Result<Arc<Outcome>, Failure> {
-    exec(
-        e,
-        Command::Stock {
-            sku: sku(s),
-            command: SkuCommand::Adjust {
-                location: loc(l),
-                delta,
-                reason: AdjustReason::Receipt,
-                reference: "test".into(),
-            },
+    exec(e, adjust_cmd(s, l, delta)).await
+}
+
+/// A stock receipt (or, negative, a removal) of `delta` units of `s` at `l`.
+pub fn adjust_cmd(s: &str, l: &str, delta: i64) -> Command {
+    Command::Stock {
+        sku: sku(s),
+        command: SkuCommand::Adjust {
+            location: loc(l),
+            delta,
+            reason: AdjustReason::Receipt,
+            reference: "test".into(),
         },
-    )
-    .await
+    }
 }
 
 pub fn reserve_cmd(res: u128, channel: &str, lines: &[(&str, u32)], ttl_ms: u64) -> Command {
