@@ -111,6 +111,8 @@ pub const IDLE_DISCONNECTS_TOTAL: &str = "omnistock_idle_disconnects_total";
 pub const SLOW_READER_DISCONNECTS_TOTAL: &str = "omnistock_slow_reader_disconnects_total";
 /// Counter: connections refused at `max_connections_per_source`.
 pub const SOURCE_LIMIT_REFUSALS_TOTAL: &str = "omnistock_source_limit_refusals_total";
+/// Handshakes refused unchecked: their source made too many failed ones.
+pub const AUTH_THROTTLED_TOTAL: &str = "omnistock_auth_throttled_total";
 /// Gauge: connections that have not completed their `Hello` yet.
 pub const HANDSHAKES_PENDING: &str = "omnistock_handshakes_pending";
 /// Counter: pending handshakes closed to make room (`max_pending_handshakes`).
@@ -196,6 +198,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (IDLE_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed for idleness."),
     (SLOW_READER_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because the client did not read its answers: nothing written within the write timeout, or more than max_output_bytes queued."),
     (SOURCE_LIMIT_REFUSALS_TOTAL, Kind::Counter, None, "Connections refused because max_connections_per_source were open from the same IP."),
+    (AUTH_THROTTLED_TOTAL, Kind::Counter, None, "Handshakes refused without checking their token because their source made 20 failed ones within 60 s."),
     (HANDSHAKES_PENDING, Kind::Gauge, None, "Connections that have not completed their Hello yet."),
     (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),

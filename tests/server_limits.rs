@@ -652,3 +652,35 @@ async fn requests_are_answered_busy_while_connection_memory_is_over_the_server_b
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends a Hello with `token` on a new connection and returns the server's first frame.
+async fn hello_answer(addr: SocketAddr, token: &str) -> Frame {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&hello_frame(token)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s))
+        .await
+        .expect("an answer in time")
+        .expect("a frame")
+}
+
+// postmortem: token guessing was not throttled: 11,700 tries/s from one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_from_one_source_are_throttled_even_for_a_good_token_then() {
+    let (addr, stats) = start_with_stats(|c| {
+        c.tokens.insert("secret".into(), Role::Checkout);
+    })
+    .await;
+    for i in 0..20 {
+        let f = hello_answer(addr, &format!("guess-{i}")).await;
+        assert_eq!(error_status(&f), status::UNAUTHORIZED, "guess {i}");
+    }
+    assert_eq!(load(&stats.auth_refused), 20);
+    // The 21st Hello is refused before its token is looked at, a good one included.
+    for token in ["guess-20", "secret"] {
+        let f = hello_answer(addr, token).await;
+        assert_eq!(f.kind, FrameKind::Error, "{token}");
+        assert_eq!(error_status(&f), status::LIMIT_EXCEEDED, "{token}");
+    }
+    assert_eq!(load(&stats.auth_refused), 20, "not checked, not counted as a failure");
+    assert_eq!(load(&stats.auth_throttled), 2);
+}

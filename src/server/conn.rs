@@ -36,7 +36,7 @@ use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOC
 use crate::protocol::{Op, OpResult, Role};
 
 use super::dispatch::{ok, run_batch, Ctx};
-use super::{Admitted, Established, ServerStats};
+use super::{Admitted, Established, ServerStats, AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
 
 /// Largest `Hello` frame (its length value) read. A name of 128 bytes and a token of 256 fit
 /// many times over; a larger length is refused as soon as its 4 bytes arrive.
@@ -487,8 +487,25 @@ async fn handshake(
         );
         return refuse(ctx, out, corr, status::UNSUPPORTED_VERSION, msg).await;
     }
+    // A source that failed too often is refused before its token is looked at.
+    let source = admitted.as_ref().map(|a| (a.admission.clone(), a.ip));
+    if let Some((admission, ip)) = source.as_ref().filter(|_| !c.tokens.is_empty()) {
+        if let Some(left) = admission.auth_blocked(*ip) {
+            ctx.stats.auth_throttled.fetch_add(1, Ordering::Relaxed);
+            let msg = format!(
+                "too many failed handshakes from {ip}: at most {AUTH_FAILURES_PER_SOURCE} per \
+                 {} s; retry in {} s",
+                AUTH_FAILURE_WINDOW.as_secs(),
+                left.as_secs() + 1
+            );
+            return refuse(ctx, out, corr, status::LIMIT_EXCEEDED, msg).await;
+        }
+    }
     let Some(role) = role_of(ctx, &hello.token) else {
         ctx.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some((admission, ip)) = &source {
+            admission.auth_failed(*ip);
+        }
         tracing::info!(client = %hello.client_name, "connection refused: bad token");
         return refuse(
             ctx,

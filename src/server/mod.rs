@@ -57,6 +57,8 @@ pub struct ServerStats {
     pub connections_refused: AtomicU64,
     /// Handshakes refused for a missing or unknown token.
     pub auth_refused: AtomicU64,
+    /// Handshakes refused unchecked because their source had too many failed ones.
+    pub auth_throttled: AtomicU64,
     /// Connections closed for a malformed or oversized frame.
     pub protocol_errors: AtomicU64,
     /// Connections closed for idleness.
@@ -230,6 +232,7 @@ impl Server {
             pending: self.admission.enter_pending(),
             source,
             admission: self.admission.clone(),
+            ip,
         };
         let n = stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let ctx = self.ctx.clone();
@@ -288,6 +291,26 @@ pub(crate) struct Admission {
     pending: Mutex<BTreeMap<u64, Arc<Notify>>>,
     /// Open connections per source IP (only sources the limit applies to).
     sources: Mutex<HashMap<IpAddr, usize>>,
+    /// Failed handshakes (unknown token) per source IP in its current window.
+    auth_failures: Mutex<HashMap<IpAddr, AuthWindow>>,
+}
+
+/// Failed handshakes a source may make in one [`AUTH_FAILURE_WINDOW`] before its handshakes
+/// are refused for the rest of the window (token guessing, 11,700 tries/s from one thread
+/// before, becomes 20 a minute).
+pub(crate) const AUTH_FAILURES_PER_SOURCE: u32 = 20;
+/// The window of [`AUTH_FAILURES_PER_SOURCE`].
+pub(crate) const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most sources whose failures are remembered at once (a bound on the table's memory:
+/// about 64 B each); beyond it, windows that have ended are dropped first, and a new
+/// source is counted only once there is room.
+const MAX_AUTH_SOURCES: usize = 65_536;
+
+/// One source's failed handshakes since `started`.
+#[derive(Debug, Clone, Copy)]
+struct AuthWindow {
+    started: std::time::Instant,
+    failures: u32,
 }
 
 impl Admission {
@@ -299,7 +322,40 @@ impl Admission {
             next_id: AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
             sources: Mutex::new(HashMap::new()),
+            auth_failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long `ip` must still wait before its handshakes are checked again, if it made
+    /// [`AUTH_FAILURES_PER_SOURCE`] failed ones in its current window.
+    pub(crate) fn auth_blocked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let m = lock(&self.auth_failures);
+        let w = m.get(&ip)?;
+        let left = AUTH_FAILURE_WINDOW.checked_sub(w.started.elapsed())?;
+        (w.failures >= AUTH_FAILURES_PER_SOURCE).then_some(left)
+    }
+
+    /// Counts a failed handshake from `ip`.
+    pub(crate) fn auth_failed(&self, ip: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut m = lock(&self.auth_failures);
+        if m.len() >= MAX_AUTH_SOURCES && !m.contains_key(&ip) {
+            m.retain(|_, w| now.duration_since(w.started) < AUTH_FAILURE_WINDOW);
+            if m.len() >= MAX_AUTH_SOURCES {
+                return;
+            }
+        }
+        let w = m.entry(ip).or_insert(AuthWindow {
+            started: now,
+            failures: 0,
+        });
+        if now.duration_since(w.started) >= AUTH_FAILURE_WINDOW {
+            *w = AuthWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        w.failures = w.failures.saturating_add(1);
     }
 
     /// Counts a connection from `ip`, or says why it is refused.
@@ -370,6 +426,8 @@ pub(crate) struct Admitted {
     pub pending: PendingTicket,
     pub source: Option<SourceGuard>,
     pub admission: Arc<Admission>,
+    /// The peer's address (failed handshakes are counted by it).
+    pub ip: IpAddr,
 }
 
 /// A place in the handshake pool; leaving it (drop) frees the place.
