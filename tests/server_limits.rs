@@ -681,6 +681,10 @@ async fn failed_handshakes_from_one_source_are_throttled_even_for_a_good_token_t
         assert_eq!(f.kind, FrameKind::Error, "{token}");
         assert_eq!(error_status(&f), status::LIMIT_EXCEEDED, "{token}");
     }
-    assert_eq!(load(&stats.auth_refused), 20, "not checked, not counted as a failure");
+    assert_eq!(
+        load(&stats.auth_refused),
+        20,
+        "not checked, not counted as a failure"
+    );
     assert_eq!(load(&stats.auth_throttled), 2);
 }
