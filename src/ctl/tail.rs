@@ -3,7 +3,7 @@
 //! a lag notice.
 
 use omnistock::client::{ClientConfig, ClientError, Subscriber};
-use omnistock::events::envelope;
+use omnistock::events::{envelope, lifecycle_name};
 use omnistock::protocol::*;
 
 use super::exit::Failure;
@@ -89,18 +89,6 @@ fn transition_name(t: u8) -> &'static str {
         transition::LOW_STOCK => "  LOW-STOCK",
         transition::LOW_STOCK_CLEARED => "  LOW-STOCK-CLEARED",
         _ => "",
-    }
-}
-
-fn lifecycle_name(k: u8) -> &'static str {
-    match k {
-        lifecycle::PLACED => "placed",
-        lifecycle::FULFILLED => "fulfilled",
-        lifecycle::RELEASED => "released",
-        lifecycle::EXPIRED => "expired",
-        lifecycle::EXTENDED => "extended",
-        lifecycle::UNDONE => "undone",
-        _ => "other",
     }
 }
 
