@@ -1,8 +1,9 @@
-//! The general request path: a request the frame path (`frame.rs`) does not send to one
-//! SKU itself comes here once its id is checked and entered in the idempotency table,
-//! inside the frame's checkpoint epoch, and goes to its operation's module: reservations
-//! (`reservations.rs`), stock commands (here) or catalog writes (`catalog_writes.rs`). A
-//! request is acknowledged only once its highest log sequence is durable (`committed`).
+//! The general request path: a request the frame path (`frame.rs`) does not send to its
+//! SKUs itself (fulfil, release, extend, catalog writes) comes here once its id is checked
+//! and entered in the idempotency table, inside the frame's checkpoint epoch, and goes to
+//! its operation's module: reservations (`reservations.rs`) or catalog writes
+//! (`catalog_writes.rs`). The stock-command checks (`stock_op`) serve the frame. A request
+//! is acknowledged only once its highest log sequence is durable (`committed`).
 
 use std::sync::Arc;
 
@@ -33,9 +34,11 @@ pub(super) async fn run_new(
     let now = core.clock.now_ms();
     let result = match req.command {
         // The frame sends every reserve to its SKUs itself (`frame.rs`).
-        Command::Reserve(_) => {
-            Err(EngineError::Corrupt("a reserve reached the general request path".into()).into())
-        }
+        // The frame sends every reserve and stock command to its SKUs itself (`frame.rs`).
+        Command::Reserve(_) | Command::Stock { .. } => Err(EngineError::Corrupt(
+            "a reserve or stock command reached the general request path".into(),
+        )
+        .into()),
         Command::Fulfill { reservation, lines } => {
             fulfill(core, req.id, fp, reservation, lines, now).await
         }
@@ -44,7 +47,6 @@ pub(super) async fn run_new(
             reservation,
             ttl_ms,
         } => extend(core, req.id, fp, reservation, ttl_ms, now).await,
-        Command::Stock { sku, command } => stock(core, req.id, fp, sku, command, now).await,
         Command::Catalog(c) => catalog(core, req.id, fp, c, now).await,
     };
     match result {
@@ -79,23 +81,6 @@ pub(super) async fn committed(
         })
         .collect();
     Ok(Outcome { seq, changes })
-}
-
-pub(super) async fn stock(
-    core: &Arc<Core>,
-    request: u128,
-    fp: u64,
-    sku: SkuId,
-    cmd: SkuCommand,
-    now: TimeMs,
-) -> Result<Outcome, Failure> {
-    let op = stock_op(&core.catalog(), (request, fp), &sku, cmd, now)?;
-    let reply = call(core, &sku, op, true, Delivery::Try).await;
-    let (done, failure) = collect(vec![(sku, reply)]);
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    committed(core, done, 0).await
 }
 
 /// A stock command checked (SKU id, the locations it names) and ready for its actor.

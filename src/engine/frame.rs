@@ -50,7 +50,7 @@ struct Direct {
 enum Route {
     /// Answered without an actor: a bad request id, a replay, a conflict, a rejection.
     Answered(Answer),
-    Direct(Box<Direct>),
+    Direct(Direct),
     General(Request),
 }
 
@@ -71,7 +71,7 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> Vec<Answer> {
     for (i, (req, fp)) in reqs.into_iter().enumerate() {
         match route(core, &catalog, req, fp, now) {
             Route::Answered(a) => out[i] = Some(a),
-            Route::Direct(d) => direct.push((i, *d)),
+            Route::Direct(d) => direct.push((i, d)),
             Route::General(req) => general.push((i, req, fp)),
         }
     }
@@ -136,23 +136,23 @@ fn direct(
                     (sku, op)
                 })
                 .collect();
-            Ok(Route::Direct(Box::new(Direct {
+            Ok(Route::Direct(Direct {
                 id,
                 fp,
                 ops,
                 create: false,
                 reserve: Some((r.reservation, expires_at_ms)),
-            })))
+            }))
         }
         Command::Stock { sku, command } => {
             let op = stock_op(catalog, (id, fp), &sku, command, now)?;
-            Ok(Route::Direct(Box::new(Direct {
+            Ok(Route::Direct(Direct {
                 id,
                 fp,
                 ops: vec![(sku, op)],
                 create: true,
                 reserve: None,
-            })))
+            }))
         }
         command => Ok(Route::General(Request { id, command })),
     }
