@@ -25,6 +25,8 @@
 #   -b, --bin-dir DIR    omnistock and omnistock-load          (env BIN_DIR, default <repo>/target/release)
 #   -o, --out-dir DIR    callgrind files, logs, annotations    (env OUT_DIR, default a new /tmp/omnistock-callgrind.*)
 #       --redis-server P redis-server binary                   (env REDIS_SERVER, default redis-server)
+#   -f, --flags "F"      the run's workload flags instead of the batched scenario's
+#                        (env RUN_FLAGS, default "--workload reserve -c 8 --depth 4 --batch 256")
 #       --start-timeout S seconds to wait for the server under valgrind (env START_TIMEOUT, default 300)
 #   -h, --help
 # Needs valgrind (callgrind_control, callgrind_annotate), curl, redis-cli for Redis, jq.
@@ -38,7 +40,7 @@ BIN_DIR=${BIN_DIR:-$REPO/target/release}
 OUT_DIR=${OUT_DIR:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 START_TIMEOUT=${START_TIMEOUT:-300}
-RUN_FLAGS=(--workload reserve -c 8 --depth 4 --batch 256)
+read -r -a RUN_FLAGS <<<"${RUN_FLAGS:---workload reserve -c 8 --depth 4 --batch 256}"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 die() { echo "callgrind.sh: $*" >&2; exit 2; }
@@ -49,6 +51,7 @@ while [[ $# -gt 0 ]]; do
     -n|--ops) OPS=${2:?}; shift 2 ;;
     -b|--bin-dir) BIN_DIR=${2:?}; shift 2 ;;
     -o|--out-dir) OUT_DIR=${2:?}; shift 2 ;;
+    -f|--flags) read -r -a RUN_FLAGS <<<"${2:?}"; shift 2 ;;
     --redis-server) REDIS_SERVER=${2:?}; shift 2 ;;
     --start-timeout) START_TIMEOUT=${2:?}; shift 2 ;;
     -h|--help) usage; exit 0 ;;

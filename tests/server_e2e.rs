@@ -543,6 +543,64 @@ async fn pipelined_responses_come_back_out_of_order() {
     }
 }
 
+/// Frames written back to back are read together and run as one engine call: each still
+/// gets its own answer (a frame over `max_batch_ops` is refused alone), and requests on one
+/// SKU apply in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_frames_read_together_run_as_one_call_and_answer_each() {
+    let s = start_durable(|c| c.max_batch_ops = 4).await;
+    let c = client(&s, "").await;
+    catalog(&c).await;
+    let mut sock = raw(s.addr, "").await;
+    let frames = [
+        request(1, &[adjust("A", "wh-a", 5)]),
+        request(2, &[Op::Reserve(reserve(1, "web", &[("A", 2, None)]))]),
+        request(3, &[Op::Reserve(reserve(2, "web", &[("A", 4, None)]))]),
+        request(4, &[Op::Ping, Op::Ping, Op::Ping, Op::Ping, Op::Ping]),
+        request(
+            5,
+            &[Op::Reserve(reserve(3, "web", &[("A", 3, None)])), Op::Ping],
+        ),
+        request(6, &[Op::Ping]),
+    ];
+    let before = s
+        .stats
+        .frames_grouped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut bytes = Vec::new();
+    for f in &frames {
+        bytes.extend(f.encode());
+    }
+    sock.write_all(&bytes).await.unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..frames.len() {
+        let f = read_frame(&mut sock).await.unwrap();
+        assert_eq!(f.kind, FrameKind::Response);
+        let r: ResponseBatch = decode_payload(&f.payload).unwrap();
+        let codes: Vec<u16> = r.results.iter().map(|r| r.status).collect();
+        assert!(answers.insert(f.correlation, codes).is_none());
+    }
+    let want: std::collections::BTreeMap<u64, Vec<u16>> = [
+        (1, vec![0]),
+        (2, vec![0]),
+        (3, vec![1]),
+        (4, vec![status::TOO_MANY_OPERATIONS]),
+        (5, vec![0, 0]),
+        (6, vec![0]),
+    ]
+    .into();
+    assert_eq!(answers, want, "answers by correlation");
+    let grouped = s
+        .stats
+        .frames_grouped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    assert!(grouped >= 2, "{grouped} frames ran grouped");
+    let v = c.get_sku("A").await.unwrap();
+    let wh = v.buckets.iter().find(|b| b.location == "wh-a").unwrap();
+    assert_eq!((wh.on_hand, wh.reserved), (5, 5), "{v:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_has_one_result_per_operation_in_order() {
     let s = start(|_| {}).await;

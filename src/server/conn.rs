@@ -312,6 +312,14 @@ impl FrameReader {
         }
     }
 
+    /// Whether a whole frame is already buffered and may be taken now: `next` would return
+    /// it without reading or waiting. Lets the read loop gather pipelined frames into one
+    /// engine call.
+    fn has_frame(&self) -> bool {
+        let whole = matches!(Frame::peek_len(&self.buf, self.max), Ok(Some(len)) if self.buf.len() >= 4 + len);
+        whole && self.meter.as_ref().is_none_or(|m| m.may_take_frame())
+    }
+
     /// Reads and discards for up to `d` (at most 1 MiB) so that closing does not reset
     /// the connection before the peer has read our last frame.
     async fn linger(mut self, d: Duration) {
@@ -657,8 +665,69 @@ pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
         .await;
 }
 
-/// A frame being answered: its response bytes when done, and the estimate it reserved.
-type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (Vec<u8>, usize)> + Send>>;
+/// Frames being answered together: their response frames when done (in the order read),
+/// and the estimate they reserved.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = (Vec<Vec<u8>>, usize)> + Send>>;
+
+/// Pipelined request frames read back to back, run as one engine call.
+#[derive(Default)]
+struct Group {
+    frames: Vec<(u64, RequestBatch)>,
+    /// Operations in `frames`.
+    ops: usize,
+    /// Output budget reserved for their answers.
+    estimate: usize,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn add(&mut self, corr: u64, batch: RequestBatch, estimate: usize) {
+        self.ops += batch.ops.len();
+        self.estimate += estimate;
+        self.frames.push((corr, batch));
+    }
+
+    fn take(&mut self) -> Group {
+        std::mem::take(self)
+    }
+
+    /// Runs the frames. One of one operation (an unpipelined client's every request) runs
+    /// in the connection task; anything larger gets a task of its own, so that its
+    /// operations' wake-ups wake that task and not the whole connection.
+    fn run(self, ctx: &Arc<Ctx>, role: Role) -> InFlight {
+        let ctx = ctx.clone();
+        let Group {
+            frames,
+            ops,
+            estimate,
+        } = self;
+        if ops <= 1 {
+            return Box::pin(async move { (answer_frames(&ctx, role, frames).await, estimate) });
+        }
+        let corrs: Vec<u64> = frames.iter().map(|(c, _)| *c).collect();
+        let task = tokio::spawn(async move { answer_frames(&ctx, role, frames).await });
+        Box::pin(async move {
+            let answers = task.await.unwrap_or_else(|e| {
+                tracing::error!("request task failed: {e}");
+                let failed = |c| error_frame(c, status::INTERNAL_ERROR, "request task failed");
+                corrs.into_iter().map(failed).collect()
+            });
+            (answers, estimate)
+        })
+    }
+}
+
+/// The limit of operations gathered from several pipelined frames into one engine call.
+/// A single frame may carry up to `max_batch_ops`; gathering stops at this many (or at
+/// the frame that would be the connection's `max_in_flight`-th).
+const MAX_GROUP_OPS: usize = 256;
 
 /// Bytes reserved in the output budget for the answer of a request in flight, until the
 /// answer exists: an upper estimate, so that pipelined requests whose answers would not fit
@@ -702,6 +771,7 @@ async fn read_loop(
     // wake-up and no cross-task hand-off per frame (an unpipelined client paid all three
     // for every request). At `max_in_flight` nothing more is read: back-pressure.
     let max = ctx.config.max_in_flight;
+    let max_group_ops = MAX_GROUP_OPS.min(ctx.config.max_batch_ops);
     let meter = &out.meter;
     let tx = &out.tx;
     let mut inflight: futures::stream::FuturesUnordered<InFlight> =
@@ -723,8 +793,24 @@ async fn read_loop(
     tokio::pin!(stop);
     let killed = kill.notified();
     tokio::pin!(killed);
+    // Pipelined frames already read, gathered into one engine call (one reply buffer, one
+    // durability wait for all of them) and answered frame by frame.
+    let mut group = Group::default();
+    let mut frames_in_flight = 0usize;
     let end = loop {
-        let next = tokio::select! {
+        if !group.is_empty()
+            && !(group.ops < max_group_ops
+                && frames_in_flight + group.len() + ready.len() < max
+                && reader.has_frame())
+        {
+            frames_in_flight += group.len();
+            inflight.push(group.take().run(ctx, role));
+        }
+        let next = if !group.is_empty() {
+            // `has_frame` held: this returns the buffered frame without waiting.
+            reader.next().await
+        } else {
+            tokio::select! {
             biased;
             _ = &mut killed => {
                 break if meter.must_drop() { End::Dropped } else { End::Refused };
@@ -736,16 +822,17 @@ async fn read_loop(
                 }
                 continue;
             }
-            Some((bytes, estimate)) = inflight.next(), if !inflight.is_empty() => {
-                meter.answered(estimate, bytes.len());
-                ready.push_back(bytes);
+            Some((answers, estimate)) = inflight.next(), if !inflight.is_empty() => {
+                frames_in_flight -= answers.len();
+                meter.answered(estimate, answers.iter().map(Vec::len).sum());
+                ready.extend(answers);
                 if meter.over_budget() {
                     break End::Dropped;
                 }
                 continue;
             }
             _ = &mut stop => break End::Clean,
-            r = reader.next(), if inflight.len() + ready.len() < max => r,
+            r = reader.next(), if frames_in_flight + ready.len() < max => r,
             _ = &mut idle => {
                 // Answers pending, or a subscriber only listening: not idle.
                 if !inflight.is_empty() || !ready.is_empty() || sub.is_some() || meter.queued() > 0 {
@@ -757,6 +844,7 @@ async fn read_loop(
                     .send(error_frame(0, status::IDLE_TIMEOUT, "idle timeout"))
                     .await;
                 break End::Refused;
+            }
             }
         };
         let frame = match next {
@@ -806,28 +894,16 @@ async fn read_loop(
                 continue;
             }
         }
-        let ctx = ctx.clone();
         let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes)
             + frame.payload.len()
             + IN_FLIGHT_OVERHEAD_BYTES;
         meter.reserve(estimate);
-        let fut: InFlight = if batch.ops.len() == 1 {
-            // One operation (an unpipelined client's every request): run it right here.
-            Box::pin(async move { (answer(&ctx, role, corr, &batch).await, estimate) })
-        } else {
-            // A batch gets its own task: its operations' many wake-ups then wake that
-            // task, not this one (every wake-up here polls the whole connection).
-            let task = tokio::spawn(async move { answer(&ctx, role, corr, &batch).await });
-            Box::pin(async move {
-                let bytes = task.await.unwrap_or_else(|e| {
-                    tracing::error!("request task failed: {e}");
-                    error_frame(corr, status::INTERNAL_ERROR, "request task failed")
-                });
-                (bytes, estimate)
-            })
-        };
-        inflight.push(fut);
+        group.add(corr, batch, estimate);
     };
+    if !group.is_empty() {
+        // Read before the loop ended: they run and are answered like those in flight.
+        inflight.push(group.take().run(ctx, role));
+    }
     if let Some(s) = sub.take() {
         s.end().await;
     }
@@ -839,9 +915,9 @@ async fn read_loop(
     // In-flight requests always finish (the engine's work does not depend on the client);
     // their answers are queued for the writer for at most `WRITER_DRAIN` (a client that
     // stopped reading cannot hold the connection, or a shutdown, forever).
-    while let Some((bytes, estimate)) = inflight.next().await {
-        meter.answered(estimate, bytes.len());
-        ready.push_back(bytes);
+    while let Some((answers, estimate)) = inflight.next().await {
+        meter.answered(estimate, answers.iter().map(Vec::len).sum());
+        ready.extend(answers);
         if meter.over_budget() {
             return End::Dropped;
         }
@@ -857,15 +933,55 @@ async fn read_loop(
     end
 }
 
+/// Runs pipelined frames as one engine call and encodes each one's response frame, in the
+/// order given. A frame over `max_batch_ops` is refused alone.
+async fn answer_frames(ctx: &Ctx, role: Role, frames: Vec<(u64, RequestBatch)>) -> Vec<Vec<u8>> {
+    if let [(corr, batch)] = frames.as_slice() {
+        return vec![answer(ctx, role, *corr, batch).await];
+    }
+    ctx.stats
+        .frames_grouped
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    let max_ops = ctx.config.max_batch_ops;
+    let mut ops = Vec::new();
+    // Per frame: its correlation and either its number of operations or its refusal.
+    let mut parts = Vec::with_capacity(frames.len());
+    for (corr, batch) in frames {
+        if batch.ops.len() > max_ops {
+            parts.push((corr, Err(too_many(batch.ops.len(), max_ops))));
+        } else {
+            parts.push((corr, Ok(batch.ops.len())));
+            ops.extend(batch.ops);
+        }
+    }
+    ctx.stats
+        .operations
+        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+    let mut results = run_batch(ctx, role, &ops).await.into_iter();
+    parts
+        .into_iter()
+        .map(|(corr, part)| {
+            let results = match part {
+                Ok(n) => results.by_ref().take(n).collect(),
+                Err(refusal) => vec![refusal],
+            };
+            response_bytes(ctx, corr, results)
+        })
+        .collect()
+}
+
+fn too_many(n: usize, max_ops: usize) -> OpResult {
+    failed(
+        status::TOO_MANY_OPERATIONS,
+        format!("{n} operations; at most {max_ops} per request"),
+    )
+}
+
 /// Runs a batch and encodes its response frame (never over the frame limit).
 async fn answer(ctx: &Ctx, role: Role, corr: u64, batch: &RequestBatch) -> Vec<u8> {
     let max_ops = ctx.config.max_batch_ops;
     let results = if batch.ops.len() > max_ops {
-        let msg = format!(
-            "{} operations; at most {max_ops} per request",
-            batch.ops.len()
-        );
-        vec![failed(status::TOO_MANY_OPERATIONS, msg)]
+        vec![too_many(batch.ops.len(), max_ops)]
     } else {
         ctx.stats
             .operations

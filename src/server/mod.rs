@@ -80,6 +80,9 @@ pub struct ServerStats {
     pub memory_busy: AtomicU64,
     /// Request frames processed.
     pub requests: AtomicU64,
+    /// Request frames that ran in one engine call together with other pipelined frames of
+    /// their connection (read back to back).
+    pub frames_grouped: AtomicU64,
     /// Operations processed.
     pub operations: AtomicU64,
 }
