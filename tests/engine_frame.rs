@@ -197,3 +197,106 @@ async fn a_frame_reaches_skus_that_passivated_under_it() {
         "one unit held per placed reservation"
     );
 }
+
+/// Fulfil, release and extend of one-SKU reservations go to their SKU with the frame (no
+/// `OpBegun`); those of several SKUs take the general path. Both end in the same index and
+/// stock, and a resent frame replays every outcome.
+#[tokio::test]
+async fn operations_on_reservations_in_one_frame_update_index_stock_and_expiry() {
+    let clock = Arc::new(omnistock::engine::ManualClock::new(1_000_000));
+    let e = Engine::start_in_memory_with_clock(
+        EngineConfig {
+            expiry_driver: false,
+            ..EngineConfig::default()
+        },
+        clock.clone(),
+    )
+    .expect("engine");
+    small_catalog(&e).await;
+    adjust(&e, "A", "wh-a", 20).await.unwrap();
+    adjust(&e, "B", "wh-a", 20).await.unwrap();
+    for (id, lines) in [
+        (300, vec![("A", 2)]),
+        (301, vec![("A", 3)]),
+        (302, vec![("A", 4)]),
+        (303, vec![("A", 5)]),
+        (304, vec![("A", 1), ("B", 2)]),
+        (305, vec![("A", 2)]),
+    ] {
+        exec(&e, reserve_cmd(id, "web", &lines, 60_000))
+            .await
+            .unwrap();
+    }
+    let fulfil = |reservation, lines| Command::Fulfill { reservation, lines };
+    let frame = vec![
+        // 0: whole fulfil of a one-SKU reservation.
+        req(fulfil(300, None)),
+        // 1: partial fulfil (1 of 3): it stays open with 2.
+        req(fulfil(301, Some(vec![(sku("A"), 1)]))),
+        // 2: release.
+        req(Command::Release { reservation: 302 }),
+        // 3: extend to 10 minutes from now.
+        req(Command::Extend {
+            reservation: 303,
+            ttl_ms: 600_000,
+        }),
+        // 4: a second operation on 300 in the same frame: it is busy.
+        req(Command::Release { reservation: 300 }),
+        // 5: 301 again: busy with request 1.
+        req(fulfil(301, Some(vec![(sku("A"), 1)]))),
+        // 6: a two-SKU reservation fulfilled on the general path beside them.
+        req(fulfil(304, None)),
+        // 7: an unknown reservation.
+        req(Command::Release { reservation: 399 }),
+        // 8: more than the hold: refused, the reservation stays as it was.
+        req(fulfil(305, Some(vec![(sku("A"), 9)]))),
+    ];
+    let first = e.execute_frame(frame.clone()).await;
+    for i in [0, 1, 2, 3, 6] {
+        assert!(first[i].is_ok(), "request {i}: {:?}", first[i]);
+    }
+    assert!(matches!(rejection(&first[4]), Rejection::InProgress(300)));
+    assert!(matches!(rejection(&first[5]), Rejection::InProgress(301)));
+    assert!(matches!(
+        rejection(&first[8]),
+        Rejection::ExceedsHold { held: 2, .. }
+    ));
+    assert_eq!(e.reservation(305).unwrap().lines, vec![(sku("A"), 2)]);
+    assert!(matches!(
+        rejection(&first[7]),
+        Rejection::ReservationNotFound(399)
+    ));
+    assert!(e.reservation(300).is_none() && e.reservation(302).is_none());
+    assert!(e.reservation(304).is_none());
+    assert_eq!(e.reservation(301).unwrap().lines, vec![(sku("A"), 2)]);
+    assert_eq!(e.reservation(303).unwrap().expires_at_ms, 1_600_000);
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!(on_hand(&a), 20 - 2 - 1 - 1, "300, 1 of 301, A of 304 sold");
+    assert_eq!(a.reserved_total(), 2 + 5 + 2, "301's rest, 303 and 305");
+    let b = e.sku_state(&sku("B")).await.unwrap();
+    assert_eq!((on_hand(&b), b.reserved_total()), (18, 0));
+
+    // The resend replays the accepted ones (same outcomes), applying nothing twice.
+    let again = e.execute_frame(frame).await;
+    for i in [0, 1, 2, 3, 6] {
+        assert_eq!(
+            first[i].as_ref().unwrap(),
+            again[i].as_ref().unwrap(),
+            "{i}"
+        );
+    }
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    // Request 5, refused as busy the first time, now runs: one more unit of 301 sold.
+    assert!(again[5].is_ok(), "{:?}", again[5]);
+    assert_eq!((on_hand(&a), a.reserved_total()), (15, 8));
+
+    // Expiry follows the extension: 301 and 305 (60 s) expire, 303 (now 10 min) does not.
+    clock.advance(61_000);
+    assert_eq!(e.expire_due().await, 2);
+    assert!(e.reservation(301).is_none() && e.reservation(305).is_none());
+    assert!(e.reservation(303).is_some());
+    clock.advance(600_000);
+    assert_eq!(e.expire_due().await, 1);
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!((on_hand(&a), a.reserved_total()), (15, 0));
+}

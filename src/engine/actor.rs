@@ -95,6 +95,18 @@ impl Message for SkuMsg {
     type Result = ();
 }
 
+/// Every op of one request frame for one SKU, in frame order: one mailbox slot, one
+/// envelope and one wake-up of the actor instead of one each (a hot SKU receives many
+/// operations per frame). At most a frame's operations (`max_batch_ops`).
+#[derive(Debug)]
+pub(crate) struct SkuBatch {
+    pub ops: Vec<(SkuOp, super::delivery::SlotReply)>,
+}
+
+impl Message for SkuBatch {
+    type Result = ();
+}
+
 /// One SKU's actor.
 pub(crate) struct SkuActor {
     state: SkuState,
@@ -230,11 +242,29 @@ impl Handler<SkuMsg> for SkuActor {
     type Result = ();
 
     fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
+        self.handle_one(msg.op, msg.reply, ctx);
+    }
+}
+
+impl Handler<SkuBatch> for SkuActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SkuBatch, ctx: &mut Context<Self>) {
+        for (op, reply) in msg.ops {
+            self.handle_one(op, ReplyTo::Slot(reply), ctx);
+        }
+    }
+}
+
+impl SkuActor {
+    /// One op, whichever message carried it. After passivation every op goes back
+    /// (`Moved`) to be re-sent to the SKU's new actor.
+    fn handle_one(&mut self, op: SkuOp, reply: ReplyTo, ctx: &mut Context<Self>) {
         if self.passivated {
-            msg.reply.send(SkuReply::Moved(msg.op));
+            reply.send(SkuReply::Moved(op));
             return;
         }
-        let reply = match msg.op {
+        let answer = match op {
             SkuOp::Passivate { tick: seen } => {
                 // Passivate only if nothing arrived since the sweeper looked.
                 if self.last_tick.load(Ordering::Relaxed) <= seen {
@@ -249,6 +279,6 @@ impl Handler<SkuMsg> for SkuActor {
                 self.serve(op)
             }
         };
-        msg.reply.send(reply);
+        reply.send(answer);
     }
 }

@@ -108,7 +108,7 @@ pub struct Outcome {
 }
 
 /// Why a request did not succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     /// A normal business answer (stable code, state unchanged).
     #[error(transparent)]

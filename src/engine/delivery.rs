@@ -2,6 +2,7 @@
 //! `try_send` (new work: a full mailbox answers `Busy`) or `send` (work that must finish:
 //! it waits for room), re-sent when the actor passivated under it, and its reply collected.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::domain::{Event, Rejection, SkuCommand, SkuId, TimeMs};
 
-use super::actor::{ReplyTo, SkuMsg, SkuOp, SkuReply};
+use super::actor::{ReplyTo, SkuBatch, SkuMsg, SkuOp, SkuReply};
 use super::api::Failure;
 use super::{Core, Counters, EngineError};
 
@@ -34,6 +35,10 @@ pub(super) enum Sent {
 
 /// Changes committed by SKU actors: (sku, seq, events).
 pub(super) type Done = Vec<(SkuId, u64, Vec<Event>)>;
+
+/// Most ops of one frame in one message to a SKU: a mailbox of `mailbox_capacity`
+/// messages holds at most this many times as many ops.
+pub(super) const MAX_SKU_BATCH: usize = 256;
 
 /// Most times one op is re-sent because its actor passivated under it.
 pub(super) const MAX_REDELIVERIES: usize = 8;
@@ -249,6 +254,9 @@ impl FrameReplies {
     }
 }
 
+/// A SKU's ops of one round, whether they may create it, and where each answers.
+type SkuGroup = (SkuId, bool, Vec<(SkuOp, SlotReply)>);
+
 /// Sends every `(sku, op)` with `try_send` (new work: a full mailbox answers `Busy`), each
 /// answering into one shared buffer, and waits once for all of them. Ops whose actor
 /// passivated under them are re-sent (at most [`MAX_REDELIVERIES`] rounds). Results in
@@ -272,14 +280,41 @@ pub(super) async fn deliver_all(
         }
         let frame = FrameReplies::new(round.len());
         let mut skus = Vec::with_capacity(round.len());
+        // One message per SKU (its ops in frame order), except that an op that may create
+        // the SKU starts a new message after ops that may not (those still find no SKU,
+        // as they would have alone), and a message holds at most `MAX_SKU_BATCH` ops.
+        let mut groups: Vec<SkuGroup> = Vec::new();
+        let mut group_of: HashMap<SkuId, usize, foldhash::fast::RandomState> = HashMap::default();
+        let single = round.len() == 1;
         for (slot, (i, sku, op)) in round.drain(..).enumerate() {
             let reply = SlotReply {
                 frame: frame.clone(),
                 idx: slot,
                 filled: false,
             };
-            send_slot(core, &sku, op, reply, create[i]);
+            if single {
+                send_slot(core, &sku, op, reply, create[i]);
+                skus.push((i, sku));
+                continue;
+            }
+            match group_of.get(&sku) {
+                Some(&g) if (groups[g].1 || !create[i]) && groups[g].2.len() < MAX_SKU_BATCH => {
+                    groups[g].2.push((op, reply))
+                }
+                _ => {
+                    group_of.insert(sku.clone(), groups.len());
+                    groups.push((sku.clone(), create[i], vec![(op, reply)]));
+                }
+            }
             skus.push((i, sku));
+        }
+        for (sku, create, mut ops) in groups {
+            if ops.len() == 1 {
+                let (op, reply) = ops.pop().expect("invariant: one op");
+                send_slot(core, &sku, op, reply, create);
+            } else {
+                send_batch(core, &sku, ops, create);
+            }
         }
         frame.done_one();
         frame.all_filled().await;
@@ -349,6 +384,45 @@ fn send_slot(core: &Arc<Core>, sku: &SkuId, op: SkuOp, reply: SlotReply, create:
         return refuse(held, failure);
     }
     refuse(held, Rejection::Busy.into());
+}
+
+/// Queues several ops for `sku`'s actor in one message; a refusal fills all their slots.
+fn send_batch(core: &Arc<Core>, sku: &SkuId, ops: Vec<(SkuOp, SlotReply)>, create: bool) {
+    let mut held = Some(SkuBatch { ops });
+    for _ in 0..MAX_REDELIVERIES {
+        let sent = core.registry.with_addr(core, sku, create, |a| {
+            let msg = held.take().expect("invariant: held until sent");
+            match a.try_send(msg) {
+                Ok(()) => Offer::Queued,
+                Err(actix::dev::SendError::Full(m)) => {
+                    held = Some(m);
+                    Offer::Full
+                }
+                Err(actix::dev::SendError::Closed(m)) => {
+                    held = Some(m);
+                    Offer::Closed
+                }
+            }
+        });
+        let failure: Failure = match sent {
+            Ok(Some(Offer::Queued)) => return,
+            Ok(Some(Offer::Closed)) => continue,
+            Ok(Some(Offer::Full)) => {
+                Counters::bump(&core.counters.mailbox_full);
+                Rejection::Busy.into()
+            }
+            Ok(None) => Rejection::UnknownSku(sku.clone()).into(),
+            Err(e) => limit_to_rejection(e),
+        };
+        return refuse_all(held, &failure);
+    }
+    refuse_all(held, &Rejection::Busy.into());
+}
+
+fn refuse_all(msg: Option<SkuBatch>, f: &Failure) {
+    for (_, mut s) in msg.map(|m| m.ops).unwrap_or_default() {
+        s.fill(SlotState::Refused(f.clone()));
+    }
 }
 
 fn refuse(msg: Option<SkuMsg>, f: Failure) {

@@ -1,23 +1,27 @@
 //! A request frame as the unit of work. The requests of one frame are checked and entered
 //! in the idempotency table together, in one checkpoint epoch, with one catalog snapshot.
-//! Every reserve (a cart of any number of SKUs) and every stock command is sent to its
-//! actors with a slot each in one shared reply buffer (`delivery::deliver_all`): no future,
-//! oneshot or wake-up per operation. The frame waits once for all the replies, logs the
-//! `CartPlaced` marker of each whole cart of several SKUs, undoes the holds of refused
-//! carts, and waits once for the log (its highest sequence). The other requests (fulfil,
-//! release, extend, catalog writes) run beside them on the general path
+//! Every reserve (a cart of any number of SKUs), every stock command, and every fulfil,
+//! release or extend of a reservation of one SKU is sent to its actors with a slot each in
+//! one shared reply buffer (`delivery::deliver_all`: one message per SKU for all its ops
+//! of the frame): no future, oneshot or wake-up per operation. The frame waits once for
+//! all the replies, logs the `CartPlaced` marker of each whole cart of several SKUs, undoes
+//! the holds of refused carts, and waits once for the log (its highest sequence). The
+//! other requests (fulfil, release, extend of reservations of several SKUs, which log
+//! `OpBegun` first, and catalog writes) run beside them on the general path
 //! (`coordinator::run_new`).
 //!
 //! This path keeps every guarantee of a request on its own: acknowledged only once its
 //! records are durable, a cart all or nothing (a refused one is undone before it is
 //! answered; a whole one of several SKUs is closed by its marker), a resend replays the
 //! same outcome. Requests of one frame on the same SKU reach its actor in frame order.
+//! An operation on a reservation of one SKU refused before its SKU changed it (a full
+//! mailbox: `Busy`) leaves the reservation as it was.
 
 use std::sync::Arc;
 
 use futures::future::join_all;
 
-use crate::domain::{Catalog, Rejection, ReleaseReason, ReservationId, SkuId, TimeMs};
+use crate::domain::{Catalog, Rejection, ReleaseReason, ReservationId, SkuCommand, SkuId, TimeMs};
 
 use super::actor::SkuOp;
 use super::api::{Change, Command, Failure, Outcome, Request};
@@ -26,10 +30,10 @@ use super::delivery::{collect, deliver_all, sku_op_with, Admit, Done};
 use super::idempotency::Begin;
 use super::journal::RecordBody;
 use super::reservations::{
-    begin_reservation, finish_reservation, group_lines, held_by, hold_command, log_marker,
-    release_holds,
+    begin_reservation, check_extend_ttl, finish_reservation, fulfil_plan, group_lines, held_by,
+    hold_command, lock_reservation, log_marker, release_holds, unlock_reservation,
 };
-use super::{Core, EngineError};
+use super::{Core, Counters, EngineError, ResEntry};
 
 /// A request's answer.
 pub(crate) type Answer = Result<Arc<Outcome>, Failure>;
@@ -42,8 +46,28 @@ struct Direct {
     ops: Vec<(SkuId, SkuOp)>,
     /// Whether the SKUs may be created (stock commands) or must exist (holds).
     create: bool,
-    /// For a reserve: its id and expiry (its index entry is in place, busy).
-    reserve: Option<(ReservationId, TimeMs)>,
+    kind: Kind,
+}
+
+/// What a direct request is, for what follows its actors' answers.
+enum Kind {
+    /// A stock command: nothing to record besides its outcome.
+    Stock,
+    /// A reserve: its id and expiry (its index entry is in place, busy).
+    Reserve(ReservationId, TimeMs),
+    /// A fulfil, release or extend of a reservation of one SKU (its index entry locked,
+    /// busy): there is no group to open, so it goes straight to the SKU like a reserve.
+    /// (Reservations of several SKUs log `OpBegun` first: the general path.)
+    OnReservation(ReservationId, TimeMs, After),
+}
+
+/// What a reservation's index entry becomes once its operation is done.
+enum After {
+    /// Fulfilled: the reservation ends (`None`) or keeps these lines.
+    Fulfilled(Option<Vec<(SkuId, u32)>>),
+    Released,
+    /// Extended to this expiry.
+    Extended(TimeMs),
 }
 
 /// What the frame does with one request.
@@ -141,7 +165,7 @@ fn direct(
                 fp,
                 ops,
                 create: false,
-                reserve: Some((r.reservation, expires_at_ms)),
+                kind: Kind::Reserve(r.reservation, expires_at_ms),
             }))
         }
         Command::Stock { sku, command } => {
@@ -151,11 +175,114 @@ fn direct(
                 fp,
                 ops: vec![(sku, op)],
                 create: true,
-                reserve: None,
+                kind: Kind::Stock,
             }))
+        }
+        Command::Fulfill { reservation, lines } if one_sku(core, reservation) => {
+            let entry = lock_reservation(core, reservation)?;
+            let plan = if entry.expires_at_ms <= now {
+                Err(Rejection::ReservationExpired(reservation))
+            } else {
+                fulfil_plan(&entry, lines)
+            };
+            let plan = plan.inspect_err(|_| unlock_reservation(core, reservation, None))?;
+            let [(sku, qty)]: [(SkuId, Option<u32>); 1] = plan
+                .per_sku
+                .try_into()
+                .map_err(|_| Rejection::invalid("a fulfil of one SKU planned several"))?;
+            let cmd = SkuCommand::Fulfill { reservation, qty };
+            let after = After::Fulfilled((!plan.closes).then_some(plan.remaining));
+            Ok(on_reservation(
+                catalog,
+                (id, fp),
+                now,
+                &entry,
+                reservation,
+                sku,
+                cmd,
+                after,
+            ))
+        }
+        Command::Release { reservation } if one_sku(core, reservation) => {
+            let entry = lock_reservation(core, reservation)?;
+            let sku = entry.lines[0].0.clone();
+            let cmd = SkuCommand::Release {
+                reservation,
+                reason: ReleaseReason::Client,
+            };
+            let after = After::Released;
+            Ok(on_reservation(
+                catalog,
+                (id, fp),
+                now,
+                &entry,
+                reservation,
+                sku,
+                cmd,
+                after,
+            ))
+        }
+        Command::Extend {
+            reservation,
+            ttl_ms,
+        } if one_sku(core, reservation) => {
+            check_extend_ttl(ttl_ms)?;
+            let entry = lock_reservation(core, reservation)?;
+            if entry.expires_at_ms <= now {
+                unlock_reservation(core, reservation, None);
+                return Err(Rejection::ReservationExpired(reservation));
+            }
+            let sku = entry.lines[0].0.clone();
+            let new_expiry = now.saturating_add(ttl_ms);
+            let cmd = SkuCommand::Extend {
+                reservation,
+                expires_at_ms: new_expiry,
+            };
+            let after = After::Extended(new_expiry);
+            Ok(on_reservation(
+                catalog,
+                (id, fp),
+                now,
+                &entry,
+                reservation,
+                sku,
+                cmd,
+                after,
+            ))
         }
         command => Ok(Route::General(Request { id, command })),
     }
+}
+
+/// Whether a committed reservation holds exactly one SKU (its operations then need no
+/// `OpBegun` group). A reservation's number of SKUs never changes once it is committed.
+fn one_sku(core: &Core, reservation: ReservationId) -> bool {
+    core.reservations
+        .get(&reservation)
+        .is_some_and(|e| e.committed && e.lines.len() == 1)
+}
+
+/// The direct route of an operation on a locked reservation of one SKU. Its record must be
+/// logged (it finishes what the reservation began), as on the general path.
+#[allow(clippy::too_many_arguments)]
+fn on_reservation(
+    catalog: &Arc<Catalog>,
+    (id, fp): (u128, u64),
+    now: TimeMs,
+    entry: &ResEntry,
+    reservation: ReservationId,
+    sku: SkuId,
+    cmd: SkuCommand,
+    after: After,
+) -> Route {
+    let op = sku_op_with(cmd, (id, fp), catalog.clone(), now, Admit::Finish);
+    Route::Direct(Direct {
+        id,
+        fp,
+        ops: vec![(sku, op)],
+        create: false,
+        kind: Kind::OnReservation(reservation, entry.expires_at_ms, after),
+    })
 }
 
 /// A direct request once its actors answered: its changes and the sequence of its closing
@@ -176,17 +303,22 @@ async fn run_direct(
     let mut create = Vec::with_capacity(direct.len());
     let mut meta = Vec::with_capacity(direct.len());
     for (i, d) in direct {
-        meta.push((i, d.id, d.fp, d.reserve, d.ops.len()));
+        meta.push((i, d.id, d.fp, d.kind, d.ops.len()));
         create.extend(std::iter::repeat_n(d.create, d.ops.len()));
         ops.extend(d.ops);
     }
     let mut replies = deliver_all(core, ops, &create).await.into_iter();
     let mut placed: Vec<Placed> = Vec::with_capacity(meta.len());
     let mut undo = Vec::new();
-    for &(_, id, fp, reserve, n) in &meta {
+    for (_, id, fp, kind, n) in &meta {
+        let (id, fp, n) = (*id, *fp, *n);
         let (done, failure) = collect(replies.by_ref().take(n).collect());
+        let reserve = match kind {
+            Kind::Reserve(reservation, _) => Some(*reservation),
+            _ => None,
+        };
         placed.push(match (failure, reserve) {
-            (Some(f), Some((reservation, _))) if !done.is_empty() => {
+            (Some(f), Some(reservation)) if !done.is_empty() => {
                 // The holds the refused cart had placed are released before it is answered.
                 undo.push((
                     reservation,
@@ -195,7 +327,7 @@ async fn run_direct(
                 Err(f)
             }
             (Some(f), _) => Err(f),
-            (None, Some((reservation, _))) if n > 1 => {
+            (None, Some(reservation)) if n > 1 => {
                 close_cart(core, (id, fp), reservation, now).map(|marker| (done, marker))
             }
             (None, _) => Ok((done, 0)),
@@ -216,9 +348,7 @@ async fn run_direct(
     };
     meta.into_iter()
         .zip(placed)
-        .map(|((i, id, fp, reserve, _), p)| {
-            (i, complete(core, (id, fp), reserve, p, &durable, now))
-        })
+        .map(|((i, id, fp, kind, _), p)| (i, complete(core, (id, fp), kind, p, &durable, now)))
         .collect()
 }
 
@@ -239,21 +369,35 @@ fn close_cart(
 fn complete(
     core: &Core,
     (id, fp): (u128, u64),
-    reserve: Option<(ReservationId, TimeMs)>,
+    kind: Kind,
     placed: Placed,
     durable: &Result<(), EngineError>,
     now: TimeMs,
 ) -> Answer {
     let failure: Failure = match (placed, durable) {
-        (Ok((done, _)), Ok(())) => {
-            let seq = done.iter().map(|d| d.1).max().unwrap_or(0);
-            if let Some((reservation, expires_at_ms)) = reserve {
-                let lines = done
-                    .iter()
-                    .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
-                    .collect();
-                finish_reservation(core, reservation, lines, expires_at_ms);
+        (Ok((done, _)), durable) => {
+            match kind {
+                Kind::Reserve(reservation, expires_at_ms) if durable.is_ok() => {
+                    let lines = done
+                        .iter()
+                        .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
+                        .collect();
+                    finish_reservation(core, reservation, lines, expires_at_ms);
+                }
+                Kind::Reserve(reservation, _) => {
+                    core.reservations.remove(&reservation);
+                }
+                // Applied by its SKU whatever the log says next: the index follows the SKU.
+                Kind::OnReservation(reservation, expires_at_ms, after) => {
+                    reservation_done(core, reservation, expires_at_ms, after)
+                }
+                Kind::Stock => {}
             }
+            if let Err(e) = durable {
+                core.idem.abort(id);
+                return Err(e.clone().into());
+            }
+            let seq = done.iter().map(|d| d.1).max().unwrap_or(0);
             let mut changes = Vec::with_capacity(done.iter().map(|d| d.2.len()).sum());
             for (sku, _, events) in done {
                 changes.extend(events.into_iter().map(|event| Change::Sku {
@@ -265,12 +409,41 @@ fn complete(
             core.idem.complete(id, fp, outcome.clone(), now);
             return Ok(outcome);
         }
-        (Ok(_), Err(e)) => e.clone().into(),
         (Err(f), _) => f,
     };
-    if let Some((reservation, _)) = reserve {
-        core.reservations.remove(&reservation);
+    match kind {
+        Kind::Reserve(reservation, _) => {
+            core.reservations.remove(&reservation);
+        }
+        // Refused before its SKU changed (busy mailbox, back-pressure): still open.
+        Kind::OnReservation(reservation, ..) => unlock_reservation(core, reservation, None),
+        Kind::Stock => {}
     }
     core.idem.abort(id);
     Err(failure)
+}
+
+/// The index entry and the expiry queue after a fulfil, release or extend of one SKU.
+fn reservation_done(core: &Core, id: ReservationId, expires_at_ms: TimeMs, after: After) {
+    match after {
+        After::Fulfilled(None) => {
+            core.expiry.remove(expires_at_ms, id);
+            core.reservations.remove(&id);
+            Counters::bump(&core.counters.reservations_fulfilled);
+        }
+        After::Fulfilled(Some(lines)) => unlock_reservation(core, id, Some(lines)),
+        After::Released => {
+            core.expiry.remove(expires_at_ms, id);
+            core.reservations.remove(&id);
+            Counters::bump(&core.counters.reservations_released);
+        }
+        After::Extended(new_expiry) => {
+            core.expiry.remove(expires_at_ms, id);
+            if let Some(mut e) = core.reservations.get_mut(&id) {
+                e.expires_at_ms = new_expiry;
+            }
+            core.expiry.insert(new_expiry, id);
+            unlock_reservation(core, id, None);
+        }
+    }
 }

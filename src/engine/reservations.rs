@@ -32,11 +32,11 @@ use super::{Core, Counters, ResEntry};
 /// How a fulfil request maps onto the reservation's SKUs.
 pub(super) struct FulfilPlan {
     /// Per SKU: units, or `None` for everything still held.
-    per_sku: Vec<(SkuId, Option<u32>)>,
+    pub per_sku: Vec<(SkuId, Option<u32>)>,
     /// Units still held per SKU afterwards (when not closing).
-    remaining: Vec<(SkuId, u32)>,
+    pub remaining: Vec<(SkuId, u32)>,
     /// The whole reservation ends.
-    closes: bool,
+    pub closes: bool,
 }
 
 /// The cart's lines grouped by SKU (limits checked), in the order holds are placed.
@@ -396,11 +396,7 @@ pub(super) async fn extend(
     ttl_ms: u64,
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
-    if ttl_ms == 0 || ttl_ms > MAX_HOLD_DURATION_MS {
-        return Err(
-            Rejection::invalid(format!("ttl_ms must be 1..={MAX_HOLD_DURATION_MS}")).into(),
-        );
-    }
+    check_extend_ttl(ttl_ms)?;
     let entry = lock_reservation(core, id)?;
     if entry.expires_at_ms <= now {
         unlock_reservation(core, id, None);
@@ -423,6 +419,16 @@ pub(super) async fn extend(
         core.expiry.insert(new_expiry, id);
     }
     finish_reservation_op(core, id, &entry, done, failure, Some(entry.lines.clone())).await
+}
+
+/// An extension's new hold duration must be 1..=`MAX_HOLD_DURATION_MS`.
+pub(super) fn check_extend_ttl(ttl_ms: u64) -> Result<(), Rejection> {
+    if ttl_ms == 0 || ttl_ms > MAX_HOLD_DURATION_MS {
+        return Err(Rejection::invalid(format!(
+            "ttl_ms must be 1..={MAX_HOLD_DURATION_MS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Rebuilds the reservation index and expiry queue from recovered SKU holds.

@@ -798,11 +798,10 @@ async fn read_loop(
     let mut group = Group::default();
     let mut frames_in_flight = 0usize;
     let end = loop {
-        if !group.is_empty()
-            && !(group.ops < max_group_ops
-                && frames_in_flight + group.len() + ready.len() < max
-                && reader.has_frame())
-        {
+        let may_grow = group.ops < max_group_ops
+            && frames_in_flight + group.len() + ready.len() < max
+            && reader.has_frame();
+        if !group.is_empty() && !may_grow {
             frames_in_flight += group.len();
             inflight.push(group.take().run(ctx, role));
         }
