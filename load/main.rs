@@ -293,6 +293,11 @@ async fn catalog(a: CatalogArgs) -> Result<bool, LoadError> {
     Ok(true)
 }
 
+/// mimalloc, as in the server binary (src/main.rs): the generator's tasks allocate on one
+/// thread and free on another too, and its numbers are compared with the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     if let Err(e) = omnistock::disable_transparent_huge_pages() {
         eprintln!("note: transparent huge pages stay on ({e}); the generator may be slower");

@@ -13,6 +13,13 @@ mod settings;
 mod simulate;
 mod tools;
 
+/// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
+/// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
+/// locks; mimalloc's thread-local free lists do not. Chosen here, in the binary, and not in
+/// the library, so a service that links the client keeps its own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// omnistock: real-time authoritative available-to-promise inventory.
 #[derive(Parser)]
 #[command(version, about)]
