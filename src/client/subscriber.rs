@@ -153,7 +153,7 @@ impl Subscriber {
     /// One `Push` frame's payload: its items, the position after them, `Lagged` as an error.
     fn take(&mut self, bytes: &[u8]) -> Result<Vec<PushItem>, ClientError> {
         let batch: PushBatch =
-            decode_body(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            decode_body(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut last = None;
         for item in &batch.items {
             match item {
