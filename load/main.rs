@@ -12,8 +12,9 @@ use omnistock::loadgen::{
 };
 
 /// Load generator for omnistock (and Redis, for comparison). Targets 127.0.0.1 only.
+// No bare `about`: it would take the package's description (the engine's), not this one.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
