@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use omnistock::client::{Client, ClientConfig};
-use omnistock::engine::{Engine, EngineConfig};
+use omnistock::engine::{Engine, EngineConfig, PersistConfig};
 use omnistock::protocol::*;
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
 
@@ -25,17 +25,30 @@ struct TestServer {
     task: tokio::task::JoinHandle<()>,
 }
 
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        arbiters: 2,
+        ..EngineConfig::default()
+    }
+}
+
 impl TestServer {
     async fn start() -> TestServer {
-        let engine = Arc::new(
-            Engine::start_in_memory(EngineConfig {
-                arbiters: 2,
-                ..EngineConfig::default()
-            })
-            .unwrap(),
-        );
+        let engine = Engine::start_in_memory(engine_config()).unwrap();
+        TestServer::serve(engine, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A durable engine on `dir`, listening on `listen`.
+    async fn durable(dir: &std::path::Path, listen: SocketAddr) -> TestServer {
+        let mut pc = PersistConfig::new(dir);
+        pc.engine = engine_config();
+        TestServer::serve(Engine::open(pc).await.unwrap(), listen).await
+    }
+
+    async fn serve(engine: Engine, listen: SocketAddr) -> TestServer {
+        let engine = Arc::new(engine);
         let cfg = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
+            listen,
             ..ServerConfig::default()
         };
         let server = Server::bind(cfg, engine.clone()).await.unwrap();
@@ -253,5 +266,51 @@ async fn feed_consumer_resumes_from_a_position_without_gap_or_duplicate() {
     let third = adjust(&c, "TEE", -1).await;
     let (_, text) = consume(s.addr, &["--name", "shop", "--until", &third.to_string()]).await;
     assert_eq!(seqs_printed(&text), [third], "{text}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_consumer_resumes_by_itself_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::durable(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = s.addr;
+    let c = stocked(addr, &[("TEE", 100)]).await;
+    let start = adjust(&c, "TEE", 1).await;
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        sent.push(adjust(&c, "TEE", -1).await);
+    }
+    // The consumer runs until a position only reached after the restart: 3 more changes.
+    let until = sent[2] + 3;
+    let o = feed_consumer::parse_args(
+        args(&["--after", &start.to_string(), "--until", &until.to_string()]),
+        Some(addr.to_string()),
+        None,
+    )
+    .unwrap();
+    let consumer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let r = feed_consumer::consume(&o, &mut out).await;
+        (r, String::from_utf8(out).unwrap())
+    });
+    // Let it read the first changes, then stop the server under it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(c);
+    s.stop().await;
+    let s = TestServer::durable(dir.path(), addr).await;
+    let c = Client::connect(ClientConfig::new(addr.to_string()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        sent.push(adjust(&c, "TEE", -1).await);
+    }
+    assert_eq!(sent[5], until, "the log continued without a gap");
+    let (r, text) = tokio::time::timeout(std::time::Duration::from_secs(20), consumer)
+        .await
+        .expect("the consumer finished after the restart")
+        .unwrap();
+    assert_eq!(r.unwrap(), until, "{text}");
+    assert!(text.contains("resuming after seq"), "{text}");
+    assert_eq!(seqs_printed(&text), sent, "each change once:\n{text}");
     s.stop().await;
 }
