@@ -127,7 +127,7 @@ async fn busy_retries_are_bounded_by_the_policy() {
     let (addr, seen) = scripted(vec![13]).await;
     let c = client(&addr, policy(2)).await;
     let e = c.reserve(reserve()).await.unwrap_err();
-    assert_eq!(e.rejection(), Some(&Rejection::Busy), "{e:?}");
+    assert_eq!(e.rejection(), Some(Rejection::Busy), "{e:?}");
     assert_eq!(e.status(), Some(13));
     assert!(e.is_retriable());
     assert_eq!(seen.lock().len(), 3, "the first attempt and two retries");
@@ -168,7 +168,7 @@ async fn other_statuses_are_not_retried() {
         let (addr, seen) = scripted(vec![code, 0]).await;
         let c = client(&addr, policy(5)).await;
         let e = c.reserve(reserve()).await.unwrap_err();
-        assert_eq!(e.rejection(), Some(&want));
+        assert_eq!(e.rejection(), Some(want));
         assert_eq!(seen.lock().len(), 1, "status {code} was resent");
     }
 }

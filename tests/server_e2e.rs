@@ -257,7 +257,7 @@ async fn every_operation_round_trips() {
     );
     assert_eq!(
         e.rejection(),
-        Some(&Rejection::CompareFailed(Some(CompareFacts {
+        Some(Rejection::CompareFailed(Some(CompareFacts {
             expected: 99,
             actual: 5
         })))
@@ -643,7 +643,9 @@ async fn roles_limit_operations_and_bad_tokens_are_refused() {
 
     for bad in ["", "wrong"] {
         let e = Client::connect(ClientConfig::new(s.addr.to_string()).token(bad)).await;
-        assert_eq!(e.err().and_then(|e| e.status()), Some(status::UNAUTHORIZED));
+        let e = e.err().expect("refused");
+        assert_eq!(e.status(), Some(status::UNAUTHORIZED));
+        assert_eq!(e.rejection(), Some(Rejection::Unauthorized), "typed too");
     }
     assert_eq!(
         s.stats

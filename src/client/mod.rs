@@ -115,10 +115,12 @@ impl ClientError {
         }
     }
 
-    /// The typed status of a `Status` error.
-    pub fn rejection(&self) -> Option<&Rejection> {
+    /// The typed status of a `Status` error (with its facts), or of a `Refused` one (an
+    /// error frame: `Unauthorized`, `LimitExceeded`, ...).
+    pub fn rejection(&self) -> Option<Rejection> {
         match self {
-            ClientError::Status { rejection, .. } => Some(rejection),
+            ClientError::Status { rejection, .. } => Some(rejection.clone()),
+            ClientError::Refused { status, .. } => Rejection::from_status(*status, &[]),
             _ => None,
         }
     }
@@ -471,13 +473,20 @@ mod tests {
     #[test]
     fn a_status_error_carries_its_typed_rejection_and_the_raw_code() {
         let e = ClientError::from_status(13, "busy".into(), vec![]);
-        assert_eq!(e.rejection(), Some(&Rejection::Busy));
+        assert_eq!(e.rejection(), Some(Rejection::Busy));
         assert_eq!(e.status(), Some(13));
         assert!(e.is_retriable());
         let e = ClientError::from_status(6, "no".into(), vec![]);
-        assert!(!e.is_retriable() && e.rejection() == Some(&Rejection::ReservationNotFound));
+        assert!(!e.is_retriable() && e.rejection() == Some(Rejection::ReservationNotFound));
         let e = ClientError::from_status(77, String::new(), vec![]);
-        assert_eq!(e.rejection(), Some(&Rejection::Other(77)));
+        assert_eq!(e.rejection(), Some(Rejection::Other(77)));
+        let refused = ClientError::Refused {
+            status: status::UNAUTHORIZED,
+            message: "unknown token".into(),
+        };
+        assert_eq!(refused.rejection(), Some(Rejection::Unauthorized));
+        assert!(!refused.is_retriable());
+        assert_eq!(ClientError::Timeout.rejection(), None);
         assert!(ClientError::Disconnected.is_retriable());
         assert!(!ClientError::Protocol("x".into()).is_retriable());
     }

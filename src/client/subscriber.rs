@@ -33,8 +33,10 @@
 //!
 //! It is also a [`futures::Stream`] of the same `Result<Vec<PushItem>, ClientError>` (one
 //! `Push` frame each): after an error the stream ends (`None`) until
-//! [`Subscriber::resume`] reconnects, so `while let Some(items) = sub.next().await` loops
-//! terminate and the position stays where the last delivered frame left it.
+//! [`Subscriber::resume`] reconnects, so a `while let Some(..)` loop over it terminates and
+//! the position stays where the last delivered frame left it. The inherent
+//! [`Subscriber::next`] wins over `StreamExt::next` in method syntax: call the stream's as
+//! `StreamExt::next(&mut sub)`, or use any other combinator (`sub.by_ref().take(3)`, ...).
 //!
 //! ```no_run
 //! # async fn demo(mut sub: omnistock::client::Subscriber) -> Result<(), omnistock::client::ClientError> {
