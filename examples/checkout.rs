@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use omnistock::client::{new_request_id, Client, ClientConfig, ClientError, Rejection};
-use omnistock::protocol::{Fulfill, Reserve, WireLine};
+use omnistock::protocol::{Fulfill, Reserve};
 
 /// How long the units are held between reserve and fulfil (a payment step would run there).
 const HOLD_TTL: Duration = Duration::from_secs(600);
@@ -108,25 +108,14 @@ pub fn parse_args(
 }
 
 fn reserve_request(reservation: u128, channel: &str, lines: &[(String, u32)]) -> Reserve {
-    Reserve {
-        // A new request id per attempt: the server remembers accepted requests by it, so a
-        // resend after a dropped connection (the client does that) cannot reserve twice.
-        request_id: new_request_id(),
-        reservation,
-        channel: channel.into(),
-        lines: lines
-            .iter()
-            .map(|(sku, qty)| WireLine {
-                sku: sku.clone(),
-                qty: *qty,
-                location: None,
-            })
-            .collect(),
-        // One location per line keeps the pick simple; `true` would let a line be split
-        // over several stores.
-        allow_split: false,
-        ttl_ms: HOLD_TTL.as_millis() as u64,
-    }
+    // A fresh request id per attempt (`Reserve::new` draws one): the server remembers
+    // accepted requests by it, so the client's resend after a dropped connection cannot
+    // reserve twice. Lines come from the channel's locations, one location per line
+    // (`.allow_split(true)` would let a line be split over several stores).
+    lines.iter().fold(
+        Reserve::new(reservation, channel, HOLD_TTL),
+        |r, (sku, qty)| r.line(sku.as_str(), *qty),
+    )
 }
 
 /// Runs the checkout, writing what happens to `out`.
@@ -179,13 +168,7 @@ pub async fn checkout(order: &Order, out: &mut impl Write) -> Result<Outcome, Cl
         let _ = writeln!(out, "reserved {} x {} at {}", a.qty, a.sku, a.location);
     }
     // Payment would happen here, within HOLD_TTL; on failure, `client.release(..)`.
-    let done = client
-        .fulfill(Fulfill {
-            request_id: new_request_id(),
-            reservation,
-            lines: None,
-        })
-        .await?;
+    let done = client.fulfill(Fulfill::all(reservation)).await?;
     let _ = writeln!(
         out,
         "fulfilled reservation {reservation:032x} (durable at seq {})",

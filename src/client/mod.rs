@@ -7,27 +7,28 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), omnistock::client::ClientError> {
-//! use omnistock::client::{new_request_id, Client, ClientConfig};
-//! use omnistock::protocol::{Reserve, WireLine};
+//! use std::time::Duration;
+//! use omnistock::client::{Client, ClientConfig, ClientError, Rejection};
+//! use omnistock::protocol::{Fulfill, Reserve};
 //!
 //! let client = Client::connect(ClientConfig::new("127.0.0.1:7878").token("s3cret")).await?;
 //! client.ping().await?;
-//! let r = client
-//!     .reserve(Reserve {
-//!         request_id: new_request_id(),
-//!         reservation: 42,
-//!         channel: "web-fr".into(),
-//!         lines: vec![WireLine { sku: "TSHIRT-RED-M".into(), qty: 2, location: None }],
-//!         allow_split: false,
-//!         ttl_ms: 600_000,
-//!     })
-//!     .await?;
-//! println!("held until {}: {:?}", r.expires_at_ms, r.allocations);
+//! let cart = Reserve::new(42, "web-fr", Duration::from_secs(600)).line("TSHIRT-RED-M", 2);
+//! match client.reserve(cart).await {
+//!     Ok(r) => println!("held until {}: {:?}", r.expires_at_ms, r.allocations),
+//!     Err(ClientError::Status { rejection: Rejection::InsufficientStock(Some(f)), .. }) => {
+//!         println!("only {} of {} left", f.available, f.sku);
+//!         return Ok(());
+//!     }
+//!     Err(e) => return Err(e),
+//! }
+//! client.fulfill(Fulfill::all(42)).await?;
 //! # Ok(()) }
 //! ```
 
 mod conn;
 mod rejection;
+mod requests;
 mod subscriber;
 
 use std::sync::Arc;
