@@ -2,6 +2,11 @@
 //! a batch of 256 single-line reservations (request frame), its response, one log record,
 //! and a feed frame of 256 ATP changes.
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use omnistock::domain::{Allocation, ChannelId, Event, LocationId, SkuId};
 use omnistock::engine::journal::{LogRecord, RecordBody};

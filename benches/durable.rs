@@ -4,6 +4,11 @@
 //! Prints a table; not a criterion bench. Sizes: OMNISTOCK_DURABLE_SKUS (default 100,000),
 //! OMNISTOCK_DURABLE_RESERVES (default 1,000,000), OMNISTOCK_DURABLE_WINDOW (default 4096).
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,11 @@
 //! Requests are issued from one driver task with a window of concurrent requests, the way
 //! the TCP server issues them for pipelined clients.
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

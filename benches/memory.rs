@@ -5,6 +5,11 @@
 //! SKUs passivate 1 s after their last use; read once none is active. Prints a table; not a
 //! criterion bench.
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};

@@ -1,5 +1,10 @@
 //! The pure SKU state machine alone: ns per reserve, fulfil and release (decide + apply).
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use omnistock::domain::*;
 

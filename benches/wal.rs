@@ -5,6 +5,11 @@
 //! Between samples the log is truncated with an empty checkpoint (outside the timed
 //! region) so the sled database does not grow without bound during a long run.
 
+/// The server binary's allocator (src/main.rs), since the library sets none:
+/// its figures in docs/benchmarks.md were measured with it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

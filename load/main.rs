@@ -12,8 +12,9 @@ use omnistock::loadgen::{
 };
 
 /// Load generator for omnistock (and Redis, for comparison). Targets 127.0.0.1 only.
+// No bare `about`: it would take the package's description (the engine's), not this one.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -292,6 +293,11 @@ async fn catalog(a: CatalogArgs) -> Result<bool, LoadError> {
     );
     Ok(true)
 }
+
+/// mimalloc, as in the server binary (src/main.rs): the generator's tasks allocate on one
+/// thread and free on another too, and its numbers are compared with the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     if let Err(e) = omnistock::disable_transparent_huge_pages() {

@@ -111,7 +111,8 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     let client = target.omnistock_client().await?;
     let shown = shown_skus(a.skus);
     let before = read(&client, &shown).await?;
-    let mut w = loadgen::preset(WorkloadKind::Restock, &spec);
+    // The checkout preset (the report names it), with receipts mixed in below.
+    let mut w = loadgen::preset(WorkloadKind::Checkout, &spec);
     w.zipf = Some(1.0);
     w.cart_lines = CartLines::parse("1:60,2:25,3:15")?;
     w.fulfil_pct = 60;

@@ -1,26 +1,32 @@
 //! omnistock: a real-time, authoritative available-to-promise (ATP) inventory engine.
 //!
 //! See docs/architecture.md for the map.
+//!
+//! Features: `server` (default) builds the engine, the write-ahead log, the TCP server, the
+//! admin endpoint, the feed, the load generator and the binaries. Without it
+//! (`default-features = false`) this crate is what a service embedding the client needs:
+//! [`client`], [`protocol`], [`codec`] and [`events`], with no actix, sled, redis or
+//! hdrhistogram in its dependency tree.
+//!
+//! The library sets no global allocator: the binaries choose mimalloc for themselves
+//! (src/main.rs, load/main.rs), a service linking this crate keeps its own.
 #![deny(missing_docs)]
 
+#[cfg(feature = "server")]
 pub mod admin;
 pub mod client;
 pub mod codec;
-/// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
-/// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
-/// locks; mimalloc's thread-local free lists do not.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process (Linux; a no-op elsewhere). Call it
 /// first thing in `main`.
 ///
-/// Why: mimalloc asks the kernel for huge pages on its arenas, and the kernel then zeroes a
-/// whole 2 MiB page on the first touch of any part of it, again after every page mimalloc
-/// returns. On the batched reserve load that was 19% of the server's CPU in
-/// `clear_page_erms`; with THP off the same run went from ~90K to ~128K reserves/s and the
-/// unpipelined p99 from 7.4 ms to 2.7 ms (docs/benchmarks.md). Redis, MongoDB and most
-/// databases give the same advice.
+/// Why: mimalloc (the binaries' allocator) asks the kernel for huge pages on its arenas, and
+/// the kernel then zeroes a whole 2 MiB page on the first touch of any part of it, again
+/// after every page mimalloc returns. On the batched reserve load that was 19% of the
+/// server's CPU in `clear_page_erms`; with THP off the same run went from ~90K to ~128K
+/// reserves/s and the unpipelined p99 from 7.4 ms to 2.7 ms (docs/benchmarks.md). Redis,
+/// MongoDB and most databases give the same advice.
+#[cfg(feature = "server")]
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
@@ -34,12 +40,19 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "server")]
 pub mod domain;
+#[cfg(feature = "server")]
 pub mod engine;
 pub mod events;
+#[cfg(feature = "server")]
 pub mod feed;
+#[cfg(feature = "server")]
 pub mod loadgen;
+#[cfg(feature = "server")]
 pub mod metrics;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod wal;

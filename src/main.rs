@@ -13,6 +13,13 @@ mod settings;
 mod simulate;
 mod tools;
 
+/// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
+/// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
+/// locks; mimalloc's thread-local free lists do not. Chosen here, in the binary, and not in
+/// the library, so a service that links the client keeps its own allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// omnistock: real-time authoritative available-to-promise inventory.
 #[derive(Parser)]
 #[command(version, about)]
@@ -33,19 +40,7 @@ enum Cmd {
     /// Print a SKU's history from a data directory: the audit ledger.
     Dump(tools::DumpArgs),
     /// Run the TCP server (binary protocol, docs/protocol.md) until SIGTERM/SIGINT.
-    #[command(
-        after_help = "Every setting can also be given in the TOML file named by --config, \
-        with the flag's name in snake_case: listen, admin_listen, data_dir, log_format, \
-        log_level, [[tokens]] (token, role), [limits] (max_connections, max_in_flight, \
-        max_frame_bytes, max_batch_ops, max_lines_per_reservation, idle_timeout_ms, \
-        handshake_timeout_ms, max_pending_handshakes, max_connections_per_source, \
-        per_source_limit_on_loopback, max_output_bytes, max_connections_memory_bytes, \
-        shutdown_timeout_ms, write_timeout_ms), [engine] (arbiters, mailbox_capacity, \
-        passivate_after_ms, \
-        max_skus, idempotency_max_entries, idempotency_retention_ms), [storage] (durability, \
-        flush_interval_ms, checkpoint_every_records). A flag or its environment variable \
-        overrides the file; the file overrides the default. docs/operations.md has an example."
-    )]
+    #[command(after_help = settings::FILE_KEYS_HELP)]
     Serve(Box<serve::Args>),
     /// Talk to a running server: ping, get, reserve, fulfill, adjust, ...
     Ctl(Box<ctl::Args>),

@@ -173,6 +173,22 @@ pub struct Args {
     pub checkpoint_every_records: Option<u64>,
 }
 
+/// `serve --help`'s list of the TOML file's keys: every field of [`FileConfig`] and its
+/// sections (a unit test holds the two together).
+pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML file named by \
+    --config, with the flag's name in snake_case: listen, admin_listen, data_dir, log_format, \
+    log_level, [[tokens]] (token, role), [limits] (max_connections, max_in_flight, \
+    max_frame_bytes, max_batch_ops, max_lines_per_reservation, idle_timeout_ms, \
+    handshake_timeout_ms, max_pending_handshakes, max_connections_per_source, \
+    per_source_limit_on_loopback, max_output_bytes, max_connections_memory_bytes, \
+    shutdown_timeout_ms, write_timeout_ms, subscriber_max_lag_records, \
+    subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters), \
+    [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
+    idempotency_max_entries, idempotency_retention_ms, feed_retention_records), [storage] \
+    (durability, flush_interval_ms, checkpoint_every_records). A flag or its environment \
+    variable overrides the file; the file overrides the default. docs/operations.md has an \
+    example.";
+
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
@@ -561,6 +577,47 @@ fn engine_config(args: &Args, f: &FileEngine) -> anyhow::Result<EngineConfig> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// The keys serde expects in one table of the file, read from its refusal of an
+    /// unknown key (`expected one of `a`, `b``).
+    fn keys_of(table: &str) -> Vec<String> {
+        let text = format!("{table}\nno_such_key = 1\n");
+        let e = toml::from_str::<FileConfig>(&text).unwrap_err().to_string();
+        let list = e.split_once("expected").unwrap_or_else(|| panic!("{e}")).1;
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn serve_help_names_every_key_of_the_file() {
+        let mut keys = Vec::new();
+        for table in [
+            "",
+            "[limits]",
+            "[engine]",
+            "[storage]",
+            "[[tokens]]\ntoken = \"t\"\nrole = \"admin\"",
+        ] {
+            let k = keys_of(table);
+            assert!(k.len() >= 2, "{table}: {k:?}");
+            keys.extend(k);
+        }
+        assert!(keys.len() >= 35, "{keys:?}");
+        let words: Vec<&str> = FILE_KEYS_HELP
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .collect();
+        for k in &keys {
+            assert!(
+                words.contains(&k.as_str()),
+                "serve --help leaves out the file key {k}"
+            );
+        }
+        // The check sees a missing key.
+        assert!(!words.contains(&"no_such_key"));
+    }
 
     #[derive(Parser)]
     struct Cli {

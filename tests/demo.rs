@@ -41,6 +41,12 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
     assert!(!stdout.contains("serving until Ctrl-C"), "{stdout}");
+    // The summary names what ran: a checkout simulation, not the restock preset.
+    assert!(
+        stdout.contains("omnistock checkout workload on"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("restock workload"), "{stdout}");
     // At least one progress line: the simulation reported while it ran.
     assert!(stdout.lines().any(|l| l.starts_with("[   1s]")), "{stdout}");
 }

@@ -756,3 +756,72 @@ async fn changes_beyond_one_frame_arrive_without_waiting_for_the_next_publicatio
     assert_eq!(atps(&items).len(), 1_000, "one web change per reservation");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscriber_as_a_stream_ends_after_a_disconnect_and_continues_after_resume() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_durable(dir.path(), 100_000).await;
+    let addr = s.addr;
+    let c = client(&s).await;
+    catalog(&c).await;
+    let head = adjust(&c, "T", "wh", 100).await;
+    let mut sub = subscribe(&s, request(start::AFTER, head)).await;
+    let mut sent = Vec::new();
+    for i in 0..5u128 {
+        sent.push(reserve(&c, i + 1, "T", 1).await.unwrap().seq);
+    }
+    let wait = Duration::from_secs(5);
+    let mut got = Vec::new();
+    while sub.position() < sent[4] {
+        let items = tokio::time::timeout(wait, StreamExt::next(&mut sub))
+            .await
+            .expect("a frame in time")
+            .expect("the stream has not ended")
+            .unwrap();
+        got.extend(items);
+    }
+    drop(c);
+    s.stop().await;
+    // Whatever was in flight, then the disconnect once, then the end of the stream.
+    loop {
+        match tokio::time::timeout(wait, StreamExt::next(&mut sub)).await {
+            Ok(Some(Ok(items))) => got.extend(items),
+            Ok(Some(Err(e))) => {
+                assert_eq!(e, ClientError::Disconnected);
+                break;
+            }
+            other => panic!("expected the disconnect, got {other:?}"),
+        }
+    }
+    let end = tokio::time::timeout(wait, StreamExt::next(&mut sub)).await;
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    // The same address again: resume() reconnects and the stream continues.
+    let mut pc = PersistConfig::new(dir.path());
+    pc.engine = engine_config(100_000);
+    let s = serve(Engine::open(pc).await.unwrap(), |cfg| cfg.listen = addr).await;
+    let c = client(&s).await;
+    for i in 5..10u128 {
+        sent.push(reserve(&c, i + 1, "T", 1).await.unwrap().seq);
+    }
+    sub.resume().await.unwrap();
+    while sub.position() < sent[9] {
+        let items = tokio::time::timeout(wait, StreamExt::next(&mut sub))
+            .await
+            .expect("a frame in time")
+            .expect("the stream continues after resume")
+            .unwrap();
+        got.extend(items);
+    }
+    let reserves: Vec<u64> = atps(&got)
+        .into_iter()
+        .filter(|a| a.channel == "web" && a.cause == cause::RESERVE)
+        .map(|a| a.seq)
+        .collect();
+    assert_eq!(
+        reserves, sent,
+        "every reservation once, across the disconnect"
+    );
+    s.stop().await;
+}

@@ -363,6 +363,14 @@ async fn redis_target_reserves_with_the_lua_script_and_passes_its_checks() {
 #[test]
 fn load_binary_refuses_bad_flags_and_remote_targets() {
     let bin = env!("CARGO_BIN_EXE_omnistock-load");
+    // Its help describes the load generator, not the engine (the package's description).
+    let help = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.starts_with("Load generator for omnistock"), "{help}");
+    assert!(!help.contains(env!("CARGO_PKG_DESCRIPTION")), "{help}");
     for (args, needle) in [
         (vec!["--workload", "nope"], "--workload"),
         (vec!["--cart-lines", "0"], "--cart-lines"),

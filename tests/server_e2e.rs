@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use omnistock::client::{Client, ClientConfig, ClientError};
+use omnistock::client::{Client, ClientConfig, ClientError, Rejection};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
 use omnistock::protocol::ops::opcode;
 use omnistock::protocol::*;
@@ -241,17 +241,26 @@ async fn every_operation_round_trips() {
     c.apply(set(None)).await.unwrap();
     let e = c.apply(set(Some(99))).await.unwrap_err();
     let ClientError::Status {
-        status: 9, body, ..
+        status: 9,
+        ref body,
+        ..
     } = e
     else {
         panic!("{e:?}")
     };
     assert_eq!(
-        decode_payload::<CompareFacts>(&body).unwrap(),
+        decode_payload::<CompareFacts>(body).unwrap(),
         CompareFacts {
             expected: 99,
             actual: 5
         }
+    );
+    assert_eq!(
+        e.rejection(),
+        Some(Rejection::CompareFailed(Some(CompareFacts {
+            expected: 99,
+            actual: 5
+        })))
     );
     c.apply(Op::Move(MoveStock {
         request_id: rid(),
@@ -370,7 +379,10 @@ async fn every_status_code_reaches_the_client() {
         .await
         .unwrap_err();
     let ClientError::Status {
-        status: 1, body, ..
+        status: 1,
+        body,
+        rejection,
+        ..
     } = e
     else {
         panic!("{e:?}")
@@ -385,6 +397,9 @@ async fn every_status_code_reaches_the_client() {
         ),
         (0, "A", 5, 2)
     );
+    // The typed form carries the same facts.
+    assert_eq!(rejection, Rejection::InsufficientStock(Some(facts)));
+    assert!(!rejection.is_retriable());
     assert_eq!(
         st(c.reserve(reserve(11, "web", &[("NOPE", 1, None)]))
             .await
@@ -686,7 +701,9 @@ async fn roles_limit_operations_and_bad_tokens_are_refused() {
 
     for bad in ["", "wrong"] {
         let e = Client::connect(ClientConfig::new(s.addr.to_string()).token(bad)).await;
-        assert_eq!(e.err().and_then(|e| e.status()), Some(status::UNAUTHORIZED));
+        let e = e.err().expect("refused");
+        assert_eq!(e.status(), Some(status::UNAUTHORIZED));
+        assert_eq!(e.rejection(), Some(Rejection::Unauthorized), "typed too");
     }
     assert_eq!(
         s.stats

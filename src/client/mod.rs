@@ -7,26 +7,28 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), omnistock::client::ClientError> {
-//! use omnistock::client::{new_request_id, Client, ClientConfig};
-//! use omnistock::protocol::{Reserve, WireLine};
+//! use std::time::Duration;
+//! use omnistock::client::{Client, ClientConfig, ClientError, Rejection};
+//! use omnistock::protocol::{Fulfill, Reserve};
 //!
 //! let client = Client::connect(ClientConfig::new("127.0.0.1:7878").token("s3cret")).await?;
 //! client.ping().await?;
-//! let r = client
-//!     .reserve(Reserve {
-//!         request_id: new_request_id(),
-//!         reservation: 42,
-//!         channel: "web-fr".into(),
-//!         lines: vec![WireLine { sku: "TSHIRT-RED-M".into(), qty: 2, location: None }],
-//!         allow_split: false,
-//!         ttl_ms: 600_000,
-//!     })
-//!     .await?;
-//! println!("held until {}: {:?}", r.expires_at_ms, r.allocations);
+//! let cart = Reserve::new(42, "web-fr", Duration::from_secs(600)).line("TSHIRT-RED-M", 2);
+//! match client.reserve(cart).await {
+//!     Ok(r) => println!("held until {}: {:?}", r.expires_at_ms, r.allocations),
+//!     Err(ClientError::Status { rejection: Rejection::InsufficientStock(Some(f)), .. }) => {
+//!         println!("only {} of {} left", f.available, f.sku);
+//!         return Ok(());
+//!     }
+//!     Err(e) => return Err(e),
+//! }
+//! client.fulfill(Fulfill::all(42)).await?;
 //! # Ok(()) }
 //! ```
 
 mod conn;
+mod rejection;
+mod requests;
 mod subscriber;
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use thiserror::Error;
 use crate::protocol::ops::decode_body;
 use crate::protocol::*;
 use conn::Conn;
+pub use rejection::Rejection;
 pub use subscriber::Subscriber;
 
 /// Why a call failed.
@@ -77,19 +80,32 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
-    /// The operation ran and was answered with a non-zero status.
+    /// The operation ran and was answered with a non-zero status. Built by
+    /// [`ClientError::from_status`], so `rejection` always matches `status`.
     #[error("status {status} ({}): {message}", status::name(*status))]
     Status {
-        /// Status code (see docs/protocol.md).
+        /// What the status means, typed, with its facts decoded.
+        rejection: Rejection,
+        /// The raw status code (see docs/protocol.md).
         status: u16,
         /// The server's message.
         message: String,
-        /// Facts of the rejection, if the protocol defines them for this status.
+        /// The raw facts of the rejection, if the protocol defines them for this status.
         body: Vec<u8>,
     },
 }
 
 impl ClientError {
+    /// The error for an operation answered with the non-zero `status`.
+    pub fn from_status(status: u16, message: String, body: Vec<u8>) -> ClientError {
+        ClientError::Status {
+            rejection: Rejection::from_status(status, &body).unwrap_or(Rejection::Other(status)),
+            status,
+            message,
+            body,
+        }
+    }
+
     /// The status code of a `Status` or `Refused` error.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -98,6 +114,86 @@ impl ClientError {
             }
             _ => None,
         }
+    }
+
+    /// The typed status of a `Status` error (with its facts), or of a `Refused` one (an
+    /// error frame: `Unauthorized`, `LimitExceeded`, ...).
+    pub fn rejection(&self) -> Option<Rejection> {
+        match self {
+            ClientError::Status { rejection, .. } => Some(rejection.clone()),
+            ClientError::Refused { status, .. } => Rejection::from_status(*status, &[]),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again (the same request id, after a back-off or a reconnect) may
+    /// succeed: a refused or dropped connection, a timeout, a lagged subscriber (resume), or
+    /// a retriable status ([`Rejection::is_retriable`]). A timed-out or disconnected
+    /// mutating request may have been applied; resending it with the same request id is
+    /// what makes the retry safe.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ClientError::Connect(_)
+            | ClientError::Disconnected
+            | ClientError::Timeout
+            | ClientError::Lagged { .. } => true,
+            ClientError::Refused { status, .. } => status::is_retriable(*status),
+            ClientError::Status { rejection, .. } => rejection.is_retriable(),
+            ClientError::Protocol(_) | ClientError::NotOmnistock { .. } => false,
+        }
+    }
+}
+
+/// How [`Client::call`] (and every typed method) retries an answer of `busy` (13, back-
+/// pressure: nothing was changed) or `in_progress` (16, the first attempt of the same
+/// request id is still running): the same request bytes, so the same request id, after a
+/// back-off that doubles from `initial_backoff` up to `max_backoff`, each wait jittered
+/// down by up to half so that many clients refused together do not return together.
+/// [`RetryPolicy::off`] hands those statuses to the caller at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first answer (0 = off). Default 6 (at most 315 ms of waiting).
+    pub max_retries: u32,
+    /// Wait before the first retry. Default 5 ms.
+    pub initial_backoff: Duration,
+    /// Longest wait between two retries (also when `initial_backoff` is longer). Default
+    /// 200 ms.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 6,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: `busy` and `in_progress` come back as [`ClientError::Status`].
+    pub fn off() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The longest wait before retry `n` (1-based): `initial_backoff * 2^(n-1)`, at most
+    /// `max_backoff`.
+    pub fn backoff_max(&self, n: u32) -> Duration {
+        let doubled = self
+            .initial_backoff
+            .checked_mul(1u32 << n.saturating_sub(1).min(20))
+            .unwrap_or(self.max_backoff);
+        doubled.min(self.max_backoff)
+    }
+
+    /// The wait before retry `n`: between half of [`RetryPolicy::backoff_max`] and all of it.
+    fn backoff(&self, n: u32) -> Duration {
+        let max = self.backoff_max(n);
+        max / 2 + max.mul_f64(rand::random::<f64>() / 2.0)
     }
 }
 
@@ -118,6 +214,9 @@ pub struct ClientConfig {
     pub max_retries: u32,
     /// Back-off before retry n is n times this. Default 50 ms.
     pub retry_backoff: Duration,
+    /// Retries of `busy` and `in_progress` answers by [`Client::call`]. Default: 6, from
+    /// 5 ms doubling to 200 ms; [`RetryPolicy::off`] to see them at once.
+    pub busy_retry: RetryPolicy,
 }
 
 impl ClientConfig {
@@ -131,7 +230,14 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_retries: 3,
             retry_backoff: Duration::from_millis(50),
+            busy_retry: RetryPolicy::default(),
         }
+    }
+
+    /// Sets the retry of `busy` and `in_progress` answers.
+    pub fn busy_retry(mut self, p: RetryPolicy) -> Self {
+        self.busy_retry = p;
+        self
     }
 
     /// Sets the token.
@@ -235,19 +341,24 @@ impl Client {
     }
 
     /// Runs one operation and decodes its result body. A non-zero status is
-    /// [`ClientError::Status`]; `InProgress` (16) is retried with back-off, since the
-    /// original attempt of the same request id is still running.
+    /// [`ClientError::Status`]; `busy` (13) and `in_progress` (16) are first retried with
+    /// the same request bytes as [`ClientConfig::busy_retry`] says (`batch` and `raw_batch`
+    /// return every status as it came).
     pub async fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T, ClientError> {
-        let cfg = &self.inner.config;
-        let mut attempt = 0;
+        let policy = self.inner.config.busy_retry;
+        let raw = op
+            .to_raw()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut retries = 0;
         loop {
-            let mut results = self.batch(std::slice::from_ref(&op)).await?;
-            let r = results
-                .pop()
-                .ok_or_else(|| ClientError::Protocol("empty response".into()))?;
-            if r.status == 16 && attempt < cfg.max_retries {
-                attempt += 1;
-                tokio::time::sleep(cfg.retry_backoff * attempt).await;
+            let mut results = self.raw_batch(vec![raw.clone()]).await?;
+            let r = match (results.pop(), results.is_empty()) {
+                (Some(r), true) => r,
+                _ => return Err(ClientError::Protocol("expected one result".into())),
+            };
+            if matches!(r.status, 13 | 16) && retries < policy.max_retries {
+                retries += 1;
+                tokio::time::sleep(policy.backoff(retries)).await;
                 continue;
             }
             return decode_result(r);
@@ -322,11 +433,62 @@ impl Client {
 /// Decodes a successful result's body, or turns a non-zero status into an error.
 pub fn decode_result<T: DeserializeOwned>(r: OpResult) -> Result<T, ClientError> {
     if r.status != status::OK {
-        return Err(ClientError::Status {
-            status: r.status,
-            message: r.message,
-            body: r.body,
-        });
+        return Err(ClientError::from_status(r.status, r.message, r.body));
     }
     decode_body(&r.body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_backoff_doubles_up_to_its_cap_and_is_jittered_within_half() {
+        let p = RetryPolicy {
+            max_retries: 40,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(200),
+        };
+        let ms: Vec<u128> = (1..=8).map(|n| p.backoff_max(n).as_millis()).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 160, 200, 200]);
+        assert_eq!(p.backoff_max(40), Duration::from_millis(200));
+        for n in [1, 3, 9, 40] {
+            let b = p.backoff(n);
+            assert!(
+                b >= p.backoff_max(n) / 2 && b <= p.backoff_max(n),
+                "{n}: {b:?}"
+            );
+        }
+        let total: Duration = (1..=RetryPolicy::default().max_retries)
+            .map(|n| RetryPolicy::default().backoff_max(n))
+            .sum();
+        assert_eq!(total, Duration::from_millis(315), "the documented bound");
+        let slow_start = RetryPolicy {
+            initial_backoff: Duration::from_secs(1),
+            ..p
+        };
+        assert_eq!(slow_start.backoff_max(1), Duration::from_millis(200));
+        assert_eq!(RetryPolicy::off().max_retries, 0);
+    }
+
+    #[test]
+    fn a_status_error_carries_its_typed_rejection_and_the_raw_code() {
+        let e = ClientError::from_status(13, "busy".into(), vec![]);
+        assert_eq!(e.rejection(), Some(Rejection::Busy));
+        assert_eq!(e.status(), Some(13));
+        assert!(e.is_retriable());
+        let e = ClientError::from_status(6, "no".into(), vec![]);
+        assert!(!e.is_retriable() && e.rejection() == Some(Rejection::ReservationNotFound));
+        let e = ClientError::from_status(77, String::new(), vec![]);
+        assert_eq!(e.rejection(), Some(Rejection::Other(77)));
+        let refused = ClientError::Refused {
+            status: status::UNAUTHORIZED,
+            message: "unknown token".into(),
+        };
+        assert_eq!(refused.rejection(), Some(Rejection::Unauthorized));
+        assert!(!refused.is_retriable());
+        assert_eq!(ClientError::Timeout.rejection(), None);
+        assert!(ClientError::Disconnected.is_retriable());
+        assert!(!ClientError::Protocol("x".into()).is_retriable());
+    }
 }

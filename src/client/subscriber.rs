@@ -30,9 +30,31 @@
 //! }
 //! # }
 //! ```
+//!
+//! It is also a [`futures::Stream`] of the same `Result<Vec<PushItem>, ClientError>` (one
+//! `Push` frame each): after an error the stream ends (`None`) until
+//! [`Subscriber::resume`] reconnects, so a `while let Some(..)` loop over it terminates and
+//! the position stays where the last delivered frame left it. The inherent
+//! [`Subscriber::next`] wins over `StreamExt::next` in method syntax: call the stream's as
+//! `StreamExt::next(&mut sub)`, or use any other combinator (`sub.by_ref().take(3)`, ...).
+//!
+//! ```no_run
+//! # async fn demo(mut sub: omnistock::client::Subscriber) -> Result<(), omnistock::client::ClientError> {
+//! use futures::StreamExt;
+//! loop {
+//!     while let Some(items) = StreamExt::next(&mut sub).await {
+//!         for item in items? { println!("{item:?}"); }
+//!     }
+//!     sub.resume().await?; // the stream ended (disconnect or Lagged): continue after position()
+//! }
+//! # }
+//! ```
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::protocol::ops::decode_body;
@@ -53,6 +75,8 @@ pub struct Subscriber {
     subscribed: Subscribed,
     position: u64,
     in_snapshot: bool,
+    /// The stream yielded an error and ends until [`Subscriber::resume`].
+    ended: bool,
 }
 
 fn request_payload(op: &Op) -> Result<Vec<u8>, ClientError> {
@@ -84,6 +108,7 @@ impl Subscriber {
             rx,
             subscribed,
             in_snapshot,
+            ended: false,
         })
     }
 
@@ -124,8 +149,13 @@ impl Subscriber {
         let Some(bytes) = self.rx.recv().await else {
             return Err(ClientError::Disconnected);
         };
+        self.take(&bytes)
+    }
+
+    /// One `Push` frame's payload: its items, the position after them, `Lagged` as an error.
+    fn take(&mut self, bytes: &[u8]) -> Result<Vec<PushItem>, ClientError> {
         let batch: PushBatch =
-            decode_body(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            decode_body(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut last = None;
         for item in &batch.items {
             match item {
@@ -177,6 +207,7 @@ impl Subscriber {
         self.conn = conn;
         self.rx = rx;
         self.subscribed = subscribed;
+        self.ended = false;
         Ok(&self.subscribed)
     }
 
@@ -211,5 +242,26 @@ impl Subscriber {
             let _ = conn.roundtrip(&p, config.request_timeout).await;
         }
         conn.close().await;
+    }
+}
+
+impl Stream for Subscriber {
+    type Item = Result<Vec<PushItem>, ClientError>;
+
+    /// The items of the next `Push` frame, as [`Subscriber::next`] gives them. An error
+    /// (`Disconnected`, `Lagged`, an undecodable frame) is yielded once, then the stream
+    /// ends until [`Subscriber::resume`].
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let r = match this.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => Err(ClientError::Disconnected),
+            Poll::Ready(Some(bytes)) => this.take(&bytes),
+        };
+        this.ended = r.is_err();
+        Poll::Ready(Some(r))
     }
 }

@@ -266,11 +266,11 @@ mod tests {
             available: 5,
         })
         .unwrap();
-        let f = Failure::from(ClientError::Status {
-            status: 1,
-            message: "insufficient stock".into(),
+        let f = Failure::from(ClientError::from_status(
+            1,
+            "insufficient stock".into(),
             body,
-        })
+        ))
         .with_request_id(42);
         assert_eq!(f.exit_code(), 1);
         let j = f.to_json();
@@ -279,11 +279,7 @@ mod tests {
         assert_eq!(j["error"]["retriable"], false);
         assert_eq!(j["error"]["details"]["available"], 5);
         assert_eq!(j["error"]["request_id"], "0000000000000000000000000000002a");
-        let busy = Failure::from(ClientError::Status {
-            status: 13,
-            message: String::new(),
-            body: vec![],
-        });
+        let busy = Failure::from(ClientError::from_status(13, String::new(), vec![]));
         assert!(busy.retriable() && busy.to_json()["error"].get("details").is_none());
     }
 }
