@@ -118,6 +118,10 @@ pub struct Args {
     /// [default: 30000].
     #[arg(long, env = "OMNISTOCK_WRITE_TIMEOUT_MS", value_name = "MS")]
     pub write_timeout_ms: Option<u64>,
+    /// A request frame must arrive whole within this long of its first bytes, in ms; else
+    /// the connection is closed [default: 10000].
+    #[arg(long, env = "OMNISTOCK_FRAME_TIMEOUT_MS", value_name = "MS")]
+    pub frame_timeout_ms: Option<u64>,
     /// Records a subscriber may fall behind before its ATP changes are coalesced
     /// [default: 100000].
     #[arg(long, env = "OMNISTOCK_SUBSCRIBER_MAX_LAG_RECORDS", value_name = "N")]
@@ -181,7 +185,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     max_frame_bytes, max_batch_ops, max_lines_per_reservation, idle_timeout_ms, \
     handshake_timeout_ms, max_pending_handshakes, max_connections_per_source, \
     per_source_limit_on_loopback, max_output_bytes, max_connections_memory_bytes, \
-    shutdown_timeout_ms, write_timeout_ms, subscriber_max_lag_records, \
+    shutdown_timeout_ms, write_timeout_ms, frame_timeout_ms, subscriber_max_lag_records, \
     subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records), [storage] \
@@ -232,6 +236,7 @@ struct FileLimits {
     max_connections_memory_bytes: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    frame_timeout_ms: Option<u64>,
     subscriber_max_lag_records: Option<u64>,
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
@@ -453,6 +458,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     }
     if let Some(ms) = args.write_timeout_ms.or(l.write_timeout_ms) {
         cfg.write_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.frame_timeout_ms.or(l.frame_timeout_ms) {
+        cfg.frame_timeout = Duration::from_millis(ms);
     }
     let sub = &mut cfg.subscription;
     if let Some(n) = args

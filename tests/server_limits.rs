@@ -206,6 +206,68 @@ async fn idle_connections_are_closed() {
     assert!(read_frame(&mut s).await.is_none(), "closed after the error");
 }
 
+/// A frame begun must arrive whole within `frame_timeout`, however long the idle timeout:
+/// one that trickles in is closed (`IDLE_TIMEOUT`), one sent in pieces in time is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_trickles_in_is_closed_at_the_frame_timeout() {
+    let addr = start(|c| {
+        c.idle_timeout = Duration::from_secs(60);
+        c.frame_timeout = Duration::from_millis(400);
+    })
+    .await;
+    // In pieces but in time (three parts 100 ms apart), then a whole frame.
+    let (mut s, _) = raw(addr).await;
+    let ping = request(1, &[Op::Ping]);
+    let third = ping.len() / 3;
+    for part in [&ping[..third], &ping[third..2 * third], &ping[2 * third..]] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(results(&read_frame(&mut s).await.unwrap()), [0]);
+    s.write_all(&request(2, &[Op::Ping])).await.unwrap();
+    assert_eq!(results(&read_frame(&mut s).await.unwrap()), [0]);
+
+    // One byte every 100 ms: closed about 400 ms after the frame began, not at 60 s.
+    let (slow, _) = raw(addr).await;
+    let big = request(3, &[Op::Ping, Op::Ping, Op::Ping]);
+    let t0 = Instant::now();
+    let writer = tokio::spawn(async move {
+        let (mut rd, mut wr) = slow.into_split();
+        let trickle = async {
+            for b in big.iter() {
+                if wr.write_all(std::slice::from_ref(b)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let read = async {
+            let mut len = [0u8; 4];
+            rd.read_exact(&mut len).await.ok()?;
+            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+            rd.read_exact(&mut body).await.ok()?;
+            let mut all = len.to_vec();
+            all.extend(body);
+            Frame::parse(&all, usize::MAX).unwrap().map(|(f, _)| f)
+        };
+        tokio::select! {
+            f = read => f,
+            _ = trickle => None,
+        }
+    });
+    let f = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("closed long before the idle timeout")
+        .unwrap()
+        .expect("an error frame");
+    assert_eq!(error_status(&f), status::IDLE_TIMEOUT);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
 fn subscribe_op() -> Op {
     Op::Subscribe(Subscribe {
         name: String::new(),

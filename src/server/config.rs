@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// `omnistock_slow_reader_disconnects_total`), which frees what was queued for it.
     /// Default 30 s.
     pub write_timeout: Duration,
+    /// Longest a request frame may take to arrive once its first bytes have: a client that
+    /// starts a frame and trickles (or stops) is closed with `IDLE_TIMEOUT` instead of
+    /// holding its partial frame until `idle_timeout`. Default 10 s.
+    pub frame_timeout: Duration,
     /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
     pub subscription: SubscriptionConfig,
     /// Run each connection on one of the engine's actor threads (round robin) instead of
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             max_connections_memory_bytes: 1 << 30,
             shutdown_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(10),
             subscription: SubscriptionConfig::default(),
             connections_on_arbiters: true,
         }
@@ -194,6 +199,9 @@ impl ServerConfig {
                 "max_lines_per_reservation",
                 format!("must be 1..={MAX_LINES_PER_RESERVATION}"),
             ));
+        }
+        if self.frame_timeout.is_zero() {
+            return Err(bad("frame_timeout", "must be positive"));
         }
         if self.write_timeout.is_zero() {
             return Err(bad("write_timeout", "must be positive"));

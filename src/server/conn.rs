@@ -242,6 +242,8 @@ enum ReadError {
     Frame(FrameError),
     /// The peer closed in the middle of a frame, or the socket failed.
     Io,
+    /// A frame begun did not arrive whole within `frame_timeout`.
+    Slow,
 }
 
 /// Reads frames from the read half, never buffering more than one frame (≤ the limit).
@@ -251,6 +253,12 @@ pub(crate) struct FrameReader {
     max: usize,
     /// Where the buffered bytes are counted, and what says whether to read on.
     meter: Option<Arc<Meter>>,
+    /// How long a frame may take once begun (`None`: no limit here, as for the Hello,
+    /// which the handshake timeout bounds).
+    frame_timeout: Option<Duration>,
+    /// When the partial frame in `buf` began to arrive (or reading resumed after a pause
+    /// of the server's): its deadline is this plus `frame_timeout`.
+    partial_since: Option<tokio::time::Instant>,
 }
 
 impl FrameReader {
@@ -260,6 +268,8 @@ impl FrameReader {
             buf: BytesMut::with_capacity(4096),
             max,
             meter,
+            frame_timeout: None,
+            partial_since: None,
         }
     }
 
@@ -275,17 +285,28 @@ impl FrameReader {
     /// the allowance while the server is over its connection memory budget.
     async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         if let Some(m) = &self.meter {
-            m.wait_until(Meter::may_take_frame).await;
+            if !m.may_take_frame() {
+                m.wait_until(Meter::may_take_frame).await;
+                // The server paused reading: the client's time starts again now.
+                self.restart_deadline();
+            }
         }
         loop {
             if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
                 self.buf.advance(used);
                 self.counted();
+                // What is left is the start of the next frame, read just now.
+                self.partial_since = None;
+                self.restart_deadline();
                 return Ok(Some(f));
             }
             if let Some(m) = &self.meter {
                 let buffered = self.buf.len();
-                m.wait_until(|m| m.may_read_more(buffered)).await;
+                if !m.may_read_more(buffered) {
+                    m.wait_until(|m| m.may_read_more(buffered)).await;
+                    self.partial_since = None;
+                    self.restart_deadline();
+                }
             }
             // Reserve at most the announced frame (already checked against the limit).
             let want = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
@@ -296,11 +317,22 @@ impl FrameReader {
             // read beyond a budget check stays within a chunk of it.
             let chunk = want.min(64 * 1024);
             self.buf.reserve(chunk);
-            let n = self
-                .rd
-                .read_buf(&mut bytes::BufMut::limit(&mut self.buf, chunk))
-                .await
-                .map_err(|_| ReadError::Io)?;
+            // Only a frame already begun has a deadline (a timer only for frames that
+            // arrive in pieces); between frames the connection's idle timer applies.
+            let deadline = match (self.frame_timeout, self.partial_since) {
+                (Some(limit), Some(since)) if !self.buf.is_empty() => Some(since + limit),
+                _ => None,
+            };
+            let mut limited = bytes::BufMut::limit(&mut self.buf, chunk);
+            let read = self.rd.read_buf(&mut limited);
+            let n = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ReadError::Slow),
+                },
+                None => read.await,
+            }
+            .map_err(|_| ReadError::Io)?;
             self.counted();
             if n == 0 {
                 return if self.buf.is_empty() {
@@ -309,6 +341,17 @@ impl FrameReader {
                     Err(ReadError::Io)
                 };
             }
+            if self.partial_since.is_none() {
+                self.partial_since = Some(tokio::time::Instant::now());
+            }
+        }
+    }
+
+    /// Starts the partial frame's deadline again (after a pause of the server's, or for
+    /// the rest of a read that ended a frame).
+    fn restart_deadline(&mut self) {
+        if !self.buf.is_empty() {
+            self.partial_since = Some(tokio::time::Instant::now());
         }
     }
 
@@ -465,7 +508,8 @@ async fn handshake(
         Ok(Err(ReadError::Frame(e))) => {
             return refuse(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await
         }
-        Err(_) => {
+        // (The Hello has no frame deadline of its own: the handshake timeout bounds it.)
+        Ok(Err(ReadError::Slow)) | Err(_) => {
             let msg = "no Hello within the handshake timeout";
             return refuse(ctx, out, 0, status::IDLE_TIMEOUT, msg).await;
         }
@@ -632,6 +676,7 @@ pub(crate) async fn serve(
     let end = match handshake(&mut reader, &out, &ctx, &mut admitted).await {
         Some((role, _slot)) => {
             reader.max = ctx.config.max_frame_bytes;
+            reader.frame_timeout = Some(ctx.config.frame_timeout);
             read_loop(&mut reader, &out, &ctx, role, shutdown).await
         }
         None => End::Refused,
@@ -849,6 +894,15 @@ async fn read_loop(
         let frame = match next {
             Ok(None) => break End::Clean,
             Err(ReadError::Io) => break End::Clean,
+            Err(ReadError::Slow) => {
+                ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                let msg = format!(
+                    "request frame not received whole within {} ms of its start (frame_timeout_ms)",
+                    ctx.config.frame_timeout.as_millis()
+                );
+                refuse::<()>(ctx, out, 0, status::IDLE_TIMEOUT, msg).await;
+                break End::Refused;
+            }
             Err(ReadError::Frame(e)) => {
                 refuse::<()>(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await;
                 break End::Refused;
