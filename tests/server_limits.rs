@@ -750,3 +750,86 @@ async fn failed_handshakes_from_one_source_are_throttled_even_for_a_good_token_t
     );
     assert_eq!(load(&stats.auth_throttled), 2);
 }
+
+/// Push frames keep to the `max_frame_bytes` the Welcome announced, as responses do: with
+/// a 4 KiB limit, one location sold by 40 channels and 50 adjusts in one frame (40 ATP
+/// changes each, more than a frame), every Push frame is within the limit and every change
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_frames_keep_to_the_frame_limit() {
+    const LIMIT: usize = 4096;
+    let addr = start(|c| c.max_frame_bytes = LIMIT).await;
+    let (mut s, _) = raw(addr).await;
+    let mut corr = 0;
+    let mut call = async |s: &mut TcpStream, ops: &[Op]| {
+        corr += 1;
+        s.write_all(&request(corr, ops)).await.unwrap();
+        let f = read_frame(s).await.unwrap();
+        assert!(results(&f).iter().all(|&r| r == 0), "{:?}", results(&f));
+    };
+    call(
+        &mut s,
+        &[Op::UpsertLocation(UpsertLocation {
+            request_id: 1,
+            location: WireLocation {
+                id: "wh".into(),
+                kind: WireLocationKind::Warehouse,
+                region: "FR".into(),
+            },
+        })],
+    )
+    .await;
+    let channels: Vec<Op> = (0..40u128)
+        .map(|i| {
+            Op::UpsertChannel(UpsertChannel {
+                request_id: 100 + i,
+                channel: WireChannel {
+                    id: format!("marketplace-channel-{i:02}"),
+                    locations: vec!["wh".into()],
+                    buffer: 0,
+                    cap: None,
+                },
+            })
+        })
+        .collect();
+    call(&mut s, &channels).await;
+    let adjust = |i: u128| {
+        Op::Adjust(Adjust {
+            request_id: 1_000 + i,
+            sku: "PUSH-SKU".into(),
+            location: "wh".into(),
+            delta: 1,
+            reason: WireAdjustReason::Receipt,
+            reference: String::new(),
+        })
+    };
+    call(&mut s, &[adjust(0)]).await;
+
+    let (mut sub, _) = raw(addr).await;
+    sub.write_all(&request(7, &[subscribe_op()])).await.unwrap();
+    let answer = read_frame(&mut sub).await.unwrap();
+    assert_eq!(results(&answer), [0]);
+    let adjusts: Vec<Op> = (1..=50).map(adjust).collect();
+    call(&mut s, &adjusts).await;
+
+    let mut atp_items = 0;
+    let mut frames = 0;
+    while atp_items < 50 * 40 {
+        let f = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut sub))
+            .await
+            .expect("pushes in time")
+            .expect("a push frame");
+        assert_eq!(f.kind, FrameKind::Push);
+        let len = f.encode().len();
+        assert!(len <= LIMIT, "a push frame of {len} bytes, over {LIMIT}");
+        let batch: PushBatch = decode_payload(&f.payload).unwrap();
+        atp_items += batch
+            .items
+            .iter()
+            .filter(|i| matches!(i, PushItem::Atp(_)))
+            .count();
+        frames += 1;
+    }
+    assert_eq!(atp_items, 50 * 40);
+    assert!(frames > 1);
+}

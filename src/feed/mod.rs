@@ -132,6 +132,10 @@ pub struct FrameBuf {
     pub bytes: Vec<u8>,
     /// Items so far.
     pub count: u64,
+    /// Where each unit (one item, or a record's reservation items together) ends in
+    /// `bytes` and how many items it holds: a payload over the frame limit is cut between
+    /// units.
+    ends: Vec<(usize, u64)>,
 }
 
 impl Default for FrameBuf {
@@ -139,6 +143,7 @@ impl Default for FrameBuf {
         FrameBuf {
             bytes: vec![0; 8],
             count: 0,
+            ends: Vec::new(),
         }
     }
 }
@@ -148,7 +153,15 @@ impl FrameBuf {
     pub fn push(&mut self, item: &PushItem) {
         if crate::codec::encode_into(item, &mut self.bytes).is_ok() {
             self.count += 1;
+            self.ends.push((self.bytes.len(), 1));
         }
+    }
+
+    /// Appends `n` items already encoded (their bytes as `encode_into` wrote them).
+    pub fn push_encoded(&mut self, items: &[u8], n: u64) {
+        self.bytes.extend_from_slice(items);
+        self.count += n;
+        self.ends.push((self.bytes.len(), n));
     }
 
     /// Whether it holds no item.
@@ -160,6 +173,35 @@ impl FrameBuf {
     pub fn take_payload(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.bytes);
         out[..8].copy_from_slice(&self.count.to_le_bytes());
+        *self = FrameBuf::default();
+        out
+    }
+
+    /// The items as `PushBatch` payloads of at most `max_payload` bytes each, cut between
+    /// items, in order (one payload when they fit; the common case copies nothing). An
+    /// item that alone is over the limit goes in a payload of its own: items are bounded
+    /// by the id limits, a few hundred bytes, and `max_frame_bytes` is at least 256.
+    pub fn take_payloads(&mut self, max_payload: usize) -> Vec<Vec<u8>> {
+        if self.bytes.len() <= max_payload {
+            return vec![self.take_payload()];
+        }
+        let mut out = Vec::new();
+        let (mut start, mut count) = (8usize, 0u64);
+        let mut part = vec![0u8; 8];
+        for &(end, n) in &self.ends {
+            if count > 0 && part.len() + (end - start) > max_payload {
+                part[..8].copy_from_slice(&count.to_le_bytes());
+                out.push(std::mem::replace(&mut part, vec![0u8; 8]));
+                count = 0;
+            }
+            part.extend_from_slice(&self.bytes[start..end]);
+            count += n;
+            start = end;
+        }
+        if count > 0 {
+            part[..8].copy_from_slice(&count.to_le_bytes());
+            out.push(part);
+        }
         *self = FrameBuf::default();
         out
     }
@@ -426,27 +468,25 @@ impl Filter {
         let e = rec.encoded.0.get_or_init(|| encode_record(rec));
         if sku.is_none() {
             // Catalog: one item, always sent.
-            out.bytes.extend_from_slice(&e.bytes[..e.reservations_end]);
-            out.count += 1;
+            out.push_encoded(&e.bytes[..e.reservations_end], 1);
             return;
         }
         let mut start = 0;
         for (c, end) in changes.iter().zip(&e.atp_ends) {
             if self.wants_atp_change(c) {
-                out.bytes.extend_from_slice(&e.bytes[start..*end]);
-                out.count += 1;
+                out.push_encoded(&e.bytes[start..*end], 1);
             }
             start = *end;
         }
         if oversold.is_some() && self.kinds & (kinds::THRESHOLDS | kinds::ATP) != 0 {
-            out.bytes.extend_from_slice(&e.bytes[start..e.oversold_end]);
-            out.count += 1;
+            out.push_encoded(&e.bytes[start..e.oversold_end], 1);
         }
         if self.kinds & kinds::RESERVATIONS != 0 {
             if let FeedBody::Sku { reservations, .. } = &rec.body {
-                out.bytes
-                    .extend_from_slice(&e.bytes[e.oversold_end..e.reservations_end]);
-                out.count += reservations.len() as u64;
+                let n = reservations.len() as u64;
+                if n > 0 {
+                    out.push_encoded(&e.bytes[e.oversold_end..e.reservations_end], n);
+                }
             }
         }
     }

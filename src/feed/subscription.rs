@@ -60,6 +60,9 @@ pub struct SubscriptionConfig {
     pub stall_timeout: Duration,
     /// Most items per `Push` frame (a frame may exceed it to keep one sequence number whole).
     pub max_items_per_frame: usize,
+    /// Most bytes per `Push` frame, header included (the server's `max_frame_bytes`): a
+    /// batch of items over it is cut between items into several frames.
+    pub max_frame_bytes: usize,
     /// A `Position` is sent at least this often while records pass that match nothing.
     pub position_interval: Duration,
     /// Most SKUs in a `skus` filter.
@@ -73,6 +76,7 @@ impl Default for SubscriptionConfig {
             max_coalesce_pairs: 100_000,
             stall_timeout: Duration::from_secs(10),
             max_items_per_frame: 1024,
+            max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             position_interval: Duration::from_secs(1),
             max_filter_skus: 10_000,
         }
@@ -281,11 +285,19 @@ impl Out<'_> {
             return Ok(());
         }
         let n = buf.count;
-        let frame = Frame::new(FrameKind::Push, self.corr, buf.take_payload());
-        match tokio::time::timeout(self.cfg.stall_timeout, self.tx.send(frame.encode())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Ended::Stopped),
-            Err(_) => return Err(self.lagged("no frame could be queued within the stall timeout")),
+        let max_payload = self
+            .cfg
+            .max_frame_bytes
+            .saturating_sub(crate::protocol::frame::FRAME_OVERHEAD_BYTES);
+        for payload in buf.take_payloads(max_payload) {
+            let frame = Frame::new(FrameKind::Push, self.corr, payload);
+            match tokio::time::timeout(self.cfg.stall_timeout, self.tx.send(frame.encode())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Ended::Stopped),
+                Err(_) => {
+                    return Err(self.lagged("no frame could be queued within the stall timeout"))
+                }
+            }
         }
         metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
         if let Some(p) = position {

@@ -12,6 +12,9 @@ use thiserror::Error;
 pub const LENGTH_BYTES: usize = 4;
 /// Bytes of kind + correlation id: the smallest valid length value.
 pub const HEADER_BYTES: usize = 1 + 8;
+/// Bytes a frame adds to its payload (length prefix, kind, correlation). A payload of at
+/// most `max_frame_bytes - FRAME_OVERHEAD_BYTES` fits the limit however it is counted.
+pub const FRAME_OVERHEAD_BYTES: usize = LENGTH_BYTES + HEADER_BYTES;
 /// Default largest length value (bytes after the prefix): 1 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 

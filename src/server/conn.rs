@@ -1105,7 +1105,9 @@ async fn subscription_op(
             "this connection already has a subscription; UNSUBSCRIBE first or open another connection",
         );
     }
-    let cfg = ctx.config.subscription.clone();
+    let mut cfg = ctx.config.subscription.clone();
+    // Push frames keep to the limit the Welcome announced, like responses.
+    cfg.max_frame_bytes = ctx.config.max_frame_bytes;
     let plan = match subscription::plan(ctx.engine.as_ref(), &cfg, &body) {
         Ok(p) => p,
         Err(subscription::Invalid(m)) => return failed(status::INVALID_REQUEST, m),
