@@ -177,7 +177,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let admin = crate::serve::start_admin(a.admin_listen)
+        let http = omnistock::http::HttpConfig {
+            source: format!("omnistock://{}", a.listen),
+            ..Default::default()
+        };
+        let admin = crate::serve::start_admin(a.admin_listen, http)
             .await
             .context("in use? try --admin-listen 127.0.0.1:0")?;
         let (admin_addr, sources) = (admin.addr, admin.sources.clone());

@@ -3,7 +3,6 @@
 //! See docs/architecture.md for the map.
 #![deny(missing_docs)]
 
-pub mod admin;
 pub mod client;
 pub mod codec;
 /// mimalloc, not glibc malloc: the hot path allocates on one thread and frees on another
@@ -38,6 +37,7 @@ pub mod domain;
 pub mod engine;
 pub mod events;
 pub mod feed;
+pub mod http;
 pub mod loadgen;
 pub mod metrics;
 pub mod protocol;

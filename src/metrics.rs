@@ -221,6 +221,36 @@ enum Kind {
     Histogram,
 }
 
+/// The standard process series (the Prometheus client libraries' names, no `omnistock_`
+/// prefix, so stock dashboards and alerts work), read by the `metrics-process` crate at
+/// each scrape ([`collect_process`]): CPU seconds (a counter of whole seconds: the
+/// recorder's counters are integers), open and maximum file descriptors, virtual and
+/// resident memory, start time, threads.
+pub const PROCESS_STANDARD: [&str; 8] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Reads the process's CPU time, file descriptors, memory, start time and threads into the
+/// [`PROCESS_STANDARD`] series (procfs on Linux; a value the platform does not give is
+/// left out). Called at each scrape, off the async threads.
+pub fn collect_process() {
+    if HANDLE.get().is_some() {
+        process_collector().collect();
+    }
+}
+
 /// Every metric name this module defines (tests check each appears in a scrape).
 pub fn names() -> impl Iterator<Item = &'static str> {
     DESCRIPTIONS.iter().map(|d| d.0)
@@ -325,6 +355,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()?;
     describe();
+    process_collector().describe();
     let _ = HOT.set(Hot {
         requests: (0..N_OPS * N_STATUS).map(|_| OnceLock::new()).collect(),
         latency: (0..N_OPS).map(|_| OnceLock::new()).collect(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use omnistock::engine::{EngineConfig, PersistConfig};
+use omnistock::http::HttpConfig;
 use omnistock::protocol::Role;
 use omnistock::server::ServerConfig;
 use omnistock::wal::Durability;
@@ -137,6 +138,13 @@ pub struct Args {
     /// false [default: true].
     #[arg(long, env = "OMNISTOCK_CONNECTIONS_ON_ARBITERS", value_name = "BOOL")]
     pub connections_on_arbiters: Option<bool>,
+    /// An HTTP event stream (GET /v1/events) with nothing to send for this long sends a
+    /// `: heartbeat` comment, in ms (100..=3600000) [default: 15000].
+    #[arg(long, env = "OMNISTOCK_HTTP_HEARTBEAT_MS", value_name = "MS")]
+    pub http_heartbeat_ms: Option<u64>,
+    /// Most HTTP event streams open at once (1..=128) [default: 64].
+    #[arg(long, env = "OMNISTOCK_HTTP_MAX_EVENT_STREAMS", value_name = "N")]
+    pub http_max_event_streams: Option<usize>,
 
     /// Actor threads [default: one per core].
     #[arg(long, env = "OMNISTOCK_ARBITERS", value_name = "N")]
@@ -220,6 +228,8 @@ struct FileLimits {
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
     connections_on_arbiters: Option<bool>,
+    http_heartbeat_ms: Option<u64>,
+    http_max_event_streams: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -277,8 +287,10 @@ pub struct Settings {
     pub server: ServerConfig,
     /// The durable engine (data directory included).
     pub persist: PersistConfig,
-    /// The admin HTTP endpoint.
+    /// The HTTP endpoint (admin paths and the `/v1` API).
     pub admin_listen: SocketAddr,
+    /// The HTTP endpoint's settings (tokens and feed limits are the server's).
+    pub http: HttpConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`EnvFilter` syntax), already checked.
@@ -332,6 +344,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let file = read_file(args.config.as_ref())?;
     let server = server_config(&args, &file)?;
     let persist = persist_config(&args, &file)?;
+    let http = http_config(&args, &file, &server)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
         (Some(a), _) => a,
         (None, Some(a)) => parse_addr("admin_listen", a)?,
@@ -358,6 +371,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         server,
         persist,
         admin_listen,
+        http,
         log_format,
         log_filter,
     })
@@ -461,6 +475,29 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
         cfg.connections_on_arbiters = b;
     }
     cfg.validate()?;
+    Ok(cfg)
+}
+
+fn http_config(
+    args: &Args,
+    file: &FileConfig,
+    server: &ServerConfig,
+) -> anyhow::Result<HttpConfig> {
+    let l = &file.limits;
+    let mut cfg = HttpConfig {
+        tokens: server.tokens.clone(),
+        subscription: server.subscription.clone(),
+        source: format!("omnistock://{}", server.listen),
+        ..HttpConfig::default()
+    };
+    if let Some(ms) = args.http_heartbeat_ms.or(l.http_heartbeat_ms) {
+        cfg.heartbeat = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.http_max_event_streams.or(l.http_max_event_streams) {
+        cfg.max_event_streams = n;
+    }
+    cfg.validate()
+        .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
     Ok(cfg)
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use omnistock::admin::{AdminServer, Sources, MAX_CONNECTIONS};
+use omnistock::http::{HttpConfig, HttpServer, Sources, MAX_CONNECTIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,9 +14,14 @@ async fn start() -> SocketAddr {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), Sources::new(), handle)
-        .await
-        .expect("bind admin");
+    let admin = HttpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Sources::new(),
+        handle,
+        HttpConfig::default(),
+    )
+    .await
+    .expect("bind admin");
     let addr = admin.local_addr();
     tokio::spawn(admin.run(std::future::pending()));
     addr

@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnistock::admin::{AdminServer, Sources};
 use omnistock::client::{Client, ClientConfig};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
+use omnistock::http::{HttpConfig, HttpServer, Sources};
 use omnistock::metrics;
 use omnistock::protocol::{kinds, start, Fulfill, Release, Reserve, Role, Subscribe, WireLine};
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
@@ -41,9 +41,14 @@ struct Admin {
 impl Admin {
     async fn start(sources: Arc<Sources>) -> Admin {
         let handle = metrics::install().expect("recorder");
-        let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), sources, handle)
-            .await
-            .expect("bind admin");
+        let admin = HttpServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            sources,
+            handle,
+            HttpConfig::default(),
+        )
+        .await
+        .expect("bind admin");
         let addr = admin.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(admin.run(async move {

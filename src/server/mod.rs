@@ -42,6 +42,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{ServerConfig, ServerError};
+pub use conn::role_of_token;
 
 use crate::engine::Engine;
 use dispatch::Ctx;
