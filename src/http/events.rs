@@ -10,8 +10,9 @@
 //! each frame is rendered as SSE when hyper asks for more. So back-pressure is the feed's
 //! own: a client that reads slowly is coalesced, then, when nothing can be queued within the
 //! stall timeout or the ring no longer holds its position, gets an `event: lagged` with its
-//! resume position and is disconnected, like a lagging binary subscriber; what was queued
-//! must be written within the stall timeout, or the connection is dropped.
+//! resume position and is disconnected, like a lagging binary subscriber: once the
+//! subscription has ended, what was queued must be written within the stall timeout, or the
+//! connection is dropped (a client that reads nothing at all cannot keep its place).
 //!
 //! Resume: an id is `<seq>:<what>` and one log record (one `seq`) can yield several events,
 //! always in the same order. `Last-Event-ID: 42:atp:web` replays from after seq 41 and drops
@@ -26,7 +27,6 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -253,9 +253,16 @@ pub(crate) async fn stream(
     });
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let stall = cfg.stall_timeout;
-    let task = tokio::spawn(subscription::run(engine, cfg, plan, 0, tx, stop_rx));
-    // A stream has no write deadline while it runs; its end sets one (`Sse::ended`).
+    // A stream has no write deadline while it runs. Its end sets one, from here and not
+    // from the body: a client that stopped reading never polls the body again, and must
+    // not keep its connection (and its stream place) once the feed has given up on it.
     deadline.set(None);
+    let end_deadline = deadline.clone();
+    let task = tokio::spawn(async move {
+        let ended = subscription::run(engine, cfg, plan, 0, tx, stop_rx).await;
+        end_deadline.set(Some(Instant::now() + stall));
+        ended
+    });
     let period = state.config.heartbeat;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -270,8 +277,6 @@ pub(crate) async fn stream(
         source: state.config.source.clone(),
         hello: Some(hello),
         done: false,
-        deadline,
-        stall,
         _gone: gone_tx,
         _place: place,
     };
@@ -300,8 +305,6 @@ struct Sse {
     source: String,
     hello: Option<Bytes>,
     done: bool,
-    deadline: Arc<ConnDeadline>,
-    stall: Duration,
     /// Dropped with the body: stops the subscription.
     _gone: oneshot::Sender<()>,
     _place: StreamPlace,
@@ -337,7 +340,6 @@ impl Sse {
     /// The subscription ended: what is left to say, and the deadline for writing it.
     async fn ended(&mut self) -> Option<Bytes> {
         self.done = true;
-        self.deadline.set(Some(Instant::now() + self.stall));
         let ended = match self.task.take() {
             Some(t) => t
                 .await
