@@ -35,7 +35,11 @@ impl Answer {
 }
 
 fn request(path: &str, headers: &[(&str, &str)]) -> String {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    request_with("GET", path, headers)
+}
+
+fn request_with(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -82,8 +86,13 @@ fn dechunk(raw: &[u8]) -> (Vec<u8>, usize, bool) {
 
 /// `GET path` with `headers`: the whole answer (the connection closes after it).
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    send(addr, "GET", path, headers).await
+}
+
+/// `method path` with `headers`: the whole answer.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request(path, headers).as_bytes())
+    s.write_all(request_with(method, path, headers).as_bytes())
         .await
         .unwrap();
     let mut raw = Vec::new();
