@@ -318,6 +318,21 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
     assert_eq!(value(&after, "omnistock_ready"), 1.0);
     assert_eq!(value(&after, "omnistock_wal_failed"), 0.0);
     assert!(value(&after, "omnistock_process_resident_memory_bytes") > 1e6);
+    // The standard process series (metrics-process), each in the scrape and in docs/metrics.md.
+    let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+        .expect("docs/metrics.md");
+    for name in metrics::PROCESS_STANDARD {
+        assert!(
+            after.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} is not in the scrape"
+        );
+        assert!(md.contains(&format!("`{name}`")), "docs/metrics.md lacks {name}");
+    }
+    assert!(value(&after, "process_open_fds") >= 3.0);
+    assert!(value(&after, "process_max_fds") >= value(&after, "process_open_fds"));
+    assert!(value(&after, "process_resident_memory_bytes") > 1e6);
+    assert!(value(&after, "process_start_time_seconds") > 1.6e9);
+    assert!(value(&after, "process_threads") >= 2.0);
     // Latency buckets from 10 us to 1 s, not a summary.
     assert!(
         after.contains(r#"omnistock_request_duration_seconds_bucket{op="reserve",le="0.00001"}"#)
@@ -506,6 +521,12 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect(file);
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("process_") {
+                assert!(
+                    metrics::PROCESS_STANDARD.contains(&word),
+                    "{file} names {word}, which is not a process series we export"
+                );
+            }
             let Some(rest) = word.strip_prefix("omnistock_") else {
                 continue;
             };
