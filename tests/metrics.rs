@@ -326,7 +326,10 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
             after.lines().any(|l| l.starts_with(&format!("{name} "))),
             "{name} is not in the scrape"
         );
-        assert!(md.contains(&format!("`{name}`")), "docs/metrics.md lacks {name}");
+        assert!(
+            md.contains(&format!("`{name}`")),
+            "docs/metrics.md lacks {name}"
+        );
     }
     assert!(value(&after, "process_open_fds") >= 3.0);
     assert!(value(&after, "process_max_fds") >= value(&after, "process_open_fds"));
