@@ -722,11 +722,39 @@ mod tests {
             (&[], Some("[limits]\nidle_timeout_ms = 0"), "idle_timeout"),
             (&[], Some("[engine]\nmax_skus = 0"), "max_skus"),
             (&[], Some("lisen = \"127.0.0.1:1\""), "lisen"),
+            (&["--http-heartbeat-ms", "10"], None, "http_heartbeat_ms"),
+            (
+                &[],
+                Some("[limits]\nhttp_max_event_streams = 0"),
+                "http_max_event_streams",
+            ),
+            (
+                &["--http-max-event-streams", "129"],
+                None,
+                "http_max_event_streams",
+            ),
         ];
         for (flags, toml, setting) in cases {
             let e = err(flags, *toml);
             assert!(e.contains(setting), "{flags:?} {toml:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_http_endpoint_gets_the_servers_tokens_and_its_own_settings() {
+        let toml = "[limits]\nhttp_heartbeat_ms = 2000\nhttp_max_event_streams = 8";
+        let s = resolve_with(
+            &["--token", "t1:adapter", "--http-max-event-streams", "9"],
+            Some(toml),
+        )
+        .expect("valid");
+        assert_eq!(s.http.heartbeat, Duration::from_secs(2));
+        assert_eq!(s.http.max_event_streams, 9, "the flag wins over the file");
+        assert_eq!(s.http.tokens.get("t1"), Some(&Role::Adapter));
+        assert_eq!(s.http.source, format!("omnistock://{DEFAULT_LISTEN}"));
+        let d = resolve_with(&[], None).expect("defaults");
+        assert_eq!(d.http.heartbeat, Duration::from_secs(15));
+        assert_eq!(d.http.max_event_streams, 64);
     }
 
     #[test]
