@@ -27,6 +27,7 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Api {
     addr: SocketAddr,
     engine: Arc<Engine>,
+    sources: Arc<Sources>,
 }
 
 async fn start_with(config: HttpConfig, listen: &str) -> Api {
@@ -37,7 +38,7 @@ async fn start_with(config: HttpConfig, listen: &str) -> Api {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let http = HttpServer::bind(listen.parse().unwrap(), sources, handle, config)
+    let http = HttpServer::bind(listen.parse().unwrap(), sources.clone(), handle, config)
         .await
         .expect("bind");
     let port = http.local_addr().port();
@@ -45,6 +46,7 @@ async fn start_with(config: HttpConfig, listen: &str) -> Api {
     Api {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         engine,
+        sources,
     }
 }
 
@@ -594,4 +596,51 @@ async fn a_client_that_does_not_read_is_dropped_and_its_place_freed() {
     // Its place is free again.
     let mut again = Sse::open(api.addr, "/v1/events", &[]).await;
     subscribed(&mut again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_guessing_tokens_is_refused_unchecked_for_the_window() {
+    let api = start(HttpConfig {
+        tokens: HashMap::from([("tok-admin".to_string(), Role::Admin)]),
+        ..HttpConfig::default()
+    })
+    .await;
+    for i in 0..20 {
+        let guess = format!("Bearer guess-{i}");
+        let a = get(api.addr, "/v1/atp?prefix=", &[("Authorization", &guess)]).await;
+        assert_eq!(a.status, 401, "attempt {i}");
+    }
+    // Now even the right token is not looked at until the window ends.
+    let a = get(
+        api.addr,
+        "/v1/atp?prefix=",
+        &[("Authorization", "Bearer tok-admin")],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (429, "auth_throttled".into()),
+        "{}",
+        a.body
+    );
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Probes are not behind credentials.
+    assert_eq!(get(api.addr, "/healthz", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_event_streams_before_the_engine_stops() {
+    let api = start(HttpConfig::default()).await;
+    let mut s = Sse::open(api.addr, "/v1/events", &[]).await;
+    subscribed(&mut s).await;
+    api.sources.set_stopping();
+    let end = async { while s.next(WAIT).await.is_some() {} };
+    tokio::time::timeout(WAIT, end)
+        .await
+        .expect("the stream ends");
+    assert!(s.ended());
+    // New streams are refused from then on (answered, not hung).
+    let late = get(api.addr, "/v1/events", &[]).await;
+    assert_eq!((late.status, late.code()), (503, "unavailable".into()));
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,7 +23,7 @@ use crate::events::rfc3339_ms;
 use crate::protocol::opcode;
 
 use super::auth::authorize;
-use super::AppState;
+use super::{AppState, PeerIp};
 
 /// Most SKUs one `GET /v1/atp` names or returns (`skus=` entries, `limit=`).
 pub const MAX_ATP_SKUS: usize = 1000;
@@ -39,7 +39,7 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    header: Option<(HeaderName, &'static str)>,
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -59,7 +59,12 @@ impl ApiError {
     }
 
     pub fn with_header(mut self, name: HeaderName, value: &'static str) -> ApiError {
-        self.header = Some((name, value));
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> ApiError {
+        self.header = Some((header::RETRY_AFTER, HeaderValue::from(secs)));
         self
     }
 
@@ -113,8 +118,7 @@ impl IntoResponse for ApiError {
         };
         let mut r = (self.status, Json(body)).into_response();
         if let Some((name, value)) = self.header {
-            r.headers_mut()
-                .insert(name, HeaderValue::from_static(value));
+            r.headers_mut().insert(name, value);
         }
         r
     }
@@ -208,10 +212,11 @@ impl SkuJson {
 /// `GET /v1/skus/{sku}`: one SKU's buckets and ATP per channel.
 pub(crate) async fn get_sku(
     State(state): State<Arc<AppState>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
     headers: HeaderMap,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SkuJson>, ApiError> {
-    authorize(&state, &headers, opcode::GET_SKU)?;
+    authorize(&state, &headers, peer, opcode::GET_SKU)?;
     let Path(sku) = sku.map_err(|e| ApiError::bad_request("bad_sku", e.body_text()))?;
     let id = sku_id(&sku)?;
     let engine = engine(&state)?;
@@ -255,10 +260,11 @@ pub(crate) struct AtpJson {
 /// `GET /v1/atp?skus=a,b` or `?prefix=p&limit=n&after=s`: ATP per channel of several SKUs.
 pub(crate) async fn get_atp(
     State(state): State<Arc<AppState>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
     headers: HeaderMap,
     query: Result<Query<AtpQuery>, QueryRejection>,
 ) -> Result<Json<AtpJson>, ApiError> {
-    authorize(&state, &headers, opcode::GET_SKUS)?;
+    authorize(&state, &headers, peer, opcode::GET_SKUS)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let engine = engine(&state)?;
     match (&q.skus, &q.prefix) {
@@ -410,10 +416,11 @@ pub(crate) fn parse_reservation_id(s: &str) -> Option<u128> {
 /// `GET /v1/reservations/{id}`: an active reservation.
 pub(crate) async fn get_reservation(
     State(state): State<Arc<AppState>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ReservationJson>, ApiError> {
-    authorize(&state, &headers, opcode::GET_RESERVATION)?;
+    authorize(&state, &headers, peer, opcode::GET_RESERVATION)?;
     let bad = |s: &str| {
         ApiError::bad_request(
             "bad_reservation_id",

@@ -4,14 +4,21 @@
 //! opcode the binary port would run for the same thing ([`Role::may`]): reads need a role
 //! that may `GET_SKU`, the event stream one that may `SUBSCRIBE` (adapter, admin).
 //!
+//! A source that fails 20 times in 60 s (missing or unknown token) is refused unchecked for
+//! the rest of the window (429 `auth_throttled`), as a source that fails the binary port's
+//! handshake that often is; each port keeps its own table (`server::AuthThrottle`).
+//!
 //! Without tokens every client is admin on a loopback listen address, as on the binary port
 //! (which refuses to start without tokens anywhere else). The HTTP endpoint may still be
 //! bound elsewhere without tokens, for scrapers and probes: then the API refuses every
 //! request, since nothing would tell its clients apart.
 
+use std::net::IpAddr;
+
 use axum::http::{header, HeaderMap, StatusCode};
 
 use crate::protocol::Role;
+use crate::server::{AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
 
 use super::api::ApiError;
 use super::AppState;
@@ -23,6 +30,7 @@ const MAX_AUTHORIZATION_BYTES: usize = 512;
 pub(crate) fn authorize(
     state: &AppState,
     headers: &HeaderMap,
+    peer: IpAddr,
     opcode: u16,
 ) -> Result<Role, ApiError> {
     let tokens = &state.config.tokens;
@@ -33,6 +41,21 @@ pub(crate) fn authorize(
             "no auth token is configured and this endpoint is not on loopback: the API is off",
         ));
     }
+    if !tokens.is_empty() {
+        if let Some(left) = state.auth_throttle.blocked(peer) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "auth_throttled",
+                format!(
+                    "too many failed authentications from {peer}: at most \
+                     {AUTH_FAILURES_PER_SOURCE} per {} s; retry in {} s",
+                    AUTH_FAILURE_WINDOW.as_secs(),
+                    left.as_secs() + 1
+                ),
+            )
+            .with_retry_after(left.as_secs() + 1));
+        }
+    }
     let token = bearer(headers);
     let role = if tokens.is_empty() {
         crate::server::role_of_token(tokens, "")
@@ -40,6 +63,7 @@ pub(crate) fn authorize(
         token.and_then(|t| crate::server::role_of_token(tokens, t))
     };
     let Some(role) = role else {
+        state.auth_throttle.failed(peer);
         let message = if token.is_some() {
             "unknown token"
         } else {

@@ -44,7 +44,7 @@ use crate::protocol::{self, kinds, opcode, start, started, Frame, PushBatch, Pus
 
 use super::api::{engine, ApiError};
 use super::auth::authorize;
-use super::{AppState, ConnDeadline};
+use super::{AppState, ConnDeadline, PeerIp};
 
 /// Push frames queued for one stream (each at most `max_items_per_frame` items, default
 /// 1,024, plus the rest of one sequence number): the per-stream buffer. When it is full the
@@ -202,10 +202,11 @@ fn take_place(state: &Arc<AppState>) -> Result<StreamPlace, ApiError> {
 pub(crate) async fn stream(
     State(state): State<Arc<AppState>>,
     Extension(deadline): Extension<Arc<ConnDeadline>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, opcode::SUBSCRIBE)?;
+    authorize(&state, &headers, peer, opcode::SUBSCRIBE)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let header_id = match headers.get("last-event-id") {
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -220,6 +221,14 @@ pub(crate) async fn stream(
         .map_err(|m| ApiError::bad_request("bad_last_event_id", m))?;
     let sub = subscribe_of(&q, &resume).map_err(|m| ApiError::bad_request("bad_query", m))?;
     let engine = engine(&state)?;
+    let mut stopping = state.sources.streams_stop();
+    if *stopping.borrow_and_update() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        ));
+    }
     let cfg = state.config.subscription.clone();
     let plan = subscription::plan(engine.as_ref(), &cfg, &sub)
         .map_err(|subscription::Invalid(m)| ApiError::bad_request("invalid_subscription", m))?;
@@ -243,7 +252,6 @@ pub(crate) async fn stream(
     // The stream stops when the client goes (its body is dropped) or shutdown begins.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    let mut stopping = state.sources.streams_stop();
     tokio::spawn(async move {
         tokio::select! {
             _ = stopping.wait_for(|s| *s) => {}

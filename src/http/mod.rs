@@ -48,6 +48,7 @@ use tower::ServiceExt;
 
 use crate::feed::subscription::SubscriptionConfig;
 use crate::protocol::Role;
+use crate::server::AuthThrottle;
 
 pub use routes::{routes, Route};
 pub use sources::{resident_memory_bytes, NotReady, Sources};
@@ -148,7 +149,13 @@ pub(crate) struct AppState {
     pub streams: AtomicUsize,
     /// Places for prefix reads ([`api::MAX_CONCURRENT_PREFIX_READS`]).
     pub prefix_reads: tokio::sync::Semaphore,
+    /// Failed authentications per source IP.
+    pub auth_throttle: AuthThrottle,
 }
+
+/// The peer's address, in every request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerIp(pub std::net::IpAddr);
 
 /// A connection's deadline, which handlers move: set to [`WRITE_TIMEOUT`] once the request
 /// is in, lifted while an event stream runs, set again when the stream ends (what it had
@@ -199,6 +206,7 @@ impl HttpServer {
                 config,
                 streams: AtomicUsize::new(0),
                 prefix_reads: tokio::sync::Semaphore::new(api::MAX_CONCURRENT_PREFIX_READS),
+                auth_throttle: AuthThrottle::default(),
             }),
         })
     }
@@ -230,11 +238,11 @@ impl HttpServer {
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = self.listener.accept(), if room => match accepted {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
                         // No room after all (the evictable one finished meanwhile): close.
                         let Some(slot) = pool.enter() else { continue };
                         let (router, stopped) = (router.clone(), stopped_rx.clone());
-                        conns.spawn(serve_one(sock, router, slot, stopped));
+                        conns.spawn(serve_one(sock, PeerIp(peer.ip()), router, slot, stopped));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -252,6 +260,7 @@ impl HttpServer {
 /// reading, when the server stops before its request is in, or at its deadline.
 async fn serve_one(
     sock: TcpStream,
+    peer: PeerIp,
     router: axum::Router,
     slot: Slot,
     mut stopped: watch::Receiver<bool>,
@@ -266,6 +275,7 @@ async fn serve_one(
         conn_deadline.set(Some(Instant::now() + WRITE_TIMEOUT));
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(conn_deadline.clone());
+        req.extensions_mut().insert(peer);
         router.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
