@@ -1,6 +1,7 @@
-//! The admin endpoint under a connection flood: `/healthz` and `/readyz` must answer while
-//! silent connections hold every place, and while thousands of GETs arrive at once (a
-//! liveness probe that cannot connect restarts a healthy server).
+//! The HTTP endpoint under a connection flood: `/healthz` and `/readyz` must answer while
+//! silent connections hold every place, while thousands of GETs arrive at once, and beside
+//! the most event streams (a liveness probe that cannot connect restarts a healthy server);
+//! oversized, malformed and slow request heads are refused or closed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

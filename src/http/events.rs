@@ -198,6 +198,59 @@ fn take_place(state: &Arc<AppState>) -> Result<StreamPlace, ApiError> {
     Ok(StreamPlace(state.clone()))
 }
 
+/// Where the request asks to start: the `Last-Event-ID` header, else `last_event_id=`,
+/// else `start=`.
+fn resume_of_request(headers: &HeaderMap, q: &EventsQuery) -> Result<Resume, ApiError> {
+    let bad = |m: String| ApiError::bad_request("bad_last_event_id", m);
+    let header_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad("Last-Event-ID is not visible ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let last_id = header_id
+        .or(q.last_event_id.as_deref())
+        .filter(|s| !s.is_empty());
+    resume_of(last_id, q.start.as_deref()).map_err(bad)
+}
+
+/// The opening comment: where the stream starts, as `SUBSCRIBE`'s answer says it.
+fn hello_of(plan: &subscription::Plan) -> Bytes {
+    let a = &plan.answer;
+    let start = match a.start {
+        started::SNAPSHOT => "snapshot",
+        started::REPLAY => "replay",
+        _ => "live",
+    };
+    let note = if a.note.is_empty() {
+        String::new()
+    } else {
+        format!(" note={}", one_line(&a.note))
+    };
+    Bytes::from(format!(
+        ": subscribed start={start} from_seq={} head_seq={} retained_from_seq={}{note}\n\n",
+        a.from_seq, a.head_seq, a.retained_from_seq
+    ))
+}
+
+/// A stop signal for one stream: set when shutdown begins or when the returned sender is
+/// dropped (the client went away and hyper dropped the body).
+fn stop_signal(
+    mut stopping: watch::Receiver<bool>,
+) -> (watch::Receiver<bool>, oneshot::Sender<()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => {}
+            _ = gone_rx => {}
+        }
+        stop_tx.send_replace(true);
+    });
+    (stop_rx, gone_tx)
+}
+
 /// `GET /v1/events`.
 pub(crate) async fn stream(
     State(state): State<Arc<AppState>>,
@@ -208,17 +261,7 @@ pub(crate) async fn stream(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, peer, opcode::SUBSCRIBE)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
-    let header_id = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::bad_request("bad_last_event_id", "Last-Event-ID is not visible ASCII")
-        })?),
-        None => None,
-    };
-    let last_id = header_id
-        .or(q.last_event_id.as_deref())
-        .filter(|s| !s.is_empty());
-    let resume = resume_of(last_id, q.start.as_deref())
-        .map_err(|m| ApiError::bad_request("bad_last_event_id", m))?;
+    let resume = resume_of_request(&headers, &q)?;
     let sub = subscribe_of(&q, &resume).map_err(|m| ApiError::bad_request("bad_query", m))?;
     let engine = engine(&state)?;
     let mut stopping = state.sources.streams_stop();
@@ -233,42 +276,17 @@ pub(crate) async fn stream(
     let plan = subscription::plan(engine.as_ref(), &cfg, &sub)
         .map_err(|subscription::Invalid(m)| ApiError::bad_request("invalid_subscription", m))?;
     let place = take_place(&state)?;
-    let hello = Bytes::from(format!(
-        ": subscribed start={} from_seq={} head_seq={} retained_from_seq={}{}\n\n",
-        match plan.answer.start {
-            started::SNAPSHOT => "snapshot",
-            started::REPLAY => "replay",
-            _ => "live",
-        },
-        plan.answer.from_seq,
-        plan.answer.head_seq,
-        plan.answer.retained_from_seq,
-        if plan.answer.note.is_empty() {
-            String::new()
-        } else {
-            format!(" note={}", one_line(&plan.answer.note))
-        },
-    ));
-    // The stream stops when the client goes (its body is dropped) or shutdown begins.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (gone_tx, gone_rx) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stopping.wait_for(|s| *s) => {}
-            _ = gone_rx => {}
-        }
-        stop_tx.send_replace(true);
-    });
+    let hello = hello_of(&plan);
+    let (stop_rx, gone_tx) = stop_signal(stopping);
     let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
     let stall = cfg.stall_timeout;
     // A stream has no write deadline while it runs. Its end sets one, from here and not
     // from the body: a client that stopped reading never polls the body again, and must
     // not keep its connection (and its stream place) once the feed has given up on it.
     deadline.set(None);
-    let end_deadline = deadline.clone();
     let task = tokio::spawn(async move {
         let ended = subscription::run(engine, cfg, plan, 0, tx, stop_rx).await;
-        end_deadline.set(Some(Instant::now() + stall));
+        deadline.set(Some(Instant::now() + stall));
         ended
     });
     let period = state.config.heartbeat;
