@@ -125,6 +125,16 @@ pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
 /// Counter: request frames received (one frame carries a batch of operations).
 pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
 
+// ---- HTTP endpoint (recorded by src/http/) ----
+
+/// Counter `{route, status}`: HTTP requests answered, by route template (`/v1/skus/{sku}`;
+/// `other` for paths no route matches) and HTTP status code.
+pub const HTTP_REQUESTS_TOTAL: &str = "omnistock_http_requests_total";
+/// Gauge: HTTP event streams (`GET /v1/events`) open.
+pub const HTTP_EVENT_STREAMS: &str = "omnistock_http_event_streams";
+/// Counter: HTTP API requests with a missing or unknown token (throttled ones included).
+pub const HTTP_AUTH_FAILURES_TOTAL: &str = "omnistock_http_auth_failures_total";
+
 // ---- subscriptions (recorded by src/feed/) ----
 
 /// Gauge: connected subscriptions.
@@ -204,7 +214,10 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
-    (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),
+    (HTTP_REQUESTS_TOTAL, Kind::Counter, None, "HTTP requests answered, by route template (other: no route) and status code."),
+    (HTTP_EVENT_STREAMS, Kind::Gauge, None, "HTTP event streams (GET /v1/events) open."),
+    (HTTP_AUTH_FAILURES_TOTAL, Kind::Counter, None, "HTTP API requests refused for a missing or unknown token, or throttled after too many."),
+    (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions (binary and HTTP)."),
     (SUBSCRIPTION_EVENTS_SENT_TOTAL, Kind::Counter, None, "Events sent to subscribers."),
     (SUBSCRIBER_LAG_MAX_EVENTS, Kind::Gauge, None, "Largest backlog of any subscriber, in events."),
     (SUBSCRIBER_DISCONNECTS_TOTAL, Kind::Counter, None, "Subscribers disconnected, by reason (lagged, closed, error)."),
@@ -382,6 +395,9 @@ fn create_series() {
         counter!(SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => reason).increment(0);
     }
     counter!(SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(0);
+    counter!(HTTP_REQUESTS_TOTAL, "route" => "/healthz", "status" => "200").increment(0);
+    gauge!(HTTP_EVENT_STREAMS).increment(0.0);
+    counter!(HTTP_AUTH_FAILURES_TOTAL).increment(0);
     counter!(SUBSCRIPTION_COALESCED_TOTAL).increment(0);
     gauge!(SUBSCRIBERS).increment(0.0);
     gauge!(SUBSCRIBER_LAG_MAX_EVENTS).increment(0.0);

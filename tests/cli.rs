@@ -901,5 +901,6 @@ fn serve_gives_the_http_api_its_tokens_and_heartbeat_setting() {
     // SIGTERM with the stream open: the stream ends, the process exits 0.
     stop(child);
     let mut rest = Vec::new();
-    s.read_to_end(&mut rest).expect("the server closed the stream");
+    s.read_to_end(&mut rest)
+        .expect("the server closed the stream");
 }

@@ -372,6 +372,47 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
     assert_eq!(http(admin.addr, "GET", "/nope").await.0, 404);
     assert_eq!(http(admin.addr, "POST", "/metrics").await.0, 405);
     assert_eq!(http(admin.addr, "GARBAGE", "").await.0, 400);
+    // The HTTP endpoint counts its own answers by route template and status, and its streams.
+    let mut stream = TcpStream::connect(admin.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(http(admin.addr, "GET", "/v1/skus/nope").await.0, 404);
+    let m = scrape(admin.addr).await;
+    for (series, at_least) in [
+        (
+            r#"omnistock_http_requests_total{route="/metrics",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/metrics",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/healthz",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/v1/skus/{sku}",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/v1/events",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="other",status="404"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(value(&m, series) >= at_least, "{series} in\n{m}");
+    }
+    assert_eq!(value(&m, "omnistock_http_event_streams"), 1.0);
+    drop(stream);
     c.disconnect().await;
     srv.stop().await;
     admin.stop().await;

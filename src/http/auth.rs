@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, StatusCode};
 
+use crate::metrics::HTTP_AUTH_FAILURES_TOTAL;
 use crate::protocol::Role;
 use crate::server::{AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
 
@@ -43,6 +44,7 @@ pub(crate) fn authorize(
     }
     if !tokens.is_empty() {
         if let Some(left) = state.auth_throttle.blocked(peer) {
+            ::metrics::counter!(HTTP_AUTH_FAILURES_TOTAL).increment(1);
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "auth_throttled",
@@ -64,6 +66,7 @@ pub(crate) fn authorize(
     };
     let Some(role) = role else {
         state.auth_throttle.failed(peer);
+        ::metrics::counter!(HTTP_AUTH_FAILURES_TOTAL).increment(1);
         let message = if token.is_some() {
             "unknown token"
         } else {

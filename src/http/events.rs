@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::events::envelope;
 use crate::feed::subscription::{self, Ended};
+use crate::metrics::HTTP_EVENT_STREAMS;
 use crate::protocol::{self, kinds, opcode, start, started, Frame, PushBatch, PushItem, Subscribe};
 
 use super::api::{engine, ApiError};
@@ -181,6 +182,7 @@ struct StreamPlace(Arc<AppState>);
 impl Drop for StreamPlace {
     fn drop(&mut self) {
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
+        ::metrics::gauge!(HTTP_EVENT_STREAMS).decrement(1.0);
     }
 }
 
@@ -195,6 +197,7 @@ fn take_place(state: &Arc<AppState>) -> Result<StreamPlace, ApiError> {
         )
         .with_header(header::RETRY_AFTER, "5"));
     }
+    ::metrics::gauge!(HTTP_EVENT_STREAMS).increment(1.0);
     Ok(StreamPlace(state.clone()))
 }
 

@@ -5,11 +5,15 @@
 
 use std::sync::Arc;
 
+use axum::extract::{MatchedPath, Request};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
+
+use crate::metrics::HTTP_REQUESTS_TOTAL;
 
 use super::api::{self, ApiError};
 use super::{events, AppState};
@@ -63,8 +67,25 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     table()
         .into_iter()
         .fold(Router::new(), |r, (route, m)| r.route(route.path, m))
+        .route_layer(axum::middleware::from_fn(count))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Counts an answered request of a route (405s included) by its template and status.
+async fn count(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let answer = next.run(req).await;
+    record(route, answer.status());
+    answer
+}
+
+fn record(route: String, status: StatusCode) {
+    let status = status.as_str().to_string();
+    ::metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => status).increment(1);
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -80,6 +101,7 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn not_found(uri: Uri) -> Response {
+    record("other".into(), StatusCode::NOT_FOUND);
     if uri.path().starts_with("/v1/") {
         return ApiError::new(
             StatusCode::NOT_FOUND,
