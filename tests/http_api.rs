@@ -644,3 +644,35 @@ async fn shutdown_ends_event_streams_before_the_engine_stops() {
     let late = get(api.addr, "/v1/events", &[]).await;
     assert_eq!((late.status, late.code()), (503, "unavailable".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_endpoint_ends_its_streams_and_returns() {
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).expect("engine"));
+    let sources = Sources::new();
+    sources.set_engine(engine);
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let http = HttpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        sources,
+        handle,
+        HttpConfig::default(),
+    )
+    .await
+    .unwrap();
+    let addr = http.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(http.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut s = Sse::open(addr, "/v1/events", &[]).await;
+    subscribed(&mut s).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, running)
+        .await
+        .expect("run returns with a stream open")
+        .unwrap();
+    while s.next(WAIT).await.is_some() {}
+    assert!(s.ended());
+}

@@ -252,6 +252,8 @@ impl HttpServer {
             }
         }
         stopped_tx.send_replace(true);
+        // Event streams would otherwise run on; other answers end by their deadline.
+        self.state.sources.end_streams();
         while conns.join_next().await.is_some() {}
     }
 }

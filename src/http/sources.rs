@@ -91,6 +91,12 @@ impl Sources {
     /// Shutdown has begun: not ready from now on.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.end_streams();
+    }
+
+    /// Ends every event stream (and refuses new ones), ready or not: shutdown, or the HTTP
+    /// endpoint stopping.
+    pub(crate) fn end_streams(&self) {
         self.stop_streams.send_replace(true);
     }
 
