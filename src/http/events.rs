@@ -215,7 +215,10 @@ fn resume_of_request(headers: &HeaderMap, q: &EventsQuery) -> Result<Resume, Api
     let last_id = header_id
         .or(q.last_event_id.as_deref())
         .filter(|s| !s.is_empty());
-    resume_of(last_id, q.start.as_deref()).map_err(bad)
+    resume_of(last_id, q.start.as_deref()).map_err(|m| match last_id {
+        Some(_) => bad(m),
+        None => ApiError::bad_request("bad_query", m),
+    })
 }
 
 /// The opening comment: where the stream starts, as `SUBSCRIBE`'s answer says it.
