@@ -676,3 +676,69 @@ async fn stopping_the_endpoint_ends_its_streams_and_returns() {
     while s.next(WAIT).await.is_some() {}
     assert!(s.ended());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_older_than_the_ring_gets_a_snapshot_then_live() {
+    let v = validator();
+    let engine = Arc::new(
+        Engine::start_in_memory(EngineConfig {
+            feed_retention_records: 8,
+            ..EngineConfig::default()
+        })
+        .expect("engine"),
+    );
+    small_catalog(&engine).await;
+    let sources = Sources::new();
+    sources.set_engine(engine.clone());
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let http = HttpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        sources,
+        handle,
+        HttpConfig::default(),
+    )
+    .await
+    .unwrap();
+    let addr = http.local_addr();
+    tokio::spawn(http.run(std::future::pending()));
+    let mut s = Sse::open(addr, "/v1/events?skus=old-1", &[]).await;
+    subscribed(&mut s).await;
+    adjust(&engine, "old-1", "wh-a", 3).await.unwrap();
+    let first = s.next_event(WAIT).await.expect("an event");
+    checked(&v, &first);
+    drop(s);
+    // Far more records than the ring keeps.
+    for _ in 0..40 {
+        adjust(&engine, "old-2", "wh-a", 1).await.unwrap();
+    }
+    adjust(&engine, "old-1", "wh-a", 1).await.unwrap();
+    let id = first.id.unwrap();
+    let mut b = Sse::open(addr, "/v1/events?skus=old-1", &[("Last-Event-ID", &id)]).await;
+    let hello = subscribed(&mut b).await;
+    assert!(hello.contains("start=snapshot"), "{hello}");
+    let snap = events_until(&v, &mut b, "omnistock.snapshot.end").await;
+    let atp: Vec<(String, u64)> = snap
+        .iter()
+        .filter(|j| j["type"] == "omnistock.atp.snapshot")
+        .map(|j| {
+            let d = &j["data"];
+            (
+                d["channel"].as_str().unwrap().to_string(),
+                d["atp"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // 4 units at wh-a: web shows 3 (buffer 1), store 4 (cap 5).
+    assert_eq!(atp.len(), 2, "{snap:?}");
+    assert!(
+        atp.contains(&("web".into(), 3)) && atp.contains(&("store".into(), 4)),
+        "{atp:?}"
+    );
+    // Then live.
+    adjust(&engine, "old-1", "wh-a", 1).await.unwrap();
+    let live = checked(&v, &b.next_event(WAIT).await.expect("a live event"));
+    assert_eq!(live["subject"], "old-1");
+    assert_ne!(live["type"], "omnistock.atp.snapshot");
+}
