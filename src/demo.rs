@@ -178,7 +178,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let admin = crate::serve::start_admin(a.admin_listen)
+        let http = omnistock::http::HttpConfig {
+            source: format!("omnistock://{}", a.listen),
+            ..Default::default()
+        };
+        let admin = crate::serve::start_admin(a.admin_listen, http)
             .await
             .context("in use? try --admin-listen 127.0.0.1:0")?;
         let (admin_addr, sources) = (admin.addr, admin.sources.clone());
@@ -212,6 +216,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .map_or_else(|_| "omnistock".into(), |p| p.display().to_string());
             println!();
             println!("metrics: http://{admin_addr}/metrics (also /healthz, /readyz)");
+            println!("HTTP API: curl http://{admin_addr}/v1/skus/SKU-0000042   (docs/openapi.json)");
+            println!("  curl -N 'http://{admin_addr}/v1/events?kinds=thresholds'   # the feed as Server-Sent Events");
             println!("try it (in another terminal):");
             println!("  {exe} ctl --addr {addr} get SKU-0000042");
             println!("  {exe} ctl --addr {addr} reserve --channel web-fr --line SKU-0000042:1");

@@ -3,7 +3,7 @@
 //! See docs/architecture.md for the map.
 //!
 //! Features: `server` (default) builds the engine, the write-ahead log, the TCP server, the
-//! admin endpoint, the feed, the load generator and the binaries. Without it
+//! HTTP endpoint, the feed, the load generator and the binaries. Without it
 //! (`default-features = false`) this crate is what a service embedding the client needs:
 //! [`client`], [`protocol`], [`codec`] and [`events`], with no actix, sled, redis or
 //! hdrhistogram in its dependency tree.
@@ -12,8 +12,6 @@
 //! (src/main.rs, load/main.rs), a service linking this crate keeps its own.
 #![deny(missing_docs)]
 
-#[cfg(feature = "server")]
-pub mod admin;
 pub mod client;
 pub mod codec;
 
@@ -47,6 +45,8 @@ pub mod engine;
 pub mod events;
 #[cfg(feature = "server")]
 pub mod feed;
+#[cfg(feature = "server")]
+pub mod http;
 #[cfg(feature = "server")]
 pub mod loadgen;
 #[cfg(feature = "server")]

@@ -10,7 +10,7 @@
 //! Two ways a value gets here, chosen by cost:
 //! - **Read at scrape time** (most of them): the engine, the log and the server already keep
 //!   relaxed atomic counters (`EngineStats`, `WalStats`, `ServerStats`); at each scrape the
-//!   admin endpoint (`crate::admin::Sources`) copies them into counters (`absolute`) and
+//!   HTTP endpoint (`crate::http::Sources`) copies them into counters (`absolute`) and
 //!   gauges. Nothing on the request path changes for them.
 //! - **Recorded where it happens**: per-operation request counts and latency (one call per
 //!   operation from the server's dispatch), the log's batch size and flush latency (once
@@ -104,6 +104,8 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "omnistock_connections_refused_total
 pub const AUTH_FAILURES_TOTAL: &str = "omnistock_auth_failures_total";
 /// Counter: connections closed for a malformed or oversized frame.
 pub const PROTOCOL_ERRORS_TOTAL: &str = "omnistock_protocol_errors_total";
+/// Counter: request frames run in one engine call with other pipelined frames.
+pub const FRAMES_GROUPED_TOTAL: &str = "omnistock_request_frames_grouped_total";
 /// Counter: connections closed for idleness.
 pub const IDLE_DISCONNECTS_TOTAL: &str = "omnistock_idle_disconnects_total";
 /// Counter: connections closed because the client did not read its answers: nothing written
@@ -124,6 +126,16 @@ pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes
 pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
 /// Counter: request frames received (one frame carries a batch of operations).
 pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
+
+// ---- HTTP endpoint (recorded by src/http/) ----
+
+/// Counter `{route, status}`: HTTP requests answered, by route template (`/v1/skus/{sku}`;
+/// `other` for paths no route matches) and HTTP status code.
+pub const HTTP_REQUESTS_TOTAL: &str = "omnistock_http_requests_total";
+/// Gauge: HTTP event streams (`GET /v1/events`) open.
+pub const HTTP_EVENT_STREAMS: &str = "omnistock_http_event_streams";
+/// Counter: HTTP API requests with a missing or unknown token (throttled ones included).
+pub const HTTP_AUTH_FAILURES_TOTAL: &str = "omnistock_http_auth_failures_total";
 
 // ---- subscriptions (recorded by src/feed/) ----
 
@@ -196,6 +208,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (AUTH_FAILURES_TOTAL, Kind::Counter, None, "Handshakes refused for a missing or unknown token."),
     (PROTOCOL_ERRORS_TOTAL, Kind::Counter, None, "Connections closed for a malformed or oversized frame."),
     (IDLE_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed for idleness."),
+    (FRAMES_GROUPED_TOTAL, Kind::Counter, None, "Request frames run in one engine call together with other pipelined frames of their connection."),
     (SLOW_READER_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because the client did not read its answers: nothing written within the write timeout, or more than max_output_bytes queued."),
     (SOURCE_LIMIT_REFUSALS_TOTAL, Kind::Counter, None, "Connections refused because max_connections_per_source were open from the same IP."),
     (AUTH_THROTTLED_TOTAL, Kind::Counter, None, "Handshakes refused without checking their token because their source made 20 failed ones within 60 s."),
@@ -204,7 +217,10 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
-    (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions."),
+    (HTTP_REQUESTS_TOTAL, Kind::Counter, None, "HTTP requests answered, by route template (other: no route) and status code."),
+    (HTTP_EVENT_STREAMS, Kind::Gauge, None, "HTTP event streams (GET /v1/events) open."),
+    (HTTP_AUTH_FAILURES_TOTAL, Kind::Counter, None, "HTTP API requests refused for a missing or unknown token, or throttled after too many."),
+    (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions (binary and HTTP)."),
     (SUBSCRIPTION_EVENTS_SENT_TOTAL, Kind::Counter, None, "Events sent to subscribers."),
     (SUBSCRIBER_LAG_MAX_EVENTS, Kind::Gauge, None, "Largest backlog of any subscriber, in events."),
     (SUBSCRIBER_DISCONNECTS_TOTAL, Kind::Counter, None, "Subscribers disconnected, by reason (lagged, closed, error)."),
@@ -219,6 +235,36 @@ enum Kind {
     Counter,
     Gauge,
     Histogram,
+}
+
+/// The standard process series (the Prometheus client libraries' names, no `omnistock_`
+/// prefix, so stock dashboards and alerts work), read by the `metrics-process` crate at
+/// each scrape ([`collect_process`]): CPU seconds (a counter of whole seconds: the
+/// recorder's counters are integers), open and maximum file descriptors, virtual and
+/// resident memory, start time, threads.
+pub const PROCESS_STANDARD: [&str; 8] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Reads the process's CPU time, file descriptors, memory, start time and threads into the
+/// [`PROCESS_STANDARD`] series (procfs on Linux; a value the platform does not give is
+/// left out). Called at each scrape, off the async threads.
+pub fn collect_process() {
+    if HANDLE.get().is_some() {
+        process_collector().collect();
+    }
 }
 
 /// Every metric name this module defines (tests check each appears in a scrape).
@@ -325,6 +371,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         )?
         .install_recorder()?;
     describe();
+    process_collector().describe();
     let _ = HOT.set(Hot {
         requests: (0..N_OPS * N_STATUS).map(|_| OnceLock::new()).collect(),
         latency: (0..N_OPS).map(|_| OnceLock::new()).collect(),
@@ -351,6 +398,9 @@ fn create_series() {
         counter!(SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => reason).increment(0);
     }
     counter!(SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(0);
+    counter!(HTTP_REQUESTS_TOTAL, "route" => "/healthz", "status" => "200").increment(0);
+    gauge!(HTTP_EVENT_STREAMS).increment(0.0);
+    counter!(HTTP_AUTH_FAILURES_TOTAL).increment(0);
     counter!(SUBSCRIPTION_COALESCED_TOTAL).increment(0);
     gauge!(SUBSCRIBERS).increment(0.0);
     gauge!(SUBSCRIBER_LAG_MAX_EVENTS).increment(0.0);

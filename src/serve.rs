@@ -1,4 +1,4 @@
-//! `omnistock serve`: binds the admin endpoint, opens the durable engine (recovery), runs the
+//! `omnistock serve`: binds the HTTP endpoint (admin paths and the `/v1` API), opens the durable engine (recovery), runs the
 //! TCP server until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
 //! finish in-flight requests, flush the log). Settings: see `settings`.
 //!
@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use omnistock::admin::{AdminServer, Sources};
 use omnistock::engine::Engine;
+use omnistock::http::{HttpConfig, HttpServer, Sources};
 use omnistock::metrics;
 use omnistock::server::Server;
 
@@ -29,7 +29,7 @@ pub(crate) async fn signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The admin endpoint (metrics, health, readiness) running beside a server.
+/// The HTTP endpoint (metrics, health, readiness, the `/v1` API) running beside a server.
 pub(crate) struct Admin {
     /// What scrapes and readiness read; hand it the engine and the server when they exist.
     pub sources: Arc<Sources>,
@@ -39,14 +39,17 @@ pub(crate) struct Admin {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Installs the metrics recorder and starts the admin endpoint on `listen` (before recovery,
+/// Installs the metrics recorder and starts the HTTP endpoint on `listen` (before recovery,
 /// so `/healthz` answers and `/readyz` says 503 while it runs).
-pub(crate) async fn start_admin(listen: std::net::SocketAddr) -> anyhow::Result<Admin> {
+pub(crate) async fn start_admin(
+    listen: std::net::SocketAddr,
+    config: HttpConfig,
+) -> anyhow::Result<Admin> {
     let handle = metrics::install().context("installing the metrics recorder")?;
     let sources = Sources::new();
-    let admin = AdminServer::bind(listen, sources.clone(), handle)
+    let admin = HttpServer::bind(listen, sources.clone(), handle, config)
         .await
-        .with_context(|| format!("admin endpoint on {listen}"))?;
+        .with_context(|| format!("HTTP endpoint on {listen}"))?;
     let addr = admin.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(admin.run(async move {
@@ -98,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let admin = start_admin(s.admin_listen).await?;
+        let admin = start_admin(s.admin_listen, s.http.clone()).await?;
         let sources = admin.sources.clone();
         let data_dir = s.persist.data_dir.clone();
         let engine = Arc::new(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use omnistock::engine::{EngineConfig, PersistConfig};
+use omnistock::http::HttpConfig;
 use omnistock::protocol::Role;
 use omnistock::server::ServerConfig;
 use omnistock::wal::Durability;
@@ -141,6 +142,13 @@ pub struct Args {
     /// false [default: true].
     #[arg(long, env = "OMNISTOCK_CONNECTIONS_ON_ARBITERS", value_name = "BOOL")]
     pub connections_on_arbiters: Option<bool>,
+    /// An HTTP event stream (GET /v1/events) with nothing to send for this long sends a
+    /// `: heartbeat` comment, in ms (100..=3600000) [default: 15000].
+    #[arg(long, env = "OMNISTOCK_HTTP_HEARTBEAT_MS", value_name = "MS")]
+    pub http_heartbeat_ms: Option<u64>,
+    /// Most HTTP event streams open at once (1..=128) [default: 64].
+    #[arg(long, env = "OMNISTOCK_HTTP_MAX_EVENT_STREAMS", value_name = "N")]
+    pub http_max_event_streams: Option<usize>,
 
     /// Actor threads [default: one per core].
     #[arg(long, env = "OMNISTOCK_ARBITERS", value_name = "N")]
@@ -241,6 +249,8 @@ struct FileLimits {
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
     connections_on_arbiters: Option<bool>,
+    http_heartbeat_ms: Option<u64>,
+    http_max_event_streams: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -298,8 +308,10 @@ pub struct Settings {
     pub server: ServerConfig,
     /// The durable engine (data directory included).
     pub persist: PersistConfig,
-    /// The admin HTTP endpoint.
+    /// The HTTP endpoint (admin paths and the `/v1` API).
     pub admin_listen: SocketAddr,
+    /// The HTTP endpoint's settings (tokens and feed limits are the server's).
+    pub http: HttpConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`EnvFilter` syntax), already checked.
@@ -353,6 +365,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let file = read_file(args.config.as_ref())?;
     let server = server_config(&args, &file)?;
     let persist = persist_config(&args, &file)?;
+    let http = http_config(&args, &file, &server)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
         (Some(a), _) => a,
         (None, Some(a)) => parse_addr("admin_listen", a)?,
@@ -379,6 +392,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         server,
         persist,
         admin_listen,
+        http,
         log_format,
         log_filter,
     })
@@ -485,6 +499,29 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
         cfg.connections_on_arbiters = b;
     }
     cfg.validate()?;
+    Ok(cfg)
+}
+
+fn http_config(
+    args: &Args,
+    file: &FileConfig,
+    server: &ServerConfig,
+) -> anyhow::Result<HttpConfig> {
+    let l = &file.limits;
+    let mut cfg = HttpConfig {
+        tokens: server.tokens.clone(),
+        subscription: server.subscription.clone(),
+        source: format!("omnistock://{}", server.listen),
+        ..HttpConfig::default()
+    };
+    if let Some(ms) = args.http_heartbeat_ms.or(l.http_heartbeat_ms) {
+        cfg.heartbeat = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.http_max_event_streams.or(l.http_max_event_streams) {
+        cfg.max_event_streams = n;
+    }
+    cfg.validate()
+        .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
     Ok(cfg)
 }
 
@@ -750,11 +787,39 @@ mod tests {
             (&[], Some("[limits]\nidle_timeout_ms = 0"), "idle_timeout"),
             (&[], Some("[engine]\nmax_skus = 0"), "max_skus"),
             (&[], Some("lisen = \"127.0.0.1:1\""), "lisen"),
+            (&["--http-heartbeat-ms", "10"], None, "http_heartbeat_ms"),
+            (
+                &[],
+                Some("[limits]\nhttp_max_event_streams = 0"),
+                "http_max_event_streams",
+            ),
+            (
+                &["--http-max-event-streams", "129"],
+                None,
+                "http_max_event_streams",
+            ),
         ];
         for (flags, toml, setting) in cases {
             let e = err(flags, *toml);
             assert!(e.contains(setting), "{flags:?} {toml:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_http_endpoint_gets_the_servers_tokens_and_its_own_settings() {
+        let toml = "[limits]\nhttp_heartbeat_ms = 2000\nhttp_max_event_streams = 8";
+        let s = resolve_with(
+            &["--token", "t1:adapter", "--http-max-event-streams", "9"],
+            Some(toml),
+        )
+        .expect("valid");
+        assert_eq!(s.http.heartbeat, Duration::from_secs(2));
+        assert_eq!(s.http.max_event_streams, 9, "the flag wins over the file");
+        assert_eq!(s.http.tokens.get("t1"), Some(&Role::Adapter));
+        assert_eq!(s.http.source, format!("omnistock://{DEFAULT_LISTEN}"));
+        let d = resolve_with(&[], None).expect("defaults");
+        assert_eq!(d.http.heartbeat, Duration::from_secs(15));
+        assert_eq!(d.http.max_event_streams, 64);
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! The admin endpoint under a connection flood: `/healthz` and `/readyz` must answer while
-//! silent connections hold every place, and while thousands of GETs arrive at once (a
-//! liveness probe that cannot connect restarts a healthy server).
+//! The HTTP endpoint under a connection flood: `/healthz` and `/readyz` must answer while
+//! silent connections hold every place, while thousands of GETs arrive at once, and beside
+//! the most event streams (a liveness probe that cannot connect restarts a healthy server);
+//! oversized, malformed and slow request heads are refused or closed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use omnistock::admin::{AdminServer, Sources, MAX_CONNECTIONS};
+use omnistock::http::{HttpConfig, HttpServer, Sources, MAX_CONNECTIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -14,9 +15,14 @@ async fn start() -> SocketAddr {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
         .handle();
-    let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), Sources::new(), handle)
-        .await
-        .expect("bind admin");
+    let admin = HttpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Sources::new(),
+        handle,
+        HttpConfig::default(),
+    )
+    .await
+    .expect("bind admin");
     let addr = admin.local_addr();
     tokio::spawn(admin.run(std::future::pending()));
     addr
@@ -85,4 +91,92 @@ async fn two_thousand_concurrent_probes_are_all_answered_beside_silent_connectio
         "(answered, closed unanswered, not answered in 20 s)"
     );
     drop(silent);
+}
+
+/// Sends `raw` and reads until the server closes: the status, or `None` without an answer.
+async fn raw_status(addr: SocketAddr, raw: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let _ = s.write_all(raw).await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let head = String::from_utf8_lossy(&answer);
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_are_refused_and_slow_heads_closed() {
+    let addr = start().await;
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: t\r\n".to_vec();
+    big.extend(std::iter::repeat_n(
+        b'a',
+        omnistock::http::MAX_REQUEST_BYTES + 1024,
+    ));
+    big.extend_from_slice(b": x\r\n\r\n");
+    let answered = tokio::time::timeout(Duration::from_secs(10), raw_status(addr, &big)).await;
+    assert_eq!(answered, Ok(Some(431)));
+    // Not HTTP at all.
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw_status(addr, b"\x16\x03\x01hello\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answered, Ok(Some(400)));
+    // Half a head, then silence: closed once the read timeout passes.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost:")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        omnistock::http::READ_TIMEOUT + Duration::from_secs(5),
+        s.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "a slow head is closed by the server");
+}
+
+// Event streams are long-lived answers that never give their place back while they run:
+// at most half the places, so probes still find room beside them and the squatters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_beside_the_most_event_streams_and_a_flood() {
+    let engine = std::sync::Arc::new(
+        omnistock::engine::Engine::start_in_memory(Default::default()).expect("engine"),
+    );
+    let sources = Sources::new();
+    sources.set_engine(engine);
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let config = HttpConfig {
+        max_event_streams: MAX_CONNECTIONS / 2,
+        ..HttpConfig::default()
+    };
+    let admin = HttpServer::bind("127.0.0.1:0".parse().unwrap(), sources, handle, config)
+        .await
+        .expect("bind");
+    let addr = admin.local_addr();
+    tokio::spawn(admin.run(std::future::pending()));
+    let mut streams = Vec::new();
+    for _ in 0..MAX_CONNECTIONS / 2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /v1/events HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        streams.push(s);
+    }
+    let mut silent = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for _ in 0..10 {
+        let answered = tokio::time::timeout(Duration::from_secs(5), get(addr, "/healthz")).await;
+        assert_eq!(answered, Ok(Some(200)));
+    }
+    // One stream more than allowed is refused, answered.
+    let over = tokio::time::timeout(Duration::from_secs(5), get(addr, "/v1/events")).await;
+    assert_eq!(over, Ok(Some(503)));
+    drop((streams, silent));
 }

@@ -837,3 +837,70 @@ fn sigterm_stops_within_the_deadline_while_a_client_has_stopped_reading() {
     );
     drop(s);
 }
+
+/// `GET path` with a bearer token: (status, body).
+fn http_get_as(port: u16, path: &str, token: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+#[test]
+fn serve_gives_the_http_api_its_tokens_and_heartbeat_setting() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--token", "ops:admin", "--token", "feed:adapter"])
+        .args(["--http-heartbeat-ms", "200"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(admin, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, body) = http_get(admin, "/v1/skus/nope").unwrap();
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_get_as(admin, "/v1/skus/nope", "feed").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"unknown_sku\""), "{body}");
+    // The feed with the adapter token: its opening comment, then heartbeats at 200 ms.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer feed\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches(": heartbeat").count() < 2 {
+        let n = s.read(&mut buf).expect("heartbeats arrive");
+        assert!(n > 0, "closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains(": subscribed start=live"), "{seen}");
+    // SIGTERM with the stream open: the stream ends, the process exits 0.
+    stop(child);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .expect("the server closed the stream");
+}

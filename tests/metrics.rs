@@ -20,9 +20,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omnistock::admin::{AdminServer, Sources};
 use omnistock::client::{Client, ClientConfig};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
+use omnistock::http::{HttpConfig, HttpServer, Sources};
 use omnistock::metrics;
 use omnistock::protocol::{kinds, start, Fulfill, Release, Reserve, Role, Subscribe, WireLine};
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
@@ -41,9 +41,14 @@ struct Admin {
 impl Admin {
     async fn start(sources: Arc<Sources>) -> Admin {
         let handle = metrics::install().expect("recorder");
-        let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), sources, handle)
-            .await
-            .expect("bind admin");
+        let admin = HttpServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            sources,
+            handle,
+            HttpConfig::default(),
+        )
+        .await
+        .expect("bind admin");
         let addr = admin.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(admin.run(async move {
@@ -313,6 +318,24 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
     assert_eq!(value(&after, "omnistock_ready"), 1.0);
     assert_eq!(value(&after, "omnistock_wal_failed"), 0.0);
     assert!(value(&after, "omnistock_process_resident_memory_bytes") > 1e6);
+    // The standard process series (metrics-process), each in the scrape and in docs/metrics.md.
+    let md = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+        .expect("docs/metrics.md");
+    for name in metrics::PROCESS_STANDARD {
+        assert!(
+            after.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} is not in the scrape"
+        );
+        assert!(
+            md.contains(&format!("`{name}`")),
+            "docs/metrics.md lacks {name}"
+        );
+    }
+    assert!(value(&after, "process_open_fds") >= 3.0);
+    assert!(value(&after, "process_max_fds") >= value(&after, "process_open_fds"));
+    assert!(value(&after, "process_resident_memory_bytes") > 1e6);
+    assert!(value(&after, "process_start_time_seconds") > 1.6e9);
+    assert!(value(&after, "process_threads") >= 2.0);
     // Latency buckets from 10 us to 1 s, not a summary.
     assert!(
         after.contains(r#"omnistock_request_duration_seconds_bucket{op="reserve",le="0.00001"}"#)
@@ -349,6 +372,47 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
     assert_eq!(http(admin.addr, "GET", "/nope").await.0, 404);
     assert_eq!(http(admin.addr, "POST", "/metrics").await.0, 405);
     assert_eq!(http(admin.addr, "GARBAGE", "").await.0, 400);
+    // The HTTP endpoint counts its own answers by route template and status, and its streams.
+    let mut stream = TcpStream::connect(admin.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(http(admin.addr, "GET", "/v1/skus/nope").await.0, 404);
+    let m = scrape(admin.addr).await;
+    for (series, at_least) in [
+        (
+            r#"omnistock_http_requests_total{route="/metrics",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/metrics",status="405"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/healthz",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/v1/skus/{sku}",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="/v1/events",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"omnistock_http_requests_total{route="other",status="404"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(value(&m, series) >= at_least, "{series} in\n{m}");
+    }
+    assert_eq!(value(&m, "omnistock_http_event_streams"), 1.0);
+    drop(stream);
     c.disconnect().await;
     srv.stop().await;
     admin.stop().await;
@@ -501,6 +565,12 @@ fn alert_rules_and_dashboard_use_only_exported_metrics() {
         let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect(file);
         for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("process_") {
+                assert!(
+                    metrics::PROCESS_STANDARD.contains(&word),
+                    "{file} names {word}, which is not a process series we export"
+                );
+            }
             let Some(rest) = word.strip_prefix("omnistock_") else {
                 continue;
             };

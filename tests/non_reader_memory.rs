@@ -48,7 +48,7 @@ fn request(corr: u64, ops: &[Op]) -> Vec<u8> {
 }
 
 fn resident_bytes() -> u64 {
-    omnistock::admin::resident_memory_bytes().expect("procfs")
+    omnistock::http::resident_memory_bytes().expect("procfs")
 }
 
 /// A get-many of 2,000 SKUs (each at one location), a few hundred KB of answer.

@@ -17,6 +17,7 @@
 //! allowance. The `Hello` is read with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame
 //! limit, so a socket without a credential cannot make the server buffer a megabyte.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -461,11 +462,19 @@ fn token_eq(a: &str, b: &str) -> bool {
 }
 
 fn role_of(ctx: &Ctx, token: &str) -> Option<Role> {
-    if ctx.config.tokens.is_empty() {
+    role_of_token(&ctx.config.tokens, token)
+}
+
+/// The role `token` grants under `tokens` (every token compared in constant time, so the
+/// time taken tells nothing of a near miss); with no tokens configured every client is
+/// admin (the server only listens on loopback then). Shared with the HTTP API, so both
+/// ports answer a token the same way.
+pub fn role_of_token(tokens: &HashMap<String, Role>, token: &str) -> Option<Role> {
+    if tokens.is_empty() {
         return Some(Role::Admin);
     }
     let mut found = None;
-    for (t, r) in &ctx.config.tokens {
+    for (t, r) in tokens {
         if token_eq(t, token) {
             found = Some(*r);
         }

@@ -42,6 +42,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{ServerConfig, ServerError};
+pub use conn::role_of_token;
 
 use crate::engine::Engine;
 use dispatch::Ctx;
@@ -295,15 +296,15 @@ pub(crate) struct Admission {
     /// Open connections per source IP (only sources the limit applies to).
     sources: Mutex<HashMap<IpAddr, usize>>,
     /// Failed handshakes (unknown token) per source IP in its current window.
-    auth_failures: Mutex<HashMap<IpAddr, AuthWindow>>,
+    auth_failures: AuthThrottle,
 }
 
 /// Failed handshakes a source may make in one [`AUTH_FAILURE_WINDOW`] before its handshakes
 /// are refused for the rest of the window (token guessing, 11,700 tries/s from one thread
 /// before, becomes 20 a minute).
-pub(crate) const AUTH_FAILURES_PER_SOURCE: u32 = 20;
+pub const AUTH_FAILURES_PER_SOURCE: u32 = 20;
 /// The window of [`AUTH_FAILURES_PER_SOURCE`].
-pub(crate) const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const AUTH_FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most sources whose failures are remembered at once (a bound on the table's memory:
 /// about 64 B each); beyond it, windows that have ended are dropped first, and a new
 /// source is counted only once there is room.
@@ -316,32 +317,29 @@ struct AuthWindow {
     failures: u32,
 }
 
-impl Admission {
-    fn new(config: Arc<ServerConfig>, stats: Arc<ServerStats>) -> Admission {
-        Admission {
-            config,
-            stats,
-            established: AtomicU64::new(0),
-            next_id: AtomicU64::new(0),
-            pending: Mutex::new(BTreeMap::new()),
-            sources: Mutex::new(HashMap::new()),
-            auth_failures: Mutex::new(HashMap::new()),
-        }
-    }
+/// Failed authentications per source IP: after [`AUTH_FAILURES_PER_SOURCE`] in one
+/// [`AUTH_FAILURE_WINDOW`] the source is refused unchecked until its window ends; at most
+/// [`MAX_AUTH_SOURCES`] sources remembered. The binary port has one, the HTTP API its own
+/// (the HTTP endpoint starts before the server exists).
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<IpAddr, AuthWindow>>,
+}
 
-    /// How long `ip` must still wait before its handshakes are checked again, if it made
-    /// [`AUTH_FAILURES_PER_SOURCE`] failed ones in its current window.
-    pub(crate) fn auth_blocked(&self, ip: IpAddr) -> Option<std::time::Duration> {
-        let m = lock(&self.auth_failures);
+impl AuthThrottle {
+    /// How long `ip` must still wait before its credentials are checked again, if it made
+    /// [`AUTH_FAILURES_PER_SOURCE`] failed attempts in its current window.
+    pub fn blocked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let m = lock(&self.failures);
         let w = m.get(&ip)?;
         let left = AUTH_FAILURE_WINDOW.checked_sub(w.started.elapsed())?;
         (w.failures >= AUTH_FAILURES_PER_SOURCE).then_some(left)
     }
 
-    /// Counts a failed handshake from `ip`.
-    pub(crate) fn auth_failed(&self, ip: IpAddr) {
+    /// Counts a failed attempt from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
         let now = std::time::Instant::now();
-        let mut m = lock(&self.auth_failures);
+        let mut m = lock(&self.failures);
         if m.len() >= MAX_AUTH_SOURCES && !m.contains_key(&ip) {
             m.retain(|_, w| now.duration_since(w.started) < AUTH_FAILURE_WINDOW);
             if m.len() >= MAX_AUTH_SOURCES {
@@ -359,6 +357,31 @@ impl Admission {
             };
         }
         w.failures = w.failures.saturating_add(1);
+    }
+}
+
+impl Admission {
+    fn new(config: Arc<ServerConfig>, stats: Arc<ServerStats>) -> Admission {
+        Admission {
+            config,
+            stats,
+            established: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+            sources: Mutex::new(HashMap::new()),
+            auth_failures: AuthThrottle::default(),
+        }
+    }
+
+    /// How long `ip` must still wait before its handshakes are checked again, if it made
+    /// [`AUTH_FAILURES_PER_SOURCE`] failed ones in its current window.
+    pub(crate) fn auth_blocked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        self.auth_failures.blocked(ip)
+    }
+
+    /// Counts a failed handshake from `ip`.
+    pub(crate) fn auth_failed(&self, ip: IpAddr) {
+        self.auth_failures.failed(ip)
     }
 
     /// Counts a connection from `ip`, or says why it is refused.

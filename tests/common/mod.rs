@@ -100,3 +100,4 @@ pub fn reserve_cmd(res: u128, channel: &str, lines: &[(&str, u32)], ttl_ms: u64)
         ttl_ms,
     })
 }
+pub mod http;
