@@ -194,7 +194,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     handshake_timeout_ms, max_pending_handshakes, max_connections_per_source, \
     per_source_limit_on_loopback, max_output_bytes, max_connections_memory_bytes, \
     shutdown_timeout_ms, write_timeout_ms, frame_timeout_ms, subscriber_max_lag_records, \
-    subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters), \
+    subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters, \
+    http_heartbeat_ms, http_max_event_streams), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records), [storage] \
     (durability, flush_interval_ms, checkpoint_every_records). A flag or its environment \

@@ -300,3 +300,34 @@ async fn operations_on_reservations_in_one_frame_update_index_stock_and_expiry()
     let a = e.sku_state(&sku("A")).await.unwrap();
     assert_eq!((on_hand(&a), a.reserved_total()), (15, 0));
 }
+
+/// A frame's ops on one SKU travel in one message (at most 256 ops each), in frame order:
+/// ops before the one that creates a SKU still find no SKU, those after it find it, and
+/// a SKU's ops spread over several messages apply in frame order.
+#[tokio::test]
+async fn ops_on_one_sku_apply_in_frame_order_across_messages() {
+    let e = engine();
+    small_catalog(&e).await;
+    let mut frame = vec![
+        req(reserve_cmd(500, "web", &[("NEW", 1)], 60_000)),
+        req(reserve_cmd(501, "web", &[("NEW", 1)], 60_000)),
+        req(adjust_cmd("NEW", "wh-a", 5)),
+        req(reserve_cmd(502, "web", &[("NEW", 2)], 60_000)),
+    ];
+    // 600 receipts of one unit on A (three messages), then a reserve of all web's ATP
+    // (600 less its buffer of 1) that only succeeds if every receipt came before it.
+    for _ in 0..600 {
+        frame.push(req(adjust_cmd("A", "wh-a", 1)));
+    }
+    frame.push(req(reserve_cmd(503, "web", &[("A", 599)], 60_000)));
+    let answers = e.execute_frame(frame).await;
+    assert!(matches!(rejection(&answers[0]), Rejection::UnknownSku(_)));
+    assert!(matches!(rejection(&answers[1]), Rejection::UnknownSku(_)));
+    assert!(answers[2].is_ok() && answers[3].is_ok(), "{:?}", &answers[2..4]);
+    assert!(answers[4..604].iter().all(|a| a.is_ok()));
+    assert!(answers[604].is_ok(), "{:?}", answers[604]);
+    let n = e.sku_state(&sku("NEW")).await.unwrap();
+    assert_eq!((on_hand(&n), n.reserved_total()), (5, 2));
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!((on_hand(&a), a.reserved_total()), (600, 599));
+}

@@ -254,8 +254,40 @@ impl FrameReplies {
     }
 }
 
-/// A SKU's ops of one round, whether they may create it, and where each answers.
-type SkuGroup = (SkuId, bool, Vec<(SkuOp, SlotReply)>);
+/// A SKU's ops of one round on their way into its message.
+enum Pending {
+    Empty,
+    /// A group of one op: sent as a plain message.
+    One(SkuId, SkuOp, SlotReply),
+    /// Several ops: one `SkuBatch` (the SKU's id once the first op arrived).
+    Many(Option<SkuId>, Vec<(SkuOp, SlotReply)>),
+}
+
+/// Which message each op of a round joins, and each message's size and create flag: one
+/// message per SKU (its ops in frame order), except that an op that may create the SKU
+/// starts a new message after ops that may not (those still find no SKU, as they would
+/// have alone), and a message holds at most `MAX_SKU_BATCH` ops. Messages are sent in the
+/// order their first op comes.
+fn group_ops(round: &[(usize, SkuId, SkuOp)], create: &[bool]) -> (Vec<usize>, Vec<(usize, bool)>) {
+    let mut meta: Vec<(usize, bool)> = Vec::new();
+    let mut gidx = Vec::with_capacity(round.len());
+    let mut group_of: HashMap<&str, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(round.len(), Default::default());
+    for (i, sku, _) in round {
+        let c = create[*i];
+        let g = match group_of.get(sku.as_str()) {
+            Some(&g) if (meta[g].1 || !c) && meta[g].0 < MAX_SKU_BATCH => g,
+            _ => {
+                group_of.insert(sku.as_str(), meta.len());
+                meta.push((0, c));
+                meta.len() - 1
+            }
+        };
+        meta[g].0 += 1;
+        gidx.push(g);
+    }
+    (gidx, meta)
+}
 
 /// Sends every `(sku, op)` with `try_send` (new work: a full mailbox answers `Busy`), each
 /// answering into one shared buffer, and waits once for all of them. Ops whose actor
@@ -280,12 +312,24 @@ pub(super) async fn deliver_all(
         }
         let frame = FrameReplies::new(round.len());
         let mut skus = Vec::with_capacity(round.len());
-        // One message per SKU (its ops in frame order), except that an op that may create
-        // the SKU starts a new message after ops that may not (those still find no SKU,
-        // as they would have alone), and a message holds at most `MAX_SKU_BATCH` ops.
-        let mut groups: Vec<SkuGroup> = Vec::new();
-        let mut group_of: HashMap<SkuId, usize, foldhash::fast::RandomState> = HashMap::default();
         let single = round.len() == 1;
+        // First the groups (borrowing the ids: no clone, no allocation per op), then the
+        // ops moved into them; a group of one op is sent as it is, without a vector.
+        let (gidx, meta) = if single {
+            (Vec::new(), Vec::new())
+        } else {
+            group_ops(&round, create)
+        };
+        let mut pending: Vec<Pending> = meta
+            .iter()
+            .map(|&(len, _)| {
+                if len == 1 {
+                    Pending::Empty
+                } else {
+                    Pending::Many(None, Vec::with_capacity(len))
+                }
+            })
+            .collect();
         for (slot, (i, sku, op)) in round.drain(..).enumerate() {
             let reply = SlotReply {
                 frame: frame.clone(),
@@ -294,26 +338,23 @@ pub(super) async fn deliver_all(
             };
             if single {
                 send_slot(core, &sku, op, reply, create[i]);
-                skus.push((i, sku));
-                continue;
-            }
-            match group_of.get(&sku) {
-                Some(&g) if (groups[g].1 || !create[i]) && groups[g].2.len() < MAX_SKU_BATCH => {
-                    groups[g].2.push((op, reply))
-                }
-                _ => {
-                    group_of.insert(sku.clone(), groups.len());
-                    groups.push((sku.clone(), create[i], vec![(op, reply)]));
+            } else {
+                match &mut pending[gidx[slot]] {
+                    p @ Pending::Empty => *p = Pending::One(sku.clone(), op, reply),
+                    Pending::Many(id, ops) => {
+                        id.get_or_insert_with(|| sku.clone());
+                        ops.push((op, reply));
+                    }
+                    Pending::One(..) => unreachable!("invariant: a group of one has one op"),
                 }
             }
             skus.push((i, sku));
         }
-        for (sku, create, mut ops) in groups {
-            if ops.len() == 1 {
-                let (op, reply) = ops.pop().expect("invariant: one op");
-                send_slot(core, &sku, op, reply, create);
-            } else {
-                send_batch(core, &sku, ops, create);
+        for (p, (_, create)) in pending.into_iter().zip(meta) {
+            match p {
+                Pending::One(sku, op, reply) => send_slot(core, &sku, op, reply, create),
+                Pending::Many(Some(sku), ops) => send_batch(core, &sku, ops, create),
+                Pending::Many(None, _) | Pending::Empty => {}
             }
         }
         frame.done_one();
