@@ -323,7 +323,11 @@ async fn ops_on_one_sku_apply_in_frame_order_across_messages() {
     let answers = e.execute_frame(frame).await;
     assert!(matches!(rejection(&answers[0]), Rejection::UnknownSku(_)));
     assert!(matches!(rejection(&answers[1]), Rejection::UnknownSku(_)));
-    assert!(answers[2].is_ok() && answers[3].is_ok(), "{:?}", &answers[2..4]);
+    assert!(
+        answers[2].is_ok() && answers[3].is_ok(),
+        "{:?}",
+        &answers[2..4]
+    );
     assert!(answers[4..604].iter().all(|a| a.is_ok()));
     assert!(answers[604].is_ok(), "{:?}", answers[604]);
     let n = e.sku_state(&sku("NEW")).await.unwrap();

@@ -115,8 +115,18 @@ pub enum CatalogEvent {
 pub struct ChannelIndex(std::sync::OnceLock<ChannelsByLocation>);
 
 /// The channel index's map (foldhash: it is read for every SKU change the feed derives).
-type ChannelsByLocation =
-    std::collections::HashMap<LocationId, Vec<ChannelId>, foldhash::fast::RandomState>;
+#[derive(Clone, Debug, Default)]
+struct ChannelsByLocation {
+    /// Per location: the ids of the channels that sell from it, and their positions in
+    /// `channels`.
+    at: std::collections::HashMap<
+        LocationId,
+        (Vec<ChannelId>, Vec<usize>),
+        foldhash::fast::RandomState,
+    >,
+    /// Every channel, in id order (a copy: positions instead of map lookups by id).
+    channels: Vec<Channel>,
+}
 
 impl PartialEq for ChannelIndex {
     fn eq(&self, _: &Self) -> bool {
@@ -169,16 +179,35 @@ impl Catalog {
 
     /// Channels that sell from `loc` (empty if none).
     pub fn channels_of(&self, loc: &LocationId) -> &[ChannelId] {
-        let index = self.index.0.get_or_init(|| {
-            let mut m = ChannelsByLocation::default();
-            for ch in self.channels.values() {
+        self.by_location()
+            .at
+            .get(loc)
+            .map_or(&[], |(ids, _)| ids.as_slice())
+    }
+
+    /// The channels that sell from `loc`, each with a position unique to it in this
+    /// catalog (so callers can tell channels apart without comparing ids).
+    pub fn channels_at(&self, loc: &LocationId) -> impl Iterator<Item = (usize, &Channel)> {
+        let index = self.by_location();
+        let at = index.at.get(loc).map_or(&[][..], |(_, at)| at.as_slice());
+        at.iter().map(|&i| (i, &index.channels[i]))
+    }
+
+    fn by_location(&self) -> &ChannelsByLocation {
+        self.index.0.get_or_init(|| {
+            let mut m = ChannelsByLocation {
+                channels: self.channels.values().cloned().collect(),
+                ..ChannelsByLocation::default()
+            };
+            for (i, ch) in m.channels.iter().enumerate() {
                 for l in &ch.locations {
-                    m.entry(l.clone()).or_default().push(ch.id.clone());
+                    let e = m.at.entry(l.clone()).or_default();
+                    e.0.push(ch.id.clone());
+                    e.1.push(i);
                 }
             }
             m
-        });
-        index.get(loc).map_or(&[], Vec::as_slice)
+        })
     }
 
     /// The low-stock threshold of `sku` on `channel`: the SKU's override, else the

@@ -251,14 +251,19 @@ fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
 /// before applying `events`.
 pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> Before<'c> {
     let mut atp: Vec<(&'c Channel, u32)> = Vec::with_capacity(catalog.channels.len().min(8));
-    for loc in touched_locations(events) {
-        for ch_id in catalog.channels_of(loc) {
-            if atp.iter().any(|(c, _)| &c.id == ch_id) {
-                continue;
+    let locations = touched_locations(events);
+    // With one location (most records) every channel comes once; with several, a channel
+    // selling from two of them is taken once, told apart by its position.
+    let mut seen: Vec<usize> = Vec::new();
+    for loc in &locations {
+        for (i, ch) in catalog.channels_at(loc) {
+            if locations.len() > 1 {
+                if seen.contains(&i) {
+                    continue;
+                }
+                seen.push(i);
             }
-            if let Some(ch) = catalog.channels.get(ch_id) {
-                atp.push((ch, state.channel_atp(ch)));
-            }
+            atp.push((ch, state.channel_atp(ch)));
         }
     }
     Before {
