@@ -391,10 +391,31 @@ enum Offer {
 
 /// Queues one op for `sku`'s actor, answering into `reply`; a refusal fills the slot.
 fn send_slot(core: &Arc<Core>, sku: &SkuId, op: SkuOp, reply: SlotReply, create: bool) {
-    let mut held = Some(SkuMsg {
+    let msg = SkuMsg {
         op,
         reply: ReplyTo::Slot(reply),
-    });
+    };
+    if let Err((held, failure)) = offer(core, sku, msg, create) {
+        refuse(held, failure);
+    }
+}
+
+/// Queues several ops for `sku`'s actor in one message; a refusal fills all their slots.
+fn send_batch(core: &Arc<Core>, sku: &SkuId, ops: Vec<(SkuOp, SlotReply)>, create: bool) {
+    if let Err((held, failure)) = offer(core, sku, SkuBatch { ops }, create) {
+        refuse_all(held, &failure);
+    }
+}
+
+/// `try_send`s `msg` to `sku`'s actor, looking the SKU up again when its actor had stopped
+/// (passivated). On a refusal (full mailbox, unknown SKU, limit, still moving after
+/// [`MAX_REDELIVERIES`]) the message comes back with the failure to answer it with.
+fn offer<M>(core: &Arc<Core>, sku: &SkuId, msg: M, create: bool) -> Result<(), (Option<M>, Failure)>
+where
+    M: actix::Message<Result = ()> + Send + 'static,
+    super::actor::SkuActor: actix::Handler<M>,
+{
+    let mut held = Some(msg);
     for _ in 0..MAX_REDELIVERIES {
         // The message stays in `held` unless the closure runs and the mailbox takes it.
         let sent = core.registry.with_addr(core, sku, create, |a| {
@@ -412,7 +433,7 @@ fn send_slot(core: &Arc<Core>, sku: &SkuId, op: SkuOp, reply: SlotReply, create:
             }
         });
         let failure: Failure = match sent {
-            Ok(Some(Offer::Queued)) => return,
+            Ok(Some(Offer::Queued)) => return Ok(()),
             // The actor had stopped (passivated): look the SKU up again.
             Ok(Some(Offer::Closed)) => continue,
             Ok(Some(Offer::Full)) => {
@@ -422,42 +443,9 @@ fn send_slot(core: &Arc<Core>, sku: &SkuId, op: SkuOp, reply: SlotReply, create:
             Ok(None) => Rejection::UnknownSku(sku.clone()).into(),
             Err(e) => limit_to_rejection(e),
         };
-        return refuse(held, failure);
+        return Err((held, failure));
     }
-    refuse(held, Rejection::Busy.into());
-}
-
-/// Queues several ops for `sku`'s actor in one message; a refusal fills all their slots.
-fn send_batch(core: &Arc<Core>, sku: &SkuId, ops: Vec<(SkuOp, SlotReply)>, create: bool) {
-    let mut held = Some(SkuBatch { ops });
-    for _ in 0..MAX_REDELIVERIES {
-        let sent = core.registry.with_addr(core, sku, create, |a| {
-            let msg = held.take().expect("invariant: held until sent");
-            match a.try_send(msg) {
-                Ok(()) => Offer::Queued,
-                Err(actix::dev::SendError::Full(m)) => {
-                    held = Some(m);
-                    Offer::Full
-                }
-                Err(actix::dev::SendError::Closed(m)) => {
-                    held = Some(m);
-                    Offer::Closed
-                }
-            }
-        });
-        let failure: Failure = match sent {
-            Ok(Some(Offer::Queued)) => return,
-            Ok(Some(Offer::Closed)) => continue,
-            Ok(Some(Offer::Full)) => {
-                Counters::bump(&core.counters.mailbox_full);
-                Rejection::Busy.into()
-            }
-            Ok(None) => Rejection::UnknownSku(sku.clone()).into(),
-            Err(e) => limit_to_rejection(e),
-        };
-        return refuse_all(held, &failure);
-    }
-    refuse_all(held, &Rejection::Busy.into());
+    Err((held, Rejection::Busy.into()))
 }
 
 fn refuse_all(msg: Option<SkuBatch>, f: &Failure) {

@@ -178,80 +178,77 @@ fn direct(
                 kind: Kind::Stock,
             }))
         }
-        Command::Fulfill { reservation, lines } if one_sku(core, reservation) => {
-            let entry = lock_reservation(core, reservation)?;
-            let plan = if entry.expires_at_ms <= now {
-                Err(Rejection::ReservationExpired(reservation))
-            } else {
-                fulfil_plan(&entry, lines)
-            };
-            let plan = plan.inspect_err(|_| unlock_reservation(core, reservation, None))?;
+        command => match one_sku_op(core, &command, now)? {
+            Some((entry, reservation, sku, cmd, after)) => {
+                let op = sku_op_with(cmd, (id, fp), catalog.clone(), now, Admit::Finish);
+                Ok(Route::Direct(Direct {
+                    id,
+                    fp,
+                    ops: vec![(sku, op)],
+                    create: false,
+                    kind: Kind::OnReservation(reservation, entry.expires_at_ms, after),
+                }))
+            }
+            None => Ok(Route::General(Request { id, command })),
+        },
+    }
+}
+
+/// A locked reservation of one SKU, the command for its SKU, and what its entry becomes.
+type OnOne = (ResEntry, ReservationId, SkuId, SkuCommand, After);
+
+/// A fulfil, release or extend of a committed reservation of one SKU, its entry locked:
+/// the entry, the SKU's command and what the entry becomes (`None`: not such a request, or
+/// a reservation of several SKUs, for the general path). Its record must be logged (it
+/// finishes what the reservation began), as on the general path.
+fn one_sku_op(core: &Core, command: &Command, now: TimeMs) -> Result<Option<OnOne>, Rejection> {
+    let reservation = match command {
+        Command::Fulfill { reservation, .. }
+        | Command::Release { reservation }
+        | Command::Extend { reservation, .. } => *reservation,
+        _ => return Ok(None),
+    };
+    if !one_sku(core, reservation) {
+        return Ok(None);
+    }
+    if let Command::Extend { ttl_ms, .. } = command {
+        check_extend_ttl(*ttl_ms)?;
+    }
+    let entry = lock_reservation(core, reservation)?;
+    let expired = entry.expires_at_ms <= now && !matches!(command, Command::Release { .. });
+    let planned = match command {
+        _ if expired => Err(Rejection::ReservationExpired(reservation)),
+        Command::Fulfill { lines, .. } => fulfil_plan(&entry, lines.clone()).and_then(|plan| {
             let [(sku, qty)]: [(SkuId, Option<u32>); 1] = plan
                 .per_sku
                 .try_into()
                 .map_err(|_| Rejection::invalid("a fulfil of one SKU planned several"))?;
-            let cmd = SkuCommand::Fulfill { reservation, qty };
             let after = After::Fulfilled((!plan.closes).then_some(plan.remaining));
-            Ok(on_reservation(
-                catalog,
-                (id, fp),
-                now,
-                &entry,
-                reservation,
-                sku,
-                cmd,
-                after,
-            ))
-        }
-        Command::Release { reservation } if one_sku(core, reservation) => {
-            let entry = lock_reservation(core, reservation)?;
-            let sku = entry.lines[0].0.clone();
-            let cmd = SkuCommand::Release {
+            Ok((sku, SkuCommand::Fulfill { reservation, qty }, after))
+        }),
+        Command::Release { .. } => Ok((
+            entry.lines[0].0.clone(),
+            SkuCommand::Release {
                 reservation,
                 reason: ReleaseReason::Client,
-            };
-            let after = After::Released;
-            Ok(on_reservation(
-                catalog,
-                (id, fp),
-                now,
-                &entry,
-                reservation,
-                sku,
-                cmd,
-                after,
+            },
+            After::Released,
+        )),
+        Command::Extend { ttl_ms, .. } => {
+            let new_expiry = now.saturating_add(*ttl_ms);
+            Ok((
+                entry.lines[0].0.clone(),
+                SkuCommand::Extend {
+                    reservation,
+                    expires_at_ms: new_expiry,
+                },
+                After::Extended(new_expiry),
             ))
         }
-        Command::Extend {
-            reservation,
-            ttl_ms,
-        } if one_sku(core, reservation) => {
-            check_extend_ttl(ttl_ms)?;
-            let entry = lock_reservation(core, reservation)?;
-            if entry.expires_at_ms <= now {
-                unlock_reservation(core, reservation, None);
-                return Err(Rejection::ReservationExpired(reservation));
-            }
-            let sku = entry.lines[0].0.clone();
-            let new_expiry = now.saturating_add(ttl_ms);
-            let cmd = SkuCommand::Extend {
-                reservation,
-                expires_at_ms: new_expiry,
-            };
-            let after = After::Extended(new_expiry);
-            Ok(on_reservation(
-                catalog,
-                (id, fp),
-                now,
-                &entry,
-                reservation,
-                sku,
-                cmd,
-                after,
-            ))
-        }
-        command => Ok(Route::General(Request { id, command })),
-    }
+        _ => unreachable!("invariant: only fulfil, release and extend get here"),
+    };
+    let (sku, cmd, after) = planned.inspect_err(|_| unlock_reservation(core, reservation, None))?;
+    Ok(Some((entry, reservation, sku, cmd, after)))
 }
 
 /// Whether a committed reservation holds exactly one SKU (its operations then need no
@@ -260,29 +257,6 @@ fn one_sku(core: &Core, reservation: ReservationId) -> bool {
     core.reservations
         .get(&reservation)
         .is_some_and(|e| e.committed && e.lines.len() == 1)
-}
-
-/// The direct route of an operation on a locked reservation of one SKU. Its record must be
-/// logged (it finishes what the reservation began), as on the general path.
-#[allow(clippy::too_many_arguments)]
-fn on_reservation(
-    catalog: &Arc<Catalog>,
-    (id, fp): (u128, u64),
-    now: TimeMs,
-    entry: &ResEntry,
-    reservation: ReservationId,
-    sku: SkuId,
-    cmd: SkuCommand,
-    after: After,
-) -> Route {
-    let op = sku_op_with(cmd, (id, fp), catalog.clone(), now, Admit::Finish);
-    Route::Direct(Direct {
-        id,
-        fp,
-        ops: vec![(sku, op)],
-        create: false,
-        kind: Kind::OnReservation(reservation, entry.expires_at_ms, after),
-    })
 }
 
 /// A direct request once its actors answered: its changes and the sequence of its closing
