@@ -6,8 +6,10 @@
 //! envelope must never be (a numeric reservation id, a type whose data does not match), and
 //! every example in docs/events.md is valid.
 
+mod common;
+use common::rid;
+
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,33 +49,8 @@ fn errors(v: &jsonschema::Validator, event: &Value) -> String {
         .join("\n")
 }
 
-static NEXT: AtomicU64 = AtomicU64::new(1);
-fn rid() -> u128 {
-    u128::from(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 async fn setup(c: &Client) {
-    c.apply(Op::UpsertLocation(UpsertLocation {
-        request_id: rid(),
-        location: WireLocation {
-            id: "wh".into(),
-            kind: WireLocationKind::Warehouse,
-            region: "FR".into(),
-        },
-    }))
-    .await
-    .unwrap();
-    c.apply(Op::UpsertChannel(UpsertChannel {
-        request_id: rid(),
-        channel: WireChannel {
-            id: "web".into(),
-            locations: vec!["wh".into()],
-            buffer: 0,
-            cap: None,
-        },
-    }))
-    .await
-    .unwrap();
+    common::wire_catalog(c).await;
     low_stock(c, 3).await;
 }
 

@@ -3,6 +3,9 @@
 //! tested), so what a reader copies is what was run. `cargo test` also builds them as
 //! programs, and `.ci/run` builds them without the `server` feature.
 
+mod common;
+use common::rid;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -67,37 +70,12 @@ impl TestServer {
     }
 }
 
-static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-fn rid() -> u128 {
-    u128::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
 /// Location `wh`, channel `web` selling from it, and `stock` units of each SKU there.
 async fn stocked(addr: SocketAddr, stock: &[(&str, i64)]) -> Client {
     let c = Client::connect(ClientConfig::new(addr.to_string()))
         .await
         .unwrap();
-    c.apply(Op::UpsertLocation(UpsertLocation {
-        request_id: rid(),
-        location: WireLocation {
-            id: "wh".into(),
-            kind: WireLocationKind::Warehouse,
-            region: "FR".into(),
-        },
-    }))
-    .await
-    .unwrap();
-    c.apply(Op::UpsertChannel(UpsertChannel {
-        request_id: rid(),
-        channel: WireChannel {
-            id: "web".into(),
-            locations: vec!["wh".into()],
-            buffer: 0,
-            cap: None,
-        },
-    }))
-    .await
-    .unwrap();
+    common::wire_catalog(&c).await;
     for (sku, qty) in stock {
         adjust(&c, sku, *qty).await;
     }

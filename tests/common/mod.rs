@@ -101,3 +101,29 @@ pub fn reserve_cmd(res: u128, channel: &str, lines: &[(&str, u32)], ttl_ms: u64)
     })
 }
 pub mod http;
+
+/// Over the protocol: location `wh` (a warehouse in FR) and channel `web` selling from it.
+pub async fn wire_catalog(c: &omnistock::client::Client) {
+    use omnistock::protocol::*;
+    c.apply(Op::UpsertLocation(UpsertLocation {
+        request_id: rid(),
+        location: WireLocation {
+            id: "wh".into(),
+            kind: WireLocationKind::Warehouse,
+            region: "FR".into(),
+        },
+    }))
+    .await
+    .expect("location wh");
+    c.apply(Op::UpsertChannel(UpsertChannel {
+        request_id: rid(),
+        channel: WireChannel {
+            id: "web".into(),
+            locations: vec!["wh".into()],
+            buffer: 0,
+            cap: None,
+        },
+    }))
+    .await
+    .expect("channel web");
+}
