@@ -266,7 +266,11 @@ async fn settle(e: &Engine, all: &mut Seen) {
 }
 
 async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen) {
+    let opened = std::time::Instant::now();
     let e = Engine::open(persist(dir)).await.expect("reopen after kill");
+    // Reported, not asserted (timing belongs in benchmarks): docs/benchmarks.md
+    // "Longer crash run" compares recovery after many cycles with the first.
+    eprintln!("recovery took {:?}", opened.elapsed());
     // Acknowledged before the crash: a resend answers from the stored outcome.
     for id in &last_cycle.acked {
         let command = command_of(&last_cycle.sent[id]);
