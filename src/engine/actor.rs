@@ -180,7 +180,7 @@ impl SkuActor {
         };
         let was_oversold = self.state.oversold();
         for e in &events {
-            self.state.apply(e, seq);
+            self.state.apply(e, seq, now_ms);
         }
         self.count_oversold(was_oversold);
         debug_assert_eq!(self.state.check_invariants(), Ok(()));

@@ -97,6 +97,10 @@ pub struct EngineConfig {
     pub expiry_batch: usize,
     /// Feed records kept in memory for subscribers to resume from (about 650 B each once a subscriber has read it: ~650 MB at the default).
     pub feed_retention_records: usize,
+    /// Half-lives of the demand-velocity windows (docs/intelligence.md). Default 15 min,
+    /// 1 h, 24 h. Changing them forgets the velocity built with the old ones: it is rebuilt
+    /// from the demand recorded after the restart.
+    pub velocity_half_lives: crate::domain::HalfLives,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +115,7 @@ impl Default for EngineConfig {
             expiry_driver: true,
             expiry_batch: 1024,
             feed_retention_records: crate::feed::hub::DEFAULT_RETENTION_RECORDS,
+            velocity_half_lives: crate::domain::HalfLives::default(),
         }
     }
 }

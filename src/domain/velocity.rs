@@ -1,0 +1,428 @@
+//! Demand velocity: per SKU x channel, exponentially decayed rates of units *held*
+//! (reservations placed) and units *fulfilled*, over a few configurable half-lives, and the
+//! projected stockout they imply (hours until the channel's ATP reaches zero).
+//!
+//! Pure, like the rest of `domain/`: time arrives as `at_ms` / `now_ms`. [`Velocity`] lives in
+//! [`SkuState`](super::SkuState) and is folded by the same `SkuState::apply` that serves the
+//! live path, recovery and replay, with the record's `at_ms`; so replaying a SKU's records
+//! rebuilds its velocity exactly (same floating-point operations in the same order).
+//!
+//! For each window `w` with half-life `h`, a decayed sum `S` of units is kept as of
+//! `last_ms`: an event of `q` units at `t >= last_ms` makes `S = S * 2^(-(t - last_ms)/h) + q`.
+//! The rate is `S * ln 2 / h` (units per ms; shown per hour): for a constant rate `r` of
+//! demand, `S` tends to `r * h / ln 2`, so the estimate tends to `r`. Reading at `now`
+//! decays without changing the state. An event older than `last_ms` (requests of one SKU
+//! accepted with slightly different clocks) counts at `last_ms`: nothing decays backwards.
+//!
+//! Why held units and not fulfilled ones drive the projection: a hold is what takes ATP
+//! down; a fulfilment sells units already held and leaves ATP unchanged. Fulfilled rates are
+//! kept beside them (a campaign shows in holds before it ships). Releases are not
+//! subtracted: the projection errs early, never late.
+//!
+//! Memory: one [`ChannelDemand`] per SKU x channel with demand, 72 bytes (channel id 16,
+//! `last_ms` 8, 2 x 3 x `f64` 48) plus 24 for the SKU's `Vec` and 24 for its half-lives.
+//! An entry whose longest-window sums have decayed below [`FORGET_BELOW_UNITS`] is dropped
+//! the next time the SKU records demand (about 20 longest half-lives after its last demand).
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ChannelId, TimeMs};
+
+/// Number of windows (half-lives). Their lengths are configurable, their number is not.
+pub const WINDOWS: usize = 3;
+
+/// Shortest half-life accepted: 1 minute.
+pub const MIN_HALF_LIFE_MS: u64 = 60_000;
+
+/// Longest half-life accepted: 30 days.
+pub const MAX_HALF_LIFE_MS: u64 = 30 * 24 * 3_600_000;
+
+/// A SKU x channel whose longest-window sums (held and fulfilled) are below this many units
+/// is forgotten when the SKU next records demand.
+pub const FORGET_BELOW_UNITS: f64 = 1e-6;
+
+const MS_PER_HOUR: f64 = 3_600_000.0;
+
+/// The half-lives of the windows, shortest first. Default 15 min, 1 h, 24 h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HalfLives {
+    ms: [u64; WINDOWS],
+}
+
+impl Default for HalfLives {
+    fn default() -> Self {
+        HalfLives {
+            ms: [15 * 60_000, 3_600_000, 24 * 3_600_000],
+        }
+    }
+}
+
+impl HalfLives {
+    /// Half-lives in ms: each in `MIN_HALF_LIFE_MS..=MAX_HALF_LIFE_MS`, strictly increasing.
+    pub fn new(ms: [u64; WINDOWS]) -> Result<HalfLives, String> {
+        if let Some(bad) = ms
+            .iter()
+            .find(|h| !(MIN_HALF_LIFE_MS..=MAX_HALF_LIFE_MS).contains(h))
+        {
+            return Err(format!(
+                "half-life {bad} ms is outside {MIN_HALF_LIFE_MS}..={MAX_HALF_LIFE_MS} ms"
+            ));
+        }
+        if ms.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "half-lives {ms:?} ms must be strictly increasing"
+            ));
+        }
+        Ok(HalfLives { ms })
+    }
+
+    /// The half-lives in ms, shortest first.
+    pub fn ms(&self) -> [u64; WINDOWS] {
+        self.ms
+    }
+}
+
+/// What a unit of demand was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DemandKind {
+    /// Units held by a reservation placed.
+    Held,
+    /// Units of a hold sold.
+    Fulfilled,
+}
+
+/// The decayed sums of one SKU x channel as of `last_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelDemand {
+    /// The channel.
+    pub channel: ChannelId,
+    /// When the sums were last brought up to date.
+    pub last_ms: TimeMs,
+    /// Decayed units held, per window.
+    pub held: [f64; WINDOWS],
+    /// Decayed units fulfilled, per window.
+    pub fulfilled: [f64; WINDOWS],
+}
+
+/// Equal when the bits are equal: replay must rebuild exactly what the live path built,
+/// and bit equality makes `Eq` lawful for floats.
+impl PartialEq for ChannelDemand {
+    fn eq(&self, o: &Self) -> bool {
+        let bits = |a: &[f64; WINDOWS]| a.map(f64::to_bits);
+        self.channel == o.channel
+            && self.last_ms == o.last_ms
+            && bits(&self.held) == bits(&o.held)
+            && bits(&self.fulfilled) == bits(&o.fulfilled)
+    }
+}
+
+impl Eq for ChannelDemand {}
+
+/// `2^(-dt/h)`: the weight left after `dt_ms`.
+fn decay(dt_ms: u64, half_life_ms: u64) -> f64 {
+    (-(dt_ms as f64) / half_life_ms as f64).exp2()
+}
+
+impl ChannelDemand {
+    fn new(channel: ChannelId, at_ms: TimeMs) -> Self {
+        ChannelDemand {
+            channel,
+            last_ms: at_ms,
+            held: [0.0; WINDOWS],
+            fulfilled: [0.0; WINDOWS],
+        }
+    }
+
+    /// The sums decayed to `now_ms` (not before `last_ms`).
+    fn decayed(&self, hl: &HalfLives, now_ms: TimeMs) -> ([f64; WINDOWS], [f64; WINDOWS]) {
+        let dt = now_ms.saturating_sub(self.last_ms);
+        let mut held = self.held;
+        let mut fulfilled = self.fulfilled;
+        for w in 0..WINDOWS {
+            let f = decay(dt, hl.ms[w]);
+            held[w] *= f;
+            fulfilled[w] *= f;
+        }
+        (held, fulfilled)
+    }
+}
+
+/// One SKU's demand: its half-lives and one entry per channel with demand, sorted by
+/// channel id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Velocity {
+    half_lives: HalfLives,
+    channels: Vec<ChannelDemand>,
+}
+
+/// Rates of one window, in units per hour, and the stockout they project.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowRate {
+    /// The window's half-life.
+    pub half_life_ms: u64,
+    /// Units held per hour.
+    pub held_per_hour: f64,
+    /// Units fulfilled per hour.
+    pub fulfilled_per_hour: f64,
+    /// `atp / held_per_hour`; `None` when nothing is held (no stockout in sight).
+    pub hours_to_zero: Option<f64>,
+}
+
+/// The velocity and projected stockout of one SKU x channel at one time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelVelocity {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// One per window, shortest half-life first.
+    pub windows: [WindowRate; WINDOWS],
+}
+
+/// Hours until `atp` units are gone at `per_hour`; `None` without demand.
+pub fn hours_to_zero(atp: u32, per_hour: f64) -> Option<f64> {
+    (per_hour > 0.0).then(|| f64::from(atp) / per_hour)
+}
+
+impl Velocity {
+    /// The half-lives this SKU's sums were made with.
+    pub fn half_lives(&self) -> HalfLives {
+        self.half_lives
+    }
+
+    /// Channels with demand, sorted by id.
+    pub fn channels(&self) -> &[ChannelDemand] {
+        &self.channels
+    }
+
+    /// Uses `hl` from now on. Sums made with other half-lives mean something else, so a
+    /// change forgets them (they are rebuilt from the demand recorded after it).
+    pub fn configure(&mut self, hl: HalfLives) {
+        if self.half_lives != hl {
+            self.half_lives = hl;
+            self.channels.clear();
+        }
+    }
+
+    /// Records `qty` units of `kind` on `channel` at `at_ms`.
+    pub fn record(&mut self, channel: &ChannelId, kind: DemandKind, qty: u32, at_ms: TimeMs) {
+        if qty == 0 {
+            return;
+        }
+        let hl = self.half_lives;
+        let i = match self.channels.binary_search_by(|c| c.channel.cmp(channel)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.channels
+                    .insert(i, ChannelDemand::new(channel.clone(), at_ms));
+                i
+            }
+        };
+        let c = &mut self.channels[i];
+        let now = at_ms.max(c.last_ms);
+        (c.held, c.fulfilled) = c.decayed(&hl, now);
+        c.last_ms = now;
+        let sums = match kind {
+            DemandKind::Held => &mut c.held,
+            DemandKind::Fulfilled => &mut c.fulfilled,
+        };
+        for s in sums.iter_mut() {
+            *s += f64::from(qty);
+        }
+        self.forget_faded(now);
+    }
+
+    /// Drops channels whose longest-window sums are below [`FORGET_BELOW_UNITS`] at `now`.
+    fn forget_faded(&mut self, now_ms: TimeMs) {
+        let hl = self.half_lives;
+        self.channels.retain(|c| {
+            let (h, f) = c.decayed(&hl, now_ms);
+            h[WINDOWS - 1] >= FORGET_BELOW_UNITS || f[WINDOWS - 1] >= FORGET_BELOW_UNITS
+        });
+    }
+
+    /// The rates of `channel` at `now_ms` with `atp` units left (zero rates without demand).
+    pub fn rates(&self, channel: &ChannelId, atp: u32, now_ms: TimeMs) -> ChannelVelocity {
+        let hl = self.half_lives;
+        let (held, fulfilled) = self
+            .channels
+            .binary_search_by(|c| c.channel.cmp(channel))
+            .map_or(([0.0; WINDOWS], [0.0; WINDOWS]), |i| {
+                self.channels[i].decayed(&hl, now_ms)
+            });
+        let windows = std::array::from_fn(|w| {
+            let per_hour = |sum: f64| sum * std::f64::consts::LN_2 / hl.ms[w] as f64 * MS_PER_HOUR;
+            let held_per_hour = per_hour(held[w]);
+            WindowRate {
+                half_life_ms: hl.ms[w],
+                held_per_hour,
+                fulfilled_per_hour: per_hour(fulfilled[w]),
+                hours_to_zero: hours_to_zero(atp, held_per_hour),
+            }
+        });
+        ChannelVelocity {
+            channel: channel.clone(),
+            atp,
+            windows,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ch(s: &str) -> ChannelId {
+        ChannelId::new(s).unwrap()
+    }
+
+    const HOUR: u64 = 3_600_000;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    #[test]
+    fn half_lives_outside_the_limits_or_not_increasing_are_refused() {
+        assert!(HalfLives::new([59_999, HOUR, 2 * HOUR]).is_err());
+        assert!(HalfLives::new([HOUR, 2 * HOUR, MAX_HALF_LIFE_MS + 1]).is_err());
+        assert!(HalfLives::new([HOUR, HOUR, 2 * HOUR]).is_err());
+        assert!(HalfLives::new([2 * HOUR, HOUR, 3 * HOUR]).is_err());
+        assert_eq!(
+            HalfLives::new([900_000, HOUR, 24 * HOUR]),
+            Ok(HalfLives::default())
+        );
+    }
+
+    #[test]
+    fn a_single_hold_read_at_once_is_its_units_times_ln2_over_each_half_life() {
+        let mut v = Velocity::default();
+        v.record(&ch("web"), DemandKind::Held, 10, 5 * HOUR);
+        let r = v.rates(&ch("web"), 20, 5 * HOUR);
+        for w in r.windows {
+            let want = 10.0 * std::f64::consts::LN_2 * HOUR as f64 / w.half_life_ms as f64;
+            assert!(close(w.held_per_hour, want), "{w:?}");
+            assert_eq!(w.fulfilled_per_hour, 0.0);
+            assert!(close(w.hours_to_zero.unwrap(), 20.0 / want));
+        }
+    }
+
+    #[test]
+    fn a_channel_without_demand_has_zero_rates_and_no_projection() {
+        let mut v = Velocity::default();
+        v.record(&ch("web"), DemandKind::Held, 3, 0);
+        let r = v.rates(&ch("pos"), 5, HOUR);
+        assert!(r
+            .windows
+            .iter()
+            .all(|w| w.held_per_hour == 0.0 && w.hours_to_zero.is_none()));
+    }
+
+    #[test]
+    fn demand_recorded_with_an_older_time_counts_at_the_latest_time_seen() {
+        let mut v = Velocity::default();
+        v.record(&ch("web"), DemandKind::Held, 4, 2 * HOUR);
+        v.record(&ch("web"), DemandKind::Held, 4, HOUR);
+        assert_eq!(v.channels()[0].last_ms, 2 * HOUR);
+        assert_eq!(v.channels()[0].held, [8.0; WINDOWS]);
+    }
+
+    #[test]
+    fn held_and_fulfilled_are_kept_apart() {
+        let mut v = Velocity::default();
+        v.record(&ch("web"), DemandKind::Held, 6, 0);
+        v.record(&ch("web"), DemandKind::Fulfilled, 2, 0);
+        assert_eq!(v.channels()[0].held, [6.0; WINDOWS]);
+        assert_eq!(v.channels()[0].fulfilled, [2.0; WINDOWS]);
+    }
+
+    #[test]
+    fn a_channel_faded_below_the_floor_is_forgotten_when_the_sku_next_records() {
+        let mut v = Velocity::default();
+        v.record(&ch("a"), DemandKind::Held, 1, 0);
+        // 1 unit needs log2(1e6) ~ 20 longest half-lives to fall below 1e-6.
+        v.record(&ch("b"), DemandKind::Held, 1, 19 * 24 * HOUR);
+        assert_eq!(v.channels().len(), 2);
+        v.record(&ch("b"), DemandKind::Held, 1, 21 * 24 * HOUR);
+        assert_eq!(v.channels().len(), 1);
+        assert_eq!(v.channels()[0].channel, ch("b"));
+    }
+
+    #[test]
+    fn other_half_lives_forget_the_sums_and_the_same_ones_keep_them() {
+        let mut v = Velocity::default();
+        v.record(&ch("web"), DemandKind::Held, 1, 0);
+        v.configure(HalfLives::default());
+        assert_eq!(v.channels().len(), 1);
+        v.configure(HalfLives::new([HOUR, 2 * HOUR, 3 * HOUR]).unwrap());
+        assert!(v.channels().is_empty());
+    }
+
+    #[test]
+    fn no_demand_means_no_stockout_and_zero_atp_with_demand_means_zero_hours() {
+        assert_eq!(hours_to_zero(10, 0.0), None);
+        assert_eq!(hours_to_zero(0, 2.0), Some(0.0));
+        assert_eq!(hours_to_zero(10, 4.0), Some(2.5));
+    }
+
+    proptest! {
+        /// Constant demand: `n` holds of `q` units every `gap` ms, read at the last one,
+        /// give exactly the geometric sum `q * (1 - r^n) / (1 - r)` with `r = 2^(-gap/h)`,
+        /// times ln 2 / h; the projection is ATP over that rate.
+        #[test]
+        fn constant_demand_gives_the_geometric_sum_rate_and_its_projection(
+            q in 1u32..1000, gap in 1_000u64..600_000, n in 1u32..400, atp in 0u32..100_000,
+        ) {
+            let mut v = Velocity::default();
+            for k in 0..u64::from(n) {
+                v.record(&ch("web"), DemandKind::Held, q, 1_000 + k * gap);
+            }
+            let now = 1_000 + u64::from(n - 1) * gap;
+            let got = v.rates(&ch("web"), atp, now);
+            for w in got.windows {
+                let h = w.half_life_ms as f64;
+                let r = (-(gap as f64) / h).exp2();
+                let sum = f64::from(q) * (1.0 - r.powi(n as i32)) / (1.0 - r);
+                let want = sum * std::f64::consts::LN_2 / h * 3_600_000.0;
+                prop_assert!((w.held_per_hour - want).abs() <= 1e-9 * want, "{} vs {}", w.held_per_hour, want);
+                let hours = w.hours_to_zero.unwrap();
+                prop_assert!((hours - f64::from(atp) / want).abs() <= 1e-9 * hours.max(1.0));
+            }
+        }
+
+        /// In the steady state (many half-lives of demand), the estimate of the shortest
+        /// window is the true rate q/gap within the discretisation error ln2*gap/h.
+        #[test]
+        fn steady_demand_converges_to_the_true_rate(q in 1u32..100, gap in 1_000u64..30_000) {
+            let mut v = Velocity::default();
+            let hl = HalfLives::default().ms()[0];
+            let n = 20 * hl / gap;
+            for k in 0..n {
+                v.record(&ch("web"), DemandKind::Held, q, k * gap);
+            }
+            let w = v.rates(&ch("web"), 0, (n - 1) * gap).windows[0];
+            let truth = f64::from(q) / gap as f64 * 3_600_000.0;
+            let tolerance = std::f64::consts::LN_2 * gap as f64 / hl as f64;
+            prop_assert!((w.held_per_hour / truth - 1.0).abs() <= tolerance, "{} vs {}", w.held_per_hour, truth);
+        }
+
+        /// Without demand, each window's rate halves after one of its half-lives (and the
+        /// projection doubles).
+        #[test]
+        fn a_rate_halves_after_one_half_life_without_demand(
+            q in 1u32..10_000, at in 0u64..1_000_000_000, atp in 1u32..1000,
+        ) {
+            let mut v = Velocity::default();
+            v.record(&ch("web"), DemandKind::Held, q, at);
+            v.record(&ch("web"), DemandKind::Fulfilled, q, at);
+            let before = v.rates(&ch("web"), atp, at);
+            for (w, b) in before.windows.iter().enumerate() {
+                let after = v.rates(&ch("web"), atp, at + b.half_life_ms).windows[w];
+                prop_assert!(close(after.held_per_hour, b.held_per_hour / 2.0));
+                prop_assert!(close(after.fulfilled_per_hour, b.fulfilled_per_hour / 2.0));
+                prop_assert!(close(after.hours_to_zero.unwrap(), 2.0 * b.hours_to_zero.unwrap()));
+            }
+        }
+    }
+}
