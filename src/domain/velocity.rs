@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ChannelId, TimeMs};
+use super::ids::{ChannelId, SkuId, TimeMs};
 
 /// Number of windows (half-lives). Their lengths are configurable, their number is not.
 pub const WINDOWS: usize = 3;
@@ -40,6 +40,9 @@ pub const MAX_HALF_LIFE_MS: u64 = 30 * 24 * 3_600_000;
 /// A SKU x channel whose longest-window sums (held and fulfilled) are below this many units
 /// is forgotten when the SKU next records demand.
 pub const FORGET_BELOW_UNITS: f64 = 1e-6;
+
+/// Most SKUs one at-risk list may return.
+pub const MAX_AT_RISK_LIMIT: usize = 1_000;
 
 const MS_PER_HOUR: f64 = 3_600_000.0;
 
@@ -268,6 +271,79 @@ impl Velocity {
     }
 }
 
+/// One SKU of an at-risk list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AtRisk {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its velocity and projection on the listed channel.
+    pub velocity: ChannelVelocity,
+}
+
+impl AtRisk {
+    fn hours(&self, window: usize) -> f64 {
+        self.velocity.windows[window]
+            .hours_to_zero
+            .unwrap_or(f64::INFINITY)
+    }
+}
+
+/// The `limit` SKUs of one channel whose stockout comes first in window `window`: a bounded
+/// selection (memory `limit`, whatever the number of SKUs offered), soonest first, ties by
+/// SKU id. SKUs without demand in the window (no projection) are not at risk and are left out.
+#[derive(Debug)]
+pub struct AtRiskList {
+    window: usize,
+    limit: usize,
+    kept: Vec<AtRisk>,
+}
+
+impl AtRiskList {
+    /// An empty list; `window` below [`WINDOWS`], `limit` in `1..=MAX_AT_RISK_LIMIT`.
+    pub fn new(window: usize, limit: usize) -> Result<AtRiskList, String> {
+        if window >= WINDOWS {
+            return Err(format!("window {window} is not one of 0..{WINDOWS}"));
+        }
+        if !(1..=MAX_AT_RISK_LIMIT).contains(&limit) {
+            return Err(format!("limit {limit} is not in 1..={MAX_AT_RISK_LIMIT}"));
+        }
+        Ok(AtRiskList {
+            window,
+            limit,
+            kept: Vec::with_capacity(limit + 1),
+        })
+    }
+
+    fn before(&self, a: &AtRisk, b: &AtRisk) -> std::cmp::Ordering {
+        a.hours(self.window)
+            .total_cmp(&b.hours(self.window))
+            .then_with(|| a.sku.cmp(&b.sku))
+    }
+
+    /// Offers one SKU's velocity on the channel.
+    pub fn offer(&mut self, sku: &SkuId, velocity: ChannelVelocity) {
+        if velocity.windows[self.window].hours_to_zero.is_none() {
+            return;
+        }
+        let item = AtRisk {
+            sku: sku.clone(),
+            velocity,
+        };
+        let at = self
+            .kept
+            .partition_point(|k| self.before(k, &item).is_lt());
+        if at < self.limit {
+            self.kept.insert(at, item);
+            self.kept.truncate(self.limit);
+        }
+    }
+
+    /// The list, soonest stockout first.
+    pub fn into_vec(self) -> Vec<AtRisk> {
+        self.kept
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +499,73 @@ mod tests {
                 prop_assert!(close(after.fulfilled_per_hour, b.fulfilled_per_hour / 2.0));
                 prop_assert!(close(after.hours_to_zero.unwrap(), 2.0 * b.hours_to_zero.unwrap()));
             }
+        }
+    }
+
+    fn at_risk_of(skus: &[(&str, u32, u32)], window: usize, limit: usize) -> Vec<String> {
+        let mut list = AtRiskList::new(window, limit).unwrap();
+        for (sku, held, atp) in skus {
+            let mut v = Velocity::default();
+            v.record(&ch("web"), DemandKind::Held, *held, 0);
+            list.offer(&SkuId::new(sku).unwrap(), v.rates(&ch("web"), *atp, 0));
+        }
+        list.into_vec()
+            .into_iter()
+            .map(|a| a.sku.as_str().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn at_risk_keeps_the_soonest_stockouts_first_ties_by_sku_and_skips_no_demand() {
+        // hours ~ atp / held: A 10, B 1, C 5, D no demand, E 1 (tie with B), F 0.
+        let skus = [
+            ("A", 1, 10),
+            ("B", 10, 10),
+            ("C", 2, 10),
+            ("D", 0, 10),
+            ("E", 5, 5),
+            ("F", 1, 0),
+        ];
+        assert_eq!(at_risk_of(&skus, 1, 3), ["F", "B", "E"]);
+        assert_eq!(at_risk_of(&skus, 0, 10), ["F", "B", "E", "C", "A"]);
+    }
+
+    #[test]
+    fn at_risk_refuses_a_window_or_limit_out_of_range() {
+        assert!(AtRiskList::new(WINDOWS, 1).is_err());
+        assert!(AtRiskList::new(0, 0).is_err());
+        assert!(AtRiskList::new(0, MAX_AT_RISK_LIMIT + 1).is_err());
+        assert!(AtRiskList::new(WINDOWS - 1, MAX_AT_RISK_LIMIT).is_ok());
+    }
+
+    proptest! {
+        /// The bounded list equals sorting everything by its projection and taking the first
+        /// `limit` (the projections themselves are pinned by the tests above).
+        #[test]
+        fn at_risk_equals_a_full_sort_cut_to_the_limit(
+            skus in prop::collection::vec((0u32..50, 0u32..100), 0..60), limit in 1usize..20,
+        ) {
+            let named: Vec<(String, u32, u32)> = skus
+                .iter()
+                .enumerate()
+                .map(|(i, (h, a))| (format!("S{i:02}"), *h, *a))
+                .collect();
+            let refs: Vec<(&str, u32, u32)> =
+                named.iter().map(|(s, h, a)| (s.as_str(), *h, *a)).collect();
+            let got = at_risk_of(&refs, 2, limit);
+            let mut all: Vec<(f64, String)> = named
+                .iter()
+                .filter(|(_, h, _)| *h > 0)
+                .map(|(s, h, a)| {
+                    let mut v = Velocity::default();
+                    v.record(&ch("web"), DemandKind::Held, *h, 0);
+                    let hours = v.rates(&ch("web"), *a, 0).windows[2].hours_to_zero.unwrap();
+                    (hours, s.clone())
+                })
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            let want: Vec<String> = all.into_iter().take(limit).map(|x| x.1).collect();
+            prop_assert_eq!(got, want);
         }
     }
 }
