@@ -529,6 +529,30 @@ impl Engine {
         reads::explain(&self.core, sku, channel).await
     }
 
+    /// Demand velocity and projected stockout of `sku` on every channel of the catalog, at
+    /// the engine clock's now (docs/intelligence.md). Unknown SKU: rejected. Does not
+    /// activate a passive SKU.
+    pub async fn velocity(
+        &self,
+        sku: &SkuId,
+    ) -> Result<Vec<crate::domain::ChannelVelocity>, Failure> {
+        self.check_running()?;
+        reads::velocity(&self.core, sku, self.core.clock.now_ms()).await
+    }
+
+    /// The `limit` (1..=1000) SKUs whose projected stockout on `channel` comes first in
+    /// velocity window `window` (0: shortest half-life), soonest first; SKUs without demand
+    /// there are left out. Reads every SKU (operator query, not for the request path).
+    pub async fn at_risk(
+        &self,
+        channel: &ChannelId,
+        window: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::AtRisk>, Failure> {
+        self.check_running()?;
+        reads::at_risk(&self.core, channel, window, limit, self.core.clock.now_ms()).await
+    }
+
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed
     /// snapshots, which must not skip a SKU).
     pub async fn get_waiting(&self, sku: &SkuId) -> Result<crate::domain::SkuView, Failure> {
