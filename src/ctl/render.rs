@@ -216,6 +216,79 @@ pub fn explanation(e: &WireAtpExplanation) -> Result<Output, Failure> {
     })
 }
 
+/// A half-life as `15m`, `1h`, `24h`, `90s` (the largest unit that divides it).
+fn half_life(ms: u64) -> String {
+    match ms {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// Hours to zero with one decimal, `-` without demand.
+fn hours(h: Option<f64>) -> String {
+    h.map_or("-".into(), |h| format!("{h:.1}"))
+}
+
+/// One row per window of a SKU x channel, after `lead` cells.
+fn velocity_rows(lead: &[String], v: &WireChannelVelocity) -> Vec<Vec<String>> {
+    v.windows
+        .iter()
+        .map(|w| {
+            let mut row = lead.to_vec();
+            row.extend([
+                v.atp.to_string(),
+                half_life(w.half_life_ms),
+                format!("{:.2}", w.held_per_hour),
+                format!("{:.2}", w.fulfilled_per_hour),
+                hours(w.hours_to_zero),
+            ]);
+            row
+        })
+        .collect()
+}
+
+const VELOCITY_COLS: [&str; 5] = ["atp", "half_life", "held/h", "fulfilled/h", "hours_to_zero"];
+
+/// `velocity SKU`: per channel and window, the rates and the hours to zero.
+pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
+    let mut human = kv(&[("sku", v.sku.clone())]);
+    let rows: Vec<Vec<String>> = v
+        .channels
+        .iter()
+        .flat_map(|c| velocity_rows(&[c.channel.clone()], c))
+        .collect();
+    let cols: Vec<&str> = ["channel"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &cols[1..], &rows));
+    Ok(Output {
+        json: to_json(v)?,
+        human,
+    })
+}
+
+/// `at-risk CHANNEL`: the SKUs, soonest projected stockout first, each with all windows.
+pub fn at_risk(a: &WireAtRisk) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("channel", a.channel.clone()),
+        ("ranked_by_window", a.window.to_string()),
+        ("skus", a.skus.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = a
+        .skus
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| velocity_rows(&[(i + 1).to_string(), s.sku.clone()], &s.velocity))
+        .collect();
+    let cols: Vec<&str> = ["rank", "sku"].into_iter().chain(VELOCITY_COLS).collect();
+    let right: Vec<&str> = ["rank"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &right, &rows));
+    Ok(Output {
+        json: to_json(a)?,
+        human,
+    })
+}
+
 fn lines_table(lines: &[(String, u32)]) -> String {
     let rows: Vec<Vec<String>> = lines
         .iter()

@@ -5,7 +5,7 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId, Event, Location,
+    AdjustReason, AtRisk, AtpExplanation, Catalog, ChannelVelocity, CatalogCommand, Channel, ChannelId, Event, Location,
     LocationId, LocationKind, LowStock, LowStockSource, Rejection, SkuCommand, SkuId, SkuView,
     StockState,
 };
@@ -307,6 +307,47 @@ pub fn sku_of(v: &SkuView) -> WireSku {
         oversold: v.oversold,
         holds: v.holds,
         last_seq: v.last_seq,
+    }
+}
+
+/// A SKU x channel's velocity on the wire.
+pub fn channel_velocity_of(v: &ChannelVelocity) -> WireChannelVelocity {
+    WireChannelVelocity {
+        channel: v.channel.to_string(),
+        atp: v.atp,
+        windows: v
+            .windows
+            .iter()
+            .map(|w| WireWindowRate {
+                half_life_ms: w.half_life_ms,
+                held_per_hour: w.held_per_hour,
+                fulfilled_per_hour: w.fulfilled_per_hour,
+                hours_to_zero: w.hours_to_zero,
+            })
+            .collect(),
+    }
+}
+
+/// The result of `VELOCITY`.
+pub fn velocity_of(sku: &SkuId, v: &[ChannelVelocity]) -> WireVelocity {
+    WireVelocity {
+        sku: sku.to_string(),
+        channels: v.iter().map(channel_velocity_of).collect(),
+    }
+}
+
+/// The result of `AT_RISK`.
+pub fn at_risk_of(channel: &ChannelId, window: u8, list: &[AtRisk]) -> WireAtRisk {
+    WireAtRisk {
+        channel: channel.to_string(),
+        window,
+        skus: list
+            .iter()
+            .map(|a| WireAtRiskSku {
+                sku: a.sku.to_string(),
+                velocity: channel_velocity_of(&a.velocity),
+            })
+            .collect(),
     }
 }
 
