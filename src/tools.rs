@@ -111,9 +111,14 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
             *kinds.entry(kind).or_default() += 1;
         }
     });
-    let rec = recovery::recover(cp_state, records, 0, HalfLives::default(), 1_000_000, |n, seq| {
-        eprintln!("  ... {n} records (seq {seq})")
-    })?;
+    let rec = recovery::recover(
+        cp_state,
+        records,
+        0,
+        HalfLives::default(),
+        1_000_000,
+        |n, seq| eprintln!("  ... {n} records (seq {seq})"),
+    )?;
     let mut holds = 0usize;
     let mut oversold = 0usize;
     for s in &rec.skus {

@@ -257,7 +257,7 @@ pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
     let rows: Vec<Vec<String>> = v
         .channels
         .iter()
-        .flat_map(|c| velocity_rows(&[c.channel.clone()], c))
+        .flat_map(|c| velocity_rows(std::slice::from_ref(&c.channel), c))
         .collect();
     let cols: Vec<&str> = ["channel"].into_iter().chain(VELOCITY_COLS).collect();
     human.push_str(&table(0, &cols, &cols[1..], &rows));

@@ -23,7 +23,7 @@ pub use event::{Allocation, Event, ReleaseReason, StockState};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};
+pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
 pub use velocity::{
     AtRisk, AtRiskList, ChannelVelocity, DemandKind, HalfLives, Velocity, WindowRate,
 };
-pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};

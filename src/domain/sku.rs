@@ -953,7 +953,8 @@ impl SkuState {
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
     /// channel is the hold's, read before `apply` may close it).
     fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
-        let units = |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
+        let units =
+            |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
         match ev {
             Event::HoldPlaced {
                 channel,
@@ -969,8 +970,12 @@ impl SkuState {
             } => {
                 if let Some(h) = self.holds.get(reservation) {
                     let channel = h.channel.clone();
-                    self.velocity
-                        .record(&channel, DemandKind::Fulfilled, units(allocations), at_ms);
+                    self.velocity.record(
+                        &channel,
+                        DemandKind::Fulfilled,
+                        units(allocations),
+                        at_ms,
+                    );
                 }
             }
             _ => {}
@@ -986,9 +991,7 @@ impl SkuState {
         now_ms: TimeMs,
     ) -> Result<ChannelVelocity, Rejection> {
         let ch = catalog.channel(channel)?;
-        Ok(self
-            .velocity
-            .rates(&ch.id, self.channel_atp(ch), now_ms))
+        Ok(self.velocity.rates(&ch.id, self.channel_atp(ch), now_ms))
     }
 
     /// [`SkuState::channel_velocity`] for every channel of the catalog, by channel id.
@@ -1308,7 +1311,10 @@ mod tests {
         )
         .unwrap();
         let d = &s.velocity.channels()[0];
-        assert_eq!((&d.channel, d.held, d.fulfilled), (&web, [6.0; 3], [4.0; 3]));
+        assert_eq!(
+            (&d.channel, d.held, d.fulfilled),
+            (&web, [6.0; 3], [4.0; 3])
+        );
         let v = s.channel_velocity(&c, &web, 0).unwrap();
         // ATP 6 (10 - 4 sold); 6 units held at once over a 1 h half-life: 6 ln 2 per hour.
         assert_eq!(v.atp, 6);

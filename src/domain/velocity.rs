@@ -72,9 +72,7 @@ impl HalfLives {
             ));
         }
         if ms.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "half-lives {ms:?} ms must be strictly increasing"
-            ));
+            return Err(format!("half-lives {ms:?} ms must be strictly increasing"));
         }
         Ok(HalfLives { ms })
     }
@@ -329,9 +327,7 @@ impl AtRiskList {
             sku: sku.clone(),
             velocity,
         };
-        let at = self
-            .kept
-            .partition_point(|k| self.before(k, &item).is_lt());
+        let at = self.kept.partition_point(|k| self.before(k, &item).is_lt());
         if at < self.limit {
             self.kept.insert(at, item);
             self.kept.truncate(self.limit);

@@ -136,13 +136,14 @@ pub(crate) async fn at_risk(
     let mut list = AtRiskList::new(window, limit).map_err(Rejection::invalid)?;
     let mut active = Vec::new();
     let mut failed = None;
-    core.registry.for_each_slot(&catalog, |sku, slot| match slot {
-        Ok(state) => match state.channel_velocity(&catalog, channel, now_ms) {
-            Ok(v) => list.offer(sku, v),
-            Err(r) => failed = Some(r),
-        },
-        Err(_) => active.push(sku.clone()),
-    })?;
+    core.registry
+        .for_each_slot(&catalog, |sku, slot| match slot {
+            Ok(state) => match state.channel_velocity(&catalog, channel, now_ms) {
+                Ok(v) => list.offer(sku, v),
+                Err(r) => failed = Some(r),
+            },
+            Err(_) => active.push(sku.clone()),
+        })?;
     if let Some(r) = failed {
         return Err(r.into());
     }

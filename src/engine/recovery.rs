@@ -366,14 +366,11 @@ impl Replay {
                 (fresh, vec![Change::Catalog(ev)])
             }
             RecordBody::Sku { sku, events } => {
-                let state = self
-                    .skus
-                    .entry(sku.clone())
-                    .or_insert_with(|| {
-                        let mut s = SkuState::new(sku.clone());
-                        s.velocity.configure(self.half_lives);
-                        s
-                    });
+                let state = self.skus.entry(sku.clone()).or_insert_with(|| {
+                    let mut s = SkuState::new(sku.clone());
+                    s.velocity.configure(self.half_lives);
+                    s
+                });
                 // Already in the checkpoint's state (fuzzy checkpoint): not applied again,
                 // but still part of its request's outcome and cart history below.
                 let fresh = seq > state.last_seq;

@@ -5,9 +5,9 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, AtRisk, AtpExplanation, Catalog, ChannelVelocity, CatalogCommand, Channel, ChannelId, Event, Location,
-    LocationId, LocationKind, LowStock, LowStockSource, Rejection, SkuCommand, SkuId, SkuView,
-    StockState,
+    AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
+    ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
+    Rejection, SkuCommand, SkuId, SkuView, StockState,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
