@@ -513,4 +513,65 @@ mod tests {
             .human
             .contains("reservation: ffffffffffffffffffffffffffffffff"));
     }
+
+    fn window(half_life_ms: u64, held: f64, fulfilled: f64, atp: u32) -> WireWindowRate {
+        WireWindowRate {
+            half_life_ms,
+            held_per_hour: held,
+            fulfilled_per_hour: fulfilled,
+            hours_to_zero: (held > 0.0).then(|| f64::from(atp) / held),
+        }
+    }
+
+    fn tee_web(atp: u32, held: [f64; 3]) -> WireChannelVelocity {
+        WireChannelVelocity {
+            channel: "web-fr".into(),
+            atp,
+            windows: vec![
+                window(900_000, held[0], 2.0, atp),
+                window(3_600_000, held[1], 1.5, atp),
+                window(86_400_000, held[2], 0.25, atp),
+            ],
+        }
+    }
+
+    #[test]
+    fn velocity_and_at_risk_print_a_row_per_window_as_docs_ctl_md_shows() {
+        let none = |channel: &str| WireChannelVelocity {
+            channel: channel.into(),
+            atp: 12,
+            windows: [900_000, 3_600_000, 86_400_000]
+                .iter()
+                .map(|h| window(*h, 0.0, 0.0, 12))
+                .collect(),
+        };
+        let v = WireVelocity {
+            sku: "TSHIRT-RED-M".into(),
+            channels: vec![none("pos"), tee_web(8, [6.0, 3.2, 0.5])],
+        };
+        let o = velocity(&v).unwrap();
+        let doc = include_str!("../../docs/ctl.md");
+        let shown = format!("$ omnistock ctl velocity TSHIRT-RED-M\n{}```", o.human);
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert!(o.json["channels"][0]["windows"][0]["hours_to_zero"].is_null());
+        assert_eq!(o.json["channels"][1]["windows"][1]["held_per_hour"], 3.2);
+        let a = WireAtRisk {
+            channel: "web-fr".into(),
+            window: 1,
+            skus: vec![
+                WireAtRiskSku {
+                    sku: "TSHIRT-RED-M".into(),
+                    velocity: tee_web(8, [6.0, 3.2, 0.5]),
+                },
+                WireAtRiskSku {
+                    sku: "JEANS-32".into(),
+                    velocity: tee_web(30, [0.0, 2.0, 1.0]),
+                },
+            ],
+        };
+        let o = at_risk(&a).unwrap();
+        let shown = format!("$ omnistock ctl at-risk web-fr --limit 2\n{}```", o.human);
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert_eq!(o.json["skus"][1]["sku"], "JEANS-32");
+    }
 }
