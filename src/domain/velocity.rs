@@ -20,7 +20,8 @@
 //! subtracted: the projection errs early, never late.
 //!
 //! Memory: one [`ChannelDemand`] per SKU x channel with demand, 72 bytes (channel id 16,
-//! `last_ms` 8, 2 x 3 x `f64` 48) plus 24 for the SKU's `Vec` and 24 for its half-lives.
+//! `last_ms` 8, 2 x 3 x `f64` 48), plus 48 per SKU in its state (the `Vec` 24 and the
+//! half-lives 24).
 //! An entry whose longest-window sums have decayed below [`FORGET_BELOW_UNITS`] is dropped
 //! the next time the SKU records demand (about 20 longest half-lives after its last demand).
 
@@ -353,6 +354,13 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+    }
+
+    /// The sizes docs/intelligence.md and the module comment state.
+    #[test]
+    fn an_entry_costs_72_bytes_and_a_skus_velocity_48() {
+        assert_eq!(std::mem::size_of::<ChannelDemand>(), 72);
+        assert_eq!(std::mem::size_of::<Velocity>(), 48);
     }
 
     #[test]
