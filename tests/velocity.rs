@@ -37,7 +37,8 @@ async fn reopen(dir: &std::path::Path, clock: &Arc<ManualClock>, e: Engine) -> E
 /// The engine's velocity of `s` on `channel`.
 async fn velocity_of(e: &Engine, s: &str, channel: &str) -> ChannelVelocity {
     let all = e.velocity(&sku(s)).await.expect("velocity");
-    all.into_iter()
+    all.channels
+        .into_iter()
         .find(|v| v.channel.as_str() == channel)
         .expect("every catalog channel is listed")
 }
@@ -109,6 +110,18 @@ async fn velocity_equals_the_model_live_after_replay_after_a_checkpoint_and_when
     // store has no demand: zero rates, no projection.
     let store = velocity_of(&e, "A", "store").await;
     assert!(store.windows.iter().all(|w| w.hours_to_zero.is_none()));
+    // Region FR (every location of the catalog): the units taken at wh-a, against the
+    // region's ATP (970 at wh-a, no channel buffer).
+    let regions = e.velocity(&sku("A")).await.unwrap().regions;
+    assert_eq!(regions.len(), 1);
+    assert_eq!((regions[0].region.as_str(), regions[0].atp), ("FR", 970));
+    for (r, c) in regions[0].windows.iter().zip(live.windows) {
+        assert_eq!(
+            (r.held_per_hour, r.fulfilled_per_hour),
+            (c.held_per_hour, c.fulfilled_per_hour)
+        );
+        assert_eq!(r.hours_to_zero, Some(970.0 / c.held_per_hour));
+    }
 
     // Restart without a checkpoint: rebuilt from the log's records and their times.
     let e = reopen(dir.path(), &clock, e).await;
@@ -127,9 +140,11 @@ async fn velocity_equals_the_model_live_after_replay_after_a_checkpoint_and_when
     let want = d.model.rates(&chan("web"), 969 - 8, now);
     assert_eq!(velocity_of(&e, "A", "web").await, want);
     let state = e.sku_state(&sku("A")).await.unwrap();
+    let all = e.velocity(&sku("A")).await.unwrap();
     let e = reopen(dir.path(), &clock, e).await;
     assert_eq!(e.sku_state(&sku("A")).await.unwrap(), state);
     assert_eq!(velocity_of(&e, "A", "web").await, want);
+    assert_eq!(e.velocity(&sku("A")).await.unwrap(), all);
 
     // A passive SKU keeps its velocity in its compact bytes and is read without activation
     // (a receipt at ds-c, outside web, activates A first).
@@ -297,6 +312,13 @@ async fn velocity_and_at_risk_through_the_server_and_ctl() {
             (o.half_life_ms, o.held_per_hour, o.hours_to_zero)
         );
     }
+    // B's 40 units were taken at wh-a, region FR, whose ATP is B's 60 there.
+    assert_eq!(v.regions.len(), 1);
+    assert_eq!((v.regions[0].region.as_str(), v.regions[0].atp), ("FR", 60));
+    assert_eq!(
+        v.regions[0].windows[1].held_per_hour,
+        web.windows[1].held_per_hour
+    );
     let list = c.at_risk("web", 1, 2).await.unwrap();
     let skus: Vec<&str> = list.skus.iter().map(|s| s.sku.as_str()).collect();
     assert_eq!(

@@ -233,12 +233,17 @@ fn hours(h: Option<f64>) -> String {
 
 /// One row per window of a SKU x channel, after `lead` cells.
 fn velocity_rows(lead: &[String], v: &WireChannelVelocity) -> Vec<Vec<String>> {
-    v.windows
+    window_rows(lead, v.atp, &v.windows)
+}
+
+/// One row per window, after `lead` cells.
+fn window_rows(lead: &[String], atp: u32, windows: &[WireWindowRate]) -> Vec<Vec<String>> {
+    windows
         .iter()
         .map(|w| {
             let mut row = lead.to_vec();
             row.extend([
-                v.atp.to_string(),
+                atp.to_string(),
                 half_life(w.half_life_ms),
                 format!("{:.2}", w.held_per_hour),
                 format!("{:.2}", w.fulfilled_per_hour),
@@ -260,6 +265,13 @@ pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
         .flat_map(|c| velocity_rows(std::slice::from_ref(&c.channel), c))
         .collect();
     let cols: Vec<&str> = ["channel"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &cols[1..], &rows));
+    let rows: Vec<Vec<String>> = v
+        .regions
+        .iter()
+        .flat_map(|r| window_rows(std::slice::from_ref(&r.region), r.atp, &r.windows))
+        .collect();
+    let cols: Vec<&str> = ["region"].into_iter().chain(VELOCITY_COLS).collect();
     human.push_str(&table(0, &cols, &cols[1..], &rows));
     Ok(Output {
         json: to_json(v)?,
@@ -548,6 +560,11 @@ mod tests {
         let v = WireVelocity {
             sku: "TSHIRT-RED-M".into(),
             channels: vec![none("pos"), tee_web(8, [6.0, 3.2, 0.5])],
+            regions: vec![WireRegionVelocity {
+                region: "FR".into(),
+                atp: 21,
+                windows: tee_web(21, [6.0, 3.2, 0.5]).windows,
+            }],
         };
         let o = velocity(&v).unwrap();
         let doc = include_str!("../../docs/ctl.md");

@@ -25,5 +25,6 @@ pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
 pub use velocity::{
-    AtRisk, AtRiskList, ChannelVelocity, DemandKind, HalfLives, Velocity, WindowRate,
+    AtRisk, AtRiskList, ChannelVelocity, DemandKind, HalfLives, RegionVelocity, SkuVelocity,
+    Velocity, WindowRate,
 };

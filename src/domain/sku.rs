@@ -34,7 +34,7 @@ use super::limits::{
     MAX_QTY, MAX_REFERENCE_BYTES, MAX_TIME_MS,
 };
 use super::rejection::Rejection;
-use super::velocity::{ChannelVelocity, DemandKind, Velocity};
+use super::velocity::{ChannelVelocity, DemandKind, RegionVelocity, Velocity};
 
 /// Why sellable stock was adjusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -960,9 +960,14 @@ impl SkuState {
                 channel,
                 allocations,
                 ..
-            } => self
-                .velocity
-                .record(channel, DemandKind::Held, units(allocations), at_ms),
+            } => {
+                self.velocity
+                    .record(channel, DemandKind::Held, units(allocations), at_ms);
+                for a in allocations {
+                    self.velocity
+                        .record_at(&a.location, DemandKind::Held, a.qty, at_ms);
+                }
+            }
             Event::HoldFulfilled {
                 reservation,
                 allocations,
@@ -976,6 +981,10 @@ impl SkuState {
                         units(allocations),
                         at_ms,
                     );
+                }
+                for a in allocations {
+                    self.velocity
+                        .record_at(&a.location, DemandKind::Fulfilled, a.qty, at_ms);
                 }
             }
             _ => {}
@@ -1000,6 +1009,35 @@ impl SkuState {
             .channels
             .values()
             .map(|ch| self.velocity.rates(&ch.id, self.channel_atp(ch), now_ms))
+            .collect()
+    }
+
+    /// Demand velocity and projected stockout per region (a location's region in the
+    /// catalog) at `now_ms`, sorted by region: every region where the SKU has a bucket or
+    /// had demand. A region's ATP is the sum of its locations' exposed ATP.
+    pub fn region_velocities(&self, catalog: &Catalog, now_ms: TimeMs) -> Vec<RegionVelocity> {
+        let mut by_region: std::collections::BTreeMap<&str, Vec<&LocationId>> =
+            std::collections::BTreeMap::new();
+        let places = self.buckets.iter().map(|b| &b.location);
+        let demand = self.velocity.locations().iter().map(|d| &d.key);
+        for l in places.chain(demand) {
+            if let Some(loc) = catalog.locations.get(l) {
+                let ls = by_region.entry(loc.region.as_str()).or_default();
+                if !ls.contains(&l) {
+                    ls.push(l);
+                }
+            }
+        }
+        by_region
+            .into_iter()
+            .map(|(region, locations)| {
+                let atp: u64 = locations
+                    .iter()
+                    .map(|l| u64::from(self.location_atp(l)))
+                    .sum();
+                let atp = u32::try_from(atp).unwrap_or(u32::MAX);
+                self.velocity.region_rates(region, locations, atp, now_ms)
+            })
             .collect()
     }
 
@@ -1311,10 +1349,7 @@ mod tests {
         )
         .unwrap();
         let d = &s.velocity.channels()[0];
-        assert_eq!(
-            (&d.channel, d.held, d.fulfilled),
-            (&web, [6.0; 3], [4.0; 3])
-        );
+        assert_eq!((&d.key, d.held, d.fulfilled), (&web, [6.0; 3], [4.0; 3]));
         let v = s.channel_velocity(&c, &web, 0).unwrap();
         // ATP 6 (10 - 4 sold); 6 units held at once over a 1 h half-life: 6 ln 2 per hour.
         assert_eq!(v.atp, 6);
@@ -1325,5 +1360,12 @@ mod tests {
             s.channel_velocity(&c, &ChannelId::new("nope").unwrap(), 0),
             Err(Rejection::UnknownChannel(_))
         ));
+        // The one location is in region FR: the same units, against the location's ATP.
+        let d = &s.velocity.locations()[0];
+        assert_eq!((&d.key, d.held, d.fulfilled), (&loc(), [6.0; 3], [4.0; 3]));
+        let r = s.region_velocities(&c, 0);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].region.as_str(), r[0].atp), ("FR", 6));
+        assert_eq!(r[0].windows, v.windows);
     }
 }

@@ -19,15 +19,18 @@
 //! kept beside them (a campaign shows in holds before it ships). Releases are not
 //! subtracted: the projection errs early, never late.
 //!
+//! The same sums are kept per SKU x location ([`LocationDemand`]); a region is read by adding
+//! up its locations' decayed sums (exact: the sums are linear).
+//!
 //! Memory: one [`ChannelDemand`] per SKU x channel with demand, 72 bytes (channel id 16,
-//! `last_ms` 8, 2 x 3 x `f64` 48), plus 48 per SKU in its state (the `Vec` 24 and the
-//! half-lives 24).
+//! `last_ms` 8, 2 x 3 x `f64` 48), the same per SKU x location with demand, plus 72 per SKU
+//! in its state (two `Vec`s and the half-lives).
 //! An entry whose longest-window sums have decayed below [`FORGET_BELOW_UNITS`] is dropped
 //! the next time the SKU records demand (about 20 longest half-lives after its last demand).
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ChannelId, SkuId, TimeMs};
+use super::ids::{ChannelId, LocationId, SkuId, TimeMs};
 
 /// Number of windows (half-lives). Their lengths are configurable, their number is not.
 pub const WINDOWS: usize = 3;
@@ -93,11 +96,11 @@ pub enum DemandKind {
     Fulfilled,
 }
 
-/// The decayed sums of one SKU x channel as of `last_ms`.
+/// The decayed sums of one SKU x `key` (a channel, or a location) as of `last_ms`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ChannelDemand {
-    /// The channel.
-    pub channel: ChannelId,
+pub struct Sums<K> {
+    /// The channel or location.
+    pub key: K,
     /// When the sums were last brought up to date.
     pub last_ms: TimeMs,
     /// Decayed units held, per window.
@@ -106,29 +109,40 @@ pub struct ChannelDemand {
     pub fulfilled: [f64; WINDOWS],
 }
 
+/// The sums of one SKU x channel.
+pub type ChannelDemand = Sums<ChannelId>;
+
+/// The sums of one SKU x location (regions add their locations' sums up when read).
+pub type LocationDemand = Sums<LocationId>;
+
 /// Equal when the bits are equal: replay must rebuild exactly what the live path built,
 /// and bit equality makes `Eq` lawful for floats.
-impl PartialEq for ChannelDemand {
+impl<K: PartialEq> PartialEq for Sums<K> {
     fn eq(&self, o: &Self) -> bool {
         let bits = |a: &[f64; WINDOWS]| a.map(f64::to_bits);
-        self.channel == o.channel
+        self.key == o.key
             && self.last_ms == o.last_ms
             && bits(&self.held) == bits(&o.held)
             && bits(&self.fulfilled) == bits(&o.fulfilled)
     }
 }
 
-impl Eq for ChannelDemand {}
+impl<K: Eq> Eq for Sums<K> {}
 
 /// `2^(-dt/h)`: the weight left after `dt_ms`.
 fn decay(dt_ms: u64, half_life_ms: u64) -> f64 {
     (-(dt_ms as f64) / half_life_ms as f64).exp2()
 }
 
-impl ChannelDemand {
-    fn new(channel: ChannelId, at_ms: TimeMs) -> Self {
-        ChannelDemand {
-            channel,
+/// Decayed (held, fulfilled) sums per window.
+type Pair = ([f64; WINDOWS], [f64; WINDOWS]);
+
+const ZERO: Pair = ([0.0; WINDOWS], [0.0; WINDOWS]);
+
+impl<K: Ord + Clone> Sums<K> {
+    fn new(key: K, at_ms: TimeMs) -> Self {
+        Sums {
+            key,
             last_ms: at_ms,
             held: [0.0; WINDOWS],
             fulfilled: [0.0; WINDOWS],
@@ -136,7 +150,7 @@ impl ChannelDemand {
     }
 
     /// The sums decayed to `now_ms` (not before `last_ms`).
-    fn decayed(&self, hl: &HalfLives, now_ms: TimeMs) -> ([f64; WINDOWS], [f64; WINDOWS]) {
+    fn decayed(&self, hl: &HalfLives, now_ms: TimeMs) -> Pair {
         let dt = now_ms.saturating_sub(self.last_ms);
         let mut held = self.held;
         let mut fulfilled = self.fulfilled;
@@ -147,14 +161,55 @@ impl ChannelDemand {
         }
         (held, fulfilled)
     }
+
+    /// Adds `qty` of `kind` to the entry of `key` in `list` (sorted by key) at `at_ms`,
+    /// then drops the entries of `list` faded below [`FORGET_BELOW_UNITS`].
+    fn record(
+        list: &mut Vec<Sums<K>>,
+        hl: &HalfLives,
+        key: &K,
+        kind: DemandKind,
+        qty: u32,
+        at_ms: TimeMs,
+    ) {
+        let i = match list.binary_search_by(|c| c.key.cmp(key)) {
+            Ok(i) => i,
+            Err(i) => {
+                list.insert(i, Sums::new(key.clone(), at_ms));
+                i
+            }
+        };
+        let c = &mut list[i];
+        let now = at_ms.max(c.last_ms);
+        (c.held, c.fulfilled) = c.decayed(hl, now);
+        c.last_ms = now;
+        let sums = match kind {
+            DemandKind::Held => &mut c.held,
+            DemandKind::Fulfilled => &mut c.fulfilled,
+        };
+        for s in sums.iter_mut() {
+            *s += f64::from(qty);
+        }
+        list.retain(|c| {
+            let (h, f) = c.decayed(hl, now);
+            h[WINDOWS - 1] >= FORGET_BELOW_UNITS || f[WINDOWS - 1] >= FORGET_BELOW_UNITS
+        });
+    }
+
+    /// The decayed sums of `key` in `list` at `now_ms` (zero when absent).
+    fn of(list: &[Sums<K>], hl: &HalfLives, key: &K, now_ms: TimeMs) -> Pair {
+        list.binary_search_by(|c| c.key.cmp(key))
+            .map_or(ZERO, |i| list[i].decayed(hl, now_ms))
+    }
 }
 
-/// One SKU's demand: its half-lives and one entry per channel with demand, sorted by
-/// channel id.
+/// One SKU's demand: its half-lives, one entry per channel with demand and one per
+/// location with demand, each sorted by id.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Velocity {
     half_lives: HalfLives,
     channels: Vec<ChannelDemand>,
+    locations: Vec<LocationDemand>,
 }
 
 /// Rates of one window, in units per hour, and the stockout they project.
@@ -186,6 +241,28 @@ pub fn hours_to_zero(atp: u32, per_hour: f64) -> Option<f64> {
     (per_hour > 0.0).then(|| f64::from(atp) / per_hour)
 }
 
+/// The velocity and projected stockout of one SKU x region at one time: the sums of the
+/// region's locations, against their ATP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionVelocity {
+    /// The region code.
+    pub region: String,
+    /// Sum of the exposed ATP of the SKU's locations in the region (no channel buffer or cap:
+    /// a region is not a channel).
+    pub atp: u32,
+    /// One per window, shortest half-life first.
+    pub windows: [WindowRate; WINDOWS],
+}
+
+/// One SKU's velocity: by channel and by region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SkuVelocity {
+    /// By channel.
+    pub channels: Vec<ChannelVelocity>,
+    /// By region.
+    pub regions: Vec<RegionVelocity>,
+}
+
 impl Velocity {
     /// The half-lives this SKU's sums were made with.
     pub fn half_lives(&self) -> HalfLives {
@@ -197,62 +274,52 @@ impl Velocity {
         &self.channels
     }
 
+    /// Locations with demand, sorted by id.
+    pub fn locations(&self) -> &[LocationDemand] {
+        &self.locations
+    }
+
     /// Uses `hl` from now on. Sums made with other half-lives mean something else, so a
     /// change forgets them (they are rebuilt from the demand recorded after it).
     pub fn configure(&mut self, hl: HalfLives) {
         if self.half_lives != hl {
             self.half_lives = hl;
             self.channels.clear();
+            self.locations.clear();
         }
     }
 
     /// Records `qty` units of `kind` on `channel` at `at_ms`.
     pub fn record(&mut self, channel: &ChannelId, kind: DemandKind, qty: u32, at_ms: TimeMs) {
-        if qty == 0 {
-            return;
+        if qty > 0 {
+            Sums::record(
+                &mut self.channels,
+                &self.half_lives,
+                channel,
+                kind,
+                qty,
+                at_ms,
+            );
         }
-        let hl = self.half_lives;
-        let i = match self.channels.binary_search_by(|c| c.channel.cmp(channel)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.channels
-                    .insert(i, ChannelDemand::new(channel.clone(), at_ms));
-                i
-            }
-        };
-        let c = &mut self.channels[i];
-        let now = at_ms.max(c.last_ms);
-        (c.held, c.fulfilled) = c.decayed(&hl, now);
-        c.last_ms = now;
-        let sums = match kind {
-            DemandKind::Held => &mut c.held,
-            DemandKind::Fulfilled => &mut c.fulfilled,
-        };
-        for s in sums.iter_mut() {
-            *s += f64::from(qty);
-        }
-        self.forget_faded(now);
     }
 
-    /// Drops channels whose longest-window sums are below [`FORGET_BELOW_UNITS`] at `now`.
-    fn forget_faded(&mut self, now_ms: TimeMs) {
-        let hl = self.half_lives;
-        self.channels.retain(|c| {
-            let (h, f) = c.decayed(&hl, now_ms);
-            h[WINDOWS - 1] >= FORGET_BELOW_UNITS || f[WINDOWS - 1] >= FORGET_BELOW_UNITS
-        });
+    /// Records `qty` units of `kind` taken at `location` at `at_ms`.
+    pub fn record_at(&mut self, location: &LocationId, kind: DemandKind, qty: u32, at_ms: TimeMs) {
+        if qty > 0 {
+            Sums::record(
+                &mut self.locations,
+                &self.half_lives,
+                location,
+                kind,
+                qty,
+                at_ms,
+            );
+        }
     }
 
-    /// The rates of `channel` at `now_ms` with `atp` units left (zero rates without demand).
-    pub fn rates(&self, channel: &ChannelId, atp: u32, now_ms: TimeMs) -> ChannelVelocity {
+    fn windows(&self, (held, fulfilled): Pair, atp: u32) -> [WindowRate; WINDOWS] {
         let hl = self.half_lives;
-        let (held, fulfilled) = self
-            .channels
-            .binary_search_by(|c| c.channel.cmp(channel))
-            .map_or(([0.0; WINDOWS], [0.0; WINDOWS]), |i| {
-                self.channels[i].decayed(&hl, now_ms)
-            });
-        let windows = std::array::from_fn(|w| {
+        std::array::from_fn(|w| {
             let per_hour = |sum: f64| sum * std::f64::consts::LN_2 / hl.ms[w] as f64 * MS_PER_HOUR;
             let held_per_hour = per_hour(held[w]);
             WindowRate {
@@ -261,11 +328,40 @@ impl Velocity {
                 fulfilled_per_hour: per_hour(fulfilled[w]),
                 hours_to_zero: hours_to_zero(atp, held_per_hour),
             }
-        });
+        })
+    }
+
+    /// The rates of `channel` at `now_ms` with `atp` units left (zero rates without demand).
+    pub fn rates(&self, channel: &ChannelId, atp: u32, now_ms: TimeMs) -> ChannelVelocity {
+        let sums = Sums::of(&self.channels, &self.half_lives, channel, now_ms);
         ChannelVelocity {
             channel: channel.clone(),
             atp,
-            windows,
+            windows: self.windows(sums, atp),
+        }
+    }
+
+    /// The rates of `region` at `now_ms`: the sums of `locations` (the region's) added up,
+    /// with `atp` units left there.
+    pub fn region_rates<'a>(
+        &self,
+        region: &str,
+        locations: impl IntoIterator<Item = &'a LocationId>,
+        atp: u32,
+        now_ms: TimeMs,
+    ) -> RegionVelocity {
+        let mut total = ZERO;
+        for l in locations {
+            let (h, f) = Sums::of(&self.locations, &self.half_lives, l, now_ms);
+            for w in 0..WINDOWS {
+                total.0[w] += h[w];
+                total.1[w] += f[w];
+            }
+        }
+        RegionVelocity {
+            region: region.to_string(),
+            atp,
+            windows: self.windows(total, atp),
         }
     }
 }
@@ -352,15 +448,24 @@ mod tests {
 
     const HOUR: u64 = 3_600_000;
 
+    impl Velocity {
+        /// (held, fulfilled) sums of `l` as stored, per window.
+        fn rates_of_location(&self, l: &LocationId) -> [(f64, f64); WINDOWS] {
+            let d = self.locations.iter().find(|d| d.key == *l).unwrap();
+            std::array::from_fn(|w| (d.held[w], d.fulfilled[w]))
+        }
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
     }
 
     /// The sizes docs/intelligence.md and the module comment state.
     #[test]
-    fn an_entry_costs_72_bytes_and_a_skus_velocity_48() {
+    fn an_entry_costs_72_bytes_and_a_skus_velocity_72() {
         assert_eq!(std::mem::size_of::<ChannelDemand>(), 72);
-        assert_eq!(std::mem::size_of::<Velocity>(), 48);
+        assert_eq!(std::mem::size_of::<LocationDemand>(), 72);
+        assert_eq!(std::mem::size_of::<Velocity>(), 72);
     }
 
     #[test]
@@ -409,6 +514,28 @@ mod tests {
     }
 
     #[test]
+    fn a_region_adds_up_the_sums_of_its_locations_and_ignores_others() {
+        let l = |s: &str| LocationId::new(s).unwrap();
+        let mut v = Velocity::default();
+        v.record_at(&l("a"), DemandKind::Held, 3, 0);
+        v.record_at(&l("b"), DemandKind::Held, 5, HOUR);
+        v.record_at(&l("c"), DemandKind::Held, 100, HOUR);
+        v.record_at(&l("b"), DemandKind::Fulfilled, 2, HOUR);
+        let r = v.region_rates("FR", [&l("a"), &l("b"), &l("z")], 10, 2 * HOUR);
+        let (a, b) = (v.rates_of_location(&l("a")), v.rates_of_location(&l("b")));
+        for w in 0..WINDOWS {
+            let h = a[w].0 * decay(2 * HOUR, HalfLives::default().ms()[w])
+                + b[w].0 * decay(HOUR, HalfLives::default().ms()[w]);
+            let want = h * std::f64::consts::LN_2 * HOUR as f64 / r.windows[w].half_life_ms as f64;
+            assert!(close(r.windows[w].held_per_hour, want), "{w}");
+            assert!(r.windows[w].fulfilled_per_hour > 0.0);
+        }
+        assert_eq!((r.region.as_str(), r.atp), ("FR", 10));
+        let none = v.region_rates("DE", [&l("z")], 10, 2 * HOUR);
+        assert!(none.windows.iter().all(|w| w.hours_to_zero.is_none()));
+    }
+
+    #[test]
     fn held_and_fulfilled_are_kept_apart() {
         let mut v = Velocity::default();
         v.record(&ch("web"), DemandKind::Held, 6, 0);
@@ -426,7 +553,7 @@ mod tests {
         assert_eq!(v.channels().len(), 2);
         v.record(&ch("b"), DemandKind::Held, 1, 21 * 24 * HOUR);
         assert_eq!(v.channels().len(), 1);
-        assert_eq!(v.channels()[0].channel, ch("b"));
+        assert_eq!(v.channels()[0].key, ch("b"));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    AtpExplanation, Catalog, ChannelId, ChannelVelocity, Event, Rejection, RequestId, SkuCommand,
-    SkuState, SkuView, TimeMs,
+    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState,
+    SkuVelocity, SkuView, TimeMs,
 };
 
 use super::journal::{LogRecord, RecordBody};
@@ -62,7 +62,7 @@ pub(crate) enum SkuReply {
     /// An explained ATP.
     Explained(Box<AtpExplanation>),
     /// Velocities, one per channel asked for.
-    Velocity(Vec<ChannelVelocity>),
+    Velocity(Box<SkuVelocity>),
     /// A copy of the state.
     State(Box<SkuState>),
     /// This actor was passivated before it handled the op: look the SKU up again.
@@ -246,7 +246,7 @@ impl SkuActor {
                 channel,
                 now_ms,
             } => match super::reads::velocities(&self.state, &catalog, channel.as_ref(), now_ms) {
-                Ok(v) => SkuReply::Velocity(v),
+                Ok(v) => SkuReply::Velocity(Box::new(v)),
                 Err(r) => SkuReply::Rejected(r),
             },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),

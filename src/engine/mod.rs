@@ -529,13 +529,11 @@ impl Engine {
         reads::explain(&self.core, sku, channel).await
     }
 
-    /// Demand velocity and projected stockout of `sku` on every channel of the catalog, at
+    /// Demand velocity and projected stockout of `sku` on every channel of the catalog and in
+    /// every region where it has a bucket or had demand, at
     /// the engine clock's now (docs/intelligence.md). Unknown SKU: rejected. Does not
     /// activate a passive SKU.
-    pub async fn velocity(
-        &self,
-        sku: &SkuId,
-    ) -> Result<Vec<crate::domain::ChannelVelocity>, Failure> {
+    pub async fn velocity(&self, sku: &SkuId) -> Result<crate::domain::SkuVelocity, Failure> {
         self.check_running()?;
         reads::velocity(&self.core, sku, self.core.clock.now_ms()).await
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 
 use crate::domain::{
-    AtRisk, AtRiskList, AtpExplanation, Catalog, ChannelId, ChannelVelocity, Rejection, SkuId,
-    SkuState, SkuView, TimeMs,
+    AtRisk, AtRiskList, AtpExplanation, Catalog, ChannelId, Rejection, SkuId, SkuState,
+    SkuVelocity, SkuView, TimeMs,
 };
 
 use super::actor::{SkuOp, SkuReply};
@@ -87,10 +87,16 @@ pub(crate) fn velocities(
     catalog: &Catalog,
     channel: Option<&ChannelId>,
     now_ms: TimeMs,
-) -> Result<Vec<ChannelVelocity>, Rejection> {
+) -> Result<SkuVelocity, Rejection> {
     match channel {
-        Some(c) => Ok(vec![state.channel_velocity(catalog, c, now_ms)?]),
-        None => Ok(state.velocities(catalog, now_ms)),
+        Some(c) => Ok(SkuVelocity {
+            channels: vec![state.channel_velocity(catalog, c, now_ms)?],
+            regions: Vec::new(),
+        }),
+        None => Ok(SkuVelocity {
+            channels: state.velocities(catalog, now_ms),
+            regions: state.region_velocities(catalog, now_ms),
+        }),
     }
 }
 
@@ -100,7 +106,7 @@ pub(crate) async fn velocity(
     core: &Arc<Core>,
     sku: &SkuId,
     now_ms: TimeMs,
-) -> Result<Vec<ChannelVelocity>, Failure> {
+) -> Result<SkuVelocity, Failure> {
     let catalog = core.catalog();
     if let Some(s) = core.registry.passive_state(sku, &catalog)? {
         return Ok(velocities(&s, &catalog, None, now_ms)?);
@@ -111,7 +117,7 @@ pub(crate) async fn velocity(
         now_ms,
     };
     match call(core, sku, op, false, Delivery::Try).await? {
-        SkuReply::Velocity(v) => Ok(v),
+        SkuReply::Velocity(v) => Ok(*v),
         SkuReply::Rejected(r) => Err(r.into()),
         other => Err(EngineError::Corrupt(format!("unexpected actor reply {other:?}")).into()),
     }
@@ -162,7 +168,9 @@ pub(crate) async fn at_risk(
         .await;
     for (answer, sku) in answers {
         match answer {
-            Ok(SkuReply::Velocity(mut v)) if v.len() == 1 => list.offer(&sku, v.remove(0)),
+            Ok(SkuReply::Velocity(mut v)) if v.channels.len() == 1 => {
+                list.offer(&sku, v.channels.remove(0))
+            }
             // Removed between the listing and the question: not at risk.
             Err(Failure::Rejected(Rejection::UnknownSku(_))) => {}
             Ok(SkuReply::Rejected(r)) => return Err(r.into()),

@@ -609,6 +609,17 @@ pub struct WireChannelVelocity {
     pub windows: Vec<WireWindowRate>,
 }
 
+/// Velocity and projected stockout of one SKU x region (a location's region).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireRegionVelocity {
+    /// Region code.
+    pub region: String,
+    /// Sum of the exposed ATP of the SKU's locations in the region.
+    pub atp: u32,
+    /// One per window, shortest half-life first.
+    pub windows: Vec<WireWindowRate>,
+}
+
 /// Result of `VELOCITY`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireVelocity {
@@ -616,6 +627,8 @@ pub struct WireVelocity {
     pub sku: String,
     /// One per channel of the catalog, by channel id.
     pub channels: Vec<WireChannelVelocity>,
+    /// One per region where the SKU has a bucket or had demand, by region code.
+    pub regions: Vec<WireRegionVelocity>,
 }
 
 /// One SKU of an at-risk list.

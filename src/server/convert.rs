@@ -7,7 +7,7 @@
 use crate::domain::{
     AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
     ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
-    Rejection, SkuCommand, SkuId, SkuView, StockState,
+    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -310,29 +310,41 @@ pub fn sku_of(v: &SkuView) -> WireSku {
     }
 }
 
+fn windows_of(windows: &[WindowRate]) -> Vec<WireWindowRate> {
+    windows
+        .iter()
+        .map(|w| WireWindowRate {
+            half_life_ms: w.half_life_ms,
+            held_per_hour: w.held_per_hour,
+            fulfilled_per_hour: w.fulfilled_per_hour,
+            hours_to_zero: w.hours_to_zero,
+        })
+        .collect()
+}
+
 /// A SKU x channel's velocity on the wire.
 pub fn channel_velocity_of(v: &ChannelVelocity) -> WireChannelVelocity {
     WireChannelVelocity {
         channel: v.channel.to_string(),
         atp: v.atp,
-        windows: v
-            .windows
-            .iter()
-            .map(|w| WireWindowRate {
-                half_life_ms: w.half_life_ms,
-                held_per_hour: w.held_per_hour,
-                fulfilled_per_hour: w.fulfilled_per_hour,
-                hours_to_zero: w.hours_to_zero,
-            })
-            .collect(),
+        windows: windows_of(&v.windows),
     }
 }
 
 /// The result of `VELOCITY`.
-pub fn velocity_of(sku: &SkuId, v: &[ChannelVelocity]) -> WireVelocity {
+pub fn velocity_of(sku: &SkuId, v: &SkuVelocity) -> WireVelocity {
     WireVelocity {
         sku: sku.to_string(),
-        channels: v.iter().map(channel_velocity_of).collect(),
+        channels: v.channels.iter().map(channel_velocity_of).collect(),
+        regions: v
+            .regions
+            .iter()
+            .map(|r| WireRegionVelocity {
+                region: r.region.clone(),
+                atp: r.atp,
+                windows: windows_of(&r.windows),
+            })
+            .collect(),
     }
 }
 
