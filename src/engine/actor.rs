@@ -38,7 +38,7 @@ pub(crate) enum SkuOp {
         channel: ChannelId,
     },
     /// Demand velocity and projected stockout at `now_ms` of one channel, or of every
-    /// channel of the catalog (a read, like `View`).
+    /// channel of the catalog and every region (a read, like `View`).
     Velocity {
         catalog: Arc<Catalog>,
         channel: Option<ChannelId>,
@@ -61,7 +61,7 @@ pub(crate) enum SkuReply {
     View(SkuView),
     /// An explained ATP.
     Explained(Box<AtpExplanation>),
-    /// Velocities, one per channel asked for.
+    /// Velocities: of the channel asked for, or of every channel and region.
     Velocity(Box<SkuVelocity>),
     /// A copy of the state.
     State(Box<SkuState>),

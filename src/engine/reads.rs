@@ -80,8 +80,8 @@ pub(crate) async fn sku_state(core: &Arc<Core>, sku: &SkuId) -> Result<SkuState,
     }
 }
 
-/// The velocity of `channel` on `state`, or of every channel (a passive SKU is read with the
-/// same function).
+/// The velocity of `channel` on `state`, or of every channel and region (a passive SKU is
+/// read with the same function).
 pub(crate) fn velocities(
     state: &SkuState,
     catalog: &Catalog,
@@ -101,7 +101,8 @@ pub(crate) fn velocities(
 }
 
 /// The demand velocity and projected stockout of `sku` at `now_ms` on every channel of the
-/// catalog. Does not activate a passive SKU.
+/// catalog and in every region where it has stock or had demand. Does not activate a
+/// passive SKU.
 pub(crate) async fn velocity(
     core: &Arc<Core>,
     sku: &SkuId,
@@ -128,7 +129,8 @@ const AT_RISK_CONCURRENCY: usize = 256;
 
 /// The `limit` SKUs whose stockout on `channel` comes first in window `window`, at `now_ms`,
 /// over every SKU (passive ones from their compact bytes, active ones by their actor,
-/// waiting for mailbox room): O(SKUs) work, memory O(limit + active SKUs' ids). An unknown
+/// waiting for mailbox room, 256 at a time, each answer offered as it comes): O(SKUs) work,
+/// memory O(limit + active SKUs' ids). An unknown
 /// channel, a window or limit out of range are refused before any SKU is read.
 pub(crate) async fn at_risk(
     core: &Arc<Core>,
@@ -153,7 +155,7 @@ pub(crate) async fn at_risk(
     if let Some(r) = failed {
         return Err(r.into());
     }
-    let answers: Vec<_> = stream::iter(active)
+    let mut answers = stream::iter(active)
         .map(|sku| {
             let core = core.clone();
             let op = SkuOp::Velocity {
@@ -163,10 +165,8 @@ pub(crate) async fn at_risk(
             };
             async move { (call(&core, &sku, op, false, Delivery::Wait).await, sku) }
         })
-        .buffer_unordered(AT_RISK_CONCURRENCY)
-        .collect()
-        .await;
-    for (answer, sku) in answers {
+        .buffer_unordered(AT_RISK_CONCURRENCY);
+    while let Some((answer, sku)) = answers.next().await {
         match answer {
             Ok(SkuReply::Velocity(mut v)) if v.channels.len() == 1 => {
                 list.offer(&sku, v.channels.remove(0))
