@@ -41,7 +41,7 @@ fn setup() -> (Catalog, SkuState) {
             reference: String::new(),
         };
         for e in s.decide(&cmd, &c, 0).unwrap() {
-            s.apply(&e, 11);
+            s.apply(&e, 11, 1);
         }
     }
     (c, s)
@@ -83,7 +83,7 @@ fn bench(c: &mut Criterion) {
             id += 1;
             let ev = s.decide(&hold(id), &cat, 1).unwrap();
             for e in &ev {
-                s.apply(e, 1);
+                s.apply(e, 1, 1);
             }
             keep_holds_small(&mut s);
             black_box(&s);
@@ -95,14 +95,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             id += 1;
             for e in s.decide(&hold(id), &cat, 1).unwrap() {
-                s.apply(&e, 1);
+                s.apply(&e, 1, 1);
             }
             let f = SkuCommand::Fulfill {
                 reservation: id,
                 qty: None,
             };
             for e in s.decide(&f, &cat, 1).unwrap() {
-                s.apply(&e, 2);
+                s.apply(&e, 2, 1);
             }
         })
     });
@@ -112,14 +112,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             id += 1;
             for e in s.decide(&hold(id), &cat, 1).unwrap() {
-                s.apply(&e, 1);
+                s.apply(&e, 1, 1);
             }
             let r = SkuCommand::Release {
                 reservation: id,
                 reason: ReleaseReason::Client,
             };
             for e in s.decide(&r, &cat, 1).unwrap() {
-                s.apply(&e, 2);
+                s.apply(&e, 2, 1);
             }
         })
     });
@@ -133,7 +133,7 @@ fn bench(c: &mut Criterion) {
             let ev = s.decide(&hold(id), &cat, 1).unwrap();
             let before = omnistock::feed::before(&cat, &s, &ev);
             for e in &ev {
-                s.apply(e, 1);
+                s.apply(e, 1, 1);
             }
             let rec = omnistock::feed::derive(&cat, before, &s, &ev, id as u64, 1);
             black_box(std::sync::Arc::new(rec));

@@ -99,6 +99,23 @@ enum CtlCmd {
         /// Channel id.
         channel: String,
     },
+    /// Demand velocity per channel (units held and fulfilled per hour in each half-life
+    /// window) and the projected stockout (hours until the channel's ATP is gone).
+    Velocity {
+        /// SKU id.
+        sku: String,
+    },
+    /// The SKUs of a channel whose projected stockout comes first, soonest first.
+    AtRisk {
+        /// Channel id.
+        channel: String,
+        /// How many SKUs (1..=1000).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Velocity window to rank by: 0, 1 or 2 (half-lives 15 min, 1 h, 24 h by default).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+        window: u8,
+    },
     /// A reservation.
     Reservation {
         /// Reservation id: 32 hex digits, 0x-hex or decimal.
@@ -421,6 +438,16 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
         CtlCmd::Info => Op::ServerInfo,
         CtlCmd::Get { sku } => Op::GetSku(GetSku { sku }),
         CtlCmd::Explain { sku, channel } => Op::ExplainAtp(ExplainAtp { sku, channel }),
+        CtlCmd::Velocity { sku } => Op::Velocity(GetVelocity { sku }),
+        CtlCmd::AtRisk {
+            channel,
+            limit,
+            window,
+        } => Op::AtRisk(AtRiskQuery {
+            channel,
+            window,
+            limit,
+        }),
         CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
         CtlCmd::Locations => Op::ListLocations,
         CtlCmd::Channels => Op::ListChannels,
@@ -552,6 +579,8 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::ServerInfo => render::info(&c.server_info().await?)?,
         Op::GetSku(g) => render::sku(&c.get_sku(&g.sku).await?)?,
         Op::ExplainAtp(e) => render::explanation(&c.explain_atp(&e.sku, &e.channel).await?)?,
+        Op::Velocity(v) => render::velocity(&c.velocity(&v.sku).await?)?,
+        Op::AtRisk(q) => render::at_risk(&c.at_risk(&q.channel, q.window, q.limit).await?)?,
         Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,

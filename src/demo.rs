@@ -142,6 +142,24 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     if !out.report.check.as_ref().is_some_and(|c| c.passed()) {
         bail!("the end-of-run check failed");
     }
+    at_risk(&client, "web-fr").await
+}
+
+/// The SKUs whose projected stockout on `channel` comes first (1 h window), from the
+/// demand the simulation just placed (docs/intelligence.md).
+async fn at_risk(client: &Client, channel: &str) -> anyhow::Result<()> {
+    let list = client.at_risk(channel, 1, 5).await?;
+    println!();
+    println!("SKUs most at risk on {channel} (projected stockout at the last hour's pace):");
+    println!("  sku          atp   held/h  hours to zero");
+    for s in &list.skus {
+        let w = &s.velocity.windows[1];
+        let hours = w.hours_to_zero.map_or("-".into(), |h| format!("{h:.1}"));
+        println!(
+            "  {:<11} {:>4} {:>8.1} {:>14}",
+            s.sku, s.velocity.atp, w.held_per_hour, hours
+        );
+    }
     Ok(())
 }
 
@@ -222,6 +240,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("  {exe} ctl --addr {addr} get SKU-0000042");
             println!("  {exe} ctl --addr {addr} reserve --channel web-fr --line SKU-0000042:1");
             println!("  {exe} ctl --addr {addr} tail --channel amazon --kinds thresholds   # live stock alerts");
+            println!("  {exe} ctl --addr {addr} velocity SKU-0000000   # demand per hour and hours to zero");
+            println!("  {exe} ctl --addr {addr} at-risk web-fr --limit 20   # the soonest stockouts");
         }
         let waited = if result.is_ok() && !a.no_serve {
             println!("serving until Ctrl-C");

@@ -308,6 +308,8 @@ const OPS: &[(u16, &str)] = &[
     (opcode::GET_SKUS, "get_skus"),
     (opcode::GET_RESERVATION, "get_reservation"),
     (opcode::EXPLAIN_ATP, "explain_atp"),
+    (opcode::VELOCITY, "velocity"),
+    (opcode::AT_RISK, "at_risk"),
     (opcode::SUBSCRIBE, "subscribe"),
     (opcode::UNSUBSCRIBE, "unsubscribe"),
     (opcode::ACK, "ack"),

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use omnistock::domain::HalfLives;
 use omnistock::engine::{EngineConfig, PersistConfig};
 use omnistock::http::HttpConfig;
 use omnistock::protocol::Role;
@@ -172,6 +173,16 @@ pub struct Args {
     /// [default: 1000000].
     #[arg(long, env = "OMNISTOCK_FEED_RETENTION_RECORDS", value_name = "N")]
     pub feed_retention_records: Option<usize>,
+    /// The three half-lives of the demand-velocity windows, in ms, shortest first, each
+    /// 60000..=2592000000 (docs/intelligence.md); changing them forgets every SKU's velocity
+    /// at the next start [default: 900000,3600000,86400000].
+    #[arg(
+        long,
+        env = "OMNISTOCK_VELOCITY_HALF_LIVES_MS",
+        value_name = "MS,MS,MS",
+        value_delimiter = ','
+    )]
+    pub velocity_half_lives_ms: Option<Vec<u64>>,
 
     /// When a write is acknowledged: sync (after fsync) or relaxed (after the write; fsync
     /// every --flush-interval-ms, which may lose that much on power loss) [default: sync].
@@ -197,7 +208,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters, \
     http_heartbeat_ms, http_max_event_streams), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
-    idempotency_max_entries, idempotency_retention_ms, feed_retention_records), [storage] \
+    idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
+    velocity_half_lives_ms: an array of three), [storage] \
     (durability, flush_interval_ms, checkpoint_every_records). A flag or its environment \
     variable overrides the file; the file overrides the default. docs/operations.md has an \
     example.";
@@ -264,6 +276,7 @@ struct FileEngine {
     idempotency_max_entries: Option<usize>,
     idempotency_retention_ms: Option<u64>,
     feed_retention_records: Option<usize>,
+    velocity_half_lives_ms: Option<Vec<u64>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -615,8 +628,27 @@ fn engine_config(args: &Args, f: &FileEngine) -> anyhow::Result<EngineConfig> {
             1,
             100_000_000,
         )?,
+        velocity_half_lives: match args
+            .velocity_half_lives_ms
+            .as_ref()
+            .or(f.velocity_half_lives_ms.as_ref())
+        {
+            Some(v) => half_lives(v)?,
+            None => d.velocity_half_lives,
+        },
         ..d
     })
+}
+
+/// `velocity_half_lives_ms`: exactly three, each in range, strictly increasing.
+fn half_lives(v: &[u64]) -> anyhow::Result<HalfLives> {
+    let three = <[u64; 3]>::try_from(v).map_err(|_| {
+        anyhow::anyhow!(
+            "velocity_half_lives_ms: {} values given, three expected (ms, shortest first)",
+            v.len()
+        )
+    })?;
+    HalfLives::new(three).map_err(|e| anyhow::anyhow!("velocity_half_lives_ms: {e}"))
 }
 
 #[cfg(test)]
@@ -821,6 +853,24 @@ mod tests {
         let d = resolve_with(&[], None).expect("defaults");
         assert_eq!(d.http.heartbeat, Duration::from_secs(15));
         assert_eq!(d.http.max_event_streams, 64);
+    }
+
+    #[test]
+    fn velocity_half_lives_come_from_the_flag_or_the_file_and_bad_ones_are_named() {
+        let d = resolve_with(&[], None).expect("defaults");
+        assert_eq!(d.persist.engine.velocity_half_lives, HalfLives::default());
+        let toml = "[engine]\nvelocity_half_lives_ms = [60000, 600000, 6000000]\n";
+        let f = resolve_with(&[], Some(toml)).expect("file");
+        let want = HalfLives::new([60_000, 600_000, 6_000_000]).unwrap();
+        assert_eq!(f.persist.engine.velocity_half_lives, want);
+        let flag = ["--velocity-half-lives-ms", "120000,240000,480000"];
+        let both = resolve_with(&flag, Some(toml)).expect("flag wins");
+        let want = HalfLives::new([120_000, 240_000, 480_000]).unwrap();
+        assert_eq!(both.persist.engine.velocity_half_lives, want);
+        for bad in ["60000,120000", "1000,120000,240000", "240000,120000,480000"] {
+            let e = err(&["--velocity-half-lives-ms", bad], None);
+            assert!(e.contains("velocity_half_lives_ms"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use omnistock::domain::SkuId;
+use omnistock::domain::{HalfLives, SkuId};
 use omnistock::engine::journal::RecordBody;
 use omnistock::engine::recovery;
 use omnistock::wal::{identity, DirState, Init, Wal, WalConfig, WalError};
@@ -111,9 +111,14 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
             *kinds.entry(kind).or_default() += 1;
         }
     });
-    let rec = recovery::recover(cp_state, records, 0, 1_000_000, |n, seq| {
-        eprintln!("  ... {n} records (seq {seq})")
-    })?;
+    let rec = recovery::recover(
+        cp_state,
+        records,
+        0,
+        HalfLives::default(),
+        1_000_000,
+        |n, seq| eprintln!("  ... {n} records (seq {seq})"),
+    )?;
     let mut holds = 0usize;
     let mut oversold = 0usize;
     for s in &rec.skus {

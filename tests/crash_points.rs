@@ -350,6 +350,7 @@ async fn records_covered_by_the_checkpoint_state_still_rebuild_their_request() {
         None,
         log.iter().cloned().map(Ok::<_, std::convert::Infallible>),
         0,
+        Default::default(),
         0,
         |_, _| {},
     )
@@ -365,6 +366,7 @@ async fn records_covered_by_the_checkpoint_state_still_rebuild_their_request() {
         Some(cp),
         log.iter().cloned().map(Ok::<_, std::convert::Infallible>),
         0,
+        Default::default(),
         0,
         |_, _| {},
     )

@@ -37,9 +37,20 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         "ctl --addr 127.0.0.1:",
         "reserve --channel web-fr --line SKU-0000042:1",
         "tail --channel amazon --kinds thresholds",
+        "SKUs most at risk on web-fr",
+        "hours to zero",
+        "at-risk web-fr --limit 20",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
+    // The at-risk list names SKUs the simulation sold (a row after its header).
+    let ranked = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("SKUs most at risk on web-fr"))
+        .skip(2)
+        .take_while(|l| l.starts_with("  SKU-"))
+        .count();
+    assert!((1..=5).contains(&ranked), "{stdout}");
     assert!(!stdout.contains("serving until Ctrl-C"), "{stdout}");
     // The summary names what ran: a checkout simulation, not the restock preset.
     assert!(

@@ -121,13 +121,13 @@ proptest! {
         let cat = catalog();
         let sku = SkuId::new("S").unwrap();
         let mut live = SkuState::new(sku.clone());
-        let mut log: Vec<(u64, Event)> = Vec::new();
+        let mut log: Vec<(u64, u64, Event)> = Vec::new();
         for (i, (cmd, now)) in cmds.iter().enumerate() {
             let seq = i as u64 + 10;
             if let Ok(events) = live.decide(cmd, &cat, *now) {
                 for e in events {
-                    live.apply(&e, seq);
-                    log.push((seq, e));
+                    live.apply(&e, seq, *now);
+                    log.push((seq, *now, e));
                 }
             }
             prop_assert_eq!(live.check_invariants(), Ok(()), "after {:?}", cmd);
@@ -136,8 +136,8 @@ proptest! {
             }
         }
         let mut replayed = SkuState::new(sku);
-        for (seq, e) in &log {
-            replayed.apply(e, *seq);
+        for (seq, at_ms, e) in &log {
+            replayed.apply(e, *seq, *at_ms);
         }
         prop_assert_eq!(replayed, live);
     }
@@ -151,7 +151,7 @@ proptest! {
             if let Ok(events) = s.decide(cmd, &cat, *now) {
                 let is_hold = matches!(cmd, SkuCommand::Hold { .. });
                 for e in &events {
-                    s.apply(e, i as u64 + 1);
+                    s.apply(e, i as u64 + 1, *now);
                 }
                 if is_hold {
                     for (b, was) in s.buckets.iter().zip(before) {
@@ -180,7 +180,7 @@ proptest! {
             let (atp_before, oversold_before) = (s.channel_atp(&channel), s.oversold());
             let before = feed::before(&cat, &s, &events);
             for e in &events {
-                s.apply(e, seq);
+                s.apply(e, seq, *now);
             }
             let rec = feed::derive(&cat, before, &s, &events, seq, *now);
             prop_assert_eq!(rec.seq, seq);

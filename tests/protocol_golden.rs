@@ -589,3 +589,81 @@ fn explain_atp_bodies() {
     };
     golden("explain atp result", &encode_payload(&e).unwrap(), "01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 05 00 00 00 03 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 01 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 03 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 02 00 00 00 01 00 00 00 01 09 00 00 00 00 00 00 00");
 }
+
+#[test]
+fn velocity_and_at_risk_bodies() {
+    use omnistock::protocol::ops::opcode::{AT_RISK, VELOCITY};
+    assert_eq!((VELOCITY, AT_RISK), (0x0405, 0x0406));
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(role.may(VELOCITY), "{role:?} may read a velocity");
+    }
+    // AT_RISK reads every SKU: not for checkout services.
+    assert!(Role::Adapter.may(AT_RISK) && Role::Admin.may(AT_RISK));
+    assert!(!Role::Checkout.may(AT_RISK));
+    let op = Op::Velocity(GetVelocity { sku: "A".into() });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, VELOCITY);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden("velocity body", &raw.body, "01 00 00 00 00 00 00 00 41");
+    let op = Op::AtRisk(AtRiskQuery {
+        channel: "web".into(),
+        window: 1,
+        limit: 10,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, AT_RISK);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "at risk body",
+        &raw.body,
+        "03 00 00 00 00 00 00 00 77 65 62 01 0a 00 00 00",
+    );
+    // A on web: ATP 4; windows 15 min (held 8/h: 0.5 h to zero), 1 h (held 2/h, fulfilled
+    // 1/h: 2 h), 24 h (no demand: None).
+    let w = |half_life_ms, held_per_hour, fulfilled_per_hour, hours_to_zero| WireWindowRate {
+        half_life_ms,
+        held_per_hour,
+        fulfilled_per_hour,
+        hours_to_zero,
+    };
+    let v = WireVelocity {
+        sku: "A".into(),
+        channels: vec![WireChannelVelocity {
+            channel: "web".into(),
+            atp: 4,
+            windows: vec![
+                w(900_000, 8.0, 0.0, Some(0.5)),
+                w(3_600_000, 2.0, 1.0, Some(2.0)),
+                w(86_400_000, 0.0, 0.0, None),
+            ],
+        }],
+        regions: Vec::new(),
+    };
+    // The same demand at wh, the one location of region FR, whose ATP is also 4.
+    let v = WireVelocity {
+        regions: vec![WireRegionVelocity {
+            region: "FR".into(),
+            atp: 4,
+            windows: v.channels[0].windows.clone(),
+        }],
+        ..v
+    };
+    golden(
+        "velocity result",
+        &encode_payload(&v).unwrap(),
+        "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 46 52 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+    let list = WireAtRisk {
+        channel: "web".into(),
+        window: 1,
+        skus: vec![WireAtRiskSku {
+            sku: "A".into(),
+            velocity: v.channels[0].clone(),
+        }],
+    };
+    golden(
+        "at risk result",
+        &encode_payload(&list).unwrap(),
+        "03 00 00 00 00 00 00 00 77 65 62 01 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+}

@@ -420,6 +420,26 @@ impl Client {
         }))
         .await
     }
+    /// Demand velocity and projected stockout of `sku` on every channel (`VELOCITY`).
+    pub async fn velocity(&self, sku: &str) -> Result<WireVelocity, ClientError> {
+        self.call(Op::Velocity(GetVelocity { sku: sku.into() }))
+            .await
+    }
+    /// The at most `limit` (1..=1000) SKUs whose projected stockout on `channel` comes
+    /// first in velocity window `window` (0..=2, shortest half-life first) (`AT_RISK`).
+    pub async fn at_risk(
+        &self,
+        channel: &str,
+        window: u8,
+        limit: u32,
+    ) -> Result<WireAtRisk, ClientError> {
+        self.call(Op::AtRisk(AtRiskQuery {
+            channel: channel.into(),
+            window,
+            limit,
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

@@ -216,6 +216,91 @@ pub fn explanation(e: &WireAtpExplanation) -> Result<Output, Failure> {
     })
 }
 
+/// A half-life as `15m`, `1h`, `24h`, `90s` (the largest unit that divides it).
+fn half_life(ms: u64) -> String {
+    match ms {
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// Hours to zero with one decimal, `-` without demand.
+fn hours(h: Option<f64>) -> String {
+    h.map_or("-".into(), |h| format!("{h:.1}"))
+}
+
+/// One row per window of a SKU x channel, after `lead` cells.
+fn velocity_rows(lead: &[String], v: &WireChannelVelocity) -> Vec<Vec<String>> {
+    window_rows(lead, v.atp, &v.windows)
+}
+
+/// One row per window, after `lead` cells.
+fn window_rows(lead: &[String], atp: u32, windows: &[WireWindowRate]) -> Vec<Vec<String>> {
+    windows
+        .iter()
+        .map(|w| {
+            let mut row = lead.to_vec();
+            row.extend([
+                atp.to_string(),
+                half_life(w.half_life_ms),
+                format!("{:.2}", w.held_per_hour),
+                format!("{:.2}", w.fulfilled_per_hour),
+                hours(w.hours_to_zero),
+            ]);
+            row
+        })
+        .collect()
+}
+
+const VELOCITY_COLS: [&str; 5] = ["atp", "half_life", "held/h", "fulfilled/h", "hours_to_zero"];
+
+/// `velocity SKU`: per channel and window, the rates and the hours to zero.
+pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
+    let mut human = kv(&[("sku", v.sku.clone())]);
+    let rows: Vec<Vec<String>> = v
+        .channels
+        .iter()
+        .flat_map(|c| velocity_rows(std::slice::from_ref(&c.channel), c))
+        .collect();
+    let cols: Vec<&str> = ["channel"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &cols[1..], &rows));
+    let rows: Vec<Vec<String>> = v
+        .regions
+        .iter()
+        .flat_map(|r| window_rows(std::slice::from_ref(&r.region), r.atp, &r.windows))
+        .collect();
+    let cols: Vec<&str> = ["region"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &cols[1..], &rows));
+    Ok(Output {
+        json: to_json(v)?,
+        human,
+    })
+}
+
+/// `at-risk CHANNEL`: the SKUs, soonest projected stockout first, each with all windows.
+pub fn at_risk(a: &WireAtRisk) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("channel", a.channel.clone()),
+        ("ranked_by_window", a.window.to_string()),
+        ("skus", a.skus.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = a
+        .skus
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| velocity_rows(&[(i + 1).to_string(), s.sku.clone()], &s.velocity))
+        .collect();
+    let cols: Vec<&str> = ["rank", "sku"].into_iter().chain(VELOCITY_COLS).collect();
+    let right: Vec<&str> = ["rank"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &right, &rows));
+    Ok(Output {
+        json: to_json(a)?,
+        human,
+    })
+}
+
 fn lines_table(lines: &[(String, u32)]) -> String {
     let rows: Vec<Vec<String>> = lines
         .iter()
@@ -439,5 +524,71 @@ mod tests {
         assert!(o
             .human
             .contains("reservation: ffffffffffffffffffffffffffffffff"));
+    }
+
+    fn window(half_life_ms: u64, held: f64, fulfilled: f64, atp: u32) -> WireWindowRate {
+        WireWindowRate {
+            half_life_ms,
+            held_per_hour: held,
+            fulfilled_per_hour: fulfilled,
+            hours_to_zero: (held > 0.0).then(|| f64::from(atp) / held),
+        }
+    }
+
+    fn tee_web(atp: u32, held: [f64; 3]) -> WireChannelVelocity {
+        WireChannelVelocity {
+            channel: "web-fr".into(),
+            atp,
+            windows: vec![
+                window(900_000, held[0], 2.0, atp),
+                window(3_600_000, held[1], 1.5, atp),
+                window(86_400_000, held[2], 0.25, atp),
+            ],
+        }
+    }
+
+    #[test]
+    fn velocity_and_at_risk_print_a_row_per_window_as_docs_ctl_md_shows() {
+        let none = |channel: &str| WireChannelVelocity {
+            channel: channel.into(),
+            atp: 12,
+            windows: [900_000, 3_600_000, 86_400_000]
+                .iter()
+                .map(|h| window(*h, 0.0, 0.0, 12))
+                .collect(),
+        };
+        let v = WireVelocity {
+            sku: "TSHIRT-RED-M".into(),
+            channels: vec![none("pos"), tee_web(8, [6.0, 3.2, 0.5])],
+            regions: vec![WireRegionVelocity {
+                region: "FR".into(),
+                atp: 21,
+                windows: tee_web(21, [6.0, 3.2, 0.5]).windows,
+            }],
+        };
+        let o = velocity(&v).unwrap();
+        let doc = include_str!("../../docs/ctl.md");
+        let shown = format!("$ omnistock ctl velocity TSHIRT-RED-M\n{}```", o.human);
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert!(o.json["channels"][0]["windows"][0]["hours_to_zero"].is_null());
+        assert_eq!(o.json["channels"][1]["windows"][1]["held_per_hour"], 3.2);
+        let a = WireAtRisk {
+            channel: "web-fr".into(),
+            window: 1,
+            skus: vec![
+                WireAtRiskSku {
+                    sku: "TSHIRT-RED-M".into(),
+                    velocity: tee_web(8, [6.0, 3.2, 0.5]),
+                },
+                WireAtRiskSku {
+                    sku: "JEANS-32".into(),
+                    velocity: tee_web(30, [0.0, 2.0, 1.0]),
+                },
+            ],
+        };
+        let o = at_risk(&a).unwrap();
+        let shown = format!("$ omnistock ctl at-risk web-fr --limit 2\n{}```", o.human);
+        assert!(doc.contains(&shown), "docs/ctl.md must show:\n{shown}");
+        assert_eq!(o.json["skus"][1]["sku"], "JEANS-32");
     }
 }

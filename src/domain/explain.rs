@@ -237,7 +237,7 @@ mod tests {
         if let Ok(events) = s.decide(cmd, cat, 0) {
             for e in &events {
                 let seq = s.last_seq + 1;
-                s.apply(e, seq);
+                s.apply(e, seq, 0);
             }
         }
     }

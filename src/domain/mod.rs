@@ -13,6 +13,7 @@ pub mod ids;
 pub mod limits;
 pub mod rejection;
 pub mod sku;
+pub mod velocity;
 
 pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
@@ -23,3 +24,7 @@ pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
+pub use velocity::{
+    AtRisk, AtRiskList, ChannelVelocity, DemandKind, HalfLives, RegionVelocity, SkuVelocity,
+    Velocity, WindowRate,
+};

@@ -34,6 +34,7 @@ use super::limits::{
     MAX_QTY, MAX_REFERENCE_BYTES, MAX_TIME_MS,
 };
 use super::rejection::Rejection;
+use super::velocity::{ChannelVelocity, DemandKind, RegionVelocity, Velocity};
 
 /// Why sellable stock was adjusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -294,6 +295,8 @@ pub struct SkuState {
     pub holds: HashMap<ReservationId, Hold, RandomState>,
     /// Log sequence number of the last applied event (0 = none); makes replay idempotent.
     pub last_seq: u64,
+    /// Demand velocity per channel (units held and fulfilled, decayed), folded by `apply`.
+    pub velocity: Velocity,
 }
 
 /// A read-only picture of one SKU, as answered to `get`.
@@ -390,6 +393,7 @@ impl SkuState {
             buckets: Vec::new(),
             holds: HashMap::default(),
             last_seq: 0,
+            velocity: Velocity::default(),
         }
     }
 
@@ -889,10 +893,12 @@ impl SkuState {
         })
     }
 
-    /// Folds one event in. Cannot fail: `decide` validated it before it was logged, and the
-    /// arithmetic saturates rather than panics so a bug can never crash an actor thread
-    /// (tests check the invariants after every step instead).
-    pub fn apply(&mut self, ev: &Event, seq: u64) {
+    /// Folds one event in, logged at `seq` by a record accepted at `at_ms` (the record's
+    /// time, which also feeds the demand velocity). Cannot fail: `decide` validated it
+    /// before it was logged, and the arithmetic saturates rather than panics so a bug can
+    /// never crash an actor thread (tests check the invariants after every step instead).
+    pub fn apply(&mut self, ev: &Event, seq: u64, at_ms: TimeMs) {
+        self.record_demand(ev, at_ms);
         match ev {
             Event::HoldPlaced {
                 reservation,
@@ -942,6 +948,97 @@ impl SkuState {
             other => self.apply_stock(other),
         }
         self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
+    /// channel is the hold's, read before `apply` may close it).
+    fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
+        let units =
+            |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
+        match ev {
+            Event::HoldPlaced {
+                channel,
+                allocations,
+                ..
+            } => {
+                self.velocity
+                    .record(channel, DemandKind::Held, units(allocations), at_ms);
+                for a in allocations {
+                    self.velocity
+                        .record_at(&a.location, DemandKind::Held, a.qty, at_ms);
+                }
+            }
+            Event::HoldFulfilled {
+                reservation,
+                allocations,
+                ..
+            } => {
+                if let Some(h) = self.holds.get(reservation) {
+                    let channel = h.channel.clone();
+                    self.velocity.record(
+                        &channel,
+                        DemandKind::Fulfilled,
+                        units(allocations),
+                        at_ms,
+                    );
+                }
+                for a in allocations {
+                    self.velocity
+                        .record_at(&a.location, DemandKind::Fulfilled, a.qty, at_ms);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Demand velocity and projected stockout of `channel` at `now_ms`, with the channel's
+    /// ATP now. An unknown channel is refused.
+    pub fn channel_velocity(
+        &self,
+        catalog: &Catalog,
+        channel: &ChannelId,
+        now_ms: TimeMs,
+    ) -> Result<ChannelVelocity, Rejection> {
+        let ch = catalog.channel(channel)?;
+        Ok(self.velocity.rates(&ch.id, self.channel_atp(ch), now_ms))
+    }
+
+    /// [`SkuState::channel_velocity`] for every channel of the catalog, by channel id.
+    pub fn velocities(&self, catalog: &Catalog, now_ms: TimeMs) -> Vec<ChannelVelocity> {
+        catalog
+            .channels
+            .values()
+            .map(|ch| self.velocity.rates(&ch.id, self.channel_atp(ch), now_ms))
+            .collect()
+    }
+
+    /// Demand velocity and projected stockout per region (a location's region in the
+    /// catalog) at `now_ms`, sorted by region: every region where the SKU has a bucket or
+    /// had demand. A region's ATP is the sum of its locations' exposed ATP.
+    pub fn region_velocities(&self, catalog: &Catalog, now_ms: TimeMs) -> Vec<RegionVelocity> {
+        let mut by_region: std::collections::BTreeMap<&str, Vec<&LocationId>> =
+            std::collections::BTreeMap::new();
+        let places = self.buckets.iter().map(|b| &b.location);
+        let demand = self.velocity.locations().iter().map(|d| &d.key);
+        for l in places.chain(demand) {
+            if let Some(loc) = catalog.locations.get(l) {
+                let ls = by_region.entry(loc.region.as_str()).or_default();
+                if !ls.contains(&l) {
+                    ls.push(l);
+                }
+            }
+        }
+        by_region
+            .into_iter()
+            .map(|(region, locations)| {
+                let atp: u64 = locations
+                    .iter()
+                    .map(|l| u64::from(self.location_atp(l)))
+                    .sum();
+                let atp = u32::try_from(atp).unwrap_or(u32::MAX);
+                self.velocity.region_rates(region, locations, atp, now_ms)
+            })
+            .collect()
     }
 
     fn apply_fulfilled(&mut self, reservation: ReservationId, allocs: &[Allocation], closed: bool) {
@@ -1106,7 +1203,7 @@ mod tests {
         let events = s.decide(&cmd, c, 0)?;
         for e in &events {
             let seq = s.last_seq + 1;
-            s.apply(e, seq);
+            s.apply(e, seq, 0);
         }
         s.check_invariants().unwrap();
         Ok(())
@@ -1231,5 +1328,44 @@ mod tests {
         b.shortfall = 1;
         s.buckets.push(b);
         assert!(s.check_invariants().is_err());
+    }
+
+    #[test]
+    fn holds_and_fulfilments_feed_the_velocity_of_the_holds_channel() {
+        let c = catalog();
+        let web = ChannelId::new("web").unwrap();
+        let mut s = SkuState::new(SkuId::new("A").unwrap());
+        run(&mut s, &c, adjust(10)).unwrap();
+        run(&mut s, &c, hold(1, 4)).unwrap();
+        run(&mut s, &c, hold(2, 2)).unwrap();
+        run(&mut s, &c, fulfil(1)).unwrap();
+        run(
+            &mut s,
+            &c,
+            SkuCommand::Release {
+                reservation: 2,
+                reason: ReleaseReason::Client,
+            },
+        )
+        .unwrap();
+        let d = &s.velocity.channels()[0];
+        assert_eq!((&d.key, d.held, d.fulfilled), (&web, [6.0; 3], [4.0; 3]));
+        let v = s.channel_velocity(&c, &web, 0).unwrap();
+        // ATP 6 (10 - 4 sold); 6 units held at once over a 1 h half-life: 6 ln 2 per hour.
+        assert_eq!(v.atp, 6);
+        let w = v.windows[1];
+        assert!((w.held_per_hour - 6.0 * std::f64::consts::LN_2).abs() < 1e-12);
+        assert!((w.hours_to_zero.unwrap() - 1.0 / std::f64::consts::LN_2).abs() < 1e-12);
+        assert!(matches!(
+            s.channel_velocity(&c, &ChannelId::new("nope").unwrap(), 0),
+            Err(Rejection::UnknownChannel(_))
+        ));
+        // The one location is in region FR: the same units, against the location's ATP.
+        let d = &s.velocity.locations()[0];
+        assert_eq!((&d.key, d.held, d.fulfilled), (&loc(), [6.0; 3], [4.0; 3]));
+        let r = s.region_velocities(&c, 0);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].region.as_str(), r[0].atp), ("FR", 6));
+        assert_eq!(r[0].windows, v.windows);
     }
 }

@@ -9,8 +9,8 @@ use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState, SkuView,
-    TimeMs,
+    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState,
+    SkuVelocity, SkuView, TimeMs,
 };
 
 use super::journal::{LogRecord, RecordBody};
@@ -37,6 +37,13 @@ pub(crate) enum SkuOp {
         catalog: Arc<Catalog>,
         channel: ChannelId,
     },
+    /// Demand velocity and projected stockout at `now_ms` of one channel, or of every
+    /// channel of the catalog and every region (a read, like `View`).
+    Velocity {
+        catalog: Arc<Catalog>,
+        channel: Option<ChannelId>,
+        now_ms: TimeMs,
+    },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
     /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
@@ -54,6 +61,8 @@ pub(crate) enum SkuReply {
     View(SkuView),
     /// An explained ATP.
     Explained(Box<AtpExplanation>),
+    /// Velocities: of the channel asked for, or of every channel and region.
+    Velocity(Box<SkuVelocity>),
     /// A copy of the state.
     State(Box<SkuState>),
     /// This actor was passivated before it handled the op: look the SKU up again.
@@ -180,7 +189,7 @@ impl SkuActor {
         };
         let was_oversold = self.state.oversold();
         for e in &events {
-            self.state.apply(e, seq);
+            self.state.apply(e, seq, now_ms);
         }
         self.count_oversold(was_oversold);
         debug_assert_eq!(self.state.check_invariants(), Ok(()));
@@ -230,6 +239,14 @@ impl SkuActor {
             SkuOp::View { catalog } => SkuReply::View(self.state.view(&catalog)),
             SkuOp::Explain { catalog, channel } => match self.state.explain(&catalog, &channel) {
                 Ok(e) => SkuReply::Explained(Box::new(e)),
+                Err(r) => SkuReply::Rejected(r),
+            },
+            SkuOp::Velocity {
+                catalog,
+                channel,
+                now_ms,
+            } => match super::reads::velocities(&self.state, &catalog, channel.as_ref(), now_ms) {
+                Ok(v) => SkuReply::Velocity(Box::new(v)),
                 Err(r) => SkuReply::Rejected(r),
             },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),

@@ -97,6 +97,10 @@ pub struct EngineConfig {
     pub expiry_batch: usize,
     /// Feed records kept in memory for subscribers to resume from (about 650 B each once a subscriber has read it: ~650 MB at the default).
     pub feed_retention_records: usize,
+    /// Half-lives of the demand-velocity windows (docs/intelligence.md). Default 15 min,
+    /// 1 h, 24 h. Changing them forgets the velocity built with the old ones: it is rebuilt
+    /// from the demand recorded after the restart.
+    pub velocity_half_lives: crate::domain::HalfLives,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +115,7 @@ impl Default for EngineConfig {
             expiry_driver: true,
             expiry_batch: 1024,
             feed_retention_records: crate::feed::hub::DEFAULT_RETENTION_RECORDS,
+            velocity_half_lives: crate::domain::HalfLives::default(),
         }
     }
 }
@@ -522,6 +527,28 @@ impl Engine {
     ) -> Result<crate::domain::AtpExplanation, Failure> {
         self.check_running()?;
         reads::explain(&self.core, sku, channel).await
+    }
+
+    /// Demand velocity and projected stockout of `sku` on every channel of the catalog and in
+    /// every region where it has a bucket or had demand, at
+    /// the engine clock's now (docs/intelligence.md). Unknown SKU: rejected. Does not
+    /// activate a passive SKU.
+    pub async fn velocity(&self, sku: &SkuId) -> Result<crate::domain::SkuVelocity, Failure> {
+        self.check_running()?;
+        reads::velocity(&self.core, sku, self.core.clock.now_ms()).await
+    }
+
+    /// The `limit` (1..=1000) SKUs whose projected stockout on `channel` comes first in
+    /// velocity window `window` (0: shortest half-life), soonest first; SKUs without demand
+    /// there are left out. Reads every SKU (operator query, not for the request path).
+    pub async fn at_risk(
+        &self,
+        channel: &ChannelId,
+        window: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::AtRisk>, Failure> {
+        self.check_running()?;
+        reads::at_risk(&self.core, channel, window, limit, self.core.clock.now_ms()).await
     }
 
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed

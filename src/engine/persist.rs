@@ -112,6 +112,7 @@ impl Engine {
             checkpoint.map(|c| c.1),
             wal.replay_from(start_seq),
             cfg.engine.feed_retention_records,
+            cfg.engine.velocity_half_lives,
             1_000_000,
             |n, seq| tracing::info!(records = n, seq, "recovery: replaying log"),
         )

@@ -16,7 +16,8 @@ type Fast = foldhash::fast::RandomState;
 
 use crate::codec;
 use crate::domain::{
-    Catalog, Event, ReleaseReason, RequestId, ReservationId, SkuCommand, SkuId, SkuState, TimeMs,
+    Catalog, Event, HalfLives, ReleaseReason, RequestId, ReservationId, SkuCommand, SkuId,
+    SkuState, TimeMs,
 };
 
 use super::api::{Change, Outcome};
@@ -24,8 +25,60 @@ use super::journal::{LogRecord, RecordBody};
 use super::EngineError;
 use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 
-/// Checkpoint format version.
-pub const CHECKPOINT_VERSION: u32 = 3;
+/// Checkpoint format version. 4 added each SKU's demand velocity (`SkuState::velocity`).
+pub const CHECKPOINT_VERSION: u32 = 4;
+
+/// The format before velocity, still read (a checkpoint written by the previous release):
+/// its SKUs start without velocity, which the records replayed after it rebuild (demand
+/// older than the checkpoint is not in the log any more, so it is lost once, at the upgrade).
+pub const CHECKPOINT_VERSION_NO_VELOCITY: u32 = 3;
+
+/// A SKU in a version 3 checkpoint: [`SkuState`] without its velocity.
+#[derive(Serialize, Deserialize)]
+pub struct SkuStateV3 {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its buckets.
+    pub buckets: Vec<crate::domain::Bucket>,
+    /// Its holds.
+    pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
+    /// Its last applied sequence number.
+    pub last_seq: u64,
+}
+
+/// A version 3 checkpoint.
+#[derive(Serialize, Deserialize)]
+pub struct CheckpointStateV3 {
+    /// 3.
+    pub version: u32,
+    /// Locations and channels.
+    pub catalog: Catalog,
+    /// Every SKU.
+    pub skus: Vec<SkuStateV3>,
+    /// Remembered request ids.
+    pub idempotency: Vec<IdemRecord>,
+}
+
+impl From<CheckpointStateV3> for CheckpointState {
+    fn from(c: CheckpointStateV3) -> Self {
+        let skus = c
+            .skus
+            .into_iter()
+            .map(|s| SkuState {
+                holds: s.holds,
+                buckets: s.buckets,
+                last_seq: s.last_seq,
+                ..SkuState::new(s.sku)
+            })
+            .collect();
+        CheckpointState {
+            version: CHECKPOINT_VERSION,
+            catalog: c.catalog,
+            skus,
+            idempotency: c.idempotency,
+        }
+    }
+}
 
 /// One remembered request in a checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,16 +143,29 @@ fn change_sku(c: &Change) -> Option<&SkuId> {
     }
 }
 
-/// Decodes a checkpoint.
+/// Decodes a checkpoint of the current version or of version 3 (without velocity). The
+/// version is the first field, a fixed-width little-endian `u32`, so it is read first and
+/// decides the layout.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
-    let c: CheckpointState = codec::decode_large(bytes)
-        .map_err(|e| EngineError::Corrupt(format!("checkpoint does not decode: {e}")))?;
-    if c.version != CHECKPOINT_VERSION {
-        return Err(EngineError::Corrupt(format!(
-            "checkpoint version {} is not supported (expected {CHECKPOINT_VERSION})",
-            c.version
-        )));
-    }
+    let bad = |e: String| EngineError::Corrupt(format!("checkpoint does not decode: {e}"));
+    let version = bytes
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| bad("shorter than its version".into()))?;
+    let c: CheckpointState = match version {
+        CHECKPOINT_VERSION => codec::decode_large(bytes).map_err(|e| bad(e.to_string()))?,
+        CHECKPOINT_VERSION_NO_VELOCITY => codec::decode_large::<CheckpointStateV3>(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
+        v => {
+            return Err(EngineError::Corrupt(format!(
+                "checkpoint version {v} is not supported (expected {CHECKPOINT_VERSION} or \
+                 {CHECKPOINT_VERSION_NO_VELOCITY})"
+            )))
+        }
+    };
+    debug_assert_eq!(c.version, CHECKPOINT_VERSION);
     Ok(c)
 }
 
@@ -128,6 +194,8 @@ struct Replay {
     feed_start: u64,
     feed_retention: usize,
     feed: VecDeque<(u64, Slot)>,
+    /// Velocity windows of every SKU (a checkpoint made with others is forgotten).
+    half_lives: HalfLives,
 }
 
 /// A multi-SKU reservation operation whose parts are not all logged yet.
@@ -257,7 +325,7 @@ impl Replay {
         };
         let before = feed::before(&self.catalog, state, &events);
         for e in &events {
-            state.apply(e, seq);
+            state.apply(e, seq, at_ms);
         }
         let f = feed::derive(&self.catalog, before, state, &events, seq, at_ms);
         self.keep_feed(seq, || f);
@@ -298,10 +366,11 @@ impl Replay {
                 (fresh, vec![Change::Catalog(ev)])
             }
             RecordBody::Sku { sku, events } => {
-                let state = self
-                    .skus
-                    .entry(sku.clone())
-                    .or_insert_with(|| SkuState::new(sku.clone()));
+                let state = self.skus.entry(sku.clone()).or_insert_with(|| {
+                    let mut s = SkuState::new(sku.clone());
+                    s.velocity.configure(self.half_lives);
+                    s
+                });
                 // Already in the checkpoint's state (fuzzy checkpoint): not applied again,
                 // but still part of its request's outcome and cart history below.
                 let fresh = seq > state.last_seq;
@@ -309,7 +378,7 @@ impl Replay {
                     let derive = seq >= self.feed_start;
                     let before = derive.then(|| feed::before(&self.catalog, state, &events));
                     for e in &events {
-                        state.apply(e, seq);
+                        state.apply(e, seq, rec.at_ms);
                     }
                     if let Some(b) = before {
                         let f = feed::derive(&self.catalog, b, state, &events, seq, rec.at_ms);
@@ -375,11 +444,14 @@ impl Replay {
 
 /// Rebuilds state from an optional checkpoint and the records after it (in sequence order).
 /// `progress` is called every `progress_every` records with (records so far, last seq).
-/// The feed records of the last `feed_retention` records are derived on the way.
+/// The feed records of the last `feed_retention` records are derived on the way. Every SKU's
+/// demand velocity uses `half_lives` (one the checkpoint holds with other half-lives is
+/// forgotten, then rebuilt from the records after it).
 pub fn recover<E: std::fmt::Display>(
     checkpoint: Option<CheckpointState>,
     records: impl Iterator<Item = Result<(u64, Vec<u8>), E>>,
     feed_retention: usize,
+    half_lives: HalfLives,
     progress_every: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Recovered, EngineError> {
@@ -404,7 +476,15 @@ pub fn recover<E: std::fmt::Display>(
         feed_retention,
         feed: VecDeque::new(),
         catalog: cp.catalog,
-        skus: cp.skus.into_iter().map(|s| (s.sku.clone(), s)).collect(),
+        skus: cp
+            .skus
+            .into_iter()
+            .map(|mut s| {
+                s.velocity.configure(half_lives);
+                (s.sku.clone(), s)
+            })
+            .collect(),
+        half_lives,
         idem: HashMap::default(),
         idem_order: Vec::new(),
         cart_request: HashMap::default(),
@@ -516,4 +596,61 @@ fn finish(
         last_seq,
         feed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Bucket, LocationId};
+
+    /// A version 3 checkpoint of one SKU "A": 5 units at "wh", safety stock 1, last seq 7.
+    fn v3_state() -> CheckpointStateV3 {
+        let mut s = SkuState::new(SkuId::new("A").expect("id"));
+        let receipt = Event::StockAdjusted {
+            location: LocationId::new("wh").expect("id"),
+            delta: 5,
+            reason: crate::domain::AdjustReason::Receipt,
+            reference: String::new(),
+        };
+        s.apply(&receipt, 7, 1_000);
+        let mut buckets: Vec<Bucket> = s.buckets;
+        buckets[0].safety_stock = 1;
+        CheckpointStateV3 {
+            version: CHECKPOINT_VERSION_NO_VELOCITY,
+            catalog: Catalog::default(),
+            skus: vec![SkuStateV3 {
+                sku: s.sku,
+                buckets,
+                holds: HashMap::default(),
+                last_seq: 7,
+            }],
+            idempotency: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_version_3_checkpoint_is_read_with_empty_velocity() {
+        let bytes = codec::encode(&v3_state()).expect("encode");
+        let c = decode_checkpoint(&bytes).expect("v3 decodes");
+        assert_eq!(c.version, CHECKPOINT_VERSION);
+        let s = &c.skus[0];
+        assert_eq!((s.sku.as_str(), s.last_seq), ("A", 7));
+        assert_eq!((s.buckets[0].on_hand, s.buckets[0].safety_stock), (5, 1));
+        assert!(s.velocity.channels().is_empty());
+    }
+
+    #[test]
+    fn a_current_checkpoint_round_trips_with_its_velocity_and_others_are_refused() {
+        let mut cp: CheckpointState = v3_state().into();
+        let web = crate::domain::ChannelId::new("web").expect("id");
+        cp.skus[0]
+            .velocity
+            .record(&web, crate::domain::DemandKind::Held, 3, 5_000);
+        let mut bytes = codec::encode(&cp).expect("encode");
+        assert_eq!(decode_checkpoint(&bytes).expect("decodes"), cp);
+        bytes[..4].copy_from_slice(&9u32.to_le_bytes());
+        let e = decode_checkpoint(&bytes).expect_err("version 9");
+        assert!(e.to_string().contains("version 9 is not supported"), "{e}");
+        assert!(decode_checkpoint(&[4, 0]).is_err());
+    }
 }

@@ -20,7 +20,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::codec;
-use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState};
+use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState, Velocity};
 
 use super::actor::{ReplyTo, SkuActor, SkuMsg, SkuOp};
 use super::{Core, EngineError};
@@ -37,7 +37,7 @@ pub(crate) struct ActiveSlot {
 pub(crate) enum Slot {
     /// It has an actor.
     Active(Box<ActiveSlot>),
-    /// Only its compact state (buckets, holds, last seq; the id is the map key).
+    /// Only its compact state (buckets, holds, last seq, velocity; the id is the map key).
     Passive(Box<[u8]>),
 }
 
@@ -89,6 +89,7 @@ struct Compact {
     buckets: Vec<CompactBucket>,
     holds: Holds,
     last_seq: u64,
+    velocity: Velocity,
 }
 
 /// [`Compact`] for encoding, borrowing the holds.
@@ -97,6 +98,7 @@ struct CompactRef<'a> {
     buckets: Vec<CompactBucket>,
     holds: &'a Holds,
     last_seq: u64,
+    velocity: &'a Velocity,
 }
 
 /// Decodes a passive SKU's compact bytes.
@@ -131,6 +133,7 @@ pub(crate) fn decode_passive(
         buckets,
         holds: c.holds,
         last_seq: c.last_seq,
+        velocity: c.velocity,
     };
     intern(&mut s, catalog);
     Ok(s)
@@ -159,6 +162,7 @@ fn encode_passive(state: &SkuState, catalog: &Catalog) -> Result<Box<[u8]>, Engi
         buckets,
         holds: &state.holds,
         last_seq: state.last_seq,
+        velocity: &state.velocity,
     };
     codec::encode_compact(&c)
         .map(Vec::into_boxed_slice)
@@ -291,7 +295,9 @@ impl Registry {
                         core.config.max_skus
                     )));
                 }
-                let slot = v.insert(self.start(core, SkuState::new(sku.clone())));
+                let mut state = SkuState::new(sku.clone());
+                state.velocity.configure(core.config.velocity_half_lives);
+                let slot = v.insert(self.start(core, state));
                 match &*slot {
                     Slot::Active(a) => Ok(Some(f(&a.addr))),
                     Slot::Passive(_) => unreachable!("invariant: inserted active"),

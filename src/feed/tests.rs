@@ -329,7 +329,7 @@ fn derive_adjust(state: &mut SkuState, c: &Catalog, delta: i64, seq: u64) -> Opt
     let events = state.decide(&cmd, c, 1_000).expect("adjust accepted");
     let before = before(c, state, &events);
     for e in &events {
-        state.apply(e, seq);
+        state.apply(e, seq, 1_000);
     }
     let FeedBody::Sku { atp, .. } = derive(c, before, state, &events, seq, 1_000).body else {
         panic!("a SKU record")

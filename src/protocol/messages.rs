@@ -386,6 +386,24 @@ pub struct ExplainAtp {
     pub channel: String,
 }
 
+/// Demand velocity and projected stockout of one SKU on every channel (`VELOCITY`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetVelocity {
+    /// SKU id.
+    pub sku: String,
+}
+
+/// The SKUs of one channel whose projected stockout comes first (`AT_RISK`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskQuery {
+    /// Channel id.
+    pub channel: String,
+    /// Velocity window to rank by: 0 (shortest half-life) .. 2.
+    pub window: u8,
+    /// Most SKUs to return: 1..=1000.
+    pub limit: u32,
+}
+
 // ---- result bodies -------------------------------------------------------------------
 
 /// Result of ping.
@@ -565,6 +583,72 @@ pub struct WireAtpExplanation {
     pub low_stock: bool,
     /// Sequence number of the SKU's last change.
     pub last_seq: u64,
+}
+
+/// One velocity window of a SKU x channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireWindowRate {
+    /// The window's half-life.
+    pub half_life_ms: u64,
+    /// Units held (reservations placed) per hour, decayed.
+    pub held_per_hour: f64,
+    /// Units fulfilled per hour, decayed.
+    pub fulfilled_per_hour: f64,
+    /// `atp / held_per_hour`: hours until the channel's ATP is gone; `None` without demand.
+    pub hours_to_zero: Option<f64>,
+}
+
+/// Velocity and projected stockout of one SKU x channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireChannelVelocity {
+    /// Channel.
+    pub channel: String,
+    /// The channel's ATP now.
+    pub atp: u32,
+    /// One per window, shortest half-life first.
+    pub windows: Vec<WireWindowRate>,
+}
+
+/// Velocity and projected stockout of one SKU x region (a location's region).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireRegionVelocity {
+    /// Region code.
+    pub region: String,
+    /// Sum of the exposed ATP of the SKU's locations in the region.
+    pub atp: u32,
+    /// One per window, shortest half-life first.
+    pub windows: Vec<WireWindowRate>,
+}
+
+/// Result of `VELOCITY`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireVelocity {
+    /// SKU.
+    pub sku: String,
+    /// One per channel of the catalog, by channel id.
+    pub channels: Vec<WireChannelVelocity>,
+    /// One per region where the SKU has a bucket or had demand, by region code.
+    pub regions: Vec<WireRegionVelocity>,
+}
+
+/// One SKU of an at-risk list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireAtRiskSku {
+    /// SKU.
+    pub sku: String,
+    /// Its velocity and projection on the listed channel (all windows).
+    pub velocity: WireChannelVelocity,
+}
+
+/// Result of `AT_RISK`: soonest projected stockout first (ties by SKU id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireAtRisk {
+    /// Channel.
+    pub channel: String,
+    /// The window ranked by.
+    pub window: u8,
+    /// The SKUs, at most `limit`.
+    pub skus: Vec<WireAtRiskSku>,
 }
 
 /// Result of get many SKUs: `None` for an unknown SKU, in request order.

@@ -54,6 +54,10 @@ pub mod opcode {
     pub const GET_RESERVATION: u16 = 0x0403;
     /// Explain one channel's ATP for one SKU.
     pub const EXPLAIN_ATP: u16 = 0x0404;
+    /// Demand velocity and projected stockout of one SKU on every channel.
+    pub const VELOCITY: u16 = 0x0405;
+    /// The SKUs of one channel whose projected stockout comes first (adapter, admin).
+    pub const AT_RISK: u16 = 0x0406;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -98,13 +102,17 @@ impl Role {
                 | GET_SKUS
                 | GET_RESERVATION
                 | EXPLAIN_ATP
+                | VELOCITY
                 | LIST_LOCATIONS
                 | LIST_CHANNELS
         );
         match self {
             Role::Admin => true,
             Role::Checkout => read || matches!(op, RESERVE | FULFILL | RELEASE | EXTEND),
-            Role::Adapter => read || matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY),
+            // AT_RISK reads every SKU: for the channel side and operators, not checkout.
+            Role::Adapter => {
+                read || matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY | AT_RISK)
+            }
         }
     }
 }
@@ -152,6 +160,10 @@ pub enum Op {
     GetReservation(GetReservation),
     /// `EXPLAIN_ATP`
     ExplainAtp(ExplainAtp),
+    /// `VELOCITY`
+    Velocity(GetVelocity),
+    /// `AT_RISK`
+    AtRisk(AtRiskQuery),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
     /// `SUBSCRIBE`
@@ -196,6 +208,8 @@ impl Op {
             Op::GetSkus(_) => GET_SKUS,
             Op::GetReservation(_) => GET_RESERVATION,
             Op::ExplainAtp(_) => EXPLAIN_ATP,
+            Op::Velocity(_) => VELOCITY,
+            Op::AtRisk(_) => AT_RISK,
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
@@ -245,6 +259,8 @@ impl Op {
             Op::GetSkus(b) => body(b)?,
             Op::GetReservation(b) => body(b)?,
             Op::ExplainAtp(b) => body(b)?,
+            Op::Velocity(b) => body(b)?,
+            Op::AtRisk(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
@@ -281,6 +297,8 @@ impl Op {
             GET_SKUS => Op::GetSkus(decode_body(b)?),
             GET_RESERVATION => Op::GetReservation(decode_body(b)?),
             EXPLAIN_ATP => Op::ExplainAtp(decode_body(b)?),
+            VELOCITY => Op::Velocity(decode_body(b)?),
+            AT_RISK => Op::AtRisk(decode_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_body(b)?),
             UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,

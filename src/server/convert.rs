@@ -5,9 +5,9 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId, Event, Location,
-    LocationId, LocationKind, LowStock, LowStockSource, Rejection, SkuCommand, SkuId, SkuView,
-    StockState,
+    AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
+    ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
+    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -307,6 +307,59 @@ pub fn sku_of(v: &SkuView) -> WireSku {
         oversold: v.oversold,
         holds: v.holds,
         last_seq: v.last_seq,
+    }
+}
+
+fn windows_of(windows: &[WindowRate]) -> Vec<WireWindowRate> {
+    windows
+        .iter()
+        .map(|w| WireWindowRate {
+            half_life_ms: w.half_life_ms,
+            held_per_hour: w.held_per_hour,
+            fulfilled_per_hour: w.fulfilled_per_hour,
+            hours_to_zero: w.hours_to_zero,
+        })
+        .collect()
+}
+
+/// A SKU x channel's velocity on the wire.
+pub fn channel_velocity_of(v: &ChannelVelocity) -> WireChannelVelocity {
+    WireChannelVelocity {
+        channel: v.channel.to_string(),
+        atp: v.atp,
+        windows: windows_of(&v.windows),
+    }
+}
+
+/// The result of `VELOCITY`.
+pub fn velocity_of(sku: &SkuId, v: &SkuVelocity) -> WireVelocity {
+    WireVelocity {
+        sku: sku.to_string(),
+        channels: v.channels.iter().map(channel_velocity_of).collect(),
+        regions: v
+            .regions
+            .iter()
+            .map(|r| WireRegionVelocity {
+                region: r.region.clone(),
+                atp: r.atp,
+                windows: windows_of(&r.windows),
+            })
+            .collect(),
+    }
+}
+
+/// The result of `AT_RISK`.
+pub fn at_risk_of(channel: &ChannelId, window: u8, list: &[AtRisk]) -> WireAtRisk {
+    WireAtRisk {
+        channel: channel.to_string(),
+        window,
+        skus: list
+            .iter()
+            .map(|a| WireAtRiskSku {
+                sku: a.sku.to_string(),
+                velocity: channel_velocity_of(&a.velocity),
+            })
+            .collect(),
     }
 }
 

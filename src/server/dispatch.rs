@@ -249,6 +249,14 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
+        Op::Velocity(v) => match velocity(ctx, &v.sku).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
+        Op::AtRisk(q) => match at_risk(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -277,6 +285,25 @@ async fn explain(
     let (sku, channel) = convert::explain_ids(e)?;
     let v = ctx.engine.explain(&sku, &channel).await?;
     Ok(convert::explanation_of(&v))
+}
+
+async fn velocity(ctx: &Ctx, s: &str) -> Result<crate::protocol::WireVelocity, Failure> {
+    let id = SkuId::new(s)?;
+    let v = ctx.engine.velocity(&id).await?;
+    Ok(convert::velocity_of(&id, &v))
+}
+
+async fn at_risk(
+    ctx: &Ctx,
+    q: &crate::protocol::AtRiskQuery,
+) -> Result<crate::protocol::WireAtRisk, Failure> {
+    let channel = crate::domain::ChannelId::new(&q.channel)?;
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let list = ctx
+        .engine
+        .at_risk(&channel, usize::from(q.window), limit)
+        .await?;
+    Ok(convert::at_risk_of(&channel, q.window, &list))
 }
 
 async fn get_skus(ctx: &Ctx, skus: &[String]) -> OpResult {
