@@ -152,6 +152,9 @@ impl<K: Ord + Clone> Sums<K> {
     /// The sums decayed to `now_ms` (not before `last_ms`).
     fn decayed(&self, hl: &HalfLives, now_ms: TimeMs) -> Pair {
         let dt = now_ms.saturating_sub(self.last_ms);
+        if dt == 0 {
+            return (self.held, self.fulfilled);
+        }
         let mut held = self.held;
         let mut fulfilled = self.fulfilled;
         for w in 0..WINDOWS {
@@ -190,7 +193,14 @@ impl<K: Ord + Clone> Sums<K> {
         for s in sums.iter_mut() {
             *s += f64::from(qty);
         }
+        // An entry is at least half of what it held (>= 1 unit) at its last demand until
+        // one longest half-life has passed: only older ones can have faded, and only they
+        // cost a decay here.
+        let longest = hl.ms.iter().copied().max().unwrap_or(0);
         list.retain(|c| {
+            if now.saturating_sub(c.last_ms) < longest {
+                return true;
+            }
             let (h, f) = c.decayed(hl, now);
             h[WINDOWS - 1] >= FORGET_BELOW_UNITS || f[WINDOWS - 1] >= FORGET_BELOW_UNITS
         });
