@@ -56,3 +56,5 @@ pub mod protocol;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod wal;
+#[cfg(feature = "server")]
+pub mod webhooks;

@@ -1,5 +1,5 @@
 //! `omnistock serve`: binds the HTTP endpoint (admin paths and the `/v1` API), opens the durable engine (recovery), runs the
-//! TCP server until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
+//! TCP server and the webhook deliveries (docs/webhooks.md) until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
 //! finish in-flight requests, flush the log). Settings: see `settings`.
 //!
 //! Order matters for operations: the admin endpoint comes first so `/healthz` answers and
@@ -13,6 +13,7 @@ use omnistock::engine::Engine;
 use omnistock::http::{HttpConfig, HttpServer, Sources};
 use omnistock::metrics;
 use omnistock::server::Server;
+use omnistock::webhooks::Webhooks;
 
 use crate::settings;
 
@@ -114,8 +115,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sources.set_server(server.stats());
         let stop = server.shutdown_handle();
         let running = tokio::spawn(server.run());
+        let webhooks = Webhooks::start(engine.clone(), s.webhooks)
+            .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
         let waited = signal().await;
         tracing::info!("shutting down: finishing requests in flight");
+        // Deliveries stop first: they read the engine, and their positions are stored.
+        webhooks.shutdown().await;
         shut_down(admin, stop, running, engine).await?;
         tracing::info!("log flushed, bye");
         waited
