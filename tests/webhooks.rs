@@ -1,0 +1,550 @@
+//! Webhooks against a real receiver (axum on 127.0.0.1:0) that checks every request's
+//! `Omnistock-Signature` with the documented verification and records events by id:
+//! the test event when an endpoint is added, every event of the feed delivered (duplicates
+//! only with the same id and the same content) through a receiver outage (500s, retried with
+//! back-off) and a restart of the durable engine while the receiver was down (the position
+//! survived: nothing lost, no second test event); dead-lettering after `max_attempts`
+//! failures with the position kept and delivery resumed by a restart; a filter and a
+//! coalescing window per endpoint; the per-endpoint metrics in a scrape that passes promtool.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use common::{adjust, exec, reserve_cmd, small_catalog};
+use omnistock::engine::{Engine, EngineConfig, PersistConfig};
+use omnistock::events::envelope;
+use omnistock::feed::subscription::{self, SubscriptionConfig};
+use omnistock::protocol::{self, kinds, start, Frame, PushBatch, PushItem, Subscribe};
+use omnistock::webhooks::{sign, EndpointConfig, Status, Webhooks, WebhooksConfig};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+const SECRET: &[u8] = b"test-secret-0123456789abcdef";
+const SOURCE: &str = "omnistock://webhooks-test";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    /// Every event by id, with every copy received (duplicates allowed, same content).
+    events: Mutex<BTreeMap<String, Vec<Value>>>,
+    /// Order of first arrival.
+    order: Mutex<Vec<String>>,
+    requests: AtomicU64,
+    bad_signatures: AtomicU64,
+    /// Answer 500 to the next this many (well signed) requests.
+    fail_next: AtomicU32,
+    /// Answer 500 to every request while set.
+    down: AtomicBool,
+    failed: AtomicU64,
+    /// Events per request, largest seen.
+    largest_batch: AtomicU64,
+}
+
+impl Seen {
+    fn ids(&self) -> HashSet<String> {
+        self.events.lock().keys().cloned().collect()
+    }
+    fn of_type(&self, t: &str) -> Vec<Value> {
+        self.events
+            .lock()
+            .values()
+            .filter(|v| v[0]["type"] == t)
+            .map(|v| v[0].clone())
+            .collect()
+    }
+}
+
+async fn hook(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = headers
+        .get("omnistock-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if sign::verify(SECRET, header, &body, now, 300).is_err() {
+        seen.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/json") {
+        return StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    }
+    let down = seen.down.load(Ordering::SeqCst);
+    let fail = seen
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if down || fail {
+        seen.failed.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    let events: Vec<Value> = serde_json::from_slice(&body).expect("the body is a JSON array");
+    seen.largest_batch
+        .fetch_max(events.len() as u64, Ordering::SeqCst);
+    let mut all = seen.events.lock();
+    for e in events {
+        let id = e["id"].as_str().expect("an id").to_string();
+        let copies = all.entry(id.clone()).or_default();
+        if let Some(first) = copies.first() {
+            assert_eq!(first, &e, "a duplicate of {id} differs from the first copy");
+        } else {
+            seen.order.lock().push(id);
+        }
+        copies.push(e);
+    }
+    StatusCode::OK
+}
+
+/// A receiver on 127.0.0.1:0; its URL.
+async fn receiver() -> (Arc<Seen>, String) {
+    let seen = Arc::new(Seen::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (seen, format!("http://{addr}/hook"))
+}
+
+fn persist(dir: &std::path::Path) -> PersistConfig {
+    let mut pc = PersistConfig::new(dir);
+    pc.engine = EngineConfig {
+        arbiters: 1,
+        ..EngineConfig::default()
+    };
+    pc
+}
+
+/// An endpoint that retries fast (tests must not wait minutes for back-off).
+fn endpoint(name: &str, url: &str) -> EndpointConfig {
+    let mut e = EndpointConfig::new(name, url, SECRET);
+    e.backoff_initial = Duration::from_millis(5);
+    e.backoff_max = Duration::from_millis(40);
+    e.max_attempts = 1000;
+    e.max_batch_events = 7;
+    e.request_timeout = Duration::from_secs(5);
+    e
+}
+
+fn start(engine: &Arc<Engine>, endpoints: Vec<EndpointConfig>) -> Webhooks {
+    Webhooks::start(
+        engine.clone(),
+        WebhooksConfig {
+            endpoints,
+            source: SOURCE.into(),
+        },
+    )
+    .expect("valid webhooks")
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The ids a subscription with this filter yields after `after` up to the log's end now:
+/// what the endpoint must deliver (an independent reader of the same feed).
+async fn expected_ids(engine: &Arc<Engine>, after: u64, mut sub: Subscribe) -> Vec<String> {
+    sub.start = start::AFTER;
+    sub.from_seq = after;
+    let until = engine.last_seq();
+    let cfg = SubscriptionConfig::default();
+    let plan = subscription::plan(engine.as_ref(), &cfg, &sub).expect("plan");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(subscription::run(engine.clone(), cfg, plan, 0, tx, stop));
+    let mut ids = Vec::new();
+    let mut position = after;
+    while position < until {
+        let frame = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the feed moves")
+            .expect("open");
+        let (f, _) = Frame::parse(&frame, usize::MAX).unwrap().unwrap();
+        for item in protocol::decode_payload::<PushBatch>(&f.payload)
+            .unwrap()
+            .items
+        {
+            match item {
+                PushItem::Position { seq } => position = seq,
+                other => ids.extend(envelope(&other, SOURCE).map(|e| e.id)),
+            }
+        }
+    }
+    task.abort();
+    ids
+}
+
+fn all_kinds() -> Subscribe {
+    Subscribe {
+        name: String::new(),
+        start: start::AFTER,
+        from_seq: 0,
+        channels: vec![],
+        skus: vec![],
+        sku_prefix: String::new(),
+        kinds: kinds::ALL,
+        coalesce_ms: 0,
+    }
+}
+
+/// Receipts, a reservation and its release: events of every family.
+async fn traffic(engine: &Engine, n: u128) {
+    for i in 0..3 {
+        adjust(engine, "A", "wh-a", 5 + i).await.unwrap();
+        adjust(engine, "B", "ds-c", 2).await.unwrap();
+    }
+    exec(engine, reserve_cmd(n, "web", &[("A", 2)], 600_000))
+        .await
+        .unwrap();
+    exec(
+        engine,
+        omnistock::engine::Command::Release { reservation: n },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_arrives_signed_through_an_outage_and_a_restart_with_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(persist(dir.path())).await.unwrap());
+    small_catalog(&engine).await;
+    let (seen, url) = receiver().await;
+    let hooks = start(&engine, vec![endpoint("all", &url)]);
+
+    // Added: the test event first, at the head it starts from.
+    wait_for("the test event", || {
+        !seen.of_type("omnistock.webhook.test").is_empty()
+    })
+    .await;
+    let test = seen.of_type("omnistock.webhook.test");
+    let from = test[0]["seq"].as_u64().unwrap();
+    assert_eq!(test[0]["id"], format!("{from}:webhook_test:all"));
+    assert_eq!(test[0]["source"], SOURCE);
+    assert_eq!(test[0]["data"]["endpoint"], "all");
+    wait_for("the position stored", || {
+        engine.feed_position("webhook.all") >= Some(from)
+    })
+    .await;
+
+    // Live traffic, then an outage of five 500s in the middle of more traffic.
+    traffic(&engine, 1).await;
+    seen.fail_next.store(5, Ordering::SeqCst);
+    traffic(&engine, 2).await;
+    let expected = expected_ids(&engine, from, all_kinds()).await;
+    assert!(expected.len() >= 15, "{expected:?}");
+    wait_for("every event through the outage", || {
+        let ids = seen.ids();
+        expected.iter().all(|e| ids.contains(e))
+    })
+    .await;
+    assert_eq!(
+        seen.failed.load(Ordering::SeqCst),
+        5,
+        "five 500s, each retried"
+    );
+    assert!(
+        seen.largest_batch.load(Ordering::SeqCst) <= 7,
+        "max_batch_events holds"
+    );
+    // In log order: ids begin with their seq, and first arrivals never go back in seq.
+    let seqs: Vec<u64> = seen
+        .order
+        .lock()
+        .iter()
+        .map(|id| id.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
+    let last = engine.last_seq();
+    wait_for("the position after the last event", || {
+        engine.feed_position("webhook.all") == Some(last)
+    })
+    .await;
+
+    // The receiver goes down; changes happen; omnistock restarts while it is down.
+    seen.down.store(true, Ordering::SeqCst);
+    let before_restart = engine.last_seq();
+    traffic(&engine, 3).await;
+    wait_for("retries during the outage", || {
+        seen.failed.load(Ordering::SeqCst) >= 8
+    })
+    .await;
+    assert_eq!(hooks.status("all"), Some(Status::Retrying));
+    hooks.shutdown().await;
+    let missed = expected_ids(&engine, before_restart, all_kinds()).await;
+    assert!(!missed.is_empty());
+    let e2 = engine.clone();
+    tokio::task::spawn_blocking(move || e2.shutdown())
+        .await
+        .unwrap();
+    drop(engine);
+
+    let engine = Arc::new(Engine::open(persist(dir.path())).await.unwrap());
+    assert_eq!(
+        engine.feed_position("webhook.all"),
+        Some(before_restart),
+        "the delivered position survived the restart"
+    );
+    seen.down.store(false, Ordering::SeqCst);
+    let hooks = start(&engine, vec![endpoint("all", &url)]);
+    wait_for("the events missed while down", || {
+        let ids = seen.ids();
+        missed.iter().all(|e| ids.contains(e))
+    })
+    .await;
+    // A restart with a stored position sends no second test event.
+    assert_eq!(seen.of_type("omnistock.webhook.test").len(), 1);
+    // Nothing the receiver got is outside the feed, and no signature was refused.
+    let all = expected_ids(&engine, from, all_kinds()).await;
+    let got = seen.ids();
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|id| !all.contains(id) && !id.contains("webhook_test"))
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
+    assert!(all.iter().all(|id| got.contains(id)));
+    assert_eq!(seen.bad_signatures.load(Ordering::SeqCst), 0);
+    hooks.shutdown().await;
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_is_dead_lettered_after_max_attempts_and_a_restart_resumes_it() {
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
+    small_catalog(&engine).await;
+    let (seen, url) = receiver().await;
+    let mut ep = endpoint("flaky", &url);
+    ep.max_attempts = 3;
+    let hooks = start(&engine, vec![ep.clone()]);
+    wait_for("the test event", || {
+        !seen.of_type("omnistock.webhook.test").is_empty()
+    })
+    .await;
+    let from = seen.of_type("omnistock.webhook.test")[0]["seq"]
+        .as_u64()
+        .unwrap();
+    wait_for("the position stored", || {
+        engine.feed_position("webhook.flaky") >= Some(from)
+    })
+    .await;
+
+    seen.down.store(true, Ordering::SeqCst);
+    traffic(&engine, 1).await;
+    wait_for("dead-lettered", || {
+        hooks.status("flaky") == Some(Status::DeadLettered)
+    })
+    .await;
+    assert_eq!(
+        seen.failed.load(Ordering::SeqCst),
+        3,
+        "exactly max_attempts attempts"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.failed.load(Ordering::SeqCst),
+        3,
+        "paused: no more attempts"
+    );
+    let kept = engine.feed_position("webhook.flaky");
+    assert!(
+        kept >= Some(from) && kept < Some(engine.last_seq()),
+        "position kept: {kept:?}"
+    );
+
+    // Resume: the receiver is back, the deliveries are restarted (as a restart of serve does).
+    seen.down.store(false, Ordering::SeqCst);
+    hooks.shutdown().await;
+    let hooks = start(&engine, vec![ep]);
+    let expected = expected_ids(&engine, from, all_kinds()).await;
+    wait_for("the events held back", || {
+        let ids = seen.ids();
+        expected.iter().all(|e| ids.contains(e))
+    })
+    .await;
+    assert_eq!(hooks.status("flaky"), Some(Status::Running));
+    hooks.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_by_the_receiver_and_dead_letters() {
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
+    small_catalog(&engine).await;
+    let (seen, url) = receiver().await;
+    let mut ep = EndpointConfig::new("wrong", &url, b"not-the-receivers-secret");
+    ep.backoff_initial = Duration::from_millis(1);
+    ep.backoff_max = Duration::from_millis(2);
+    ep.max_attempts = 2;
+    let hooks = start(&engine, vec![ep]);
+    wait_for("dead-lettered", || {
+        hooks.status("wrong") == Some(Status::DeadLettered)
+    })
+    .await;
+    assert_eq!(seen.bad_signatures.load(Ordering::SeqCst), 2);
+    assert!(seen.ids().is_empty());
+    assert_eq!(
+        engine.feed_position("webhook.wrong"),
+        None,
+        "no test event, no position"
+    );
+    hooks.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_coalescing_are_per_endpoint_and_metrics_are_per_endpoint() {
+    let handle = omnistock::metrics::install().expect("recorder");
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
+    small_catalog(&engine).await;
+    let (web_seen, web_url) = receiver().await;
+    let (co_seen, co_url) = receiver().await;
+    let mut web = endpoint("web-atp", &web_url);
+    web.channels = vec!["web".into()];
+    web.kinds = kinds::ATP;
+    let mut co = endpoint("coalesced-a", &co_url);
+    co.skus = vec!["A".into()];
+    co.coalesce_ms = 200;
+    let hooks = start(&engine, vec![web, co]);
+    wait_for("both test events", || {
+        web_seen.of_type("omnistock.webhook.test").len() == 1
+            && co_seen.of_type("omnistock.webhook.test").len() == 1
+    })
+    .await;
+    let from = engine.feed().head();
+    wait_for("positions", || {
+        engine.feed_position("webhook.web-atp").is_some()
+            && engine.feed_position("webhook.coalesced-a").is_some()
+    })
+    .await;
+    let from_web = engine.feed_position("webhook.web-atp").unwrap();
+    for _ in 0..20 {
+        adjust(&engine, "A", "wh-a", 1).await.unwrap();
+    }
+    adjust(&engine, "B", "wh-a", 4).await.unwrap();
+    exec(&engine, reserve_cmd(1, "web", &[("A", 1)], 600_000))
+        .await
+        .unwrap();
+    let mut web_sub = all_kinds();
+    web_sub.channels = vec!["web".into()];
+    web_sub.kinds = kinds::ATP;
+    let expected = expected_ids(&engine, from_web, web_sub).await;
+    wait_for("the web endpoint's events", || {
+        let ids = web_seen.ids();
+        expected.iter().all(|e| ids.contains(e))
+    })
+    .await;
+    for e in web_seen.events.lock().values() {
+        let e = &e[0];
+        if e["type"] == "omnistock.webhook.test" {
+            continue;
+        }
+        assert_eq!(e["data"]["channel"], "web", "{e}");
+        assert!(
+            e["type"].as_str().unwrap().starts_with("omnistock.atp.")
+                || e["type"].as_str().unwrap().starts_with("omnistock.stock."),
+            "{e}"
+        );
+    }
+    assert!(web_seen.ids().iter().any(|id| id.contains(":atp:web")));
+    // Coalesced: only SKU A, the final ATP per channel, fewer events than changes.
+    let last = engine.last_seq();
+    wait_for("the coalesced endpoint's final values", || {
+        engine.feed_position("webhook.coalesced-a") >= Some(last)
+    })
+    .await;
+    let co_events: Vec<Value> = co_seen
+        .events
+        .lock()
+        .values()
+        .map(|v| v[0].clone())
+        .filter(|e| e["type"] != "omnistock.webhook.test")
+        .collect();
+    assert!(!co_events.is_empty());
+    assert!(
+        co_events.iter().all(|e| e["subject"] == "A"),
+        "{co_events:?}"
+    );
+    let atp_web: Vec<&Value> = co_events
+        .iter()
+        .filter(|e| e["type"] == "omnistock.atp.changed" && e["data"]["channel"] == "web")
+        .collect();
+    assert!(atp_web.len() < 20, "coalesced: {}", atp_web.len());
+    assert!(co_events.iter().any(|e| e["data"]["coalesced"] == true));
+    let _ = from;
+
+    // Metrics by endpoint, in a scrape promtool accepts.
+    let text = handle.render();
+    for name in omnistock::metrics::PER_WEBHOOK_ENDPOINT {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+    }
+    let delivered = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"omnistock_webhook_events_delivered_total{endpoint="web-atp"} "#)
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("delivered series");
+    assert!(delivered >= expected.len() as f64 + 1.0, "{delivered}");
+    assert!(text.contains(r#"omnistock_webhook_dead_lettered{endpoint="coalesced-a"} 0"#));
+    assert!(text.contains(r#"omnistock_webhook_lag_records{endpoint="web-atp"}"#));
+    promtool_check(&text);
+    hooks.shutdown().await;
+}
+
+fn promtool_check(text: &str) {
+    let found = Process::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("OMNISTOCK_REQUIRE_PROMTOOL").ok().as_deref() != Some("1"),
+            "OMNISTOCK_REQUIRE_PROMTOOL=1 but promtool is not on PATH"
+        );
+        eprintln!("NOTICE: promtool not on PATH; skipping promtool check metrics");
+        return;
+    }
+    let mut child = Process::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
