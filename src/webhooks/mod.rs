@@ -407,7 +407,8 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         assert_eq!(ok().validate(), Ok(()));
-        let cases: Vec<(Box<dyn Fn(&mut EndpointConfig)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut EndpointConfig)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|e| e.name = String::new()), "name"),
             (Box::new(|e| e.name = "a b".into()), "name"),
             (Box::new(|e| e.name = "x".repeat(57)), "name"),
