@@ -548,3 +548,54 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Python receiver of docs/webhooks.md, run as written: it accepts what omnistock
+/// signs and refuses a changed body, another secret and an old timestamp.
+#[test]
+fn the_documented_python_verification_accepts_our_signature_and_refuses_tampering() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks.md"))
+        .expect("docs/webhooks.md");
+    let snippet = doc
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a python block in docs/webhooks.md");
+    if Process::new("python3").arg("--version").output().is_err() {
+        eprintln!("NOTICE: python3 not on PATH; skipping the documented receiver");
+        return;
+    }
+    let script = format!(
+        "{snippet}\nimport sys\nsecret, header = sys.argv[1].encode(), sys.argv[2]\n\
+         body = sys.stdin.buffer.read()\nprint(verify(secret, header, body))\n"
+    );
+    let run = |secret: &str, header: &str, body: &[u8]| -> String {
+        let mut child = Process::new("python3")
+            .args(["-c", &script, secret, header])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let body = br#"[{"id":"42:atp:web","type":"omnistock.atp.changed"}]"#;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = sign::signature(SECRET, now, body);
+    assert_eq!(run(secret, &header, body), "True");
+    assert_eq!(run(secret, &header, br#"[{"id":"42:atp:web"}]"#), "False");
+    assert_eq!(run("another-secret-0123456789", &header, body), "False");
+    let old = sign::signature(SECRET, now - 3600, body);
+    assert_eq!(run(secret, &old, body), "False");
+    assert_eq!(run(secret, "garbage", body), "False");
+}
