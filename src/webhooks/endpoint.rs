@@ -294,6 +294,8 @@ impl Task {
                     );
                     tracing::warn!(endpoint = %self.cfg.name, attempt, "webhook delivery failed: {why}; retrying in {wait:?}");
                     self.state.set(Status::Retrying);
+                    let stored = self.engine.feed_position(&self.cfg.position_name());
+                    self.report_lag(stored.unwrap_or(0));
                     self.sleep(wait).await?;
                     attempt += 1;
                 }
