@@ -93,6 +93,21 @@ pub(crate) async fn shut_down(
     }
 }
 
+/// Resumes dead-lettered webhook endpoints at each SIGHUP (docs/webhooks.md); returns only
+/// if the handler cannot be installed.
+async fn resume_on_sighup(resumer: omnistock::webhooks::Resumer) -> anyhow::Error {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => return anyhow::Error::new(e).context("SIGHUP handler"),
+    };
+    while hup.recv().await.is_some() {
+        let resumed = resumer.resume_dead_lettered();
+        tracing::info!(?resumed, "SIGHUP: dead-lettered webhook endpoints resumed");
+    }
+    anyhow::anyhow!("SIGHUP handler closed")
+}
+
 /// Runs `omnistock serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let s = settings::resolve(args)?;
@@ -117,7 +132,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let running = tokio::spawn(server.run());
         let webhooks = Webhooks::start(engine.clone(), s.webhooks)
             .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
-        let waited = signal().await;
+        let resumer = webhooks.resumer();
+        let waited = tokio::select! {
+            w = signal() => w,
+            e = resume_on_sighup(resumer) => Err(e),
+        };
         tracing::info!("shutting down: finishing requests in flight");
         // Deliveries stop first: they read the engine, and their positions are stored.
         webhooks.shutdown().await;

@@ -4,7 +4,7 @@
 //! only with the same id and the same content) through a receiver outage (500s, retried with
 //! back-off) and a restart of the durable engine while the receiver was down (the position
 //! survived: nothing lost, no second test event); dead-lettering after `max_attempts`
-//! failures with the position kept and delivery resumed by a restart; a filter and a
+//! failures with the position kept, resumed in place (SIGHUP's `Resumer`) and by a restart; a filter and a
 //! coalescing window per endpoint; the per-endpoint metrics in a scrape that passes promtool.
 
 mod common;
@@ -332,7 +332,7 @@ async fn every_event_arrives_signed_through_an_outage_and_a_restart_with_no_loss
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_is_dead_lettered_after_max_attempts_and_a_restart_resumes_it() {
+async fn an_endpoint_is_dead_lettered_after_max_attempts_and_resumes_in_place_or_by_restart() {
     let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
     small_catalog(&engine).await;
     let (seen, url) = receiver().await;
@@ -374,17 +374,52 @@ async fn an_endpoint_is_dead_lettered_after_max_attempts_and_a_restart_resumes_i
         "position kept: {kept:?}"
     );
 
-    // Resume: the receiver is back, the deliveries are restarted (as a restart of serve does).
+    // Resumed in place (what SIGHUP does in serve): the receiver is back.
+    let resumer = hooks.resumer();
+    assert!(!resumer.resume("no-such-endpoint"));
     seen.down.store(false, Ordering::SeqCst);
-    hooks.shutdown().await;
-    let hooks = start(&engine, vec![ep]);
+    assert_eq!(resumer.resume_dead_lettered(), vec!["flaky".to_string()]);
     let expected = expected_ids(&engine, from, all_kinds()).await;
     wait_for("the events held back", || {
         let ids = seen.ids();
         expected.iter().all(|e| ids.contains(e))
     })
     .await;
+    wait_for("running again", || {
+        hooks.status("flaky") == Some(Status::Running)
+    })
+    .await;
+    assert!(
+        !resumer.resume("flaky"),
+        "only a dead-lettered endpoint resumes"
+    );
+    let last = engine.last_seq();
+    wait_for("the position after them", || {
+        engine.feed_position("webhook.flaky") >= Some(last)
+    })
+    .await;
+
+    // Dead-lettered again, then resumed by restarting the deliveries (a restart of serve).
+    seen.down.store(true, Ordering::SeqCst);
+    let failed = seen.failed.load(Ordering::SeqCst);
+    traffic(&engine, 2).await;
+    wait_for("dead-lettered again", || {
+        hooks.status("flaky") == Some(Status::DeadLettered)
+    })
+    .await;
+    assert_eq!(seen.failed.load(Ordering::SeqCst), failed + 3);
+    seen.down.store(false, Ordering::SeqCst);
+    hooks.shutdown().await;
+    let hooks = start(&engine, vec![ep]);
+    let expected = expected_ids(&engine, last, all_kinds()).await;
+    assert!(!expected.is_empty());
+    wait_for("the events held back the second time", || {
+        let ids = seen.ids();
+        expected.iter().all(|e| ids.contains(e))
+    })
+    .await;
     assert_eq!(hooks.status("flaky"), Some(Status::Running));
+    assert_eq!(seen.of_type("omnistock.webhook.test").len(), 1);
     hooks.shutdown().await;
 }
 

@@ -1,7 +1,8 @@
 //! One endpoint's delivery task: the test event (once, when no position is stored), then a
 //! subscription from the stored position into a bounded queue, its events batched and
 //! POSTed, each batch retried with back-off until the receiver answers 2xx or
-//! `max_attempts` consecutive attempts failed (dead-lettered: paused, position kept).
+//! `max_attempts` consecutive attempts failed (dead-lettered: paused, position kept, until
+//! [`State::resume`] or a restart).
 //!
 //! The position moves only on a `Position` / `SnapshotEnd` item whose preceding events were
 //! all delivered, and is stored with `Engine::ack_position` (durable before it returns), so
@@ -60,6 +61,8 @@ pub(super) fn client() -> HttpClient {
 pub(super) struct State {
     pub name: String,
     status: AtomicU8,
+    /// Wakes a dead-lettered endpoint ([`State::resume`]).
+    resume: tokio::sync::Notify,
 }
 
 impl State {
@@ -67,7 +70,18 @@ impl State {
         State {
             name,
             status: AtomicU8::new(0),
+            resume: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resumes the endpoint if it is dead-lettered; whether it was.
+    pub fn resume(&self) -> bool {
+        if self.status() != Status::DeadLettered {
+            return false;
+        }
+        // A permit is kept if the task is between setting the status and waiting.
+        self.resume.notify_one();
+        true
     }
 
     pub fn status(&self) -> Status {
@@ -113,9 +127,14 @@ impl Task {
         metrics::gauge!(WEBHOOK_DEAD_LETTERED, "endpoint" => label.clone()).set(0.0);
         metrics::counter!(WEBHOOK_EVENTS_DELIVERED_TOTAL, "endpoint" => label.clone()).increment(0);
         metrics::counter!(WEBHOOK_REQUESTS_FAILED_TOTAL, "endpoint" => label.clone()).increment(0);
-        let halt = self.deliver_all().await;
-        if let Halt::DeadLettered = halt {
-            self.dead_lettered().await;
+        // A resumed dead letter starts again from the kept position.
+        while let Halt::DeadLettered = self.deliver_all().await {
+            if !self.dead_lettered().await {
+                break;
+            }
+            tracing::info!(endpoint = %self.cfg.name, "webhook resumed");
+            metrics::gauge!(WEBHOOK_DEAD_LETTERED, "endpoint" => label.clone()).set(0.0);
+            self.state.set(Status::Running);
         }
         self.state.set(Status::Stopped);
     }
@@ -349,16 +368,22 @@ impl Task {
         metrics::gauge!(WEBHOOK_LAG_RECORDS, "endpoint" => self.cfg.name.clone()).set(lag as f64);
     }
 
-    /// Paused: the gauge says so, the lag keeps growing visibly, until shutdown.
-    async fn dead_lettered(&mut self) {
+    /// Paused: the gauge says so and the lag keeps growing visibly, until resumed (true) or
+    /// shutdown (false).
+    async fn dead_lettered(&mut self) -> bool {
         self.state.set(Status::DeadLettered);
         metrics::gauge!(WEBHOOK_DEAD_LETTERED, "endpoint" => self.cfg.name.clone()).set(1.0);
         let position = self
             .engine
             .feed_position(&self.cfg.position_name())
             .unwrap_or(0);
-        while self.sleep(LAG_REFRESH).await.is_ok() {
+        let state = self.state.clone();
+        loop {
             self.report_lag(position);
+            tokio::select! {
+                _ = state.resume.notified() => return true,
+                r = self.sleep(LAG_REFRESH) => if r.is_err() { return false },
+            }
         }
     }
 }

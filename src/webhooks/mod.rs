@@ -14,7 +14,8 @@
 //! Limits: [`MAX_ENDPOINTS`] endpoints; per endpoint a queue of [`QUEUE_FRAMES`] push
 //! frames, a batch of at most `max_batch_events` events and `max_batch_bytes` bytes, a
 //! request timeout, `max_attempts` consecutive failures before the endpoint is
-//! dead-lettered (paused, position kept; a restart resumes it).
+//! dead-lettered (paused, position kept; [`Resumer`] — SIGHUP in `serve` — or a restart
+//! resumes it).
 
 mod endpoint;
 pub mod sign;
@@ -309,6 +310,26 @@ pub struct Webhooks {
     states: Vec<Arc<endpoint::State>>,
 }
 
+/// Resumes dead-lettered endpoints from their kept positions; cheap to clone.
+#[derive(Clone)]
+pub struct Resumer(Vec<Arc<endpoint::State>>);
+
+impl Resumer {
+    /// Resumes every dead-lettered endpoint; the names of those resumed.
+    pub fn resume_dead_lettered(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|s| s.resume())
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Resumes the endpoint `name` if it is dead-lettered; whether it was.
+    pub fn resume(&self, name: &str) -> bool {
+        self.0.iter().any(|s| s.name == name && s.resume())
+    }
+}
+
 /// What an endpoint is doing, for tests and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -348,6 +369,11 @@ impl Webhooks {
             tasks,
             states,
         })
+    }
+
+    /// A handle that resumes dead-lettered endpoints (`serve` calls it on SIGHUP).
+    pub fn resumer(&self) -> Resumer {
+        Resumer(self.states.clone())
     }
 
     /// The status of the endpoint `name`, if configured.
