@@ -634,3 +634,176 @@ fn the_documented_python_verification_accepts_our_signature_and_refuses_tamperin
     assert_eq!(run(secret, &old, body), "False");
     assert_eq!(run(secret, "garbage", body), "False");
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ctl(port: u16, args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::process::Command::new(BIN)
+        .args(["ctl", "--addr", &format!("127.0.0.1:{port}")])
+        .args(&args)
+        .output()
+        .await
+        .expect("run ctl");
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn signal(child: &tokio::process::Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id().expect("running") as i32, sig);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_its_configured_webhooks_and_sighup_resumes_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, url) = receiver().await;
+    let config = dir.path().join("omnistock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhooks]]\nname = \"cli\"\nurl = \"{url}\"\nsecret_env = \"OMNISTOCK_TEST_HOOK_SECRET\"\n\
+             max_attempts = 2\nbackoff_initial_ms = 5\nbackoff_max_ms = 20\nkinds = [\"atp\", \"thresholds\"]\n"
+        ),
+    )
+    .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env(
+            "OMNISTOCK_TEST_HOOK_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    wait_for("the test event from serve", || {
+        seen.of_type("omnistock.webhook.test").len() == 1
+    })
+    .await;
+    assert_eq!(
+        seen.of_type("omnistock.webhook.test")[0]["data"]["endpoint"],
+        "cli"
+    );
+    assert_eq!(
+        seen.of_type("omnistock.webhook.test")[0]["source"],
+        format!("omnistock://127.0.0.1:{port}")
+    );
+    ctl(port, &["add-location", "wh-a", "--region", "FR"]).await;
+    ctl(port, &["add-channel", "web", "--locations", "wh-a"]).await;
+    ctl(
+        port,
+        &["adjust", "SKU-1", "wh-a", "5", "--reason", "receipt"],
+    )
+    .await;
+    let subject = |s: &Seen, sku: &str| {
+        s.events
+            .lock()
+            .values()
+            .any(|v| v[0]["subject"] == sku && v[0]["type"] == "omnistock.stock.back")
+    };
+    wait_for("SKU-1's event", || subject(&seen, "SKU-1")).await;
+
+    // Down: two failures dead-letter it; SIGHUP after the receiver is back resumes it.
+    seen.down.store(true, Ordering::SeqCst);
+    ctl(
+        port,
+        &["adjust", "SKU-2", "wh-a", "3", "--reason", "receipt"],
+    )
+    .await;
+    wait_for("two failures", || seen.failed.load(Ordering::SeqCst) == 2).await;
+    let mut dead = String::new();
+    for _ in 0..200 {
+        dead = scrape(admin).await;
+        if dead.contains(r#"omnistock_webhook_dead_lettered{endpoint="cli"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        dead.contains(r#"omnistock_webhook_dead_lettered{endpoint="cli"} 1"#),
+        "{dead}"
+    );
+    assert_eq!(
+        seen.failed.load(Ordering::SeqCst),
+        2,
+        "paused after max_attempts"
+    );
+    assert!(!subject(&seen, "SKU-2"));
+    seen.down.store(false, Ordering::SeqCst);
+    signal(&child, libc::SIGHUP);
+    wait_for("SKU-2's event after SIGHUP", || subject(&seen, "SKU-2")).await;
+    assert_eq!(seen.bad_signatures.load(Ordering::SeqCst), 0);
+
+    signal(&child, libc::SIGTERM);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status}");
+}
+
+#[test]
+fn an_invalid_webhook_stops_serve_naming_the_entry_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (entry, field) in [
+        (
+            "url = \"http://hooks.example.com/\"\nsecret = \"0123456789abcdef\"",
+            "url",
+        ),
+        (
+            "url = \"https://hooks.example.com/\"\nsecret = \"short\"",
+            "secret",
+        ),
+        ("url = \"https://hooks.example.com/\"", "secret: missing"),
+    ] {
+        let config = dir.path().join("omnistock.toml");
+        std::fs::write(&config, format!("[[webhooks]]\nname = \"shop\"\n{entry}\n")).unwrap();
+        let out = Process::new(BIN)
+            .args(["serve", "--data-dir", data.to_str().unwrap(), "--config"])
+            .arg(&config)
+            .output()
+            .expect("run serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{entry}: started");
+        assert!(
+            err.contains("webhooks[0]") && err.contains(field),
+            "{entry}: {err}"
+        );
+    }
+    assert!(!data.exists(), "nothing was opened");
+}
