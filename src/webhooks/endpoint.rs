@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -35,6 +35,10 @@ use super::{EndpointConfig, Status, QUEUE_FRAMES, TEST_EVENT_TYPE};
 /// The HTTP client every endpoint shares (connection pools per host).
 pub(super) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The part of an answer's body read (then the connection is not reused).
+const MAX_ANSWER_BODY_BYTES: usize = 64 * 1024;
+/// Time given to read an answer's body after its head.
+const ANSWER_BODY_TIMEOUT: Duration = Duration::from_secs(1);
 /// An idle pooled connection is closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 /// A filter the catalog refuses (an unknown channel) is checked again this often.
@@ -337,11 +341,21 @@ impl Task {
             .header("omnistock-attempt", attempt.to_string())
             .body(Full::new(body))
             .map_err(|e| format!("building the request: {e}"))?;
-        match tokio::time::timeout(self.cfg.request_timeout, self.client.request(req)).await {
-            Err(_) => Err(format!("no answer within {:?}", self.cfg.request_timeout)),
-            Ok(Err(e)) => Err(format!("request failed: {e}")),
-            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-            Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+        let resp =
+            match tokio::time::timeout(self.cfg.request_timeout, self.client.request(req)).await {
+                Err(_) => return Err(format!("no answer within {:?}", self.cfg.request_timeout)),
+                Ok(Err(e)) => return Err(format!("request failed: {e}")),
+                Ok(Ok(resp)) => resp,
+            };
+        let status = resp.status();
+        // Read (a bounded part of) the answer's body so the connection can go back to the
+        // pool; what it says does not matter, and failing to read it changes nothing.
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BODY_BYTES);
+        let _ = tokio::time::timeout(ANSWER_BODY_TIMEOUT, body.collect()).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {status}"))
         }
     }
 
