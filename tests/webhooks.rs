@@ -448,6 +448,19 @@ async fn a_wrong_secret_is_refused_by_the_receiver_and_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_url_speaks_tls_so_a_plain_http_receiver_never_sees_a_request() {
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
+    let (seen, url) = receiver().await;
+    let mut ep = endpoint("tls", &url.replace("http://", "https://"));
+    ep.max_attempts = 2;
+    let hooks = start(&engine, vec![ep]);
+    wait_for("dead-lettered", || hooks.status("tls") == Some(Status::DeadLettered)).await;
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 0, "no plain request was sent");
+    assert_eq!(engine.feed_position("webhook.tls"), None);
+    hooks.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_and_coalescing_are_per_endpoint_and_metrics_are_per_endpoint() {
     let handle = omnistock::metrics::install().expect("recorder");
     let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
