@@ -292,6 +292,8 @@ async fn every_event_arrives_signed_through_an_outage_and_a_restart_with_no_loss
     .await;
     assert_eq!(hooks.status("all"), Some(Status::Retrying));
     hooks.shutdown().await;
+    // Stopped deliveries leave the feed as any subscriber does (no cursor left behind).
+    wait_for("the subscription gone", || engine.feed().subscribers() == 0).await;
     let missed = expected_ids(&engine, before_restart, all_kinds()).await;
     assert!(!missed.is_empty());
     let e2 = engine.clone();
@@ -454,8 +456,15 @@ async fn an_https_url_speaks_tls_so_a_plain_http_receiver_never_sees_a_request()
     let mut ep = endpoint("tls", &url.replace("http://", "https://"));
     ep.max_attempts = 2;
     let hooks = start(&engine, vec![ep]);
-    wait_for("dead-lettered", || hooks.status("tls") == Some(Status::DeadLettered)).await;
-    assert_eq!(seen.requests.load(Ordering::SeqCst), 0, "no plain request was sent");
+    wait_for("dead-lettered", || {
+        hooks.status("tls") == Some(Status::DeadLettered)
+    })
+    .await;
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        0,
+        "no plain request was sent"
+    );
     assert_eq!(engine.feed_position("webhook.tls"), None);
     hooks.shutdown().await;
 }

@@ -200,13 +200,17 @@ impl Task {
             }
         };
         let (tx, mut rx) = mpsc::channel(QUEUE_FRAMES);
+        // Ends the subscription however this returns (shutdown, dead letter), through its
+        // own stop signal, so it leaves the hub and its gauges as a subscriber does.
+        let (sub_stop, sub_stopped) = watch::channel(false);
+        let _ends_subscription = StopOnDrop(sub_stop);
         let task = tokio::spawn(subscription::run(
             self.engine.clone(),
             sub_cfg,
             plan,
             0,
             tx,
-            self.stop.clone(),
+            sub_stopped,
         ));
         let mut batch = Batch::default();
         let mut last_store = tokio::time::Instant::now();
@@ -214,7 +218,7 @@ impl Task {
         loop {
             let frame = tokio::select! {
                 f = rx.recv() => f,
-                _ = stop.wait_for(|s| *s) => { task.abort(); return Err(Halt::Stopping) }
+                _ = stop.wait_for(|s| *s) => return Err(Halt::Stopping),
             };
             let Some(frame) = frame else { break };
             for item in decode(&frame) {
@@ -399,6 +403,15 @@ impl Task {
                 r = self.sleep(LAG_REFRESH) => if r.is_err() { return false },
             }
         }
+    }
+}
+
+/// Sets its stop signal when dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
