@@ -201,7 +201,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records), [storage] \
     (durability, flush_interval_ms, checkpoint_every_records), [[webhooks]] (name, url, \
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
-    timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes; \
+    timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
+    ca_file; \
     docs/webhooks.md). A flag or its environment variable overrides the file; the file \
     overrides the default. docs/operations.md has an example.";
 
@@ -248,6 +249,7 @@ struct FileWebhook {
     backoff_max_ms: Option<u64>,
     max_batch_events: Option<usize>,
     max_batch_bytes: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -461,6 +463,10 @@ fn webhooks_config(file: &[FileWebhook], source: &str) -> anyhow::Result<Webhook
         e.backoff_max = ms(w.backoff_max_ms, e.backoff_max);
         e.max_batch_events = w.max_batch_events.unwrap_or(e.max_batch_events);
         e.max_batch_bytes = w.max_batch_bytes.unwrap_or(e.max_batch_bytes);
+        if let Some(p) = &w.ca_file {
+            e.ca_certs =
+                omnistock::webhooks::read_ca_file(p).map_err(|m| bad(format!("ca_file: {m}")))?;
+        }
         endpoints.push(e);
     }
     let cfg = WebhooksConfig {
@@ -891,6 +897,12 @@ mod tests {
             (
                 format!("url = \"https://a.example/\"\n{ok_secret}\ncoalesce_ms = 1"),
                 "coalesce_ms",
+            ),
+            (
+                format!(
+                    "url = \"https://a.example/\"\n{ok_secret}\nca_file = \"/nonexistent/ca.pem\""
+                ),
+                "ca_file: /nonexistent/ca.pem",
             ),
         ] {
             let e = err(&[], Some(&entry(&body)));

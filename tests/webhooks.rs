@@ -171,7 +171,7 @@ async fn expected_ids(engine: &Arc<Engine>, after: u64, mut sub: Subscribe) -> V
     let cfg = SubscriptionConfig::default();
     let plan = subscription::plan(engine.as_ref(), &cfg, &sub).expect("plan");
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(subscription::run(engine.clone(), cfg, plan, 0, tx, stop));
     let mut ids = Vec::new();
     let mut position = after;
@@ -191,7 +191,10 @@ async fn expected_ids(engine: &Arc<Engine>, after: u64, mut sub: Subscribe) -> V
             }
         }
     }
-    task.abort();
+    // Stopped, not aborted: an aborted subscription never leaves the hub.
+    stop_tx.send_replace(true);
+    drop(rx);
+    task.await.unwrap();
     ids
 }
 
@@ -828,4 +831,175 @@ fn an_invalid_webhook_stops_serve_naming_the_entry_and_field() {
         );
     }
     assert!(!data.exists(), "nothing was opened");
+}
+
+/// A private CA and a certificate for 127.0.0.1 / localhost signed by it, made with the
+/// openssl command (PEM files in `dir`): (ca.pem, leaf.pem, leaf.key).
+fn private_ca(
+    dir: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    if Process::new("openssl").arg("version").output().is_err() {
+        eprintln!("NOTICE: openssl not on PATH; skipping the private-CA https test");
+        return None;
+    }
+    let p = |n: &str| dir.join(n);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Process::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=omnistock test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    Some((p("ca.pem"), p("leaf.pem"), p("leaf.key")))
+}
+
+/// The receiver of [`receiver`] behind TLS with `cert`/`key`; its https URL.
+async fn tls_receiver(cert: &std::path::Path, key: &std::path::Path) -> (Arc<Seen>, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tower::ServiceExt;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let seen = Arc::new(Seen::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (seen, format!("https://localhost:{}/hook", addr.port()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_receiver_of_a_private_ca_needs_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((ca, cert, key)) = private_ca(dir.path()) else {
+        return;
+    };
+    let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).unwrap());
+    let (seen, url) = tls_receiver(&cert, &key).await;
+    // Without the CA: the certificate is not trusted, nothing reaches the receiver.
+    let mut untrusted = endpoint("no-ca", &url);
+    untrusted.max_attempts = 2;
+    // With it: delivered over TLS.
+    let mut trusted = endpoint("with-ca", &url);
+    trusted.ca_certs = omnistock::webhooks::read_ca_file(&ca).expect("a CA file");
+    let hooks = start(&engine, vec![untrusted, trusted]);
+    wait_for("the test event over https", || {
+        seen.of_type("omnistock.webhook.test").len() == 1
+    })
+    .await;
+    assert_eq!(
+        seen.of_type("omnistock.webhook.test")[0]["data"]["endpoint"],
+        "with-ca"
+    );
+    wait_for("the untrusted one dead-lettered", || {
+        hooks.status("no-ca") == Some(Status::DeadLettered)
+    })
+    .await;
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        1,
+        "only the trusting endpoint got through"
+    );
+    hooks.shutdown().await;
+    // A ca_file that is not PEM certificates is refused by name.
+    std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+    let e = omnistock::webhooks::read_ca_file(&dir.path().join("bad.pem")).unwrap_err();
+    assert!(
+        e.contains("bad.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    assert!(omnistock::webhooks::read_ca_file(&dir.path().join("missing.pem")).is_err());
 }

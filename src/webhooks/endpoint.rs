@@ -48,11 +48,24 @@ const LAG_REFRESH: Duration = Duration::from_secs(1);
 /// An idle endpoint's position (moved by `Position` items only) is stored at most this often.
 const IDLE_STORE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// HTTPS with the webpki roots (no system trust store is read), or plain HTTP (which the
-/// configuration allows only to loopback).
-pub(super) fn client() -> HttpClient {
+/// HTTPS trusting the webpki (Mozilla) roots plus `extra_roots` (an endpoint's `ca_file`;
+/// no system trust store is read), or plain HTTP (which the configuration allows only to
+/// loopback).
+pub(super) fn client(extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> HttpClient {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    // Checked when the configuration was read (`super::read_ca_file`).
+    let (_added, _ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("invariant: ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .build();

@@ -90,6 +90,9 @@ pub struct EndpointConfig {
     pub max_batch_events: usize,
     /// Most body bytes per request.
     pub max_batch_bytes: usize,
+    /// Extra trusted roots for this endpoint's `https` URL (PEM `ca_file`: a private CA),
+    /// beside the webpki (Mozilla) roots.
+    pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for EndpointConfig {
@@ -104,6 +107,7 @@ impl std::fmt::Debug for EndpointConfig {
             .field("kinds", &self.kinds)
             .field("coalesce_ms", &self.coalesce_ms)
             .field("max_attempts", &self.max_attempts)
+            .field("ca_certs", &self.ca_certs.len())
             .finish_non_exhaustive()
     }
 }
@@ -127,6 +131,7 @@ impl EndpointConfig {
             backoff_max: Duration::from_secs(300),
             max_batch_events: 100,
             max_batch_bytes: 256 * 1024,
+            ca_certs: Vec::new(),
         }
     }
 
@@ -272,6 +277,36 @@ fn is_loopback(host: &str) -> bool {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Most certificates in one `ca_file`.
+pub const MAX_CA_CERTS: usize = 100;
+
+/// Reads a PEM file of CA certificates (`ca_file`): at least one, at most
+/// [`MAX_CA_CERTS`], each one a certificate rustls can use as a trust anchor.
+pub fn read_ca_file(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let shown = path.display();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in it"));
+    }
+    if certs.len() > MAX_CA_CERTS {
+        return Err(format!("{shown}: more than {MAX_CA_CERTS} certificates"));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (_, ignored) = store.add_parsable_certificates(certs.iter().cloned());
+    if ignored > 0 {
+        return Err(format!(
+            "{shown}: {ignored} certificate(s) cannot be parsed"
+        ));
+    }
+    Ok(certs)
+}
+
 /// Every endpoint of one server.
 #[derive(Clone, Debug, Default)]
 pub struct WebhooksConfig {
@@ -347,16 +382,22 @@ impl Webhooks {
     /// Validates `config` and starts one delivery task per endpoint on the current runtime.
     pub fn start(engine: Arc<Engine>, config: WebhooksConfig) -> Result<Webhooks, String> {
         config.validate()?;
-        let client = endpoint::client();
+        let shared = endpoint::client(&[]);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut states = Vec::new();
         for ep in config.endpoints {
             let state = Arc::new(endpoint::State::new(ep.name.clone()));
             states.push(state.clone());
+            // An endpoint with its own CA gets its own client (and pool).
+            let client = if ep.ca_certs.is_empty() {
+                shared.clone()
+            } else {
+                endpoint::client(&ep.ca_certs)
+            };
             let task = endpoint::Task {
                 engine: engine.clone(),
-                client: client.clone(),
+                client,
                 source: config.source.clone(),
                 state,
                 stop: stopped.clone(),
