@@ -793,6 +793,21 @@ async fn serve_delivers_its_configured_webhooks_and_sighup_resumes_a_dead_letter
     wait_for("SKU-2's event after SIGHUP", || subject(&seen, "SKU-2")).await;
     assert_eq!(seen.bad_signatures.load(Ordering::SeqCst), 0);
 
+    // A client may resume from an endpoint's position but not move it (it would skip
+    // events the endpoint has not delivered).
+    let client = omnistock::client::ClientConfig::new(format!("127.0.0.1:{port}"));
+    let mut resume = all_kinds();
+    resume.name = "webhook.cli".into();
+    resume.start = start::RESUME;
+    let sub = omnistock::client::Subscriber::subscribe(client, resume)
+        .await
+        .expect("RESUME from a webhook position");
+    match sub.ack().await {
+        Err(omnistock::client::ClientError::Status { status, .. }) => assert_eq!(status, 12),
+        other => panic!("ACK of a webhook position: {other:?}"),
+    }
+    sub.close().await;
+
     signal(&child, libc::SIGTERM);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await

@@ -54,8 +54,9 @@ pub const ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=120_000;
 /// Range of both back-off bounds, in milliseconds.
 pub const BACKOFF_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=3_600_000;
-/// Prefix of the name an endpoint's position is stored under.
-pub const POSITION_PREFIX: &str = "webhook.";
+/// Prefix of the name an endpoint's position is stored under (reserved: clients cannot
+/// `ACK` it).
+pub const POSITION_PREFIX: &str = crate::feed::subscription::RESERVED_NAME_PREFIX;
 /// `type` of the event sent once when an endpoint is added.
 pub const TEST_EVENT_TYPE: &str = "omnistock.webhook.test";
 
