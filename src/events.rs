@@ -6,8 +6,8 @@
 //! every language and want a JSON object with a `type` to route on and names instead of
 //! numbers. This module is that one mapping, kept pure (no IO, no clock: every time comes
 //! from the item) and built from the wire items ([`PushItem`]) because they are what every
-//! reader of the feed holds after filtering and coalescing: `ctl tail --json` today, an
-//! HTTP or webhook sender tomorrow would render the same items the same way.
+//! reader of the feed holds after filtering and coalescing: `ctl tail --json`, the SSE feed
+//! (`http/events.rs`) and the webhook sender (`webhooks/`) render the same items the same way.
 //!
 //! Decisions (docs/events.md explains them for users):
 //! - `id` is a string, unique per `source`: one log record can yield several events (one

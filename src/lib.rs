@@ -3,7 +3,7 @@
 //! See docs/architecture.md for the map.
 //!
 //! Features: `server` (default) builds the engine, the write-ahead log, the TCP server, the
-//! HTTP endpoint, the feed, the load generator and the binaries. Without it
+//! HTTP endpoint, the feed, the webhook sender, the load generator and the binaries. Without it
 //! (`default-features = false`) this crate is what a service embedding the client needs:
 //! [`client`], [`protocol`], [`codec`] and [`events`], with no actix, sled, redis or
 //! hdrhistogram in its dependency tree.
@@ -56,3 +56,5 @@ pub mod protocol;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod wal;
+#[cfg(feature = "server")]
+pub mod webhooks;

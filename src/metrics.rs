@@ -152,6 +152,25 @@ pub const SUBSCRIPTION_COALESCED_TOTAL: &str = "omnistock_subscription_coalesced
 /// The values of the `reason` label of [`SUBSCRIBER_DISCONNECTS_TOTAL`].
 pub const SUBSCRIBER_DISCONNECT_REASONS: [&str; 3] = ["lagged", "closed", "error"];
 
+// ---- webhooks (label `endpoint`: the configured name, at most 64 of them) ----
+
+/// Counter `{endpoint}`: events the endpoint answered 2xx for (a resend counts again).
+pub const WEBHOOK_EVENTS_DELIVERED_TOTAL: &str = "omnistock_webhook_events_delivered_total";
+/// Counter `{endpoint}`: failed delivery attempts (non-2xx, timeout, connection error).
+pub const WEBHOOK_REQUESTS_FAILED_TOTAL: &str = "omnistock_webhook_requests_failed_total";
+/// Gauge `{endpoint}`, records: the feed's head minus the endpoint's delivered position.
+pub const WEBHOOK_LAG_RECORDS: &str = "omnistock_webhook_lag_records";
+/// Gauge `{endpoint}`: 1 while the endpoint is dead-lettered (paused), else 0.
+pub const WEBHOOK_DEAD_LETTERED: &str = "omnistock_webhook_dead_lettered";
+/// The per-endpoint series: they exist only once a webhook endpoint is configured, so a
+/// scrape without one lacks them (tests/webhooks.rs scrapes them with an endpoint).
+pub const PER_WEBHOOK_ENDPOINT: [&str; 4] = [
+    WEBHOOK_EVENTS_DELIVERED_TOTAL,
+    WEBHOOK_REQUESTS_FAILED_TOTAL,
+    WEBHOOK_LAG_RECORDS,
+    WEBHOOK_DEAD_LETTERED,
+];
+
 // ---- process ----
 
 /// Gauge, bytes: resident set size, read from /proc/self/status at each scrape.
@@ -225,6 +244,10 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (SUBSCRIBER_LAG_MAX_EVENTS, Kind::Gauge, None, "Largest backlog of any subscriber, in events."),
     (SUBSCRIBER_DISCONNECTS_TOTAL, Kind::Counter, None, "Subscribers disconnected, by reason (lagged, closed, error)."),
     (SUBSCRIPTION_COALESCED_TOTAL, Kind::Counter, None, "Subscription events merged by coalescing."),
+    (WEBHOOK_EVENTS_DELIVERED_TOTAL, Kind::Counter, None, "Events a webhook endpoint answered 2xx for, by endpoint."),
+    (WEBHOOK_REQUESTS_FAILED_TOTAL, Kind::Counter, None, "Failed webhook delivery attempts (non-2xx, timeout, connection error), by endpoint."),
+    (WEBHOOK_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and a webhook endpoint's delivered position."),
+    (WEBHOOK_DEAD_LETTERED, Kind::Gauge, None, "1 while a webhook endpoint is dead-lettered (paused after max_attempts failures)."),
     (PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, Some(Unit::Bytes), "Resident set size of the process."),
     (READY, Kind::Gauge, None, "1 when ready: recovery done, log writable, not shutting down."),
     (BUILD_INFO, Kind::Gauge, None, "Always 1; the version label names the build."),

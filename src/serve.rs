@@ -1,5 +1,5 @@
 //! `omnistock serve`: binds the HTTP endpoint (admin paths and the `/v1` API), opens the durable engine (recovery), runs the
-//! TCP server until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
+//! TCP server and the webhook deliveries (docs/webhooks.md) until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
 //! finish in-flight requests, flush the log). Settings: see `settings`.
 //!
 //! Order matters for operations: the admin endpoint comes first so `/healthz` answers and
@@ -13,6 +13,7 @@ use omnistock::engine::Engine;
 use omnistock::http::{HttpConfig, HttpServer, Sources};
 use omnistock::metrics;
 use omnistock::server::Server;
+use omnistock::webhooks::Webhooks;
 
 use crate::settings;
 
@@ -92,6 +93,21 @@ pub(crate) async fn shut_down(
     }
 }
 
+/// Resumes dead-lettered webhook endpoints at each SIGHUP (docs/webhooks.md); returns only
+/// if the handler cannot be installed.
+async fn resume_on_sighup(resumer: omnistock::webhooks::Resumer) -> anyhow::Error {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => return anyhow::Error::new(e).context("SIGHUP handler"),
+    };
+    while hup.recv().await.is_some() {
+        let resumed = resumer.resume_dead_lettered();
+        tracing::info!(?resumed, "SIGHUP: dead-lettered webhook endpoints resumed");
+    }
+    anyhow::anyhow!("SIGHUP handler closed")
+}
+
 /// Runs `omnistock serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let s = settings::resolve(args)?;
@@ -114,8 +130,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sources.set_server(server.stats());
         let stop = server.shutdown_handle();
         let running = tokio::spawn(server.run());
-        let waited = signal().await;
+        let webhooks = Webhooks::start(engine.clone(), s.webhooks)
+            .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
+        let resumer = webhooks.resumer();
+        let waited = tokio::select! {
+            w = signal() => w,
+            e = resume_on_sighup(resumer) => Err(e),
+        };
         tracing::info!("shutting down: finishing requests in flight");
+        // Deliveries stop first: they read the engine, and their positions are stored.
+        webhooks.shutdown().await;
         shut_down(admin, stop, running, engine).await?;
         tracing::info!("log flushed, bye");
         waited

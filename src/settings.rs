@@ -15,6 +15,7 @@ use omnistock::http::HttpConfig;
 use omnistock::protocol::Role;
 use omnistock::server::ServerConfig;
 use omnistock::wal::Durability;
+use omnistock::webhooks::{EndpointConfig, WebhooksConfig};
 use serde::Deserialize;
 
 /// Default of `--listen`.
@@ -210,9 +211,12 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
     velocity_half_lives_ms: an array of three), [storage] \
-    (durability, flush_interval_ms, checkpoint_every_records). A flag or its environment \
-    variable overrides the file; the file overrides the default. docs/operations.md has an \
-    example.";
+    (durability, flush_interval_ms, checkpoint_every_records), [[webhooks]] (name, url, \
+    secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
+    timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
+    ca_file; \
+    docs/webhooks.md). A flag or its environment variable overrides the file; the file \
+    overrides the default. docs/operations.md has an example.";
 
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
 #[derive(Deserialize, Default, Debug)]
@@ -231,6 +235,33 @@ struct FileConfig {
     engine: FileEngine,
     #[serde(default)]
     storage: FileStorage,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
+}
+
+/// One `[[webhooks]]` entry (docs/webhooks.md); defaults are `EndpointConfig::new`'s.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    name: String,
+    url: String,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    skus: Vec<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    kinds: Vec<String>,
+    coalesce_ms: Option<u32>,
+    max_attempts: Option<u32>,
+    timeout_ms: Option<u64>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    max_batch_events: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -326,6 +357,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// The HTTP endpoint's settings (tokens and feed limits are the server's).
     pub http: HttpConfig,
+    /// Webhook endpoints (`[[webhooks]]`; none by default).
+    pub webhooks: WebhooksConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`EnvFilter` syntax), already checked.
@@ -380,6 +413,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let server = server_config(&args, &file)?;
     let persist = persist_config(&args, &file)?;
     let http = http_config(&args, &file, &server)?;
+    let webhooks = webhooks_config(&file.webhooks, &http.source)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
         (Some(a), _) => a,
         (None, Some(a)) => parse_addr("admin_listen", a)?,
@@ -407,9 +441,54 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         persist,
         admin_listen,
         http,
+        webhooks,
         log_format,
         log_filter,
     })
+}
+
+/// `[[webhooks]]`: each entry's secret read (inline or from the environment variable it
+/// names) and every field checked; an error names the entry and the field.
+fn webhooks_config(file: &[FileWebhook], source: &str) -> anyhow::Result<WebhooksConfig> {
+    let mut endpoints = Vec::new();
+    for (i, w) in file.iter().enumerate() {
+        let bad = |m: String| anyhow::anyhow!("invalid setting webhooks[{i}] ({:?}): {m}", w.name);
+        let secret = match (&w.secret, &w.secret_env) {
+            (Some(s), None) => s.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                bad(format!(
+                    "secret_env: the environment variable {var:?} is not set (or not UTF-8)"
+                ))
+            })?,
+            (Some(_), Some(_)) => return Err(bad("give secret or secret_env, not both".into())),
+            (None, None) => return Err(bad("secret: missing (secret or secret_env)".into())),
+        };
+        let mut e = EndpointConfig::new(&w.name, &w.url, secret.as_bytes());
+        e.channels = w.channels.clone();
+        e.skus = w.skus.clone();
+        e.prefix = w.prefix.clone().unwrap_or_default();
+        e.kinds = omnistock::webhooks::kinds_of(&w.kinds).map_err(bad)?;
+        e.coalesce_ms = w.coalesce_ms.unwrap_or(e.coalesce_ms);
+        e.max_attempts = w.max_attempts.unwrap_or(e.max_attempts);
+        let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+        e.request_timeout = ms(w.timeout_ms, e.request_timeout);
+        e.backoff_initial = ms(w.backoff_initial_ms, e.backoff_initial);
+        e.backoff_max = ms(w.backoff_max_ms, e.backoff_max);
+        e.max_batch_events = w.max_batch_events.unwrap_or(e.max_batch_events);
+        e.max_batch_bytes = w.max_batch_bytes.unwrap_or(e.max_batch_bytes);
+        if let Some(p) = &w.ca_file {
+            e.ca_certs =
+                omnistock::webhooks::read_ca_file(p).map_err(|m| bad(format!("ca_file: {m}")))?;
+        }
+        endpoints.push(e);
+    }
+    let cfg = WebhooksConfig {
+        endpoints,
+        source: source.to_string(),
+    };
+    cfg.validate()
+        .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
+    Ok(cfg)
 }
 
 fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig> {
@@ -678,6 +757,7 @@ mod tests {
             "[engine]",
             "[storage]",
             "[[tokens]]\ntoken = \"t\"\nrole = \"admin\"",
+            "[[webhooks]]\nname = \"n\"\nurl = \"u\"",
         ] {
             let k = keys_of(table);
             assert!(k.len() >= 2, "{table}: {k:?}");
@@ -784,6 +864,85 @@ mod tests {
         );
         assert_eq!(s.persist.checkpoint_every_records, 0);
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn webhooks_are_read_from_the_file_and_checked_by_entry_and_field() {
+        let good = r#"
+            [[webhooks]]
+            name = "shop"
+            url = "http://127.0.0.1:9000/hook"
+            secret = "0123456789abcdef0123"
+            channels = ["web"]
+            kinds = ["atp", "thresholds"]
+            coalesce_ms = 500
+            max_attempts = 3
+            timeout_ms = 2000
+            [[webhooks]]
+            name = "ads"
+            url = "https://ads.example.com/omnistock"
+            secret_env = "OMNISTOCK_TEST_WEBHOOK_SECRET_SET"
+        "#;
+        std::env::set_var(
+            "OMNISTOCK_TEST_WEBHOOK_SECRET_SET",
+            "from-the-environment-1234",
+        );
+        let s = resolve_with(&[], Some(good)).expect("valid");
+        let w = &s.webhooks.endpoints;
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].channels, vec!["web".to_string()]);
+        assert_eq!(w[0].coalesce_ms, 500);
+        assert_eq!(w[0].max_attempts, 3);
+        assert_eq!(w[0].request_timeout, Duration::from_secs(2));
+        assert_eq!(w[1].secret, b"from-the-environment-1234");
+        assert_eq!(w[1].max_attempts, 10);
+        assert_eq!(s.webhooks.source, s.http.source);
+        let entry = |body: &str| format!("[[webhooks]]\nname = \"shop\"\n{body}");
+        let ok_secret = "secret = \"0123456789abcdef\"";
+        for (body, expected) in [
+            (
+                format!("url = \"http://example.com/\"\n{ok_secret}"),
+                "url: ",
+            ),
+            (format!("url = \"ftp://127.0.0.1/\"\n{ok_secret}"), "url: "),
+            (
+                "url = \"https://a.example/\"\nsecret = \"\"".into(),
+                "secret: empty",
+            ),
+            ("url = \"https://a.example/\"".into(), "secret: missing"),
+            (
+                "url = \"https://a.example/\"\nsecret_env = \"OMNISTOCK_TEST_NO_SUCH_VAR\"".into(),
+                "OMNISTOCK_TEST_NO_SUCH_VAR",
+            ),
+            (
+                format!("url = \"https://a.example/\"\n{ok_secret}\nsecret_env = \"X\""),
+                "not both",
+            ),
+            (
+                format!("url = \"https://a.example/\"\n{ok_secret}\nkinds = [\"x\"]"),
+                "kinds",
+            ),
+            (
+                format!("url = \"https://a.example/\"\n{ok_secret}\nmax_attempts = 0"),
+                "max_attempts",
+            ),
+            (
+                format!("url = \"https://a.example/\"\n{ok_secret}\ncoalesce_ms = 1"),
+                "coalesce_ms",
+            ),
+            (
+                format!(
+                    "url = \"https://a.example/\"\n{ok_secret}\nca_file = \"/nonexistent/ca.pem\""
+                ),
+                "ca_file: /nonexistent/ca.pem",
+            ),
+        ] {
+            let e = err(&[], Some(&entry(&body)));
+            assert!(
+                e.contains("webhooks[0]") && e.contains(expected),
+                "{body}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -106,6 +106,11 @@ pub struct Plan {
     pub answer: Subscribed,
 }
 
+/// Names under this prefix hold the positions of the server's webhook endpoints
+/// (`webhooks/`): a client may read them (`start = RESUME`) but not `ACK` them, which would
+/// skip events an endpoint has not delivered.
+pub const RESERVED_NAME_PREFIX: &str = "webhook.";
+
 /// Whether `n` is a valid subscription name: 1..=64 bytes of `[A-Za-z0-9._-]`.
 pub fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())

@@ -261,6 +261,15 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
         },
+        Op::Ack(b)
+            if b.name
+                .starts_with(crate::feed::subscription::RESERVED_NAME_PREFIX) =>
+        {
+            rejected(&Rejection::invalid(format!(
+                "names starting with {:?} hold webhook positions; a client cannot ACK them",
+                crate::feed::subscription::RESERVED_NAME_PREFIX
+            )))
+        }
         Op::Ack(b) => match ctx.engine.ack_position(&b.name, b.seq).await {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),
