@@ -19,14 +19,36 @@ use crate::settings;
 
 pub use settings::Args;
 
+/// SIGINT and SIGTERM handlers, installed before anything listens: a signal that comes
+/// during start-up (recovery, binding) is then a clean stop once the server runs, never the
+/// default action that kills the process.
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs both handlers (inside a tokio runtime).
+    pub(crate) fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    /// Resolves on SIGINT or SIGTERM (also one that came before this call).
+    pub(crate) async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub(crate) async fn signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
-        _ = term.recv() => {}
-    }
+    Signals::install()?.wait().await;
     Ok(())
 }
 
@@ -117,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
+        let mut signals = Signals::install()?;
         let admin = start_admin(s.admin_listen, s.http.clone()).await?;
         let sources = admin.sources.clone();
         let data_dir = s.persist.data_dir.clone();
@@ -134,7 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
         let resumer = webhooks.resumer();
         let waited = tokio::select! {
-            w = signal() => w,
+            () = signals.wait() => Ok(()),
             e = resume_on_sighup(resumer) => Err(e),
         };
         tracing::info!("shutting down: finishing requests in flight");
