@@ -522,4 +522,27 @@ mod tests {
         assert_eq!(v[0]["seq"], 42);
         assert_eq!(v[0]["time"], "1970-01-01T00:00:00.000Z");
     }
+
+    #[test]
+    fn the_test_event_is_valid_against_the_event_schema() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/events.schema.json"
+        ))
+        .expect("docs/events.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let v = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema compiles");
+        let body = test_event("omnistock://h:1", "shop", 42, 1_764_633_600_000);
+        let events: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let errors: Vec<String> = v.iter_errors(&events[0]).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        // The schema holds the test event to its shape: without its data it is refused.
+        let mut bad = events[0].clone();
+        bad["data"] = serde_json::json!({});
+        assert!(!v.is_valid(&bad));
+    }
 }
