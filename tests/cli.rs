@@ -3,18 +3,13 @@
 //! stops the server cleanly (exit 0) and the data survives a restart; `check` and `dump`
 //! read the directory afterwards.
 
+mod common;
+use common::free_port;
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve(dir: &std::path::Path, port: u16) -> Child {
     let child = Command::new(BIN)

@@ -4,6 +4,9 @@
 //! (`serve` refuses it without `--init`); a directory whose identity file survived but
 //! whose database is gone is refused; a directory from before identity files is adopted.
 
+mod common;
+use common::free_port;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -11,14 +14,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
 const LOAD: &str = env!("CARGO_BIN_EXE_omnistock-load");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve_cmd(dir: &Path, port: u16, init: bool) -> Command {
     let mut cmd = Command::new(BIN);

@@ -7,6 +7,9 @@
 //! `.ci/run` installs it and sets OMNISTOCK_REQUIRE_SYSTEMD_ANALYZE=1 so that CI fails
 //! without it; elsewhere that check is skipped with a notice.
 
+mod common;
+use common::free_port;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -280,14 +283,6 @@ fn the_dockerfile_is_multi_stage_non_root_with_the_data_volume() {
             "{k} is not a setting of src/settings.rs"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs the image's health check against `admin` (its 9878 replaced): whether it passed.

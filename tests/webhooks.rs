@@ -8,6 +8,7 @@
 //! coalescing window per endpoint; the per-endpoint metrics in a scrape that passes promtool.
 
 mod common;
+use common::free_port;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -661,14 +662,6 @@ fn the_documented_python_verification_accepts_our_signature_and_refuses_tamperin
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn ctl(port: u16, args: &[&str]) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

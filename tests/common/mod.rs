@@ -127,3 +127,21 @@ pub async fn wire_catalog(c: &omnistock::client::Client) {
     .await
     .expect("channel web");
 }
+
+/// A port for a server process a test starts on 127.0.0.1. Ports handed out by one test
+/// binary never repeat (its tests run in parallel: two asking the kernel for a free port at
+/// once could be given the same one, and one test would then talk to the other's server),
+/// and they lie below Linux's ephemeral range (32768+), so outgoing connections do not take
+/// them either. Each is checked free when handed out.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 10_000) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+        let port = base + n;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
