@@ -67,17 +67,7 @@ async fn low_stock(c: &Client, threshold: u32) -> u64 {
 }
 
 async fn adjust(c: &Client, sku: &str, delta: i64) -> u64 {
-    c.apply(Op::Adjust(Adjust {
-        request_id: rid(),
-        sku: sku.into(),
-        location: "wh".into(),
-        delta,
-        reason: WireAdjustReason::Receipt,
-        reference: String::new(),
-    }))
-    .await
-    .unwrap()
-    .seq
+    common::wire_adjust(c, sku, delta).await
 }
 
 async fn reserve(

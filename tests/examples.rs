@@ -4,14 +4,12 @@
 //! programs, and `.ci/run` builds them without the `server` feature.
 
 mod common;
-use common::rid;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use omnistock::client::{Client, ClientConfig};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
-use omnistock::protocol::*;
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
 
 #[allow(dead_code)]
@@ -83,17 +81,7 @@ async fn stocked(addr: SocketAddr, stock: &[(&str, i64)]) -> Client {
 }
 
 async fn adjust(c: &Client, sku: &str, delta: i64) -> u64 {
-    c.apply(Op::Adjust(Adjust {
-        request_id: rid(),
-        sku: sku.into(),
-        location: "wh".into(),
-        delta,
-        reason: WireAdjustReason::Receipt,
-        reference: String::new(),
-    }))
-    .await
-    .unwrap()
-    .seq
+    common::wire_adjust(c, sku, delta).await
 }
 
 async fn on_hand(c: &Client, sku: &str) -> (u32, u32) {

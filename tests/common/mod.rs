@@ -128,6 +128,22 @@ pub async fn wire_catalog(c: &omnistock::client::Client) {
     .expect("channel web");
 }
 
+/// Over the protocol: a receipt of `delta` units of `sku` at `wh`; its sequence number.
+pub async fn wire_adjust(c: &omnistock::client::Client, sku: &str, delta: i64) -> u64 {
+    use omnistock::protocol::*;
+    c.apply(Op::Adjust(Adjust {
+        request_id: rid(),
+        sku: sku.into(),
+        location: "wh".into(),
+        delta,
+        reason: WireAdjustReason::Receipt,
+        reference: String::new(),
+    }))
+    .await
+    .expect("adjust")
+    .seq
+}
+
 /// A port for a server process a test starts on 127.0.0.1. Ports handed out by one test
 /// binary never repeat (its tests run in parallel: two asking the kernel for a free port at
 /// once could be given the same one, and one test would then talk to the other's server),
