@@ -72,9 +72,18 @@ async fn a_mixed_frame_answers_each_request_in_order_and_applies_one_sku_in_fram
         req(reserve_cmd(100, "web", &[("B", 1)], 60_000)),
         // 7: a zero ttl, refused before any actor.
         req(reserve_cmd(104, "web", &[("B", 1)], 0)),
+        // 8, 9: reservation id 0, for one SKU and for a cart.
+        req(reserve_cmd(0, "web", &[("B", 1)], 60_000)),
+        req(reserve_cmd(0, "web", &[("A", 1), ("B", 1)], 60_000)),
     ];
     let answers = e.execute_frame(frame).await;
-    assert_eq!(answers.len(), 8);
+    assert_eq!(answers.len(), 10);
+    for zero in &answers[8..] {
+        assert!(
+            matches!(rejection(zero), Rejection::InvalidRequest(m) if m.contains("reservation id")),
+            "{zero:?}"
+        );
+    }
     let placed = answers[0].as_ref().expect("reserve 100");
     assert!(placed.seq > 0);
     assert!(matches!(

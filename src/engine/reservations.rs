@@ -52,6 +52,10 @@ pub(super) fn begin_reservation(
     r: &ReserveRequest,
     now: TimeMs,
 ) -> Result<TimeMs, Rejection> {
+    if r.reservation == 0 {
+        // 0 is what an unset id looks like in most clients: refused, like request id 0.
+        return Err(Rejection::invalid("reservation id must be non-zero"));
+    }
     catalog.channel(&r.channel)?;
     let expires_at_ms = now.saturating_add(r.ttl_ms);
     match core.reservations.entry(r.reservation) {
