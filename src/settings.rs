@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use omnistock::domain::HalfLives;
 use omnistock::engine::{EngineConfig, PersistConfig};
+use omnistock::feed::subscription::SubscriptionConfig;
 use omnistock::http::HttpConfig;
 use omnistock::protocol::Role;
 use omnistock::server::ServerConfig;
@@ -140,6 +141,11 @@ pub struct Args {
     /// [default: 10000].
     #[arg(long, env = "OMNISTOCK_SUBSCRIBER_STALL_TIMEOUT_MS", value_name = "MS")]
     pub subscriber_stall_timeout_ms: Option<u64>,
+    /// A binary-protocol subscription with nothing to send for this long sends a `Position`
+    /// item (the heartbeat, announced in `Subscribed.heartbeat_ms`), in ms (100..=3600000)
+    /// [default: 15000].
+    #[arg(long, env = "OMNISTOCK_SUBSCRIBER_HEARTBEAT_MS", value_name = "MS")]
+    pub subscriber_heartbeat_ms: Option<u64>,
     /// Run each connection on one of the actor threads instead of the tokio pool: true or
     /// false [default: true].
     #[arg(long, env = "OMNISTOCK_CONNECTIONS_ON_ARBITERS", value_name = "BOOL")]
@@ -206,7 +212,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     handshake_timeout_ms, max_pending_handshakes, max_connections_per_source, \
     per_source_limit_on_loopback, max_output_bytes, max_connections_memory_bytes, \
     shutdown_timeout_ms, write_timeout_ms, frame_timeout_ms, subscriber_max_lag_records, \
-    subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, connections_on_arbiters, \
+    subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, subscriber_heartbeat_ms, \
+    connections_on_arbiters, \
     http_heartbeat_ms, http_max_event_streams), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
@@ -292,6 +299,7 @@ struct FileLimits {
     subscriber_max_lag_records: Option<u64>,
     subscriber_max_coalesce_pairs: Option<usize>,
     subscriber_stall_timeout_ms: Option<u64>,
+    subscriber_heartbeat_ms: Option<u64>,
     connections_on_arbiters: Option<bool>,
     http_heartbeat_ms: Option<u64>,
     http_max_event_streams: Option<usize>,
@@ -588,6 +596,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     {
         sub.stall_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = args.subscriber_heartbeat_ms.or(l.subscriber_heartbeat_ms) {
+        sub.heartbeat = Some(Duration::from_millis(ms));
+    }
     if let Some(b) = args.connections_on_arbiters.or(l.connections_on_arbiters) {
         cfg.connections_on_arbiters = b;
     }
@@ -603,7 +614,11 @@ fn http_config(
     let l = &file.limits;
     let mut cfg = HttpConfig {
         tokens: server.tokens.clone(),
-        subscription: server.subscription.clone(),
+        // The event stream sends its own heartbeat (`http_heartbeat_ms`, a comment line).
+        subscription: SubscriptionConfig {
+            heartbeat: None,
+            ..server.subscription.clone()
+        },
         source: format!("omnistock://{}", server.listen),
         ..HttpConfig::default()
     };
@@ -980,6 +995,11 @@ mod tests {
             (&[], Some("[engine]\nmax_skus = 0"), "max_skus"),
             (&[], Some("lisen = \"127.0.0.1:1\""), "lisen"),
             (&["--http-heartbeat-ms", "10"], None, "http_heartbeat_ms"),
+            (
+                &["--subscriber-heartbeat-ms", "10"],
+                None,
+                "subscriber_heartbeat_ms",
+            ),
             (
                 &[],
                 Some("[limits]\nhttp_max_event_streams = 0"),

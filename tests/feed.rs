@@ -825,3 +825,39 @@ async fn the_subscriber_as_a_stream_ends_after_a_disconnect_and_continues_after_
     );
     s.stop().await;
 }
+
+/// A quiet subscription still receives a frame every `heartbeat_ms` (announced in the
+/// answer): a `Position` at its unchanged position, in live and in coalesced mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_receives_a_heartbeat_position_at_the_announced_interval() {
+    let s = serve(
+        Engine::start_in_memory(engine_config(10_000)).unwrap(),
+        |cfg| cfg.subscription.heartbeat = Some(Duration::from_millis(200)),
+    )
+    .await;
+    let c = client(&s).await;
+    catalog(&c).await;
+    let last = adjust(&c, "HB", "wh", 5).await;
+    for coalesce_ms in [0, 50] {
+        let mut req = request(start::LIVE, 0);
+        req.coalesce_ms = coalesce_ms;
+        let mut sub = subscribe(&s, req).await;
+        assert_eq!(sub.subscribed().heartbeat_ms, 200);
+        let from = sub.subscribed().from_seq;
+        assert!(from >= last);
+        // Three heartbeats in a row, each one Position at the same (unchanged) position.
+        for _ in 0..3 {
+            let items = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("no heartbeat within 5 s")
+                .unwrap();
+            assert_eq!(
+                items,
+                vec![PushItem::Position { seq: from }],
+                "coalesce_ms {coalesce_ms}"
+            );
+        }
+        drop(sub);
+    }
+    s.stop().await;
+}

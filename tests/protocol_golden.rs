@@ -310,6 +310,7 @@ fn subscribed_response_frame() {
         head_seq: 57,
         retained_from_seq: 1,
         note: String::new(),
+        heartbeat_ms: 15_000,
     })
     .unwrap();
     let r = ResponseBatch {
@@ -320,7 +321,7 @@ fn subscribed_response_frame() {
         }],
     };
     let f = frame_of(FrameKind::Response, 7, &r).unwrap();
-    golden("subscribed Response", &f.encode(), "44 00 00 00 04 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 21 00 00 00 00 00 00 00 02 29 00 00 00 00 00 00 00 39 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+    golden("subscribed Response", &f.encode(), "48 00 00 00 04 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 25 00 00 00 00 00 00 00 02 29 00 00 00 00 00 00 00 39 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 98 3a 00 00");
 }
 
 #[test]

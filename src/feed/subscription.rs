@@ -67,6 +67,10 @@ pub struct SubscriptionConfig {
     pub position_interval: Duration,
     /// Most SKUs in a `skus` filter.
     pub max_filter_skus: usize,
+    /// With nothing sent for this long, a `Position` item is sent anyway (announced in
+    /// `Subscribed.heartbeat_ms`); `None`: no heartbeat (the HTTP stream and webhooks have
+    /// their own).
+    pub heartbeat: Option<Duration>,
 }
 
 impl Default for SubscriptionConfig {
@@ -79,6 +83,7 @@ impl Default for SubscriptionConfig {
             max_frame_bytes: crate::protocol::frame::DEFAULT_MAX_FRAME_BYTES,
             position_interval: Duration::from_secs(1),
             max_filter_skus: 10_000,
+            heartbeat: None,
         }
     }
 }
@@ -215,6 +220,9 @@ pub fn plan<S: Source>(
             head_seq: head,
             retained_from_seq: retained,
             note,
+            heartbeat_ms: cfg
+                .heartbeat
+                .map_or(0, |h| u32::try_from(h.as_millis()).unwrap_or(u32::MAX)),
         },
     })
 }
@@ -240,6 +248,8 @@ struct Out<'a> {
     hub: &'a Hub,
     /// The last position the subscriber was told (all items up to it were queued).
     told: u64,
+    /// When the last frame was queued (for the heartbeat).
+    last_sent: tokio::time::Instant,
 }
 
 impl Out<'_> {
@@ -305,6 +315,7 @@ impl Out<'_> {
             }
         }
         metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
+        self.last_sent = tokio::time::Instant::now();
         if let Some(p) = position {
             self.told = p;
         }
@@ -348,6 +359,7 @@ pub async fn run<S: Source>(
         cfg: &cfg,
         hub: &hub,
         told: plan.cursor,
+        last_sent: tokio::time::Instant::now(),
     };
     let r = stream(&*engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
     hub.leave(id);
@@ -456,14 +468,25 @@ async fn stream<S: Source>(
             out.send(batch).await?;
             last_flush = tokio::time::Instant::now();
         }
-        if !buf.is_empty() || (!coalescing && due && out.told < cursor) {
+        // The heartbeat: a Position even when it has not moved, once nothing was sent for
+        // `heartbeat` (pending coalesced changes are not due yet: the position stays theirs).
+        let beat = out
+            .cfg
+            .heartbeat
+            .is_some_and(|h| out.last_sent.elapsed() >= h)
+            && coalescer.is_empty()
+            && items.is_empty();
+        if !buf.is_empty() || (!coalescing && due && out.told < cursor) || beat {
             out.send_buf(&mut buf, Some(cursor)).await?;
             last_flush = tokio::time::Instant::now();
         }
         if got == READ_CHUNK || frame_full {
             continue; // more is ready
         }
-        let wait = tick.saturating_sub(last_flush.elapsed());
+        let mut wait = tick.saturating_sub(last_flush.elapsed());
+        if let Some(h) = out.cfg.heartbeat {
+            wait = wait.min(h.saturating_sub(out.last_sent.elapsed()));
+        }
         tokio::select! {
             r = watch.changed() => if r.is_err() { return Err(Ended::EngineGone("feed stopped".into())) },
             r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },

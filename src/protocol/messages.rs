@@ -774,6 +774,9 @@ pub struct Subscribed {
     pub retained_from_seq: u64,
     /// Why a snapshot is sent, if one is (e.g. `from_seq` older than the log keeps).
     pub note: String,
+    /// A subscription that has sent nothing for this long sends a `Position` item (the
+    /// heartbeat: a quiet server is told from a dead one), in ms; 0 = no heartbeat.
+    pub heartbeat_ms: u32,
 }
 
 /// `ACK` body: remember `seq` as the position of the named subscription `name`.

@@ -127,7 +127,10 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(10),
-            subscription: SubscriptionConfig::default(),
+            subscription: SubscriptionConfig {
+                heartbeat: Some(Duration::from_secs(15)),
+                ..SubscriptionConfig::default()
+            },
             connections_on_arbiters: true,
         }
     }
@@ -224,6 +227,11 @@ impl ServerConfig {
         }
         if s.stall_timeout.is_zero() {
             return Err(bad("subscriber_stall_timeout", "must be positive"));
+        }
+        if s.heartbeat
+            .is_some_and(|h| !(100..=3_600_000).contains(&h.as_millis()))
+        {
+            return Err(bad("subscriber_heartbeat_ms", "must be 100..=3600000"));
         }
         Ok(())
     }
