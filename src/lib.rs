@@ -51,6 +51,8 @@ pub mod http;
 pub mod loadgen;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod nats;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

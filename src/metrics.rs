@@ -171,6 +171,26 @@ pub const PER_WEBHOOK_ENDPOINT: [&str; 4] = [
     WEBHOOK_DEAD_LETTERED,
 ];
 
+// ---- NATS JetStream bridge (label `stream`: the configured stream, one per server) ----
+
+/// Counter `{stream}`: events JetStream stored (acknowledged, not a duplicate).
+pub const NATS_EVENTS_PUBLISHED_TOTAL: &str = "omnistock_nats_events_published_total";
+/// Counter `{stream}`: failed bridge runs (unacknowledged or refused publish, lost
+/// connection, stream missing or unusable); each is followed by a back-off.
+pub const NATS_PUBLISH_FAILED_TOTAL: &str = "omnistock_nats_publish_failures_total";
+/// Gauge `{stream}`, records: the feed's head minus the bridge's acknowledged position.
+pub const NATS_LAG_RECORDS: &str = "omnistock_nats_lag_records";
+/// Gauge `{stream}`: 1 while connected to NATS, else 0.
+pub const NATS_CONNECTED: &str = "omnistock_nats_connected";
+/// The bridge's series: they exist only once `[nats]` is configured (tests/nats.rs scrapes
+/// them).
+pub const PER_NATS_STREAM: [&str; 4] = [
+    NATS_EVENTS_PUBLISHED_TOTAL,
+    NATS_PUBLISH_FAILED_TOTAL,
+    NATS_LAG_RECORDS,
+    NATS_CONNECTED,
+];
+
 // ---- process ----
 
 /// Gauge, bytes: resident set size, read from /proc/self/status at each scrape.
@@ -248,6 +268,10 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (WEBHOOK_REQUESTS_FAILED_TOTAL, Kind::Counter, None, "Failed webhook delivery attempts (non-2xx, timeout, connection error), by endpoint."),
     (WEBHOOK_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and a webhook endpoint's delivered position."),
     (WEBHOOK_DEAD_LETTERED, Kind::Gauge, None, "1 while a webhook endpoint is dead-lettered (paused after max_attempts failures)."),
+    (NATS_EVENTS_PUBLISHED_TOTAL, Kind::Counter, None, "Events the NATS JetStream stream stored (acknowledged, not duplicates)."),
+    (NATS_PUBLISH_FAILED_TOTAL, Kind::Counter, None, "Failed NATS bridge runs (publish refused or unacknowledged, connection lost, stream unusable), each followed by a back-off."),
+    (NATS_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and the NATS bridge's acknowledged position."),
+    (NATS_CONNECTED, Kind::Gauge, None, "1 while the NATS bridge is connected to NATS."),
     (PROCESS_RESIDENT_MEMORY_BYTES, Kind::Gauge, Some(Unit::Bytes), "Resident set size of the process."),
     (READY, Kind::Gauge, None, "1 when ready: recovery done, log writable, not shutting down."),
     (BUILD_INFO, Kind::Gauge, None, "Always 1; the version label names the build."),

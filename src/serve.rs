@@ -156,6 +156,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let webhooks = Webhooks::start(engine.clone(), s.webhooks)
             .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
         let resumer = webhooks.resumer();
+        let nats = match s.nats {
+            Some(cfg) => Some(
+                omnistock::nats::Nats::start(engine.clone(), cfg)
+                    .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?,
+            ),
+            None => None,
+        };
         let waited = tokio::select! {
             () = signals.wait() => Ok(()),
             e = resume_on_sighup(resumer) => Err(e),
@@ -163,6 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing requests in flight");
         // Deliveries stop first: they read the engine, and their positions are stored.
         webhooks.shutdown().await;
+        if let Some(n) = nats {
+            n.shutdown().await;
+        }
         shut_down(admin, stop, running, engine).await?;
         tracing::info!("log flushed, bye");
         waited

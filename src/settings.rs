@@ -13,6 +13,7 @@ use omnistock::domain::HalfLives;
 use omnistock::engine::{EngineConfig, PersistConfig};
 use omnistock::feed::subscription::SubscriptionConfig;
 use omnistock::http::HttpConfig;
+use omnistock::nats::NatsConfig;
 use omnistock::protocol::Role;
 use omnistock::server::ServerConfig;
 use omnistock::wal::Durability;
@@ -201,6 +202,11 @@ pub struct Args {
     /// Take a checkpoint after this many log records; 0 disables [default: 1000000].
     #[arg(long, env = "OMNISTOCK_CHECKPOINT_EVERY_RECORDS", value_name = "N")]
     pub checkpoint_every_records: Option<u64>,
+    /// Publish the feed's events to NATS JetStream at this server list (nats://host:4222);
+    /// overrides `[nats] url`; the rest of `[nats]` keeps its defaults (docs/adapters.md)
+    /// [default: off].
+    #[arg(long, env = "OMNISTOCK_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
 }
 
 /// `serve --help`'s list of the TOML file's keys: every field of [`FileConfig`] and its
@@ -222,7 +228,10 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
     ca_file; \
-    docs/webhooks.md). A flag or its environment variable overrides the file; the file \
+    docs/webhooks.md), [nats] (url, stream, subject_prefix, channels, skus, prefix, kinds, \
+    coalesce_ms, token or token_env, credentials_file, max_in_flight, ack_timeout_ms, \
+    backoff_initial_ms, backoff_max_ms, duplicate_window_ms, max_bytes; docs/adapters.md; \
+    --nats-url or OMNISTOCK_NATS_URL turns it on). A flag or its environment variable overrides the file; the file \
     overrides the default. docs/operations.md has an example.";
 
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
@@ -244,6 +253,33 @@ struct FileConfig {
     storage: FileStorage,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
+    nats: Option<FileNats>,
+}
+
+/// The `[nats]` section (docs/adapters.md); defaults are `NatsConfig::new`'s.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileNats {
+    url: Option<String>,
+    stream: Option<String>,
+    subject_prefix: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    skus: Vec<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    kinds: Vec<String>,
+    coalesce_ms: Option<u32>,
+    token: Option<String>,
+    token_env: Option<String>,
+    credentials_file: Option<PathBuf>,
+    max_in_flight: Option<usize>,
+    ack_timeout_ms: Option<u64>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    duplicate_window_ms: Option<u64>,
+    max_bytes: Option<u64>,
 }
 
 /// One `[[webhooks]]` entry (docs/webhooks.md); defaults are `EndpointConfig::new`'s.
@@ -367,6 +403,8 @@ pub struct Settings {
     pub http: HttpConfig,
     /// Webhook endpoints (`[[webhooks]]`; none by default).
     pub webhooks: WebhooksConfig,
+    /// The NATS JetStream bridge (`[nats]` or `--nats-url`; off by default).
+    pub nats: Option<NatsConfig>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`EnvFilter` syntax), already checked.
@@ -422,6 +460,7 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let persist = persist_config(&args, &file)?;
     let http = http_config(&args, &file, &server)?;
     let webhooks = webhooks_config(&file.webhooks, &http.source)?;
+    let nats = nats_config(args.nats_url.as_deref(), file.nats.as_ref(), &http.source)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
         (Some(a), _) => a,
         (None, Some(a)) => parse_addr("admin_listen", a)?,
@@ -450,9 +489,61 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         admin_listen,
         http,
         webhooks,
+        nats,
         log_format,
         log_filter,
     })
+}
+
+/// `[nats]` (with `--nats-url` over its `url`): off when neither gives a URL; the token
+/// read (inline or from the environment variable it names) and every field checked.
+fn nats_config(
+    flag_url: Option<&str>,
+    file: Option<&FileNats>,
+    source: &str,
+) -> anyhow::Result<Option<NatsConfig>> {
+    let default = FileNats::default();
+    let f = file.unwrap_or(&default);
+    let bad = |m: String| anyhow::anyhow!("invalid setting nats.{m}");
+    let Some(url) = flag_url.or(f.url.as_deref()) else {
+        if file.is_some() {
+            return Err(bad("url: missing (or give --nats-url)".into()));
+        }
+        return Ok(None);
+    };
+    let mut c = NatsConfig::new(url);
+    c.source = source.to_string();
+    if let Some(s) = &f.stream {
+        c.stream = s.clone();
+    }
+    if let Some(p) = &f.subject_prefix {
+        c.subject_prefix = p.clone();
+    }
+    c.channels = f.channels.clone();
+    c.skus = f.skus.clone();
+    c.prefix = f.prefix.clone().unwrap_or_default();
+    c.kinds = omnistock::webhooks::kinds_of(&f.kinds).map_err(bad)?;
+    c.coalesce_ms = f.coalesce_ms.unwrap_or(c.coalesce_ms);
+    c.token = match (&f.token, &f.token_env) {
+        (Some(t), None) => Some(t.clone()),
+        (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+            bad(format!(
+                "token_env: the environment variable {var:?} is not set (or not UTF-8)"
+            ))
+        })?),
+        (Some(_), Some(_)) => return Err(bad("token: give token or token_env, not both".into())),
+        (None, None) => None,
+    };
+    c.credentials_file = f.credentials_file.clone();
+    c.max_in_flight = f.max_in_flight.unwrap_or(c.max_in_flight);
+    let ms = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_millis);
+    c.ack_timeout = ms(f.ack_timeout_ms, c.ack_timeout);
+    c.backoff_initial = ms(f.backoff_initial_ms, c.backoff_initial);
+    c.backoff_max = ms(f.backoff_max_ms, c.backoff_max);
+    c.duplicate_window = ms(f.duplicate_window_ms, c.duplicate_window);
+    c.max_bytes = f.max_bytes.unwrap_or(c.max_bytes);
+    c.validate().map_err(bad)?;
+    Ok(Some(c))
 }
 
 /// `[[webhooks]]`: each entry's secret read (inline or from the environment variable it

@@ -217,7 +217,10 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
 
     let before = scrape(admin.addr).await;
     // Per-webhook-endpoint series exist once an endpoint is configured: tests/webhooks.rs.
-    for name in metrics::names().filter(|n| !metrics::PER_WEBHOOK_ENDPOINT.contains(n)) {
+    // The NATS bridge's series exist once `[nats]` is configured: tests/nats.rs.
+    for name in metrics::names().filter(|n| {
+        !metrics::PER_WEBHOOK_ENDPOINT.contains(n) && !metrics::PER_NATS_STREAM.contains(n)
+    }) {
         assert!(
             before.contains(&format!("# TYPE {name} ")),
             "{name} missing from the scrape:\n{before}"

@@ -116,6 +116,16 @@ pub struct Plan {
 /// skip events an endpoint has not delivered.
 pub const RESERVED_NAME_PREFIX: &str = "webhook.";
 
+/// Names under this prefix hold the position of the server's NATS bridge (`nats/`),
+/// reserved as [`RESERVED_NAME_PREFIX`] is.
+pub const RESERVED_NATS_PREFIX: &str = "nats.";
+
+/// Whether `n` is a position the server keeps for itself (a webhook endpoint's or the NATS
+/// bridge's): clients may read it but not `ACK` it.
+pub fn is_reserved_name(n: &str) -> bool {
+    n.starts_with(RESERVED_NAME_PREFIX) || n.starts_with(RESERVED_NATS_PREFIX)
+}
+
 /// Whether `n` is a valid subscription name: 1..=64 bytes of `[A-Za-z0-9._-]`.
 pub fn valid_name(n: &str) -> bool {
     (1..=64).contains(&n.len())

@@ -261,13 +261,12 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
         },
-        Op::Ack(b)
-            if b.name
-                .starts_with(crate::feed::subscription::RESERVED_NAME_PREFIX) =>
-        {
+        Op::Ack(b) if crate::feed::subscription::is_reserved_name(&b.name) => {
             rejected(&Rejection::invalid(format!(
-                "names starting with {:?} hold webhook positions; a client cannot ACK them",
-                crate::feed::subscription::RESERVED_NAME_PREFIX
+                "names starting with {:?} or {:?} hold webhook and NATS bridge positions; \
+                 a client cannot ACK them",
+                crate::feed::subscription::RESERVED_NAME_PREFIX,
+                crate::feed::subscription::RESERVED_NATS_PREFIX
             )))
         }
         Op::Ack(b) => match ctx.engine.ack_position(&b.name, b.seq).await {
