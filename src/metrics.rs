@@ -149,6 +149,10 @@ pub const SUBSCRIBER_LAG_MAX_EVENTS: &str = "omnistock_subscriber_lag_max_events
 pub const SUBSCRIBER_DISCONNECTS_TOTAL: &str = "omnistock_subscriber_disconnects_total";
 /// Counter: events merged by coalescing (not sent separately).
 pub const SUBSCRIPTION_COALESCED_TOTAL: &str = "omnistock_subscription_coalesced_total";
+/// Gauge `{name}`, records: the feed's head minus the position stored under a subscription
+/// name (`ACK`, a webhook endpoint's `webhook.<name>`, the NATS bridge's `nats.<stream>`);
+/// set at each scrape, one series per stored name (at most `MAX_NAMED_SUBSCRIPTIONS`).
+pub const SUBSCRIPTION_LAG_RECORDS: &str = "omnistock_subscription_lag_records";
 /// The values of the `reason` label of [`SUBSCRIBER_DISCONNECTS_TOTAL`].
 pub const SUBSCRIBER_DISCONNECT_REASONS: [&str; 3] = ["lagged", "closed", "error"];
 
@@ -182,9 +186,10 @@ pub const NATS_PUBLISH_FAILED_TOTAL: &str = "omnistock_nats_publish_failures_tot
 pub const NATS_LAG_RECORDS: &str = "omnistock_nats_lag_records";
 /// Gauge `{stream}`: 1 while connected to NATS, else 0.
 pub const NATS_CONNECTED: &str = "omnistock_nats_connected";
-/// The bridge's series: they exist only once `[nats]` is configured (tests/nats.rs scrapes
-/// them).
-pub const PER_NATS_STREAM: [&str; 4] = [
+/// The bridge's series, and the per-name lag: they exist only once `[nats]` is configured
+/// or a name is stored (tests/nats.rs scrapes them).
+pub const PER_NATS_STREAM: [&str; 5] = [
+    SUBSCRIPTION_LAG_RECORDS,
     NATS_EVENTS_PUBLISHED_TOTAL,
     NATS_PUBLISH_FAILED_TOTAL,
     NATS_LAG_RECORDS,
@@ -268,6 +273,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (WEBHOOK_REQUESTS_FAILED_TOTAL, Kind::Counter, None, "Failed webhook delivery attempts (non-2xx, timeout, connection error), by endpoint."),
     (WEBHOOK_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and a webhook endpoint's delivered position."),
     (WEBHOOK_DEAD_LETTERED, Kind::Gauge, None, "1 while a webhook endpoint is dead-lettered (paused after max_attempts failures)."),
+    (SUBSCRIPTION_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and the position stored under a subscription name, by name."),
     (NATS_EVENTS_PUBLISHED_TOTAL, Kind::Counter, None, "Events the NATS JetStream stream stored (acknowledged, not duplicates)."),
     (NATS_PUBLISH_FAILED_TOTAL, Kind::Counter, None, "Failed NATS bridge runs (publish refused or unacknowledged, connection lost, stream unusable), each followed by a back-off."),
     (NATS_LAG_RECORDS, Kind::Gauge, None, "Log records between the feed's head and the NATS bridge's acknowledged position."),

@@ -973,6 +973,65 @@ mod tests {
     }
 
     #[test]
+    fn nats_is_off_by_default_and_read_from_the_file_or_the_flag() {
+        assert!(resolve_with(&[], None).expect("valid").nats.is_none());
+        let s = resolve_with(&["--nats-url", "nats://127.0.0.1:4222"], None).expect("valid");
+        let n = s.nats.expect("on with --nats-url");
+        assert_eq!(n.stream, "OMNISTOCK");
+        assert_eq!(n.source, s.http.source);
+        let file = r#"
+            [nats]
+            url = "nats://a:4222"
+            stream = "STOCK"
+            subject_prefix = "acme.stock"
+            channels = ["web"]
+            kinds = ["thresholds"]
+            token_env = "OMNISTOCK_TEST_NATS_TOKEN_SET"
+            max_in_flight = 8
+            ack_timeout_ms = 1000
+        "#;
+        std::env::set_var("OMNISTOCK_TEST_NATS_TOKEN_SET", "nats-token");
+        let n = resolve_with(&[], Some(file)).expect("valid").nats.unwrap();
+        assert_eq!(n.url, "nats://a:4222");
+        assert_eq!(
+            (n.stream.as_str(), n.subject_prefix.as_str()),
+            ("STOCK", "acme.stock")
+        );
+        assert_eq!(n.kinds, omnistock::protocol::kinds::THRESHOLDS);
+        assert_eq!(n.token.as_deref(), Some("nats-token"));
+        assert_eq!(
+            (n.max_in_flight, n.ack_timeout),
+            (8, Duration::from_secs(1))
+        );
+        // The flag wins over the file's url.
+        let n = resolve_with(&["--nats-url", "nats://b:4222"], Some(file))
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(n.url, "nats://b:4222");
+        for (body, expected) in [
+            ("[nats]\nstream = \"S\"", "nats.url: missing"),
+            ("[nats]\nurl = \"http://a\"", "nats.url"),
+            (
+                "[nats]\nurl = \"nats://a:1\"\nstream = \"a.b\"",
+                "nats.stream",
+            ),
+            (
+                "[nats]\nurl = \"nats://a:1\"\nmax_in_flight = 0",
+                "nats.max_in_flight",
+            ),
+            (
+                "[nats]\nurl = \"nats://a:1\"\ntoken_env = \"OMNISTOCK_TEST_UNSET_VAR\"",
+                "nats.token_env",
+            ),
+            ("[nats]\nurl = \"nats://a:1\"\nbogus = 1", "unknown field"),
+        ] {
+            let e = format!("{:#}", resolve_with(&[], Some(body)).unwrap_err());
+            assert!(e.contains(expected), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn webhooks_are_read_from_the_file_and_checked_by_entry_and_field() {
         let good = r#"
             [[webhooks]]

@@ -271,8 +271,17 @@ async fn scrape_lists_every_metric_moves_with_traffic_and_passes_promtool() {
             .unwrap()
             .unwrap();
     }
+    // A stored name has its lag: the head (which the subscriber reached) minus its position.
+    engine.ack_position("lag-probe", 1).await.unwrap();
 
     let after = scrape(admin.addr).await;
+    assert_eq!(
+        value(
+            &after,
+            r#"omnistock_subscription_lag_records{name="lag-probe"}"#
+        ),
+        (last - 1) as f64
+    );
     let delta = |series: &str| value(&after, series) - value(&before, series);
     assert_eq!(
         delta(r#"omnistock_requests_total{op="reserve",status="ok"}"#),

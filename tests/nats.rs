@@ -266,6 +266,11 @@ async fn events_reach_jetstream_in_order_across_restarts_of_omnistock_and_nats()
         "{metrics}"
     );
     assert!(metrics.contains("omnistock_nats_events_published_total{stream=\"OMNISTOCK\"}"));
+    // The bridge's stored position has its per-name lag series.
+    assert!(
+        metrics.contains("omnistock_subscription_lag_records{name=\"nats.OMNISTOCK\"}"),
+        "{metrics}"
+    );
 
     // kill -9 right after acknowledged writes: the bridge may not have published them.
     expected.extend(adjust_range(&o, 10..20).await);

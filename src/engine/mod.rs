@@ -586,6 +586,19 @@ impl Engine {
         self.core.positions.get(name).map(|p| *p)
     }
 
+    /// Every stored feed position, by subscription name (at most
+    /// `MAX_NAMED_SUBSCRIPTIONS`), sorted by name.
+    pub fn feed_positions(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .core
+            .positions
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Stores the acknowledged feed position of `name` (durably, with a data directory).
     /// A position may only move forward and never past the published head.
     pub async fn ack_position(&self, name: &str, seq: u64) -> Result<(), Failure> {

@@ -20,7 +20,8 @@ use crate::metrics::{
     PROCESS_RESIDENT_MEMORY_BYTES, PROTOCOL_ERRORS_TOTAL, READY, REQUEST_FRAMES_TOTAL,
     RESERVATIONS, RESERVATIONS_ENDED_TOTAL, RESERVATIONS_PLACED_TOTAL, SKUS, SKUS_OVERSOLD,
     SLOW_READER_DISCONNECTS_TOTAL, SOURCE_LIMIT_REFUSALS_TOTAL, SUBSCRIBER_LAG_MAX_EVENTS,
-    WAL_DISK_BYTES, WAL_FAILED, WAL_LOG_RECORDS, WAL_RECORDS_TOTAL, WAL_WRITTEN_BYTES_TOTAL,
+    SUBSCRIPTION_LAG_RECORDS, WAL_DISK_BYTES, WAL_FAILED, WAL_LOG_RECORDS, WAL_RECORDS_TOTAL,
+    WAL_WRITTEN_BYTES_TOTAL,
 };
 use crate::server::ServerStats;
 
@@ -143,6 +144,12 @@ fn collect_engine(e: &Engine) {
     gauge!(IDEMPOTENCY_ENTRIES).set(s.idempotency_entries as f64);
     gauge!(EXPIRY_PENDING).set(s.expiry_pending as f64);
     gauge!(SUBSCRIBER_LAG_MAX_EVENTS).set(e.feed().max_lag() as f64);
+    // One series per stored name: the label set is bounded by MAX_NAMED_SUBSCRIPTIONS
+    // (ACK refuses a new name past it).
+    let head = e.feed().head();
+    for (name, seq) in e.feed_positions() {
+        gauge!(SUBSCRIPTION_LAG_RECORDS, "name" => name).set(head.saturating_sub(seq) as f64);
+    }
     counter!(RESERVATIONS_PLACED_TOTAL).absolute(s.reservations_placed);
     counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "fulfilled").absolute(s.reservations_fulfilled);
     counter!(RESERVATIONS_ENDED_TOTAL, "outcome" => "released").absolute(s.reservations_released);
