@@ -128,13 +128,17 @@ struct Stored {
     event: serde_json::Value,
 }
 
-/// Every message of `stream` on the NATS server at `port`, in stream order.
+/// Every message of `stream` on the NATS server at `port`, in stream order (none while
+/// the stream does not exist).
 async fn read_stream(port: u16, stream: &str) -> Vec<Stored> {
     let client = async_nats::connect(format!("127.0.0.1:{port}"))
         .await
         .expect("connect to NATS");
     let js = jetstream::new(client);
-    let mut s = js.get_stream(stream).await.expect("the stream exists");
+    // Not there (yet): nothing stored.
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
     let n = s.info().await.expect("stream info").state.messages;
     let c = s
         .create_consumer(consumer::pull::OrderedConfig {
@@ -353,4 +357,26 @@ async fn an_existing_stream_without_the_subjects_is_not_changed_and_is_reported(
     assert_eq!(info.config.subjects, vec!["other.>".to_string()]);
     assert_eq!(info.state.messages, 0);
     o.stop(libc::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_that_comes_back_without_the_stream_gets_it_created_again() {
+    let Some(bin) = nats_server_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let nats_port = free_port();
+    let mut nats = start_nats(bin, nats_port, &dir.path().join("nats-a")).await;
+    let o = start_omnistock(&dir.path().join("data"), &config, nats_port).await;
+    wire_catalog(&o.client().await).await;
+    let before = adjust_range(&o, 0..3).await;
+    wait_for_ids(nats_port, "OMNISTOCK", &before).await;
+    signal(&nats, libc::SIGKILL);
+    let _ = nats.wait().await;
+    // Another store: the stream is gone.
+    nats = start_nats(bin, nats_port, &dir.path().join("nats-b")).await;
+    let after = adjust_range(&o, 3..6).await;
+    let stream = wait_for_ids(nats_port, "OMNISTOCK", &after).await;
+    check_stream(&stream);
+    o.stop(libc::SIGTERM).await;
+    drop(nats);
 }

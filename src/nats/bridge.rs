@@ -120,8 +120,25 @@ impl Task {
         let mut stored = position;
         let mut attempt = 0u32;
         let mut client = None;
+        // The stream is checked again after any failure: a NATS server that came back
+        // without its store, or an operator's change, shows there.
+        let mut stream_checked = true;
         while !*self.stop.borrow() {
             let outcome = match &client {
+                Some(c) if !stream_checked => {
+                    let js = self.context(c);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        r = self.ensure_stream(&js) => match r {
+                            Ok(()) => {
+                                stream_checked = true;
+                                continue;
+                            }
+                            Err(m) => Err(Halt::Failed(m)),
+                        },
+                        _ = stop.wait_for(|s| *s) => Err(Halt::Stopping),
+                    }
+                }
                 Some(c) => {
                     self.publish_run(c, &mut position, &mut stored, &mut attempt)
                         .await
@@ -138,6 +155,7 @@ impl Task {
                 Ok(()) => {} // the subscription lagged: again from `position`
                 Err(Halt::Stopping) => break,
                 Err(Halt::Failed(why)) => {
+                    stream_checked = false;
                     metrics::counter!(NATS_PUBLISH_FAILED_TOTAL, "stream" => stream.clone())
                         .increment(1);
                     attempt = attempt.saturating_add(1);
