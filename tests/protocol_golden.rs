@@ -234,9 +234,11 @@ fn opcode_and_status_numbers_are_stable() {
             SUBSCRIBE,
             UNSUBSCRIBE,
             ACK,
+            LIST_SUBSCRIPTIONS,
+            DELETE_SUBSCRIPTION,
             SKU_HISTORY
         ],
-        [0x0401, 0x0402, 0x0403, 0x0501, 0x0502, 0x0503, 0x0601]
+        [0x0401, 0x0402, 0x0403, 0x0501, 0x0502, 0x0503, 0x0504, 0x0505, 0x0601]
     );
     assert_eq!(
         [

@@ -448,6 +448,27 @@ impl Client {
     pub async fn channels(&self) -> Result<Channels, ClientError> {
         self.call(Op::ListChannels).await
     }
+    /// One page of the stored named positions after `after` (empty: from the first).
+    pub async fn subscriptions(
+        &self,
+        after: &str,
+        limit: u32,
+    ) -> Result<Subscriptions, ClientError> {
+        self.call(Op::ListSubscriptions(ListSubscriptions {
+            after: after.into(),
+            limit,
+        }))
+        .await
+    }
+    /// Forgets the position stored under `name` (admin); `SubscriptionNotFound` (20) if none.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), ClientError> {
+        let _: Empty = self
+            .call(Op::DeleteSubscription(DeleteSubscription {
+                name: name.into(),
+            }))
+            .await?;
+        Ok(())
+    }
 }
 
 /// Decodes a successful result's body, or turns a non-zero status into an error.

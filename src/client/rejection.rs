@@ -46,6 +46,8 @@ pub enum Rejection {
     ReservationExpired,
     /// 16: the first attempt with this request id is still running. Retriable.
     InProgress,
+    /// 20: no position is stored under that subscription name.
+    SubscriptionNotFound,
     /// 100: the log could not be written or data is corrupt; writes are stopped.
     StorageFailure,
     /// 101: the server or engine is shutting down. Retriable (later, or elsewhere).
@@ -98,6 +100,7 @@ impl Rejection {
             14 => R::NotExpired,
             15 => R::ReservationExpired,
             16 => R::InProgress,
+            20 => R::SubscriptionNotFound,
             status::STORAGE_FAILURE => R::StorageFailure,
             status::SHUTTING_DOWN => R::ShuttingDown,
             status::PROTOCOL_ERROR => R::ProtocolError,
@@ -134,6 +137,7 @@ impl Rejection {
             R::NotExpired => 14,
             R::ReservationExpired => 15,
             R::InProgress => 16,
+            R::SubscriptionNotFound => 20,
             R::StorageFailure => status::STORAGE_FAILURE,
             R::ShuttingDown => status::SHUTTING_DOWN,
             R::ProtocolError => status::PROTOCOL_ERROR,
@@ -169,7 +173,7 @@ mod tests {
 
     #[test]
     fn every_defined_code_has_its_own_variant_and_round_trips() {
-        for s in (1..=16).chain(100..=111) {
+        for s in (1..=16).chain([20]).chain(100..=111) {
             let r = Rejection::from_status(s, &[]).expect("non-zero");
             assert_eq!(r.status(), s);
             assert_ne!(r, Rejection::Other(s), "{s} has no variant");

@@ -44,6 +44,8 @@ pub enum RejectionCode {
     ReservationExpired = 15,
     /// The same request id is still being processed: retry after a short back-off.
     InProgress = 16,
+    /// No position is stored under that subscription name.
+    SubscriptionNotFound = 20,
 }
 
 /// A business rejection with its facts.
@@ -134,6 +136,9 @@ pub enum Rejection {
     /// Same request id still in flight; retriable.
     #[error("request {0:032x} is still in progress, retry")]
     InProgress(u128),
+    /// No position is stored under this subscription name.
+    #[error("no position is stored under the subscription name {0:?}")]
+    SubscriptionNotFound(String),
 }
 
 impl Rejection {
@@ -162,6 +167,7 @@ impl Rejection {
             Rejection::NotExpired(_) => C::NotExpired,
             Rejection::ReservationExpired(_) => C::ReservationExpired,
             Rejection::InProgress(_) => C::InProgress,
+            Rejection::SubscriptionNotFound(_) => C::SubscriptionNotFound,
         }
     }
 

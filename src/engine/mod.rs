@@ -599,6 +599,26 @@ impl Engine {
         v
     }
 
+    /// Forgets the position stored under `name` (durably, with a data directory);
+    /// `SubscriptionNotFound` when none is. A connection streaming under that name goes
+    /// on (its stream does not read the stored position after it started), and its next
+    /// `ACK` stores the name again.
+    pub async fn delete_position(&self, name: &str) -> Result<(), Failure> {
+        self.check_running()?;
+        if !self.core.positions.contains_key(name) {
+            return Err(crate::domain::Rejection::SubscriptionNotFound(name.to_string()).into());
+        }
+        if let journal::Journal::Wal(wal) = &self.core.journal {
+            let (wal, n) = (wal.clone(), name.to_string());
+            tokio::task::spawn_blocking(move || wal.delete_position(&n))
+                .await
+                .map_err(|e| EngineError::Storage(e.to_string()))?
+                .map_err(|e| EngineError::Storage(e.to_string()))?;
+        }
+        self.core.positions.remove(name);
+        Ok(())
+    }
+
     /// Stores the acknowledged feed position of `name` (durably, with a data directory).
     /// A position may only move forward and never past the published head.
     pub async fn ack_position(&self, name: &str, seq: u64) -> Result<(), Failure> {

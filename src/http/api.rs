@@ -95,6 +95,7 @@ impl ApiError {
             RejectionCode::UnknownSku => (StatusCode::NOT_FOUND, "unknown_sku"),
             RejectionCode::UnknownChannel => (StatusCode::NOT_FOUND, "unknown_channel"),
             RejectionCode::ReservationNotFound => (StatusCode::NOT_FOUND, "unknown_reservation"),
+            RejectionCode::SubscriptionNotFound => (StatusCode::NOT_FOUND, "unknown_subscription"),
             RejectionCode::Busy | RejectionCode::InProgress => {
                 return ApiError::unavailable("busy", r.to_string())
             }

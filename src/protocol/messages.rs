@@ -788,6 +788,46 @@ pub struct Ack {
     pub seq: u64,
 }
 
+/// Most names `LIST_SUBSCRIPTIONS` answers at once (and the default of `limit = 0`).
+pub const MAX_LIST_SUBSCRIPTIONS: u32 = 1000;
+
+/// `LIST_SUBSCRIPTIONS` body: the stored named positions whose names sort after `after`
+/// (empty: from the first), at most `limit` (0: [`MAX_LIST_SUBSCRIPTIONS`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSubscriptions {
+    /// Start after this name (the last name of the previous page).
+    pub after: String,
+    /// Most names to answer; 0 or over [`MAX_LIST_SUBSCRIPTIONS`] is that many.
+    pub limit: u32,
+}
+
+/// One stored named position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSubscription {
+    /// The name.
+    pub name: String,
+    /// The stored position (the last sequence number processed).
+    pub position: u64,
+    /// The feed's head minus `position`, in log records.
+    pub lag_records: u64,
+}
+
+/// Answer to `LIST_SUBSCRIPTIONS`: names in byte order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriptions {
+    /// This page.
+    pub items: Vec<WireSubscription>,
+    /// Whether names follow the last one (ask again with `after` = its name).
+    pub more: bool,
+}
+
+/// `DELETE_SUBSCRIPTION` body: forget the position stored under `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteSubscription {
+    /// The name.
+    pub name: String,
+}
+
 /// What caused a change (`WireAtp::cause`).
 pub mod cause {
     /// A reservation placed holds.

@@ -64,6 +64,10 @@ pub mod opcode {
     pub const UNSUBSCRIBE: u16 = 0x0502;
     /// Store the position of a named subscription.
     pub const ACK: u16 = 0x0503;
+    /// The stored named positions, by name, a page at a time (adapter, admin).
+    pub const LIST_SUBSCRIPTIONS: u16 = 0x0504;
+    /// Forget a stored named position (admin).
+    pub const DELETE_SUBSCRIPTION: u16 = 0x0505;
     /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
     pub const SKU_HISTORY: u16 = 0x0601;
 }
@@ -111,7 +115,10 @@ impl Role {
             Role::Checkout => read || matches!(op, RESERVE | FULFILL | RELEASE | EXTEND),
             // AT_RISK reads every SKU: for the channel side and operators, not checkout.
             Role::Adapter => {
-                read || matches!(op, SUBSCRIBE | UNSUBSCRIBE | ACK | SKU_HISTORY | AT_RISK)
+                read || matches!(
+                    op,
+                    SUBSCRIBE | UNSUBSCRIBE | ACK | LIST_SUBSCRIPTIONS | SKU_HISTORY | AT_RISK
+                )
             }
         }
     }
@@ -172,6 +179,10 @@ pub enum Op {
     Unsubscribe,
     /// `ACK`
     Ack(Ack),
+    /// `LIST_SUBSCRIPTIONS`
+    ListSubscriptions(ListSubscriptions),
+    /// `DELETE_SUBSCRIPTION`
+    DeleteSubscription(DeleteSubscription),
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -214,6 +225,8 @@ impl Op {
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
             Op::Ack(_) => ACK,
+            Op::ListSubscriptions(_) => LIST_SUBSCRIPTIONS,
+            Op::DeleteSubscription(_) => DELETE_SUBSCRIPTION,
         }
     }
 
@@ -264,6 +277,8 @@ impl Op {
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
+            Op::ListSubscriptions(b) => body(b)?,
+            Op::DeleteSubscription(b) => body(b)?,
         };
         Ok(RawOp {
             opcode: self.opcode(),
@@ -303,6 +318,8 @@ impl Op {
             SUBSCRIBE => Op::Subscribe(decode_body(b)?),
             UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
             ACK => Op::Ack(decode_body(b)?),
+            LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_body(b)?),
+            DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_body(b)?),
             _ => return Ok(None),
         }))
     }

@@ -53,6 +53,7 @@ pub fn name(status: u16) -> &'static str {
         14 => "not_expired",
         15 => "reservation_expired",
         16 => "in_progress",
+        20 => "subscription_not_found",
         STORAGE_FAILURE => "storage_failure",
         SHUTTING_DOWN => "shutting_down",
         PROTOCOL_ERROR => "protocol_error",

@@ -903,6 +903,21 @@ impl Wal {
         Ok(())
     }
 
+    /// Forgets the feed position of subscription `name` and flushes; whether one was
+    /// stored. Blocking (one fsync): call it off the async threads.
+    pub fn delete_position(&self, name: &str) -> Result<bool, WalError> {
+        let tree = self
+            .db
+            .open_tree(POSITIONS_TREE)
+            .map_err(storage("open positions tree"))?;
+        let had = tree
+            .remove(name.as_bytes())
+            .map_err(storage("delete position"))?
+            .is_some();
+        tree.flush().map_err(storage("flush position"))?;
+        Ok(had)
+    }
+
     /// Every stored feed position, by subscription name.
     pub fn positions(&self) -> Result<Vec<(String, u64)>, WalError> {
         guard::guarded(|| self.read_positions())

@@ -1,0 +1,137 @@
+//! Named subscriptions listed and deleted over the binary protocol (`LIST_SUBSCRIPTIONS`
+//! 0x0504, `DELETE_SUBSCRIPTION` 0x0505) on the real `omnistock serve`: names in order,
+//! paged, with their lag; delete is admin-only, durable across a restart, and answers
+//! `subscription_not_found` (20) for a name with no stored position.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{free_port, wire_adjust, wire_catalog};
+use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
+use omnistock::protocol::{kinds, start, Subscribe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
+const ADMIN: &str = "subs-admin-token";
+const ADAPTER: &str = "subs-adapter-token";
+
+async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--token", &format!("{ADMIN}:admin,{ADAPTER}:adapter")])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    for _ in 0..1500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("serve did not listen");
+}
+
+fn cfg(port: u16, token: &str) -> ClientConfig {
+    ClientConfig::new(format!("127.0.0.1:{port}")).token(token)
+}
+
+async fn ack_name(port: u16, name: &str) -> u64 {
+    let sub = Subscriber::subscribe(
+        cfg(port, ADAPTER),
+        Subscribe {
+            name: name.into(),
+            start: start::LIVE,
+            from_seq: 0,
+            channels: vec![],
+            skus: vec![],
+            sku_prefix: String::new(),
+            kinds: kinds::ALL,
+            coalesce_ms: 0,
+        },
+    )
+    .await
+    .expect("subscribe");
+    sub.ack().await.expect("ack");
+    sub.position()
+}
+
+fn status(e: ClientError) -> u16 {
+    match e {
+        ClientError::Status { status, .. } => status,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_positions_are_listed_in_pages_and_deleted_durably_by_admins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, port) = serve(&data).await;
+    let admin = Client::connect(cfg(port, ADMIN)).await.unwrap();
+    wire_catalog(&admin).await;
+    wire_adjust(&admin, "SKU-1", 1).await;
+    let b = ack_name(port, "b-sub").await;
+    let a = ack_name(port, "a-sub").await;
+    let head = wire_adjust(&admin, "SKU-1", 1).await;
+
+    let adapter = Client::connect(cfg(port, ADAPTER)).await.unwrap();
+    let all = adapter.subscriptions("", 0).await.unwrap();
+    let names: Vec<&str> = all.items.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a-sub", "b-sub"], "in name order");
+    assert!(!all.more);
+    assert_eq!(all.items[0].position, a);
+    assert_eq!(all.items[1].position, b);
+    // The feed's head may trail the durable seq by a moment; the lag is measured from it.
+    assert!(all.items[0].lag_records <= head - a);
+
+    let first = adapter.subscriptions("", 1).await.unwrap();
+    assert_eq!(first.items.len(), 1);
+    assert!(first.more);
+    let second = adapter
+        .subscriptions(&first.items[0].name, 1)
+        .await
+        .unwrap();
+    assert_eq!(second.items[0].name, "b-sub");
+    assert!(!second.more);
+
+    // Adapters may list, not delete (104 forbidden); admins delete; twice is 20.
+    assert_eq!(
+        status(adapter.delete_subscription("a-sub").await.unwrap_err()),
+        104
+    );
+    admin.delete_subscription("a-sub").await.unwrap();
+    assert_eq!(
+        status(admin.delete_subscription("a-sub").await.unwrap_err()),
+        20
+    );
+    assert_eq!(
+        status(admin.delete_subscription("never-stored").await.unwrap_err()),
+        20
+    );
+    let left = adapter.subscriptions("", 0).await.unwrap();
+    assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].name, "b-sub");
+
+    // Durable: after a restart the deleted name stays gone, the other stays.
+    drop((admin, adapter));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let mut child = child;
+    child.wait().await.unwrap();
+    let (_child, port) = serve(&data).await;
+    let adapter = Client::connect(cfg(port, ADAPTER)).await.unwrap();
+    let after = adapter.subscriptions("", 0).await.unwrap();
+    let names: Vec<&str> = after.items.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["b-sub"]);
+    assert_eq!(after.items[0].position, b);
+}
