@@ -215,6 +215,13 @@ enum CtlCmd {
     Locations,
     /// List channels.
     Channels,
+    /// List the stored named subscription positions (name, position, lag).
+    Subscriptions,
+    /// Forget the position stored under a subscription name (admin).
+    DeleteSubscription {
+        /// The subscription name.
+        name: String,
+    },
     /// Set the low-stock threshold of a channel, or of one SKU on it (0 removes).
     LowStock {
         /// Channel id.
@@ -451,6 +458,11 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
         CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
         CtlCmd::Locations => Op::ListLocations,
         CtlCmd::Channels => Op::ListChannels,
+        CtlCmd::Subscriptions => Op::ListSubscriptions(ListSubscriptions {
+            after: String::new(),
+            limit: 0,
+        }),
+        CtlCmd::DeleteSubscription { name } => Op::DeleteSubscription(DeleteSubscription { name }),
         CtlCmd::Reserve {
             channel,
             lines,
@@ -572,6 +584,22 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
     })
 }
 
+/// Every stored named position, page after page (at most 10,000 names).
+async fn all_subscriptions(c: &Client) -> Result<Subscriptions, Failure> {
+    let mut all = Subscriptions {
+        items: Vec::new(),
+        more: false,
+    };
+    loop {
+        let after = all.items.last().map_or("", |s| s.name.as_str()).to_string();
+        let page = c.subscriptions(&after, 0).await?;
+        all.items.extend(page.items);
+        if !page.more {
+            return Ok(all);
+        }
+    }
+}
+
 /// Runs `op` and renders its answer.
 async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
     Ok(match op {
@@ -584,6 +612,11 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,
+        Op::ListSubscriptions(_) => render::subscriptions(&all_subscriptions(c).await?)?,
+        Op::DeleteSubscription(d) => {
+            c.delete_subscription(&d.name).await?;
+            render::deleted_subscription(&d.name)?
+        }
         Op::Reserve(r) => {
             let (reservation, request_id) = (r.reservation, r.request_id);
             render::reserved(reservation, request_id, &c.reserve(r).await?)?

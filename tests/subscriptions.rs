@@ -135,3 +135,56 @@ async fn named_positions_are_listed_in_pages_and_deleted_durably_by_admins_only(
     assert_eq!(names, ["b-sub"]);
     assert_eq!(after.items[0].position, b);
 }
+
+async fn ctl(port: u16, token: &str, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "ctl",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            token,
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("run ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_lists_and_deletes_subscriptions_with_json_and_stable_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, port) = serve(&dir.path().join("data")).await;
+    let admin = Client::connect(cfg(port, ADMIN)).await.unwrap();
+    wire_catalog(&admin).await;
+    let pos = ack_name(port, "ads-pauser").await;
+    let (code, out) = ctl(port, ADAPTER, &["--json", "subscriptions"]).await;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["subscriptions"][0]["name"], "ads-pauser");
+    assert_eq!(v["subscriptions"][0]["position"], pos);
+    let (code, out) = ctl(port, ADAPTER, &["subscriptions"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("name") && out.contains("ads-pauser"), "{out}");
+    // An adapter may not delete (104), an admin may; the second time is 20.
+    let (code, _) = ctl(port, ADAPTER, &["delete-subscription", "ads-pauser"]).await;
+    assert_eq!(code, 104);
+    let (code, out) = ctl(
+        port,
+        ADMIN,
+        &["--json", "delete-subscription", "ads-pauser"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["deleted"], "ads-pauser");
+    let (code, _) = ctl(port, ADMIN, &["delete-subscription", "ads-pauser"]).await;
+    assert_eq!(code, 20);
+    let (_, out) = ctl(port, ADAPTER, &["--json", "subscriptions"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["subscriptions"], serde_json::json!([]));
+}

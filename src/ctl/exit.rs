@@ -5,7 +5,7 @@
 //! | exit | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1..=63 | the server's rejection with that status code (today 1..=16) |
+//! | 1..=63 | the server's rejection with that status code (today 1..=16 and 20) |
 //! | 64 | usage: bad flags or argument values (`usage`) |
 //! | 69 | no connection: refused, unreachable, unknown host (`unavailable`) |
 //! | 70 | a bug in ctl itself (`client_internal`) |

@@ -423,6 +423,38 @@ pub fn channels(c: &Channels) -> Result<Output, Failure> {
     })
 }
 
+/// `subscriptions`: one row per stored name.
+pub fn subscriptions(s: &Subscriptions) -> Result<Output, Failure> {
+    let rows: Vec<Vec<String>> = s
+        .items
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.position.to_string(),
+                s.lag_records.to_string(),
+            ]
+        })
+        .collect();
+    Ok(Output {
+        json: serde_json::json!({ "subscriptions": to_json(&s.items)? }),
+        human: table(
+            0,
+            &["name", "position", "lag_records"],
+            &["position", "lag_records"],
+            &rows,
+        ),
+    })
+}
+
+/// `delete-subscription NAME`.
+pub fn deleted_subscription(name: &str) -> Result<Output, Failure> {
+    Ok(Output {
+        json: serde_json::json!({ "deleted": name }),
+        human: kv(&[("deleted", name.to_string())]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
