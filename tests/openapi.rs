@@ -120,12 +120,27 @@ async fn every_documented_route_is_served_and_answers_as_documented() {
     let addr = http.local_addr();
     tokio::spawn(http.run(std::future::pending()));
 
+    engine.ack_position("probe", 1).await.unwrap();
     for (method, path) in documented(&doc) {
-        assert_eq!(method, "get");
         let concrete = path
             .replace("{sku}", "sku-1")
             .replace("{id}", &format!("{res:032x}"))
+            .replace("{name}", "probe")
             .replace("/v1/atp", "/v1/atp?skus=sku-1");
+        if method == "delete" {
+            let a = send(addr, "DELETE", &concrete, &[]).await;
+            assert_eq!(a.status, 204, "{path}: {}", a.body);
+            let again = send(addr, "DELETE", &concrete, &[]).await;
+            assert_eq!(again.status, 404, "{path}");
+            assert_eq!(again.code(), "unknown_subscription");
+            assert_valid(&schema(&doc, "Error"), "Error", &again.json());
+            for other in ["GET", "POST", "PUT"] {
+                let a = send(addr, other, &concrete, &[]).await;
+                assert_eq!(a.status, 405, "{other} {path}");
+            }
+            continue;
+        }
+        assert_eq!(method, "get");
         if path == "/v1/events" {
             let s = Sse::open(addr, &concrete, &[]).await;
             assert_eq!(s.status, 200, "{path}");
@@ -143,11 +158,14 @@ async fn every_documented_route_is_served_and_answers_as_documented() {
     assert_eq!(get(addr, "/v1/skus", &[]).await.code(), "no_route");
     assert_eq!(get(addr, "/v2/atp", &[]).await.status, 404);
 
+    engine.ack_position("probe-2", 1).await.unwrap();
     let answers = [
         ("Sku", "/v1/skus/sku-1".to_string()),
         ("Atp", "/v1/atp?skus=sku-1,sku-2,nope".to_string()),
         ("Atp", "/v1/atp?prefix=sku-&limit=1".to_string()),
         ("Reservation", format!("/v1/reservations/{res:032x}")),
+        ("Subscriptions", "/v1/subscriptions?limit=1".to_string()),
+        ("Error", "/v1/subscriptions?limit=x".to_string()),
         ("Error", "/v1/skus/nope".to_string()),
         ("Error", "/v1/reservations/42".to_string()),
         ("Error", "/v1/atp?limit=5000&prefix=x".to_string()),

@@ -17,10 +17,15 @@ const ADMIN: &str = "subs-admin-token";
 const ADAPTER: &str = "subs-adapter-token";
 
 async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16) {
-    let port = free_port();
+    let (child, port, _) = serve_http(data).await;
+    (child, port)
+}
+
+async fn serve_http(data: &std::path::Path) -> (tokio::process::Child, u16, u16) {
+    let (port, http) = (free_port(), free_port());
     let child = tokio::process::Command::new(BIN)
         .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
         .args(["--token", &format!("{ADMIN}:admin,{ADAPTER}:adapter")])
         .arg("--data-dir")
         .arg(data)
@@ -30,11 +35,13 @@ async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16) {
         .spawn()
         .expect("start serve");
     for _ in 0..1500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (child, port);
+        let up = |p: u16| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", p))
+                .await
+                .is_ok()
+        };
+        if up(port).await && up(http).await {
+            return (child, port, http);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -187,4 +194,38 @@ async fn ctl_lists_and_deletes_subscriptions_with_json_and_stable_exit_codes() {
     let (_, out) = ctl(port, ADAPTER, &["--json", "subscriptions"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["subscriptions"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_lists_and_deletes_subscriptions_with_roles() {
+    use common::http::send;
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, port, http) = serve_http(&dir.path().join("data")).await;
+    let admin = Client::connect(cfg(port, ADMIN)).await.unwrap();
+    wire_catalog(&admin).await;
+    let pos = ack_name(port, "shop.a").await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (adapter_auth, admin_auth) = (bearer(ADAPTER), bearer(ADMIN));
+    let adapter_h = [("Authorization", adapter_auth.as_str())];
+    let admin_h = [("Authorization", admin_auth.as_str())];
+    let addr = format!("127.0.0.1:{http}").parse().unwrap();
+    let list = send(addr, "GET", "/v1/subscriptions", &adapter_h).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let v = list.json();
+    assert_eq!(v["items"][0]["name"], "shop.a");
+    assert_eq!(v["items"][0]["position"], pos);
+    assert_eq!(v["more"], false);
+    let path = "/v1/subscriptions/shop.a";
+    assert_eq!(send(addr, "DELETE", path, &adapter_h).await.status, 403);
+    assert_eq!(send(addr, "DELETE", path, &[]).await.status, 401);
+    assert_eq!(send(addr, "DELETE", path, &admin_h).await.status, 204);
+    let gone = send(addr, "DELETE", path, &admin_h).await;
+    assert_eq!(
+        (gone.status, gone.code().as_str()),
+        (404, "unknown_subscription")
+    );
+    let v = send(addr, "GET", "/v1/subscriptions", &admin_h)
+        .await
+        .json();
+    assert_eq!(v["items"], serde_json::json!([]));
 }

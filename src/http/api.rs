@@ -437,6 +437,51 @@ pub(crate) async fn get_reservation(
     }
 }
 
+/// `GET /v1/subscriptions` query: a page of the stored named positions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriptionsQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/subscriptions`: the stored named positions in name order, a page at a time
+/// (the binary LIST_SUBSCRIPTIONS).
+pub(crate) async fn list_subscriptions(
+    State(state): State<Arc<AppState>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
+    headers: HeaderMap,
+    query: Result<Query<SubscriptionsQuery>, QueryRejection>,
+) -> Result<Json<crate::protocol::Subscriptions>, ApiError> {
+    authorize(&state, &headers, peer, opcode::LIST_SUBSCRIPTIONS)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let engine = engine(&state)?;
+    Ok(Json(crate::server::convert::subscriptions_page(
+        &engine.feed_positions(),
+        engine.feed().head(),
+        q.after.as_deref().unwrap_or(""),
+        q.limit.unwrap_or(0),
+    )))
+}
+
+/// `DELETE /v1/subscriptions/{name}`: forgets a stored named position (admin; the binary
+/// DELETE_SUBSCRIPTION). 204, or 404 `unknown_subscription`.
+pub(crate) async fn delete_subscription(
+    State(state): State<Arc<AppState>>,
+    Extension(PeerIp(peer)): Extension<PeerIp>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers, peer, opcode::DELETE_SUBSCRIPTION)?;
+    let Path(name) = name.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let engine = engine(&state)?;
+    engine
+        .delete_position(&name)
+        .await
+        .map_err(|f| ApiError::of_failure(&f))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,14 @@ fn table() -> Vec<Entry> {
         get_route("/v1/atp", api::get_atp),
         get_route("/v1/reservations/{id}", api::get_reservation),
         get_route("/v1/events", events::stream),
+        get_route("/v1/subscriptions", api::list_subscriptions),
+        (
+            Route {
+                method: "delete",
+                path: "/v1/subscriptions/{name}",
+            },
+            axum::routing::delete(api::delete_subscription),
+        ),
     ]
 }
 

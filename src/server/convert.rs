@@ -492,3 +492,34 @@ mod tests {
         );
     }
 }
+
+/// A page of stored named positions (`positions` sorted by name): those after `after`
+/// (empty: from the first), at most `limit` (0 or over the maximum: the maximum), each with
+/// its lag behind `head`; `more` when names follow.
+pub fn subscriptions_page(
+    positions: &[(String, u64)],
+    head: u64,
+    after: &str,
+    limit: u32,
+) -> Subscriptions {
+    let max = MAX_LIST_SUBSCRIPTIONS as usize;
+    let limit = match limit as usize {
+        0 => max,
+        n => n.min(max),
+    };
+    let start = positions.partition_point(|(n, _)| !after.is_empty() && n.as_str() <= after);
+    let rest = &positions[start..];
+    let items = rest
+        .iter()
+        .take(limit)
+        .map(|(name, position)| WireSubscription {
+            name: name.clone(),
+            position: *position,
+            lag_records: head.saturating_sub(*position),
+        })
+        .collect();
+    Subscriptions {
+        items,
+        more: rest.len() > limit,
+    }
+}

@@ -273,7 +273,12 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),
         },
-        Op::ListSubscriptions(l) => ok(&list_subscriptions(ctx, &l)),
+        Op::ListSubscriptions(l) => ok(&convert::subscriptions_page(
+            &ctx.engine.feed_positions(),
+            ctx.engine.feed().head(),
+            &l.after,
+            l.limit,
+        )),
         Op::DeleteSubscription(d) => match ctx.engine.delete_position(&d.name).await {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),
@@ -355,32 +360,4 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A page of the stored named positions, in name order, with their lag.
-fn list_subscriptions(ctx: &Ctx, l: &protocol::ListSubscriptions) -> protocol::Subscriptions {
-    let max = protocol::MAX_LIST_SUBSCRIPTIONS as usize;
-    let limit = match l.limit as usize {
-        0 => max,
-        n => n.min(max),
-    };
-    let head = ctx.engine.feed().head();
-    let mut rest = ctx
-        .engine
-        .feed_positions()
-        .into_iter()
-        .filter(|(n, _)| l.after.is_empty() || n.as_str() > l.after.as_str());
-    let items: Vec<protocol::WireSubscription> = rest
-        .by_ref()
-        .take(limit)
-        .map(|(name, position)| protocol::WireSubscription {
-            name,
-            position,
-            lag_records: head.saturating_sub(position),
-        })
-        .collect();
-    protocol::Subscriptions {
-        items,
-        more: rest.next().is_some(),
-    }
 }
