@@ -456,6 +456,37 @@ pub fn channels_of(c: &Catalog) -> Channels {
     }
 }
 
+/// A page of stored named positions (`positions` sorted by name): those after `after`
+/// (empty: from the first), at most `limit` (0 or over the maximum: the maximum), each with
+/// its lag behind `head`; `more` when names follow.
+pub fn subscriptions_page(
+    positions: &[(String, u64)],
+    head: u64,
+    after: &str,
+    limit: u32,
+) -> Subscriptions {
+    let max = MAX_LIST_SUBSCRIPTIONS as usize;
+    let limit = match limit as usize {
+        0 => max,
+        n => n.min(max),
+    };
+    let start = positions.partition_point(|(n, _)| !after.is_empty() && n.as_str() <= after);
+    let rest = &positions[start..];
+    let items = rest
+        .iter()
+        .take(limit)
+        .map(|(name, position)| WireSubscription {
+            name: name.clone(),
+            position: *position,
+            lag_records: head.saturating_sub(*position),
+        })
+        .collect();
+    Subscriptions {
+        items,
+        more: rest.len() > limit,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,35 +522,31 @@ mod tests {
             crate::protocol::encode_payload(&reserved_of(&o)).expect("owned")
         );
     }
-}
 
-/// A page of stored named positions (`positions` sorted by name): those after `after`
-/// (empty: from the first), at most `limit` (0 or over the maximum: the maximum), each with
-/// its lag behind `head`; `more` when names follow.
-pub fn subscriptions_page(
-    positions: &[(String, u64)],
-    head: u64,
-    after: &str,
-    limit: u32,
-) -> Subscriptions {
-    let max = MAX_LIST_SUBSCRIPTIONS as usize;
-    let limit = match limit as usize {
-        0 => max,
-        n => n.min(max),
-    };
-    let start = positions.partition_point(|(n, _)| !after.is_empty() && n.as_str() <= after);
-    let rest = &positions[start..];
-    let items = rest
-        .iter()
-        .take(limit)
-        .map(|(name, position)| WireSubscription {
-            name: name.clone(),
-            position: *position,
-            lag_records: head.saturating_sub(*position),
-        })
-        .collect();
-    Subscriptions {
-        items,
-        more: rest.len() > limit,
+    #[test]
+    fn subscription_pages_follow_names_and_say_when_more_follow() {
+        let p: Vec<(String, u64)> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), i as u64))
+            .collect();
+        let names = |s: &Subscriptions| s.items.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        let all = subscriptions_page(&p, 5, "", 0);
+        assert_eq!(
+            (names(&all), all.more),
+            (vec!["a".into(), "b".into(), "c".into()], false)
+        );
+        assert_eq!(all.items[2].lag_records, 3);
+        let first = subscriptions_page(&p, 5, "", 2);
+        assert_eq!(
+            (names(&first), first.more),
+            (vec!["a".into(), "b".into()], true)
+        );
+        let next = subscriptions_page(&p, 5, "b", 2);
+        assert_eq!((names(&next), next.more), (vec!["c".into()], false));
+        // `after` need not be a stored name; a position ahead of the head lags 0.
+        assert_eq!(names(&subscriptions_page(&p, 0, "aa", 0)), vec!["b", "c"]);
+        assert_eq!(subscriptions_page(&p, 0, "", 0).items[1].lag_records, 0);
+        assert!(subscriptions_page(&p, 5, "c", 0).items.is_empty());
     }
 }
