@@ -54,6 +54,8 @@ pub mod metrics;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "server")]
 pub mod wal;
 #[cfg(feature = "server")]

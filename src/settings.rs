@@ -201,6 +201,22 @@ pub struct Args {
     /// Take a checkpoint after this many log records; 0 disables [default: 1000000].
     #[arg(long, env = "OMNISTOCK_CHECKPOINT_EVERY_RECORDS", value_name = "N")]
     pub checkpoint_every_records: Option<u64>,
+
+    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read once
+    /// at start: a new certificate needs a restart [default: none, plain TCP].
+    #[arg(long, env = "OMNISTOCK_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "OMNISTOCK_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): every client of the binary port must present a certificate
+    /// it signed (the HTTP endpoint asks for none) [default: none, no client certificates].
+    #[arg(long, env = "OMNISTOCK_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow auth tokens on a non-loopback address without TLS, where they cross the
+    /// network in the clear [default: false, such a setup is refused].
+    #[arg(long, env = "OMNISTOCK_INSECURE_PLAINTEXT_TOKENS")]
+    pub insecure_plaintext_tokens: bool,
 }
 
 /// `serve --help`'s list of the TOML file's keys: every field of [`FileConfig`] and its
@@ -222,7 +238,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
     ca_file; \
-    docs/webhooks.md). A flag or its environment variable overrides the file; the file \
+    docs/webhooks.md), [tls] (cert, key, client_ca, insecure_plaintext_tokens). A flag or its environment variable overrides the file; the file \
     overrides the default. docs/operations.md has an example.";
 
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
@@ -244,6 +260,45 @@ struct FileConfig {
     storage: FileStorage,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+/// `[tls]`: the `--tls-*` flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    insecure_plaintext_tokens: Option<bool>,
+}
+
+/// The TLS identities of the binary port (client certificates as `tls_client_ca` says)
+/// and of the HTTP endpoint (same certificate, no client certificates); `None` without
+/// `tls_cert`.
+fn tls_configs(
+    args: &Args,
+    file: &FileTls,
+) -> anyhow::Result<Option<(omnistock::tls::ServerTls, omnistock::tls::ServerTls)>> {
+    let cert = args.tls_cert.clone().or_else(|| file.cert.clone());
+    let key = args.tls_key.clone().or_else(|| file.key.clone());
+    let ca = args
+        .tls_client_ca
+        .clone()
+        .or_else(|| file.client_ca.clone());
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) if ca.is_none() => return Ok(None),
+        (None, None) => return Err(bad("tls_client_ca", "needs tls_cert and tls_key")),
+        (Some(_), None) => return Err(bad("tls_key", "tls_cert needs tls_key")),
+        (None, Some(_)) => return Err(bad("tls_cert", "tls_key needs tls_cert")),
+    };
+    let binary = omnistock::tls::ServerTls::from_files(&cert, &key, ca.as_deref())
+        .map_err(|e| bad("tls_cert", e))?;
+    let http =
+        omnistock::tls::ServerTls::from_files(&cert, &key, None).map_err(|e| bad("tls_cert", e))?;
+    Ok(Some((binary, http)))
 }
 
 /// One `[[webhooks]]` entry (docs/webhooks.md); defaults are `EndpointConfig::new`'s.
@@ -418,9 +473,11 @@ fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
 /// checks every setting.
 pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let file = read_file(args.config.as_ref())?;
-    let server = server_config(&args, &file)?;
+    let tls = tls_configs(&args, &file.tls)?;
+    let server = server_config(&args, &file, tls.as_ref().map(|t| &t.0))?;
     let persist = persist_config(&args, &file)?;
-    let http = http_config(&args, &file, &server)?;
+    let mut http = http_config(&args, &file, &server)?;
+    http.tls = tls.map(|(_, h)| h);
     let webhooks = webhooks_config(&file.webhooks, &http.source)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
         (Some(a), _) => a,
@@ -499,7 +556,11 @@ fn webhooks_config(file: &[FileWebhook], source: &str) -> anyhow::Result<Webhook
     Ok(cfg)
 }
 
-fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig> {
+fn server_config(
+    args: &Args,
+    file: &FileConfig,
+    tls: Option<&omnistock::tls::ServerTls>,
+) -> anyhow::Result<ServerConfig> {
     let listen = match (args.listen, &file.listen) {
         (Some(l), _) => l,
         (None, Some(l)) => parse_addr("listen", l)?,
@@ -602,6 +663,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     if let Some(b) = args.connections_on_arbiters.or(l.connections_on_arbiters) {
         cfg.connections_on_arbiters = b;
     }
+    cfg.tls = tls.cloned();
+    cfg.insecure_plaintext_tokens =
+        args.insecure_plaintext_tokens || file.tls.insecure_plaintext_tokens.unwrap_or(false);
     cfg.validate()?;
     Ok(cfg)
 }
