@@ -545,7 +545,7 @@ async fn handshake(
     if frame.payload.get(..4) != Some(&MAGIC[..]) {
         return refuse(ctx, out, corr, status::PROTOCOL_ERROR, "bad magic").await;
     }
-    let hello: Hello = match protocol::decode_payload(&frame.payload) {
+    let hello: Hello = match protocol::decode_request(&frame.payload) {
         Ok(h) => h,
         Err(e) => return refuse(ctx, out, corr, status::PROTOCOL_ERROR, e.to_string()).await,
     };
@@ -1006,7 +1006,7 @@ async fn read_loop(
             refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
             break End::Refused;
         }
-        let batch: RequestBatch = match protocol::decode_payload(&frame.payload) {
+        let batch: RequestBatch = match protocol::decode_request(&frame.payload) {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("request payload: {e}");
