@@ -1117,6 +1117,39 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_come_from_flags_or_the_file_and_bad_ones_are_named() {
+        let e = err(&[], Some("[tls]\ncert = \"/nonexistent/server.pem\"\n"));
+        assert!(e.contains("tls_key"), "{e}");
+        let e = err(&["--tls-client-ca", "/nonexistent/ca.pem"], None);
+        assert!(
+            e.contains("tls_client_ca") && e.contains("needs tls_cert"),
+            "{e}"
+        );
+        let e = err(
+            &[
+                "--tls-cert",
+                "/nonexistent/server.pem",
+                "--tls-key",
+                "/nonexistent/k",
+            ],
+            None,
+        );
+        assert!(
+            e.contains("tls_cert") && e.contains("/nonexistent/server.pem"),
+            "{e}"
+        );
+        let e = err(&["--listen", "0.0.0.0:7878", "--token", "t:admin"], None);
+        assert!(e.contains("--insecure-plaintext-tokens"), "{e}");
+        let s = resolve_with(
+            &["--listen", "0.0.0.0:7878", "--token", "t:admin"],
+            Some("[tls]\ninsecure_plaintext_tokens = true\n"),
+        )
+        .unwrap();
+        assert!(s.server.insecure_plaintext_tokens && s.server.tls.is_none());
+        assert!(s.http.tls.is_none());
+    }
+
+    #[test]
     fn a_flag_that_is_not_a_number_is_refused_by_name() {
         let e = match Cli::try_parse_from(["t", "--max-in-flight", "lots"]) {
             Ok(_) => panic!("parsed"),
