@@ -484,6 +484,21 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         (None, Some(a)) => parse_addr("admin_listen", a)?,
         (None, None) => parse_addr("admin_listen", DEFAULT_ADMIN_LISTEN)?,
     };
+    // The HTTP API takes the same tokens (as bearer tokens): the same rule as the binary port.
+    if !server.tokens.is_empty()
+        && !admin_listen.ip().is_loopback()
+        && http.tls.is_none()
+        && !server.insecure_plaintext_tokens
+    {
+        return Err(bad(
+            "tls",
+            format!(
+                "auth tokens on the non-loopback admin_listen address {admin_listen} would \
+                 cross the network in the clear; give --tls-cert and --tls-key, or accept \
+                 that with --insecure-plaintext-tokens"
+            ),
+        ));
+    }
     let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
@@ -1146,6 +1161,14 @@ mod tests {
         )
         .unwrap();
         assert!(s.server.insecure_plaintext_tokens && s.server.tls.is_none());
+        let e = err(
+            &["--admin-listen", "0.0.0.0:9878", "--token", "t:admin"],
+            None,
+        );
+        assert!(
+            e.contains("admin_listen") && e.contains("--tls-cert"),
+            "{e}"
+        );
         assert!(s.http.tls.is_none());
     }
 

@@ -233,6 +233,40 @@ async fn a_silent_tls_handshake_ends_at_the_handshake_deadline() {
     assert_eq!(stats.handshakes_pending.load(Ordering::Relaxed), 0);
 }
 
+#[tokio::test]
+async fn a_tls_handshake_waits_in_the_pending_pool_and_the_oldest_is_evicted() {
+    let pki = Pki::new();
+    let (addr, stats) = start(|c| {
+        c.tls = Some(pki.server(false));
+        c.max_pending_handshakes = 1;
+    })
+    .await;
+    // A squatter that starts a TLS record and stops: it holds the one pending place.
+    let mut squatter = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut squatter, &[0x16, 0x03])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.handshakes_pending.load(Ordering::Relaxed) < 1 {
+        assert!(Instant::now() < deadline, "squatter not pending");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A real client still gets in: the squatter, the oldest, is evicted.
+    let c = Client::connect(config(addr, Some(pki.client(None))))
+        .await
+        .unwrap();
+    c.ping().await.unwrap();
+    assert_eq!(stats.handshakes_evicted.load(Ordering::Relaxed), 1);
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut squatter, &mut buf),
+    )
+    .await
+    .expect("the evicted squatter is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
 fn serve(pki: &Pki, data: &Path, port: u16, admin: u16, extra: &[&str]) -> Child {
     let child = Command::new(BIN)
         .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
