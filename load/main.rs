@@ -39,6 +39,15 @@ struct TargetArgs {
     /// omnistock auth token (the catalog loader needs an admin token).
     #[arg(long, default_value = "")]
     token: String,
+    /// Speak TLS to omnistock (needs --ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// PEM CA file of the server's certificate (implies --tls).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Name the server's certificate must be for [default: the host of --addr].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// Redis URL for --target redis (loopback only).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -166,6 +175,18 @@ fn target(t: &TargetArgs) -> Result<TargetSpec, LoadError> {
         "omnistock" => Ok(TargetSpec::Omnistock {
             addr: t.addr.clone(),
             token: t.token.clone(),
+            tls: match (&t.ca_file, t.tls) {
+                (Some(ca), _) => Some(
+                    omnistock::tls::ClientTls::new(ca, t.server_name.clone(), None)
+                        .map_err(|e| LoadError::Config(format!("--ca-file: {e}")))?,
+                ),
+                (None, true) => {
+                    return Err(LoadError::Config(
+                        "--tls needs --ca-file FILE (the CA of the server's certificate)".into(),
+                    ))
+                }
+                (None, false) => None,
+            },
         }),
         "redis" => Ok(TargetSpec::Redis {
             url: t.redis_url.clone(),

@@ -100,6 +100,32 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_whole(bytes, FIXED)
 }
 
+/// How many bytes of decoded (in-memory) form [`decode_bounded`] allows per input byte.
+pub const BOUNDED_EXPANSION: usize = 32;
+
+/// Like [`decode`], but the decode limit (what lengths inside may claim) scales with the
+/// input: `BOUNDED_EXPANSION` x its length, rounded up to 4 KiB, 64 KiB or 1 MiB, else
+/// [`MAX_DECODE_BYTES`]. A short input announcing a long string or vector is refused
+/// before anything of that size is allocated (with [`decode`] a 49-byte input could make
+/// it allocate up to 16 MiB). For what a peer sends (the server's requests), whose types
+/// decode to at most a few times their encoded size; not for values with vectors of
+/// small optional items (`Vec<Option<_>>`, a byte each when `None`).
+pub fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let want = bytes.len().saturating_mul(BOUNDED_EXPANSION);
+    let base = config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    if want <= 4 << 10 {
+        decode_whole(bytes, base.with_limit::<{ 4 << 10 }>())
+    } else if want <= 64 << 10 {
+        decode_whole(bytes, base.with_limit::<{ 64 << 10 }>())
+    } else if want <= 1 << 20 {
+        decode_whole(bytes, base.with_limit::<{ 1 << 20 }>())
+    } else {
+        decode_whole(bytes, FIXED)
+    }
+}
+
 /// Decodes a checkpoint-sized value (same layout as [`decode`], larger limit).
 pub fn decode_large<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_whole(bytes, LARGE)
@@ -127,6 +153,22 @@ mod tests {
             encode(&"ab").unwrap(),
             vec![2, 0, 0, 0, 0, 0, 0, 0, b'a', b'b']
         );
+    }
+
+    #[test]
+    fn a_short_input_cannot_claim_a_long_string_under_the_bounded_limit() {
+        // 8 length bytes saying 14 MB, then 3 bytes: refused by the limit, not by running
+        // out of bytes after allocating the string.
+        let mut b = (14_000_000u64).to_le_bytes().to_vec();
+        b.extend_from_slice(b"abc");
+        let e = decode_bounded::<String>(&b).unwrap_err().to_string();
+        assert_eq!(e, "a length is over the decode limit");
+        let e = decode::<String>(&b).unwrap_err().to_string();
+        assert!(e.starts_with("the bytes end"), "{e}");
+        // What fits decodes the same either way.
+        let v = vec!["a".to_string(); 3000];
+        let bytes = encode(&v).unwrap();
+        assert_eq!(decode_bounded::<Vec<String>>(&bytes).unwrap(), v);
     }
 
     #[test]

@@ -69,6 +69,27 @@ struct Cli {
     /// Auth token.
     #[arg(long, global = true, env = "OMNISTOCK_TOKEN", default_value = "")]
     token: String,
+    /// Speak TLS to the server (needs --ca-file).
+    #[arg(long, global = true, env = "OMNISTOCK_TLS")]
+    tls: bool,
+    /// PEM file of the CA(s) that signed the server's certificate (system roots are not
+    /// used); implies --tls.
+    #[arg(long, global = true, env = "OMNISTOCK_CA_FILE", value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Name the server's certificate must be for [default: the host of --addr].
+    #[arg(
+        long,
+        global = true,
+        env = "OMNISTOCK_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    server_name: Option<String>,
+    /// PEM client certificate chain, for a server that requires one (with --key).
+    #[arg(long, global = true, env = "OMNISTOCK_CERT", value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "OMNISTOCK_KEY", value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// Print results, and errors, as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -414,7 +435,10 @@ async fn execute(cli: Cli) -> Result<Option<Output>, Failure> {
     let addr = with_default_port(&cli.addr)?;
     execute_at(&addr, cli).await.map_err(|mut f| {
         // Which server did not answer, or was something else.
-        if matches!(f.kind, exit::Kind::Unavailable | exit::Kind::NotOmnistock) {
+        if matches!(
+            f.kind,
+            exit::Kind::Unavailable | exit::Kind::NotOmnistock | exit::Kind::Tls
+        ) {
             f.message = format!("{addr}: {}", f.message);
         }
         f
@@ -424,6 +448,7 @@ async fn execute(cli: Cli) -> Result<Option<Output>, Failure> {
 async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
     let mut cfg = ClientConfig::new(addr).token(cli.token.clone());
     cfg.client_name = "omnistock-ctl".into();
+    cfg.tls = client_tls(&cli)?;
     if let CtlCmd::Tail(args) = cli.cmd {
         return tail::tail(cfg, cli.json, args).await.map(|()| None);
     }
@@ -436,6 +461,33 @@ async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
         Err(f) if mutating => Err(f.with_request_id(rid)),
         other => other.map(Some),
     }
+}
+
+/// The TLS settings of the flags; a usage error when they do not fit together or a file
+/// cannot be used.
+fn client_tls(cli: &Cli) -> Result<Option<omnistock::tls::ClientTls>, Failure> {
+    let usage = |m: String| Failure::new(exit::Kind::Usage, m);
+    let wanted = cli.tls
+        || cli.ca_file.is_some()
+        || cli.server_name.is_some()
+        || cli.cert.is_some()
+        || cli.key.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let Some(ca) = &cli.ca_file else {
+        return Err(usage(
+            "--tls needs --ca-file FILE (the CA of the server's certificate)".into(),
+        ));
+    };
+    let cert_key = match (&cli.cert, &cli.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err(usage("--cert and --key go together".into())),
+    };
+    omnistock::tls::ClientTls::new(ca, cli.server_name.clone(), cert_key)
+        .map(Some)
+        .map_err(|e| usage(format!("TLS: {e}")))
 }
 
 /// The operation of a command (everything but `tail`); usage errors before connecting.

@@ -97,6 +97,7 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     let target = TargetSpec::Omnistock {
         addr: addr.to_string(),
         token: String::new(),
+        tls: None,
     };
     let spec = CatalogSpec::demo(a.skus)?;
     let loaded = loadgen::load_catalog(&target, &spec).await?;

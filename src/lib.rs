@@ -56,6 +56,8 @@ pub mod nats;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "server")]
 pub mod wal;
 #[cfg(feature = "server")]

@@ -119,6 +119,9 @@ pub const AUTH_THROTTLED_TOTAL: &str = "omnistock_auth_throttled_total";
 pub const HANDSHAKES_PENDING: &str = "omnistock_handshakes_pending";
 /// Counter: pending handshakes closed to make room (`max_pending_handshakes`).
 pub const HANDSHAKES_EVICTED_TOTAL: &str = "omnistock_handshakes_evicted_total";
+/// Counter, labels `port` (binary, http) and `reason` (plaintext, handshake, timeout,
+/// tls_on_plaintext_port): TLS handshakes that did not complete.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "omnistock_tls_handshake_failures_total";
 /// Gauge, bytes: what all connections hold in buffers (queued output, partial frames) or
 /// have reserved for requests in flight.
 pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
@@ -258,6 +261,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (AUTH_THROTTLED_TOTAL, Kind::Counter, None, "Handshakes refused without checking their token because their source made 20 failed ones within 60 s."),
     (HANDSHAKES_PENDING, Kind::Gauge, None, "Connections that have not completed their Hello yet."),
     (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
+    (TLS_HANDSHAKE_FAILURES_TOTAL, Kind::Counter, None, "TLS handshakes that did not complete, by port and reason (plaintext, handshake, timeout, tls_on_plaintext_port)."),
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),

@@ -207,6 +207,22 @@ pub struct Args {
     /// [default: off].
     #[arg(long, env = "OMNISTOCK_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
+
+    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read once
+    /// at start: a new certificate needs a restart [default: none, plain TCP].
+    #[arg(long, env = "OMNISTOCK_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "OMNISTOCK_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): every client of the binary port must present a certificate
+    /// it signed (the HTTP endpoint asks for none) [default: none, no client certificates].
+    #[arg(long, env = "OMNISTOCK_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Allow auth tokens on a non-loopback address without TLS, where they cross the
+    /// network in the clear [default: false, such a setup is refused].
+    #[arg(long, env = "OMNISTOCK_INSECURE_PLAINTEXT_TOKENS")]
+    pub insecure_plaintext_tokens: bool,
 }
 
 /// `serve --help`'s list of the TOML file's keys: every field of [`FileConfig`] and its
@@ -231,7 +247,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     docs/webhooks.md), [nats] (url, stream, subject_prefix, channels, skus, prefix, kinds, \
     coalesce_ms, token or token_env, credentials_file, max_in_flight, ack_timeout_ms, \
     backoff_initial_ms, backoff_max_ms, duplicate_window_ms, max_bytes; docs/adapters.md; \
-    --nats-url or OMNISTOCK_NATS_URL turns it on). A flag or its environment variable overrides the file; the file \
+    --nats-url or OMNISTOCK_NATS_URL turns it on). [tls] (cert, key, client_ca, insecure_plaintext_tokens). A flag or its environment variable overrides the file; the file \
     overrides the default. docs/operations.md has an example.";
 
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
@@ -254,6 +270,8 @@ struct FileConfig {
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
     nats: Option<FileNats>,
+    #[serde(default)]
+    tls: FileTls,
 }
 
 /// The `[nats]` section (docs/adapters.md); defaults are `NatsConfig::new`'s.
@@ -280,6 +298,43 @@ struct FileNats {
     backoff_max_ms: Option<u64>,
     duplicate_window_ms: Option<u64>,
     max_bytes: Option<u64>,
+}
+
+/// `[tls]`: the `--tls-*` flags.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    insecure_plaintext_tokens: Option<bool>,
+}
+
+/// The TLS identities of the binary port (client certificates as `tls_client_ca` says)
+/// and of the HTTP endpoint (same certificate, no client certificates); `None` without
+/// `tls_cert`.
+fn tls_configs(
+    args: &Args,
+    file: &FileTls,
+) -> anyhow::Result<Option<(omnistock::tls::ServerTls, omnistock::tls::ServerTls)>> {
+    let cert = args.tls_cert.clone().or_else(|| file.cert.clone());
+    let key = args.tls_key.clone().or_else(|| file.key.clone());
+    let ca = args
+        .tls_client_ca
+        .clone()
+        .or_else(|| file.client_ca.clone());
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) if ca.is_none() => return Ok(None),
+        (None, None) => return Err(bad("tls_client_ca", "needs tls_cert and tls_key")),
+        (Some(_), None) => return Err(bad("tls_key", "tls_cert needs tls_key")),
+        (None, Some(_)) => return Err(bad("tls_cert", "tls_key needs tls_cert")),
+    };
+    let binary = omnistock::tls::ServerTls::from_files(&cert, &key, ca.as_deref())
+        .map_err(|e| bad("tls_cert", e))?;
+    let http =
+        omnistock::tls::ServerTls::from_files(&cert, &key, None).map_err(|e| bad("tls_cert", e))?;
+    Ok(Some((binary, http)))
 }
 
 /// One `[[webhooks]]` entry (docs/webhooks.md); defaults are `EndpointConfig::new`'s.
@@ -456,9 +511,11 @@ fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
 /// checks every setting.
 pub fn resolve(args: Args) -> anyhow::Result<Settings> {
     let file = read_file(args.config.as_ref())?;
-    let server = server_config(&args, &file)?;
+    let tls = tls_configs(&args, &file.tls)?;
+    let server = server_config(&args, &file, tls.as_ref().map(|t| &t.0))?;
     let persist = persist_config(&args, &file)?;
-    let http = http_config(&args, &file, &server)?;
+    let mut http = http_config(&args, &file, &server)?;
+    http.tls = tls.map(|(_, h)| h);
     let webhooks = webhooks_config(&file.webhooks, &http.source)?;
     let nats = nats_config(args.nats_url.as_deref(), file.nats.as_ref(), &http.source)?;
     let admin_listen = match (args.admin_listen, &file.admin_listen) {
@@ -466,6 +523,21 @@ pub fn resolve(args: Args) -> anyhow::Result<Settings> {
         (None, Some(a)) => parse_addr("admin_listen", a)?,
         (None, None) => parse_addr("admin_listen", DEFAULT_ADMIN_LISTEN)?,
     };
+    // The HTTP API takes the same tokens (as bearer tokens): the same rule as the binary port.
+    if !server.tokens.is_empty()
+        && !admin_listen.ip().is_loopback()
+        && http.tls.is_none()
+        && !server.insecure_plaintext_tokens
+    {
+        return Err(bad(
+            "tls",
+            format!(
+                "auth tokens on the non-loopback admin_listen address {admin_listen} would \
+                 cross the network in the clear; give --tls-cert and --tls-key, or accept \
+                 that with --insecure-plaintext-tokens"
+            ),
+        ));
+    }
     let log_format = match args.log_format.as_deref().or(file.log_format.as_deref()) {
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
@@ -590,7 +662,11 @@ fn webhooks_config(file: &[FileWebhook], source: &str) -> anyhow::Result<Webhook
     Ok(cfg)
 }
 
-fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig> {
+fn server_config(
+    args: &Args,
+    file: &FileConfig,
+    tls: Option<&omnistock::tls::ServerTls>,
+) -> anyhow::Result<ServerConfig> {
     let listen = match (args.listen, &file.listen) {
         (Some(l), _) => l,
         (None, Some(l)) => parse_addr("listen", l)?,
@@ -693,6 +769,9 @@ fn server_config(args: &Args, file: &FileConfig) -> anyhow::Result<ServerConfig>
     if let Some(b) = args.connections_on_arbiters.or(l.connections_on_arbiters) {
         cfg.connections_on_arbiters = b;
     }
+    cfg.tls = tls.cloned();
+    cfg.insecure_plaintext_tokens =
+        args.insecure_plaintext_tokens || file.tls.insecure_plaintext_tokens.unwrap_or(false);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -1200,6 +1279,47 @@ mod tests {
             let e = err(&["--velocity-half-lives-ms", bad], None);
             assert!(e.contains("velocity_half_lives_ms"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn tls_settings_come_from_flags_or_the_file_and_bad_ones_are_named() {
+        let e = err(&[], Some("[tls]\ncert = \"/nonexistent/server.pem\"\n"));
+        assert!(e.contains("tls_key"), "{e}");
+        let e = err(&["--tls-client-ca", "/nonexistent/ca.pem"], None);
+        assert!(
+            e.contains("tls_client_ca") && e.contains("needs tls_cert"),
+            "{e}"
+        );
+        let e = err(
+            &[
+                "--tls-cert",
+                "/nonexistent/server.pem",
+                "--tls-key",
+                "/nonexistent/k",
+            ],
+            None,
+        );
+        assert!(
+            e.contains("tls_cert") && e.contains("/nonexistent/server.pem"),
+            "{e}"
+        );
+        let e = err(&["--listen", "0.0.0.0:7878", "--token", "t:admin"], None);
+        assert!(e.contains("--insecure-plaintext-tokens"), "{e}");
+        let s = resolve_with(
+            &["--listen", "0.0.0.0:7878", "--token", "t:admin"],
+            Some("[tls]\ninsecure_plaintext_tokens = true\n"),
+        )
+        .unwrap();
+        assert!(s.server.insecure_plaintext_tokens && s.server.tls.is_none());
+        let e = err(
+            &["--admin-listen", "0.0.0.0:9878", "--token", "t:admin"],
+            None,
+        );
+        assert!(
+            e.contains("admin_listen") && e.contains("--tls-cert"),
+            "{e}"
+        );
+        assert!(s.http.tls.is_none());
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl TestServer {
         TargetSpec::Omnistock {
             addr: self.addr.to_string(),
             token: String::new(),
+            tls: None,
         }
     }
 

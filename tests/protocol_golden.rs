@@ -262,6 +262,7 @@ fn opcode_and_status_numbers_are_stable() {
         ],
         [106, 107, 108, 109, 110, 111]
     );
+    assert_eq!(status::TLS_REQUIRED, 112);
     assert_eq!(FrameKind::from_u8(6), Some(FrameKind::Push));
 }
 

@@ -727,6 +727,16 @@ async fn no_tokens_refuses_a_non_loopback_bind() {
         .expect("must refuse");
     assert!(err.to_string().contains("tokens"), "{err}");
     cfg.tokens.insert("t".into(), Role::Admin);
+    // Tokens off loopback travel only over TLS, unless explicitly allowed in plaintext.
+    let err = Server::bind(cfg.clone(), e.clone())
+        .await
+        .err()
+        .expect("must refuse plaintext tokens");
+    assert!(
+        err.to_string().contains("--insecure-plaintext-tokens"),
+        "{err}"
+    );
+    cfg.insecure_plaintext_tokens = true;
     assert!(Server::bind(cfg, e).await.is_ok());
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -19,6 +18,11 @@ use tokio::time::timeout;
 use crate::protocol::{self, ErrorFrame, Frame, FrameKind, Hello, ResponseBatch, Welcome};
 
 use super::{ClientConfig, ClientError};
+
+/// The read half, plain or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half, plain or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 type Waiter = oneshot::Sender<Result<ResponseBatch, ClientError>>;
 
@@ -31,14 +35,14 @@ struct Pending {
 
 /// A live connection.
 pub(crate) struct Conn {
-    wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    wr: tokio::sync::Mutex<WriteHalf>,
     pending: Mutex<Pending>,
     next_corr: AtomicU64,
     pub welcome: Welcome,
 }
 
 async fn read_frame(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Frame, ClientError> {
@@ -49,14 +53,22 @@ async fn read_frame(
             return Ok(f);
         }
         buf.reserve(64 * 1024);
-        let n = rd
-            .read_buf(buf)
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
+        let n = rd.read_buf(buf).await.map_err(|e| read_error(&e))?;
         if n == 0 {
             return Err(ClientError::Disconnected);
         }
     }
+}
+
+/// A failed read: a TLS alert (a refused client certificate, ...) is said as such; any
+/// other failure is a lost connection.
+fn read_error(e: &std::io::Error) -> ClientError {
+    #[cfg(feature = "tls")]
+    if crate::tls::is_tls_error(e) {
+        return ClientError::Tls(crate::tls::describe(e));
+    }
+    let _ = e;
+    ClientError::Disconnected
 }
 
 fn server_error(f: &Frame) -> ClientError {
@@ -86,7 +98,7 @@ impl Conn {
             .map_err(|_| ClientError::Timeout)?
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = sock.set_nodelay(true);
-        let (mut rd, mut wr) = sock.into_split();
+        let (mut rd, mut wr) = Self::wrap(cfg, sock).await?;
         let hello = Hello {
             magic: protocol::MAGIC,
             version: protocol::PROTOCOL_VERSION,
@@ -129,6 +141,25 @@ impl Conn {
         });
         tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf, max));
         Ok(conn)
+    }
+
+    /// The socket's halves, through TLS when the config has it (within `connect_timeout`).
+    async fn wrap(
+        cfg: &ClientConfig,
+        sock: TcpStream,
+    ) -> Result<(ReadHalf, WriteHalf), ClientError> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &cfg.tls {
+            let s = timeout(cfg.connect_timeout, tls.connect(&cfg.addr, sock))
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .map_err(ClientError::Tls)?;
+            return Ok(crate::tls::split(s));
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = cfg;
+        let (rd, wr) = sock.into_split();
+        Ok((Box::new(rd), Box::new(wr)))
     }
 
     /// Whether the connection has ended.
@@ -197,12 +228,7 @@ impl Conn {
     }
 }
 
-async fn read_loop(
-    conn: std::sync::Weak<Conn>,
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
-    max: usize,
-) {
+async fn read_loop(conn: std::sync::Weak<Conn>, mut rd: ReadHalf, mut buf: BytesMut, max: usize) {
     let err = loop {
         let f = match read_frame(&mut rd, &mut buf, max).await {
             Ok(f) => f,

@@ -66,6 +66,9 @@ pub enum ClientError {
     /// The server's bytes did not make sense, or a request could not be encoded.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The TLS handshake failed; the message says why (a plaintext server is named as such).
+    #[error("{0}")]
+    Tls(String),
     /// The peer's first bytes are not an omnistock frame (an HTTP server, a database, ...).
     #[error("this is not an omnistock server (got {got})")]
     NotOmnistock {
@@ -139,7 +142,9 @@ impl ClientError {
             | ClientError::Lagged { .. } => true,
             ClientError::Refused { status, .. } => status::is_retriable(*status),
             ClientError::Status { rejection, .. } => rejection.is_retriable(),
-            ClientError::Protocol(_) | ClientError::NotOmnistock { .. } => false,
+            ClientError::Protocol(_) | ClientError::NotOmnistock { .. } | ClientError::Tls(_) => {
+                false
+            }
         }
     }
 }
@@ -217,6 +222,9 @@ pub struct ClientConfig {
     /// Retries of `busy` and `in_progress` answers by [`Client::call`]. Default: 6, from
     /// 5 ms doubling to 200 ms; [`RetryPolicy::off`] to see them at once.
     pub busy_retry: RetryPolicy,
+    /// TLS to the server (feature `tls`). Default `None`: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl ClientConfig {
@@ -231,7 +239,16 @@ impl ClientConfig {
             max_retries: 3,
             retry_backoff: Duration::from_millis(50),
             busy_retry: RetryPolicy::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to the server (see [`crate::tls::ClientTls`]).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the retry of `busy` and `in_progress` answers.

@@ -10,9 +10,9 @@
 //! | 69 | no connection: refused, unreachable, unknown host (`unavailable`) |
 //! | 70 | a bug in ctl itself (`client_internal`) |
 //! | 75 | timeout or connection lost mid-request; retry with the same `--request-id` (`timeout`, `disconnected`) |
-//! | 76 | the peer does not speak the omnistock protocol (`not_omnistock`, `bad_response`) |
+//! | 76 | the peer does not speak the omnistock protocol (`not_omnistock`, `bad_response`), or the TLS handshake failed (`tls`: a plaintext server, an unknown CA, a name mismatch, a refused client certificate) |
 //! | 99 | a status with no exit code of its own (a rejection code 64..=99 or an error above 125; none is defined today) |
-//! | 100..=125 | the server's error with that status code (today 100..=111) |
+//! | 100..=125 | the server's error with that status code (today 100..=112) |
 
 use omnistock::client::ClientError;
 use omnistock::protocol::{self, status, CompareFacts, InsufficientFacts};
@@ -50,6 +50,8 @@ pub enum Kind {
     NotOmnistock,
     /// The server's bytes did not make sense after a good handshake.
     BadResponse,
+    /// The TLS handshake failed.
+    Tls,
     /// ctl's own bug.
     Internal,
 }
@@ -96,6 +98,7 @@ impl Failure {
             Kind::Disconnected => "disconnected",
             Kind::NotOmnistock => "not_omnistock",
             Kind::BadResponse => "bad_response",
+            Kind::Tls => "tls",
             Kind::Internal => "client_internal",
         }
     }
@@ -105,7 +108,9 @@ impl Failure {
         match &self.kind {
             Kind::Server { status, .. } => status::is_retriable(*status),
             Kind::Unavailable | Kind::Timeout | Kind::Disconnected => true,
-            Kind::Usage | Kind::NotOmnistock | Kind::BadResponse | Kind::Internal => false,
+            Kind::Usage | Kind::NotOmnistock | Kind::BadResponse | Kind::Internal | Kind::Tls => {
+                false
+            }
         }
     }
 
@@ -116,7 +121,7 @@ impl Failure {
             Kind::Usage => USAGE,
             Kind::Unavailable => UNAVAILABLE,
             Kind::Timeout | Kind::Disconnected => TEMPFAIL,
-            Kind::NotOmnistock | Kind::BadResponse => PROTOCOL,
+            Kind::NotOmnistock | Kind::BadResponse | Kind::Tls => PROTOCOL,
             Kind::Internal => INTERNAL,
         }
     }
@@ -181,6 +186,7 @@ impl From<ClientError> for Failure {
             ClientError::Disconnected | ClientError::Lagged { .. } => Kind::Disconnected,
             ClientError::NotOmnistock { .. } => Kind::NotOmnistock,
             ClientError::Protocol(_) => Kind::BadResponse,
+            ClientError::Tls(_) => Kind::Tls,
         };
         let message = match &e {
             // The name is in the error object and the prefix of the human line already.
@@ -210,7 +216,7 @@ mod tests {
             );
             assert!(code < 126, "status {s} exits {code} (shell-reserved)");
         }
-        for s in (1..=16).chain(100..=111) {
+        for s in (1..=16).chain(100..=112) {
             assert_eq!(
                 status_exit_code(s) as u16,
                 s,

@@ -100,6 +100,12 @@ pub struct HttpConfig {
     /// `omnistock://127.0.0.1:7878`; `omnistock serve` gives the binary port's address, so
     /// the same change has the same (`source`, `id`) on SSE and in `ctl tail --json`.
     pub source: String,
+    /// TLS on the endpoint (`tls_cert` and `tls_key`, the binary port's certificate;
+    /// client certificates are not asked for here: the API has its tokens, and probes
+    /// and scrapers rarely carry one). `None` (default): plain HTTP. The TLS handshake
+    /// must finish within [`READ_TIMEOUT`], and a connection in its handshake is
+    /// "reading" (evictable from a full pool) like one waiting for its request head.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +116,7 @@ impl Default for HttpConfig {
             max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
             subscription: SubscriptionConfig::default(),
             source: "omnistock://127.0.0.1:7878".into(),
+            tls: None,
         }
     }
 }
@@ -193,6 +200,12 @@ impl HttpServer {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("HTTP endpoint {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
+        if config.tls.is_some() {
+            for reason in ["handshake", "timeout"] {
+                ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL, "port" => "http", "reason" => reason)
+                    .increment(0);
+            }
+        }
         if config.tokens.is_empty() && !local_addr.ip().is_loopback() {
             tracing::warn!(%local_addr, "no auth tokens configured and the HTTP endpoint is not on loopback: the /v1 API refuses every request");
         }
@@ -242,7 +255,8 @@ impl HttpServer {
                         // No room after all (the evictable one finished meanwhile): close.
                         let Some(slot) = pool.enter() else { continue };
                         let (router, stopped) = (router.clone(), stopped_rx.clone());
-                        conns.spawn(serve_one(sock, PeerIp(peer.ip()), router, slot, stopped));
+                        let tls = self.state.config.tls.clone();
+                        conns.spawn(serve_one(sock, tls, PeerIp(peer.ip()), router, slot, stopped));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -262,11 +276,44 @@ impl HttpServer {
 /// reading, when the server stops before its request is in, or at its deadline.
 async fn serve_one(
     sock: TcpStream,
+    tls: Option<crate::tls::ServerTls>,
     peer: PeerIp,
     router: axum::Router,
     slot: Slot,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let Some(tls) = tls else {
+        return serve_conn(sock, peer, router, slot, stopped).await;
+    };
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(READ_TIMEOUT, tls.accept(sock)) => r,
+        _ = slot.evicted.notified() => return,
+        _ = stopped.changed() => return,
+    };
+    let failed = |reason: &'static str| {
+        ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL, "port" => "http", "reason" => reason)
+            .increment(1);
+    };
+    match accepted {
+        Ok(Ok(s)) => serve_conn(s, peer, router, slot, stopped).await,
+        Ok(Err(e)) => {
+            failed("handshake");
+            tracing::debug!(ip = %peer.0, error = %e, "HTTP endpoint: TLS handshake failed");
+        }
+        Err(_) => failed("timeout"),
+    }
+}
+
+/// Serves one request on a connection, plain or TLS.
+async fn serve_conn<IO>(
+    sock: IO,
+    peer: PeerIp,
+    router: axum::Router,
+    slot: Slot,
+    mut stopped: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (deadline_tx, mut deadline) = watch::channel(None::<Instant>);
     let conn_deadline = Arc::new(ConnDeadline { tx: deadline_tx });
     let slot = Arc::new(slot);

@@ -20,8 +20,8 @@ use crate::metrics::{
     PROCESS_RESIDENT_MEMORY_BYTES, PROTOCOL_ERRORS_TOTAL, READY, REQUEST_FRAMES_TOTAL,
     RESERVATIONS, RESERVATIONS_ENDED_TOTAL, RESERVATIONS_PLACED_TOTAL, SKUS, SKUS_OVERSOLD,
     SLOW_READER_DISCONNECTS_TOTAL, SOURCE_LIMIT_REFUSALS_TOTAL, SUBSCRIBER_LAG_MAX_EVENTS,
-    SUBSCRIPTION_LAG_RECORDS, WAL_DISK_BYTES, WAL_FAILED, WAL_LOG_RECORDS, WAL_RECORDS_TOTAL,
-    WAL_WRITTEN_BYTES_TOTAL,
+    SUBSCRIPTION_LAG_RECORDS, TLS_HANDSHAKE_FAILURES_TOTAL, WAL_DISK_BYTES, WAL_FAILED,
+    WAL_LOG_RECORDS, WAL_RECORDS_TOTAL, WAL_WRITTEN_BYTES_TOTAL,
 };
 use crate::server::ServerStats;
 
@@ -181,6 +181,15 @@ fn collect_server(s: &ServerStats) {
     counter!(AUTH_THROTTLED_TOTAL).absolute(read(&s.auth_throttled));
     gauge!(HANDSHAKES_PENDING).set(read(&s.handshakes_pending) as f64);
     counter!(HANDSHAKES_EVICTED_TOTAL).absolute(read(&s.handshakes_evicted));
+    for (reason, n) in [
+        ("plaintext", &s.tls_plaintext_refused),
+        ("handshake", &s.tls_handshake_failures),
+        ("timeout", &s.tls_handshake_timeouts),
+        ("tls_on_plaintext_port", &s.tls_on_plain_port),
+    ] {
+        counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "port" => "binary", "reason" => reason)
+            .absolute(read(n));
+    }
     gauge!(CONNECTION_BUFFERED_BYTES).set(read(&s.connection_buffered_bytes) as f64);
     counter!(MEMORY_BUDGET_BUSY_TOTAL).absolute(read(&s.memory_busy));
     counter!(REQUEST_FRAMES_TOTAL).absolute(read(&s.requests));

@@ -647,11 +647,14 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
         acks: (cfg.subscribers > 0).then(|| Arc::new(super::feed::AckClock::new(start))),
     });
     let subscribers = match (&sh.acks, &cfg.target) {
-        (Some(clock), TargetSpec::Omnistock { addr, token }) => Some(
+        (Some(clock), TargetSpec::Omnistock { addr, token, tls }) => Some(
             super::feed::start_subscribers(
                 cfg.subscribers,
                 &cfg.subscriber_prefixes,
-                crate::client::ClientConfig::new(addr.clone()).token(token.clone()),
+                crate::client::ClientConfig {
+                    tls: tls.clone(),
+                    ..crate::client::ClientConfig::new(addr.clone()).token(token.clone())
+                },
                 clock.clone(),
                 sh.measure_from,
                 sh.end,

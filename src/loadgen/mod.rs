@@ -10,7 +10,7 @@
 //! use omnistock::loadgen::{self, CatalogSpec, LoadConfig, TargetSpec};
 //!
 //! let spec = CatalogSpec::generic(1_000, 2, 2, 1_000)?;
-//! let target = TargetSpec::Omnistock { addr: "127.0.0.1:7878".into(), token: String::new() };
+//! let target = TargetSpec::Omnistock { addr: "127.0.0.1:7878".into(), token: String::new(), tls: None };
 //! loadgen::load_catalog(&target, &spec).await?;
 //! let mut cfg = LoadConfig::new(target, loadgen::preset(loadgen::WorkloadKind::Checkout, &spec));
 //! cfg.duration = Duration::from_secs(5);
@@ -69,6 +69,8 @@ pub enum TargetSpec {
         addr: String,
         /// Auth token (empty without tokens); the catalog loader needs the admin role.
         token: String,
+        /// TLS to the server (`--tls --ca-file`); `None`: plain TCP.
+        tls: Option<crate::tls::ClientTls>,
     },
     /// A Redis server (reserve and flash-sale workloads).
     Redis {
@@ -127,8 +129,9 @@ impl TargetSpec {
     /// A connected omnistock client.
     pub async fn omnistock_client(&self) -> Result<Client, LoadError> {
         match self {
-            TargetSpec::Omnistock { addr, token } => {
+            TargetSpec::Omnistock { addr, token, tls } => {
                 let mut c = ClientConfig::new(addr.clone()).token(token.clone());
+                c.tls = tls.clone();
                 c.client_name = "omnistock-load".into();
                 Client::connect(c)
                     .await

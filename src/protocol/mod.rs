@@ -41,6 +41,12 @@ pub fn decode_payload<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Pro
     codec::decode(b).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
 
+/// Decodes what a peer sent (the server's `Hello` and request batches) with a decode
+/// limit that scales with the payload's length ([`codec::decode_bounded`]).
+pub fn decode_request<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ProtocolError> {
+    codec::decode_bounded(b).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
 /// Builds a frame carrying `payload` encoded.
 pub fn frame_of<T: serde::Serialize>(
     kind: FrameKind,

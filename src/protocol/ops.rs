@@ -189,7 +189,14 @@ fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
     codec::encode(v).map_err(|e| ProtocolError::Encode(e.to_string()))
 }
 
-/// Decodes an operation or result body.
+/// Decodes an operation's body sent by a peer, with a decode limit that scales with its
+/// length ([`codec::decode_bounded`]): a few bytes cannot make the decoder allocate
+/// megabytes.
+fn decode_request_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    codec::decode_bounded(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+/// Decodes an operation or result body (the client decodes results with it).
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     codec::decode(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
@@ -292,34 +299,34 @@ impl Op {
         use opcode::*;
         let b = raw.body.as_slice();
         Ok(Some(match raw.opcode {
-            PING => decode_body::<Empty>(b).map(|_| Op::Ping)?,
-            SERVER_INFO => decode_body::<Empty>(b).map(|_| Op::ServerInfo)?,
-            LIST_LOCATIONS => decode_body::<Empty>(b).map(|_| Op::ListLocations)?,
-            LIST_CHANNELS => decode_body::<Empty>(b).map(|_| Op::ListChannels)?,
-            RESERVE => Op::Reserve(decode_body(b)?),
-            FULFILL => Op::Fulfill(decode_body(b)?),
-            RELEASE => Op::Release(decode_body(b)?),
-            EXTEND => Op::Extend(decode_body(b)?),
-            ADJUST => Op::Adjust(decode_body(b)?),
-            SET_ON_HAND => Op::SetOnHand(decode_body(b)?),
-            MOVE => Op::Move(decode_body(b)?),
-            TRANSFER => Op::Transfer(decode_body(b)?),
-            SET_SAFETY_STOCK => Op::SetSafetyStock(decode_body(b)?),
-            SET_INCOMING => Op::SetIncoming(decode_body(b)?),
-            UPSERT_LOCATION => Op::UpsertLocation(decode_body(b)?),
-            UPSERT_CHANNEL => Op::UpsertChannel(decode_body(b)?),
-            GET_SKU => Op::GetSku(decode_body(b)?),
-            GET_SKUS => Op::GetSkus(decode_body(b)?),
-            GET_RESERVATION => Op::GetReservation(decode_body(b)?),
-            EXPLAIN_ATP => Op::ExplainAtp(decode_body(b)?),
-            VELOCITY => Op::Velocity(decode_body(b)?),
-            AT_RISK => Op::AtRisk(decode_body(b)?),
-            SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
-            SUBSCRIBE => Op::Subscribe(decode_body(b)?),
-            UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
-            ACK => Op::Ack(decode_body(b)?),
-            LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_body(b)?),
-            DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_body(b)?),
+            PING => decode_request_body::<Empty>(b).map(|_| Op::Ping)?,
+            SERVER_INFO => decode_request_body::<Empty>(b).map(|_| Op::ServerInfo)?,
+            LIST_LOCATIONS => decode_request_body::<Empty>(b).map(|_| Op::ListLocations)?,
+            LIST_CHANNELS => decode_request_body::<Empty>(b).map(|_| Op::ListChannels)?,
+            RESERVE => Op::Reserve(decode_request_body(b)?),
+            FULFILL => Op::Fulfill(decode_request_body(b)?),
+            RELEASE => Op::Release(decode_request_body(b)?),
+            EXTEND => Op::Extend(decode_request_body(b)?),
+            ADJUST => Op::Adjust(decode_request_body(b)?),
+            SET_ON_HAND => Op::SetOnHand(decode_request_body(b)?),
+            MOVE => Op::Move(decode_request_body(b)?),
+            TRANSFER => Op::Transfer(decode_request_body(b)?),
+            SET_SAFETY_STOCK => Op::SetSafetyStock(decode_request_body(b)?),
+            SET_INCOMING => Op::SetIncoming(decode_request_body(b)?),
+            UPSERT_LOCATION => Op::UpsertLocation(decode_request_body(b)?),
+            UPSERT_CHANNEL => Op::UpsertChannel(decode_request_body(b)?),
+            GET_SKU => Op::GetSku(decode_request_body(b)?),
+            GET_SKUS => Op::GetSkus(decode_request_body(b)?),
+            GET_RESERVATION => Op::GetReservation(decode_request_body(b)?),
+            EXPLAIN_ATP => Op::ExplainAtp(decode_request_body(b)?),
+            VELOCITY => Op::Velocity(decode_request_body(b)?),
+            AT_RISK => Op::AtRisk(decode_request_body(b)?),
+            SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
+            SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
+            UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
+            ACK => Op::Ack(decode_request_body(b)?),
+            LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_request_body(b)?),
+            DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_request_body(b)?),
             _ => return Ok(None),
         }))
     }

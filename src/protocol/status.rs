@@ -32,6 +32,9 @@ pub const IDLE_TIMEOUT: u16 = 109;
 pub const INTERNAL_ERROR: u16 = 110;
 /// The client's protocol version is not supported (connection-level).
 pub const UNSUPPORTED_VERSION: u16 = 111;
+/// The port requires TLS and the client spoke plaintext (connection-level; sent in a
+/// plaintext error frame before closing).
+pub const TLS_REQUIRED: u16 = 112;
 
 /// A short stable name for a status (logs, `omnistock ctl` output).
 pub fn name(status: u16) -> &'static str {
@@ -66,6 +69,7 @@ pub fn name(status: u16) -> &'static str {
         IDLE_TIMEOUT => "idle_timeout",
         INTERNAL_ERROR => "internal_error",
         UNSUPPORTED_VERSION => "unsupported_version",
+        TLS_REQUIRED => "tls_required",
         _ => "unknown_status",
     }
 }
@@ -81,7 +85,7 @@ mod tests {
 
     #[test]
     fn every_defined_status_has_a_name() {
-        for s in (0..=16).chain(100..=111) {
+        for s in (0..=16).chain(100..=112) {
             assert_ne!(name(s), "unknown_status", "{s}");
         }
         assert_eq!(name(INVALID_REQUEST), "invalid_request");

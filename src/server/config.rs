@@ -104,6 +104,15 @@ pub struct ServerConfig {
     /// docs/benchmarks.md). Such connections end abruptly if the engine is shut down before
     /// the server (the server must stop first, as `serve` does). Default true.
     pub connections_on_arbiters: bool,
+    /// TLS on this port (`tls_cert`, `tls_key`, optional `tls_client_ca`). `None`
+    /// (default): plain TCP. With it, every connection must start a TLS handshake, which
+    /// must finish within `handshake_timeout` (the same deadline as the `Hello`, counted in
+    /// the pending-handshake pool); a plaintext client gets `TLS_REQUIRED` (112) in a
+    /// plaintext error frame.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// Allow tokens on a non-loopback listen address without TLS (they then cross the
+    /// network in the clear). Default false: such a configuration is refused at start.
+    pub insecure_plaintext_tokens: bool,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +141,8 @@ impl Default for ServerConfig {
                 ..SubscriptionConfig::default()
             },
             connections_on_arbiters: true,
+            tls: None,
+            insecure_plaintext_tokens: false,
         }
     }
 }
@@ -152,6 +163,21 @@ impl ServerConfig {
                 format!(
                     "no auth token configured and listen address {} is not loopback; \
                      add --token TOKEN:ROLE or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ));
+        }
+        if !self.tokens.is_empty()
+            && !self.listen.ip().is_loopback()
+            && self.tls.is_none()
+            && !self.insecure_plaintext_tokens
+        {
+            return Err(bad(
+                "tls",
+                format!(
+                    "auth tokens on the non-loopback listen address {} would cross the network \
+                     in the clear; give --tls-cert and --tls-key, or accept that with \
+                     --insecure-plaintext-tokens",
                     self.listen
                 ),
             ));

@@ -25,16 +25,17 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::feed::subscription::{self, Ended};
 use crate::protocol::{self, failed, opcode, status, ErrorFrame, Frame, FrameError, FrameKind};
 use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
 use crate::protocol::{Op, OpResult, Role};
+
+use crate::tls::{ReadHalf, WriteHalf, TLS_HANDSHAKE_RECORD};
 
 use super::dispatch::{ok, run_batch, Ctx};
 use super::{Admitted, Established, ServerStats, AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
@@ -249,7 +250,7 @@ enum ReadError {
 
 /// Reads frames from the read half, never buffering more than one frame (≤ the limit).
 pub(crate) struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     max: usize,
     /// Where the buffered bytes are counted, and what says whether to read on.
@@ -263,7 +264,7 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
-    fn new(rd: OwnedReadHalf, max: usize, meter: Option<Arc<Meter>>) -> Self {
+    fn new(rd: ReadHalf, max: usize, meter: Option<Arc<Meter>>) -> Self {
         FrameReader {
             rd,
             buf: BytesMut::with_capacity(4096),
@@ -394,7 +395,7 @@ impl Drop for WriterGone {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rx: mpsc::Receiver<Vec<u8>>,
     ctx: Arc<Ctx>,
     meter: Arc<Meter>,
@@ -490,6 +491,7 @@ async fn handshake(
     out: &Out,
     ctx: &Ctx,
     admitted: &mut Option<Admitted>,
+    deadline: Instant,
 ) -> Option<(Role, Established)> {
     let c = &ctx.config;
     let evicted = async {
@@ -498,7 +500,7 @@ async fn handshake(
             None => std::future::pending().await,
         }
     };
-    let read = timeout(c.handshake_timeout, reader.next());
+    let read = timeout_at(deadline, reader.next());
     let got = tokio::select! {
         r = read => r,
         _ = evicted => {
@@ -510,6 +512,18 @@ async fn handshake(
     let frame = match got {
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return None,
+        Ok(Err(ReadError::Frame(FrameError::TooLarge { .. })))
+            if reader.buf.first() == Some(&TLS_HANDSHAKE_RECORD) && c.tls.is_none() =>
+        {
+            // A TLS client on a plaintext port: it cannot read our answer, so say it here.
+            ctx.stats.tls_on_plain_port.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                ip = %admitted.as_ref().map(|a| a.ip.to_string()).unwrap_or_default(),
+                "a TLS handshake on a plaintext port (no --tls-cert): closed"
+            );
+            let msg = "this port speaks plaintext, not TLS (the server has no --tls-cert)";
+            return refuse(ctx, out, 0, status::PROTOCOL_ERROR, msg).await;
+        }
         Ok(Err(ReadError::Frame(FrameError::TooLarge { len, .. }))) => {
             let msg = format!("a Hello frame is at most {MAX_HELLO_FRAME_BYTES} bytes, not {len}");
             return refuse(ctx, out, 0, status::LIMIT_EXCEEDED, msg).await;
@@ -531,7 +545,7 @@ async fn handshake(
     if frame.payload.get(..4) != Some(&MAGIC[..]) {
         return refuse(ctx, out, corr, status::PROTOCOL_ERROR, "bad magic").await;
     }
-    let hello: Hello = match protocol::decode_payload(&frame.payload) {
+    let hello: Hello = match protocol::decode_request(&frame.payload) {
         Ok(h) => h,
         Err(e) => return refuse(ctx, out, corr, status::PROTOCOL_ERROR, e.to_string()).await,
     };
@@ -665,7 +679,11 @@ pub(crate) async fn serve(
     // Held until the connection ends: its count against its source.
     let mut admitted = admitted;
     let _source = admitted.source.take();
-    let (rd, wr) = sock.into_split();
+    // One deadline for the TLS handshake and the Hello together.
+    let deadline = Instant::now() + ctx.config.handshake_timeout;
+    let Some((rd, wr)) = open_stream(sock, &ctx, &admitted, deadline).await else {
+        return;
+    };
     let (tx, rx) = mpsc::channel(ctx.config.max_in_flight + 2);
     let c = &ctx.config;
     let meter = Meter::new(
@@ -682,7 +700,7 @@ pub(crate) async fn serve(
     let hello_max = MAX_HELLO_FRAME_BYTES.min(ctx.config.max_frame_bytes);
     let mut reader = FrameReader::new(rd, hello_max, Some(meter.clone()));
     let mut admitted = Some(admitted);
-    let end = match handshake(&mut reader, &out, &ctx, &mut admitted).await {
+    let end = match handshake(&mut reader, &out, &ctx, &mut admitted, deadline).await {
         Some((role, _slot)) => {
             reader.max = ctx.config.max_frame_bytes;
             reader.frame_timeout = Some(ctx.config.frame_timeout);
@@ -709,14 +727,77 @@ pub(crate) async fn serve(
 
 /// Refuses a connection over a connection limit (the message names it).
 pub(crate) async fn refuse_connection(sock: TcpStream, message: String) {
-    let (rd, mut wr) = sock.into_split();
-    let _ = wr
-        .write_all(&error_frame(0, status::LIMIT_EXCEEDED, message))
-        .await;
-    let _ = wr.shutdown().await;
+    let (rd, wr) = sock.into_split();
+    refuse_plain(Box::new(rd), Box::new(wr), status::LIMIT_EXCEEDED, message).await;
+}
+
+/// Writes one error frame, closes the write side and lingers briefly so that the peer
+/// reads it before the close.
+async fn refuse_plain(rd: ReadHalf, mut wr: WriteHalf, status: u16, message: String) {
+    let write = async {
+        let _ = wr.write_all(&error_frame(0, status, message)).await;
+        let _ = wr.shutdown().await;
+    };
+    let _ = timeout(Duration::from_secs(1), write).await;
     FrameReader::new(rd, 0, None)
         .linger(Duration::from_millis(250))
         .await;
+}
+
+/// The connection's two halves: the socket's own on a plaintext port; on a TLS port, after
+/// the TLS handshake, which must finish by `deadline` (the Hello's too) and ends when the
+/// connection is evicted from the handshake pool. A client that speaks plaintext to a TLS
+/// port gets `TLS_REQUIRED` in a plaintext error frame. `None`: closed (counted).
+async fn open_stream(
+    sock: TcpStream,
+    ctx: &Ctx,
+    admitted: &Admitted,
+    deadline: Instant,
+) -> Option<(ReadHalf, WriteHalf)> {
+    let Some(tls) = ctx.config.tls.as_ref() else {
+        let (rd, wr) = sock.into_split();
+        return Some((Box::new(rd), Box::new(wr)));
+    };
+    let stats = &ctx.stats;
+    let ip = admitted.ip;
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        r = timeout_at(deadline, sock.peek(&mut first)) => r,
+        _ = admitted.pending.evicted() => return None,
+    };
+    match peeked {
+        Ok(Ok(0)) | Ok(Err(_)) => return None,
+        Ok(Ok(_)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(_)) => {
+            stats.tls_plaintext_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%ip, "plaintext on the TLS port: refused");
+            let (rd, wr) = sock.into_split();
+            let msg = "this port requires TLS: connect with TLS (ctl --tls --ca-file FILE)";
+            refuse_plain(Box::new(rd), Box::new(wr), status::TLS_REQUIRED, msg.into()).await;
+            return None;
+        }
+        Err(_) => {
+            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    }
+    let accepted = tokio::select! {
+        r = timeout_at(deadline, tls.accept(sock)) => r,
+        _ = admitted.pending.evicted() => return None,
+    };
+    match accepted {
+        Ok(Ok(s)) => Some(crate::tls::split(s)),
+        Ok(Err(e)) => {
+            stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%ip, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            stats.tls_handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%ip, "TLS handshake not done within the handshake timeout");
+            None
+        }
+    }
 }
 
 /// Frames being answered together: their response frames when done (in the order read),
@@ -925,7 +1006,7 @@ async fn read_loop(
             refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
             break End::Refused;
         }
-        let batch: RequestBatch = match protocol::decode_payload(&frame.payload) {
+        let batch: RequestBatch = match protocol::decode_request(&frame.payload) {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("request payload: {e}");

@@ -73,6 +73,14 @@ pub struct ServerStats {
     pub handshakes_pending: AtomicU64,
     /// Pending handshakes closed to make room for a newer one (`max_pending_handshakes`).
     pub handshakes_evicted: AtomicU64,
+    /// TLS port: connections whose first bytes were plaintext (refused with 112).
+    pub tls_plaintext_refused: AtomicU64,
+    /// TLS port: TLS handshakes that failed (bad certificate, no client certificate, ...).
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS port: TLS handshakes not done within `handshake_timeout`.
+    pub tls_handshake_timeouts: AtomicU64,
+    /// Plaintext port: connections that started a TLS handshake (closed).
+    pub tls_on_plain_port: AtomicU64,
     /// Bytes all connections hold or have reserved now: answers and pushes not yet
     /// written, partial frames being read, and for each request in flight its body and an
     /// estimate of its answer (what `max_connections_memory_bytes` limits).
