@@ -11,6 +11,7 @@ pub mod event;
 pub mod explain;
 pub mod ids;
 pub mod limits;
+pub mod rebalance;
 pub mod rejection;
 pub mod sku;
 pub mod velocity;
@@ -22,6 +23,9 @@ pub use catalog::{
 pub use event::{Allocation, Event, ReleaseReason, StockState};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
+pub use rebalance::{
+    LocationStock, Plan, RebalancePolicy, Recommendation, RegionStock, StockoutWatch, Transition,
+};
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
 pub use velocity::{

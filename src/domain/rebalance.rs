@@ -1,0 +1,669 @@
+//! Regional rebalancing and stockout hysteresis (docs/intelligence.md): pure, time injected.
+//!
+//! - [`plan`]: per SKU, the region whose projected stockout is nearest (under
+//!   `near_hours`) and the region holding the most cover (at least `surplus_hours`); a
+//!   transfer from the donor's location with the most exposed ATP to the short region's
+//!   location with the most demand, of the units that even out the two regions' cover, never
+//!   more than the donor location's exposed ATP (so never below its safety stock, and never
+//!   held units). [`SkuState::rebalance`] feeds it from a SKU's buckets and velocity.
+//! - [`StockoutWatch`]: the "stockout projected" flag of one SKU x channel (or region) with
+//!   hysteresis: it enters when the hours to zero fall under the threshold `T` and clears
+//!   only when they rise above `T x 1.25` or demand stops (no projection).
+//!
+//! The recommendation id is a stable 128-bit hash of the SKU, its `last_seq`, both
+//! locations and the quantity: the same state gives the same id, and applying it as a
+//! `TRANSFER` whose request id is that id moves the stock once (the engine answers a resent
+//! request id with the first answer). Once applied, `last_seq` moves and the next
+//! recommendation (if any) has a new id.
+
+use super::catalog::Catalog;
+use super::ids::{LocationId, RequestId, SkuId, TimeMs};
+use super::sku::SkuState;
+use super::velocity::WINDOWS;
+use serde::{Deserialize, Serialize};
+
+/// Clear a stockout projection only above `threshold x CLEAR_FACTOR` hours.
+pub const CLEAR_FACTOR: f64 = 1.25;
+
+/// When a rebalance is worth recommending.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalancePolicy {
+    /// A region is short when its projected stockout is under this many hours.
+    pub near_hours: f64,
+    /// A region can give when it holds at least this many hours of cover.
+    pub surplus_hours: f64,
+    /// The velocity window the projection uses (0..WINDOWS, shortest half-life first).
+    pub window: usize,
+}
+
+impl Default for RebalancePolicy {
+    /// Short under 3 days, donor from 2 weeks, 1 h window.
+    fn default() -> Self {
+        RebalancePolicy {
+            near_hours: 72.0,
+            surplus_hours: 14.0 * 24.0,
+            window: 1,
+        }
+    }
+}
+
+impl RebalancePolicy {
+    /// Checked: both thresholds finite and positive, `near_hours < surplus_hours`, a known
+    /// window.
+    pub fn new(near_hours: f64, surplus_hours: f64, window: usize) -> Result<Self, String> {
+        if !(near_hours.is_finite() && near_hours > 0.0) {
+            return Err(format!("near_hours must be > 0, got {near_hours}"));
+        }
+        if !(surplus_hours.is_finite() && surplus_hours > near_hours) {
+            return Err(format!(
+                "surplus_hours must be > near_hours ({near_hours}), got {surplus_hours}"
+            ));
+        }
+        if window >= WINDOWS {
+            return Err(format!("window must be 0..={}, got {window}", WINDOWS - 1));
+        }
+        Ok(RebalancePolicy {
+            near_hours,
+            surplus_hours,
+            window,
+        })
+    }
+}
+
+/// One location of a region, as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocationStock {
+    /// The location.
+    pub location: LocationId,
+    /// Exposed ATP: `on_hand - shortfall - reserved - safety_stock`, at least 0. Units a
+    /// transfer may take without going under safety stock or touching held units.
+    pub atp: u32,
+    /// Units held per hour there (the chosen window).
+    pub per_hour: f64,
+}
+
+/// One region of a SKU, as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionStock {
+    /// Region code.
+    pub region: String,
+    /// Its locations where the SKU has a bucket or demand.
+    pub locations: Vec<LocationStock>,
+}
+
+impl RegionStock {
+    /// Sum of the locations' exposed ATP.
+    pub fn atp(&self) -> u64 {
+        self.locations.iter().map(|l| u64::from(l.atp)).sum()
+    }
+
+    /// Sum of the locations' rates (the sums are linear, so this is the region's rate).
+    pub fn per_hour(&self) -> f64 {
+        self.locations.iter().map(|l| l.per_hour).sum()
+    }
+
+    /// Hours of cover; `None` without demand (no stockout in sight).
+    pub fn cover_hours(&self) -> Option<f64> {
+        let r = self.per_hour();
+        (r > 0.0).then(|| self.atp() as f64 / r)
+    }
+}
+
+/// A transfer the planner recommends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Region short of cover.
+    pub to_region: String,
+    /// Region giving.
+    pub from_region: String,
+    /// Donor location (the donor region's location with the most exposed ATP).
+    pub from: LocationId,
+    /// Receiving location (the short region's location with the most demand).
+    pub to: LocationId,
+    /// Units to move: at least 1, at most the donor location's exposed ATP.
+    pub qty: u32,
+    /// Hours of cover of the short region before and after.
+    pub to_cover_hours: (f64, f64),
+    /// Hours of cover of the donor region before and after (`None`: no demand there).
+    pub from_cover_hours: (Option<f64>, Option<f64>),
+}
+
+/// A recommendation for one SKU: a [`Plan`] with its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// Stable id (see the module docs); use it as the transfer's request id and reference.
+    pub id: RequestId,
+    /// The SKU.
+    pub sku: SkuId,
+    /// The SKU's `last_seq` the plan was made on.
+    pub basis_seq: u64,
+    /// The transfer.
+    pub plan: Plan,
+}
+
+impl Recommendation {
+    /// The reference to give the transfer: `rebalance:<id in 32 hex digits>` (well under the
+    /// reference limit).
+    pub fn reference(&self) -> String {
+        format!("rebalance:{:032x}", self.id)
+    }
+}
+
+/// The rebalance of one SKU's regions, if any is worth making (see the module docs).
+/// Deterministic: ties go to the smaller region code / location id.
+pub fn plan(regions: &[RegionStock], policy: &RebalancePolicy) -> Option<Plan> {
+    // The short region: smallest cover under near_hours, with a location to receive.
+    let (short, short_cover) = regions
+        .iter()
+        .filter(|r| !r.locations.is_empty())
+        .filter_map(|r| r.cover_hours().map(|c| (r, c)))
+        .filter(|(_, c)| *c < policy.near_hours)
+        .min_by(|a, b| {
+            a.1.total_cmp(&b.1)
+                .then_with(|| a.0.region.cmp(&b.0.region))
+        })?;
+    // The donor: most cover (no demand = unbounded), then most units, at least surplus_hours.
+    let donor = regions
+        .iter()
+        .filter(|r| r.region != short.region && r.atp() > 0)
+        .filter(|r| r.cover_hours().is_none_or(|c| c >= policy.surplus_hours))
+        .min_by(|a, b| {
+            let ca = a.cover_hours().unwrap_or(f64::INFINITY);
+            let cb = b.cover_hours().unwrap_or(f64::INFINITY);
+            cb.total_cmp(&ca)
+                .then_with(|| b.atp().cmp(&a.atp()))
+                .then_with(|| a.region.cmp(&b.region))
+        })?;
+    let from = donor
+        .locations
+        .iter()
+        .min_by(|a, b| b.atp.cmp(&a.atp).then_with(|| a.location.cmp(&b.location)))?;
+    let to = short.locations.iter().min_by(|a, b| {
+        b.per_hour
+            .total_cmp(&a.per_hour)
+            .then_with(|| a.location.cmp(&b.location))
+    })?;
+    let (a_s, r_s) = (short.atp() as f64, short.per_hour());
+    let (a_d, r_d) = (donor.atp() as f64, donor.per_hour());
+    // Even cover: (a_s + q) / r_s = (a_d - q) / r_d. Without demand at the donor, bring the
+    // short region up to surplus_hours of cover (no more: evening out an unbounded cover
+    // would empty the donor).
+    let even = if r_d > 0.0 {
+        (a_d * r_s - a_s * r_d) / (r_s + r_d)
+    } else {
+        (r_s * policy.surplus_hours - a_s).min(a_d)
+    };
+    let qty = even.floor().min(f64::from(from.atp)).max(0.0);
+    // `qty` is at most `from.atp`, a u32.
+    let qty = qty as u32;
+    if qty == 0 {
+        return None;
+    }
+    let q = f64::from(qty);
+    let after_d = (r_d > 0.0).then(|| (a_d - q) / r_d);
+    Some(Plan {
+        to_region: short.region.clone(),
+        from_region: donor.region.clone(),
+        from: from.location.clone(),
+        to: to.location.clone(),
+        qty,
+        to_cover_hours: (short_cover, (a_s + q) / r_s),
+        from_cover_hours: (donor.cover_hours(), after_d),
+    })
+}
+
+/// FNV-1a, 128 bits: a stable id across versions and machines (not for security).
+fn fnv1a_128(parts: &[&[u8]]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h = OFFSET;
+    for p in parts {
+        for b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u128::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+/// The id of a recommendation (never 0: request id 0 is refused).
+pub fn recommendation_id(sku: &SkuId, basis_seq: u64, plan: &Plan) -> RequestId {
+    let h = fnv1a_128(&[
+        b"omnistock.rebalance.v1",
+        sku.as_str().as_bytes(),
+        &basis_seq.to_le_bytes(),
+        plan.from.as_str().as_bytes(),
+        plan.to.as_str().as_bytes(),
+        &plan.qty.to_le_bytes(),
+    ]);
+    h.max(1)
+}
+
+impl SkuState {
+    /// The SKU's regions as the planner sees them at `now_ms`: every region where it has a
+    /// bucket or had demand, sorted by region, locations by id.
+    pub fn region_stock(
+        &self,
+        catalog: &Catalog,
+        window: usize,
+        now_ms: TimeMs,
+    ) -> Vec<RegionStock> {
+        let mut by_region: std::collections::BTreeMap<&str, Vec<&LocationId>> =
+            std::collections::BTreeMap::new();
+        let places = self.buckets.iter().map(|b| &b.location);
+        let demand = self.velocity.locations().iter().map(|d| &d.key);
+        for l in places.chain(demand) {
+            if let Some(loc) = catalog.locations.get(l) {
+                let ls = by_region.entry(loc.region.as_str()).or_default();
+                if !ls.contains(&l) {
+                    ls.push(l);
+                }
+            }
+        }
+        let window = window.min(WINDOWS - 1);
+        by_region
+            .into_iter()
+            .map(|(region, mut locations)| {
+                locations.sort();
+                RegionStock {
+                    region: region.to_string(),
+                    locations: locations
+                        .into_iter()
+                        .map(|l| {
+                            let atp = self.location_atp(l);
+                            let r = self.velocity.region_rates(region, [l], atp, now_ms);
+                            LocationStock {
+                                location: l.clone(),
+                                atp,
+                                per_hour: r.windows[window].held_per_hour,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The rebalance recommendation of this SKU at `now_ms`, if any ([`plan`]).
+    pub fn rebalance(
+        &self,
+        catalog: &Catalog,
+        policy: &RebalancePolicy,
+        now_ms: TimeMs,
+    ) -> Option<Recommendation> {
+        let regions = self.region_stock(catalog, policy.window, now_ms);
+        let plan = plan(&regions, policy)?;
+        Some(Recommendation {
+            id: recommendation_id(&self.sku, self.last_seq, &plan),
+            sku: self.sku.clone(),
+            basis_seq: self.last_seq,
+            plan,
+        })
+    }
+}
+
+/// A change of a stockout projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transition {
+    /// The hours to zero fell under the threshold.
+    Projected,
+    /// They rose above threshold x [`CLEAR_FACTOR`], or demand stopped.
+    Cleared,
+}
+
+/// The "stockout projected" flag of one SKU x channel (or region), with hysteresis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockoutWatch {
+    /// A stockout is projected (an event said so and none cleared it since).
+    pub projected: bool,
+}
+
+impl StockoutWatch {
+    /// Evaluate `hours` to zero (`None`: no demand) against `threshold_hours` (`None` or 0:
+    /// no threshold, which clears a projection). Returns the transition, if any; no
+    /// allocation, a few comparisons.
+    pub fn evaluate(
+        &mut self,
+        hours: Option<f64>,
+        threshold_hours: Option<f64>,
+    ) -> Option<Transition> {
+        let t = threshold_hours.filter(|t| *t > 0.0 && t.is_finite());
+        let next = match (t, hours) {
+            (None, _) | (_, None) => false,
+            (Some(t), Some(h)) if self.projected => h <= t * CLEAR_FACTOR,
+            (Some(t), Some(h)) => h < t,
+        };
+        let change = match (self.projected, next) {
+            (false, true) => Some(Transition::Projected),
+            (true, false) => Some(Transition::Cleared),
+            _ => None,
+        };
+        self.projected = next;
+        change
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::catalog::{CatalogCommand, Channel, Location, LocationKind};
+    use crate::domain::sku::{AdjustReason, SkuCommand};
+    use crate::domain::velocity::DemandKind;
+    use proptest::prelude::*;
+
+    fn loc(id: &str, atp: u32, per_hour: f64) -> LocationStock {
+        LocationStock {
+            location: LocationId::new(id).unwrap(),
+            atp,
+            per_hour,
+        }
+    }
+
+    fn region(code: &str, locations: Vec<LocationStock>) -> RegionStock {
+        RegionStock {
+            region: code.into(),
+            locations,
+        }
+    }
+
+    #[test]
+    fn evens_out_cover_between_a_short_and_an_overstocked_region() {
+        // FR: 20 units at 10/h = 2 h; DE: 1,000 units at 1/h = 1,000 h.
+        let regions = vec![
+            region("DE", vec![loc("de-1", 1000, 1.0)]),
+            region("FR", vec![loc("fr-1", 20, 10.0)]),
+        ];
+        let p = plan(&regions, &RebalancePolicy::default()).unwrap();
+        assert_eq!((p.from_region.as_str(), p.to_region.as_str()), ("DE", "FR"));
+        assert_eq!((p.from.as_str(), p.to.as_str()), ("de-1", "fr-1"));
+        // (20 + q) / 10 = (1000 - q) / 1  =>  q = (1000 * 10 - 20) / 11 = 907.27
+        assert_eq!(p.qty, 907);
+        assert!((p.to_cover_hours.1 - 92.7).abs() < 1e-9);
+        // No donor with enough cover: nothing.
+        let regions = vec![
+            region("DE", vec![loc("de-1", 100, 1.0)]),
+            region("FR", vec![loc("fr-1", 20, 10.0)]),
+        ];
+        assert_eq!(plan(&regions, &RebalancePolicy::default()), None);
+    }
+
+    #[test]
+    fn a_donor_without_demand_fills_the_short_region_up_to_the_surplus_cover() {
+        let regions = vec![
+            region("DE", vec![loc("de-1", 1000, 0.0), loc("de-2", 5000, 0.0)]),
+            region("FR", vec![loc("fr-1", 0, 1.0), loc("fr-2", 10, 2.0)]),
+        ];
+        let p = plan(&regions, &RebalancePolicy::default()).unwrap();
+        // The donor location with most units, the receiving location with most demand.
+        assert_eq!((p.from.as_str(), p.to.as_str()), ("de-2", "fr-2"));
+        // 3/h x 336 h - 10 = 998
+        assert_eq!(p.qty, 998);
+        assert_eq!(p.from_cover_hours, (None, None));
+    }
+
+    #[test]
+    fn policy_is_checked() {
+        assert!(RebalancePolicy::new(0.0, 10.0, 1).is_err());
+        assert!(RebalancePolicy::new(10.0, 10.0, 1).is_err());
+        assert!(RebalancePolicy::new(10.0, f64::NAN, 1).is_err());
+        assert!(RebalancePolicy::new(1.0, 10.0, WINDOWS).is_err());
+        assert!(RebalancePolicy::new(1.0, 10.0, 0).is_ok());
+    }
+
+    #[test]
+    fn hysteresis_enters_under_the_threshold_and_clears_above_the_band() {
+        let mut w = StockoutWatch::default();
+        let t = Some(24.0);
+        assert_eq!(w.evaluate(Some(25.0), t), None);
+        assert_eq!(w.evaluate(Some(23.9), t), Some(Transition::Projected));
+        assert_eq!(w.evaluate(Some(29.9), t), None);
+        assert_eq!(w.evaluate(Some(30.0), t), None);
+        assert_eq!(w.evaluate(Some(30.1), t), Some(Transition::Cleared));
+        assert_eq!(w.evaluate(Some(1.0), t), Some(Transition::Projected));
+        assert_eq!(w.evaluate(None, t), Some(Transition::Cleared));
+        assert_eq!(w.evaluate(Some(1.0), None), None);
+    }
+
+    fn region_strategy(code: &'static str) -> impl Strategy<Value = RegionStock> {
+        prop::collection::vec((0u32..5000, prop_oneof![Just(0.0), 0.01f64..500.0]), 1..4).prop_map(
+            move |ls| {
+                region(
+                    code,
+                    ls.into_iter()
+                        .enumerate()
+                        .map(|(i, (a, r))| loc(&format!("{code}-{i}"), a, r))
+                        .collect(),
+                )
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_plan_never_takes_more_than_the_donor_can_give_and_never_overshoots(
+            regions in (region_strategy("DE"), region_strategy("FR"), region_strategy("IT"))
+                .prop_map(|(a, b, c)| vec![a, b, c]),
+            near in 1.0f64..200.0,
+            extra in 1.0f64..2000.0,
+        ) {
+            let policy = RebalancePolicy::new(near, near + extra, 1).unwrap();
+            if let Some(p) = plan(&regions, &policy) {
+                let find = |code: &str| regions.iter().find(|r| r.region == code).unwrap();
+                let (short, donor) = (find(&p.to_region), find(&p.from_region));
+                prop_assert_ne!(&short.region, &donor.region);
+                let from = donor.locations.iter().find(|l| l.location == p.from).unwrap();
+                prop_assert!(short.locations.iter().any(|l| l.location == p.to));
+                // Never below safety stock, never held units: at most the exposed ATP.
+                prop_assert!(p.qty >= 1 && p.qty <= from.atp);
+                // The short region was under near_hours, the donor at or above surplus.
+                prop_assert!(p.to_cover_hours.0 < policy.near_hours);
+                prop_assert!(donor.cover_hours().is_none_or(|c| c >= policy.surplus_hours));
+                // Conserved: what leaves the donor arrives at the short region.
+                let q = f64::from(p.qty);
+                let (a_s, a_d) = (short.atp() as f64, donor.atp() as f64);
+                prop_assert!((p.to_cover_hours.1 - (a_s + q) / short.per_hour()).abs() < 1e-6);
+                // It improves the short region and never leaves the donor with less cover.
+                prop_assert!(p.to_cover_hours.1 > p.to_cover_hours.0);
+                if donor.per_hour() > 0.0 {
+                    let after_d = (a_d - q) / donor.per_hour();
+                    prop_assert!(after_d + 1e-9 >= p.to_cover_hours.1);
+                }
+            }
+        }
+
+        #[test]
+        fn a_short_region_next_to_an_idle_stocked_one_always_gets_a_plan(
+            short_atp in 0u32..50,
+            rate in 1.0f64..100.0,
+            donor_atp in 2_000u32..100_000,
+        ) {
+            // Cover under 50 h against a donor with no demand: the plan must exist.
+            let regions = vec![
+                region("DE", vec![loc("de-1", donor_atp, 0.0)]),
+                region("FR", vec![loc("fr-1", short_atp, rate)]),
+            ];
+            let policy = RebalancePolicy::default();
+            let p = plan(&regions, &policy);
+            prop_assert!(p.is_some());
+            let p = p.unwrap();
+            prop_assert_eq!((p.from.as_str(), p.to.as_str()), ("de-1", "fr-1"));
+            let want = (rate * policy.surplus_hours - f64::from(short_atp))
+                .min(f64::from(donor_atp))
+                .floor();
+            prop_assert_eq!(f64::from(p.qty), want);
+        }
+
+        #[test]
+        fn hysteresis_does_not_flap_inside_the_band(
+            t in 1.0f64..1000.0,
+            band in prop::collection::vec(0.0f64..=1.0, 1..50),
+        ) {
+            let mut w = StockoutWatch::default();
+            prop_assert_eq!(w.evaluate(Some(t * 0.5), Some(t)), Some(Transition::Projected));
+            for x in band {
+                // Anywhere in [T, 1.25 T]: still projected, no event.
+                let h = t + x * (t * CLEAR_FACTOR - t);
+                prop_assert_eq!(w.evaluate(Some(h), Some(t)), None);
+                prop_assert!(w.projected);
+            }
+        }
+
+        #[test]
+        fn hysteresis_events_alternate_and_match_the_model(
+            t in 1.0f64..100.0,
+            hours in prop::collection::vec(prop::option::of(0.0f64..300.0), 0..80),
+        ) {
+            // Model: a two-state automaton written from the docs' words.
+            let mut w = StockoutWatch::default();
+            let mut on = false;
+            for h in hours {
+                let got = w.evaluate(h, Some(t));
+                let want_on = match h {
+                    None => false,
+                    Some(h) if on => h <= t * 1.25,
+                    Some(h) => h < t,
+                };
+                let want = if want_on == on { None }
+                    else if want_on { Some(Transition::Projected) }
+                    else { Some(Transition::Cleared) };
+                prop_assert_eq!(got, want);
+                on = want_on;
+            }
+        }
+
+        #[test]
+        fn constant_demand_projects_atp_over_the_rate(
+            qty in 1u32..20,
+            gap_ms in 1_000u64..120_000,
+            atp in 0u32..100_000,
+        ) {
+            // n orders of qty every gap: the decayed sum is the geometric series
+            // q (1 - rho^n) / (1 - rho), rho = 2^(-gap/h), and the rate that sum times ln 2 / h.
+            let hl = crate::domain::velocity::HalfLives::new([60_000, 600_000, 3_600_000]).unwrap();
+            let mut v = crate::domain::velocity::Velocity::default();
+            v.configure(hl);
+            let ch = crate::domain::ChannelId::new("web").unwrap();
+            let h_ms = 60_000.0_f64;
+            let n = (10.0 * h_ms / gap_ms as f64).ceil() as u64 + 10;
+            for i in 0..n {
+                v.record(&ch, DemandKind::Held, qty, i * gap_ms);
+            }
+            let r = v.rates(&ch, atp, (n - 1) * gap_ms);
+            let rho = (-(gap_ms as f64) / h_ms).exp2();
+            let want = f64::from(qty) * (1.0 - rho.powf(n as f64)) / (1.0 - rho)
+                * std::f64::consts::LN_2 / h_ms * 3_600_000.0;
+            let est = r.windows[0].held_per_hour;
+            prop_assert!((est / want - 1.0).abs() <= 1e-9, "{} vs {}", est, want);
+            let hours = r.windows[0].hours_to_zero.unwrap();
+            prop_assert!((hours - f64::from(atp) / est).abs() <= 1e-9 * hours.max(1.0));
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        let mut seq = 0;
+        for (id, region) in [("de-1", "DE"), ("fr-1", "FR")] {
+            let ev = c
+                .decide(&CatalogCommand::UpsertLocation(Location {
+                    id: LocationId::new(id).unwrap(),
+                    kind: LocationKind::Warehouse,
+                    region: region.into(),
+                }))
+                .unwrap();
+            seq += 1;
+            c.apply(&ev, seq);
+        }
+        let ev = c
+            .decide(&CatalogCommand::UpsertChannel(Channel {
+                id: crate::domain::ChannelId::new("web").unwrap(),
+                locations: vec![
+                    LocationId::new("fr-1").unwrap(),
+                    LocationId::new("de-1").unwrap(),
+                ],
+                buffer: 0,
+                cap: None,
+            }))
+            .unwrap();
+        c.apply(&ev, seq + 1);
+        c
+    }
+
+    #[test]
+    fn a_recommendation_applied_as_a_transfer_keeps_safety_stock_and_totals() {
+        let cat = catalog();
+        let sku = SkuId::new("tee").unwrap();
+        let mut s = SkuState::new(sku.clone());
+        let (de, fr) = (
+            LocationId::new("de-1").unwrap(),
+            LocationId::new("fr-1").unwrap(),
+        );
+        let mut seq = 0;
+        let mut run = |s: &mut SkuState, cmd: SkuCommand, at: TimeMs| {
+            for e in s.decide(&cmd, &cat, at).unwrap() {
+                seq += 1;
+                s.apply(&e, seq, at);
+            }
+        };
+        run(
+            &mut s,
+            SkuCommand::Adjust {
+                location: de.clone(),
+                delta: 500,
+                reason: AdjustReason::Correction,
+                reference: String::new(),
+            },
+            0,
+        );
+        run(
+            &mut s,
+            SkuCommand::SetSafetyStock {
+                location: de.clone(),
+                qty: 300,
+            },
+            0,
+        );
+        run(
+            &mut s,
+            SkuCommand::Adjust {
+                location: fr.clone(),
+                delta: 10,
+                reason: AdjustReason::Correction,
+                reference: String::new(),
+            },
+            0,
+        );
+        // Demand in FR only, recorded at the location as allocations would.
+        s.velocity.record_at(&fr, DemandKind::Held, 5, 1_000);
+        let policy = RebalancePolicy::default();
+        let r = s.rebalance(&cat, &policy, 1_000).unwrap();
+        assert_eq!((r.plan.from.as_str(), r.plan.to.as_str()), ("de-1", "fr-1"));
+        assert!(
+            r.plan.qty <= 200,
+            "only the 200 units above safety stock may move"
+        );
+        assert_eq!(
+            r,
+            s.rebalance(&cat, &policy, 1_000).unwrap(),
+            "same state, same id"
+        );
+        let before: u32 = s.buckets.iter().map(|b| b.on_hand).sum();
+        let t = SkuCommand::Transfer {
+            from: r.plan.from.clone(),
+            to: r.plan.to.clone(),
+            qty: r.plan.qty,
+            reference: r.reference(),
+        };
+        run(&mut s, t, 1_000);
+        let after: u32 = s.buckets.iter().map(|b| b.on_hand).sum();
+        assert_eq!(before, after);
+        assert!(
+            s.bucket(&de).unwrap().atp() >= 0,
+            "donor at or above safety stock"
+        );
+        if let Some(next) = s.rebalance(&cat, &policy, 1_000) {
+            assert_ne!(next.id, r.id, "a new state gives a new id");
+        }
+    }
+}
