@@ -575,3 +575,67 @@ async fn snapshot<S: Source>(
         .await?;
     Ok(skip)
 }
+
+/// What a follower inside the server (a webhook endpoint, the NATS bridge) selects.
+#[derive(Clone, Debug, Default)]
+pub struct FollowFilter {
+    /// Channels (empty = all).
+    pub channels: Vec<String>,
+    /// SKUs (empty = all).
+    pub skus: Vec<String>,
+    /// SKU prefix (empty = none).
+    pub prefix: String,
+    /// Bit set of [`kinds`].
+    pub kinds: u8,
+    /// 0, or the coalescing window in ms.
+    pub coalesce_ms: u32,
+}
+
+/// A subscription followed inside the server: its push frames arrive on `frames`; it ends
+/// when this is dropped (its stop signal is set) or by itself (`task`'s result).
+pub struct Follower {
+    /// Encoded push frames, in order.
+    pub frames: mpsc::Receiver<Vec<u8>>,
+    /// The subscription's task.
+    pub task: tokio::task::JoinHandle<Ended>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Starts following every change after `from_seq` that `filter` selects, as webhooks and
+/// the NATS bridge do: never coalesced for being behind (a receiver that was down gets each
+/// event it missed; the ring bounds how far, older is a snapshot), and a receiver being
+/// retried may hold the stream for up to an hour before it is simply started again from
+/// its delivered position. At most `queue_frames` frames wait in `frames`.
+pub fn follow<S: Source + Send + Sync + 'static>(
+    engine: Arc<S>,
+    from_seq: u64,
+    filter: &FollowFilter,
+    queue_frames: usize,
+) -> Result<Follower, Invalid> {
+    let sub = Subscribe {
+        name: String::new(),
+        start: start::AFTER,
+        from_seq,
+        channels: filter.channels.clone(),
+        skus: filter.skus.clone(),
+        sku_prefix: filter.prefix.clone(),
+        kinds: filter.kinds,
+        coalesce_ms: filter.coalesce_ms,
+    };
+    let cfg = SubscriptionConfig {
+        max_lag_records: u64::MAX,
+        stall_timeout: Duration::from_secs(3600),
+        ..SubscriptionConfig::default()
+    };
+    let plan = plan(engine.as_ref(), &cfg, &sub)?;
+    let (tx, frames) = mpsc::channel(queue_frames);
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(engine, cfg, plan, 0, tx, stopped));
+    Ok(Follower { frames, task, stop })
+}

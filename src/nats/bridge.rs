@@ -19,15 +19,15 @@ use async_nats::jetstream::{self, context::Publish, stream};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::events::envelope;
-use crate::feed::subscription::{self, Ended, Invalid, SubscriptionConfig};
+use crate::feed::subscription::{self, Ended, FollowFilter, Invalid};
 use crate::metrics::{
     NATS_CONNECTED, NATS_EVENTS_PUBLISHED_TOTAL, NATS_LAG_RECORDS, NATS_PUBLISH_FAILED_TOTAL,
 };
-use crate::protocol::{self, start, Frame, PushBatch, PushItem, Subscribe};
+use crate::protocol::{self, Frame, PushBatch, PushItem};
 use crate::webhooks::sign::backoff;
 
 use super::{subject, NatsConfig, Status, QUEUE_FRAMES};
@@ -301,40 +301,27 @@ impl Task {
         attempt: &mut u32,
     ) -> Result<(), Halt> {
         let js = self.context(client);
-        let sub = Subscribe {
-            name: String::new(),
-            start: start::AFTER,
-            from_seq: *position,
+        let filter = FollowFilter {
             channels: self.cfg.channels.clone(),
             skus: self.cfg.skus.clone(),
-            sku_prefix: self.cfg.prefix.clone(),
+            prefix: self.cfg.prefix.clone(),
             kinds: self.cfg.kinds,
             coalesce_ms: self.cfg.coalesce_ms,
         };
-        let sub_cfg = SubscriptionConfig {
-            // Every change, never coalesced for being behind (as webhooks).
-            max_lag_records: u64::MAX,
-            stall_timeout: Duration::from_secs(3600),
-            ..SubscriptionConfig::default()
-        };
-        let plan = match subscription::plan(self.engine.as_ref(), &sub_cfg, &sub) {
-            Ok(p) => p,
+        // Ends the subscription however this returns (its stop signal is set on drop).
+        let mut follower = match subscription::follow(
+            self.engine.clone(),
+            *position,
+            &filter,
+            QUEUE_FRAMES,
+        ) {
+            Ok(f) => f,
             Err(Invalid(m)) => {
                 tracing::warn!(stream = %self.cfg.stream, "NATS bridge filter refused: {m}; checking again in {REPLAN_INTERVAL:?}");
                 return self.sleep(REPLAN_INTERVAL).await;
             }
         };
-        let (tx, mut rx) = mpsc::channel(QUEUE_FRAMES);
-        let (sub_stop, sub_stopped) = watch::channel(false);
-        let _ends_subscription = StopOnDrop(sub_stop);
-        let task = tokio::spawn(subscription::run(
-            self.engine.clone(),
-            sub_cfg,
-            plan,
-            0,
-            tx,
-            sub_stopped,
-        ));
+        let rx = &mut follower.frames;
         self.state.set(Status::Publishing);
         let label = self.cfg.stream.clone();
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -407,7 +394,7 @@ impl Task {
                 }
             }
         }
-        match task.await {
+        match (&mut follower.task).await {
             Ok(Ended::EngineGone(e)) => {
                 tracing::warn!(stream = %self.cfg.stream, "NATS bridge stopped: {e}");
                 Err(Halt::Stopping)
@@ -489,15 +476,6 @@ impl Task {
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
-}
-
-/// Sets its stop signal when dropped.
-struct StopOnDrop(watch::Sender<bool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.send_replace(true);
-    }
 }
 
 fn decode(bytes: &[u8]) -> Vec<PushItem> {

@@ -18,16 +18,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::events::envelope;
-use crate::feed::subscription::{self, Ended, Invalid, SubscriptionConfig};
+use crate::feed::subscription::{self, Ended, FollowFilter, Invalid};
 use crate::metrics::{
     WEBHOOK_DEAD_LETTERED, WEBHOOK_EVENTS_DELIVERED_TOTAL, WEBHOOK_LAG_RECORDS,
     WEBHOOK_REQUESTS_FAILED_TOTAL,
 };
-use crate::protocol::{self, start, Frame, PushBatch, PushItem, Subscribe};
+use crate::protocol::{self, Frame, PushBatch, PushItem};
 
 use super::sign::{backoff, signature, SIGNATURE_HEADER};
 use super::{EndpointConfig, Status, QUEUE_FRAMES, TEST_EVENT_TYPE};
@@ -186,45 +186,27 @@ impl Task {
 
     /// One subscription after `position`, until it ends; `position` follows deliveries.
     async fn follow(&mut self, position: &mut u64) -> Result<(), Halt> {
-        let sub = Subscribe {
-            name: String::new(),
-            start: start::AFTER,
-            from_seq: *position,
+        let filter = FollowFilter {
             channels: self.cfg.channels.clone(),
             skus: self.cfg.skus.clone(),
-            sku_prefix: self.cfg.prefix.clone(),
+            prefix: self.cfg.prefix.clone(),
             kinds: self.cfg.kinds,
             coalesce_ms: self.cfg.coalesce_ms,
         };
-        let sub_cfg = SubscriptionConfig {
-            // Every change, never coalesced for being behind: a receiver that was down
-            // gets each event it missed (the ring bounds how far; older is a snapshot).
-            max_lag_records: u64::MAX,
-            // A receiver being retried holds the subscription; it waits, and if it waits
-            // longer it is simply started again from the delivered position.
-            stall_timeout: Duration::from_secs(3600),
-            ..SubscriptionConfig::default()
-        };
-        let plan = match subscription::plan(self.engine.as_ref(), &sub_cfg, &sub) {
-            Ok(p) => p,
+        // Ends the subscription however this returns (its stop signal is set on drop).
+        let mut follower = match subscription::follow(
+            self.engine.clone(),
+            *position,
+            &filter,
+            QUEUE_FRAMES,
+        ) {
+            Ok(f) => f,
             Err(Invalid(m)) => {
                 tracing::warn!(endpoint = %self.cfg.name, "webhook filter refused: {m}; checking again in {REPLAN_INTERVAL:?}");
                 return self.sleep(REPLAN_INTERVAL).await;
             }
         };
-        let (tx, mut rx) = mpsc::channel(QUEUE_FRAMES);
-        // Ends the subscription however this returns (shutdown, dead letter), through its
-        // own stop signal, so it leaves the hub and its gauges as a subscriber does.
-        let (sub_stop, sub_stopped) = watch::channel(false);
-        let _ends_subscription = StopOnDrop(sub_stop);
-        let task = tokio::spawn(subscription::run(
-            self.engine.clone(),
-            sub_cfg,
-            plan,
-            0,
-            tx,
-            sub_stopped,
-        ));
+        let rx = &mut follower.frames;
         let mut batch = Batch::default();
         let mut last_store = tokio::time::Instant::now();
         let mut stop = self.stop.clone();
@@ -257,7 +239,7 @@ impl Task {
             }
         }
         self.flush(&mut batch).await?;
-        match task.await {
+        match (&mut follower.task).await {
             Ok(Ended::EngineGone(e)) => {
                 tracing::warn!(endpoint = %self.cfg.name, "webhook stopped: {e}");
                 Err(Halt::Stopping)
@@ -416,15 +398,6 @@ impl Task {
                 r = self.sleep(LAG_REFRESH) => if r.is_err() { return false },
             }
         }
-    }
-}
-
-/// Sets its stop signal when dropped.
-struct StopOnDrop(watch::Sender<bool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.send_replace(true);
     }
 }
 
