@@ -668,3 +668,34 @@ fn velocity_and_at_risk_bodies() {
         "03 00 00 00 00 00 00 00 77 65 62 01 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
     );
 }
+
+#[test]
+fn list_skus_bodies() {
+    use omnistock::protocol::ops::opcode::LIST_SKUS;
+    assert_eq!(LIST_SKUS, 0x0407);
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(role.may(LIST_SKUS), "{role:?} may list SKU ids");
+    }
+    let op = Op::ListSkus(ListSkus {
+        prefix: "A".into(),
+        after: Some("B".into()),
+        limit: 2,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, LIST_SKUS);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "list skus body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 01 01 00 00 00 00 00 00 00 42 02 00 00 00",
+    );
+    let page = WireSkuList {
+        skus: vec!["A1".into(), "A2".into()],
+        next_after: Some("A2".into()),
+    };
+    golden(
+        "list skus result",
+        &encode_payload(&page).unwrap(),
+        "02 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 41 31 02 00 00 00 00 00 00 00 41 32 01 02 00 00 00 00 00 00 00 41 32",
+    );
+}

@@ -440,6 +440,22 @@ impl Client {
         }))
         .await
     }
+    /// One page of the known SKU ids starting with `prefix` (`""` for all), after `after`
+    /// (exclusive), at most `limit` (1..=1000) (`LIST_SKUS`); pass the answer's
+    /// `next_after` as the next page's `after` until it is `None`.
+    pub async fn list_skus(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<WireSkuList, ClientError> {
+        self.call(Op::ListSkus(ListSkus {
+            prefix: prefix.into(),
+            after: after.map(Into::into),
+            limit,
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

@@ -279,6 +279,23 @@ pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
     })
 }
 
+/// `skus`: one id a line, then `next: --after ID` when more follow.
+pub fn sku_list(l: &WireSkuList) -> Result<Output, Failure> {
+    let mut human = String::new();
+    for s in &l.skus {
+        human.push_str(s);
+        human.push('\n');
+    }
+    match &l.next_after {
+        Some(a) => human.push_str(&format!("next: --after {a}\n")),
+        None => human.push_str(&format!("({} SKUs, end of list)\n", l.skus.len())),
+    }
+    Ok(Output {
+        json: to_json(l)?,
+        human,
+    })
+}
+
 /// `at-risk CHANNEL`: the SKUs, soonest projected stockout first, each with all windows.
 pub fn at_risk(a: &WireAtRisk) -> Result<Output, Failure> {
     let mut human = kv(&[

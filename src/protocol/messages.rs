@@ -404,6 +404,18 @@ pub struct AtRiskQuery {
     pub limit: u32,
 }
 
+/// One page of the known SKU ids starting with a prefix (`LIST_SKUS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSkus {
+    /// Only ids starting with this (empty: every SKU); at most 64 bytes.
+    pub prefix: String,
+    /// Start after this id (exclusive): the previous page's `next_after`; `None` from the
+    /// start. Need not be a known SKU.
+    pub after: Option<String>,
+    /// Most ids to return: 1..=1000.
+    pub limit: u32,
+}
+
 // ---- result bodies -------------------------------------------------------------------
 
 /// Result of ping.
@@ -649,6 +661,15 @@ pub struct WireAtRisk {
     pub window: u8,
     /// The SKUs, at most `limit`.
     pub skus: Vec<WireAtRiskSku>,
+}
+
+/// Result of `LIST_SKUS`: ids in byte order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSkuList {
+    /// At most `limit` ids, fewer when the page reached the byte bound (protocol.md).
+    pub skus: Vec<String>,
+    /// `Some(last id)` when more ids follow: the next page's `after`; `None` at the end.
+    pub next_after: Option<String>,
 }
 
 /// Result of get many SKUs: `None` for an unknown SKU, in request order.

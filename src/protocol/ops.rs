@@ -58,6 +58,8 @@ pub mod opcode {
     pub const VELOCITY: u16 = 0x0405;
     /// The SKUs of one channel whose projected stockout comes first (adapter, admin).
     pub const AT_RISK: u16 = 0x0406;
+    /// One page of the known SKU ids by prefix.
+    pub const LIST_SKUS: u16 = 0x0407;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -103,6 +105,7 @@ impl Role {
                 | GET_RESERVATION
                 | EXPLAIN_ATP
                 | VELOCITY
+                | LIST_SKUS
                 | LIST_LOCATIONS
                 | LIST_CHANNELS
         );
@@ -164,6 +167,8 @@ pub enum Op {
     Velocity(GetVelocity),
     /// `AT_RISK`
     AtRisk(AtRiskQuery),
+    /// `LIST_SKUS`
+    ListSkus(ListSkus),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
     /// `SUBSCRIBE`
@@ -210,6 +215,7 @@ impl Op {
             Op::ExplainAtp(_) => EXPLAIN_ATP,
             Op::Velocity(_) => VELOCITY,
             Op::AtRisk(_) => AT_RISK,
+            Op::ListSkus(_) => LIST_SKUS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
@@ -261,6 +267,7 @@ impl Op {
             Op::ExplainAtp(b) => body(b)?,
             Op::Velocity(b) => body(b)?,
             Op::AtRisk(b) => body(b)?,
+            Op::ListSkus(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
@@ -299,6 +306,7 @@ impl Op {
             EXPLAIN_ATP => Op::ExplainAtp(decode_body(b)?),
             VELOCITY => Op::Velocity(decode_body(b)?),
             AT_RISK => Op::AtRisk(decode_body(b)?),
+            LIST_SKUS => Op::ListSkus(decode_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_body(b)?),
             UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,

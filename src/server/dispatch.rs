@@ -257,6 +257,10 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
+        Op::ListSkus(q) => match list_skus(ctx, &q) {
+            Ok(v) => ok(&v),
+            Err(r) => rejected(&r),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -313,6 +317,56 @@ async fn at_risk(
         .at_risk(&channel, usize::from(q.window), limit)
         .await?;
     Ok(convert::at_risk_of(&channel, q.window, &list))
+}
+
+/// Most ids in one `LIST_SKUS` page.
+pub const MAX_LIST_SKUS: u32 = 1000;
+
+/// Bytes of a `LIST_SKUS` answer kept for the frame header, the result header and the
+/// page's other fields: the ids stop before they would pass `max_frame_bytes` less this.
+const LIST_SKUS_FRAME_RESERVE: usize = 160;
+
+/// One page of SKU ids (`LIST_SKUS`): at most `limit` ids and at most
+/// `max_frame_bytes - LIST_SKUS_FRAME_RESERVE` bytes of them (each counted as its length
+/// plus 8, a generous bound on its encoding); a page cut by bytes has `next_after` set.
+fn list_skus(
+    ctx: &Ctx,
+    q: &crate::protocol::ListSkus,
+) -> Result<crate::protocol::WireSkuList, Rejection> {
+    if !(1..=MAX_LIST_SKUS).contains(&q.limit) {
+        return Err(Rejection::invalid(format!(
+            "limit {}: must be 1..={MAX_LIST_SKUS}",
+            q.limit
+        )));
+    }
+    let max_id = crate::domain::limits::MAX_SKU_ID_BYTES;
+    if q.prefix.len() > max_id || q.after.as_ref().is_some_and(|a| a.len() > max_id) {
+        return Err(Rejection::invalid(format!(
+            "prefix and after are at most {max_id} bytes (a SKU id's limit)"
+        )));
+    }
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let (page, more) = ctx.engine.sku_page(&q.prefix, q.after.as_deref(), limit);
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE);
+    let mut used = 0usize;
+    let mut skus = Vec::with_capacity(page.len());
+    for id in &page {
+        used += id.as_str().len() + 8;
+        if used > budget {
+            break;
+        }
+        skus.push(id.to_string());
+    }
+    let cut = skus.len() < page.len();
+    let next_after = if more || cut {
+        skus.last().cloned()
+    } else {
+        None
+    };
+    Ok(crate::protocol::WireSkuList { skus, next_after })
 }
 
 async fn get_skus(ctx: &Ctx, skus: &[String]) -> OpResult {
