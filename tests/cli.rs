@@ -1029,3 +1029,107 @@ fn ctl_skus_pages_are_bounded_by_the_frame_size() {
     assert_eq!(seen, ids);
     stop(server);
 }
+
+/// `ctl reservations SKU` lists the open reservations holding a SKU on a real server, by id,
+/// paged with `--after`; a released one is gone; an unknown SKU exits 2.
+#[test]
+fn ctl_reservations_lists_the_open_holds_of_a_sku_paged_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    stock(port, "TEE", "10");
+    ok(ctl(
+        port,
+        &["adjust", "CAP", "wh-a", "5", "--reason", "receipt"],
+    ));
+    let mut ids: Vec<String> = (1..=3)
+        .map(|q| {
+            let line = format!("TEE:{q}");
+            let r = json_of(&ctl(
+                port,
+                &["--json", "reserve", "--channel", "web", "--line", &line],
+            ));
+            r["reservation"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // A cart on another SKU is not listed under TEE.
+    ok(ctl(
+        port,
+        &["reserve", "--channel", "web", "--line", "CAP:1"],
+    ));
+
+    let all = json_of(&ctl(port, &["--json", "reservations", "TEE"]));
+    assert_eq!(all["sku"], "TEE", "{all}");
+    assert!(all["next_after"].is_null(), "{all}");
+    let list = all["reservations"].as_array().unwrap();
+    let listed: Vec<String> = list
+        .iter()
+        .map(|r| r["reservation"].as_str().unwrap().to_string())
+        .collect();
+    let mut by_id = ids.clone();
+    by_id.sort();
+    assert_eq!(listed, by_id, "{all}");
+    let total: u64 = list
+        .iter()
+        .map(|r| {
+            assert_eq!(r["channel"], "web", "{r}");
+            assert_eq!(r["allocations"][0][0], "wh-a", "{r}");
+            assert!(r["expires_at_ms"].as_u64().is_some(), "{r}");
+            r["allocations"][0][1].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 6, "1 + 2 + 3 held: {all}");
+
+    // Two pages of two.
+    let p1 = json_of(&ctl(
+        port,
+        &["--json", "reservations", "TEE", "--limit", "2"],
+    ));
+    assert_eq!(p1["reservations"].as_array().unwrap().len(), 2, "{p1}");
+    let next = p1["next_after"].as_str().expect("more follow").to_string();
+    assert_eq!(next, by_id[1]);
+    let p2 = json_of(&ctl(
+        port,
+        &[
+            "--json",
+            "reservations",
+            "TEE",
+            "--limit",
+            "2",
+            "--after",
+            &next,
+        ],
+    ));
+    assert_eq!(
+        p2["reservations"][0]["reservation"],
+        by_id[2].as_str(),
+        "{p2}"
+    );
+    assert!(p2["next_after"].is_null(), "{p2}");
+
+    // Text: a table with the ids as strings.
+    let text = ok(ctl(port, &["reservations", "TEE"]));
+    assert!(text.contains("reservations: 3"), "{text}");
+    assert!(ids.iter().all(|id| text.contains(id.as_str())), "{text}");
+
+    // Released: no longer listed.
+    let gone = ids.remove(0);
+    ok(ctl(port, &["release", &gone]));
+    let after = json_of(&ctl(port, &["--json", "reservations", "TEE"]));
+    assert_eq!(
+        after["reservations"].as_array().unwrap().len(),
+        2,
+        "{after}"
+    );
+    assert!(!after.to_string().contains(&gone), "{after}");
+
+    let unknown = ctl(port, &["--json", "reservations", "NOPE"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert_eq!(
+        ctl(port, &["reservations", "TEE", "--limit", "0"])
+            .status
+            .code(),
+        Some(64)
+    );
+    stop(server);
+}

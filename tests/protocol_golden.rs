@@ -699,3 +699,43 @@ fn list_skus_bodies() {
         "02 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 41 31 02 00 00 00 00 00 00 00 41 32 01 02 00 00 00 00 00 00 00 41 32",
     );
 }
+
+#[test]
+fn list_reservations_bodies() {
+    use omnistock::protocol::ops::opcode::LIST_RESERVATIONS;
+    assert_eq!(LIST_RESERVATIONS, 0x0408);
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(
+            role.may(LIST_RESERVATIONS),
+            "{role:?} may list a SKU's reservations"
+        );
+    }
+    let op = Op::ListReservations(ListReservations {
+        sku: "A".into(),
+        after: Some(5),
+        limit: 2,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, LIST_RESERVATIONS);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "list reservations body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 01 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00",
+    );
+    let hold = WireSkuHold {
+        reservation: 5,
+        channel: "web".into(),
+        expires_at_ms: 1000,
+        allocations: vec![("wh".into(), 2)],
+    };
+    // The server's page bound counts a hold as 40 + channel + (12 + location) a line:
+    // its encoding exactly.
+    assert_eq!(encode_payload(&hold).unwrap().len(), 40 + 3 + (12 + 2));
+    let page = WireSkuReservations {
+        sku: "A".into(),
+        reservations: vec![hold],
+        next_after: None,
+    };
+    golden("list reservations result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 e8 03 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 02 00 00 00 00");
+}

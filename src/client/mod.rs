@@ -456,6 +456,21 @@ impl Client {
         }))
         .await
     }
+    /// One page of the open reservations holding units of `sku`, by reservation id, after
+    /// `after` (exclusive), at most `limit` (1..=1000) (`LIST_RESERVATIONS`).
+    pub async fn list_reservations(
+        &self,
+        sku: &str,
+        after: Option<u128>,
+        limit: u32,
+    ) -> Result<WireSkuReservations, ClientError> {
+        self.call(Op::ListReservations(ListReservations {
+            sku: sku.into(),
+            after,
+            limit,
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

@@ -60,6 +60,8 @@ pub mod opcode {
     pub const AT_RISK: u16 = 0x0406;
     /// One page of the known SKU ids by prefix.
     pub const LIST_SKUS: u16 = 0x0407;
+    /// One page of the open reservations holding a SKU.
+    pub const LIST_RESERVATIONS: u16 = 0x0408;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -106,6 +108,7 @@ impl Role {
                 | EXPLAIN_ATP
                 | VELOCITY
                 | LIST_SKUS
+                | LIST_RESERVATIONS
                 | LIST_LOCATIONS
                 | LIST_CHANNELS
         );
@@ -169,6 +172,8 @@ pub enum Op {
     AtRisk(AtRiskQuery),
     /// `LIST_SKUS`
     ListSkus(ListSkus),
+    /// `LIST_RESERVATIONS`
+    ListReservations(ListReservations),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
     /// `SUBSCRIBE`
@@ -216,6 +221,7 @@ impl Op {
             Op::Velocity(_) => VELOCITY,
             Op::AtRisk(_) => AT_RISK,
             Op::ListSkus(_) => LIST_SKUS,
+            Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
@@ -268,6 +274,7 @@ impl Op {
             Op::Velocity(b) => body(b)?,
             Op::AtRisk(b) => body(b)?,
             Op::ListSkus(b) => body(b)?,
+            Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
@@ -307,6 +314,7 @@ impl Op {
             VELOCITY => Op::Velocity(decode_body(b)?),
             AT_RISK => Op::AtRisk(decode_body(b)?),
             LIST_SKUS => Op::ListSkus(decode_body(b)?),
+            LIST_RESERVATIONS => Op::ListReservations(decode_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_body(b)?),
             UNSUBSCRIBE => decode_body::<Empty>(b).map(|_| Op::Unsubscribe)?,

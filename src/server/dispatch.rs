@@ -261,6 +261,10 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(r) => rejected(&r),
         },
+        Op::ListReservations(q) => match list_reservations(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -367,6 +371,72 @@ fn list_skus(
         None
     };
     Ok(crate::protocol::WireSkuList { skus, next_after })
+}
+
+/// One page of the reservations holding a SKU (`LIST_RESERVATIONS`), from the SKU's own
+/// holds (a copy of its state, as `GET_SKU` sees it; a passive SKU is not activated): by
+/// reservation id, at most `limit` and at most `max_frame_bytes - LIST_SKUS_FRAME_RESERVE`
+/// bytes of encoded holds; a page cut either way has `next_after` set.
+async fn list_reservations(
+    ctx: &Ctx,
+    q: &crate::protocol::ListReservations,
+) -> Result<crate::protocol::WireSkuReservations, Failure> {
+    if !(1..=MAX_LIST_SKUS).contains(&q.limit) {
+        return Err(
+            Rejection::invalid(format!("limit {}: must be 1..={MAX_LIST_SKUS}", q.limit)).into(),
+        );
+    }
+    let sku = SkuId::new(&q.sku)?;
+    let state = ctx.engine.sku_state(&sku).await?;
+    let mut ids: Vec<u128> = state
+        .holds
+        .keys()
+        .copied()
+        .filter(|id| q.after.is_none_or(|a| *id > a))
+        .collect();
+    ids.sort_unstable();
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE + q.sku.len());
+    let mut used = 0usize;
+    let mut out = Vec::with_capacity(ids.len().min(limit));
+    for id in ids.iter().take(limit) {
+        let h = &state.holds[id];
+        let hold = crate::protocol::WireSkuHold {
+            reservation: *id,
+            channel: h.channel.to_string(),
+            expires_at_ms: h.expires_at_ms,
+            allocations: h
+                .allocations
+                .iter()
+                .map(|a| (a.location.to_string(), a.qty))
+                .collect(),
+        };
+        // Its encoding: id 16, channel 8 + len, expiry 8, vec 8 + (8 + len + 4) a line.
+        used += 40
+            + hold.channel.len()
+            + hold
+                .allocations
+                .iter()
+                .map(|(l, _)| 12 + l.len())
+                .sum::<usize>();
+        if used > budget {
+            break;
+        }
+        out.push(hold);
+    }
+    let next_after = if out.len() < ids.len() {
+        out.last().map(|h| h.reservation)
+    } else {
+        None
+    };
+    Ok(crate::protocol::WireSkuReservations {
+        sku: sku.to_string(),
+        reservations: out,
+        next_after,
+    })
 }
 
 async fn get_skus(ctx: &Ctx, skus: &[String]) -> OpResult {
