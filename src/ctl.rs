@@ -137,6 +137,30 @@ enum CtlCmd {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
         window: u8,
     },
+    /// One page of the known SKU ids, in byte order; `next_after` (JSON) or the
+    /// `next: --after ...` line (text) names the next page.
+    Skus {
+        /// Only ids starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this id (exclusive): the previous page's next_after.
+        #[arg(long)]
+        after: Option<String>,
+        /// Most ids in the page (1..=1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+    /// One page of the open reservations holding units of a SKU, by reservation id.
+    Reservations {
+        /// SKU id.
+        sku: String,
+        /// Start after this reservation id (exclusive): the previous page's next_after.
+        #[arg(long, value_parser = parse_id)]
+        after: Option<u128>,
+        /// Most reservations in the page (1..=1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// A reservation.
     Reservation {
         /// Reservation id: 32 hex digits, 0x-hex or decimal.
@@ -507,6 +531,18 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
             window,
             limit,
         }),
+        CtlCmd::Skus {
+            prefix,
+            after,
+            limit,
+        } => Op::ListSkus(ListSkus {
+            prefix,
+            after,
+            limit,
+        }),
+        CtlCmd::Reservations { sku, after, limit } => {
+            Op::ListReservations(ListReservations { sku, after, limit })
+        }
         CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
         CtlCmd::Locations => Op::ListLocations,
         CtlCmd::Channels => Op::ListChannels,
@@ -661,6 +697,12 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::ExplainAtp(e) => render::explanation(&c.explain_atp(&e.sku, &e.channel).await?)?,
         Op::Velocity(v) => render::velocity(&c.velocity(&v.sku).await?)?,
         Op::AtRisk(q) => render::at_risk(&c.at_risk(&q.channel, q.window, q.limit).await?)?,
+        Op::ListSkus(q) => {
+            render::sku_list(&c.list_skus(&q.prefix, q.after.as_deref(), q.limit).await?)?
+        }
+        Op::ListReservations(q) => {
+            render::sku_reservations(&c.list_reservations(&q.sku, q.after, q.limit).await?)
+        }
         Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,

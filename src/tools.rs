@@ -4,10 +4,11 @@
 //! initialises a directory nor writes an identity file (`Init::RefuseReadOnly`).
 //!
 //! `check`'s exit status: 0 the directory is sound; 1 it is corrupt or unreadable (a
-//! damaged file, a failed replay or invariant, a held lock, any other error); 2 usage
-//! (bad flags, from clap); 3 not an initialised data directory (missing, or empty: no
-//! `omnistock.id` and no database); 4 the log was lost (`omnistock.id` or sled's other
-//! files are there but the database is missing or empty).
+//! damaged file, a failed replay or invariant, any other error); 2 usage (bad flags, from
+//! clap); 3 not an initialised data directory (missing, or empty: no `omnistock.id` and no
+//! database); 4 the log was lost (`omnistock.id` or sled's other files are there but the
+//! database is missing or empty); 5 the directory is in use: another process (a running
+//! server) holds its lock ([`WalError::Locked`], said in one line, after a 250 ms wait).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,6 +20,10 @@ use omnistock::domain::{HalfLives, SkuId};
 use omnistock::engine::journal::RecordBody;
 use omnistock::engine::recovery;
 use omnistock::wal::{identity, DirState, Init, Wal, WalConfig, WalError};
+
+/// How long `check` and `dump` wait for the directory lock (a server that just exited
+/// lets go when its process ends, so a short wait suffices).
+const TOOL_LOCK_WAIT_MS: u64 = 250;
 
 /// Flags of `check`.
 #[derive(clap::Args)]
@@ -40,6 +45,9 @@ pub struct DumpArgs {
 fn open(dir: &PathBuf) -> anyhow::Result<Wal> {
     let mut config = WalConfig::new(dir);
     config.init = Init::RefuseReadOnly;
+    // A lock another process holds is a running server (or tool): say so at once rather
+    // than after serve's 5 s wait for a handle of its own process.
+    config.lock_wait_ms = TOOL_LOCK_WAIT_MS;
     Wal::open(config).with_context(|| format!("opening the log in {}", dir.display()))
 }
 
@@ -48,6 +56,7 @@ fn check_exit_code(e: &anyhow::Error) -> u8 {
     match e.chain().find_map(|c| c.downcast_ref::<WalError>()) {
         Some(WalError::NotInitialised { .. }) => 3,
         Some(WalError::LostLog { .. }) => 4,
+        Some(WalError::Locked { .. }) => 5,
         _ => 1,
     }
 }

@@ -899,3 +899,237 @@ fn serve_gives_the_http_api_its_tokens_and_heartbeat_setting() {
     s.read_to_end(&mut rest)
         .expect("the server closed the stream");
 }
+
+/// `ctl skus` pages through the known SKU ids of a real server: by prefix, `--after` the
+/// previous page's `next_after`, at most `--limit`; JSON and text; bad bounds refused.
+#[test]
+fn ctl_skus_pages_through_the_ids_by_prefix_and_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    stock(port, "TEE-M", "5");
+    for sku in ["TEE-S", "CAP", "TEE-L", "TEE-XL", "MUG"] {
+        ok(ctl(
+            port,
+            &["adjust", sku, "wh-a", "1", "--reason", "receipt"],
+        ));
+    }
+    // Every TEE- id, two a page, following next_after.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut args = vec!["--json", "skus", "--prefix", "TEE-", "--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let o = ctl(port, &args);
+        assert!(o.status.success(), "{o:?}");
+        let v = json_of(&o);
+        let page: Vec<String> = v["skus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        assert!(page.len() <= 2, "{v}");
+        seen.extend(page.clone());
+        pages += 1;
+        match v["next_after"].as_str() {
+            Some(n) => {
+                assert_eq!(Some(n), page.last().map(String::as_str), "{v}");
+                after = Some(n.to_string());
+            }
+            None => {
+                assert!(v["next_after"].is_null(), "{v}");
+                break;
+            }
+        }
+        assert!(pages < 10, "paging does not end: {seen:?}");
+    }
+    assert_eq!(seen, ["TEE-L", "TEE-M", "TEE-S", "TEE-XL"]);
+    assert_eq!(pages, 2);
+
+    // Text: one id a line, then the end; with more to come, the next page's flag.
+    let all = ok(ctl(port, &["skus"]));
+    assert_eq!(
+        all,
+        "CAP\nMUG\nTEE-L\nTEE-M\nTEE-S\nTEE-XL\n(6 SKUs, end of list)\n"
+    );
+    let first = ok(ctl(port, &["skus", "--limit", "1"]));
+    assert_eq!(first, "CAP\nnext: --after CAP\n");
+    // A cursor need not be a known SKU.
+    let v = json_of(&ctl(port, &["--json", "skus", "--after", "N"]));
+    assert_eq!(v["skus"][0], "TEE-L", "{v}");
+    let none = json_of(&ctl(port, &["--json", "skus", "--prefix", "ZZ"]));
+    assert_eq!(none["skus"].as_array().unwrap().len(), 0, "{none}");
+    assert!(none["next_after"].is_null(), "{none}");
+
+    // Bounds: a limit out of range is a usage error; a prefix longer than an id is 12.
+    assert_eq!(ctl(port, &["skus", "--limit", "0"]).status.code(), Some(64));
+    assert_eq!(
+        ctl(port, &["skus", "--limit", "1001"]).status.code(),
+        Some(64)
+    );
+    let long = "A".repeat(65);
+    let o = ctl(port, &["--json", "skus", "--prefix", &long]);
+    assert_eq!(o.status.code(), Some(12), "{o:?}");
+    assert_eq!(json_of(&o)["error"]["name"], "invalid_request", "{o:?}");
+    stop(server);
+}
+
+/// A `LIST_SKUS` page also stops at the server's frame bound (`max_frame_bytes` less 160,
+/// each id counted as its length + 8): with 256-byte frames only one 60-byte id fits a page,
+/// and `next_after` still leads through every id.
+#[test]
+fn ctl_skus_pages_are_bounded_by_the_frame_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--max-frame-bytes", "256", "--data-dir"])
+        .arg(dir.path())
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.try_wait().unwrap() {
+            panic!("serve exited with {status}");
+        }
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ids: Vec<String> = (0..3).map(|i| format!("{i}{}", "X".repeat(59))).collect();
+    stock(port, &ids[0], "1");
+    for id in &ids[1..] {
+        ok(ctl(
+            port,
+            &["adjust", id, "wh-a", "1", "--reason", "receipt"],
+        ));
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let mut args = vec!["--json", "skus", "--limit", "1000"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let v = json_of(&ctl(port, &args));
+        let page = v["skus"].as_array().unwrap();
+        assert!(page.len() <= 1, "one 60-byte id fits a 256-byte frame: {v}");
+        seen.extend(page.iter().map(|s| s.as_str().unwrap().to_string()));
+        match v["next_after"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    stop(server);
+}
+
+/// `ctl reservations SKU` lists the open reservations holding a SKU on a real server, by id,
+/// paged with `--after`; a released one is gone; an unknown SKU exits 2.
+#[test]
+fn ctl_reservations_lists_the_open_holds_of_a_sku_paged_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    stock(port, "TEE", "10");
+    ok(ctl(
+        port,
+        &["adjust", "CAP", "wh-a", "5", "--reason", "receipt"],
+    ));
+    let mut ids: Vec<String> = (1..=3)
+        .map(|q| {
+            let line = format!("TEE:{q}");
+            let r = json_of(&ctl(
+                port,
+                &["--json", "reserve", "--channel", "web", "--line", &line],
+            ));
+            r["reservation"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // A cart on another SKU is not listed under TEE.
+    ok(ctl(
+        port,
+        &["reserve", "--channel", "web", "--line", "CAP:1"],
+    ));
+
+    let all = json_of(&ctl(port, &["--json", "reservations", "TEE"]));
+    assert_eq!(all["sku"], "TEE", "{all}");
+    assert!(all["next_after"].is_null(), "{all}");
+    let list = all["reservations"].as_array().unwrap();
+    let listed: Vec<String> = list
+        .iter()
+        .map(|r| r["reservation"].as_str().unwrap().to_string())
+        .collect();
+    let mut by_id = ids.clone();
+    by_id.sort();
+    assert_eq!(listed, by_id, "{all}");
+    let total: u64 = list
+        .iter()
+        .map(|r| {
+            assert_eq!(r["channel"], "web", "{r}");
+            assert_eq!(r["allocations"][0][0], "wh-a", "{r}");
+            assert!(r["expires_at_ms"].as_u64().is_some(), "{r}");
+            r["allocations"][0][1].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 6, "1 + 2 + 3 held: {all}");
+
+    // Two pages of two.
+    let p1 = json_of(&ctl(
+        port,
+        &["--json", "reservations", "TEE", "--limit", "2"],
+    ));
+    assert_eq!(p1["reservations"].as_array().unwrap().len(), 2, "{p1}");
+    let next = p1["next_after"].as_str().expect("more follow").to_string();
+    assert_eq!(next, by_id[1]);
+    let p2 = json_of(&ctl(
+        port,
+        &[
+            "--json",
+            "reservations",
+            "TEE",
+            "--limit",
+            "2",
+            "--after",
+            &next,
+        ],
+    ));
+    assert_eq!(
+        p2["reservations"][0]["reservation"],
+        by_id[2].as_str(),
+        "{p2}"
+    );
+    assert!(p2["next_after"].is_null(), "{p2}");
+
+    // Text: a table with the ids as strings.
+    let text = ok(ctl(port, &["reservations", "TEE"]));
+    assert!(text.contains("reservations: 3"), "{text}");
+    assert!(ids.iter().all(|id| text.contains(id.as_str())), "{text}");
+
+    // Released: no longer listed.
+    let gone = ids.remove(0);
+    ok(ctl(port, &["release", &gone]));
+    let after = json_of(&ctl(port, &["--json", "reservations", "TEE"]));
+    assert_eq!(
+        after["reservations"].as_array().unwrap().len(),
+        2,
+        "{after}"
+    );
+    assert!(!after.to_string().contains(&gone), "{after}");
+
+    let unknown = ctl(port, &["--json", "reservations", "NOPE"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert_eq!(
+        ctl(port, &["reservations", "TEE", "--limit", "0"])
+            .status
+            .code(),
+        Some(64)
+    );
+    stop(server);
+}

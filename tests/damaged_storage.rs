@@ -333,3 +333,54 @@ fn without_the_durable_mark_a_truncated_db_never_panics() {
         );
     }
 }
+
+/// `check`, `dump` and a second `serve` on a directory a running server holds: each says in
+/// one line that it is in use (no raw sled error, not twice), `check` exits 5, and the
+/// server keeps running and answering; once it stopped, `check` passes.
+#[test]
+fn a_directory_a_running_server_holds_is_in_use_not_corrupt() {
+    let (_keep, dir) = copy_of_fixture();
+    let port = free_port();
+    let server = serve(&dir, port, false);
+
+    let started = Instant::now();
+    let o = check(&dir);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(5), "check: in use: {err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+    assert_eq!(
+        err.matches("in use").count(),
+        1,
+        "said once, without sled's own text repeated: {err}"
+    );
+    assert!(!err.contains("could not acquire lock"), "{err}");
+    // Not serve's 5 s wait (a generous bound: this is not a performance assertion, it
+    // tells the short tool wait from the server's).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let o = Command::new(BIN)
+        .args(["dump", "--sku"])
+        .arg("SKU-1")
+        .arg(&dir)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "dump: {err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+
+    let o = serve_refused(&dir, false);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+
+    // The running server was not disturbed.
+    let info = ctl(port, &["--json", "locations"]);
+    assert!(info.contains("wh-a"), "{info}");
+    stop(server);
+    assert!(check(&dir).status.success(), "{:?}", text(&check(&dir)));
+}

@@ -671,3 +671,74 @@ fn velocity_and_at_risk_bodies() {
         "03 00 00 00 00 00 00 00 77 65 62 01 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
     );
 }
+
+#[test]
+fn list_skus_bodies() {
+    use omnistock::protocol::ops::opcode::LIST_SKUS;
+    assert_eq!(LIST_SKUS, 0x0407);
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(role.may(LIST_SKUS), "{role:?} may list SKU ids");
+    }
+    let op = Op::ListSkus(ListSkus {
+        prefix: "A".into(),
+        after: Some("B".into()),
+        limit: 2,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, LIST_SKUS);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "list skus body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 01 01 00 00 00 00 00 00 00 42 02 00 00 00",
+    );
+    let page = WireSkuList {
+        skus: vec!["A1".into(), "A2".into()],
+        next_after: Some("A2".into()),
+    };
+    golden(
+        "list skus result",
+        &encode_payload(&page).unwrap(),
+        "02 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 41 31 02 00 00 00 00 00 00 00 41 32 01 02 00 00 00 00 00 00 00 41 32",
+    );
+}
+
+#[test]
+fn list_reservations_bodies() {
+    use omnistock::protocol::ops::opcode::LIST_RESERVATIONS;
+    assert_eq!(LIST_RESERVATIONS, 0x0408);
+    for role in [Role::Checkout, Role::Adapter, Role::Admin] {
+        assert!(
+            role.may(LIST_RESERVATIONS),
+            "{role:?} may list a SKU's reservations"
+        );
+    }
+    let op = Op::ListReservations(ListReservations {
+        sku: "A".into(),
+        after: Some(5),
+        limit: 2,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, LIST_RESERVATIONS);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "list reservations body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 01 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00",
+    );
+    let hold = WireSkuHold {
+        reservation: 5,
+        channel: "web".into(),
+        expires_at_ms: 1000,
+        allocations: vec![("wh".into(), 2)],
+    };
+    // The server's page bound counts a hold as 40 + channel + (12 + location) a line:
+    // its encoding exactly.
+    assert_eq!(encode_payload(&hold).unwrap().len(), 40 + 3 + (12 + 2));
+    let page = WireSkuReservations {
+        sku: "A".into(),
+        reservations: vec![hold],
+        next_after: None,
+    };
+    golden("list reservations result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 e8 03 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 02 00 00 00 00");
+}

@@ -457,6 +457,37 @@ impl Client {
         }))
         .await
     }
+    /// One page of the known SKU ids starting with `prefix` (`""` for all), after `after`
+    /// (exclusive), at most `limit` (1..=1000) (`LIST_SKUS`); pass the answer's
+    /// `next_after` as the next page's `after` until it is `None`.
+    pub async fn list_skus(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<WireSkuList, ClientError> {
+        self.call(Op::ListSkus(ListSkus {
+            prefix: prefix.into(),
+            after: after.map(Into::into),
+            limit,
+        }))
+        .await
+    }
+    /// One page of the open reservations holding units of `sku`, by reservation id, after
+    /// `after` (exclusive), at most `limit` (1..=1000) (`LIST_RESERVATIONS`).
+    pub async fn list_reservations(
+        &self,
+        sku: &str,
+        after: Option<u128>,
+        limit: u32,
+    ) -> Result<WireSkuReservations, ClientError> {
+        self.call(Op::ListReservations(ListReservations {
+            sku: sku.into(),
+            after,
+            limit,
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

@@ -279,6 +279,23 @@ pub fn velocity(v: &WireVelocity) -> Result<Output, Failure> {
     })
 }
 
+/// `skus`: one id a line, then `next: --after ID` when more follow.
+pub fn sku_list(l: &WireSkuList) -> Result<Output, Failure> {
+    let mut human = String::new();
+    for s in &l.skus {
+        human.push_str(s);
+        human.push('\n');
+    }
+    match &l.next_after {
+        Some(a) => human.push_str(&format!("next: --after {a}\n")),
+        None => human.push_str(&format!("({} SKUs, end of list)\n", l.skus.len())),
+    }
+    Ok(Output {
+        json: to_json(l)?,
+        human,
+    })
+}
+
 /// `at-risk CHANNEL`: the SKUs, soonest projected stockout first, each with all windows.
 pub fn at_risk(a: &WireAtRisk) -> Result<Output, Failure> {
     let mut human = kv(&[
@@ -323,6 +340,58 @@ pub fn reservation(r: &WireReservation) -> Output {
             "channel": r.channel,
             "expires_at_ms": r.expires_at_ms,
             "lines": r.lines,
+        }),
+        human,
+    }
+}
+
+/// `reservations SKU`: one reservation a row (ids as strings in JSON).
+pub fn sku_reservations(l: &WireSkuReservations) -> Output {
+    let mut human = kv(&[
+        ("sku", l.sku.clone()),
+        ("reservations", l.reservations.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = l
+        .reservations
+        .iter()
+        .map(|h| {
+            let held: u32 = h.allocations.iter().map(|(_, q)| q).sum();
+            let at: Vec<String> = h
+                .allocations
+                .iter()
+                .map(|(loc, q)| format!("{loc}:{q}"))
+                .collect();
+            vec![
+                fmt_id(h.reservation),
+                h.channel.clone(),
+                time(h.expires_at_ms),
+                held.to_string(),
+                at.join(","),
+            ]
+        })
+        .collect();
+    let cols = ["reservation", "channel", "expires_at", "held", "locations"];
+    human.push_str(&table(0, &cols, &["held"], &rows));
+    if let Some(a) = l.next_after {
+        human.push_str(&format!("next: --after {}\n", fmt_id(a)));
+    }
+    let reservations: Vec<Value> = l
+        .reservations
+        .iter()
+        .map(|h| {
+            json!({
+                "reservation": fmt_id(h.reservation),
+                "channel": h.channel,
+                "expires_at_ms": h.expires_at_ms,
+                "allocations": h.allocations,
+            })
+        })
+        .collect();
+    Output {
+        json: json!({
+            "sku": l.sku,
+            "reservations": reservations,
+            "next_after": l.next_after.map(fmt_id),
         }),
         human,
     }

@@ -565,6 +565,14 @@ impl Engine {
         v
     }
 
+    /// One page of the SKU ids starting with `prefix`, sorted: the first `limit` after
+    /// `after` (exclusive; `None` from the start), and whether more follow (then the last
+    /// id is the next page's `after`). Memory by `limit`, not by the SKU count; time one
+    /// pass over the known SKUs.
+    pub fn sku_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<SkuId>, bool) {
+        self.core.registry.page(prefix, after, limit)
+    }
+
     /// The stock-change feed.
     pub fn feed(&self) -> &Arc<crate::feed::hub::Hub> {
         &self.core.feed

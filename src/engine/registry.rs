@@ -364,6 +364,21 @@ impl Registry {
             .collect()
     }
 
+    /// One page of the ids starting with `prefix`: see [`page_of`].
+    pub(crate) fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<SkuId>, bool) {
+        page_of(
+            self.map.iter().map(|r| r.key().clone()),
+            prefix,
+            after,
+            limit,
+        )
+    }
+
     /// Bytes of compact state held by passive SKUs (for memory accounting).
     pub(crate) fn passive_bytes(&self) -> usize {
         self.map
@@ -373,5 +388,65 @@ impl Registry {
                 Slot::Active(_) => 0,
             })
             .sum()
+    }
+}
+
+/// The `limit` smallest ids of `ids` that start with `prefix` and sort after `after`, in
+/// order, and whether more such ids follow. One pass over `ids`, holding at most
+/// `limit + 1` of them (a bounded max-heap): a page costs memory by its size, not by the
+/// number of SKUs the server knows.
+pub(crate) fn page_of(
+    ids: impl Iterator<Item = SkuId>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<SkuId>, bool) {
+    let mut heap: std::collections::BinaryHeap<SkuId> =
+        std::collections::BinaryHeap::with_capacity(limit.saturating_add(1).min(1024));
+    for id in ids {
+        let s = id.as_str();
+        if !s.starts_with(prefix) || after.is_some_and(|a| s <= a) {
+            continue;
+        }
+        if heap.len() <= limit {
+            heap.push(id);
+        } else if heap.peek().is_some_and(|top| id < *top) {
+            heap.pop();
+            heap.push(id);
+        }
+    }
+    let mut page = heap.into_sorted_vec();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    (page, more)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Against the obvious model: filter, sort, skip up to `after`, take `limit`.
+        #[test]
+        fn a_page_is_the_sorted_filtered_slice_after_the_cursor(
+            names in proptest::collection::hash_set("[ab]{1,4}", 0..40),
+            prefix in "[ab]{0,2}",
+            after in proptest::option::of("[ab]{1,4}"),
+            limit in 0usize..12,
+        ) {
+            let ids: Vec<SkuId> = names.iter().map(|n| SkuId::new(n).unwrap()).collect();
+            let mut model: Vec<String> = names
+                .iter()
+                .filter(|n| n.starts_with(&prefix))
+                .filter(|n| after.as_ref().is_none_or(|a| n.as_str() > a.as_str()))
+                .cloned()
+                .collect();
+            model.sort();
+            let (page, more) = page_of(ids.into_iter(), &prefix, after.as_deref(), limit);
+            let got: Vec<String> = page.iter().map(|s| s.to_string()).collect();
+            prop_assert_eq!(&got[..], &model[..limit.min(model.len())]);
+            prop_assert_eq!(more, model.len() > limit);
+        }
     }
 }

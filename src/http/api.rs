@@ -326,15 +326,8 @@ async fn atp_of_prefix(
             format!("{MAX_CONCURRENT_PREFIX_READS} prefix reads are running; retry"),
         ));
     };
-    let all = engine.sku_ids(prefix);
-    let from = match &q.after {
-        Some(a) => all.partition_point(|s| s.as_str() <= a.as_str()),
-        None => 0,
-    };
-    let page: Vec<SkuId> = all.iter().skip(from).take(limit).cloned().collect();
-    let next = (from + page.len() < all.len())
-        .then(|| page.last().map(|s| s.to_string()))
-        .flatten();
+    let (page, more) = engine.sku_page(prefix, q.after.as_deref(), limit);
+    let next = more.then(|| page.last().map(|s| s.to_string())).flatten();
     read_all(engine, page, false, next).await
 }
 

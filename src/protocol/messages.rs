@@ -404,6 +404,29 @@ pub struct AtRiskQuery {
     pub limit: u32,
 }
 
+/// One page of the known SKU ids starting with a prefix (`LIST_SKUS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListSkus {
+    /// Only ids starting with this (empty: every SKU); at most 64 bytes.
+    pub prefix: String,
+    /// Start after this id (exclusive): the previous page's `next_after`; `None` from the
+    /// start. Need not be a known SKU.
+    pub after: Option<String>,
+    /// Most ids to return: 1..=1000.
+    pub limit: u32,
+}
+
+/// One page of the open reservations holding units of a SKU (`LIST_RESERVATIONS`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListReservations {
+    /// SKU id.
+    pub sku: String,
+    /// Start after this reservation id (exclusive): the previous page's `next_after`.
+    pub after: Option<u128>,
+    /// Most reservations to return: 1..=1000.
+    pub limit: u32,
+}
+
 // ---- result bodies -------------------------------------------------------------------
 
 /// Result of ping.
@@ -649,6 +672,39 @@ pub struct WireAtRisk {
     pub window: u8,
     /// The SKUs, at most `limit`.
     pub skus: Vec<WireAtRiskSku>,
+}
+
+/// Result of `LIST_SKUS`: ids in byte order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSkuList {
+    /// At most `limit` ids, fewer when the page reached the byte bound (protocol.md).
+    pub skus: Vec<String>,
+    /// `Some(last id)` when more ids follow: the next page's `after`; `None` at the end.
+    pub next_after: Option<String>,
+}
+
+/// One reservation's hold on the listed SKU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSkuHold {
+    /// Reservation id.
+    pub reservation: u128,
+    /// The reservation's channel.
+    pub channel: String,
+    /// When it expires (server clock, ms since the epoch).
+    pub expires_at_ms: u64,
+    /// Units of this SKU still held, per location in sourcing order.
+    pub allocations: Vec<(String, u32)>,
+}
+
+/// Result of `LIST_RESERVATIONS`: by reservation id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSkuReservations {
+    /// SKU.
+    pub sku: String,
+    /// At most `limit` holds, fewer when the page reached the byte bound (protocol.md).
+    pub reservations: Vec<WireSkuHold>,
+    /// `Some(last id)` when more follow: the next page's `after`; `None` at the end.
+    pub next_after: Option<u128>,
 }
 
 /// Result of get many SKUs: `None` for an unknown SKU, in request order.

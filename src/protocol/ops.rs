@@ -58,6 +58,10 @@ pub mod opcode {
     pub const VELOCITY: u16 = 0x0405;
     /// The SKUs of one channel whose projected stockout comes first (adapter, admin).
     pub const AT_RISK: u16 = 0x0406;
+    /// One page of the known SKU ids by prefix.
+    pub const LIST_SKUS: u16 = 0x0407;
+    /// One page of the open reservations holding a SKU.
+    pub const LIST_RESERVATIONS: u16 = 0x0408;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -107,6 +111,8 @@ impl Role {
                 | GET_RESERVATION
                 | EXPLAIN_ATP
                 | VELOCITY
+                | LIST_SKUS
+                | LIST_RESERVATIONS
                 | LIST_LOCATIONS
                 | LIST_CHANNELS
         );
@@ -171,6 +177,10 @@ pub enum Op {
     Velocity(GetVelocity),
     /// `AT_RISK`
     AtRisk(AtRiskQuery),
+    /// `LIST_SKUS`
+    ListSkus(ListSkus),
+    /// `LIST_RESERVATIONS`
+    ListReservations(ListReservations),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
     /// `SUBSCRIBE`
@@ -228,6 +238,8 @@ impl Op {
             Op::ExplainAtp(_) => EXPLAIN_ATP,
             Op::Velocity(_) => VELOCITY,
             Op::AtRisk(_) => AT_RISK,
+            Op::ListSkus(_) => LIST_SKUS,
+            Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
@@ -281,6 +293,8 @@ impl Op {
             Op::ExplainAtp(b) => body(b)?,
             Op::Velocity(b) => body(b)?,
             Op::AtRisk(b) => body(b)?,
+            Op::ListSkus(b) => body(b)?,
+            Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
@@ -321,6 +335,8 @@ impl Op {
             EXPLAIN_ATP => Op::ExplainAtp(decode_request_body(b)?),
             VELOCITY => Op::Velocity(decode_request_body(b)?),
             AT_RISK => Op::AtRisk(decode_request_body(b)?),
+            LIST_SKUS => Op::ListSkus(decode_request_body(b)?),
+            LIST_RESERVATIONS => Op::ListReservations(decode_request_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
             UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,

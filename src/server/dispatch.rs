@@ -257,6 +257,14 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
+        Op::ListSkus(q) => match list_skus(ctx, &q) {
+            Ok(v) => ok(&v),
+            Err(r) => rejected(&r),
+        },
+        Op::ListReservations(q) => match list_reservations(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -322,6 +330,122 @@ async fn at_risk(
         .at_risk(&channel, usize::from(q.window), limit)
         .await?;
     Ok(convert::at_risk_of(&channel, q.window, &list))
+}
+
+/// Most ids in one `LIST_SKUS` page.
+pub const MAX_LIST_SKUS: u32 = 1000;
+
+/// Bytes of a `LIST_SKUS` answer kept for the frame header, the result header and the
+/// page's other fields: the ids stop before they would pass `max_frame_bytes` less this.
+const LIST_SKUS_FRAME_RESERVE: usize = 160;
+
+/// One page of SKU ids (`LIST_SKUS`): at most `limit` ids and at most
+/// `max_frame_bytes - LIST_SKUS_FRAME_RESERVE` bytes of them (each counted as its length
+/// plus 8, a generous bound on its encoding); a page cut by bytes has `next_after` set.
+fn list_skus(
+    ctx: &Ctx,
+    q: &crate::protocol::ListSkus,
+) -> Result<crate::protocol::WireSkuList, Rejection> {
+    if !(1..=MAX_LIST_SKUS).contains(&q.limit) {
+        return Err(Rejection::invalid(format!(
+            "limit {}: must be 1..={MAX_LIST_SKUS}",
+            q.limit
+        )));
+    }
+    let max_id = crate::domain::limits::MAX_SKU_ID_BYTES;
+    if q.prefix.len() > max_id || q.after.as_ref().is_some_and(|a| a.len() > max_id) {
+        return Err(Rejection::invalid(format!(
+            "prefix and after are at most {max_id} bytes (a SKU id's limit)"
+        )));
+    }
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let (page, more) = ctx.engine.sku_page(&q.prefix, q.after.as_deref(), limit);
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE);
+    let mut used = 0usize;
+    let mut skus = Vec::with_capacity(page.len());
+    for id in &page {
+        used += id.as_str().len() + 8;
+        if used > budget {
+            break;
+        }
+        skus.push(id.to_string());
+    }
+    let cut = skus.len() < page.len();
+    let next_after = if more || cut {
+        skus.last().cloned()
+    } else {
+        None
+    };
+    Ok(crate::protocol::WireSkuList { skus, next_after })
+}
+
+/// One page of the reservations holding a SKU (`LIST_RESERVATIONS`), from the SKU's own
+/// holds (a copy of its state, as `GET_SKU` sees it; a passive SKU is not activated): by
+/// reservation id, at most `limit` and at most `max_frame_bytes - LIST_SKUS_FRAME_RESERVE`
+/// bytes of encoded holds; a page cut either way has `next_after` set.
+async fn list_reservations(
+    ctx: &Ctx,
+    q: &crate::protocol::ListReservations,
+) -> Result<crate::protocol::WireSkuReservations, Failure> {
+    if !(1..=MAX_LIST_SKUS).contains(&q.limit) {
+        return Err(
+            Rejection::invalid(format!("limit {}: must be 1..={MAX_LIST_SKUS}", q.limit)).into(),
+        );
+    }
+    let sku = SkuId::new(&q.sku)?;
+    let state = ctx.engine.sku_state(&sku).await?;
+    let mut ids: Vec<u128> = state
+        .holds
+        .keys()
+        .copied()
+        .filter(|id| q.after.is_none_or(|a| *id > a))
+        .collect();
+    ids.sort_unstable();
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE + q.sku.len());
+    let mut used = 0usize;
+    let mut out = Vec::with_capacity(ids.len().min(limit));
+    for id in ids.iter().take(limit) {
+        let h = &state.holds[id];
+        let hold = crate::protocol::WireSkuHold {
+            reservation: *id,
+            channel: h.channel.to_string(),
+            expires_at_ms: h.expires_at_ms,
+            allocations: h
+                .allocations
+                .iter()
+                .map(|a| (a.location.to_string(), a.qty))
+                .collect(),
+        };
+        // Its encoding: id 16, channel 8 + len, expiry 8, vec 8 + (8 + len + 4) a line.
+        used += 40
+            + hold.channel.len()
+            + hold
+                .allocations
+                .iter()
+                .map(|(l, _)| 12 + l.len())
+                .sum::<usize>();
+        if used > budget {
+            break;
+        }
+        out.push(hold);
+    }
+    let next_after = if out.len() < ids.len() {
+        out.last().map(|h| h.reservation)
+    } else {
+        None
+    };
+    Ok(crate::protocol::WireSkuReservations {
+        sku: sku.to_string(),
+        reservations: out,
+        next_after,
+    })
 }
 
 async fn get_skus(ctx: &Ctx, skus: &[String]) -> OpResult {

@@ -141,6 +141,11 @@ pub struct WalConfig {
     pub fault: Option<Arc<FaultInjector>>,
     /// Whether a missing or empty directory may be initialised; default [`Init::Allow`].
     pub init: Init,
+    /// How long open waits for sled's directory lock before answering
+    /// [`WalError::Locked`]; default [`OPEN_LOCK_RETRY_MS`] (a handle of this process being
+    /// torn down). The offline tools (`check`, `dump`) wait less: another process holding
+    /// the lock is a running server, which does not let go.
+    pub lock_wait_ms: u64,
 }
 
 impl WalConfig {
@@ -158,6 +163,7 @@ impl WalConfig {
             sled_cache_capacity_bytes: DEFAULT_SLED_CACHE_CAPACITY_BYTES,
             fault: None,
             init: Init::Allow,
+            lock_wait_ms: OPEN_LOCK_RETRY_MS,
         }
     }
 
@@ -282,6 +288,19 @@ pub enum WalError {
     /// [`WalConfig`] has an unusable value.
     #[error("invalid WAL config: {0}")]
     InvalidConfig(String),
+    /// Another process (a running server, or a `check`/`dump`) holds the data directory's
+    /// lock. Not corrupt; retriable once that process ends. A running server's state is
+    /// read through the protocol (`omnistock ctl`), not from its directory.
+    #[error(
+        "data directory {} is in use by another process (a running omnistock server, or a \
+         check or dump) holding its lock. check and dump read a directory exclusively: stop \
+         the server first, or read a running server's state with omnistock ctl",
+        dir.display()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// sled returned an error outside the writer thread (open, read, checkpoint).
     #[error("WAL storage error during {op}: {source}")]
     Storage {
@@ -490,18 +509,28 @@ fn is_lock_contention(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
 }
 
-/// Opens the sled database, retrying for up to [`OPEN_LOCK_RETRY_MS`] while its lock is
-/// still held by a handle that is being torn down.
-fn open_sled(dir: &std::path::Path, cache_capacity_bytes: u64) -> Result<sled::Db, WalError> {
+/// Opens the sled database, retrying for up to `lock_wait_ms` while its lock is still
+/// held (by a handle that is being torn down); a lock still held then is
+/// [`WalError::Locked`].
+fn open_sled(
+    dir: &std::path::Path,
+    cache_capacity_bytes: u64,
+    lock_wait_ms: u64,
+) -> Result<sled::Db, WalError> {
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(cache_capacity_bytes);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(OPEN_LOCK_RETRY_MS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(lock_wait_ms);
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
             Err(e) if is_lock_contention(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) if is_lock_contention(&e) => {
+                return Err(WalError::Locked {
+                    dir: dir.to_path_buf(),
+                })
             }
             Err(e) => return Err(storage("open sled database")(e)),
         }
@@ -521,7 +550,11 @@ type OpenedStorage = (
 impl Wal {
     /// sled's open and everything open reads from it (run under the panic guard).
     fn open_storage(config: &WalConfig) -> Result<OpenedStorage, WalError> {
-        let db = open_sled(&config.dir, config.sled_cache_capacity_bytes)?;
+        let db = open_sled(
+            &config.dir,
+            config.sled_cache_capacity_bytes,
+            config.lock_wait_ms,
+        )?;
         let log = db.open_tree(LOG_TREE).map_err(storage("open log tree"))?;
         let checkpoints = db
             .open_tree(CHECKPOINT_TREE)

@@ -53,7 +53,8 @@ fn assert_replays(wal: &Wal, from: u64, to_inclusive: u64) {
 
 /// Opens the database behind a closed `Wal` for tampering.
 fn raw_tree(dir: &Path, tree: &str) -> (sled::Db, sled::Tree) {
-    let db = open_sled(dir, DEFAULT_SLED_CACHE_CAPACITY_BYTES).expect("raw sled open");
+    let db = open_sled(dir, DEFAULT_SLED_CACHE_CAPACITY_BYTES, OPEN_LOCK_RETRY_MS)
+        .expect("raw sled open");
     let tree = db.open_tree(tree).expect("raw tree");
     (db, tree)
 }
