@@ -207,6 +207,23 @@ fn ops() -> Vec<Op> {
             name: "fuzz".into(),
             seq: 1,
         }),
+        Op::ListSkus(ListSkus {
+            prefix: "A".into(),
+            after: Some("A".into()),
+            limit: 10,
+        }),
+        Op::ListReservations(ListReservations {
+            sku: "A".into(),
+            after: Some(21),
+            limit: 10,
+        }),
+        Op::ListSubscriptions(ListSubscriptions {
+            after: "f".into(),
+            limit: 10,
+        }),
+        Op::DeleteSubscription(DeleteSubscription {
+            name: "fuzz".into(),
+        }),
     ]
 }
 
