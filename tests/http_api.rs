@@ -33,6 +33,7 @@ struct Api {
 async fn start_with(config: HttpConfig, listen: &str) -> Api {
     let engine = Arc::new(Engine::start_in_memory(EngineConfig::default()).expect("engine"));
     small_catalog(&engine).await;
+    published(&engine).await;
     let sources = Sources::new();
     sources.set_engine(engine.clone());
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -47,6 +48,17 @@ async fn start_with(config: HttpConfig, listen: &str) -> Api {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         engine,
         sources,
+    }
+}
+
+/// Waits until the feed has published everything acknowledged so far. The setup's catalog
+/// writes are acknowledged when durable, and the feed publishes them a moment later: a LIVE
+/// stream opened before that begins with those catalog events, which tests counting
+/// `catalog.changed` events or expecting none took for their own (the cause of rare
+/// failures of two of them).
+async fn published(engine: &Engine) {
+    while engine.feed().head() < engine.last_seq() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -402,7 +414,7 @@ async fn sse_resume_with_last_event_id_returns_exactly_the_missed_events() {
     let cut = all
         .iter()
         .position(|j| j["id"] == last_seen.as_str())
-        .expect("seen by the reference");
+        .unwrap_or_else(|| panic!("{last_seen} not seen by the reference: {all:?}"));
     assert_eq!(cut, 0);
     assert_eq!(
         all[1]["seq"], all[0]["seq"],
@@ -688,6 +700,7 @@ async fn a_last_event_id_older_than_the_ring_gets_a_snapshot_then_live() {
         .expect("engine"),
     );
     small_catalog(&engine).await;
+    published(&engine).await;
     let sources = Sources::new();
     sources.set_engine(engine.clone());
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -714,6 +727,8 @@ async fn a_last_event_id_older_than_the_ring_gets_a_snapshot_then_live() {
         adjust(&engine, "old-2", "wh-a", 1).await.unwrap();
     }
     adjust(&engine, "old-1", "wh-a", 1).await.unwrap();
+    // Published, so the ring has moved past `first` when `b` asks for it.
+    published(&engine).await;
     let id = first.id.unwrap();
     let mut b = Sse::open(addr, "/v1/events?skus=old-1", &[("Last-Event-ID", &id)]).await;
     let hello = subscribed(&mut b).await;
