@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::Engine;
 use crate::protocol::kinds;
+use crate::webhooks::{in_range, millis};
 
 /// Prefix of the name the bridge's position is stored under (reserved: clients cannot `ACK`
 /// it).
@@ -220,22 +221,6 @@ impl NatsConfig {
     /// The stream's subjects (`<subject_prefix>.>`).
     pub fn stream_subjects(&self) -> String {
         format!("{}.>", self.subject_prefix)
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn in_range<T: PartialOrd + std::fmt::Display>(
-    field: &str,
-    v: T,
-    r: std::ops::RangeInclusive<T>,
-) -> Result<(), String> {
-    if r.contains(&v) {
-        Ok(())
-    } else {
-        Err(format!("{field}: {v} must be {}..={}", r.start(), r.end()))
     }
 }
 

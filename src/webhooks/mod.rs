@@ -197,11 +197,13 @@ impl EndpointConfig {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// A duration in whole ms (saturating), as settings show it.
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display>(
+/// `Ok` when `v` is in `r`, else the message naming `field` and the range.
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(
     field: &str,
     v: T,
     r: std::ops::RangeInclusive<T>,
