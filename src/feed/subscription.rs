@@ -494,7 +494,13 @@ async fn stream<S: Source>(
             continue; // more is ready
         }
         let mut wait = tick.saturating_sub(last_flush.elapsed());
-        if let Some(h) = out.cfg.heartbeat {
+        // Only while a heartbeat can go out: with coalesced changes pending it cannot (their
+        // flush is the next frame), and waking for it would spin until that flush.
+        if let Some(h) = out
+            .cfg
+            .heartbeat
+            .filter(|_| coalescer.is_empty() && items.is_empty())
+        {
             wait = wait.min(h.saturating_sub(out.last_sent.elapsed()));
         }
         tokio::select! {
