@@ -9,6 +9,7 @@
 
 mod exit;
 mod ids;
+mod online;
 mod render;
 mod tail;
 
@@ -38,6 +39,20 @@ pub struct Args {
     /// Flags and a command (`omnistock ctl --help` lists them).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     args: Vec<OsString>,
+}
+
+impl Args {
+    /// ctl's arguments from a list (`check --addr`, `dump --addr` run through ctl).
+    pub fn new(args: Vec<OsString>) -> Args {
+        Args { args }
+    }
+
+    /// These arguments after `command` (`omnistock backup ...` is `ctl backup ...`).
+    pub fn prefixed(self, command: &str) -> Args {
+        let mut args = vec![OsString::from(command)];
+        args.extend(self.args);
+        Args { args }
+    }
 }
 
 const EXIT_CODES: &str = "\
@@ -262,6 +277,42 @@ enum CtlCmd {
     Channels,
     /// List the stored named subscription positions (name, position, lag).
     Subscriptions,
+    /// Write a backup of the server's whole state into a new directory ON THE SERVER'S
+    /// MACHINE (admin): a complete data directory as of one log seq (docs/operations.md).
+    Backup {
+        /// Absolute path on the server's machine: must not exist (or be an empty
+        /// directory); its parent must exist.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout_s: u64,
+    },
+    /// Verify a running server's state (admin): a backup into a scratch directory, then
+    /// `check` of it, then its removal. ctl must run on the server's machine.
+    Check {
+        /// Where the server writes the temporary backup (a new directory; absolute)
+        /// [default: a new directory under the system temporary directory].
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<std::path::PathBuf>,
+        /// How long to wait for the backup, in seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout_s: u64,
+    },
+    /// A SKU's state and history from a running server (admin): like `dump DIR`, from a
+    /// backup into a scratch directory (removed afterwards). ctl must run on the server's
+    /// machine.
+    Dump {
+        /// The SKU.
+        #[arg(long)]
+        sku: String,
+        /// Where the server writes the temporary backup (see `check`).
+        #[arg(long, value_name = "DIR")]
+        scratch: Option<std::path::PathBuf>,
+        /// How long to wait for the backup, in seconds.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout_s: u64,
+    },
     /// Forget the position stored under a subscription name (admin).
     DeleteSubscription {
         /// The subscription name.
@@ -476,6 +527,24 @@ async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
     if let CtlCmd::Tail(args) = cli.cmd {
         return tail::tail(cfg, cli.json, args).await.map(|()| None);
     }
+    match cli.cmd {
+        CtlCmd::Backup { timeout_s, .. } => {
+            cfg.request_timeout = std::time::Duration::from_secs(timeout_s);
+        }
+        CtlCmd::Check { scratch, timeout_s } => {
+            cfg.request_timeout = std::time::Duration::from_secs(timeout_s);
+            return online::check(cfg, scratch, cli.json).await.map(Some);
+        }
+        CtlCmd::Dump {
+            sku,
+            scratch,
+            timeout_s,
+        } => {
+            cfg.request_timeout = std::time::Duration::from_secs(timeout_s);
+            return online::dump(cfg, scratch, &sku).await.map(|()| None);
+        }
+        _ => {}
+    }
     let rid = cli.request_id.unwrap_or_else(new_request_id);
     let op = operation(rid, cli.cmd)?;
     let c = Client::connect(cfg).await?;
@@ -551,6 +620,7 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
             limit: 0,
         }),
         CtlCmd::DeleteSubscription { name } => Op::DeleteSubscription(DeleteSubscription { name }),
+        CtlCmd::Backup { to, .. } => Op::Backup(Backup { to }),
         CtlCmd::Reserve {
             channel,
             lines,
@@ -668,7 +738,9 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
             sku,
             threshold,
         }),
-        CtlCmd::Tail(_) => return Err(Failure::internal("tail is not one operation")),
+        CtlCmd::Tail(_) | CtlCmd::Check { .. } | CtlCmd::Dump { .. } => {
+            return Err(Failure::internal("not one operation"))
+        }
     })
 }
 
@@ -707,6 +779,7 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,
         Op::ListSubscriptions(_) => render::subscriptions(&all_subscriptions(c).await?)?,
+        Op::Backup(b) => render::backup(&c.backup(&b.to).await?)?,
         Op::DeleteSubscription(d) => {
             c.delete_subscription(&d.name).await?;
             render::deleted_subscription(&d.name)?

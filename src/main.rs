@@ -39,6 +39,12 @@ enum Cmd {
     Check(tools::CheckArgs),
     /// Print a SKU's history from a data directory: the audit ledger.
     Dump(tools::DumpArgs),
+    /// Ask a running server for a backup into a new directory on its machine (admin):
+    /// `omnistock backup --addr A --to DIR` (`omnistock ctl backup`; its flags apply).
+    Backup(ctl::Args),
+    /// Restore a backup into a new data directory (offline): verifies it like `check`,
+    /// copies it, checks the copy, prints what it restored.
+    Restore(tools::RestoreArgs),
     /// Run the TCP server (binary protocol, docs/protocol.md) until SIGTERM/SIGINT.
     #[command(after_help = settings::FILE_KEYS_HELP)]
     Serve(Box<serve::Args>),
@@ -46,9 +52,28 @@ enum Cmd {
     Ctl(Box<ctl::Args>),
 }
 
+/// The ctl arguments of `check --addr ...` or `dump --addr ...`; `None` for anything else.
+fn online_tool(argv: &[std::ffi::OsString]) -> Option<Vec<std::ffi::OsString>> {
+    let cmd = argv.get(1)?;
+    if cmd != "check" && cmd != "dump" {
+        return None;
+    }
+    let addr = argv[2..].iter().any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == "--addr" || a.starts_with("--addr="))
+    });
+    addr.then(|| argv[1..].to_vec())
+}
+
 fn main() -> ExitCode {
     // Before anything allocates much; failure only costs performance.
     let thp = omnistock::disable_transparent_huge_pages();
+    // `check --addr` and `dump --addr` read a running server (through a backup), which is
+    // ctl's business: its connection flags (token, TLS) apply.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(args) = online_tool(&argv) {
+        return ctl::run(ctl::Args::new(args));
+    }
     let cli = Cli::parse();
     // `serve` sets up logging itself, once its settings (log format, filter) are resolved.
     if !matches!(cli.command, Cmd::Serve(_)) {
@@ -65,6 +90,8 @@ fn main() -> ExitCode {
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Check(args) => return tools::check(args),
         Cmd::Dump(args) => tools::dump(args),
+        Cmd::Backup(args) => return ctl::run(args.prefixed("backup")),
+        Cmd::Restore(args) => tools::restore(args),
         Cmd::Serve(args) => serve::run(*args),
         Cmd::Ctl(args) => return ctl::run(*args),
     };

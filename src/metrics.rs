@@ -87,6 +87,16 @@ pub const CHECKPOINT_DURATION_SECONDS: &str = "omnistock_checkpoint_duration_sec
 pub const CHECKPOINT_BYTES: &str = "omnistock_checkpoint_bytes";
 /// Counter: checkpoints that failed.
 pub const CHECKPOINT_FAILURES_TOTAL: &str = "omnistock_checkpoint_failures_total";
+/// Gauge, seconds since the Unix epoch: when the last successful backup finished (0: none
+/// since the start). An alerting rule compares it with `time()`.
+pub const BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "omnistock_backup_last_success_timestamp_seconds";
+/// Gauge, seconds: duration of the last successful backup.
+pub const BACKUP_LAST_DURATION_SECONDS: &str = "omnistock_backup_last_duration_seconds";
+/// Gauge, bytes: size of the last successful backup.
+pub const BACKUP_LAST_BYTES: &str = "omnistock_backup_last_bytes";
+/// Counter: backups that failed (refusals of a bad target or of a second backup excluded).
+pub const BACKUP_FAILURES_TOTAL: &str = "omnistock_backup_failures_total";
 /// Gauge, seconds: how long the last start-up recovery took.
 pub const RECOVERY_DURATION_SECONDS: &str = "omnistock_recovery_duration_seconds";
 /// Gauge: log records replayed by the last start-up recovery.
@@ -247,6 +257,10 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (CHECKPOINT_DURATION_SECONDS, Kind::Histogram, Some(Unit::Seconds), "Duration of one checkpoint."),
     (CHECKPOINT_BYTES, Kind::Gauge, Some(Unit::Bytes), "State bytes written by the last checkpoint."),
     (CHECKPOINT_FAILURES_TOTAL, Kind::Counter, None, "Checkpoints that failed."),
+    (BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS, Kind::Gauge, Some(Unit::Seconds), "When the last successful backup finished, seconds since the Unix epoch (0: none since the start)."),
+    (BACKUP_LAST_DURATION_SECONDS, Kind::Gauge, Some(Unit::Seconds), "Duration of the last successful backup."),
+    (BACKUP_LAST_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes on disk of the last successful backup."),
+    (BACKUP_FAILURES_TOTAL, Kind::Counter, None, "Backups that failed (refused targets and a second concurrent backup excluded)."),
     (RECOVERY_DURATION_SECONDS, Kind::Gauge, Some(Unit::Seconds), "Duration of the last start-up recovery."),
     (RECOVERY_RECORDS, Kind::Gauge, None, "Log records replayed by the last start-up recovery."),
     (CONNECTIONS, Kind::Gauge, None, "Open client connections."),
@@ -464,6 +478,10 @@ fn create_series() {
     gauge!(SUBSCRIBERS).increment(0.0);
     gauge!(SUBSCRIBER_LAG_MAX_EVENTS).increment(0.0);
     counter!(CHECKPOINT_FAILURES_TOTAL).increment(0);
+    counter!(BACKUP_FAILURES_TOTAL).increment(0);
+    gauge!(BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS).increment(0.0);
+    gauge!(BACKUP_LAST_DURATION_SECONDS).increment(0.0);
+    gauge!(BACKUP_LAST_BYTES).increment(0.0);
     gauge!(CHECKPOINT_BYTES).increment(0.0);
     gauge!(RECOVERY_DURATION_SECONDS).increment(0.0);
     gauge!(RECOVERY_RECORDS).increment(0.0);
@@ -527,6 +545,25 @@ pub fn checkpoint_done(took: Duration, bytes: usize) {
 pub fn checkpoint_failed() {
     if HOT.get().is_some() {
         counter!(CHECKPOINT_FAILURES_TOTAL).increment(1);
+    }
+}
+
+/// A backup of `bytes` bytes finished, after `took`.
+pub fn backup_done(took: Duration, bytes: u64) {
+    if HOT.get().is_some() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge!(BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS).set(now);
+        gauge!(BACKUP_LAST_DURATION_SECONDS).set(took.as_secs_f64());
+        gauge!(BACKUP_LAST_BYTES).set(bytes as f64);
+    }
+}
+
+/// A backup failed.
+pub fn backup_failed() {
+    if HOT.get().is_some() {
+        counter!(BACKUP_FAILURES_TOTAL).increment(1);
     }
 }
 

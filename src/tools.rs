@@ -11,7 +11,7 @@
 //! server) holds its lock ([`WalError::Locked`], said in one line, after a 250 ms wait).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -27,19 +27,37 @@ const TOOL_LOCK_WAIT_MS: u64 = 250;
 
 /// Flags of `check`.
 #[derive(clap::Args)]
+#[command(after_help = "With --addr HOST[:PORT] instead of DIR, checks a running server: it \
+    writes a backup into a scratch directory on its machine, which is checked like DIR and \
+    removed (`omnistock ctl check`, whose flags --token, --tls, --scratch, --json apply; \
+    docs/operations.md).")]
 pub struct CheckArgs {
-    /// The data directory.
+    /// The data directory (of a stopped server, or a backup).
     dir: PathBuf,
 }
 
 /// Flags of `dump`.
 #[derive(clap::Args)]
+#[command(after_help = "With --addr HOST[:PORT] instead of DIR, dumps from a backup of a \
+    running server (`omnistock ctl dump --sku SKU`; docs/operations.md).")]
 pub struct DumpArgs {
     /// The data directory.
     dir: PathBuf,
     /// The SKU whose history to print.
     #[arg(long)]
     sku: String,
+}
+
+/// Flags of `restore`.
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// A complete backup (written by `omnistock backup`; it has an `omnistock.backup`
+    /// manifest).
+    #[arg(long, value_name = "BACKUP")]
+    from: PathBuf,
+    /// The new data directory: must not exist, or be empty.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 fn open(dir: &PathBuf) -> anyhow::Result<Wal> {
@@ -52,7 +70,7 @@ fn open(dir: &PathBuf) -> anyhow::Result<Wal> {
 }
 
 /// `check`'s exit status for an error (see the module documentation).
-fn check_exit_code(e: &anyhow::Error) -> u8 {
+pub(crate) fn check_exit_code(e: &anyhow::Error) -> u8 {
     match e.chain().find_map(|c| c.downcast_ref::<WalError>()) {
         Some(WalError::NotInitialised { .. }) => 3,
         Some(WalError::LostLog { .. }) => 4,
@@ -63,7 +81,7 @@ fn check_exit_code(e: &anyhow::Error) -> u8 {
 
 /// Runs `check`, printing an error and mapping it to the exit status.
 pub fn check(args: CheckArgs) -> ExitCode {
-    match check_dir(args) {
+    match check_path(&args.dir, true) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -74,21 +92,40 @@ pub fn check(args: CheckArgs) -> ExitCode {
 
 /// Verifies checkpoint and log: the identity file, every record's checksum and decoding,
 /// sequence continuity, a full replay through `apply`, and every SKU's invariants. Prints
-/// counts.
-fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
+/// counts when `print`. The one check of a data directory: `check DIR`, `check --addr` (on
+/// a backup of the running server) and `restore` (on the backup, then on the restored
+/// directory) all run it.
+pub(crate) fn check_path(dir: &Path, print: bool) -> anyhow::Result<()> {
+    check_counts(dir, print).map(|_| ())
+}
+
+/// [`check_path`], returning the state's SKU count.
+fn check_counts(dir: &Path, print: bool) -> anyhow::Result<usize> {
+    macro_rules! say {
+        ($($t:tt)*) => { if print { println!($($t)*); } };
+    }
     let t = Instant::now();
-    match identity::inspect(&args.dir)? {
-        DirState::Identified(id) => {
-            println!("identity: {} (format {})", id.id, id.format);
+    let dir = &dir.to_path_buf();
+    if print {
+        if let Some(m) = omnistock::wal::backup::read_manifest(dir)? {
+            println!(
+                "backup: as of seq {}, checkpoint at seq {}, {} log records, of {}",
+                m.as_of_seq, m.checkpoint_start_seq, m.log_records, m.source_id
+            );
         }
-        DirState::Unidentified => println!(
+    }
+    match identity::inspect(dir)? {
+        DirState::Identified(id) => {
+            say!("identity: {} (format {})", id.id, id.format);
+        }
+        DirState::Unidentified => say!(
             "identity: none (the directory predates {}; serve adopts it and writes one)",
             identity::IDENTITY_FILE
         ),
         // Refused by the open below, with the message.
         DirState::Missing | DirState::Empty => {}
     }
-    let wal = open(&args.dir)?;
+    let wal = open(dir)?;
     let stats = wal.log_stats();
     let cp = wal.latest_checkpoint().context("reading the checkpoint")?;
     let start = cp.as_ref().map_or(1, |c| c.start_seq);
@@ -97,7 +134,7 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
         None => None,
     };
     if let (Some(c), Some(s)) = (&cp, &cp_state) {
-        println!(
+        say!(
             "checkpoint: starts at seq {}, {} bytes, {} SKUs, {} remembered request ids",
             c.start_seq,
             c.state.len(),
@@ -105,7 +142,7 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
             s.idempotency.len()
         );
     } else {
-        println!("checkpoint: none");
+        say!("checkpoint: none");
     }
     let mut kinds: HashMap<&'static str, u64> = HashMap::new();
     let records = wal.replay_from(start).inspect(|r| {
@@ -126,7 +163,11 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
         0,
         HalfLives::default(),
         1_000_000,
-        |n, seq| eprintln!("  ... {n} records (seq {seq})"),
+        |n, seq| {
+            if print {
+                eprintln!("  ... {n} records (seq {seq})")
+            }
+        },
     )?;
     let mut holds = 0usize;
     let mut oversold = 0usize;
@@ -137,7 +178,7 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
         holds += s.holds.len();
         oversold += usize::from(s.oversold());
     }
-    println!(
+    say!(
         "log: {} records (seq {:?}..={:?}), {} sku records, {} catalog records, {} bytes on disk",
         stats.records,
         stats.first_seq,
@@ -146,20 +187,21 @@ fn check_dir(args: CheckArgs) -> anyhow::Result<()> {
         kinds.get("catalog").unwrap_or(&0),
         stats.approx_disk_bytes
     );
-    println!("state: {} locations, {} channels, {} SKUs, {} holds, {} oversold SKUs, {} remembered request ids, {} cut multi-SKU operations to finish and {} unacknowledged carts to release at start", rec.catalog.locations.len(), rec.catalog.channels.len(), rec.skus.len(), holds, oversold, rec.idempotency.len(), rec.rolled_forward, rec.rolled_back);
-    println!(
+    say!("state: {} locations, {} channels, {} SKUs, {} holds, {} oversold SKUs, {} remembered request ids, {} cut multi-SKU operations to finish and {} unacknowledged carts to release at start", rec.catalog.locations.len(), rec.catalog.channels.len(), rec.skus.len(), holds, oversold, rec.idempotency.len(), rec.rolled_forward, rec.rolled_back);
+    say!(
         "ok: replayed {} records ({} already in the checkpoint) in {:.2}s",
         rec.records_replayed,
         rec.records_skipped,
         t.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(rec.skus.len())
 }
 
 /// Prints a SKU's state at the checkpoint, then every logged change of it after that.
 pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
     // `dump ... | head` closes the pipe early: that ends the dump, it is not an error.
-    match dump_to(args, &mut std::io::BufWriter::new(std::io::stdout().lock())) {
+    let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
+    match dump_path(&args.dir, &args.sku, out) {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
@@ -170,9 +212,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-fn dump_to(args: DumpArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    let sku = SkuId::new(&args.sku).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let wal = open(&args.dir)?;
+/// Writes `dump`'s lines for `sku` from the data directory `dir` (also `dump --addr`, on a
+/// backup of the running server).
+pub(crate) fn dump_path(dir: &Path, sku: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let sku = SkuId::new(sku).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wal = open(&dir.to_path_buf())?;
     let cp = wal.latest_checkpoint().context("reading the checkpoint")?;
     let start = cp.as_ref().map_or(1, |c| c.start_seq);
     if let Some(c) = cp {
@@ -222,4 +266,129 @@ fn dump_to(args: DumpArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> 
     writeln!(out, "# {n} events")?;
     out.flush()?;
     Ok(())
+}
+
+/// Whether `dir` holds a complete backup (its manifest).
+pub(crate) fn is_backup(dir: &Path) -> bool {
+    dir.join(omnistock::wal::backup::MANIFEST_FILE).is_file()
+}
+
+/// `restore --from BACKUP --data-dir DIR`: verifies the backup with `check`'s code, copies
+/// it into a staging directory beside DIR (every file but the manifest: a restored
+/// directory is a data directory, not a backup), fsyncs, renames it onto DIR (which must
+/// not exist or be empty), checks the result again and prints what it restored. Offline:
+/// no server may hold either directory.
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let from = &args.from;
+    let Some(m) = omnistock::wal::backup::read_manifest(from)? else {
+        bail!(
+            "{} is not a complete backup: it has no {} (an interrupted backup, or not a \
+             backup at all); nothing was restored",
+            from.display(),
+            omnistock::wal::backup::MANIFEST_FILE
+        );
+    };
+    let target = &args.data_dir;
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} exists and is not empty: restore only into a new or empty directory",
+                    target.display()
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("{}: {e}", target.display()),
+    }
+    let name = target
+        .file_name()
+        .with_context(|| format!("{}: no directory name", target.display()))?;
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let skus = check_counts(from, false)
+        .with_context(|| format!("verifying the backup {}", from.display()))?;
+    println!(
+        "verified: backup of {} as of seq {} ({} SKUs)",
+        m.source_id, m.as_of_seq, skus
+    );
+    let staging = parent.join(format!(
+        ".{}.restore-partial-{:016x}",
+        name.to_string_lossy(),
+        rand::random::<u64>()
+    ));
+    let copied = copy_tree(from, &staging, true).and_then(|bytes| {
+        sync_dir(&staging)?;
+        std::fs::rename(&staging, target)
+            .with_context(|| format!("renaming {} onto {}", staging.display(), target.display()))?;
+        sync_dir(&parent)?;
+        Ok(bytes)
+    });
+    let bytes = match copied {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if let Err(e) = check_counts(target, false) {
+        let _ = std::fs::remove_dir_all(target);
+        return Err(e.context(format!(
+            "the restored copy in {} failed check and was removed",
+            target.display()
+        )));
+    }
+    println!(
+        "restored: {} as of seq {} (checkpoint at seq {}, {} log records), {} SKUs, {} bytes, into {}",
+        m.source_id,
+        m.as_of_seq,
+        m.checkpoint_start_seq,
+        m.log_records,
+        skus,
+        bytes,
+        target.display()
+    );
+    println!(
+        "start it with: omnistock serve --data-dir {}",
+        target.display()
+    );
+    Ok(())
+}
+
+/// Copies the directory `from` to the new directory `to`, recursively, fsyncing each file;
+/// at the top level the backup manifest is left out when `skip_manifest`. Returns the bytes
+/// copied.
+fn copy_tree(from: &Path, to: &Path, skip_manifest: bool) -> anyhow::Result<u64> {
+    std::fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if skip_manifest && name == omnistock::wal::backup::MANIFEST_FILE {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            bytes += copy_tree(&src, &dst, false)?;
+            sync_dir(&dst)?;
+        } else if kind.is_file() {
+            bytes += std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            std::fs::File::open(&dst)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync of {}", dst.display()))?;
+        } else {
+            bail!("{}: not a file or directory; a backup holds neither links nor devices", src.display());
+        }
+    }
+    Ok(bytes)
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync of {}", dir.display()))
 }

@@ -488,6 +488,12 @@ impl Client {
         }))
         .await
     }
+    /// Asks the server to write a backup of its whole state into `to`, a new directory on
+    /// the server's machine (`BACKUP`, admin). Waits for the whole backup: give the client
+    /// a `request_timeout` that covers it (ctl uses an hour).
+    pub async fn backup(&self, to: &str) -> Result<WireBackup, ClientError> {
+        self.call(Op::Backup(Backup { to: to.into() })).await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

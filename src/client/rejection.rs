@@ -48,6 +48,11 @@ pub enum Rejection {
     InProgress,
     /// 20: no position is stored under that subscription name.
     SubscriptionNotFound,
+    /// 21: `BACKUP` refused its target path (relative, not empty, ...). Nothing written.
+    BackupRefused,
+    /// 22: `BACKUP` failed writing (the target's disk, permissions); may succeed once the
+    /// cause is fixed.
+    BackupFailed,
     /// 100: the log could not be written or data is corrupt; writes are stopped.
     StorageFailure,
     /// 101: the server or engine is shutting down. Retriable (later, or elsewhere).
@@ -101,6 +106,8 @@ impl Rejection {
             15 => R::ReservationExpired,
             16 => R::InProgress,
             20 => R::SubscriptionNotFound,
+            status::BACKUP_REFUSED => R::BackupRefused,
+            status::BACKUP_FAILED => R::BackupFailed,
             status::STORAGE_FAILURE => R::StorageFailure,
             status::SHUTTING_DOWN => R::ShuttingDown,
             status::PROTOCOL_ERROR => R::ProtocolError,
@@ -138,6 +145,8 @@ impl Rejection {
             R::ReservationExpired => 15,
             R::InProgress => 16,
             R::SubscriptionNotFound => 20,
+            R::BackupRefused => status::BACKUP_REFUSED,
+            R::BackupFailed => status::BACKUP_FAILED,
             R::StorageFailure => status::STORAGE_FAILURE,
             R::ShuttingDown => status::SHUTTING_DOWN,
             R::ProtocolError => status::PROTOCOL_ERROR,
@@ -173,7 +182,7 @@ mod tests {
 
     #[test]
     fn every_defined_code_has_its_own_variant_and_round_trips() {
-        for s in (1..=16).chain([20]).chain(100..=111) {
+        for s in (1..=16).chain(20..=22).chain(100..=111) {
             let r = Rejection::from_status(s, &[]).expect("non-zero");
             assert_eq!(r.status(), s);
             assert_ne!(r, Rejection::Other(s), "{s} has no variant");

@@ -11,6 +11,7 @@
 //! | 70 | a bug in ctl itself (`client_internal`) |
 //! | 75 | timeout or connection lost mid-request; retry with the same `--request-id` (`timeout`, `disconnected`) |
 //! | 76 | the peer does not speak the omnistock protocol (`not_omnistock`, `bad_response`), or the TLS handshake failed (`tls`: a plaintext server, an unknown CA, a name mismatch, a refused client certificate) |
+//! | 1, 3, 4, 5 | `check --addr` only: the backup was written and `check` found it unsound, with `check DIR`'s exit code (`check_failed`) |
 //! | 99 | a status with no exit code of its own (a rejection code 64..=99 or an error above 125; none is defined today) |
 //! | 100..=125 | the server's error with that status code (today 100..=112) |
 
@@ -54,6 +55,9 @@ pub enum Kind {
     Tls,
     /// ctl's own bug.
     Internal,
+    /// `check --addr`: the backup was written but `check` found it unsound; the exit code
+    /// is `check DIR`'s (1 corrupt, 3, 4, 5; see src/tools.rs).
+    Check(u8),
 }
 
 /// A failed `ctl` command.
@@ -100,6 +104,7 @@ impl Failure {
             Kind::BadResponse => "bad_response",
             Kind::Tls => "tls",
             Kind::Internal => "client_internal",
+            Kind::Check(_) => "check_failed",
         }
     }
 
@@ -108,9 +113,12 @@ impl Failure {
         match &self.kind {
             Kind::Server { status, .. } => status::is_retriable(*status),
             Kind::Unavailable | Kind::Timeout | Kind::Disconnected => true,
-            Kind::Usage | Kind::NotOmnistock | Kind::BadResponse | Kind::Internal | Kind::Tls => {
-                false
-            }
+            Kind::Usage
+            | Kind::NotOmnistock
+            | Kind::BadResponse
+            | Kind::Internal
+            | Kind::Tls
+            | Kind::Check(_) => false,
         }
     }
 
@@ -123,6 +131,7 @@ impl Failure {
             Kind::Timeout | Kind::Disconnected => TEMPFAIL,
             Kind::NotOmnistock | Kind::BadResponse | Kind::Tls => PROTOCOL,
             Kind::Internal => INTERNAL,
+            Kind::Check(code) => *code,
         }
     }
 

@@ -74,6 +74,21 @@ pub fn pong(p: &Pong) -> Result<Output, Failure> {
     })
 }
 
+pub fn backup(b: &WireBackup) -> Result<Output, Failure> {
+    Ok(Output {
+        json: to_json(b)?,
+        human: kv(&[
+            ("backup", b.dir.clone()),
+            ("as_of_seq", b.as_of_seq.to_string()),
+            ("checkpoint_start_seq", b.checkpoint_start_seq.to_string()),
+            ("log_records", b.log_records.to_string()),
+            ("skus", b.skus.to_string()),
+            ("bytes", b.bytes.to_string()),
+            ("duration_ms", b.duration_ms.to_string()),
+        ]),
+    })
+}
+
 pub fn info(i: &ServerInfo) -> Result<Output, Failure> {
     Ok(Output {
         json: to_json(i)?,

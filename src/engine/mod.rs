@@ -9,6 +9,7 @@
 
 mod actor;
 mod api;
+mod backup;
 mod catalog_writes;
 pub mod clock;
 mod coordinator;
@@ -41,6 +42,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
 use idempotency::IdempotencyTable;
 use journal::Journal;
+pub use backup::{BackupError, BackupReport};
 pub use persist::{CheckpointReport, HistoryEntry, PersistConfig};
 use registry::Registry;
 
@@ -158,6 +160,8 @@ pub(crate) struct Core {
     pub expiry: ExpiryQueue,
     /// One checkpoint at a time.
     pub checkpoint_lock: tokio::sync::Mutex<()>,
+    /// Set while a backup runs (`backup`): one at a time, a second one is refused.
+    pub backup_running: std::sync::atomic::AtomicBool,
     /// The stock-change feed (ordered, durable, resumable).
     pub feed: Arc<crate::feed::hub::Hub>,
     /// Acknowledged positions of named subscriptions (persisted in the WAL when durable).
@@ -405,6 +409,7 @@ impl Engine {
             reservations: DashMap::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),
+            backup_running: std::sync::atomic::AtomicBool::new(false),
             feed: Arc::new(crate::feed::hub::Hub::new(last_seq, feed_retention)),
             positions: DashMap::new(),
             epoch: AtomicUsize::new(0),

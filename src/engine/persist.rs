@@ -357,6 +357,32 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
         ));
     };
     let _one_at_a_time = core.checkpoint_lock.lock().await;
+    let (start_seq, bytes, n) = capture(core, wal).await?;
+    let len = bytes.len();
+    let wal = wal.clone();
+    tokio::task::spawn_blocking(move || wal.write_checkpoint(start_seq, &bytes))
+        .await
+        .map_err(storage)?
+        .map_err(storage)?;
+    crate::metrics::checkpoint_done(t0.elapsed(), len);
+    core.checkpoint_start
+        .store(start_seq, std::sync::atomic::Ordering::Relaxed);
+    Ok(CheckpointReport {
+        start_seq,
+        skus: n,
+        bytes: len,
+        duration: t0.elapsed(),
+    })
+}
+
+/// A fuzzy snapshot of the whole state as checkpoint bytes: (start seq, encoded
+/// [`CheckpointState`], SKU count). Every record below the start seq is reflected in it
+/// (some above it may be too). The caller holds `checkpoint_lock`. Checkpoints and backups
+/// (`super::backup`) share it, so state added to checkpoints is in backups too.
+pub(crate) async fn capture(
+    core: &Arc<Core>,
+    wal: &Arc<Wal>,
+) -> Result<(u64, Vec<u8>, usize), EngineError> {
     let start_seq = wal.last_assigned_seq() + 1;
     core.drain_epoch().await?;
     let catalog = {
@@ -408,19 +434,5 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
         idempotency,
     };
     let bytes = codec::encode(&state).map_err(storage)?;
-    let len = bytes.len();
-    let wal = wal.clone();
-    tokio::task::spawn_blocking(move || wal.write_checkpoint(start_seq, &bytes))
-        .await
-        .map_err(storage)?
-        .map_err(storage)?;
-    crate::metrics::checkpoint_done(t0.elapsed(), len);
-    core.checkpoint_start
-        .store(start_seq, std::sync::atomic::Ordering::Relaxed);
-    Ok(CheckpointReport {
-        start_seq,
-        skus: n,
-        bytes: len,
-        duration: t0.elapsed(),
-    })
+    Ok((start_seq, bytes, n))
 }

@@ -884,6 +884,36 @@ pub struct DeleteSubscription {
     pub name: String,
 }
 
+/// `BACKUP` body: write a backup into `to`, a new directory on the server's machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Absolute path on the server's machine; it must not exist or be an empty directory,
+    /// and its parent must exist. At most [`MAX_BACKUP_PATH_BYTES`] bytes.
+    pub to: String,
+}
+
+/// Longest `Backup::to` the server accepts, in bytes (Linux's `PATH_MAX`).
+pub const MAX_BACKUP_PATH_BYTES: usize = 4096;
+
+/// Result of `BACKUP`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBackup {
+    /// The backup is the state after this log seq (S).
+    pub as_of_seq: u64,
+    /// Start seq of the checkpoint in it; its log holds the records from here to S.
+    pub checkpoint_start_seq: u64,
+    /// SKUs in its checkpoint.
+    pub skus: u64,
+    /// Bytes of the backup directory on disk.
+    pub bytes: u64,
+    /// Log records in it after the checkpoint.
+    pub log_records: u64,
+    /// Start to finish, milliseconds.
+    pub duration_ms: u64,
+    /// The directory written.
+    pub dir: String,
+}
+
 /// What caused a change (`WireAtp::cause`).
 pub mod cause {
     /// A reservation placed holds.

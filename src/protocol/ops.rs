@@ -10,7 +10,7 @@ use super::ProtocolError;
 use crate::codec;
 
 /// Opcodes (`u16`). Ranges: 0x00xx meta, 0x01xx reservations, 0x02xx stock, 0x03xx catalog,
-/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history (reserved).
+/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history (reserved), 0x07xx maintenance (admin).
 pub mod opcode {
     /// Liveness check.
     pub const PING: u16 = 0x0001;
@@ -74,6 +74,8 @@ pub mod opcode {
     pub const DELETE_SUBSCRIPTION: u16 = 0x0505;
     /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
     pub const SKU_HISTORY: u16 = 0x0601;
+    /// Write a backup of the whole state into a new server-local directory (admin).
+    pub const BACKUP: u16 = 0x0701;
 }
 
 /// What a connection may do, chosen by its token.
@@ -193,6 +195,8 @@ pub enum Op {
     ListSubscriptions(ListSubscriptions),
     /// `DELETE_SUBSCRIPTION`
     DeleteSubscription(DeleteSubscription),
+    /// `BACKUP`
+    Backup(Backup),
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -246,6 +250,7 @@ impl Op {
             Op::Ack(_) => ACK,
             Op::ListSubscriptions(_) => LIST_SUBSCRIPTIONS,
             Op::DeleteSubscription(_) => DELETE_SUBSCRIPTION,
+            Op::Backup(_) => BACKUP,
         }
     }
 
@@ -300,6 +305,7 @@ impl Op {
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
             Op::DeleteSubscription(b) => body(b)?,
+            Op::Backup(b) => body(b)?,
         };
         Ok(RawOp {
             opcode: self.opcode(),
@@ -343,6 +349,7 @@ impl Op {
             ACK => Op::Ack(decode_request_body(b)?),
             LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_request_body(b)?),
             DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_request_body(b)?),
+            BACKUP => Op::Backup(decode_request_body(b)?),
             _ => return Ok(None),
         }))
     }

@@ -8,6 +8,13 @@
 pub const OK: u16 = 0;
 /// The request is malformed or out of range (same as the engine's rejection 12).
 pub const INVALID_REQUEST: u16 = 12;
+/// `BACKUP`: the target path may not receive a backup (relative, exists and is not empty,
+/// no parent directory, inside the data directory). Nothing was written.
+pub const BACKUP_REFUSED: u16 = 21;
+/// `BACKUP`: writing the backup failed (the target's disk or permissions); nothing of it is
+/// left and the server's own state is unaffected. Not retriable unchanged: it may succeed
+/// once the cause is fixed.
+pub const BACKUP_FAILED: u16 = 22;
 /// The log could not be written or data is corrupt: writes are stopped.
 pub const STORAGE_FAILURE: u16 = 100;
 /// The server or engine is shutting down.
@@ -57,6 +64,8 @@ pub fn name(status: u16) -> &'static str {
         15 => "reservation_expired",
         16 => "in_progress",
         20 => "subscription_not_found",
+        BACKUP_REFUSED => "backup_refused",
+        BACKUP_FAILED => "backup_failed",
         STORAGE_FAILURE => "storage_failure",
         SHUTTING_DOWN => "shutting_down",
         PROTOCOL_ERROR => "protocol_error",
@@ -85,7 +94,7 @@ mod tests {
 
     #[test]
     fn every_defined_status_has_a_name() {
-        for s in (0..=16).chain(100..=112) {
+        for s in (0..=16).chain(20..=22).chain(100..=112) {
             assert_ne!(name(s), "unknown_status", "{s}");
         }
         assert_eq!(name(INVALID_REQUEST), "invalid_request");

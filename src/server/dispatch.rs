@@ -291,6 +291,7 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(()) => ok(&protocol::Empty {}),
             Err(f) => failure(&f),
         },
+        Op::Backup(b) => backup(ctx, &b).await,
         other => failed(
             status::INTERNAL_ERROR,
             format!("operation {other:?} has no read path"),
@@ -380,6 +381,38 @@ fn list_skus(
         None
     };
     Ok(crate::protocol::WireSkuList { skus, next_after })
+}
+
+/// `BACKUP` (admin only, by the role matrix): the engine writes a backup into the path the
+/// request names, on this machine. Refusals and failures keep their own statuses (21, 22),
+/// a second backup while one runs is `busy` (13); the path is bounded in bytes.
+async fn backup(ctx: &Ctx, b: &protocol::Backup) -> OpResult {
+    use crate::engine::BackupError;
+    if b.to.len() > protocol::MAX_BACKUP_PATH_BYTES {
+        return failed(
+            status::BACKUP_REFUSED,
+            format!(
+                "the path is {} bytes; at most {}",
+                b.to.len(),
+                protocol::MAX_BACKUP_PATH_BYTES
+            ),
+        );
+    }
+    match ctx.engine.backup(std::path::PathBuf::from(&b.to)).await {
+        Ok(r) => ok(&protocol::WireBackup {
+            as_of_seq: r.as_of_seq,
+            checkpoint_start_seq: r.checkpoint_start_seq,
+            skus: r.skus as u64,
+            bytes: r.bytes,
+            log_records: r.log_records,
+            duration_ms: r.duration.as_millis() as u64,
+            dir: r.dir.display().to_string(),
+        }),
+        Err(BackupError::Busy) => rejected(&Rejection::Busy),
+        Err(e @ BackupError::Refused(_)) => failed(status::BACKUP_REFUSED, e.to_string()),
+        Err(e @ BackupError::Failed(_)) => failed(status::BACKUP_FAILED, e.to_string()),
+        Err(BackupError::Engine(e)) => failed(of_engine_error(&e), e.to_string()),
+    }
 }
 
 /// One page of the reservations holding a SKU (`LIST_RESERVATIONS`), from the SKU's own

@@ -197,6 +197,17 @@ pub(crate) fn write_new(dir: &Path) -> Result<Identity, WalError> {
     Ok(identity)
 }
 
+/// Writes the identity file of a backup of the directory whose id is `id`: a backup is the
+/// same inventory (its copy), so it keeps the id; `check` prints it, so a backup can be
+/// matched with its source.
+pub(crate) fn write_copy(dir: &Path, id: &str) -> Result<(), WalError> {
+    let text = format!(
+        "# omnistock data directory: do not edit, delete or copy it to another directory\n\
+         format = {FORMAT}\nid = \"{id}\"\n"
+    );
+    write_atomically(dir, IDENTITY_FILE, &text)
+}
+
 /// Name of the file holding the highest seq known durable at the last clean shutdown or
 /// checkpoint: a lower bound for the log's end at the next open.
 pub const DURABLE_MARK_FILE: &str = "omnistock.durable";
@@ -229,7 +240,7 @@ pub(crate) fn write_durable_mark(dir: &Path, last_seq: u64) -> Result<(), WalErr
 }
 
 /// Writes `dir/name`: a temporary file, fsync, rename over `name`, fsync of the directory.
-fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), WalError> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), WalError> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let step = |what: &str, r: std::io::Result<()>| {

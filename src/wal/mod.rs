@@ -23,6 +23,7 @@
 //! durable.
 #![deny(missing_docs)]
 
+pub mod backup;
 mod checkpoint;
 mod guard;
 pub mod identity;
@@ -363,6 +364,25 @@ pub enum WalError {
         /// The I/O error.
         reason: String,
     },
+    /// A backup's target may not receive one (relative, not empty, inside the data
+    /// directory, no parent...). Nothing was written. Not retriable with the same target.
+    #[error("backup target {} refused: {reason}", target.display())]
+    BackupTarget {
+        /// The target asked for.
+        target: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// Writing (or reading) a backup's files failed: the backup's side, not the log's;
+    /// the source directory is unchanged and whatever was staged is removed. Retriable
+    /// once the cause (space, permissions) is fixed.
+    #[error("backup failed at {}: {reason}", path.display())]
+    Backup {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The writer thread could not be started.
     #[error("could not start the WAL writer thread: {0}")]
     Spawn(#[source] std::io::Error),
@@ -698,6 +718,11 @@ impl Wal {
             .name("wal-writer".to_owned())
             .spawn(move || writer.run())
             .map_err(WalError::Spawn)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// What open found and repaired.
