@@ -742,3 +742,34 @@ fn list_reservations_bodies() {
     };
     golden("list reservations result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 e8 03 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 02 00 00 00 00");
 }
+
+#[test]
+fn backup_bodies() {
+    use omnistock::protocol::ops::opcode::BACKUP;
+    assert_eq!(BACKUP, 0x0701);
+    assert!(Role::Admin.may(BACKUP));
+    for role in [Role::Checkout, Role::Adapter] {
+        assert!(!role.may(BACKUP), "{role:?} may not back up");
+    }
+    let op = Op::Backup(Backup { to: "/b".into() });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, BACKUP);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden("backup body", &raw.body, "02 00 00 00 00 00 00 00 2f 62");
+    let answer = WireBackup {
+        as_of_seq: 9,
+        checkpoint_start_seq: 5,
+        skus: 2,
+        bytes: 4096,
+        log_records: 5,
+        duration_ms: 12,
+        dir: "/b".into(),
+    };
+    golden(
+        "backup result",
+        &encode_payload(&answer).unwrap(),
+        "09 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 05 00 00 00 00 00 00 00 0c 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 2f 62",
+    );
+    assert_eq!(omnistock::protocol::status::name(21), "backup_refused");
+    assert_eq!(omnistock::protocol::status::name(22), "backup_failed");
+}
