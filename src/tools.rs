@@ -27,10 +27,12 @@ const TOOL_LOCK_WAIT_MS: u64 = 250;
 
 /// Flags of `check`.
 #[derive(clap::Args)]
-#[command(after_help = "With --addr HOST[:PORT] instead of DIR, checks a running server: it \
+#[command(
+    after_help = "With --addr HOST[:PORT] instead of DIR, checks a running server: it \
     writes a backup into a scratch directory on its machine, which is checked like DIR and \
     removed (`omnistock ctl check`, whose flags --token, --tls, --scratch, --json apply; \
-    docs/operations.md).")]
+    docs/operations.md)."
+)]
 pub struct CheckArgs {
     /// The data directory (of a stopped server, or a backup).
     dir: PathBuf,
@@ -38,8 +40,10 @@ pub struct CheckArgs {
 
 /// Flags of `dump`.
 #[derive(clap::Args)]
-#[command(after_help = "With --addr HOST[:PORT] instead of DIR, dumps from a backup of a \
-    running server (`omnistock ctl dump --sku SKU`; docs/operations.md).")]
+#[command(
+    after_help = "With --addr HOST[:PORT] instead of DIR, dumps from a backup of a \
+    running server (`omnistock ctl dump --sku SKU`; docs/operations.md)."
+)]
 pub struct DumpArgs {
     /// The data directory.
     dir: PathBuf,
@@ -214,7 +218,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Writes `dump`'s lines for `sku` from the data directory `dir` (also `dump --addr`, on a
 /// backup of the running server).
-pub(crate) fn dump_path(dir: &Path, sku: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+pub(crate) fn dump_path(
+    dir: &Path,
+    sku: &str,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
     let sku = SkuId::new(sku).map_err(|e| anyhow::anyhow!("{e}"))?;
     let wal = open(&dir.to_path_buf())?;
     let cp = wal.latest_checkpoint().context("reading the checkpoint")?;
@@ -381,7 +389,10 @@ fn copy_tree(from: &Path, to: &Path, skip_manifest: bool) -> anyhow::Result<u64>
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("fsync of {}", dst.display()))?;
         } else {
-            bail!("{}: not a file or directory; a backup holds neither links nor devices", src.display());
+            bail!(
+                "{}: not a file or directory; a backup holds neither links nor devices",
+                src.display()
+            );
         }
     }
     Ok(bytes)

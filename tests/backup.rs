@@ -31,12 +31,17 @@ const SKUS: usize = 24;
 
 fn serve_cmd(dir: &Path, port: u16, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
-        // The comparison replays the source's whole log: no checkpoint may truncate it.
-        .args(["--checkpoint-every-records", "0"])
-        .args(extra);
+    c.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(dir)
+    .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+    // The comparison replays the source's whole log: no checkpoint may truncate it.
+    .args(["--checkpoint-every-records", "0"])
+    .args(extra);
     c
 }
 
@@ -78,7 +83,10 @@ fn stop(mut child: Child) {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run omnistock")
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run omnistock")
 }
 
 fn text(o: &Output) -> String {
@@ -154,7 +162,7 @@ fn reserve_op(task: u64, n: u64) -> Reserve {
         location: None,
     }];
     // Every third cart holds two SKUs: a multi-SKU cart may be cut by S.
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         lines.push(WireLine {
             sku: sku_name(b),
             qty: 1,
@@ -181,7 +189,7 @@ async fn load(port: u16, task: u64, stop: Arc<AtomicBool>) -> Vec<(Reserve, Rese
         let r = reserve_op(task, n);
         n += 1;
         if let Ok(ans) = c.reserve(r.clone()).await {
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 let _ = c
                     .release(Release {
                         request_id: r.request_id | (1 << 62),
@@ -210,8 +218,7 @@ fn state_of(dir: &Path, up_to: u64) -> Recovered {
     let records = wal
         .replay_from(start)
         .take_while(|r| !matches!(r, Ok((seq, _)) if *seq > up_to));
-    recovery::recover(state, records, 0, HalfLives::default(), 0, |_, _| {})
-        .expect("recover")
+    recovery::recover(state, records, 0, HalfLives::default(), 0, |_, _| {}).expect("recover")
 }
 
 type Comparable = (
@@ -230,7 +237,10 @@ fn comparable(r: &Recovered) -> Comparable {
             holds.sort_by_key(|h| *h.0);
             (
                 s.sku.to_string(),
-                format!("last_seq {} buckets {:?} holds {holds:?}", s.last_seq, s.buckets),
+                format!(
+                    "last_seq {} buckets {:?} holds {holds:?}",
+                    s.last_seq, s.buckets
+                ),
             )
         })
         .collect();
@@ -278,9 +288,15 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
     let after = acked.iter().filter(|(_, a)| a.seq > s).count();
     // The load really ran on both sides of the backup.
     assert!(before.len() > 20, "{} reserves before S={s}", before.len());
-    assert!(after > 0, "no reserve after S={s}: the backup did not run under load");
+    assert!(
+        after > 0,
+        "no reserve after S={s}: the backup did not run under load"
+    );
     assert!(backup.skus as usize >= SKUS, "{backup:?}");
-    assert!(backup.bytes > 0 && backup.checkpoint_start_seq <= s + 1, "{backup:?}");
+    assert!(
+        backup.bytes > 0 && backup.checkpoint_start_seq <= s + 1,
+        "{backup:?}"
+    );
 
     // restore: verifies, copies, prints what it restored.
     let o = run(&[
@@ -296,9 +312,16 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
         "restore says what it restored: {}",
         text(&o)
     );
-    assert!(!restored.join("omnistock.backup").exists(), "a restored directory is no backup");
+    assert!(
+        !restored.join("omnistock.backup").exists(),
+        "a restored directory is no backup"
+    );
     let o = run(&["check", restored.to_str().unwrap()]);
-    assert!(o.status.success(), "check of the restored directory: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "check of the restored directory: {}",
+        text(&o)
+    );
 
     // Equal state: the restored directory against the source's log replayed to S.
     let want = comparable(&state_of(&src, s));
@@ -351,17 +374,29 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
         let full = tmp.path().join("full");
         std::fs::create_dir(&full).unwrap();
         std::fs::write(full.join("x"), b"keep").unwrap();
-        assert_eq!(refused(admin.backup(full.to_str().unwrap()).await), Some(21));
+        assert_eq!(
+            refused(admin.backup(full.to_str().unwrap()).await),
+            Some(21)
+        );
         assert_eq!(std::fs::read(full.join("x")).unwrap(), b"keep");
         // A file, a missing parent, the data directory itself and a path inside it.
         let file = tmp.path().join("file");
         std::fs::write(&file, b"f").unwrap();
-        assert_eq!(refused(admin.backup(file.to_str().unwrap()).await), Some(21));
+        assert_eq!(
+            refused(admin.backup(file.to_str().unwrap()).await),
+            Some(21)
+        );
         let orphan = tmp.path().join("no/such/parent");
-        assert_eq!(refused(admin.backup(orphan.to_str().unwrap()).await), Some(21));
+        assert_eq!(
+            refused(admin.backup(orphan.to_str().unwrap()).await),
+            Some(21)
+        );
         assert_eq!(refused(admin.backup(src.to_str().unwrap()).await), Some(21));
         let inside = src.join("b");
-        assert_eq!(refused(admin.backup(inside.to_str().unwrap()).await), Some(21));
+        assert_eq!(
+            refused(admin.backup(inside.to_str().unwrap()).await),
+            Some(21)
+        );
         let long = format!("/{}", "x".repeat(5000));
         assert_eq!(refused(admin.backup(&long).await), Some(21));
         // Only admin.
@@ -392,7 +427,10 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
         // An existing empty directory is fine; afterwards it is a backup.
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        let b = admin.backup(empty.to_str().unwrap()).await.expect("into an empty dir");
+        let b = admin
+            .backup(empty.to_str().unwrap())
+            .await
+            .expect("into an empty dir");
         assert_eq!(b.skus as usize, SKUS);
         // And no leftovers of the refused ones beside them.
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
@@ -435,8 +473,13 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
     let o = run(&["check", "--addr", &addr, "--token", "ops"]);
     assert!(o.status.success(), "check --addr: {}", text(&o));
     let out = text(&o);
-    assert!(out.contains("as_of_seq") && out.contains("ok: replayed"), "{out}");
-    let o = run(&["dump", "--addr", &addr, "--token", "ops", "--sku", "SKU-003"]);
+    assert!(
+        out.contains("as_of_seq") && out.contains("ok: replayed"),
+        "{out}"
+    );
+    let o = run(&[
+        "dump", "--addr", &addr, "--token", "ops", "--sku", "SKU-003",
+    ]);
     assert!(o.status.success(), "dump --addr: {}", text(&o));
     assert!(text(&o).contains("on_hand 100000"), "{}", text(&o));
     let o = run(&["check", "--addr", &addr, "--token", "shop"]);
@@ -468,7 +511,11 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
         "--data-dir",
         full.to_str().unwrap(),
     ]);
-    assert!(!o.status.success() && text(&o).contains("not empty"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("not empty"),
+        "{}",
+        text(&o)
+    );
     let o = run(&[
         "restore",
         "--from",
@@ -543,7 +590,11 @@ fn a_kill_9_during_a_backup_leaves_the_source_sound_and_no_backup_restore_accept
         let _ = server.wait();
         // The source is sound after the kill.
         let o = run(&["check", src.to_str().unwrap()]);
-        assert!(o.status.success(), "check of the source after kill -9: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "check of the source after kill -9: {}",
+            text(&o)
+        );
         // Whatever the kill left is refused by restore: the target never looks complete
         // before the rename, and a staging directory has no manifest.
         let mut candidates = staging_dirs(tmp.path());
@@ -573,7 +624,10 @@ fn a_kill_9_during_a_backup_leaves_the_source_sound_and_no_backup_restore_accept
                 "--data-dir",
                 into.to_str().unwrap(),
             ]);
-            assert!(!o.status.success(), "restore accepted a half backup {dir:?}");
+            assert!(
+                !o.status.success(),
+                "restore accepted a half backup {dir:?}"
+            );
             assert!(text(&o).contains("not a complete backup"), "{}", text(&o));
             assert!(!into.exists());
             std::fs::remove_dir_all(&dir).unwrap();

@@ -38,7 +38,10 @@ fn scratch_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
 fn remove(dir: &Path) {
     if crate::tools::is_backup(dir) {
         if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!("warning: could not remove the scratch backup {}: {e}", dir.display());
+            eprintln!(
+                "warning: could not remove the scratch backup {}: {e}",
+                dir.display()
+            );
         }
     }
 }
@@ -53,7 +56,11 @@ async fn take_backup(cfg: ClientConfig, dir: &Path) -> Result<Output, Failure> {
 }
 
 /// `check --addr`: backup, `check` of it, removal. Prints the backup's lines, then check's.
-pub async fn check(cfg: ClientConfig, scratch: Option<PathBuf>, json: bool) -> Result<Output, Failure> {
+pub async fn check(
+    cfg: ClientConfig,
+    scratch: Option<PathBuf>,
+    json: bool,
+) -> Result<Output, Failure> {
     let dir = scratch_dir(scratch)?;
     let backup = take_backup(cfg, &dir).await?;
     if !json {

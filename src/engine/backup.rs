@@ -67,10 +67,9 @@ impl BackupError {
         match self {
             BackupError::Busy | BackupError::Failed(_) => true,
             BackupError::Refused(_) => false,
-            BackupError::Engine(e) => matches!(
-                e,
-                EngineError::ShuttingDown | EngineError::Overloaded(_)
-            ),
+            BackupError::Engine(e) => {
+                matches!(e, EngineError::ShuttingDown | EngineError::Overloaded(_))
+            }
         }
     }
 }

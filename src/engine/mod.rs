@@ -38,11 +38,11 @@ use thiserror::Error;
 use crate::domain::{Catalog, ChannelId, ReservationId, SkuId, SkuState, TimeMs};
 
 pub use api::{Change, Command, Failure, Outcome, Request, ReserveLine, ReserveRequest};
+pub use backup::{BackupError, BackupReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
 use idempotency::IdempotencyTable;
 use journal::Journal;
-pub use backup::{BackupError, BackupReport};
 pub use persist::{CheckpointReport, HistoryEntry, PersistConfig};
 use registry::Registry;
 

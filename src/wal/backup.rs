@@ -103,12 +103,18 @@ pub fn check_target(target: &Path, source: &Path) -> Result<PathBuf, WalError> {
         return Err(refused(target, "the path is not valid UTF-8"));
     }
     let (Some(parent), Some(_)) = (target.parent(), target.file_name()) else {
-        return Err(refused(target, "the path has no parent directory or no name"));
+        return Err(refused(
+            target,
+            "the path has no parent directory or no name",
+        ));
     };
     let parent = fs::canonicalize(parent).map_err(|e| {
         refused(
             target,
-            format!("its parent directory {} is not usable: {e}", parent.display()),
+            format!(
+                "its parent directory {} is not usable: {e}",
+                parent.display()
+            ),
         )
     })?;
     if !parent.is_dir() {
@@ -232,21 +238,20 @@ impl Wal {
     ) -> Result<BackupWritten, WalError> {
         let parent = check_target(target, &self.dir)?;
         let _no_truncation = self.checkpoint_lock.lock();
-        let floor = self
-            .replay_floor
-            .load(std::sync::atomic::Ordering::Acquire);
+        let floor = self.replay_floor.load(std::sync::atomic::Ordering::Acquire);
         if start_seq < floor || start_seq > up_to.saturating_add(1) {
             return Err(WalError::InvalidArgument(format!(
                 "backup start seq {start_seq} must be in {floor}..={}",
                 up_to.saturating_add(1)
             )));
         }
-        let source_id = identity::read(&self.dir)?
-            .map(|i| i.id)
-            .ok_or_else(|| WalError::Backup {
-                path: self.dir.join(identity::IDENTITY_FILE),
-                reason: "the source directory has no identity file".into(),
-            })?;
+        let source_id =
+            identity::read(&self.dir)?
+                .map(|i| i.id)
+                .ok_or_else(|| WalError::Backup {
+                    path: self.dir.join(identity::IDENTITY_FILE),
+                    reason: "the source directory has no identity file".into(),
+                })?;
         // Records the state reflects must be durable before a backup claims them.
         if up_to > 0 {
             self.shared.wait_durable_blocking(up_to)?;
@@ -280,7 +285,9 @@ impl Wal {
         // the check) makes it fail, and the staging directory is removed.
         if let Err(e) = fs::rename(&staging, target) {
             let _ = fs::remove_dir_all(&staging);
-            return Err(io(target, "rename the staging directory onto the target")(e));
+            return Err(io(target, "rename the staging directory onto the target")(
+                e,
+            ));
         }
         fs::File::open(&parent)
             .and_then(|d| d.sync_all())
@@ -372,7 +379,7 @@ impl Wal {
                 .map_err(sled_io(staging, "write a log group"))?;
             last = last.max(end);
             groups += 1;
-            if groups % 1024 == 0 {
+            if groups.is_multiple_of(1024) {
                 progress(&format!("backup: {groups} log groups copied (seq {end})"));
             }
         }
@@ -389,7 +396,8 @@ impl Wal {
                 .insert(name.as_bytes(), &seq.min(as_of).to_le_bytes())
                 .map_err(sled_io(staging, "write a feed position"))?;
         }
-        db.flush().map_err(sled_io(staging, "flush the backup database"))?;
+        db.flush()
+            .map_err(sled_io(staging, "flush the backup database"))?;
         drop((out_log, out_cp, out_pos, db));
         progress(&format!(
             "backup: {} log records copied in {groups} groups (as of seq {as_of})",
