@@ -678,6 +678,10 @@ fn run_server(a: &Args) -> bool {
         .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        // A mutant that decodes as BACKUP must not make the server write outside its
+        // temporary directory.
+        .arg("--backup-dir")
+        .arg(dir.path())
         .args([
             "--durability",
             "relaxed",

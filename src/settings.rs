@@ -202,6 +202,10 @@ pub struct Args {
     /// Take a checkpoint after this many log records; 0 disables [default: 1000000].
     #[arg(long, env = "OMNISTOCK_CHECKPOINT_EVERY_RECORDS", value_name = "N")]
     pub checkpoint_every_records: Option<u64>,
+    /// Directory (absolute, existing) that BACKUP targets must lie inside (`omnistock
+    /// backup`, `check --addr`) [default: none, any absolute path the server may write].
+    #[arg(long, env = "OMNISTOCK_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
     /// Publish the feed's events to NATS JetStream at this server list (nats://host:4222);
     /// overrides `[nats] url`; the rest of `[nats]` keeps its defaults (docs/adapters.md)
     /// [default: off].
@@ -240,7 +244,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
     velocity_half_lives_ms: an array of three), [storage] \
-    (durability, flush_interval_ms, checkpoint_every_records), [[webhooks]] (name, url, \
+    (durability, flush_interval_ms, checkpoint_every_records, backup_dir), [[webhooks]] (name, url, \
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
     ca_file; \
@@ -415,6 +419,7 @@ struct FileStorage {
     durability: Option<String>,
     flush_interval_ms: Option<u64>,
     checkpoint_every_records: Option<u64>,
+    backup_dir: Option<PathBuf>,
 }
 
 /// How log lines look.
@@ -769,6 +774,27 @@ fn server_config(
     if let Some(b) = args.connections_on_arbiters.or(l.connections_on_arbiters) {
         cfg.connections_on_arbiters = b;
     }
+    if let Some(dir) = args.backup_dir.clone().or(file.storage.backup_dir.clone()) {
+        // Checked at start, so a typo does not wait for the first backup to show.
+        if !dir.is_absolute() {
+            return Err(bad(
+                "backup_dir",
+                format!("{} must be absolute", dir.display()),
+            ));
+        }
+        cfg.backup_dir = Some(std::fs::canonicalize(&dir).map_err(|e| {
+            bad(
+                "backup_dir",
+                format!("{} must be an existing directory: {e}", dir.display()),
+            )
+        })?);
+        if cfg.backup_dir.as_ref().is_some_and(|d| !d.is_dir()) {
+            return Err(bad(
+                "backup_dir",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+    }
     cfg.tls = tls.cloned();
     cfg.insecure_plaintext_tokens =
         args.insecure_plaintext_tokens || file.tls.insecure_plaintext_tokens.unwrap_or(false);
@@ -1049,6 +1075,33 @@ mod tests {
         );
         assert_eq!(s.persist.checkpoint_every_records, 0);
         assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn backup_dir_is_off_by_default_must_be_an_absolute_existing_directory() {
+        assert_eq!(
+            resolve_with(&[], None).expect("valid").server.backup_dir,
+            None
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_str().expect("utf-8");
+        let s = resolve_with(&["--backup-dir", path], None).expect("valid");
+        assert_eq!(
+            s.server.backup_dir,
+            Some(std::fs::canonicalize(dir.path()).expect("canonical"))
+        );
+        let toml = format!("[storage]\nbackup_dir = {path:?}\n");
+        let s = resolve_with(&[], Some(&toml)).expect("valid");
+        assert!(s.server.backup_dir.is_some());
+        for bad in ["relative", "/no/such/omnistock/dir"] {
+            let e = resolve_with(&["--backup-dir", bad], None).expect_err(bad);
+            assert!(e.to_string().contains("backup_dir"), "{e}");
+        }
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("write");
+        let e = resolve_with(&["--backup-dir", file.to_str().expect("utf-8")], None)
+            .expect_err("a file");
+        assert!(e.to_string().contains("not a directory"), "{e}");
     }
 
     #[test]

@@ -282,6 +282,14 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
         }
         (backup, acked)
     });
+    // check --addr with the default scratch directory, which it removes afterwards.
+    let o = run(&["check", "--addr", &format!("127.0.0.1:{port}"), "--json"]);
+    assert!(o.status.success(), "check --addr: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["check"], "ok", "{v}");
+    let scratch = v["backup"]["dir"].as_str().expect("dir").to_string();
+    assert!(scratch.contains("omnistock-check-"), "{scratch}");
+    assert!(!Path::new(&scratch).exists(), "{scratch} is removed");
     stop(server);
     let s = backup.as_of_seq;
     let before: Vec<_> = acked.iter().filter(|(_, a)| a.seq <= s).collect();
@@ -354,10 +362,19 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     let port = free_port();
+    let root = tmp.path().to_str().unwrap();
     let server = serve(
         &src,
         port,
-        &["--init", "--token", "ops:admin", "--token", "shop:checkout"],
+        &[
+            "--init",
+            "--token",
+            "ops:admin",
+            "--token",
+            "shop:checkout",
+            "--backup-dir",
+            root,
+        ],
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -397,6 +414,14 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
             refused(admin.backup(inside.to_str().unwrap()).await),
             Some(21)
         );
+        // Outside the server's --backup-dir.
+        let outside =
+            std::env::temp_dir().join(format!("omnistock-outside-{}", std::process::id()));
+        assert_eq!(
+            refused(admin.backup(outside.to_str().unwrap()).await),
+            Some(21)
+        );
+        assert!(!outside.exists());
         let long = format!("/{}", "x".repeat(5000));
         assert_eq!(refused(admin.backup(&long).await), Some(21));
         // Only admin.
@@ -469,37 +494,51 @@ fn refusals_bad_paths_existing_dirs_a_second_backup_and_non_admin_roles() {
     ]);
     assert_eq!(o.status.code(), Some(104), "{}", text(&o));
 
-    // check --addr and dump --addr against the running server.
-    let o = run(&["check", "--addr", &addr, "--token", "ops"]);
+    // check --addr and dump --addr against the running server, with a scratch directory
+    // inside --backup-dir.
+    let scratch = tmp.path().join("scratch");
+    let scratch = scratch.to_str().unwrap();
+    let o = run(&[
+        "check",
+        "--addr",
+        &addr,
+        "--token",
+        "ops",
+        "--scratch",
+        scratch,
+    ]);
     assert!(o.status.success(), "check --addr: {}", text(&o));
     let out = text(&o);
     assert!(
         out.contains("as_of_seq") && out.contains("ok: replayed"),
         "{out}"
     );
+    assert!(
+        !Path::new(scratch).exists(),
+        "the scratch backup is removed"
+    );
     let o = run(&[
-        "dump", "--addr", &addr, "--token", "ops", "--sku", "SKU-003",
+        "dump",
+        "--addr",
+        &addr,
+        "--token",
+        "ops",
+        "--sku",
+        "SKU-003",
+        "--scratch",
+        scratch,
     ]);
     assert!(o.status.success(), "dump --addr: {}", text(&o));
     assert!(text(&o).contains("on_hand 100000"), "{}", text(&o));
+    assert!(
+        !Path::new(scratch).exists(),
+        "the scratch backup is removed"
+    );
     let o = run(&["check", "--addr", &addr, "--token", "shop"]);
     assert_eq!(o.status.code(), Some(104), "{}", text(&o));
-    // No scratch backups are left behind.
-    let scratch: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("omnistock-check-")
-                && e.path().join("omnistock.id").is_file()
-                && std::fs::read_to_string(e.path().join("omnistock.id"))
-                    .ok()
-                    .zip(std::fs::read_to_string(src.join("omnistock.id")).ok())
-                    .is_some_and(|(a, b)| a == b)
-        })
-        .collect();
-    assert!(scratch.is_empty(), "{scratch:?}");
+    // The default scratch (under the system temporary directory) is outside --backup-dir.
+    let o = run(&["check", "--addr", &addr, "--token", "ops"]);
+    assert_eq!(o.status.code(), Some(21), "{}", text(&o));
     stop(server);
 
     // restore refuses a non-empty target and a directory that is not a finished backup.

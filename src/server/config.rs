@@ -113,6 +113,10 @@ pub struct ServerConfig {
     /// Allow tokens on a non-loopback listen address without TLS (they then cross the
     /// network in the clear). Default false: such a configuration is refused at start.
     pub insecure_plaintext_tokens: bool,
+    /// The directory `BACKUP` targets must lie inside (canonical). `None` (default): any
+    /// absolute path the server's user may write (an admin token can then have the server
+    /// create a directory anywhere it may).
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -143,6 +147,7 @@ impl Default for ServerConfig {
             connections_on_arbiters: true,
             tls: None,
             insecure_plaintext_tokens: false,
+            backup_dir: None,
         }
     }
 }

@@ -398,7 +398,25 @@ async fn backup(ctx: &Ctx, b: &protocol::Backup) -> OpResult {
             ),
         );
     }
-    match ctx.engine.backup(std::path::PathBuf::from(&b.to)).await {
+    let target = std::path::PathBuf::from(&b.to);
+    if let Some(root) = &ctx.config.backup_dir {
+        // The parent resolved (symbolic links, `..`), as the engine will use it.
+        let inside = target
+            .parent()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .is_some_and(|p| p.starts_with(root));
+        if !inside {
+            return failed(
+                status::BACKUP_REFUSED,
+                format!(
+                    "backup target {} refused: not inside the server's backup_dir {}",
+                    b.to,
+                    root.display()
+                ),
+            );
+        }
+    }
+    match ctx.engine.backup(target).await {
         Ok(r) => ok(&protocol::WireBackup {
             as_of_seq: r.as_of_seq,
             checkpoint_start_seq: r.checkpoint_start_seq,
