@@ -224,6 +224,10 @@ fn ops() -> Vec<Op> {
         Op::DeleteSubscription(DeleteSubscription {
             name: "fuzz".into(),
         }),
+        // Refused (no such parent; the server mode's backup_dir is its temporary directory).
+        Op::Backup(Backup {
+            to: "/nonexistent/omnistock-fuzz-backup".into(),
+        }),
     ]
 }
 
