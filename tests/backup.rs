@@ -262,7 +262,17 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
     let server = serve(&src, port, &["--init"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (backup, acked) = rt.block_on(async {
-        setup_catalog(&client(port, "").await).await;
+        let c = client(port, "").await;
+        setup_catalog(&c).await;
+        // A named subscription's stored position: part of what a restart needs.
+        let acked = c
+            .batch(&[Op::Ack(Ack {
+                name: "erp".into(),
+                seq: 3,
+            })])
+            .await
+            .expect("ack");
+        assert_eq!(acked[0].status, 0, "{acked:?}");
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..4)
             .map(|t| tokio::spawn(load(port, t, stop.clone())))
@@ -353,6 +363,10 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
             let again = c.reserve(r.clone()).await.expect("resend");
             assert_eq!(&again, answer, "resend of {:032x}", r.request_id);
         }
+        let subs = c.subscriptions("", 0).await.expect("subscriptions");
+        let erp: Vec<_> = subs.items.iter().filter(|s| s.name == "erp").collect();
+        assert_eq!(erp.len(), 1, "{subs:?}");
+        assert_eq!(erp[0].position, 3, "{subs:?}");
     });
     stop(server2);
 }
