@@ -103,8 +103,8 @@ pub(crate) fn check_path(dir: &Path, print: bool) -> anyhow::Result<()> {
     check_counts(dir, print).map(|_| ())
 }
 
-/// [`check_path`], returning the state's SKU count.
-fn check_counts(dir: &Path, print: bool) -> anyhow::Result<usize> {
+/// [`check_path`], returning the state's SKU count and the last log seq replayed (0: none).
+fn check_counts(dir: &Path, print: bool) -> anyhow::Result<(usize, u64)> {
     macro_rules! say {
         ($($t:tt)*) => { if print { println!($($t)*); } };
     }
@@ -198,7 +198,7 @@ fn check_counts(dir: &Path, print: bool) -> anyhow::Result<usize> {
         rec.records_skipped,
         t.elapsed().as_secs_f64()
     );
-    Ok(rec.skus.len())
+    Ok((rec.skus.len(), rec.last_seq))
 }
 
 /// Prints a SKU's state at the checkpoint, then every logged change of it after that.
@@ -281,11 +281,11 @@ pub(crate) fn is_backup(dir: &Path) -> bool {
     dir.join(omnistock::wal::backup::MANIFEST_FILE).is_file()
 }
 
-/// `restore --from BACKUP --data-dir DIR`: verifies the backup with `check`'s code, copies
-/// it into a staging directory beside DIR (every file but the manifest: a restored
-/// directory is a data directory, not a backup), fsyncs, renames it onto DIR (which must
-/// not exist or be empty), checks the result again and prints what it restored. Offline:
-/// no server may hold either directory.
+/// `restore --from BACKUP --data-dir DIR`: refuses a directory without a backup manifest and
+/// a non-empty DIR, copies the backup into a staging directory beside DIR (every file but
+/// the manifest: a restored directory is a data directory, not a backup), verifies the copy
+/// with `check`'s code (and that its log ends at the manifest's seq), fsyncs, renames it
+/// onto DIR and prints what it restored. Offline: no server may hold either directory.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let from = &args.from;
     let Some(m) = omnistock::wal::backup::read_manifest(from)? else {
@@ -316,38 +316,36 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let skus = check_counts(from, false)
-        .with_context(|| format!("verifying the backup {}", from.display()))?;
-    println!(
-        "verified: backup of {} as of seq {} ({} SKUs)",
-        m.source_id, m.as_of_seq, skus
-    );
     let staging = parent.join(format!(
         ".{}.restore-partial-{:016x}",
         name.to_string_lossy(),
         rand::random::<u64>()
     ));
-    let copied = copy_tree(from, &staging, true).and_then(|bytes| {
+    // The copy is verified, not the original: what is checked is exactly what is restored,
+    // and sled never opens the backup itself (which would write to it).
+    let verified = copy_tree(from, &staging, true).and_then(|bytes| {
+        let (skus, last_seq) = check_counts(&staging, false)
+            .with_context(|| format!("verifying the backup {}", from.display()))?;
+        let want = if m.log_records == 0 { 0 } else { m.as_of_seq };
+        if last_seq != want {
+            bail!(
+                "the backup's log ends at seq {last_seq} but its manifest says {}",
+                m.as_of_seq
+            );
+        }
         sync_dir(&staging)?;
         std::fs::rename(&staging, target)
             .with_context(|| format!("renaming {} onto {}", staging.display(), target.display()))?;
         sync_dir(&parent)?;
-        Ok(bytes)
+        Ok((bytes, skus))
     });
-    let bytes = match copied {
-        Ok(b) => b,
+    let (bytes, skus) = match verified {
+        Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    if let Err(e) = check_counts(target, false) {
-        let _ = std::fs::remove_dir_all(target);
-        return Err(e.context(format!(
-            "the restored copy in {} failed check and was removed",
-            target.display()
-        )));
-    }
     println!(
         "restored: {} as of seq {} (checkpoint at seq {}, {} log records), {} SKUs, {} bytes, into {}",
         m.source_id,
