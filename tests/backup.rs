@@ -249,7 +249,13 @@ fn comparable(r: &Recovered) -> Comparable {
         .iter()
         .map(|i| (i.id, format!("{} {:?}", i.fingerprint, i.outcome)))
         .collect();
-    (skus, format!("{:?}", r.catalog), idem, r.last_seq)
+    // Every field but the derived channel index (a lazily built cache).
+    let c = &r.catalog;
+    let catalog = format!(
+        "{:?} {:?} {} {:?} {:?} {:?}",
+        c.locations, c.channels, c.last_seq, c.location_order, c.low_stock, c.low_stock_sku
+    );
+    (skus, catalog, idem, r.last_seq)
 }
 
 #[test]
