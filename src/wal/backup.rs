@@ -427,3 +427,123 @@ impl Wal {
         Ok(manifest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalConfig;
+
+    fn payload(seq: u64) -> Vec<u8> {
+        format!("record-{seq}").into_bytes()
+    }
+
+    /// A log of 100 records in groups of at most 8 (one batch each: appended one by one and
+    /// waited for), a position above and one below the backup's end.
+    fn source(dir: &Path) -> Wal {
+        let mut cfg = WalConfig::new(dir);
+        cfg.max_group_records = 8;
+        let wal = Wal::open(cfg).expect("open");
+        for chunk in 0..25 {
+            let mut last = 0;
+            for i in 0..4 {
+                last = wal.append(payload(chunk * 4 + i + 1)).expect("append");
+            }
+            wal.wait_durable_blocking(last).expect("durable");
+        }
+        wal.store_position("low", 10).expect("position");
+        wal.store_position("high", 100).expect("position");
+        wal
+    }
+
+    #[test]
+    fn a_backup_holds_the_state_and_the_records_from_its_start_to_its_end() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let wal = source(&tmp.path().join("src"));
+        let target = tmp.path().join("bak");
+        // Start inside a group (groups of 4 start at 1, 5, 9, ...): 42 is in 41..=44.
+        let written = wal
+            .write_backup(&target, 42, b"state", 60, 7, |_| {})
+            .expect("backup");
+        let m = &written.manifest;
+        // Whole groups: the one holding 60 (57..=60) ends at 60.
+        assert_eq!((m.checkpoint_start_seq, m.as_of_seq), (42, 60));
+        assert_eq!(m.log_records, 19);
+        assert_eq!(m.state_bytes, 5);
+        assert_eq!(m.finished_at_ms, 7);
+        assert_eq!(read_manifest(&target).expect("read"), Some(m.clone()));
+        let source_id = identity::read(&tmp.path().join("src"))
+            .expect("id")
+            .expect("some");
+        assert_eq!(m.source_id, source_id.id);
+        drop(wal);
+
+        let backup = Wal::open(WalConfig::new(&target)).expect("the backup opens as a log");
+        let cp = backup
+            .latest_checkpoint()
+            .expect("read")
+            .expect("a checkpoint");
+        assert_eq!((cp.start_seq, cp.state.as_slice()), (42, &b"state"[..]));
+        let records: Vec<_> = backup
+            .replay_from(42)
+            .collect::<Result<Vec<_>, _>>()
+            .expect("replay");
+        let want: Vec<_> = (42..=60).map(|s| (s, payload(s))).collect();
+        assert_eq!(records, want);
+        assert_eq!(
+            backup.last_assigned_seq(),
+            60,
+            "appends continue after the end"
+        );
+        let mut positions = backup.positions().expect("positions");
+        positions.sort();
+        // A position past the backup's end is lowered to it.
+        assert_eq!(
+            positions,
+            [("high".to_string(), 60), ("low".to_string(), 10)]
+        );
+        assert_eq!(identity::read(&target).expect("id"), Some(source_id));
+        assert!(staging_leftovers(tmp.path()).is_empty());
+    }
+
+    fn staging_leftovers(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    #[test]
+    fn targets_are_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        let wal = source(&src);
+        let full = tmp.path().join("full");
+        fs::create_dir(&full).expect("mkdir");
+        fs::write(full.join("keep"), b"x").expect("write");
+        for bad in [
+            PathBuf::from("relative"),
+            full.clone(),
+            full.join("keep"),
+            tmp.path().join("missing/parent"),
+            src.clone(),
+            src.join("inside"),
+            tmp.path().to_path_buf(),
+            PathBuf::from("/"),
+        ] {
+            let e = wal
+                .write_backup(&bad, 42, b"s", 60, 0, |_| {})
+                .expect_err("refused");
+            assert!(matches!(e, WalError::BackupTarget { .. }), "{bad:?}: {e}");
+        }
+        assert_eq!(fs::read(full.join("keep")).expect("kept"), b"x");
+        // Bounds: below the log's floor is fine only from 1; beyond the end is refused.
+        let e = wal
+            .write_backup(&tmp.path().join("b"), 70, b"s", 60, 0, |_| {})
+            .expect_err("start after the end");
+        assert!(matches!(e, WalError::InvalidArgument(_)), "{e}");
+        assert!(staging_leftovers(tmp.path()).is_empty());
+        assert!(!tmp.path().join("b").exists());
+    }
+}
