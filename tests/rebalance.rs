@@ -184,7 +184,7 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     receive(&c, SKU, "fr-1", 60).await;
     receive(&c, SKU, "de-1", 20_000).await;
     // A second SKU sells in FR but has no donor (no stock elsewhere): at risk, no plan.
-    receive(&c, "CAP", "fr-1", 30).await;
+    receive(&c, "CAP", "fr-1", 55).await;
 
     // Steady demand: one web-fr order every 2 minutes. The projection must arrive while
     // FR still has stock; stop at 10 units left.
@@ -205,7 +205,7 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     }
     let atp = projected_at_atp.expect("a stockout projection under 72 h");
     assert!(atp > 0, "projected before ATP reached 0 (at {atp})");
-    // The region list ranks by hours: CAP (10 units left of 30) is nearer than TEE.
+    // The region list ranks by hours: CAP (5 units left at the same pace) is nearer.
     let fr = c.at_risk_region("FR", 1, 10).await.unwrap();
     let ranked: Vec<&str> = fr.skus.iter().map(|s| s.sku.as_str()).collect();
     assert_eq!(ranked, ["CAP", "TEE"]);
@@ -260,13 +260,16 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
         ..default_query(None)
     };
     assert!(c.rebalance(cap).await.unwrap().recommendations.is_empty());
-    // Thresholds from the request: FR is not short under a 1 h threshold.
-    let strict = RebalanceQuery {
-        near_hours: Some(1),
+    // Thresholds from the request: a donor fills FR up to 500 h of cover instead of 336.
+    let longer = RebalanceQuery {
+        surplus_hours: Some(500),
         ..default_query(None)
     };
-    let strict = c.rebalance(strict).await.unwrap();
-    assert!(strict.recommendations.is_empty() && strict.near_hours == 1);
+    let longer = c.rebalance(longer).await.unwrap();
+    assert_eq!(longer.surplus_hours, 500);
+    let q = longer.recommendations[0].qty;
+    assert_eq!(f64::from(q), (fr_rate * 500.0 - fr_atp).floor());
+    assert_eq!(longer.recommendations[0].id, rec.id, "same state and locations, same id");
 
     // Passive SKUs answer from their compact bytes: the same list, same id.
     assert!(srv.engine.passivate_all_now() > 0);
