@@ -23,8 +23,8 @@
 //! up its locations' decayed sums (exact: the sums are linear).
 //!
 //! Memory: one [`ChannelDemand`] per SKU x channel with demand, 72 bytes (channel id 16,
-//! `last_ms` 8, 2 x 3 x `f64` 48), the same per SKU x location with demand, plus 72 per SKU
-//! in its state (two `Vec`s and the half-lives).
+//! `last_ms` 8, 2 x 3 x `f64` 48), the same per SKU x location with demand, plus 80 per SKU
+//! in its state (two `Vec`s, the half-lives and the on/off switch, padded).
 //! An entry whose longest-window sums have decayed below [`FORGET_BELOW_UNITS`] is dropped
 //! the next time the SKU records demand (about 20 longest half-lives after its last demand).
 
@@ -556,12 +556,13 @@ mod tests {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
     }
 
-    /// The sizes docs/intelligence.md and the module comment state.
+    /// The sizes docs/intelligence.md and the module comment state (the on/off switch takes
+    /// a SKU's velocity from 72 to 80 bytes: one bool, padded).
     #[test]
-    fn an_entry_costs_72_bytes_and_a_skus_velocity_72() {
+    fn an_entry_costs_72_bytes_and_a_skus_velocity_80() {
         assert_eq!(std::mem::size_of::<ChannelDemand>(), 72);
         assert_eq!(std::mem::size_of::<LocationDemand>(), 72);
-        assert_eq!(std::mem::size_of::<Velocity>(), 72);
+        assert_eq!(std::mem::size_of::<Velocity>(), 80);
     }
 
     #[test]
