@@ -1304,9 +1304,21 @@ mod tests {
     fn intelligence_is_on_by_default_and_switched_by_the_flag_or_the_file() {
         assert!(resolve_with(&[], None).unwrap().persist.engine.intelligence);
         let toml = "[engine]\nintelligence = \"off\"\n";
-        assert!(!resolve_with(&[], Some(toml)).unwrap().persist.engine.intelligence);
+        assert!(
+            !resolve_with(&[], Some(toml))
+                .unwrap()
+                .persist
+                .engine
+                .intelligence
+        );
         let flag = ["--intelligence", "on"];
-        assert!(resolve_with(&flag, Some(toml)).unwrap().persist.engine.intelligence);
+        assert!(
+            resolve_with(&flag, Some(toml))
+                .unwrap()
+                .persist
+                .engine
+                .intelligence
+        );
         let e = err(&["--intelligence", "maybe"], None);
         assert!(e.contains("intelligence") && e.contains("maybe"), "{e}");
         let e = err(&[], Some("[engine]\nintelligence = \"no\"\n"));

@@ -689,7 +689,11 @@ fn at_risk_region_and_rebalance_list_bodies() {
     let raw = op.to_raw().unwrap();
     assert_eq!(raw.opcode, AT_RISK_REGION);
     assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
-    golden("at risk region body", &raw.body, "02 00 00 00 00 00 00 00 46 52 01 0a 00 00 00");
+    golden(
+        "at risk region body",
+        &raw.body,
+        "02 00 00 00 00 00 00 00 46 52 01 0a 00 00 00",
+    );
     let op = Op::RebalanceList(RebalanceQuery {
         sku: None,
         region: Some("FR".into()),
@@ -701,7 +705,11 @@ fn at_risk_region_and_rebalance_list_bodies() {
     let raw = op.to_raw().unwrap();
     assert_eq!(raw.opcode, REBALANCE_LIST);
     assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
-    golden("rebalance list body", &raw.body, "00 01 02 00 00 00 00 00 00 00 46 52 0a 00 00 00 00 01 f0 00 00 00 00");
+    golden(
+        "rebalance list body",
+        &raw.body,
+        "00 01 02 00 00 00 00 00 00 00 46 52 0a 00 00 00 00 01 f0 00 00 00 00",
+    );
     // The region FR of the velocity example (ATP 4, the same three windows).
     let w = |half_life_ms, held_per_hour, fulfilled_per_hour, hours_to_zero| WireWindowRate {
         half_life_ms,

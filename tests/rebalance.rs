@@ -194,7 +194,11 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
         order(&c, "CAP", "web-fr").await.unwrap();
         clock.advance(2 * MINUTE);
         let fr = c.at_risk_region("FR", 1, 10).await.unwrap();
-        let mine = fr.skus.iter().find(|s| s.sku == SKU).expect("TEE has demand in FR");
+        let mine = fr
+            .skus
+            .iter()
+            .find(|s| s.sku == SKU)
+            .expect("TEE has demand in FR");
         let hours = mine.velocity.windows[1].hours_to_zero.unwrap();
         if projected_at_atp.is_none() && hours < NEAR_HOURS {
             projected_at_atp = Some(mine.velocity.atp);
@@ -223,7 +227,12 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     assert!(region(&v, "FR").windows[1].hours_to_zero.unwrap() < NEAR_HOURS);
     let list = c.rebalance(default_query(Some("FR"))).await.unwrap();
     assert_eq!(
-        (list.near_hours, list.surplus_hours, list.window, list.truncated),
+        (
+            list.near_hours,
+            list.surplus_hours,
+            list.window,
+            list.truncated
+        ),
         (72, 336, 1, false)
     );
     assert_eq!(list.recommendations.len(), 1, "{list:?}");
@@ -235,7 +244,11 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     );
     assert_eq!((rec.from.as_str(), rec.to.as_str()), ("de-1", "fr-1"));
     let want = (fr_rate * SURPLUS_HOURS - fr_atp).floor();
-    assert_eq!(f64::from(rec.qty), want, "donor without demand: r_s x 336 - A_s");
+    assert_eq!(
+        f64::from(rec.qty),
+        want,
+        "donor without demand: r_s x 336 - A_s"
+    );
     assert!(rec.qty < 20_000);
     assert_eq!(rec.short_cover_hours, fr_atp / fr_rate);
     assert!(rec.short_cover_after_hours >= SURPLUS_HOURS - 1.0 / fr_rate);
@@ -269,13 +282,19 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     assert_eq!(longer.surplus_hours, 500);
     let q = longer.recommendations[0].qty;
     assert_eq!(f64::from(q), (fr_rate * 500.0 - fr_atp).floor());
-    assert_eq!(longer.recommendations[0].id, rec.id, "same state and locations, same id");
+    assert_eq!(
+        longer.recommendations[0].id, rec.id,
+        "same state and locations, same id"
+    );
 
     // Passive SKUs answer from their compact bytes: the same list, same id.
     assert!(srv.engine.passivate_all_now() > 0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while srv.engine.stats().active_skus > 0 {
-        assert!(std::time::Instant::now() < deadline, "SKUs did not passivate");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SKUs did not passivate"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(c.rebalance(default_query(None)).await.unwrap(), list);
@@ -342,7 +361,10 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
         .recommendations
         .is_empty());
     let fr = c.at_risk_region("FR", 1, 1).await.unwrap();
-    assert_eq!(fr.skus[0].sku, "CAP", "TEE is no longer the nearest stockout");
+    assert_eq!(
+        fr.skus[0].sku, "CAP",
+        "TEE is no longer the nearest stockout"
+    );
     srv.stop().await;
 }
 
@@ -432,7 +454,9 @@ async fn with_intelligence_off_nothing_is_recorded_and_the_reads_answer_19() {
     catalog(&c).await;
     receive(&c, SKU, "fr-1", 50).await;
     for _ in 0..5 {
-        order(&c, SKU, "web-fr").await.expect("reservations still work");
+        order(&c, SKU, "web-fr")
+            .await
+            .expect("reservations still work");
         clock.advance(MINUTE);
     }
     assert_eq!(st(c.velocity(SKU).await.unwrap_err()), 19);

@@ -5,7 +5,7 @@
 //! | exit | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1..=63 | the server's rejection with that status code (today 1..=16 and 20) |
+//! | 1..=63 | the server's rejection with that status code (today 1..=16, 19 and 20) |
 //! | 64 | usage: bad flags or argument values (`usage`) |
 //! | 65 | `rebalance apply ID`: that recommendation is not the SKU's current one (`recommendation_not_found`: the SKU changed since it was listed, or it was applied already) |
 //! | 69 | no connection: refused, unreachable, unknown host (`unavailable`) |
@@ -114,9 +114,12 @@ impl Failure {
         match &self.kind {
             Kind::Server { status, .. } => status::is_retriable(*status),
             Kind::Unavailable | Kind::Timeout | Kind::Disconnected => true,
-            Kind::Usage | Kind::Stale | Kind::NotOmnistock | Kind::BadResponse | Kind::Internal | Kind::Tls => {
-                false
-            }
+            Kind::Usage
+            | Kind::Stale
+            | Kind::NotOmnistock
+            | Kind::BadResponse
+            | Kind::Internal
+            | Kind::Tls => false,
         }
     }
 

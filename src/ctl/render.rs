@@ -398,7 +398,15 @@ pub fn rebalance(l: &WireRebalance) -> Output {
         })
         .collect();
     let cols = [
-        "rank", "id", "sku", "short", "donor", "from", "to", "qty", "short_cover_h",
+        "rank",
+        "id",
+        "sku",
+        "short",
+        "donor",
+        "from",
+        "to",
+        "qty",
+        "short_cover_h",
         "donor_cover_h",
     ];
     human.push_str(&table(0, &cols, &["rank", "qty"], &rows));

@@ -422,9 +422,9 @@ impl<T> TopN<T> {
 
     /// Offers `item` of `sku` ranked by `key`; `item` is only built when it is kept.
     pub fn offer(&mut self, key: f64, sku: &SkuId, item: impl FnOnce() -> T) {
-        let at = self.kept.partition_point(|(k, s, _)| {
-            k.total_cmp(&key).then_with(|| s.cmp(sku)).is_lt()
-        });
+        let at = self
+            .kept
+            .partition_point(|(k, s, _)| k.total_cmp(&key).then_with(|| s.cmp(sku)).is_lt());
         if at < self.limit {
             self.kept.insert(at, (key, sku.clone(), item()));
             self.kept.truncate(self.limit);

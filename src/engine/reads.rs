@@ -187,13 +187,14 @@ async fn scan(
 ) -> Result<(), Failure> {
     let mut active = Vec::new();
     let mut failed = None;
-    core.registry.for_each_slot(catalog, |sku, slot| match slot {
-        Ok(state) => match probe.run(&state, catalog, now_ms) {
-            Ok(p) => sink(sku, p),
-            Err(r) => failed = Some(r),
-        },
-        Err(_) => active.push(sku.clone()),
-    })?;
+    core.registry
+        .for_each_slot(catalog, |sku, slot| match slot {
+            Ok(state) => match probe.run(&state, catalog, now_ms) {
+                Ok(p) => sink(sku, p),
+                Err(r) => failed = Some(r),
+            },
+            Err(_) => active.push(sku.clone()),
+        })?;
     if let Some(r) = failed {
         return Err(r.into());
     }

@@ -7,8 +7,8 @@
 use crate::domain::{
     AdjustReason, AtRisk, AtRiskRegion, AtpExplanation, Catalog, CatalogCommand, Channel,
     ChannelId, ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock,
-    LowStockSource, RebalancePolicy, Recommendation, RegionVelocity, Rejection, SkuCommand,
-    SkuId, SkuVelocity, SkuView, StockState, WindowRate,
+    LowStockSource, RebalancePolicy, Recommendation, RegionVelocity, Rejection, SkuCommand, SkuId,
+    SkuVelocity, SkuView, StockState, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
