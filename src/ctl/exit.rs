@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn no_status_shares_an_exit_code_with_a_client_side_failure() {
-        let client = [USAGE, UNAVAILABLE, INTERNAL, TEMPFAIL, PROTOCOL];
+        let client = [USAGE, STALE, UNAVAILABLE, INTERNAL, TEMPFAIL, PROTOCOL];
         for s in 1..=u16::MAX {
             let code = status_exit_code(s);
             assert_ne!(code, 0, "{s}");
@@ -226,13 +226,18 @@ mod tests {
             );
             assert!(code < 126, "status {s} exits {code} (shell-reserved)");
         }
-        for s in (1..=16).chain(100..=112) {
+        for s in (1..=16).chain([19, 20]).chain(100..=112) {
             assert_eq!(
                 status_exit_code(s) as u16,
                 s,
                 "defined statuses exit as themselves"
             );
         }
+        let stale = Failure::new(Kind::Stale, "superseded");
+        assert_eq!(
+            (stale.name(), stale.exit_code(), stale.retriable()),
+            ("recommendation_not_found", STALE, false)
+        );
         assert_eq!(status_exit_code(64), OTHER_STATUS);
         assert_eq!(status_exit_code(126), OTHER_STATUS);
     }
