@@ -220,10 +220,13 @@ async fn regional(client: &Client, skus: u32) -> anyhow::Result<()> {
         .await?;
     match rec.recommendations.first() {
         Some(r) => {
-            let cover = |h: Option<f64>| h.map_or("no demand".into(), |h| format!("{h:.1} h"));
+            let donor = match (r.donor_cover_hours, r.donor_cover_after_hours) {
+                (Some(b), Some(a)) => format!("{} cover {b:.1} h -> {a:.1} h", r.donor_region),
+                _ => format!("{} has no demand", r.donor_region),
+            };
             println!(
                 "rebalance recommendation {:032x}: move {} x {} from {} ({}) to {} ({}); \
-                 {} cover {} -> {}, {} cover {} -> {}",
+                 {} cover {:.1} h -> {:.1} h, {donor}",
                 r.id,
                 r.qty,
                 r.sku,
@@ -232,11 +235,8 @@ async fn regional(client: &Client, skus: u32) -> anyhow::Result<()> {
                 r.to,
                 r.short_region,
                 r.short_region,
-                cover(Some(r.short_cover_hours)),
-                cover(Some(r.short_cover_after_hours)),
-                r.donor_region,
-                cover(r.donor_cover_hours),
-                cover(r.donor_cover_after_hours),
+                r.short_cover_hours,
+                r.short_cover_after_hours,
             );
         }
         None => println!("no rebalance recommendation for {sku} (no region has weeks of cover)"),

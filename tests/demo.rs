@@ -61,7 +61,10 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         .lines()
         .find(|l| l.starts_with("rebalance recommendation "))
         .unwrap_or_else(|| panic!("no recommendation in:\n{stdout}"));
-    assert!(rec.contains("x SKU-0000999 from ") && rec.contains(" (FR)"), "{rec}");
+    assert!(
+        rec.contains("x SKU-0000999 from ") && rec.contains(" (FR)"),
+        "{rec}"
+    );
     assert!(!stdout.contains("serving until Ctrl-C"), "{stdout}");
     // The summary names what ran: a checkout simulation, not the restock preset.
     assert!(
