@@ -40,7 +40,10 @@ done
 OMNI=$BIN_DIR/omnistock
 LOAD=$BIN_DIR/omnistock-load
 [[ -x $OMNI && -x $LOAD ]] || die "no omnistock / omnistock-load in $BIN_DIR"
-"$OMNI" serve --help | grep -q -- --intelligence || die "$OMNI has no --intelligence"
+HELP=$("$OMNI" serve --help)
+[[ $HELP == *--intelligence* ]] || die "$OMNI has no --intelligence"
+INIT_FLAG=""
+if [[ $HELP == *--init* ]]; then INIT_FLAG=--init; fi
 for tool in jq curl; do command -v "$tool" >/dev/null || die "$tool not found"; done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/omnistock-intel.XXXXXX")
@@ -77,12 +80,17 @@ run_one() {
   mkdir -p "$dir"
   port=$(free_port)
   admin=$(free_port)
-  OMNISTOCK_INTELLIGENCE=$mode "$OMNI" serve --data-dir "$dir/data" \
+  OMNISTOCK_INTELLIGENCE=$mode "$OMNI" serve ${INIT_FLAG:+"$INIT_FLAG"} --data-dir "$dir/data" \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
   for ((i = 0; i < 300; i++)); do
     curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited" >&2; return 1; }
+    kill -0 "$SERVER_PID" 2>/dev/null || {
+      echo "server exited: $(tail -n 1 "$dir/server.log")" >&2
+      SERVER_PID=
+      echo "- -"
+      return 0
+    }
     sleep 0.2
   done
   limit=$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN { printf "%d", d + w + 180 }')
