@@ -186,6 +186,19 @@ fn ops() -> Vec<Op> {
             window: 0,
             limit: 10,
         }),
+        Op::AtRiskRegion(AtRiskRegionQuery {
+            region: "eu".into(),
+            window: 1,
+            limit: 10,
+        }),
+        Op::RebalanceList(RebalanceQuery {
+            sku: Some("A".into()),
+            region: Some("eu".into()),
+            limit: 10,
+            near_hours: Some(24),
+            surplus_hours: None,
+            window: Some(1),
+        }),
         Op::SetLowStock(SetLowStock {
             request_id: 24,
             channel: "web".into(),

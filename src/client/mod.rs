@@ -457,6 +457,42 @@ impl Client {
         }))
         .await
     }
+    /// The at most `limit` (1..=1000) SKUs whose projected stockout in `region` (its
+    /// locations' exposed ATP against their summed demand) comes first in window `window`
+    /// (`AT_RISK_REGION`).
+    pub async fn at_risk_region(
+        &self,
+        region: &str,
+        window: u8,
+        limit: u32,
+    ) -> Result<WireAtRiskRegion, ClientError> {
+        self.call(Op::AtRiskRegion(AtRiskRegionQuery {
+            region: region.into(),
+            window,
+            limit,
+        }))
+        .await
+    }
+    /// Rebalance recommendations (`REBALANCE_LIST`): of `q.sku` alone, or ranked over every
+    /// SKU, least cover first. Apply one with [`Client::apply_rebalance`].
+    pub async fn rebalance(&self, q: RebalanceQuery) -> Result<WireRebalance, ClientError> {
+        self.call(Op::RebalanceList(q)).await
+    }
+    /// Applies a recommendation as the existing `TRANSFER`, with the recommendation's id as
+    /// request id and its reference: sent again (a retry, a second operator), the server
+    /// answers with the first answer and the stock moves once. Re-read the recommendation
+    /// first (it is only valid for the SKU's state it was made on).
+    pub async fn apply_rebalance(&self, r: &WireRecommendation) -> Result<Applied, ClientError> {
+        self.apply(Op::Transfer(Transfer {
+            request_id: r.id,
+            sku: r.sku.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+            qty: r.qty,
+            reference: r.reference.clone(),
+        }))
+        .await
+    }
     /// One page of the known SKU ids starting with `prefix` (`""` for all), after `after`
     /// (exclusive), at most `limit` (1..=1000) (`LIST_SKUS`); pass the answer's
     /// `next_after` as the next page's `after` until it is `None`.

@@ -46,6 +46,8 @@ pub enum Rejection {
     ReservationExpired,
     /// 16: the first attempt with this request id is still running. Retriable.
     InProgress,
+    /// 19: the server runs with `--intelligence off` (velocity, at-risk, rebalance reads).
+    IntelligenceOff,
     /// 20: no position is stored under that subscription name.
     SubscriptionNotFound,
     /// 100: the log could not be written or data is corrupt; writes are stopped.
@@ -100,6 +102,7 @@ impl Rejection {
             14 => R::NotExpired,
             15 => R::ReservationExpired,
             16 => R::InProgress,
+            19 => R::IntelligenceOff,
             20 => R::SubscriptionNotFound,
             status::STORAGE_FAILURE => R::StorageFailure,
             status::SHUTTING_DOWN => R::ShuttingDown,
@@ -137,6 +140,7 @@ impl Rejection {
             R::NotExpired => 14,
             R::ReservationExpired => 15,
             R::InProgress => 16,
+            R::IntelligenceOff => 19,
             R::SubscriptionNotFound => 20,
             R::StorageFailure => status::STORAGE_FAILURE,
             R::ShuttingDown => status::SHUTTING_DOWN,
@@ -173,7 +177,7 @@ mod tests {
 
     #[test]
     fn every_defined_code_has_its_own_variant_and_round_trips() {
-        for s in (1..=16).chain([20]).chain(100..=111) {
+        for s in (1..=16).chain([19, 20]).chain(100..=111) {
             let r = Rejection::from_status(s, &[]).expect("non-zero");
             assert_eq!(r.status(), s);
             assert_ne!(r, Rejection::Other(s), "{s} has no variant");

@@ -44,6 +44,9 @@ pub enum RejectionCode {
     ReservationExpired = 15,
     /// The same request id is still being processed: retry after a short back-off.
     InProgress = 16,
+    /// The server runs with `--intelligence off`: velocity, at-risk and rebalance reads are
+    /// not served (nothing is recorded for them).
+    IntelligenceOff = 19,
     /// No position is stored under that subscription name.
     SubscriptionNotFound = 20,
 }
@@ -139,6 +142,12 @@ pub enum Rejection {
     /// No position is stored under this subscription name.
     #[error("no position is stored under the subscription name {0:?}")]
     SubscriptionNotFound(String),
+    /// Demand intelligence is switched off (`--intelligence off`): nothing to answer from.
+    #[error(
+        "demand intelligence is off on this server (--intelligence off): velocity, at-risk \
+         and rebalance reads are not served"
+    )]
+    IntelligenceOff,
 }
 
 impl Rejection {
@@ -168,6 +177,7 @@ impl Rejection {
             Rejection::ReservationExpired(_) => C::ReservationExpired,
             Rejection::InProgress(_) => C::InProgress,
             Rejection::SubscriptionNotFound(_) => C::SubscriptionNotFound,
+            Rejection::IntelligenceOff => C::IntelligenceOff,
         }
     }
 

@@ -953,6 +953,10 @@ impl SkuState {
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
     /// channel is the hold's, read before `apply` may close it).
     fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
+        // `--intelligence off`: one branch, nothing else on the request path.
+        if !self.velocity.is_recording() {
+            return;
+        }
         let units =
             |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
         match ev {

@@ -44,6 +44,12 @@ pub(crate) enum SkuOp {
         channel: Option<ChannelId>,
         now_ms: TimeMs,
     },
+    /// A list's question to every SKU (a read, like `View`; `reads::scan`).
+    Probe {
+        catalog: Arc<Catalog>,
+        probe: super::reads::Probe,
+        now_ms: TimeMs,
+    },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
     /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
@@ -63,6 +69,8 @@ pub(crate) enum SkuReply {
     Explained(Box<AtpExplanation>),
     /// Velocities: of the channel asked for, or of every channel and region.
     Velocity(Box<SkuVelocity>),
+    /// The answer to a `Probe`.
+    Probed(Box<super::reads::Probed>),
     /// A copy of the state.
     State(Box<SkuState>),
     /// This actor was passivated before it handled the op: look the SKU up again.
@@ -247,6 +255,14 @@ impl SkuActor {
                 now_ms,
             } => match super::reads::velocities(&self.state, &catalog, channel.as_ref(), now_ms) {
                 Ok(v) => SkuReply::Velocity(Box::new(v)),
+                Err(r) => SkuReply::Rejected(r),
+            },
+            SkuOp::Probe {
+                catalog,
+                probe,
+                now_ms,
+            } => match probe.run(&self.state, &catalog, now_ms) {
+                Ok(p) => SkuReply::Probed(Box::new(p)),
                 Err(r) => SkuReply::Rejected(r),
             },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),

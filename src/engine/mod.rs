@@ -101,6 +101,11 @@ pub struct EngineConfig {
     /// 1 h, 24 h. Changing them forgets the velocity built with the old ones: it is rebuilt
     /// from the demand recorded after the restart.
     pub velocity_half_lives: crate::domain::HalfLives,
+    /// Demand intelligence (docs/intelligence.md): on records velocity in every SKU's
+    /// `apply`; off records nothing, forgets the sums of every SKU it starts or activates,
+    /// and the velocity, at-risk and rebalance reads answer `IntelligenceOff` (19).
+    /// Default on.
+    pub intelligence: bool,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +121,7 @@ impl Default for EngineConfig {
             expiry_batch: 1024,
             feed_retention_records: crate::feed::hub::DEFAULT_RETENTION_RECORDS,
             velocity_half_lives: crate::domain::HalfLives::default(),
+            intelligence: true,
         }
     }
 }
@@ -381,8 +387,14 @@ impl Engine {
         clock: Arc<dyn Clock>,
         journal: Journal,
         catalog: Catalog,
-        skus: Vec<SkuState>,
+        mut skus: Vec<SkuState>,
     ) -> Result<Engine, EngineError> {
+        if !config.intelligence {
+            // Off: the recovered sums would only go stale in the passive bytes.
+            for s in &mut skus {
+                s.velocity.set_recording(false);
+            }
+        }
         if config.arbiters == 0 || config.mailbox_capacity == 0 || config.expiry_batch == 0 {
             return Err(EngineError::Startup(
                 "arbiters, mailbox_capacity and expiry_batch must be at least 1".into(),
@@ -535,6 +547,7 @@ impl Engine {
     /// activate a passive SKU.
     pub async fn velocity(&self, sku: &SkuId) -> Result<crate::domain::SkuVelocity, Failure> {
         self.check_running()?;
+        self.check_intelligence()?;
         reads::velocity(&self.core, sku, self.core.clock.now_ms()).await
     }
 
@@ -548,7 +561,49 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<crate::domain::AtRisk>, Failure> {
         self.check_running()?;
+        self.check_intelligence()?;
         reads::at_risk(&self.core, channel, window, limit, self.core.clock.now_ms()).await
+    }
+
+    /// The `limit` (1..=1000) SKUs whose projected stockout in `region` (the exposed ATP of
+    /// its locations against their summed demand) comes first in window `window`, soonest
+    /// first; SKUs without demand there are left out; a region no location of the catalog
+    /// is in is refused. Reads every SKU, like [`Engine::at_risk`].
+    pub async fn at_risk_region(
+        &self,
+        region: &str,
+        window: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::AtRiskRegion>, Failure> {
+        self.check_running()?;
+        self.check_intelligence()?;
+        let now = self.core.clock.now_ms();
+        reads::at_risk_region(&self.core, region, window, limit, now).await
+    }
+
+    /// Rebalance recommendations under `policy` (docs/intelligence.md): of `sku` alone (at
+    /// most one; unknown SKU refused) or the `limit` (1..=1000) with the least cover over
+    /// every SKU; with `region`, only those whose short region it is. Apply one as a
+    /// `SkuCommand::Transfer` whose request id is the recommendation's id.
+    pub async fn rebalance(
+        &self,
+        sku: Option<&SkuId>,
+        region: Option<&str>,
+        policy: crate::domain::RebalancePolicy,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::Recommendation>, Failure> {
+        self.check_running()?;
+        self.check_intelligence()?;
+        let now = self.core.clock.now_ms();
+        reads::rebalance(&self.core, sku, region, policy, limit, now).await
+    }
+
+    /// Refuses the intelligence reads when it is switched off (nothing was recorded).
+    fn check_intelligence(&self) -> Result<(), Failure> {
+        if self.core.config.intelligence {
+            return Ok(());
+        }
+        Err(crate::domain::Rejection::IntelligenceOff.into())
     }
 
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed

@@ -62,6 +62,10 @@ pub mod opcode {
     pub const LIST_SKUS: u16 = 0x0407;
     /// One page of the open reservations holding a SKU.
     pub const LIST_RESERVATIONS: u16 = 0x0408;
+    /// Rebalance recommendations of one SKU or ranked over every SKU (adapter, admin).
+    pub const REBALANCE_LIST: u16 = 0x0409;
+    /// The SKUs of one region whose projected stockout comes first (adapter, admin).
+    pub const AT_RISK_REGION: u16 = 0x040A;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -119,11 +123,19 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Checkout => read || matches!(op, RESERVE | FULFILL | RELEASE | EXTEND),
-            // AT_RISK reads every SKU: for the channel side and operators, not checkout.
+            // AT_RISK, AT_RISK_REGION and REBALANCE_LIST read every SKU: for the channel
+            // side and operators, not checkout.
             Role::Adapter => {
                 read || matches!(
                     op,
-                    SUBSCRIBE | UNSUBSCRIBE | ACK | LIST_SUBSCRIPTIONS | SKU_HISTORY | AT_RISK
+                    SUBSCRIBE
+                        | UNSUBSCRIBE
+                        | ACK
+                        | LIST_SUBSCRIPTIONS
+                        | SKU_HISTORY
+                        | AT_RISK
+                        | AT_RISK_REGION
+                        | REBALANCE_LIST
                 )
             }
         }
@@ -177,6 +189,10 @@ pub enum Op {
     Velocity(GetVelocity),
     /// `AT_RISK`
     AtRisk(AtRiskQuery),
+    /// `AT_RISK_REGION`
+    AtRiskRegion(AtRiskRegionQuery),
+    /// `REBALANCE_LIST`
+    RebalanceList(RebalanceQuery),
     /// `LIST_SKUS`
     ListSkus(ListSkus),
     /// `LIST_RESERVATIONS`
@@ -238,6 +254,8 @@ impl Op {
             Op::ExplainAtp(_) => EXPLAIN_ATP,
             Op::Velocity(_) => VELOCITY,
             Op::AtRisk(_) => AT_RISK,
+            Op::AtRiskRegion(_) => AT_RISK_REGION,
+            Op::RebalanceList(_) => REBALANCE_LIST,
             Op::ListSkus(_) => LIST_SKUS,
             Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
@@ -293,6 +311,8 @@ impl Op {
             Op::ExplainAtp(b) => body(b)?,
             Op::Velocity(b) => body(b)?,
             Op::AtRisk(b) => body(b)?,
+            Op::AtRiskRegion(b) => body(b)?,
+            Op::RebalanceList(b) => body(b)?,
             Op::ListSkus(b) => body(b)?,
             Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
@@ -335,6 +355,8 @@ impl Op {
             EXPLAIN_ATP => Op::ExplainAtp(decode_request_body(b)?),
             VELOCITY => Op::Velocity(decode_request_body(b)?),
             AT_RISK => Op::AtRisk(decode_request_body(b)?),
+            AT_RISK_REGION => Op::AtRiskRegion(decode_request_body(b)?),
+            REBALANCE_LIST => Op::RebalanceList(decode_request_body(b)?),
             LIST_SKUS => Op::ListSkus(decode_request_body(b)?),
             LIST_RESERVATIONS => Op::ListReservations(decode_request_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),

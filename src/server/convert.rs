@@ -5,9 +5,10 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
-    ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
-    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, WindowRate,
+    AdjustReason, AtRisk, AtRiskRegion, AtpExplanation, Catalog, CatalogCommand, Channel,
+    ChannelId, ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock,
+    LowStockSource, RebalancePolicy, Recommendation, RegionVelocity, Rejection, SkuCommand, SkuId,
+    SkuVelocity, SkuView, StockState, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -331,21 +332,82 @@ pub fn channel_velocity_of(v: &ChannelVelocity) -> WireChannelVelocity {
     }
 }
 
+/// A SKU x region's velocity on the wire.
+pub fn region_velocity_of(r: &RegionVelocity) -> WireRegionVelocity {
+    WireRegionVelocity {
+        region: r.region.clone(),
+        atp: r.atp,
+        windows: windows_of(&r.windows),
+    }
+}
+
 /// The result of `VELOCITY`.
 pub fn velocity_of(sku: &SkuId, v: &SkuVelocity) -> WireVelocity {
     WireVelocity {
         sku: sku.to_string(),
         channels: v.channels.iter().map(channel_velocity_of).collect(),
-        regions: v
-            .regions
+        regions: v.regions.iter().map(region_velocity_of).collect(),
+    }
+}
+
+/// The result of `AT_RISK_REGION`.
+pub fn at_risk_region_of(region: &str, window: u8, list: &[AtRiskRegion]) -> WireAtRiskRegion {
+    WireAtRiskRegion {
+        region: region.to_string(),
+        window,
+        skus: list
             .iter()
-            .map(|r| WireRegionVelocity {
-                region: r.region.clone(),
-                atp: r.atp,
-                windows: windows_of(&r.windows),
+            .map(|a| WireAtRiskRegionSku {
+                sku: a.sku.to_string(),
+                velocity: region_velocity_of(&a.velocity),
             })
             .collect(),
     }
+}
+
+/// The policy of a `REBALANCE_LIST` query: absent thresholds take the defaults; a bad
+/// combination is `InvalidRequest` with the reason.
+pub fn rebalance_policy(q: &RebalanceQuery) -> Result<RebalancePolicy, Rejection> {
+    let d = RebalancePolicy::default();
+    RebalancePolicy::new(
+        q.near_hours.map_or(d.near_hours, f64::from),
+        q.surplus_hours.map_or(d.surplus_hours, f64::from),
+        q.window.map_or(d.window, usize::from),
+    )
+    .map_err(Rejection::invalid)
+}
+
+/// One recommendation on the wire.
+pub fn recommendation_of(r: &Recommendation) -> WireRecommendation {
+    WireRecommendation {
+        id: r.id,
+        sku: r.sku.to_string(),
+        basis_seq: r.basis_seq,
+        short_region: r.plan.to_region.clone(),
+        donor_region: r.plan.from_region.clone(),
+        from: r.plan.from.to_string(),
+        to: r.plan.to.to_string(),
+        qty: r.plan.qty,
+        short_cover_hours: r.plan.to_cover_hours.0,
+        short_cover_after_hours: r.plan.to_cover_hours.1,
+        donor_cover_hours: r.plan.from_cover_hours.0,
+        donor_cover_after_hours: r.plan.from_cover_hours.1,
+        reference: r.reference(),
+    }
+}
+
+/// Encoded size of a [`WireRecommendation`] (fixed-width codec): 7 strings (8-byte length
+/// each), id 16, basis 8, qty 4, two f64 16, two optional f64 at most 18.
+pub fn recommendation_bytes(w: &WireRecommendation) -> usize {
+    let strings = [
+        &w.sku,
+        &w.short_region,
+        &w.donor_region,
+        &w.from,
+        &w.to,
+        &w.reference,
+    ];
+    strings.iter().map(|s| 8 + s.len()).sum::<usize>() + 16 + 8 + 4 + 16 + 18
 }
 
 /// The result of `AT_RISK`.
