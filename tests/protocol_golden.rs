@@ -381,7 +381,11 @@ fn delete_location_and_channel_bodies_and_in_use_facts() {
     });
     let raw = loc.to_raw().unwrap();
     assert_eq!((raw.opcode, loc.request_id()), (0x0306, Some(1)));
-    golden("delete location body", &raw.body, "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68");
+    golden(
+        "delete location body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68",
+    );
     assert_eq!(Op::from_raw(&raw).unwrap(), Some(loc));
     let ch = Op::DeleteChannel(DeleteChannel {
         request_id: 2,
@@ -389,7 +393,11 @@ fn delete_location_and_channel_bodies_and_in_use_facts() {
     });
     let raw = ch.to_raw().unwrap();
     assert_eq!((raw.opcode, ch.request_id()), (0x0307, Some(2)));
-    golden("delete channel body", &raw.body, "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62");
+    golden(
+        "delete channel body",
+        &raw.body,
+        "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62",
+    );
     assert_eq!(Op::from_raw(&raw).unwrap(), Some(ch));
     let location = InUseFacts {
         kind: in_use_kind::LOCATION,
@@ -417,13 +425,19 @@ fn delete_location_and_channel_bodies_and_in_use_facts() {
         example_reservation: 5,
     };
     golden("in_use facts (channel)", &encode_payload(&channel).unwrap(), "02 03 00 00 00 00 00 00 00 77 65 62 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
-    assert_eq!(decode_payload::<InUseFacts>(&encode_payload(&channel).unwrap()).unwrap(), channel);
+    assert_eq!(
+        decode_payload::<InUseFacts>(&encode_payload(&channel).unwrap()).unwrap(),
+        channel
+    );
     assert_eq!(status::name(17), "in_use");
     assert!(!status::is_retriable(17));
     // Admin only, like every catalog write.
     for op in [DELETE_LOCATION, DELETE_CHANNEL] {
         assert!(Role::Admin.may(op), "{op:#06x}");
-        assert!(!Role::Adapter.may(op) && !Role::Checkout.may(op), "{op:#06x}");
+        assert!(
+            !Role::Adapter.may(op) && !Role::Checkout.may(op),
+            "{op:#06x}"
+        );
         assert!(!omnistock::protocol::ops::is_reserved(op));
     }
 }

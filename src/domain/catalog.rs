@@ -193,8 +193,13 @@ impl std::fmt::Display for InUse {
         let mut parts = Vec::new();
         if self.channels_total > 0 {
             let names: Vec<&str> = self.channels.iter().map(|c| c.as_str()).collect();
-            let more = self.channels_total as usize - self.channels.len().min(self.channels_total as usize);
-            let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let more = self.channels_total as usize
+                - self.channels.len().min(self.channels_total as usize);
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             parts.push(format!(
                 "a source of {} channel(s) ({}{tail})",
                 self.channels_total,
@@ -206,7 +211,10 @@ impl std::fmt::Display for InUse {
             parts.push(format!("{} SKU(s) hold stock there", r.skus_with_stock));
         }
         if r.skus_with_holds > 0 {
-            parts.push(format!("{} SKU(s) have units reserved there", r.skus_with_holds));
+            parts.push(format!(
+                "{} SKU(s) have units reserved there",
+                r.skus_with_holds
+            ));
         }
         if r.skus_with_safety_stock > 0 {
             parts.push(format!(
@@ -428,13 +436,18 @@ impl Catalog {
                     .filter(|c| c.locations.contains(id))
                     .map(|c| &c.id)
                     .collect();
-                let used = refs.skus_with_stock + refs.skus_with_holds + refs.skus_with_safety_stock;
+                let used =
+                    refs.skus_with_stock + refs.skus_with_holds + refs.skus_with_safety_stock;
                 if sourcing.is_empty() && used == 0 {
                     return Ok(CatalogEvent::LocationDeleted(id.clone()));
                 }
                 Err(Rejection::InUse(Box::new(InUse {
                     target: CatalogRef::Location(id.clone()),
-                    channels: sourcing.iter().take(MAX_IN_USE_CHANNELS).map(|c| (*c).clone()).collect(),
+                    channels: sourcing
+                        .iter()
+                        .take(MAX_IN_USE_CHANNELS)
+                        .map(|c| (*c).clone())
+                        .collect(),
                     channels_total: u32::try_from(sourcing.len()).unwrap_or(u32::MAX),
                     refs: References {
                         reservations: 0,
@@ -645,15 +658,30 @@ mod tests {
     fn a_location_is_in_use_while_a_channel_sources_it_or_a_sku_refers_to_it() {
         let mut c = Catalog::default();
         let none = References::default();
-        run(&mut c, CatalogCommand::UpsertLocation(location("wh")), &none).unwrap();
-        run(&mut c, CatalogCommand::UpsertChannel(channel("web", &["wh"])), &none).unwrap();
-        let Err(Rejection::InUse(u)) = c.decide(&CatalogCommand::DeleteLocation(loc("wh")))
-        else {
+        run(
+            &mut c,
+            CatalogCommand::UpsertLocation(location("wh")),
+            &none,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
+        let Err(Rejection::InUse(u)) = c.decide(&CatalogCommand::DeleteLocation(loc("wh"))) else {
             panic!("a sourced location was deleted")
         };
         assert_eq!(u.target, CatalogRef::Location(loc("wh")));
-        assert_eq!((u.channels.clone(), u.channels_total), (vec![chan("web")], 1));
-        assert!(u.to_string().contains("a source of 1 channel(s) (web)"), "{u}");
+        assert_eq!(
+            (u.channels.clone(), u.channels_total),
+            (vec![chan("web")], 1)
+        );
+        assert!(
+            u.to_string().contains("a source of 1 channel(s) (web)"),
+            "{u}"
+        );
         run(&mut c, CatalogCommand::DeleteChannel(chan("web")), &none).unwrap();
         let mut refs = References::default();
         refs.add_sku(
@@ -678,7 +706,11 @@ mod tests {
         };
         assert_eq!(u.channels_total, 0);
         assert_eq!(
-            (u.refs.skus_with_stock, u.refs.skus_with_safety_stock, u.refs.skus_with_holds),
+            (
+                u.refs.skus_with_stock,
+                u.refs.skus_with_safety_stock,
+                u.refs.skus_with_holds
+            ),
             (1, 1, 0)
         );
         // The smallest SKU that refers to it (a SKU of zeros does not).
@@ -697,8 +729,18 @@ mod tests {
     fn a_channel_is_in_use_while_a_reservation_is_open_and_its_thresholds_go_with_it() {
         let mut c = Catalog::default();
         let none = References::default();
-        run(&mut c, CatalogCommand::UpsertLocation(location("wh")), &none).unwrap();
-        run(&mut c, CatalogCommand::UpsertChannel(channel("web", &["wh"])), &none).unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertLocation(location("wh")),
+            &none,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
         let sku = SkuId::new("A").unwrap();
         for s in [None, Some(sku.clone())] {
             let low = LowStock {
@@ -716,7 +758,10 @@ mod tests {
         else {
             panic!("a channel with open reservations was deleted")
         };
-        assert_eq!((u.refs.reservations, u.refs.example_reservation), (2, Some(4)));
+        assert_eq!(
+            (u.refs.reservations, u.refs.example_reservation),
+            (2, Some(4))
+        );
         assert_eq!(u.code_check(), 17);
         run(&mut c, CatalogCommand::DeleteChannel(chan("web")), &none).unwrap();
         assert!(c.channels.is_empty() && c.low_stock.is_empty() && c.low_stock_sku.is_empty());
@@ -728,7 +773,12 @@ mod tests {
             RejectionCode::UnknownChannel
         );
         // Re-created, it starts without the old thresholds.
-        run(&mut c, CatalogCommand::UpsertChannel(channel("web", &["wh"])), &none).unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
         assert_eq!(c.low_stock_of(&sku, &chan("web")), 0);
     }
 
@@ -754,7 +804,10 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0..LOCS.len()).prop_map(Step::UpsertLocation),
-            (0..CHANS.len(), proptest::collection::vec(0..LOCS.len(), 1..3))
+            (
+                0..CHANS.len(),
+                proptest::collection::vec(0..LOCS.len(), 1..3)
+            )
                 .prop_map(|(c, l)| Step::UpsertChannel(c, l)),
             (0..LOCS.len(), any::<bool>()).prop_map(|(l, u)| Step::DeleteLocation(l, u)),
             (0..CHANS.len(), any::<bool>()).prop_map(|(c, u)| Step::DeleteChannel(c, u)),

@@ -242,10 +242,11 @@ async fn references(
         tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut refs = References::default();
             let mut active = Vec::new();
-            core.registry.for_each_slot(&catalog, |sku, slot| match slot {
-                Ok(state) => refs.add_sku(sku, state.location_use(&location)),
-                Err(_) => active.push(sku.clone()),
-            })?;
+            core.registry
+                .for_each_slot(&catalog, |sku, slot| match slot {
+                    Ok(state) => refs.add_sku(sku, state.location_use(&location)),
+                    Err(_) => active.push(sku.clone()),
+                })?;
             Ok((refs, active))
         })
         .await

@@ -24,8 +24,8 @@ use futures::future::join_all;
 use crate::domain::{Catalog, Rejection, ReleaseReason, ReservationId, SkuCommand, SkuId, TimeMs};
 
 use super::actor::SkuOp;
-use super::catalog_writes::{delete_target, touches};
 use super::api::{Change, Command, Failure, Outcome, Request};
+use super::catalog_writes::{delete_target, touches};
 use super::coordinator::{run_new, stock_op};
 use super::delivery::{collect, deliver_all, sku_op_with, Admit, Done};
 use super::idempotency::Begin;

@@ -209,7 +209,7 @@ pub fn low_stock_command(u: &SetLowStock) -> Result<Command, Rejection> {
 /// The engine command of a delete-location body.
 pub fn delete_location_command(d: &DeleteLocation) -> Result<Command, Rejection> {
     Ok(Command::Catalog(CatalogCommand::DeleteLocation(loc(
-        &d.location,
+        &d.location
     )?)))
 }
 
