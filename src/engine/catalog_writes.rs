@@ -289,3 +289,113 @@ async fn location_use(
         other => Err(EngineError::Corrupt(format!("unexpected actor reply {other:?}")).into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        AdjustReason, Channel, ChannelId, Location, LocationKind, LowStock, SkuId,
+    };
+    use crate::engine::api::{ReserveLine, ReserveRequest};
+
+    fn l(s: &str) -> LocationId {
+        LocationId::new(s).unwrap()
+    }
+    fn c(s: &str) -> ChannelId {
+        ChannelId::new(s).unwrap()
+    }
+    fn reserve(channel: &str, at: Option<&str>) -> Command {
+        Command::Reserve(ReserveRequest {
+            reservation: 1,
+            channel: c(channel),
+            lines: vec![ReserveLine {
+                sku: SkuId::new("A").unwrap(),
+                qty: 1,
+                location: at.map(l),
+            }],
+            allow_split: false,
+            ttl_ms: 1000,
+        })
+    }
+    fn stock(cmd: SkuCommand) -> Command {
+        Command::Stock {
+            sku: SkuId::new("A").unwrap(),
+            command: cmd,
+        }
+    }
+
+    #[test]
+    fn what_names_an_entry_being_deleted() {
+        let mut cat = Catalog::default();
+        for id in ["wh", "st"] {
+            let loc = Location {
+                id: l(id),
+                kind: LocationKind::Store,
+                region: "FR".into(),
+            };
+            cat.apply(&CatalogEvent::LocationUpserted(loc), 1);
+        }
+        let web = Channel {
+            id: c("web"),
+            locations: vec![l("wh")],
+            buffer: 0,
+            cap: None,
+        };
+        cat.apply(&CatalogEvent::ChannelUpserted(web.clone()), 2);
+        let (wh, st, ch) = (
+            CatalogRef::Location(l("wh")),
+            CatalogRef::Location(l("st")),
+            CatalogRef::Channel(c("web")),
+        );
+        // Reserves: on the channel; through a channel sourcing the location; a line there.
+        assert!(touches(&ch, &cat, &reserve("web", None)));
+        assert!(!touches(&ch, &cat, &reserve("shop", None)));
+        assert!(touches(&wh, &cat, &reserve("web", None)));
+        assert!(!touches(&st, &cat, &reserve("web", None)));
+        assert!(touches(&st, &cat, &reserve("shop", Some("st"))));
+        // Stock commands at the location, a transfer from or to it.
+        let adjust = |at: &str| {
+            stock(SkuCommand::Adjust {
+                location: l(at),
+                delta: 1,
+                reason: AdjustReason::Receipt,
+                reference: String::new(),
+            })
+        };
+        assert!(touches(&wh, &cat, &adjust("wh")) && !touches(&wh, &cat, &adjust("st")));
+        assert!(!touches(&ch, &cat, &adjust("wh")));
+        let transfer = stock(SkuCommand::Transfer {
+            from: l("st"),
+            to: l("wh"),
+            qty: 1,
+            reference: String::new(),
+        });
+        assert!(touches(&wh, &cat, &transfer) && touches(&st, &cat, &transfer));
+        // Catalog writes naming it.
+        let upsert_web = Command::Catalog(CatalogCommand::UpsertChannel(web));
+        assert!(touches(&ch, &cat, &upsert_web) && touches(&wh, &cat, &upsert_web));
+        assert!(!touches(&st, &cat, &upsert_web));
+        let low = Command::Catalog(CatalogCommand::SetLowStock(LowStock {
+            channel: c("web"),
+            sku: None,
+            threshold: 1,
+        }));
+        assert!(touches(&ch, &cat, &low) && !touches(&wh, &cat, &low));
+        // Reservation operations never place new holds: never refused for a delete.
+        let release = Command::Release { reservation: 1 };
+        assert!(!touches(&ch, &cat, &release) && !touches(&wh, &cat, &release));
+        // Nothing but deletes is a delete.
+        assert_eq!(
+            delete_target(&CatalogCommand::DeleteChannel(c("web"))),
+            Some(ch)
+        );
+        assert_eq!(
+            delete_target(&CatalogCommand::DeleteLocation(l("st"))),
+            Some(st)
+        );
+        let Command::Catalog(up) = upsert_web else {
+            unreachable!()
+        };
+        assert_eq!(delete_target(&up), None);
+    }
+}
