@@ -19,7 +19,10 @@
 //!    pure `Catalog::decide_delete`, logs the catalog record, publishes the new snapshot,
 //!    then lifts the mark.
 //!
-//! The mark costs the request path one `SeqCst` load per frame while no delete runs.
+//!
+//! A frame reads the mark before its catalog snapshot: the mark is lifted only after the
+//! catalog without the entry is published, so a frame that finds no mark also finds no
+//! entry. The mark costs the request path one `SeqCst` load per frame while no delete runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

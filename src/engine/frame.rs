@@ -114,10 +114,13 @@ type FrameRun = (Vec<Option<Answer>>, Vec<(usize, Request, u64)>);
 
 async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
     let now = core.clock.now_ms();
-    let catalog = core.catalog();
     // After the epoch entry: a delete that marked its entry before flipping the epoch
-    // this frame entered is seen here (`catalog_writes`).
+    // this frame entered is seen here (`catalog_writes`). And before the catalog snapshot:
+    // a delete lifts its mark only after publishing the catalog without its entry, so a
+    // frame that finds no mark reads that catalog (read the other way round, a snapshot
+    // from before the delete could meet the lifted mark: a hold on a deleted channel).
     let closing = core.closing.get();
+    let catalog = core.catalog();
     let mut out: Vec<Option<Answer>> = (0..reqs.len()).map(|_| None).collect();
     let mut direct = Vec::with_capacity(reqs.len());
     let mut general = Vec::new();
