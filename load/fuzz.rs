@@ -205,6 +205,16 @@ fn ops() -> Vec<Op> {
             sku: None,
             threshold: 3,
         }),
+        // Ids the fuzz catalog does not have: the delete path runs (and answers 3 / 4)
+        // without taking the catalog the other operations use away.
+        Op::DeleteLocation(DeleteLocation {
+            request_id: 25,
+            location: "fuzz-gone".into(),
+        }),
+        Op::DeleteChannel(DeleteChannel {
+            request_id: 26,
+            channel: "fuzz-gone".into(),
+        }),
         Op::Subscribe(Subscribe {
             name: "fuzz".into(),
             start: start::LIVE,
@@ -443,6 +453,8 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
             Op::UpsertLocation(u) => drop(convert::location_command(u)),
             Op::UpsertChannel(u) => drop(convert::channel_command(u)),
             Op::SetLowStock(u) => drop(convert::low_stock_command(u)),
+            Op::DeleteLocation(d) => drop(convert::delete_location_command(d)),
+            Op::DeleteChannel(d) => drop(convert::delete_channel_command(d)),
             Op::ExplainAtp(e) => drop(convert::explain_ids(e)),
             _ => {}
         }

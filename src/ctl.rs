@@ -308,6 +308,17 @@ enum CtlCmd {
         #[arg(long)]
         region: String,
     },
+    /// Delete a location (admin). Refused with in_use (17), naming what refers to it, while
+    /// a channel sources it or a SKU has stock, reserved units or a safety stock there.
+    DeleteLocation {
+        /// Location id.
+        id: String,
+    },
+    /// Delete a channel (admin). Refused with in_use (17) while a reservation on it is open.
+    DeleteChannel {
+        /// Channel id.
+        id: String,
+    },
     /// Create or replace a channel.
     AddChannel {
         /// Channel id.
@@ -809,6 +820,14 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
                 cap,
             },
         }),
+        CtlCmd::DeleteLocation { id } => Op::DeleteLocation(DeleteLocation {
+            request_id: rid,
+            location: id,
+        }),
+        CtlCmd::DeleteChannel { id } => Op::DeleteChannel(DeleteChannel {
+            request_id: rid,
+            channel: id,
+        }),
         CtlCmd::LowStock {
             channel,
             threshold,
@@ -865,6 +884,14 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::DeleteSubscription(d) => {
             c.delete_subscription(&d.name).await?;
             render::deleted_subscription(&d.name)?
+        }
+        Op::DeleteLocation(d) => {
+            let a = c.delete_location(d.request_id, &d.location).await?;
+            render::deleted("location", &d.location, d.request_id, &a)
+        }
+        Op::DeleteChannel(d) => {
+            let a = c.delete_channel(d.request_id, &d.channel).await?;
+            render::deleted("channel", &d.channel, d.request_id, &a)
         }
         Op::Reserve(r) => {
             let (reservation, request_id) = (r.reservation, r.request_id);

@@ -222,9 +222,11 @@ fn opcode_and_status_numbers_are_stable() {
             UPSERT_CHANNEL,
             LIST_LOCATIONS,
             LIST_CHANNELS,
-            SET_LOW_STOCK
+            SET_LOW_STOCK,
+            DELETE_LOCATION,
+            DELETE_CHANNEL
         ],
-        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305]
+        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0306, 0x0307]
     );
     assert_eq!(
         [
@@ -368,6 +370,76 @@ fn set_low_stock_bodies() {
         threshold: 10,
     });
     golden("set low stock body (channel)", &channel.to_raw().unwrap().body, "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 00 0a 00 00 00");
+}
+
+#[test]
+fn delete_location_and_channel_bodies_and_in_use_facts() {
+    use omnistock::protocol::ops::opcode::{DELETE_CHANNEL, DELETE_LOCATION};
+    let loc = Op::DeleteLocation(DeleteLocation {
+        request_id: 1,
+        location: "wh".into(),
+    });
+    let raw = loc.to_raw().unwrap();
+    assert_eq!((raw.opcode, loc.request_id()), (0x0306, Some(1)));
+    golden(
+        "delete location body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(loc));
+    let ch = Op::DeleteChannel(DeleteChannel {
+        request_id: 2,
+        channel: "web".into(),
+    });
+    let raw = ch.to_raw().unwrap();
+    assert_eq!((raw.opcode, ch.request_id()), (0x0307, Some(2)));
+    golden(
+        "delete channel body",
+        &raw.body,
+        "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(ch));
+    let location = InUseFacts {
+        kind: in_use_kind::LOCATION,
+        id: "wh".into(),
+        channels: vec!["web".into()],
+        channels_total: 1,
+        skus_with_stock: 2,
+        skus_with_holds: 1,
+        skus_with_safety_stock: 0,
+        example_sku: "A".into(),
+        reservations: 0,
+        example_reservation: 0,
+    };
+    golden("in_use facts (location)", &encode_payload(&location).unwrap(), "01 02 00 00 00 00 00 00 00 77 68 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 02 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+    let channel = InUseFacts {
+        kind: in_use_kind::CHANNEL,
+        id: "web".into(),
+        channels: vec![],
+        channels_total: 0,
+        skus_with_stock: 0,
+        skus_with_holds: 0,
+        skus_with_safety_stock: 0,
+        example_sku: String::new(),
+        reservations: 1,
+        example_reservation: 5,
+    };
+    golden("in_use facts (channel)", &encode_payload(&channel).unwrap(), "02 03 00 00 00 00 00 00 00 77 65 62 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+    assert_eq!(
+        decode_payload::<InUseFacts>(&encode_payload(&channel).unwrap()).unwrap(),
+        channel
+    );
+    assert_eq!(status::name(17), "in_use");
+    assert!(!status::is_retriable(17));
+    // Admin only, like every catalog write.
+    for op in [DELETE_LOCATION, DELETE_CHANNEL] {
+        assert!(Role::Admin.may(op), "{op:#06x}");
+        assert!(
+            !Role::Adapter.may(op) && !Role::Checkout.may(op),
+            "{op:#06x}"
+        );
+        assert!(!omnistock::protocol::ops::is_reserved(op));
+    }
 }
 
 #[test]

@@ -553,6 +553,33 @@ impl Client {
             .await?;
         Ok(())
     }
+    /// Deletes a location (admin) under `request_id` (a resend with the same id answers
+    /// the same). Refused with `InUse` (17, facts: what refers to it) while a channel
+    /// sources it or a SKU holds anything there; `UnknownLocation` (3) if there is none.
+    pub async fn delete_location(
+        &self,
+        request_id: u128,
+        location: &str,
+    ) -> Result<Applied, ClientError> {
+        self.call(Op::DeleteLocation(DeleteLocation {
+            request_id,
+            location: location.into(),
+        }))
+        .await
+    }
+    /// Deletes a channel (admin) under `request_id`. Refused with `InUse` (17) while a
+    /// reservation on it is open; `UnknownChannel` (4) if there is none.
+    pub async fn delete_channel(
+        &self,
+        request_id: u128,
+        channel: &str,
+    ) -> Result<Applied, ClientError> {
+        self.call(Op::DeleteChannel(DeleteChannel {
+            request_id,
+            channel: channel.into(),
+        }))
+        .await
+    }
 }
 
 /// Decodes a successful result's body, or turns a non-zero status into an error.

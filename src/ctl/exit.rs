@@ -5,7 +5,7 @@
 //! | exit | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1..=63 | the server's rejection with that status code (today 1..=16, 19 and 20) |
+//! | 1..=63 | the server's rejection with that status code (today 1..=17, 19 and 20) |
 //! | 64 | usage: bad flags or argument values (`usage`) |
 //! | 65 | `rebalance apply ID`: that recommendation is not the SKU's current one (`recommendation_not_found`: the SKU changed since it was listed, or it was applied already) |
 //! | 69 | no connection: refused, unreachable, unknown host (`unavailable`) |
@@ -16,7 +16,7 @@
 //! | 100..=125 | the server's error with that status code (today 100..=112) |
 
 use omnistock::client::ClientError;
-use omnistock::protocol::{self, status, CompareFacts, InsufficientFacts};
+use omnistock::protocol::{self, status, CompareFacts, InUseFacts, InsufficientFacts};
 use serde_json::{json, Value};
 
 use super::ids::fmt_id;
@@ -176,8 +176,33 @@ fn details(status: u16, body: &[u8]) -> Option<Value> {
         9 => protocol::decode_payload::<CompareFacts>(body)
             .ok()
             .and_then(|f| serde_json::to_value(f).ok()),
+        17 => protocol::decode_payload::<InUseFacts>(body)
+            .ok()
+            .map(|f| in_use_json(&f)),
         _ => None,
     }
+}
+
+/// The facts of an `in_use` (17) rejection as JSON: the kind by name, the example
+/// reservation id as a string of 32 hex digits (like every id), `null` when there is none.
+fn in_use_json(f: &InUseFacts) -> Value {
+    let kind = match f.kind {
+        protocol::in_use_kind::LOCATION => "location",
+        protocol::in_use_kind::CHANNEL => "channel",
+        _ => "unknown",
+    };
+    json!({
+        "kind": kind,
+        "id": f.id,
+        "channels": f.channels,
+        "channels_total": f.channels_total,
+        "skus_with_stock": f.skus_with_stock,
+        "skus_with_holds": f.skus_with_holds,
+        "skus_with_safety_stock": f.skus_with_safety_stock,
+        "example_sku": (!f.example_sku.is_empty()).then_some(&f.example_sku),
+        "reservations": f.reservations,
+        "example_reservation": (f.example_reservation != 0).then(|| fmt_id(f.example_reservation)),
+    })
 }
 
 impl From<ClientError> for Failure {
@@ -226,7 +251,7 @@ mod tests {
             );
             assert!(code < 126, "status {s} exits {code} (shell-reserved)");
         }
-        for s in (1..=16).chain([19, 20]).chain(100..=112) {
+        for s in (1..=17).chain([19, 20]).chain(100..=112) {
             assert_eq!(
                 status_exit_code(s) as u16,
                 s,

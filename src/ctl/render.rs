@@ -669,6 +669,24 @@ pub fn deleted_subscription(name: &str) -> Result<Output, Failure> {
     })
 }
 
+/// `delete-location ID` / `delete-channel ID`: what was deleted, and the write's
+/// request id and sequence number (like every write).
+pub fn deleted(what: &str, id: &str, request_id: u128, a: &Applied) -> Output {
+    Output {
+        json: json!({
+            "deleted": what,
+            "id": id,
+            "request_id": fmt_id(request_id),
+            "seq": a.seq,
+        }),
+        human: kv(&[
+            ("deleted", format!("{what} {id}")),
+            ("request_id", fmt_id(request_id)),
+            ("seq", a.seq.to_string()),
+        ]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

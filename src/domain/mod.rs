@@ -17,8 +17,8 @@ pub mod sku;
 pub mod velocity;
 
 pub use catalog::{
-    Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
-    LowStockSource,
+    Catalog, CatalogCommand, CatalogEvent, CatalogRef, Channel, ChannelIndex, InUse, Location,
+    LocationKind, LocationUse, LowStock, LowStockSource, References,
 };
 pub use event::{Allocation, Event, ReleaseReason, StockState};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};

@@ -9,8 +9,8 @@ use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState,
-    SkuVelocity, SkuView, TimeMs,
+    AtpExplanation, Catalog, ChannelId, Event, LocationId, LocationUse, Rejection, RequestId,
+    SkuCommand, SkuState, SkuVelocity, SkuView, TimeMs,
 };
 
 use super::journal::{LogRecord, RecordBody};
@@ -52,6 +52,8 @@ pub(crate) enum SkuOp {
     },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
+    /// How the SKU refers to a location (a catalog delete's check, a read like `View`).
+    LocationUse(LocationId),
     /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
     Passivate { tick: u64 },
 }
@@ -73,6 +75,8 @@ pub(crate) enum SkuReply {
     Probed(Box<super::reads::Probed>),
     /// A copy of the state.
     State(Box<SkuState>),
+    /// How the SKU refers to the location asked about.
+    LocationUse(LocationUse),
     /// This actor was passivated before it handled the op: look the SKU up again.
     Moved(SkuOp),
     /// The journal refused the append (storage failure): nothing changed.
@@ -266,6 +270,7 @@ impl SkuActor {
                 Err(r) => SkuReply::Rejected(r),
             },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
+            SkuOp::LocationUse(l) => SkuReply::LocationUse(self.state.location_use(&l)),
             SkuOp::Passivate { .. } => SkuReply::Passivated,
         }
     }

@@ -159,6 +159,9 @@ pub(crate) struct Core {
     pub registry: Registry,
     catalog: RwLock<Arc<Catalog>>,
     pub catalog_write: tokio::sync::Mutex<()>,
+    /// The catalog entry a running delete checks: requests naming it answer `Busy`
+    /// (`catalog_writes`).
+    pub closing: catalog_writes::ClosingMark,
     pub reservations: DashMap<ReservationId, ResEntry, foldhash::fast::RandomState>,
     pub idem: IdempotencyTable,
     pub expiry: ExpiryQueue,
@@ -233,17 +236,28 @@ impl Core {
 
     /// Starts a new epoch and waits until every request of the previous one has finished.
     pub async fn drain_epoch(&self) -> Result<(), EngineError> {
+        if self.drain_epoch_within(Duration::from_secs(30)).await {
+            Ok(())
+        } else {
+            Err(EngineError::Storage(
+                "requests did not finish within 30 s; checkpoint abandoned".into(),
+            ))
+        }
+    }
+
+    /// Starts a new epoch and waits at most `wait` until every request of the previous
+    /// one has finished; whether they did. One drainer at a time: callers hold the
+    /// checkpoint lock (checkpoints, catalog deletes).
+    pub async fn drain_epoch_within(&self, wait: Duration) -> bool {
         let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + wait;
         while self.epoch_inflight[old].load(Ordering::SeqCst) > 0 {
             if std::time::Instant::now() > deadline {
-                return Err(EngineError::Storage(
-                    "requests did not finish within 30 s; checkpoint abandoned".into(),
-                ));
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(())
+        true
     }
 }
 
@@ -414,6 +428,7 @@ impl Engine {
             registry: Registry::new(handles),
             catalog: RwLock::new(Arc::new(catalog)),
             catalog_write: tokio::sync::Mutex::new(()),
+            closing: catalog_writes::ClosingMark::default(),
             reservations: DashMap::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),

@@ -853,6 +853,58 @@ pub struct SetLowStock {
     pub threshold: u32,
 }
 
+/// `DELETE_LOCATION` body: delete a location nothing refers to (docs/protocol.md 7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteLocation {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The location's id.
+    pub location: String,
+}
+
+/// `DELETE_CHANNEL` body: delete a channel no open reservation is on (docs/protocol.md 7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteChannel {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The channel's id.
+    pub channel: String,
+}
+
+/// What an `InUseFacts` is about.
+pub mod in_use_kind {
+    /// A location (`DELETE_LOCATION`).
+    pub const LOCATION: u8 = 1;
+    /// A channel (`DELETE_CHANNEL`).
+    pub const CHANNEL: u8 = 2;
+}
+
+/// Facts of an `InUse` (17) rejection, carried in [`OpResult::body`]: what still refers to
+/// the location or channel a delete named. Counts that do not apply to the kind are 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUseFacts {
+    /// [`in_use_kind`]: 1 location, 2 channel.
+    pub kind: u8,
+    /// The id the delete named.
+    pub id: String,
+    /// Channels listing the location as a source, in id order (at most 32).
+    pub channels: Vec<String>,
+    /// How many channels list the location as a source (all of them).
+    pub channels_total: u32,
+    /// SKUs with on hand, damaged, quality control, incoming or a shortfall there.
+    pub skus_with_stock: u64,
+    /// SKUs with units reserved there.
+    pub skus_with_holds: u64,
+    /// SKUs with a safety stock entry there.
+    pub skus_with_safety_stock: u64,
+    /// The smallest id among those SKUs (empty: none).
+    pub example_sku: String,
+    /// Open reservations on the channel.
+    pub reservations: u64,
+    /// The smallest of their ids (0: none).
+    pub example_reservation: u128,
+}
+
 /// Where a subscription starts (`Subscribe::start`).
 pub mod start {
     /// Live: events after the last published sequence number, nothing older.

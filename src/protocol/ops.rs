@@ -46,6 +46,10 @@ pub mod opcode {
     pub const LIST_CHANNELS: u16 = 0x0304;
     /// Set a channel's (or one SKU's) low-stock threshold (admin).
     pub const SET_LOW_STOCK: u16 = 0x0305;
+    /// Delete a location nothing refers to (admin).
+    pub const DELETE_LOCATION: u16 = 0x0306;
+    /// Delete a channel no open reservation is on (admin).
+    pub const DELETE_CHANNEL: u16 = 0x0307;
     /// Read one SKU.
     pub const GET_SKU: u16 = 0x0401;
     /// Read several SKUs.
@@ -199,6 +203,10 @@ pub enum Op {
     ListReservations(ListReservations),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
+    /// `DELETE_LOCATION`
+    DeleteLocation(DeleteLocation),
+    /// `DELETE_CHANNEL`
+    DeleteChannel(DeleteChannel),
     /// `SUBSCRIBE`
     Subscribe(Subscribe),
     /// `UNSUBSCRIBE`
@@ -259,6 +267,8 @@ impl Op {
             Op::ListSkus(_) => LIST_SKUS,
             Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
+            Op::DeleteLocation(_) => DELETE_LOCATION,
+            Op::DeleteChannel(_) => DELETE_CHANNEL,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
             Op::Ack(_) => ACK,
@@ -283,6 +293,8 @@ impl Op {
             Op::UpsertLocation(b) => b.request_id,
             Op::UpsertChannel(b) => b.request_id,
             Op::SetLowStock(b) => b.request_id,
+            Op::DeleteLocation(b) => b.request_id,
+            Op::DeleteChannel(b) => b.request_id,
             _ => return None,
         })
     }
@@ -316,6 +328,8 @@ impl Op {
             Op::ListSkus(b) => body(b)?,
             Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
+            Op::DeleteLocation(b) => body(b)?,
+            Op::DeleteChannel(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
@@ -360,6 +374,8 @@ impl Op {
             LIST_SKUS => Op::ListSkus(decode_request_body(b)?),
             LIST_RESERVATIONS => Op::ListReservations(decode_request_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
+            DELETE_LOCATION => Op::DeleteLocation(decode_request_body(b)?),
+            DELETE_CHANNEL => Op::DeleteChannel(decode_request_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
             UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
             ACK => Op::Ack(decode_request_body(b)?),

@@ -207,6 +207,44 @@ pub fn low_stock_command(u: &SetLowStock) -> Result<Command, Rejection> {
     })))
 }
 
+/// The engine command of a delete-location body.
+pub fn delete_location_command(d: &DeleteLocation) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::DeleteLocation(loc(
+        &d.location
+    )?)))
+}
+
+/// The engine command of a delete-channel body.
+pub fn delete_channel_command(d: &DeleteChannel) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::DeleteChannel(
+        ChannelId::new(&d.channel)?,
+    )))
+}
+
+/// The wire facts of an `InUse` (17) rejection.
+pub fn in_use_facts(u: &crate::domain::InUse) -> InUseFacts {
+    let (kind, id) = match &u.target {
+        crate::domain::CatalogRef::Location(l) => (in_use_kind::LOCATION, l.to_string()),
+        crate::domain::CatalogRef::Channel(c) => (in_use_kind::CHANNEL, c.to_string()),
+    };
+    InUseFacts {
+        kind,
+        id,
+        channels: u.channels.iter().map(ToString::to_string).collect(),
+        channels_total: u.channels_total,
+        skus_with_stock: u.refs.skus_with_stock,
+        skus_with_holds: u.refs.skus_with_holds,
+        skus_with_safety_stock: u.refs.skus_with_safety_stock,
+        example_sku: u
+            .refs
+            .example_sku
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string),
+        reservations: u.refs.reservations,
+        example_reservation: u.refs.example_reservation.unwrap_or(0),
+    }
+}
+
 /// [`Reserved`] borrowing the outcome's strings: the same bytes on the wire (serde writes
 /// a `&str` as it writes a `String`), without two `String`s per allocation on the reserve
 /// path. `reserved_view_encodes_as_reserved` holds the two to the same bytes.

@@ -54,6 +54,7 @@ fn rejected(r: &Rejection) -> OpResult {
             expected: *expected,
             actual: *actual,
         }),
+        Rejection::InUse(u) => protocol::encode_payload(&convert::in_use_facts(u)),
         _ => Ok(Vec::new()),
     };
     OpResult {
@@ -223,6 +224,8 @@ fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
         Op::UpsertLocation(b) => write((b.request_id, fp), location_command(&b), a),
         Op::UpsertChannel(b) => write((b.request_id, fp), channel_command(&b), a),
         Op::SetLowStock(b) => write((b.request_id, fp), low_stock_command(&b), a),
+        Op::DeleteLocation(b) => write((b.request_id, fp), delete_location_command(&b), a),
+        Op::DeleteChannel(b) => write((b.request_id, fp), delete_channel_command(&b), a),
         // The connection runs these itself when they come alone (they change its state).
         Op::Subscribe(_) | Op::Unsubscribe => Plan::Answer(rejected(&Rejection::invalid(
             "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",
