@@ -186,11 +186,34 @@ fn ops() -> Vec<Op> {
             window: 0,
             limit: 10,
         }),
+        Op::AtRiskRegion(AtRiskRegionQuery {
+            region: "eu".into(),
+            window: 1,
+            limit: 10,
+        }),
+        Op::RebalanceList(RebalanceQuery {
+            sku: Some("A".into()),
+            region: Some("eu".into()),
+            limit: 10,
+            near_hours: Some(24),
+            surplus_hours: None,
+            window: Some(1),
+        }),
         Op::SetLowStock(SetLowStock {
             request_id: 24,
             channel: "web".into(),
             sku: None,
             threshold: 3,
+        }),
+        // Ids the fuzz catalog does not have: the delete path runs (and answers 3 / 4)
+        // without taking the catalog the other operations use away.
+        Op::DeleteLocation(DeleteLocation {
+            request_id: 25,
+            location: "fuzz-gone".into(),
+        }),
+        Op::DeleteChannel(DeleteChannel {
+            request_id: 26,
+            channel: "fuzz-gone".into(),
         }),
         Op::Subscribe(Subscribe {
             name: "fuzz".into(),
@@ -434,6 +457,8 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
             Op::UpsertLocation(u) => drop(convert::location_command(u)),
             Op::UpsertChannel(u) => drop(convert::channel_command(u)),
             Op::SetLowStock(u) => drop(convert::low_stock_command(u)),
+            Op::DeleteLocation(d) => drop(convert::delete_location_command(d)),
+            Op::DeleteChannel(d) => drop(convert::delete_channel_command(d)),
             Op::ExplainAtp(e) => drop(convert::explain_ids(e)),
             _ => {}
         }

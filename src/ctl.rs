@@ -60,6 +60,7 @@ Exit codes:
   0          ok
   1..=63     the server's rejection with that status code (1 insufficient_stock, ...)
   64         usage error (bad flags or values)
+  65         rebalance apply: the recommendation is no longer the SKU's current one
   69         unavailable: connection refused, unreachable, unknown host
   70         internal error of ctl
   75         timeout or connection lost: retry with the same --request-id
@@ -141,16 +142,33 @@ enum CtlCmd {
         /// SKU id.
         sku: String,
     },
-    /// The SKUs of a channel whose projected stockout comes first, soonest first.
+    /// The SKUs of a channel (or, with --region, of a region) whose projected stockout
+    /// comes first, soonest first.
     AtRisk {
-        /// Channel id.
-        channel: String,
+        /// Channel id (or --region instead).
+        #[arg(required_unless_present = "region", conflicts_with = "region")]
+        channel: Option<String>,
+        /// Rank by the projection in this region (its locations' exposed ATP against their
+        /// summed demand) instead of a channel.
+        #[arg(long)]
+        region: Option<String>,
         /// How many SKUs (1..=1000).
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Velocity window to rank by: 0, 1 or 2 (half-lives 15 min, 1 h, 24 h by default).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
         window: u8,
+    },
+    /// Regional rebalancing: transfers from a region with weeks of cover to one whose
+    /// stockout is near, least cover first (`rebalance apply` sends one as a TRANSFER).
+    Rebalance {
+        #[command(subcommand)]
+        apply: Option<RebalanceCmd>,
+        /// Only this SKU's recommendation.
+        #[arg(long)]
+        sku: Option<String>,
+        #[command(flatten)]
+        flags: RebalanceFlags,
     },
     /// One page of the known SKU ids, in byte order; `next_after` (JSON) or the
     /// `next: --after ...` line (text) names the next page.
@@ -341,6 +359,17 @@ enum CtlCmd {
         #[arg(long)]
         region: String,
     },
+    /// Delete a location (admin). Refused with in_use (17), naming what refers to it, while
+    /// a channel sources it or a SKU has stock, reserved units or a safety stock there.
+    DeleteLocation {
+        /// Location id.
+        id: String,
+    },
+    /// Delete a channel (admin). Refused with in_use (17) while a reservation on it is open.
+    DeleteChannel {
+        /// Channel id.
+        id: String,
+    },
     /// Create or replace a channel.
     AddChannel {
         /// Channel id.
@@ -355,6 +384,111 @@ enum CtlCmd {
         #[arg(long)]
         cap: Option<u32>,
     },
+}
+
+/// The filters and thresholds of `rebalance` and `rebalance apply`.
+#[derive(clap::Args, Clone)]
+struct RebalanceFlags {
+    /// Only recommendations whose short region is this one.
+    #[arg(long)]
+    region: Option<String>,
+    /// Most recommendations (1..=1000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Velocity window of the projection: 0, 1 or 2 [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+    window: Option<u8>,
+    /// A region is short under this many hours of cover [default: 72].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    near_hours: Option<u32>,
+    /// A region may give from this many hours of cover [default: 336].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    surplus_hours: Option<u32>,
+}
+
+impl RebalanceFlags {
+    fn query(&self, sku: Option<String>) -> RebalanceQuery {
+        RebalanceQuery {
+            sku,
+            region: self.region.clone(),
+            limit: self.limit,
+            near_hours: self.near_hours,
+            surplus_hours: self.surplus_hours,
+            window: self.window,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum RebalanceCmd {
+    /// Apply a recommendation (ID with --sku, re-read first) or every current one (--all)
+    /// as a TRANSFER whose request id is the recommendation id: applying twice moves the
+    /// stock once; a recommendation that is no longer current is refused (exit 65).
+    Apply {
+        /// Recommendation id (32 hex digits, 0x-hex or decimal).
+        #[arg(value_parser = parse_id, required_unless_present = "all", conflicts_with = "all")]
+        id: Option<u128>,
+        /// The recommendation's SKU (needed with ID; a filter with --all).
+        #[arg(long, required_unless_present = "all")]
+        sku: Option<String>,
+        /// Every current recommendation (within --limit, --region, --sku).
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        flags: RebalanceFlags,
+    },
+}
+
+/// `rebalance apply`: re-reads, then sends each recommendation as its TRANSFER. Stops at the
+/// first failure (those applied before it stay applied: each is its own request).
+async fn rebalance_apply(
+    c: &Client,
+    id: Option<u128>,
+    sku: Option<String>,
+    flags: &RebalanceFlags,
+) -> Result<Output, Failure> {
+    let list = c.rebalance(flags.query(sku.clone())).await?;
+    let todo: Vec<WireRecommendation> = match id {
+        Some(id) => match list.recommendations.iter().find(|r| r.id == id) {
+            Some(r) => vec![r.clone()],
+            None => {
+                let sku = sku.unwrap_or_default();
+                let now = match list.recommendations.first() {
+                    Some(r) => format!("its current recommendation is {}", ids::fmt_id(r.id)),
+                    None => "it has no recommendation now".to_string(),
+                };
+                return Err(Failure::new(
+                    exit::Kind::Stale,
+                    format!(
+                        "recommendation {} is not current for SKU {sku}: the SKU changed since \
+                         it was listed, or it was applied already (its transfer has reference \
+                         rebalance:{}); {now}",
+                        ids::fmt_id(id),
+                        ids::fmt_id(id)
+                    ),
+                ));
+            }
+        },
+        None => list.recommendations,
+    };
+    let mut done = Vec::with_capacity(todo.len());
+    for r in todo {
+        match c.apply_rebalance(&r).await {
+            Ok(a) => done.push((r, a)),
+            Err(e) => {
+                let mut f = Failure::from(e).with_request_id(r.id);
+                f.message = format!(
+                    "{} (after {} applied; recommendation {} of {})",
+                    f.message,
+                    done.len(),
+                    ids::fmt_id(r.id),
+                    r.sku
+                );
+                return Err(f);
+            }
+        }
+    }
+    Ok(render::rebalance_applied(&done))
 }
 
 /// `HOST`, `HOST:PORT`, `IPv6` or `[IPv6]:PORT` → something `connect` takes, with
@@ -527,6 +661,14 @@ async fn execute_at(addr: &str, cli: Cli) -> Result<Option<Output>, Failure> {
     if let CtlCmd::Tail(args) = cli.cmd {
         return tail::tail(cfg, cli.json, args).await.map(|()| None);
     }
+    if let CtlCmd::Rebalance {
+        apply: Some(RebalanceCmd::Apply { id, sku, flags, .. }),
+        ..
+    } = cli.cmd
+    {
+        let c = Client::connect(cfg).await?;
+        return rebalance_apply(&c, id, sku, &flags).await.map(Some);
+    }
     match cli.cmd {
         CtlCmd::Backup { timeout_s, .. } => {
             cfg.request_timeout = std::time::Duration::from_secs(timeout_s);
@@ -592,14 +734,34 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
         CtlCmd::Explain { sku, channel } => Op::ExplainAtp(ExplainAtp { sku, channel }),
         CtlCmd::Velocity { sku } => Op::Velocity(GetVelocity { sku }),
         CtlCmd::AtRisk {
-            channel,
+            channel: Some(channel),
             limit,
             window,
+            ..
         } => Op::AtRisk(AtRiskQuery {
             channel,
             window,
             limit,
         }),
+        CtlCmd::AtRisk {
+            region: Some(region),
+            limit,
+            window,
+            ..
+        } => Op::AtRiskRegion(AtRiskRegionQuery {
+            region,
+            window,
+            limit,
+        }),
+        CtlCmd::AtRisk { .. } => return Err(Failure::usage("at-risk needs CHANNEL or --region")),
+        CtlCmd::Rebalance {
+            apply: None,
+            sku,
+            flags,
+        } => Op::RebalanceList(flags.query(sku)),
+        CtlCmd::Rebalance { apply: Some(_), .. } => {
+            return Err(Failure::internal("rebalance apply is not one operation"))
+        }
         CtlCmd::Skus {
             prefix,
             after,
@@ -728,6 +890,14 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
                 cap,
             },
         }),
+        CtlCmd::DeleteLocation { id } => Op::DeleteLocation(DeleteLocation {
+            request_id: rid,
+            location: id,
+        }),
+        CtlCmd::DeleteChannel { id } => Op::DeleteChannel(DeleteChannel {
+            request_id: rid,
+            channel: id,
+        }),
         CtlCmd::LowStock {
             channel,
             threshold,
@@ -769,6 +939,10 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::ExplainAtp(e) => render::explanation(&c.explain_atp(&e.sku, &e.channel).await?)?,
         Op::Velocity(v) => render::velocity(&c.velocity(&v.sku).await?)?,
         Op::AtRisk(q) => render::at_risk(&c.at_risk(&q.channel, q.window, q.limit).await?)?,
+        Op::AtRiskRegion(q) => {
+            render::at_risk_region(&c.at_risk_region(&q.region, q.window, q.limit).await?)?
+        }
+        Op::RebalanceList(q) => render::rebalance(&c.rebalance(q).await?),
         Op::ListSkus(q) => {
             render::sku_list(&c.list_skus(&q.prefix, q.after.as_deref(), q.limit).await?)?
         }
@@ -783,6 +957,14 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::DeleteSubscription(d) => {
             c.delete_subscription(&d.name).await?;
             render::deleted_subscription(&d.name)?
+        }
+        Op::DeleteLocation(d) => {
+            let a = c.delete_location(d.request_id, &d.location).await?;
+            render::deleted("location", &d.location, d.request_id, &a)
+        }
+        Op::DeleteChannel(d) => {
+            let a = c.delete_channel(d.request_id, &d.channel).await?;
+            render::deleted("channel", &d.channel, d.request_id, &a)
         }
         Op::Reserve(r) => {
             let (reservation, request_id) = (r.reservation, r.request_id);

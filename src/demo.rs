@@ -4,7 +4,8 @@
 //! web-fr, web-com, pos, amazon, zalando, tmall; 10,000 SKUs) through the protocol, runs a
 //! short checkout simulation through the real server with the load generator's code (live
 //! progress, end-of-run checks), shows how a few SKUs' ATP per channel changed, prints
-//! throughput and latency, then keeps serving until Ctrl-C so `omnistock ctl` can be tried
+//! throughput and latency, the SKUs most at risk and, after a short regional campaign, a
+//! rebalance recommendation, then keeps serving until Ctrl-C so `omnistock ctl` can be tried
 //! against it. Needs no configuration.
 
 use std::net::SocketAddr;
@@ -143,7 +144,104 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     if !out.report.check.as_ref().is_some_and(|c| c.passed()) {
         bail!("the end-of-run check failed");
     }
-    at_risk(&client, "web-fr").await
+    at_risk(&client, "web-fr").await?;
+    regional(&client, a.skus).await
+}
+
+/// Units the regional campaign receives at the US warehouse, and web-fr orders of one unit
+/// it then places: France sells out while New Jersey holds weeks of cover.
+const CAMPAIGN_STOCK: i64 = 20_000;
+const CAMPAIGN_ORDERS: u32 = 40;
+
+/// The end of the demo's run (after the simulation; the client only): a regional campaign
+/// on one long-tail SKU (stock received in US-NJ, a burst of web-fr orders drains FR), the
+/// SKUs most at risk in FR, and the rebalance recommendation it leads to, with the ctl line
+/// that applies it (docs/intelligence.md).
+async fn regional(client: &Client, skus: u32) -> anyhow::Result<()> {
+    use omnistock::client::new_request_id;
+    use omnistock::protocol::{Adjust, Op, RebalanceQuery, Reserve, WireAdjustReason, WireLine};
+    let sku = sku_name(skus - 1);
+    client
+        .apply(Op::Adjust(Adjust {
+            request_id: new_request_id(),
+            sku: sku.clone(),
+            location: "wh-newark".into(),
+            delta: CAMPAIGN_STOCK,
+            reason: WireAdjustReason::Receipt,
+            reference: "demo: regional campaign stock".into(),
+        }))
+        .await?;
+    let mut placed = 0;
+    for _ in 0..CAMPAIGN_ORDERS {
+        let r = client
+            .reserve(Reserve {
+                request_id: new_request_id(),
+                reservation: new_request_id(),
+                channel: "web-fr".into(),
+                lines: vec![WireLine {
+                    sku: sku.clone(),
+                    qty: 1,
+                    location: None,
+                }],
+                allow_split: false,
+                ttl_ms: 600_000,
+            })
+            .await;
+        // FR running out is the point: the last orders may find nothing left.
+        if r.is_ok() {
+            placed += 1;
+        }
+    }
+    println!();
+    println!(
+        "regional campaign on {sku}: {CAMPAIGN_STOCK} units received at wh-newark (US-NJ), \
+         {placed} web-fr orders drain FR"
+    );
+    let list = client.at_risk_region("FR", 1, 5).await?;
+    println!("SKUs most at risk in region FR (projected stockout at the last hour's pace):");
+    println!("  sku          atp   held/h  hours to zero");
+    for s in &list.skus {
+        let w = &s.velocity.windows[1];
+        let hours = w.hours_to_zero.map_or("-".into(), |h| format!("{h:.1}"));
+        println!(
+            "  {:<11} {:>4} {:>8.1} {:>14}",
+            s.sku, s.velocity.atp, w.held_per_hour, hours
+        );
+    }
+    let rec = client
+        .rebalance(RebalanceQuery {
+            sku: Some(sku.clone()),
+            region: None,
+            limit: 1,
+            near_hours: None,
+            surplus_hours: None,
+            window: None,
+        })
+        .await?;
+    match rec.recommendations.first() {
+        Some(r) => {
+            let donor = match (r.donor_cover_hours, r.donor_cover_after_hours) {
+                (Some(b), Some(a)) => format!("{} cover {b:.1} h -> {a:.1} h", r.donor_region),
+                _ => format!("{} has no demand", r.donor_region),
+            };
+            println!(
+                "rebalance recommendation {:032x}: move {} x {} from {} ({}) to {} ({}); \
+                 {} cover {:.1} h -> {:.1} h, {donor}",
+                r.id,
+                r.qty,
+                r.sku,
+                r.from,
+                r.donor_region,
+                r.to,
+                r.short_region,
+                r.short_region,
+                r.short_cover_hours,
+                r.short_cover_after_hours,
+            );
+        }
+        None => println!("no rebalance recommendation for {sku} (no region has weeks of cover)"),
+    }
+    Ok(())
 }
 
 /// The SKUs whose projected stockout on `channel` comes first (1 h window), from the
@@ -243,6 +341,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("  {exe} ctl --addr {addr} tail --channel amazon --kinds thresholds   # live stock alerts");
             println!("  {exe} ctl --addr {addr} velocity SKU-0000000   # demand per hour and hours to zero");
             println!("  {exe} ctl --addr {addr} at-risk web-fr --limit 20   # the soonest stockouts");
+            println!("  {exe} ctl --addr {addr} at-risk --region FR   # the same per region");
+            println!("  {exe} ctl --addr {addr} rebalance   # transfers that even out regional cover");
+            println!("  {exe} ctl --addr {addr} rebalance apply --all   # send them as TRANSFERs");
         }
         let waited = if result.is_ok() && !a.no_serve {
             println!("serving until Ctrl-C");

@@ -381,6 +381,8 @@ const OPS: &[(u16, &str)] = &[
     (opcode::EXPLAIN_ATP, "explain_atp"),
     (opcode::VELOCITY, "velocity"),
     (opcode::AT_RISK, "at_risk"),
+    (opcode::AT_RISK_REGION, "at_risk_region"),
+    (opcode::REBALANCE_LIST, "rebalance_list"),
     (opcode::SUBSCRIBE, "subscribe"),
     (opcode::UNSUBSCRIBE, "unsubscribe"),
     (opcode::ACK, "ack"),

@@ -191,6 +191,11 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub velocity_half_lives_ms: Option<Vec<u64>>,
+    /// Demand intelligence: on (velocity recorded by every hold and fulfilment; VELOCITY,
+    /// AT_RISK, AT_RISK_REGION and REBALANCE_LIST served) or off (nothing recorded, those
+    /// reads answer 19 intelligence_off; docs/intelligence.md) [default: on].
+    #[arg(long, env = "OMNISTOCK_INTELLIGENCE", value_name = "on|off")]
+    pub intelligence: Option<String>,
 
     /// When a write is acknowledged: sync (after fsync) or relaxed (after the write; fsync
     /// every --flush-interval-ms, which may lose that much on power loss) [default: sync].
@@ -243,7 +248,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     http_heartbeat_ms, http_max_event_streams), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
-    velocity_half_lives_ms: an array of three), [storage] \
+    velocity_half_lives_ms: an array of three, intelligence: \"on\" or \"off\"), [storage] \
     (durability, flush_interval_ms, checkpoint_every_records, backup_dir), [[webhooks]] (name, url, \
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
@@ -411,6 +416,7 @@ struct FileEngine {
     idempotency_retention_ms: Option<u64>,
     feed_retention_records: Option<usize>,
     velocity_half_lives_ms: Option<Vec<u64>>,
+    intelligence: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -926,8 +932,21 @@ fn engine_config(args: &Args, f: &FileEngine) -> anyhow::Result<EngineConfig> {
             Some(v) => half_lives(v)?,
             None => d.velocity_half_lives,
         },
+        intelligence: match args.intelligence.as_deref().or(f.intelligence.as_deref()) {
+            Some(v) => on_off("intelligence", v)?,
+            None => d.intelligence,
+        },
         ..d
     })
+}
+
+/// `on` or `off` (a clear error naming the setting otherwise).
+fn on_off(name: &str, v: &str) -> anyhow::Result<bool> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => anyhow::bail!("{name}: {other:?} is neither \"on\" nor \"off\""),
+    }
 }
 
 /// `velocity_half_lives_ms`: exactly three, each in range, strictly increasing.
@@ -1332,6 +1351,31 @@ mod tests {
             let e = err(&["--velocity-half-lives-ms", bad], None);
             assert!(e.contains("velocity_half_lives_ms"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn intelligence_is_on_by_default_and_switched_by_the_flag_or_the_file() {
+        assert!(resolve_with(&[], None).unwrap().persist.engine.intelligence);
+        let toml = "[engine]\nintelligence = \"off\"\n";
+        assert!(
+            !resolve_with(&[], Some(toml))
+                .unwrap()
+                .persist
+                .engine
+                .intelligence
+        );
+        let flag = ["--intelligence", "on"];
+        assert!(
+            resolve_with(&flag, Some(toml))
+                .unwrap()
+                .persist
+                .engine
+                .intelligence
+        );
+        let e = err(&["--intelligence", "maybe"], None);
+        assert!(e.contains("intelligence") && e.contains("maybe"), "{e}");
+        let e = err(&[], Some("[engine]\nintelligence = \"no\"\n"));
+        assert!(e.contains("intelligence"), "{e}");
     }
 
     #[test]

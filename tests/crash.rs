@@ -8,6 +8,11 @@
 //! multi-SKU carts on overlapping SKUs, their fulfils and releases), every accepted
 //! reservation whole, nothing else present, no oversell. Cycles continue on the same
 //! directory (recovery of a recovery).
+//! The state stays bounded across cycles, so recovery times can be compared between the
+//! first cycle and the hundredth (docs/benchmarks.md "Longer crash run"): each child first
+//! fulfils or releases the reservations earlier cycles left open (the parent passes their
+//! ids in a file), and the engine remembers at most [`IDEMPOTENCY_ENTRIES`] request ids.
+//! Each cycle prints the recovery time, the records replayed and the data directory's size.
 //! OMNISTOCK_CRASH_CYCLES sets the number of cycles (default 20); OMNISTOCK_CRASH_KEEP=1
 //! keeps the data directory.
 
@@ -29,12 +34,18 @@ use rand::prelude::*;
 
 const DIR_ENV: &str = "OMNISTOCK_CRASH_DIR";
 const CYCLE_ENV: &str = "OMNISTOCK_CRASH_CYCLE";
+/// A file with the ids of the reservations still open after the previous cycle, one per line.
+const OPEN_ENV: &str = "OMNISTOCK_CRASH_OPEN";
+/// Request ids the engine remembers: well above the requests of one cycle (under 1,000
+/// here: the parent resends the last cycle's), far below what 100 cycles send.
+const IDEMPOTENCY_ENTRIES: usize = 3_000;
 const SKUS: usize = 8;
 
 fn persist(dir: &str) -> PersistConfig {
     let mut c = PersistConfig::new(dir);
     c.checkpoint_every_records = 3_000;
     c.checkpoint_poll = Duration::from_millis(50);
+    c.engine.idempotency_max_entries = IDEMPOTENCY_ENTRIES;
     c
 }
 
@@ -120,9 +131,14 @@ fn cart_lines(desc: &str) -> Vec<(usize, u32)> {
         .collect()
 }
 
-async fn child_task(e: Arc<Engine>, cycle: u64, task: u64, out: Arc<Mutex<std::io::Stdout>>) {
+async fn child_task(
+    e: Arc<Engine>,
+    cycle: u64,
+    task: u64,
+    mut mine: Vec<u128>,
+    out: Arc<Mutex<std::io::Stdout>>,
+) {
     let mut rng = StdRng::seed_from_u64(cycle * 1000 + task);
-    let mut mine: Vec<u128> = Vec::new();
     for n in 0u64.. {
         let req = (u128::from(cycle) << 64) | (u128::from(task) << 40) | u128::from(n + 1);
         let line = match rng.gen_range(0..10) {
@@ -178,8 +194,23 @@ fn crash_child() {
         setup(&e).await;
         let out = Arc::new(Mutex::new(std::io::stdout()));
         say(&out, "READY".into());
-        let tasks: Vec<_> = (0..8)
-            .map(|t| tokio::spawn(child_task(e.clone(), cycle, t, out.clone())))
+        // The reservations earlier cycles left open, dealt to the tasks: they fulfil or
+        // release them like their own, so open holds do not pile up across cycles.
+        let open: Vec<u128> = std::env::var(OPEN_ENV)
+            .ok()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .map(|t| t.lines().map(|l| l.parse().expect("open id")).collect())
+            .unwrap_or_default();
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let mine: Vec<u128> = open
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i as u64 % 8 == t)
+                    .map(|(_, id)| *id)
+                    .collect();
+                tokio::spawn(child_task(e.clone(), cycle, t, mine, out.clone()))
+            })
             .collect();
         for t in tasks {
             let _ = t.await;
@@ -195,7 +226,7 @@ struct Seen {
     rejected: HashSet<u128>,
 }
 
-fn run_child(dir: &str, cycle: u64, kill_after: Duration) -> Seen {
+fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Seen {
     let exe = std::env::current_exe().unwrap();
     let mut child = Proc::new(exe)
         .args([
@@ -207,6 +238,7 @@ fn run_child(dir: &str, cycle: u64, kill_after: Duration) -> Seen {
         ])
         .env(DIR_ENV, dir)
         .env(CYCLE_ENV, cycle.to_string())
+        .env(OPEN_ENV, open_file)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -265,12 +297,20 @@ async fn settle(e: &Engine, all: &mut Seen) {
     }
 }
 
-async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen) {
+/// Checks the directory after a crash; returns the reservations still open (for the next
+/// child to end).
+async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen) -> Vec<u128> {
     let opened = std::time::Instant::now();
     let e = Engine::open(persist(dir)).await.expect("reopen after kill");
     // Reported, not asserted (timing belongs in benchmarks): docs/benchmarks.md
     // "Longer crash run" compares recovery after many cycles with the first.
-    eprintln!("recovery took {:?}", opened.elapsed());
+    let took = opened.elapsed();
+    eprintln!(
+        "recovery took {took:?}: {} records since the checkpoint, data directory {} bytes, {} blob files",
+        e.records_since_checkpoint(),
+        dir_bytes(std::path::Path::new(dir)),
+        std::fs::read_dir(std::path::Path::new(dir).join("blobs")).map_or(0, |d| d.count())
+    );
     // Acknowledged before the crash: a resend answers from the stored outcome.
     for id in &last_cycle.acked {
         let command = command_of(&last_cycle.sent[id]);
@@ -370,6 +410,25 @@ async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen) {
         }
     }
     e.shutdown();
+    let mut open: Vec<u128> = holds.into_keys().collect();
+    open.sort();
+    open
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|f| match f.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&f.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[test]
@@ -396,9 +455,11 @@ fn crash_recovery_keeps_every_acknowledged_operation() {
         .enable_all()
         .build()
         .unwrap();
+    let open_file = tempfile::NamedTempFile::new().unwrap();
+    let open_path = open_file.path().to_str().unwrap().to_string();
     for cycle in 1..=cycles {
         let kill_after = Duration::from_millis(rng.gen_range(20..400));
-        let seen = run_child(&path, cycle, kill_after);
+        let seen = run_child(&path, &open_path, cycle, kill_after);
         assert!(
             !seen.acked.is_empty() || cycle > 1,
             "child acknowledged nothing"
@@ -410,6 +471,8 @@ fn crash_recovery_keeps_every_acknowledged_operation() {
         );
         all.sent.extend(seen.sent.clone());
         all.acked.extend(seen.acked.iter().copied());
-        rt.block_on(verify(&path, &mut all, &seen));
+        let open = rt.block_on(verify(&path, &mut all, &seen));
+        let lines: Vec<String> = open.iter().map(u128::to_string).collect();
+        std::fs::write(&open_path, lines.join("\n")).unwrap();
     }
 }

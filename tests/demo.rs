@@ -1,7 +1,8 @@
 //! `omnistock demo` as a newcomer runs it, bounded: `--seconds 2 --no-serve` on a free
 //! loopback port must load the demo catalog, run the simulation through the real server,
-//! pass its end-of-run checks, print the before/after ATP table, the report, the metrics URL
-//! and the ctl examples, and exit 0 by itself.
+//! pass its end-of-run checks, print the before/after ATP table, the report, the SKUs most
+//! at risk, a rebalance recommendation after its regional campaign, the metrics URL and the
+//! ctl examples, and exit 0 by itself.
 
 use std::process::Command;
 
@@ -40,6 +41,10 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         "SKUs most at risk on web-fr",
         "hours to zero",
         "at-risk web-fr --limit 20",
+        "regional campaign on SKU-0000999",
+        "SKUs most at risk in region FR",
+        "at-risk --region FR",
+        "rebalance apply --all",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
@@ -51,6 +56,15 @@ fn demo_runs_its_simulation_through_the_server_and_exits_with_no_serve() {
         .take_while(|l| l.starts_with("  SKU-"))
         .count();
     assert!((1..=5).contains(&ranked), "{stdout}");
+    // The campaign drained FR while US-NJ holds 20,000 units: a transfer into FR.
+    let rec = stdout
+        .lines()
+        .find(|l| l.starts_with("rebalance recommendation "))
+        .unwrap_or_else(|| panic!("no recommendation in:\n{stdout}"));
+    assert!(
+        rec.contains("x SKU-0000999 from ") && rec.contains(" (FR)"),
+        "{rec}"
+    );
     assert!(!stdout.contains("serving until Ctrl-C"), "{stdout}");
     // The summary names what ran: a checkout simulation, not the restock preset.
     assert!(

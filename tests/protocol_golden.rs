@@ -222,9 +222,11 @@ fn opcode_and_status_numbers_are_stable() {
             UPSERT_CHANNEL,
             LIST_LOCATIONS,
             LIST_CHANNELS,
-            SET_LOW_STOCK
+            SET_LOW_STOCK,
+            DELETE_LOCATION,
+            DELETE_CHANNEL
         ],
-        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305]
+        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0306, 0x0307]
     );
     assert_eq!(
         [
@@ -368,6 +370,76 @@ fn set_low_stock_bodies() {
         threshold: 10,
     });
     golden("set low stock body (channel)", &channel.to_raw().unwrap().body, "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 00 0a 00 00 00");
+}
+
+#[test]
+fn delete_location_and_channel_bodies_and_in_use_facts() {
+    use omnistock::protocol::ops::opcode::{DELETE_CHANNEL, DELETE_LOCATION};
+    let loc = Op::DeleteLocation(DeleteLocation {
+        request_id: 1,
+        location: "wh".into(),
+    });
+    let raw = loc.to_raw().unwrap();
+    assert_eq!((raw.opcode, loc.request_id()), (0x0306, Some(1)));
+    golden(
+        "delete location body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(loc));
+    let ch = Op::DeleteChannel(DeleteChannel {
+        request_id: 2,
+        channel: "web".into(),
+    });
+    let raw = ch.to_raw().unwrap();
+    assert_eq!((raw.opcode, ch.request_id()), (0x0307, Some(2)));
+    golden(
+        "delete channel body",
+        &raw.body,
+        "02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(ch));
+    let location = InUseFacts {
+        kind: in_use_kind::LOCATION,
+        id: "wh".into(),
+        channels: vec!["web".into()],
+        channels_total: 1,
+        skus_with_stock: 2,
+        skus_with_holds: 1,
+        skus_with_safety_stock: 0,
+        example_sku: "A".into(),
+        reservations: 0,
+        example_reservation: 0,
+    };
+    golden("in_use facts (location)", &encode_payload(&location).unwrap(), "01 02 00 00 00 00 00 00 00 77 68 01 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 01 00 00 00 02 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+    let channel = InUseFacts {
+        kind: in_use_kind::CHANNEL,
+        id: "web".into(),
+        channels: vec![],
+        channels_total: 0,
+        skus_with_stock: 0,
+        skus_with_holds: 0,
+        skus_with_safety_stock: 0,
+        example_sku: String::new(),
+        reservations: 1,
+        example_reservation: 5,
+    };
+    golden("in_use facts (channel)", &encode_payload(&channel).unwrap(), "02 03 00 00 00 00 00 00 00 77 65 62 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00");
+    assert_eq!(
+        decode_payload::<InUseFacts>(&encode_payload(&channel).unwrap()).unwrap(),
+        channel
+    );
+    assert_eq!(status::name(17), "in_use");
+    assert!(!status::is_retriable(17));
+    // Admin only, like every catalog write.
+    for op in [DELETE_LOCATION, DELETE_CHANNEL] {
+        assert!(Role::Admin.may(op), "{op:#06x}");
+        assert!(
+            !Role::Adapter.may(op) && !Role::Checkout.may(op),
+            "{op:#06x}"
+        );
+        assert!(!omnistock::protocol::ops::is_reserved(op));
+    }
 }
 
 #[test]
@@ -669,6 +741,101 @@ fn velocity_and_at_risk_bodies() {
         "at risk result",
         &encode_payload(&list).unwrap(),
         "03 00 00 00 00 00 00 00 77 65 62 01 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+}
+
+#[test]
+fn at_risk_region_and_rebalance_list_bodies() {
+    use omnistock::protocol::ops::opcode::{AT_RISK_REGION, REBALANCE_LIST};
+    assert_eq!((REBALANCE_LIST, AT_RISK_REGION), (0x0409, 0x040A));
+    // Both read every SKU: adapters and admins, not checkout services.
+    for op in [AT_RISK_REGION, REBALANCE_LIST] {
+        assert!(Role::Adapter.may(op) && Role::Admin.may(op));
+        assert!(!Role::Checkout.may(op));
+    }
+    let op = Op::AtRiskRegion(AtRiskRegionQuery {
+        region: "FR".into(),
+        window: 1,
+        limit: 10,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, AT_RISK_REGION);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "at risk region body",
+        &raw.body,
+        "02 00 00 00 00 00 00 00 46 52 01 0a 00 00 00",
+    );
+    let op = Op::RebalanceList(RebalanceQuery {
+        sku: None,
+        region: Some("FR".into()),
+        limit: 10,
+        near_hours: None,
+        surplus_hours: Some(240),
+        window: None,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, REBALANCE_LIST);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "rebalance list body",
+        &raw.body,
+        "00 01 02 00 00 00 00 00 00 00 46 52 0a 00 00 00 00 01 f0 00 00 00 00",
+    );
+    // The region FR of the velocity example (ATP 4, the same three windows).
+    let w = |half_life_ms, held_per_hour, fulfilled_per_hour, hours_to_zero| WireWindowRate {
+        half_life_ms,
+        held_per_hour,
+        fulfilled_per_hour,
+        hours_to_zero,
+    };
+    let list = WireAtRiskRegion {
+        region: "FR".into(),
+        window: 1,
+        skus: vec![WireAtRiskRegionSku {
+            sku: "A".into(),
+            velocity: WireRegionVelocity {
+                region: "FR".into(),
+                atp: 4,
+                windows: vec![
+                    w(900_000, 8.0, 0.0, Some(0.5)),
+                    w(3_600_000, 2.0, 1.0, Some(2.0)),
+                    w(86_400_000, 0.0, 0.0, None),
+                ],
+            },
+        }],
+    };
+    golden(
+        "at risk region result",
+        &encode_payload(&list).unwrap(),
+        "02 00 00 00 00 00 00 00 46 52 01 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 02 00 00 00 00 00 00 00 46 52 04 00 00 00 03 00 00 00 00 00 00 00 a0 bb 0d 00 00 00 00 00 00 00 00 00 00 00 20 40 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 e0 3f 80 ee 36 00 00 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 f0 3f 01 00 00 00 00 00 00 00 40 00 5c 26 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+    );
+    let rec = WireRecommendation {
+        id: 0x2a,
+        sku: "A".into(),
+        basis_seq: 9,
+        short_region: "FR".into(),
+        donor_region: "DE".into(),
+        from: "de".into(),
+        to: "fr".into(),
+        qty: 6,
+        short_cover_hours: 2.0,
+        short_cover_after_hours: 8.0,
+        donor_cover_hours: None,
+        donor_cover_after_hours: None,
+        reference: format!("rebalance:{:032x}", 0x2a),
+    };
+    let answer = WireRebalance {
+        near_hours: 72,
+        surplus_hours: 336,
+        window: 1,
+        recommendations: vec![rec],
+        truncated: false,
+    };
+    golden(
+        "rebalance list result",
+        &encode_payload(&answer).unwrap(),
+        "48 00 00 00 50 01 00 00 01 01 00 00 00 00 00 00 00 2a 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 41 09 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 46 52 02 00 00 00 00 00 00 00 44 45 02 00 00 00 00 00 00 00 64 65 02 00 00 00 00 00 00 00 66 72 06 00 00 00 00 00 00 00 00 00 00 40 00 00 00 00 00 00 20 40 00 00 2a 00 00 00 00 00 00 00 72 65 62 61 6c 61 6e 63 65 3a 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 30 32 61 00",
     );
 }
 

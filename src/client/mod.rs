@@ -457,6 +457,42 @@ impl Client {
         }))
         .await
     }
+    /// The at most `limit` (1..=1000) SKUs whose projected stockout in `region` (its
+    /// locations' exposed ATP against their summed demand) comes first in window `window`
+    /// (`AT_RISK_REGION`).
+    pub async fn at_risk_region(
+        &self,
+        region: &str,
+        window: u8,
+        limit: u32,
+    ) -> Result<WireAtRiskRegion, ClientError> {
+        self.call(Op::AtRiskRegion(AtRiskRegionQuery {
+            region: region.into(),
+            window,
+            limit,
+        }))
+        .await
+    }
+    /// Rebalance recommendations (`REBALANCE_LIST`): of `q.sku` alone, or ranked over every
+    /// SKU, least cover first. Apply one with [`Client::apply_rebalance`].
+    pub async fn rebalance(&self, q: RebalanceQuery) -> Result<WireRebalance, ClientError> {
+        self.call(Op::RebalanceList(q)).await
+    }
+    /// Applies a recommendation as the existing `TRANSFER`, with the recommendation's id as
+    /// request id and its reference: sent again (a retry, a second operator), the server
+    /// answers with the first answer and the stock moves once. Re-read the recommendation
+    /// first (it is only valid for the SKU's state it was made on).
+    pub async fn apply_rebalance(&self, r: &WireRecommendation) -> Result<Applied, ClientError> {
+        self.apply(Op::Transfer(Transfer {
+            request_id: r.id,
+            sku: r.sku.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+            qty: r.qty,
+            reference: r.reference.clone(),
+        }))
+        .await
+    }
     /// One page of the known SKU ids starting with `prefix` (`""` for all), after `after`
     /// (exclusive), at most `limit` (1..=1000) (`LIST_SKUS`); pass the answer's
     /// `next_after` as the next page's `after` until it is `None`.
@@ -522,6 +558,33 @@ impl Client {
             }))
             .await?;
         Ok(())
+    }
+    /// Deletes a location (admin) under `request_id` (a resend with the same id answers
+    /// the same). Refused with `InUse` (17, facts: what refers to it) while a channel
+    /// sources it or a SKU holds anything there; `UnknownLocation` (3) if there is none.
+    pub async fn delete_location(
+        &self,
+        request_id: u128,
+        location: &str,
+    ) -> Result<Applied, ClientError> {
+        self.call(Op::DeleteLocation(DeleteLocation {
+            request_id,
+            location: location.into(),
+        }))
+        .await
+    }
+    /// Deletes a channel (admin) under `request_id`. Refused with `InUse` (17) while a
+    /// reservation on it is open; `UnknownChannel` (4) if there is none.
+    pub async fn delete_channel(
+        &self,
+        request_id: u128,
+        channel: &str,
+    ) -> Result<Applied, ClientError> {
+        self.call(Op::DeleteChannel(DeleteChannel {
+            request_id,
+            channel: channel.into(),
+        }))
+        .await
     }
 }
 

@@ -4,7 +4,7 @@
 //! client's view of them, so a caller matches on `Rejection::InsufficientStock(..)` instead
 //! of comparing with `1`. `ClientError::Status` carries one beside the raw status.
 
-use crate::protocol::{self, status, CompareFacts, InsufficientFacts};
+use crate::protocol::{self, status, CompareFacts, InUseFacts, InsufficientFacts};
 
 /// What a non-zero status means. Codes `1..=99` are the engine's rejections (business
 /// answers: nothing was changed), `100` and above errors of the server or of the request.
@@ -46,6 +46,13 @@ pub enum Rejection {
     ReservationExpired,
     /// 16: the first attempt with this request id is still running. Retriable.
     InProgress,
+    /// 17: a delete of a location or channel that something still refers to; the facts
+    /// say what (channels sourcing it, SKUs holding stock or holds there, open
+    /// reservations), `None` only if the server sent none. Not retriable as such: the
+    /// references must go first.
+    InUse(Option<Box<InUseFacts>>),
+    /// 19: the server runs with `--intelligence off` (velocity, at-risk, rebalance reads).
+    IntelligenceOff,
     /// 20: no position is stored under that subscription name.
     SubscriptionNotFound,
     /// 21: `BACKUP` refused its target path (relative, not empty, ...). Nothing written.
@@ -105,6 +112,8 @@ impl Rejection {
             14 => R::NotExpired,
             15 => R::ReservationExpired,
             16 => R::InProgress,
+            17 => R::InUse(protocol::decode_payload(body).ok().map(Box::new)),
+            19 => R::IntelligenceOff,
             20 => R::SubscriptionNotFound,
             status::BACKUP_REFUSED => R::BackupRefused,
             status::BACKUP_FAILED => R::BackupFailed,
@@ -144,6 +153,8 @@ impl Rejection {
             R::NotExpired => 14,
             R::ReservationExpired => 15,
             R::InProgress => 16,
+            R::InUse(_) => 17,
+            R::IntelligenceOff => 19,
             R::SubscriptionNotFound => 20,
             R::BackupRefused => status::BACKUP_REFUSED,
             R::BackupFailed => status::BACKUP_FAILED,
@@ -182,7 +193,7 @@ mod tests {
 
     #[test]
     fn every_defined_code_has_its_own_variant_and_round_trips() {
-        for s in (1..=16).chain(20..=22).chain(100..=111) {
+        for s in (1..=17).chain(19..=22).chain(100..=111) {
             let r = Rejection::from_status(s, &[]).expect("non-zero");
             assert_eq!(r.status(), s);
             assert_ne!(r, Rejection::Other(s), "{s} has no variant");
@@ -223,6 +234,27 @@ mod tests {
         assert_eq!(
             Rejection::from_status(9, &body),
             Some(Rejection::CompareFailed(Some(cmp)))
+        );
+        let in_use = InUseFacts {
+            kind: protocol::in_use_kind::LOCATION,
+            id: "wh-a".into(),
+            channels: vec!["web".into()],
+            channels_total: 1,
+            skus_with_stock: 3,
+            skus_with_holds: 1,
+            skus_with_safety_stock: 0,
+            example_sku: "TEE".into(),
+            reservations: 0,
+            example_reservation: 0,
+        };
+        let body = protocol::encode_payload(&in_use).unwrap();
+        let r = Rejection::from_status(17, &body).unwrap();
+        assert_eq!(r, Rejection::InUse(Some(Box::new(in_use))));
+        assert!(!r.is_retriable());
+        assert_eq!(r.name(), "in_use");
+        assert_eq!(
+            Rejection::from_status(17, &[9]),
+            Some(Rejection::InUse(None))
         );
         // Missing or broken facts are not invented.
         assert_eq!(

@@ -5,8 +5,9 @@
 //! | exit | meaning |
 //! |---|---|
 //! | 0 | ok |
-//! | 1..=63 | the server's rejection with that status code (today 1..=16 and 20) |
+//! | 1..=63 | the server's rejection with that status code (today 1..=17, 19..=22) |
 //! | 64 | usage: bad flags or argument values (`usage`) |
+//! | 65 | `rebalance apply ID`: that recommendation is not the SKU's current one (`recommendation_not_found`: the SKU changed since it was listed, or it was applied already) |
 //! | 69 | no connection: refused, unreachable, unknown host (`unavailable`) |
 //! | 70 | a bug in ctl itself (`client_internal`) |
 //! | 75 | timeout or connection lost mid-request; retry with the same `--request-id` (`timeout`, `disconnected`) |
@@ -16,13 +17,15 @@
 //! | 100..=125 | the server's error with that status code (today 100..=112) |
 
 use omnistock::client::ClientError;
-use omnistock::protocol::{self, status, CompareFacts, InsufficientFacts};
+use omnistock::protocol::{self, status, CompareFacts, InUseFacts, InsufficientFacts};
 use serde_json::{json, Value};
 
 use super::ids::fmt_id;
 
 /// EX_USAGE.
 pub const USAGE: u8 = 64;
+/// EX_DATAERR: the data the command names (a rebalance recommendation) is not current.
+pub const STALE: u8 = 65;
 /// EX_UNAVAILABLE.
 pub const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE.
@@ -41,6 +44,8 @@ pub enum Kind {
     Server { status: u16, details: Option<Value> },
     /// Bad command line.
     Usage,
+    /// What the command names no longer exists (a rebalance recommendation superseded).
+    Stale,
     /// Could not connect.
     Unavailable,
     /// No answer in time.
@@ -97,6 +102,7 @@ impl Failure {
         match &self.kind {
             Kind::Server { status, .. } => status::name(*status),
             Kind::Usage => "usage",
+            Kind::Stale => "recommendation_not_found",
             Kind::Unavailable => "unavailable",
             Kind::Timeout => "timeout",
             Kind::Disconnected => "disconnected",
@@ -114,6 +120,7 @@ impl Failure {
             Kind::Server { status, .. } => status::is_retriable(*status),
             Kind::Unavailable | Kind::Timeout | Kind::Disconnected => true,
             Kind::Usage
+            | Kind::Stale
             | Kind::NotOmnistock
             | Kind::BadResponse
             | Kind::Internal
@@ -127,6 +134,7 @@ impl Failure {
         match &self.kind {
             Kind::Server { status, .. } => status_exit_code(*status),
             Kind::Usage => USAGE,
+            Kind::Stale => STALE,
             Kind::Unavailable => UNAVAILABLE,
             Kind::Timeout | Kind::Disconnected => TEMPFAIL,
             Kind::NotOmnistock | Kind::BadResponse | Kind::Tls => PROTOCOL,
@@ -175,8 +183,33 @@ fn details(status: u16, body: &[u8]) -> Option<Value> {
         9 => protocol::decode_payload::<CompareFacts>(body)
             .ok()
             .and_then(|f| serde_json::to_value(f).ok()),
+        17 => protocol::decode_payload::<InUseFacts>(body)
+            .ok()
+            .map(|f| in_use_json(&f)),
         _ => None,
     }
+}
+
+/// The facts of an `in_use` (17) rejection as JSON: the kind by name, the example
+/// reservation id as a string of 32 hex digits (like every id), `null` when there is none.
+fn in_use_json(f: &InUseFacts) -> Value {
+    let kind = match f.kind {
+        protocol::in_use_kind::LOCATION => "location",
+        protocol::in_use_kind::CHANNEL => "channel",
+        _ => "unknown",
+    };
+    json!({
+        "kind": kind,
+        "id": f.id,
+        "channels": f.channels,
+        "channels_total": f.channels_total,
+        "skus_with_stock": f.skus_with_stock,
+        "skus_with_holds": f.skus_with_holds,
+        "skus_with_safety_stock": f.skus_with_safety_stock,
+        "example_sku": (!f.example_sku.is_empty()).then_some(&f.example_sku),
+        "reservations": f.reservations,
+        "example_reservation": (f.example_reservation != 0).then(|| fmt_id(f.example_reservation)),
+    })
 }
 
 impl From<ClientError> for Failure {
@@ -214,7 +247,7 @@ mod tests {
 
     #[test]
     fn no_status_shares_an_exit_code_with_a_client_side_failure() {
-        let client = [USAGE, UNAVAILABLE, INTERNAL, TEMPFAIL, PROTOCOL];
+        let client = [USAGE, STALE, UNAVAILABLE, INTERNAL, TEMPFAIL, PROTOCOL];
         for s in 1..=u16::MAX {
             let code = status_exit_code(s);
             assert_ne!(code, 0, "{s}");
@@ -225,13 +258,18 @@ mod tests {
             );
             assert!(code < 126, "status {s} exits {code} (shell-reserved)");
         }
-        for s in (1..=16).chain(100..=112) {
+        for s in (1..=17).chain([19, 20]).chain(100..=112) {
             assert_eq!(
                 status_exit_code(s) as u16,
                 s,
                 "defined statuses exit as themselves"
             );
         }
+        let stale = Failure::new(Kind::Stale, "superseded");
+        assert_eq!(
+            (stale.name(), stale.exit_code(), stale.retriable()),
+            ("recommendation_not_found", STALE, false)
+        );
         assert_eq!(status_exit_code(64), OTHER_STATUS);
         assert_eq!(status_exit_code(126), OTHER_STATUS);
     }

@@ -333,6 +333,151 @@ pub fn at_risk(a: &WireAtRisk) -> Result<Output, Failure> {
     })
 }
 
+/// `at-risk --region R`: the SKUs, soonest projected stockout in the region first.
+pub fn at_risk_region(a: &WireAtRiskRegion) -> Result<Output, Failure> {
+    let mut human = kv(&[
+        ("region", a.region.clone()),
+        ("ranked_by_window", a.window.to_string()),
+        ("skus", a.skus.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = a
+        .skus
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            let lead = [(i + 1).to_string(), s.sku.clone()];
+            window_rows(&lead, s.velocity.atp, &s.velocity.windows)
+        })
+        .collect();
+    let cols: Vec<&str> = ["rank", "sku"].into_iter().chain(VELOCITY_COLS).collect();
+    let right: Vec<&str> = ["rank"].into_iter().chain(VELOCITY_COLS).collect();
+    human.push_str(&table(0, &cols, &right, &rows));
+    Ok(Output {
+        json: to_json(a)?,
+        human,
+    })
+}
+
+/// A recommendation as JSON: the id as a string of 32 hex digits.
+fn recommendation_json(r: &WireRecommendation) -> Value {
+    json!({
+        "id": fmt_id(r.id),
+        "sku": r.sku,
+        "basis_seq": r.basis_seq,
+        "short_region": r.short_region,
+        "donor_region": r.donor_region,
+        "from": r.from,
+        "to": r.to,
+        "qty": r.qty,
+        "short_cover_hours": r.short_cover_hours,
+        "short_cover_after_hours": r.short_cover_after_hours,
+        "donor_cover_hours": r.donor_cover_hours,
+        "donor_cover_after_hours": r.donor_cover_after_hours,
+        "reference": r.reference,
+    })
+}
+
+/// `rebalance`: one recommendation a row, least cover of the short region first.
+pub fn rebalance(l: &WireRebalance) -> Output {
+    let mut human = kv(&[
+        ("near_hours", l.near_hours.to_string()),
+        ("surplus_hours", l.surplus_hours.to_string()),
+        ("window", l.window.to_string()),
+        ("recommendations", l.recommendations.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = l
+        .recommendations
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vec![
+                (i + 1).to_string(),
+                fmt_id(r.id),
+                r.sku.clone(),
+                r.short_region.clone(),
+                r.donor_region.clone(),
+                r.from.clone(),
+                r.to.clone(),
+                r.qty.to_string(),
+                format!(
+                    "{} -> {}",
+                    hours(Some(r.short_cover_hours)),
+                    hours(Some(r.short_cover_after_hours))
+                ),
+                format!(
+                    "{} -> {}",
+                    hours(r.donor_cover_hours),
+                    hours(r.donor_cover_after_hours)
+                ),
+            ]
+        })
+        .collect();
+    let cols = [
+        "rank",
+        "id",
+        "sku",
+        "short",
+        "donor",
+        "from",
+        "to",
+        "qty",
+        "short_cover_h",
+        "donor_cover_h",
+    ];
+    human.push_str(&table(0, &cols, &["rank", "qty"], &rows));
+    if l.truncated {
+        human.push_str("(truncated to fit one frame: lower --limit)\n");
+    }
+    Output {
+        json: json!({
+            "near_hours": l.near_hours,
+            "surplus_hours": l.surplus_hours,
+            "window": l.window,
+            "truncated": l.truncated,
+            "recommendations": l.recommendations.iter().map(recommendation_json).collect::<Vec<_>>(),
+        }),
+        human,
+    }
+}
+
+/// `rebalance apply`: each recommendation applied, with the transfer's seq.
+pub fn rebalance_applied(done: &[(WireRecommendation, Applied)]) -> Output {
+    let rows: Vec<Vec<String>> = done
+        .iter()
+        .map(|(r, a)| {
+            vec![
+                fmt_id(r.id),
+                r.sku.clone(),
+                r.from.clone(),
+                r.to.clone(),
+                r.qty.to_string(),
+                a.seq.to_string(),
+            ]
+        })
+        .collect();
+    let mut human = kv(&[("applied", done.len().to_string())]);
+    human.push_str(&table(
+        0,
+        &["id", "sku", "from", "to", "qty", "seq"],
+        &["qty", "seq"],
+        &rows,
+    ));
+    let applied: Vec<Value> = done
+        .iter()
+        .map(|(r, a)| {
+            let mut v = recommendation_json(r);
+            v["request_id"] = json!(fmt_id(r.id));
+            v["seq"] = json!(a.seq);
+            v["changes"] = json!(a.changes);
+            v
+        })
+        .collect();
+    Output {
+        json: json!({ "applied": applied }),
+        human,
+    }
+}
+
 fn lines_table(lines: &[(String, u32)]) -> String {
     let rows: Vec<Vec<String>> = lines
         .iter()
@@ -537,6 +682,24 @@ pub fn deleted_subscription(name: &str) -> Result<Output, Failure> {
         json: serde_json::json!({ "deleted": name }),
         human: kv(&[("deleted", name.to_string())]),
     })
+}
+
+/// `delete-location ID` / `delete-channel ID`: what was deleted, and the write's
+/// request id and sequence number (like every write).
+pub fn deleted(what: &str, id: &str, request_id: u128, a: &Applied) -> Output {
+    Output {
+        json: json!({
+            "deleted": what,
+            "id": id,
+            "request_id": fmt_id(request_id),
+            "seq": a.seq,
+        }),
+        human: kv(&[
+            ("deleted", format!("{what} {id}")),
+            ("request_id", fmt_id(request_id)),
+            ("seq", a.seq.to_string()),
+        ]),
+    }
 }
 
 #[cfg(test)]

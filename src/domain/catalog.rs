@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ChannelId, LocationId, SkuId};
+use super::ids::{ChannelId, LocationId, ReservationId, SkuId};
 use super::limits::{
-    MAX_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL, MAX_LOW_STOCK_OVERRIDES, MAX_QTY,
-    MAX_REGION_BYTES,
+    MAX_CHANNELS, MAX_IN_USE_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL,
+    MAX_LOCATION_NUMBERS, MAX_LOW_STOCK_OVERRIDES, MAX_QTY, MAX_REGION_BYTES,
 };
 use super::rejection::Rejection;
 
@@ -69,6 +69,170 @@ pub enum CatalogCommand {
     UpsertChannel(Channel),
     /// Set the low-stock threshold of a channel, or of one SKU on a channel.
     SetLowStock(LowStock),
+    /// Delete a location: refused (`InUse`) while a channel sources it or a SKU holds
+    /// anything there (see [`References`]).
+    DeleteLocation(LocationId),
+    /// Delete a channel: refused (`InUse`) while a reservation on it is open.
+    DeleteChannel(ChannelId),
+}
+
+/// What the SKUs and the reservation index say still refers to a catalog entry a delete
+/// names. The engine gathers it (it needs every SKU, so it is not in the catalog) and hands
+/// it to [`Catalog::decide_delete`], which adds what the catalog itself knows (the channels
+/// sourcing a location) and decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct References {
+    /// SKUs with on hand, damaged, quality control, incoming or a shortfall at the location.
+    pub skus_with_stock: u64,
+    /// SKUs with units reserved (held by open reservations) at the location.
+    pub skus_with_holds: u64,
+    /// SKUs with a safety stock entry (non-zero) at the location.
+    pub skus_with_safety_stock: u64,
+    /// One of the SKUs counted above (the smallest id), to start looking from.
+    pub example_sku: Option<SkuId>,
+    /// Open reservations on the channel.
+    pub reservations: u64,
+    /// One of them (the smallest id).
+    pub example_reservation: Option<ReservationId>,
+}
+
+/// How one SKU refers to one location (see [`References`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocationUse {
+    /// On hand, damaged, quality control, incoming or a shortfall there.
+    pub stock: bool,
+    /// Units reserved there.
+    pub holds: bool,
+    /// A safety stock entry there.
+    pub safety_stock: bool,
+}
+
+impl LocationUse {
+    /// Whether the SKU refers to the location at all.
+    pub fn any(&self) -> bool {
+        self.stock || self.holds || self.safety_stock
+    }
+}
+
+impl References {
+    /// Counts one SKU's use of the location.
+    pub fn add_sku(&mut self, sku: &SkuId, u: LocationUse) {
+        if !u.any() {
+            return;
+        }
+        self.skus_with_stock += u64::from(u.stock);
+        self.skus_with_holds += u64::from(u.holds);
+        self.skus_with_safety_stock += u64::from(u.safety_stock);
+        if self.example_sku.as_ref().is_none_or(|e| sku < e) {
+            self.example_sku = Some(sku.clone());
+        }
+    }
+
+    /// Counts one open reservation on the channel.
+    pub fn add_reservation(&mut self, id: ReservationId) {
+        self.reservations += 1;
+        if self.example_reservation.is_none_or(|e| id < e) {
+            self.example_reservation = Some(id);
+        }
+    }
+
+    /// Adds what another part of the scan counted.
+    pub fn merge(&mut self, other: References) {
+        self.skus_with_stock += other.skus_with_stock;
+        self.skus_with_holds += other.skus_with_holds;
+        self.skus_with_safety_stock += other.skus_with_safety_stock;
+        self.reservations += other.reservations;
+        if let Some(s) = other.example_sku {
+            if self.example_sku.as_ref().is_none_or(|e| s < *e) {
+                self.example_sku = Some(s);
+            }
+        }
+        if let Some(r) = other.example_reservation {
+            if self.example_reservation.is_none_or(|e| r < e) {
+                self.example_reservation = Some(r);
+            }
+        }
+    }
+}
+
+/// The catalog entry a delete names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CatalogRef {
+    /// A location.
+    Location(LocationId),
+    /// A channel.
+    Channel(ChannelId),
+}
+
+impl std::fmt::Display for CatalogRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogRef::Location(l) => write!(f, "location {l}"),
+            CatalogRef::Channel(c) => write!(f, "channel {c}"),
+        }
+    }
+}
+
+/// Why a delete was refused: what still refers to the entry (the facts of rejection 17).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUse {
+    /// The entry the delete named.
+    pub target: CatalogRef,
+    /// Channels that list the location as a source, in id order (at most
+    /// [`MAX_IN_USE_CHANNELS`] of them; `channels_total` counts them all).
+    pub channels: Vec<ChannelId>,
+    /// How many channels list the location as a source.
+    pub channels_total: u32,
+    /// What the SKUs and reservations say.
+    pub refs: References,
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is in use:", self.target)?;
+        let mut parts = Vec::new();
+        if self.channels_total > 0 {
+            let names: Vec<&str> = self.channels.iter().map(|c| c.as_str()).collect();
+            let more = self.channels_total as usize
+                - self.channels.len().min(self.channels_total as usize);
+            let tail = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "a source of {} channel(s) ({}{tail})",
+                self.channels_total,
+                names.join(", ")
+            ));
+        }
+        let r = &self.refs;
+        if r.skus_with_stock > 0 {
+            parts.push(format!("{} SKU(s) hold stock there", r.skus_with_stock));
+        }
+        if r.skus_with_holds > 0 {
+            parts.push(format!(
+                "{} SKU(s) have units reserved there",
+                r.skus_with_holds
+            ));
+        }
+        if r.skus_with_safety_stock > 0 {
+            parts.push(format!(
+                "{} SKU(s) have a safety stock there",
+                r.skus_with_safety_stock
+            ));
+        }
+        if let Some(s) = &r.example_sku {
+            parts.push(format!("e.g. SKU {s}"));
+        }
+        if r.reservations > 0 {
+            parts.push(format!("{} open reservation(s)", r.reservations));
+        }
+        if let Some(id) = r.example_reservation {
+            parts.push(format!("e.g. reservation {id:032x}"));
+        }
+        write!(f, " {}", parts.join("; "))
+    }
 }
 
 /// A low-stock threshold: a channel's ATP in `1..=threshold` is "low stock".
@@ -107,6 +271,10 @@ pub enum CatalogEvent {
     ChannelUpserted(Channel),
     /// A low-stock threshold was set.
     LowStockSet(LowStock),
+    /// A location was deleted (nothing referred to it; its number stays reserved for it).
+    LocationDeleted(LocationId),
+    /// A channel was deleted (no reservation was open on it), with its low-stock thresholds.
+    ChannelDeleted(ChannelId),
 }
 
 /// Channels by location: derived from the channels, built on first use after each change.
@@ -144,8 +312,9 @@ pub struct Catalog {
     pub channels: BTreeMap<ChannelId, Channel>,
     /// Log sequence number of the last event applied (0 before any).
     pub last_seq: u64,
-    /// Locations in creation order: a stable small number per location (locations are never
-    /// removed), used by the engine's compact in-memory encoding of passive SKUs.
+    /// Locations in creation order: a stable small number per location id, used by the
+    /// engine's compact in-memory encoding of passive SKUs. A deleted location keeps its
+    /// place (SKUs may still carry its empty buckets) and gets it back when re-created.
     pub location_order: Vec<LocationId>,
     /// Low-stock threshold per channel (absent = none).
     pub low_stock: BTreeMap<ChannelId, u32>,
@@ -240,9 +409,69 @@ impl Catalog {
         }
     }
 
-    /// Validates a catalog command against the current catalog.
+    /// Validates a catalog command against the current catalog. A delete is decided as
+    /// [`Catalog::decide_delete`] with no references from SKUs or reservations: the engine
+    /// gathers those and calls `decide_delete` itself.
     pub fn decide(&self, cmd: &CatalogCommand) -> Result<CatalogEvent, Rejection> {
+        self.decide_delete(cmd, &References::default())
+    }
+
+    /// Validates a catalog command, a delete with what the SKUs and reservations say
+    /// still refers to its entry (`refs`). The rule of "in use" (docs/protocol.md 7.1):
+    /// a location is in use while a channel lists it as a source or any SKU has on hand,
+    /// reserved, damaged, quality-control, incoming, shortfall or safety stock there; a
+    /// channel while any reservation on it is open. Unknown entries: `UnknownLocation` /
+    /// `UnknownChannel`.
+    pub fn decide_delete(
+        &self,
+        cmd: &CatalogCommand,
+        refs: &References,
+    ) -> Result<CatalogEvent, Rejection> {
         match cmd {
+            CatalogCommand::DeleteLocation(id) => {
+                self.require_location(id)?;
+                let sourcing: Vec<&ChannelId> = self
+                    .channels
+                    .values()
+                    .filter(|c| c.locations.contains(id))
+                    .map(|c| &c.id)
+                    .collect();
+                let used =
+                    refs.skus_with_stock + refs.skus_with_holds + refs.skus_with_safety_stock;
+                if sourcing.is_empty() && used == 0 {
+                    return Ok(CatalogEvent::LocationDeleted(id.clone()));
+                }
+                Err(Rejection::InUse(Box::new(InUse {
+                    target: CatalogRef::Location(id.clone()),
+                    channels: sourcing
+                        .iter()
+                        .take(MAX_IN_USE_CHANNELS)
+                        .map(|c| (*c).clone())
+                        .collect(),
+                    channels_total: u32::try_from(sourcing.len()).unwrap_or(u32::MAX),
+                    refs: References {
+                        reservations: 0,
+                        example_reservation: None,
+                        ..refs.clone()
+                    },
+                })))
+            }
+            CatalogCommand::DeleteChannel(id) => {
+                self.channel(id)?;
+                if refs.reservations == 0 {
+                    return Ok(CatalogEvent::ChannelDeleted(id.clone()));
+                }
+                Err(Rejection::InUse(Box::new(InUse {
+                    target: CatalogRef::Channel(id.clone()),
+                    channels: Vec::new(),
+                    channels_total: 0,
+                    refs: References {
+                        reservations: refs.reservations,
+                        example_reservation: refs.example_reservation,
+                        ..References::default()
+                    },
+                })))
+            }
             CatalogCommand::UpsertLocation(loc) => {
                 loc.id.check()?;
                 if loc.region.is_empty()
@@ -260,6 +489,14 @@ impl Catalog {
                 if !self.locations.contains_key(&loc.id) && self.locations.len() >= MAX_LOCATIONS {
                     return Err(Rejection::invalid(format!(
                         "at most {MAX_LOCATIONS} locations"
+                    )));
+                }
+                if !self.location_order.contains(&loc.id)
+                    && self.location_order.len() >= MAX_LOCATION_NUMBERS
+                {
+                    return Err(Rejection::invalid(format!(
+                        "at most {MAX_LOCATION_NUMBERS} distinct location ids over the \
+                         catalog's life (a deleted id keeps its number; re-create it instead)"
                     )));
                 }
                 Ok(CatalogEvent::LocationUpserted(loc.clone()))
@@ -326,9 +563,24 @@ impl Catalog {
     pub fn apply(&mut self, ev: &CatalogEvent, seq: u64) {
         match ev {
             CatalogEvent::LocationUpserted(loc) => {
-                if self.locations.insert(loc.id.clone(), loc.clone()).is_none() {
+                // A re-created location takes back its old number.
+                if self.locations.insert(loc.id.clone(), loc.clone()).is_none()
+                    && !self.location_order.contains(&loc.id)
+                {
                     self.location_order.push(loc.id.clone());
                 }
+            }
+            CatalogEvent::LocationDeleted(id) => {
+                // `location_order` keeps it: SKUs may still carry its empty buckets.
+                self.locations.remove(id);
+            }
+            CatalogEvent::ChannelDeleted(id) => {
+                self.channels.remove(id);
+                self.low_stock.remove(id);
+                self.low_stock_sku.retain(|_, m| {
+                    m.remove(id);
+                    !m.is_empty()
+                });
             }
             CatalogEvent::ChannelUpserted(ch) => {
                 // Re-use the catalog's own location ids so every bucket shares them.
@@ -362,5 +614,287 @@ impl Catalog {
         }
         self.index = ChannelIndex::default();
         self.last_seq = self.last_seq.max(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::RejectionCode;
+
+    fn loc(s: &str) -> LocationId {
+        LocationId::new(s).unwrap()
+    }
+    fn chan(s: &str) -> ChannelId {
+        ChannelId::new(s).unwrap()
+    }
+    fn location(s: &str) -> Location {
+        Location {
+            id: loc(s),
+            kind: LocationKind::Warehouse,
+            region: "FR".into(),
+        }
+    }
+    fn channel(s: &str, locs: &[&str]) -> Channel {
+        Channel {
+            id: chan(s),
+            locations: locs.iter().map(|l| loc(l)).collect(),
+            buffer: 0,
+            cap: None,
+        }
+    }
+    fn run(c: &mut Catalog, cmd: CatalogCommand, refs: &References) -> Result<(), Rejection> {
+        let ev = c.decide_delete(&cmd, refs)?;
+        let seq = c.last_seq + 1;
+        c.apply(&ev, seq);
+        Ok(())
+    }
+
+    #[test]
+    fn a_location_is_in_use_while_a_channel_sources_it_or_a_sku_refers_to_it() {
+        let mut c = Catalog::default();
+        let none = References::default();
+        run(
+            &mut c,
+            CatalogCommand::UpsertLocation(location("wh")),
+            &none,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
+        let Err(Rejection::InUse(u)) = c.decide(&CatalogCommand::DeleteLocation(loc("wh"))) else {
+            panic!("a sourced location was deleted")
+        };
+        assert_eq!(u.target, CatalogRef::Location(loc("wh")));
+        assert_eq!(
+            (u.channels.clone(), u.channels_total),
+            (vec![chan("web")], 1)
+        );
+        assert!(
+            u.to_string().contains("a source of 1 channel(s) (web)"),
+            "{u}"
+        );
+        run(&mut c, CatalogCommand::DeleteChannel(chan("web")), &none).unwrap();
+        let mut refs = References::default();
+        refs.add_sku(
+            &SkuId::new("B").unwrap(),
+            LocationUse {
+                safety_stock: true,
+                ..LocationUse::default()
+            },
+        );
+        refs.add_sku(
+            &SkuId::new("A").unwrap(),
+            LocationUse {
+                stock: true,
+                ..LocationUse::default()
+            },
+        );
+        refs.add_sku(&SkuId::new("0").unwrap(), LocationUse::default());
+        let Err(Rejection::InUse(u)) =
+            c.decide_delete(&CatalogCommand::DeleteLocation(loc("wh")), &refs)
+        else {
+            panic!("a location with stock was deleted")
+        };
+        assert_eq!(u.channels_total, 0);
+        assert_eq!(
+            (
+                u.refs.skus_with_stock,
+                u.refs.skus_with_safety_stock,
+                u.refs.skus_with_holds
+            ),
+            (1, 1, 0)
+        );
+        // The smallest SKU that refers to it (a SKU of zeros does not).
+        assert_eq!(u.refs.example_sku, Some(SkuId::new("A").unwrap()));
+        run(&mut c, CatalogCommand::DeleteLocation(loc("wh")), &none).unwrap();
+        assert!(c.locations.is_empty());
+        assert_eq!(
+            c.decide(&CatalogCommand::DeleteLocation(loc("wh")))
+                .unwrap_err()
+                .code(),
+            RejectionCode::UnknownLocation
+        );
+    }
+
+    #[test]
+    fn a_channel_is_in_use_while_a_reservation_is_open_and_its_thresholds_go_with_it() {
+        let mut c = Catalog::default();
+        let none = References::default();
+        run(
+            &mut c,
+            CatalogCommand::UpsertLocation(location("wh")),
+            &none,
+        )
+        .unwrap();
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
+        let sku = SkuId::new("A").unwrap();
+        for s in [None, Some(sku.clone())] {
+            let low = LowStock {
+                channel: chan("web"),
+                sku: s,
+                threshold: 3,
+            };
+            run(&mut c, CatalogCommand::SetLowStock(low), &none).unwrap();
+        }
+        let mut refs = References::default();
+        refs.add_reservation(9);
+        refs.add_reservation(4);
+        let Err(Rejection::InUse(u)) =
+            c.decide_delete(&CatalogCommand::DeleteChannel(chan("web")), &refs)
+        else {
+            panic!("a channel with open reservations was deleted")
+        };
+        assert_eq!(
+            (u.refs.reservations, u.refs.example_reservation),
+            (2, Some(4))
+        );
+        assert_eq!(u.code_check(), 17);
+        run(&mut c, CatalogCommand::DeleteChannel(chan("web")), &none).unwrap();
+        assert!(c.channels.is_empty() && c.low_stock.is_empty() && c.low_stock_sku.is_empty());
+        assert_eq!(c.low_stock_of(&sku, &chan("web")), 0);
+        assert_eq!(
+            c.decide(&CatalogCommand::DeleteChannel(chan("web")))
+                .unwrap_err()
+                .code(),
+            RejectionCode::UnknownChannel
+        );
+        // Re-created, it starts without the old thresholds.
+        run(
+            &mut c,
+            CatalogCommand::UpsertChannel(channel("web", &["wh"])),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.low_stock_of(&sku, &chan("web")), 0);
+    }
+
+    impl InUse {
+        fn code_check(&self) -> u16 {
+            Rejection::InUse(Box::new(self.clone())).code() as u16
+        }
+    }
+
+    /// A step of the model test: which pool entry, and for deletes what the SKUs and
+    /// reservations say (in use or not).
+    #[derive(Clone, Debug)]
+    enum Step {
+        UpsertLocation(usize),
+        UpsertChannel(usize, Vec<usize>),
+        DeleteLocation(usize, bool),
+        DeleteChannel(usize, bool),
+    }
+
+    const LOCS: [&str; 4] = ["l0", "l1", "l2", "l3"];
+    const CHANS: [&str; 3] = ["c0", "c1", "c2"];
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..LOCS.len()).prop_map(Step::UpsertLocation),
+            (
+                0..CHANS.len(),
+                proptest::collection::vec(0..LOCS.len(), 1..3)
+            )
+                .prop_map(|(c, l)| Step::UpsertChannel(c, l)),
+            (0..LOCS.len(), any::<bool>()).prop_map(|(l, u)| Step::DeleteLocation(l, u)),
+            (0..CHANS.len(), any::<bool>()).prop_map(|(c, u)| Step::DeleteChannel(c, u)),
+        ]
+    }
+
+    proptest! {
+        /// Against a model of sets: what exists, which deletes are refused and with which
+        /// code; a location's number never changes once given (re-creation takes it back).
+        #[test]
+        fn deletes_follow_the_in_use_rule(steps in proptest::collection::vec(step(), 1..60)) {
+            let mut c = Catalog::default();
+            let mut locs: BTreeSet<&str> = BTreeSet::new();
+            let mut chans: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            let mut numbers: BTreeMap<&str, u32> = BTreeMap::new();
+            for s in steps {
+                let (cmd, refs, expected): (CatalogCommand, References, Result<(), u16>) = match s {
+                    Step::UpsertLocation(l) => {
+                        locs.insert(LOCS[l]);
+                        (CatalogCommand::UpsertLocation(location(LOCS[l])), References::default(), Ok(()))
+                    }
+                    Step::UpsertChannel(ch, ls) => {
+                        let mut ids: Vec<&str> = Vec::new();
+                        for l in ls {
+                            if !ids.contains(&LOCS[l]) {
+                                ids.push(LOCS[l]);
+                            }
+                        }
+                        let e = match ids.iter().find(|l| !locs.contains(*l)) {
+                            Some(_) => Err(3),
+                            None => {
+                                chans.insert(CHANS[ch], ids.clone());
+                                Ok(())
+                            }
+                        };
+                        (CatalogCommand::UpsertChannel(channel(CHANS[ch], &ids)), References::default(), e)
+                    }
+                    Step::DeleteLocation(l, used) => {
+                        let id = LOCS[l];
+                        let mut refs = References::default();
+                        if used {
+                            refs.add_sku(&SkuId::new("S").unwrap(), LocationUse { holds: true, ..LocationUse::default() });
+                        }
+                        let e = if !locs.contains(id) {
+                            Err(3)
+                        } else if used || chans.values().any(|ls| ls.contains(&id)) {
+                            Err(17)
+                        } else {
+                            locs.remove(id);
+                            Ok(())
+                        };
+                        (CatalogCommand::DeleteLocation(loc(id)), refs, e)
+                    }
+                    Step::DeleteChannel(ch, open) => {
+                        let id = CHANS[ch];
+                        let mut refs = References::default();
+                        if open {
+                            refs.add_reservation(1);
+                        }
+                        let e = if !chans.contains_key(id) {
+                            Err(4)
+                        } else if open {
+                            Err(17)
+                        } else {
+                            chans.remove(id);
+                            Ok(())
+                        };
+                        (CatalogCommand::DeleteChannel(chan(id)), refs, e)
+                    }
+                };
+                let got = run(&mut c, cmd.clone(), &refs).map_err(|r| r.code() as u16);
+                prop_assert_eq!(got, expected, "{:?}", cmd);
+                let have: BTreeSet<&str> = c.locations.keys().map(|l| l.as_str()).collect();
+                prop_assert_eq!(&have, &locs);
+                let have: BTreeMap<&str, Vec<&str>> = c
+                    .channels
+                    .values()
+                    .map(|ch| (ch.id.as_str(), ch.locations.iter().map(|l| l.as_str()).collect()))
+                    .collect();
+                prop_assert_eq!(&have, &chans);
+                let distinct: BTreeSet<&LocationId> = c.location_order.iter().collect();
+                prop_assert_eq!(distinct.len(), c.location_order.len());
+                for l in &locs {
+                    let n = c.location_number(&loc(l)).unwrap();
+                    prop_assert_eq!(*numbers.entry(l).or_insert(n), n);
+                }
+            }
+        }
     }
 }

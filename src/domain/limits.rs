@@ -31,6 +31,15 @@ pub const MAX_LOCATIONS: usize = 10_000;
 /// Most channels in the catalog.
 pub const MAX_CHANNELS: usize = 1_000;
 
+/// Most distinct location ids the catalog numbers over its life: a deleted location keeps
+/// its number (SKUs may still carry its empty buckets), so creating and deleting new ids
+/// forever would grow the numbering without this bound. Re-creating a deleted id reuses it.
+pub const MAX_LOCATION_NUMBERS: usize = 10 * MAX_LOCATIONS;
+
+/// Most channel ids named in the facts of an `InUse` (17) rejection of a location delete
+/// (the count names them all).
+pub const MAX_IN_USE_CHANNELS: usize = 32;
+
 /// Most location buckets one SKU may have.
 pub const MAX_BUCKETS_PER_SKU: usize = 256;
 

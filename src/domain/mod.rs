@@ -17,18 +17,19 @@ pub mod sku;
 pub mod velocity;
 
 pub use catalog::{
-    Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
-    LowStockSource,
+    Catalog, CatalogCommand, CatalogEvent, CatalogRef, Channel, ChannelIndex, InUse, Location,
+    LocationKind, LocationUse, LowStock, LowStockSource, References,
 };
 pub use event::{Allocation, Event, ReleaseReason, StockState};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rebalance::{
-    LocationStock, Plan, RebalancePolicy, Recommendation, RegionStock, StockoutWatch, Transition,
+    LocationStock, Plan, RebalanceList, RebalancePolicy, Recommendation, RegionStock,
+    StockoutWatch, Transition,
 };
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
 pub use velocity::{
-    AtRisk, AtRiskList, ChannelVelocity, DemandKind, HalfLives, RegionVelocity, SkuVelocity,
-    Velocity, WindowRate,
+    AtRisk, AtRiskList, AtRiskRegion, AtRiskRegionList, ChannelVelocity, DemandKind, HalfLives,
+    RegionVelocity, SkuVelocity, TopN, Velocity, WindowRate,
 };

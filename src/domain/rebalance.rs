@@ -10,16 +10,21 @@
 //!   hysteresis: it enters when the hours to zero fall under the threshold `T` and clears
 //!   only when they rise above `T x 1.25` or demand stops (no projection).
 //!
-//! The recommendation id is a stable 128-bit hash of the SKU, its `last_seq`, both
-//! locations and the quantity: the same state gives the same id, and applying it as a
-//! `TRANSFER` whose request id is that id moves the stock once (the engine answers a resent
-//! request id with the first answer). Once applied, `last_seq` moves and the next
-//! recommendation (if any) has a new id.
+//! The recommendation id is a stable 128-bit hash of the SKU, its `last_seq` and both
+//! locations: the same state gives the same id, and applying it as a `TRANSFER` whose
+//! request id is that id moves the stock once (the engine answers a resent request id with
+//! the first answer). Once applied, `last_seq` moves and the next recommendation (if any)
+//! has a new id. The quantity is not part of the id: it is computed from decaying rates, so
+//! it drifts by a unit every few seconds on a fast-selling SKU, and an operator who lists
+//! and then applies must find the same id (the apply re-reads the quantity).
+//!
+//! [`RebalanceList`]: the ranked list over many SKUs (shortest cover first), optionally only
+//! the recommendations whose short region is one region.
 
 use super::catalog::Catalog;
 use super::ids::{LocationId, RequestId, SkuId, TimeMs};
 use super::sku::SkuState;
-use super::velocity::WINDOWS;
+use super::velocity::{TopN, WINDOWS};
 use serde::{Deserialize, Serialize};
 
 /// Clear a stockout projection only above `threshold x CLEAR_FACTOR` hours.
@@ -226,17 +231,51 @@ fn fnv1a_128(parts: &[&[u8]]) -> u128 {
     h
 }
 
-/// The id of a recommendation (never 0: request id 0 is refused).
+/// The id of a recommendation (never 0: request id 0 is refused). Not of the quantity
+/// (see the module docs): `v2` since the id stopped covering it.
 pub fn recommendation_id(sku: &SkuId, basis_seq: u64, plan: &Plan) -> RequestId {
     let h = fnv1a_128(&[
-        b"omnistock.rebalance.v1",
+        b"omnistock.rebalance.v2",
         sku.as_str().as_bytes(),
         &basis_seq.to_le_bytes(),
         plan.from.as_str().as_bytes(),
         plan.to.as_str().as_bytes(),
-        &plan.qty.to_le_bytes(),
     ]);
     h.max(1)
+}
+
+/// The `limit` recommendations of many SKUs whose short region has the least cover (before
+/// the transfer), ties by SKU id; with `region`, only those whose short region is that one.
+/// Bounded like the at-risk lists (memory `limit`).
+#[derive(Debug)]
+pub struct RebalanceList {
+    region: Option<String>,
+    top: TopN<Recommendation>,
+}
+
+impl RebalanceList {
+    /// An empty list; `limit` in `1..=MAX_AT_RISK_LIMIT`.
+    pub fn new(region: Option<String>, limit: usize) -> Result<RebalanceList, String> {
+        Ok(RebalanceList {
+            region,
+            top: TopN::new(limit)?,
+        })
+    }
+
+    /// Offers one SKU's recommendation.
+    pub fn offer(&mut self, r: Recommendation) {
+        if self.region.as_ref().is_some_and(|g| *g != r.plan.to_region) {
+            return;
+        }
+        let key = r.plan.to_cover_hours.0;
+        let sku = r.sku.clone();
+        self.top.offer(key, &sku, || r);
+    }
+
+    /// The list, least cover first.
+    pub fn into_vec(self) -> Vec<Recommendation> {
+        self.top.into_vec()
+    }
 }
 
 impl SkuState {
@@ -531,6 +570,50 @@ mod tests {
                 prop_assert_eq!(got, want);
                 on = want_on;
             }
+        }
+
+        #[test]
+        fn the_rebalance_list_is_a_filtered_full_sort_cut_to_the_limit(
+            items in prop::collection::vec((0u8..3, 0.0f64..100.0), 0..60),
+            region in prop::option::of(0u8..3),
+            limit in 1usize..20,
+        ) {
+            // Model: filter by region, sort by (cover, sku), take limit.
+            let code = |i: u8| ["DE", "FR", "IT"][usize::from(i)].to_string();
+            let recs: Vec<Recommendation> = items
+                .iter()
+                .enumerate()
+                .map(|(i, (g, cover))| Recommendation {
+                    id: i as u128 + 1,
+                    sku: SkuId::new(&format!("s{i:03}")).unwrap(),
+                    basis_seq: 1,
+                    plan: Plan {
+                        to_region: code(*g),
+                        from_region: "XX".into(),
+                        from: LocationId::new("a").unwrap(),
+                        to: LocationId::new("b").unwrap(),
+                        qty: 1,
+                        to_cover_hours: (*cover, cover + 1.0),
+                        from_cover_hours: (None, None),
+                    },
+                })
+                .collect();
+            let mut list = RebalanceList::new(region.map(code), limit).unwrap();
+            for r in recs.iter().rev() {
+                list.offer(r.clone());
+            }
+            let mut want: Vec<&Recommendation> = recs
+                .iter()
+                .filter(|r| region.is_none_or(|g| r.plan.to_region == code(g)))
+                .collect();
+            want.sort_by(|a, b| {
+                a.plan.to_cover_hours.0
+                    .total_cmp(&b.plan.to_cover_hours.0)
+                    .then_with(|| a.sku.cmp(&b.sku))
+            });
+            want.truncate(limit);
+            let got = list.into_vec();
+            prop_assert_eq!(got.iter().collect::<Vec<_>>(), want);
         }
 
         #[test]

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::catalog::InUse;
 use super::ids::{ChannelId, LocationId, ReservationId, SkuId};
 
 /// Stable numeric codes. `0` is success on the wire; codes below 100 are rejections
@@ -44,6 +45,11 @@ pub enum RejectionCode {
     ReservationExpired = 15,
     /// The same request id is still being processed: retry after a short back-off.
     InProgress = 16,
+    /// A delete of a location or channel that something still refers to (facts: what).
+    InUse = 17,
+    /// The server runs with `--intelligence off`: velocity, at-risk and rebalance reads are
+    /// not served (nothing is recorded for them).
+    IntelligenceOff = 19,
     /// No position is stored under that subscription name.
     SubscriptionNotFound = 20,
 }
@@ -136,9 +142,18 @@ pub enum Rejection {
     /// Same request id still in flight; retriable.
     #[error("request {0:032x} is still in progress, retry")]
     InProgress(u128),
+    /// A delete refused: something still refers to the location or channel.
+    #[error("{0}")]
+    InUse(Box<InUse>),
     /// No position is stored under this subscription name.
     #[error("no position is stored under the subscription name {0:?}")]
     SubscriptionNotFound(String),
+    /// Demand intelligence is switched off (`--intelligence off`): nothing to answer from.
+    #[error(
+        "demand intelligence is off on this server (--intelligence off): velocity, at-risk \
+         and rebalance reads are not served"
+    )]
+    IntelligenceOff,
 }
 
 impl Rejection {
@@ -167,7 +182,9 @@ impl Rejection {
             Rejection::NotExpired(_) => C::NotExpired,
             Rejection::ReservationExpired(_) => C::ReservationExpired,
             Rejection::InProgress(_) => C::InProgress,
+            Rejection::InUse(_) => C::InUse,
             Rejection::SubscriptionNotFound(_) => C::SubscriptionNotFound,
+            Rejection::IntelligenceOff => C::IntelligenceOff,
         }
     }
 

@@ -26,7 +26,7 @@ use foldhash::fast::RandomState;
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Catalog, Channel};
+use super::catalog::{Catalog, Channel, LocationUse};
 use super::event::{Allocation, Event, ReleaseReason, StockState};
 use super::ids::{ChannelId, LocationId, ReservationId, SkuId, TimeMs};
 use super::limits::{
@@ -443,7 +443,14 @@ impl SkuState {
     pub fn view(&self, catalog: &Catalog) -> SkuView {
         SkuView {
             sku: self.sku.clone(),
-            buckets: self.buckets.clone(),
+            // A deleted location's buckets are all zero (the delete was refused otherwise)
+            // and stay in the state (they come back, empty, if it is re-created): not shown.
+            buckets: self
+                .buckets
+                .iter()
+                .filter(|b| catalog.locations.contains_key(&b.location))
+                .cloned()
+                .collect(),
             channels: catalog
                 .channels
                 .values()
@@ -452,6 +459,24 @@ impl SkuState {
             oversold: self.oversold(),
             holds: u32::try_from(self.holds.len()).unwrap_or(u32::MAX),
             last_seq: self.last_seq,
+        }
+    }
+
+    /// How this SKU refers to `location` (what keeps a delete of it from going through):
+    /// stock (on hand, damaged, quality control, incoming, a shortfall), units reserved,
+    /// a safety stock entry. A bucket of zeros refers to nothing.
+    pub fn location_use(&self, location: &LocationId) -> LocationUse {
+        let Some(b) = self.buckets.iter().find(|b| &b.location == location) else {
+            return LocationUse::default();
+        };
+        LocationUse {
+            stock: b.on_hand > 0
+                || b.damaged > 0
+                || b.quality_control > 0
+                || b.incoming > 0
+                || b.shortfall > 0,
+            holds: b.reserved > 0,
+            safety_stock: b.safety_stock > 0,
         }
     }
 
@@ -953,6 +978,10 @@ impl SkuState {
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
     /// channel is the hold's, read before `apply` may close it).
     fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
+        // `--intelligence off`: one branch, nothing else on the request path.
+        if !self.velocity.is_recording() {
+            return;
+        }
         let units =
             |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
         match ev {

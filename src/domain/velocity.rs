@@ -23,8 +23,8 @@
 //! up its locations' decayed sums (exact: the sums are linear).
 //!
 //! Memory: one [`ChannelDemand`] per SKU x channel with demand, 72 bytes (channel id 16,
-//! `last_ms` 8, 2 x 3 x `f64` 48), the same per SKU x location with demand, plus 72 per SKU
-//! in its state (two `Vec`s and the half-lives).
+//! `last_ms` 8, 2 x 3 x `f64` 48), the same per SKU x location with demand, plus 80 per SKU
+//! in its state (two `Vec`s, the half-lives and the on/off switch, padded).
 //! An entry whose longest-window sums have decayed below [`FORGET_BELOW_UNITS`] is dropped
 //! the next time the SKU records demand (about 20 longest half-lives after its last demand).
 
@@ -220,6 +220,12 @@ pub struct Velocity {
     half_lives: HalfLives,
     channels: Vec<ChannelDemand>,
     locations: Vec<LocationDemand>,
+    /// Recording is switched off (`--intelligence off`): no demand is recorded and the sums
+    /// are empty. A setting of the process, like the half-lives, but not stored: every
+    /// state the engine starts or activates is switched by its configuration
+    /// ([`Velocity::set_recording`]), so no checkpoint or compact byte changes.
+    #[serde(skip)]
+    off: bool,
 }
 
 /// Rates of one window, in units per hour, and the stockout they project.
@@ -299,9 +305,25 @@ impl Velocity {
         }
     }
 
+    /// Switches recording on or off. Off forgets every sum (they would only go stale: the
+    /// demand while off is not recorded, so they could not be trusted when switched on
+    /// again) and makes [`Velocity::record`] and [`Velocity::record_at`] do nothing.
+    pub fn set_recording(&mut self, on: bool) {
+        self.off = !on;
+        if !on {
+            self.channels = Vec::new();
+            self.locations = Vec::new();
+        }
+    }
+
+    /// Whether demand is recorded (the default).
+    pub fn is_recording(&self) -> bool {
+        !self.off
+    }
+
     /// Records `qty` units of `kind` on `channel` at `at_ms`.
     pub fn record(&mut self, channel: &ChannelId, kind: DemandKind, qty: u32, at_ms: TimeMs) {
-        if qty > 0 {
+        if qty > 0 && !self.off {
             Sums::record(
                 &mut self.channels,
                 &self.half_lives,
@@ -315,7 +337,7 @@ impl Velocity {
 
     /// Records `qty` units of `kind` taken at `location` at `at_ms`.
     pub fn record_at(&mut self, location: &LocationId, kind: DemandKind, qty: u32, at_ms: TimeMs) {
-        if qty > 0 {
+        if qty > 0 && !self.off {
             Sums::record(
                 &mut self.locations,
                 &self.half_lives,
@@ -376,6 +398,45 @@ impl Velocity {
     }
 }
 
+/// The `limit` best items offered, by a key (smaller first) then by SKU id: a bounded
+/// selection (memory `limit`, whatever the number offered), shared by the at-risk lists
+/// (per channel and per region) and the rebalance list. Items with a NaN key are refused
+/// by the callers (a key is hours of cover or `f64::INFINITY`).
+#[derive(Debug)]
+pub struct TopN<T> {
+    limit: usize,
+    kept: Vec<(f64, SkuId, T)>,
+}
+
+impl<T> TopN<T> {
+    /// An empty selection; `limit` in `1..=MAX_AT_RISK_LIMIT`.
+    pub fn new(limit: usize) -> Result<TopN<T>, String> {
+        if !(1..=MAX_AT_RISK_LIMIT).contains(&limit) {
+            return Err(format!("limit {limit} is not in 1..={MAX_AT_RISK_LIMIT}"));
+        }
+        Ok(TopN {
+            limit,
+            kept: Vec::with_capacity(limit + 1),
+        })
+    }
+
+    /// Offers `item` of `sku` ranked by `key`; `item` is only built when it is kept.
+    pub fn offer(&mut self, key: f64, sku: &SkuId, item: impl FnOnce() -> T) {
+        let at = self
+            .kept
+            .partition_point(|(k, s, _)| k.total_cmp(&key).then_with(|| s.cmp(sku)).is_lt());
+        if at < self.limit {
+            self.kept.insert(at, (key, sku.clone(), item()));
+            self.kept.truncate(self.limit);
+        }
+    }
+
+    /// The items, smallest key first.
+    pub fn into_vec(self) -> Vec<T> {
+        self.kept.into_iter().map(|(_, _, t)| t).collect()
+    }
+}
+
 /// One SKU of an at-risk list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AtRisk {
@@ -385,65 +446,90 @@ pub struct AtRisk {
     pub velocity: ChannelVelocity,
 }
 
-impl AtRisk {
-    fn hours(&self, window: usize) -> f64 {
-        self.velocity.windows[window]
-            .hours_to_zero
-            .unwrap_or(f64::INFINITY)
-    }
-}
-
 /// The `limit` SKUs of one channel whose stockout comes first in window `window`: a bounded
 /// selection (memory `limit`, whatever the number of SKUs offered), soonest first, ties by
 /// SKU id. SKUs without demand in the window (no projection) are not at risk and are left out.
 #[derive(Debug)]
 pub struct AtRiskList {
     window: usize,
-    limit: usize,
-    kept: Vec<AtRisk>,
+    top: TopN<AtRisk>,
+}
+
+/// Checks an at-risk window.
+fn check_window(window: usize) -> Result<(), String> {
+    if window >= WINDOWS {
+        return Err(format!("window {window} is not one of 0..{WINDOWS}"));
+    }
+    Ok(())
 }
 
 impl AtRiskList {
     /// An empty list; `window` below [`WINDOWS`], `limit` in `1..=MAX_AT_RISK_LIMIT`.
     pub fn new(window: usize, limit: usize) -> Result<AtRiskList, String> {
-        if window >= WINDOWS {
-            return Err(format!("window {window} is not one of 0..{WINDOWS}"));
-        }
-        if !(1..=MAX_AT_RISK_LIMIT).contains(&limit) {
-            return Err(format!("limit {limit} is not in 1..={MAX_AT_RISK_LIMIT}"));
-        }
+        check_window(window)?;
         Ok(AtRiskList {
             window,
-            limit,
-            kept: Vec::with_capacity(limit + 1),
+            top: TopN::new(limit)?,
         })
-    }
-
-    fn before(&self, a: &AtRisk, b: &AtRisk) -> std::cmp::Ordering {
-        a.hours(self.window)
-            .total_cmp(&b.hours(self.window))
-            .then_with(|| a.sku.cmp(&b.sku))
     }
 
     /// Offers one SKU's velocity on the channel.
     pub fn offer(&mut self, sku: &SkuId, velocity: ChannelVelocity) {
-        if velocity.windows[self.window].hours_to_zero.is_none() {
-            return;
-        }
-        let item = AtRisk {
-            sku: sku.clone(),
-            velocity,
-        };
-        let at = self.kept.partition_point(|k| self.before(k, &item).is_lt());
-        if at < self.limit {
-            self.kept.insert(at, item);
-            self.kept.truncate(self.limit);
+        if let Some(h) = velocity.windows[self.window].hours_to_zero {
+            self.top.offer(h, sku, || AtRisk {
+                sku: sku.clone(),
+                velocity,
+            });
         }
     }
 
     /// The list, soonest stockout first.
     pub fn into_vec(self) -> Vec<AtRisk> {
-        self.kept
+        self.top.into_vec()
+    }
+}
+
+/// One SKU of a region's at-risk list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AtRiskRegion {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its velocity and projection in the listed region.
+    pub velocity: RegionVelocity,
+}
+
+/// [`AtRiskList`] for one region: the `limit` SKUs whose stockout in the region (its
+/// locations' exposed ATP against their summed demand) comes first, ties by SKU id;
+/// SKUs without demand there are left out.
+#[derive(Debug)]
+pub struct AtRiskRegionList {
+    window: usize,
+    top: TopN<AtRiskRegion>,
+}
+
+impl AtRiskRegionList {
+    /// An empty list; `window` below [`WINDOWS`], `limit` in `1..=MAX_AT_RISK_LIMIT`.
+    pub fn new(window: usize, limit: usize) -> Result<AtRiskRegionList, String> {
+        check_window(window)?;
+        Ok(AtRiskRegionList {
+            window,
+            top: TopN::new(limit)?,
+        })
+    }
+
+    /// Offers one SKU's velocity in the region.
+    pub fn offer(&mut self, sku: &SkuId, velocity: RegionVelocity) {
+        if let Some(h) = velocity.windows[self.window].hours_to_zero {
+            self.top.offer(h, sku, || AtRiskRegion {
+                sku: sku.clone(),
+                velocity,
+            });
+        }
+    }
+
+    /// The list, soonest stockout first.
+    pub fn into_vec(self) -> Vec<AtRiskRegion> {
+        self.top.into_vec()
     }
 }
 
@@ -470,12 +556,13 @@ mod tests {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
     }
 
-    /// The sizes docs/intelligence.md and the module comment state.
+    /// The sizes docs/intelligence.md and the module comment state (the on/off switch takes
+    /// a SKU's velocity from 72 to 80 bytes: one bool, padded).
     #[test]
-    fn an_entry_costs_72_bytes_and_a_skus_velocity_72() {
+    fn an_entry_costs_72_bytes_and_a_skus_velocity_80() {
         assert_eq!(std::mem::size_of::<ChannelDemand>(), 72);
         assert_eq!(std::mem::size_of::<LocationDemand>(), 72);
-        assert_eq!(std::mem::size_of::<Velocity>(), 72);
+        assert_eq!(std::mem::size_of::<Velocity>(), 80);
     }
 
     #[test]
@@ -574,6 +661,27 @@ mod tests {
         assert_eq!(v.channels().len(), 1);
         v.configure(HalfLives::new([HOUR, 2 * HOUR, 3 * HOUR]).unwrap());
         assert!(v.channels().is_empty());
+    }
+
+    #[test]
+    fn recording_off_forgets_the_sums_and_records_nothing_until_switched_on() {
+        let mut v = Velocity::default();
+        let loc = LocationId::new("wh").unwrap();
+        v.record(&ch("web"), DemandKind::Held, 3, 0);
+        v.record_at(&loc, DemandKind::Held, 3, 0);
+        v.set_recording(false);
+        assert!(!v.is_recording());
+        assert!(v.channels().is_empty() && v.locations().is_empty());
+        v.record(&ch("web"), DemandKind::Held, 3, 1);
+        v.record_at(&loc, DemandKind::Fulfilled, 3, 1);
+        assert!(v.channels().is_empty() && v.locations().is_empty());
+        v.set_recording(true);
+        v.record(&ch("web"), DemandKind::Held, 2, 2);
+        assert_eq!(v.channels()[0].held, [2.0; WINDOWS]);
+        // Not stored: a state decoded from bytes records (the engine switches it).
+        v.set_recording(false);
+        let back: Velocity = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert!(back.is_recording());
     }
 
     #[test]

@@ -9,8 +9,8 @@ use actix::{Actor, ActorContext, Context, Handler, Message};
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    AtpExplanation, Catalog, ChannelId, Event, Rejection, RequestId, SkuCommand, SkuState,
-    SkuVelocity, SkuView, TimeMs,
+    AtpExplanation, Catalog, ChannelId, Event, LocationId, LocationUse, Rejection, RequestId,
+    SkuCommand, SkuState, SkuVelocity, SkuView, TimeMs,
 };
 
 use super::journal::{LogRecord, RecordBody};
@@ -44,8 +44,16 @@ pub(crate) enum SkuOp {
         channel: Option<ChannelId>,
         now_ms: TimeMs,
     },
+    /// A list's question to every SKU (a read, like `View`; `reads::scan`).
+    Probe {
+        catalog: Arc<Catalog>,
+        probe: super::reads::Probe,
+        now_ms: TimeMs,
+    },
     /// Copy the whole state (checkpoints, tests).
     Snapshot,
+    /// How the SKU refers to a location (a catalog delete's check, a read like `View`).
+    LocationUse(LocationId),
     /// From the idle sweeper: passivate if no message arrived after sweep tick `tick`.
     Passivate { tick: u64 },
 }
@@ -63,8 +71,12 @@ pub(crate) enum SkuReply {
     Explained(Box<AtpExplanation>),
     /// Velocities: of the channel asked for, or of every channel and region.
     Velocity(Box<SkuVelocity>),
+    /// The answer to a `Probe`.
+    Probed(Box<super::reads::Probed>),
     /// A copy of the state.
     State(Box<SkuState>),
+    /// How the SKU refers to the location asked about.
+    LocationUse(LocationUse),
     /// This actor was passivated before it handled the op: look the SKU up again.
     Moved(SkuOp),
     /// The journal refused the append (storage failure): nothing changed.
@@ -249,7 +261,16 @@ impl SkuActor {
                 Ok(v) => SkuReply::Velocity(Box::new(v)),
                 Err(r) => SkuReply::Rejected(r),
             },
+            SkuOp::Probe {
+                catalog,
+                probe,
+                now_ms,
+            } => match probe.run(&self.state, &catalog, now_ms) {
+                Ok(p) => SkuReply::Probed(Box::new(p)),
+                Err(r) => SkuReply::Rejected(r),
+            },
             SkuOp::Snapshot => SkuReply::State(Box::new(self.state.clone())),
+            SkuOp::LocationUse(l) => SkuReply::LocationUse(self.state.location_use(&l)),
             SkuOp::Passivate { .. } => SkuReply::Passivated,
         }
     }

@@ -25,6 +25,7 @@ use crate::domain::{Catalog, Rejection, ReleaseReason, ReservationId, SkuCommand
 
 use super::actor::SkuOp;
 use super::api::{Change, Command, Failure, Outcome, Request};
+use super::catalog_writes::{delete_target, touches};
 use super::coordinator::{run_new, stock_op};
 use super::delivery::{collect, deliver_all, sku_op_with, Admit, Done};
 use super::idempotency::Begin;
@@ -76,27 +77,68 @@ enum Route {
     Answered(Answer),
     Direct(Direct),
     General(Request),
+    /// A catalog delete: after the rest of the frame, outside its epoch.
+    Exclusive(Request),
 }
 
-/// Runs a frame's requests (each with its fingerprint); answers in request order.
+/// Runs a frame's requests (each with its fingerprint); answers in request order. Catalog
+/// deletes run after the others, one at a time, outside the frame's epoch
+/// ([`run_exclusive`]).
 pub(crate) async fn execute_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> Vec<Answer> {
     let epoch = core.enter_epoch();
-    let out = run_frame(core, reqs).await;
+    let (mut out, exclusive) = run_frame(core, reqs).await;
     core.exit_epoch(epoch);
-    out
+    for (i, req, fp) in exclusive {
+        out[i] = Some(run_exclusive(core, req, fp).await);
+    }
+    out.into_iter()
+        .map(|a| {
+            a.unwrap_or_else(|| {
+                Err(EngineError::Corrupt("a request of the frame was not answered".into()).into())
+            })
+        })
+        .collect()
 }
 
-async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> Vec<Answer> {
+/// A catalog delete (its id entered in the idempotency table): it waits for every request
+/// in flight to finish (`catalog_writes`), so it runs in no epoch, its own frame's included,
+/// and holds the checkpoint lock instead, until its outcome is recorded: no checkpoint can
+/// fall between its log record and its idempotency entry, and no two drains overlap.
+async fn run_exclusive(core: &Arc<Core>, req: Request, fp: u64) -> Answer {
+    let _no_checkpoint = core.checkpoint_lock.lock().await;
+    run_new(core, req, fp).await
+}
+
+/// The answers of a frame's requests (catalog deletes not yet), and its catalog deletes.
+type FrameRun = (Vec<Option<Answer>>, Vec<(usize, Request, u64)>);
+
+async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
     let now = core.clock.now_ms();
+    // After the epoch entry: a delete that marked its entry before flipping the epoch
+    // this frame entered is seen here (`catalog_writes`). And before the catalog snapshot:
+    // a delete lifts its mark only after publishing the catalog without its entry, so a
+    // frame that finds no mark reads that catalog (read the other way round, a snapshot
+    // from before the delete could meet the lifted mark: a hold on a deleted channel).
+    let closing = core.closing.get();
     let catalog = core.catalog();
     let mut out: Vec<Option<Answer>> = (0..reqs.len()).map(|_| None).collect();
     let mut direct = Vec::with_capacity(reqs.len());
     let mut general = Vec::new();
+    let mut exclusive = Vec::new();
     for (i, (req, fp)) in reqs.into_iter().enumerate() {
+        if closing
+            .as_ref()
+            .is_some_and(|c| touches(c, &catalog, &req.command))
+        {
+            // Before the idempotency table: nothing to undo, a resend runs it again.
+            out[i] = Some(Err(Rejection::Busy.into()));
+            continue;
+        }
         match route(core, &catalog, req, fp, now) {
             Route::Answered(a) => out[i] = Some(a),
             Route::Direct(d) => direct.push((i, d)),
             Route::General(req) => general.push((i, req, fp)),
+            Route::Exclusive(req) => exclusive.push((i, req, fp)),
         }
     }
     let general = join_all(
@@ -108,13 +150,7 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> Vec<Answer> {
     for (i, a) in general.into_iter().chain(direct) {
         out[i] = Some(a);
     }
-    out.into_iter()
-        .map(|a| {
-            a.unwrap_or_else(|| {
-                Err(EngineError::Corrupt("a request of the frame was not answered".into()).into())
-            })
-        })
-        .collect()
+    (out, exclusive)
 }
 
 /// Checks a request id, enters it in the idempotency table, and picks its path.
@@ -178,6 +214,10 @@ fn direct(
                 kind: Kind::Stock,
             }))
         }
+        Command::Catalog(c) if delete_target(&c).is_some() => Ok(Route::Exclusive(Request {
+            id,
+            command: Command::Catalog(c),
+        })),
         command => match one_sku_op(core, &command, now)? {
             Some((entry, reservation, sku, cmd, after)) => {
                 let op = sku_op_with(cmd, (id, fp), catalog.clone(), now, Admit::Finish);

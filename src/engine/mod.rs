@@ -103,6 +103,11 @@ pub struct EngineConfig {
     /// 1 h, 24 h. Changing them forgets the velocity built with the old ones: it is rebuilt
     /// from the demand recorded after the restart.
     pub velocity_half_lives: crate::domain::HalfLives,
+    /// Demand intelligence (docs/intelligence.md): on records velocity in every SKU's
+    /// `apply`; off records nothing, forgets the sums of every SKU it starts or activates,
+    /// and the velocity, at-risk and rebalance reads answer `IntelligenceOff` (19).
+    /// Default on.
+    pub intelligence: bool,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +123,7 @@ impl Default for EngineConfig {
             expiry_batch: 1024,
             feed_retention_records: crate::feed::hub::DEFAULT_RETENTION_RECORDS,
             velocity_half_lives: crate::domain::HalfLives::default(),
+            intelligence: true,
         }
     }
 }
@@ -155,6 +161,9 @@ pub(crate) struct Core {
     pub registry: Registry,
     catalog: RwLock<Arc<Catalog>>,
     pub catalog_write: tokio::sync::Mutex<()>,
+    /// The catalog entry a running delete checks: requests naming it answer `Busy`
+    /// (`catalog_writes`).
+    pub closing: catalog_writes::ClosingMark,
     pub reservations: DashMap<ReservationId, ResEntry, foldhash::fast::RandomState>,
     pub idem: IdempotencyTable,
     pub expiry: ExpiryQueue,
@@ -231,17 +240,28 @@ impl Core {
 
     /// Starts a new epoch and waits until every request of the previous one has finished.
     pub async fn drain_epoch(&self) -> Result<(), EngineError> {
+        if self.drain_epoch_within(Duration::from_secs(30)).await {
+            Ok(())
+        } else {
+            Err(EngineError::Storage(
+                "requests did not finish within 30 s; checkpoint abandoned".into(),
+            ))
+        }
+    }
+
+    /// Starts a new epoch and waits at most `wait` until every request of the previous
+    /// one has finished; whether they did. One drainer at a time: callers hold the
+    /// checkpoint lock (checkpoints, catalog deletes).
+    pub async fn drain_epoch_within(&self, wait: Duration) -> bool {
         let old = self.epoch.fetch_add(1, Ordering::SeqCst) & 1;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + wait;
         while self.epoch_inflight[old].load(Ordering::SeqCst) > 0 {
             if std::time::Instant::now() > deadline {
-                return Err(EngineError::Storage(
-                    "requests did not finish within 30 s; checkpoint abandoned".into(),
-                ));
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        Ok(())
+        true
     }
 }
 
@@ -385,8 +405,14 @@ impl Engine {
         clock: Arc<dyn Clock>,
         journal: Journal,
         catalog: Catalog,
-        skus: Vec<SkuState>,
+        mut skus: Vec<SkuState>,
     ) -> Result<Engine, EngineError> {
+        if !config.intelligence {
+            // Off: the recovered sums would only go stale in the passive bytes.
+            for s in &mut skus {
+                s.velocity.set_recording(false);
+            }
+        }
         if config.arbiters == 0 || config.mailbox_capacity == 0 || config.expiry_batch == 0 {
             return Err(EngineError::Startup(
                 "arbiters, mailbox_capacity and expiry_batch must be at least 1".into(),
@@ -406,6 +432,7 @@ impl Engine {
             registry: Registry::new(handles),
             catalog: RwLock::new(Arc::new(catalog)),
             catalog_write: tokio::sync::Mutex::new(()),
+            closing: catalog_writes::ClosingMark::default(),
             reservations: DashMap::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),
@@ -540,6 +567,7 @@ impl Engine {
     /// activate a passive SKU.
     pub async fn velocity(&self, sku: &SkuId) -> Result<crate::domain::SkuVelocity, Failure> {
         self.check_running()?;
+        self.check_intelligence()?;
         reads::velocity(&self.core, sku, self.core.clock.now_ms()).await
     }
 
@@ -553,7 +581,49 @@ impl Engine {
         limit: usize,
     ) -> Result<Vec<crate::domain::AtRisk>, Failure> {
         self.check_running()?;
+        self.check_intelligence()?;
         reads::at_risk(&self.core, channel, window, limit, self.core.clock.now_ms()).await
+    }
+
+    /// The `limit` (1..=1000) SKUs whose projected stockout in `region` (the exposed ATP of
+    /// its locations against their summed demand) comes first in window `window`, soonest
+    /// first; SKUs without demand there are left out; a region no location of the catalog
+    /// is in is refused. Reads every SKU, like [`Engine::at_risk`].
+    pub async fn at_risk_region(
+        &self,
+        region: &str,
+        window: usize,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::AtRiskRegion>, Failure> {
+        self.check_running()?;
+        self.check_intelligence()?;
+        let now = self.core.clock.now_ms();
+        reads::at_risk_region(&self.core, region, window, limit, now).await
+    }
+
+    /// Rebalance recommendations under `policy` (docs/intelligence.md): of `sku` alone (at
+    /// most one; unknown SKU refused) or the `limit` (1..=1000) with the least cover over
+    /// every SKU; with `region`, only those whose short region it is. Apply one as a
+    /// `SkuCommand::Transfer` whose request id is the recommendation's id.
+    pub async fn rebalance(
+        &self,
+        sku: Option<&SkuId>,
+        region: Option<&str>,
+        policy: crate::domain::RebalancePolicy,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::Recommendation>, Failure> {
+        self.check_running()?;
+        self.check_intelligence()?;
+        let now = self.core.clock.now_ms();
+        reads::rebalance(&self.core, sku, region, policy, limit, now).await
+    }
+
+    /// Refuses the intelligence reads when it is switched off (nothing was recorded).
+    fn check_intelligence(&self) -> Result<(), Failure> {
+        if self.core.config.intelligence {
+            return Ok(());
+        }
+        Err(crate::domain::Rejection::IntelligenceOff.into())
     }
 
     /// Like [`Engine::get`] but waits for mailbox room instead of answering `Busy` (feed

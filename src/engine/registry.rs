@@ -208,7 +208,10 @@ impl Registry {
         Ok(())
     }
 
-    fn start(&self, core: &Arc<Core>, state: SkuState) -> Slot {
+    fn start(&self, core: &Arc<Core>, mut state: SkuState) -> Slot {
+        // `--intelligence`: not stored in compact bytes or checkpoints, so set on every
+        // state that gets an actor (new, activated, recovered).
+        state.velocity.set_recording(core.config.intelligence);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let arbiter = &self.arbiters[(generation as usize) % self.arbiters.len()];
         let core = core.clone();

@@ -404,6 +404,35 @@ pub struct AtRiskQuery {
     pub limit: u32,
 }
 
+/// The SKUs whose projected stockout in one region comes first (`AT_RISK_REGION`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtRiskRegionQuery {
+    /// Region code (a location's `region` in the catalog).
+    pub region: String,
+    /// Velocity window to rank by: 0 (shortest half-life) .. 2.
+    pub window: u8,
+    /// Most SKUs to return: 1..=1000.
+    pub limit: u32,
+}
+
+/// Rebalance recommendations (`REBALANCE_LIST`): of one SKU or ranked over every SKU.
+/// Thresholds in whole hours; `None` takes the default (docs/intelligence.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceQuery {
+    /// Only this SKU (at most one recommendation); `None`: every SKU, least cover first.
+    pub sku: Option<String>,
+    /// Only recommendations whose short region is this one.
+    pub region: Option<String>,
+    /// Most recommendations to return: 1..=1000.
+    pub limit: u32,
+    /// A region is short under this many hours of cover [default 72].
+    pub near_hours: Option<u32>,
+    /// A region may give from this many hours of cover [default 336]; above `near_hours`.
+    pub surplus_hours: Option<u32>,
+    /// Velocity window of the projection: 0..=2 [default 1].
+    pub window: Option<u8>,
+}
+
 /// One page of the known SKU ids starting with a prefix (`LIST_SKUS`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListSkus {
@@ -674,6 +703,74 @@ pub struct WireAtRisk {
     pub skus: Vec<WireAtRiskSku>,
 }
 
+/// One SKU of a region's at-risk list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireAtRiskRegionSku {
+    /// SKU.
+    pub sku: String,
+    /// Its velocity and projection in the listed region (all windows).
+    pub velocity: WireRegionVelocity,
+}
+
+/// Result of `AT_RISK_REGION`: soonest projected stockout first (ties by SKU id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireAtRiskRegion {
+    /// Region.
+    pub region: String,
+    /// The window ranked by.
+    pub window: u8,
+    /// The SKUs, at most `limit`.
+    pub skus: Vec<WireAtRiskRegionSku>,
+}
+
+/// One rebalance recommendation: a `TRANSFER` of `qty` units of `sku` from `from` (in
+/// the donor region) to `to` (in the short region), to be sent with request id `id` and
+/// reference `reference` (`rebalance:<id as 32 hex digits>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireRecommendation {
+    /// Recommendation id: the transfer's request id.
+    pub id: u128,
+    /// SKU.
+    pub sku: String,
+    /// The SKU's `last_seq` the recommendation was computed on (a change gives a new id).
+    pub basis_seq: u64,
+    /// The region short of cover.
+    pub short_region: String,
+    /// The region giving.
+    pub donor_region: String,
+    /// Donor location.
+    pub from: String,
+    /// Receiving location.
+    pub to: String,
+    /// Units to move (at least 1, at most the donor location's exposed ATP).
+    pub qty: u32,
+    /// Hours of cover of the short region now.
+    pub short_cover_hours: f64,
+    /// Hours of cover of the short region after the transfer.
+    pub short_cover_after_hours: f64,
+    /// Hours of cover of the donor region now (`None`: no demand there).
+    pub donor_cover_hours: Option<f64>,
+    /// Hours of cover of the donor region after (`None`: no demand there).
+    pub donor_cover_after_hours: Option<f64>,
+    /// The transfer's reference.
+    pub reference: String,
+}
+
+/// Result of `REBALANCE_LIST`: least cover of the short region first (ties by SKU id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireRebalance {
+    /// The threshold in force (hours).
+    pub near_hours: u32,
+    /// The threshold in force (hours).
+    pub surplus_hours: u32,
+    /// The window in force.
+    pub window: u8,
+    /// The recommendations, at most `limit`.
+    pub recommendations: Vec<WireRecommendation>,
+    /// Whether recommendations were left out to stay within `max_frame_bytes`.
+    pub truncated: bool,
+}
+
 /// Result of `LIST_SKUS`: ids in byte order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireSkuList {
@@ -754,6 +851,58 @@ pub struct SetLowStock {
     pub sku: Option<String>,
     /// Units; 0 = none (channel) or "use the channel's" (SKU override).
     pub threshold: u32,
+}
+
+/// `DELETE_LOCATION` body: delete a location nothing refers to (docs/protocol.md 7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteLocation {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The location's id.
+    pub location: String,
+}
+
+/// `DELETE_CHANNEL` body: delete a channel no open reservation is on (docs/protocol.md 7.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteChannel {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The channel's id.
+    pub channel: String,
+}
+
+/// What an `InUseFacts` is about.
+pub mod in_use_kind {
+    /// A location (`DELETE_LOCATION`).
+    pub const LOCATION: u8 = 1;
+    /// A channel (`DELETE_CHANNEL`).
+    pub const CHANNEL: u8 = 2;
+}
+
+/// Facts of an `InUse` (17) rejection, carried in [`OpResult::body`]: what still refers to
+/// the location or channel a delete named. Counts that do not apply to the kind are 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUseFacts {
+    /// [`in_use_kind`]: 1 location, 2 channel.
+    pub kind: u8,
+    /// The id the delete named.
+    pub id: String,
+    /// Channels listing the location as a source, in id order (at most 32).
+    pub channels: Vec<String>,
+    /// How many channels list the location as a source (all of them).
+    pub channels_total: u32,
+    /// SKUs with on hand, damaged, quality control, incoming or a shortfall there.
+    pub skus_with_stock: u64,
+    /// SKUs with units reserved there.
+    pub skus_with_holds: u64,
+    /// SKUs with a safety stock entry there.
+    pub skus_with_safety_stock: u64,
+    /// The smallest id among those SKUs (empty: none).
+    pub example_sku: String,
+    /// Open reservations on the channel.
+    pub reservations: u64,
+    /// The smallest of their ids (0: none).
+    pub example_reservation: u128,
 }
 
 /// Where a subscription starts (`Subscribe::start`).

@@ -46,6 +46,10 @@ pub mod opcode {
     pub const LIST_CHANNELS: u16 = 0x0304;
     /// Set a channel's (or one SKU's) low-stock threshold (admin).
     pub const SET_LOW_STOCK: u16 = 0x0305;
+    /// Delete a location nothing refers to (admin).
+    pub const DELETE_LOCATION: u16 = 0x0306;
+    /// Delete a channel no open reservation is on (admin).
+    pub const DELETE_CHANNEL: u16 = 0x0307;
     /// Read one SKU.
     pub const GET_SKU: u16 = 0x0401;
     /// Read several SKUs.
@@ -62,6 +66,10 @@ pub mod opcode {
     pub const LIST_SKUS: u16 = 0x0407;
     /// One page of the open reservations holding a SKU.
     pub const LIST_RESERVATIONS: u16 = 0x0408;
+    /// Rebalance recommendations of one SKU or ranked over every SKU (adapter, admin).
+    pub const REBALANCE_LIST: u16 = 0x0409;
+    /// The SKUs of one region whose projected stockout comes first (adapter, admin).
+    pub const AT_RISK_REGION: u16 = 0x040A;
     /// Start a stock-change subscription on this connection (alone in its request).
     pub const SUBSCRIBE: u16 = 0x0501;
     /// End this connection's subscription (alone in its request).
@@ -121,11 +129,19 @@ impl Role {
         match self {
             Role::Admin => true,
             Role::Checkout => read || matches!(op, RESERVE | FULFILL | RELEASE | EXTEND),
-            // AT_RISK reads every SKU: for the channel side and operators, not checkout.
+            // AT_RISK, AT_RISK_REGION and REBALANCE_LIST read every SKU: for the channel
+            // side and operators, not checkout.
             Role::Adapter => {
                 read || matches!(
                     op,
-                    SUBSCRIBE | UNSUBSCRIBE | ACK | LIST_SUBSCRIPTIONS | SKU_HISTORY | AT_RISK
+                    SUBSCRIBE
+                        | UNSUBSCRIBE
+                        | ACK
+                        | LIST_SUBSCRIPTIONS
+                        | SKU_HISTORY
+                        | AT_RISK
+                        | AT_RISK_REGION
+                        | REBALANCE_LIST
                 )
             }
         }
@@ -179,12 +195,20 @@ pub enum Op {
     Velocity(GetVelocity),
     /// `AT_RISK`
     AtRisk(AtRiskQuery),
+    /// `AT_RISK_REGION`
+    AtRiskRegion(AtRiskRegionQuery),
+    /// `REBALANCE_LIST`
+    RebalanceList(RebalanceQuery),
     /// `LIST_SKUS`
     ListSkus(ListSkus),
     /// `LIST_RESERVATIONS`
     ListReservations(ListReservations),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
+    /// `DELETE_LOCATION`
+    DeleteLocation(DeleteLocation),
+    /// `DELETE_CHANNEL`
+    DeleteChannel(DeleteChannel),
     /// `SUBSCRIBE`
     Subscribe(Subscribe),
     /// `UNSUBSCRIBE`
@@ -242,9 +266,13 @@ impl Op {
             Op::ExplainAtp(_) => EXPLAIN_ATP,
             Op::Velocity(_) => VELOCITY,
             Op::AtRisk(_) => AT_RISK,
+            Op::AtRiskRegion(_) => AT_RISK_REGION,
+            Op::RebalanceList(_) => REBALANCE_LIST,
             Op::ListSkus(_) => LIST_SKUS,
             Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
+            Op::DeleteLocation(_) => DELETE_LOCATION,
+            Op::DeleteChannel(_) => DELETE_CHANNEL,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
             Op::Ack(_) => ACK,
@@ -270,6 +298,8 @@ impl Op {
             Op::UpsertLocation(b) => b.request_id,
             Op::UpsertChannel(b) => b.request_id,
             Op::SetLowStock(b) => b.request_id,
+            Op::DeleteLocation(b) => b.request_id,
+            Op::DeleteChannel(b) => b.request_id,
             _ => return None,
         })
     }
@@ -298,9 +328,13 @@ impl Op {
             Op::ExplainAtp(b) => body(b)?,
             Op::Velocity(b) => body(b)?,
             Op::AtRisk(b) => body(b)?,
+            Op::AtRiskRegion(b) => body(b)?,
+            Op::RebalanceList(b) => body(b)?,
             Op::ListSkus(b) => body(b)?,
             Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
+            Op::DeleteLocation(b) => body(b)?,
+            Op::DeleteChannel(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
@@ -341,9 +375,13 @@ impl Op {
             EXPLAIN_ATP => Op::ExplainAtp(decode_request_body(b)?),
             VELOCITY => Op::Velocity(decode_request_body(b)?),
             AT_RISK => Op::AtRisk(decode_request_body(b)?),
+            AT_RISK_REGION => Op::AtRiskRegion(decode_request_body(b)?),
+            REBALANCE_LIST => Op::RebalanceList(decode_request_body(b)?),
             LIST_SKUS => Op::ListSkus(decode_request_body(b)?),
             LIST_RESERVATIONS => Op::ListReservations(decode_request_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
+            DELETE_LOCATION => Op::DeleteLocation(decode_request_body(b)?),
+            DELETE_CHANNEL => Op::DeleteChannel(decode_request_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
             UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
             ACK => Op::Ack(decode_request_body(b)?),

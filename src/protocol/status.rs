@@ -63,6 +63,8 @@ pub fn name(status: u16) -> &'static str {
         14 => "not_expired",
         15 => "reservation_expired",
         16 => "in_progress",
+        17 => "in_use",
+        19 => "intelligence_off",
         20 => "subscription_not_found",
         BACKUP_REFUSED => "backup_refused",
         BACKUP_FAILED => "backup_failed",
@@ -94,7 +96,7 @@ mod tests {
 
     #[test]
     fn every_defined_status_has_a_name() {
-        for s in (0..=16).chain(20..=22).chain(100..=112) {
+        for s in (0..=17).chain(19..=22).chain(100..=112) {
             assert_ne!(name(s), "unknown_status", "{s}");
         }
         assert_eq!(name(INVALID_REQUEST), "invalid_request");

@@ -5,9 +5,10 @@
 //! malformed request.
 
 use crate::domain::{
-    AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
-    ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
-    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, WindowRate,
+    AdjustReason, AtRisk, AtRiskRegion, AtpExplanation, Catalog, CatalogCommand, Channel,
+    ChannelId, ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock,
+    LowStockSource, RebalancePolicy, Recommendation, RegionVelocity, Rejection, SkuCommand, SkuId,
+    SkuVelocity, SkuView, StockState, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -206,6 +207,44 @@ pub fn low_stock_command(u: &SetLowStock) -> Result<Command, Rejection> {
     })))
 }
 
+/// The engine command of a delete-location body.
+pub fn delete_location_command(d: &DeleteLocation) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::DeleteLocation(loc(
+        &d.location
+    )?)))
+}
+
+/// The engine command of a delete-channel body.
+pub fn delete_channel_command(d: &DeleteChannel) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::DeleteChannel(
+        ChannelId::new(&d.channel)?,
+    )))
+}
+
+/// The wire facts of an `InUse` (17) rejection.
+pub fn in_use_facts(u: &crate::domain::InUse) -> InUseFacts {
+    let (kind, id) = match &u.target {
+        crate::domain::CatalogRef::Location(l) => (in_use_kind::LOCATION, l.to_string()),
+        crate::domain::CatalogRef::Channel(c) => (in_use_kind::CHANNEL, c.to_string()),
+    };
+    InUseFacts {
+        kind,
+        id,
+        channels: u.channels.iter().map(ToString::to_string).collect(),
+        channels_total: u.channels_total,
+        skus_with_stock: u.refs.skus_with_stock,
+        skus_with_holds: u.refs.skus_with_holds,
+        skus_with_safety_stock: u.refs.skus_with_safety_stock,
+        example_sku: u
+            .refs
+            .example_sku
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string),
+        reservations: u.refs.reservations,
+        example_reservation: u.refs.example_reservation.unwrap_or(0),
+    }
+}
+
 /// [`Reserved`] borrowing the outcome's strings: the same bytes on the wire (serde writes
 /// a `&str` as it writes a `String`), without two `String`s per allocation on the reserve
 /// path. `reserved_view_encodes_as_reserved` holds the two to the same bytes.
@@ -331,21 +370,82 @@ pub fn channel_velocity_of(v: &ChannelVelocity) -> WireChannelVelocity {
     }
 }
 
+/// A SKU x region's velocity on the wire.
+pub fn region_velocity_of(r: &RegionVelocity) -> WireRegionVelocity {
+    WireRegionVelocity {
+        region: r.region.clone(),
+        atp: r.atp,
+        windows: windows_of(&r.windows),
+    }
+}
+
 /// The result of `VELOCITY`.
 pub fn velocity_of(sku: &SkuId, v: &SkuVelocity) -> WireVelocity {
     WireVelocity {
         sku: sku.to_string(),
         channels: v.channels.iter().map(channel_velocity_of).collect(),
-        regions: v
-            .regions
+        regions: v.regions.iter().map(region_velocity_of).collect(),
+    }
+}
+
+/// The result of `AT_RISK_REGION`.
+pub fn at_risk_region_of(region: &str, window: u8, list: &[AtRiskRegion]) -> WireAtRiskRegion {
+    WireAtRiskRegion {
+        region: region.to_string(),
+        window,
+        skus: list
             .iter()
-            .map(|r| WireRegionVelocity {
-                region: r.region.clone(),
-                atp: r.atp,
-                windows: windows_of(&r.windows),
+            .map(|a| WireAtRiskRegionSku {
+                sku: a.sku.to_string(),
+                velocity: region_velocity_of(&a.velocity),
             })
             .collect(),
     }
+}
+
+/// The policy of a `REBALANCE_LIST` query: absent thresholds take the defaults; a bad
+/// combination is `InvalidRequest` with the reason.
+pub fn rebalance_policy(q: &RebalanceQuery) -> Result<RebalancePolicy, Rejection> {
+    let d = RebalancePolicy::default();
+    RebalancePolicy::new(
+        q.near_hours.map_or(d.near_hours, f64::from),
+        q.surplus_hours.map_or(d.surplus_hours, f64::from),
+        q.window.map_or(d.window, usize::from),
+    )
+    .map_err(Rejection::invalid)
+}
+
+/// One recommendation on the wire.
+pub fn recommendation_of(r: &Recommendation) -> WireRecommendation {
+    WireRecommendation {
+        id: r.id,
+        sku: r.sku.to_string(),
+        basis_seq: r.basis_seq,
+        short_region: r.plan.to_region.clone(),
+        donor_region: r.plan.from_region.clone(),
+        from: r.plan.from.to_string(),
+        to: r.plan.to.to_string(),
+        qty: r.plan.qty,
+        short_cover_hours: r.plan.to_cover_hours.0,
+        short_cover_after_hours: r.plan.to_cover_hours.1,
+        donor_cover_hours: r.plan.from_cover_hours.0,
+        donor_cover_after_hours: r.plan.from_cover_hours.1,
+        reference: r.reference(),
+    }
+}
+
+/// Encoded size of a [`WireRecommendation`] (fixed-width codec): 7 strings (8-byte length
+/// each), id 16, basis 8, qty 4, two f64 16, two optional f64 at most 18.
+pub fn recommendation_bytes(w: &WireRecommendation) -> usize {
+    let strings = [
+        &w.sku,
+        &w.short_region,
+        &w.donor_region,
+        &w.from,
+        &w.to,
+        &w.reference,
+    ];
+    strings.iter().map(|s| 8 + s.len()).sum::<usize>() + 16 + 8 + 4 + 16 + 18
 }
 
 /// The result of `AT_RISK`.

@@ -54,6 +54,7 @@ fn rejected(r: &Rejection) -> OpResult {
             expected: *expected,
             actual: *actual,
         }),
+        Rejection::InUse(u) => protocol::encode_payload(&convert::in_use_facts(u)),
         _ => Ok(Vec::new()),
     };
     OpResult {
@@ -223,6 +224,8 @@ fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
         Op::UpsertLocation(b) => write((b.request_id, fp), location_command(&b), a),
         Op::UpsertChannel(b) => write((b.request_id, fp), channel_command(&b), a),
         Op::SetLowStock(b) => write((b.request_id, fp), low_stock_command(&b), a),
+        Op::DeleteLocation(b) => write((b.request_id, fp), delete_location_command(&b), a),
+        Op::DeleteChannel(b) => write((b.request_id, fp), delete_channel_command(&b), a),
         // The connection runs these itself when they come alone (they change its state).
         Op::Subscribe(_) | Op::Unsubscribe => Plan::Answer(rejected(&Rejection::invalid(
             "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",
@@ -254,6 +257,14 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Err(f) => failure(&f),
         },
         Op::AtRisk(q) => match at_risk(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
+        Op::AtRiskRegion(q) => match at_risk_region(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
+        Op::RebalanceList(q) => match rebalance_list(ctx, &q).await {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
@@ -331,6 +342,56 @@ async fn at_risk(
         .at_risk(&channel, usize::from(q.window), limit)
         .await?;
     Ok(convert::at_risk_of(&channel, q.window, &list))
+}
+
+async fn at_risk_region(
+    ctx: &Ctx,
+    q: &crate::protocol::AtRiskRegionQuery,
+) -> Result<crate::protocol::WireAtRiskRegion, Failure> {
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let list = ctx
+        .engine
+        .at_risk_region(&q.region, usize::from(q.window), limit)
+        .await?;
+    Ok(convert::at_risk_region_of(&q.region, q.window, &list))
+}
+
+/// `REBALANCE_LIST`: the policy checked, the SKU id checked, the list from the engine,
+/// cut (`truncated`) where the next recommendation would pass `max_frame_bytes` less
+/// [`LIST_SKUS_FRAME_RESERVE`].
+async fn rebalance_list(
+    ctx: &Ctx,
+    q: &crate::protocol::RebalanceQuery,
+) -> Result<crate::protocol::WireRebalance, Failure> {
+    let policy = convert::rebalance_policy(q)?;
+    let sku = q.sku.as_deref().map(SkuId::new).transpose()?;
+    let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+    let list = ctx
+        .engine
+        .rebalance(sku.as_ref(), q.region.as_deref(), policy, limit)
+        .await?;
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE);
+    let mut used = 0usize;
+    let mut recommendations = Vec::with_capacity(list.len());
+    for r in &list {
+        let w = convert::recommendation_of(r);
+        used += convert::recommendation_bytes(&w);
+        if used > budget {
+            break;
+        }
+        recommendations.push(w);
+    }
+    Ok(crate::protocol::WireRebalance {
+        // Whole hours on the wire: the policy was built from them or is the default.
+        near_hours: policy.near_hours as u32,
+        surplus_hours: policy.surplus_hours as u32,
+        window: u8::try_from(policy.window).unwrap_or(u8::MAX),
+        truncated: recommendations.len() < list.len(),
+        recommendations,
+    })
 }
 
 /// Most ids in one `LIST_SKUS` page.

@@ -64,19 +64,33 @@ pub const DEFAULT_MAX_BATCH_RECORDS: usize = 8192;
 /// every value (and a torn tail) bigger.
 pub const DEFAULT_MAX_GROUP_RECORDS: usize = 256;
 
-/// Default for [`WalConfig::max_group_bytes`]: 256 KiB of encoded group per sled value,
-/// so large payloads do not turn a group into one huge value (sled keeps whole values
-/// in memory). A single record larger than this is stored as a group of one.
-pub const DEFAULT_MAX_GROUP_BYTES: usize = 256 * 1024;
+/// Default for [`WalConfig::max_group_bytes`]: 4 KiB of encoded group per sled value
+/// ([`SLED_VALUE_BYTES`]: small enough that sled never stores a log leaf as a blob file).
+/// A single record larger than this is stored as a group of one.
+pub const DEFAULT_MAX_GROUP_BYTES: usize = SLED_VALUE_BYTES;
+
+/// The size every sled value of ours stays under (log groups, checkpoint chunks): 4 KiB.
+///
+/// Why: sled 0.34 writes any page fragment over `segment_size / 4 - 20` bytes (131,052
+/// with the default 512 KiB segments) as a separate file in `blobs/`, and a leaf page
+/// holds up to 17 values. A blob replaced by a newer version is removed only when its
+/// segment is retired, from a list kept in memory (`deferred_rm_blob`): a kill -9 loses
+/// that list and nothing collects the file afterwards (sled issue #786). With 1 MiB
+/// checkpoint chunks and 256 KiB groups, every checkpoint and most log leaves were blobs:
+/// 100 kill -9 cycles of tests/crash.rs left 89 MB of files for about 4 MB of live data, and
+/// recovery grew with them (docs/benchmarks.md "Longer crash run"). 17 values of 4 KiB plus
+/// their keys stay near 70 KB, inside the log's segments, which sled reuses.
+pub const SLED_VALUE_BYTES: usize = 4 * 1024;
 
 /// Default for [`WalConfig::max_pending_records`]: 1,000,000 records waiting for the
 /// writer. Beyond this `append` returns [`WalError::Backpressure`] so a stalled disk
 /// turns into a retriable error instead of unbounded memory growth.
 pub const DEFAULT_MAX_PENDING_RECORDS: usize = 1_000_000;
 
-/// Default for [`WalConfig::checkpoint_chunk_bytes`]: 1 MiB per sled value, so a large
-/// snapshot never becomes one huge sled value.
-pub const CHECKPOINT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Default for [`WalConfig::checkpoint_chunk_bytes`]: [`SLED_VALUE_BYTES`] per sled value,
+/// so a snapshot is never one huge sled value nor a leaf of blob files (a 100 MB checkpoint
+/// is 25,600 chunks).
+pub const CHECKPOINT_CHUNK_BYTES: usize = SLED_VALUE_BYTES;
 
 /// Default for [`WalConfig::sled_cache_capacity_bytes`]: 64 MiB. The WAL is written far
 /// more than it is read, so sled's default 1 GiB page cache would mostly hold records
