@@ -202,6 +202,14 @@ pub struct Args {
     /// Take a checkpoint after this many log records; 0 disables [default: 1000000].
     #[arg(long, env = "OMNISTOCK_CHECKPOINT_EVERY_RECORDS", value_name = "N")]
     pub checkpoint_every_records: Option<u64>,
+    /// Keep at most this many history events per SKU (the newest; enforced at each
+    /// checkpoint); 0 = no count limit [default: 100000].
+    #[arg(long, env = "OMNISTOCK_HISTORY_MAX_EVENTS_PER_SKU", value_name = "N")]
+    pub history_max_events_per_sku: Option<u64>,
+    /// Drop history events older than this many days (enforced at each checkpoint);
+    /// 0 = no age limit [default: 0].
+    #[arg(long, env = "OMNISTOCK_HISTORY_RETENTION_DAYS", value_name = "DAYS")]
+    pub history_retention_days: Option<u32>,
     /// Publish the feed's events to NATS JetStream at this server list (nats://host:4222);
     /// overrides `[nats] url`; the rest of `[nats]` keeps its defaults (docs/adapters.md)
     /// [default: off].
@@ -240,7 +248,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
     velocity_half_lives_ms: an array of three), [storage] \
-    (durability, flush_interval_ms, checkpoint_every_records), [[webhooks]] (name, url, \
+    (durability, flush_interval_ms, checkpoint_every_records, history_max_events_per_sku, \
+    history_retention_days), [[webhooks]] (name, url, \
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
     ca_file; \
@@ -415,6 +424,8 @@ struct FileStorage {
     durability: Option<String>,
     flush_interval_ms: Option<u64>,
     checkpoint_every_records: Option<u64>,
+    history_max_events_per_sku: Option<u64>,
+    history_retention_days: Option<u32>,
 }
 
 /// How log lines look.
@@ -836,6 +847,17 @@ fn persist_config(args: &Args, file: &FileConfig) -> anyhow::Result<PersistConfi
     };
     if let Some(n) = args.checkpoint_every_records.or(s.checkpoint_every_records) {
         p.checkpoint_every_records = n;
+    }
+    if let Some(n) = args
+        .history_max_events_per_sku
+        .or(s.history_max_events_per_sku)
+    {
+        p.history.max_events_per_sku = in_range("history_max_events_per_sku", n, 0, 1_000_000_000)?;
+    }
+    if let Some(d) = args.history_retention_days.or(s.history_retention_days) {
+        // 100 years: beyond that an age limit means nothing, and days * 86.4M ms stays far
+        // inside a u64.
+        p.history.retention_days = in_range("history_retention_days", d, 0, 36_500)?;
     }
     Ok(p)
 }

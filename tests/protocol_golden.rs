@@ -534,8 +534,10 @@ fn roles_of_the_new_operations() {
     assert!(Role::Admin.may(SET_LOW_STOCK));
     assert!(!Role::Adapter.may(SET_LOW_STOCK) && !Role::Checkout.may(SET_LOW_STOCK));
     assert!(!is_reserved(SET_LOW_STOCK));
-    // Still reserved: answered 105.
-    assert!(is_reserved(SKU_HISTORY));
+    // The last reserved opcode is implemented now (adapter and admin, like the feed).
+    assert!(!is_reserved(SKU_HISTORY));
+    assert!(Role::Adapter.may(SKU_HISTORY) && Role::Admin.may(SKU_HISTORY));
+    assert!(!Role::Checkout.may(SKU_HISTORY));
 }
 
 #[test]

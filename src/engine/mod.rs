@@ -16,6 +16,7 @@ mod delivery;
 mod expiry;
 mod expiry_driver;
 mod frame;
+pub mod history;
 mod idempotency;
 pub mod journal;
 mod persist;
@@ -41,7 +42,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
 use idempotency::IdempotencyTable;
 use journal::Journal;
-pub use persist::{CheckpointReport, HistoryEntry, PersistConfig};
+pub use history::{HistoryEntry, HistoryPage, HistoryRetention};
+pub use persist::{CheckpointReport, PersistConfig};
 use registry::Registry;
 
 /// A failure of the engine itself (not a business rejection).
@@ -170,6 +172,10 @@ pub(crate) struct Core {
     /// Where a replay would start now: the latest checkpoint's start sequence (1 without
     /// one). Checkpoints are due by the records logged since, across restarts.
     pub checkpoint_start: AtomicU64,
+    /// History retention, applied after each checkpoint (set by `Engine::open`).
+    pub history_retention: Mutex<history::HistoryRetention>,
+    /// Where the next retention pass continues (the SKU after which it starts).
+    pub history_prune_after: Mutex<Option<String>>,
 }
 
 /// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
@@ -411,6 +417,8 @@ impl Engine {
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Counters::default(),
             checkpoint_start: AtomicU64::new(1),
+            history_retention: Mutex::new(history::HistoryRetention::default()),
+            history_prune_after: Mutex::new(None),
         });
         let catalog = core.catalog();
         for s in &skus {

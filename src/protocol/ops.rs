@@ -10,7 +10,7 @@ use super::ProtocolError;
 use crate::codec;
 
 /// Opcodes (`u16`). Ranges: 0x00xx meta, 0x01xx reservations, 0x02xx stock, 0x03xx catalog,
-/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history (reserved).
+/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history.
 pub mod opcode {
     /// Liveness check.
     pub const PING: u16 = 0x0001;
@@ -72,7 +72,7 @@ pub mod opcode {
     pub const LIST_SUBSCRIPTIONS: u16 = 0x0504;
     /// Forget a stored named position (admin).
     pub const DELETE_SUBSCRIPTION: u16 = 0x0505;
-    /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
+    /// One page of a SKU's durable history (adapter, admin).
     pub const SKU_HISTORY: u16 = 0x0601;
 }
 
@@ -193,6 +193,8 @@ pub enum Op {
     ListSubscriptions(ListSubscriptions),
     /// `DELETE_SUBSCRIPTION`
     DeleteSubscription(DeleteSubscription),
+    /// `SKU_HISTORY`
+    SkuHistory(SkuHistory),
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -246,6 +248,7 @@ impl Op {
             Op::Ack(_) => ACK,
             Op::ListSubscriptions(_) => LIST_SUBSCRIPTIONS,
             Op::DeleteSubscription(_) => DELETE_SUBSCRIPTION,
+            Op::SkuHistory(_) => SKU_HISTORY,
         }
     }
 
@@ -300,6 +303,7 @@ impl Op {
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
             Op::DeleteSubscription(b) => body(b)?,
+            Op::SkuHistory(b) => body(b)?,
         };
         Ok(RawOp {
             opcode: self.opcode(),
@@ -343,13 +347,15 @@ impl Op {
             ACK => Op::Ack(decode_request_body(b)?),
             LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_request_body(b)?),
             DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_request_body(b)?),
+            SKU_HISTORY => Op::SkuHistory(decode_request_body(b)?),
             _ => return Ok(None),
         }))
     }
 }
 
-/// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`).
+/// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`). None is
+/// now: `SKU_HISTORY`, the last one, is implemented. Kept for the next reservation.
 pub fn is_reserved(op: u16) -> bool {
-    use opcode::*;
-    op == SKU_HISTORY
+    let _ = op;
+    false
 }
