@@ -84,10 +84,11 @@ async fn checkpoints(http: u16) -> u64 {
 /// What the test expects of one event: (request id, kind, quantity, reason, reference).
 type Expected = (u128, u8, i64, String, String);
 
+// Shrinkage (-1) comes third: after the first two added stock.
 const REASONS: [(WireAdjustReason, &str); 3] = [
     (WireAdjustReason::Receipt, "receipt"),
-    (WireAdjustReason::Shrinkage, "shrinkage"),
     (WireAdjustReason::Correction, "correction"),
+    (WireAdjustReason::Shrinkage, "shrinkage"),
 ];
 
 /// `n` adjusts of `sku`, each with its own reason and reference; what to expect of them.
@@ -395,12 +396,8 @@ async fn retention_drops_only_events_beyond_the_count_and_older_than_the_age() {
     cfg.history.retention_days = 1;
     let e = open(&cfg).await;
     setup(&e).await;
-    // A: 10 events now (the count limit keeps 4); B: 2 events now, 3 two days later
-    // (the age limit drops the first two); C: 1 event, kept.
-    let mut a = Vec::new();
-    for i in 0..10 {
-        a.push((adjust(&e, "A", 1, &format!("a{i}")).await, format!("a{i}")));
-    }
+    // B: 2 events, then 3 two days later (the age limit drops the first two); A: 10
+    // events (the count limit keeps 4); C: 1 event, kept.
     let mut b = Vec::new();
     for i in 0..2 {
         b.push((adjust(&e, "B", 1, &format!("b{i}")).await, format!("b{i}")));
@@ -408,6 +405,10 @@ async fn retention_drops_only_events_beyond_the_count_and_older_than_the_age() {
     clock.advance(2 * 86_400_000);
     for i in 2..5 {
         b.push((adjust(&e, "B", 1, &format!("b{i}")).await, format!("b{i}")));
+    }
+    let mut a = Vec::new();
+    for i in 0..10 {
+        a.push((adjust(&e, "A", 1, &format!("a{i}")).await, format!("a{i}")));
     }
     let c = vec![(adjust(&e, "C", 1, "c0").await, "c0".to_string())];
     // Before a checkpoint nothing is dropped: retention runs at checkpoint time.
