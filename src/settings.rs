@@ -1074,6 +1074,30 @@ mod tests {
     }
 
     #[test]
+    fn history_retention_from_flags_env_names_and_file_with_named_errors() {
+        let d = resolve_with(&[], None).expect("defaults");
+        assert_eq!(d.persist.history.max_events_per_sku, 100_000);
+        assert_eq!(d.persist.history.retention_days, 0);
+        let toml = r#"
+            [storage]
+            history_max_events_per_sku = 50
+            history_retention_days = 30
+        "#;
+        let s = resolve_with(&["--history-retention-days", "7"], Some(toml)).expect("valid");
+        assert_eq!(s.persist.history.max_events_per_sku, 50, "from the file");
+        assert_eq!(s.persist.history.retention_days, 7, "the flag wins");
+        let s = resolve_with(&["--history-max-events-per-sku", "0"], None).expect("valid");
+        assert_eq!(s.persist.history.max_events_per_sku, 0, "0: no count limit");
+        let e = resolve_with(&["--history-retention-days", "40000"], None).unwrap_err();
+        assert!(
+            e.to_string().contains("history_retention_days"),
+            "names the setting: {e}"
+        );
+        let e = resolve_with(&["--history-max-events-per-sku", "2000000000"], None).unwrap_err();
+        assert!(e.to_string().contains("history_max_events_per_sku"), "{e}");
+    }
+
+    #[test]
     fn nats_is_off_by_default_and_read_from_the_file_or_the_flag() {
         assert!(resolve_with(&[], None).expect("valid").nats.is_none());
         let s = resolve_with(&["--nats-url", "nats://127.0.0.1:4222"], None).expect("valid");

@@ -517,3 +517,60 @@ proptest! {
         rt.block_on(run_model(steps, limit))?;
     }
 }
+
+/// Disk cost of the history per event (docs/history-design.md, "Cost per event"): N
+/// adjusts over 100 SKUs, then a checkpoint derives them; prints sled's size on disk before
+/// and after and the history tree's own bytes. A measurement, run by hand:
+/// `cargo test --release --test history -- --ignored --nocapture measure`
+/// (OMNISTOCK_HISTORY_EVENTS sets N, default 100,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn measure_history_bytes_per_event() {
+    let n: usize = std::env::var("OMNISTOCK_HISTORY_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let mut cfg = persist(dir.path(), &clock);
+    cfg.history.max_events_per_sku = 0;
+    let e = Arc::new(open(&cfg).await);
+    setup(&e).await;
+    e.checkpoint().await.unwrap();
+    let disk = |e: &Engine| e.log_stats().unwrap().approx_disk_bytes;
+    let empty = disk(&e);
+    // Before: the events in the log only (what the log costs anyway).
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    for w in 0..32 {
+        let e = e.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                adjust(&e, &format!("SKU-{:05}", i % 100), 1, &format!("PO-{i:08}")).await;
+                i += 32;
+            }
+            let _ = tx.send(()).await;
+        });
+    }
+    drop(tx);
+    while rx.recv().await.is_some() {}
+    let logged = disk(&e);
+    let t = std::time::Instant::now();
+    e.checkpoint().await.unwrap();
+    let took = t.elapsed();
+    let after = disk(&e);
+    e.shutdown();
+    drop(e);
+    let wal = wal_of(dir.path());
+    let (events, bytes) = wal.history_size().unwrap();
+    assert_eq!(events, n as u64, "every event derived once");
+    println!(
+        "{n} events over 100 SKUs: sled on disk {empty} bytes before, {logged} with them in \
+         the log, {after} after the checkpoint moved them to the history ({:.1} bytes/event \
+         over the empty directory); history keys+values {bytes} bytes ({:.1} bytes/event); \
+         that checkpoint (derivation included) took {took:?}",
+        after.saturating_sub(empty) as f64 / n as f64,
+        bytes as f64 / n as f64
+    );
+}
