@@ -224,6 +224,12 @@ fn ops() -> Vec<Op> {
         Op::DeleteSubscription(DeleteSubscription {
             name: "fuzz".into(),
         }),
+        Op::SkuHistory(SkuHistory {
+            sku: "A".into(),
+            from_seq: 1,
+            from_index: 0,
+            limit: 10,
+        }),
     ]
 }
 

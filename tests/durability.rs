@@ -259,7 +259,11 @@ async fn history_answers_what_happened_to_a_sku() {
     assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
     let first = e.history(&sku("A"), (0, 0), 1).await.unwrap();
     assert_eq!(first.entries, h[..1], "oldest first, at most limit");
-    assert_eq!(first.next, Some(h[1].cursor()), "the next page starts there");
+    assert_eq!(
+        first.next,
+        Some(h[1].cursor()),
+        "the next page starts there"
+    );
     e.shutdown();
 }
 

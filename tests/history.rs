@@ -221,11 +221,21 @@ async fn history_is_complete_across_a_checkpoint_and_a_kill_9_restart() {
     check_history(&adapter, "H-2", &other).await;
     // The JSON form of ctl: ids as strings, the reason and reference of each event.
     let out = std::process::Command::new(BIN)
-        .args(["ctl", "--addr", &format!("127.0.0.1:{port}"), "--token", ADAPTER])
+        .args([
+            "ctl",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            ADAPTER,
+        ])
         .args(["--json", "history", "H-1", "--limit", "3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 3);
     assert_eq!(v["events"][0]["reference"], "doc-0");
@@ -265,10 +275,17 @@ async fn history_is_complete_across_a_checkpoint_and_a_kill_9_restart() {
     assert!(check.status.success(), "{text}");
     let derived_below: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("history: ")?.split("derived below seq ").nth(1))
+        .find_map(|l| {
+            l.strip_prefix("history: ")?
+                .split("derived below seq ")
+                .nth(1)
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no history line: {text}"));
-    assert!(derived_below > 25, "a checkpoint derived the history: {text}");
+    assert!(
+        derived_below > 25,
+        "a checkpoint derived the history: {text}"
+    );
 }
 
 // ---- in process ------------------------------------------------------------------------

@@ -40,9 +40,9 @@ use crate::domain::{Catalog, ChannelId, ReservationId, SkuId, SkuState, TimeMs};
 pub use api::{Change, Command, Failure, Outcome, Request, ReserveLine, ReserveRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
+pub use history::{HistoryEntry, HistoryPage, HistoryRetention};
 use idempotency::IdempotencyTable;
 use journal::Journal;
-pub use history::{HistoryEntry, HistoryPage, HistoryRetention};
 pub use persist::{CheckpointReport, PersistConfig};
 use registry::Registry;
 

@@ -375,7 +375,10 @@ mod tests {
             .collect();
         put(&t, &items).expect("put");
         mark(&t, 1, 9).expect("mark");
-        assert_eq!(marks(&t, 1).expect("marks"), HistoryMarks { base: 1, upto: 9 });
+        assert_eq!(
+            marks(&t, 1).expect("marks"),
+            HistoryMarks { base: 1, upto: 9 }
+        );
         let dir = Path::new("/nowhere");
         let seqs = |v: Vec<HistoryItem>| v.iter().map(|i| i.seq).collect::<Vec<_>>();
         assert_eq!(
@@ -392,7 +395,10 @@ mod tests {
         assert_eq!((r.examined, r.removed), (10, 6));
         assert_eq!(r.next_after.as_deref(), Some("A"));
         let r = prune(&t, r.next_after.as_deref(), 1, 4, 300).expect("prune");
-        assert_eq!((r.examined, r.removed, r.next_after), (10, 6, Some("BB".into())));
+        assert_eq!(
+            (r.examined, r.removed, r.next_after),
+            (10, 6, Some("BB".into()))
+        );
         let r = prune(&t, Some("BB"), 1, 4, 300).expect("prune");
         assert_eq!(r, PruneReport::default());
         assert_eq!(
