@@ -258,7 +258,7 @@ impl Engine {
             ));
         };
         if !(1..=history::MAX_HISTORY_PAGE).contains(&limit) {
-            return Err(EngineError::Storage(format!(
+            return Err(EngineError::Limit(format!(
                 "history limit {limit}: must be 1..={}",
                 history::MAX_HISTORY_PAGE
             )));
