@@ -225,14 +225,12 @@ pub fn read_page(
         });
     }
     let tail_from = from.0.max(marks.upto).max(floor);
-    let mut scanned = 0u64;
-    'records: for r in wal.replay_from(tail_from) {
+    'records: for (scanned, r) in (0u64..).zip(wal.replay_from(tail_from)) {
         let (seq, bytes) = r.map_err(corrupt)?;
         if scanned == tail_budget {
             next = Some((seq, 0));
             break;
         }
-        scanned += 1;
         let rec = recovery::decode_record(seq, &bytes)?;
         let RecordBody::Sku { sku: s, events } = rec.body else {
             continue;
