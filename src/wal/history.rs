@@ -21,6 +21,10 @@
 //!
 //! Writes and removals are single-key operations, not `apply_batch`: a sled batch takes the
 //! process-wide lock the WAL writer needs (see `checkpoint::remove_log_below`).
+//!
+//! Every value is small, under 4 KiB (so sled keeps it inside its segments, never as a
+//! blob file): an event's body is bounded by the domain limits, at most 64 allocations of
+//! a 32-byte location id and a 128-byte reference, under 3 KiB with the header.
 
 use std::ops::Bound;
 use std::path::Path;
