@@ -251,6 +251,12 @@ fn ops() -> Vec<Op> {
         Op::Backup(Backup {
             to: "/nonexistent/omnistock-fuzz-backup".into(),
         }),
+        Op::SkuHistory(SkuHistory {
+            sku: "A".into(),
+            from_seq: 1,
+            from_index: 0,
+            limit: 10,
+        }),
     ]
 }
 

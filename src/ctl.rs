@@ -194,6 +194,22 @@ enum CtlCmd {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
     },
+    /// One page of a SKU's durable history, oldest first: every event with its seq, time,
+    /// request id, reason and reference, across checkpoints and restarts (as far as the
+    /// server's retention keeps them); `next: --from ...` names the next page.
+    History {
+        /// SKU id.
+        sku: String,
+        /// Start at this seq (inclusive; 0 = the oldest kept): the previous page's next.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Start at this event of the --from record (the previous page's next index).
+        #[arg(long, default_value_t = 0)]
+        index: u16,
+        /// Most events in the page (1..=1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// A reservation.
     Reservation {
         /// Reservation id: 32 hex digits, 0x-hex or decimal.
@@ -774,6 +790,17 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
         CtlCmd::Reservations { sku, after, limit } => {
             Op::ListReservations(ListReservations { sku, after, limit })
         }
+        CtlCmd::History {
+            sku,
+            from,
+            index,
+            limit,
+        } => Op::SkuHistory(SkuHistory {
+            sku,
+            from_seq: from,
+            from_index: index,
+            limit,
+        }),
         CtlCmd::Reservation { id } => Op::GetReservation(GetReservation { reservation: id }),
         CtlCmd::Locations => Op::ListLocations,
         CtlCmd::Channels => Op::ListChannels,
@@ -949,6 +976,10 @@ async fn answer(c: &Client, op: Op) -> Result<Output, Failure> {
         Op::ListReservations(q) => {
             render::sku_reservations(&c.list_reservations(&q.sku, q.after, q.limit).await?)
         }
+        Op::SkuHistory(q) => render::sku_history(
+            &c.sku_history(&q.sku, (q.from_seq, q.from_index), q.limit)
+                .await?,
+        ),
         Op::GetReservation(g) => render::reservation(&c.get_reservation(g.reservation).await?),
         Op::ListLocations => render::locations(&c.locations().await?)?,
         Op::ListChannels => render::channels(&c.channels().await?)?,

@@ -211,6 +211,14 @@ pub struct Args {
     /// backup`, `check --addr`) [default: none, any absolute path the server may write].
     #[arg(long, env = "OMNISTOCK_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
+    /// Keep at most this many history events per SKU (the newest; enforced at each
+    /// checkpoint); 0 = no count limit [default: 100000].
+    #[arg(long, env = "OMNISTOCK_HISTORY_MAX_EVENTS_PER_SKU", value_name = "N")]
+    pub history_max_events_per_sku: Option<u64>,
+    /// Drop history events older than this many days (enforced at each checkpoint);
+    /// 0 = no age limit [default: 0].
+    #[arg(long, env = "OMNISTOCK_HISTORY_RETENTION_DAYS", value_name = "DAYS")]
+    pub history_retention_days: Option<u32>,
     /// Publish the feed's events to NATS JetStream at this server list (nats://host:4222);
     /// overrides `[nats] url`; the rest of `[nats]` keeps its defaults (docs/adapters.md)
     /// [default: off].
@@ -249,7 +257,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
     velocity_half_lives_ms: an array of three, intelligence: \"on\" or \"off\"), [storage] \
-    (durability, flush_interval_ms, checkpoint_every_records, backup_dir), [[webhooks]] (name, url, \
+    (durability, flush_interval_ms, checkpoint_every_records, backup_dir, history_max_events_per_sku, \
+    history_retention_days), [[webhooks]] (name, url, \
     secret or secret_env, channels, skus, prefix, kinds, coalesce_ms, max_attempts, \
     timeout_ms, backoff_initial_ms, backoff_max_ms, max_batch_events, max_batch_bytes, \
     ca_file; \
@@ -426,6 +435,8 @@ struct FileStorage {
     flush_interval_ms: Option<u64>,
     checkpoint_every_records: Option<u64>,
     backup_dir: Option<PathBuf>,
+    history_max_events_per_sku: Option<u64>,
+    history_retention_days: Option<u32>,
 }
 
 /// How log lines look.
@@ -869,6 +880,17 @@ fn persist_config(args: &Args, file: &FileConfig) -> anyhow::Result<PersistConfi
     if let Some(n) = args.checkpoint_every_records.or(s.checkpoint_every_records) {
         p.checkpoint_every_records = n;
     }
+    if let Some(n) = args
+        .history_max_events_per_sku
+        .or(s.history_max_events_per_sku)
+    {
+        p.history.max_events_per_sku = in_range("history_max_events_per_sku", n, 0, 1_000_000_000)?;
+    }
+    if let Some(d) = args.history_retention_days.or(s.history_retention_days) {
+        // 100 years: beyond that an age limit means nothing, and days * 86.4M ms stays far
+        // inside a u64.
+        p.history.retention_days = in_range("history_retention_days", d, 0, 36_500)?;
+    }
     Ok(p)
 }
 
@@ -1121,6 +1143,30 @@ mod tests {
         let e = resolve_with(&["--backup-dir", file.to_str().expect("utf-8")], None)
             .expect_err("a file");
         assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn history_retention_from_flags_env_names_and_file_with_named_errors() {
+        let d = resolve_with(&[], None).expect("defaults");
+        assert_eq!(d.persist.history.max_events_per_sku, 100_000);
+        assert_eq!(d.persist.history.retention_days, 0);
+        let toml = r#"
+            [storage]
+            history_max_events_per_sku = 50
+            history_retention_days = 30
+        "#;
+        let s = resolve_with(&["--history-retention-days", "7"], Some(toml)).expect("valid");
+        assert_eq!(s.persist.history.max_events_per_sku, 50, "from the file");
+        assert_eq!(s.persist.history.retention_days, 7, "the flag wins");
+        let s = resolve_with(&["--history-max-events-per-sku", "0"], None).expect("valid");
+        assert_eq!(s.persist.history.max_events_per_sku, 0, "0: no count limit");
+        let e = resolve_with(&["--history-retention-days", "40000"], None).unwrap_err();
+        assert!(
+            e.to_string().contains("history_retention_days"),
+            "names the setting: {e}"
+        );
+        let e = resolve_with(&["--history-max-events-per-sku", "2000000000"], None).unwrap_err();
+        assert!(e.to_string().contains("history_max_events_per_sku"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `omnistock check DIR` and `omnistock dump DIR --sku SKU`: offline verification of a data
-//! directory and the per-SKU audit ledger. Both open the log exclusively (sled locks the
+//! directory and the per-SKU audit ledger (the durable history, `engine::history`). Both open the log exclusively (sled locks the
 //! directory), so they refuse to run against a directory a live server holds. Neither
 //! initialises a directory nor writes an identity file (`Init::RefuseReadOnly`).
 //!
@@ -18,12 +18,15 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use omnistock::domain::{HalfLives, SkuId};
 use omnistock::engine::journal::RecordBody;
-use omnistock::engine::recovery;
+use omnistock::engine::{history, recovery};
 use omnistock::wal::{identity, DirState, Init, Wal, WalConfig, WalError};
 
 /// How long `check` and `dump` wait for the directory lock (a server that just exited
 /// lets go when its process ends, so a short wait suffices).
 const TOOL_LOCK_WAIT_MS: u64 = 250;
+
+/// Events `dump` reads per history page (memory by the page, not the SKU's history).
+const DUMP_PAGE: usize = 1000;
 
 /// Flags of `check`.
 #[derive(clap::Args)]
@@ -148,6 +151,12 @@ fn check_counts(dir: &Path, print: bool) -> anyhow::Result<(usize, u64)> {
     } else {
         say!("checkpoint: none");
     }
+    let marks = wal.history_marks().context("reading the history markers")?;
+    let (events, bytes) = wal.history_size().context("reading the history")?;
+    println!(
+        "history: {events} events ({bytes} bytes of keys and values) from seq {}, derived below seq {}",
+        marks.base, marks.upto
+    );
     let mut kinds: HashMap<&'static str, u64> = HashMap::new();
     let records = wal.replay_from(start).inspect(|r| {
         if let Ok((seq, bytes)) = r {
@@ -201,7 +210,8 @@ fn check_counts(dir: &Path, print: bool) -> anyhow::Result<(usize, u64)> {
     Ok((rec.skus.len(), rec.last_seq))
 }
 
-/// Prints a SKU's state at the checkpoint, then every logged change of it after that.
+/// Prints a SKU's state at the checkpoint, then its whole durable history (every event
+/// retention kept, across checkpoints), oldest first.
 pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
     // `dump ... | head` closes the pipe early: that ends the dump, it is not an error.
     let out = &mut std::io::BufWriter::new(std::io::stdout().lock());
@@ -254,21 +264,28 @@ pub(crate) fn dump_path(
             None => writeln!(out, "# {sku} not in the checkpoint (seq < {start})")?,
         }
     }
+    // The full durable history: the history tree, then the log since its marker (the
+    // same merged view the server's SKU_HISTORY reads), without a bound on records read.
     let mut n = 0u64;
-    for r in wal.replay_from(start) {
-        let (seq, bytes) = r?;
-        let rec = recovery::decode_record(seq, &bytes)?;
-        if let RecordBody::Sku { sku: s, events } = &rec.body {
-            if *s == sku {
-                for e in events {
-                    writeln!(
-                        out,
-                        "seq={seq} at_ms={} request={:032x} {e:?}",
-                        rec.at_ms, rec.request
-                    )?;
-                    n += 1;
-                }
-            }
+    let mut from = (0u64, 0u16);
+    let mut first = true;
+    loop {
+        let page = history::read_page(&wal, sku.as_str(), from, DUMP_PAGE, u64::MAX)?;
+        if first {
+            writeln!(out, "# history from seq {}", page.base)?;
+            first = false;
+        }
+        for h in &page.entries {
+            writeln!(
+                out,
+                "seq={} index={} at_ms={} request={:032x} {:?}",
+                h.seq, h.index, h.at_ms, h.request, h.event
+            )?;
+            n += 1;
+        }
+        match page.next {
+            Some(next) => from = next,
+            None => break,
         }
     }
     writeln!(out, "# {n} events")?;

@@ -245,7 +245,7 @@ async fn history_answers_what_happened_to_a_sku() {
         .await
         .unwrap();
     exec(&e, Command::Release { reservation: 1 }).await.unwrap();
-    let h = e.history(&sku("A"), 10).await.unwrap();
+    let h = e.history(&sku("A"), (0, 0), 10).await.unwrap().entries;
     let kinds: Vec<&str> = h
         .iter()
         .map(|x| match x.event {
@@ -257,10 +257,12 @@ async fn history_answers_what_happened_to_a_sku() {
         .collect();
     assert_eq!(kinds, vec!["adjusted", "held", "released"]);
     assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
+    let first = e.history(&sku("A"), (0, 0), 1).await.unwrap();
+    assert_eq!(first.entries, h[..1], "oldest first, at most limit");
     assert_eq!(
-        e.history(&sku("A"), 1).await.unwrap().len(),
-        1,
-        "limit keeps the newest"
+        first.next,
+        Some(h[1].cursor()),
+        "the next page starts there"
     );
     e.shutdown();
 }

@@ -606,8 +606,10 @@ fn roles_of_the_new_operations() {
     assert!(Role::Admin.may(SET_LOW_STOCK));
     assert!(!Role::Adapter.may(SET_LOW_STOCK) && !Role::Checkout.may(SET_LOW_STOCK));
     assert!(!is_reserved(SET_LOW_STOCK));
-    // Still reserved: answered 105.
-    assert!(is_reserved(SKU_HISTORY));
+    // The last reserved opcode is implemented now (adapter and admin, like the feed).
+    assert!(!is_reserved(SKU_HISTORY));
+    assert!(Role::Adapter.may(SKU_HISTORY) && Role::Admin.may(SKU_HISTORY));
+    assert!(!Role::Checkout.may(SKU_HISTORY));
 }
 
 #[test]
@@ -939,4 +941,66 @@ fn backup_bodies() {
     );
     assert_eq!(omnistock::protocol::status::name(21), "backup_refused");
     assert_eq!(omnistock::protocol::status::name(22), "backup_failed");
+}
+
+#[test]
+fn sku_history_bodies() {
+    use omnistock::protocol::ops::opcode::SKU_HISTORY;
+    assert_eq!(SKU_HISTORY, 0x0601);
+    let op = Op::SkuHistory(SkuHistory {
+        sku: "A".into(),
+        from_seq: 5,
+        from_index: 1,
+        limit: 2,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, SKU_HISTORY);
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    golden(
+        "sku history body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 41 05 00 00 00 00 00 00 00 01 00 02 00 00 00",
+    );
+    let adjusted = WireHistoryEvent {
+        seq: 7,
+        index: 0,
+        at_ms: 1000,
+        request_id: 9,
+        kind: history_kind::STOCK_ADJUSTED,
+        quantity: -2,
+        previous: None,
+        location: "wh".into(),
+        to_location: String::new(),
+        channel: String::new(),
+        reservation: None,
+        allocations: vec![],
+        reason: "damage".into(),
+        reference: "r1".into(),
+        expires_at_ms: 0,
+    };
+    let held = WireHistoryEvent {
+        seq: 8,
+        kind: history_kind::HOLD_PLACED,
+        quantity: 2,
+        location: String::new(),
+        channel: "web".into(),
+        reservation: Some(5),
+        allocations: vec![("wh".into(), 2)],
+        reason: String::new(),
+        reference: String::new(),
+        expires_at_ms: 61_000,
+        previous: Some(3),
+        ..adjusted.clone()
+    };
+    // The server's page bound counts each event with encoded_len: its encoding exactly.
+    for e in [&adjusted, &held] {
+        assert_eq!(encode_payload(e).unwrap().len(), e.encoded_len(), "{e:?}");
+    }
+    let page = WireSkuHistory {
+        sku: "A".into(),
+        base_seq: 1,
+        events: vec![adjusted],
+        next: Some((8, 0)),
+    };
+    golden("sku history result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 00 00 e8 03 00 00 00 00 00 00 09 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 05 fe ff ff ff ff ff ff ff 00 02 00 00 00 00 00 00 00 77 68 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 06 00 00 00 00 00 00 00 64 61 6d 61 67 65 02 00 00 00 00 00 00 00 72 31 00 00 00 00 00 00 00 00 01 08 00 00 00 00 00 00 00 00 00");
 }

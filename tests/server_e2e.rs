@@ -494,8 +494,8 @@ async fn every_status_code_reaches_the_client() {
         .unwrap();
     let codes: Vec<u16> = res.iter().map(|r| r.status).collect();
     // SUBSCRIBE/ACK with no body: 102; UNSUBSCRIBE inside a larger batch: 12 (it must come
-    // alone); SKU_HISTORY still reserved: 105; unknown: 106.
-    assert_eq!(codes, [102, 12, 102, 105, 106, 102, 0]);
+    // alone); SKU_HISTORY with no body: 102 (it is implemented now); unknown: 106.
+    assert_eq!(codes, [102, 12, 102, 102, 106, 102, 0]);
 
     // 16 InProgress: the same request id while the first is waiting for the log.
     c.apply(adjust("A", "wh-a", 5)).await.unwrap();

@@ -530,6 +530,24 @@ impl Client {
     pub async fn backup(&self, to: &str) -> Result<WireBackup, ClientError> {
         self.call(Op::Backup(Backup { to: to.into() })).await
     }
+    /// One page of `sku`'s durable history from `from` = (seq, index) on (inclusive;
+    /// `(0, 0)` for the oldest kept), at most `limit` (1..=1000) events, oldest first
+    /// (`SKU_HISTORY`); pass the answer's `next` as the next page's `from` until it is
+    /// `None`.
+    pub async fn sku_history(
+        &self,
+        sku: &str,
+        from: (u64, u16),
+        limit: u32,
+    ) -> Result<WireSkuHistory, ClientError> {
+        self.call(Op::SkuHistory(SkuHistory {
+            sku: sku.into(),
+            from_seq: from.0,
+            from_index: from.1,
+            limit,
+        }))
+        .await
+    }
     /// Lists locations.
     pub async fn locations(&self) -> Result<Locations, ClientError> {
         self.call(Op::ListLocations).await

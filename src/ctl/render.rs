@@ -557,6 +557,98 @@ pub fn sku_reservations(l: &WireSkuReservations) -> Output {
     }
 }
 
+/// `history SKU`: one event a row, oldest first; `next: --from SEQ [--index I]` when the
+/// page was cut (ids as strings in JSON).
+pub fn sku_history(h: &WireSkuHistory) -> Output {
+    let mut human = kv(&[
+        ("sku", h.sku.clone()),
+        ("history_from_seq", h.base_seq.to_string()),
+        ("events", h.events.len().to_string()),
+    ]);
+    let rows: Vec<Vec<String>> = h
+        .events
+        .iter()
+        .map(|e| {
+            let place = match (e.location.is_empty(), e.to_location.is_empty()) {
+                (false, false) => format!("{}->{}", e.location, e.to_location),
+                (false, true) => e.location.clone(),
+                _ => e
+                    .allocations
+                    .iter()
+                    .map(|(l, q)| format!("{l}:{q}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            vec![
+                if e.index == 0 {
+                    e.seq.to_string()
+                } else {
+                    format!("{}.{}", e.seq, e.index)
+                },
+                rfc3339_ms(e.at_ms),
+                history_kind::name(e.kind).to_owned(),
+                e.quantity.to_string(),
+                place,
+                e.channel.clone(),
+                e.reservation.map(fmt_id).unwrap_or_default(),
+                e.reason.clone(),
+                e.reference.clone(),
+                fmt_id(e.request_id),
+            ]
+        })
+        .collect();
+    let cols = [
+        "seq",
+        "at",
+        "kind",
+        "qty",
+        "location",
+        "channel",
+        "reservation",
+        "reason",
+        "reference",
+        "request",
+    ];
+    human.push_str(&table(0, &cols, &["qty"], &rows));
+    match h.next {
+        Some((seq, 0)) => human.push_str(&format!("next: --from {seq}\n")),
+        Some((seq, index)) => human.push_str(&format!("next: --from {seq} --index {index}\n")),
+        None => human.push_str("(end of history)\n"),
+    }
+    let events: Vec<Value> = h
+        .events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq,
+                "index": e.index,
+                "at_ms": e.at_ms,
+                "request_id": fmt_id(e.request_id),
+                "kind": history_kind::name(e.kind),
+                "quantity": e.quantity,
+                "previous": e.previous,
+                "location": e.location,
+                "to_location": e.to_location,
+                "channel": e.channel,
+                "reservation": e.reservation.map(fmt_id),
+                "allocations": e.allocations,
+                "reason": e.reason,
+                "reference": e.reference,
+                "expires_at_ms": e.expires_at_ms,
+            })
+        })
+        .collect();
+    Output {
+        json: json!({
+            "sku": h.sku,
+            "history_from_seq": h.base_seq,
+            "events": events,
+            "next": h.next.map(|(seq, index)| json!({"from": seq, "index": index})),
+        }),
+        human,
+    }
+}
+
 pub fn reserved(reservation: u128, request_id: u128, r: &Reserved) -> Result<Output, Failure> {
     let mut human = kv(&[
         ("reservation", fmt_id(reservation)),

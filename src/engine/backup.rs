@@ -161,6 +161,17 @@ impl Engine {
         let now_ms = core.clock.now_ms();
         let (wal2, target2) = (wal.clone(), target.to_path_buf());
         let written: BackupWritten = tokio::task::spawn_blocking(move || {
+            // The backup's log starts at its checkpoint's start, so the SKU history of the
+            // records below it must be in the history tree it copies: derive them now, as
+            // the next checkpoint would (the source's tree then covers more than its own
+            // checkpoint: readers take those seqs from the tree, the log keeps them too).
+            let derived = super::history::derive(&wal2, start_seq).map_err(|e| {
+                crate::wal::WalError::Backup {
+                    path: target2.clone(),
+                    reason: format!("deriving the SKU history: {e}"),
+                }
+            })?;
+            tracing::info!(derived, "backup: SKU history derived up to seq {start_seq}");
             wal2.write_backup(&target2, start_seq, &bytes, up_to, now_ms, |line| {
                 tracing::info!("{line}")
             })

@@ -17,6 +17,7 @@ mod delivery;
 mod expiry;
 mod expiry_driver;
 mod frame;
+pub mod history;
 mod idempotency;
 pub mod journal;
 mod persist;
@@ -41,9 +42,10 @@ pub use api::{Change, Command, Failure, Outcome, Request, ReserveLine, ReserveRe
 pub use backup::{BackupError, BackupReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 use expiry::ExpiryQueue;
+pub use history::{HistoryEntry, HistoryPage, HistoryRetention};
 use idempotency::IdempotencyTable;
 use journal::Journal;
-pub use persist::{CheckpointReport, HistoryEntry, PersistConfig};
+pub use persist::{CheckpointReport, PersistConfig};
 use registry::Registry;
 
 /// A failure of the engine itself (not a business rejection).
@@ -183,6 +185,10 @@ pub(crate) struct Core {
     /// Where a replay would start now: the latest checkpoint's start sequence (1 without
     /// one). Checkpoints are due by the records logged since, across restarts.
     pub checkpoint_start: AtomicU64,
+    /// History retention, applied after each checkpoint (set by `Engine::open`).
+    pub history_retention: Mutex<history::HistoryRetention>,
+    /// Where the next retention pass continues (the SKU after which it starts).
+    pub history_prune_after: Mutex<Option<String>>,
 }
 
 /// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
@@ -443,6 +449,8 @@ impl Engine {
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Counters::default(),
             checkpoint_start: AtomicU64::new(1),
+            history_retention: Mutex::new(history::HistoryRetention::default()),
+            history_prune_after: Mutex::new(None),
         });
         let catalog = core.catalog();
         for s in &skus {

@@ -19,6 +19,7 @@ use crate::codec;
 use crate::wal::{Durability, FaultInjector, Init, Wal, WalConfig};
 
 use super::actor::{SkuOp, SkuReply};
+use super::history::{self, HistoryPage, HistoryRetention};
 use super::journal::Journal;
 use super::reads;
 use super::recovery::{self, CheckpointState, IdemRecord, CHECKPOINT_VERSION};
@@ -46,6 +47,8 @@ pub struct PersistConfig {
     /// Whether a missing or empty `data_dir` may be initialised as a new, empty inventory.
     /// Default true (tests, embedded use); `omnistock serve` sets it from `--init`.
     pub init: bool,
+    /// How much SKU history to keep (enforced after each checkpoint).
+    pub history: HistoryRetention,
 }
 
 impl PersistConfig {
@@ -60,6 +63,7 @@ impl PersistConfig {
             wal_fault: None,
             clock: None,
             init: true,
+            history: HistoryRetention::default(),
         }
     }
 }
@@ -157,6 +161,7 @@ impl Engine {
             .core
             .checkpoint_start
             .store(start_seq, std::sync::atomic::Ordering::Relaxed);
+        *engine.core.history_retention.lock() = cfg.history;
         engine
             .core
             .feed
@@ -235,26 +240,43 @@ impl Engine {
         }
     }
 
-    /// What happened to `sku`: its logged events since the last checkpoint (the history the
-    /// log keeps), newest last, at most `limit`. Older history is in the checkpoint's state
-    /// only; `omnistock dump` prints the same from a data directory. Scans the log off the
-    /// async threads; costs one pass over the records since the checkpoint.
+    /// One page of `sku`'s durable history (docs/history-design.md): its events from
+    /// `from` (seq, index; inclusive) on, oldest first, at most `limit` (1..=1000), across
+    /// checkpoints and restarts as far as retention keeps them. Reads the history tree
+    /// and the log since the last checkpoint (at most
+    /// [`history::TAIL_RECORDS_PER_READ`] records of it per call) off the async threads,
+    /// holding checkpoints back meanwhile.
     pub async fn history(
         &self,
         sku: &crate::domain::SkuId,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, EngineError> {
+        from: (u64, u16),
+        limit: u32,
+    ) -> Result<HistoryPage, EngineError> {
         let Journal::Wal(wal) = &self.core.journal else {
             return Err(EngineError::Storage(
                 "history needs a data directory".into(),
             ));
         };
+        if !(1..=history::MAX_HISTORY_PAGE).contains(&limit) {
+            return Err(EngineError::Limit(format!(
+                "history limit {limit}: must be 1..={}",
+                history::MAX_HISTORY_PAGE
+            )));
+        }
         let (wal, sku) = (wal.clone(), sku.clone());
-        // No checkpoint may truncate the log under the scan.
+        // No checkpoint may move the marker or truncate the log under the read.
         let _no_checkpoint = self.core.checkpoint_lock.lock().await;
-        tokio::task::spawn_blocking(move || scan_history(&wal, &sku, limit))
-            .await
-            .map_err(storage)?
+        tokio::task::spawn_blocking(move || {
+            history::read_page(
+                &wal,
+                sku.as_str(),
+                from,
+                limit as usize,
+                history::TAIL_RECORDS_PER_READ,
+            )
+        })
+        .await
+        .map_err(storage)?
     }
 
     /// Records a restart would replay: those logged since the latest checkpoint.
@@ -270,51 +292,6 @@ impl Engine {
         }
         r
     }
-}
-
-/// One event of a SKU's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    /// Log sequence number.
-    pub seq: u64,
-    /// When the engine accepted it.
-    pub at_ms: u64,
-    /// The request id (0: engine-initiated, e.g. expiry).
-    pub request: u128,
-    /// The event (reason codes and references included).
-    pub event: crate::domain::Event,
-}
-
-fn scan_history(
-    wal: &Wal,
-    sku: &crate::domain::SkuId,
-    limit: usize,
-) -> Result<Vec<HistoryEntry>, EngineError> {
-    let start = wal
-        .latest_checkpoint()
-        .map_err(storage)?
-        .map_or(1, |c| c.start_seq);
-    let mut out = std::collections::VecDeque::new();
-    for r in wal.replay_from(start) {
-        let (seq, bytes) = r.map_err(|e| EngineError::Corrupt(e.to_string()))?;
-        let rec = recovery::decode_record(seq, &bytes)?;
-        if let super::journal::RecordBody::Sku { sku: s, events } = rec.body {
-            if s == *sku {
-                for event in events {
-                    if out.len() == limit {
-                        out.pop_front();
-                    }
-                    out.push_back(HistoryEntry {
-                        seq,
-                        at_ms: rec.at_ms,
-                        request: rec.request,
-                        event,
-                    });
-                }
-            }
-        }
-    }
-    Ok(out.into())
 }
 
 /// Takes a checkpoint whenever `every` records were logged since the latest one, counted
@@ -360,10 +337,26 @@ pub(crate) async fn checkpoint(core: &Arc<Core>) -> Result<CheckpointReport, Eng
     let (start_seq, bytes, n) = capture(core, wal).await?;
     let len = bytes.len();
     let wal = wal.clone();
-    tokio::task::spawn_blocking(move || wal.write_checkpoint(start_seq, &bytes))
-        .await
-        .map_err(storage)?
-        .map_err(storage)?;
+    let retention = *core.history_retention.lock();
+    let prune_after = core.history_prune_after.lock().clone();
+    let now_ms = core.clock.now_ms();
+    let (derived, pruned) = tokio::task::spawn_blocking(move || {
+        // The history takes the events of the records the checkpoint is about to cut
+        // away before the cut (a crash in between leaves both: readers de-duplicate).
+        let derived = history::derive(&wal, start_seq)?;
+        wal.write_checkpoint(start_seq, &bytes).map_err(storage)?;
+        let pruned = history::prune(&wal, retention, now_ms, prune_after.as_deref())?;
+        Ok::<_, EngineError>((derived, pruned))
+    })
+    .await
+    .map_err(storage)??;
+    *core.history_prune_after.lock() = pruned.next_after;
+    tracing::debug!(
+        derived,
+        pruned = pruned.removed,
+        examined = pruned.examined,
+        "history derived and pruned"
+    );
     crate::metrics::checkpoint_done(t0.elapsed(), len);
     core.checkpoint_start
         .store(start_seq, std::sync::atomic::Ordering::Relaxed);

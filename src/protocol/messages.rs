@@ -456,6 +456,20 @@ pub struct ListReservations {
     pub limit: u32,
 }
 
+/// One page of a SKU's durable history, oldest first (`SKU_HISTORY`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuHistory {
+    /// SKU id.
+    pub sku: String,
+    /// Start at this seq (inclusive; 0 = from the oldest kept): the previous page's
+    /// `next.0`.
+    pub from_seq: u64,
+    /// Start at this event of `from_seq`'s record (the previous page's `next.1`; 0 else).
+    pub from_index: u16,
+    /// Most events to return: 1..=1000.
+    pub limit: u32,
+}
+
 // ---- result bodies -------------------------------------------------------------------
 
 /// Result of ping.
@@ -802,6 +816,132 @@ pub struct WireSkuReservations {
     pub reservations: Vec<WireSkuHold>,
     /// `Some(last id)` when more follow: the next page's `after`; `None` at the end.
     pub next_after: Option<u128>,
+}
+
+/// Kinds of [`WireHistoryEvent::kind`] (one per domain event).
+pub mod history_kind {
+    /// Units held for a reservation (`channel`, `reservation`, `allocations`, `expires_at_ms`).
+    pub const HOLD_PLACED: u8 = 1;
+    /// Held units sold (`reservation`, `allocations`; `reason` `closed` or `open`).
+    pub const HOLD_FULFILLED: u8 = 2;
+    /// A hold released (`reservation`, `allocations`, `reason`: `client`, `expired`,
+    /// `cart_aborted`, `recovery`).
+    pub const HOLD_RELEASED: u8 = 3;
+    /// A hold's expiry moved (`reservation`, `expires_at_ms`).
+    pub const HOLD_EXTENDED: u8 = 4;
+    /// Sellable on hand changed by `quantity` (`location`, `reason`: `receipt`,
+    /// `shrinkage`, `damage`, `return_to_stock`, `correction`; `reference`).
+    pub const STOCK_ADJUSTED: u8 = 5;
+    /// Sellable on hand set to `quantity` from `previous` (`location`, `reference`).
+    pub const ON_HAND_SET: u8 = 6;
+    /// `quantity` units moved between states (`location`; `reason` `FROM->TO` of
+    /// `sellable`, `damaged`, `quality_control`).
+    pub const STOCK_MOVED: u8 = 7;
+    /// `quantity` sellable units moved from `location` to `to_location` (`reference`).
+    pub const TRANSFERRED: u8 = 8;
+    /// Safety stock of `location` set to `quantity`.
+    pub const SAFETY_STOCK_SET: u8 = 9;
+    /// Expected receipts at `location` set to `quantity`, due `expires_at_ms` (0 unknown).
+    pub const INCOMING_SET: u8 = 10;
+
+    /// The kind's name (`ctl history`, JSON), `unknown` for a number this build lacks.
+    pub fn name(kind: u8) -> &'static str {
+        match kind {
+            HOLD_PLACED => "hold_placed",
+            HOLD_FULFILLED => "hold_fulfilled",
+            HOLD_RELEASED => "hold_released",
+            HOLD_EXTENDED => "hold_extended",
+            STOCK_ADJUSTED => "stock_adjusted",
+            ON_HAND_SET => "on_hand_set",
+            STOCK_MOVED => "stock_moved",
+            TRANSFERRED => "transferred",
+            SAFETY_STOCK_SET => "safety_stock_set",
+            INCOMING_SET => "incoming_set",
+            _ => "unknown",
+        }
+    }
+}
+
+/// One event of a SKU's history. Fields a kind does not use are empty, 0 or `None`
+/// (see [`history_kind`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireHistoryEvent {
+    /// Log sequence number of the event's record.
+    pub seq: u64,
+    /// The event's position among its record's events of this SKU.
+    pub index: u16,
+    /// When the engine accepted it (Unix ms).
+    pub at_ms: u64,
+    /// The request that caused it (0: the engine itself, e.g. expiry or recovery).
+    pub request_id: u128,
+    /// See [`history_kind`].
+    pub kind: u8,
+    /// Units (signed for `STOCK_ADJUSTED`; the total of `allocations` for holds).
+    pub quantity: i64,
+    /// On hand before (`ON_HAND_SET`).
+    pub previous: Option<u32>,
+    /// The location (stock events; the source of a transfer).
+    pub location: String,
+    /// The destination of a transfer.
+    pub to_location: String,
+    /// The reservation's channel (`HOLD_PLACED`).
+    pub channel: String,
+    /// The reservation (hold events).
+    pub reservation: Option<u128>,
+    /// Units per location (hold events), in sourcing order.
+    pub allocations: Vec<(String, u32)>,
+    /// Why, as a stable lowercase name (see [`history_kind`]).
+    pub reason: String,
+    /// The client's free reference (adjust, set on hand, transfer).
+    pub reference: String,
+    /// Expiry (`HOLD_PLACED`, `HOLD_EXTENDED`) or ETA (`INCOMING_SET`), Unix ms.
+    pub expires_at_ms: u64,
+}
+
+impl WireHistoryEvent {
+    /// Its encoded size in bytes (the fixed codec: strings and vectors with an 8-byte
+    /// length, options with a 1-byte tag), for cutting a page at the frame limit.
+    pub fn encoded_len(&self) -> usize {
+        let string = |s: &String| 8 + s.len();
+        8 + 2
+            + 8
+            + 16
+            + 1
+            + 8
+            + 1
+            + self.previous.map_or(0, |_| 4)
+            + string(&self.location)
+            + string(&self.to_location)
+            + string(&self.channel)
+            + 1
+            + self.reservation.map_or(0, |_| 16)
+            + 8
+            + self
+                .allocations
+                .iter()
+                .map(|(l, _)| string(l) + 4)
+                .sum::<usize>()
+            + string(&self.reason)
+            + string(&self.reference)
+            + 8
+    }
+}
+
+/// Result of `SKU_HISTORY`: events oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSkuHistory {
+    /// SKU.
+    pub sku: String,
+    /// The first seq the server's history covers (1 unless the data directory predates
+    /// the history; retention may have dropped older events since).
+    pub base_seq: u64,
+    /// At most `limit` events, fewer when their encoded bytes would pass
+    /// `max_frame_bytes` less 160 and the SKU id's length, or the server's bound on log
+    /// records read per request was reached.
+    pub events: Vec<WireHistoryEvent>,
+    /// `Some((seq, index))` when the page was cut: the next page's `from_seq` and
+    /// `from_index`. `None`: no more events are durable now.
+    pub next: Option<(u64, u16)>,
 }
 
 /// Result of get many SKUs: `None` for an unknown SKU, in request order.

@@ -10,7 +10,7 @@ use super::ProtocolError;
 use crate::codec;
 
 /// Opcodes (`u16`). Ranges: 0x00xx meta, 0x01xx reservations, 0x02xx stock, 0x03xx catalog,
-/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history (reserved), 0x07xx maintenance (admin).
+/// 0x04xx reads, 0x05xx subscriptions, 0x06xx history, 0x07xx maintenance (admin).
 pub mod opcode {
     /// Liveness check.
     pub const PING: u16 = 0x0001;
@@ -80,7 +80,7 @@ pub mod opcode {
     pub const LIST_SUBSCRIPTIONS: u16 = 0x0504;
     /// Forget a stored named position (admin).
     pub const DELETE_SUBSCRIPTION: u16 = 0x0505;
-    /// Reserved: a SKU's history (answers `NOT_IMPLEMENTED`).
+    /// One page of a SKU's durable history (adapter, admin).
     pub const SKU_HISTORY: u16 = 0x0601;
     /// Write a backup of the whole state into a new server-local directory (admin).
     pub const BACKUP: u16 = 0x0701;
@@ -221,6 +221,8 @@ pub enum Op {
     DeleteSubscription(DeleteSubscription),
     /// `BACKUP`
     Backup(Backup),
+    /// `SKU_HISTORY`
+    SkuHistory(SkuHistory),
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Vec<u8>, ProtocolError> {
@@ -279,6 +281,7 @@ impl Op {
             Op::ListSubscriptions(_) => LIST_SUBSCRIPTIONS,
             Op::DeleteSubscription(_) => DELETE_SUBSCRIPTION,
             Op::Backup(_) => BACKUP,
+            Op::SkuHistory(_) => SKU_HISTORY,
         }
     }
 
@@ -340,6 +343,7 @@ impl Op {
             Op::ListSubscriptions(b) => body(b)?,
             Op::DeleteSubscription(b) => body(b)?,
             Op::Backup(b) => body(b)?,
+            Op::SkuHistory(b) => body(b)?,
         };
         Ok(RawOp {
             opcode: self.opcode(),
@@ -388,13 +392,15 @@ impl Op {
             LIST_SUBSCRIPTIONS => Op::ListSubscriptions(decode_request_body(b)?),
             DELETE_SUBSCRIPTION => Op::DeleteSubscription(decode_request_body(b)?),
             BACKUP => Op::Backup(decode_request_body(b)?),
+            SKU_HISTORY => Op::SkuHistory(decode_request_body(b)?),
             _ => return Ok(None),
         }))
     }
 }
 
-/// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`).
+/// Whether `op` is reserved for a later version (answered `NOT_IMPLEMENTED`). None is
+/// now: `SKU_HISTORY`, the last one, is implemented. Kept for the next reservation.
 pub fn is_reserved(op: u16) -> bool {
-    use opcode::*;
-    op == SKU_HISTORY
+    let _ = op;
+    false
 }

@@ -587,6 +587,167 @@ pub fn subscriptions_page(
     }
 }
 
+fn adjust_reason_name(r: AdjustReason) -> &'static str {
+    match r {
+        AdjustReason::Receipt => "receipt",
+        AdjustReason::Shrinkage => "shrinkage",
+        AdjustReason::Damage => "damage",
+        AdjustReason::ReturnToStock => "return_to_stock",
+        AdjustReason::Correction => "correction",
+    }
+}
+
+fn state_name(s: StockState) -> &'static str {
+    match s {
+        StockState::Sellable => "sellable",
+        StockState::Damaged => "damaged",
+        StockState::QualityControl => "quality_control",
+    }
+}
+
+/// One history entry on the wire (`SKU_HISTORY`): the event flattened into the fields
+/// `protocol::history_kind` documents per kind.
+pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
+    use crate::domain::{Allocation, ReleaseReason};
+    use crate::protocol::history_kind as k;
+    let allocations = |a: &[Allocation]| -> Vec<(String, u32)> {
+        a.iter().map(|a| (a.location.to_string(), a.qty)).collect()
+    };
+    let total = |a: &[Allocation]| a.iter().map(|a| i64::from(a.qty)).sum::<i64>();
+    let mut w = WireHistoryEvent {
+        seq: e.seq,
+        index: e.index,
+        at_ms: e.at_ms,
+        request_id: e.request,
+        kind: 0,
+        quantity: 0,
+        previous: None,
+        location: String::new(),
+        to_location: String::new(),
+        channel: String::new(),
+        reservation: None,
+        allocations: Vec::new(),
+        reason: String::new(),
+        reference: String::new(),
+        expires_at_ms: 0,
+    };
+    match &e.event {
+        Event::HoldPlaced {
+            reservation,
+            channel,
+            expires_at_ms,
+            allocations: a,
+            ..
+        } => {
+            w.kind = k::HOLD_PLACED;
+            w.reservation = Some(*reservation);
+            w.channel = channel.to_string();
+            w.expires_at_ms = *expires_at_ms;
+            w.quantity = total(a);
+            w.allocations = allocations(a);
+        }
+        Event::HoldFulfilled {
+            reservation,
+            allocations: a,
+            closed,
+        } => {
+            w.kind = k::HOLD_FULFILLED;
+            w.reservation = Some(*reservation);
+            w.quantity = total(a);
+            w.allocations = allocations(a);
+            w.reason = if *closed { "closed" } else { "open" }.into();
+        }
+        Event::HoldReleased {
+            reservation,
+            allocations: a,
+            reason,
+        } => {
+            w.kind = k::HOLD_RELEASED;
+            w.reservation = Some(*reservation);
+            w.quantity = total(a);
+            w.allocations = allocations(a);
+            w.reason = match reason {
+                ReleaseReason::Client => "client",
+                ReleaseReason::Expired => "expired",
+                ReleaseReason::CartAborted => "cart_aborted",
+                ReleaseReason::Recovery => "recovery",
+            }
+            .into();
+        }
+        Event::HoldExtended {
+            reservation,
+            expires_at_ms,
+        } => {
+            w.kind = k::HOLD_EXTENDED;
+            w.reservation = Some(*reservation);
+            w.expires_at_ms = *expires_at_ms;
+        }
+        Event::StockAdjusted {
+            location,
+            delta,
+            reason,
+            reference,
+        } => {
+            w.kind = k::STOCK_ADJUSTED;
+            w.location = location.to_string();
+            w.quantity = *delta;
+            w.reason = adjust_reason_name(*reason).into();
+            w.reference = reference.clone();
+        }
+        Event::OnHandSet {
+            location,
+            previous,
+            on_hand,
+            reference,
+        } => {
+            w.kind = k::ON_HAND_SET;
+            w.location = location.to_string();
+            w.previous = Some(*previous);
+            w.quantity = i64::from(*on_hand);
+            w.reference = reference.clone();
+        }
+        Event::StockMoved {
+            location,
+            from,
+            to,
+            qty,
+        } => {
+            w.kind = k::STOCK_MOVED;
+            w.location = location.to_string();
+            w.quantity = i64::from(*qty);
+            w.reason = format!("{}->{}", state_name(*from), state_name(*to));
+        }
+        Event::Transferred {
+            from,
+            to,
+            qty,
+            reference,
+        } => {
+            w.kind = k::TRANSFERRED;
+            w.location = from.to_string();
+            w.to_location = to.to_string();
+            w.quantity = i64::from(*qty);
+            w.reference = reference.clone();
+        }
+        Event::SafetyStockSet { location, qty } => {
+            w.kind = k::SAFETY_STOCK_SET;
+            w.location = location.to_string();
+            w.quantity = i64::from(*qty);
+        }
+        Event::IncomingSet {
+            location,
+            qty,
+            eta_ms,
+        } => {
+            w.kind = k::INCOMING_SET;
+            w.location = location.to_string();
+            w.quantity = i64::from(*qty);
+            w.expires_at_ms = *eta_ms;
+        }
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -276,6 +276,17 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
+        Op::SkuHistory(q) if ctx.engine.log_stats().is_none() => failed(
+            status::NOT_IMPLEMENTED,
+            format!(
+                "SKU_HISTORY for {}: this server keeps no data directory, so no history",
+                q.sku
+            ),
+        ),
+        Op::SkuHistory(q) => match sku_history(ctx, &q).await {
+            Ok(v) => ok(&v),
+            Err(f) => failure(&f),
+        },
         Op::GetReservation(g) => match ctx.engine.reservation(g.reservation) {
             Some(r) => ok(&convert::reservation_of(&r)),
             None => rejected(&Rejection::ReservationNotFound(g.reservation)),
@@ -557,6 +568,48 @@ async fn list_reservations(
         sku: sku.to_string(),
         reservations: out,
         next_after,
+    })
+}
+
+/// One page of a SKU's durable history (`SKU_HISTORY`), oldest first: at most `limit`
+/// (1..=1000) events and at most `max_frame_bytes - LIST_SKUS_FRAME_RESERVE - sku length`
+/// bytes of them (`WireHistoryEvent::encoded_len`); a page cut either way, or by the
+/// engine's bound on log records read per call, has `next` set. An unknown SKU has an
+/// empty history.
+async fn sku_history(
+    ctx: &Ctx,
+    q: &crate::protocol::SkuHistory,
+) -> Result<crate::protocol::WireSkuHistory, Failure> {
+    let max = crate::engine::history::MAX_HISTORY_PAGE;
+    if !(1..=max).contains(&q.limit) {
+        return Err(Rejection::invalid(format!("limit {}: must be 1..={max}", q.limit)).into());
+    }
+    let sku = SkuId::new(&q.sku)?;
+    let page = ctx
+        .engine
+        .history(&sku, (q.from_seq, q.from_index), q.limit)
+        .await?;
+    let budget = ctx
+        .config
+        .max_frame_bytes
+        .saturating_sub(LIST_SKUS_FRAME_RESERVE + q.sku.len());
+    let mut used = 0usize;
+    let mut events = Vec::with_capacity(page.entries.len());
+    let mut next = page.next;
+    for e in &page.entries {
+        let w = convert::history_event_of(e);
+        used += w.encoded_len();
+        if used > budget {
+            next = Some(e.cursor());
+            break;
+        }
+        events.push(w);
+    }
+    Ok(crate::protocol::WireSkuHistory {
+        sku: sku.to_string(),
+        base_seq: page.base,
+        events,
+        next,
     })
 }
 

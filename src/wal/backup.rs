@@ -334,6 +334,9 @@ impl Wal {
         let out_pos = db
             .open_tree(POSITIONS_TREE)
             .map_err(sled_io(staging, "open the positions tree"))?;
+        let out_history = db
+            .open_tree(super::history::HISTORY_TREE)
+            .map_err(sled_io(staging, "open the history tree"))?;
         checkpoint::write(
             &out_cp,
             staging,
@@ -344,6 +347,32 @@ impl Wal {
         progress(&format!(
             "backup: checkpoint written ({} bytes, starts at seq {start_seq})",
             state.len()
+        ));
+        // The durable SKU history, as it is: its events and markers. The engine derived
+        // it up to `start_seq` first (where this backup's log begins); no checkpoint derives
+        // or prunes meanwhile: the caller holds the checkpoint lock.
+        let floor = self.replay_floor.load(std::sync::atomic::Ordering::Acquire);
+        let marks = super::history::marks(&self.history, floor)?;
+        if marks.upto < start_seq {
+            return Err(WalError::InvalidArgument(format!(
+                "the history is derived below seq {} only; a backup from seq {start_seq} needs it up to there",
+                marks.upto
+            )));
+        }
+        let mut events = 0u64;
+        for item in self.history.iter() {
+            let (key, value) = item.map_err(super::storage("read history for backup"))?;
+            out_history
+                .insert(key, value)
+                .map_err(sled_io(staging, "write a history event"))?;
+            events += 1;
+            if events.is_multiple_of(100_000) {
+                progress(&format!("backup: {events} history entries copied"));
+            }
+        }
+        progress(&format!(
+            "backup: history copied ({events} entries, derived below seq {})",
+            marks.upto
         ));
         // The group holding `start_seq` may begin below it (truncation keeps whole groups);
         // replay skips its earlier records, as in the source.
@@ -398,7 +427,7 @@ impl Wal {
         }
         db.flush()
             .map_err(sled_io(staging, "flush the backup database"))?;
-        drop((out_log, out_cp, out_pos, db));
+        drop((out_log, out_cp, out_pos, out_history, db));
         progress(&format!(
             "backup: {} log records copied in {groups} groups (as of seq {as_of})",
             as_of + 1 - start_seq
@@ -459,6 +488,8 @@ mod tests {
     fn a_backup_holds_the_state_and_the_records_from_its_start_to_its_end() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let wal = source(&tmp.path().join("src"));
+        // As the engine does before a backup: the history derived up to its start.
+        wal.mark_history(1, 42).expect("mark");
         let target = tmp.path().join("bak");
         // Start inside a group (groups of 4 start at 1, 5, 9, ...): 42 is in 41..=44.
         let written = wal
@@ -503,6 +534,40 @@ mod tests {
         );
         assert_eq!(identity::read(&target).expect("id"), Some(source_id));
         assert!(staging_leftovers(tmp.path()).is_empty());
+    }
+
+    /// postmortem: backups first had no history tree: a server restored from one had lost
+    /// every SKU event below the backup's start (in the tree, or derived for it).
+    #[test]
+    fn a_backup_holds_the_history_tree_and_refuses_a_history_short_of_its_start() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let wal = source(&tmp.path().join("src"));
+        let item = |seq: u64| crate::wal::HistoryItem {
+            sku: "A".into(),
+            seq,
+            index: 0,
+            at_ms: seq * 10,
+            body: payload(seq),
+        };
+        wal.put_history(&[item(3), item(11)]).expect("put");
+        wal.mark_history(1, 20).expect("mark");
+        let e = wal
+            .write_backup(&tmp.path().join("short"), 42, b"state", 60, 7, |_| {})
+            .expect_err("history derived below 20 only");
+        assert!(e.to_string().contains("history"), "{e}");
+        // What the engine derives for a backup from 42: the events of records below 42.
+        wal.put_history(&[item(30)]).expect("put");
+        wal.mark_history(1, 42).expect("mark");
+        let target = tmp.path().join("bak");
+        wal.write_backup(&target, 42, b"state", 60, 7, |_| {})
+            .expect("backup");
+        drop(wal);
+
+        let backup = Wal::open(WalConfig::new(&target)).expect("the backup opens as a log");
+        let marks = backup.history_marks().expect("marks");
+        assert_eq!((marks.base, marks.upto), (1, 42));
+        let items = backup.history_page("A", (0, 0), 42, 10).expect("page");
+        assert_eq!(items, vec![item(3), item(11), item(30)]);
     }
 
     fn staging_leftovers(dir: &Path) -> Vec<PathBuf> {

@@ -8,9 +8,10 @@
 //! storage and log truncation) and `recovery` (open-time validation, replay). Payloads
 //! are opaque bytes: the WAL never decodes them, so the engine's record types can
 //! evolve without touching this module. Storage is a sled database at
-//! [`WalConfig::dir`] with three trees, `log`, `checkpoint` and `positions` (named
-//! subscriptions' acknowledged feed positions); nothing else may write to
-//! that database. Each `log` value holds a *group* of consecutive records (format
+//! [`WalConfig::dir`] with four trees, `log`, `checkpoint`, `positions` (named
+//! subscriptions' acknowledged feed positions) and `history` (each SKU's events, derived
+//! from the log at checkpoint time so they outlive its truncation; see `history`);
+//! nothing else may write to that database. Each `log` value holds a *group* of consecutive records (format
 //! version 2, see [`record`]): sled costs microseconds per key, so packing up to
 //! [`WalConfig::max_group_records`] records into one value is what makes the log fast.
 //! Groups are invisible in the API: seqs, replay and stats are per record.
@@ -26,6 +27,7 @@
 pub mod backup;
 mod checkpoint;
 mod guard;
+mod history;
 pub mod identity;
 pub mod record;
 mod recovery;
@@ -42,6 +44,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 pub use checkpoint::Checkpoint;
+pub use history::{HistoryItem, HistoryMarks, PruneReport};
 pub use identity::{DirState, Identity, Init};
 pub use recovery::ReplayIter;
 pub use writer::FaultInjector;
@@ -490,6 +493,7 @@ pub struct Wal {
     db: sled::Db,
     log: sled::Tree,
     checkpoints: sled::Tree,
+    history: sled::Tree,
     dir: Arc<PathBuf>,
     config: WalConfig,
     report: OpenReport,
@@ -645,6 +649,9 @@ impl Wal {
         })?
         .map_err(|e| name_corrupt_file(&dir, e))?;
         let (db, log, checkpoints, header, recovered) = opened;
+        let history = guard::guarded(|| db.open_tree(history::HISTORY_TREE))
+            .map_err(|panic| sled_panicked(&dir, "opening the history tree", panic))?
+            .map_err(storage("open history tree"))?;
         let floor = header.map_or(1, |h| h.start_seq.max(1));
         let next_seq = recovered.last_seq.map_or(floor, |last| last + 1);
         // A torn last group is the one damage a crash may leave; its records may reach the
@@ -703,6 +710,7 @@ impl Wal {
             db,
             log,
             checkpoints,
+            history,
             dir: Arc::new(config.dir.clone()),
             config,
             report,
@@ -960,6 +968,73 @@ impl Wal {
             ));
         }
         error
+    }
+
+    /// Lowest seq the log promises to hold: the latest checkpoint's start, or 1.
+    pub fn replay_floor(&self) -> u64 {
+        self.replay_floor.load(Ordering::Acquire)
+    }
+
+    /// The history tree's markers (`base`: first seq covered; `upto`: records below it
+    /// are in the tree, the rest in the log). Without markers (a directory from before
+    /// the history) both are the log's floor.
+    pub fn history_marks(&self) -> Result<HistoryMarks, WalError> {
+        let floor = self.replay_floor();
+        guard::guarded(|| history::marks(&self.history, floor))
+            .map_err(|panic| sled_panicked(&self.dir, "reading the history markers", panic))?
+    }
+
+    /// Stores derived history items (not flushed; [`Wal::mark_history`] flushes). Same
+    /// event, same key and bytes: writing them again is harmless. Blocking; a storage
+    /// error trips fail-stop like a checkpoint's.
+    pub fn put_history(&self, items: &[HistoryItem]) -> Result<(), WalError> {
+        self.shared.check_running()?;
+        history::put(&self.history, items).map_err(|e| self.trip(e))
+    }
+
+    /// Flushes the items put so far, then records that every record below `upto` is in
+    /// the history (and `base` as its first seq if none is recorded yet), and flushes.
+    /// Call it before the checkpoint truncating the log below `upto`.
+    pub fn mark_history(&self, base: u64, upto: u64) -> Result<(), WalError> {
+        self.shared.check_running()?;
+        history::mark(&self.history, base, upto).map_err(|e| self.trip(e))
+    }
+
+    /// At most `limit` stored history items of `sku` from (`seq`, `index`) on, below
+    /// `below_seq`, in order; a damaged value is [`WalError::Corrupt`].
+    pub fn history_page(
+        &self,
+        sku: &str,
+        from: (u64, u16),
+        below_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryItem>, WalError> {
+        guard::guarded(|| history::page(&self.history, &self.dir, sku, from, below_seq, limit))
+            .map_err(|panic| sled_panicked(&self.dir, "reading the history", panic))?
+    }
+
+    /// One bounded retention pass over the history (see [`PruneReport`]): after SKU
+    /// `after`, drops events beyond each SKU's newest `keep_newest` (0: no count limit)
+    /// and those older than `older_than_ms` (0: no age limit); stops once `budget` keys
+    /// were examined, at the end of a SKU. Single removes: never stalls the writer.
+    pub fn prune_history(
+        &self,
+        after: Option<&str>,
+        budget: u64,
+        keep_newest: u64,
+        older_than_ms: u64,
+    ) -> Result<PruneReport, WalError> {
+        self.shared.check_running()?;
+        guard::guarded(|| history::prune(&self.history, after, budget, keep_newest, older_than_ms))
+            .map_err(|panic| sled_panicked(&self.dir, "pruning the history", panic))?
+            .map_err(|e| self.trip(e))
+    }
+
+    /// Events stored in the history tree and their encoded bytes (keys plus values,
+    /// before sled's own overhead). One pass over the tree: for `check` and measurements.
+    pub fn history_size(&self) -> Result<(u64, u64), WalError> {
+        guard::guarded(|| history::size(&self.history))
+            .map_err(|panic| sled_panicked(&self.dir, "reading the history", panic))?
     }
 
     /// Stores the acknowledged feed position of subscription `name` and flushes it.
