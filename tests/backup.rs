@@ -258,6 +258,19 @@ fn comparable(r: &Recovered) -> Comparable {
     (skus, catalog, idem, r.last_seq)
 }
 
+/// Every history event of `sku` the server answers, page by page.
+async fn history_of(c: &Client, sku: &str) -> Vec<WireHistoryEvent> {
+    let (mut out, mut from) = (Vec::new(), (0, 0));
+    loop {
+        let page = c.sku_history(sku, from, 1000).await.expect("history");
+        out.extend(page.events);
+        match page.next {
+            Some(next) => from = next,
+            None => return out,
+        }
+    }
+}
+
 #[test]
 fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
     let tmp = tempfile::tempdir().unwrap();
@@ -267,7 +280,7 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
     let port = free_port();
     let server = serve(&src, port, &["--init"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (backup, acked) = rt.block_on(async {
+    let (backup, acked, source_history) = rt.block_on(async {
         let c = client(port, "").await;
         setup_catalog(&c).await;
         // A named subscription's stored position: part of what a restart needs.
@@ -296,7 +309,8 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
         for t in tasks {
             acked.extend(t.await.unwrap());
         }
-        (backup, acked)
+        let history = history_of(&admin, &sku_name(0)).await;
+        (backup, acked, history)
     });
     // check --addr with the default scratch directory, which it removes afterwards.
     let o = run(&["check", "--addr", &format!("127.0.0.1:{port}"), "--json"]);
@@ -373,6 +387,14 @@ fn a_backup_under_reserve_load_restores_to_the_sources_state_at_its_seq() {
         let erp: Vec<_> = subs.items.iter().filter(|s| s.name == "erp").collect();
         assert_eq!(erp.len(), 1, "{subs:?}");
         assert_eq!(erp[0].position, 3, "{subs:?}");
+        // The SKU's history up to S is whole on the restored server (the backup's log
+        // starts at its checkpoint: the events below it come from the copied history).
+        let upto_s = |h: Vec<WireHistoryEvent>| -> Vec<WireHistoryEvent> {
+            h.into_iter().filter(|e| e.seq <= s).collect()
+        };
+        let want = upto_s(source_history.clone());
+        assert!(!want.is_empty(), "history of {}: {want:?}", sku_name(0));
+        assert_eq!(upto_s(history_of(&c, &sku_name(0)).await), want);
     });
     stop(server2);
 }
