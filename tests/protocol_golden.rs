@@ -222,9 +222,10 @@ fn opcode_and_status_numbers_are_stable() {
             UPSERT_CHANNEL,
             LIST_LOCATIONS,
             LIST_CHANNELS,
-            SET_LOW_STOCK
+            SET_LOW_STOCK,
+            SET_STOCKOUT_THRESHOLD
         ],
-        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305]
+        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0308]
     );
     assert_eq!(
         [
@@ -534,6 +535,10 @@ fn roles_of_the_new_operations() {
     assert!(Role::Admin.may(SET_LOW_STOCK));
     assert!(!Role::Adapter.may(SET_LOW_STOCK) && !Role::Checkout.may(SET_LOW_STOCK));
     assert!(!is_reserved(SET_LOW_STOCK));
+    assert!(Role::Admin.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!Role::Adapter.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!Role::Checkout.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!is_reserved(SET_STOCKOUT_THRESHOLD));
     // Still reserved: answered 105.
     assert!(is_reserved(SKU_HISTORY));
 }

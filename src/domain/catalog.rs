@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{ChannelId, LocationId, SkuId};
 use super::limits::{
     MAX_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL, MAX_LOW_STOCK_OVERRIDES, MAX_QTY,
-    MAX_REGION_BYTES,
+    MAX_REGION_BYTES, MAX_STOCKOUT_HOURS,
 };
 use super::rejection::Rejection;
 
@@ -69,6 +69,19 @@ pub enum CatalogCommand {
     UpsertChannel(Channel),
     /// Set the low-stock threshold of a channel, or of one SKU on a channel.
     SetLowStock(LowStock),
+    /// Set the stockout-projection threshold of a channel (docs/intelligence.md).
+    SetStockoutThreshold(StockoutThreshold),
+}
+
+/// A stockout-projection threshold: a SKU on `channel` whose projected hours to zero fall
+/// under `hours` raises "stockout projected" (cleared above `hours x 1.25`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockoutThreshold {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Hours, `1..=MAX_STOCKOUT_HOURS`; 0 removes the threshold (which clears every
+    /// projection on the channel as the SKUs are next evaluated).
+    pub hours: u32,
 }
 
 /// A low-stock threshold: a channel's ATP in `1..=threshold` is "low stock".
@@ -107,6 +120,8 @@ pub enum CatalogEvent {
     ChannelUpserted(Channel),
     /// A low-stock threshold was set.
     LowStockSet(LowStock),
+    /// A stockout-projection threshold was set (0: removed).
+    StockoutThresholdSet(StockoutThreshold),
 }
 
 /// Channels by location: derived from the channels, built on first use after each change.
@@ -151,6 +166,9 @@ pub struct Catalog {
     pub low_stock: BTreeMap<ChannelId, u32>,
     /// Per-SKU overrides of the low-stock threshold, by SKU then channel.
     pub low_stock_sku: BTreeMap<SkuId, BTreeMap<ChannelId, u32>>,
+    /// Stockout-projection threshold per channel, in hours (absent = none). Added in
+    /// checkpoint format 5.
+    pub stockout_hours: BTreeMap<ChannelId, u32>,
     /// Derived: which channels sell from each location.
     #[serde(skip)]
     pub index: ChannelIndex,
@@ -290,7 +308,21 @@ impl Catalog {
                 }
                 Ok(CatalogEvent::LowStockSet(l.clone()))
             }
+            CatalogCommand::SetStockoutThreshold(t) => {
+                self.channel(&t.channel)?;
+                if t.hours > MAX_STOCKOUT_HOURS {
+                    return Err(Rejection::invalid(format!(
+                        "stockout threshold is 0 (none) or 1..={MAX_STOCKOUT_HOURS} hours"
+                    )));
+                }
+                Ok(CatalogEvent::StockoutThresholdSet(t.clone()))
+            }
         }
+    }
+
+    /// The stockout-projection threshold of `channel` in hours, if it has one.
+    pub fn stockout_hours_of(&self, channel: &ChannelId) -> Option<u32> {
+        self.stockout_hours.get(channel).copied()
     }
 
     fn check_channel(&self, ch: &Channel) -> Result<(), Rejection> {
@@ -359,6 +391,13 @@ impl Catalog {
                     }
                 }
             },
+            CatalogEvent::StockoutThresholdSet(t) => {
+                if t.hours == 0 {
+                    self.stockout_hours.remove(&t.channel);
+                } else {
+                    self.stockout_hours.insert(t.channel.clone(), t.hours);
+                }
+            }
         }
         self.index = ChannelIndex::default();
         self.last_seq = self.last_seq.max(seq);

@@ -18,9 +18,9 @@ pub mod velocity;
 
 pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, Channel, ChannelIndex, Location, LocationKind, LowStock,
-    LowStockSource,
+    LowStockSource, StockoutThreshold,
 };
-pub use event::{Allocation, Event, ReleaseReason, StockState};
+pub use event::{Allocation, Event, ReleaseReason, StockState, StockoutClearReason};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rebalance::{

@@ -23,6 +23,7 @@ mod reads;
 pub mod recovery;
 mod registry;
 mod reservations;
+mod stockout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,8 +91,8 @@ pub struct EngineConfig {
     pub idempotency_max_entries: usize,
     /// Longest a request id is remembered. Default 24 h.
     pub idempotency_retention_ms: u64,
-    /// Run the expiry driver task (tests with a manual clock call `expire_due` instead).
-    /// Default true.
+    /// Run the expiry driver task and the stockout re-projection task (tests with a manual
+    /// clock call `expire_due` and `reproject_stockouts` instead). Default true.
     pub expiry_driver: bool,
     /// Most reservations expired concurrently in one driver round. Default 1024.
     pub expiry_batch: usize,
@@ -170,6 +171,8 @@ pub(crate) struct Core {
     /// Where a replay would start now: the latest checkpoint's start sequence (1 without
     /// one). Checkpoints are due by the records logged since, across restarts.
     pub checkpoint_start: AtomicU64,
+    /// SKUs with a raised stockout projection, for the re-projection task.
+    pub stockout: stockout::Watched,
 }
 
 /// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
@@ -411,12 +414,16 @@ impl Engine {
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Counters::default(),
             checkpoint_start: AtomicU64::new(1),
+            stockout: stockout::Watched::default(),
         });
         let catalog = core.catalog();
         for s in &skus {
             core.registry.insert_passive(s, &catalog)?;
             if s.oversold() {
                 Counters::bump(&core.counters.oversold_skus);
+            }
+            if !s.stockout.is_empty() {
+                core.stockout.follow(s);
             }
         }
         reservations::index_holds(&core, &skus);
@@ -451,6 +458,8 @@ impl Engine {
         if self.core.config.expiry_driver {
             let core = Arc::downgrade(&self.core);
             tasks.push(rt.spawn(expiry_driver::expiry_driver(core)));
+            let core = Arc::downgrade(&self.core);
+            tasks.push(rt.spawn(stockout::stockout_driver(core)));
         }
         Ok(())
     }
@@ -695,6 +704,21 @@ impl Engine {
             return 0;
         }
         expiry_driver::expire_due(&self.core).await
+    }
+
+    /// Re-evaluates the stockout projections of up to 1,000 watched SKUs (those with a
+    /// raised projection) at the clock's now, as the re-projection task does every 5 s
+    /// (docs/intelligence.md); returns how many logged a change (a cleared projection).
+    pub async fn reproject_stockouts(&self) -> usize {
+        if self.check_running().is_err() {
+            return 0;
+        }
+        stockout::reproject_round(&self.core).await
+    }
+
+    /// SKUs with a raised stockout projection that the re-projection task watches.
+    pub fn stockout_watched(&self) -> usize {
+        self.core.stockout.len()
     }
 
     /// Test hook: asks every active SKU actor to passivate now, as the idle sweep does after

@@ -739,6 +739,18 @@ pub struct Locations {
 pub struct Channels {
     /// Sorted by id.
     pub channels: Vec<WireChannel>,
+    /// The channels with a stockout-projection threshold (`SET_STOCKOUT_THRESHOLD`), by
+    /// id. Appended after the first release (as `Subscribed.heartbeat_ms` was).
+    pub stockout_thresholds: Vec<WireStockoutThreshold>,
+}
+
+/// A channel's stockout-projection threshold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStockoutThreshold {
+    /// The channel.
+    pub channel: String,
+    /// Hours (1..=8760).
+    pub hours: u32,
 }
 
 /// `SET_LOW_STOCK` body: the low-stock threshold of a channel, or of one SKU on a channel
@@ -754,6 +766,20 @@ pub struct SetLowStock {
     pub sku: Option<String>,
     /// Units; 0 = none (channel) or "use the channel's" (SKU override).
     pub threshold: u32,
+}
+
+/// `SET_STOCKOUT_THRESHOLD` body: the stockout-projection threshold of a channel. A SKU
+/// whose projected hours to zero on the channel (its ATP over the held rate of the 1 h
+/// velocity window) fall under `hours` gets a "stockout projected" feed item; it clears
+/// above `hours x 1.25`, without demand, or when the threshold is removed. 0 = none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetStockoutThreshold {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The channel.
+    pub channel: String,
+    /// Hours, 1..=8760; 0 removes the threshold.
+    pub hours: u32,
 }
 
 /// Where a subscription starts (`Subscribe::start`).
@@ -777,8 +803,11 @@ pub mod kinds {
     pub const THRESHOLDS: u8 = 2;
     /// Reservation lifecycle: placed, fulfilled, released, expired, extended.
     pub const RESERVATIONS: u8 = 4;
+    /// Stockout projections: projected and cleared (`PushItem::Stockout`). Added after the
+    /// first release: a subscriber that does not ask for it never receives the item.
+    pub const STOCKOUT: u8 = 8;
     /// Every kind.
-    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS;
+    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS | STOCKOUT;
 }
 
 /// `SUBSCRIBE` body: start a stream of stock changes on this connection. The server answers
@@ -912,6 +941,8 @@ pub mod cause {
     pub const INCOMING: u8 = 12;
     /// A reservation's expiry moved.
     pub const EXTEND: u8 = 13;
+    /// The engine re-evaluated stockout projections (decay alone; no stock changed).
+    pub const REPROJECT: u8 = 14;
 }
 
 /// Threshold transitions (`WireAtp::transition`).
@@ -1051,6 +1082,50 @@ pub enum PushItem {
         /// Why.
         message: String,
     },
+    /// 8: a stockout projection of one SKU x channel was raised or cleared (kind bit
+    /// [`kinds::STOCKOUT`]).
+    Stockout(WireStockout),
+}
+
+/// Why a stockout projection cleared (`WireStockout::reason`).
+pub mod stockout_reason {
+    /// Not cleared: the item says "projected".
+    pub const NONE: u8 = 0;
+    /// The hours to zero rose above the threshold x 1.25 (restock, or demand slowed).
+    pub const RECOVERED: u8 = 1;
+    /// No demand left in the window.
+    pub const NO_DEMAND: u8 = 2;
+    /// The channel's threshold was removed.
+    pub const THRESHOLD_REMOVED: u8 = 3;
+}
+
+/// A stockout projection of one SKU x channel changed: hours to zero (ATP over the held
+/// rate of the 1 h window) fell under the channel's threshold (`projected`), or rose above
+/// threshold x 1.25, or demand stopped, or the threshold was removed (cleared).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStockout {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The channel.
+    pub channel: String,
+    /// true: projected; false: cleared.
+    pub projected: bool,
+    /// The channel's threshold, hours (0: removed).
+    pub threshold_hours: u32,
+    /// Hours to zero, thousandths; `u64::MAX` when there is no demand (no projection).
+    pub hours_milli: u64,
+    /// Units held per hour in the window, thousandths.
+    pub per_hour_milli: u64,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// See [`stockout_reason`] (0 when projected).
+    pub reason: u8,
+    /// The velocity window (0..=2, shortest half-life first; 1 = 1 h by default).
+    pub window: u8,
 }
 
 /// `Push` frame payload (server → subscriber).

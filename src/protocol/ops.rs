@@ -46,6 +46,8 @@ pub mod opcode {
     pub const LIST_CHANNELS: u16 = 0x0304;
     /// Set a channel's (or one SKU's) low-stock threshold (admin).
     pub const SET_LOW_STOCK: u16 = 0x0305;
+    /// Set a channel's stockout-projection threshold in hours (admin).
+    pub const SET_STOCKOUT_THRESHOLD: u16 = 0x0308;
     /// Read one SKU.
     pub const GET_SKU: u16 = 0x0401;
     /// Read several SKUs.
@@ -183,6 +185,8 @@ pub enum Op {
     ListReservations(ListReservations),
     /// `SET_LOW_STOCK`
     SetLowStock(SetLowStock),
+    /// `SET_STOCKOUT_THRESHOLD`
+    SetStockoutThreshold(SetStockoutThreshold),
     /// `SUBSCRIBE`
     Subscribe(Subscribe),
     /// `UNSUBSCRIBE`
@@ -241,6 +245,7 @@ impl Op {
             Op::ListSkus(_) => LIST_SKUS,
             Op::ListReservations(_) => LIST_RESERVATIONS,
             Op::SetLowStock(_) => SET_LOW_STOCK,
+            Op::SetStockoutThreshold(_) => SET_STOCKOUT_THRESHOLD,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
             Op::Ack(_) => ACK,
@@ -265,6 +270,7 @@ impl Op {
             Op::UpsertLocation(b) => b.request_id,
             Op::UpsertChannel(b) => b.request_id,
             Op::SetLowStock(b) => b.request_id,
+            Op::SetStockoutThreshold(b) => b.request_id,
             _ => return None,
         })
     }
@@ -296,6 +302,7 @@ impl Op {
             Op::ListSkus(b) => body(b)?,
             Op::ListReservations(b) => body(b)?,
             Op::SetLowStock(b) => body(b)?,
+            Op::SetStockoutThreshold(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
@@ -338,6 +345,7 @@ impl Op {
             LIST_SKUS => Op::ListSkus(decode_request_body(b)?),
             LIST_RESERVATIONS => Op::ListReservations(decode_request_body(b)?),
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
+            SET_STOCKOUT_THRESHOLD => Op::SetStockoutThreshold(decode_request_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
             UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
             ACK => Op::Ack(decode_request_body(b)?),

@@ -7,7 +7,7 @@
 use crate::domain::{
     AdjustReason, AtRisk, AtpExplanation, Catalog, CatalogCommand, Channel, ChannelId,
     ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock, LowStockSource,
-    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, WindowRate,
+    Rejection, SkuCommand, SkuId, SkuVelocity, SkuView, StockState, StockoutThreshold, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -204,6 +204,16 @@ pub fn low_stock_command(u: &SetLowStock) -> Result<Command, Rejection> {
         sku: u.sku.as_deref().map(SkuId::new).transpose()?,
         threshold: u.threshold,
     })))
+}
+
+/// The engine command of a set-stockout-threshold body.
+pub fn stockout_threshold_command(u: &SetStockoutThreshold) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::SetStockoutThreshold(
+        StockoutThreshold {
+            channel: ChannelId::new(&u.channel)?,
+            hours: u.hours,
+        },
+    )))
 }
 
 /// [`Reserved`] borrowing the outcome's strings: the same bytes on the wire (serde writes
@@ -451,6 +461,14 @@ pub fn channels_of(c: &Catalog) -> Channels {
                 locations: ch.locations.iter().map(|l| l.to_string()).collect(),
                 buffer: ch.buffer,
                 cap: ch.cap,
+            })
+            .collect(),
+        stockout_thresholds: c
+            .stockout_hours
+            .iter()
+            .map(|(ch, hours)| WireStockoutThreshold {
+                channel: ch.to_string(),
+                hours: *hours,
             })
             .collect(),
     }
