@@ -91,7 +91,7 @@ fn steps() -> impl Strategy<Value = Vec<(SkuCommand, u64)>> {
                 location: None,
             }],
             allow_split: true,
-            expires_at_ms: T0 + 1000 * HOUR,
+            expires_at_ms: 0, // set from the step's time below
             cart_skus: 1,
         }),
         (0u128..8).prop_map(|reservation| SkuCommand::Fulfill {
@@ -103,13 +103,20 @@ fn steps() -> impl Strategy<Value = Vec<(SkuCommand, u64)>> {
             reason: ReleaseReason::Client,
         }),
         Just(SkuCommand::Reproject),
+        Just(SkuCommand::Reproject),
+        Just(SkuCommand::Reproject),
     ];
-    // Gaps from nothing up to 3 h: rates both climb and decay through the band.
-    prop::collection::vec((cmd, 0u64..3 * HOUR), 1..60).prop_map(|v| {
+    // Mostly gaps of minutes (a projection crosses the band [T, 1.25 T] by decay in about
+    // 20 minutes of the 1 h window, so steps land inside it), sometimes hours.
+    let gap = prop_oneof![4 => 0u64..10 * 60_000, 1 => 0u64..3 * HOUR];
+    prop::collection::vec((cmd, gap), 1..80).prop_map(|v| {
         let mut t = T0;
         v.into_iter()
-            .map(|(c, gap)| {
+            .map(|(mut c, gap)| {
                 t += gap;
+                if let SkuCommand::Hold { expires_at_ms, .. } = &mut c {
+                    *expires_at_ms = t + 100 * HOUR;
+                }
                 (c, t)
             })
             .collect()
