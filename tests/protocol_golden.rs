@@ -294,7 +294,8 @@ fn subscribe_request_frame() {
         channels: vec!["web".into()],
         skus: vec![],
         sku_prefix: String::new(),
-        kinds: kinds::ALL,
+        // The three kinds of the first release (7): the bytes docs/protocol.md shows.
+        kinds: kinds::ATP | kinds::THRESHOLDS | kinds::RESERVATIONS,
         coalesce_ms: 0,
     });
     let raw = op.to_raw().unwrap();
@@ -474,9 +475,10 @@ fn subscription_constants_are_stable() {
             kinds::ATP,
             kinds::THRESHOLDS,
             kinds::RESERVATIONS,
+            kinds::STOCKOUT,
             kinds::ALL
         ],
-        [1, 2, 4, 7]
+        [1, 2, 4, 8, 15]
     );
     assert_eq!(
         [started::LIVE, started::SNAPSHOT, started::REPLAY],
@@ -746,4 +748,44 @@ fn list_reservations_bodies() {
         next_after: None,
     };
     golden("list reservations result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 e8 03 00 00 00 00 00 00 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 77 68 02 00 00 00 00");
+}
+
+#[test]
+fn set_stockout_threshold_body_and_the_stockout_item() {
+    let op = Op::SetStockoutThreshold(SetStockoutThreshold {
+        request_id: 1,
+        channel: "web".into(),
+        hours: 24,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, 0x0308);
+    assert_eq!(op.request_id(), Some(1));
+    golden(
+        "set stockout threshold body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 18 00 00 00",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    let item = PushItem::Stockout(WireStockout {
+        seq: 42,
+        at_ms: AT_MS,
+        sku: "A".into(),
+        channel: "web".into(),
+        projected: true,
+        threshold_hours: 24,
+        hours_milli: 12_985,
+        per_hour_milli: 6_931,
+        atp: 90,
+        reason: stockout_reason::NONE,
+        window: 1,
+    });
+    let bytes = encode_payload(&item).unwrap();
+    golden(
+        "stockout item",
+        &bytes,
+        "08 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 01 18 00 00 00 b9 32 00 00 00 00 00 00 13 1b 00 00 00 00 00 00 5a 00 00 00 00 01",
+    );
+    assert_eq!(decode_payload::<PushItem>(&bytes).unwrap(), item);
+    assert_eq!(kinds::STOCKOUT, 8);
+    assert_eq!(kinds::ALL, 15);
 }
