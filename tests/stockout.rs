@@ -239,13 +239,21 @@ fn no_flapping_inside_the_band() {
         T0,
     );
     assert!(
-        matches!(ev.last(), Some(Event::StockoutProjected { atp: 90, threshold_hours: 24, .. })),
+        matches!(
+            ev.last(),
+            Some(Event::StockoutProjected {
+                atp: 90,
+                threshold_hours: 24,
+                ..
+            })
+        ),
         "{ev:?}"
     );
     assert!(s.stockout_projected(&ch));
     // hours(t) = 90 / (6.93 * 2^-t): 24 h at t = 0.88 h, 30 h at t = 1.2 h. Re-project
     // every minute from 0.9 h to 1.19 h: inside the band, nothing.
-    let hours_at = |t: u64| 90.0 / (10.0 * std::f64::consts::LN_2 * (-(t as f64) / HOUR as f64).exp2());
+    let hours_at =
+        |t: u64| 90.0 / (10.0 * std::f64::consts::LN_2 * (-(t as f64) / HOUR as f64).exp2());
     let mut t = 54 * 60_000;
     while t < 71 * 60_000 {
         assert!((24.0..=30.0).contains(&hours_at(t)), "{}", hours_at(t));
@@ -266,7 +274,10 @@ fn no_flapping_inside_the_band() {
         "{ev:?}"
     );
     assert!(!s.stockout_projected(&ch));
-    assert_eq!(step(&mut s, SkuCommand::Reproject, T0 + 80 * 60_000), vec![]);
+    assert_eq!(
+        step(&mut s, SkuCommand::Reproject, T0 + 80 * 60_000),
+        vec![]
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -331,7 +342,11 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
             _ => None,
         })
         .collect();
-    assert_eq!(projected, [90], "the projection is in the reserve's own record");
+    assert_eq!(
+        projected,
+        [90],
+        "the projection is in the reserve's own record"
+    );
     // B: the same hold against 989 units: 143 h, nothing.
     exec(&e, reserve_cmd(2, "web", &[("B", 10)], 100 * HOUR))
         .await
@@ -508,14 +523,20 @@ async fn a_subscriber_is_told_before_atp_runs_out_and_when_a_restock_clears_it()
         }
     };
     assert!(projected.projected, "{projected:?}");
-    assert_eq!((projected.sku.as_str(), projected.channel.as_str()), ("TEE", "web"));
+    assert_eq!(
+        (projected.sku.as_str(), projected.channel.as_str()),
+        ("TEE", "web")
+    );
     assert_eq!(projected.atp, atp);
     assert!(projected.atp > 0, "told before ATP reaches 0");
     assert_eq!((projected.threshold_hours, projected.window), (24, 1));
     let hours = projected.hours_milli as f64 / 1000.0;
     assert!(hours > 10.0 && hours < 24.0, "{hours}");
     let rate = projected.per_hour_milli as f64 / 1000.0;
-    assert!((rate * hours - f64::from(atp)).abs() < 0.1, "{rate} x {hours}");
+    assert!(
+        (rate * hours - f64::from(atp)).abs() < 0.1,
+        "{rate} x {hours}"
+    );
     let json = omnistock::events::envelope(&PushItem::Stockout(projected.clone()), "test")
         .expect("an event");
     assert_eq!(json.event_type, "omnistock.stock.stockout_projected");

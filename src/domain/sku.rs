@@ -585,7 +585,8 @@ impl SkuState {
         }
         let n = events.len();
         for (channel, hours) in &catalog.stockout_hours {
-            if let Some(e) = self.stockout_transition(&events[..n], catalog, channel, *hours, now_ms)
+            if let Some(e) =
+                self.stockout_transition(&events[..n], catalog, channel, *hours, now_ms)
             {
                 events.push(e);
             }
@@ -627,9 +628,7 @@ impl SkuState {
                         channel: c,
                         allocations,
                         ..
-                    } if c == channel => allocations
-                        .iter()
-                        .fold(n, |n, a| n.saturating_add(a.qty)),
+                    } if c == channel => allocations.iter().fold(n, |n, a| n.saturating_add(a.qty)),
                     _ => n,
                 });
                 let r = self

@@ -48,8 +48,10 @@ pub struct CatalogV4 {
     /// Low-stock thresholds per channel.
     pub low_stock: std::collections::BTreeMap<crate::domain::ChannelId, u32>,
     /// Per-SKU low-stock overrides.
-    pub low_stock_sku:
-        std::collections::BTreeMap<SkuId, std::collections::BTreeMap<crate::domain::ChannelId, u32>>,
+    pub low_stock_sku: std::collections::BTreeMap<
+        SkuId,
+        std::collections::BTreeMap<crate::domain::ChannelId, u32>,
+    >,
 }
 
 impl From<CatalogV4> for Catalog {
