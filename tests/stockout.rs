@@ -353,6 +353,10 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
         .unwrap();
     assert!(flag(&e, "A").await && !flag(&e, "B").await);
     assert_eq!(e.stockout_watched(), 1);
+    assert_eq!(
+        (e.stats().stockout_watched, e.stats().stockout_watch_overflow),
+        (1, 0)
+    );
 
     // Restart from the log alone, then from a checkpoint: the flag is in the state.
     let e = reopen(dir.path(), &clock, e).await;

@@ -271,6 +271,10 @@ pub struct EngineStats {
     pub mailbox_full: u64,
     /// SKUs oversold now (on hand below reserved, or a shortfall, at some location).
     pub oversold_skus: u64,
+    /// SKUs with a raised stockout projection watched by the re-projection task.
+    pub stockout_watched: usize,
+    /// Raised projections not watched because the watch set was full, since start.
+    pub stockout_watch_overflow: u64,
 }
 
 /// Sweeps per `passivate_after`: an actor idle for this many sweeps is passivated, so the
@@ -761,6 +765,8 @@ impl Engine {
             reservations_expired: c.reservations_expired.load(Ordering::Relaxed),
             mailbox_full: c.mailbox_full.load(Ordering::Relaxed),
             oversold_skus: c.oversold_skus.load(Ordering::Relaxed),
+            stockout_watched: self.core.stockout.len(),
+            stockout_watch_overflow: self.core.stockout.overflowed.load(Ordering::Relaxed),
         }
     }
 

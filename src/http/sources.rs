@@ -19,6 +19,7 @@ use crate::metrics::{
     MAILBOX_FULL_TOTAL, MEMORY_BUDGET_BUSY_TOTAL, PASSIVE_STATE_BYTES,
     PROCESS_RESIDENT_MEMORY_BYTES, PROTOCOL_ERRORS_TOTAL, READY, REQUEST_FRAMES_TOTAL,
     RESERVATIONS, RESERVATIONS_ENDED_TOTAL, RESERVATIONS_PLACED_TOTAL, SKUS, SKUS_OVERSOLD,
+    STOCKOUT_WATCHED_SKUS, STOCKOUT_WATCH_OVERFLOW_TOTAL,
     SLOW_READER_DISCONNECTS_TOTAL, SOURCE_LIMIT_REFUSALS_TOTAL, SUBSCRIBER_LAG_MAX_EVENTS,
     SUBSCRIPTION_LAG_RECORDS, TLS_HANDSHAKE_FAILURES_TOTAL, WAL_DISK_BYTES, WAL_FAILED,
     WAL_LOG_RECORDS, WAL_RECORDS_TOTAL, WAL_WRITTEN_BYTES_TOTAL,
@@ -139,6 +140,8 @@ fn collect_engine(e: &Engine) {
     gauge!(SKUS, "state" => "active").set(s.active_skus as f64);
     gauge!(SKUS, "state" => "passive").set(passive as f64);
     gauge!(SKUS_OVERSOLD).set(s.oversold_skus as f64);
+    gauge!(STOCKOUT_WATCHED_SKUS).set(s.stockout_watched as f64);
+    counter!(STOCKOUT_WATCH_OVERFLOW_TOTAL).absolute(s.stockout_watch_overflow);
     gauge!(PASSIVE_STATE_BYTES).set(s.passive_bytes as f64);
     gauge!(RESERVATIONS).set(s.reservations as f64);
     gauge!(IDEMPOTENCY_ENTRIES).set(s.idempotency_entries as f64);
