@@ -354,7 +354,10 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
     assert!(flag(&e, "A").await && !flag(&e, "B").await);
     assert_eq!(e.stockout_watched(), 1);
     assert_eq!(
-        (e.stats().stockout_watched, e.stats().stockout_watch_overflow),
+        (
+            e.stats().stockout_watched,
+            e.stats().stockout_watch_overflow
+        ),
         (1, 0)
     );
 
@@ -561,4 +564,83 @@ async fn a_subscriber_is_told_before_atp_runs_out_and_when_a_restock_clears_it()
     stop.shutdown();
     let _ = task.await;
     engine.shutdown();
+}
+
+/// `omnistock serve` on `data`, no tokens; its port once it listens.
+async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16) {
+    let (port, http) = (free_port(), free_port());
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    for _ in 0..1500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("serve did not listen");
+}
+
+/// The projection is part of the reserve's record: acknowledged, then `kill -9`, the
+/// restarted server replays the same item at the same seq, and its recovered state has the
+/// flag raised (a restock then clears it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_acknowledged_before_kill_9_is_in_the_log_and_the_state_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = serve(dir.path()).await;
+    let addr = format!("127.0.0.1:{port}");
+    let c = Client::connect(ClientConfig::new(addr.clone()))
+        .await
+        .unwrap();
+    wire_catalog(&c).await;
+    c.apply(Op::SetStockoutThreshold(SetStockoutThreshold {
+        request_id: rid(),
+        channel: "web".into(),
+        hours: 24,
+    }))
+    .await
+    .unwrap();
+    wire_adjust(&c, "TEE", 100).await;
+    reserve(&c, 1, "TEE", 5).await.unwrap();
+    let raised_at = reserve(&c, 2, "TEE", 5).await.unwrap();
+    drop(c);
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+
+    let (_child, port) = serve(dir.path()).await;
+    let addr = format!("127.0.0.1:{port}");
+    let mut sub = Subscriber::subscribe(
+        ClientConfig::new(addr.clone()),
+        Subscribe {
+            name: String::new(),
+            start: start::AFTER,
+            from_seq: 0,
+            channels: vec!["web".into()],
+            skus: vec![],
+            sku_prefix: String::new(),
+            kinds: kinds::STOCKOUT,
+            coalesce_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let replayed = next_stockout(&mut sub).await;
+    assert!(replayed.projected, "{replayed:?}");
+    assert_eq!((replayed.seq, replayed.atp), (raised_at, 90));
+    let c = Client::connect(ClientConfig::new(addr)).await.unwrap();
+    wire_adjust(&c, "TEE", 10_000).await;
+    let cleared = next_stockout(&mut sub).await;
+    assert!(!cleared.projected, "{cleared:?}");
+    assert_eq!(cleared.reason, stockout_reason::RECOVERED);
+    sub.close().await;
 }
