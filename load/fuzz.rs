@@ -192,6 +192,11 @@ fn ops() -> Vec<Op> {
             sku: None,
             threshold: 3,
         }),
+        Op::SetStockoutThreshold(SetStockoutThreshold {
+            request_id: 25,
+            channel: "web".into(),
+            hours: 24,
+        }),
         Op::Subscribe(Subscribe {
             name: "fuzz".into(),
             start: start::LIVE,
@@ -430,6 +435,7 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
             Op::UpsertLocation(u) => drop(convert::location_command(u)),
             Op::UpsertChannel(u) => drop(convert::channel_command(u)),
             Op::SetLowStock(u) => drop(convert::low_stock_command(u)),
+            Op::SetStockoutThreshold(u) => drop(convert::stockout_threshold_command(u)),
             Op::ExplainAtp(e) => drop(convert::explain_ids(e)),
             _ => {}
         }
