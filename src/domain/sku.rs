@@ -448,6 +448,24 @@ impl ChannelSum {
     }
 }
 
+/// Whether `e` changes the bucket at `l` (what [`Bucket::fold`] would act on).
+fn names_location(e: &Event, l: &LocationId) -> bool {
+    match e {
+        Event::HoldPlaced { allocations, .. }
+        | Event::HoldFulfilled { allocations, .. }
+        | Event::HoldReleased { allocations, .. } => allocations.iter().any(|a| a.location == *l),
+        Event::StockAdjusted { location, .. }
+        | Event::OnHandSet { location, .. }
+        | Event::StockMoved { location, .. }
+        | Event::SafetyStockSet { location, .. }
+        | Event::IncomingSet { location, .. } => location == l,
+        Event::Transferred { from, to, .. } => from == l || to == l,
+        Event::HoldExtended { .. }
+        | Event::StockoutProjected { .. }
+        | Event::StockoutCleared { .. } => false,
+    }
+}
+
 fn check_qty(qty: u32, what: &str) -> Result<(), Rejection> {
     if qty == 0 || qty > MAX_QTY {
         return Err(Rejection::invalid(format!("{what} must be 1..={MAX_QTY}")));
@@ -610,9 +628,14 @@ impl SkuState {
         hours: u32,
         now_ms: TimeMs,
     ) -> Option<Event> {
+        let projected = self.stockout_projected(channel);
         let (atp, per_hour) = match catalog.channels.get(channel) {
             Some(ch) => {
                 let after = |l: &LocationId| {
+                    if !events.iter().any(|e| names_location(e, l)) {
+                        // Most channel locations are not touched by the request.
+                        return self.location_atp(l);
+                    }
                     let mut b = self
                         .bucket(l)
                         .cloned()
@@ -631,6 +654,18 @@ impl SkuState {
                     } if c == channel => allocations.iter().fold(n, |n, a| n.saturating_add(a.qty)),
                     _ => n,
                 });
+                if !projected && hours > 0 {
+                    // The common case, far from the threshold: the rate before any decay
+                    // bounds the real one from above (decay only shrinks it), so its hours
+                    // bound the real hours from below; at or above the threshold nothing
+                    // can be raised, and the decay (three `exp2`) is not computed.
+                    let bound = self
+                        .velocity
+                        .held_per_hour_bound(channel, extra, STOCKOUT_WINDOW);
+                    if hours_to_zero(atp, bound).is_none_or(|h| h >= f64::from(hours)) {
+                        return None;
+                    }
+                }
                 let r = self
                     .velocity
                     .held_per_hour_after(channel, extra, now_ms, STOCKOUT_WINDOW);
@@ -641,9 +676,7 @@ impl SkuState {
         };
         let to_zero = hours_to_zero(atp, per_hour);
         let threshold = (hours > 0).then_some(f64::from(hours));
-        let mut watch = StockoutWatch {
-            projected: self.stockout_projected(channel),
-        };
+        let mut watch = StockoutWatch { projected };
         match watch.evaluate(to_zero, threshold)? {
             Transition::Projected => Some(Event::StockoutProjected {
                 channel: channel.clone(),
