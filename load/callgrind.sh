@@ -28,6 +28,9 @@
 #   -f, --flags "F"      the run's workload flags instead of the batched scenario's
 #                        (env RUN_FLAGS, default "--workload reserve -c 8 --depth 4 --batch 256")
 #       --start-timeout S seconds to wait for the server under valgrind (env START_TIMEOUT, default 300)
+#       --stockout-hours H after the catalog, a stockout-projection threshold of H hours on
+#                        every channel (ctl set-stockout-threshold; omnistock only)
+#                                                              (env STOCKOUT_HOURS, default 0: none)
 #   -h, --help
 # Needs valgrind (callgrind_control, callgrind_annotate), curl, redis-cli for Redis, jq.
 # Only ever targets 127.0.0.1; every step is bounded in time.
@@ -40,6 +43,7 @@ BIN_DIR=${BIN_DIR:-$REPO/target/release}
 OUT_DIR=${OUT_DIR:-}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
 START_TIMEOUT=${START_TIMEOUT:-300}
+STOCKOUT_HOURS=${STOCKOUT_HOURS:-0}
 read -r -a RUN_FLAGS <<<"${RUN_FLAGS:---workload reserve -c 8 --depth 4 --batch 256}"
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
@@ -54,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     -f|--flags) read -r -a RUN_FLAGS <<<"${2:?}"; shift 2 ;;
     --redis-server) REDIS_SERVER=${2:?}; shift 2 ;;
     --start-timeout) START_TIMEOUT=${2:?}; shift 2 ;;
+    --stockout-hours) STOCKOUT_HOURS=${2:?}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument: $1 (try --help)" ;;
   esac
@@ -62,6 +67,7 @@ done
 [[ $TARGET == omnistock || $TARGET == redis ]] || die "--target must be omnistock or redis"
 [[ $OPS =~ ^[1-9][0-9]*$ ]] || die "--ops must be a positive integer"
 [[ $START_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--start-timeout must be a positive integer"
+[[ $STOCKOUT_HOURS =~ ^[0-9]+$ ]] || die "--stockout-hours must be a non-negative integer"
 OMNI=$BIN_DIR/omnistock
 # Builds before the data-directory identity (2026-12-01) have no --init: only pass it when known.
 INIT_FLAG=""
@@ -167,6 +173,16 @@ done
 log "server ready (pid $SERVER_PID); loading the reserve catalog"
 bounded 1200 "$LOAD" catalog "${TARGET_FLAGS[@]}" --workload reserve >&2 \
   || die "catalog load failed"
+if [[ $TARGET == omnistock && $STOCKOUT_HOURS != 0 ]]; then
+  CTL=("$OMNI" ctl --addr "127.0.0.1:$port")
+  channels=$(timeout 120 "${CTL[@]}" --json channels | jq -r '.channels[].id') \
+    || die "ctl channels failed"
+  for ch in $channels; do
+    log "stockout threshold $STOCKOUT_HOURS h on $ch"
+    timeout 120 "${CTL[@]}" set-stockout-threshold "$ch" "$STOCKOUT_HOURS" >&2 \
+      || die "ctl set-stockout-threshold $ch failed"
+  done
+fi
 
 log "callgrind_control -z"
 callgrind_control -z "$SERVER_PID" >"$OUT_DIR/callgrind_control.log" 2>&1 \

@@ -215,6 +215,11 @@ fn ops() -> Vec<Op> {
             request_id: 26,
             channel: "fuzz-gone".into(),
         }),
+        Op::SetStockoutThreshold(SetStockoutThreshold {
+            request_id: 25,
+            channel: "web".into(),
+            hours: 24,
+        }),
         Op::Subscribe(Subscribe {
             name: "fuzz".into(),
             start: start::LIVE,
@@ -465,6 +470,7 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
             Op::SetLowStock(u) => drop(convert::low_stock_command(u)),
             Op::DeleteLocation(d) => drop(convert::delete_location_command(d)),
             Op::DeleteChannel(d) => drop(convert::delete_channel_command(d)),
+            Op::SetStockoutThreshold(u) => drop(convert::stockout_threshold_command(u)),
             Op::ExplainAtp(e) => drop(convert::explain_ids(e)),
             _ => {}
         }

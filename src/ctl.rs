@@ -362,6 +362,14 @@ enum CtlCmd {
         #[arg(long)]
         sku: Option<String>,
     },
+    /// Set the stockout-projection threshold of a channel in hours (0 removes; admin):
+    /// "stockout projected" feed items when a SKU's hours to zero fall under it.
+    SetStockoutThreshold {
+        /// Channel id.
+        channel: String,
+        /// Hours, 1..=8760; 0 removes the threshold.
+        hours: u32,
+    },
     /// Print stock changes live, one line each; resumes by itself after a disconnect.
     Tail(tail::TailArgs),
     /// Create or replace a location.
@@ -935,6 +943,13 @@ fn operation(rid: u128, cmd: CtlCmd) -> Result<Op, Failure> {
             sku,
             threshold,
         }),
+        CtlCmd::SetStockoutThreshold { channel, hours } => {
+            Op::SetStockoutThreshold(SetStockoutThreshold {
+                request_id: rid,
+                channel,
+                hours,
+            })
+        }
         CtlCmd::Tail(_) | CtlCmd::Check { .. } | CtlCmd::Dump { .. } => {
             return Err(Failure::internal("not one operation"))
         }

@@ -22,7 +22,7 @@
 
 use serde::Serialize;
 
-use crate::protocol::{cause, lifecycle, transition, PushItem};
+use crate::protocol::{cause, lifecycle, stockout_reason, transition, PushItem, WireStockout};
 
 /// CloudEvents `specversion` of every envelope.
 pub const SPEC_VERSION: &str = "1.0";
@@ -73,9 +73,13 @@ pub mod types {
     pub const ATP_SNAPSHOT: &str = "omnistock.atp.snapshot";
     /// The snapshot is complete; changes after its `seq` follow.
     pub const SNAPSHOT_END: &str = "omnistock.snapshot.end";
+    /// The SKU's projected hours to zero on a channel fell under the channel's threshold.
+    pub const STOCKOUT_PROJECTED: &str = "omnistock.stock.stockout_projected";
+    /// A raised stockout projection cleared.
+    pub const STOCKOUT_CLEARED: &str = "omnistock.stock.stockout_cleared";
 
     /// Every type, in the order of docs/events.md.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 18] = [
         ATP_CHANGED,
         STOCK_OUT,
         STOCK_BACK,
@@ -92,6 +96,8 @@ pub mod types {
         CATALOG_CHANGED,
         ATP_SNAPSHOT,
         SNAPSHOT_END,
+        STOCKOUT_PROJECTED,
+        STOCKOUT_CLEARED,
     ];
 }
 
@@ -140,6 +146,8 @@ pub enum Data {
     Reservation(ReservationData),
     /// `omnistock.atp.snapshot`.
     Snapshot(SnapshotData),
+    /// `omnistock.stock.stockout_projected` and `omnistock.stock.stockout_cleared`.
+    Stockout(StockoutData),
     /// `omnistock.catalog.changed` and `omnistock.snapshot.end`: `{}`.
     Empty(EmptyData),
 }
@@ -195,6 +203,61 @@ pub struct SnapshotData {
     pub last_seq: u64,
 }
 
+/// A fixed-point value in thousandths, written as a JSON number (`12345` -> `12.345`): the
+/// feed carries rates and hours in thousandths so that events compare exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Milli(pub u64);
+
+impl Serialize for Milli {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0 as f64 / 1000.0)
+    }
+}
+
+/// A stockout projection of the SKU on a channel was raised or cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StockoutData {
+    /// The channel.
+    pub channel: String,
+    /// Hours until the channel's ATP is gone at the current pace; `null` without demand.
+    pub hours: Option<Milli>,
+    /// Units held per hour in the window (the demand velocity the projection uses).
+    pub velocity_per_hour: Milli,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// The channel's threshold in hours (0: it was removed).
+    pub threshold_hours: u32,
+    /// The velocity window: 0, 1 or 2 (shortest half-life first; 1 is 1 h by default).
+    pub window: u8,
+    /// Why it cleared (`recovered`, `no_demand`, `threshold_removed`); absent when projected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The name of a [`stockout_reason`] value; `unknown_<n>` for one this version does not know.
+pub fn stockout_reason_name(r: u8) -> String {
+    let name = match r {
+        stockout_reason::NONE => "none",
+        stockout_reason::RECOVERED => "recovered",
+        stockout_reason::NO_DEMAND => "no_demand",
+        stockout_reason::THRESHOLD_REMOVED => "threshold_removed",
+        n => return format!("unknown_{n}"),
+    };
+    name.into()
+}
+
+fn stockout_data(s: &WireStockout) -> StockoutData {
+    StockoutData {
+        channel: s.channel.clone(),
+        hours: (s.hours_milli != u64::MAX).then_some(Milli(s.hours_milli)),
+        velocity_per_hour: Milli(s.per_hour_milli),
+        atp: s.atp,
+        threshold_hours: s.threshold_hours,
+        window: s.window,
+        reason: (!s.projected).then(|| stockout_reason_name(s.reason)),
+    }
+}
+
 /// No data (`{}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EmptyData {}
@@ -215,6 +278,7 @@ pub fn cause_name(c: u8) -> String {
         cause::SAFETY_STOCK => "safety_stock",
         cause::INCOMING => "incoming",
         cause::EXTEND => "extend",
+        cause::REPROJECT => "reproject",
         n => return format!("unknown_{n}"),
     };
     name.into()
@@ -415,6 +479,26 @@ pub fn envelope(item: &PushItem, source: &str) -> Option<Envelope> {
                 subject: None,
             },
             Data::Empty(EmptyData {}),
+        ),
+        PushItem::Stockout(s) => (
+            Head {
+                seq: Some(s.seq),
+                id: format!(
+                    "{}:stockout:{}:{}",
+                    s.seq,
+                    s.channel,
+                    if s.projected { "projected" } else { "cleared" }
+                ),
+                event_type: if s.projected {
+                    types::STOCKOUT_PROJECTED
+                } else {
+                    types::STOCKOUT_CLEARED
+                }
+                .into(),
+                at_ms: Some(s.at_ms),
+                subject: Some(&s.sku),
+            },
+            Data::Stockout(stockout_data(s)),
         ),
         PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
     };

@@ -139,6 +139,18 @@ async fn changes_of_every_kind(c: &Client) -> u64 {
     adjust(c, "Z-LOW", 1).await;
     let refused = reserve(c, 6, &[("A-OK", 1), ("Z-LOW", 2)], 600_000).await;
     assert!(refused.is_err(), "{refused:?}");
+    // A stockout projection: a 24 h threshold, 5 of 20 units held at once (3.47/h: 4.3 h
+    // to zero): projected; a restock to 1,015 (293 h): cleared.
+    c.apply(Op::SetStockoutThreshold(SetStockoutThreshold {
+        request_id: rid(),
+        channel: "web".into(),
+        hours: 24,
+    }))
+    .await
+    .unwrap();
+    adjust(c, "STK", 20).await;
+    reserve(c, 7, &[("STK", 5)], 600_000).await.unwrap();
+    adjust(c, "STK", 1_000).await;
     // A catalog change.
     low_stock(c, 4).await
 }

@@ -224,9 +224,10 @@ fn opcode_and_status_numbers_are_stable() {
             LIST_CHANNELS,
             SET_LOW_STOCK,
             DELETE_LOCATION,
-            DELETE_CHANNEL
+            DELETE_CHANNEL,
+            SET_STOCKOUT_THRESHOLD
         ],
-        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0306, 0x0307]
+        [0x0301, 0x0302, 0x0303, 0x0304, 0x0305, 0x0306, 0x0307, 0x0308]
     );
     assert_eq!(
         [
@@ -295,7 +296,8 @@ fn subscribe_request_frame() {
         channels: vec!["web".into()],
         skus: vec![],
         sku_prefix: String::new(),
-        kinds: kinds::ALL,
+        // The three kinds of the first release (7): the bytes docs/protocol.md shows.
+        kinds: kinds::ATP | kinds::THRESHOLDS | kinds::RESERVATIONS,
         coalesce_ms: 0,
     });
     let raw = op.to_raw().unwrap();
@@ -545,9 +547,10 @@ fn subscription_constants_are_stable() {
             kinds::ATP,
             kinds::THRESHOLDS,
             kinds::RESERVATIONS,
+            kinds::STOCKOUT,
             kinds::ALL
         ],
-        [1, 2, 4, 7]
+        [1, 2, 4, 8, 15]
     );
     assert_eq!(
         [started::LIVE, started::SNAPSHOT, started::REPLAY],
@@ -610,6 +613,10 @@ fn roles_of_the_new_operations() {
     assert!(!is_reserved(SKU_HISTORY));
     assert!(Role::Adapter.may(SKU_HISTORY) && Role::Admin.may(SKU_HISTORY));
     assert!(!Role::Checkout.may(SKU_HISTORY));
+    assert!(Role::Admin.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!Role::Adapter.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!Role::Checkout.may(SET_STOCKOUT_THRESHOLD));
+    assert!(!is_reserved(SET_STOCKOUT_THRESHOLD));
 }
 
 #[test]
@@ -1003,4 +1010,44 @@ fn sku_history_bodies() {
         next: Some((8, 0)),
     };
     golden("sku history result", &encode_payload(&page).unwrap(), "01 00 00 00 00 00 00 00 41 01 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 07 00 00 00 00 00 00 00 00 00 e8 03 00 00 00 00 00 00 09 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 05 fe ff ff ff ff ff ff ff 00 02 00 00 00 00 00 00 00 77 68 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 06 00 00 00 00 00 00 00 64 61 6d 61 67 65 02 00 00 00 00 00 00 00 72 31 00 00 00 00 00 00 00 00 01 08 00 00 00 00 00 00 00 00 00");
+}
+
+#[test]
+fn set_stockout_threshold_body_and_the_stockout_item() {
+    let op = Op::SetStockoutThreshold(SetStockoutThreshold {
+        request_id: 1,
+        channel: "web".into(),
+        hours: 24,
+    });
+    let raw = op.to_raw().unwrap();
+    assert_eq!(raw.opcode, 0x0308);
+    assert_eq!(op.request_id(), Some(1));
+    golden(
+        "set stockout threshold body",
+        &raw.body,
+        "01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 03 00 00 00 00 00 00 00 77 65 62 18 00 00 00",
+    );
+    assert_eq!(Op::from_raw(&raw).unwrap(), Some(op));
+    let item = PushItem::Stockout(WireStockout {
+        seq: 42,
+        at_ms: AT_MS,
+        sku: "A".into(),
+        channel: "web".into(),
+        projected: true,
+        threshold_hours: 24,
+        hours_milli: 12_985,
+        per_hour_milli: 6_931,
+        atp: 90,
+        reason: stockout_reason::NONE,
+        window: 1,
+    });
+    let bytes = encode_payload(&item).unwrap();
+    golden(
+        "stockout item",
+        &bytes,
+        "08 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 03 00 00 00 00 00 00 00 77 65 62 01 18 00 00 00 b9 32 00 00 00 00 00 00 13 1b 00 00 00 00 00 00 5a 00 00 00 00 01",
+    );
+    assert_eq!(decode_payload::<PushItem>(&bytes).unwrap(), item);
+    assert_eq!(kinds::STOCKOUT, 8);
+    assert_eq!(kinds::ALL, 15);
 }

@@ -162,6 +162,7 @@ impl Subscriber {
                 PushItem::Atp(WireAtp { seq, .. })
                 | PushItem::Oversold(WireOversold { seq, .. })
                 | PushItem::Reservation(WireReservationEvent { seq, .. })
+                | PushItem::Stockout(crate::protocol::WireStockout { seq, .. })
                 | PushItem::Catalog { seq, .. }
                 | PushItem::Position { seq } => last = Some(*seq),
                 PushItem::SnapshotEnd { seq } => {

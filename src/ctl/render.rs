@@ -721,15 +721,22 @@ pub fn locations(l: &Locations) -> Result<Output, Failure> {
 }
 
 pub fn channels(c: &Channels) -> Result<Output, Failure> {
+    let stockout = |id: &str| {
+        c.stockout_thresholds
+            .iter()
+            .find(|t| t.channel == id)
+            .map_or("-".into(), |t| t.hours.to_string())
+    };
     let rows: Vec<Vec<String>> = c
         .channels
         .iter()
-        .map(|c| {
+        .map(|ch| {
             vec![
-                c.id.clone(),
-                c.locations.join(","),
-                c.buffer.to_string(),
-                c.cap.map_or("-".into(), |c| c.to_string()),
+                ch.id.clone(),
+                ch.locations.join(","),
+                ch.buffer.to_string(),
+                ch.cap.map_or("-".into(), |c| c.to_string()),
+                stockout(&ch.id),
             ]
         })
         .collect();
@@ -737,8 +744,8 @@ pub fn channels(c: &Channels) -> Result<Output, Failure> {
         json: to_json(c)?,
         human: table(
             0,
-            &["id", "locations", "buffer", "cap"],
-            &["buffer", "cap"],
+            &["id", "locations", "buffer", "cap", "stockout_h"],
+            &["buffer", "cap", "stockout_h"],
             &rows,
         ),
     })

@@ -27,7 +27,7 @@ pub struct TailArgs {
     /// Start with a snapshot of current ATP.
     #[arg(long, conflicts_with = "from_seq")]
     pub snapshot: bool,
-    /// Comma-separated kinds: atp, thresholds, reservations.
+    /// Comma-separated kinds: atp, thresholds, reservations, stockout.
     #[arg(long, value_delimiter = ',', default_value = "atp,thresholds")]
     pub kinds: Vec<String>,
     /// Coalesce: latest ATP per SKU x channel at most every N ms (10..=60000).
@@ -53,9 +53,10 @@ fn kinds_of(names: &[String]) -> Result<u8, Failure> {
             "atp" => kinds::ATP,
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
+            "stockout" => kinds::STOCKOUT,
             _ => {
                 return Err(Failure::usage(format!(
-                    "--kinds {n:?}: atp, thresholds or reservations"
+                    "--kinds {n:?}: atp, thresholds, reservations or stockout"
                 )))
             }
         };
@@ -78,6 +79,7 @@ fn cause_name(c: u8) -> &'static str {
         cause::SAFETY_STOCK => "safety-stock",
         cause::INCOMING => "incoming",
         cause::EXTEND => "extend",
+        cause::REPROJECT => "reproject",
         _ => "other",
     }
 }
@@ -133,6 +135,30 @@ fn tail_line(item: &PushItem) -> Option<String> {
             if s.oversold { "  OVERSOLD" } else { "" }
         ),
         PushItem::SnapshotEnd { seq } => format!("snapshot complete at {seq}; live"),
+        PushItem::Stockout(s) => {
+            let hours = if s.hours_milli == u64::MAX {
+                "no demand".to_string()
+            } else {
+                format!("{:.1} h to zero", s.hours_milli as f64 / 1000.0)
+            };
+            let what = if s.projected {
+                "STOCKOUT PROJECTED".to_string()
+            } else {
+                format!(
+                    "stockout cleared ({})",
+                    omnistock::events::stockout_reason_name(s.reason)
+                )
+            };
+            format!(
+                "{} {} {} {what}: {hours} at {:.2}/h, atp {} (threshold {} h)",
+                s.seq,
+                s.sku,
+                s.channel,
+                s.per_hour_milli as f64 / 1000.0,
+                s.atp,
+                s.threshold_hours
+            )
+        }
         PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
     })
 }

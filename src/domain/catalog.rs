@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{ChannelId, LocationId, ReservationId, SkuId};
 use super::limits::{
     MAX_CHANNELS, MAX_IN_USE_CHANNELS, MAX_LOCATIONS, MAX_LOCATIONS_PER_CHANNEL,
-    MAX_LOCATION_NUMBERS, MAX_LOW_STOCK_OVERRIDES, MAX_QTY, MAX_REGION_BYTES,
+    MAX_LOCATION_NUMBERS, MAX_LOW_STOCK_OVERRIDES, MAX_QTY, MAX_REGION_BYTES, MAX_STOCKOUT_HOURS,
 };
 use super::rejection::Rejection;
 
@@ -74,6 +74,8 @@ pub enum CatalogCommand {
     DeleteLocation(LocationId),
     /// Delete a channel: refused (`InUse`) while a reservation on it is open.
     DeleteChannel(ChannelId),
+    /// Set the stockout-projection threshold of a channel (docs/intelligence.md).
+    SetStockoutThreshold(StockoutThreshold),
 }
 
 /// What the SKUs and the reservation index say still refers to a catalog entry a delete
@@ -235,6 +237,17 @@ impl std::fmt::Display for InUse {
     }
 }
 
+/// A stockout-projection threshold: a SKU on `channel` whose projected hours to zero fall
+/// under `hours` raises "stockout projected" (cleared above `hours x 1.25`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockoutThreshold {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Hours, `1..=MAX_STOCKOUT_HOURS`; 0 removes the threshold (which clears every
+    /// projection on the channel as the SKUs are next evaluated).
+    pub hours: u32,
+}
+
 /// A low-stock threshold: a channel's ATP in `1..=threshold` is "low stock".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LowStock {
@@ -275,6 +288,8 @@ pub enum CatalogEvent {
     LocationDeleted(LocationId),
     /// A channel was deleted (no reservation was open on it), with its low-stock thresholds.
     ChannelDeleted(ChannelId),
+    /// A stockout-projection threshold was set (0: removed).
+    StockoutThresholdSet(StockoutThreshold),
 }
 
 /// Channels by location: derived from the channels, built on first use after each change.
@@ -320,6 +335,9 @@ pub struct Catalog {
     pub low_stock: BTreeMap<ChannelId, u32>,
     /// Per-SKU overrides of the low-stock threshold, by SKU then channel.
     pub low_stock_sku: BTreeMap<SkuId, BTreeMap<ChannelId, u32>>,
+    /// Stockout-projection threshold per channel, in hours (absent = none). Added in
+    /// checkpoint format 5.
+    pub stockout_hours: BTreeMap<ChannelId, u32>,
     /// Derived: which channels sell from each location.
     #[serde(skip)]
     pub index: ChannelIndex,
@@ -527,7 +545,21 @@ impl Catalog {
                 }
                 Ok(CatalogEvent::LowStockSet(l.clone()))
             }
+            CatalogCommand::SetStockoutThreshold(t) => {
+                self.channel(&t.channel)?;
+                if t.hours > MAX_STOCKOUT_HOURS {
+                    return Err(Rejection::invalid(format!(
+                        "stockout threshold is 0 (none) or 1..={MAX_STOCKOUT_HOURS} hours"
+                    )));
+                }
+                Ok(CatalogEvent::StockoutThresholdSet(t.clone()))
+            }
         }
+    }
+
+    /// The stockout-projection threshold of `channel` in hours, if it has one.
+    pub fn stockout_hours_of(&self, channel: &ChannelId) -> Option<u32> {
+        self.stockout_hours.get(channel).copied()
     }
 
     fn check_channel(&self, ch: &Channel) -> Result<(), Rejection> {
@@ -611,6 +643,13 @@ impl Catalog {
                     }
                 }
             },
+            CatalogEvent::StockoutThresholdSet(t) => {
+                if t.hours == 0 {
+                    self.stockout_hours.remove(&t.channel);
+                } else {
+                    self.stockout_hours.insert(t.channel.clone(), t.hours);
+                }
+            }
         }
         self.index = ChannelIndex::default();
         self.last_seq = self.last_seq.max(seq);

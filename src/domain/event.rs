@@ -40,6 +40,18 @@ pub enum StockState {
     QualityControl,
 }
 
+/// Why a stockout projection cleared (`Event::StockoutCleared`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StockoutClearReason {
+    /// The hours to zero rose above the threshold x 1.25: stock arrived, or demand slowed
+    /// (decay alone: the re-projection task, docs/intelligence.md).
+    Recovered,
+    /// No demand left in the window: nothing projects a stockout.
+    NoDemand,
+    /// The channel's threshold was removed.
+    ThresholdRemoved,
+}
+
 /// A change to one SKU's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -141,5 +153,36 @@ pub enum Event {
         qty: u32,
         /// Expected arrival (0 = unknown).
         eta_ms: TimeMs,
+    },
+    /// The projected hours to zero of the SKU on a channel fell under the channel's
+    /// threshold (the 1 h window, docs/intelligence.md). Emitted by `decide` after the
+    /// request's own events, in the same record; `apply` raises the SKU's flag. Rates and
+    /// hours are in thousandths (fixed point: events are compared exactly in replay).
+    StockoutProjected {
+        /// The channel.
+        channel: ChannelId,
+        /// Its threshold, hours.
+        threshold_hours: u32,
+        /// Hours to zero, thousandths.
+        hours_milli: u64,
+        /// Units held per hour, thousandths.
+        per_hour_milli: u64,
+        /// The channel's ATP after the request.
+        atp: u32,
+    },
+    /// A raised stockout projection cleared; `apply` lowers the flag.
+    StockoutCleared {
+        /// The channel.
+        channel: ChannelId,
+        /// Its threshold, hours (0: removed).
+        threshold_hours: u32,
+        /// Hours to zero, thousandths (`None`: no demand).
+        hours_milli: Option<u64>,
+        /// Units held per hour, thousandths.
+        per_hour_milli: u64,
+        /// The channel's ATP.
+        atp: u32,
+        /// Why.
+        reason: StockoutClearReason,
     },
 }

@@ -59,3 +59,6 @@ pub const MAX_NAMED_SUBSCRIPTIONS: usize = 10_000;
 
 /// Latest time a client may name (an ETA), in ms since the epoch: 9999-12-31T23:59:59.999Z.
 pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
+
+/// Most hours a stockout-projection threshold may be (one year); 0 is "none".
+pub const MAX_STOCKOUT_HOURS: u32 = 8_760;

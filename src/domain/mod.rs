@@ -18,9 +18,9 @@ pub mod velocity;
 
 pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, CatalogRef, Channel, ChannelIndex, InUse, Location,
-    LocationKind, LocationUse, LowStock, LowStockSource, References,
+    LocationKind, LocationUse, LowStock, LowStockSource, References, StockoutThreshold,
 };
-pub use event::{Allocation, Event, ReleaseReason, StockState};
+pub use event::{Allocation, Event, ReleaseReason, StockState, StockoutClearReason};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rebalance::{

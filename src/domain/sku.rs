@@ -27,14 +27,29 @@ use foldhash::fast::RandomState;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Channel, LocationUse};
-use super::event::{Allocation, Event, ReleaseReason, StockState};
+use super::event::{Allocation, Event, ReleaseReason, StockState, StockoutClearReason};
 use super::ids::{ChannelId, LocationId, ReservationId, SkuId, TimeMs};
 use super::limits::{
     MAX_BUCKETS_PER_SKU, MAX_HOLDS_PER_SKU, MAX_HOLD_DURATION_MS, MAX_LINES_PER_RESERVATION,
     MAX_QTY, MAX_REFERENCE_BYTES, MAX_TIME_MS,
 };
+use super::rebalance::{StockoutWatch, Transition};
 use super::rejection::Rejection;
-use super::velocity::{ChannelVelocity, DemandKind, RegionVelocity, Velocity};
+use super::velocity::{hours_to_zero, ChannelVelocity, DemandKind, RegionVelocity, Velocity};
+
+/// The velocity window a stockout projection uses (the 1 h half-life by default; the same
+/// window `AT_RISK` ranks by unless asked otherwise).
+pub const STOCKOUT_WINDOW: usize = 1;
+
+/// `x` in thousandths, rounded, saturating (non-finite: `u64::MAX`).
+fn milli(x: f64) -> u64 {
+    if x.is_finite() {
+        // `as` saturates at the bounds; the value is >= 0 here.
+        (x * 1000.0).round() as u64
+    } else {
+        u64::MAX
+    }
+}
 
 /// Why sellable stock was adjusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,6 +151,82 @@ impl Bucket {
         let from_stock = self.on_hand.min(qty);
         self.on_hand -= from_stock;
         self.shortfall = self.shortfall.saturating_add(qty - from_stock);
+    }
+
+    /// Folds the part of `ev` that concerns this bucket's location (nothing when it does not
+    /// name it). The one copy of the bucket arithmetic: [`SkuState::apply`] runs it on the
+    /// buckets an event names, and the stockout projection on copies, to see a channel's
+    /// ATP after a request's events before they are logged.
+    pub fn fold(&mut self, ev: &Event) {
+        match ev {
+            Event::HoldPlaced { allocations, .. } => {
+                for a in allocations {
+                    if a.location == self.location {
+                        self.reserved = self.reserved.saturating_add(a.qty);
+                    }
+                }
+            }
+            Event::HoldFulfilled { allocations, .. } => {
+                for a in allocations {
+                    if a.location == self.location {
+                        self.reserved = self.reserved.saturating_sub(a.qty);
+                        self.sell(a.qty);
+                    }
+                }
+            }
+            Event::HoldReleased { allocations, .. } => {
+                for a in allocations {
+                    if a.location == self.location {
+                        self.reserved = self.reserved.saturating_sub(a.qty);
+                    }
+                }
+            }
+            Event::StockAdjusted {
+                location, delta, ..
+            } if *location == self.location => self.change_sellable(*delta),
+            Event::OnHandSet {
+                location, on_hand, ..
+            } if *location == self.location => {
+                // A count is the truth: what was owed is forgotten.
+                self.on_hand = *on_hand;
+                self.shortfall = 0;
+            }
+            Event::StockMoved {
+                location,
+                from,
+                to,
+                qty,
+            } if *location == self.location => {
+                let f = self.state_qty(*from);
+                *f = f.saturating_sub(*qty);
+                if *to == StockState::Sellable {
+                    self.change_sellable(i64::from(*qty));
+                } else {
+                    let t = self.state_qty(*to);
+                    *t = t.saturating_add(*qty);
+                }
+            }
+            Event::Transferred { from, to, qty, .. } => {
+                if *from == self.location {
+                    self.on_hand = self.on_hand.saturating_sub(*qty);
+                }
+                if *to == self.location {
+                    self.change_sellable(i64::from(*qty));
+                }
+            }
+            Event::SafetyStockSet { location, qty } if *location == self.location => {
+                self.safety_stock = *qty;
+            }
+            Event::IncomingSet {
+                location,
+                qty,
+                eta_ms,
+            } if *location == self.location => {
+                self.incoming = *qty;
+                self.incoming_eta_ms = *eta_ms;
+            }
+            _ => {}
+        }
     }
 
     fn state_qty(&mut self, s: StockState) -> &mut u32 {
@@ -282,6 +373,10 @@ pub enum SkuCommand {
         /// Expected arrival (0 = unknown).
         eta_ms: TimeMs,
     },
+    /// Evaluate the stockout projections at `now_ms` and nothing else (engine-driven, for
+    /// SKUs with a raised projection: decay alone can clear one without any record). Its
+    /// events are only `StockoutCleared`/`StockoutProjected`; none when nothing changes.
+    Reproject,
 }
 
 /// One SKU's authoritative state.
@@ -297,6 +392,9 @@ pub struct SkuState {
     pub last_seq: u64,
     /// Demand velocity per channel (units held and fulfilled, decayed), folded by `apply`.
     pub velocity: Velocity,
+    /// Channels on which a stockout is projected (raised by `StockoutProjected`, lowered
+    /// by `StockoutCleared`), sorted; empty for almost every SKU (no allocation).
+    pub stockout: Vec<ChannelId>,
 }
 
 /// A read-only picture of one SKU, as answered to `get`.
@@ -350,6 +448,24 @@ impl ChannelSum {
     }
 }
 
+/// Whether `e` changes the bucket at `l` (what [`Bucket::fold`] would act on).
+fn names_location(e: &Event, l: &LocationId) -> bool {
+    match e {
+        Event::HoldPlaced { allocations, .. }
+        | Event::HoldFulfilled { allocations, .. }
+        | Event::HoldReleased { allocations, .. } => allocations.iter().any(|a| a.location == *l),
+        Event::StockAdjusted { location, .. }
+        | Event::OnHandSet { location, .. }
+        | Event::StockMoved { location, .. }
+        | Event::SafetyStockSet { location, .. }
+        | Event::IncomingSet { location, .. } => location == l,
+        Event::Transferred { from, to, .. } => from == l || to == l,
+        Event::HoldExtended { .. }
+        | Event::StockoutProjected { .. }
+        | Event::StockoutCleared { .. } => false,
+    }
+}
+
 fn check_qty(qty: u32, what: &str) -> Result<(), Rejection> {
     if qty == 0 || qty > MAX_QTY {
         return Err(Rejection::invalid(format!("{what} must be 1..={MAX_QTY}")));
@@ -394,6 +510,7 @@ impl SkuState {
             holds: HashMap::default(),
             last_seq: 0,
             velocity: Velocity::default(),
+            stockout: Vec::new(),
         }
     }
 
@@ -480,8 +597,137 @@ impl SkuState {
         }
     }
 
-    /// Validates `cmd` at time `now_ms` and returns the events it causes.
+    /// Validates `cmd` at time `now_ms` and returns the events it causes: the command's
+    /// own, then the stockout projections they raise or clear (see
+    /// [`SkuState::project_stockout`]), all in one record.
     pub fn decide(
+        &self,
+        cmd: &SkuCommand,
+        catalog: &Catalog,
+        now_ms: TimeMs,
+    ) -> Result<Vec<Event>, Rejection> {
+        let mut events = self.decide_command(cmd, catalog, now_ms)?;
+        self.project_stockout(&mut events, catalog, now_ms);
+        Ok(events)
+    }
+
+    /// Whether a stockout is projected on `channel` (the flag the events keep).
+    pub fn stockout_projected(&self, channel: &ChannelId) -> bool {
+        self.stockout.binary_search(channel).is_ok()
+    }
+
+    /// Appends to `events` (a request's events, not yet applied) the stockout transitions
+    /// of the state they lead to, at `now_ms`: for every channel with a threshold and every
+    /// channel whose projection is raised, the channel's ATP after `events` over its held
+    /// rate after them (window [`STOCKOUT_WINDOW`]), through [`StockoutWatch`]'s
+    /// hysteresis. Nothing to do (and no work) when the catalog has no threshold and no
+    /// projection is raised; otherwise no allocation unless a transition is appended.
+    pub fn project_stockout(&self, events: &mut Vec<Event>, catalog: &Catalog, now_ms: TimeMs) {
+        if catalog.stockout_hours.is_empty() && self.stockout.is_empty() {
+            return;
+        }
+        let n = events.len();
+        for (channel, hours) in &catalog.stockout_hours {
+            if let Some(e) =
+                self.stockout_transition(&events[..n], catalog, channel, *hours, now_ms)
+            {
+                events.push(e);
+            }
+        }
+        for channel in &self.stockout {
+            if !catalog.stockout_hours.contains_key(channel) {
+                if let Some(e) = self.stockout_transition(&events[..n], catalog, channel, 0, now_ms)
+                {
+                    events.push(e);
+                }
+            }
+        }
+    }
+
+    /// The stockout transition of `channel` (threshold `hours`, 0: none) after `events`.
+    fn stockout_transition(
+        &self,
+        events: &[Event],
+        catalog: &Catalog,
+        channel: &ChannelId,
+        hours: u32,
+        now_ms: TimeMs,
+    ) -> Option<Event> {
+        let projected = self.stockout_projected(channel);
+        let (atp, per_hour) = match catalog.channels.get(channel) {
+            Some(ch) => {
+                let after = |l: &LocationId| {
+                    if !events.iter().any(|e| names_location(e, l)) {
+                        // Most channel locations are not touched by the request.
+                        return self.location_atp(l);
+                    }
+                    let mut b = self
+                        .bucket(l)
+                        .cloned()
+                        .unwrap_or_else(|| Bucket::new(l.clone()));
+                    for e in events {
+                        b.fold(e);
+                    }
+                    b.atp_exposed()
+                };
+                let atp = ChannelSum::of(ch, ch.locations.iter().map(after)).atp;
+                let extra = events.iter().fold(0u32, |n, e| match e {
+                    Event::HoldPlaced {
+                        channel: c,
+                        allocations,
+                        ..
+                    } if c == channel => allocations.iter().fold(n, |n, a| n.saturating_add(a.qty)),
+                    _ => n,
+                });
+                if !projected && hours > 0 {
+                    // The common case, far from the threshold: the rate before any decay
+                    // bounds the real one from above (decay only shrinks it), so its hours
+                    // bound the real hours from below; at or above the threshold nothing
+                    // can be raised, and the decay (three `exp2`) is not computed.
+                    let bound = self
+                        .velocity
+                        .held_per_hour_bound(channel, extra, STOCKOUT_WINDOW);
+                    if hours_to_zero(atp, bound).is_none_or(|h| h >= f64::from(hours)) {
+                        return None;
+                    }
+                }
+                let r = self
+                    .velocity
+                    .held_per_hour_after(channel, extra, now_ms, STOCKOUT_WINDOW);
+                (atp, r)
+            }
+            // Channels are never removed; an unknown one has nothing to project.
+            None => (0, 0.0),
+        };
+        let to_zero = hours_to_zero(atp, per_hour);
+        let threshold = (hours > 0).then_some(f64::from(hours));
+        let mut watch = StockoutWatch { projected };
+        match watch.evaluate(to_zero, threshold)? {
+            Transition::Projected => Some(Event::StockoutProjected {
+                channel: channel.clone(),
+                threshold_hours: hours,
+                hours_milli: milli(to_zero.unwrap_or(0.0)),
+                per_hour_milli: milli(per_hour),
+                atp,
+            }),
+            Transition::Cleared => Some(Event::StockoutCleared {
+                channel: channel.clone(),
+                threshold_hours: hours,
+                hours_milli: to_zero.map(milli),
+                per_hour_milli: milli(per_hour),
+                atp,
+                reason: if hours == 0 {
+                    StockoutClearReason::ThresholdRemoved
+                } else if to_zero.is_none() {
+                    StockoutClearReason::NoDemand
+                } else {
+                    StockoutClearReason::Recovered
+                },
+            }),
+        }
+    }
+
+    fn decide_command(
         &self,
         cmd: &SkuCommand,
         catalog: &Catalog,
@@ -546,6 +792,7 @@ impl SkuState {
                     reason: ReleaseReason::Expired,
                 }])
             }
+            SkuCommand::Reproject => Ok(Vec::new()),
             other => self.decide_stock(other, catalog),
         }
     }
@@ -819,7 +1066,8 @@ impl SkuState {
             | SkuCommand::Fulfill { .. }
             | SkuCommand::Release { .. }
             | SkuCommand::Extend { .. }
-            | SkuCommand::Expire { .. } => {
+            | SkuCommand::Expire { .. }
+            | SkuCommand::Reproject => {
                 return Err(Rejection::invalid("not a stock command"));
             }
         };
@@ -924,6 +1172,7 @@ impl SkuState {
     /// never crash an actor thread (tests check the invariants after every step instead).
     pub fn apply(&mut self, ev: &Event, seq: u64, at_ms: TimeMs) {
         self.record_demand(ev, at_ms);
+        self.fold_buckets(ev);
         match ev {
             Event::HoldPlaced {
                 reservation,
@@ -932,10 +1181,6 @@ impl SkuState {
                 cart_skus,
                 allocations,
             } => {
-                for a in allocations {
-                    let b = self.bucket_mut(&a.location);
-                    b.reserved = b.reserved.saturating_add(a.qty);
-                }
                 self.holds.insert(
                     *reservation,
                     Hold {
@@ -951,15 +1196,7 @@ impl SkuState {
                 allocations,
                 closed,
             } => self.apply_fulfilled(*reservation, allocations, *closed),
-            Event::HoldReleased {
-                reservation,
-                allocations,
-                ..
-            } => {
-                for a in allocations {
-                    let b = self.bucket_mut(&a.location);
-                    b.reserved = b.reserved.saturating_sub(a.qty);
-                }
+            Event::HoldReleased { reservation, .. } => {
                 self.holds.remove(reservation);
             }
             Event::HoldExtended {
@@ -970,9 +1207,49 @@ impl SkuState {
                     h.expires_at_ms = *expires_at_ms;
                 }
             }
-            other => self.apply_stock(other),
+            Event::StockoutProjected { channel, .. } => {
+                if let Err(i) = self.stockout.binary_search(channel) {
+                    self.stockout.insert(i, channel.clone());
+                }
+            }
+            Event::StockoutCleared { channel, .. } => {
+                if let Ok(i) = self.stockout.binary_search(channel) {
+                    self.stockout.remove(i);
+                }
+            }
+            _ => {}
         }
         self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Runs [`Bucket::fold`] on each bucket `ev` names (created if missing), once per
+    /// location.
+    fn fold_buckets(&mut self, ev: &Event) {
+        match ev {
+            Event::HoldPlaced { allocations, .. }
+            | Event::HoldFulfilled { allocations, .. }
+            | Event::HoldReleased { allocations, .. } => {
+                for (i, a) in allocations.iter().enumerate() {
+                    if !allocations[..i].iter().any(|x| x.location == a.location) {
+                        self.bucket_mut(&a.location).fold(ev);
+                    }
+                }
+            }
+            Event::StockAdjusted { location, .. }
+            | Event::OnHandSet { location, .. }
+            | Event::StockMoved { location, .. }
+            | Event::SafetyStockSet { location, .. }
+            | Event::IncomingSet { location, .. } => self.bucket_mut(location).fold(ev),
+            Event::Transferred { from, to, .. } => {
+                self.bucket_mut(from).fold(ev);
+                if to != from {
+                    self.bucket_mut(to).fold(ev);
+                }
+            }
+            Event::HoldExtended { .. }
+            | Event::StockoutProjected { .. }
+            | Event::StockoutCleared { .. } => {}
+        }
     }
 
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
@@ -1071,11 +1348,6 @@ impl SkuState {
     }
 
     fn apply_fulfilled(&mut self, reservation: ReservationId, allocs: &[Allocation], closed: bool) {
-        for a in allocs {
-            let b = self.bucket_mut(&a.location);
-            b.reserved = b.reserved.saturating_sub(a.qty);
-            b.sell(a.qty);
-        }
         if closed {
             self.holds.remove(&reservation);
         } else if let Some(h) = self.holds.get_mut(&reservation) {
@@ -1084,59 +1356,6 @@ impl SkuState {
                     x.qty = x.qty.saturating_sub(a.qty);
                 }
             }
-        }
-    }
-
-    fn apply_stock(&mut self, ev: &Event) {
-        match ev {
-            Event::StockAdjusted {
-                location, delta, ..
-            } => self.bucket_mut(location).change_sellable(*delta),
-            Event::OnHandSet {
-                location, on_hand, ..
-            } => {
-                // A count is the truth: what was owed is forgotten.
-                let b = self.bucket_mut(location);
-                b.on_hand = *on_hand;
-                b.shortfall = 0;
-            }
-            Event::StockMoved {
-                location,
-                from,
-                to,
-                qty,
-            } => {
-                let b = self.bucket_mut(location);
-                let f = b.state_qty(*from);
-                *f = f.saturating_sub(*qty);
-                if *to == StockState::Sellable {
-                    b.change_sellable(i64::from(*qty));
-                } else {
-                    let t = b.state_qty(*to);
-                    *t = t.saturating_add(*qty);
-                }
-            }
-            Event::Transferred { from, to, qty, .. } => {
-                let f = self.bucket_mut(from);
-                f.on_hand = f.on_hand.saturating_sub(*qty);
-                self.bucket_mut(to).change_sellable(i64::from(*qty));
-            }
-            Event::SafetyStockSet { location, qty } => {
-                self.bucket_mut(location).safety_stock = *qty;
-            }
-            Event::IncomingSet {
-                location,
-                qty,
-                eta_ms,
-            } => {
-                let b = self.bucket_mut(location);
-                b.incoming = *qty;
-                b.incoming_eta_ms = *eta_ms;
-            }
-            Event::HoldPlaced { .. }
-            | Event::HoldFulfilled { .. }
-            | Event::HoldReleased { .. }
-            | Event::HoldExtended { .. } => {}
         }
     }
 

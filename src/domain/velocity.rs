@@ -363,6 +363,50 @@ impl Velocity {
         })
     }
 
+    /// An upper bound of [`Velocity::held_per_hour_after`] at any time: the same sum
+    /// without its decay (which only shrinks it; IEEE arithmetic is monotone, so the bound
+    /// holds for the computed values too). No `exp2`.
+    pub fn held_per_hour_bound(&self, channel: &ChannelId, extra: u32, window: usize) -> f64 {
+        let w = window.min(WINDOWS - 1);
+        let held = match self.channels.binary_search_by(|c| c.key.cmp(channel)) {
+            Ok(i) => self.channels[i].held[w],
+            Err(_) => 0.0,
+        };
+        let held = if extra > 0 {
+            held + f64::from(extra)
+        } else {
+            held
+        };
+        held * std::f64::consts::LN_2 / self.half_lives.ms[w] as f64 * MS_PER_HOUR
+    }
+
+    /// The held rate (units/h) of `channel` in `window` at `at_ms` once `extra` more units
+    /// are held at `at_ms`: what [`Velocity::record`] then [`Velocity::rates`] would give,
+    /// without changing anything (the stockout projection of a request not yet applied).
+    pub fn held_per_hour_after(
+        &self,
+        channel: &ChannelId,
+        extra: u32,
+        at_ms: TimeMs,
+        window: usize,
+    ) -> f64 {
+        let w = window.min(WINDOWS - 1);
+        let held = match self.channels.binary_search_by(|c| c.key.cmp(channel)) {
+            // `record` brings the sums to the later of the two times, never backwards.
+            Ok(i) => {
+                let c = &self.channels[i];
+                c.decayed(&self.half_lives, at_ms.max(c.last_ms)).0[w]
+            }
+            Err(_) => 0.0,
+        };
+        let held = if extra > 0 {
+            held + f64::from(extra)
+        } else {
+            held
+        };
+        held * std::f64::consts::LN_2 / self.half_lives.ms[w] as f64 * MS_PER_HOUR
+    }
+
     /// The rates of `channel` at `now_ms` with `atp` units left (zero rates without demand).
     pub fn rates(&self, channel: &ChannelId, atp: u32, now_ms: TimeMs) -> ChannelVelocity {
         let sums = Sums::of(&self.channels, &self.half_lives, channel, now_ms);

@@ -179,6 +179,10 @@ impl SkuActor {
             Ok(events) => events,
             Err(r) => return SkuReply::Rejected(r),
         };
+        if events.is_empty() {
+            // A re-projection that changed nothing: no record (seq 0).
+            return SkuReply::Done { seq: 0, events };
+        }
         let rec = LogRecord {
             at_ms: now_ms,
             request,
@@ -204,6 +208,9 @@ impl SkuActor {
             self.state.apply(e, seq, now_ms);
         }
         self.count_oversold(was_oversold);
+        if events.last().is_some_and(super::stockout::is_projection) {
+            self.core.stockout.follow(&self.state);
+        }
         debug_assert_eq!(self.state.check_invariants(), Ok(()));
         let record = feed::derive(catalog, before, &self.state, &events, seq, now_ms);
         self.core.feed.push(seq, Some(Arc::new(record)));

@@ -25,6 +25,7 @@ mod reads;
 pub mod recovery;
 mod registry;
 mod reservations;
+mod stockout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -94,8 +95,8 @@ pub struct EngineConfig {
     pub idempotency_max_entries: usize,
     /// Longest a request id is remembered. Default 24 h.
     pub idempotency_retention_ms: u64,
-    /// Run the expiry driver task (tests with a manual clock call `expire_due` instead).
-    /// Default true.
+    /// Run the expiry driver task and the stockout re-projection task (tests with a manual
+    /// clock call `expire_due` and `reproject_stockouts` instead). Default true.
     pub expiry_driver: bool,
     /// Most reservations expired concurrently in one driver round. Default 1024.
     pub expiry_batch: usize,
@@ -189,6 +190,8 @@ pub(crate) struct Core {
     pub history_retention: Mutex<history::HistoryRetention>,
     /// Where the next retention pass continues (the SKU after which it starts).
     pub history_prune_after: Mutex<Option<String>>,
+    /// SKUs with a raised stockout projection, for the re-projection task.
+    pub stockout: stockout::Watched,
 }
 
 /// Relaxed atomic counters the engine bumps as things happen (a reservation's start and
@@ -298,6 +301,10 @@ pub struct EngineStats {
     pub mailbox_full: u64,
     /// SKUs oversold now (on hand below reserved, or a shortfall, at some location).
     pub oversold_skus: u64,
+    /// SKUs with a raised stockout projection watched by the re-projection task.
+    pub stockout_watched: usize,
+    /// Raised projections not watched because the watch set was full, since start.
+    pub stockout_watch_overflow: u64,
 }
 
 /// Sweeps per `passivate_after`: an actor idle for this many sweeps is passivated, so the
@@ -451,12 +458,16 @@ impl Engine {
             checkpoint_start: AtomicU64::new(1),
             history_retention: Mutex::new(history::HistoryRetention::default()),
             history_prune_after: Mutex::new(None),
+            stockout: stockout::Watched::default(),
         });
         let catalog = core.catalog();
         for s in &skus {
             core.registry.insert_passive(s, &catalog)?;
             if s.oversold() {
                 Counters::bump(&core.counters.oversold_skus);
+            }
+            if !s.stockout.is_empty() {
+                core.stockout.follow(s);
             }
         }
         reservations::index_holds(&core, &skus);
@@ -491,6 +502,8 @@ impl Engine {
         if self.core.config.expiry_driver {
             let core = Arc::downgrade(&self.core);
             tasks.push(rt.spawn(expiry_driver::expiry_driver(core)));
+            let core = Arc::downgrade(&self.core);
+            tasks.push(rt.spawn(stockout::stockout_driver(core)));
         }
         Ok(())
     }
@@ -780,6 +793,21 @@ impl Engine {
         expiry_driver::expire_due(&self.core).await
     }
 
+    /// Re-evaluates the stockout projections of up to 1,000 watched SKUs (those with a
+    /// raised projection) at the clock's now, as the re-projection task does every 5 s
+    /// (docs/intelligence.md); returns how many logged a change (a cleared projection).
+    pub async fn reproject_stockouts(&self) -> usize {
+        if self.check_running().is_err() {
+            return 0;
+        }
+        stockout::reproject_round(&self.core).await
+    }
+
+    /// SKUs with a raised stockout projection that the re-projection task watches.
+    pub fn stockout_watched(&self) -> usize {
+        self.core.stockout.len()
+    }
+
     /// Test hook: asks every active SKU actor to passivate now, as the idle sweep does after
     /// `passivate_after`; returns how many were asked. Passivation is asynchronous (an actor
     /// that receives a message first stays active): watch `stats().active_skus`.
@@ -820,6 +848,8 @@ impl Engine {
             reservations_expired: c.reservations_expired.load(Ordering::Relaxed),
             mailbox_full: c.mailbox_full.load(Ordering::Relaxed),
             oversold_skus: c.oversold_skus.load(Ordering::Relaxed),
+            stockout_watched: self.core.stockout.len(),
+            stockout_watch_overflow: self.core.stockout.overflowed.load(Ordering::Relaxed),
         }
     }
 

@@ -25,8 +25,98 @@ use super::journal::{LogRecord, RecordBody};
 use super::EngineError;
 use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 
-/// Checkpoint format version. 4 added each SKU's demand velocity (`SkuState::velocity`).
-pub const CHECKPOINT_VERSION: u32 = 4;
+/// Checkpoint format version. 4 added each SKU's demand velocity (`SkuState::velocity`);
+/// 5 the stockout projections: the catalog's thresholds (`Catalog::stockout_hours`) and
+/// each SKU's raised flags (`SkuState::stockout`).
+pub const CHECKPOINT_VERSION: u32 = 5;
+
+/// The format before stockout projections, still read: no thresholds, no flags (the
+/// release before had neither).
+pub const CHECKPOINT_VERSION_NO_STOCKOUT: u32 = 4;
+
+/// The catalog as formats 3 and 4 store it: [`Catalog`] without `stockout_hours`.
+#[derive(Serialize, Deserialize)]
+pub struct CatalogV4 {
+    /// Locations.
+    pub locations: std::collections::BTreeMap<crate::domain::LocationId, crate::domain::Location>,
+    /// Channels.
+    pub channels: std::collections::BTreeMap<crate::domain::ChannelId, crate::domain::Channel>,
+    /// Last applied sequence number.
+    pub last_seq: u64,
+    /// Locations in creation order.
+    pub location_order: Vec<crate::domain::LocationId>,
+    /// Low-stock thresholds per channel.
+    pub low_stock: std::collections::BTreeMap<crate::domain::ChannelId, u32>,
+    /// Per-SKU low-stock overrides.
+    pub low_stock_sku: std::collections::BTreeMap<
+        SkuId,
+        std::collections::BTreeMap<crate::domain::ChannelId, u32>,
+    >,
+}
+
+impl From<CatalogV4> for Catalog {
+    fn from(c: CatalogV4) -> Self {
+        Catalog {
+            locations: c.locations,
+            channels: c.channels,
+            last_seq: c.last_seq,
+            location_order: c.location_order,
+            low_stock: c.low_stock,
+            low_stock_sku: c.low_stock_sku,
+            ..Catalog::default()
+        }
+    }
+}
+
+/// A SKU in a version 4 checkpoint: [`SkuState`] without its stockout flags.
+#[derive(Serialize, Deserialize)]
+pub struct SkuStateV4 {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its buckets.
+    pub buckets: Vec<crate::domain::Bucket>,
+    /// Its holds.
+    pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
+    /// Its last applied sequence number.
+    pub last_seq: u64,
+    /// Its velocity.
+    pub velocity: crate::domain::Velocity,
+}
+
+/// A version 4 checkpoint.
+#[derive(Serialize, Deserialize)]
+pub struct CheckpointStateV4 {
+    /// 4.
+    pub version: u32,
+    /// Locations and channels.
+    pub catalog: CatalogV4,
+    /// Every SKU.
+    pub skus: Vec<SkuStateV4>,
+    /// Remembered request ids.
+    pub idempotency: Vec<IdemRecord>,
+}
+
+impl From<CheckpointStateV4> for CheckpointState {
+    fn from(c: CheckpointStateV4) -> Self {
+        let skus = c
+            .skus
+            .into_iter()
+            .map(|s| SkuState {
+                holds: s.holds,
+                buckets: s.buckets,
+                last_seq: s.last_seq,
+                velocity: s.velocity,
+                ..SkuState::new(s.sku)
+            })
+            .collect();
+        CheckpointState {
+            version: CHECKPOINT_VERSION,
+            catalog: c.catalog.into(),
+            skus,
+            idempotency: c.idempotency,
+        }
+    }
+}
 
 /// The format before velocity, still read (a checkpoint written by the previous release):
 /// its SKUs start without velocity, which the records replayed after it rebuild (demand
@@ -52,7 +142,7 @@ pub struct CheckpointStateV3 {
     /// 3.
     pub version: u32,
     /// Locations and channels.
-    pub catalog: Catalog,
+    pub catalog: CatalogV4,
     /// Every SKU.
     pub skus: Vec<SkuStateV3>,
     /// Remembered request ids.
@@ -73,7 +163,7 @@ impl From<CheckpointStateV3> for CheckpointState {
             .collect();
         CheckpointState {
             version: CHECKPOINT_VERSION,
-            catalog: c.catalog,
+            catalog: c.catalog.into(),
             skus,
             idempotency: c.idempotency,
         }
@@ -143,7 +233,8 @@ fn change_sku(c: &Change) -> Option<&SkuId> {
     }
 }
 
-/// Decodes a checkpoint of the current version or of version 3 (without velocity). The
+/// Decodes a checkpoint of the current version, of version 4 (without stockout
+/// projections) or of version 3 (without velocity either). The
 /// version is the first field, a fixed-width little-endian `u32`, so it is read first and
 /// decides the layout.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
@@ -155,13 +246,16 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
         .ok_or_else(|| bad("shorter than its version".into()))?;
     let c: CheckpointState = match version {
         CHECKPOINT_VERSION => codec::decode_large(bytes).map_err(|e| bad(e.to_string()))?,
+        CHECKPOINT_VERSION_NO_STOCKOUT => codec::decode_large::<CheckpointStateV4>(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
         CHECKPOINT_VERSION_NO_VELOCITY => codec::decode_large::<CheckpointStateV3>(bytes)
             .map_err(|e| bad(e.to_string()))?
             .into(),
         v => {
             return Err(EngineError::Corrupt(format!(
-                "checkpoint version {v} is not supported (expected {CHECKPOINT_VERSION} or \
-                 {CHECKPOINT_VERSION_NO_VELOCITY})"
+                "checkpoint version {v} is not supported (expected {CHECKPOINT_VERSION}, \
+                 {CHECKPOINT_VERSION_NO_STOCKOUT} or {CHECKPOINT_VERSION_NO_VELOCITY})"
             )))
         }
     };
@@ -617,7 +711,7 @@ mod tests {
         buckets[0].safety_stock = 1;
         CheckpointStateV3 {
             version: CHECKPOINT_VERSION_NO_VELOCITY,
-            catalog: Catalog::default(),
+            catalog: v4_catalog(),
             skus: vec![SkuStateV3 {
                 sku: s.sku,
                 buckets,
@@ -626,6 +720,68 @@ mod tests {
             }],
             idempotency: Vec::new(),
         }
+    }
+
+    /// A format 3/4 catalog: one location "wh" and a low-stock threshold on "web".
+    fn v4_catalog() -> CatalogV4 {
+        let wh = LocationId::new("wh").expect("id");
+        let web = crate::domain::ChannelId::new("web").expect("id");
+        CatalogV4 {
+            locations: [(
+                wh.clone(),
+                crate::domain::Location {
+                    id: wh.clone(),
+                    kind: crate::domain::LocationKind::Warehouse,
+                    region: "FR".into(),
+                },
+            )]
+            .into(),
+            channels: [(
+                web.clone(),
+                crate::domain::Channel {
+                    id: web.clone(),
+                    locations: vec![wh.clone()],
+                    buffer: 0,
+                    cap: None,
+                },
+            )]
+            .into(),
+            last_seq: 2,
+            location_order: vec![wh],
+            low_stock: [(web, 3)].into(),
+            low_stock_sku: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_version_4_checkpoint_is_read_without_thresholds_or_flags() {
+        let web = crate::domain::ChannelId::new("web").expect("id");
+        let v3 = v3_state();
+        let s = &v3.skus[0];
+        let mut velocity = crate::domain::Velocity::default();
+        velocity.record(&web, crate::domain::DemandKind::Held, 3, 5_000);
+        let v4 = CheckpointStateV4 {
+            version: CHECKPOINT_VERSION_NO_STOCKOUT,
+            catalog: v4_catalog(),
+            skus: vec![SkuStateV4 {
+                sku: s.sku.clone(),
+                buckets: s.buckets.clone(),
+                holds: HashMap::default(),
+                last_seq: 7,
+                velocity: velocity.clone(),
+            }],
+            idempotency: Vec::new(),
+        };
+        let bytes = codec::encode(&v4).expect("encode");
+        let c = decode_checkpoint(&bytes).expect("v4 decodes");
+        assert_eq!(c.version, CHECKPOINT_VERSION);
+        assert_eq!(c.catalog.low_stock_of(&s.sku, &web), 3);
+        assert_eq!(c.catalog.channels.len(), 1);
+        assert!(c.catalog.stockout_hours.is_empty());
+        let s = &c.skus[0];
+        assert_eq!((s.sku.as_str(), s.last_seq), ("A", 7));
+        assert_eq!(s.velocity, velocity);
+        assert!(s.stockout.is_empty());
     }
 
     #[test]
@@ -646,6 +802,9 @@ mod tests {
         cp.skus[0]
             .velocity
             .record(&web, crate::domain::DemandKind::Held, 3, 5_000);
+        // Format 5: the thresholds and the raised flags are kept.
+        cp.catalog.stockout_hours.insert(web.clone(), 24);
+        cp.skus[0].stockout.push(web.clone());
         let mut bytes = codec::encode(&cp).expect("encode");
         assert_eq!(decode_checkpoint(&bytes).expect("decodes"), cp);
         bytes[..4].copy_from_slice(&9u32.to_le_bytes());

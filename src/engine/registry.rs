@@ -90,6 +90,8 @@ struct Compact {
     holds: Holds,
     last_seq: u64,
     velocity: Velocity,
+    /// Channels with a raised stockout projection.
+    stockout: Vec<crate::domain::ChannelId>,
 }
 
 /// [`Compact`] for encoding, borrowing the holds.
@@ -99,6 +101,7 @@ struct CompactRef<'a> {
     holds: &'a Holds,
     last_seq: u64,
     velocity: &'a Velocity,
+    stockout: &'a [crate::domain::ChannelId],
 }
 
 /// Decodes a passive SKU's compact bytes.
@@ -134,6 +137,7 @@ pub(crate) fn decode_passive(
         holds: c.holds,
         last_seq: c.last_seq,
         velocity: c.velocity,
+        stockout: c.stockout,
     };
     intern(&mut s, catalog);
     Ok(s)
@@ -163,6 +167,7 @@ fn encode_passive(state: &SkuState, catalog: &Catalog) -> Result<Box<[u8]>, Engi
         holds: &state.holds,
         last_seq: state.last_seq,
         velocity: &state.velocity,
+        stockout: &state.stockout,
     };
     codec::encode_compact(&c)
         .map(Vec::into_boxed_slice)

@@ -163,3 +163,43 @@ fn the_json_is_exactly_the_documented_shape() {
     assert_eq!(end["data"], serde_json::json!({}));
     assert!(end.get("subject").is_none(), "{end}");
 }
+
+fn stockout(projected: bool, hours_milli: u64, reason: u8) -> PushItem {
+    PushItem::Stockout(WireStockout {
+        seq: 42,
+        at_ms: 1_700_000_000_000,
+        sku: "TEE".into(),
+        channel: "web".into(),
+        projected,
+        threshold_hours: 24,
+        hours_milli,
+        per_hour_milli: 6_931,
+        atp: 90,
+        reason,
+        window: 1,
+    })
+}
+
+#[test]
+fn stockout_items_are_events_with_fixed_point_numbers_and_a_reason_only_when_cleared() {
+    let json = serde_json::to_string(&ev(&stockout(true, 12_985, 0))).expect("json");
+    assert_eq!(
+        json,
+        r#"{"specversion":"1.0","omnistockversion":1,"id":"42:stockout:web:projected","source":"omnistock://127.0.0.1:7878","type":"omnistock.stock.stockout_projected","time":"2023-11-14T22:13:20.000Z","subject":"TEE","datacontenttype":"application/json","seq":42,"data":{"channel":"web","hours":12.985,"velocity_per_hour":6.931,"atp":90,"threshold_hours":24,"window":1}}"#
+    );
+    let cleared = ev(&stockout(false, u64::MAX, stockout_reason::NO_DEMAND));
+    assert_eq!(cleared.event_type, types::STOCKOUT_CLEARED);
+    assert_eq!(cleared.id, "42:stockout:web:cleared");
+    let v = serde_json::to_value(&cleared).expect("json");
+    assert!(v["data"]["hours"].is_null(), "{v}");
+    assert_eq!(v["data"]["reason"], "no_demand");
+    for (r, name) in [
+        (stockout_reason::RECOVERED, "recovered"),
+        (stockout_reason::THRESHOLD_REMOVED, "threshold_removed"),
+        (9, "unknown_9"),
+    ] {
+        let v = serde_json::to_value(ev(&stockout(false, 40_000, r))).expect("json");
+        assert_eq!(v["data"]["reason"], name);
+    }
+    assert!(types::ALL.contains(&types::STOCKOUT_PROJECTED));
+}

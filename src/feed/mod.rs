@@ -18,10 +18,11 @@ use std::collections::{HashMap, HashSet};
 
 use crate::domain::{
     Catalog, Channel, ChannelId, Event, LocationId, ReleaseReason, ReservationId, SkuId, SkuState,
-    TimeMs,
+    StockoutClearReason, TimeMs,
 };
 use crate::protocol::{
-    cause, kinds, lifecycle, transition, PushItem, WireAtp, WireOversold, WireReservationEvent,
+    cause, kinds, lifecycle, stockout_reason, transition, PushItem, WireAtp, WireOversold,
+    WireReservationEvent, WireStockout,
 };
 
 /// ATP of one SKU on one channel changed.
@@ -50,6 +51,26 @@ pub struct ReservationChange {
     pub expires_at_ms: TimeMs,
 }
 
+/// A stockout projection of the SKU on one channel was raised or cleared (from the
+/// record's `StockoutProjected` / `StockoutCleared` events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StockoutChange {
+    /// The channel.
+    pub channel: ChannelId,
+    /// Raised (true) or cleared.
+    pub projected: bool,
+    /// The channel's threshold, hours (0: removed).
+    pub threshold_hours: u32,
+    /// Hours to zero, thousandths (`None`: no demand).
+    pub hours_milli: Option<u64>,
+    /// Units held per hour, thousandths.
+    pub per_hour_milli: u64,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// See [`crate::protocol::stockout_reason`].
+    pub reason: u8,
+}
+
 /// What one log record means to subscribers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedBody {
@@ -65,6 +86,8 @@ pub enum FeedBody {
         oversold: Option<bool>,
         /// Reservation lifecycle.
         reservations: Vec<ReservationChange>,
+        /// Stockout projections raised or cleared (empty for almost every record).
+        stockout: Vec<StockoutChange>,
     },
     /// The catalog changed.
     Catalog,
@@ -106,6 +129,8 @@ pub struct Encoded {
     oversold_end: usize,
     /// End of the reservation items (they are selected all together).
     reservations_end: usize,
+    /// End of the i-th stockout item; the first starts at `reservations_end`.
+    stockout_ends: Vec<usize>,
 }
 
 /// A lazily filled [`Encoded`]; ignored by equality and cloned empty (it is a cache).
@@ -232,7 +257,9 @@ fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
                     add(&a.location, &mut out);
                 }
             }
-            Event::HoldExtended { .. } => {}
+            Event::HoldExtended { .. }
+            | Event::StockoutProjected { .. }
+            | Event::StockoutCleared { .. } => {}
             Event::StockAdjusted { location, .. }
             | Event::OnHandSet { location, .. }
             | Event::StockMoved { location, .. }
@@ -308,6 +335,8 @@ fn cause_of(events: &[Event]) -> u8 {
         Some(Event::Transferred { .. }) => cause::TRANSFER,
         Some(Event::SafetyStockSet { .. }) => cause::SAFETY_STOCK,
         Some(Event::IncomingSet { .. }) => cause::INCOMING,
+        // A record of projections only: the engine's re-projection (decay).
+        Some(Event::StockoutProjected { .. } | Event::StockoutCleared { .. }) => cause::REPROJECT,
     }
 }
 
@@ -367,6 +396,61 @@ fn reservation_changes(events: &[Event]) -> Vec<ReservationChange> {
         .collect()
 }
 
+fn stockout_changes(events: &[Event]) -> Vec<StockoutChange> {
+    // decide appends projections after the request's own events.
+    let n = events
+        .iter()
+        .rev()
+        .take_while(|e| {
+            matches!(
+                e,
+                Event::StockoutProjected { .. } | Event::StockoutCleared { .. }
+            )
+        })
+        .count();
+    events[events.len() - n..]
+        .iter()
+        .filter_map(|e| match e {
+            Event::StockoutProjected {
+                channel,
+                threshold_hours,
+                hours_milli,
+                per_hour_milli,
+                atp,
+            } => Some(StockoutChange {
+                channel: channel.clone(),
+                projected: true,
+                threshold_hours: *threshold_hours,
+                hours_milli: Some(*hours_milli),
+                per_hour_milli: *per_hour_milli,
+                atp: *atp,
+                reason: stockout_reason::NONE,
+            }),
+            Event::StockoutCleared {
+                channel,
+                threshold_hours,
+                hours_milli,
+                per_hour_milli,
+                atp,
+                reason,
+            } => Some(StockoutChange {
+                channel: channel.clone(),
+                projected: false,
+                threshold_hours: *threshold_hours,
+                hours_milli: *hours_milli,
+                per_hour_milli: *per_hour_milli,
+                atp: *atp,
+                reason: match reason {
+                    StockoutClearReason::Recovered => stockout_reason::RECOVERED,
+                    StockoutClearReason::NoDemand => stockout_reason::NO_DEMAND,
+                    StockoutClearReason::ThresholdRemoved => stockout_reason::THRESHOLD_REMOVED,
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The feed record of one SKU record: `before` was taken with [`before`] on the state
 /// before `events`, `after` is the state once they are applied.
 pub fn derive(
@@ -400,6 +484,7 @@ pub fn derive(
             atp,
             oversold: (oversold_now != before.oversold).then_some(oversold_now),
             reservations: reservation_changes(events),
+            stockout: stockout_changes(events),
         },
     )
 }
@@ -425,6 +510,7 @@ fn encode_record(rec: &FeedRecord) -> Encoded {
                 e.oversold_end = e.bytes.len();
                 e.reservations_end = e.bytes.len();
             }
+            PushItem::Stockout(_) => e.stockout_ends.push(e.bytes.len()),
             _ => e.reservations_end = e.bytes.len(),
         }
     }
@@ -494,6 +580,17 @@ impl Filter {
                 }
             }
         }
+        if self.kinds & kinds::STOCKOUT != 0 {
+            if let FeedBody::Sku { stockout, .. } = &rec.body {
+                let mut start = e.reservations_end;
+                for (c, end) in stockout.iter().zip(&e.stockout_ends) {
+                    if self.wants_channel(&c.channel) {
+                        out.push_encoded(&e.bytes[start..*end], 1);
+                    }
+                    start = *end;
+                }
+            }
+        }
     }
 
     fn wants_atp_change(&self, c: &AtpChange) -> bool {
@@ -511,7 +608,7 @@ impl Filter {
         mut atp: Option<&mut Coalescer>,
     ) {
         let (seq, at_ms) = (rec.seq, rec.at_ms);
-        let (sku, cause, changes, oversold, reservations) = match &rec.body {
+        let (sku, cause, changes, oversold, reservations, stockout) = match &rec.body {
             FeedBody::Catalog => {
                 out.push(PushItem::Catalog { seq, at_ms });
                 return;
@@ -522,7 +619,8 @@ impl Filter {
                 atp,
                 oversold,
                 reservations,
-            } => (sku, *cause, atp, *oversold, reservations),
+                stockout,
+            } => (sku, *cause, atp, *oversold, reservations, stockout),
         };
         if !self.wants_sku(sku) {
             return;
@@ -563,6 +661,23 @@ impl Filter {
                     kind: r.kind,
                     qty: r.qty,
                     expires_at_ms: r.expires_at_ms,
+                }));
+            }
+        }
+        if self.kinds & kinds::STOCKOUT != 0 {
+            for c in stockout.iter().filter(|c| self.wants_channel(&c.channel)) {
+                out.push(PushItem::Stockout(WireStockout {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    channel: c.channel.to_string(),
+                    projected: c.projected,
+                    threshold_hours: c.threshold_hours,
+                    hours_milli: c.hours_milli.unwrap_or(u64::MAX),
+                    per_hour_milli: c.per_hour_milli,
+                    atp: c.atp,
+                    reason: c.reason,
+                    window: crate::domain::sku::STOCKOUT_WINDOW as u8,
                 }));
             }
         }

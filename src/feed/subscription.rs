@@ -141,7 +141,10 @@ pub fn plan<S: Source>(
 ) -> Result<Plan, Invalid> {
     let bad = |m: String| Err(Invalid(m));
     if s.kinds == 0 || s.kinds & !kinds::ALL != 0 {
-        return bad(format!("kinds {:#x}: a non-empty set of 1, 2, 4", s.kinds));
+        return bad(format!(
+            "kinds {:#x}: a non-empty set of 1, 2, 4, 8",
+            s.kinds
+        ));
     }
     if s.coalesce_ms != 0 && !COALESCE_MS_RANGE.contains(&s.coalesce_ms) {
         return bad(format!(
@@ -516,6 +519,7 @@ fn item_seq(i: &PushItem) -> u64 {
         PushItem::Atp(a) => a.seq,
         PushItem::Oversold(o) => o.seq,
         PushItem::Reservation(r) => r.seq,
+        PushItem::Stockout(s) => s.seq,
         PushItem::Catalog { seq, .. }
         | PushItem::SnapshotEnd { seq }
         | PushItem::Position { seq } => *seq,

@@ -158,6 +158,7 @@ fn record(seq: u64, sku: &str, changes: Vec<AtpChange>) -> FeedRecord {
                 qty: 1,
                 expires_at_ms: 9,
             }],
+            stockout: Vec::new(),
         },
     )
 }

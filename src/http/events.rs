@@ -146,10 +146,11 @@ fn kinds_of(s: Option<&str>) -> Result<u8, String> {
             "atp" => kinds::ATP,
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
+            "stockout" => kinds::STOCKOUT,
             "all" => kinds::ALL,
             other => {
                 return Err(format!(
-                    "kind {other:?}: atp, thresholds, reservations or all"
+                    "kind {other:?}: atp, thresholds, reservations, stockout or all"
                 ))
             }
         };

@@ -422,6 +422,7 @@ impl Task {
         let channel = match item {
             PushItem::Atp(a) => Some(a.channel.as_str()),
             PushItem::Snapshot(s) => Some(s.channel.as_str()),
+            PushItem::Stockout(s) => Some(s.channel.as_str()),
             _ => None,
         };
         let subject = subject(&self.cfg.subject_prefix, channel, &env.event_type);

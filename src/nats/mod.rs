@@ -172,7 +172,9 @@ impl NatsConfig {
             ));
         }
         if self.kinds == 0 || self.kinds & !kinds::ALL != 0 {
-            return Err("kinds: a non-empty list of atp, thresholds, reservations, all".into());
+            return Err(
+                "kinds: a non-empty list of atp, thresholds, reservations, stockout, all".into(),
+            );
         }
         let c = self.coalesce_ms;
         if c != 0 && !crate::feed::subscription::COALESCE_MS_RANGE.contains(&c) {

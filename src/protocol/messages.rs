@@ -843,6 +843,12 @@ pub mod history_kind {
     pub const SAFETY_STOCK_SET: u8 = 9;
     /// Expected receipts at `location` set to `quantity`, due `expires_at_ms` (0 unknown).
     pub const INCOMING_SET: u8 = 10;
+    /// A stockout projected on a channel (`channel`; `quantity` the channel's ATP;
+    /// `reason` "HOURS h to zero at RATE/h, threshold T h").
+    pub const STOCKOUT_PROJECTED: u8 = 11;
+    /// A raised stockout projection cleared (`channel`; `quantity` the ATP; `reason`
+    /// `recovered`, `no_demand` or `threshold_removed`).
+    pub const STOCKOUT_CLEARED: u8 = 12;
 
     /// The kind's name (`ctl history`, JSON), `unknown` for a number this build lacks.
     pub fn name(kind: u8) -> &'static str {
@@ -857,6 +863,8 @@ pub mod history_kind {
             TRANSFERRED => "transferred",
             SAFETY_STOCK_SET => "safety_stock_set",
             INCOMING_SET => "incoming_set",
+            STOCKOUT_PROJECTED => "stockout_projected",
+            STOCKOUT_CLEARED => "stockout_cleared",
             _ => "unknown",
         }
     }
@@ -976,6 +984,18 @@ pub struct Locations {
 pub struct Channels {
     /// Sorted by id.
     pub channels: Vec<WireChannel>,
+    /// The channels with a stockout-projection threshold (`SET_STOCKOUT_THRESHOLD`), by
+    /// id. Appended after the first release (as `Subscribed.heartbeat_ms` was).
+    pub stockout_thresholds: Vec<WireStockoutThreshold>,
+}
+
+/// A channel's stockout-projection threshold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStockoutThreshold {
+    /// The channel.
+    pub channel: String,
+    /// Hours (1..=8760).
+    pub hours: u32,
 }
 
 /// `SET_LOW_STOCK` body: the low-stock threshold of a channel, or of one SKU on a channel
@@ -1045,6 +1065,20 @@ pub struct InUseFacts {
     pub example_reservation: u128,
 }
 
+/// `SET_STOCKOUT_THRESHOLD` body: the stockout-projection threshold of a channel. A SKU
+/// whose projected hours to zero on the channel (its ATP over the held rate of the 1 h
+/// velocity window) fall under `hours` gets a "stockout projected" feed item; it clears
+/// above `hours x 1.25`, without demand, or when the threshold is removed. 0 = none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetStockoutThreshold {
+    /// Idempotency key.
+    pub request_id: u128,
+    /// The channel.
+    pub channel: String,
+    /// Hours, 1..=8760; 0 removes the threshold.
+    pub hours: u32,
+}
+
 /// Where a subscription starts (`Subscribe::start`).
 pub mod start {
     /// Live: events after the last published sequence number, nothing older.
@@ -1066,8 +1100,11 @@ pub mod kinds {
     pub const THRESHOLDS: u8 = 2;
     /// Reservation lifecycle: placed, fulfilled, released, expired, extended.
     pub const RESERVATIONS: u8 = 4;
+    /// Stockout projections: projected and cleared (`PushItem::Stockout`). Added after the
+    /// first release: a subscriber that does not ask for it never receives the item.
+    pub const STOCKOUT: u8 = 8;
     /// Every kind.
-    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS;
+    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS | STOCKOUT;
 }
 
 /// `SUBSCRIBE` body: start a stream of stock changes on this connection. The server answers
@@ -1231,6 +1268,8 @@ pub mod cause {
     pub const INCOMING: u8 = 12;
     /// A reservation's expiry moved.
     pub const EXTEND: u8 = 13;
+    /// The engine re-evaluated stockout projections (decay alone; no stock changed).
+    pub const REPROJECT: u8 = 14;
 }
 
 /// Threshold transitions (`WireAtp::transition`).
@@ -1370,6 +1409,50 @@ pub enum PushItem {
         /// Why.
         message: String,
     },
+    /// 8: a stockout projection of one SKU x channel was raised or cleared (kind bit
+    /// [`kinds::STOCKOUT`]).
+    Stockout(WireStockout),
+}
+
+/// Why a stockout projection cleared (`WireStockout::reason`).
+pub mod stockout_reason {
+    /// Not cleared: the item says "projected".
+    pub const NONE: u8 = 0;
+    /// The hours to zero rose above the threshold x 1.25 (restock, or demand slowed).
+    pub const RECOVERED: u8 = 1;
+    /// No demand left in the window.
+    pub const NO_DEMAND: u8 = 2;
+    /// The channel's threshold was removed.
+    pub const THRESHOLD_REMOVED: u8 = 3;
+}
+
+/// A stockout projection of one SKU x channel changed: hours to zero (ATP over the held
+/// rate of the 1 h window) fell under the channel's threshold (`projected`), or rose above
+/// threshold x 1.25, or demand stopped, or the threshold was removed (cleared).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireStockout {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The channel.
+    pub channel: String,
+    /// true: projected; false: cleared.
+    pub projected: bool,
+    /// The channel's threshold, hours (0: removed).
+    pub threshold_hours: u32,
+    /// Hours to zero, thousandths; `u64::MAX` when there is no demand (no projection).
+    pub hours_milli: u64,
+    /// Units held per hour in the window, thousandths.
+    pub per_hour_milli: u64,
+    /// The channel's ATP.
+    pub atp: u32,
+    /// See [`stockout_reason`] (0 when projected).
+    pub reason: u8,
+    /// The velocity window (0..=2, shortest half-life first; 1 = 1 h by default).
+    pub window: u8,
 }
 
 /// `Push` frame payload (server → subscriber).

@@ -50,6 +50,8 @@ pub mod opcode {
     pub const DELETE_LOCATION: u16 = 0x0306;
     /// Delete a channel no open reservation is on (admin).
     pub const DELETE_CHANNEL: u16 = 0x0307;
+    /// Set a channel's stockout-projection threshold in hours (admin).
+    pub const SET_STOCKOUT_THRESHOLD: u16 = 0x0308;
     /// Read one SKU.
     pub const GET_SKU: u16 = 0x0401;
     /// Read several SKUs.
@@ -209,6 +211,8 @@ pub enum Op {
     DeleteLocation(DeleteLocation),
     /// `DELETE_CHANNEL`
     DeleteChannel(DeleteChannel),
+    /// `SET_STOCKOUT_THRESHOLD`
+    SetStockoutThreshold(SetStockoutThreshold),
     /// `SUBSCRIBE`
     Subscribe(Subscribe),
     /// `UNSUBSCRIBE`
@@ -275,6 +279,7 @@ impl Op {
             Op::SetLowStock(_) => SET_LOW_STOCK,
             Op::DeleteLocation(_) => DELETE_LOCATION,
             Op::DeleteChannel(_) => DELETE_CHANNEL,
+            Op::SetStockoutThreshold(_) => SET_STOCKOUT_THRESHOLD,
             Op::Subscribe(_) => SUBSCRIBE,
             Op::Unsubscribe => UNSUBSCRIBE,
             Op::Ack(_) => ACK,
@@ -303,6 +308,7 @@ impl Op {
             Op::SetLowStock(b) => b.request_id,
             Op::DeleteLocation(b) => b.request_id,
             Op::DeleteChannel(b) => b.request_id,
+            Op::SetStockoutThreshold(b) => b.request_id,
             _ => return None,
         })
     }
@@ -338,6 +344,7 @@ impl Op {
             Op::SetLowStock(b) => body(b)?,
             Op::DeleteLocation(b) => body(b)?,
             Op::DeleteChannel(b) => body(b)?,
+            Op::SetStockoutThreshold(b) => body(b)?,
             Op::Subscribe(b) => body(b)?,
             Op::Ack(b) => body(b)?,
             Op::ListSubscriptions(b) => body(b)?,
@@ -386,6 +393,7 @@ impl Op {
             SET_LOW_STOCK => Op::SetLowStock(decode_request_body(b)?),
             DELETE_LOCATION => Op::DeleteLocation(decode_request_body(b)?),
             DELETE_CHANNEL => Op::DeleteChannel(decode_request_body(b)?),
+            SET_STOCKOUT_THRESHOLD => Op::SetStockoutThreshold(decode_request_body(b)?),
             SUBSCRIBE => Op::Subscribe(decode_request_body(b)?),
             UNSUBSCRIBE => decode_request_body::<Empty>(b).map(|_| Op::Unsubscribe)?,
             ACK => Op::Ack(decode_request_body(b)?),

@@ -8,7 +8,7 @@ use crate::domain::{
     AdjustReason, AtRisk, AtRiskRegion, AtpExplanation, Catalog, CatalogCommand, Channel,
     ChannelId, ChannelVelocity, Event, Location, LocationId, LocationKind, LowStock,
     LowStockSource, RebalancePolicy, Recommendation, RegionVelocity, Rejection, SkuCommand, SkuId,
-    SkuVelocity, SkuView, StockState, WindowRate,
+    SkuVelocity, SkuView, StockState, StockoutThreshold, WindowRate,
 };
 use crate::engine::{Change, Command, Outcome, ReservationView, ReserveLine, ReserveRequest};
 use crate::protocol::messages::*;
@@ -243,6 +243,16 @@ pub fn in_use_facts(u: &crate::domain::InUse) -> InUseFacts {
         reservations: u.refs.reservations,
         example_reservation: u.refs.example_reservation.unwrap_or(0),
     }
+}
+
+/// The engine command of a set-stockout-threshold body.
+pub fn stockout_threshold_command(u: &SetStockoutThreshold) -> Result<Command, Rejection> {
+    Ok(Command::Catalog(CatalogCommand::SetStockoutThreshold(
+        StockoutThreshold {
+            channel: ChannelId::new(&u.channel)?,
+            hours: u.hours,
+        },
+    )))
 }
 
 /// [`Reserved`] borrowing the outcome's strings: the same bytes on the wire (serde writes
@@ -553,6 +563,14 @@ pub fn channels_of(c: &Catalog) -> Channels {
                 cap: ch.cap,
             })
             .collect(),
+        stockout_thresholds: c
+            .stockout_hours
+            .iter()
+            .map(|(ch, hours)| WireStockoutThreshold {
+                channel: ch.to_string(),
+                hours: *hours,
+            })
+            .collect(),
     }
 }
 
@@ -728,6 +746,38 @@ pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
             w.to_location = to.to_string();
             w.quantity = i64::from(*qty);
             w.reference = reference.clone();
+        }
+        Event::StockoutProjected {
+            channel,
+            threshold_hours,
+            hours_milli,
+            per_hour_milli,
+            atp,
+        } => {
+            w.kind = k::STOCKOUT_PROJECTED;
+            w.channel = channel.to_string();
+            w.quantity = i64::from(*atp);
+            w.reason = format!(
+                "{:.1} h to zero at {:.2}/h, threshold {threshold_hours} h",
+                *hours_milli as f64 / 1000.0,
+                *per_hour_milli as f64 / 1000.0
+            );
+        }
+        Event::StockoutCleared {
+            channel,
+            atp,
+            reason,
+            ..
+        } => {
+            w.kind = k::STOCKOUT_CLEARED;
+            w.channel = channel.to_string();
+            w.quantity = i64::from(*atp);
+            w.reason = match reason {
+                crate::domain::StockoutClearReason::Recovered => "recovered",
+                crate::domain::StockoutClearReason::NoDemand => "no_demand",
+                crate::domain::StockoutClearReason::ThresholdRemoved => "threshold_removed",
+            }
+            .into();
         }
         Event::SafetyStockSet { location, qty } => {
             w.kind = k::SAFETY_STOCK_SET;

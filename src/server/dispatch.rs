@@ -226,6 +226,7 @@ fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
         Op::SetLowStock(b) => write((b.request_id, fp), low_stock_command(&b), a),
         Op::DeleteLocation(b) => write((b.request_id, fp), delete_location_command(&b), a),
         Op::DeleteChannel(b) => write((b.request_id, fp), delete_channel_command(&b), a),
+        Op::SetStockoutThreshold(b) => write((b.request_id, fp), stockout_threshold_command(&b), a),
         // The connection runs these itself when they come alone (they change its state).
         Op::Subscribe(_) | Op::Unsubscribe => Plan::Answer(rejected(&Rejection::invalid(
             "SUBSCRIBE and UNSUBSCRIBE must be the only operation of their request frame",

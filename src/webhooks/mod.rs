@@ -162,7 +162,9 @@ impl EndpointConfig {
             ));
         }
         if self.kinds == 0 || self.kinds & !kinds::ALL != 0 {
-            return Err("kinds: a non-empty list of atp, thresholds, reservations, all".into());
+            return Err(
+                "kinds: a non-empty list of atp, thresholds, reservations, stockout, all".into(),
+            );
         }
         let c = self.coalesce_ms;
         if c != 0 && !crate::feed::subscription::COALESCE_MS_RANGE.contains(&c) {
@@ -227,10 +229,11 @@ pub fn kinds_of(names: &[String]) -> Result<u8, String> {
             "atp" => kinds::ATP,
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
+            "stockout" => kinds::STOCKOUT,
             "all" => kinds::ALL,
             other => {
                 return Err(format!(
-                    "kinds: {other:?} is not atp, thresholds, reservations or all"
+                    "kinds: {other:?} is not atp, thresholds, reservations, stockout or all"
                 ))
             }
         };
