@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::histogram::Histogram;
 use crate::client::{ClientConfig, ClientError, Subscriber};
 use crate::protocol::{kinds, start, PushItem, Subscribe};
 
@@ -108,7 +108,7 @@ impl FeedReport {
 struct Tally {
     events: u64,
     lagged: u64,
-    hist: Histogram<u64>,
+    hist: Histogram,
 }
 
 /// Runs one subscriber until `end`, counting from `measure_from`.
@@ -133,8 +133,7 @@ async fn subscriber(
     let mut t = Tally {
         events: 0,
         lagged: 0,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+        hist: Histogram::new(),
     };
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -158,7 +157,7 @@ async fn subscriber(
             if let PushItem::Atp(a) = item {
                 t.events += 1;
                 if let Some(us) = clock.since_ack(a.seq) {
-                    let _ = t.hist.record(us.max(1));
+                    t.hist.record(us);
                 }
             }
         }
@@ -209,8 +208,7 @@ pub struct Subscribers {
 impl Subscribers {
     /// Waits for them and merges what they saw.
     pub async fn finish(self) -> Result<FeedReport, String> {
-        let mut hist =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        let mut hist = Histogram::new();
         let (mut events, mut lagged) = (0, 0);
         for t in self.tasks {
             let t = t
@@ -219,7 +217,7 @@ impl Subscribers {
                 .map_err(|e| format!("subscriber: {e}"))?;
             events += t.events;
             lagged += t.lagged;
-            hist.add(&t.hist).map_err(|e| e.to_string())?;
+            hist.add(&t.hist);
         }
         Ok(FeedReport {
             subscribers: self.n,

@@ -5,11 +5,13 @@
 //! Generation is seeded, so a run's sequence of decisions can be reproduced; reservation
 //! ids alone are random, so runs never collide.
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::Rng;
-use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
+use super::zipf::Zipf;
 use super::LoadError;
 
 /// The workload presets.
@@ -238,6 +240,15 @@ pub enum Flow {
     },
 }
 
+/// Lines with the same SKU summed, by SKU (a target that checks each SKU once needs this).
+pub fn merge_lines(lines: &[Line]) -> Vec<Line> {
+    let mut m: BTreeMap<u32, u32> = BTreeMap::new();
+    for l in lines {
+        *m.entry(l.sku).or_default() += l.qty;
+    }
+    m.into_iter().map(|(sku, qty)| Line { sku, qty }).collect()
+}
+
 /// The SKU id of index `i` (the one naming scheme of the catalog loader and the workloads).
 pub fn sku_name(i: u32) -> String {
     format!("SKU-{i:07}")
@@ -246,7 +257,7 @@ pub fn sku_name(i: u32) -> String {
 /// A seeded generator of flows.
 pub struct Generator {
     w: std::sync::Arc<Workload>,
-    zipf: Option<Zipf<f64>>,
+    zipf: Option<Zipf>,
 }
 
 impl Generator {
@@ -256,7 +267,7 @@ impl Generator {
         let zipf = match w.zipf {
             Some(s) => Some(
                 Zipf::new(u64::from(w.skus), s)
-                    .map_err(|e| LoadError::Config(format!("--zipf: {e}")))?,
+                    .ok_or_else(|| LoadError::Config(format!("--zipf {s}: not a Zipf exponent")))?,
             ),
             None => None,
         };
