@@ -13,7 +13,8 @@ use omnistock_load::{
 };
 
 /// Load generator for omnistock (and Redis, for comparison). Targets 127.0.0.1 only.
-// No bare `about`: it would take the package's description (the engine's), not this one.
+// The doc comment, not a bare `about`: the help's first line stays this sentence (the package
+// description, load/Cargo.toml, is longer).
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
