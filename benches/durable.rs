@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
 use omnistock::domain::*;
 use omnistock::engine::*;
-use omnistock::sim::Histogram;
 use parking_lot::Mutex;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -77,15 +77,15 @@ async fn load(e: &Engine, skus: u64) {
         .await;
 }
 
-async fn reserves(e: Arc<Engine>, skus: u64, n: u64, window: usize) -> (f64, Histogram) {
-    let hist = Arc::new(Mutex::new(Histogram::new()));
+async fn reserves(e: Arc<Engine>, skus: u64, n: u64, window: usize) -> (f64, Histogram<u64>) {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
     let drivers = 4u64;
     let t = Instant::now();
     let tasks: Vec<_> = (0..drivers)
         .map(|d| {
             let (e, hist) = (e.clone(), hist.clone());
             tokio::spawn(async move {
-                let mut local = Histogram::new();
+                let mut local = Histogram::<u64>::new(3).unwrap();
                 let ids = (0..n / drivers).map(move |i| (d << 40) | i);
                 let mut x = d + 1;
                 let results: Vec<u64> = stream::iter(ids)
@@ -125,9 +125,9 @@ async fn reserves(e: Arc<Engine>, skus: u64, n: u64, window: usize) -> (f64, His
                     .collect()
                     .await;
                 for us in results {
-                    local.record(us.max(1));
+                    local.record(us.max(1)).unwrap();
                 }
-                hist.lock().add(&local);
+                hist.lock().add(local).unwrap();
             })
         })
         .collect();

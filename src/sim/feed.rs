@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::histogram::Histogram;
 use crate::client::{ClientConfig, ClientError, Subscriber};
 use crate::protocol::{kinds, start, PushItem, Subscribe};
 
@@ -108,7 +108,7 @@ impl FeedReport {
 struct Tally {
     events: u64,
     lagged: u64,
-    hist: Histogram,
+    hist: Histogram<u64>,
 }
 
 /// Runs one subscriber until `end`, counting from `measure_from`.
@@ -133,7 +133,8 @@ async fn subscriber(
     let mut t = Tally {
         events: 0,
         lagged: 0,
-        hist: Histogram::new(),
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?,
     };
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -157,7 +158,7 @@ async fn subscriber(
             if let PushItem::Atp(a) = item {
                 t.events += 1;
                 if let Some(us) = clock.since_ack(a.seq) {
-                    t.hist.record(us);
+                    let _ = t.hist.record(us.max(1));
                 }
             }
         }
@@ -208,7 +209,8 @@ pub struct Subscribers {
 impl Subscribers {
     /// Waits for them and merges what they saw.
     pub async fn finish(self) -> Result<FeedReport, String> {
-        let mut hist = Histogram::new();
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
         let (mut events, mut lagged) = (0, 0);
         for t in self.tasks {
             let t = t
@@ -217,7 +219,7 @@ impl Subscribers {
                 .map_err(|e| format!("subscriber: {e}"))?;
             events += t.events;
             lagged += t.lagged;
-            hist.add(&t.hist);
+            hist.add(&t.hist).map_err(|e| e.to_string())?;
         }
         Ok(FeedReport {
             subscribers: self.n,

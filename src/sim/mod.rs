@@ -26,11 +26,9 @@ pub mod catalog;
 pub mod check;
 mod driver;
 pub mod feed;
-pub mod histogram;
 pub mod report;
 pub mod target;
 pub mod workload;
-pub mod zipf;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -41,11 +39,9 @@ use thiserror::Error;
 pub use catalog::{CatalogSpec, LoadedCatalog, Stock};
 pub use check::{check, CheckReport, Ledger, SkuFacts, SkuLedger, Snapshot};
 pub use driver::{run, RunOutcome};
-pub use histogram::Histogram;
 pub use report::Report;
 pub use target::{Cart, ReserveConn, ReserveTarget};
 pub use workload::{sku_name, CartLines, Workload, WorkloadKind};
-pub use zipf::Zipf;
 
 use crate::client::{Client, ClientConfig, ClientError};
 

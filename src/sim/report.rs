@@ -1,4 +1,4 @@
-//! What a run measured: latency histograms per operation ([`Histogram`], microseconds, only
+//! What a run measured: latency histograms per operation (hdrhistogram, microseconds, only
 //! operations sent after the warm-up), answer tallies, the live counters behind the progress
 //! line, and the final [`Report`] printed human-readable or as JSON.
 
@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::check::CheckReport;
-use super::histogram::Histogram;
 
 /// Operation kinds the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,9 +43,17 @@ impl OpKind {
     }
 }
 
+/// Highest latency recorded (60 s, in µs); slower answers are clamped to it.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .expect("invariant: constant bounds 1..60e6 with 3 digits are valid")
+}
+
 /// Measurements of one connection (merged at the end).
 pub struct Tally {
-    hists: [Histogram; 4],
+    hists: [Histogram<u64>; 4],
     /// Answered with status 0, per kind.
     ok: [u64; 4],
     /// Rejected, per (kind, status).
@@ -59,7 +67,7 @@ pub struct Tally {
 impl Default for Tally {
     fn default() -> Self {
         Tally {
-            hists: std::array::from_fn(|_| Histogram::new()),
+            hists: [histogram(), histogram(), histogram(), histogram()],
             ok: [0; 4],
             rejected: HashMap::new(),
             errors: [0; 4],
@@ -69,10 +77,11 @@ impl Default for Tally {
 }
 
 impl Tally {
-    /// Records `n` answers of `kind` that took `latency_us` (a batch shares its latency;
-    /// clamped to 1 µs..60 s).
+    /// Records `n` answers of `kind` that took `latency_us` (a batch shares its latency).
     pub fn latency(&mut self, kind: OpKind, latency_us: u64, n: u64) {
-        self.hists[kind as usize].record_n(latency_us, n);
+        let v = latency_us.clamp(1, MAX_LATENCY_US);
+        // Cannot fail: v is within the histogram's bounds.
+        let _ = self.hists[kind as usize].record_n(v, n);
     }
     /// One operation answered with status 0.
     pub fn ok(&mut self, kind: OpKind, lines: u64) {
@@ -92,7 +101,7 @@ impl Tally {
     /// Adds another tally.
     pub fn merge(&mut self, o: &Tally) {
         for k in 0..4 {
-            self.hists[k].add(&o.hists[k]);
+            let _ = self.hists[k].add(&o.hists[k]);
             self.ok[k] += o.ok[k];
             self.errors[k] += o.errors[k];
         }
@@ -107,7 +116,7 @@ impl Tally {
     }
     /// Merges only the reserve histogram of `o` (cheap, for the progress line).
     pub fn merge_reserve_latency(&mut self, o: &Tally) {
-        self.hists[0].add(&o.hists[0]);
+        let _ = self.hists[0].add(&o.hists[0]);
     }
 }
 

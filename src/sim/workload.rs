@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::Rng;
+use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-use super::zipf::Zipf;
 use super::LoadError;
 
 /// The workload presets.
@@ -257,7 +257,7 @@ pub fn sku_name(i: u32) -> String {
 /// A seeded generator of flows.
 pub struct Generator {
     w: std::sync::Arc<Workload>,
-    zipf: Option<Zipf>,
+    zipf: Option<Zipf<f64>>,
 }
 
 impl Generator {
@@ -267,7 +267,7 @@ impl Generator {
         let zipf = match w.zipf {
             Some(s) => Some(
                 Zipf::new(u64::from(w.skus), s)
-                    .ok_or_else(|| LoadError::Config(format!("--zipf {s}: not a Zipf exponent")))?,
+                    .map_err(|e| LoadError::Config(format!("--zipf: {e}")))?,
             ),
             None => None,
         };
