@@ -1,5 +1,5 @@
-//! `omnistock-load`: the load generator binary. It only parses flags and calls
-//! `omnistock::loadgen` (catalog loader, driver, report, checks); load/README.md documents
+//! `omnistock-load`: the load generator binary. It only parses flags and calls the
+//! `omnistock_load` library (catalog loader, driver, report, checks, the Redis target); load/README.md documents
 //! every flag. Exit status: 0 when the run's checks pass, 1 on an error, 2 on a bad flag,
 //! 3 when an end-of-run check fails.
 
@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use omnistock::loadgen::{
-    self, CartLines, CatalogSpec, LoadConfig, LoadError, Progress, TargetSpec, WorkloadKind,
+use omnistock_load::{
+    self as loadgen, CartLines, CatalogSpec, LoadConfig, LoadError, Progress, RedisTarget,
+    TargetSpec, WorkloadKind,
 };
 
 /// Load generator for omnistock (and Redis, for comparison). Targets 127.0.0.1 only.
-// No bare `about`: it would take the package's description (the engine's), not this one.
+// The doc comment, not a bare `about`: the help's first line stays this sentence (the package
+// description, load/Cargo.toml, is longer).
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
@@ -188,9 +190,7 @@ fn target(t: &TargetArgs) -> Result<TargetSpec, LoadError> {
                 (None, false) => None,
             },
         }),
-        "redis" => Ok(TargetSpec::Redis {
-            url: t.redis_url.clone(),
-        }),
+        "redis" => Ok(RedisTarget::spec(t.redis_url.clone())),
         other => Err(LoadError::Config(format!(
             "--target {other:?}: expected omnistock or redis"
         ))),
@@ -225,7 +225,7 @@ fn config(a: &RunArgs) -> Result<(LoadConfig, CatalogSpec), LoadError> {
     let target = target(&a.target)?;
     let spec = spec(kind, &a.catalog)?;
     let mut w = loadgen::preset(kind, &spec);
-    let redis = matches!(target, TargetSpec::Redis { .. });
+    let redis = matches!(target, TargetSpec::Other(_));
     // Redis runs reservations only: the presets' follow-ups default to 0 there.
     let share = |flag: Option<u32>, preset: u32| flag.unwrap_or(if redis { 0 } else { preset });
     w.fulfil_pct = share(a.fulfil, w.fulfil_pct);

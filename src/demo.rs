@@ -2,10 +2,11 @@
 //! server on loopback (data in a temporary directory unless `--data-dir`), loads a demo
 //! retailer (two warehouses, two stores, a dark store, marketplace-fulfilled stock; channels
 //! web-fr, web-com, pos, amazon, zalando, tmall; 10,000 SKUs) through the protocol, runs a
-//! short checkout simulation through the real server with the load generator's code (live
-//! progress, end-of-run checks), shows how a few SKUs' ATP per channel changed, prints
-//! throughput and latency, the SKUs most at risk and, after a short regional campaign, a
-//! rebalance recommendation, then keeps serving until Ctrl-C so `omnistock ctl` can be tried
+//! short checkout simulation through the real server with [`omnistock::sim`], the code the
+//! load generator is built on (live progress, end-of-run checks), shows how a few SKUs' ATP
+//! per channel changed, prints throughput and latency, the SKUs most at risk and, after a
+//! short regional campaign, a rebalance recommendation, then keeps serving until Ctrl-C so
+//! `omnistock ctl` can be tried
 //! against it. Needs no configuration.
 
 use std::net::SocketAddr;
@@ -16,11 +17,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use omnistock::client::Client;
 use omnistock::engine::{Engine, PersistConfig};
-use omnistock::loadgen::{
-    self, sku_name, CartLines, CatalogSpec, LoadConfig, Progress, TargetSpec, WorkloadKind,
-};
 use omnistock::protocol::WireSku;
 use omnistock::server::{Server, ServerConfig};
+use omnistock::sim::{
+    self, sku_name, CartLines, CatalogSpec, LoadConfig, Progress, TargetSpec, WorkloadKind,
+};
 
 /// Flags of `demo`.
 #[derive(clap::Args)]
@@ -101,7 +102,7 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
         tls: None,
     };
     let spec = CatalogSpec::demo(a.skus)?;
-    let loaded = loadgen::load_catalog(&target, &spec).await?;
+    let loaded = sim::load_catalog(&target, &spec).await?;
     println!(
         "catalog: {} locations, {} channels, {} SKUs stocked through the protocol ({} operations in {:.2}s)",
         spec.locations.len(),
@@ -114,7 +115,7 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
     let shown = shown_skus(a.skus);
     let before = read(&client, &shown).await?;
     // The checkout preset (the report names it), with receipts mixed in below.
-    let mut w = loadgen::preset(WorkloadKind::Checkout, &spec);
+    let mut w = sim::preset(WorkloadKind::Checkout, &spec);
     w.zipf = Some(1.0);
     w.cart_lines = CartLines::parse("1:60,2:25,3:15")?;
     w.fulfil_pct = 60;
@@ -134,7 +135,7 @@ async fn simulate(addr: SocketAddr, a: &Args) -> anyhow::Result<()> {
         "checkouts for {}s: {} connections x 8 in flight; carts of 1-3 lines, Zipf(1.0) popularity; 60% fulfilled, 25% released, 15% left to expire (2 s); 5% receipts",
         a.seconds, a.connections
     );
-    let out = loadgen::run(cfg).await?;
+    let out = sim::run(cfg).await?;
     let after = read(&client, &shown).await?;
     println!();
     println!("ATP per channel before -> after the simulation:");

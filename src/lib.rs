@@ -3,10 +3,12 @@
 //! See docs/architecture.md for the map.
 //!
 //! Features: `server` (default) builds the engine, the write-ahead log, the TCP server, the
-//! HTTP endpoint, the feed, the webhook sender, the load generator and the binaries. Without it
-//! (`default-features = false`) this crate is what a service embedding the client needs:
-//! [`client`], [`protocol`], [`codec`] and [`events`], with no actix, sled, redis or
-//! hdrhistogram in its dependency tree.
+//! HTTP endpoint, the feed, the webhook sender, the checkout simulation ([`sim`], which
+//! `omnistock demo` runs and the load generator crate under load/ builds on) and the binary.
+//! Without it (`default-features = false`) this crate is what a service embedding the client
+//! needs: [`client`], [`protocol`], [`codec`] and [`events`], with no actix, sled or metrics
+//! in its dependency tree. The load generator (`omnistock-load`, a member of this workspace)
+//! alone links a Redis client.
 //!
 //! The library sets no global allocator: the binaries choose mimalloc for themselves
 //! (src/main.rs, load/main.rs), a service linking this crate keeps its own.
@@ -48,14 +50,14 @@ pub mod feed;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
-pub mod loadgen;
-#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod nats;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod sim;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "server")]

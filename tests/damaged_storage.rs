@@ -13,7 +13,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
-const LOAD: &str = env!("CARGO_BIN_EXE_omnistock-load");
 
 fn serve_cmd(dir: &Path, port: u16, init: bool) -> Command {
     let mut cmd = Command::new(BIN);
@@ -101,7 +100,8 @@ fn text(o: &Output) -> (String, String) {
 }
 
 /// A data directory with data in it, made once: `serve --init`, a catalog and stock
-/// adjustments through `ctl`, then bulk SKUs through `omnistock-load catalog` so the sled
+/// adjustments through `ctl`, then bulk SKUs through the load generator's catalog loader
+/// (`omnistock::sim::load_catalog`, what `omnistock-load catalog` runs) so the sled
 /// `db` spans several of its 512 KiB segments (a truncation then cuts into the segment
 /// chain, which is what made sled panic), then SIGTERM.
 fn fixture() -> &'static Path {
@@ -116,12 +116,17 @@ fn fixture() -> &'static Path {
         for sku in ["TEE", "CAP", "MUG"] {
             ctl(port, &["adjust", sku, "wh-a", "7", "--reason", "receipt"]);
         }
-        let loaded = Command::new(LOAD)
-            .args(["catalog", "--addr", &format!("127.0.0.1:{port}")])
-            .args(["--skus", "5000"])
-            .output()
+        // `omnistock-load catalog --skus 5000`: 2 locations, 2 channels, 1,000 units each.
+        let target = omnistock::sim::TargetSpec::Omnistock {
+            addr: format!("127.0.0.1:{port}"),
+            token: String::new(),
+            tls: None,
+        };
+        let spec = omnistock::sim::CatalogSpec::generic(5_000, 2, 2, 1_000).unwrap();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(omnistock::sim::load_catalog(&target, &spec))
             .unwrap();
-        assert!(loaded.status.success(), "{loaded:?}");
         stop(server);
         assert!(
             data.join("omnistock.id").is_file(),

@@ -8,14 +8,13 @@
 //! when a reservation key expires (keyspace notifications or a sweeper), channels,
 //! locations and sourcing. The comparison therefore flatters Redis.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use omnistock::sim::check::{SkuFacts, Snapshot};
+use omnistock::sim::{sku_name, Cart, CatalogSpec, LoadError, ReserveConn, ReserveTarget};
 use redis::aio::MultiplexedConnection;
-
-use super::catalog::CatalogSpec;
-use super::check::{SkuFacts, Snapshot};
-use super::workload::{sku_name, Line};
-use super::LoadError;
 
 /// The reserve script. KEYS: the stock hash of each line, then the reservation key.
 /// ARGV: units of each line, then the TTL in ms, then the reservation's value.
@@ -35,7 +34,10 @@ return 1
 "#;
 
 fn err(e: redis::RedisError) -> LoadError {
-    LoadError::Redis(e.to_string())
+    LoadError::Target {
+        target: "redis",
+        message: e.to_string(),
+    }
 }
 
 fn stock_key(sku: u32) -> String {
@@ -68,33 +70,18 @@ pub async fn load_script(con: &mut MultiplexedConnection) -> Result<String, Load
         .map_err(err)
 }
 
-/// Lines with the same SKU summed (the script checks each key once).
-pub fn merge_lines(lines: &[Line]) -> Vec<Line> {
-    let mut m: BTreeMap<u32, u32> = BTreeMap::new();
-    for l in lines {
-        *m.entry(l.sku).or_default() += l.qty;
-    }
-    m.into_iter().map(|(sku, qty)| Line { sku, qty }).collect()
-}
-
-/// The `EVALSHA` call reserving `lines` (already merged) as `reservation`.
-pub fn reserve_cmd(
-    sha: &str,
-    reservation: u128,
-    lines: &[Line],
-    ttl_ms: u64,
-    channel: &str,
-) -> redis::Cmd {
+/// The `EVALSHA` call holding `cart` (lines merged per SKU) for `ttl_ms`.
+pub fn reserve_cmd(sha: &str, cart: &Cart, ttl_ms: u64) -> redis::Cmd {
     let mut c = redis::cmd("EVALSHA");
-    c.arg(sha).arg(lines.len() + 1);
-    for l in lines {
+    c.arg(sha).arg(cart.lines.len() + 1);
+    for l in &cart.lines {
         c.arg(stock_key(l.sku));
     }
-    c.arg(format!("res:{reservation:032x}"));
-    for l in lines {
+    c.arg(format!("res:{:032x}", cart.reservation));
+    for l in &cart.lines {
         c.arg(l.qty);
     }
-    c.arg(ttl_ms).arg(channel);
+    c.arg(ttl_ms).arg(&cart.channel);
     c
 }
 
@@ -167,4 +154,111 @@ pub async fn snapshot(con: &mut MultiplexedConnection, skus: u32) -> Result<Snap
         first = last;
     }
     Ok(Snapshot { skus: out })
+}
+
+/// The Redis target of `--target redis`: `redis://HOST:PORT`, loopback only.
+#[derive(Clone, Debug)]
+pub struct RedisTarget {
+    url: String,
+}
+
+impl RedisTarget {
+    /// The target at `url` (checked when the run starts).
+    pub fn new(url: impl Into<String>) -> RedisTarget {
+        RedisTarget { url: url.into() }
+    }
+
+    /// As a [`omnistock::sim::TargetSpec`].
+    pub fn spec(url: impl Into<String>) -> omnistock::sim::TargetSpec {
+        omnistock::sim::TargetSpec::Other(Arc::new(RedisTarget::new(url)))
+    }
+}
+
+/// One multiplexed connection and the reserve script's SHA1.
+struct RedisConn {
+    con: MultiplexedConnection,
+    sha: Arc<str>,
+}
+
+impl ReserveTarget for RedisTarget {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn addr(&self) -> &str {
+        &self.url
+    }
+
+    fn host_port(&self) -> Result<String, LoadError> {
+        let url = &self.url;
+        let rest = url.strip_prefix("redis://").ok_or_else(|| {
+            LoadError::Config(format!("--redis-url {url:?}: expected redis://HOST:PORT"))
+        })?;
+        let host = rest.rsplit('@').next().unwrap_or(rest);
+        let host = host.split('/').next().unwrap_or(host);
+        Ok(if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:6379")
+        })
+    }
+
+    fn load_catalog<'a>(&'a self, spec: &'a CatalogSpec) -> BoxFuture<'a, Result<u64, LoadError>> {
+        async move {
+            let mut conns = connect(&self.url, 1).await?;
+            let con = conns
+                .first_mut()
+                .ok_or_else(|| LoadError::Connect("redis: no connection".into()))?;
+            load_catalog(con, spec).await
+        }
+        .boxed()
+    }
+
+    fn connect(&self, n: u32) -> BoxFuture<'_, Result<Vec<Box<dyn ReserveConn>>, LoadError>> {
+        async move {
+            let mut v = connect(&self.url, n).await?;
+            let first = v
+                .first_mut()
+                .ok_or_else(|| LoadError::Connect("redis: no connection".into()))?;
+            let sha: Arc<str> = load_script(first).await?.into();
+            Ok(v.into_iter()
+                .map(|con| {
+                    Box::new(RedisConn {
+                        con,
+                        sha: sha.clone(),
+                    }) as Box<dyn ReserveConn>
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+impl ReserveConn for RedisConn {
+    fn share(&self) -> Box<dyn ReserveConn> {
+        Box::new(RedisConn {
+            con: self.con.clone(),
+            sha: self.sha.clone(),
+        })
+    }
+
+    fn reserve<'a>(
+        &'a mut self,
+        carts: &'a [Cart],
+        ttl_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<bool>, LoadError>> {
+        async move {
+            let cmds: Vec<redis::Cmd> = carts
+                .iter()
+                .map(|c| reserve_cmd(&self.sha, c, ttl_ms))
+                .collect();
+            let v = reserve_batch(&mut self.con, &cmds).await?;
+            Ok(v.into_iter().map(|held| held == 1).collect())
+        }
+        .boxed()
+    }
+
+    fn snapshot(&mut self, skus: u32) -> BoxFuture<'_, Result<Snapshot, LoadError>> {
+        snapshot(&mut self.con, skus).boxed()
+    }
 }

@@ -4,10 +4,24 @@
 //! panic, an allocation over its limit, a hang of the normal client's ping, a server that
 //! stopped answering or did not exit 0 on SIGTERM, or "panicked" in the server's stderr.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 const FUZZ: &str = env!("CARGO_BIN_EXE_omnistock-fuzz");
-const SERVER: &str = env!("CARGO_BIN_EXE_omnistock");
+
+/// The `omnistock` binary of the same build, next to `omnistock-fuzz`: Cargo gives a test
+/// only its own package's binaries, and `cargo test --workspace` (README's command) builds
+/// the root package's before any test runs.
+fn server_bin() -> PathBuf {
+    let bin = std::path::Path::new(FUZZ)
+        .with_file_name(format!("omnistock{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, or `cargo build -p omnistock` first",
+        bin.display()
+    );
+    bin
+}
 
 fn run(args: &[&str]) -> String {
     let out = Command::new(FUZZ)
@@ -50,7 +64,7 @@ fn twenty_thousand_mutated_frames_leave_a_real_server_up_and_answering() {
         "--connections",
         "16",
         "--server-bin",
-        SERVER,
+        &server_bin().display().to_string(),
     ]);
     assert!(out.contains("0 hangs"), "{out}");
     assert!(out.contains("alive at the end: true"), "{out}");

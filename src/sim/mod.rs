@@ -1,20 +1,23 @@
-//! The load generator's library: workloads, the catalog loader, the driver (connections,
-//! pipelining, batching, open-loop rate, warm-up, progress line), the report and the
-//! end-of-run checks, against an omnistock server or a Redis server. The `omnistock-load`
-//! binary (load/main.rs), `omnistock demo` and tests/load.rs all call [`run`], so what the
-//! benchmarks measure is what the tests check.
+//! The checkout simulation over the client: workloads, the catalog loader, the driver
+//! (connections, pipelining, batching, open-loop rate, warm-up, progress line), the report,
+//! the end-of-run checks and feed subscribers, against an omnistock server or a
+//! [`ReserveTarget`] plugged in from outside. `omnistock demo` runs it; the load generator
+//! (the `omnistock-load` crate under load/: its flags, the Redis comparison target and its
+//! tests) is built on it, so what the benchmarks measure is what the demo shows and the
+//! tests check. It uses only the client, never the engine: the server binary links no load
+//! generator crate (no Redis client).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), omnistock::loadgen::LoadError> {
+//! # async fn demo() -> Result<(), omnistock::sim::LoadError> {
 //! use std::time::Duration;
-//! use omnistock::loadgen::{self, CatalogSpec, LoadConfig, TargetSpec};
+//! use omnistock::sim::{self, CatalogSpec, LoadConfig, TargetSpec};
 //!
 //! let spec = CatalogSpec::generic(1_000, 2, 2, 1_000)?;
 //! let target = TargetSpec::Omnistock { addr: "127.0.0.1:7878".into(), token: String::new(), tls: None };
-//! loadgen::load_catalog(&target, &spec).await?;
-//! let mut cfg = LoadConfig::new(target, loadgen::preset(loadgen::WorkloadKind::Checkout, &spec));
+//! sim::load_catalog(&target, &spec).await?;
+//! let mut cfg = LoadConfig::new(target, sim::preset(sim::WorkloadKind::Checkout, &spec));
 //! cfg.duration = Duration::from_secs(5);
-//! let out = loadgen::run(cfg).await?;
+//! let out = sim::run(cfg).await?;
 //! println!("{}", out.report.human());
 //! # Ok(()) }
 //! ```
@@ -23,11 +26,12 @@ pub mod catalog;
 pub mod check;
 mod driver;
 pub mod feed;
-pub mod redis;
 pub mod report;
+pub mod target;
 pub mod workload;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -36,6 +40,7 @@ pub use catalog::{CatalogSpec, LoadedCatalog, Stock};
 pub use check::{check, CheckReport, Ledger, SkuFacts, SkuLedger, Snapshot};
 pub use driver::{run, RunOutcome};
 pub use report::Report;
+pub use target::{Cart, ReserveConn, ReserveTarget};
 pub use workload::{sku_name, CartLines, Workload, WorkloadKind};
 
 use crate::client::{Client, ClientConfig, ClientError};
@@ -52,9 +57,14 @@ pub enum LoadError {
     /// An omnistock call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// A Redis call failed.
-    #[error("redis: {0}")]
-    Redis(String),
+    /// A call to a [`ReserveTarget`] failed.
+    #[error("{target}: {message}")]
+    Target {
+        /// The target's name (`redis`).
+        target: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// The catalog could not be created.
     #[error("catalog: {0}")]
     Catalog(String),
@@ -72,19 +82,16 @@ pub enum TargetSpec {
         /// TLS to the server (`--tls --ca-file`); `None`: plain TCP.
         tls: Option<crate::tls::ClientTls>,
     },
-    /// A Redis server (reserve and flash-sale workloads).
-    Redis {
-        /// `redis://127.0.0.1:6379`, loopback only.
-        url: String,
-    },
+    /// A reservation-only target (reserve and flash-sale workloads): the load crate's Redis.
+    Other(Arc<dyn ReserveTarget>),
 }
 
 impl TargetSpec {
-    /// `omnistock` or `redis`.
+    /// `omnistock`, or the other target's name (`redis`).
     pub fn name(&self) -> &'static str {
         match self {
             TargetSpec::Omnistock { .. } => "omnistock",
-            TargetSpec::Redis { .. } => "redis",
+            TargetSpec::Other(t) => t.name(),
         }
     }
 
@@ -92,7 +99,7 @@ impl TargetSpec {
     pub fn addr(&self) -> &str {
         match self {
             TargetSpec::Omnistock { addr, .. } => addr,
-            TargetSpec::Redis { url } => url,
+            TargetSpec::Other(t) => t.addr(),
         }
     }
 
@@ -100,18 +107,7 @@ impl TargetSpec {
     pub fn require_loopback(&self) -> Result<(), LoadError> {
         let hostport = match self {
             TargetSpec::Omnistock { addr, .. } => addr.clone(),
-            TargetSpec::Redis { url } => {
-                let rest = url.strip_prefix("redis://").ok_or_else(|| {
-                    LoadError::Config(format!("--redis-url {url:?}: expected redis://HOST:PORT"))
-                })?;
-                let host = rest.rsplit('@').next().unwrap_or(rest);
-                let host = host.split('/').next().unwrap_or(host);
-                if host.contains(':') {
-                    host.to_string()
-                } else {
-                    format!("{host}:6379")
-                }
-            }
+            TargetSpec::Other(t) => t.host_port()?,
         };
         let addrs: Vec<SocketAddr> = hostport
             .to_socket_addrs()
@@ -137,7 +133,7 @@ impl TargetSpec {
                     .await
                     .map_err(|e| LoadError::Connect(format!("omnistock {addr}: {e}")))
             }
-            TargetSpec::Redis { .. } => Err(LoadError::Config("not an omnistock target".into())),
+            TargetSpec::Other(_) => Err(LoadError::Config("not an omnistock target".into())),
         }
     }
 }
@@ -247,17 +243,22 @@ impl LoadConfig {
         if self.subscribers > MAX_SUBSCRIBERS {
             return cfg(format!("--subscribers must be 0..={MAX_SUBSCRIBERS}"));
         }
-        if self.subscribers > 0 && matches!(self.target, TargetSpec::Redis { .. }) {
-            return cfg("--subscribers needs --target omnistock (Redis has no feed)".into());
+        if let TargetSpec::Other(t) = &self.target {
+            if self.subscribers > 0 {
+                return cfg(format!(
+                    "--subscribers needs --target omnistock ({} has no feed)",
+                    t.name()
+                ));
+            }
         }
         self.workload.validate()?;
-        if let TargetSpec::Redis { .. } = self.target {
+        if let TargetSpec::Other(t) = &self.target {
             let w = &self.workload;
             if w.fulfil_pct + w.release_pct + w.expire_pct + w.restock_pct > 0 {
-                return cfg(
-                    "--target redis runs reservations only: use --workload reserve or flash-sale (no --fulfil, --release, --expire, --restock)"
-                        .into(),
-                );
+                return cfg(format!(
+                    "--target {} runs reservations only: use --workload reserve or flash-sale (no --fulfil, --release, --expire, --restock)",
+                    t.name()
+                ));
             }
         }
         self.target.require_loopback()
@@ -293,7 +294,7 @@ pub fn preset(kind: WorkloadKind, spec: &CatalogSpec) -> Workload {
 }
 
 /// Creates the catalog on the target (omnistock: locations, channels, stock through the
-/// protocol; Redis: one stock hash per SKU).
+/// protocol; another target: its own way, e.g. Redis's one stock hash per SKU).
 pub async fn load_catalog(
     target: &TargetSpec,
     spec: &CatalogSpec,
@@ -304,13 +305,9 @@ pub async fn load_catalog(
             let client = target.omnistock_client().await?;
             catalog::load(&client, spec).await
         }
-        TargetSpec::Redis { url } => {
+        TargetSpec::Other(other) => {
             let t = std::time::Instant::now();
-            let mut conns = redis::connect(url, 1).await?;
-            let con = conns
-                .first_mut()
-                .ok_or_else(|| LoadError::Connect("redis: no connection".into()))?;
-            let operations = redis::load_catalog(con, spec).await?;
+            let operations = other.load_catalog(spec).await?;
             Ok(LoadedCatalog {
                 operations,
                 seconds: t.elapsed().as_secs_f64(),

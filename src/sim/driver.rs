@@ -12,15 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::MultiplexedConnection;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::check::{check, Ledger, Snapshot};
-use super::redis as rtarget;
 use super::report::{Live, OpKind, Report, ReportHeader, Tally};
-use super::workload::{sku_name, Fate, Flow, Generator, Line};
+use super::target::{Cart, ReserveConn};
+use super::workload::{merge_lines, sku_name, Fate, Flow, Generator, Line};
 use super::{LoadConfig, LoadError, Progress, TargetSpec};
 use crate::client::{new_request_id, Client};
 use crate::protocol::{
@@ -66,6 +65,8 @@ struct Shared {
     max_flows: Option<u64>,
     batch: u64,
     first_error: Mutex<Option<String>>,
+    /// The target's name, for errors.
+    target: &'static str,
     /// When acknowledged reservations came back, for the feed latency (with subscribers).
     acks: Option<Arc<super::feed::AckClock>>,
 }
@@ -445,52 +446,47 @@ async fn follow_up(sh: &Shared, client: &Client, cell: &Cell, follow: &[&Flow]) 
     a.publish(&sh.live);
 }
 
-async fn redis_loop(
-    sh: Arc<Shared>,
-    mut con: MultiplexedConnection,
-    sha: Arc<str>,
-    cell: Cell,
-    seed: u64,
-) {
+/// The loop of a reservation-only target: carts only (receipts are not sent), no follow-ups.
+async fn other_loop(sh: Arc<Shared>, mut con: Box<dyn ReserveConn>, cell: Cell, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let w = sh.gen.workload();
     while let Some((t0, n)) = sh.admit().await {
-        let flows: Vec<(u128, Vec<Line>, usize)> = (0..n)
+        let carts: Vec<Cart> = (0..n)
             .filter_map(|_| match sh.gen.next(&mut rng) {
                 Flow::Checkout {
                     reservation,
                     channel,
                     lines,
                     ..
-                } => Some((reservation, rtarget::merge_lines(&lines), channel)),
+                } => Some(Cart {
+                    reservation,
+                    lines: merge_lines(&lines),
+                    channel: w.channels[channel].clone(),
+                }),
                 Flow::Restock { .. } => None,
             })
             .collect();
-        let cmds: Vec<::redis::Cmd> = flows
-            .iter()
-            .map(|(r, lines, ch)| rtarget::reserve_cmd(&sha, *r, lines, w.ttl_ms, &w.channels[*ch]))
-            .collect();
-        let res = rtarget::reserve_batch(&mut con, &cmds).await;
+        let res = con.reserve(&carts, w.ttl_ms).await;
         let lat = micros(t0.elapsed());
         let measured = t0 >= sh.measure_from;
         let mut a = Answers::default();
         {
             let mut st = cell.lock();
             match &res {
-                Ok(v) if v.len() == flows.len() => {
-                    for ((_, lines, _), held) in flows.iter().zip(v) {
-                        let code = if *held == 1 { status::OK } else { 1 };
+                Ok(v) if v.len() == carts.len() => {
+                    for (cart, held) in carts.iter().zip(v) {
+                        let code = if *held { status::OK } else { 1 };
                         a.status(code);
                         if measured {
                             if code == status::OK {
-                                st.tally.ok(OpKind::Reserve, lines.len() as u64);
+                                st.tally.ok(OpKind::Reserve, cart.lines.len() as u64);
                             } else {
                                 st.tally.rejected(OpKind::Reserve, code);
                             }
                         }
                         if code == status::OK {
                             a.reserved += 1;
-                            for l in lines {
+                            for l in &cart.lines {
                                 let e = st.ledger.sku_mut(l.sku);
                                 e.reserved += u64::from(l.qty);
                                 e.open += u64::from(l.qty);
@@ -498,17 +494,17 @@ async fn redis_loop(
                         }
                     }
                     if measured {
-                        st.tally.latency(OpKind::Reserve, lat, flows.len() as u64);
+                        st.tally.latency(OpKind::Reserve, lat, carts.len() as u64);
                     }
                 }
                 _ => {
-                    for (_, lines, _) in &flows {
+                    for cart in &carts {
                         a.answered += 1;
                         a.errors += 1;
                         if measured {
                             st.tally.error(OpKind::Reserve);
                         }
-                        for l in lines {
+                        for l in &cart.lines {
                             st.ledger.sku_mut(l.sku).uncertain = true;
                         }
                     }
@@ -517,10 +513,11 @@ async fn redis_loop(
         }
         match res {
             Err(e) => sh.error(e.to_string()),
-            Ok(v) if v.len() != flows.len() => sh.error(format!(
-                "redis answered {} of {} calls",
+            Ok(v) if v.len() != carts.len() => sh.error(format!(
+                "{} answered {} of {} calls",
+                sh.target,
                 v.len(),
-                flows.len()
+                carts.len()
             )),
             Ok(_) => {}
         }
@@ -578,7 +575,7 @@ async fn progress_loop(
 
 enum Conns {
     Omnistock(Vec<Client>),
-    Redis(Vec<MultiplexedConnection>, Arc<str>),
+    Other(Vec<Box<dyn ReserveConn>>),
 }
 
 async fn connect(cfg: &LoadConfig) -> Result<Conns, LoadError> {
@@ -598,10 +595,17 @@ async fn connect(cfg: &LoadConfig) -> Result<Conns, LoadError> {
             }
             Ok(Conns::Omnistock(v))
         }
-        TargetSpec::Redis { url } => {
-            let mut v = rtarget::connect(url, cfg.connections).await?;
-            let sha = rtarget::load_script(&mut v[0]).await?;
-            Ok(Conns::Redis(v, sha.into()))
+        TargetSpec::Other(t) => {
+            let v = t.connect(cfg.connections).await?;
+            if v.len() != cfg.connections as usize {
+                return Err(LoadError::Connect(format!(
+                    "{}: {} of {} connections",
+                    t.name(),
+                    v.len(),
+                    cfg.connections
+                )));
+            }
+            Ok(Conns::Other(v))
         }
     }
 }
@@ -609,7 +613,10 @@ async fn connect(cfg: &LoadConfig) -> Result<Conns, LoadError> {
 async fn take_snapshot(conns: &mut Conns, skus: u32) -> Result<Snapshot, LoadError> {
     match conns {
         Conns::Omnistock(v) => super::check::snapshot(&v[0], skus).await,
-        Conns::Redis(v, _) => rtarget::snapshot(&mut v[0], skus).await,
+        Conns::Other(v) => match v.first_mut() {
+            Some(c) => c.snapshot(skus).await,
+            None => Err(LoadError::Connect("no connection".into())),
+        },
     }
 }
 
@@ -644,6 +651,7 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
         max_flows: cfg.max_flows,
         batch: u64::from(cfg.batch),
         first_error: Mutex::new(None),
+        target: cfg.target.name(),
         acks: (cfg.subscribers > 0).then(|| Arc::new(super::feed::AckClock::new(start))),
     });
     let subscribers = match (&sh.acks, &cfg.target) {
@@ -681,13 +689,9 @@ pub async fn run(cfg: LoadConfig) -> Result<RunOutcome, LoadError> {
                 Conns::Omnistock(v) => {
                     tokio::spawn(omnistock_loop(sh.clone(), v[c].clone(), cell.clone(), seed))
                 }
-                Conns::Redis(v, sha) => tokio::spawn(redis_loop(
-                    sh.clone(),
-                    v[c].clone(),
-                    sha.clone(),
-                    cell.clone(),
-                    seed,
-                )),
+                Conns::Other(v) => {
+                    tokio::spawn(other_loop(sh.clone(), v[c].share(), cell.clone(), seed))
+                }
             });
         }
     }

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use omnistock::client::{new_request_id, Client, ClientConfig};
 use omnistock::engine::{Engine, EngineConfig, PersistConfig};
-use omnistock::loadgen::{
-    self, check, CartLines, CatalogSpec, LoadConfig, TargetSpec, WorkloadKind,
-};
 use omnistock::protocol::{Adjust, Op, WireAdjustReason};
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
+use omnistock_load::{
+    self as loadgen, check, CartLines, CatalogSpec, LoadConfig, RedisTarget, TargetSpec,
+    WorkloadKind,
+};
 
 struct TestServer {
     addr: SocketAddr,
@@ -325,9 +326,7 @@ fn start_redis() -> Option<RedisServer> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_target_reserves_with_the_lua_script_and_passes_its_checks() {
     let Some(redis) = start_redis() else { return };
-    let target = TargetSpec::Redis {
-        url: redis.url.clone(),
-    };
+    let target = RedisTarget::spec(redis.url.clone());
     // Reserve workload: 3-line carts, batched and pipelined.
     let spec = CatalogSpec::generic(100, 2, 2, 1_000).unwrap();
     let mut w = loadgen::preset(WorkloadKind::Reserve, &spec);
@@ -364,14 +363,17 @@ async fn redis_target_reserves_with_the_lua_script_and_passes_its_checks() {
 #[test]
 fn load_binary_refuses_bad_flags_and_remote_targets() {
     let bin = env!("CARGO_BIN_EXE_omnistock-load");
-    // Its help describes the load generator, not the engine (the package's description).
+    // Its help describes the load generator, not the engine (the root package's description).
     let help = std::process::Command::new(bin)
         .arg("--help")
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
     assert!(help.starts_with("Load generator for omnistock"), "{help}");
-    assert!(!help.contains(env!("CARGO_PKG_DESCRIPTION")), "{help}");
+    assert!(
+        !help.contains("Real-time authoritative inventory"),
+        "{help}"
+    );
     for (args, needle) in [
         (vec!["--workload", "nope"], "--workload"),
         (vec!["--cart-lines", "0"], "--cart-lines"),

@@ -5,6 +5,8 @@
 //! Generation is seeded, so a run's sequence of decisions can be reproduced; reservation
 //! ids alone are random, so runs never collide.
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::Rng;
 use rand_distr::{Distribution, Zipf};
@@ -236,6 +238,15 @@ pub enum Flow {
         /// Units received.
         qty: u32,
     },
+}
+
+/// Lines with the same SKU summed, by SKU (a target that checks each SKU once needs this).
+pub fn merge_lines(lines: &[Line]) -> Vec<Line> {
+    let mut m: BTreeMap<u32, u32> = BTreeMap::new();
+    for l in lines {
+        *m.entry(l.sku).or_default() += l.qty;
+    }
+    m.into_iter().map(|(sku, qty)| Line { sku, qty }).collect()
 }
 
 /// The SKU id of index `i` (the one naming scheme of the catalog loader and the workloads).
