@@ -153,7 +153,7 @@ fn check_counts(dir: &Path, print: bool) -> anyhow::Result<(usize, u64)> {
     }
     let marks = wal.history_marks().context("reading the history markers")?;
     let (events, bytes) = wal.history_size().context("reading the history")?;
-    println!(
+    say!(
         "history: {events} events ({bytes} bytes of keys and values) from seq {}, derived below seq {}",
         marks.base, marks.upto
     );

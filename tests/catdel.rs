@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -354,31 +353,7 @@ async fn deleted_stays_deleted_across_a_checkpoint_and_a_restart_and_passive_sku
 // ---- the real server ---------------------------------------------------------------------
 
 async fn serve(data: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, u16, u16) {
-    let (port, http) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
-        .args(["--token", &format!("{ADMIN}:admin,{CHECKOUT}:checkout")])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start serve");
-    for _ in 0..1500 {
-        let up = |p: u16| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", p))
-                .await
-                .is_ok()
-        };
-        if up(port).await && up(http).await {
-            return (child, port, http);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("serve did not listen");
+    serve_with_tokens(data, &format!("{ADMIN}:admin,{CHECKOUT}:checkout"), extra).await
 }
 
 async fn client(port: u16, token: &str) -> Client {

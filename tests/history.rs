@@ -11,11 +11,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, rid, wire_catalog};
+use common::{rid, serve_with_tokens, wire_catalog};
 use omnistock::client::{Client, ClientConfig, ClientError};
 use omnistock::domain::{AdjustReason, Event, SkuCommand};
 use omnistock::engine::{history, Command, Engine, ManualClock, PersistConfig, Request};
@@ -29,34 +28,8 @@ const ADAPTER: &str = "hist-adapter-token";
 const CHECKOUT: &str = "hist-checkout-token";
 
 async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16, u16) {
-    let (port, http) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
-        .args([
-            "--token",
-            &format!("{ADMIN}:admin,{ADAPTER}:adapter,{CHECKOUT}:checkout"),
-        ])
-        .args(["--checkpoint-every-records", "25"])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start serve");
-    for _ in 0..1500 {
-        let up = |p: u16| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", p))
-                .await
-                .is_ok()
-        };
-        if up(port).await && up(http).await {
-            return (child, port, http);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("serve did not listen");
+    let tokens = format!("{ADMIN}:admin,{ADAPTER}:adapter,{CHECKOUT}:checkout");
+    serve_with_tokens(data, &tokens, &["--checkpoint-every-records", "25"]).await
 }
 
 fn cfg(port: u16, token: &str) -> ClientConfig {

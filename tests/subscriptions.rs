@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
 
-use common::{free_port, wire_adjust, wire_catalog};
+use common::{serve_with_tokens, wire_adjust, wire_catalog};
 use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::protocol::{kinds, start, Subscribe};
 
@@ -22,30 +20,7 @@ async fn serve(data: &std::path::Path) -> (tokio::process::Child, u16) {
 }
 
 async fn serve_http(data: &std::path::Path) -> (tokio::process::Child, u16, u16) {
-    let (port, http) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
-        .args(["--token", &format!("{ADMIN}:admin,{ADAPTER}:adapter")])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start serve");
-    for _ in 0..1500 {
-        let up = |p: u16| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", p))
-                .await
-                .is_ok()
-        };
-        if up(port).await && up(http).await {
-            return (child, port, http);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("serve did not listen");
+    serve_with_tokens(data, &format!("{ADMIN}:admin,{ADAPTER}:adapter"), &[]).await
 }
 
 fn cfg(port: u16, token: &str) -> ClientConfig {

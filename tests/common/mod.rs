@@ -161,3 +161,38 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// Starts the real `omnistock serve --init` on `data` (binary port and admin port free on
+/// 127.0.0.1, `--token TOKENS`, then `extra`), silent, killed when the child is dropped;
+/// returns it and both ports once both listen.
+pub async fn serve_with_tokens(
+    data: &std::path::Path,
+    tokens: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, u16, u16) {
+    let (port, http) = (free_port(), free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_omnistock"))
+        .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{http}")])
+        .args(["--token", tokens])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    for _ in 0..1500 {
+        let up = |p: u16| async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", p))
+                .await
+                .is_ok()
+        };
+        if up(port).await && up(http).await {
+            return (child, port, http);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("serve did not listen");
+}
