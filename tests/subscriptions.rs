@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::{serve_with_tokens, wire_adjust, wire_catalog};
 use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::protocol::{kinds, start, Subscribe};
