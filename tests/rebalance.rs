@@ -5,9 +5,10 @@
 //! actors and from passive SKUs' compact bytes); `ctl rebalance apply` sends it as a
 //! TRANSFER with the recommendation id as request id, a resend returns the first answer and
 //! moves nothing more, a second `ctl rebalance apply` is refused (exit 65), and FR's
-//! projection clears (hours to zero above the near threshold). The stockout-projected feed
-//! event is another engineer's work and not on main yet, so the projection is asserted on
-//! the `AT_RISK_REGION` and `VELOCITY` answers. Also: the rejections and roles of the new
+//! projection clears (hours to zero above the near threshold). With a 72 h stockout
+//! threshold on web-fr, a subscriber receives "stockout projected" while web-fr's ATP is
+//! above 0 and "stockout cleared" (recovered) from the applied transfer's own record; the
+//! `AT_RISK_REGION` and `VELOCITY` answers say the same. Also: the rejections and roles of the new
 //! operations, and a server with `intelligence` off answering 19 to every intelligence read
 //! while recording nothing.
 
@@ -16,7 +17,7 @@ mod common;
 use std::sync::Arc;
 
 use common::rid;
-use omnistock::client::{Client, ClientConfig, ClientError};
+use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::engine::{Engine, EngineConfig, ManualClock};
 use omnistock::protocol::*;
 use omnistock::server::{Server, ServerConfig};
@@ -28,6 +29,23 @@ const MINUTE: u64 = 60_000;
 const NEAR_HOURS: f64 = 72.0;
 const SURPLUS_HOURS: f64 = 336.0;
 const SKU: &str = "TEE";
+
+/// The next stockout item of `sub` (other kinds are skipped), within 10 s.
+async fn next_stockout(sub: &mut Subscriber) -> WireStockout {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let items = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("a stockout item within 10 s")
+            .expect("feed");
+        if let Some(s) = items.into_iter().find_map(|i| match i {
+            PushItem::Stockout(s) => Some(s),
+            _ => None,
+        }) {
+            return s;
+        }
+    }
+}
 
 struct Running {
     addr: String,
@@ -181,6 +199,30 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     let srv = serve(config, &clock).await;
     let c = srv.client("adm").await;
     catalog(&c).await;
+    // The channel's stockout threshold at the policy's "near" (72 h), and an adapter
+    // listening for stockout items of the SKU: the feed tells what the reads show.
+    c.apply(Op::SetStockoutThreshold(SetStockoutThreshold {
+        request_id: rid(),
+        channel: "web-fr".into(),
+        hours: NEAR_HOURS as u32,
+    }))
+    .await
+    .unwrap();
+    let mut sub = Subscriber::subscribe(
+        ClientConfig::new(srv.addr.clone()).token("ada"),
+        Subscribe {
+            name: String::new(),
+            start: start::LIVE,
+            from_seq: 0,
+            channels: vec![],
+            skus: vec![SKU.into()],
+            sku_prefix: String::new(),
+            kinds: kinds::STOCKOUT,
+            coalesce_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
     receive(&c, SKU, "fr-1", 60).await;
     receive(&c, SKU, "de-1", 20_000).await;
     // A second SKU sells in FR but has no donor (no stock elsewhere): at risk, no plan.
@@ -209,6 +251,18 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     }
     let atp = projected_at_atp.expect("a stockout projection under 72 h");
     assert!(atp > 0, "projected before ATP reached 0 (at {atp})");
+    // The feed said so too, while web-fr still had units to promise.
+    let projected = next_stockout(&mut sub).await;
+    assert!(projected.projected, "{projected:?}");
+    assert_eq!(
+        (projected.sku.as_str(), projected.channel.as_str()),
+        (SKU, "web-fr")
+    );
+    assert!(
+        projected.atp > 0,
+        "stockout projected before ATP reached 0: {projected:?}"
+    );
+    assert!(projected.hours_milli < 72_000, "{projected:?}");
     // The region list ranks by hours: CAP (5 units left at the same pace) is nearer.
     let fr = c.at_risk_region("FR", 1, 10).await.unwrap();
     let ranked: Vec<&str> = fr.skus.iter().map(|s| s.sku.as_str()).collect();
@@ -349,7 +403,13 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     assert!(j["error"]["message"].as_str().unwrap().contains(&hex));
     assert_eq!(c.get_sku(SKU).await.unwrap(), after);
 
-    // The projection cleared: FR's hours to zero are above the threshold again, and FR
+    // The transfer's own record cleared the projection on the feed (its hours are far above
+    // 72 h x 1.25 now)...
+    let cleared = next_stockout(&mut sub).await;
+    assert!(!cleared.projected, "{cleared:?}");
+    assert_eq!(cleared.seq, seq, "cleared by the transfer's record");
+    assert_eq!(cleared.reason, stockout_reason::RECOVERED, "{cleared:?}");
+    // ...and the reads agree: FR's hours to zero are above the threshold again, and FR
     // needs no more transfers.
     let v = c.velocity(SKU).await.unwrap();
     let fr = region(&v, "FR");
