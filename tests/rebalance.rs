@@ -16,7 +16,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::rid;
+use common::{next_stockout, rid};
 use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::engine::{Engine, EngineConfig, ManualClock};
 use omnistock::protocol::*;
@@ -29,23 +29,6 @@ const MINUTE: u64 = 60_000;
 const NEAR_HOURS: f64 = 72.0;
 const SURPLUS_HOURS: f64 = 336.0;
 const SKU: &str = "TEE";
-
-/// The next stockout item of `sub` (other kinds are skipped), within 10 s.
-async fn next_stockout(sub: &mut Subscriber) -> WireStockout {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let items = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .expect("a stockout item within 10 s")
-            .expect("feed");
-        if let Some(s) = items.into_iter().find_map(|i| match i {
-            PushItem::Stockout(s) => Some(s),
-            _ => None,
-        }) {
-            return s;
-        }
-    }
-}
 
 struct Running {
     addr: String,

@@ -22,7 +22,7 @@ use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::domain::*;
 use omnistock::engine::{Command, Engine, ManualClock, PersistConfig};
 use omnistock::protocol::{
-    kinds, start, stockout_reason, Op, PushItem, SetStockoutThreshold, Subscribe, WireStockout,
+    kinds, start, stockout_reason, Op, PushItem, SetStockoutThreshold, Subscribe,
 };
 use omnistock::server::{Server, ServerConfig};
 use proptest::prelude::*;
@@ -434,23 +434,6 @@ async fn reserve(c: &Client, res: u128, sku: &str, qty: u32) -> Result<u64, Clie
     })
     .await
     .map(|r| r.seq)
-}
-
-/// The next stockout item (other kinds are skipped), within 10 s.
-async fn next_stockout(sub: &mut Subscriber) -> WireStockout {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let items = tokio::time::timeout_at(deadline, sub.next())
-            .await
-            .expect("a stockout item within 10 s")
-            .expect("feed");
-        if let Some(s) = items.into_iter().find_map(|i| match i {
-            PushItem::Stockout(s) => Some(s),
-            _ => None,
-        }) {
-            return s;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

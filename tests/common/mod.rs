@@ -196,3 +196,23 @@ pub async fn serve_with_tokens(
     }
     panic!("serve did not listen");
 }
+
+/// The next stockout item of `sub` (items of other kinds are skipped), within 10 s.
+pub async fn next_stockout(
+    sub: &mut omnistock::client::Subscriber,
+) -> omnistock::protocol::WireStockout {
+    use omnistock::protocol::PushItem;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let items = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("a stockout item within 10 s")
+            .expect("feed");
+        if let Some(s) = items.into_iter().find_map(|i| match i {
+            PushItem::Stockout(s) => Some(s),
+            _ => None,
+        }) {
+            return s;
+        }
+    }
+}
