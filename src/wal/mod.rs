@@ -262,8 +262,9 @@ pub enum WalError {
     /// A log group is damaged or records are missing somewhere other than the tail. Recovery
     /// refuses to skip it: acknowledged changes would silently vanish.
     #[error(
-        "WAL data directory {dir:?} is corrupt at record seq {seq}: {reason}. \
-         Refusing to skip it; restore the directory from a backup or repair it by hand"
+        "data directory corrupt: {}: the log is damaged at record seq {seq}: {reason}. \
+         Refusing to skip it; restore the directory from a backup or repair it by hand",
+        dir.join(identity::DB_FILE).display()
     )]
     Corrupt {
         /// Data directory of the damaged log.
@@ -274,7 +275,10 @@ pub enum WalError {
         reason: String,
     },
     /// The latest checkpoint's header or state fails its checks.
-    #[error("WAL data directory {dir:?} has a corrupt checkpoint: {reason}")]
+    #[error(
+        "data directory corrupt: {}: the latest checkpoint is damaged: {reason}",
+        dir.join(identity::DB_FILE).display()
+    )]
     CorruptCheckpoint {
         /// Data directory of the damaged checkpoint.
         dir: PathBuf,
