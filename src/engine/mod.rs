@@ -186,6 +186,8 @@ pub(crate) struct Core {
     /// Where a replay would start now: the latest checkpoint's start sequence (1 without
     /// one). Checkpoints are due by the records logged since, across restarts.
     pub checkpoint_start: AtomicU64,
+    /// Log records replayed by the recovery that opened this engine (0 for a new one).
+    pub replayed_at_open: AtomicU64,
     /// History retention, applied after each checkpoint (set by `Engine::open`).
     pub history_retention: Mutex<history::HistoryRetention>,
     /// Where the next retention pass continues (the SKU after which it starts).
@@ -456,6 +458,7 @@ impl Engine {
             epoch_inflight: [AtomicU64::new(0), AtomicU64::new(0)],
             counters: Counters::default(),
             checkpoint_start: AtomicU64::new(1),
+            replayed_at_open: AtomicU64::new(0),
             history_retention: Mutex::new(history::HistoryRetention::default()),
             history_prune_after: Mutex::new(None),
             stockout: stockout::Watched::default(),

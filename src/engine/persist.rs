@@ -161,6 +161,10 @@ impl Engine {
             .core
             .checkpoint_start
             .store(start_seq, std::sync::atomic::Ordering::Relaxed);
+        engine
+            .core
+            .replayed_at_open
+            .store(rec.records_replayed, std::sync::atomic::Ordering::Relaxed);
         *engine.core.history_retention.lock() = cfg.history;
         engine
             .core
@@ -198,6 +202,27 @@ impl Engine {
             "recovery done: ready"
         );
         if cfg.checkpoint_every_records > 0 {
+            // A process that lives shorter than a checkpoint takes (a crash or deploy loop)
+            // would otherwise never finish one, and every restart would replay more: with
+            // `every` records or more to replay, the first thing is a checkpoint, so a restart
+            // replays at most `every` records plus what one lifetime logged, whatever the
+            // crash pattern. A failure is logged and counted like the background task's;
+            // the log stays the authority.
+            let since = engine.core.records_since_checkpoint();
+            if since >= cfg.checkpoint_every_records {
+                match self::checkpoint(&engine.core).await {
+                    Ok(r) => tracing::info!(
+                        start_seq = r.start_seq,
+                        replayed_since_last = since,
+                        ms = r.duration.as_millis() as u64,
+                        "recovery: checkpoint written before serving"
+                    ),
+                    Err(e) => {
+                        crate::metrics::checkpoint_failed();
+                        tracing::error!("recovery: checkpoint before serving failed: {e}");
+                    }
+                }
+            }
             let core = Arc::downgrade(&engine.core);
             let task = tokio::spawn(checkpoint_task(
                 core,
@@ -282,6 +307,14 @@ impl Engine {
     /// Records a restart would replay: those logged since the latest checkpoint.
     pub fn records_since_checkpoint(&self) -> u64 {
         self.core.records_since_checkpoint()
+    }
+
+    /// Log records the recovery that opened this engine replayed (bounded by the checkpoint
+    /// interval plus one process lifetime's records, whatever the crash pattern).
+    pub fn records_replayed_at_open(&self) -> u64 {
+        self.core
+            .replayed_at_open
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes a checkpoint now and truncates the log below it.
