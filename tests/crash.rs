@@ -230,6 +230,8 @@ struct Seen {
 
 fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Seen {
     let exe = std::env::current_exe().unwrap();
+    // The child's stderr, shown if it fails before it is ready (a startup error or panic).
+    let child_log = tempfile::NamedTempFile::new().expect("child log");
     let mut child = Proc::new(exe)
         .args([
             "--ignored",
@@ -242,7 +244,7 @@ fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Se
         .env(CYCLE_ENV, cycle.to_string())
         .env(OPEN_ENV, open_file)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(child_log.reopen().expect("child log")))
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().unwrap();
@@ -269,7 +271,15 @@ fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Se
     // Child::kill sends SIGKILL on Unix.
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
-    ready.expect("child became ready within 60 s");
+    if let Err(e) = ready {
+        let log = std::fs::read_to_string(child_log.path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "cycle {cycle}: the child did not become ready within 60 s ({e:?}); its stderr ends:\n{}",
+            tail.join("\n")
+        );
+    }
     reader.join().unwrap()
 }
 
