@@ -17,8 +17,79 @@ mod tools;
 /// (requests cross from connection tasks to actor arbiters), which serialises glibc's arena
 /// locks; mimalloc's thread-local free lists do not. Chosen here, in the binary, and not in
 /// the library, so a service that links the client keeps its own allocator.
+///
+/// Through [`Mimalloc`], not `mimalloc::MiMalloc`: that crate passes every allocation to
+/// `mi_malloc_aligned`, whose fast path only serves a block when the size class's free list
+/// has one at hand; otherwise (often, since blocks are freed on other threads) it takes the
+/// generic aligned path, which *over-allocates* for every size that is not a power of two
+/// (~300 instructions instead of ~30). Measured 2026-12-03 under callgrind (batch-256
+/// reserves): 1.4M such calls for 200,000 reserves, 1.3K instructions per reserve.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Mimalloc = Mimalloc;
+
+/// mimalloc with plain `mi_malloc` for the alignments it always gives: every block is
+/// 8-byte aligned, and 16-byte aligned from 16 bytes up (`MI_MAX_ALIGN_SIZE`, asserted in
+/// mimalloc's `alloc.c`). Larger alignments keep the aligned entry points.
+struct Mimalloc;
+
+impl Mimalloc {
+    /// Whether `mi_malloc(size)` is aligned enough for `align`.
+    #[inline]
+    fn plain(size: usize, align: usize) -> bool {
+        align <= 8 || (align <= 16 && size >= 16)
+    }
+}
+
+// SAFETY: every pointer comes from mimalloc and goes back to it (`mi_free` takes blocks of
+// the plain and the aligned entry points alike); `plain` only picks `mi_malloc` where its
+// blocks are aligned as `layout` asks.
+unsafe impl std::alloc::GlobalAlloc for Mimalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: as above; mimalloc returns null on failure, as `alloc` must.
+        unsafe {
+            if Self::plain(layout.size(), layout.align()) {
+                mi::mi_malloc(layout.size()).cast()
+            } else {
+                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: as for `alloc`.
+        unsafe {
+            if Self::plain(layout.size(), layout.align()) {
+                mi::mi_zalloc(layout.size()).cast()
+            } else {
+                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from this allocator.
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        // SAFETY: `ptr` came from this allocator with `layout`; the new block keeps the
+        // alignment (`plain` judged on the new size).
+        unsafe {
+            if Self::plain(new_size, layout.align()) {
+                mi::mi_realloc(ptr.cast(), new_size).cast()
+            } else {
+                mi::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+            }
+        }
+    }
+}
 
 /// omnistock: real-time authoritative available-to-promise inventory.
 #[derive(Parser)]

@@ -41,6 +41,10 @@ use super::velocity::{hours_to_zero, ChannelVelocity, DemandKind, RegionVelocity
 /// window `AT_RISK` ranks by unless asked otherwise).
 pub const STOCKOUT_WINDOW: usize = 1;
 
+/// Locations of a channel that `source` keeps its working copy of on the stack (more go to
+/// the heap): a reserve's sourcing allocates nothing but its allocations.
+const SOURCE_STACK_LOCATIONS: usize = 16;
+
 /// `x` in thousandths, rounded, saturating (non-finite: `u64::MAX`).
 fn milli(x: f64) -> u64 {
     if x.is_finite() {
@@ -844,9 +848,23 @@ impl SkuState {
         if total > u64::from(channel_atp) {
             return Err(self.insufficient(first_line, total, channel_atp));
         }
-        // Working copy of what each of the channel's locations can still give.
-        let mut avail: Vec<u32> = ch.locations.iter().map(|l| self.location_atp(l)).collect();
-        let mut taken: Vec<u32> = vec![0; ch.locations.len()];
+        // Working copy of what each of the channel's locations can still give, and what
+        // is taken from each: on the stack for channels of up to `SOURCE_STACK_LOCATIONS`
+        // locations (nearly all), so a reserve allocates nothing here.
+        let n = ch.locations.len();
+        let mut avail_stack = [0u32; SOURCE_STACK_LOCATIONS];
+        let mut taken_stack = [0u32; SOURCE_STACK_LOCATIONS];
+        let (mut avail_heap, mut taken_heap) = (Vec::new(), Vec::new());
+        let (avail, taken): (&mut [u32], &mut [u32]) = if n <= SOURCE_STACK_LOCATIONS {
+            (&mut avail_stack[..n], &mut taken_stack[..n])
+        } else {
+            avail_heap.resize(n, 0);
+            taken_heap.resize(n, 0);
+            (&mut avail_heap, &mut taken_heap)
+        };
+        for (a, l) in avail.iter_mut().zip(&ch.locations) {
+            *a = self.location_atp(l);
+        }
         for l in lines.iter() {
             let Some(loc) = &l.location else { continue };
             let i = ch
@@ -862,9 +880,9 @@ impl SkuState {
             avail[i] -= l.qty;
             taken[i] += l.qty;
         }
-        let unplaced: Vec<&HoldLine> = lines.iter().filter(|l| l.location.is_none()).collect();
-        let mut rest: u32 = unplaced.iter().map(|l| l.qty).sum();
-        if let Some(first) = unplaced.first() {
+        let mut unplaced = lines.iter().filter(|l| l.location.is_none());
+        if let Some(first) = unplaced.next() {
+            let mut rest: u32 = first.qty + unplaced.map(|l| l.qty).sum::<u32>();
             if allow_split {
                 for i in 0..avail.len() {
                     let t = avail[i].min(rest);
@@ -885,16 +903,16 @@ impl SkuState {
                 taken[i] += rest;
             }
         }
-        Ok(ch
-            .locations
-            .iter()
-            .zip(taken)
-            .filter(|(_, q)| *q > 0)
-            .map(|(l, qty)| Allocation {
-                location: l.clone(),
-                qty,
-            })
-            .collect())
+        let mut allocations = Vec::with_capacity(taken.iter().filter(|q| **q > 0).count());
+        for (l, &qty) in ch.locations.iter().zip(taken.iter()) {
+            if qty > 0 {
+                allocations.push(Allocation {
+                    location: l.clone(),
+                    qty,
+                });
+            }
+        }
+        Ok(allocations)
     }
 
     fn insufficient(&self, line: u16, requested: u64, available: u32) -> Rejection {
