@@ -238,14 +238,24 @@ fn no_flapping_inside_the_band() {
         },
         T0,
     );
+    // The channel's projection, then the region's (its ATP is l1's 91, without the
+    // channel's buffer: 13.1 h; its threshold is the channel's).
     assert!(
         matches!(
-            ev.last(),
-            Some(Event::StockoutProjected {
-                atp: 90,
-                threshold_hours: 24,
-                ..
-            })
+            ev.as_slice(),
+            [
+                ..,
+                Event::StockoutProjected {
+                    atp: 90,
+                    threshold_hours: 24,
+                    ..
+                },
+                Event::RegionStockoutProjected {
+                    atp: 91,
+                    threshold_hours: 24,
+                    ..
+                }
+            ]
         ),
         "{ev:?}"
     );
@@ -261,18 +271,25 @@ fn no_flapping_inside_the_band() {
         t += 60_000;
     }
     assert!(s.stockout_projected(&ch));
-    // Past 1.25 T: cleared, once, as recovered.
+    // Past 1.25 T: cleared, once, as recovered (the region too: 91 units, same band).
     let ev = step(&mut s, SkuCommand::Reproject, T0 + 73 * 60_000);
     assert!(
         matches!(
             ev.as_slice(),
-            [Event::StockoutCleared {
-                reason: StockoutClearReason::Recovered,
-                ..
-            }]
+            [
+                Event::StockoutCleared {
+                    reason: StockoutClearReason::Recovered,
+                    ..
+                },
+                Event::RegionStockoutCleared {
+                    reason: StockoutClearReason::Recovered,
+                    ..
+                }
+            ]
         ),
         "{ev:?}"
     );
+    assert!(s.region_stockout.is_empty());
     assert!(!s.stockout_projected(&ch));
     assert_eq!(
         step(&mut s, SkuCommand::Reproject, T0 + 80 * 60_000),
