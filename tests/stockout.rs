@@ -335,6 +335,11 @@ async fn flag(e: &Engine, s: &str) -> bool {
         .stockout_projected(&chan("web"))
 }
 
+/// The regions with a raised stockout projection for SKU `s`.
+async fn region_flags(e: &Engine, s: &str) -> Vec<String> {
+    e.sku_state(&sku(s)).await.expect("state").region_stockout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,6 +374,9 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
         .await
         .unwrap();
     assert!(flag(&e, "A").await && !flag(&e, "B").await);
+    // Region FR too (wh-a's region; its threshold is web's): 91 units, 13.1 h.
+    assert_eq!(region_flags(&e, "A").await, ["FR"]);
+    assert!(region_flags(&e, "B").await.is_empty());
     assert_eq!(e.stockout_watched(), 1);
     assert_eq!(
         (
@@ -381,10 +389,16 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
     // Restart from the log alone, then from a checkpoint: the flag is in the state.
     let e = reopen(dir.path(), &clock, e).await;
     assert!(flag(&e, "A").await);
+    assert_eq!(region_flags(&e, "A").await, ["FR"], "replayed from the log");
     assert_eq!(e.stockout_watched(), 1, "recovery watches the raised SKUs");
     e.checkpoint().await.expect("checkpoint");
     let e = reopen(dir.path(), &clock, e).await;
     assert!(flag(&e, "A").await);
+    assert_eq!(
+        region_flags(&e, "A").await,
+        ["FR"],
+        "kept by the checkpoint"
+    );
     assert_eq!(e.stockout_watched(), 1);
     // Passive: the compact bytes keep the flag.
     let before = e.sku_state(&sku("A")).await.unwrap();
@@ -404,6 +418,10 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
     clock.advance(HOUR);
     assert_eq!(e.reproject_stockouts().await, 1);
     assert!(!flag(&e, "A").await);
+    assert!(
+        region_flags(&e, "A").await.is_empty(),
+        "the region decays too"
+    );
     assert_eq!(e.stockout_watched(), 0);
     assert_eq!(e.reproject_stockouts().await, 0, "nothing left to watch");
     // The clearing is a logged record: a restart replays it.
