@@ -22,7 +22,10 @@
 
 use serde::Serialize;
 
-use crate::protocol::{cause, lifecycle, stockout_reason, transition, PushItem, WireStockout};
+use crate::protocol::{
+    cause, lifecycle, rebalance_reason, stockout_reason, transition, PushItem, WireRebalanceEvent,
+    WireRegionStockout, WireStockout,
+};
 
 /// CloudEvents `specversion` of every envelope.
 pub const SPEC_VERSION: &str = "1.0";
@@ -77,9 +80,17 @@ pub mod types {
     pub const STOCKOUT_PROJECTED: &str = "omnistock.stock.stockout_projected";
     /// A raised stockout projection cleared.
     pub const STOCKOUT_CLEARED: &str = "omnistock.stock.stockout_cleared";
+    /// A rebalance recommendation of the SKU was raised.
+    pub const REBALANCE_RECOMMENDED: &str = "omnistock.rebalance.recommended";
+    /// A raised rebalance recommendation was withdrawn (applied or resolved).
+    pub const REBALANCE_WITHDRAWN: &str = "omnistock.rebalance.withdrawn";
+    /// The SKU's projected hours to zero in a region fell under the region's threshold.
+    pub const REGION_STOCKOUT_PROJECTED: &str = "omnistock.stock.region_stockout_projected";
+    /// A raised region stockout projection cleared.
+    pub const REGION_STOCKOUT_CLEARED: &str = "omnistock.stock.region_stockout_cleared";
 
     /// Every type, in the order of docs/events.md.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 22] = [
         ATP_CHANGED,
         STOCK_OUT,
         STOCK_BACK,
@@ -98,6 +109,10 @@ pub mod types {
         SNAPSHOT_END,
         STOCKOUT_PROJECTED,
         STOCKOUT_CLEARED,
+        REBALANCE_RECOMMENDED,
+        REBALANCE_WITHDRAWN,
+        REGION_STOCKOUT_PROJECTED,
+        REGION_STOCKOUT_CLEARED,
     ];
 }
 
@@ -148,6 +163,10 @@ pub enum Data {
     Snapshot(SnapshotData),
     /// `omnistock.stock.stockout_projected` and `omnistock.stock.stockout_cleared`.
     Stockout(StockoutData),
+    /// `omnistock.rebalance.recommended` and `omnistock.rebalance.withdrawn`.
+    Rebalance(RebalanceData),
+    /// `omnistock.stock.region_stockout_projected` and `..._cleared`.
+    RegionStockout(RegionStockoutData),
     /// `omnistock.catalog.changed` and `omnistock.snapshot.end`: `{}`.
     Empty(EmptyData),
 }
@@ -249,6 +268,102 @@ pub fn stockout_reason_name(r: u8) -> String {
 fn stockout_data(s: &WireStockout) -> StockoutData {
     StockoutData {
         channel: s.channel.clone(),
+        hours: (s.hours_milli != u64::MAX).then_some(Milli(s.hours_milli)),
+        velocity_per_hour: Milli(s.per_hour_milli),
+        atp: s.atp,
+        threshold_hours: s.threshold_hours,
+        window: s.window,
+        reason: (!s.projected).then(|| stockout_reason_name(s.reason)),
+    }
+}
+
+/// A rebalance recommendation of the SKU was raised or withdrawn. A withdrawal carries
+/// the id, reference, short region and reason only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RebalanceData {
+    /// The recommendation id: 32 lowercase hex digits (`ctl rebalance apply ID`).
+    pub id: String,
+    /// The transfer's reference, `rebalance:<id>`.
+    pub reference: String,
+    /// The region short of cover.
+    pub short_region: String,
+    /// The region giving; absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub donor_region: Option<String>,
+    /// Donor location; absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Receiving location; absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Units recommended when raised; absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qty: Option<u32>,
+    /// Hours of cover of the short region when raised; absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short_cover_hours: Option<Milli>,
+    /// Hours of cover of the donor region when raised; `null` without demand there;
+    /// absent when withdrawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub donor_cover_hours: Option<Option<Milli>>,
+    /// Why it was withdrawn (`applied`, `resolved`); absent when recommended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The name of a [`rebalance_reason`] value; `unknown_<n>` for one this version does not
+/// know.
+pub fn rebalance_reason_name(r: u8) -> String {
+    let name = match r {
+        rebalance_reason::NONE => "none",
+        rebalance_reason::APPLIED => "applied",
+        rebalance_reason::RESOLVED => "resolved",
+        n => return format!("unknown_{n}"),
+    };
+    name.into()
+}
+
+fn rebalance_data(r: &WireRebalanceEvent) -> RebalanceData {
+    let raised = |v| r.recommended.then_some(v);
+    RebalanceData {
+        id: format!("{:032x}", r.id),
+        reference: r.reference.clone(),
+        short_region: r.short_region.clone(),
+        donor_region: raised(r.donor_region.clone()),
+        from: raised(r.from.clone()),
+        to: raised(r.to.clone()),
+        qty: r.recommended.then_some(r.qty),
+        short_cover_hours: r.recommended.then_some(Milli(r.short_cover_milli)),
+        donor_cover_hours: r
+            .recommended
+            .then_some((r.donor_cover_milli != u64::MAX).then_some(Milli(r.donor_cover_milli))),
+        reason: (!r.recommended).then(|| rebalance_reason_name(r.reason)),
+    }
+}
+
+/// A stockout projection of the SKU in a region was raised or cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RegionStockoutData {
+    /// The region code.
+    pub region: String,
+    /// Hours until the region's ATP is gone at the current pace; `null` without demand.
+    pub hours: Option<Milli>,
+    /// Units held per hour in the region in the window.
+    pub velocity_per_hour: Milli,
+    /// The region's ATP (its locations' exposed ATP).
+    pub atp: u32,
+    /// The region's threshold in hours (0: none any more).
+    pub threshold_hours: u32,
+    /// The velocity window (1 is 1 h by default).
+    pub window: u8,
+    /// Why it cleared (`recovered`, `no_demand`, `threshold_removed`); absent when projected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn region_stockout_data(s: &WireRegionStockout) -> RegionStockoutData {
+    RegionStockoutData {
+        region: s.region.clone(),
         hours: (s.hours_milli != u64::MAX).then_some(Milli(s.hours_milli)),
         velocity_per_hour: Milli(s.per_hour_milli),
         atp: s.atp,
@@ -499,6 +614,50 @@ pub fn envelope(item: &PushItem, source: &str) -> Option<Envelope> {
                 subject: Some(&s.sku),
             },
             Data::Stockout(stockout_data(s)),
+        ),
+        PushItem::Rebalance(r) => (
+            Head {
+                seq: Some(r.seq),
+                id: format!(
+                    "{}:rebalance:{:032x}:{}",
+                    r.seq,
+                    r.id,
+                    if r.recommended {
+                        "recommended"
+                    } else {
+                        "withdrawn"
+                    }
+                ),
+                event_type: if r.recommended {
+                    types::REBALANCE_RECOMMENDED
+                } else {
+                    types::REBALANCE_WITHDRAWN
+                }
+                .into(),
+                at_ms: Some(r.at_ms),
+                subject: Some(&r.sku),
+            },
+            Data::Rebalance(rebalance_data(r)),
+        ),
+        PushItem::RegionStockout(s) => (
+            Head {
+                seq: Some(s.seq),
+                id: format!(
+                    "{}:region_stockout:{}:{}",
+                    s.seq,
+                    s.region,
+                    if s.projected { "projected" } else { "cleared" }
+                ),
+                event_type: if s.projected {
+                    types::REGION_STOCKOUT_PROJECTED
+                } else {
+                    types::REGION_STOCKOUT_CLEARED
+                }
+                .into(),
+                at_ms: Some(s.at_ms),
+                subject: Some(&s.sku),
+            },
+            Data::RegionStockout(region_stockout_data(s)),
         ),
         PushItem::Position { .. } | PushItem::Lagged { .. } => return None,
     };

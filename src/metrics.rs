@@ -54,7 +54,7 @@ pub const RESERVATIONS_ENDED_TOTAL: &str = "omnistock_reservations_ended_total";
 pub const SKUS: &str = "omnistock_skus";
 /// Gauge: SKUs with more held than on hand at some location.
 pub const SKUS_OVERSOLD: &str = "omnistock_skus_oversold";
-/// Gauge: SKUs with a raised stockout projection that the re-projection task watches.
+/// Gauge: SKUs with a raised projection or recommendation, watched by the re-projection task.
 pub const STOCKOUT_WATCHED_SKUS: &str = "omnistock_stockout_watched_skus";
 /// Counter: raised stockout projections not watched because the watch set was full.
 pub const STOCKOUT_WATCH_OVERFLOW_TOTAL: &str = "omnistock_stockout_watch_overflow_total";
@@ -246,7 +246,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (RESERVATIONS_ENDED_TOTAL, Kind::Counter, None, "Reservations ended, by outcome (fulfilled, released, expired)."),
     (SKUS, Kind::Gauge, None, "SKUs in memory, by state: active (an actor) or passive (compact bytes)."),
     (SKUS_OVERSOLD, Kind::Gauge, None, "SKUs with more units held than on hand, or a shortfall, at some location."),
-    (STOCKOUT_WATCHED_SKUS, Kind::Gauge, None, "SKUs with a raised stockout projection, re-evaluated by the engine so that decay alone can clear it (at most 100,000)."),
+    (STOCKOUT_WATCHED_SKUS, Kind::Gauge, None, "SKUs with a raised stockout projection (per channel or region) or rebalance recommendation, re-evaluated by the engine so that decay alone can clear it (at most 100,000)."),
     (STOCKOUT_WATCH_OVERFLOW_TOTAL, Kind::Counter, None, "Raised stockout projections not watched because 100,000 SKUs already were: they clear only with their SKU's next record."),
     (PASSIVE_STATE_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes of compact state of passive SKUs."),
     (MAILBOX_FULL_TOTAL, Kind::Counter, None, "Requests answered Busy because a SKU's mailbox was full."),

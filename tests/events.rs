@@ -148,6 +148,29 @@ async fn changes_of_every_kind(c: &Client) -> u64 {
     }))
     .await
     .unwrap();
+    // The same projection in region FR (the region of wh, threshold 24 h from web), and a
+    // rebalance recommendation from region DE, where 500 STK sit unsold; the restock
+    // clears the region's projection and withdraws the recommendation (resolved).
+    c.apply(Op::UpsertLocation(UpsertLocation {
+        request_id: rid(),
+        location: WireLocation {
+            id: "de".into(),
+            kind: WireLocationKind::Warehouse,
+            region: "DE".into(),
+        },
+    }))
+    .await
+    .unwrap();
+    c.apply(Op::Adjust(Adjust {
+        request_id: rid(),
+        sku: "STK".into(),
+        location: "de".into(),
+        delta: 500,
+        reason: WireAdjustReason::Receipt,
+        reference: String::new(),
+    }))
+    .await
+    .unwrap();
     adjust(c, "STK", 20).await;
     reserve(c, 7, &[("STK", 5)], 600_000).await.unwrap();
     adjust(c, "STK", 1_000).await;

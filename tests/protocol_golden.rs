@@ -548,9 +548,11 @@ fn subscription_constants_are_stable() {
             kinds::THRESHOLDS,
             kinds::RESERVATIONS,
             kinds::STOCKOUT,
+            kinds::REBALANCE,
+            kinds::REGION_STOCKOUT,
             kinds::ALL
         ],
-        [1, 2, 4, 8, 15]
+        [1, 2, 4, 8, 16, 32, 63]
     );
     assert_eq!(
         [started::LIVE, started::SNAPSHOT, started::REPLAY],
@@ -1049,5 +1051,52 @@ fn set_stockout_threshold_body_and_the_stockout_item() {
     );
     assert_eq!(decode_payload::<PushItem>(&bytes).unwrap(), item);
     assert_eq!(kinds::STOCKOUT, 8);
-    assert_eq!(kinds::ALL, 15);
+    assert_eq!(kinds::ALL, 63);
+}
+
+#[test]
+fn rebalance_and_region_stockout_items_are_stable() {
+    let item = PushItem::Rebalance(WireRebalanceEvent {
+        seq: 42,
+        at_ms: AT_MS,
+        sku: "A".into(),
+        id: 7,
+        recommended: true,
+        reason: rebalance_reason::NONE,
+        short_region: "FR".into(),
+        donor_region: "DE".into(),
+        from: "d".into(),
+        to: "f".into(),
+        qty: 9,
+        short_cover_milli: 1_000,
+        donor_cover_milli: u64::MAX,
+        reference: "rebalance:7".into(),
+    });
+    let bytes = encode_payload(&item).unwrap();
+    golden("rebalance item", &bytes, "09 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 07 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 02 00 00 00 00 00 00 00 46 52 02 00 00 00 00 00 00 00 44 45 01 00 00 00 00 00 00 00 64 01 00 00 00 00 00 00 00 66 09 00 00 00 e8 03 00 00 00 00 00 00 ff ff ff ff ff ff ff ff 0b 00 00 00 00 00 00 00 72 65 62 61 6c 61 6e 63 65 3a 37");
+    assert_eq!(decode_payload::<PushItem>(&bytes).unwrap(), item);
+    let item = PushItem::RegionStockout(WireRegionStockout {
+        seq: 42,
+        at_ms: AT_MS,
+        sku: "A".into(),
+        region: "FR".into(),
+        projected: false,
+        threshold_hours: 24,
+        hours_milli: 40_000,
+        per_hour_milli: 2_000,
+        atp: 80,
+        reason: stockout_reason::RECOVERED,
+        window: 1,
+    });
+    let bytes = encode_payload(&item).unwrap();
+    golden("region stockout item", &bytes, "0a 00 00 00 2a 00 00 00 00 00 00 00 00 68 e5 cf 8b 01 00 00 01 00 00 00 00 00 00 00 41 02 00 00 00 00 00 00 00 46 52 00 18 00 00 00 40 9c 00 00 00 00 00 00 d0 07 00 00 00 00 00 00 50 00 00 00 01 01");
+    assert_eq!(decode_payload::<PushItem>(&bytes).unwrap(), item);
+    assert_eq!(
+        [
+            rebalance_reason::NONE,
+            rebalance_reason::APPLIED,
+            rebalance_reason::RESOLVED
+        ],
+        [0, 1, 2]
+    );
 }

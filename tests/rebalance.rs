@@ -16,7 +16,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{next_stockout, rid};
+use common::{next_rebalance, next_region_stockout, next_stockout, rid};
 use omnistock::client::{Client, ClientConfig, ClientError, Subscriber};
 use omnistock::engine::{Engine, EngineConfig, ManualClock};
 use omnistock::protocol::*;
@@ -206,6 +206,24 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     )
     .await
     .unwrap();
+    // One for the SKU's rebalance recommendations, one for its region projections.
+    let follow = |kinds: u8| {
+        Subscriber::subscribe(
+            ClientConfig::new(srv.addr.clone()).token("ada"),
+            Subscribe {
+                name: String::new(),
+                start: start::LIVE,
+                from_seq: 0,
+                channels: vec![],
+                skus: vec![SKU.into()],
+                sku_prefix: String::new(),
+                kinds,
+                coalesce_ms: 0,
+            },
+        )
+    };
+    let mut rebalances = follow(kinds::REBALANCE).await.unwrap();
+    let mut regions = follow(kinds::REGION_STOCKOUT).await.unwrap();
     receive(&c, SKU, "fr-1", 60).await;
     receive(&c, SKU, "de-1", 20_000).await;
     // A second SKU sells in FR but has no donor (no stock elsewhere): at risk, no plan.
@@ -291,6 +309,42 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     assert!(rec.short_cover_after_hours >= SURPLUS_HOURS - 1.0 / fr_rate);
     assert_eq!(rec.donor_cover_hours, None);
     assert_eq!(rec.reference, format!("rebalance:{:032x}", rec.id));
+    // The feed raised the same recommendation once, in the record that projected the
+    // stockout, with the id the list shows; FR's own projection came in that record too
+    // (FR's threshold is web-fr's, the only channel selling from it).
+    let fr_item = next_region_stockout(&mut regions).await;
+    assert!(fr_item.projected, "{fr_item:?}");
+    assert_eq!(
+        (
+            fr_item.region.as_str(),
+            fr_item.threshold_hours,
+            fr_item.seq
+        ),
+        ("FR", 72, projected.seq)
+    );
+    assert!(
+        fr_item.atp > 0 && fr_item.hours_milli < 72_000,
+        "{fr_item:?}"
+    );
+    let raised = next_rebalance(&mut rebalances).await;
+    assert!(raised.recommended, "{raised:?}");
+    assert_eq!(raised.seq, projected.seq, "raised with the projection");
+    assert_eq!(raised.id, rec.id, "the feed's id is the list's");
+    assert_eq!(
+        (
+            raised.short_region.as_str(),
+            raised.donor_region.as_str(),
+            raised.from.as_str(),
+            raised.to.as_str()
+        ),
+        ("FR", "DE", "de-1", "fr-1")
+    );
+    assert_eq!(raised.reference, rec.reference);
+    assert_eq!(raised.donor_cover_milli, u64::MAX, "DE has no demand");
+    assert!(
+        raised.qty > 0 && raised.short_cover_milli < 72_000,
+        "{raised:?}"
+    );
     // Unfiltered: the same one (CAP has no donor); DE is nobody's short region.
     assert_eq!(c.rebalance(default_query(None)).await.unwrap(), list);
     assert!(c
@@ -392,6 +446,20 @@ async fn steady_demand_drains_a_region_and_the_recommended_transfer_clears_its_p
     assert!(!cleared.projected, "{cleared:?}");
     assert_eq!(cleared.seq, seq, "cleared by the transfer's record");
     assert_eq!(cleared.reason, stockout_reason::RECOVERED, "{cleared:?}");
+    // ...withdrew the recommendation (applied) and cleared FR's projection; nothing was
+    // raised in between (the orders after the first projection did not raise it again).
+    let withdrawn = next_rebalance(&mut rebalances).await;
+    assert!(!withdrawn.recommended, "{withdrawn:?}");
+    assert_eq!(
+        (withdrawn.id, withdrawn.seq, withdrawn.reason),
+        (rec.id, seq, rebalance_reason::APPLIED)
+    );
+    let fr_item = next_region_stockout(&mut regions).await;
+    assert!(!fr_item.projected, "{fr_item:?}");
+    assert_eq!(
+        (fr_item.seq, fr_item.reason),
+        (seq, stockout_reason::RECOVERED)
+    );
     // ...and the reads agree: FR's hours to zero are above the threshold again, and FR
     // needs no more transfers.
     let v = c.velocity(SKU).await.unwrap();

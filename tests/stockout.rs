@@ -238,14 +238,24 @@ fn no_flapping_inside_the_band() {
         },
         T0,
     );
+    // The channel's projection, then the region's (its ATP is l1's 91, without the
+    // channel's buffer: 13.1 h; its threshold is the channel's).
     assert!(
         matches!(
-            ev.last(),
-            Some(Event::StockoutProjected {
-                atp: 90,
-                threshold_hours: 24,
-                ..
-            })
+            ev.as_slice(),
+            [
+                ..,
+                Event::StockoutProjected {
+                    atp: 90,
+                    threshold_hours: 24,
+                    ..
+                },
+                Event::RegionStockoutProjected {
+                    atp: 91,
+                    threshold_hours: 24,
+                    ..
+                }
+            ]
         ),
         "{ev:?}"
     );
@@ -261,18 +271,25 @@ fn no_flapping_inside_the_band() {
         t += 60_000;
     }
     assert!(s.stockout_projected(&ch));
-    // Past 1.25 T: cleared, once, as recovered.
+    // Past 1.25 T: cleared, once, as recovered (the region too: 91 units, same band).
     let ev = step(&mut s, SkuCommand::Reproject, T0 + 73 * 60_000);
     assert!(
         matches!(
             ev.as_slice(),
-            [Event::StockoutCleared {
-                reason: StockoutClearReason::Recovered,
-                ..
-            }]
+            [
+                Event::StockoutCleared {
+                    reason: StockoutClearReason::Recovered,
+                    ..
+                },
+                Event::RegionStockoutCleared {
+                    reason: StockoutClearReason::Recovered,
+                    ..
+                }
+            ]
         ),
         "{ev:?}"
     );
+    assert!(s.region_stockout.is_empty());
     assert!(!s.stockout_projected(&ch));
     assert_eq!(
         step(&mut s, SkuCommand::Reproject, T0 + 80 * 60_000),
@@ -318,6 +335,11 @@ async fn flag(e: &Engine, s: &str) -> bool {
         .stockout_projected(&chan("web"))
 }
 
+/// The regions with a raised stockout projection for SKU `s`.
+async fn region_flags(e: &Engine, s: &str) -> Vec<String> {
+    e.sku_state(&sku(s)).await.expect("state").region_stockout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,6 +374,9 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
         .await
         .unwrap();
     assert!(flag(&e, "A").await && !flag(&e, "B").await);
+    // Region FR too (wh-a's region; its threshold is web's): 91 units, 13.1 h.
+    assert_eq!(region_flags(&e, "A").await, ["FR"]);
+    assert!(region_flags(&e, "B").await.is_empty());
     assert_eq!(e.stockout_watched(), 1);
     assert_eq!(
         (
@@ -364,10 +389,16 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
     // Restart from the log alone, then from a checkpoint: the flag is in the state.
     let e = reopen(dir.path(), &clock, e).await;
     assert!(flag(&e, "A").await);
+    assert_eq!(region_flags(&e, "A").await, ["FR"], "replayed from the log");
     assert_eq!(e.stockout_watched(), 1, "recovery watches the raised SKUs");
     e.checkpoint().await.expect("checkpoint");
     let e = reopen(dir.path(), &clock, e).await;
     assert!(flag(&e, "A").await);
+    assert_eq!(
+        region_flags(&e, "A").await,
+        ["FR"],
+        "kept by the checkpoint"
+    );
     assert_eq!(e.stockout_watched(), 1);
     // Passive: the compact bytes keep the flag.
     let before = e.sku_state(&sku("A")).await.unwrap();
@@ -387,6 +418,10 @@ async fn raised_by_a_hold_kept_by_restarts_and_passivation_cleared_by_decay_alon
     clock.advance(HOUR);
     assert_eq!(e.reproject_stockouts().await, 1);
     assert!(!flag(&e, "A").await);
+    assert!(
+        region_flags(&e, "A").await.is_empty(),
+        "the region decays too"
+    );
     assert_eq!(e.stockout_watched(), 0);
     assert_eq!(e.reproject_stockouts().await, 0, "nothing left to watch");
     // The clearing is a logged record: a restart replays it.

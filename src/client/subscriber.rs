@@ -163,6 +163,8 @@ impl Subscriber {
                 | PushItem::Oversold(WireOversold { seq, .. })
                 | PushItem::Reservation(WireReservationEvent { seq, .. })
                 | PushItem::Stockout(crate::protocol::WireStockout { seq, .. })
+                | PushItem::Rebalance(crate::protocol::WireRebalanceEvent { seq, .. })
+                | PushItem::RegionStockout(crate::protocol::WireRegionStockout { seq, .. })
                 | PushItem::Catalog { seq, .. }
                 | PushItem::Position { seq } => last = Some(*seq),
                 PushItem::SnapshotEnd { seq } => {

@@ -54,9 +54,12 @@ fn kinds_of(names: &[String]) -> Result<u8, Failure> {
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
             "stockout" => kinds::STOCKOUT,
+            "rebalance" => kinds::REBALANCE,
+            "region_stockout" => kinds::REGION_STOCKOUT,
             _ => {
                 return Err(Failure::usage(format!(
-                    "--kinds {n:?}: atp, thresholds, reservations or stockout"
+                    "--kinds {n:?}: atp, thresholds, reservations, stockout, rebalance or \
+                     region_stockout"
                 )))
             }
         };
@@ -154,6 +157,63 @@ fn tail_line(item: &PushItem) -> Option<String> {
                 s.seq,
                 s.sku,
                 s.channel,
+                s.per_hour_milli as f64 / 1000.0,
+                s.atp,
+                s.threshold_hours
+            )
+        }
+        PushItem::Rebalance(r) => {
+            if r.recommended {
+                let cover = |m: u64| {
+                    if m == u64::MAX {
+                        "no demand".to_string()
+                    } else {
+                        format!("{:.1} h", m as f64 / 1000.0)
+                    }
+                };
+                format!(
+                    "{} {} REBALANCE RECOMMENDED {}: {} units {} ({}) -> {} ({}), cover {} / {}",
+                    r.seq,
+                    r.sku,
+                    fmt_id(r.id),
+                    r.qty,
+                    r.from,
+                    r.donor_region,
+                    r.to,
+                    r.short_region,
+                    cover(r.short_cover_milli),
+                    cover(r.donor_cover_milli)
+                )
+            } else {
+                format!(
+                    "{} {} rebalance withdrawn {} ({}) for {}",
+                    r.seq,
+                    r.sku,
+                    fmt_id(r.id),
+                    omnistock::events::rebalance_reason_name(r.reason),
+                    r.short_region
+                )
+            }
+        }
+        PushItem::RegionStockout(s) => {
+            let hours = if s.hours_milli == u64::MAX {
+                "no demand".to_string()
+            } else {
+                format!("{:.1} h to zero", s.hours_milli as f64 / 1000.0)
+            };
+            let what = if s.projected {
+                "REGION STOCKOUT PROJECTED".to_string()
+            } else {
+                format!(
+                    "region stockout cleared ({})",
+                    omnistock::events::stockout_reason_name(s.reason)
+                )
+            };
+            format!(
+                "{} {} region {} {what}: {hours} at {:.2}/h, atp {} (threshold {} h)",
+                s.seq,
+                s.sku,
+                s.region,
                 s.per_hour_milli as f64 / 1000.0,
                 s.atp,
                 s.threshold_hours

@@ -562,6 +562,26 @@ impl Catalog {
         self.stockout_hours.get(channel).copied()
     }
 
+    /// The stockout-projection threshold of `region` in hours, if it has one: the smallest
+    /// threshold among the channels with one that sell from a location of the region (a
+    /// region is as urgent as the most urgent channel it sources). No allocation; visits
+    /// each thresholded channel's locations.
+    pub fn region_stockout_hours(&self, region: &str) -> Option<u32> {
+        self.stockout_hours
+            .iter()
+            .filter(|(c, _)| {
+                self.channels.get(*c).is_some_and(|ch| {
+                    ch.locations.iter().any(|l| {
+                        self.locations
+                            .get(l)
+                            .is_some_and(|loc| loc.region == region)
+                    })
+                })
+            })
+            .map(|(_, h)| *h)
+            .min()
+    }
+
     fn check_channel(&self, ch: &Channel) -> Result<(), Rejection> {
         ch.id.check()?;
         if ch.locations.is_empty() || ch.locations.len() > MAX_LOCATIONS_PER_CHANNEL {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{ChannelId, LocationId, ReservationId, TimeMs};
+use super::ids::{ChannelId, LocationId, RequestId, ReservationId, TimeMs};
 use super::sku::AdjustReason;
 
 /// Units of a hold taken from one location.
@@ -50,6 +50,16 @@ pub enum StockoutClearReason {
     NoDemand,
     /// The channel's threshold was removed.
     ThresholdRemoved,
+}
+
+/// Why a raised rebalance recommendation was withdrawn (`Event::RebalanceWithdrawn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RebalanceWithdrawReason {
+    /// A `TRANSFER` with the recommendation's reference (`rebalance:<id>`) was applied.
+    Applied,
+    /// The short region is no longer short, or no region can give any more (hysteresis:
+    /// docs/intelligence.md).
+    Resolved,
 }
 
 /// A change to one SKU's state.
@@ -181,6 +191,68 @@ pub enum Event {
         /// Units held per hour, thousandths.
         per_hour_milli: u64,
         /// The channel's ATP.
+        atp: u32,
+        /// Why.
+        reason: StockoutClearReason,
+    },
+    /// A rebalance recommendation was raised (docs/intelligence.md): appended by `decide`
+    /// after the stockout projections when a plan appears; `apply` keeps it in
+    /// `SkuState::rebalance` until a `RebalanceWithdrawn` with the same id.
+    RebalanceRecommended {
+        /// Stable id: the transfer's request id (`rebalance:<id>` its reference).
+        id: RequestId,
+        /// The SKU's `last_seq` before the record that raised it.
+        basis_seq: u64,
+        /// The region short of cover.
+        to_region: String,
+        /// The region giving.
+        from_region: String,
+        /// Donor location.
+        from: LocationId,
+        /// Receiving location.
+        to: LocationId,
+        /// Units recommended when raised (an apply re-reads the current quantity).
+        qty: u32,
+        /// Hours of cover of the short region when raised, thousandths.
+        to_cover_milli: u64,
+        /// Hours of cover of the donor region when raised, thousandths (`None`: no demand).
+        from_cover_milli: Option<u64>,
+    },
+    /// The raised recommendation `id` was withdrawn; `apply` forgets it.
+    RebalanceWithdrawn {
+        /// Its id.
+        id: RequestId,
+        /// Its short region.
+        to_region: String,
+        /// Why.
+        reason: RebalanceWithdrawReason,
+    },
+    /// The projected hours to zero of the SKU in a region (its locations' exposed ATP over
+    /// their summed held rate) fell under the region's threshold: the smallest threshold of
+    /// the channels selling from a location of the region. Like `StockoutProjected`.
+    RegionStockoutProjected {
+        /// The region code.
+        region: String,
+        /// Its threshold, hours.
+        threshold_hours: u32,
+        /// Hours to zero, thousandths.
+        hours_milli: u64,
+        /// Units held per hour in the region, thousandths.
+        per_hour_milli: u64,
+        /// The region's ATP after the request.
+        atp: u32,
+    },
+    /// A raised region stockout projection cleared.
+    RegionStockoutCleared {
+        /// The region code.
+        region: String,
+        /// Its threshold, hours (0: none any more).
+        threshold_hours: u32,
+        /// Hours to zero, thousandths (`None`: no demand).
+        hours_milli: Option<u64>,
+        /// Units held per hour, thousandths.
+        per_hour_milli: u64,
+        /// The region's ATP.
         atp: u32,
         /// Why.
         reason: StockoutClearReason,

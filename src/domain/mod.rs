@@ -20,12 +20,14 @@ pub use catalog::{
     Catalog, CatalogCommand, CatalogEvent, CatalogRef, Channel, ChannelIndex, InUse, Location,
     LocationKind, LocationUse, LowStock, LowStockSource, References, StockoutThreshold,
 };
-pub use event::{Allocation, Event, ReleaseReason, StockState, StockoutClearReason};
+pub use event::{
+    Allocation, Event, RebalanceWithdrawReason, ReleaseReason, StockState, StockoutClearReason,
+};
 pub use explain::{AtpExplanation, ChannelHolds, LocationPart, LowStockInForce};
 pub use ids::{ChannelId, LocationId, RequestId, ReservationId, SkuId, TimeMs};
 pub use rebalance::{
-    LocationStock, Plan, RebalanceList, RebalancePolicy, Recommendation, RegionStock,
-    StockoutWatch, Transition,
+    LocationStock, Plan, RaisedRebalance, RebalanceList, RebalancePolicy, Recommendation,
+    RegionStock, StockoutWatch, Transition,
 };
 pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};

@@ -33,7 +33,7 @@ use super::limits::{
     MAX_BUCKETS_PER_SKU, MAX_HOLDS_PER_SKU, MAX_HOLD_DURATION_MS, MAX_LINES_PER_RESERVATION,
     MAX_QTY, MAX_REFERENCE_BYTES, MAX_TIME_MS,
 };
-use super::rebalance::{StockoutWatch, Transition};
+use super::rebalance::{RaisedRebalance, StockoutWatch, Transition};
 use super::rejection::Rejection;
 use super::velocity::{hours_to_zero, ChannelVelocity, DemandKind, RegionVelocity, Velocity};
 
@@ -46,7 +46,7 @@ pub const STOCKOUT_WINDOW: usize = 1;
 const SOURCE_STACK_LOCATIONS: usize = 16;
 
 /// `x` in thousandths, rounded, saturating (non-finite: `u64::MAX`).
-fn milli(x: f64) -> u64 {
+pub(super) fn milli(x: f64) -> u64 {
     if x.is_finite() {
         // `as` saturates at the bounds; the value is >= 0 here.
         (x * 1000.0).round() as u64
@@ -399,6 +399,12 @@ pub struct SkuState {
     /// Channels on which a stockout is projected (raised by `StockoutProjected`, lowered
     /// by `StockoutCleared`), sorted; empty for almost every SKU (no allocation).
     pub stockout: Vec<ChannelId>,
+    /// Regions on which a stockout is projected (raised by `RegionStockoutProjected`,
+    /// lowered by `RegionStockoutCleared`), sorted; empty for almost every SKU.
+    pub region_stockout: Vec<String>,
+    /// The raised rebalance recommendation (`RebalanceRecommended` until its
+    /// `RebalanceWithdrawn`); boxed, since almost every SKU has none (8 bytes).
+    pub rebalance: Option<Box<RaisedRebalance>>,
 }
 
 /// A read-only picture of one SKU, as answered to `get`.
@@ -452,6 +458,20 @@ impl ChannelSum {
     }
 }
 
+/// Whether an event is a projection: one `decide` appends after a request's own events
+/// (stockout per channel or region, rebalance recommendations).
+pub fn is_projection(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::StockoutProjected { .. }
+            | Event::StockoutCleared { .. }
+            | Event::RebalanceRecommended { .. }
+            | Event::RebalanceWithdrawn { .. }
+            | Event::RegionStockoutProjected { .. }
+            | Event::RegionStockoutCleared { .. }
+    )
+}
+
 /// Whether `e` changes the bucket at `l` (what [`Bucket::fold`] would act on).
 fn names_location(e: &Event, l: &LocationId) -> bool {
     match e {
@@ -466,7 +486,11 @@ fn names_location(e: &Event, l: &LocationId) -> bool {
         Event::Transferred { from, to, .. } => from == l || to == l,
         Event::HoldExtended { .. }
         | Event::StockoutProjected { .. }
-        | Event::StockoutCleared { .. } => false,
+        | Event::StockoutCleared { .. }
+        | Event::RebalanceRecommended { .. }
+        | Event::RebalanceWithdrawn { .. }
+        | Event::RegionStockoutProjected { .. }
+        | Event::RegionStockoutCleared { .. } => false,
     }
 }
 
@@ -515,6 +539,8 @@ impl SkuState {
             last_seq: 0,
             velocity: Velocity::default(),
             stockout: Vec::new(),
+            region_stockout: Vec::new(),
+            rebalance: None,
         }
     }
 
@@ -611,7 +637,10 @@ impl SkuState {
         now_ms: TimeMs,
     ) -> Result<Vec<Event>, Rejection> {
         let mut events = self.decide_command(cmd, catalog, now_ms)?;
+        let n = events.len();
         self.project_stockout(&mut events, catalog, now_ms);
+        self.project_regions(&mut events, n, catalog, now_ms);
+        self.project_rebalance(&mut events, n, catalog, now_ms);
         Ok(events)
     }
 
@@ -648,6 +677,22 @@ impl SkuState {
         }
     }
 
+    /// Exposed ATP of `l` once `events` (not yet applied) are: a copy of the bucket folded
+    /// with them, or the bucket's own ATP when they do not name it (the common case).
+    pub(super) fn location_atp_after(&self, events: &[Event], l: &LocationId) -> u32 {
+        if !events.iter().any(|e| names_location(e, l)) {
+            return self.location_atp(l);
+        }
+        let mut b = self
+            .bucket(l)
+            .cloned()
+            .unwrap_or_else(|| Bucket::new(l.clone()));
+        for e in events {
+            b.fold(e);
+        }
+        b.atp_exposed()
+    }
+
     /// The stockout transition of `channel` (threshold `hours`, 0: none) after `events`.
     fn stockout_transition(
         &self,
@@ -660,20 +705,7 @@ impl SkuState {
         let projected = self.stockout_projected(channel);
         let (atp, per_hour) = match catalog.channels.get(channel) {
             Some(ch) => {
-                let after = |l: &LocationId| {
-                    if !events.iter().any(|e| names_location(e, l)) {
-                        // Most channel locations are not touched by the request.
-                        return self.location_atp(l);
-                    }
-                    let mut b = self
-                        .bucket(l)
-                        .cloned()
-                        .unwrap_or_else(|| Bucket::new(l.clone()));
-                    for e in events {
-                        b.fold(e);
-                    }
-                    b.atp_exposed()
-                };
+                let after = |l: &LocationId| self.location_atp_after(events, l);
                 let atp = ChannelSum::of(ch, ch.locations.iter().map(after)).atp;
                 let extra = events.iter().fold(0u32, |n, e| match e {
                     Event::HoldPlaced {
@@ -1235,6 +1267,41 @@ impl SkuState {
                     self.stockout.remove(i);
                 }
             }
+            Event::RegionStockoutProjected { region, .. } => {
+                if let Err(i) = self.region_stockout.binary_search(region) {
+                    self.region_stockout.insert(i, region.clone());
+                }
+            }
+            Event::RegionStockoutCleared { region, .. } => {
+                if let Ok(i) = self.region_stockout.binary_search(region) {
+                    self.region_stockout.remove(i);
+                }
+            }
+            Event::RebalanceRecommended {
+                id,
+                basis_seq,
+                to_region,
+                from_region,
+                from,
+                to,
+                qty,
+                ..
+            } => {
+                self.rebalance = Some(Box::new(RaisedRebalance {
+                    id: *id,
+                    basis_seq: *basis_seq,
+                    to_region: to_region.clone(),
+                    from_region: from_region.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    qty: *qty,
+                }));
+            }
+            Event::RebalanceWithdrawn { id, .. }
+                if self.rebalance.as_ref().is_some_and(|r| r.id == *id) =>
+            {
+                self.rebalance = None;
+            }
             _ => {}
         }
         self.last_seq = self.last_seq.max(seq);
@@ -1266,8 +1333,37 @@ impl SkuState {
             }
             Event::HoldExtended { .. }
             | Event::StockoutProjected { .. }
-            | Event::StockoutCleared { .. } => {}
+            | Event::StockoutCleared { .. }
+            | Event::RebalanceRecommended { .. }
+            | Event::RebalanceWithdrawn { .. }
+            | Event::RegionStockoutProjected { .. }
+            | Event::RegionStockoutCleared { .. } => {}
         }
+    }
+
+    /// The buckets and demand this SKU would have once `events` (a request's own, not yet
+    /// logged) are applied at `at_ms`, without its holds and flags: what the region reads
+    /// ([`SkuState::region_stock`]) need, through the same folds as `apply`. Only built on
+    /// the rare paths that need it (a raised projection or recommendation).
+    pub(super) fn after_view(&self, events: &[Event], at_ms: TimeMs) -> SkuState {
+        let mut s = SkuState {
+            buckets: self.buckets.clone(),
+            last_seq: self.last_seq,
+            velocity: self.velocity.clone(),
+            ..SkuState::new(self.sku.clone())
+        };
+        for e in events {
+            s.record_demand(e, at_ms);
+            s.fold_buckets(e);
+        }
+        s
+    }
+
+    /// Whether the engine should re-evaluate this SKU as time passes (a raised stockout
+    /// projection, per channel or region, or a raised recommendation: decay alone can
+    /// clear them).
+    pub fn watch_needed(&self) -> bool {
+        !self.stockout.is_empty() || !self.region_stockout.is_empty() || self.rebalance.is_some()
     }
 
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the

@@ -407,6 +407,45 @@ impl Velocity {
         held * std::f64::consts::LN_2 / self.half_lives.ms[w] as f64 * MS_PER_HOUR
     }
 
+    /// [`Velocity::held_per_hour_bound`] of a location (the region projection).
+    pub fn held_at_per_hour_bound(&self, location: &LocationId, extra: u32, window: usize) -> f64 {
+        let w = window.min(WINDOWS - 1);
+        let held = match self.locations.binary_search_by(|c| c.key.cmp(location)) {
+            Ok(i) => self.locations[i].held[w],
+            Err(_) => 0.0,
+        };
+        self.per_hour(held, extra, w)
+    }
+
+    /// [`Velocity::held_per_hour_after`] of a location: what [`Velocity::record_at`] then
+    /// [`Velocity::region_rates`] would give for it alone, without changing anything.
+    pub fn held_at_per_hour_after(
+        &self,
+        location: &LocationId,
+        extra: u32,
+        at_ms: TimeMs,
+        window: usize,
+    ) -> f64 {
+        let w = window.min(WINDOWS - 1);
+        let held = match self.locations.binary_search_by(|c| c.key.cmp(location)) {
+            Ok(i) => {
+                let c = &self.locations[i];
+                c.decayed(&self.half_lives, at_ms.max(c.last_ms)).0[w]
+            }
+            Err(_) => 0.0,
+        };
+        self.per_hour(held, extra, w)
+    }
+
+    fn per_hour(&self, held: f64, extra: u32, w: usize) -> f64 {
+        let held = if extra > 0 {
+            held + f64::from(extra)
+        } else {
+            held
+        };
+        held * std::f64::consts::LN_2 / self.half_lives.ms[w] as f64 * MS_PER_HOUR
+    }
+
     /// The rates of `channel` at `now_ms` with `atp` units left (zero rates without demand).
     pub fn rates(&self, channel: &ChannelId, atp: u32, now_ms: TimeMs) -> ChannelVelocity {
         let sums = Sums::of(&self.channels, &self.half_lives, channel, now_ms);

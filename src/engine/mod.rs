@@ -469,7 +469,7 @@ impl Engine {
             if s.oversold() {
                 Counters::bump(&core.counters.oversold_skus);
             }
-            if !s.stockout.is_empty() {
+            if s.watch_needed() {
                 core.stockout.follow(s);
             }
         }

@@ -27,8 +27,68 @@ use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 
 /// Checkpoint format version. 4 added each SKU's demand velocity (`SkuState::velocity`);
 /// 5 the stockout projections: the catalog's thresholds (`Catalog::stockout_hours`) and
-/// each SKU's raised flags (`SkuState::stockout`).
-pub const CHECKPOINT_VERSION: u32 = 5;
+/// each SKU's raised flags (`SkuState::stockout`); 6 each SKU's raised region stockout
+/// flags (`SkuState::region_stockout`) and rebalance recommendation
+/// (`SkuState::rebalance`).
+pub const CHECKPOINT_VERSION: u32 = 6;
+
+/// The format before region stockouts and raised recommendations, still read: its SKUs
+/// start with neither (the records replayed after it raise them again).
+pub const CHECKPOINT_VERSION_NO_REBALANCE: u32 = 5;
+
+/// A SKU in a version 5 checkpoint: [`SkuState`] without its region flags and
+/// recommendation.
+#[derive(Serialize, Deserialize)]
+pub struct SkuStateV5 {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its buckets.
+    pub buckets: Vec<crate::domain::Bucket>,
+    /// Its holds.
+    pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
+    /// Its last applied sequence number.
+    pub last_seq: u64,
+    /// Its velocity.
+    pub velocity: crate::domain::Velocity,
+    /// Its raised stockout flags per channel.
+    pub stockout: Vec<crate::domain::ChannelId>,
+}
+
+/// A version 5 checkpoint.
+#[derive(Serialize, Deserialize)]
+pub struct CheckpointStateV5 {
+    /// 5.
+    pub version: u32,
+    /// Locations and channels (as today).
+    pub catalog: Catalog,
+    /// Every SKU.
+    pub skus: Vec<SkuStateV5>,
+    /// Remembered request ids.
+    pub idempotency: Vec<IdemRecord>,
+}
+
+impl From<CheckpointStateV5> for CheckpointState {
+    fn from(c: CheckpointStateV5) -> Self {
+        let skus = c
+            .skus
+            .into_iter()
+            .map(|s| SkuState {
+                holds: s.holds,
+                buckets: s.buckets,
+                last_seq: s.last_seq,
+                velocity: s.velocity,
+                stockout: s.stockout,
+                ..SkuState::new(s.sku)
+            })
+            .collect();
+        CheckpointState {
+            version: CHECKPOINT_VERSION,
+            catalog: c.catalog,
+            skus,
+            idempotency: c.idempotency,
+        }
+    }
+}
 
 /// The format before stockout projections, still read: no thresholds, no flags (the
 /// release before had neither).
@@ -233,7 +293,8 @@ fn change_sku(c: &Change) -> Option<&SkuId> {
     }
 }
 
-/// Decodes a checkpoint of the current version, of version 4 (without stockout
+/// Decodes a checkpoint of the current version, of version 5 (without region stockouts
+/// and raised recommendations), of version 4 (without stockout
 /// projections) or of version 3 (without velocity either). The
 /// version is the first field, a fixed-width little-endian `u32`, so it is read first and
 /// decides the layout.
@@ -246,6 +307,9 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
         .ok_or_else(|| bad("shorter than its version".into()))?;
     let c: CheckpointState = match version {
         CHECKPOINT_VERSION => codec::decode_large(bytes).map_err(|e| bad(e.to_string()))?,
+        CHECKPOINT_VERSION_NO_REBALANCE => codec::decode_large::<CheckpointStateV5>(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
         CHECKPOINT_VERSION_NO_STOCKOUT => codec::decode_large::<CheckpointStateV4>(bytes)
             .map_err(|e| bad(e.to_string()))?
             .into(),
@@ -255,7 +319,8 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
         v => {
             return Err(EngineError::Corrupt(format!(
                 "checkpoint version {v} is not supported (expected {CHECKPOINT_VERSION}, \
-                 {CHECKPOINT_VERSION_NO_STOCKOUT} or {CHECKPOINT_VERSION_NO_VELOCITY})"
+                 {CHECKPOINT_VERSION_NO_REBALANCE}, {CHECKPOINT_VERSION_NO_STOCKOUT} or \
+                 {CHECKPOINT_VERSION_NO_VELOCITY})"
             )))
         }
     };
@@ -785,6 +850,35 @@ mod tests {
     }
 
     #[test]
+    fn a_version_5_checkpoint_is_read_without_region_flags_or_recommendations() {
+        let web = crate::domain::ChannelId::new("web").expect("id");
+        let s = &v3_state().skus[0];
+        let mut catalog: Catalog = v4_catalog().into();
+        catalog.stockout_hours.insert(web.clone(), 24);
+        let v5 = CheckpointStateV5 {
+            version: CHECKPOINT_VERSION_NO_REBALANCE,
+            catalog: catalog.clone(),
+            skus: vec![SkuStateV5 {
+                sku: s.sku.clone(),
+                buckets: s.buckets.clone(),
+                holds: HashMap::default(),
+                last_seq: 7,
+                velocity: crate::domain::Velocity::default(),
+                stockout: vec![web.clone()],
+            }],
+            idempotency: Vec::new(),
+        };
+        let bytes = codec::encode(&v5).expect("encode");
+        let c = decode_checkpoint(&bytes).expect("v5 decodes");
+        assert_eq!(c.version, CHECKPOINT_VERSION);
+        assert_eq!(c.catalog.stockout_hours_of(&web), Some(24));
+        let s = &c.skus[0];
+        assert_eq!((s.sku.as_str(), s.last_seq), ("A", 7));
+        assert_eq!(s.stockout, [web]);
+        assert!(s.region_stockout.is_empty() && s.rebalance.is_none());
+    }
+
+    #[test]
     fn a_version_3_checkpoint_is_read_with_empty_velocity() {
         let bytes = codec::encode(&v3_state()).expect("encode");
         let c = decode_checkpoint(&bytes).expect("v3 decodes");
@@ -805,6 +899,18 @@ mod tests {
         // Format 5: the thresholds and the raised flags are kept.
         cp.catalog.stockout_hours.insert(web.clone(), 24);
         cp.skus[0].stockout.push(web.clone());
+        // Format 6: the region flags and the raised recommendation too.
+        cp.skus[0].region_stockout.push("FR".into());
+        let here = crate::domain::LocationId::new("here").expect("id");
+        cp.skus[0].rebalance = Some(Box::new(crate::domain::RaisedRebalance {
+            id: 42,
+            basis_seq: 6,
+            to_region: "FR".into(),
+            from_region: "DE".into(),
+            from: here.clone(),
+            to: here,
+            qty: 3,
+        }));
         let mut bytes = codec::encode(&cp).expect("encode");
         assert_eq!(decode_checkpoint(&bytes).expect("decodes"), cp);
         bytes[..4].copy_from_slice(&9u32.to_le_bytes());

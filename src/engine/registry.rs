@@ -92,6 +92,10 @@ struct Compact {
     velocity: Velocity,
     /// Channels with a raised stockout projection.
     stockout: Vec<crate::domain::ChannelId>,
+    /// Regions with a raised stockout projection.
+    region_stockout: Vec<String>,
+    /// The raised rebalance recommendation.
+    rebalance: Option<Box<crate::domain::RaisedRebalance>>,
 }
 
 /// [`Compact`] for encoding, borrowing the holds.
@@ -102,6 +106,8 @@ struct CompactRef<'a> {
     last_seq: u64,
     velocity: &'a Velocity,
     stockout: &'a [crate::domain::ChannelId],
+    region_stockout: &'a [String],
+    rebalance: &'a Option<Box<crate::domain::RaisedRebalance>>,
 }
 
 /// Decodes a passive SKU's compact bytes.
@@ -138,6 +144,8 @@ pub(crate) fn decode_passive(
         last_seq: c.last_seq,
         velocity: c.velocity,
         stockout: c.stockout,
+        region_stockout: c.region_stockout,
+        rebalance: c.rebalance,
     };
     intern(&mut s, catalog);
     Ok(s)
@@ -168,6 +176,8 @@ fn encode_passive(state: &SkuState, catalog: &Catalog) -> Result<Box<[u8]>, Engi
         last_seq: state.last_seq,
         velocity: &state.velocity,
         stockout: &state.stockout,
+        region_stockout: &state.region_stockout,
+        rebalance: &state.rebalance,
     };
     codec::encode_compact(&c)
         .map(Vec::into_boxed_slice)

@@ -55,10 +55,10 @@ struct WatchedInner {
 
 impl Watched {
     /// Follows `state` after a record with projection events: watched while a projection
-    /// is raised.
+    /// (per channel or region) or a rebalance recommendation is raised.
     pub fn follow(&self, state: &SkuState) {
         let mut w = self.inner.lock();
-        if state.stockout.is_empty() {
+        if !state.watch_needed() {
             w.skus.remove(&state.sku);
         } else if !w.skus.contains(&state.sku) {
             if w.skus.len() >= MAX_WATCHED_SKUS {
@@ -108,10 +108,7 @@ impl Watched {
 
 /// Whether an event is a projection (`decide` appends them after a request's own events).
 pub(crate) fn is_projection(e: &Event) -> bool {
-    matches!(
-        e,
-        Event::StockoutProjected { .. } | Event::StockoutCleared { .. }
-    )
+    crate::domain::sku::is_projection(e)
 }
 
 /// One round: re-evaluates up to [`REPROJECT_BATCH`] watched SKUs at the clock's now, in a

@@ -17,12 +17,12 @@ pub mod subscription;
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::{
-    Catalog, Channel, ChannelId, Event, LocationId, ReleaseReason, ReservationId, SkuId, SkuState,
-    StockoutClearReason, TimeMs,
+    Catalog, Channel, ChannelId, Event, LocationId, RebalanceWithdrawReason, ReleaseReason,
+    ReservationId, SkuId, SkuState, StockoutClearReason, TimeMs,
 };
 use crate::protocol::{
-    cause, kinds, lifecycle, stockout_reason, transition, PushItem, WireAtp, WireOversold,
-    WireReservationEvent, WireStockout,
+    cause, kinds, lifecycle, rebalance_reason, stockout_reason, transition, PushItem, WireAtp,
+    WireOversold, WireRebalanceEvent, WireRegionStockout, WireReservationEvent, WireStockout,
 };
 
 /// ATP of one SKU on one channel changed.
@@ -71,6 +71,51 @@ pub struct StockoutChange {
     pub reason: u8,
 }
 
+/// A rebalance recommendation of the SKU was raised or withdrawn (the record's
+/// `RebalanceRecommended` / `RebalanceWithdrawn` events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebalanceChange {
+    /// Its id.
+    pub id: u128,
+    /// Raised (true) or withdrawn.
+    pub recommended: bool,
+    /// See [`crate::protocol::rebalance_reason`].
+    pub reason: u8,
+    /// The short region.
+    pub short_region: String,
+    /// The donor region (empty when withdrawn).
+    pub donor_region: String,
+    /// Donor location (empty when withdrawn).
+    pub from: String,
+    /// Receiving location (empty when withdrawn).
+    pub to: String,
+    /// Units (0 when withdrawn).
+    pub qty: u32,
+    /// Short region's cover, hours in thousandths (0 when withdrawn).
+    pub short_cover_milli: u64,
+    /// Donor region's cover, hours in thousandths (`u64::MAX`: no demand, or withdrawn).
+    pub donor_cover_milli: u64,
+}
+
+/// A stockout projection of the SKU in one region was raised or cleared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStockoutChange {
+    /// The region code.
+    pub region: String,
+    /// Raised (true) or cleared.
+    pub projected: bool,
+    /// The region's threshold, hours (0: none).
+    pub threshold_hours: u32,
+    /// Hours to zero, thousandths (`None`: no demand).
+    pub hours_milli: Option<u64>,
+    /// Units held per hour, thousandths.
+    pub per_hour_milli: u64,
+    /// The region's ATP.
+    pub atp: u32,
+    /// See [`crate::protocol::stockout_reason`].
+    pub reason: u8,
+}
+
 /// What one log record means to subscribers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedBody {
@@ -88,6 +133,10 @@ pub enum FeedBody {
         reservations: Vec<ReservationChange>,
         /// Stockout projections raised or cleared (empty for almost every record).
         stockout: Vec<StockoutChange>,
+        /// Rebalance recommendations raised or withdrawn (empty for almost every record).
+        rebalance: Vec<RebalanceChange>,
+        /// Region stockout projections raised or cleared (empty for almost every record).
+        region_stockout: Vec<RegionStockoutChange>,
     },
     /// The catalog changed.
     Catalog,
@@ -131,6 +180,12 @@ pub struct Encoded {
     reservations_end: usize,
     /// End of the i-th stockout item; the first starts at `reservations_end`.
     stockout_ends: Vec<usize>,
+    /// End of the rebalance items (selected all together); they start at the last
+    /// stockout end (or `reservations_end`).
+    rebalance_end: usize,
+    /// End of the region stockout items (selected all together); they start at
+    /// `rebalance_end`.
+    region_end: usize,
 }
 
 /// A lazily filled [`Encoded`]; ignored by equality and cloned empty (it is a cache).
@@ -259,7 +314,11 @@ fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
             }
             Event::HoldExtended { .. }
             | Event::StockoutProjected { .. }
-            | Event::StockoutCleared { .. } => {}
+            | Event::StockoutCleared { .. }
+            | Event::RebalanceRecommended { .. }
+            | Event::RebalanceWithdrawn { .. }
+            | Event::RegionStockoutProjected { .. }
+            | Event::RegionStockoutCleared { .. } => {}
             Event::StockAdjusted { location, .. }
             | Event::OnHandSet { location, .. }
             | Event::StockMoved { location, .. }
@@ -336,7 +395,14 @@ fn cause_of(events: &[Event]) -> u8 {
         Some(Event::SafetyStockSet { .. }) => cause::SAFETY_STOCK,
         Some(Event::IncomingSet { .. }) => cause::INCOMING,
         // A record of projections only: the engine's re-projection (decay).
-        Some(Event::StockoutProjected { .. } | Event::StockoutCleared { .. }) => cause::REPROJECT,
+        Some(
+            Event::StockoutProjected { .. }
+            | Event::StockoutCleared { .. }
+            | Event::RebalanceRecommended { .. }
+            | Event::RebalanceWithdrawn { .. }
+            | Event::RegionStockoutProjected { .. }
+            | Event::RegionStockoutCleared { .. },
+        ) => cause::REPROJECT,
     }
 }
 
@@ -396,19 +462,117 @@ fn reservation_changes(events: &[Event]) -> Vec<ReservationChange> {
         .collect()
 }
 
-fn stockout_changes(events: &[Event]) -> Vec<StockoutChange> {
-    // decide appends projections after the request's own events.
+/// How many events at the end of a record are projections (`decide` appends them after
+/// the request's own events).
+fn projections(events: &[Event]) -> &[Event] {
     let n = events
         .iter()
         .rev()
-        .take_while(|e| {
-            matches!(
-                e,
-                Event::StockoutProjected { .. } | Event::StockoutCleared { .. }
-            )
-        })
+        .take_while(|e| crate::domain::sku::is_projection(e))
         .count();
-    events[events.len() - n..]
+    &events[events.len() - n..]
+}
+
+fn clear_reason(r: StockoutClearReason) -> u8 {
+    match r {
+        StockoutClearReason::Recovered => stockout_reason::RECOVERED,
+        StockoutClearReason::NoDemand => stockout_reason::NO_DEMAND,
+        StockoutClearReason::ThresholdRemoved => stockout_reason::THRESHOLD_REMOVED,
+    }
+}
+
+fn rebalance_changes(events: &[Event]) -> Vec<RebalanceChange> {
+    projections(events)
+        .iter()
+        .filter_map(|e| match e {
+            Event::RebalanceRecommended {
+                id,
+                to_region,
+                from_region,
+                from,
+                to,
+                qty,
+                to_cover_milli,
+                from_cover_milli,
+                ..
+            } => Some(RebalanceChange {
+                id: *id,
+                recommended: true,
+                reason: rebalance_reason::NONE,
+                short_region: to_region.clone(),
+                donor_region: from_region.clone(),
+                from: from.to_string(),
+                to: to.to_string(),
+                qty: *qty,
+                short_cover_milli: *to_cover_milli,
+                donor_cover_milli: from_cover_milli.unwrap_or(u64::MAX),
+            }),
+            Event::RebalanceWithdrawn {
+                id,
+                to_region,
+                reason,
+            } => Some(RebalanceChange {
+                id: *id,
+                recommended: false,
+                reason: match reason {
+                    RebalanceWithdrawReason::Applied => rebalance_reason::APPLIED,
+                    RebalanceWithdrawReason::Resolved => rebalance_reason::RESOLVED,
+                },
+                short_region: to_region.clone(),
+                donor_region: String::new(),
+                from: String::new(),
+                to: String::new(),
+                qty: 0,
+                short_cover_milli: 0,
+                donor_cover_milli: u64::MAX,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn region_changes(events: &[Event]) -> Vec<RegionStockoutChange> {
+    projections(events)
+        .iter()
+        .filter_map(|e| match e {
+            Event::RegionStockoutProjected {
+                region,
+                threshold_hours,
+                hours_milli,
+                per_hour_milli,
+                atp,
+            } => Some(RegionStockoutChange {
+                region: region.clone(),
+                projected: true,
+                threshold_hours: *threshold_hours,
+                hours_milli: Some(*hours_milli),
+                per_hour_milli: *per_hour_milli,
+                atp: *atp,
+                reason: stockout_reason::NONE,
+            }),
+            Event::RegionStockoutCleared {
+                region,
+                threshold_hours,
+                hours_milli,
+                per_hour_milli,
+                atp,
+                reason,
+            } => Some(RegionStockoutChange {
+                region: region.clone(),
+                projected: false,
+                threshold_hours: *threshold_hours,
+                hours_milli: *hours_milli,
+                per_hour_milli: *per_hour_milli,
+                atp: *atp,
+                reason: clear_reason(*reason),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stockout_changes(events: &[Event]) -> Vec<StockoutChange> {
+    projections(events)
         .iter()
         .filter_map(|e| match e {
             Event::StockoutProjected {
@@ -440,11 +604,7 @@ fn stockout_changes(events: &[Event]) -> Vec<StockoutChange> {
                 hours_milli: *hours_milli,
                 per_hour_milli: *per_hour_milli,
                 atp: *atp,
-                reason: match reason {
-                    StockoutClearReason::Recovered => stockout_reason::RECOVERED,
-                    StockoutClearReason::NoDemand => stockout_reason::NO_DEMAND,
-                    StockoutClearReason::ThresholdRemoved => stockout_reason::THRESHOLD_REMOVED,
-                },
+                reason: clear_reason(*reason),
             }),
             _ => None,
         })
@@ -485,6 +645,8 @@ pub fn derive(
             oversold: (oversold_now != before.oversold).then_some(oversold_now),
             reservations: reservation_changes(events),
             stockout: stockout_changes(events),
+            rebalance: rebalance_changes(events),
+            region_stockout: region_changes(events),
         },
     )
 }
@@ -511,9 +673,18 @@ fn encode_record(rec: &FeedRecord) -> Encoded {
                 e.reservations_end = e.bytes.len();
             }
             PushItem::Stockout(_) => e.stockout_ends.push(e.bytes.len()),
+            PushItem::Rebalance(_) => e.rebalance_end = e.bytes.len(),
+            PushItem::RegionStockout(_) => e.region_end = e.bytes.len(),
             _ => e.reservations_end = e.bytes.len(),
         }
     }
+    let stockout_end = e
+        .stockout_ends
+        .last()
+        .copied()
+        .unwrap_or(e.reservations_end);
+    e.rebalance_end = e.rebalance_end.max(stockout_end);
+    e.region_end = e.region_end.max(e.rebalance_end);
     e
 }
 
@@ -591,6 +762,27 @@ impl Filter {
                 }
             }
         }
+        if let FeedBody::Sku {
+            rebalance,
+            region_stockout,
+            ..
+        } = &rec.body
+        {
+            // Neither is about a channel: selected by kind alone, each all together.
+            let stockout_end = e
+                .stockout_ends
+                .last()
+                .copied()
+                .unwrap_or(e.reservations_end);
+            if self.kinds & kinds::REBALANCE != 0 && !rebalance.is_empty() {
+                let n = rebalance.len() as u64;
+                out.push_encoded(&e.bytes[stockout_end..e.rebalance_end], n);
+            }
+            if self.kinds & kinds::REGION_STOCKOUT != 0 && !region_stockout.is_empty() {
+                let n = region_stockout.len() as u64;
+                out.push_encoded(&e.bytes[e.rebalance_end..e.region_end], n);
+            }
+        }
     }
 
     fn wants_atp_change(&self, c: &AtpChange) -> bool {
@@ -608,20 +800,32 @@ impl Filter {
         mut atp: Option<&mut Coalescer>,
     ) {
         let (seq, at_ms) = (rec.seq, rec.at_ms);
-        let (sku, cause, changes, oversold, reservations, stockout) = match &rec.body {
-            FeedBody::Catalog => {
-                out.push(PushItem::Catalog { seq, at_ms });
-                return;
-            }
-            FeedBody::Sku {
-                sku,
-                cause,
-                atp,
-                oversold,
-                reservations,
-                stockout,
-            } => (sku, *cause, atp, *oversold, reservations, stockout),
-        };
+        let (sku, cause, changes, oversold, reservations, stockout, rebalance, regions) =
+            match &rec.body {
+                FeedBody::Catalog => {
+                    out.push(PushItem::Catalog { seq, at_ms });
+                    return;
+                }
+                FeedBody::Sku {
+                    sku,
+                    cause,
+                    atp,
+                    oversold,
+                    reservations,
+                    stockout,
+                    rebalance,
+                    region_stockout,
+                } => (
+                    sku,
+                    *cause,
+                    atp,
+                    *oversold,
+                    reservations,
+                    stockout,
+                    rebalance,
+                    region_stockout,
+                ),
+            };
         if !self.wants_sku(sku) {
             return;
         }
@@ -677,6 +881,43 @@ impl Filter {
                     per_hour_milli: c.per_hour_milli,
                     atp: c.atp,
                     reason: c.reason,
+                    window: crate::domain::sku::STOCKOUT_WINDOW as u8,
+                }));
+            }
+        }
+        if self.kinds & kinds::REBALANCE != 0 {
+            for r in rebalance {
+                out.push(PushItem::Rebalance(WireRebalanceEvent {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    id: r.id,
+                    recommended: r.recommended,
+                    reason: r.reason,
+                    short_region: r.short_region.clone(),
+                    donor_region: r.donor_region.clone(),
+                    from: r.from.clone(),
+                    to: r.to.clone(),
+                    qty: r.qty,
+                    short_cover_milli: r.short_cover_milli,
+                    donor_cover_milli: r.donor_cover_milli,
+                    reference: crate::domain::rebalance::reference_of(r.id),
+                }));
+            }
+        }
+        if self.kinds & kinds::REGION_STOCKOUT != 0 {
+            for r in regions {
+                out.push(PushItem::RegionStockout(WireRegionStockout {
+                    seq,
+                    at_ms,
+                    sku: sku.to_string(),
+                    region: r.region.clone(),
+                    projected: r.projected,
+                    threshold_hours: r.threshold_hours,
+                    hours_milli: r.hours_milli.unwrap_or(u64::MAX),
+                    per_hour_milli: r.per_hour_milli,
+                    atp: r.atp,
+                    reason: r.reason,
                     window: crate::domain::sku::STOCKOUT_WINDOW as u8,
                 }));
             }

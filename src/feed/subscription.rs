@@ -520,6 +520,8 @@ fn item_seq(i: &PushItem) -> u64 {
         PushItem::Oversold(o) => o.seq,
         PushItem::Reservation(r) => r.seq,
         PushItem::Stockout(s) => s.seq,
+        PushItem::Rebalance(r) => r.seq,
+        PushItem::RegionStockout(s) => s.seq,
         PushItem::Catalog { seq, .. }
         | PushItem::SnapshotEnd { seq }
         | PushItem::Position { seq } => *seq,

@@ -159,6 +159,8 @@ fn record(seq: u64, sku: &str, changes: Vec<AtpChange>) -> FeedRecord {
                 expires_at_ms: 9,
             }],
             stockout: Vec::new(),
+            rebalance: Vec::new(),
+            region_stockout: Vec::new(),
         },
     )
 }

@@ -147,10 +147,13 @@ fn kinds_of(s: Option<&str>) -> Result<u8, String> {
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
             "stockout" => kinds::STOCKOUT,
+            "rebalance" => kinds::REBALANCE,
+            "region_stockout" => kinds::REGION_STOCKOUT,
             "all" => kinds::ALL,
             other => {
                 return Err(format!(
-                    "kind {other:?}: atp, thresholds, reservations, stockout or all"
+                    "kind {other:?}: atp, thresholds, reservations, stockout, rebalance, \
+                     region_stockout or all"
                 ))
             }
         };

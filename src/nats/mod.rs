@@ -173,7 +173,7 @@ impl NatsConfig {
         }
         if self.kinds == 0 || self.kinds & !kinds::ALL != 0 {
             return Err(
-                "kinds: a non-empty list of atp, thresholds, reservations, stockout, all".into(),
+                "kinds: a non-empty list of atp, thresholds, reservations, stockout, rebalance, region_stockout, all".into(),
             );
         }
         let c = self.coalesce_ms;

@@ -849,6 +849,19 @@ pub mod history_kind {
     /// A raised stockout projection cleared (`channel`; `quantity` the ATP; `reason`
     /// `recovered`, `no_demand` or `threshold_removed`).
     pub const STOCKOUT_CLEARED: u8 = 12;
+    /// A rebalance recommendation raised (`location` the donor, `to_location` the
+    /// receiving location, `quantity` the units; `reference` `rebalance:<id>`; `reason`
+    /// "FROM->TO" regions).
+    pub const REBALANCE_RECOMMENDED: u8 = 13;
+    /// A raised rebalance recommendation withdrawn (`reference` `rebalance:<id>`; `reason`
+    /// `applied` or `resolved`).
+    pub const REBALANCE_WITHDRAWN: u8 = 14;
+    /// A stockout projected in a region (`location` empty, `channel` empty, `to_location`
+    /// the region code; `quantity` the region's ATP; `reason` as `STOCKOUT_PROJECTED`).
+    pub const REGION_STOCKOUT_PROJECTED: u8 = 15;
+    /// A raised region stockout projection cleared (`to_location` the region; `reason` as
+    /// `STOCKOUT_CLEARED`).
+    pub const REGION_STOCKOUT_CLEARED: u8 = 16;
 
     /// The kind's name (`ctl history`, JSON), `unknown` for a number this build lacks.
     pub fn name(kind: u8) -> &'static str {
@@ -865,6 +878,10 @@ pub mod history_kind {
             INCOMING_SET => "incoming_set",
             STOCKOUT_PROJECTED => "stockout_projected",
             STOCKOUT_CLEARED => "stockout_cleared",
+            REBALANCE_RECOMMENDED => "rebalance_recommended",
+            REBALANCE_WITHDRAWN => "rebalance_withdrawn",
+            REGION_STOCKOUT_PROJECTED => "region_stockout_projected",
+            REGION_STOCKOUT_CLEARED => "region_stockout_cleared",
             _ => "unknown",
         }
     }
@@ -1103,8 +1120,14 @@ pub mod kinds {
     /// Stockout projections: projected and cleared (`PushItem::Stockout`). Added after the
     /// first release: a subscriber that does not ask for it never receives the item.
     pub const STOCKOUT: u8 = 8;
+    /// Rebalance recommendations: recommended and withdrawn (`PushItem::Rebalance`).
+    pub const REBALANCE: u8 = 16;
+    /// Stockout projections per SKU x region (`PushItem::RegionStockout`): a bit of its
+    /// own so a subscriber built before it, asking for `STOCKOUT`, never receives an item
+    /// it cannot decode.
+    pub const REGION_STOCKOUT: u8 = 32;
     /// Every kind.
-    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS | STOCKOUT;
+    pub const ALL: u8 = ATP | THRESHOLDS | RESERVATIONS | STOCKOUT | REBALANCE | REGION_STOCKOUT;
 }
 
 /// `SUBSCRIBE` body: start a stream of stock changes on this connection. The server answers
@@ -1412,6 +1435,88 @@ pub enum PushItem {
     /// 8: a stockout projection of one SKU x channel was raised or cleared (kind bit
     /// [`kinds::STOCKOUT`]).
     Stockout(WireStockout),
+    /// 9: a rebalance recommendation of one SKU was raised or withdrawn (kind bit
+    /// [`kinds::REBALANCE`]).
+    Rebalance(WireRebalanceEvent),
+    /// 10: a stockout projection of one SKU x region was raised or cleared (kind bit
+    /// [`kinds::REGION_STOCKOUT`]).
+    RegionStockout(WireRegionStockout),
+}
+
+/// Why a rebalance recommendation was withdrawn (`WireRebalanceEvent::reason`).
+pub mod rebalance_reason {
+    /// Not withdrawn: the item says "recommended".
+    pub const NONE: u8 = 0;
+    /// A transfer with its reference was applied.
+    pub const APPLIED: u8 = 1;
+    /// The short region is no longer short, or no region can give any more.
+    pub const RESOLVED: u8 = 2;
+}
+
+/// A rebalance recommendation of one SKU was raised (`recommended`) or withdrawn. The
+/// location, quantity and cover fields are those of the recommendation when raised; a
+/// withdrawal carries only the id, the short region and the reason (the rest empty or 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRebalanceEvent {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// Recommendation id: the transfer's request id (`REBALANCE_LIST` shows the same).
+    pub id: u128,
+    /// true: recommended; false: withdrawn.
+    pub recommended: bool,
+    /// See [`rebalance_reason`] (0 when recommended).
+    pub reason: u8,
+    /// The region short of cover.
+    pub short_region: String,
+    /// The region giving (empty when withdrawn).
+    pub donor_region: String,
+    /// Donor location (empty when withdrawn).
+    pub from: String,
+    /// Receiving location (empty when withdrawn).
+    pub to: String,
+    /// Units (0 when withdrawn).
+    pub qty: u32,
+    /// Hours of cover of the short region, thousandths (0 when withdrawn).
+    pub short_cover_milli: u64,
+    /// Hours of cover of the donor region, thousandths; `u64::MAX` without demand there
+    /// (and when withdrawn).
+    pub donor_cover_milli: u64,
+    /// The transfer's reference, `rebalance:<32 hex digits>`.
+    pub reference: String,
+}
+
+/// A stockout projection of one SKU x region changed: hours to zero (the exposed ATP of
+/// the SKU's locations in the region over their summed held rate, window 1) fell under
+/// the region's threshold (the smallest of the channels selling from the region), or
+/// rose above threshold x 1.25, or demand stopped, or no threshold is left (cleared).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRegionStockout {
+    /// Log sequence number.
+    pub seq: u64,
+    /// When (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: String,
+    /// The region code.
+    pub region: String,
+    /// true: projected; false: cleared.
+    pub projected: bool,
+    /// The region's threshold, hours (0: none any more).
+    pub threshold_hours: u32,
+    /// Hours to zero, thousandths; `u64::MAX` without demand.
+    pub hours_milli: u64,
+    /// Units held per hour in the region, thousandths.
+    pub per_hour_milli: u64,
+    /// The region's ATP (exposed, no channel buffer or cap).
+    pub atp: u32,
+    /// See [`stockout_reason`] (0 when projected).
+    pub reason: u8,
+    /// The velocity window (1 = 1 h by default).
+    pub window: u8,
 }
 
 /// Why a stockout projection cleared (`WireStockout::reason`).

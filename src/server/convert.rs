@@ -772,12 +772,59 @@ pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
             w.kind = k::STOCKOUT_CLEARED;
             w.channel = channel.to_string();
             w.quantity = i64::from(*atp);
+            w.reason = clear_reason_name(*reason).into();
+        }
+        Event::RebalanceRecommended {
+            id,
+            to_region,
+            from_region,
+            from,
+            to,
+            qty,
+            ..
+        } => {
+            w.kind = k::REBALANCE_RECOMMENDED;
+            w.location = from.to_string();
+            w.to_location = to.to_string();
+            w.quantity = i64::from(*qty);
+            w.reference = crate::domain::rebalance::reference_of(*id);
+            w.reason = format!("{from_region}->{to_region}");
+        }
+        Event::RebalanceWithdrawn { id, reason, .. } => {
+            w.kind = k::REBALANCE_WITHDRAWN;
+            w.reference = crate::domain::rebalance::reference_of(*id);
             w.reason = match reason {
-                crate::domain::StockoutClearReason::Recovered => "recovered",
-                crate::domain::StockoutClearReason::NoDemand => "no_demand",
-                crate::domain::StockoutClearReason::ThresholdRemoved => "threshold_removed",
+                crate::domain::RebalanceWithdrawReason::Applied => "applied",
+                crate::domain::RebalanceWithdrawReason::Resolved => "resolved",
             }
             .into();
+        }
+        Event::RegionStockoutProjected {
+            region,
+            threshold_hours,
+            hours_milli,
+            per_hour_milli,
+            atp,
+        } => {
+            w.kind = k::REGION_STOCKOUT_PROJECTED;
+            w.to_location = region.clone();
+            w.quantity = i64::from(*atp);
+            w.reason = format!(
+                "{:.1} h to zero at {:.2}/h, threshold {threshold_hours} h",
+                *hours_milli as f64 / 1000.0,
+                *per_hour_milli as f64 / 1000.0
+            );
+        }
+        Event::RegionStockoutCleared {
+            region,
+            atp,
+            reason,
+            ..
+        } => {
+            w.kind = k::REGION_STOCKOUT_CLEARED;
+            w.to_location = region.clone();
+            w.quantity = i64::from(*atp);
+            w.reason = clear_reason_name(*reason).into();
         }
         Event::SafetyStockSet { location, qty } => {
             w.kind = k::SAFETY_STOCK_SET;
@@ -798,10 +845,78 @@ pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
     w
 }
 
+fn clear_reason_name(r: crate::domain::StockoutClearReason) -> &'static str {
+    match r {
+        crate::domain::StockoutClearReason::Recovered => "recovered",
+        crate::domain::StockoutClearReason::NoDemand => "no_demand",
+        crate::domain::StockoutClearReason::ThresholdRemoved => "threshold_removed",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{Allocation, LocationId, SkuId};
+
+    #[test]
+    fn rebalance_and_region_stockout_events_have_their_history_kinds() {
+        use crate::protocol::history_kind as k;
+        let entry = |event: Event| crate::engine::HistoryEntry {
+            seq: 5,
+            index: 1,
+            at_ms: 9,
+            request: 0,
+            event,
+        };
+        let l = |s: &str| LocationId::new(s).expect("location");
+        let w = history_event_of(&entry(Event::RebalanceRecommended {
+            id: 0xab,
+            basis_seq: 4,
+            to_region: "FR".into(),
+            from_region: "DE".into(),
+            from: l("de-1"),
+            to: l("fr-1"),
+            qty: 12,
+            to_cover_milli: 1_000,
+            from_cover_milli: None,
+        }));
+        assert_eq!((w.kind, k::name(w.kind)), (13, "rebalance_recommended"));
+        assert_eq!(
+            (w.location.as_str(), w.to_location.as_str(), w.quantity),
+            ("de-1", "fr-1", 12)
+        );
+        assert_eq!(w.reference, format!("rebalance:{:032x}", 0xab));
+        assert_eq!(w.reason, "DE->FR");
+        let w = history_event_of(&entry(Event::RebalanceWithdrawn {
+            id: 0xab,
+            to_region: "FR".into(),
+            reason: crate::domain::RebalanceWithdrawReason::Applied,
+        }));
+        assert_eq!(
+            (w.kind, k::name(w.kind), w.reason.as_str()),
+            (14, "rebalance_withdrawn", "applied")
+        );
+        let w = history_event_of(&entry(Event::RegionStockoutProjected {
+            region: "FR".into(),
+            threshold_hours: 24,
+            hours_milli: 12_500,
+            per_hour_milli: 2_000,
+            atp: 25,
+        }));
+        assert_eq!((w.kind, k::name(w.kind)), (15, "region_stockout_projected"));
+        assert_eq!((w.to_location.as_str(), w.quantity), ("FR", 25));
+        assert_eq!(w.reason, "12.5 h to zero at 2.00/h, threshold 24 h");
+        let w = history_event_of(&entry(Event::RegionStockoutCleared {
+            region: "FR".into(),
+            threshold_hours: 0,
+            hours_milli: None,
+            per_hour_milli: 0,
+            atp: 25,
+            reason: crate::domain::StockoutClearReason::ThresholdRemoved,
+        }));
+        assert_eq!((w.kind, k::name(w.kind)), (16, "region_stockout_cleared"));
+        assert_eq!(w.reason, "threshold_removed");
+    }
 
     #[test]
     fn reserved_view_encodes_as_reserved() {

@@ -230,10 +230,13 @@ pub fn kinds_of(names: &[String]) -> Result<u8, String> {
             "thresholds" => kinds::THRESHOLDS,
             "reservations" => kinds::RESERVATIONS,
             "stockout" => kinds::STOCKOUT,
+            "rebalance" => kinds::REBALANCE,
+            "region_stockout" => kinds::REGION_STOCKOUT,
             "all" => kinds::ALL,
             other => {
                 return Err(format!(
-                    "kinds: {other:?} is not atp, thresholds, reservations, stockout or all"
+                    "kinds: {other:?} is not atp, thresholds, reservations, stockout, \
+                     rebalance, region_stockout or all"
                 ))
             }
         };

@@ -216,3 +216,42 @@ pub async fn next_stockout(
         }
     }
 }
+
+/// The next push item of `sub` that `pick` selects (others are skipped), within 10 s.
+pub async fn next_item<T>(
+    sub: &mut omnistock::client::Subscriber,
+    pick: impl Fn(omnistock::protocol::PushItem) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let items = tokio::time::timeout_at(deadline, sub.next())
+            .await
+            .expect("an item within 10 s")
+            .expect("feed");
+        if let Some(t) = items.into_iter().find_map(&pick) {
+            return t;
+        }
+    }
+}
+
+/// The next rebalance item of `sub`, within 10 s.
+pub async fn next_rebalance(
+    sub: &mut omnistock::client::Subscriber,
+) -> omnistock::protocol::WireRebalanceEvent {
+    next_item(sub, |i| match i {
+        omnistock::protocol::PushItem::Rebalance(r) => Some(r),
+        _ => None,
+    })
+    .await
+}
+
+/// The next region stockout item of `sub`, within 10 s.
+pub async fn next_region_stockout(
+    sub: &mut omnistock::client::Subscriber,
+) -> omnistock::protocol::WireRegionStockout {
+    next_item(sub, |i| match i {
+        omnistock::protocol::PushItem::RegionStockout(s) => Some(s),
+        _ => None,
+    })
+    .await
+}
