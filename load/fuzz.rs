@@ -450,7 +450,20 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
         return Outcome::PayloadError;
     };
     let mut decoded = 0;
+    // No engine in process: ids resolve against an empty catalog (all new, as the
+    // server resolves ids it does not know).
+    let catalog = omnistock::domain::Catalog::default();
+    let ids = convert::SharedIds {
+        engine: None,
+        catalog: &catalog,
+    };
     for raw in &batch.ops {
+        if raw.opcode == protocol::opcode::RESERVE {
+            // The server's in-place decode of a reserve, beside the owned one below.
+            if let Ok(r) = protocol::ops::decode_reserve_ref(&raw.body) {
+                drop(convert::reserve_command_ref(&r, &ids));
+            }
+        }
         let Ok(Some(op)) = Op::from_raw(raw) else {
             continue;
         };
@@ -459,14 +472,14 @@ fn decode_all(bytes: &[u8], max_frame: usize) -> Outcome {
         match &op {
             Op::Reserve(r) => drop(convert::reserve_command(r)),
             Op::Fulfill(f) => drop(convert::fulfill_command(f)),
-            Op::Adjust(a) => drop(convert::adjust_command(a)),
-            Op::SetOnHand(a) => drop(convert::set_on_hand_command(a)),
-            Op::Move(a) => drop(convert::move_command(a)),
-            Op::Transfer(a) => drop(convert::transfer_command(a)),
-            Op::SetSafetyStock(a) => drop(convert::safety_command(a)),
-            Op::SetIncoming(a) => drop(convert::incoming_command(a)),
+            Op::Adjust(a) => drop(convert::adjust_command(a, &ids)),
+            Op::SetOnHand(a) => drop(convert::set_on_hand_command(a, &ids)),
+            Op::Move(a) => drop(convert::move_command(a, &ids)),
+            Op::Transfer(a) => drop(convert::transfer_command(a, &ids)),
+            Op::SetSafetyStock(a) => drop(convert::safety_command(a, &ids)),
+            Op::SetIncoming(a) => drop(convert::incoming_command(a, &ids)),
             Op::UpsertLocation(u) => drop(convert::location_command(u)),
-            Op::UpsertChannel(u) => drop(convert::channel_command(u)),
+            Op::UpsertChannel(u) => drop(convert::channel_command(u, &ids)),
             Op::SetLowStock(u) => drop(convert::low_stock_command(u)),
             Op::DeleteLocation(d) => drop(convert::delete_location_command(d)),
             Op::DeleteChannel(d) => drop(convert::delete_channel_command(d)),

@@ -3,7 +3,7 @@
 //! for passive SKUs in memory, which never leaves the process.
 
 use bincode::config::{self, Configuration, Fixint, LittleEndian, Varint};
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -83,11 +83,11 @@ fn plain(e: &bincode::error::DecodeError) -> String {
 }
 
 /// Decodes a whole buffer with `config`; trailing bytes are an error.
-fn decode_whole<T: DeserializeOwned, C: bincode::config::Config>(
-    bytes: &[u8],
+fn decode_whole<'de, T: Deserialize<'de>, C: bincode::config::Config>(
+    bytes: &'de [u8],
     config: C,
 ) -> Result<T, CodecError> {
-    let (v, used) = bincode::serde::decode_from_slice(bytes, config)
+    let (v, used) = bincode::serde::borrow_decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Decode(plain(&e)))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
@@ -109,8 +109,9 @@ pub const BOUNDED_EXPANSION: usize = 32;
 /// before anything of that size is allocated (with [`decode`] a 49-byte input could make
 /// it allocate up to 16 MiB). For what a peer sends (the server's requests), whose types
 /// decode to at most a few times their encoded size; not for values with vectors of
-/// small optional items (`Vec<Option<_>>`, a byte each when `None`).
-pub fn decode_bounded<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+/// small optional items (`Vec<Option<_>>`, a byte each when `None`). `T` may borrow from
+/// `bytes` (`&str` fields: no copy of the strings).
+pub fn decode_bounded<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, CodecError> {
     let want = bytes.len().saturating_mul(BOUNDED_EXPANSION);
     let base = config::standard()
         .with_little_endian()

@@ -503,16 +503,25 @@ fn create_series() {
 
 /// Records one answered operation: a counter by (op, status) and a latency sample by op.
 pub fn record_op(op: u16, status: u16, elapsed: Duration) {
+    record_ops(op, status, elapsed, 1);
+}
+
+/// Records `n` answered operations of the same opcode and status that took `elapsed` each
+/// (the operations of one frame): the counter by (op, status) once, `n` latency samples.
+pub fn record_ops(op: u16, status: u16, elapsed: Duration, n: usize) {
     let Some(hot) = HOT.get() else { return };
+    if n == 0 {
+        return;
+    }
     let (o, s) = (op_index(op), status_index(status));
     let (op_name, status_name) = (op_label(op), status::name(status));
     if let Some(c) = hot.requests.get(o * N_STATUS + s) {
         c.get_or_init(|| counter!(REQUESTS_TOTAL, "op" => op_name, "status" => status_name))
-            .increment(1);
+            .increment(n as u64);
     }
     if let Some(h) = hot.latency.get(o) {
         h.get_or_init(|| histogram!(REQUEST_DURATION_SECONDS, "op" => op_name))
-            .record(elapsed.as_secs_f64());
+            .record_many(elapsed.as_secs_f64(), n);
     }
 }
 

@@ -19,12 +19,15 @@ pub type ReservationId = u128;
 /// Client-chosen 128-bit idempotency key carried by every mutating request.
 pub type RequestId = u128;
 
-fn valid_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '#' | '+')
+/// Whether `b` may appear in an id. Every allowed character is ASCII, so checking the
+/// bytes is checking the characters (a non-ASCII character's bytes are all >= 0x80) without
+/// decoding UTF-8 character by character.
+fn valid_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'#' | b'+')
 }
 
 fn validate(kind: &'static str, s: &str, max: usize) -> Result<(), Rejection> {
-    if s.is_empty() || s.len() > max || !s.chars().all(valid_id_char) {
+    if s.is_empty() || s.len() > max || !s.bytes().all(valid_id_byte) {
         return Err(Rejection::invalid(format!(
             "{kind} id {s:?} must be 1..={max} bytes of [A-Za-z0-9-_.:/#+]"
         )));

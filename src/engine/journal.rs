@@ -140,15 +140,221 @@ impl Journal {
         }
     }
 
-    /// Encodes a record with the fixed codec.
+    /// Encodes a record with the fixed codec. A SKU record (nearly every record: holds,
+    /// sales, releases) is written field by field into a buffer of its exact size, the
+    /// bytes serde would write (`direct_encoding_is_the_codecs`); the rest go through serde.
     pub fn encode(rec: &LogRecord) -> Result<Vec<u8>, EngineError> {
-        codec::encode(rec).map_err(|e| EngineError::Storage(e.to_string()))
+        match &rec.body {
+            RecordBody::Sku { sku, events } => {
+                let mut out = Vec::with_capacity(sku_record_len(sku, events));
+                put_u64(&mut out, rec.at_ms);
+                out.extend_from_slice(&rec.request.to_le_bytes());
+                put_u64(&mut out, rec.fingerprint);
+                put_variant(&mut out, 0);
+                put_str(&mut out, sku.as_str());
+                put_u64(&mut out, events.len() as u64);
+                for e in events {
+                    put_event(&mut out, e)?;
+                }
+                Ok(out)
+            }
+            _ => codec::encode(rec).map_err(|e| EngineError::Storage(e.to_string())),
+        }
     }
+}
+
+// The fixed codec's layout (bincode, fixed-width little-endian): integers as themselves, a
+// `bool` as one byte, a string or a vector as a u64 length then its items, an enum variant
+// as its u32 index then its fields in declaration order.
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_variant(out: &mut Vec<u8>, index: u32) {
+    out.extend_from_slice(&index.to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_allocations(out: &mut Vec<u8>, allocations: &[crate::domain::Allocation]) {
+    put_u64(out, allocations.len() as u64);
+    for a in allocations {
+        put_str(out, a.location.as_str());
+        out.extend_from_slice(&a.qty.to_le_bytes());
+    }
+}
+
+fn allocations_len(allocations: &[crate::domain::Allocation]) -> usize {
+    8 + allocations
+        .iter()
+        .map(|a| 8 + a.location.as_str().len() + 4)
+        .sum::<usize>()
+}
+
+/// Bytes of a SKU record's encoding, a close upper bound for events written by serde.
+fn sku_record_len(sku: &SkuId, events: &[Event]) -> usize {
+    let head = 8 + 16 + 8 + 4 + 8 + sku.as_str().len() + 8;
+    head + events
+        .iter()
+        .map(|e| match e {
+            Event::HoldPlaced {
+                channel,
+                allocations,
+                ..
+            } => 4 + 16 + 8 + channel.as_str().len() + 8 + 2 + allocations_len(allocations),
+            Event::HoldFulfilled { allocations, .. } => 4 + 16 + allocations_len(allocations) + 1,
+            Event::HoldReleased { allocations, .. } => 4 + 16 + allocations_len(allocations) + 4,
+            Event::HoldExtended { .. } => 4 + 16 + 8,
+            _ => 64,
+        })
+        .sum::<usize>()
+}
+
+/// One event as serde writes it; the reservation events field by field (their variant
+/// indexes are their places in [`Event`]), the others through serde.
+fn put_event(out: &mut Vec<u8>, e: &Event) -> Result<(), EngineError> {
+    match e {
+        Event::HoldPlaced {
+            reservation,
+            channel,
+            expires_at_ms,
+            cart_skus,
+            allocations,
+        } => {
+            put_variant(out, 0);
+            out.extend_from_slice(&reservation.to_le_bytes());
+            put_str(out, channel.as_str());
+            put_u64(out, *expires_at_ms);
+            out.extend_from_slice(&cart_skus.to_le_bytes());
+            put_allocations(out, allocations);
+        }
+        Event::HoldFulfilled {
+            reservation,
+            allocations,
+            closed,
+        } => {
+            put_variant(out, 1);
+            out.extend_from_slice(&reservation.to_le_bytes());
+            put_allocations(out, allocations);
+            out.push(u8::from(*closed));
+        }
+        Event::HoldReleased {
+            reservation,
+            allocations,
+            reason,
+        } => {
+            put_variant(out, 2);
+            out.extend_from_slice(&reservation.to_le_bytes());
+            put_allocations(out, allocations);
+            codec::encode_into(reason, out).map_err(|e| EngineError::Storage(e.to_string()))?;
+        }
+        Event::HoldExtended {
+            reservation,
+            expires_at_ms,
+        } => {
+            put_variant(out, 3);
+            out.extend_from_slice(&reservation.to_le_bytes());
+            put_u64(out, *expires_at_ms);
+        }
+        other => codec::encode_into(other, out).map_err(|e| EngineError::Storage(e.to_string()))?,
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Allocation, ChannelId, LocationId, ReleaseReason};
+
+    fn allocations(parts: &[(&str, u32)]) -> Vec<Allocation> {
+        parts
+            .iter()
+            .map(|(l, q)| Allocation {
+                location: LocationId::new(l).expect("location"),
+                qty: *q,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn direct_encoding_is_the_codecs() {
+        let placed = Event::HoldPlaced {
+            reservation: u128::MAX - 7,
+            channel: ChannelId::new("web-fr").expect("channel"),
+            expires_at_ms: 1_234_567,
+            cart_skus: 3,
+            allocations: allocations(&[("wh-a", 2), ("store-long-name-b", 1_000_000_000)]),
+        };
+        let events = vec![
+            vec![placed.clone()],
+            vec![],
+            vec![Event::HoldPlaced {
+                reservation: 1,
+                channel: ChannelId::new("w").expect("channel"),
+                expires_at_ms: 0,
+                cart_skus: u16::MAX,
+                allocations: vec![],
+            }],
+            vec![Event::HoldFulfilled {
+                reservation: 5,
+                allocations: allocations(&[("wh-a", 1)]),
+                closed: true,
+            }],
+            vec![Event::HoldFulfilled {
+                reservation: 5,
+                allocations: allocations(&[]),
+                closed: false,
+            }],
+            vec![
+                Event::HoldReleased {
+                    reservation: 6,
+                    allocations: allocations(&[("wh-a", 4), ("wh-b", 9)]),
+                    reason: ReleaseReason::CartAborted,
+                },
+                Event::HoldReleased {
+                    reservation: 7,
+                    allocations: allocations(&[("wh-a", 4)]),
+                    reason: ReleaseReason::Recovery,
+                },
+            ],
+            vec![
+                Event::HoldExtended {
+                    reservation: 8,
+                    expires_at_ms: u64::MAX,
+                },
+                placed,
+            ],
+        ];
+        for (i, events) in events.into_iter().enumerate() {
+            let rec = LogRecord {
+                at_ms: 1_700_000_000_000 + i as u64,
+                request: (i as u128) << 70 | 3,
+                fingerprint: u64::MAX - i as u64,
+                body: RecordBody::Sku {
+                    sku: SkuId::new("SKU-0042").expect("sku"),
+                    events,
+                },
+            };
+            let want = codec::encode(&rec).expect("serde");
+            assert_eq!(Journal::encode(&rec).expect("direct"), want, "{rec:?}");
+            let back: LogRecord = codec::decode(&want).expect("decode");
+            assert_eq!(back, rec);
+        }
+        let catalog = LogRecord {
+            at_ms: 1,
+            request: 2,
+            fingerprint: 3,
+            body: RecordBody::CartPlaced { reservation: 4 },
+        };
+        assert_eq!(
+            Journal::encode(&catalog).expect("serde path"),
+            codec::encode(&catalog).expect("serde")
+        );
+    }
 
     #[test]
     fn log_back_pressure_is_a_retriable_overload_not_a_storage_failure() {

@@ -657,6 +657,15 @@ impl Engine {
         reads::get_waiting(&self.core, sku).await
     }
 
+    /// The SKU id `s`, validated: the engine's shared copy when the SKU is known (no
+    /// allocation), else a new one (`InvalidRequest` when `s` is not a valid id).
+    pub fn sku_id(&self, s: &str) -> Result<SkuId, crate::domain::Rejection> {
+        match self.core.registry.interned(s) {
+            Some(id) => Ok(id),
+            None => SkuId::new(s),
+        }
+    }
+
     /// Every known SKU id starting with `prefix`, sorted.
     pub fn sku_ids(&self, prefix: &str) -> Vec<SkuId> {
         let mut v = self.core.registry.ids(prefix);

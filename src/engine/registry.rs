@@ -195,6 +195,12 @@ impl Registry {
         }
     }
 
+    /// The registry's own copy of the id `s` when that SKU is known: a reference count
+    /// instead of a new allocation, and no validation (a key was valid when inserted).
+    pub(crate) fn interned(&self, s: &str) -> Option<SkuId> {
+        self.map.get(s).map(|e| e.key().clone())
+    }
+
     /// Number of SKUs known.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

@@ -129,6 +129,40 @@ pub struct WireLine {
     pub location: Option<String>,
 }
 
+/// A [`Reserve`] body decoded without copying its strings (the same bytes on the wire):
+/// what the server decodes a `RESERVE` into, so that its ids go straight to the engine's
+/// shared ids instead of through a `String` each.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ReserveRef<'a> {
+    /// Idempotency key, non-zero.
+    pub request_id: u128,
+    /// Client-chosen reservation id.
+    pub reservation: u128,
+    /// Selling channel.
+    #[serde(borrow)]
+    pub channel: &'a str,
+    /// Lines.
+    #[serde(borrow)]
+    pub lines: Vec<WireLineRef<'a>>,
+    /// May one line be sourced from several locations.
+    pub allow_split: bool,
+    /// Hold time in ms.
+    pub ttl_ms: u64,
+}
+
+/// A [`WireLine`] borrowing its strings (see [`ReserveRef`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct WireLineRef<'a> {
+    /// SKU id.
+    #[serde(borrow)]
+    pub sku: &'a str,
+    /// Units (1..=10^9).
+    pub qty: u32,
+    /// Location to take them from, or `None` for the channel's sourcing order.
+    #[serde(borrow)]
+    pub location: Option<&'a str>,
+}
+
 /// Reserve a cart (all lines or none).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reserve {

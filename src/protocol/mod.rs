@@ -56,11 +56,82 @@ pub fn frame_of<T: serde::Serialize>(
     Ok(Frame::new(kind, correlation, encode_payload(payload)?))
 }
 
+/// The payload length of a `Response` frame carrying `results` (the fixed codec's
+/// encoding of [`ResponseBatch`]: a u64 count, then per result its u16 status, its message
+/// and its body as u64 length + bytes).
+pub fn response_payload_len(results: &[OpResult]) -> usize {
+    8 + results
+        .iter()
+        .map(|r| 2 + 8 + r.message.len() + 8 + r.body.len())
+        .sum::<usize>()
+}
+
+/// The encoded `Response` frame of `results` with correlation id `corr`: the bytes of
+/// `frame_of(FrameKind::Response, corr, &ResponseBatch { results }).encode()`, written
+/// into one buffer of the exact size (no payload buffer grown and then copied into the
+/// frame). The caller checks the frame limit with [`response_payload_len`] first.
+pub fn encode_response_frame(corr: u64, results: &[OpResult]) -> Vec<u8> {
+    let payload = response_payload_len(results);
+    let len = u32::try_from(frame::HEADER_BYTES + payload).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(frame::FRAME_OVERHEAD_BYTES + payload);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(FrameKind::Response as u8);
+    out.extend_from_slice(&corr.to_le_bytes());
+    out.extend_from_slice(&(results.len() as u64).to_le_bytes());
+    for r in results {
+        out.extend_from_slice(&r.status.to_le_bytes());
+        out.extend_from_slice(&(r.message.len() as u64).to_le_bytes());
+        out.extend_from_slice(r.message.as_bytes());
+        out.extend_from_slice(&(r.body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&r.body);
+    }
+    out
+}
+
 /// Builds an `OpResult` for a failure.
 pub fn failed(status: u16, message: impl Into<String>) -> OpResult {
     OpResult {
         status,
         message: message.into(),
         body: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_frame_written_directly_is_the_encoded_response_batch() {
+        let cases: Vec<Vec<OpResult>> = vec![
+            vec![],
+            vec![failed(status::OK, "")],
+            vec![
+                OpResult {
+                    status: status::OK,
+                    message: String::new(),
+                    body: vec![1, 2, 3, 255],
+                },
+                failed(status::INTERNAL_ERROR, "a message with \u{e9}"),
+                OpResult {
+                    status: u16::MAX,
+                    message: "m".into(),
+                    body: vec![0; 300],
+                },
+            ],
+        ];
+        for results in cases {
+            let want = frame_of(
+                FrameKind::Response,
+                0x0102_0304_0506_0708,
+                &ResponseBatch {
+                    results: results.clone(),
+                },
+            )
+            .expect("frame");
+            let got = encode_response_frame(0x0102_0304_0506_0708, &results);
+            assert_eq!(got, want.encode());
+            assert_eq!(response_payload_len(&results), want.payload.len());
+        }
     }
 }

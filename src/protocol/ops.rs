@@ -240,6 +240,12 @@ fn decode_request_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolE
     codec::decode_bounded(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
 
+/// Decodes a `RESERVE` body borrowing its strings, with the limits of every request body:
+/// the same answer as [`Op::from_raw`] gives for the opcode, without a `String` per id.
+pub fn decode_reserve_ref(bytes: &[u8]) -> Result<super::messages::ReserveRef<'_>, ProtocolError> {
+    codec::decode_bounded(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
 /// Decodes an operation or result body (the client decodes results with it).
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     codec::decode(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))

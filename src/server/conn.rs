@@ -1137,6 +1137,11 @@ async fn answer(ctx: &Ctx, role: Role, corr: u64, batch: &RequestBatch) -> Vec<u
 /// Encodes a response frame (never over the frame limit).
 fn response_bytes(ctx: &Ctx, corr: u64, results: Vec<OpResult>) -> Vec<u8> {
     let n = results.len();
+    // The length value the frame will carry (kind + correlation + payload).
+    let encoded_len = protocol::frame::HEADER_BYTES + protocol::response_payload_len(&results);
+    if encoded_len <= ctx.config.max_frame_bytes {
+        return protocol::encode_response_frame(corr, &results);
+    }
     let frame = protocol::frame_of(FrameKind::Response, corr, &ResponseBatch { results });
     match frame {
         Ok(f) if f.encoded_len() <= ctx.config.max_frame_bytes => f.encode(),

@@ -88,6 +88,61 @@ pub fn reserve_command(r: &Reserve) -> Result<Command, Rejection> {
     }))
 }
 
+/// Ids of a request body resolved to the engine's shared copies where they exist: a
+/// known SKU from the registry, a channel or location from the catalog snapshot (a
+/// reference count each instead of an allocation and a validation); an unknown one is
+/// validated and allocated as [`SkuId::new`] would, with the same rejection when invalid.
+pub struct SharedIds<'a> {
+    /// The engine (its SKU registry); `None` (the fuzzer, in process): every SKU id new.
+    pub engine: Option<&'a crate::engine::Engine>,
+    /// The catalog snapshot of the frame.
+    pub catalog: &'a Catalog,
+}
+
+impl SharedIds<'_> {
+    fn sku(&self, s: &str) -> Result<SkuId, Rejection> {
+        match self.engine {
+            Some(e) => e.sku_id(s),
+            None => SkuId::new(s),
+        }
+    }
+    fn channel(&self, s: &str) -> Result<ChannelId, Rejection> {
+        match self.catalog.channels.get_key_value(s) {
+            Some((id, _)) => Ok(id.clone()),
+            None => ChannelId::new(s),
+        }
+    }
+    fn location(&self, s: &str) -> Result<LocationId, Rejection> {
+        match self.catalog.locations.get_key_value(s) {
+            Some((id, _)) => Ok(id.clone()),
+            None => LocationId::new(s),
+        }
+    }
+}
+
+/// The engine command of a reserve body decoded in place ([`ReserveRef`]): the same
+/// command, and the same first rejection, as [`reserve_command`] of the owned body.
+pub fn reserve_command_ref(r: &ReserveRef<'_>, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
+    let lines = r
+        .lines
+        .iter()
+        .map(|l| {
+            Ok(ReserveLine {
+                sku: ids.sku(l.sku)?,
+                qty: l.qty,
+                location: l.location.map(|s| ids.location(s)).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, Rejection>>()?;
+    Ok(Command::Reserve(ReserveRequest {
+        reservation: r.reservation,
+        channel: ids.channel(r.channel)?,
+        lines,
+        allow_split: r.allow_split,
+        ttl_ms: r.ttl_ms,
+    }))
+}
+
 /// The engine command of a fulfil body.
 pub fn fulfill_command(f: &Fulfill) -> Result<Command, Rejection> {
     let lines = match &f.lines {
@@ -104,74 +159,74 @@ pub fn fulfill_command(f: &Fulfill) -> Result<Command, Rejection> {
     })
 }
 
-fn stock(s: &str, command: SkuCommand) -> Result<Command, Rejection> {
+fn stock(ids: &SharedIds<'_>, s: &str, command: SkuCommand) -> Result<Command, Rejection> {
     Ok(Command::Stock {
-        sku: sku(s)?,
+        sku: ids.sku(s)?,
         command,
     })
 }
 
 /// The engine command of a stock body (adjust).
-pub fn adjust_command(a: &Adjust) -> Result<Command, Rejection> {
+pub fn adjust_command(a: &Adjust, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::Adjust {
-        location: loc(&a.location)?,
+        location: ids.location(&a.location)?,
         delta: a.delta,
         reason: a.reason.into(),
         reference: a.reference.clone(),
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of a set-on-hand body.
-pub fn set_on_hand_command(a: &SetOnHand) -> Result<Command, Rejection> {
+pub fn set_on_hand_command(a: &SetOnHand, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::SetOnHand {
-        location: loc(&a.location)?,
+        location: ids.location(&a.location)?,
         on_hand: a.on_hand,
         expected: a.expected,
         reference: a.reference.clone(),
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of a move body.
-pub fn move_command(a: &MoveStock) -> Result<Command, Rejection> {
+pub fn move_command(a: &MoveStock, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::Move {
-        location: loc(&a.location)?,
+        location: ids.location(&a.location)?,
         from: a.from.into(),
         to: a.to.into(),
         qty: a.qty,
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of a transfer body.
-pub fn transfer_command(a: &Transfer) -> Result<Command, Rejection> {
+pub fn transfer_command(a: &Transfer, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::Transfer {
-        from: loc(&a.from)?,
-        to: loc(&a.to)?,
+        from: ids.location(&a.from)?,
+        to: ids.location(&a.to)?,
         qty: a.qty,
         reference: a.reference.clone(),
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of a set-safety-stock body.
-pub fn safety_command(a: &SetSafetyStock) -> Result<Command, Rejection> {
+pub fn safety_command(a: &SetSafetyStock, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::SetSafetyStock {
-        location: loc(&a.location)?,
+        location: ids.location(&a.location)?,
         qty: a.qty,
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of a set-incoming body.
-pub fn incoming_command(a: &SetIncoming) -> Result<Command, Rejection> {
+pub fn incoming_command(a: &SetIncoming, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = SkuCommand::SetIncoming {
-        location: loc(&a.location)?,
+        location: ids.location(&a.location)?,
         qty: a.qty,
         eta_ms: a.eta_ms,
     };
-    stock(&a.sku, c)
+    stock(ids, &a.sku, c)
 }
 
 /// The engine command of an upsert-location body.
@@ -184,14 +239,16 @@ pub fn location_command(u: &UpsertLocation) -> Result<Command, Rejection> {
 }
 
 /// The engine command of an upsert-channel body.
-pub fn channel_command(u: &UpsertChannel) -> Result<Command, Rejection> {
+pub fn channel_command(u: &UpsertChannel, ids: &SharedIds<'_>) -> Result<Command, Rejection> {
     let c = &u.channel;
     Ok(Command::Catalog(CatalogCommand::UpsertChannel(Channel {
         id: ChannelId::new(&c.id)?,
+        // The catalog's own location ids: SKU buckets, channels and the events sourced
+        // from them then share one allocation per location and compare by pointer.
         locations: c
             .locations
             .iter()
-            .map(|l| loc(l))
+            .map(|l| ids.location(l))
             .collect::<Result<_, _>>()?,
         buffer: c.buffer,
         cap: c.cap,
@@ -300,6 +357,53 @@ pub fn reserved_view(o: &Outcome) -> ReservedView<'_> {
         expires_at_ms,
         allocations,
     }
+}
+
+/// The encoded [`Reserved`] body of an outcome, written straight from its holds into one
+/// buffer of the exact size (the fixed codec's layout: `seq` and `expires_at_ms` as u64 LE,
+/// the allocations as a u64 count then per allocation the SKU and location as u64 length +
+/// bytes and the quantity as u32 LE). The reserve answer is built once per operation;
+/// `reserved_bytes_are_the_encoding_of_reserved` holds it to `codec::encode` of
+/// [`reserved_of`].
+pub fn reserved_bytes(o: &Outcome) -> Vec<u8> {
+    let holds = || {
+        o.changes.iter().filter_map(|ch| match ch {
+            Change::Sku {
+                sku,
+                event:
+                    Event::HoldPlaced {
+                        expires_at_ms,
+                        allocations,
+                        ..
+                    },
+            } => Some((sku, *expires_at_ms, allocations)),
+            _ => None,
+        })
+    };
+    let mut expires_at_ms = 0;
+    let (mut count, mut len) = (0u64, 24usize);
+    for (sku, e, allocations) in holds() {
+        expires_at_ms = e;
+        for a in allocations {
+            count += 1;
+            len += 8 + sku.as_str().len() + 8 + a.location.as_str().len() + 4;
+        }
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&o.seq.to_le_bytes());
+    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    for (sku, _, allocations) in holds() {
+        for a in allocations {
+            for s in [sku.as_str(), a.location.as_str()] {
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out.extend_from_slice(&a.qty.to_le_bytes());
+        }
+    }
+    debug_assert_eq!(out.len(), len);
+    out
 }
 
 /// The reserve result of an accepted reservation's outcome.
@@ -947,6 +1051,61 @@ mod tests {
             crate::protocol::encode_payload(&reserved_view(&o)).expect("view"),
             crate::protocol::encode_payload(&reserved_of(&o)).expect("owned")
         );
+    }
+
+    #[test]
+    fn reserved_bytes_are_the_encoding_of_reserved() {
+        let hold = |sku: &str, expires_at_ms: u64, locs: &[(&str, u32)]| Change::Sku {
+            sku: SkuId::new(sku).expect("sku"),
+            event: Event::HoldPlaced {
+                reservation: 9,
+                channel: crate::domain::ChannelId::new("web").expect("channel"),
+                expires_at_ms,
+                cart_skus: 2,
+                allocations: locs
+                    .iter()
+                    .map(|(l, q)| Allocation {
+                        location: LocationId::new(l).expect("location"),
+                        qty: *q,
+                    })
+                    .collect(),
+            },
+        };
+        let other = Change::Sku {
+            sku: SkuId::new("C").expect("sku"),
+            event: Event::HoldExtended {
+                reservation: 9,
+                expires_at_ms: 5,
+            },
+        };
+        let cases = [
+            Outcome {
+                seq: 77,
+                changes: vec![
+                    hold("A", 1_234, &[("wh-a", 2), ("st-b", 1)]),
+                    other.clone(),
+                    hold("BB-long-sku-id", 1_234, &[("wh-a", 1_000_000_000)]),
+                ],
+            },
+            Outcome {
+                seq: u64::MAX,
+                changes: vec![hold("A", u64::MAX, &[])],
+            },
+            Outcome {
+                seq: 0,
+                changes: vec![other],
+            },
+            Outcome {
+                seq: 3,
+                changes: vec![],
+            },
+        ];
+        for o in &cases {
+            let want = crate::protocol::encode_payload(&reserved_of(o)).expect("owned");
+            assert_eq!(reserved_bytes(o), want, "{o:?}");
+            let back: Reserved = crate::protocol::decode_payload(&want).expect("decode");
+            assert_eq!(back, reserved_of(o));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::domain::{Rejection, SkuId};
 use crate::engine::{Command, Engine, Failure, Outcome, Request};
 use crate::protocol::ops::is_reserved;
-use crate::protocol::{self, failed, status, Op, OpResult, RawOp, Role};
+use crate::protocol::{self, failed, opcode, status, Op, OpResult, RawOp, ReserveRef, Role};
 use crate::protocol::{CompareFacts, InsufficientFacts, Pong, ServerInfo, WireSkus};
 
 use super::convert::{self, *};
@@ -80,8 +80,14 @@ pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpRes
     let mut writes = Vec::with_capacity(ops.len());
     let mut writes_at = Vec::with_capacity(ops.len());
     let mut others = Vec::new();
+    // One catalog snapshot for the frame's ids (reserves resolve their channel from it).
+    let catalog = ctx.engine.catalog();
+    let ids = SharedIds {
+        engine: Some(&ctx.engine),
+        catalog: &catalog,
+    };
     for (i, raw) in ops.iter().enumerate() {
-        match plan(ctx, role, raw) {
+        match plan(ctx, role, raw, &ids) {
             Plan::Answer(r) => results[i] = Some(r),
             Plan::Write(req, fp, on_ok) => {
                 writes.push((req, fp));
@@ -117,8 +123,23 @@ pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpRes
         .map(|r| r.unwrap_or_else(|| failed(status::INTERNAL_ERROR, "operation not answered")))
         .collect();
     if let Some(t) = started {
+        // Every operation gets the frame's latency: one clock read, and one recording per
+        // run of equal (opcode, status) (a batch of reserves is one run).
+        let elapsed = t.elapsed();
+        let mut run: Option<(u16, u16, usize)> = None;
         for (raw, r) in ops.iter().zip(&results) {
-            crate::metrics::record_op(raw.opcode, r.status, t.elapsed());
+            match &mut run {
+                Some((op, st, n)) if *op == raw.opcode && *st == r.status => *n += 1,
+                _ => {
+                    if let Some((op, st, n)) = run.take() {
+                        crate::metrics::record_ops(op, st, elapsed, n);
+                    }
+                    run = Some((raw.opcode, r.status, 1));
+                }
+            }
+        }
+        if let Some((op, st, n)) = run {
+            crate::metrics::record_ops(op, st, elapsed, n);
         }
     }
     results
@@ -134,7 +155,7 @@ enum Plan {
     Other(Op),
 }
 
-fn plan(ctx: &Ctx, role: Role, raw: &RawOp) -> Plan {
+fn plan(ctx: &Ctx, role: Role, raw: &RawOp, ids: &SharedIds<'_>) -> Plan {
     if !role.may(raw.opcode) {
         return Plan::Answer(failed(
             status::FORBIDDEN,
@@ -147,8 +168,15 @@ fn plan(ctx: &Ctx, role: Role, raw: &RawOp) -> Plan {
             format!("opcode {:#06x} is reserved for a later version", raw.opcode),
         ));
     }
+    if raw.opcode == opcode::RESERVE {
+        // The hot path: decoded in place, its ids resolved to the engine's shared copies.
+        // A body that does not decode takes the general path below, which words the error.
+        if let Ok(r) = protocol::ops::decode_reserve_ref(&raw.body) {
+            return plan_reserve(ctx, &r, fingerprint(raw), ids);
+        }
+    }
     match Op::from_raw(raw) {
-        Ok(Some(op)) => plan_typed(ctx, op, fingerprint(raw)),
+        Ok(Some(op)) => plan_typed(ctx, op, fingerprint(raw), ids),
         Ok(None) => Plan::Answer(failed(
             status::UNKNOWN_OPERATION,
             format!("unknown opcode {:#06x}", raw.opcode),
@@ -184,13 +212,32 @@ fn write(
 }
 
 fn reserved_result(o: &Outcome) -> OpResult {
-    ok(&convert::reserved_view(o))
+    OpResult {
+        status: status::OK,
+        message: String::new(),
+        body: convert::reserved_bytes(o),
+    }
 }
 fn applied_result(o: &Outcome) -> OpResult {
     ok(&convert::applied_of(o))
 }
 
-fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
+/// A `RESERVE` decoded in place: the same checks, command and answers as
+/// [`plan_typed`] gives the owned body.
+fn plan_reserve(ctx: &Ctx, r: &ReserveRef<'_>, fp: u64, ids: &SharedIds<'_>) -> Plan {
+    let max = ctx.config.max_lines_per_reservation;
+    if r.lines.len() > max {
+        let msg = format!("{} lines; at most {max} per reservation", r.lines.len());
+        return Plan::Answer(failed(status::LIMIT_EXCEEDED, msg));
+    }
+    write(
+        (r.request_id, fp),
+        reserve_command_ref(r, ids),
+        reserved_result,
+    )
+}
+
+fn plan_typed(ctx: &Ctx, op: Op, fp: u64, ids: &SharedIds<'_>) -> Plan {
     let a = applied_result;
     match op {
         Op::Reserve(r) => {
@@ -215,14 +262,14 @@ fn plan_typed(ctx: &Ctx, op: Op, fp: u64) -> Plan {
             });
             write((e.request_id, fp), c, a)
         }
-        Op::Adjust(b) => write((b.request_id, fp), adjust_command(&b), a),
-        Op::SetOnHand(b) => write((b.request_id, fp), set_on_hand_command(&b), a),
-        Op::Move(b) => write((b.request_id, fp), move_command(&b), a),
-        Op::Transfer(b) => write((b.request_id, fp), transfer_command(&b), a),
-        Op::SetSafetyStock(b) => write((b.request_id, fp), safety_command(&b), a),
-        Op::SetIncoming(b) => write((b.request_id, fp), incoming_command(&b), a),
+        Op::Adjust(b) => write((b.request_id, fp), adjust_command(&b, ids), a),
+        Op::SetOnHand(b) => write((b.request_id, fp), set_on_hand_command(&b, ids), a),
+        Op::Move(b) => write((b.request_id, fp), move_command(&b, ids), a),
+        Op::Transfer(b) => write((b.request_id, fp), transfer_command(&b, ids), a),
+        Op::SetSafetyStock(b) => write((b.request_id, fp), safety_command(&b, ids), a),
+        Op::SetIncoming(b) => write((b.request_id, fp), incoming_command(&b, ids), a),
         Op::UpsertLocation(b) => write((b.request_id, fp), location_command(&b), a),
-        Op::UpsertChannel(b) => write((b.request_id, fp), channel_command(&b), a),
+        Op::UpsertChannel(b) => write((b.request_id, fp), channel_command(&b, ids), a),
         Op::SetLowStock(b) => write((b.request_id, fp), low_stock_command(&b), a),
         Op::DeleteLocation(b) => write((b.request_id, fp), delete_location_command(&b), a),
         Op::DeleteChannel(b) => write((b.request_id, fp), delete_channel_command(&b), a),
