@@ -637,6 +637,11 @@ impl SkuState {
         now_ms: TimeMs,
     ) -> Result<Vec<Event>, Rejection> {
         let mut events = self.decide_command(cmd, catalog, now_ms)?;
+        if catalog.stockout_hours.is_empty() && !self.watch_needed() {
+            // No threshold anywhere and nothing raised on this SKU (the common case):
+            // no projection can change, and none of the three is called.
+            return Ok(events);
+        }
         let n = events.len();
         self.project_stockout(&mut events, catalog, now_ms);
         self.project_regions(&mut events, n, catalog, now_ms);

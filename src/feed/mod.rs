@@ -462,7 +462,7 @@ fn reservation_changes(events: &[Event]) -> Vec<ReservationChange> {
         .collect()
 }
 
-/// How many events at the end of a record are projections (`decide` appends them after
+/// The events at the end of a record that are projections (`decide` appends them after
 /// the request's own events).
 fn projections(events: &[Event]) -> &[Event] {
     let n = events
@@ -481,8 +481,8 @@ fn clear_reason(r: StockoutClearReason) -> u8 {
     }
 }
 
-fn rebalance_changes(events: &[Event]) -> Vec<RebalanceChange> {
-    projections(events)
+fn rebalance_changes(projected: &[Event]) -> Vec<RebalanceChange> {
+    projected
         .iter()
         .filter_map(|e| match e {
             Event::RebalanceRecommended {
@@ -531,8 +531,8 @@ fn rebalance_changes(events: &[Event]) -> Vec<RebalanceChange> {
         .collect()
 }
 
-fn region_changes(events: &[Event]) -> Vec<RegionStockoutChange> {
-    projections(events)
+fn region_changes(projected: &[Event]) -> Vec<RegionStockoutChange> {
+    projected
         .iter()
         .filter_map(|e| match e {
             Event::RegionStockoutProjected {
@@ -571,8 +571,8 @@ fn region_changes(events: &[Event]) -> Vec<RegionStockoutChange> {
         .collect()
 }
 
-fn stockout_changes(events: &[Event]) -> Vec<StockoutChange> {
-    projections(events)
+fn stockout_changes(projected: &[Event]) -> Vec<StockoutChange> {
+    projected
         .iter()
         .filter_map(|e| match e {
             Event::StockoutProjected {
@@ -635,6 +635,7 @@ pub fn derive(
         }
     }
     let oversold_now = after.oversold();
+    let projected = projections(events);
     FeedRecord::new(
         seq,
         at_ms,
@@ -644,9 +645,9 @@ pub fn derive(
             atp,
             oversold: (oversold_now != before.oversold).then_some(oversold_now),
             reservations: reservation_changes(events),
-            stockout: stockout_changes(events),
-            rebalance: rebalance_changes(events),
-            region_stockout: region_changes(events),
+            stockout: stockout_changes(projected),
+            rebalance: rebalance_changes(projected),
+            region_stockout: region_changes(projected),
         },
     )
 }
