@@ -645,7 +645,14 @@ pub async fn serve<S: Source, P: Port>(
                         None => Input::Close,
                         Some(Command::Unsubscribe { corr }) => Input::Unsubscribe { corr },
                         Some(Command::Subscribe { corr, plan }) => {
-                            let start = plan.as_deref().map(start_of).map_err(|e| e.0.clone());
+                            // What was published since the plan was made counts too (the
+                            // watch is marked seen first: a later publication wakes it).
+                            watch.borrow_and_update();
+                            let head = hub.head();
+                            let start = plan
+                                .as_deref()
+                                .map(|p| Start { published: head.max(p.answer.head_seq), ..start_of(p) })
+                                .map_err(|e| e.0.clone());
                             sh.planned = plan.ok().map(|p| (corr, p));
                             Input::Subscribe { corr, start }
                         }
