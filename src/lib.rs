@@ -58,6 +58,8 @@ pub mod protocol;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod sim;
+#[cfg(feature = "server")]
+pub mod subscriber;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "server")]

@@ -1,28 +1,36 @@
 //! One subscriber: validates a `SUBSCRIBE`, decides where it starts (live, snapshot, replay
-//! from the ring, or the position stored under its name), then streams `Push` frames into
-//! the connection's writer until it unsubscribes, disconnects, or lags.
+//! from the ring, or the position stored under its name) — [`plan`] — then streams `Push`
+//! frames until it unsubscribes, disconnects, or lags — [`serve`], the async shell around
+//! the pure lifecycle machine of `crate::subscriber`, which decides every step; this file
+//! only carries them out (reads the ring, renders frames, runs the timers).
 //!
-//! Back-pressure, in order: the connection's bounded writer queue and socket; when the
-//! subscriber falls more than `max_lag_records` behind, its ATP changes are coalesced
-//! (latest per SKU x channel, bounded by `max_coalesce_pairs`) until it catches up; when the
-//! ring no longer holds its position, or a frame cannot be queued within `stall_timeout`,
-//! it gets `Lagged { resume_from_seq }` and the connection is closed. None of this waits
-//! inside the engine.
+//! Back-pressure, in order: the output's budget (the connection's [`Port`]) and its bounded
+//! queue: one push at a time is outstanding, the next is rendered once the previous one has
+//! been handed over and the output has room; when the subscriber falls more than
+//! `max_lag_records` behind, its ATP changes are coalesced (latest per SKU x channel,
+//! bounded by `max_coalesce_pairs`) until it is within half of that again; when the ring no
+//! longer holds its position, or its output takes nothing for `stall_timeout`, it gets
+//! `Lagged { resume_from_seq }` and the connection is closed. None of this waits inside
+//! the engine.
 //!
 //! A `Push` frame never splits the items of one sequence number, and every round ends with
 //! `Position`, so the highest sequence number of a processed frame is a safe resume point.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::domain::{Catalog, ChannelId, SkuId, SkuView};
 use crate::protocol::{self, kinds, start, started, Frame, FrameKind, PushBatch, PushItem};
 use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
+
+use crate::subscriber::{Action, Answer, Input, Limits, Machine, Reason, Start};
 
 use super::hub::Hub;
 use super::{Coalescer, FeedBody, Filter, FrameBuf};
@@ -254,40 +262,79 @@ pub enum Ended {
     EngineGone(String),
 }
 
-struct Out<'a> {
-    tx: &'a mpsc::Sender<Vec<u8>>,
-    corr: u64,
-    cfg: &'a SubscriptionConfig,
-    hub: &'a Hub,
-    /// The last position the subscriber was told (all items up to it were queued).
-    told: u64,
-    /// When the last frame was queued (for the heartbeat).
-    last_sent: tokio::time::Instant,
+/// A request to a subscription shell ([`serve`]).
+#[derive(Debug)]
+pub enum Command {
+    /// A SUBSCRIBE, planned by the caller (`Err`: it failed validation).
+    Subscribe {
+        /// Its correlation id (push frames carry it too).
+        corr: u64,
+        /// Where it starts and what it selects.
+        plan: Result<Box<Plan>, Invalid>,
+    },
+    /// An UNSUBSCRIBE.
+    Unsubscribe {
+        /// Its correlation id.
+        corr: u64,
+    },
 }
 
-impl Out<'_> {
-    /// Queues `items` as frames of at most `max_items_per_frame` items, never splitting
-    /// items of one sequence number (so every frame stays well under the frame limit).
-    async fn send(&mut self, mut items: Vec<PushItem>) -> Result<(), Ended> {
-        let max = self.cfg.max_items_per_frame.max(1);
-        while items.len() > max {
-            let mut cut = max;
+/// What a subscription shell needs from where its frames go (a connection, or a plain
+/// queue for the server's own followers).
+pub trait Port: Send + Sync + 'static {
+    /// The response frame answering request `corr` (`subscribed`: the SUBSCRIBE answer's
+    /// body); `None` where there are no requests (a follower).
+    fn answer(
+        &self,
+        corr: u64,
+        answer: &Answer,
+        subscribed: Option<&Subscribed>,
+    ) -> Option<Vec<u8>>;
+    /// Whether the next push may be produced now (the connection's output under half its
+    /// budget); looked at again every [`ROOM_RECHECK`] while it is not.
+    fn has_room(&self) -> bool;
+    /// `n` bytes of frames are now held for the output (counted until written).
+    fn held(&self, n: usize);
+    /// `n` bytes held were dropped unwritten.
+    fn released(&self, n: usize);
+    /// A stream started (true) or ended (false): a connection with one is not idle.
+    fn streaming(&self, _live: bool) {}
+}
+
+/// A [`Port`] over a plain queue: no requests, no budget but the queue's bound.
+struct QueuePort;
+
+impl Port for QueuePort {
+    fn answer(&self, _: u64, _: &Answer, _: Option<&Subscribed>) -> Option<Vec<u8>> {
+        None
+    }
+    fn has_room(&self) -> bool {
+        true
+    }
+    fn held(&self, _: usize) {}
+    fn released(&self, _: usize) {}
+}
+
+/// How often a shell waiting for its port's room looks again.
+pub const ROOM_RECHECK: Duration = Duration::from_millis(10);
+
+/// Most records in one push (the machine's `max_records_per_push`): one read of the ring.
+const PUSH_RECORDS: u64 = READ_CHUNK as u64;
+
+/// The frames of `items`, at most `max_items_per_frame` items (never splitting the items
+/// of one sequence number) and `max_frame_bytes` each; the position each frame tells.
+fn frames_of(cfg: &SubscriptionConfig, corr: u64, mut items: Vec<PushItem>) -> Vec<Framed> {
+    let max = cfg.max_items_per_frame.max(1);
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        let mut cut = max.min(items.len());
+        if cut < items.len() {
             let seq = item_seq(&items[cut - 1]);
             while cut < items.len() && item_seq(&items[cut]) == seq {
                 cut += 1;
             }
-            let rest = items.split_off(cut);
-            self.send_frame(items).await?;
-            items = rest;
         }
-        self.send_frame(items).await
-    }
-
-    /// Queues one frame; `Lagged` if the subscriber stalled.
-    async fn send_frame(&mut self, items: Vec<PushItem>) -> Result<(), Ended> {
-        if items.is_empty() {
-            return Ok(());
-        }
+        let rest = items.split_off(cut);
         let pos = items.iter().rev().find_map(|i| match i {
             PushItem::Position { seq } | PushItem::SnapshotEnd { seq } => Some(*seq),
             _ => None,
@@ -296,65 +343,639 @@ impl Out<'_> {
         for i in &items {
             buf.push(i);
         }
-        self.queue(&mut buf, pos).await
+        out.extend(payload_frames(cfg, corr, &mut buf, pos));
+        items = rest;
     }
+    out
+}
 
-    /// Queues the items collected in `buf` as one frame, after a `Position { seq }` item
-    /// when `position` is given.
-    async fn send_buf(&mut self, buf: &mut FrameBuf, position: Option<u64>) -> Result<(), Ended> {
-        if let Some(seq) = position {
-            buf.push(&PushItem::Position { seq });
-        }
-        self.queue(buf, position).await
+/// The frames of the items collected in `buf` (cut to `max_frame_bytes`); the last one
+/// tells `pos`.
+fn payload_frames(
+    cfg: &SubscriptionConfig,
+    corr: u64,
+    buf: &mut FrameBuf,
+    pos: Option<u64>,
+) -> Vec<Framed> {
+    if buf.is_empty() {
+        return Vec::new();
     }
+    metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(buf.count);
+    let max_payload = cfg
+        .max_frame_bytes
+        .saturating_sub(crate::protocol::frame::FRAME_OVERHEAD_BYTES);
+    let payloads = buf.take_payloads(max_payload);
+    let n = payloads.len();
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Framed {
+            bytes: Frame::new(FrameKind::Push, corr, p).encode(),
+            tells: pos.filter(|_| i + 1 == n),
+            stream: true,
+        })
+        .collect()
+}
 
-    async fn queue(&mut self, buf: &mut FrameBuf, position: Option<u64>) -> Result<(), Ended> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let n = buf.count;
-        let max_payload = self
-            .cfg
-            .max_frame_bytes
-            .saturating_sub(crate::protocol::frame::FRAME_OVERHEAD_BYTES);
-        for payload in buf.take_payloads(max_payload) {
-            let frame = Frame::new(FrameKind::Push, self.corr, payload);
-            match tokio::time::timeout(self.cfg.stall_timeout, self.tx.send(frame.encode())).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Ended::Stopped),
-                Err(_) => {
-                    return Err(self.lagged("no frame could be queued within the stall timeout"))
-                }
-            }
-        }
-        metrics::counter!(crate::metrics::SUBSCRIPTION_EVENTS_SENT_TOTAL).increment(n);
-        self.last_sent = tokio::time::Instant::now();
-        if let Some(p) = position {
-            self.told = p;
-        }
-        Ok(())
-    }
+/// A frame the shell holds for the output.
+struct Framed {
+    bytes: Vec<u8>,
+    /// The position the subscriber has once it has this frame.
+    tells: Option<u64>,
+    /// Part of the stream (not an answer): its hand-over counts as progress of the stream.
+    stream: bool,
+}
 
-    fn lagged(&self, why: &str) -> Ended {
-        let item = PushItem::Lagged {
-            resume_from_seq: self.told,
-            message: format!("lagged: {why}; resume from seq {}", self.told),
-        };
-        if let Ok(f) =
-            protocol::frame_of(FrameKind::Push, self.corr, &PushBatch { items: vec![item] })
-        {
-            let _ = self.tx.try_send(f.encode());
-        }
-        self.hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "lagged")
-            .increment(1);
-        Ended::Lagged {
-            resume_from_seq: self.told,
+/// A snapshot being sent, a chunk of SKUs at a time.
+struct SnapshotRun {
+    ids: Vec<SkuId>,
+    next: usize,
+    at: u64,
+}
+
+/// One chunk's snapshot items and the SKUs whose value is past the cursor.
+type SnapshotChunk = Result<(Vec<PushItem>, Vec<(SkuId, u64)>), String>;
+
+/// The stream of an accepted SUBSCRIBE: what renders the machine's push ranges.
+struct Live {
+    corr: u64,
+    filter: Arc<Filter>,
+    /// SKUs whose snapshot value already includes changes up to the sequence number.
+    skip: HashMap<SkuId, u64>,
+    coalescer: Coalescer,
+    /// Where rendering stands (the machine's `from` of the next push).
+    cursor: u64,
+    /// The last position rendered into a frame.
+    rendered: u64,
+    /// The last position handed to the output (a `Lagged` notice resumes here).
+    told: u64,
+    snapshot: Option<SnapshotRun>,
+    tick: Duration,
+    joined: Joined,
+}
+
+/// A subscriber registered with the hub (for the lag metric), unregistered on drop.
+struct Joined {
+    hub: Arc<Hub>,
+    id: u64,
+    cursor: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Joined {
+    fn new(hub: &Arc<Hub>, cursor: u64) -> Joined {
+        let (id, cursor) = hub.join(cursor);
+        metrics::gauge!(crate::metrics::SUBSCRIBERS).increment(1.0);
+        Joined {
+            hub: hub.clone(),
+            id,
+            cursor,
         }
     }
 }
 
-/// Runs a planned subscription until `stop` turns true, the writer closes, or it lags.
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.hub.leave(self.id);
+        metrics::gauge!(crate::metrics::SUBSCRIBERS).decrement(1.0);
+    }
+}
+
+impl Live {
+    /// Renders the records after `from` up to `to` into frames (see [`Action::SendPush`]);
+    /// `Err(first_seq)` when the ring no longer holds them.
+    fn push<S: Source>(
+        &mut self,
+        engine: &S,
+        cfg: &SubscriptionConfig,
+        (from, to, coalesce): (u64, u64, bool),
+    ) -> Result<Vec<Framed>, u64> {
+        // The machine's ranges are contiguous: `from` is where rendering stands.
+        let _ = from;
+        let hub = engine.feed();
+        let max_items = cfg.max_items_per_frame.max(1) as u64;
+        let mut frames = Vec::new();
+        let mut buf = FrameBuf::default();
+        let mut items: Vec<PushItem> = Vec::new();
+        while self.cursor < to {
+            let want = usize::try_from(to - self.cursor).unwrap_or(usize::MAX);
+            let (filter, skip) = (&self.filter, &self.skip);
+            let coalescer = &mut self.coalescer;
+            let mut cursor = self.cursor;
+            let mut full = false;
+            let visited = hub.visit_after(cursor, want.min(READ_CHUNK), |seq, slot| {
+                cursor = seq;
+                let Some(rec) = slot else { return true };
+                if let FeedBody::Sku { sku, .. } = &rec.body {
+                    if skip.get(sku).is_some_and(|s| *s >= seq) {
+                        return true;
+                    }
+                }
+                if coalesce {
+                    filter.render(rec, &mut items, Some(&mut *coalescer));
+                    full = coalescer.len() + items.len() >= cfg.max_coalesce_pairs;
+                } else {
+                    filter.render_bytes(rec, &mut buf);
+                    full = buf.count >= max_items;
+                }
+                !full
+            })?;
+            self.cursor = cursor;
+            if full || visited == 0 {
+                frames.extend(self.flush(engine, cfg, &mut buf, &mut items));
+            }
+            if visited == 0 {
+                break; // not published after all: tell no further than read
+            }
+        }
+        self.joined.cursor.store(self.cursor, Ordering::Relaxed);
+        frames.extend(self.flush(engine, cfg, &mut buf, &mut items));
+        if coalesce && self.rendered < self.cursor {
+            // A coalesced round tells its position even when nothing in it matched (an
+            // every-change subscriber is told at the next tick instead).
+            let at = self.cursor;
+            frames.extend(self.position(cfg, at, false));
+        }
+        Ok(frames)
+    }
+
+    /// The frames of what was rendered, ending at `Position { cursor }`; in coalesced mode
+    /// the position alone when it moved.
+    fn flush<S: Source>(
+        &mut self,
+        engine: &S,
+        cfg: &SubscriptionConfig,
+        buf: &mut FrameBuf,
+        items: &mut Vec<PushItem>,
+    ) -> Vec<Framed> {
+        let at = self.cursor;
+        if !buf.is_empty() {
+            buf.push(&PushItem::Position { seq: at });
+            self.rendered = at;
+            return payload_frames(cfg, self.corr, buf, Some(at));
+        }
+        if self.coalescer.is_empty() && items.is_empty() {
+            return Vec::new();
+        }
+        let merged = self.coalescer.take_merged();
+        if merged > 0 {
+            metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
+        }
+        let only_transitions = self.filter.kinds & kinds::ATP == 0;
+        let mut batch = self.coalescer.drain(&engine.catalog(), only_transitions);
+        batch.append(items);
+        batch.sort_by_key(item_seq);
+        batch.push(PushItem::Position { seq: at });
+        self.rendered = at;
+        frames_of(cfg, self.corr, batch)
+    }
+
+    /// A `Position { at }` frame, unless `at` was rendered already and `force` is false.
+    fn position(&mut self, cfg: &SubscriptionConfig, at: u64, force: bool) -> Vec<Framed> {
+        if !force && self.rendered >= at {
+            return Vec::new();
+        }
+        self.rendered = at;
+        frames_of(cfg, self.corr, vec![PushItem::Position { seq: at }])
+    }
+}
+
+/// The shell's state besides the machine.
+struct Shell<P: Port> {
+    port: P,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Frames for the output, in order (answers and pushes alike), counted in the port.
+    pending: VecDeque<Framed>,
+    live: Option<Live>,
+    /// Output outstanding for the machine: it is told `OutputDrained` once `pending` is
+    /// empty, no snapshot chunk is being read and the port has room.
+    busy: bool,
+    /// When the stream last made progress (a frame handed over, or output begun): a stream
+    /// with output waiting longer than `stall_timeout` lags.
+    progress: Instant,
+    /// When a stream frame was last handed over (for the heartbeat).
+    last_sent: Instant,
+    /// The SUBSCRIBE being answered (its plan, until the machine has accepted it).
+    planned: Option<(u64, Box<Plan>)>,
+    /// Why the subscriber lags (for its `Lagged` notice).
+    why: String,
+}
+
+impl<P: Port> Shell<P> {
+    fn queue(&mut self, frames: Vec<Framed>) {
+        for f in frames {
+            self.port.held(f.bytes.len());
+            self.pending.push_back(f);
+        }
+    }
+
+    fn drop_pending(&mut self) {
+        for f in self.pending.drain(..) {
+            self.port.released(f.bytes.len());
+        }
+    }
+
+    /// Whether the machine may be told `OutputDrained`.
+    fn drained(&self) -> bool {
+        self.busy
+            && self.pending.is_empty()
+            && self.live.as_ref().is_none_or(|l| l.snapshot.is_none())
+            && self.port.has_room()
+    }
+
+    /// Whether the stream waits for its output (the stall clock runs).
+    fn waiting(&self) -> bool {
+        self.busy && (!self.pending.is_empty() || !self.port.has_room())
+    }
+}
+
+/// Serves the subscription requests of one connection: each [`Command`] and each change
+/// of the feed, the output and the clock goes into the pure [`Machine`] (src/subscriber.rs),
+/// whose actions this carries out, in order, into `tx` (answers and pushes in one queue, so
+/// an answer is always behind the pushes before it and before those after it). Returns
+/// when `cmds` closes (the connection is done: `Ended::Stopped`), when `tx` closes, when
+/// the subscriber lagged or the feed stopped. It never waits for anything but inside its
+/// one `select!`, so a close is seen at once.
+pub async fn serve<S: Source, P: Port>(
+    engine: Arc<S>,
+    cfg: SubscriptionConfig,
+    mut cmds: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Vec<u8>>,
+    port: P,
+) -> Ended {
+    let hub = engine.feed().clone();
+    let mut watch = hub.watch();
+    let mut machine = Machine::new(Limits {
+        max_lag_records: cfg.max_lag_records,
+        max_records_per_push: PUSH_RECORDS,
+    });
+    let now = Instant::now();
+    let mut sh = Shell {
+        port,
+        tx,
+        pending: VecDeque::new(),
+        live: None,
+        busy: false,
+        progress: now,
+        last_sent: now,
+        planned: None,
+        why: String::new(),
+    };
+    let mut tick_at = now;
+    // The select below borrows no part of `sh`: its handlers change it.
+    let tx = sh.tx.clone();
+    let mut chunk: Option<Pin<Box<dyn Future<Output = SnapshotChunk> + Send>>> = None;
+    let ended = loop {
+        let mut input = None;
+        if sh.drained() {
+            sh.busy = false;
+            input = Some(Input::OutputDrained);
+        } else if chunk.is_none() && sh.pending.is_empty() && sh.port.has_room() {
+            chunk = next_chunk(&engine, &cfg, &mut sh);
+        }
+        let input = match input {
+            Some(i) => i,
+            None => {
+                let streaming = sh.live.is_some();
+                let beat_at = cfg.heartbeat.map(|h| sh.last_sent + h);
+                let stall_at = sh.progress + cfg.stall_timeout;
+                let waiting = sh.waiting() && chunk.is_none();
+                tokio::select! {
+                    biased;
+                    c = cmds.recv() => match c {
+                        None => Input::Close,
+                        Some(Command::Unsubscribe { corr }) => Input::Unsubscribe { corr },
+                        Some(Command::Subscribe { corr, plan }) => {
+                            // What was published since the plan was made counts too (the
+                            // watch is marked seen first: a later publication wakes it).
+                            watch.borrow_and_update();
+                            let head = hub.head();
+                            let start = plan
+                                .as_deref()
+                                .map(|p| Start { published: head.max(p.answer.head_seq), ..start_of(p) })
+                                .map_err(|e| e.0.clone());
+                            sh.planned = plan.ok().map(|p| (corr, p));
+                            Input::Subscribe { corr, start }
+                        }
+                    },
+                    permit = tx.reserve(), if !sh.pending.is_empty() => {
+                        let Ok(permit) = permit else { break Ended::Stopped };
+                        if let Some(f) = sh.pending.pop_front() {
+                            if f.stream {
+                                sh.progress = Instant::now();
+                                sh.last_sent = sh.progress;
+                            }
+                            if let (Some(p), Some(l)) = (f.tells, sh.live.as_mut()) {
+                                l.told = p;
+                            }
+                            permit.send(f.bytes);
+                        }
+                        continue;
+                    }
+                    r = async {
+                        match chunk.as_mut() {
+                            Some(c) => c.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if chunk.is_some() => {
+                        chunk = None;
+                        match r {
+                            Ok((items, skip)) => {
+                                if let Some(l) = sh.live.as_mut() {
+                                    l.skip.extend(skip);
+                                    let frames = frames_of(&cfg, l.corr, items);
+                                    sh.queue(frames);
+                                }
+                                sh.progress = Instant::now();
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "subscription snapshot failed");
+                                Input::SourceGone
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep(ROOM_RECHECK), if sh.busy && sh.pending.is_empty() && !sh.port.has_room() => continue,
+                    r = watch.changed() => match r {
+                        Ok(()) => Input::Published { upto: *watch.borrow_and_update() },
+                        Err(_) => Input::SourceGone,
+                    },
+                    _ = tokio::time::sleep_until(stall_at), if streaming && waiting => {
+                        sh.why = "no frame could be queued within the stall timeout".into();
+                        let resume_from = sh.live.as_ref().map_or(0, |l| l.told);
+                        Input::Lagging { resume_from }
+                    }
+                    _ = sleep_until_opt(beat_at), if streaming && beat_at.is_some() => {
+                        sh.last_sent = Instant::now();
+                        Input::HeartbeatDue
+                    }
+                    _ = tokio::time::sleep_until(tick_at), if streaming => {
+                        let tick = sh.live.as_ref().map_or(cfg.position_interval, |l| l.tick);
+                        tick_at = Instant::now() + tick;
+                        Input::Tick
+                    }
+                }
+            }
+        };
+        if let Some(e) = apply(
+            &engine,
+            &cfg,
+            &mut machine,
+            &mut sh,
+            &mut chunk,
+            &mut tick_at,
+            input,
+        ) {
+            break e;
+        }
+    };
+    if sh.live.take().is_some() {
+        // Ended by the output closing (a close while streaming is counted at StopStream).
+        sh.port.streaming(false);
+        if ended == Ended::Stopped {
+            metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "closed")
+                .increment(1);
+        }
+    }
+    if ended == Ended::Stopped {
+        flush(&mut sh).await;
+    }
+    sh.drop_pending();
+    ended
+}
+
+/// How long a closing shell may take to hand what it holds to the output.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Hands what the shell holds (answers of requests read before the close, and the pushes
+/// before them) to the output, in order, for at most [`CLOSE_FLUSH`]; the rest is dropped.
+/// A client that closes its side after a SUBSCRIBE and an UNSUBSCRIBE still gets both
+/// answers; one that does not read cannot hold the close.
+async fn flush<P: Port>(sh: &mut Shell<P>) {
+    let until = Instant::now() + CLOSE_FLUSH;
+    while let Some(f) = sh.pending.pop_front() {
+        let n = f.bytes.len();
+        if !matches!(
+            tokio::time::timeout_at(until, sh.tx.send(f.bytes)).await,
+            Ok(Ok(()))
+        ) {
+            sh.port.released(n);
+            return;
+        }
+    }
+}
+
+/// Steps the machine with `input` and carries out its actions (and those of what they
+/// feed back); `Some` when the shell is done.
+fn apply<S: Source, P: Port>(
+    engine: &Arc<S>,
+    cfg: &SubscriptionConfig,
+    machine: &mut Machine,
+    sh: &mut Shell<P>,
+    chunk: &mut Option<Pin<Box<dyn Future<Output = SnapshotChunk> + Send>>>,
+    tick_at: &mut Instant,
+    input: Input,
+) -> Option<Ended> {
+    let mut next = Some(input);
+    while let Some(input) = next.take() {
+        for action in machine.step(input) {
+            match act(engine, cfg, sh, chunk, tick_at, action) {
+                None => {}
+                Some(Flow::Done(e)) => return Some(e),
+                Some(Flow::Feed(i)) => {
+                    next = Some(i);
+                    break;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The machine's view of a plan.
+fn start_of(p: &Plan) -> Start {
+    Start {
+        from: p.cursor,
+        snapshot: p.snapshot,
+        coalesced: p.coalesce.is_some(),
+        published: p.answer.head_seq,
+    }
+}
+
+/// The next snapshot chunk to read, if a snapshot is under way; once every chunk is
+/// read, its end marker is queued and the snapshot is over.
+fn next_chunk<S: Source>(
+    engine: &Arc<S>,
+    cfg: &SubscriptionConfig,
+    sh: &mut Shell<impl Port>,
+) -> Option<Pin<Box<dyn Future<Output = SnapshotChunk> + Send>>> {
+    let live = sh.live.as_mut()?;
+    let run = live.snapshot.as_mut()?;
+    if run.next < run.ids.len() {
+        let end = (run.next + SNAPSHOT_CHUNK).min(run.ids.len());
+        let ids = run.ids[run.next..end].to_vec();
+        run.next = end;
+        let (engine, filter, at) = (engine.clone(), live.filter.clone(), run.at);
+        return Some(Box::pin(snapshot_chunk(engine, filter, ids, at)));
+    }
+    let at = run.at;
+    live.snapshot = None;
+    live.rendered = at;
+    let frames = frames_of(cfg, live.corr, vec![PushItem::SnapshotEnd { seq: at }]);
+    sh.queue(frames);
+    None
+}
+
+/// What the shell does after an action.
+enum Flow {
+    /// The shell is done.
+    Done(Ended),
+    /// Tell the machine this (the action found the subscriber lagging).
+    Feed(Input),
+}
+
+/// Carries out one action; `None`: the next one.
+fn act<S: Source, P: Port>(
+    engine: &Arc<S>,
+    cfg: &SubscriptionConfig,
+    sh: &mut Shell<P>,
+    chunk: &mut Option<Pin<Box<dyn Future<Output = SnapshotChunk> + Send>>>,
+    tick_at: &mut Instant,
+    action: Action,
+) -> Option<Flow> {
+    match action {
+        Action::SendAnswer { corr, answer } => {
+            let planned = sh.planned.take().filter(|(c, _)| *c == corr);
+            if answer == Answer::Subscribed {
+                if let Some((_, plan)) = planned.as_ref() {
+                    let tick = plan.coalesce.unwrap_or(cfg.position_interval);
+                    *tick_at = Instant::now() + tick;
+                    sh.live = Some(Live {
+                        corr,
+                        filter: Arc::new(plan.filter.clone()),
+                        skip: HashMap::new(),
+                        coalescer: Coalescer::new(cfg.max_coalesce_pairs),
+                        cursor: plan.cursor,
+                        rendered: plan.cursor,
+                        told: plan.cursor,
+                        snapshot: None,
+                        tick,
+                        joined: Joined::new(engine.feed(), plan.cursor),
+                    });
+                    sh.port.streaming(true);
+                    sh.last_sent = Instant::now();
+                }
+            }
+            let subscribed = planned.as_ref().map(|(_, p)| &p.answer);
+            if let Some(bytes) = sh.port.answer(corr, &answer, subscribed) {
+                sh.queue(vec![Framed {
+                    bytes,
+                    tells: None,
+                    stream: false,
+                }]);
+            }
+        }
+        Action::SendSnapshot { at } => {
+            sh.busy = true;
+            sh.progress = Instant::now();
+            let live = sh.live.as_mut()?;
+            live.snapshot = Some(SnapshotRun {
+                ids: snapshot_ids(engine.as_ref(), &live.filter),
+                next: 0,
+                at,
+            });
+        }
+        Action::SendPush { from, to, coalesce } => {
+            sh.busy = true;
+            sh.progress = Instant::now();
+            let live = sh.live.as_mut()?;
+            match live.push(engine.as_ref(), cfg, (from, to, coalesce)) {
+                Ok(frames) => sh.queue(frames),
+                Err(first_seq) => {
+                    sh.why = format!(
+                        "the feed no longer holds seq {} (oldest {first_seq})",
+                        live.cursor + 1
+                    );
+                    return Some(Flow::Feed(Input::Lagging {
+                        resume_from: live.told,
+                    }));
+                }
+            }
+        }
+        Action::SendPosition { at } | Action::SendHeartbeat { at } => {
+            sh.busy = true;
+            sh.progress = Instant::now();
+            let force = matches!(action, Action::SendHeartbeat { .. });
+            let frames = sh.live.as_mut()?.position(cfg, at, force);
+            sh.queue(frames);
+        }
+        Action::StopStream => {
+            *chunk = None;
+            sh.busy = false;
+            if sh.live.take().is_some() {
+                sh.port.streaming(false);
+                metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "closed")
+                    .increment(1);
+            }
+        }
+        Action::Drop { reason } => {
+            return Some(match reason {
+                Reason::Lagged { .. } => Flow::Done(lagged(engine.feed(), sh)),
+                Reason::SourceGone => {
+                    metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "error")
+                        .increment(1);
+                    Flow::Done(Ended::EngineGone("feed stopped".into()))
+                }
+            });
+        }
+        Action::Finish => return Some(Flow::Done(Ended::Stopped)),
+    }
+    None
+}
+
+/// Queues the `Lagged` notice if the output takes it now (what was pending for the stream
+/// is dropped: the subscriber resumes from the last position handed over) and counts.
+fn lagged<P: Port>(hub: &Hub, sh: &mut Shell<P>) -> Ended {
+    let why = std::mem::take(&mut sh.why);
+    let told = sh.live.as_ref().map_or(0, |l| l.told);
+    let corr = sh.live.as_ref().map_or(0, |l| l.corr);
+    sh.live = None;
+    sh.port.streaming(false);
+    sh.drop_pending();
+    let item = PushItem::Lagged {
+        resume_from_seq: told,
+        message: format!("lagged: {why}; resume from seq {told}"),
+    };
+    if let Ok(f) = protocol::frame_of(FrameKind::Push, corr, &PushBatch { items: vec![item] }) {
+        let bytes = f.encode();
+        let n = bytes.len();
+        sh.port.held(n);
+        if sh.tx.try_send(bytes).is_err() {
+            sh.port.released(n);
+        }
+    }
+    hub.stats.lagged.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "lagged")
+        .increment(1);
+    Ended::Lagged {
+        resume_from_seq: told,
+    }
+}
+
+/// Resolves when `stop` turns true or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs a planned subscription into `tx` until `stop` turns true, `tx` closes, or it lags
+/// (the HTTP event stream, webhooks and the NATS bridge: no requests, no answers).
 pub async fn run<S: Source>(
     engine: Arc<S>,
     cfg: SubscriptionConfig,
@@ -363,153 +984,22 @@ pub async fn run<S: Source>(
     tx: mpsc::Sender<Vec<u8>>,
     mut stop: watch::Receiver<bool>,
 ) -> Ended {
-    let hub = engine.feed().clone();
-    let (id, cursor_gauge) = hub.join(plan.cursor);
-    metrics::gauge!(crate::metrics::SUBSCRIBERS).increment(1.0);
-    let mut out = Out {
-        tx: &tx,
+    let (cmd_tx, cmds) = mpsc::channel(1);
+    let subscribe = Command::Subscribe {
         corr,
-        cfg: &cfg,
-        hub: &hub,
-        told: plan.cursor,
-        last_sent: tokio::time::Instant::now(),
+        plan: Ok(Box::new(plan)),
     };
-    let r = stream(&*engine, &plan, &mut out, &cursor_gauge, &mut stop).await;
-    hub.leave(id);
-    metrics::gauge!(crate::metrics::SUBSCRIBERS).decrement(1.0);
-    let ended = match r {
-        Ok(()) => Ended::Stopped,
-        Err(e) => e,
-    };
-    if ended == Ended::Stopped {
-        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "closed")
-            .increment(1);
-    } else if let Ended::EngineGone(_) = ended {
-        metrics::counter!(crate::metrics::SUBSCRIBER_DISCONNECTS_TOTAL, "reason" => "error")
-            .increment(1);
+    if cmd_tx.try_send(subscribe).is_err() {
+        return Ended::Stopped;
     }
-    ended
-}
-
-async fn stream<S: Source>(
-    engine: &S,
-    plan: &Plan,
-    out: &mut Out<'_>,
-    cursor_gauge: &std::sync::atomic::AtomicU64,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), Ended> {
-    let hub = engine.feed();
-    let mut watch = hub.watch();
-    let skip = if plan.snapshot {
-        snapshot(engine, plan, out).await?
-    } else {
-        HashMap::new()
-    };
-    let mut cursor = plan.cursor;
-    // Every-change mode appends cached item bytes to `buf`; coalescing collects `items`.
-    let mut buf = FrameBuf::default();
-    let mut items: Vec<PushItem> = Vec::new();
-    let mut coalescer = Coalescer::new(out.cfg.max_coalesce_pairs);
-    let mut catching_up = false;
-    let mut last_flush = tokio::time::Instant::now();
-    let tick = plan.coalesce.unwrap_or(out.cfg.position_interval);
-    let max_items = out.cfg.max_items_per_frame.max(1) as u64;
-    loop {
-        if *stop.borrow() {
-            return Ok(());
-        }
-        let lag = hub.head().saturating_sub(cursor);
-        if plan.coalesce.is_none() {
-            if !catching_up && lag > out.cfg.max_lag_records {
-                catching_up = true;
-            } else if catching_up && lag <= out.cfg.max_lag_records / 2 {
-                catching_up = false;
-            }
-        }
-        let coalescing = plan.coalesce.is_some() || catching_up;
-        let visited = hub.visit_after(cursor, READ_CHUNK, |seq, slot| {
-            cursor = seq;
-            let Some(rec) = slot else { return true };
-            if !skip.is_empty() {
-                if let FeedBody::Sku { sku, .. } = &rec.body {
-                    if skip.get(sku).is_some_and(|s| *s >= seq) {
-                        return true;
-                    }
-                }
-            }
-            if coalescing {
-                plan.filter.render(rec, &mut items, Some(&mut coalescer));
-                true
-            } else {
-                plan.filter.render_bytes(rec, &mut buf);
-                // A frame ends after a whole record, at about `max_items_per_frame` items.
-                buf.count < max_items
-            }
-        });
-        let got = match visited {
-            Ok(n) => n,
-            Err(first_seq) => {
-                let why = format!(
-                    "the feed no longer holds seq {} (oldest {first_seq})",
-                    cursor + 1
-                );
-                return Err(out.lagged(&why));
-            }
-        };
-        cursor_gauge.store(cursor, Ordering::Relaxed);
-        // The visit stopped for a full frame: more records may be waiting already.
-        let frame_full = buf.count >= max_items;
-        let due = last_flush.elapsed() >= tick;
-        let full = coalescer.len() + items.len() >= out.cfg.max_coalesce_pairs;
-        // Coalesced changes go out when due, when the coalescer is full, once a catching-up
-        // subscriber has read everything, and as soon as it stops catching up (before the
-        // every-change items that follow them).
-        let left_over = !coalescing && (!coalescer.is_empty() || !items.is_empty());
-        if left_over || (coalescing && (full || due || (catching_up && got == 0))) {
-            let merged = coalescer.take_merged();
-            if merged > 0 {
-                metrics::counter!(crate::metrics::SUBSCRIPTION_COALESCED_TOTAL).increment(merged);
-            }
-            let only_transitions = plan.filter.kinds & kinds::ATP == 0;
-            let mut batch = coalescer.drain(&engine.catalog(), only_transitions);
-            batch.append(&mut items);
-            batch.sort_by_key(item_seq);
-            // The position is only complete when nothing rendered after it is pending.
-            if buf.is_empty() && (!batch.is_empty() || out.told < cursor) {
-                batch.push(PushItem::Position { seq: cursor });
-            }
-            out.send(batch).await?;
-            last_flush = tokio::time::Instant::now();
-        }
-        // The heartbeat: a Position even when it has not moved, once nothing was sent for
-        // `heartbeat` (pending coalesced changes are not due yet: the position stays theirs).
-        let beat = out
-            .cfg
-            .heartbeat
-            .is_some_and(|h| out.last_sent.elapsed() >= h)
-            && coalescer.is_empty()
-            && items.is_empty();
-        if !buf.is_empty() || (!coalescing && due && out.told < cursor) || beat {
-            out.send_buf(&mut buf, Some(cursor)).await?;
-            last_flush = tokio::time::Instant::now();
-        }
-        if got == READ_CHUNK || frame_full {
-            continue; // more is ready
-        }
-        let mut wait = tick.saturating_sub(last_flush.elapsed());
-        // Only while a heartbeat can go out: with coalesced changes pending it cannot (their
-        // flush is the next frame), and waking for it would spin until that flush.
-        if let Some(h) = out
-            .cfg
-            .heartbeat
-            .filter(|_| coalescer.is_empty() && items.is_empty())
-        {
-            wait = wait.min(h.saturating_sub(out.last_sent.elapsed()));
-        }
-        tokio::select! {
-            r = watch.changed() => if r.is_err() { return Err(Ended::EngineGone("feed stopped".into())) },
-            r = stop.changed() => if r.is_err() || *stop.borrow() { return Ok(()) },
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+    let shell = serve(engine, cfg, cmds, tx, QueuePort);
+    tokio::pin!(shell);
+    tokio::select! {
+        e = &mut shell => e,
+        () = stopped(&mut stop) => {
+            // A close: the shell sees it at once and returns.
+            drop(cmd_tx);
+            shell.await
         }
     }
 }
@@ -531,61 +1021,53 @@ fn item_seq(i: &PushItem) -> u64 {
         } => *resume_from_seq,
     }
 }
+/// The SKUs a snapshot covers (none when the filter wants neither ATP nor thresholds).
+fn snapshot_ids<S: Source>(engine: &S, f: &Filter) -> Vec<SkuId> {
+    if f.kinds & (kinds::ATP | kinds::THRESHOLDS) == 0 {
+        return Vec::new();
+    }
+    if f.skus.is_empty() {
+        return engine.sku_ids(&f.sku_prefix);
+    }
+    let mut v: Vec<SkuId> = f.skus.iter().filter(|s| f.wants_sku(s)).cloned().collect();
+    v.sort();
+    v
+}
 
-/// Sends current ATP for the filter, then `SnapshotEnd { seq: cursor }`. Returns the SKUs
-/// whose value already includes changes after the cursor (their live events up to that
-/// sequence number are skipped, so nothing is counted twice).
-async fn snapshot<S: Source>(
-    engine: &S,
-    plan: &Plan,
-    out: &mut Out<'_>,
-) -> Result<HashMap<SkuId, u64>, Ended> {
-    let mut skip = HashMap::new();
-    let f = &plan.filter;
-    if f.kinds & (kinds::ATP | kinds::THRESHOLDS) != 0 {
-        let ids: Vec<SkuId> = if f.skus.is_empty() {
-            engine.sku_ids(&f.sku_prefix)
-        } else {
-            let mut v: Vec<SkuId> = f.skus.iter().filter(|s| f.wants_sku(s)).cloned().collect();
-            v.sort();
-            v
+/// The current ATP of `ids` for the filter, once durable (never a value a crash could
+/// take back), and the SKUs whose value already includes changes after `cursor` (their
+/// live events up to that sequence number are skipped, so nothing is counted twice).
+async fn snapshot_chunk<S: Source>(
+    engine: Arc<S>,
+    f: Arc<Filter>,
+    ids: Vec<SkuId>,
+    cursor: u64,
+) -> SnapshotChunk {
+    let mut items = Vec::new();
+    let mut skip = Vec::new();
+    let mut max_seq = 0;
+    for sku in ids {
+        let Some(view) = engine.sku_view(&sku).await? else {
+            continue; // unknown SKU
         };
-        for chunk in ids.chunks(SNAPSHOT_CHUNK) {
-            let mut items = Vec::new();
-            let mut max_seq = 0;
-            for sku in chunk {
-                let view = match engine.sku_view(sku).await {
-                    Ok(Some(v)) => v,
-                    Ok(None) => continue, // unknown SKU
-                    Err(e) => return Err(Ended::EngineGone(e)),
-                };
-                max_seq = max_seq.max(view.last_seq);
-                if view.last_seq > plan.cursor {
-                    skip.insert(sku.clone(), view.last_seq);
-                }
-                for (ch, atp) in &view.channels {
-                    if f.wants_channel(ch) {
-                        items.push(PushItem::Snapshot(WireSnapshotEntry {
-                            seq: view.last_seq,
-                            sku: sku.to_string(),
-                            channel: ch.to_string(),
-                            atp: *atp,
-                            oversold: view.oversold,
-                        }));
-                    }
-                }
+        max_seq = max_seq.max(view.last_seq);
+        for (ch, atp) in &view.channels {
+            if f.wants_channel(ch) {
+                items.push(PushItem::Snapshot(WireSnapshotEntry {
+                    seq: view.last_seq,
+                    sku: sku.to_string(),
+                    channel: ch.to_string(),
+                    atp: *atp,
+                    oversold: view.oversold,
+                }));
             }
-            // Never show a value a crash could take back.
-            engine
-                .wait_durable(max_seq)
-                .await
-                .map_err(Ended::EngineGone)?;
-            out.send(items).await?;
+        }
+        if view.last_seq > cursor {
+            skip.push((sku, view.last_seq));
         }
     }
-    out.send(vec![PushItem::SnapshotEnd { seq: plan.cursor }])
-        .await?;
-    Ok(skip)
+    engine.wait_durable(max_seq).await?;
+    Ok((items, skip))
 }
 
 /// What a follower inside the server (a webhook endpoint, the NATS bridge) selects.
@@ -610,13 +1092,8 @@ pub struct Follower {
     pub frames: mpsc::Receiver<Vec<u8>>,
     /// The subscription's task.
     pub task: tokio::task::JoinHandle<Ended>,
-    stop: watch::Sender<bool>,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
+    /// Closed on drop: the shell sees its connection closed and returns.
+    _commands: mpsc::Sender<Command>,
 }
 
 /// Starts following every change after `from_seq` that `filter` selects, as webhooks and
@@ -647,7 +1124,17 @@ pub fn follow<S: Source + Send + Sync + 'static>(
     };
     let plan = plan(engine.as_ref(), &cfg, &sub)?;
     let (tx, frames) = mpsc::channel(queue_frames);
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(engine, cfg, plan, 0, tx, stopped));
-    Ok(Follower { frames, task, stop })
+    let (commands, cmds) = mpsc::channel(1);
+    let subscribe = Command::Subscribe {
+        corr: 0,
+        plan: Ok(Box::new(plan)),
+    };
+    // A new channel of one: there is room.
+    let _ = commands.try_send(subscribe);
+    let task = tokio::spawn(serve(engine, cfg, cmds, tx, QueuePort));
+    Ok(Follower {
+        frames,
+        task,
+        _commands: commands,
+    })
 }

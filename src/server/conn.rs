@@ -27,18 +27,18 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::feed::subscription::{self, Ended};
 use crate::protocol::{self, failed, opcode, status, ErrorFrame, Frame, FrameError, FrameKind};
 use crate::protocol::{Hello, RequestBatch, ResponseBatch, Welcome, MAGIC, PROTOCOL_VERSION};
-use crate::protocol::{Op, OpResult, Role};
+use crate::protocol::{OpResult, Role};
 
 use crate::tls::{ReadHalf, WriteHalf, TLS_HANDSHAKE_RECORD};
 
-use super::dispatch::{ok, run_batch, Ctx};
+use super::dispatch::{run_batch, Ctx};
 use super::{Admitted, Established, ServerStats, AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
+
+mod subscribe;
 
 /// Largest `Hello` frame (its length value) read. A name of 128 bytes and a token of 256 fit
 /// many times over; a larger length is refused as soon as its 4 bytes arrive.
@@ -46,12 +46,11 @@ pub const MAX_HELLO_FRAME_BYTES: usize = 4096;
 /// While the server-wide connection memory is over budget, a connection reads a partial
 /// frame no further than this (a small request can still arrive and be answered busy).
 const READ_ALLOWANCE_BYTES: usize = 4096;
+/// The read buffer's capacity between frames.
+const READ_BUFFER_BYTES: usize = 4096;
 /// How often a connection that may not read (over its own or the server's budget) looks
 /// again.
 const GATE_RECHECK: Duration = Duration::from_millis(10);
-/// Push frames a subscription may have queued before they are counted in the output
-/// budget (the feed's own back-pressure: beyond, its sends wait and it lags).
-const PUSH_QUEUE_FRAMES: usize = 16;
 /// What a request in flight holds besides its body and its answer (its future, the
 /// decoded batch's vectors), counted in its reservation.
 const IN_FLIGHT_OVERHEAD_BYTES: usize = 256;
@@ -148,9 +147,15 @@ impl Meter {
 
     /// Whether the next frame may be taken: queued output and the estimated answers of the
     /// requests in flight under half the budget, or nothing at all queued or in flight.
+    /// While the server is over its connection memory budget, only with nothing queued or
+    /// in flight: each frame taken then is answered busy, and a client that does not read
+    /// those answers must not make the server hold one per frame it sends.
     fn may_take_frame(&self) -> bool {
         let (out, reserved) = (self.queued(), self.reserved.load(Ordering::Acquire));
-        out + reserved < self.max_out / 2 || out + reserved == 0
+        if out + reserved == 0 {
+            return true;
+        }
+        out + reserved < self.max_out / 2 && !self.server_over_budget()
     }
 
     /// Waits until `ok` holds, woken by `room` and, at the latest, every [`GATE_RECHECK`]
@@ -161,9 +166,14 @@ impl Meter {
         }
     }
 
-    /// Whether more of a partial frame of `buffered` bytes may be read.
+    /// Whether more of a partial frame of `buffered` bytes may be read: within the small
+    /// allowance, or while the other connections leave room under the server's budget (a
+    /// connection is held back by what the others hold, not by its own partial frame, so
+    /// one that is over budget alone still reads on and sees its peer close).
     fn may_read_more(&self, buffered: usize) -> bool {
-        buffered < READ_ALLOWANCE_BYTES || !self.server_over_budget()
+        let own = self.reading.load(Ordering::Acquire) as u64;
+        buffered < READ_ALLOWANCE_BYTES
+            || self.total().load(Ordering::Relaxed).saturating_sub(own) <= self.max_total
     }
 
     /// Whether the connection holds more than its budget; the first to see it logs, counts
@@ -267,7 +277,7 @@ impl FrameReader {
     fn new(rd: ReadHalf, max: usize, meter: Option<Arc<Meter>>) -> Self {
         FrameReader {
             rd,
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
             max,
             meter,
             frame_timeout: None,
@@ -275,9 +285,19 @@ impl FrameReader {
         }
     }
 
+    /// Counts the read buffer by its capacity (what it holds in memory, not what it has
+    /// filled), after giving a large one back once it is empty.
     fn counted(&self) {
         if let Some(m) = &self.meter {
-            m.set_reading(self.buf.len());
+            m.set_reading(self.buf.capacity());
+        }
+    }
+
+    /// An empty buffer grown for a large frame is given back (a connection that sent one
+    /// large frame does not keep a megabyte for the rest of its life).
+    fn shrink_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 2 * READ_BUFFER_BYTES {
+            self.buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
         }
     }
 
@@ -296,6 +316,7 @@ impl FrameReader {
         loop {
             if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
                 self.buf.advance(used);
+                self.shrink_if_empty();
                 self.counted();
                 // What is left is the start of the next frame, read just now.
                 self.partial_since = None;
@@ -305,9 +326,17 @@ impl FrameReader {
             if let Some(m) = &self.meter {
                 let buffered = self.buf.len();
                 if !m.may_read_more(buffered) {
-                    m.wait_until(|m| m.may_read_more(buffered)).await;
-                    self.partial_since = None;
-                    self.restart_deadline();
+                    // The frame's deadline keeps running: a partial frame held while the
+                    // server is over budget is dropped at `frame_timeout`, not kept.
+                    let wait = m.wait_until(|m| m.may_read_more(buffered));
+                    match self.deadline() {
+                        Some(at) => {
+                            if tokio::time::timeout_at(at, wait).await.is_err() {
+                                return Err(ReadError::Slow);
+                            }
+                        }
+                        None => wait.await,
+                    }
                 }
             }
             // Reserve at most the announced frame (already checked against the limit).
@@ -319,12 +348,7 @@ impl FrameReader {
             // read beyond a budget check stays within a chunk of it.
             let chunk = want.min(64 * 1024);
             self.buf.reserve(chunk);
-            // Only a frame already begun has a deadline (a timer only for frames that
-            // arrive in pieces); between frames the connection's idle timer applies.
-            let deadline = match (self.frame_timeout, self.partial_since) {
-                (Some(limit), Some(since)) if !self.buf.is_empty() => Some(since + limit),
-                _ => None,
-            };
+            let deadline = self.deadline();
             let mut limited = bytes::BufMut::limit(&mut self.buf, chunk);
             let read = self.rd.read_buf(&mut limited);
             let n = match deadline {
@@ -346,6 +370,16 @@ impl FrameReader {
             if self.partial_since.is_none() {
                 self.partial_since = Some(tokio::time::Instant::now());
             }
+        }
+    }
+
+    /// When the partial frame must be whole: only a frame already begun has a deadline (a
+    /// timer only for frames that arrive in pieces); between frames the connection's idle
+    /// timer applies.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match (self.frame_timeout, self.partial_since) {
+            (Some(limit), Some(since)) if !self.buf.is_empty() => Some(since + limit),
+            _ => None,
         }
     }
 
@@ -639,35 +673,6 @@ fn status_of_frame_error(e: &FrameError) -> u16 {
 /// How long a closing connection may take to write what is queued.
 const WRITER_DRAIN: Duration = Duration::from_secs(5);
 
-/// The subscription of a connection (at most one).
-/// A subscription's task and its two signals. They are separate on purpose: with one
-/// `watch` for "hold / go / stop", a SUBSCRIBE answered and ended (UNSUBSCRIBE, or the
-/// close of the connection) before the task was first polled left it seeing only the last
-/// value, "hold", forever, while `end` waited for it: the connection, its slot and its
-/// descriptor were stuck and shutdown never finished.
-struct ActiveSub {
-    /// Fired once the SUBSCRIBE answer is queued: the stream may start. Dropped unfired
-    /// when the subscription ends first.
-    release: Option<tokio::sync::oneshot::Sender<()>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl ActiveSub {
-    /// Lets the stream start (after the SUBSCRIBE answer is queued).
-    fn start(&mut self) {
-        if let Some(r) = self.release.take() {
-            let _ = r.send(());
-        }
-    }
-
-    async fn end(mut self) {
-        let _ = self.stop.send(true);
-        drop(self.release.take());
-        let _ = self.task.await;
-    }
-}
-
 /// Serves one accepted connection until it closes, fails, idles out or the server stops.
 pub(crate) async fn serve(
     sock: TcpStream,
@@ -915,7 +920,7 @@ async fn read_loop(
     // flight), counted in the meter. The requests keep running while a client is slow to
     // read; only reading stops.
     let mut ready: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
-    let mut sub: Option<ActiveSub> = None;
+    let mut sub: Option<subscribe::SubShell> = None;
     // Set by a subscription that lagged, by the meter over budget, or by the writer's end.
     let kill = meter.kill.clone();
     // One idle timer for the connection, pushed back when a frame arrives (a fresh
@@ -969,7 +974,7 @@ async fn read_loop(
             r = reader.next(), if frames_in_flight + ready.len() < max => r,
             _ = &mut idle => {
                 // Answers pending, or a subscriber only listening: not idle.
-                if !inflight.is_empty() || !ready.is_empty() || sub.is_some() || meter.queued() > 0 {
+                if !inflight.is_empty() || !ready.is_empty() || sub.as_ref().is_some_and(|s| s.active()) || meter.queued() > 0 {
                     idle.as_mut().reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
                     continue;
                 }
@@ -1028,11 +1033,16 @@ async fn read_loop(
         }
         if let [op] = batch.ops.as_slice() {
             if matches!(op.opcode, opcode::SUBSCRIBE | opcode::UNSUBSCRIBE) && role.may(op.opcode) {
-                let result = subscription_op(ctx, out, corr, op, &mut sub).await;
-                let _ = out.send(response_bytes(ctx, corr, vec![result])).await;
-                if let Some(s) = sub.as_mut() {
-                    // The answer is queued: the stream may start.
-                    s.start();
+                // The subscription shell answers it (behind its pushes so far).
+                match subscribe::command(ctx, corr, op) {
+                    Ok(cmd) => {
+                        let shell = sub.get_or_insert_with(|| subscribe::SubShell::start(ctx, out));
+                        // False: the shell ended (lagged); the kill closes the connection.
+                        let _ = shell.send(cmd).await;
+                    }
+                    Err(result) => {
+                        let _ = out.send(response_bytes(ctx, corr, vec![result])).await;
+                    }
                 }
                 continue;
             }
@@ -1162,144 +1172,6 @@ fn response_bytes(ctx: &Ctx, corr: u64, results: Vec<OpResult>) -> Vec<u8> {
     }
 }
 
-/// Runs `SUBSCRIBE` or `UNSUBSCRIBE` for this connection. The stream task is created held
-/// (its stop flag starts at "hold") and released once the answer is queued, so the answer
-/// always precedes the first `Push` frame.
-async fn subscription_op(
-    ctx: &Arc<Ctx>,
-    out: &Out,
-    corr: u64,
-    raw: &protocol::RawOp,
-    sub: &mut Option<ActiveSub>,
-) -> OpResult {
-    let body = match Op::from_raw(raw) {
-        Ok(Some(Op::Subscribe(b))) => b,
-        Ok(Some(Op::Unsubscribe)) => {
-            return match sub.take() {
-                Some(s) => {
-                    s.end().await;
-                    ok(&protocol::Empty {})
-                }
-                None => failed(
-                    status::INVALID_REQUEST,
-                    "no subscription on this connection",
-                ),
-            };
-        }
-        Ok(_) => return failed(status::INTERNAL_ERROR, "not a subscription operation"),
-        Err(e) => {
-            return failed(
-                status::PROTOCOL_ERROR,
-                format!("opcode {:#06x}: {e}", raw.opcode),
-            )
-        }
-    };
-    if sub.as_ref().is_some_and(|s| !s.task.is_finished()) {
-        return failed(
-            status::INVALID_REQUEST,
-            "this connection already has a subscription; UNSUBSCRIBE first or open another connection",
-        );
-    }
-    let mut cfg = ctx.config.subscription.clone();
-    // Push frames keep to the limit the Welcome announced, like responses.
-    cfg.max_frame_bytes = ctx.config.max_frame_bytes;
-    let plan = match subscription::plan(ctx.engine.as_ref(), &cfg, &body) {
-        Ok(p) => p,
-        Err(subscription::Invalid(m)) => return failed(status::INVALID_REQUEST, m),
-    };
-    let answer = ok(&plan.answer);
-    if answer.status != status::OK {
-        return answer;
-    }
-    // The stream starts once the answer is queued (`release`, see `read_loop`) and stops
-    // when `stop` turns true.
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (engine, out, kill) = (ctx.engine.clone(), out.clone(), out.meter.kill.clone());
-    let task = tokio::spawn(async move {
-        // Ended before it started: the release was dropped unfired, or stop already set.
-        if release_rx.await.is_err() || *stop_rx.borrow() {
-            return;
-        }
-        // Push frames pass through a short queue of their own into the counted output, in
-        // order; the forwarder ends once the stream has ended and its queue is empty.
-        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_FRAMES);
-        let (stall, stop_fwd) = (cfg.stall_timeout, stop_rx.clone());
-        let run = subscription::run(engine, cfg, plan, corr, push_tx, stop_rx);
-        let forward = forward_pushes(push_rx, out, stall, stop_fwd);
-        let (ended, ()) = futures::join!(run, forward);
-        match ended {
-            Ended::Lagged { resume_from_seq } => {
-                tracing::info!(resume_from_seq, "subscriber lagged: disconnecting");
-                kill.notify_one();
-            }
-            Ended::EngineGone(e) => {
-                tracing::warn!(error = %e, "subscription ended");
-                kill.notify_one();
-            }
-            Ended::Stopped => {}
-        }
-    });
-    *sub = Some(ActiveSub {
-        release: Some(release_tx),
-        stop: stop_tx,
-        task,
-    });
-    answer
-}
-
-/// Moves a subscription's push frames into the connection's counted output. While queued
-/// output is at half the budget it waits, so the feed's own back-pressure decides (its
-/// sends wait, it lags, coalesces or drops the subscriber with a resume position; a timer
-/// here would race the feed's and end streams the feed would have reported as lagged); a
-/// connection that goes over its budget all the same is disconnected (the meter wakes the
-/// read loop). It ends when the stream has ended and its queue is drained, when the
-/// connection is dropped, or, once stopped, when the queue accepts nothing within `stall`.
-async fn forward_pushes(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    out: Out,
-    stall: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let room = |m: &Meter| m.must_drop() || m.queued() < m.max_out / 2;
-    let mut stopping = *stop.borrow();
-    // Set at the stop: everything left must be queued by then (one bound, not one each).
-    let mut deadline = None;
-    while let Some(bytes) = rx.recv().await {
-        // Before the stop, waiting is the feed's back-pressure (its own stall timeout
-        // decides); after it, what the stream had queued goes out within `stall` or not.
-        if !stopping {
-            tokio::select! {
-                _ = out.meter.wait_until(room) => {}
-                _ = super::stopped(&mut stop) => stopping = true,
-            }
-        }
-        if out.meter.must_drop() {
-            return;
-        }
-        let n = bytes.len();
-        out.meter.add_out(n);
-        if out.meter.over_budget() {
-            out.meter.sub_out(n);
-            return;
-        }
-        let sent = if stopping {
-            let by = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + stall);
-            let sent = tokio::time::timeout_at(by, out.tx.send(bytes)).await;
-            matches!(sent, Ok(Ok(())))
-        } else {
-            tokio::select! {
-                r = out.tx.send(bytes) => r.is_ok(),
-                _ = super::stopped(&mut stop) => false,
-            }
-        };
-        if !sent {
-            out.meter.sub_out(n);
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{token_eq, Meter, ServerStats};
@@ -1323,9 +1195,15 @@ mod tests {
         other.add_out(700);
         assert!(m.server_over_budget(), "1600 held of 1500");
         assert!(
-            m.may_read_more(100) && !m.may_read_more(5000),
-            "only the allowance"
+            m.may_read_more(5000),
+            "the others hold 1300 of 1500: it reads on"
         );
+        other.add_out(600);
+        assert!(
+            m.may_read_more(100) && !m.may_read_more(5000),
+            "the others hold 1900 of 1500: only the allowance"
+        );
+        other.sub_out(600);
         m.add_out(200);
         assert!(m.over_budget() && m.over_budget() && m.must_drop());
         assert_eq!(stats.slow_readers_closed.load(Ordering::Relaxed), 1, "once");
