@@ -98,13 +98,22 @@ impl IdempotencyTable {
 
     /// Records the outcome of an accepted request at time `now_ms`, evicting old entries.
     pub fn complete(&self, id: RequestId, fingerprint: u64, outcome: Arc<Outcome>, now_ms: TimeMs) {
-        self.map.insert(
-            id,
-            Entry_ {
-                fingerprint,
-                state: State::Done(outcome),
-            },
-        );
+        // The entry `begin` put in place, completed where it is (one lookup, no new entry).
+        match self.map.get_mut(&id) {
+            Some(mut e) => {
+                e.fingerprint = fingerprint;
+                e.state = State::Done(outcome);
+            }
+            None => {
+                self.map.insert(
+                    id,
+                    Entry_ {
+                        fingerprint,
+                        state: State::Done(outcome),
+                    },
+                );
+            }
+        }
         let mut order = self.order[shard_of(id)].lock();
         order.push_back((now_ms, id));
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);

@@ -294,22 +294,56 @@ pub struct Before<'c> {
     oversold: bool,
 }
 
-fn add<'a>(l: &'a LocationId, out: &mut Vec<&'a LocationId>) {
-    if !out.contains(&l) {
-        out.push(l);
+/// Locations [`Touched`] keeps inline: a record names one or two (a transfer two, a
+/// split hold a few), so this allocates nothing for nearly every record.
+const TOUCHED_INLINE: usize = 4;
+
+/// The distinct locations a record's events name, in the order first named.
+struct Touched<'a> {
+    inline: [Option<&'a LocationId>; TOUCHED_INLINE],
+    n: usize,
+    more: Vec<&'a LocationId>,
+}
+
+impl<'a> Touched<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a LocationId> + '_ {
+        self.inline[..self.n]
+            .iter()
+            .flatten()
+            .copied()
+            .chain(self.more.iter().copied())
+    }
+
+    fn len(&self) -> usize {
+        self.n + self.more.len()
+    }
+
+    fn add(&mut self, l: &'a LocationId) {
+        if self.iter().any(|x| x == l) {
+            return;
+        }
+        if self.n < TOUCHED_INLINE {
+            self.inline[self.n] = Some(l);
+            self.n += 1;
+        } else {
+            self.more.push(l);
+        }
     }
 }
 
-fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
-    // Most records touch one or two locations.
-    let mut out: Vec<&LocationId> = Vec::with_capacity(2);
+fn touched_locations(events: &[Event]) -> Touched<'_> {
+    let mut out = Touched {
+        inline: [None; TOUCHED_INLINE],
+        n: 0,
+        more: Vec::new(),
+    };
     for e in events {
         match e {
             Event::HoldPlaced { allocations, .. }
             | Event::HoldFulfilled { allocations, .. }
             | Event::HoldReleased { allocations, .. } => {
                 for a in allocations {
-                    add(&a.location, &mut out);
+                    out.add(&a.location);
                 }
             }
             Event::HoldExtended { .. }
@@ -323,10 +357,10 @@ fn touched_locations(events: &[Event]) -> Vec<&LocationId> {
             | Event::OnHandSet { location, .. }
             | Event::StockMoved { location, .. }
             | Event::SafetyStockSet { location, .. }
-            | Event::IncomingSet { location, .. } => add(location, &mut out),
+            | Event::IncomingSet { location, .. } => out.add(location),
             Event::Transferred { from, to, .. } => {
-                add(from, &mut out);
-                add(to, &mut out);
+                out.add(from);
+                out.add(to);
             }
         }
     }
@@ -341,7 +375,7 @@ pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> B
     // With one location (most records) every channel comes once; with several, a channel
     // selling from two of them is taken once, told apart by its position.
     let mut seen: Vec<usize> = Vec::new();
-    for loc in &locations {
+    for loc in locations.iter() {
         for (i, ch) in catalog.channels_at(loc) {
             if locations.len() > 1 {
                 if seen.contains(&i) {
