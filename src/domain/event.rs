@@ -52,6 +52,20 @@ pub enum StockoutClearReason {
     ThresholdRemoved,
 }
 
+impl StockoutClearReason {
+    /// Why a projection cleared, from the threshold now in force (0: removed) and the
+    /// projected hours to zero (`None`: no demand).
+    pub fn of(threshold_hours: u32, hours_to_zero: Option<f64>) -> Self {
+        if threshold_hours == 0 {
+            StockoutClearReason::ThresholdRemoved
+        } else if hours_to_zero.is_none() {
+            StockoutClearReason::NoDemand
+        } else {
+            StockoutClearReason::Recovered
+        }
+    }
+}
+
 /// Why a raised rebalance recommendation was withdrawn (`Event::RebalanceWithdrawn`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RebalanceWithdrawReason {

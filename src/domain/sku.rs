@@ -757,13 +757,7 @@ impl SkuState {
                 hours_milli: to_zero.map(milli),
                 per_hour_milli: milli(per_hour),
                 atp,
-                reason: if hours == 0 {
-                    StockoutClearReason::ThresholdRemoved
-                } else if to_zero.is_none() {
-                    StockoutClearReason::NoDemand
-                } else {
-                    StockoutClearReason::Recovered
-                },
+                reason: StockoutClearReason::of(hours, to_zero),
             }),
         }
     }
