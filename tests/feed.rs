@@ -13,7 +13,6 @@ use omnistock::engine::{Engine, EngineConfig, PersistConfig};
 use omnistock::protocol::*;
 use omnistock::server::{Server, ServerConfig, ShutdownHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct TestServer {
     engine: Arc<Engine>,
@@ -517,7 +516,12 @@ async fn a_stalled_subscriber_is_disconnected_while_reservations_keep_flowing() 
         adjust(&c, &format!("L{k:03}"), "wh", 1_000_000).await;
     }
     // A raw subscriber that never reads: its socket buffers fill, then the server's queue.
-    let mut raw = TcpStream::connect(s.addr).await.unwrap();
+    // A small receive buffer (so a small window) makes them fill after a few hundred KB
+    // whatever the machine's speed: with the kernel's autotuned buffers (megabytes on
+    // loopback) a slow, loaded machine could spend the whole 20 s below them.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut raw = sock.connect(s.addr).await.unwrap();
     raw.set_nodelay(true).unwrap();
     let hello = Hello {
         magic: MAGIC,
