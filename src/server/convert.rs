@@ -861,11 +861,7 @@ pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
             w.kind = k::STOCKOUT_PROJECTED;
             w.channel = channel.to_string();
             w.quantity = i64::from(*atp);
-            w.reason = format!(
-                "{:.1} h to zero at {:.2}/h, threshold {threshold_hours} h",
-                *hours_milli as f64 / 1000.0,
-                *per_hour_milli as f64 / 1000.0
-            );
+            w.reason = projection_text(*hours_milli, *per_hour_milli, *threshold_hours);
         }
         Event::StockoutCleared {
             channel,
@@ -913,11 +909,7 @@ pub fn history_event_of(e: &crate::engine::HistoryEntry) -> WireHistoryEvent {
             w.kind = k::REGION_STOCKOUT_PROJECTED;
             w.to_location = region.clone();
             w.quantity = i64::from(*atp);
-            w.reason = format!(
-                "{:.1} h to zero at {:.2}/h, threshold {threshold_hours} h",
-                *hours_milli as f64 / 1000.0,
-                *per_hour_milli as f64 / 1000.0
-            );
+            w.reason = projection_text(*hours_milli, *per_hour_milli, *threshold_hours);
         }
         Event::RegionStockoutCleared {
             region,
@@ -955,6 +947,15 @@ fn clear_reason_name(r: crate::domain::StockoutClearReason) -> &'static str {
         crate::domain::StockoutClearReason::NoDemand => "no_demand",
         crate::domain::StockoutClearReason::ThresholdRemoved => "threshold_removed",
     }
+}
+
+/// The history line of a raised stockout projection (channel or region).
+fn projection_text(hours_milli: u64, per_hour_milli: u64, threshold_hours: u32) -> String {
+    format!(
+        "{:.1} h to zero at {:.2}/h, threshold {threshold_hours} h",
+        hours_milli as f64 / 1000.0,
+        per_hour_milli as f64 / 1000.0
+    )
 }
 
 #[cfg(test)]
