@@ -32,7 +32,7 @@ use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
 
 use crate::subscriber::{Action, Answer, Input, Limits, Machine, Reason, Start};
 
-use super::hub::Hub;
+use super::hub::{Hub, Inbox, Route, Slot};
 use super::{Coalescer, FeedBody, Filter, FrameBuf};
 
 /// What a subscription reads from the engine. `feed/` does not import the engine (the
@@ -412,6 +412,29 @@ struct Live {
     snapshot: Option<SnapshotRun>,
     tick: Duration,
     joined: Joined,
+    /// Its records as routed by the hub (a filter on SKUs or a prefix), else `None`: it
+    /// reads every record of the ring.
+    routed: Option<Routed>,
+}
+
+/// A routed subscriber's side of its inbox (src/feed/hub.rs).
+struct Routed {
+    inbox: Arc<Inbox>,
+    /// Routed sequence numbers not rendered yet, ascending.
+    queue: VecDeque<u64>,
+    /// Up to here the ring is read record by record (see [`Inbox::drain`]).
+    scan_upto: u64,
+}
+
+/// What a filter is routed by: its SKU set, else its prefix; `None` for every SKU.
+fn route_of(f: &Filter) -> Option<Route> {
+    if !f.skus.is_empty() {
+        Some(Route::Skus(f.skus.iter().cloned().collect()))
+    } else if !f.sku_prefix.is_empty() {
+        Some(Route::Prefix(f.sku_prefix.as_str().into()))
+    } else {
+        None
+    }
 }
 
 /// A subscriber registered with the hub (for the lag metric), unregistered on drop.
@@ -422,14 +445,20 @@ struct Joined {
 }
 
 impl Joined {
-    fn new(hub: &Arc<Hub>, cursor: u64) -> Joined {
-        let (id, cursor) = hub.join(cursor);
+    fn new(hub: &Arc<Hub>, cursor: u64, route: Option<Route>) -> (Joined, Option<Routed>) {
+        let j = hub.join(cursor, route);
         metrics::gauge!(crate::metrics::SUBSCRIBERS).increment(1.0);
-        Joined {
+        let routed = j.inbox.map(|inbox| Routed {
+            scan_upto: inbox.drain(&mut VecDeque::new()),
+            inbox,
+            queue: VecDeque::new(),
+        });
+        let joined = Joined {
             hub: hub.clone(),
-            id,
-            cursor,
-        }
+            id: j.id,
+            cursor: j.cursor,
+        };
+        (joined, routed)
     }
 }
 
@@ -456,13 +485,20 @@ impl Live {
         let mut frames = Vec::new();
         let mut buf = FrameBuf::default();
         let mut items: Vec<PushItem> = Vec::new();
+        if let Some(r) = self.routed.as_mut() {
+            let scan_upto = r.inbox.drain(&mut r.queue);
+            if scan_upto > r.scan_upto {
+                // The inbox overflowed: that stretch is read from the ring.
+                r.scan_upto = scan_upto;
+                r.queue.retain(|s| *s > scan_upto);
+            }
+        }
         while self.cursor < to {
-            let want = usize::try_from(to - self.cursor).unwrap_or(usize::MAX);
             let (filter, skip) = (&self.filter, &self.skip);
             let coalescer = &mut self.coalescer;
             let mut cursor = self.cursor;
             let mut full = false;
-            let visited = hub.visit_after(cursor, want.min(READ_CHUNK), |seq, slot| {
+            let mut render = |seq: u64, slot: &Slot| {
                 cursor = seq;
                 let Some(rec) = slot else { return true };
                 if let FeedBody::Sku { sku, .. } = &rec.body {
@@ -478,7 +514,27 @@ impl Live {
                     full = buf.count >= max_items;
                 }
                 !full
-            })?;
+            };
+            let visited = match self.routed.as_mut() {
+                Some(r) if self.cursor >= r.scan_upto => {
+                    // Only this subscriber's records: the rest of the range matches nothing.
+                    while r.queue.front().is_some_and(|s| *s <= self.cursor) {
+                        r.queue.pop_front();
+                    }
+                    let upto = r.queue.partition_point(|s| *s <= to).min(READ_CHUNK);
+                    let n = hub.visit_seqs(r.queue.iter().take(upto).copied(), &mut render)?;
+                    r.queue.drain(..n);
+                    if !full && n == upto && r.queue.front().is_none_or(|s| *s > to) {
+                        cursor = to;
+                    }
+                    n.max(usize::from(cursor > self.cursor))
+                }
+                routed => {
+                    let end = routed.map_or(to, |r| r.scan_upto.min(to));
+                    let want = usize::try_from(end - self.cursor).unwrap_or(usize::MAX);
+                    hub.visit_after(self.cursor, want.min(READ_CHUNK), &mut render)?
+                }
+            };
             self.cursor = cursor;
             if full || visited == 0 {
                 frames.extend(self.flush(engine, cfg, &mut buf, &mut items));
@@ -636,6 +692,12 @@ pub async fn serve<S: Source, P: Port>(
             Some(i) => i,
             None => {
                 let streaming = sh.live.is_some();
+                // A routed stream is woken by its inbox, not by every publication.
+                let inbox = sh
+                    .live
+                    .as_ref()
+                    .and_then(|l| l.routed.as_ref())
+                    .map(|r| r.inbox.clone());
                 let beat_at = cfg.heartbeat.map(|h| sh.last_sent + h);
                 let stall_at = sh.progress + cfg.stall_timeout;
                 let waiting = sh.waiting() && chunk.is_none();
@@ -695,10 +757,16 @@ pub async fn serve<S: Source, P: Port>(
                         }
                     }
                     _ = tokio::time::sleep(ROOM_RECHECK), if sh.busy && sh.pending.is_empty() && !sh.port.has_room() => continue,
-                    r = watch.changed() => match r {
+                    r = watch.changed(), if inbox.is_none() => match r {
                         Ok(()) => Input::Published { upto: *watch.borrow_and_update() },
                         Err(_) => Input::SourceGone,
                     },
+                    () = async {
+                        match inbox.as_deref() {
+                            Some(i) => i.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if inbox.is_some() => Input::Published { upto: hub.head() },
                     _ = tokio::time::sleep_until(stall_at), if streaming && waiting => {
                         sh.why = "no frame could be queued within the stall timeout".into();
                         let resume_from = sh.live.as_ref().map_or(0, |l| l.told);
@@ -711,6 +779,14 @@ pub async fn serve<S: Source, P: Port>(
                     _ = tokio::time::sleep_until(tick_at), if streaming => {
                         let tick = sh.live.as_ref().map_or(cfg.position_interval, |l| l.tick);
                         tick_at = Instant::now() + tick;
+                        if inbox.is_some() {
+                            // What was published since the last wake-up matched nothing:
+                            // the position moves on with the tick.
+                            let upto = hub.head();
+                            if let Some(e) = apply(&engine, &cfg, &mut machine, &mut sh, &mut chunk, &mut tick_at, Input::Published { upto }) {
+                                break e;
+                            }
+                        }
                         Input::Tick
                     }
                 }
@@ -857,6 +933,8 @@ fn act<S: Source, P: Port>(
                 if let Some((_, plan)) = planned.as_ref() {
                     let tick = plan.coalesce.unwrap_or(cfg.position_interval);
                     *tick_at = Instant::now() + tick;
+                    let (joined, routed) =
+                        Joined::new(engine.feed(), plan.cursor, route_of(&plan.filter));
                     sh.live = Some(Live {
                         corr,
                         filter: Arc::new(plan.filter.clone()),
@@ -867,7 +945,8 @@ fn act<S: Source, P: Port>(
                         told: plan.cursor,
                         snapshot: None,
                         tick,
-                        joined: Joined::new(engine.feed(), plan.cursor),
+                        joined,
+                        routed,
                     });
                     sh.port.streaming(true);
                     sh.last_sent = Instant::now();
