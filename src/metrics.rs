@@ -141,6 +141,9 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "omnistock_tls_handshake_failures
 pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
 /// Counter: request frames answered busy because connection memory was over budget.
 pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
+/// Counter: connections closed because a large frame they had begun found no room under
+/// `max_connections_memory_bytes` before its `frame_timeout_ms`.
+pub const MEMORY_BUDGET_DISCONNECTS_TOTAL: &str = "omnistock_memory_budget_disconnects_total";
 /// Counter: request frames received (one frame carries a batch of operations).
 pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
 
@@ -283,7 +286,8 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
     (TLS_HANDSHAKE_FAILURES_TOTAL, Kind::Counter, None, "TLS handshakes that did not complete, by port and reason (plaintext, handshake, timeout, tls_on_plaintext_port)."),
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
-    (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes."),
+    (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes (from connections holding other answers or requests, or large requests)."),
+    (MEMORY_BUDGET_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because a large frame they had begun found no room under max_connections_memory_bytes within frame_timeout_ms."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
     (HTTP_REQUESTS_TOTAL, Kind::Counter, None, "HTTP requests answered, by route template (other: no route) and status code."),
     (HTTP_EVENT_STREAMS, Kind::Gauge, None, "HTTP event streams (GET /v1/events) open."),

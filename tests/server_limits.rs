@@ -666,47 +666,191 @@ async fn a_hello_frame_over_a_few_kib_is_refused_from_its_length_alone() {
     }
 }
 
-// The server-wide budget: over it, a new request is answered busy (retriable) instead of
-// being run; once memory is released the same request succeeds.
+/// Waits until `ok` holds (checked every 5 ms, at most `d`); every sample of the server's
+/// connection memory must be at most `max`.
+async fn until_within(
+    stats: &omnistock::server::ServerStats,
+    max: u64,
+    d: Duration,
+    ok: impl Fn(&omnistock::server::ServerStats) -> bool,
+) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        let held = load(&stats.connection_buffered_bytes);
+        assert!(
+            held <= max,
+            "connection memory {held} over the budget {max}"
+        );
+        if ok(stats) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+// postmortem: 1,000 connections each holding 1 MiB - 1 byte of a frame took the server
+// 316 MiB over a 256 MiB connection budget: each connection read on while the *other*
+// connections held less than the budget (so all passed the check at once), up to 64 KiB
+// past it per read; and a normal client's pings were answered busy because the attackers
+// held the memory. Now a large frame's room is taken from the budget before it is read
+// (the others wait in line, then are closed at their frame deadline, naming the budget),
+// partial frames leave an eighth of the budget to answers, and a ping runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_are_answered_busy_while_connection_memory_is_over_the_server_budget() {
-    const BUDGET: usize = 1 << 20;
+async fn partial_frames_never_take_connection_memory_over_the_budget_and_a_ping_still_runs() {
+    const BUDGET: usize = 4 << 20;
     let (addr, stats) = start_with_stats(|c| {
-        c.max_output_bytes = BUDGET;
+        c.max_output_bytes = 1 << 20;
         c.max_connections_memory_bytes = BUDGET;
+        c.frame_timeout = Duration::from_secs(2);
     })
     .await;
-    // Two clients each send most of a 1 MiB frame and stop.
+    // Twelve connections each send all but the last byte of a 1 MiB frame.
     let mut partial = Vec::new();
-    for _ in 0..2 {
-        let (mut s, _) = raw(addr).await;
-        let mut bytes = ((1u32 << 20) - 1).to_le_bytes().to_vec();
-        bytes.resize(700_000, 0);
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&bytes)).await;
-        partial.push(s);
+    for _ in 0..12 {
+        partial.push(partial_frame(addr, 1 << 20).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while load(&stats.connection_buffered_bytes) <= BUDGET as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the partial frames were not read"
-        );
+    // Three fit under the frame limit (7/8 of 4 MiB, with each connection's fixed cost).
+    let three_in = until_within(&stats, BUDGET as u64, Duration::from_secs(10), |s| {
+        load(&s.connection_buffered_bytes) >= 3 << 20
+    })
+    .await;
+    assert!(three_in, "three frames were read");
+    let (mut c, _) = raw(addr).await;
+    c.write_all(&request(1, &[Op::Ping])).await.unwrap();
+    assert_eq!(results(&read_frame(&mut c).await.unwrap()), [0], "not busy");
+    assert_eq!(load(&stats.memory_busy), 0);
+    // The rest waited for room and are closed at their frame deadline, naming the budget;
+    // those read in part are closed at theirs as slow.
+    let (mut no_room, mut slow) = (0, 0);
+    for (mut rd, writer) in partial {
+        let (st, msg) = tokio::time::timeout(Duration::from_secs(10), error_of(&mut rd))
+            .await
+            .expect("closed at the frame deadline");
+        match st {
+            status::LIMIT_EXCEEDED => {
+                assert!(msg.contains("max_connections_memory_bytes"), "{msg}");
+                no_room += 1;
+            }
+            status::IDLE_TIMEOUT => slow += 1,
+            other => panic!("status {other}: {msg}"),
+        }
+        writer.abort();
+    }
+    // Those read in part time out first and free their room; who gets it then depends on
+    // the order of the deadlines, so only the sum is certain.
+    assert_eq!(no_room + slow, 12);
+    assert_eq!(load(&stats.memory_closed), no_room);
+    assert!(
+        load(&stats.connection_buffered_bytes_peak) <= BUDGET as u64,
+        "peak {} over the budget {BUDGET}",
+        load(&stats.connection_buffered_bytes_peak)
+    );
+    drop(c);
+    assert!(
+        open_connections_within(&stats, 0, Duration::from_secs(10)).await,
+        "all closed"
+    );
+    assert_eq!(load(&stats.connection_buffered_bytes), 0, "all freed");
+}
+
+/// A connection that sends all but the last byte of a frame of `frame_bytes` (length
+/// prefix included) and holds; its read half, and the writer task to abort.
+async fn partial_frame(
+    addr: SocketAddr,
+    frame_bytes: usize,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
+) {
+    let (s, _) = raw(addr).await;
+    let (rd, mut wr) = s.into_split();
+    let mut bytes = ((frame_bytes - 4) as u32).to_le_bytes().to_vec();
+    bytes.resize(frame_bytes - 1, 0);
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    (rd, writer)
+}
+
+/// The server's first frame on `rd` as an error: its status and message.
+async fn error_of(rd: &mut tokio::net::tcp::OwnedReadHalf) -> (u16, String) {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len).await.unwrap();
+    let mut all = len.to_vec();
+    all.resize(4 + u32::from_le_bytes(len) as usize, 0);
+    rd.read_exact(&mut all[4..]).await.unwrap();
+    let f = Frame::parse(&all, usize::MAX).unwrap().unwrap().0;
+    assert_eq!(f.kind, FrameKind::Error);
+    let e: ErrorFrame = decode_payload(&f.payload).unwrap();
+    (e.status, e.message)
+}
+
+// The server-wide budget: over it, a request is answered busy (retriable) instead of run
+// when its connection holds other answers or requests, or when it is large; a small
+// request on a connection that holds nothing still runs (the clients holding the memory
+// get the busy answers, not everyone). A large frame begun then waits for room and, finding
+// none by its frame deadline, is closed naming the budget. Once memory is released the
+// large request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_server_budget_large_requests_are_answered_busy_and_a_ping_still_runs() {
+    const BUDGET: usize = 2 << 20;
+    let (addr, stats) = start_with_stats(|c| {
+        c.max_output_bytes = 1 << 20;
+        c.max_connections_memory_bytes = BUDGET;
+        c.frame_timeout = Duration::from_secs(2);
+    })
+    .await;
+    // One partial frame of 1 MiB (under the frame limit, 7/8 of the budget), then idle
+    // connections, whose fixed cost takes the total over the budget.
+    let (_rd1, w1) = partial_frame(addr, 1 << 20).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load(&stats.connection_buffered_bytes) < 1 << 20 {
+        assert!(Instant::now() < deadline, "the partial frame was not read");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut idle = Vec::new();
+    while load(&stats.connection_buffered_bytes) <= BUDGET as u64 {
+        assert!(idle.len() < 200, "{} idle connections", idle.len());
+        idle.push(raw(addr).await.0);
     }
     let (mut c, _) = raw(addr).await;
     c.write_all(&request(1, &[Op::Ping, Op::Ping]))
         .await
         .unwrap();
-    let f = read_frame(&mut c).await.unwrap();
-    assert_eq!(results(&f), [13, 13]);
+    assert_eq!(results(&read_frame(&mut c).await.unwrap()), [0, 0]);
+    let get = request(
+        2,
+        &[Op::GetSkus(GetSkus {
+            skus: vec!["SKU-1".into()],
+        })],
+    );
+    c.write_all(&get).await.unwrap();
+    let held = load(&stats.connection_buffered_bytes);
+    assert_eq!(
+        results(&read_frame(&mut c).await.unwrap()),
+        [13],
+        "held {held} of {BUDGET}, {} idle",
+        idle.len()
+    );
     assert!(status::is_retriable(13));
     assert_eq!(load(&stats.memory_busy), 1);
-    // Bounded: the second partial frame was read no further than a small allowance.
-    assert!(load(&stats.connection_buffered_bytes) < (BUDGET + (128 << 10)) as u64);
-    drop(partial);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A second large frame finds no room (even once the first is dropped at its deadline,
+    // the idle connections hold more than the frame limit leaves).
+    let (mut rd2, w2) = partial_frame(addr, 1 << 20).await;
+    let (st, msg) = tokio::time::timeout(Duration::from_secs(10), error_of(&mut rd2))
+        .await
+        .expect("closed at its frame deadline");
+    assert_eq!(st, status::LIMIT_EXCEEDED, "{msg}");
+    assert!(msg.contains("max_connections_memory_bytes"), "{msg}");
+    assert_eq!(load(&stats.memory_closed), 1);
+    w1.abort();
+    w2.abort();
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        c.write_all(&request(2, &[Op::Ping])).await.unwrap();
+        c.write_all(&get).await.unwrap();
         if results(&read_frame(&mut c).await.unwrap()) == [0] {
             break;
         }

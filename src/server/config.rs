@@ -78,10 +78,17 @@ pub struct ServerConfig {
     /// disconnected (counted in `omnistock_slow_reader_disconnects_total`). At least
     /// `max_frame_bytes`. Default 4 MiB.
     pub max_output_bytes: usize,
-    /// Memory budget of all connections together (the bytes `max_output_bytes` counts,
-    /// summed, plus what requests in flight reserve: their body and estimated answer). Beyond it new requests are answered `BUSY` (13, retriable) without being
-    /// run, and partial frames are read no further than a small allowance. At least
-    /// `max_output_bytes`. Default 1 GiB.
+    /// Memory budget of all connections together: the bytes `max_output_bytes` counts,
+    /// summed, plus what requests in flight reserve (their body and estimated answer) and a
+    /// fixed cost per open connection (`CONNECTION_OVERHEAD_BYTES`, 20 KiB). A frame larger
+    /// than 8 KiB is read only once room for all of it is free under 7/8 of the budget
+    /// (the rest is left to answers and small requests); it waits in line until its
+    /// `frame_timeout`, then the connection is closed (`LIMIT_EXCEEDED`, counted in
+    /// `omnistock_memory_budget_disconnects_total`). Over the budget, a request from a
+    /// connection that holds other answers or requests, or a large one (an estimated
+    /// answer over 16 KiB), is answered `BUSY` (13, retriable) without being run; a small
+    /// request on a connection holding nothing is run. At least `max_output_bytes`.
+    /// Default 1 GiB.
     pub max_connections_memory_bytes: usize,
     /// Longest a shutdown waits for connections to finish their in-flight requests and
     /// close; those still open then are dropped (a client that stopped reading cannot

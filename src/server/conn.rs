@@ -6,16 +6,22 @@
 //! drained briefly so the error frame is not lost to a TCP reset).
 //!
 //! Memory: every byte a connection holds in buffers — answers and push frames produced but
-//! not yet written, and the partial frame being read — is counted in its [`Meter`], and
-//! mirrored into the server-wide total. When queued output plus an estimate of the answers
-//! of the requests in flight ([`answer_estimate`]) reaches half of `max_output_bytes`, the
-//! connection is not read (back-pressure: a client that pipelines large reads and does not
-//! read their answers stalls, then meets `write_timeout`); a connection whose held bytes
-//! still go over `max_output_bytes` (pushes, answers larger than estimated) is
-//! disconnected at once, dropping what was queued and the requests in flight. Over `max_connections_memory_bytes` in total, new requests are
-//! answered busy without being run and partial frames are read no further than a small
-//! allowance. The `Hello` is read with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame
-//! limit, so a socket without a credential cannot make the server buffer a megabyte.
+//! not yet written, its read buffer, and a fixed [`CONNECTION_OVERHEAD_BYTES`] for the rest —
+//! is counted in its [`Meter`] and in the server-wide [`Budget`]. When queued output plus an
+//! estimate of the answers of the requests in flight ([`answer_estimate`]) reaches half of
+//! `max_output_bytes`, or `max_in_flight` frames are held (requests unanswered plus answers
+//! unwritten), the connection is not read (back-pressure: a client that pipelines and does
+//! not read its answers stalls, costs nothing more, then meets `write_timeout`); a
+//! connection whose held bytes still go over `max_output_bytes` (pushes, answers larger
+//! than estimated) is disconnected at once, dropping what was queued and the requests in
+//! flight. A frame larger than [`SMALL_FRAME_BYTES`] is read only once room for all of it
+//! is taken from the budget (in line, until its `frame_timeout`; then the connection is
+//! closed naming the budget). Over `max_connections_memory_bytes` in total, a request is
+//! answered busy without being run when its connection holds other answers or requests or
+//! when it is large; a small request on a connection holding nothing still runs. A
+//! connection yields to the others after [`FRAMES_PER_TURN`] frames. The `Hello` is read
+//! with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame limit, so a socket without a
+//! credential cannot make the server buffer a megabyte.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +41,7 @@ use crate::protocol::{OpResult, Role};
 
 use crate::tls::{ReadHalf, WriteHalf, TLS_HANDSHAKE_RECORD};
 
+use super::budget::Budget;
 use super::dispatch::{run_batch, Ctx};
 use super::{Admitted, Established, ServerStats, AUTH_FAILURES_PER_SOURCE, AUTH_FAILURE_WINDOW};
 
@@ -43,14 +50,27 @@ mod subscribe;
 /// Largest `Hello` frame (its length value) read. A name of 128 bytes and a token of 256 fit
 /// many times over; a larger length is refused as soon as its 4 bytes arrive.
 pub const MAX_HELLO_FRAME_BYTES: usize = 4096;
-/// While the server-wide connection memory is over budget, a connection reads a partial
-/// frame no further than this (a small request can still arrive and be answered busy).
-const READ_ALLOWANCE_BYTES: usize = 4096;
+/// A frame up to this size (length prefix included) is read into a buffer grown at once,
+/// without waiting for room in the server's budget: a `Hello`, a small request. Larger
+/// frames wait for their room before the buffer grows (see `budget`).
+const SMALL_FRAME_BYTES: usize = 8 * 1024;
 /// The read buffer's capacity between frames.
 const READ_BUFFER_BYTES: usize = 4096;
-/// How often a connection that may not read (over its own or the server's budget) looks
-/// again.
-const GATE_RECHECK: Duration = Duration::from_millis(10);
+/// What a connection costs besides the buffers counted one by one (its tasks, the socket
+/// halves, the writer's queue and its coalescing buffer, the idle timer), counted in the
+/// budget for as long as it is open: about 19 KiB per connection were measured as RSS
+/// beyond the counted buffers with 1,000 silent connections (docs/benchmarks.md,
+/// "Attacks (issue 12)").
+pub const CONNECTION_OVERHEAD_BYTES: usize = 20 * 1024;
+/// While the server is over its connection memory budget, a request is still run when its
+/// connection holds nothing else and its estimated answer is at most this (a ping, one
+/// SKU's read, a reservation): the clients that hold the memory get the busy answers,
+/// not a normal client's small request.
+const SMALL_REQUEST_BYTES: usize = 16 * 1024;
+/// Request frames a connection takes in one turn of its task before it yields to the
+/// others (a connection with a deep pipeline must not keep a thread from a client that
+/// sends one ping).
+const FRAMES_PER_TURN: usize = 32;
 /// What a request in flight holds besides its body and its answer (its future, the
 /// decoded batch's vectors), counted in its reservation.
 const IN_FLIGHT_OVERHEAD_BYTES: usize = 256;
@@ -59,23 +79,30 @@ fn busy() -> u16 {
     super::status::of_code(crate::domain::RejectionCode::Busy)
 }
 
-/// The bytes one connection holds in buffers, mirrored into the server-wide total
-/// (`ServerStats::connection_buffered_bytes`). Shared by the read loop, the writer and the
-/// subscription's forwarder; the total is settled when the last of them drops it.
+/// The bytes one connection holds in buffers, counted in the server-wide [`Budget`]
+/// (`ServerStats::connection_buffered_bytes`), and the frames it holds (requests read and
+/// not yet answered, answers and pushes not yet written). Shared by the read loop, the
+/// writer and the subscription's forwarder; settled when the last of them drops it.
 pub(crate) struct Meter {
     /// Answers and pushes queued (produced, not yet written).
     out: AtomicUsize,
-    /// The partial frame in the read buffer.
+    /// The read buffer's allocation (partial frame and all).
     reading: AtomicUsize,
     /// What the requests in flight are expected to hold: their request and an estimate of
     /// their answer (see [`answer_estimate`]); in the server-wide total too, so that work
     /// under way counts against `max_connections_memory_bytes` before its answers exist.
     reserved: AtomicUsize,
-    /// Woken when queued output or reservations shrink: the reader may go on.
+    /// Request frames taken and not yet answered, plus frames queued and not yet written:
+    /// at `max_in_flight` the connection is not read. A client that does not read its
+    /// answers stops costing the server work after this many, not after megabytes of
+    /// small answers.
+    frames: AtomicUsize,
+    /// Woken when queued output, reservations or held frames shrink: the reader may go on.
     room: Notify,
     stats: Arc<ServerStats>,
+    budget: Arc<Budget>,
     max_out: usize,
-    max_total: u64,
+    max_frames: usize,
     /// Set once, by whoever first saw the connection over its budget.
     overflowed: AtomicBool,
     /// Set when the writer ended (peer gone or too slow).
@@ -85,46 +112,68 @@ pub(crate) struct Meter {
 }
 
 impl Meter {
-    fn new(stats: Arc<ServerStats>, max_out: usize, max_total: usize) -> Meter {
+    /// A connection's meter; its fixed cost ([`CONNECTION_OVERHEAD_BYTES`]) is counted at
+    /// once.
+    fn new(
+        stats: Arc<ServerStats>,
+        budget: Arc<Budget>,
+        max_out: usize,
+        max_frames: usize,
+    ) -> Meter {
+        budget.force(CONNECTION_OVERHEAD_BYTES);
         Meter {
             out: AtomicUsize::new(0),
             reading: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
+            frames: AtomicUsize::new(0),
             room: Notify::new(),
             stats,
+            budget,
             max_out,
-            max_total: max_total as u64,
+            max_frames,
             overflowed: AtomicBool::new(false),
             writer_gone: AtomicBool::new(false),
             kill: Arc::new(Notify::new()),
         }
     }
 
-    fn total(&self) -> &std::sync::atomic::AtomicU64 {
-        &self.stats.connection_buffered_bytes
-    }
-
+    /// One frame of `n` bytes queued for the writer.
     fn add_out(&self, n: usize) {
         self.out.fetch_add(n, Ordering::AcqRel);
-        self.total().fetch_add(n as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::AcqRel);
+        self.budget.force(n);
     }
 
+    /// One frame of `n` bytes queued for the writer and then dropped unwritten.
     fn sub_out(&self, n: usize) {
+        self.written(n, 1);
+    }
+
+    /// The writer wrote `frames` frames of `n` bytes in all.
+    fn written(&self, n: usize, frames: usize) {
         self.out.fetch_sub(n, Ordering::AcqRel);
-        self.total().fetch_sub(n as u64, Ordering::Relaxed);
+        self.frames.fetch_sub(frames, Ordering::AcqRel);
+        self.budget.release(n);
         self.room.notify_one();
     }
 
+    /// A request frame taken, reserving `n` bytes for it and its answer.
     fn reserve(&self, n: usize) {
         self.reserved.fetch_add(n, Ordering::AcqRel);
-        self.total().fetch_add(n as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::AcqRel);
+        self.budget.force(n);
     }
 
-    /// An answer is done: its estimate is replaced by its real size.
+    /// Answers are done: their estimate is replaced by their real size (one answer per
+    /// request frame: the frames held do not change).
     fn answered(&self, estimate: usize, bytes: usize) {
-        self.add_out(bytes);
+        self.out.fetch_add(bytes, Ordering::AcqRel);
         self.reserved.fetch_sub(estimate, Ordering::AcqRel);
-        self.total().fetch_sub(estimate as u64, Ordering::Relaxed);
+        if bytes >= estimate {
+            self.budget.force(bytes - estimate);
+        } else {
+            self.budget.release(estimate - bytes);
+        }
         self.room.notify_one();
     }
 
@@ -132,48 +181,68 @@ impl Meter {
         self.out.load(Ordering::Acquire)
     }
 
-    fn set_reading(&self, n: usize) {
-        let old = self.reading.swap(n, Ordering::AcqRel);
-        if n >= old {
-            self.total().fetch_add((n - old) as u64, Ordering::Relaxed);
-        } else {
-            self.total().fetch_sub((old - n) as u64, Ordering::Relaxed);
-        }
+    /// Whether it holds anything but its read buffer: output, requests in flight.
+    fn holds_any(&self) -> bool {
+        self.queued() + self.reserved.load(Ordering::Acquire) > 0
+    }
+
+    /// The read buffer grew by `n` bytes that could not wait (a small frame).
+    fn reading_forced(&self, n: usize) {
+        self.reading.fetch_add(n, Ordering::AcqRel);
+        self.budget.force(n);
+    }
+
+    /// The read buffer grew by `n` bytes already taken from the budget (`Budget::acquire`).
+    fn reading_acquired(&self, n: usize) {
+        self.reading.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The read buffer shrank by `n` bytes.
+    fn reading_released(&self, n: usize) {
+        self.reading.fetch_sub(n, Ordering::AcqRel);
+        self.budget.release(n);
     }
 
     fn server_over_budget(&self) -> bool {
-        self.total().load(Ordering::Relaxed) > self.max_total
+        self.budget.over()
     }
 
     /// Whether the next frame may be taken: queued output and the estimated answers of the
-    /// requests in flight under half the budget, or nothing at all queued or in flight.
-    /// While the server is over its connection memory budget, only with nothing queued or
-    /// in flight: each frame taken then is answered busy, and a client that does not read
-    /// those answers must not make the server hold one per frame it sends.
+    /// requests in flight under half the budget and fewer than `max_in_flight` frames held,
+    /// or nothing at all queued or in flight. While the server is over its connection
+    /// memory budget, only with nothing queued or in flight: each frame taken then is
+    /// answered busy, and a client that does not read those answers must not make the
+    /// server hold one per frame it sends.
     fn may_take_frame(&self) -> bool {
-        let (out, reserved) = (self.queued(), self.reserved.load(Ordering::Acquire));
-        if out + reserved == 0 {
+        if !self.holds_any() {
             return true;
         }
-        out + reserved < self.max_out / 2 && !self.server_over_budget()
+        !self.own_limit_reached() && !self.server_over_budget()
     }
 
-    /// Waits until `ok` holds, woken by `room` and, at the latest, every [`GATE_RECHECK`]
-    /// (the server-wide total moves without waking anyone here).
-    async fn wait_until(&self, ok: impl Fn(&Self) -> bool) {
-        while !ok(self) {
-            let _ = timeout(GATE_RECHECK, self.room.notified()).await;
+    fn own_limit_reached(&self) -> bool {
+        let held = self.queued() + self.reserved.load(Ordering::Acquire);
+        held >= self.max_out / 2 || self.frames.load(Ordering::Acquire) >= self.max_frames
+    }
+
+    /// Waits until [`may_take_frame`](Self::may_take_frame) holds: woken by this
+    /// connection's writer and answers when its own limits hold it back, in line for room
+    /// in the budget when the server is over it. No polling: a thousand connections held
+    /// back cost nothing until their turn.
+    async fn wait_to_take(&self) {
+        while !self.may_take_frame() {
+            if self.own_limit_reached() {
+                // `notify_one` keeps a permit: a wake-up between the check and here counts.
+                self.room.notified().await;
+            } else {
+                // Room in the budget, or this connection's own output written (holding
+                // nothing, it may take a frame whatever the budget).
+                tokio::select! {
+                    _ = self.budget.wait_for_room() => {}
+                    _ = self.room.notified() => {}
+                }
+            }
         }
-    }
-
-    /// Whether more of a partial frame of `buffered` bytes may be read: within the small
-    /// allowance, or while the other connections leave room under the server's budget (a
-    /// connection is held back by what the others hold, not by its own partial frame, so
-    /// one that is over budget alone still reads on and sees its peer close).
-    fn may_read_more(&self, buffered: usize) -> bool {
-        let own = self.reading.load(Ordering::Acquire) as u64;
-        buffered < READ_ALLOWANCE_BYTES
-            || self.total().load(Ordering::Relaxed).saturating_sub(own) <= self.max_total
     }
 
     /// Whether the connection holds more than its budget; the first to see it logs, counts
@@ -212,8 +281,9 @@ impl Drop for Meter {
     fn drop(&mut self) {
         let held = self.out.load(Ordering::Acquire)
             + self.reading.load(Ordering::Acquire)
-            + self.reserved.load(Ordering::Acquire);
-        self.total().fetch_sub(held as u64, Ordering::Relaxed);
+            + self.reserved.load(Ordering::Acquire)
+            + CONNECTION_OVERHEAD_BYTES;
+        self.budget.release(held);
     }
 }
 
@@ -256,12 +326,23 @@ enum ReadError {
     Io,
     /// A frame begun did not arrive whole within `frame_timeout`.
     Slow,
+    /// A large frame found no room under the server's connection memory budget before its
+    /// `frame_timeout`: the connection is closed (and its partial frame freed).
+    NoRoom {
+        /// The frame's size, length prefix included.
+        frame_bytes: usize,
+    },
 }
 
-/// Reads frames from the read half, never buffering more than one frame (≤ the limit).
+/// Reads frames from the read half, never buffering more than one frame (≤ the limit)
+/// beyond its small read buffer. The buffer's allocation is what the meter counts; it
+/// grows only once the room for it is taken from the server's budget.
 pub(crate) struct FrameReader {
     rd: ReadHalf,
     buf: BytesMut,
+    /// The allocation of `buf` as counted (`BytesMut::capacity` shrinks as frames are
+    /// taken from the front, the memory does not).
+    alloc: usize,
     max: usize,
     /// Where the buffered bytes are counted, and what says whether to read on.
     meter: Option<Arc<Meter>>,
@@ -275,9 +356,13 @@ pub(crate) struct FrameReader {
 
 impl FrameReader {
     fn new(rd: ReadHalf, max: usize, meter: Option<Arc<Meter>>) -> Self {
+        if let Some(m) = &meter {
+            m.reading_forced(READ_BUFFER_BYTES);
+        }
         FrameReader {
             rd,
             buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            alloc: READ_BUFFER_BYTES,
             max,
             meter,
             frame_timeout: None,
@@ -285,30 +370,61 @@ impl FrameReader {
         }
     }
 
-    /// Counts the read buffer by its capacity (what it holds in memory, not what it has
-    /// filled), after giving a large one back once it is empty.
-    fn counted(&self) {
-        if let Some(m) = &self.meter {
-            m.set_reading(self.buf.capacity());
-        }
+    /// Moves what is buffered into a new allocation of exactly `cap` bytes (≥ its length);
+    /// the meter is told by the caller.
+    fn reallocate(&mut self, cap: usize) {
+        let mut b = BytesMut::with_capacity(cap);
+        b.extend_from_slice(&self.buf);
+        self.buf = b;
+        self.alloc = cap;
     }
 
     /// An empty buffer grown for a large frame is given back (a connection that sent one
     /// large frame does not keep a megabyte for the rest of its life).
     fn shrink_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 2 * READ_BUFFER_BYTES {
-            self.buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        if self.buf.is_empty() && self.alloc > 2 * READ_BUFFER_BYTES {
+            let freed = self.alloc - READ_BUFFER_BYTES;
+            self.reallocate(READ_BUFFER_BYTES);
+            if let Some(m) = &self.meter {
+                m.reading_released(freed);
+            }
         }
     }
 
+    /// Grows the buffer to `need` bytes: at once for a small frame (≤
+    /// [`SMALL_FRAME_BYTES`]), else once room for it is taken from the server's budget
+    /// (waiting in line, at most until the frame's deadline).
+    async fn grow(&mut self, need: usize) -> Result<(), ReadError> {
+        let more = need - self.alloc;
+        if let Some(m) = self.meter.clone() {
+            if need <= SMALL_FRAME_BYTES {
+                m.reading_forced(more);
+            } else {
+                let got = match self.deadline() {
+                    Some(at) => timeout_at(at, m.budget.acquire(more))
+                        .await
+                        .unwrap_or(false),
+                    None => m.budget.acquire(more).await,
+                };
+                if !got {
+                    return Err(ReadError::NoRoom { frame_bytes: need });
+                }
+                m.reading_acquired(more);
+            }
+        }
+        self.reallocate(need);
+        Ok(())
+    }
+
     /// The next frame; `Ok(None)` on a clean end of stream. Cancel-safe: bytes read so far
-    /// stay in the buffer. Waits (rechecking every [`GATE_RECHECK`]) while the connection's
-    /// queued output is at half its budget, and before reading more of a partial frame over
-    /// the allowance while the server is over its connection memory budget.
+    /// stay in the buffer, and room waited for is taken only when granted. Waits while the
+    /// connection holds its share (queued output at half its budget, `max_in_flight`
+    /// frames) or the server is over its connection memory budget, and before growing the
+    /// buffer for a large frame until the budget has room for it.
     async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
         if let Some(m) = &self.meter {
             if !m.may_take_frame() {
-                m.wait_until(Meter::may_take_frame).await;
+                m.wait_to_take().await;
                 // The server paused reading: the client's time starts again now.
                 self.restart_deadline();
             }
@@ -317,39 +433,27 @@ impl FrameReader {
             if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
                 self.buf.advance(used);
                 self.shrink_if_empty();
-                self.counted();
                 // What is left is the start of the next frame, read just now.
                 self.partial_since = None;
                 self.restart_deadline();
                 return Ok(Some(f));
             }
-            if let Some(m) = &self.meter {
-                let buffered = self.buf.len();
-                if !m.may_read_more(buffered) {
-                    // The frame's deadline keeps running: a partial frame held while the
-                    // server is over budget is dropped at `frame_timeout`, not kept.
-                    let wait = m.wait_until(|m| m.may_read_more(buffered));
-                    match self.deadline() {
-                        Some(at) => {
-                            if tokio::time::timeout_at(at, wait).await.is_err() {
-                                return Err(ReadError::Slow);
-                            }
-                        }
-                        None => wait.await,
-                    }
-                }
-            }
-            // Reserve at most the announced frame (already checked against the limit).
-            let want = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
-                Some(len) => (4 + len).saturating_sub(self.buf.len()),
-                None => 4096,
+            // The whole frame (its length already checked against the limit) must fit.
+            let need = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
+                Some(len) => 4 + len,
+                None => 4,
             };
-            // At most one chunk per read (`reserve` may grow the buffer further): what is
-            // read beyond a budget check stays within a chunk of it.
-            let chunk = want.min(64 * 1024);
-            self.buf.reserve(chunk);
+            if need > self.alloc {
+                self.grow(need).await?;
+            }
+            // Fill the allocation, at most a chunk per read; taken frames left room at the
+            // front only: move what is left back first.
+            let want = (self.alloc - self.buf.len()).min(64 * 1024);
+            if self.buf.capacity() - self.buf.len() < want {
+                self.reallocate(self.alloc);
+            }
             let deadline = self.deadline();
-            let mut limited = bytes::BufMut::limit(&mut self.buf, chunk);
+            let mut limited = bytes::BufMut::limit(&mut self.buf, want);
             let read = self.rd.read_buf(&mut limited);
             let n = match deadline {
                 Some(at) => match tokio::time::timeout_at(at, read).await {
@@ -359,7 +463,10 @@ impl FrameReader {
                 None => read.await,
             }
             .map_err(|_| ReadError::Io)?;
-            self.counted();
+            debug_assert!(
+                self.buf.capacity() <= self.alloc,
+                "the buffer grew uncounted"
+            );
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
@@ -404,7 +511,10 @@ impl FrameReader {
     async fn linger(mut self, d: Duration) {
         // What was buffered is no longer needed: free it (and its count) first.
         self.buf = BytesMut::new();
-        self.counted();
+        if let Some(m) = &self.meter {
+            m.reading_released(self.alloc);
+        }
+        self.alloc = 0;
         let mut sink = [0u8; 8192];
         let mut total = 0usize;
         let _ = timeout(d, async {
@@ -435,19 +545,33 @@ async fn write_loop(
     meter: Arc<Meter>,
 ) {
     let _gone = WriterGone(meter.clone());
-    let mut out = Vec::with_capacity(64 * 1024);
+    // Frames ready together are coalesced into one write; a lone frame is written as it
+    // is (no copy, and no coalescing buffer held by a connection that sends one at a time).
+    let mut coalesced: Vec<u8> = Vec::new();
     while let Some(first) = rx.recv().await {
-        out.clear();
-        out.extend_from_slice(&first);
-        // Coalesce whatever else is ready into one write.
-        while out.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => out.extend_from_slice(&more),
-                Err(_) => break,
+        let mut frames = 1;
+        let bytes: &[u8] = match rx.try_recv() {
+            Err(_) => &first,
+            Ok(second) => {
+                coalesced.clear();
+                coalesced.extend_from_slice(&first);
+                coalesced.extend_from_slice(&second);
+                frames = 2;
+                while coalesced.len() < COALESCE_BYTES {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            coalesced.extend_from_slice(&more);
+                            frames += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                &coalesced
             }
-        }
-        match timeout(ctx.config.write_timeout, wr.write_all(&out)).await {
-            Ok(Ok(())) => meter.sub_out(out.len()),
+        };
+        let n = bytes.len();
+        match timeout(ctx.config.write_timeout, wr.write_all(bytes)).await {
+            Ok(Ok(())) => meter.written(n, frames),
             Ok(Err(_)) => return,
             Err(_) => {
                 // Dropping the queue makes every sender fail: the connection closes and
@@ -462,9 +586,16 @@ async fn write_loop(
                 return;
             }
         }
+        if coalesced.capacity() > 4 * COALESCE_BYTES {
+            // One large answer went through: do not keep its size for the connection's life.
+            coalesced = Vec::new();
+        }
     }
     let _ = wr.shutdown().await;
 }
+
+/// Frames are coalesced into one write up to about this many bytes.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 fn error_frame(corr: u64, status: u16, message: impl Into<String>) -> Vec<u8> {
     let e = ErrorFrame {
@@ -566,7 +697,7 @@ async fn handshake(
             return refuse(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await
         }
         // (The Hello has no frame deadline of its own: the handshake timeout bounds it.)
-        Ok(Err(ReadError::Slow)) | Err(_) => {
+        Ok(Err(ReadError::Slow | ReadError::NoRoom { .. })) | Err(_) => {
             let msg = "no Hello within the handshake timeout";
             return refuse(ctx, out, 0, status::IDLE_TIMEOUT, msg).await;
         }
@@ -693,8 +824,9 @@ pub(crate) async fn serve(
     let c = &ctx.config;
     let meter = Meter::new(
         ctx.stats.clone(),
+        ctx.budget.clone(),
         c.max_output_bytes,
-        c.max_connections_memory_bytes,
+        c.max_in_flight,
     );
     let meter = Arc::new(meter);
     let out = Out {
@@ -937,7 +1069,13 @@ async fn read_loop(
     // durability wait for all of them) and answered frame by frame.
     let mut group = Group::default();
     let mut frames_in_flight = 0usize;
+    // Frames taken since this task last yielded (see `FRAMES_PER_TURN`).
+    let mut turn = 0usize;
     let end = loop {
+        if turn >= FRAMES_PER_TURN {
+            turn = 0;
+            tokio::task::yield_now().await;
+        }
         let may_grow = group.ops < max_group_ops
             && frames_in_flight + group.len() + ready.len() < max
             && reader.has_frame();
@@ -998,12 +1136,28 @@ async fn read_loop(
                 refuse::<()>(ctx, out, 0, status::IDLE_TIMEOUT, msg).await;
                 break End::Refused;
             }
+            Err(ReadError::NoRoom { frame_bytes }) => {
+                ctx.stats.memory_closed.fetch_add(1, Ordering::Relaxed);
+                let msg = format!(
+                    "a frame of {frame_bytes} bytes found no room under the server's connection \
+                     memory budget (max_connections_memory_bytes) within {} ms \
+                     (frame_timeout_ms); retry later",
+                    ctx.config.frame_timeout.as_millis()
+                );
+                tracing::info!(
+                    frame_bytes,
+                    "partial frame found no room in the connection memory budget: closed"
+                );
+                let _ = out.send(error_frame(0, status::LIMIT_EXCEEDED, msg)).await;
+                break End::Refused;
+            }
             Err(ReadError::Frame(e)) => {
                 refuse::<()>(ctx, out, 0, status_of_frame_error(&e), e.to_string()).await;
                 break End::Refused;
             }
             Ok(Some(f)) => f,
         };
+        turn += 1;
         idle.as_mut()
             .reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
         if frame.kind != FrameKind::Request {
@@ -1021,7 +1175,10 @@ async fn read_loop(
         };
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
         let corr = frame.correlation;
-        if meter.server_over_budget() {
+        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes)
+            + frame.payload.len()
+            + IN_FLIGHT_OVERHEAD_BYTES;
+        if meter.server_over_budget() && (meter.holds_any() || estimate > SMALL_REQUEST_BYTES) {
             // Memory first: a retriable answer instead of running what may grow it.
             ctx.stats.memory_busy.fetch_add(1, Ordering::Relaxed);
             let msg = "the server's connection memory is over max_connections_memory_bytes; retry";
@@ -1047,9 +1204,6 @@ async fn read_loop(
                 continue;
             }
         }
-        let estimate = answer_estimate(&batch, ctx.config.max_frame_bytes)
-            + frame.payload.len()
-            + IN_FLIGHT_OVERHEAD_BYTES;
         meter.reserve(estimate);
         group.add(corr, batch, estimate);
     };
@@ -1174,56 +1328,74 @@ fn response_bytes(ctx: &Ctx, corr: u64, results: Vec<OpResult>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{token_eq, Meter, ServerStats};
+    use super::{token_eq, Budget, Meter, ServerStats, CONNECTION_OVERHEAD_BYTES};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    const O: u64 = CONNECTION_OVERHEAD_BYTES as u64;
+
+    fn meter(stats: &Arc<ServerStats>, budget: &Arc<Budget>, max_out: usize) -> Meter {
+        Meter::new(stats.clone(), budget.clone(), max_out, 8)
+    }
 
     #[test]
     fn a_connection_over_its_budget_is_counted_once_and_its_bytes_settled_on_drop() {
         let stats = Arc::new(ServerStats::default());
+        let budget = Arc::new(Budget::new(stats.clone(), 1500 + 2 * O as usize, 256));
         let total = |s: &ServerStats| s.connection_buffered_bytes.load(Ordering::Relaxed);
-        let m = Meter::new(stats.clone(), 1000, 1500);
-        m.set_reading(300);
+        let m = meter(&stats, &budget, 1000);
+        assert_eq!(total(&stats), O, "its fixed cost");
+        m.reading_forced(300);
         m.add_out(600);
         assert!(!m.over_budget() && !m.must_drop());
         assert!(
             !m.may_take_frame(),
             "600 queued is over half of 1000: not read"
         );
-        assert_eq!(total(&stats), 900);
-        let other = Meter::new(stats.clone(), 1000, 1500);
-        other.add_out(700);
-        assert!(m.server_over_budget(), "1600 held of 1500");
-        assert!(
-            m.may_read_more(5000),
-            "the others hold 1300 of 1500: it reads on"
-        );
+        assert_eq!(total(&stats), O + 900);
+        let other = meter(&stats, &budget, 1000);
         other.add_out(600);
+        other.add_out(100);
+        assert!(m.server_over_budget(), "1600 held of 1500");
+        let idle = meter(&stats, &budget, 1000);
         assert!(
-            m.may_read_more(100) && !m.may_read_more(5000),
-            "the others hold 1900 of 1500: only the allowance"
+            idle.may_take_frame(),
+            "over the server's budget, a connection holding nothing may still take a frame"
         );
+        drop(idle);
         other.sub_out(600);
         m.add_out(200);
         assert!(m.over_budget() && m.over_budget() && m.must_drop());
         assert_eq!(stats.slow_readers_closed.load(Ordering::Relaxed), 1, "once");
         drop(m);
-        assert_eq!(total(&stats), 700, "what it held is settled");
-        other.sub_out(700);
+        assert_eq!(total(&stats), O + 100, "what it held is settled");
+        other.written(100, 1);
+        drop(other);
         assert_eq!(total(&stats), 0);
     }
 
     #[test]
-    fn in_flight_estimates_hold_back_reading_until_answered() {
-        let m = Meter::new(Arc::new(ServerStats::default()), 1000, 1 << 20);
+    fn in_flight_estimates_and_held_frames_hold_back_reading_until_answered() {
+        let stats = Arc::new(ServerStats::default());
+        let budget = Arc::new(Budget::new(stats.clone(), 1 << 20, 256));
+        let m = meter(&stats, &budget, 1000);
         assert!(m.may_take_frame(), "nothing queued or in flight");
         m.reserve(600);
         assert!(!m.may_take_frame());
-        let total = || m.stats.connection_buffered_bytes.load(Ordering::Relaxed);
-        assert_eq!(total(), 600, "reservations count server-wide");
+        let total = || stats.connection_buffered_bytes.load(Ordering::Relaxed);
+        assert_eq!(total(), O + 600, "reservations count server-wide");
         m.answered(600, 100);
         assert!(m.may_take_frame());
-        assert_eq!((m.queued(), total()), (100, 100));
+        assert_eq!((m.queued(), total()), (100, O + 100));
+        // Eight frames held (the `max_in_flight` given): not read, however small they are.
+        for _ in 0..7 {
+            m.reserve(10);
+        }
+        assert!(!m.may_take_frame(), "1 answer unwritten + 7 in flight");
+        m.answered(70, 70);
+        m.written(170, 8);
+        assert!(m.may_take_frame());
+        assert_eq!(total(), O);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub(crate) struct Ctx {
     pub engine: Arc<Engine>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
+    /// The connections' memory budget (`max_connections_memory_bytes`).
+    pub budget: Arc<super::budget::Budget>,
 }
 
 /// A successful result carrying `v` (an encoding failure becomes `INTERNAL_ERROR`).

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod config;
 mod conn;
 pub mod convert;
@@ -85,8 +86,14 @@ pub struct ServerStats {
     /// written, partial frames being read, and for each request in flight its body and an
     /// estimate of its answer (what `max_connections_memory_bytes` limits).
     pub connection_buffered_bytes: AtomicU64,
-    /// Request frames answered busy, unrun, because connection memory was over its budget.
+    /// The highest `connection_buffered_bytes` has been since start.
+    pub connection_buffered_bytes_peak: AtomicU64,
+    /// Request frames answered busy, unrun, because connection memory was over its budget
+    /// (and their connection held other answers or requests, or the request was large).
     pub memory_busy: AtomicU64,
+    /// Connections closed because a large frame they had begun found no room under
+    /// `max_connections_memory_bytes` before its `frame_timeout`.
+    pub memory_closed: AtomicU64,
     /// Request frames processed.
     pub requests: AtomicU64,
     /// Request frames that ran in one engine call together with other pipelined frames of
@@ -153,6 +160,11 @@ impl Server {
             admission: Arc::new(Admission::new(config.clone(), stats.clone())),
             ctx: Arc::new(Ctx {
                 engine,
+                budget: Arc::new(budget::Budget::new(
+                    stats.clone(),
+                    config.max_connections_memory_bytes,
+                    config.max_frame_bytes,
+                )),
                 config,
                 stats,
             }),
