@@ -225,8 +225,9 @@ pub struct Args {
     #[arg(long, env = "OMNISTOCK_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
 
-    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read once
-    /// at start: a new certificate needs a restart [default: none, plain TCP].
+    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read at
+    /// start and again at SIGHUP (with the key and the client CA; a bad file then keeps the
+    /// certificate in use) [default: none, plain TCP].
     #[arg(long, env = "OMNISTOCK_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert [default: none].
