@@ -4,7 +4,8 @@
 //! sides, the start-up refusal of plaintext tokens off loopback, ctl over TLS, HTTPS
 //! /healthz and /metrics on a real `omnistock serve`, and its certificate reload at SIGHUP
 //! (new handshakes on both ports see the new certificate, an open connection goes on, a
-//! garbage file or a mismatched key keeps the one in use and is counted and logged).
+//! garbage file or a mismatched key keeps the one in use and is counted and logged), and
+//! client certificates required on the HTTP endpoint (`--admin-tls-client-ca`).
 
 mod common;
 use common::free_port;
@@ -340,17 +341,32 @@ fn ctl(port: u16, args: &[&str]) -> Output {
 
 /// One HTTPS GET with a TLS client trusting the test CA; the whole answer.
 async fn https_get(pki: &Pki, port: u16, path: &str) -> String {
+    https_get_as(pki, None, port, path).await.unwrap()
+}
+
+/// One HTTPS GET presenting the client certificate `cert` (of [`Pki`]) or none: the whole
+/// answer, or what failed (the handshake, or a read the server cut with an alert).
+async fn https_get_as(
+    pki: &Pki,
+    cert: Option<&str>,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tls = pki.client(None);
+    let tls = pki.client(cert);
     let sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut s = tls.connect("localhost:0", sock).await.unwrap();
+    let mut s = tls.connect("localhost:0", sock).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| omnistock::tls::describe(&e))?;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
+    match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await {
+        Ok(Err(e)) if out.is_empty() => Err(omnistock::tls::describe(&e)),
+        _ => Ok(String::from_utf8_lossy(&out).to_string()),
+    }
 }
 
 #[tokio::test]
@@ -515,6 +531,19 @@ async fn presented(pki: &Pki, port: u16) -> Vec<u8> {
     certs[0].to_vec()
 }
 
+/// Scrapes `/metrics` over HTTPS until it has every line of `lines` (at most 300 looks).
+async fn scrape_until(pki: &Pki, admin: u16, lines: &[String]) {
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = https_get(pki, admin, "/metrics").await;
+        if lines.iter().all(|l| metrics.contains(l.as_str())) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not in the scrape after 300 looks: {lines:?}\n{metrics}");
+}
+
 /// The DER of the first certificate of a PEM file.
 fn der_of(path: &Path) -> Vec<u8> {
     omnistock::tls::read_certs(path).unwrap()[0].to_vec()
@@ -564,41 +593,27 @@ async fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_
     replace(&pki.path("server2.pem"), &cert);
     replace(&pki.path("server2.key"), &key);
     sighup(&child);
-    // The reload happens when the server takes the signal: look until it has (bounded).
-    let mut seen = false;
-    for _ in 0..300 {
-        if presented(&pki, port).await == b {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(seen, "the binary port never presented the new certificate");
-    assert_eq!(presented(&pki, admin).await, b, "the HTTP endpoint too");
+    // The reload happens when the server takes the signal; each port's count goes up once
+    // its reload is done: look until both have (bounded), then handshake.
+    let counted = |name: &str, n: u32| {
+        ["binary", "http"].map(|port| format!("{name}{{port=\"{port}\"}} {n}"))
+    };
+    scrape_until(&pki, admin, &counted("omnistock_tls_reloads_total", 1)).await;
+    assert_eq!(presented(&pki, port).await, b, "the binary port");
+    assert_eq!(presented(&pki, admin).await, b, "the HTTP endpoint");
     open.ping()
         .await
         .expect("the connection opened before the reload");
-    let metrics = https_get(&pki, admin, "/metrics").await;
-    for port in ["binary", "http"] {
-        assert!(
-            metrics.contains(&format!("omnistock_tls_reloads_total{{port=\"{port}\"}} 1")),
-            "{metrics}"
-        );
-    }
 
     // A garbage certificate file: the reload fails, B stays, and the failure is counted.
     std::fs::write(&cert, "not a certificate\n").unwrap();
     sighup(&child);
-    let failed = "omnistock_tls_reload_failures_total{port=\"binary\"} 1";
-    let mut counted = false;
-    for _ in 0..300 {
-        if https_get(&pki, admin, "/metrics").await.contains(failed) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(counted, "the failed reload was not counted");
+    scrape_until(
+        &pki,
+        admin,
+        &counted("omnistock_tls_reload_failures_total", 1),
+    )
+    .await;
     assert_eq!(
         presented(&pki, port).await,
         b,
@@ -609,17 +624,21 @@ async fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_
     replace(&pki.path("server.pem"), &cert);
     replace(&pki.path("server2.key"), &key);
     sighup(&child);
-    let failed = "omnistock_tls_reload_failures_total{port=\"binary\"} 2";
-    let mut counted = false;
-    for _ in 0..300 {
-        if https_get(&pki, admin, "/metrics").await.contains(failed) {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(counted, "the mismatched key was not counted");
+    scrape_until(
+        &pki,
+        admin,
+        &counted("omnistock_tls_reload_failures_total", 2),
+    )
+    .await;
     assert_eq!(presented(&pki, port).await, b);
+    assert_eq!(presented(&pki, admin).await, b);
+    let metrics = https_get(&pki, admin, "/metrics").await;
+    for line in counted("omnistock_tls_reloads_total", 1) {
+        assert!(
+            metrics.contains(&line),
+            "no reload since the first: {metrics}"
+        );
+    }
     open.ping().await.unwrap();
     drop(open);
     let stderr = stop(child);
@@ -628,4 +647,49 @@ async fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_
         "{stderr}"
     );
     assert!(stderr.contains("do not make an identity"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_endpoint_requires_client_certificates_with_admin_tls_client_ca() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let ca = pki.path("ca.pem");
+    let child = serve(
+        &pki,
+        data.path(),
+        port,
+        admin,
+        &["--admin-tls-client-ca", ca.to_str().unwrap()],
+    );
+    let health = https_get_as(&pki, Some("client"), admin, "/healthz").await;
+    assert!(
+        health.as_deref().unwrap().starts_with("HTTP/1.1 200"),
+        "{health:?}"
+    );
+    for cert in [None, Some("stranger")] {
+        let refused = https_get_as(&pki, cert, admin, "/healthz").await;
+        assert!(
+            !refused.as_deref().unwrap_or("").contains("HTTP/1.1"),
+            "{cert:?}: {refused:?}"
+        );
+    }
+    // Counted once the server has seen each handshake fail (it may answer the client's
+    // next request first): look until both are (bounded).
+    let failed = "omnistock_tls_handshake_failures_total{port=\"http\",reason=\"handshake\"} 2";
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = https_get_as(&pki, Some("client"), admin, "/metrics")
+            .await
+            .unwrap();
+        if metrics.contains(failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains(failed), "{metrics}");
+    // The binary port asks for none (that is --tls-client-ca).
+    let o = ctl(port, &["--ca-file", ca.to_str().unwrap(), "ping"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    stop(child);
 }
