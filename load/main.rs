@@ -27,7 +27,7 @@ enum Cmd {
     /// Load the catalog (unless --no-catalog), run a workload, report, check.
     Run(Box<RunArgs>),
     /// Only create the catalog (locations, channels, stock), batched through the protocol.
-    Catalog(CatalogArgs),
+    Catalog(Box<CatalogArgs>),
 }
 
 #[derive(Args)]
@@ -50,6 +50,13 @@ struct TargetArgs {
     /// Name the server's certificate must be for [default: the host of --addr].
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// PEM client certificate chain, for a server started with --tls-client-ca (with
+    /// --key; needs --ca-file).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, value_name = "FILE")]
+    key: Option<std::path::PathBuf>,
     /// Redis URL for --target redis (loopback only).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -172,23 +179,32 @@ struct RunArgs {
     no_check: bool,
 }
 
+/// The TLS settings of `--tls`, `--ca-file`, `--server-name`, `--cert` and `--key`.
+fn client_tls(t: &TargetArgs) -> Result<Option<omnistock::tls::ClientTls>, LoadError> {
+    let cert_key = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => return Err(LoadError::Config("--cert and --key go together".into())),
+    };
+    let wanted = t.tls || t.ca_file.is_some() || cert_key.is_some();
+    match &t.ca_file {
+        Some(ca) => omnistock::tls::ClientTls::new(ca, t.server_name.clone(), cert_key)
+            .map(Some)
+            .map_err(|e| LoadError::Config(format!("TLS: {e}"))),
+        None if wanted => Err(LoadError::Config(
+            "--tls, --cert and --key need --ca-file FILE (the CA of the server's certificate)"
+                .into(),
+        )),
+        None => Ok(None),
+    }
+}
+
 fn target(t: &TargetArgs) -> Result<TargetSpec, LoadError> {
     match t.target.as_str() {
         "omnistock" => Ok(TargetSpec::Omnistock {
             addr: t.addr.clone(),
             token: t.token.clone(),
-            tls: match (&t.ca_file, t.tls) {
-                (Some(ca), _) => Some(
-                    omnistock::tls::ClientTls::new(ca, t.server_name.clone(), None)
-                        .map_err(|e| LoadError::Config(format!("--ca-file: {e}")))?,
-                ),
-                (None, true) => {
-                    return Err(LoadError::Config(
-                        "--tls needs --ca-file FILE (the CA of the server's certificate)".into(),
-                    ))
-                }
-                (None, false) => None,
-            },
+            tls: client_tls(t)?,
         }),
         "redis" => Ok(RedisTarget::spec(t.redis_url.clone())),
         other => Err(LoadError::Config(format!(
@@ -338,7 +354,7 @@ fn main() -> ExitCode {
     let r = rt.block_on(async move {
         match cli.command {
             Cmd::Run(a) => run(*a).await,
-            Cmd::Catalog(a) => catalog(a).await,
+            Cmd::Catalog(a) => catalog(*a).await,
         }
     });
     match r {

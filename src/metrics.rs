@@ -136,6 +136,11 @@ pub const HANDSHAKES_EVICTED_TOTAL: &str = "omnistock_handshakes_evicted_total";
 /// Counter, labels `port` (binary, http) and `reason` (plaintext, handshake, timeout,
 /// tls_on_plaintext_port): TLS handshakes that did not complete.
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "omnistock_tls_handshake_failures_total";
+/// Counter, label `port` (binary, http): TLS identities re-read at SIGHUP and in use since.
+pub const TLS_RELOADS_TOTAL: &str = "omnistock_tls_reloads_total";
+/// Counter, label `port` (binary, http): reloads at SIGHUP that failed (a missing or bad
+/// file, a key not matching the certificate); the identity in use stayed.
+pub const TLS_RELOAD_FAILURES_TOTAL: &str = "omnistock_tls_reload_failures_total";
 /// Gauge, bytes: what all connections hold in buffers (queued output, partial frames) or
 /// have reserved for requests in flight.
 pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
@@ -285,6 +290,8 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (HANDSHAKES_PENDING, Kind::Gauge, None, "Connections that have not completed their Hello yet."),
     (HANDSHAKES_EVICTED_TOTAL, Kind::Counter, None, "Pending handshakes closed to make room for a newer one (max_pending_handshakes)."),
     (TLS_HANDSHAKE_FAILURES_TOTAL, Kind::Counter, None, "TLS handshakes that did not complete, by port and reason (plaintext, handshake, timeout, tls_on_plaintext_port)."),
+    (TLS_RELOADS_TOTAL, Kind::Counter, None, "TLS certificates and keys re-read at SIGHUP and used for new handshakes since, by port."),
+    (TLS_RELOAD_FAILURES_TOTAL, Kind::Counter, None, "TLS reloads at SIGHUP that failed (a missing or bad file, a key not matching its certificate); the certificate in use stayed. By port."),
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes (from connections holding other answers or requests, or large requests)."),
     (MEMORY_BUDGET_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because a large frame they had begun found no room under max_connections_memory_bytes within frame_timeout_ms."),
@@ -490,6 +497,10 @@ fn create_series() {
     gauge!(SUBSCRIBERS).increment(0.0);
     gauge!(SUBSCRIBER_LAG_MAX_EVENTS).increment(0.0);
     counter!(CHECKPOINT_FAILURES_TOTAL).increment(0);
+    for port in ["binary", "http"] {
+        counter!(TLS_RELOADS_TOTAL, "port" => port).increment(0);
+        counter!(TLS_RELOAD_FAILURES_TOTAL, "port" => port).increment(0);
+    }
     counter!(BACKUP_FAILURES_TOTAL).increment(0);
     gauge!(BACKUP_LAST_SUCCESS_TIMESTAMP_SECONDS).increment(0.0);
     gauge!(BACKUP_LAST_DURATION_SECONDS).increment(0.0);
@@ -559,6 +570,18 @@ pub fn checkpoint_done(took: Duration, bytes: usize) {
     if HOT.get().is_some() {
         histogram!(CHECKPOINT_DURATION_SECONDS).record(took.as_secs_f64());
         gauge!(CHECKPOINT_BYTES).set(bytes as f64);
+    }
+}
+
+/// A TLS reload on `port` at SIGHUP succeeded (`ok`) or failed.
+pub fn tls_reload(port: &'static str, ok: bool) {
+    if HOT.get().is_some() {
+        let name = if ok {
+            TLS_RELOADS_TOTAL
+        } else {
+            TLS_RELOAD_FAILURES_TOTAL
+        };
+        counter!(name, "port" => port).increment(1);
     }
 }
 

@@ -1,5 +1,6 @@
 //! `omnistock serve`: binds the HTTP endpoint (admin paths and the `/v1` API), opens the durable engine (recovery), runs the
-//! TCP server and the webhook deliveries (docs/webhooks.md) until SIGTERM/SIGINT, then shuts down gracefully (not ready, stop accepting,
+//! TCP server and the webhook deliveries (docs/webhooks.md) until SIGTERM/SIGINT (SIGHUP: re-read the TLS files, resume
+//! dead-lettered webhooks), then shuts down gracefully (not ready, stop accepting,
 //! finish in-flight requests, flush the log). Settings: see `settings`.
 //!
 //! Order matters for operations: the admin endpoint comes first so `/healthz` answers and
@@ -19,36 +20,52 @@ use crate::settings;
 
 pub use settings::Args;
 
-/// SIGINT and SIGTERM handlers, installed before anything listens: a signal that comes
-/// during start-up (recovery, binding) is then a clean stop once the server runs, never the
-/// default action that kills the process.
+/// SIGINT, SIGTERM and SIGHUP handlers, installed before anything listens: a signal that
+/// comes during start-up (recovery, binding) is then a clean stop (or a reload) once the
+/// server runs, never the default action that kills the process.
 pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    /// Installs both handlers (inside a tokio runtime).
+    /// Installs the handlers (inside a tokio runtime).
     pub(crate) fn install() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
         })
     }
 
-    /// Resolves on SIGINT or SIGTERM (also one that came before this call).
-    pub(crate) async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
+    /// Waits for SIGINT or SIGTERM, running `on_hangup` at each SIGHUP meanwhile; an error
+    /// if the SIGHUP handler is gone.
+    async fn wait_running(&mut self, on_hangup: impl Fn()) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return Ok(()),
+                _ = self.term.recv() => return Ok(()),
+                up = self.hup.recv() => match up {
+                    Some(()) => on_hangup(),
+                    None => anyhow::bail!("SIGHUP handler closed"),
+                },
+            }
         }
     }
 }
 
 /// Resolves on SIGINT or SIGTERM.
+/// (SIGHUP keeps its default action here: it is handled only by `serve`.)
 pub(crate) async fn signal() -> anyhow::Result<()> {
-    Signals::install()?.wait().await;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
     Ok(())
 }
 
@@ -115,19 +132,44 @@ pub(crate) async fn shut_down(
     }
 }
 
-/// Resumes dead-lettered webhook endpoints at each SIGHUP (docs/webhooks.md); returns only
-/// if the handler cannot be installed.
-async fn resume_on_sighup(resumer: omnistock::webhooks::Resumer) -> anyhow::Error {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(h) => h,
-        Err(e) => return anyhow::Error::new(e).context("SIGHUP handler"),
-    };
-    while hup.recv().await.is_some() {
-        let resumed = resumer.resume_dead_lettered();
+/// What `serve` does at SIGHUP: re-read the TLS files of each port that has TLS (the
+/// identity in use stays when they are bad: docs/operations.md) and resume dead-lettered
+/// webhook endpoints (docs/webhooks.md).
+struct OnHangup {
+    /// The TLS identity of each port (`binary`, `http`) that runs TLS.
+    tls: Vec<(&'static str, omnistock::tls::ServerTls)>,
+    resumer: omnistock::webhooks::Resumer,
+}
+
+impl OnHangup {
+    fn run(&self) {
+        for (port, tls) in &self.tls {
+            let ok = reload_tls(port, tls);
+            metrics::tls_reload(port, ok);
+        }
+        let resumed = self.resumer.resume_dead_lettered();
         tracing::info!(?resumed, "SIGHUP: dead-lettered webhook endpoints resumed");
     }
-    anyhow::anyhow!("SIGHUP handler closed")
+}
+
+/// Re-reads one port's TLS files; logs the outcome (an error names the file). Whether the
+/// new identity is in use.
+fn reload_tls(port: &'static str, tls: &omnistock::tls::ServerTls) -> bool {
+    let cert = tls.files().cert.display().to_string();
+    match tls.reload() {
+        Ok(()) => {
+            tracing::info!(port, %cert, "SIGHUP: TLS certificate reloaded, used for new handshakes");
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+                port,
+                error = %e,
+                "SIGHUP: TLS reload failed, the certificate in use stays"
+            );
+            false
+        }
+    }
 }
 
 /// Runs `omnistock serve`.
@@ -140,6 +182,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let mut signals = Signals::install()?;
+        let tls: Vec<_> = [("binary", &s.server.tls), ("http", &s.http.tls)]
+            .into_iter()
+            .filter_map(|(port, t)| t.clone().map(|t| (port, t)))
+            .collect();
         let admin = start_admin(s.admin_listen, s.http.clone()).await?;
         let sources = admin.sources.clone();
         let data_dir = s.persist.data_dir.clone();
@@ -155,7 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let running = tokio::spawn(server.run());
         let webhooks = Webhooks::start(engine.clone(), s.webhooks)
             .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
-        let resumer = webhooks.resumer();
+        let on_hangup = OnHangup {
+            tls,
+            resumer: webhooks.resumer(),
+        };
         let nats = match s.nats {
             Some(cfg) => Some(
                 omnistock::nats::Nats::start(engine.clone(), cfg)
@@ -163,10 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        let waited = tokio::select! {
-            () = signals.wait() => Ok(()),
-            e = resume_on_sighup(resumer) => Err(e),
-        };
+        let waited = signals.wait_running(|| on_hangup.run()).await;
         tracing::info!("shutting down: finishing requests in flight");
         // Deliveries stop first: they read the engine, and their positions are stored.
         webhooks.shutdown().await;

@@ -225,17 +225,24 @@ pub struct Args {
     #[arg(long, env = "OMNISTOCK_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
 
-    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read once
-    /// at start: a new certificate needs a restart [default: none, plain TCP].
+    /// PEM certificate chain (leaf first) for TLS on both ports; with --tls-key. Read at
+    /// start and again at SIGHUP (with the key and the client CA; a bad file then keeps the
+    /// certificate in use) [default: none, plain TCP].
     #[arg(long, env = "OMNISTOCK_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert [default: none].
     #[arg(long, env = "OMNISTOCK_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificate(s): every client of the binary port must present a certificate
-    /// it signed (the HTTP endpoint asks for none) [default: none, no client certificates].
+    /// it signed (for the HTTP endpoint see --admin-tls-client-ca) [default: none, no
+    /// client certificates].
     #[arg(long, env = "OMNISTOCK_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificate(s): every client of the HTTP endpoint (probes and Prometheus
+    /// included) must present a certificate it signed; may be the --tls-client-ca file
+    /// [default: none, no client certificates].
+    #[arg(long, env = "OMNISTOCK_ADMIN_TLS_CLIENT_CA", value_name = "FILE")]
+    pub admin_tls_client_ca: Option<PathBuf>,
     /// Allow auth tokens on a non-loopback address without TLS, where they cross the
     /// network in the clear [default: false, such a setup is refused].
     #[arg(long, env = "OMNISTOCK_INSECURE_PLAINTEXT_TOKENS")]
@@ -265,7 +272,7 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     docs/webhooks.md), [nats] (url, stream, subject_prefix, channels, skus, prefix, kinds, \
     coalesce_ms, token or token_env, credentials_file, max_in_flight, ack_timeout_ms, \
     backoff_initial_ms, backoff_max_ms, duplicate_window_ms, max_bytes; docs/adapters.md; \
-    --nats-url or OMNISTOCK_NATS_URL turns it on). [tls] (cert, key, client_ca, insecure_plaintext_tokens). A flag or its environment variable overrides the file; the file \
+    --nats-url or OMNISTOCK_NATS_URL turns it on). [tls] (cert, key, client_ca, admin_client_ca, insecure_plaintext_tokens). A flag or its environment variable overrides the file; the file \
     overrides the default. docs/operations.md has an example.";
 
 /// The TOML file: the same settings, grouped. Unknown keys are errors.
@@ -325,12 +332,13 @@ struct FileTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    admin_client_ca: Option<PathBuf>,
     insecure_plaintext_tokens: Option<bool>,
 }
 
 /// The TLS identities of the binary port (client certificates as `tls_client_ca` says)
-/// and of the HTTP endpoint (same certificate, no client certificates); `None` without
-/// `tls_cert`.
+/// and of the HTTP endpoint (same certificate, client certificates as
+/// `admin_tls_client_ca` says); `None` without `tls_cert`.
 fn tls_configs(
     args: &Args,
     file: &FileTls,
@@ -341,17 +349,28 @@ fn tls_configs(
         .tls_client_ca
         .clone()
         .or_else(|| file.client_ca.clone());
+    let admin_ca = args
+        .admin_tls_client_ca
+        .clone()
+        .or_else(|| file.admin_client_ca.clone());
     let (cert, key) = match (cert, key) {
         (Some(c), Some(k)) => (c, k),
-        (None, None) if ca.is_none() => return Ok(None),
-        (None, None) => return Err(bad("tls_client_ca", "needs tls_cert and tls_key")),
+        (None, None) if ca.is_none() && admin_ca.is_none() => return Ok(None),
+        (None, None) if ca.is_some() => {
+            return Err(bad("tls_client_ca", "needs tls_cert and tls_key"))
+        }
+        (None, None) => return Err(bad("admin_tls_client_ca", "needs tls_cert and tls_key")),
         (Some(_), None) => return Err(bad("tls_key", "tls_cert needs tls_key")),
         (None, Some(_)) => return Err(bad("tls_cert", "tls_key needs tls_cert")),
     };
-    let binary = omnistock::tls::ServerTls::from_files(&cert, &key, ca.as_deref())
-        .map_err(|e| bad("tls_cert", e))?;
-    let http =
-        omnistock::tls::ServerTls::from_files(&cert, &key, None).map_err(|e| bad("tls_cert", e))?;
+    let files = |client_ca: Option<PathBuf>| omnistock::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca,
+    };
+    let binary = omnistock::tls::ServerTls::load(files(ca)).map_err(|e| bad("tls_cert", e))?;
+    let http = omnistock::tls::ServerTls::load(files(admin_ca))
+        .map_err(|e| bad("admin_tls_client_ca", e))?;
     Ok(Some((binary, http)))
 }
 
@@ -1463,6 +1482,16 @@ mod tests {
             "{e}"
         );
         assert!(s.http.tls.is_none());
+        let e = err(&["--admin-tls-client-ca", "/nonexistent/ca.pem"], None);
+        assert!(
+            e.contains("admin_tls_client_ca") && e.contains("needs tls_cert"),
+            "{e}"
+        );
+        let e = err(
+            &[],
+            Some("[tls]\nadmin_client_ca = \"/nonexistent/ca.pem\"\n"),
+        );
+        assert!(e.contains("admin_tls_client_ca"), "{e}");
     }
 
     #[test]

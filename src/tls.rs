@@ -1,8 +1,9 @@
 //! TLS (rustls, through tokio-rustls) for the binary port, the HTTP endpoint and the Rust
 //! client. TLS sits below the framing: a TLS connection carries exactly the bytes a plain
-//! one does. Certificates and keys are PEM files read once at start (no reload: a new
-//! certificate needs a restart, see docs/operations.md). Only the ring provider is used,
-//! with rustls' safe defaults (TLS 1.2 and 1.3).
+//! one does. Certificates and keys are PEM files read at start and again on request
+//! ([`ServerTls::reload`], which `serve` runs at SIGHUP: docs/operations.md); a reload that
+//! fails keeps the identity in use. Only the ring provider is used, with rustls' safe
+//! defaults (TLS 1.2 and 1.3).
 //!
 //! Built with the `tls` feature (on in `server`; off in the client-only build, which then
 //! speaks plain TCP only).
@@ -72,35 +73,30 @@ pub fn split<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(s: S) -> (ReadH
     (Box::new(r), Box::new(w))
 }
 
-/// A server's TLS identity: its certificate chain and key, and, when client certificates
-/// are required, the CAs they are verified against.
+/// Where a server's TLS identity is read from: the certificate chain, its key and, when
+/// client certificates are required, the CA(s) they must lead to.
 #[cfg(feature = "server")]
-#[derive(Clone)]
-pub struct ServerTls {
-    acceptor: tokio_rustls::TlsAcceptor,
-    client_certs: bool,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key of `cert`.
+    pub key: std::path::PathBuf,
+    /// PEM CA certificate(s) client certificates are verified against (`None`: none asked).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 #[cfg(feature = "server")]
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("client_certs_required", &self.client_certs)
-            .finish_non_exhaustive()
-    }
-}
-
-#[cfg(feature = "server")]
-impl ServerTls {
-    /// Reads the chain (`cert`, leaf first) and key; with `client_ca`, every client must
-    /// present a certificate that CA signed. The error names the file and what is wrong.
-    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, String> {
-        let chain = read_certs(cert)?;
-        let key = read_key(key)?;
+impl TlsFiles {
+    /// Reads the files into a rustls configuration. The error names the file and what is
+    /// wrong with it.
+    fn load(&self) -> Result<rustls::ServerConfig, String> {
+        let chain = read_certs(&self.cert)?;
+        let key = read_key(&self.key)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let builder = match client_ca {
+        let builder = match &self.client_ca {
             Some(ca) => {
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots(ca)?),
@@ -112,26 +108,94 @@ impl ServerTls {
             }
             None => builder.with_no_client_auth(),
         };
-        let config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| format!("certificate and key do not make an identity: {e}"))?;
-        Ok(ServerTls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            client_certs: client_ca.is_some(),
+        builder.with_single_cert(chain, key).map_err(|e| {
+            format!(
+                "{} and {}: the certificate and the key do not make an identity: {e}",
+                self.cert.display(),
+                self.key.display()
+            )
         })
+    }
+}
+
+/// A server's TLS identity: its certificate chain and key, and, when client certificates
+/// are required, the CAs they are verified against. Clones share the identity, so
+/// [`ServerTls::reload`] on any clone changes what every listener holding one presents
+/// from its next handshake on; connections already open keep the session they have.
+#[cfg(feature = "server")]
+#[derive(Clone)]
+pub struct ServerTls {
+    files: Arc<TlsFiles>,
+    /// The configuration new handshakes use. A lock, not a lock-free swap: it is read
+    /// once per accepted connection (a clone of the `Arc`) and written once per reload.
+    current: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+#[cfg(feature = "server")]
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "server")]
+impl ServerTls {
+    /// Reads the chain (`cert`, leaf first) and key; with `client_ca`, every client must
+    /// present a certificate that CA signed. The error names the file and what is wrong.
+    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, String> {
+        Self::load(TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
+        })
+    }
+
+    /// Reads `files` (see [`ServerTls::from_files`]).
+    pub fn load(files: TlsFiles) -> Result<Self, String> {
+        let config = files.load()?;
+        Ok(ServerTls {
+            files: Arc::new(files),
+            current: Arc::new(std::sync::RwLock::new(Arc::new(config))),
+        })
+    }
+
+    /// Reads the same files again and, if they make a valid identity, uses it for every
+    /// handshake from now on (the connections already open are not affected). On an error
+    /// (a missing, unreadable or malformed file, a key that does not match the
+    /// certificate) the identity in use stays, and the error names the file.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = Arc::new(self.files.load()?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    /// The files the identity is read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
     }
 
     /// Whether clients must present a certificate.
     pub fn client_certs_required(&self) -> bool {
-        self.client_certs
+        self.files.client_ca.is_some()
     }
 
-    /// Runs the server side of the handshake (the caller bounds it in time).
+    /// Runs the server side of the handshake with the identity in use now (the caller
+    /// bounds it in time).
     pub async fn accept(
         &self,
         sock: TcpStream,
     ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        self.acceptor.accept(sock).await
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        tokio_rustls::TlsAcceptor::from(config).accept(sock).await
     }
 }
 

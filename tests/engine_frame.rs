@@ -264,8 +264,14 @@ async fn operations_on_reservations_in_one_frame_update_index_stock_and_expiry()
     for i in [0, 1, 2, 3, 6] {
         assert!(first[i].is_ok(), "request {i}: {:?}", first[i]);
     }
-    assert!(matches!(rejection(&first[4]), Rejection::InProgress(300)));
-    assert!(matches!(rejection(&first[5]), Rejection::InProgress(301)));
+    assert!(matches!(
+        rejection(&first[4]),
+        Rejection::ReservationBusy(300)
+    ));
+    assert!(matches!(
+        rejection(&first[5]),
+        Rejection::ReservationBusy(301)
+    ));
     assert!(matches!(
         rejection(&first[8]),
         Rejection::ExceedsHold { held: 2, .. }

@@ -1,8 +1,11 @@
 //! TLS on the binary port and the HTTP endpoint, with certificates made at test time
 //! (rcgen): handshake and PING, auth over TLS, client certificates required and refused,
 //! plaintext refused on a TLS port (and TLS on a plaintext one) with a clear error on both
-//! sides, the start-up refusal of plaintext tokens off loopback, ctl over TLS, and HTTPS
-//! /healthz and /metrics on a real `omnistock serve`.
+//! sides, the start-up refusal of plaintext tokens off loopback, ctl over TLS, HTTPS
+//! /healthz and /metrics on a real `omnistock serve`, and its certificate reload at SIGHUP
+//! (new handshakes on both ports see the new certificate, an open connection goes on, a
+//! garbage file or a mismatched key keeps the one in use and is counted and logged), and
+//! client certificates required on the HTTP endpoint (`--admin-tls-client-ca`).
 
 mod common;
 use common::free_port;
@@ -24,8 +27,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 const BIN: &str = env!("CARGO_BIN_EXE_omnistock");
 
-/// A CA, a server certificate for localhost / 127.0.0.1 and a client certificate, all
-/// signed by it, and a second CA's client certificate; as PEM files in a temp dir.
+/// A CA, two server certificates for localhost / 127.0.0.1 (`server`, `server2`: a renewal)
+/// and a client certificate, all signed by it, and a second CA's client certificate; as
+/// PEM files in a temp dir.
 struct Pki {
     dir: tempfile::TempDir,
 }
@@ -35,7 +39,10 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
         for (ca_name, leaves) in [
-            ("ca", vec![("server", true), ("client", false)]),
+            (
+                "ca",
+                vec![("server", true), ("server2", true), ("client", false)],
+            ),
             ("other-ca", vec![("stranger", false)]),
         ] {
             let ca_key = KeyPair::generate().unwrap();
@@ -275,15 +282,27 @@ async fn a_tls_handshake_waits_in_the_pending_pool_and_the_oldest_is_evicted() {
 }
 
 fn serve(pki: &Pki, data: &Path, port: u16, admin: u16, extra: &[&str]) -> Child {
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    serve_with(&cert, &key, data, port, admin, extra)
+}
+
+fn serve_with(
+    cert: &Path,
+    key: &Path,
+    data: &Path,
+    port: u16,
+    admin: u16,
+    extra: &[&str],
+) -> Child {
     let child = Command::new(BIN)
         .args(["serve", "--init", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--data-dir")
         .arg(data)
         .arg("--tls-cert")
-        .arg(pki.path("server.pem"))
+        .arg(cert)
         .arg("--tls-key")
-        .arg(pki.path("server.key"))
+        .arg(key)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -322,17 +341,32 @@ fn ctl(port: u16, args: &[&str]) -> Output {
 
 /// One HTTPS GET with a TLS client trusting the test CA; the whole answer.
 async fn https_get(pki: &Pki, port: u16, path: &str) -> String {
+    https_get_as(pki, None, port, path).await.unwrap()
+}
+
+/// One HTTPS GET presenting the client certificate `cert` (of [`Pki`]) or none: the whole
+/// answer, or what failed (the handshake, or a read the server cut with an alert).
+async fn https_get_as(
+    pki: &Pki,
+    cert: Option<&str>,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tls = pki.client(None);
+    let tls = pki.client(cert);
     let sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let mut s = tls.connect("localhost:0", sock).await.unwrap();
+    let mut s = tls.connect("localhost:0", sock).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| omnistock::tls::describe(&e))?;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).to_string()
+    match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await {
+        Ok(Err(e)) if out.is_empty() => Err(omnistock::tls::describe(&e)),
+        _ => Ok(String::from_utf8_lossy(&out).to_string()),
+    }
 }
 
 #[tokio::test]
@@ -481,4 +515,181 @@ fn tokens_off_loopback_need_tls_or_the_insecure_flag() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls_cert"), "{stderr}");
+}
+
+/// The leaf certificate a new TLS handshake with `port` is shown (DER).
+async fn presented(pki: &Pki, port: u16) -> Vec<u8> {
+    let sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let s = pki.client(None).connect("localhost:0", sock).await.unwrap();
+    let certs = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate");
+    certs[0].to_vec()
+}
+
+/// Scrapes `/metrics` over HTTPS until it has every line of `lines` (at most 300 looks).
+async fn scrape_until(pki: &Pki, admin: u16, lines: &[String]) {
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = https_get(pki, admin, "/metrics").await;
+        if lines.iter().all(|l| metrics.contains(l.as_str())) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not in the scrape after 300 looks: {lines:?}\n{metrics}");
+}
+
+/// The DER of the first certificate of a PEM file.
+fn der_of(path: &Path) -> Vec<u8> {
+    omnistock::tls::read_certs(path).unwrap()[0].to_vec()
+}
+
+fn sighup(child: &Child) {
+    // SAFETY: sending SIGHUP to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+}
+
+/// Replaces `to` with `from`'s bytes the way docs/operations.md says (a temporary name in
+/// the same directory, then a rename).
+fn replace(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_for_new_handshakes_and_a_bad_file_keeps_the_one_in_use() {
+    let pki = Pki::new();
+    let live = tempfile::tempdir().unwrap();
+    let (cert, key) = (live.path().join("live.pem"), live.path().join("live.key"));
+    replace(&pki.path("server.pem"), &cert);
+    replace(&pki.path("server.key"), &key);
+    let (a, b) = (
+        der_of(&pki.path("server.pem")),
+        der_of(&pki.path("server2.pem")),
+    );
+    assert_ne!(a, b);
+    let data = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let child = serve_with(&cert, &key, data.path(), port, admin, &[]);
+    assert_eq!(presented(&pki, port).await, a);
+    assert_eq!(presented(&pki, admin).await, a);
+    // A connection open across the reload keeps working.
+    let open = Client::connect(config(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Some(pki.client(None)),
+    ))
+    .await
+    .unwrap();
+    open.ping().await.unwrap();
+
+    replace(&pki.path("server2.pem"), &cert);
+    replace(&pki.path("server2.key"), &key);
+    sighup(&child);
+    // The reload happens when the server takes the signal; each port's count goes up once
+    // its reload is done: look until both have (bounded), then handshake.
+    let counted = |name: &str, n: u32| {
+        ["binary", "http"].map(|port| format!("{name}{{port=\"{port}\"}} {n}"))
+    };
+    scrape_until(&pki, admin, &counted("omnistock_tls_reloads_total", 1)).await;
+    assert_eq!(presented(&pki, port).await, b, "the binary port");
+    assert_eq!(presented(&pki, admin).await, b, "the HTTP endpoint");
+    open.ping()
+        .await
+        .expect("the connection opened before the reload");
+
+    // A garbage certificate file: the reload fails, B stays, and the failure is counted.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    sighup(&child);
+    scrape_until(
+        &pki,
+        admin,
+        &counted("omnistock_tls_reload_failures_total", 1),
+    )
+    .await;
+    assert_eq!(
+        presented(&pki, port).await,
+        b,
+        "the certificate in use stays"
+    );
+    assert_eq!(presented(&pki, admin).await, b);
+    // A key that does not match the certificate: refused the same way.
+    replace(&pki.path("server.pem"), &cert);
+    replace(&pki.path("server2.key"), &key);
+    sighup(&child);
+    scrape_until(
+        &pki,
+        admin,
+        &counted("omnistock_tls_reload_failures_total", 2),
+    )
+    .await;
+    assert_eq!(presented(&pki, port).await, b);
+    assert_eq!(presented(&pki, admin).await, b);
+    let metrics = https_get(&pki, admin, "/metrics").await;
+    for line in counted("omnistock_tls_reloads_total", 1) {
+        assert!(
+            metrics.contains(&line),
+            "no reload since the first: {metrics}"
+        );
+    }
+    open.ping().await.unwrap();
+    drop(open);
+    let stderr = stop(child);
+    assert!(
+        stderr.contains("TLS reload failed") && stderr.contains("live.pem"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("do not make an identity"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_endpoint_requires_client_certificates_with_admin_tls_client_ca() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let ca = pki.path("ca.pem");
+    let child = serve(
+        &pki,
+        data.path(),
+        port,
+        admin,
+        &["--admin-tls-client-ca", ca.to_str().unwrap()],
+    );
+    let health = https_get_as(&pki, Some("client"), admin, "/healthz").await;
+    assert!(
+        health.as_deref().unwrap().starts_with("HTTP/1.1 200"),
+        "{health:?}"
+    );
+    for cert in [None, Some("stranger")] {
+        let refused = https_get_as(&pki, cert, admin, "/healthz").await;
+        assert!(
+            !refused.as_deref().unwrap_or("").contains("HTTP/1.1"),
+            "{cert:?}: {refused:?}"
+        );
+    }
+    // Counted once the server has seen each handshake fail (it may answer the client's
+    // next request first): look until both are (bounded).
+    let failed = "omnistock_tls_handshake_failures_total{port=\"http\",reason=\"handshake\"} 2";
+    let mut metrics = String::new();
+    for _ in 0..300 {
+        metrics = https_get_as(&pki, Some("client"), admin, "/metrics")
+            .await
+            .unwrap();
+        if metrics.contains(failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains(failed), "{metrics}");
+    // The binary port asks for none (that is --tls-client-ca).
+    let o = ctl(port, &["--ca-file", ca.to_str().unwrap(), "ping"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    stop(child);
 }

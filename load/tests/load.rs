@@ -381,6 +381,30 @@ fn load_binary_refuses_bad_flags_and_remote_targets() {
         (vec!["--depth", "0"], "--depth"),
         (vec!["--addr", "192.0.2.1:7878"], "not a loopback address"),
         (
+            vec!["--cert", "/nonexistent/c.pem"],
+            "--cert and --key go together",
+        ),
+        (
+            vec![
+                "--cert",
+                "/nonexistent/c.pem",
+                "--key",
+                "/nonexistent/c.key",
+            ],
+            "need --ca-file",
+        ),
+        (
+            vec![
+                "--ca-file",
+                "/nonexistent/ca.pem",
+                "--cert",
+                "/nonexistent/c.pem",
+                "--key",
+                "/nonexistent/c.key",
+            ],
+            "/nonexistent/ca.pem",
+        ),
+        (
             vec![
                 "--target",
                 "redis",

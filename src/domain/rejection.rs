@@ -43,7 +43,8 @@ pub enum RejectionCode {
     NotExpired = 14,
     /// The reservation's expiry time has passed; it is being released.
     ReservationExpired = 15,
-    /// The same request id is still being processed: retry after a short back-off.
+    /// The same request id is still being processed, or another request on the same
+    /// reservation is: retry after a short back-off.
     InProgress = 16,
     /// A delete of a location or channel that something still refers to (facts: what).
     InUse = 17,
@@ -142,6 +143,10 @@ pub enum Rejection {
     /// Same request id still in flight; retriable.
     #[error("request {0:032x} is still in progress, retry")]
     InProgress(u128),
+    /// Another request on the same reservation is in flight, or the reservation is still
+    /// being placed (code 16, like a resend in flight); retriable.
+    #[error("reservation {0:032x} has another request in progress, retry")]
+    ReservationBusy(ReservationId),
     /// A delete refused: something still refers to the location or channel.
     #[error("{0}")]
     InUse(Box<InUse>),
@@ -181,7 +186,7 @@ impl Rejection {
             Rejection::Busy => C::Busy,
             Rejection::NotExpired(_) => C::NotExpired,
             Rejection::ReservationExpired(_) => C::ReservationExpired,
-            Rejection::InProgress(_) => C::InProgress,
+            Rejection::InProgress(_) | Rejection::ReservationBusy(_) => C::InProgress,
             Rejection::InUse(_) => C::InUse,
             Rejection::SubscriptionNotFound(_) => C::SubscriptionNotFound,
             Rejection::IntelligenceOff => C::IntelligenceOff,
@@ -190,6 +195,9 @@ impl Rejection {
 
     /// Whether retrying the same request later may succeed without any other change.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Rejection::Busy | Rejection::InProgress(_))
+        matches!(
+            self,
+            Rejection::Busy | Rejection::InProgress(_) | Rejection::ReservationBusy(_)
+        )
     }
 }

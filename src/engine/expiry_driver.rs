@@ -13,9 +13,9 @@ use super::{Core, Counters};
 
 /// Expires one due reservation. Returns whether it expired.
 pub(super) async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs) -> bool {
-    let entry = match lock_reservation(core, id) {
+    let entry = match lock_reservation(core, id, Holder::Expiry) {
         Ok(e) => e,
-        Err(Rejection::InProgress(_)) => {
+        Err(Rejection::ReservationBusy(_)) => {
             // Another op holds it; look again in a millisecond.
             core.expiry.insert(now + 1, id);
             return false;

@@ -32,7 +32,7 @@ use super::idempotency::Begin;
 use super::journal::RecordBody;
 use super::reservations::{
     begin_reservation, check_extend_ttl, finish_reservation, fulfil_plan, group_lines, held_by,
-    hold_command, lock_reservation, log_marker, release_holds, unlock_reservation,
+    hold_command, lock_reservation, log_marker, release_holds, unlock_reservation, Holder,
 };
 use super::{Core, Counters, EngineError, ResEntry};
 
@@ -254,7 +254,7 @@ fn one_sku_op(core: &Core, command: &Command, now: TimeMs) -> Result<Option<OnOn
     if let Command::Extend { ttl_ms, .. } = command {
         check_extend_ttl(*ttl_ms)?;
     }
-    let entry = lock_reservation(core, reservation)?;
+    let entry = lock_reservation(core, reservation, Holder::Request)?;
     let expired = entry.expires_at_ms <= now && !matches!(command, Command::Release { .. });
     let planned = match command {
         _ if expired => Err(Rejection::ReservationExpired(reservation)),

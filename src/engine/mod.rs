@@ -152,6 +152,9 @@ pub(crate) struct ResEntry {
     pub expires_at_ms: TimeMs,
     /// An operation on this reservation is in flight (or it is still being placed).
     pub busy: bool,
+    /// The operation in flight is its expiry (`busy` too): another request on it answers
+    /// `ReservationExpired`, not `ReservationBusy`.
+    pub expiring: bool,
     /// All its holds were placed and acknowledged.
     pub committed: bool,
 }

@@ -10,7 +10,9 @@
 //! may briefly be under-stated by an in-flight cart.
 //!
 //! Operations on one reservation (fulfil, release, extend, expire) are serialised by the
-//! index entry's `busy` flag: a concurrent second one answers `InProgress` (retriable).
+//! index entry's `busy` flag: a concurrent second one answers `ReservationBusy` (16,
+//! retriable), except while the expiry holds the entry: the reservation is past its expiry
+//! and being released, so fulfil, release and extend answer `ReservationExpired` (15).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +70,7 @@ pub(super) fn begin_reservation(
                 lines: Vec::new(),
                 expires_at_ms,
                 busy: true,
+                expiring: false,
                 committed: false,
             });
             Ok(expires_at_ms)
@@ -148,16 +151,35 @@ pub(crate) async fn release_holds(
     }
 }
 
-/// Marks a committed reservation busy and returns a copy of its entry.
-pub(super) fn lock_reservation(core: &Core, id: ReservationId) -> Result<ResEntry, Rejection> {
+/// Who takes a reservation's index entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Holder {
+    /// A client's fulfil, release or extend.
+    Request,
+    /// The expiry of a reservation past its expiry time.
+    Expiry,
+}
+
+/// Marks a committed reservation busy and returns a copy of its entry. Taken already: the
+/// expiry has it (`ReservationExpired`: it is past its expiry and being released), or a
+/// request has it or it is still being placed (`ReservationBusy`, retriable).
+pub(super) fn lock_reservation(
+    core: &Core,
+    id: ReservationId,
+    by: Holder,
+) -> Result<ResEntry, Rejection> {
     let mut e = core
         .reservations
         .get_mut(&id)
         .ok_or(Rejection::ReservationNotFound(id))?;
+    if e.busy && e.expiring {
+        return Err(Rejection::ReservationExpired(id));
+    }
     if !e.committed || e.busy {
-        return Err(Rejection::InProgress(id));
+        return Err(Rejection::ReservationBusy(id));
     }
     e.busy = true;
+    e.expiring = by == Holder::Expiry;
     Ok(e.clone())
 }
 
@@ -167,6 +189,7 @@ pub(super) fn unlock_reservation(core: &Core, id: ReservationId, lines: Option<V
             e.lines = l;
         }
         e.busy = false;
+        e.expiring = false;
     }
 }
 
@@ -296,7 +319,7 @@ pub(super) async fn fulfill(
     lines: Option<Vec<(SkuId, u32)>>,
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
-    let entry = lock_reservation(core, id)?;
+    let entry = lock_reservation(core, id, Holder::Request)?;
     if entry.expires_at_ms <= now {
         unlock_reservation(core, id, None);
         return Err(Rejection::ReservationExpired(id).into());
@@ -376,7 +399,7 @@ pub(super) async fn release(
     id: ReservationId,
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
-    let entry = lock_reservation(core, id)?;
+    let entry = lock_reservation(core, id, Holder::Request)?;
     let targets = every_sku(
         &entry,
         SkuCommand::Release {
@@ -401,7 +424,7 @@ pub(super) async fn extend(
     now: TimeMs,
 ) -> Result<Outcome, Failure> {
     check_extend_ttl(ttl_ms)?;
-    let entry = lock_reservation(core, id)?;
+    let entry = lock_reservation(core, id, Holder::Request)?;
     if entry.expires_at_ms <= now {
         unlock_reservation(core, id, None);
         return Err(Rejection::ReservationExpired(id).into());
@@ -444,6 +467,7 @@ pub(crate) fn index_holds(core: &Core, skus: &[SkuState]) {
                 lines: Vec::new(),
                 expires_at_ms: h.expires_at_ms,
                 busy: false,
+                expiring: false,
                 committed: true,
             });
             e.lines.push((s.sku.clone(), h.held()));
