@@ -92,44 +92,16 @@ rm -f "$CG" "$CG".[0-9]*
 SERVER_PID=
 LOAD_PID=
 
-stop_server() {
-  local pid=$SERVER_PID i
-  SERVER_PID=
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  # valgrind is slow to shut down (it writes the final profile): up to 120 s.
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "server $pid still running after 120 s: SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=load/lib.sh
+source "$REPO/load/lib.sh"
 cleanup() {
-  if [[ -n $LOAD_PID ]]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; fi
-  stop_server
+  stop_load
+  # valgrind is slow to shut down (it writes the final profile): up to 120 s.
+  stop_server 120
   rm -rf "$DATA"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-taken=" "
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $taken == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      taken+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # bounded LIMIT_S COMMAND...: runs COMMAND in the background (so signals reach the traps) with
 # a time limit; returns its status.
@@ -208,7 +180,7 @@ for ((i = 0; i < 120; i++)); do
 done
 if [[ -z $dump ]] || ! grep -q '^summary:' "$dump"; then die "no callgrind dump in $OUT_DIR"; fi
 log "stopping the server"
-stop_server
+stop_server 120
 
 answered=$(jq -r '[.ops[] | select(.op == "reserve")][0].count' "$OUT_DIR/run.json")
 okc=$(jq -r '[.ops[] | select(.op == "reserve")][0].ok' "$OUT_DIR/run.json")

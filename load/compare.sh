@@ -94,46 +94,15 @@ if [[ -n $OUT_DIR ]]; then mkdir -p "$OUT_DIR"; RAW=$OUT_DIR; else RAW=$WORK/raw
 SERVER_PID=
 LOAD_PID=
 
-stop_server() {
-  local pid=$SERVER_PID
-  SERVER_PID=
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  local i
-  for ((i = 0; i < 150; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "  server $pid still running after 30 s: SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
+# shellcheck source=load/lib.sh
+source "$REPO/load/lib.sh"
 cleanup() {
-  if [[ -n $LOAD_PID ]]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; fi
+  stop_load
   stop_server
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# A random port on 127.0.0.1 nothing listens on (and not in `taken`).
-taken=" "
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $taken == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      taken+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # wait_ready NAME TIMEOUT_S COMMAND...: polls COMMAND until it succeeds while the server lives.
 wait_ready() {
