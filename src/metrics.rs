@@ -157,6 +157,8 @@ pub const REQUEST_FRAMES_TOTAL: &str = "omnistock_request_frames_total";
 /// Counter `{route, status}`: HTTP requests answered, by route template (`/v1/skus/{sku}`;
 /// `other` for paths no route matches) and HTTP status code.
 pub const HTTP_REQUESTS_TOTAL: &str = "omnistock_http_requests_total";
+/// Counter: HTTP connections refused (429) at `http_max_connections_per_source`.
+pub const HTTP_SOURCE_LIMIT_REFUSALS_TOTAL: &str = "omnistock_http_source_limit_refusals_total";
 /// Gauge: HTTP event streams (`GET /v1/events`) open.
 pub const HTTP_EVENT_STREAMS: &str = "omnistock_http_event_streams";
 /// Counter: HTTP API requests with a missing or unknown token (throttled ones included).
@@ -297,6 +299,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (MEMORY_BUDGET_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because a large frame they had begun found no room under max_connections_memory_bytes within frame_timeout_ms."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
     (HTTP_REQUESTS_TOTAL, Kind::Counter, None, "HTTP requests answered, by route template (other: no route) and status code."),
+    (HTTP_SOURCE_LIMIT_REFUSALS_TOTAL, Kind::Counter, None, "HTTP connections refused with 429 because http_max_connections_per_source were open from the same IP."),
     (HTTP_EVENT_STREAMS, Kind::Gauge, None, "HTTP event streams (GET /v1/events) open."),
     (HTTP_AUTH_FAILURES_TOTAL, Kind::Counter, None, "HTTP API requests refused for a missing or unknown token, or throttled after too many."),
     (SUBSCRIBERS, Kind::Gauge, None, "Connected stock-change subscriptions (binary and HTTP)."),

@@ -158,6 +158,22 @@ pub struct Args {
     /// Most HTTP event streams open at once (1..=128) [default: 64].
     #[arg(long, env = "OMNISTOCK_HTTP_MAX_EVENT_STREAMS", value_name = "N")]
     pub http_max_event_streams: Option<usize>,
+    /// Most connections to the HTTP endpoint from one source IP (1..=256); beyond, 429 at
+    /// once [default: 64].
+    #[arg(
+        long,
+        env = "OMNISTOCK_HTTP_MAX_CONNECTIONS_PER_SOURCE",
+        value_name = "N"
+    )]
+    pub http_max_connections_per_source: Option<usize>,
+    /// Apply --http-max-connections-per-source to loopback clients too: true or false
+    /// [default: true].
+    #[arg(
+        long,
+        env = "OMNISTOCK_HTTP_PER_SOURCE_LIMIT_ON_LOOPBACK",
+        value_name = "BOOL"
+    )]
+    pub http_per_source_limit_on_loopback: Option<bool>,
 
     /// Actor threads [default: one per core].
     #[arg(long, env = "OMNISTOCK_ARBITERS", value_name = "N")]
@@ -260,7 +276,8 @@ pub const FILE_KEYS_HELP: &str = "Every setting can also be given in the TOML fi
     shutdown_timeout_ms, write_timeout_ms, frame_timeout_ms, subscriber_max_lag_records, \
     subscriber_max_coalesce_pairs, subscriber_stall_timeout_ms, subscriber_heartbeat_ms, \
     connections_on_arbiters, \
-    http_heartbeat_ms, http_max_event_streams), \
+    http_heartbeat_ms, http_max_event_streams, http_max_connections_per_source, \
+    http_per_source_limit_on_loopback), \
     [engine] (arbiters, mailbox_capacity, passivate_after_ms, max_skus, \
     idempotency_max_entries, idempotency_retention_ms, feed_retention_records, \
     velocity_half_lives_ms: an array of three, intelligence: \"on\" or \"off\"), [storage] \
@@ -431,6 +448,8 @@ struct FileLimits {
     connections_on_arbiters: Option<bool>,
     http_heartbeat_ms: Option<u64>,
     http_max_event_streams: Option<usize>,
+    http_max_connections_per_source: Option<usize>,
+    http_per_source_limit_on_loopback: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -859,6 +878,18 @@ fn http_config(
     }
     if let Some(n) = args.http_max_event_streams.or(l.http_max_event_streams) {
         cfg.max_event_streams = n;
+    }
+    if let Some(n) = args
+        .http_max_connections_per_source
+        .or(l.http_max_connections_per_source)
+    {
+        cfg.max_connections_per_source = n;
+    }
+    if let Some(b) = args
+        .http_per_source_limit_on_loopback
+        .or(l.http_per_source_limit_on_loopback)
+    {
+        cfg.per_source_limit_on_loopback = b;
     }
     cfg.validate()
         .map_err(|m| anyhow::anyhow!("invalid setting {m}"))?;
@@ -1376,6 +1407,11 @@ mod tests {
                 None,
                 "http_max_event_streams",
             ),
+            (
+                &["--http-max-connections-per-source", "0"],
+                None,
+                "http_max_connections_per_source",
+            ),
         ];
         for (flags, toml, setting) in cases {
             let e = err(flags, *toml);
@@ -1385,7 +1421,8 @@ mod tests {
 
     #[test]
     fn the_http_endpoint_gets_the_servers_tokens_and_its_own_settings() {
-        let toml = "[limits]\nhttp_heartbeat_ms = 2000\nhttp_max_event_streams = 8";
+        let toml = "[limits]\nhttp_heartbeat_ms = 2000\nhttp_max_event_streams = 8\n\
+                    http_max_connections_per_source = 12\nhttp_per_source_limit_on_loopback = false";
         let s = resolve_with(
             &["--token", "t1:adapter", "--http-max-event-streams", "9"],
             Some(toml),
@@ -1393,11 +1430,15 @@ mod tests {
         .expect("valid");
         assert_eq!(s.http.heartbeat, Duration::from_secs(2));
         assert_eq!(s.http.max_event_streams, 9, "the flag wins over the file");
+        assert_eq!(s.http.max_connections_per_source, 12);
+        assert!(!s.http.per_source_limit_on_loopback);
         assert_eq!(s.http.tokens.get("t1"), Some(&Role::Adapter));
         assert_eq!(s.http.source, format!("omnistock://{DEFAULT_LISTEN}"));
         let d = resolve_with(&[], None).expect("defaults");
         assert_eq!(d.http.heartbeat, Duration::from_secs(15));
         assert_eq!(d.http.max_event_streams, 64);
+        assert_eq!(d.http.max_connections_per_source, 64);
+        assert!(d.http.per_source_limit_on_loopback);
     }
 
     #[test]

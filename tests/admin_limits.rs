@@ -10,7 +10,17 @@ use omnistock::http::{HttpConfig, HttpServer, Sources, MAX_CONNECTIONS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// An endpoint without the per-source limit on loopback: these tests are about the pool of
+/// places, which one source could not fill otherwise.
 async fn start() -> SocketAddr {
+    start_with(HttpConfig {
+        per_source_limit_on_loopback: false,
+        ..HttpConfig::default()
+    })
+    .await
+}
+
+async fn start_with(config: HttpConfig) -> SocketAddr {
     // A recorder of our own: nothing here needs the global one.
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .build_recorder()
@@ -19,7 +29,7 @@ async fn start() -> SocketAddr {
         "127.0.0.1:0".parse().unwrap(),
         Sources::new(),
         handle,
-        HttpConfig::default(),
+        config,
     )
     .await
     .expect("bind admin");
@@ -149,6 +159,7 @@ async fn healthz_answers_beside_the_most_event_streams_and_a_flood() {
         .handle();
     let config = HttpConfig {
         max_event_streams: MAX_CONNECTIONS / 2,
+        per_source_limit_on_loopback: false,
         ..HttpConfig::default()
     };
     let admin = HttpServer::bind("127.0.0.1:0".parse().unwrap(), sources, handle, config)
@@ -179,4 +190,54 @@ async fn healthz_answers_beside_the_most_event_streams_and_a_flood() {
     let over = tokio::time::timeout(Duration::from_secs(5), get(addr, "/v1/events")).await;
     assert_eq!(over, Ok(Some(503)));
     drop((streams, silent));
+}
+
+/// A connection to `addr` from the source address `from` (another loopback address).
+async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+// postmortem: 1,000 silent admin connections from one address, re-opened as they were
+// closed, left 1 of 5 /healthz probes answered within 2 s: they took all 256 places, a
+// silent one was evicted only after 500 ms, and the probe waited in the accept queue.
+// Now one source holds at most `max_connections_per_source` (64) places; beyond, 429 at
+// once, and the other places stay free for probes from elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_from_one_source_beyond_its_limit_are_refused_and_healthz_answers() {
+    let addr = start_with(HttpConfig::default()).await;
+    let limit = omnistock::http::DEFAULT_MAX_CONNECTIONS_PER_SOURCE;
+    let mut silent = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + 64 {
+        silent.push(connect_from("127.0.0.2", addr).await);
+    }
+    // One more from the same source: refused with 429 naming the limit, then closed.
+    let mut extra = connect_from("127.0.0.2", addr).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the refused connection is closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 429"), "{text:?}");
+    assert!(text.contains("http_max_connections_per_source"), "{text}");
+    assert!(text.contains(&format!("at most {limit}")), "{text}");
+    // Probes from another source are answered (the squatters hold `limit` places).
+    for _ in 0..20 {
+        let answered = tokio::time::timeout(Duration::from_secs(5), get(addr, "/healthz")).await;
+        assert_eq!(answered, Ok(Some(200)));
+    }
+    // At most `limit` of the squatters were given a place: the others were answered 429.
+    let mut refused = 0;
+    for s in &silent {
+        let mut b = [0u8; 16];
+        if matches!(s.try_read(&mut b), Ok(n) if n > 0) && b.starts_with(b"HTTP/1.1 429") {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= silent.len() - limit,
+        "{refused} of {} refused, at most {limit} admitted",
+        silent.len()
+    );
+    drop(silent);
 }

@@ -12,7 +12,9 @@
 //! head after [`EVICTABLE_AFTER`] is closed to make room (a real client sends its request
 //! at once; a silent one is a squatter). When none can be closed, new connections wait in
 //! the kernel's accept queue (checked again every [`ACCEPT_RECHECK`]) instead of being
-//! closed unanswered. One request per connection (`Connection: close`, as before axum): a
+//! closed unanswered. At most `max_connections_per_source` (default 64) are open from one
+//! source IP, loopback included unless told otherwise (the binary port's
+//! [`SourceLimit`](crate::server::SourceLimit)); beyond, `429` at once. One request per connection (`Connection: close`, as before axum): a
 //! connection is "reading" until its one request head is in, then it is answered, so an
 //! idle keep-alive connection can never hold a place. A request head is at most
 //! [`MAX_REQUEST_BYTES`] and must arrive within [`READ_TIMEOUT`]; an answer must be written
@@ -48,7 +50,7 @@ use tower::ServiceExt;
 
 use crate::feed::subscription::SubscriptionConfig;
 use crate::protocol::Role;
-use crate::server::AuthThrottle;
+use crate::server::{AuthThrottle, SourceLimit};
 
 pub use routes::{routes, Route};
 pub use sources::{resident_memory_bytes, NotReady, Sources};
@@ -65,8 +67,12 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// A connection still without its whole request head after this long may be closed to make
-/// room for a new one when all [`MAX_CONNECTIONS`] are taken.
-pub const EVICTABLE_AFTER: Duration = Duration::from_millis(500);
+/// room for a new one when all [`MAX_CONNECTIONS`] are taken (a real client sends its head
+/// within a round trip; 500 ms let 1,000 squatters keep a probe in the accept queue).
+pub const EVICTABLE_AFTER: Duration = Duration::from_millis(100);
+/// Default of [`HttpConfig::max_connections_per_source`]: a quarter of the places, so that
+/// squatters from one address leave three quarters to everyone else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = MAX_CONNECTIONS / 4;
 /// How often a full pool with nobody to evict looks again (new connections wait meanwhile
 /// in the accept queue).
 pub const ACCEPT_RECHECK: Duration = Duration::from_millis(10);
@@ -106,6 +112,14 @@ pub struct HttpConfig {
     /// must finish within [`READ_TIMEOUT`], and a connection in its handshake is
     /// "reading" (evictable from a full pool) like one waiting for its request head.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Most connections open at once from one source IP (event streams included); beyond,
+    /// a new connection gets `429 Too Many Requests` at once and is closed, counted in
+    /// `omnistock_http_source_limit_refusals_total`. Default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`] (64), 1..=[`MAX_CONNECTIONS`].
+    pub max_connections_per_source: usize,
+    /// Whether `max_connections_per_source` applies to loopback sources too. Default true:
+    /// probes and scrapers often come from the host itself, and so may squatters.
+    pub per_source_limit_on_loopback: bool,
 }
 
 impl Default for HttpConfig {
@@ -117,6 +131,8 @@ impl Default for HttpConfig {
             subscription: SubscriptionConfig::default(),
             source: "omnistock://127.0.0.1:7878".into(),
             tls: None,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            per_source_limit_on_loopback: true,
         }
     }
 }
@@ -136,6 +152,11 @@ impl HttpConfig {
             return Err(format!(
                 "http_max_event_streams: must be 1..={}",
                 MAX_CONNECTIONS / 2
+            ));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections_per_source) {
+            return Err(format!(
+                "http_max_connections_per_source: must be 1..={MAX_CONNECTIONS}"
             ));
         }
         if self.source.is_empty() || self.source.len() > 256 {
@@ -200,6 +221,8 @@ impl HttpServer {
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("HTTP endpoint {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
+        // Listed in every scrape from the start, refusals or not.
+        ::metrics::counter!(crate::metrics::HTTP_SOURCE_LIMIT_REFUSALS_TOTAL).increment(0);
         if config.tls.is_some() {
             for reason in ["handshake", "timeout"] {
                 ::metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL, "port" => "http", "reason" => reason)
@@ -234,6 +257,10 @@ impl HttpServer {
     pub async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let pool = Arc::new(Pool::default());
+        let sources = SourceLimit::new(
+            self.state.config.max_connections_per_source,
+            self.state.config.per_source_limit_on_loopback,
+        );
         let router = routes::router(self.state.clone());
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
@@ -252,11 +279,22 @@ impl HttpServer {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = self.listener.accept(), if room => match accepted {
                     Ok((sock, peer)) => {
+                        // Over its source's limit: refused before it takes a place.
+                        let source = match sources.enter(peer.ip()) {
+                            Ok(g) => g,
+                            Err(max) => {
+                                refuse_source(sock, peer.ip(), max);
+                                continue;
+                            }
+                        };
                         // No room after all (the evictable one finished meanwhile): close.
                         let Some(slot) = pool.enter() else { continue };
                         let (router, stopped) = (router.clone(), stopped_rx.clone());
                         let tls = self.state.config.tls.clone();
-                        conns.spawn(serve_one(sock, tls, PeerIp(peer.ip()), router, slot, stopped));
+                        conns.spawn(async move {
+                            serve_one(sock, tls, PeerIp(peer.ip()), router, slot, stopped).await;
+                            drop(source);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "HTTP accept failed");
@@ -270,6 +308,24 @@ impl HttpServer {
         self.state.sources.end_streams();
         while conns.join_next().await.is_some() {}
     }
+}
+
+/// Refuses a connection over its source's limit: a `429` written if the socket takes it at
+/// once (a fresh socket does), then closed. No task and no wait: a flood of these costs an
+/// accept, one write and a close each.
+fn refuse_source(sock: TcpStream, ip: std::net::IpAddr, max: usize) {
+    ::metrics::counter!(crate::metrics::HTTP_SOURCE_LIMIT_REFUSALS_TOTAL).increment(1);
+    tracing::debug!(%ip, "HTTP connection refused: per-source limit");
+    let body = format!(
+        "{max} connections open from {ip}; at most {max} per source \
+         (http_max_connections_per_source)\n"
+    );
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.try_write(answer.as_bytes());
 }
 
 /// Serves one connection's one request. Closed without an answer when evicted while still

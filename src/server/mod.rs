@@ -43,7 +43,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 pub use config::{ServerConfig, ServerError};
-pub use conn::role_of_token;
+pub use conn::{role_of_token, CONNECTION_OVERHEAD_BYTES};
 
 use crate::engine::Engine;
 use dispatch::Ctx;
@@ -313,8 +313,8 @@ pub(crate) struct Admission {
     next_id: AtomicU64,
     /// Pending handshakes by admission order (oldest first), each with its eviction signal.
     pending: Mutex<BTreeMap<u64, Arc<Notify>>>,
-    /// Open connections per source IP (only sources the limit applies to).
-    sources: Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections per source IP (`max_connections_per_source`).
+    sources: Arc<SourceLimit>,
     /// Failed handshakes (unknown token) per source IP in its current window.
     auth_failures: AuthThrottle,
 }
@@ -382,13 +382,17 @@ impl AuthThrottle {
 
 impl Admission {
     fn new(config: Arc<ServerConfig>, stats: Arc<ServerStats>) -> Admission {
+        let sources = SourceLimit::new(
+            config.max_connections_per_source,
+            config.per_source_limit_on_loopback,
+        );
         Admission {
             config,
             stats,
             established: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             pending: Mutex::new(BTreeMap::new()),
-            sources: Mutex::new(HashMap::new()),
+            sources,
             auth_failures: AuthThrottle::default(),
         }
     }
@@ -405,25 +409,13 @@ impl Admission {
     }
 
     /// Counts a connection from `ip`, or says why it is refused.
-    fn enter_source(self: &Arc<Self>, ip: IpAddr) -> Result<Option<SourceGuard>, String> {
-        let c = &self.config;
-        if ip.is_loopback() && !c.per_source_limit_on_loopback {
-            return Ok(None);
-        }
-        let max = c.max_connections_per_source;
-        let mut sources = lock(&self.sources);
-        let open = sources.entry(ip).or_insert(0);
-        if *open >= max {
-            return Err(format!(
+    fn enter_source(&self, ip: IpAddr) -> Result<Option<SourceGuard>, String> {
+        self.sources.enter(ip).map_err(|max| {
+            format!(
                 "{max} connections open from {ip}; at most {max} per source \
                  (max_connections_per_source)"
-            ));
-        }
-        *open += 1;
-        Ok(Some(SourceGuard {
-            admission: self.clone(),
-            ip,
-        }))
+            )
+        })
     }
 
     /// Enters the handshake pool; when it is full, the oldest pending handshake is told to
@@ -510,20 +502,99 @@ impl Drop for Established {
     }
 }
 
+/// Open connections per source IP, at most `max` each: the binary port's
+/// (`max_connections_per_source`) and the HTTP endpoint's (`http_max_connections_per_source`)
+/// are two of these. Loopback sources are exempt unless `on_loopback`. Only sources with
+/// connections open are remembered, so the map is bounded by the open connections. std
+/// `Mutex`: held for one map operation, never across an await.
+#[derive(Debug)]
+pub struct SourceLimit {
+    max: usize,
+    on_loopback: bool,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl SourceLimit {
+    /// At most `max` connections per source IP; loopback sources too if `on_loopback`.
+    pub fn new(max: usize, on_loopback: bool) -> Arc<SourceLimit> {
+        Arc::new(SourceLimit {
+            max,
+            on_loopback,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a connection from `ip` (`None`: a source the limit does not apply to);
+    /// `Err(max)` when `max` are open from it already.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<Option<SourceGuard>, usize> {
+        if ip.is_loopback() && !self.on_loopback {
+            return Ok(None);
+        }
+        let mut open = lock(&self.open);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return Err(self.max);
+        }
+        *n += 1;
+        Ok(Some(SourceGuard {
+            limit: self.clone(),
+            ip,
+        }))
+    }
+
+    /// Connections counted from `ip` now.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        lock(&self.open).get(&ip).copied().unwrap_or(0)
+    }
+}
+
 /// One connection counted against its source IP, uncounted on drop.
-pub(crate) struct SourceGuard {
-    admission: Arc<Admission>,
+#[derive(Debug)]
+pub struct SourceGuard {
+    limit: Arc<SourceLimit>,
     ip: IpAddr,
 }
 
 impl Drop for SourceGuard {
     fn drop(&mut self) {
-        let mut sources = lock(&self.admission.sources);
-        if let Some(open) = sources.get_mut(&self.ip) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                sources.remove(&self.ip);
+        let mut open = lock(&self.limit.open);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceLimit;
+    use std::net::IpAddr;
+
+    #[test]
+    fn a_source_gets_at_most_its_limit_and_its_place_back_when_one_closes() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let lo: IpAddr = "127.0.0.2".parse().unwrap();
+        let limit = SourceLimit::new(2, false);
+        let g1 = limit.enter(a).unwrap();
+        let _g2 = limit.enter(a).unwrap();
+        assert_eq!(limit.enter(a).err(), Some(2));
+        assert!(
+            limit.enter(b).unwrap().is_some(),
+            "another source has its own"
+        );
+        assert!(limit.enter(lo).unwrap().is_none(), "loopback exempt here");
+        drop(g1);
+        assert_eq!(limit.open_from(a), 1);
+        assert!(limit.enter(a).is_ok());
+        let strict = SourceLimit::new(1, true);
+        let _g = strict.enter(lo).unwrap();
+        assert_eq!(
+            strict.enter(lo).err(),
+            Some(1),
+            "loopback counted when asked"
+        );
     }
 }
