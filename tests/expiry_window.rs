@@ -19,7 +19,11 @@ use std::task::Poll;
 
 use common::*;
 use omnistock::domain::{Rejection, ReservationId};
-use omnistock::engine::{Command, Engine, EngineConfig, Failure, ManualClock, Outcome, Request};
+use omnistock::engine::{
+    Command, Engine, EngineConfig, EngineError, Failure, ManualClock, Outcome, PersistConfig,
+    Request,
+};
+use omnistock::wal::FaultInjector;
 
 const T0: u64 = 1_000_000;
 
@@ -191,4 +195,87 @@ async fn an_extend_in_flight_past_the_expiry_time_holds_off_the_expiry() {
         "extended to a minute from T0 + 999"
     );
     assert_eq!(e.reservation(res).unwrap().expires_at_ms, T0 + 999 + 60_000);
+}
+
+/// A multi-SKU expiry logs its group's first record like a request, so log back-pressure
+/// can refuse it before anything expired. Its deadline was already taken off the queue: it
+/// must be put back and tried again, or the hold would never expire (until a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_the_log_refuses_for_back_pressure_is_tried_again_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let fault = Arc::new(FaultInjector::new());
+    let mut p = PersistConfig::new(dir.path());
+    p.engine = EngineConfig {
+        arbiters: 1,
+        expiry_driver: false,
+        ..EngineConfig::default()
+    };
+    p.checkpoint_every_records = 0;
+    p.clock = Some(clock.clone());
+    p.wal_fault = Some(fault.clone());
+    p.max_pending_records = 4;
+    let e = Arc::new(Engine::open(p).await.unwrap());
+    small_catalog(&e).await;
+    for s in ["A", "B"] {
+        adjust(&e, s, "wh-a", 10).await.unwrap();
+    }
+    let res = 10;
+    exec(&e, reserve_cmd(res, "web", &[("A", 2), ("B", 1)], 1_000))
+        .await
+        .unwrap();
+    clock.advance(1_000);
+
+    // Stall the log's writer and fill its queue until a request is refused as overloaded.
+    fault.stall_writes();
+    let mut accepted = Vec::new();
+    let mut refused = false;
+    'fill: for _ in 0..100 {
+        let before = e.last_seq();
+        let e2 = e.clone();
+        let h = tokio::spawn(async move { adjust(&e2, "C", "wh-a", 1).await });
+        // Either its record is in the log's queue (it then waits for the writer) or it was
+        // answered at once: look until one of the two (bounded; no outcome depends on time).
+        for _ in 0..20_000 {
+            if e.last_seq() > before {
+                accepted.push(h);
+                continue 'fill;
+            }
+            if h.is_finished() {
+                let r = h.await.unwrap();
+                assert!(
+                    matches!(r, Err(Failure::Error(EngineError::Overloaded(_)))),
+                    "{r:?}"
+                );
+                refused = true;
+                break 'fill;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("the adjust neither queued nor answered in 20,000 looks");
+    }
+    assert!(refused, "the log never pushed back");
+
+    // The expiry is refused too: nothing expired, the reservation is still there.
+    assert_eq!(e.expire_due().await, 0);
+    assert!(e.reservation(res).is_some());
+    let r = exec(&e, fulfil(res)).await;
+    assert_eq!(rejection(r), Rejection::ReservationExpired(res));
+
+    fault.resume_writes();
+    for h in accepted {
+        h.await.unwrap().expect("queued adjust");
+    }
+    // Tried again, a moment later.
+    clock.advance(100);
+    assert_eq!(e.expire_due().await, 1);
+    assert!(e.reservation(res).is_none());
+    for s in ["A", "B"] {
+        let st = e.sku_state(&sku(s)).await.unwrap();
+        assert_eq!(st.buckets.iter().map(|b| b.reserved).sum::<u32>(), 0, "{s}");
+    }
+    let e = Arc::try_unwrap(e).ok().expect("the only handle");
+    tokio::task::spawn_blocking(move || e.shutdown())
+        .await
+        .unwrap();
 }

@@ -151,7 +151,8 @@ impl ClientError {
 
 /// How [`Client::call`] (and every typed method) retries an answer of `busy` (13, back-
 /// pressure: nothing was changed) or `in_progress` (16, the first attempt of the same
-/// request id is still running): the same request bytes, so the same request id, after a
+/// request id is still running, or another request on the same reservation is): the same
+/// request bytes, so the same request id, after a
 /// back-off that doubles from `initial_backoff` up to `max_backoff`, each wait jittered
 /// down by up to half so that many clients refused together do not return together.
 /// [`RetryPolicy::off`] hands those statuses to the caller at once.

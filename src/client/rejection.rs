@@ -42,9 +42,11 @@ pub enum Rejection {
     Busy,
     /// 14: internal (expiry raced an extend); not expected on the wire.
     NotExpired,
-    /// 15: the reservation's expiry time has passed.
+    /// 15: the reservation's expiry time has passed (FULFIL, EXTEND), or the expiry is
+    /// releasing it (also RELEASE).
     ReservationExpired,
-    /// 16: the first attempt with this request id is still running. Retriable.
+    /// 16: the first attempt with this request id is still running, or another request on
+    /// the same reservation is. Retriable.
     InProgress,
     /// 17: a delete of a location or channel that something still refers to; the facts
     /// say what (channels sourcing it, SKUs holding stock or holds there, open

@@ -8,8 +8,13 @@ use futures::future::join_all;
 
 use crate::domain::{Rejection, ReservationId, SkuCommand, TimeMs};
 
+use super::api::Failure;
 use super::reservations::*;
 use super::{Core, Counters};
+
+/// How long an expiry the log refused for back-pressure waits before it is tried again: long
+/// enough not to spin on a log that is behind, short against a hold's minutes.
+pub(crate) const EXPIRY_RETRY_AFTER_MS: u64 = 100;
 
 /// Expires one due reservation. Returns whether it expired.
 pub(super) async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs) -> bool {
@@ -27,10 +32,19 @@ pub(super) async fn expire_one(core: &Arc<Core>, id: ReservationId, now: TimeMs)
         return false;
     }
     let targets = every_sku(&entry, SkuCommand::Expire { reservation: id });
-    let (_done, failure) = fan_out(core, id, targets, 0, 0, now).await;
+    let (done, failure) = fan_out(core, id, targets, 0, 0, now).await;
     if let Some(f) = failure {
-        tracing::error!(reservation = %format!("{id:032x}"), "expiry failed: {f}");
         unlock_reservation(core, id, None);
+        let retriable = matches!(&f, Failure::Error(e) if e.is_retriable());
+        if done.is_empty() && retriable {
+            // Nothing was expired: the log refused the group's first record (back-pressure).
+            // Its deadline was taken off the queue; put it back, or it would never expire.
+            tracing::warn!(reservation = %format!("{id:032x}"), "expiry deferred: {f}");
+            core.expiry
+                .insert(now.saturating_add(EXPIRY_RETRY_AFTER_MS), id);
+        } else {
+            tracing::error!(reservation = %format!("{id:032x}"), "expiry failed: {f}");
+        }
         return false;
     }
     core.reservations.remove(&id);

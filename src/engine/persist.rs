@@ -49,6 +49,10 @@ pub struct PersistConfig {
     pub init: bool,
     /// How much SKU history to keep (enforced after each checkpoint).
     pub history: HistoryRetention,
+    /// Records the log holds waiting for its writer before new requests are refused as
+    /// back-pressure (`Overloaded`, wire 13). Default
+    /// [`crate::wal::DEFAULT_MAX_PENDING_RECORDS`] (1,000,000).
+    pub max_pending_records: usize,
 }
 
 impl PersistConfig {
@@ -64,6 +68,7 @@ impl PersistConfig {
             clock: None,
             init: true,
             history: HistoryRetention::default(),
+            max_pending_records: crate::wal::DEFAULT_MAX_PENDING_RECORDS,
         }
     }
 }
@@ -95,6 +100,7 @@ impl Engine {
         let mut wal_cfg = WalConfig::new(&cfg.data_dir);
         wal_cfg.durability = cfg.durability;
         wal_cfg.fault = cfg.wal_fault.clone();
+        wal_cfg.max_pending_records = cfg.max_pending_records;
         wal_cfg.init = if cfg.init { Init::Allow } else { Init::Refuse };
         let wal = Wal::open(wal_cfg).map_err(|e| EngineError::Startup(format!("{dir}: {e}")))?;
         let checkpoint = match wal
