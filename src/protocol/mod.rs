@@ -47,6 +47,41 @@ pub fn decode_request<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Pro
     codec::decode_bounded(b).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
 
+/// Decodes a `Request` payload: as [`decode_request`] does, with its layout (u64 count,
+/// then per op a u16 opcode and its body as u64 length and bytes, nothing after) read
+/// directly when it is well formed; anything else goes to the codec, which words the error.
+pub fn decode_request_batch(b: &[u8]) -> Result<RequestBatch, ProtocolError> {
+    if let Some(batch) = request_batch_direct(b) {
+        return Ok(batch);
+    }
+    decode_request(b)
+}
+
+fn request_batch_direct(b: &[u8]) -> Option<RequestBatch> {
+    let (count, mut rest) = b.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    // Each op takes at least 10 bytes: a count the rest cannot hold is not allocated.
+    if n > rest.len() / 10 {
+        return None;
+    }
+    let mut ops = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (opcode, r) = rest.split_first_chunk::<2>()?;
+        let (len, r) = r.split_first_chunk::<8>()?;
+        let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+        if len > r.len() {
+            return None;
+        }
+        let (body, r) = r.split_at(len);
+        ops.push(messages::RawOp {
+            opcode: u16::from_le_bytes(*opcode),
+            body: body.to_vec(),
+        });
+        rest = r;
+    }
+    rest.is_empty().then_some(RequestBatch { ops })
+}
+
 /// Builds a frame carrying `payload` encoded.
 pub fn frame_of<T: serde::Serialize>(
     kind: FrameKind,
@@ -132,6 +167,46 @@ mod tests {
             let got = encode_response_frame(0x0102_0304_0506_0708, &results);
             assert_eq!(got, want.encode());
             assert_eq!(response_payload_len(&results), want.payload.len());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// The request batch read directly is the codec's reading of the same bytes, for
+        /// every encoded batch; of damaged bytes it accepts only what the codec accepts,
+        /// as the same batch.
+        #[test]
+        fn request_batch_read_directly_as_the_codec_reads_it(
+            ops in proptest::collection::vec(
+                (proptest::prelude::any::<u16>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                0..8,
+            ),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+            how in 0..4u8,
+        ) {
+            let batch = RequestBatch {
+                ops: ops.into_iter().map(|(opcode, body)| RawOp { opcode, body }).collect(),
+            };
+            let mut b = encode_payload(&batch).unwrap();
+            let codec_of = |b: &[u8]| decode_request::<RequestBatch>(b).ok();
+            if how == 0 {
+                proptest::prop_assert_eq!(request_batch_direct(&b), Some(batch));
+            } else {
+                match how {
+                    1 => { let i = at.index(b.len()); b[i] = byte; }
+                    2 => b.truncate(at.index(b.len())),
+                    _ => b.push(byte),
+                }
+                if let Some(d) = request_batch_direct(&b) {
+                    proptest::prop_assert_eq!(Some(d), codec_of(&b));
+                }
+                proptest::prop_assert_eq!(
+                    decode_request_batch(&b).ok(),
+                    codec_of(&b)
+                );
+            }
         }
     }
 }

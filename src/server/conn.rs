@@ -1165,7 +1165,7 @@ async fn read_loop(
             refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
             break End::Refused;
         }
-        let batch: RequestBatch = match protocol::decode_request(&frame.payload) {
+        let batch: RequestBatch = match protocol::decode_request_batch(&frame.payload) {
             Ok(b) => b,
             Err(e) => {
                 let msg = format!("request payload: {e}");
