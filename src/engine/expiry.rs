@@ -4,8 +4,11 @@
 //!
 //! Sharded by reservation id: every reserve inserts and every fulfil/release removes a
 //! deadline, from all connection threads at once; one shared lock would serialise them.
+//! Each shard keeps its deadlines by millisecond (a B-tree of `u64` keys, each with the
+//! few reservations due then): the reserves of one frame share their expiry millisecond,
+//! so an insert is mostly a lookup and a push, not a B-tree insert of a 24-byte key.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ const SHARDS: usize = 16;
 /// Deadlines of active reservations.
 #[derive(Debug)]
 pub struct ExpiryQueue {
-    shards: Vec<Mutex<BTreeSet<(TimeMs, ReservationId)>>>,
+    shards: Vec<Mutex<Shard>>,
     /// The deadline the driver is sleeping until (`u64::MAX`: none).
     armed_ms: AtomicU64,
     wake: Arc<Notify>,
@@ -29,7 +32,7 @@ pub struct ExpiryQueue {
 impl Default for ExpiryQueue {
     fn default() -> Self {
         ExpiryQueue {
-            shards: (0..SHARDS).map(|_| Mutex::new(BTreeSet::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             armed_ms: AtomicU64::new(u64::MAX),
             wake: Arc::new(Notify::new()),
         }
@@ -40,10 +43,63 @@ fn shard_of(id: ReservationId) -> usize {
     ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
 }
 
+/// One shard: the reservations due at each millisecond (a bucket holds each id once, and
+/// is removed when it empties).
+#[derive(Debug, Default)]
+struct Shard {
+    by_ms: BTreeMap<TimeMs, Vec<ReservationId>>,
+    len: usize,
+}
+
+impl Shard {
+    fn insert(&mut self, at_ms: TimeMs, id: ReservationId) {
+        let bucket = self.by_ms.entry(at_ms).or_default();
+        if !bucket.contains(&id) {
+            bucket.push(id);
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, at_ms: TimeMs, id: ReservationId) {
+        if let Some(bucket) = self.by_ms.get_mut(&at_ms) {
+            if let Some(i) = bucket.iter().position(|&x| x == id) {
+                bucket.swap_remove(i);
+                self.len -= 1;
+                if bucket.is_empty() {
+                    self.by_ms.remove(&at_ms);
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> Option<TimeMs> {
+        self.by_ms.first_key_value().map(|(t, _)| *t)
+    }
+
+    /// Moves ids due at `now_ms` into `out` until it holds `max`.
+    fn take_due(&mut self, now_ms: TimeMs, max: usize, out: &mut Vec<ReservationId>) {
+        while out.len() < max {
+            let Some(mut e) = self.by_ms.first_entry() else {
+                return;
+            };
+            if *e.key() > now_ms {
+                return;
+            }
+            let bucket = e.get_mut();
+            let n = bucket.len().min(max - out.len());
+            out.extend(bucket.drain(bucket.len() - n..));
+            self.len -= n;
+            if bucket.is_empty() {
+                e.remove();
+            }
+        }
+    }
+}
+
 impl ExpiryQueue {
     /// Adds a deadline; wakes the driver if it is earlier than the one it sleeps until.
     pub fn insert(&self, at_ms: TimeMs, id: ReservationId) {
-        self.shards[shard_of(id)].lock().insert((at_ms, id));
+        self.shards[shard_of(id)].lock().insert(at_ms, id);
         if at_ms < self.armed_ms.load(Ordering::Acquire) {
             self.armed_ms.fetch_min(at_ms, Ordering::AcqRel);
             self.wake.notify_one();
@@ -52,16 +108,12 @@ impl ExpiryQueue {
 
     /// Removes a deadline (reservation ended or extended).
     pub fn remove(&self, at_ms: TimeMs, id: ReservationId) {
-        self.shards[shard_of(id)].lock().remove(&(at_ms, id));
+        self.shards[shard_of(id)].lock().remove(at_ms, id);
     }
 
     /// The earliest deadline; the driver records it as the one it will sleep until.
     pub fn next_deadline(&self) -> Option<TimeMs> {
-        let next = self
-            .shards
-            .iter()
-            .filter_map(|s| s.lock().first().map(|(t, _)| *t))
-            .min();
+        let next = self.shards.iter().filter_map(|s| s.lock().first()).min();
         self.armed_ms
             .store(next.unwrap_or(u64::MAX), Ordering::Release);
         next
@@ -71,23 +123,17 @@ impl ExpiryQueue {
     pub fn take_due(&self, now_ms: TimeMs, max: usize) -> Vec<ReservationId> {
         let mut out = Vec::new();
         for s in &self.shards {
-            let mut s = s.lock();
-            while out.len() < max {
-                match s.first() {
-                    Some(&(t, id)) if t <= now_ms => {
-                        s.pop_first();
-                        out.push(id);
-                    }
-                    _ => break,
-                }
+            if out.len() >= max {
+                break;
             }
+            s.lock().take_due(now_ms, max, &mut out);
         }
         out
     }
 
     /// Number of pending deadlines.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().len).sum()
     }
 
     /// The notifier woken when a new earliest deadline is inserted.
@@ -113,5 +159,62 @@ mod tests {
         q.remove(30, 3);
         assert_eq!(q.next_deadline(), None);
         assert_eq!(q.len(), 0);
+    }
+
+    /// The queue against a model (a set of (deadline, id) pairs): any sequence of inserts
+    /// (repeats included), removes, takes of what is due and looks at the next deadline.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            Insert(TimeMs, ReservationId),
+            Remove(TimeMs, ReservationId),
+            Take(TimeMs, usize),
+            Next,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            // Few deadlines and ids, so that buckets, repeats and removals collide.
+            let t = 0..8u64;
+            let id = (0..24u128).prop_map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i);
+            prop_oneof![
+                4 => (t.clone(), id.clone()).prop_map(|(t, i)| Step::Insert(t, i)),
+                2 => (t.clone(), id).prop_map(|(t, i)| Step::Remove(t, i)),
+                1 => (t, 0..6usize).prop_map(|(t, m)| Step::Take(t, m)),
+                1 => Just(Step::Next),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+            #[test]
+            fn agrees_with_a_set(steps in proptest::collection::vec(step(), 0..80)) {
+                let q = ExpiryQueue::default();
+                let mut m: BTreeSet<(TimeMs, ReservationId)> = BTreeSet::new();
+                for s in steps {
+                    match s {
+                        Step::Insert(t, i) => { q.insert(t, i); m.insert((t, i)); }
+                        Step::Remove(t, i) => { q.remove(t, i); m.remove(&(t, i)); }
+                        Step::Take(now, max) => {
+                            let got = q.take_due(now, max);
+                            let due = m.iter().filter(|(t, _)| *t <= now).count();
+                            prop_assert_eq!(got.len(), due.min(max));
+                            for id in got {
+                                // each taken id was due, and is gone from the model
+                                let k = *m.iter().find(|(t, i)| *i == id && *t <= now).expect("due");
+                                m.remove(&k);
+                            }
+                        }
+                        Step::Next => {
+                            prop_assert_eq!(q.next_deadline(), m.first().map(|(t, _)| *t));
+                        }
+                    }
+                    prop_assert_eq!(q.len(), m.len());
+                }
+            }
+        }
     }
 }
