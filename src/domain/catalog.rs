@@ -611,6 +611,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Makes every channel's location ids the catalog's own copies (the keys of
+    /// `locations`), as [`Catalog::apply`] does for an upserted channel: a catalog decoded
+    /// from a checkpoint has a copy per mention. Equal ids compare by pointer then.
+    pub fn intern_ids(&mut self) {
+        let Catalog {
+            locations,
+            channels,
+            ..
+        } = self;
+        for ch in channels.values_mut() {
+            for loc in &mut ch.locations {
+                if let Some((shared, _)) = locations.get_key_value(loc.as_str()) {
+                    *loc = shared.clone();
+                }
+            }
+        }
+        self.index = ChannelIndex::default();
+    }
+
     /// Applies an event. Cannot fail: events were validated by `decide` before logging.
     pub fn apply(&mut self, ev: &CatalogEvent, seq: u64) {
         match ev {
@@ -711,6 +730,23 @@ mod tests {
         let seq = c.last_seq + 1;
         c.apply(&ev, seq);
         Ok(())
+    }
+
+    #[test]
+    fn ids_are_interned_by_apply_and_after_a_decode() {
+        let mut c = Catalog::default();
+        c.apply(&CatalogEvent::LocationUpserted(location("wh")), 1);
+        c.apply(&CatalogEvent::ChannelUpserted(channel("web", &["wh"])), 2);
+        let key = c.location_id("wh").unwrap().clone();
+        assert!(c.channels[&chan("web")].locations[0].shares(&key));
+        // A catalog decoded from bytes (a checkpoint) has a copy of each id per mention.
+        let mut d: Catalog = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
+        let key = d.location_id("wh").unwrap().clone();
+        assert!(!d.channels[&chan("web")].locations[0].shares(&key));
+        d.intern_ids();
+        assert!(d.channels[&chan("web")].locations[0].shares(&key));
+        assert_eq!(d.channels_at(&key).count(), 1);
+        assert_eq!(d, c);
     }
 
     #[test]

@@ -52,6 +52,11 @@ macro_rules! string_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+            /// Whether both are the same interned copy (equal without comparing bytes;
+            /// `false` says nothing: equal ids may be separate copies).
+            pub fn shares(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0)
+            }
             /// Re-validates an id that was decoded from bytes (wire, disk).
             pub fn check(&self) -> Result<(), Rejection> {
                 validate($kind, &self.0, $max)

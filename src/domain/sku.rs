@@ -546,11 +546,32 @@ impl SkuState {
 
     /// The bucket at `loc`, if any.
     pub fn bucket(&self, loc: &LocationId) -> Option<&Bucket> {
-        // Linear: a SKU has few buckets and interned ids compare by pointer first.
-        self.buckets.iter().find(|b| b.location == *loc)
+        // Linear: a SKU has few buckets. Interned ids (the catalog's copies, see
+        // `intern_locations`) are found by pointer, without comparing the bytes of the
+        // buckets that do not match; any other copy by its bytes.
+        self.buckets
+            .iter()
+            .find(|b| b.location.shares(loc))
+            .or_else(|| self.buckets.iter().find(|b| b.location == *loc))
+    }
+
+    /// Makes every bucket's location id the catalog's own copy of it, so that lookups
+    /// with the catalog's ids ([`SkuState::bucket`]) compare pointers, not bytes. States
+    /// decoded from the log, a checkpoint or passive bytes carry copies of their own.
+    pub fn intern_locations(&mut self, catalog: &Catalog) {
+        for b in &mut self.buckets {
+            if let Some(shared) = catalog.location_id(b.location.as_str()) {
+                if !b.location.shares(shared) {
+                    b.location = shared.clone();
+                }
+            }
+        }
     }
 
     fn bucket_mut(&mut self, loc: &LocationId) -> &mut Bucket {
+        if let Some(i) = self.buckets.iter().position(|b| b.location.shares(loc)) {
+            return &mut self.buckets[i];
+        }
         match self.buckets.binary_search_by(|b| b.location.cmp(loc)) {
             Ok(i) => &mut self.buckets[i],
             Err(i) => {
@@ -1611,6 +1632,26 @@ mod tests {
     // `on_hand.saturating_sub(qty)`, silently dropping the unit sold without stock: the
     // oversold flag cleared and received - adjusted - sold no longer equalled on hand.
     // The sale now records the missing unit as shortfall.
+    #[test]
+    fn buckets_take_the_catalog_s_copies_of_their_location_ids() {
+        let c = catalog();
+        let mut s = SkuState::new(SkuId::new("A").unwrap());
+        // `adjust` names a fresh copy of the id, as a decoded log record would.
+        run(&mut s, &c, adjust(4)).unwrap();
+        let shared = c.location_id("wh").unwrap();
+        assert!(!s.buckets[0].location.shares(shared));
+        let before = s.bucket(shared).cloned();
+        s.intern_locations(&c);
+        assert!(s.buckets[0].location.shares(shared));
+        // Found by pointer now, and the same bucket either way.
+        assert_eq!(s.bucket(shared).cloned(), before);
+        assert_eq!(s.bucket(&loc()).cloned(), before);
+        assert_eq!(
+            s.channel_atp(&c.channels[&ChannelId::new("web").unwrap()]),
+            4
+        );
+    }
+
     #[test]
     fn fulfilling_an_oversold_hold_records_a_shortfall() {
         let c = catalog();

@@ -422,9 +422,11 @@ impl Engine {
         config: EngineConfig,
         clock: Arc<dyn Clock>,
         journal: Journal,
-        catalog: Catalog,
+        mut catalog: Catalog,
         mut skus: Vec<SkuState>,
     ) -> Result<Engine, EngineError> {
+        // A recovered catalog's channels carry their own copies of the location ids.
+        catalog.intern_ids();
         if !config.intelligence {
             // Off: the recovered sums would only go stale in the passive bytes.
             for s in &mut skus {

@@ -233,6 +233,7 @@ impl Registry {
         // `--intelligence`: not stored in compact bytes or checkpoints, so set on every
         // state that gets an actor (new, activated, recovered).
         state.velocity.set_recording(core.config.intelligence);
+        state.intern_locations(&core.catalog());
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let arbiter = &self.arbiters[(generation as usize) % self.arbiters.len()];
         let core = core.clone();
