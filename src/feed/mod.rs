@@ -290,8 +290,30 @@ impl FrameBuf {
 /// A SKU's channel ATPs (and oversold flag) before a record, for the channels it touches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Before<'c> {
-    atp: Vec<(&'c Channel, u32)>,
+    /// The first [`BEFORE_INLINE`] channels (no allocation for nearly every record),
+    /// then the rest.
+    inline: [Option<(&'c Channel, u32)>; BEFORE_INLINE],
+    more: Vec<(&'c Channel, u32)>,
     oversold: bool,
+}
+
+/// Channels [`Before`] keeps inline.
+const BEFORE_INLINE: usize = 8;
+
+impl<'c> Before<'c> {
+    fn push(&mut self, entry: (&'c Channel, u32)) {
+        match self.inline.iter_mut().find(|e| e.is_none()) {
+            Some(free) => *free = Some(entry),
+            None => self.more.push(entry),
+        }
+    }
+
+    fn atp(&self) -> impl Iterator<Item = (&'c Channel, u32)> + '_ {
+        self.inline
+            .iter()
+            .map_while(|e| *e)
+            .chain(self.more.iter().copied())
+    }
 }
 
 /// Locations [`Touched`] keeps inline: a record names one or two (a transfer two, a
@@ -370,7 +392,10 @@ fn touched_locations(events: &[Event]) -> Touched<'_> {
 /// Channel ATPs of `state` for the channels that sell from a location `events` touch. Call
 /// before applying `events`.
 pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> Before<'c> {
-    let mut atp: Vec<(&'c Channel, u32)> = Vec::with_capacity(catalog.channels.len().min(8));
+    let mut out = Before {
+        oversold: state.oversold(),
+        ..Before::default()
+    };
     let locations = touched_locations(events);
     // With one location (most records) every channel comes once; with several, a channel
     // selling from two of them is taken once, told apart by its position.
@@ -383,13 +408,10 @@ pub fn before<'c>(catalog: &'c Catalog, state: &SkuState, events: &[Event]) -> B
                 }
                 seen.push(i);
             }
-            atp.push((ch, state.channel_atp(ch)));
+            out.push((ch, state.channel_atp(ch)));
         }
     }
-    Before {
-        atp,
-        oversold: state.oversold(),
-    }
+    out
 }
 
 /// The transition of a channel's ATP from `previous` to `atp` given a low-stock threshold
@@ -655,8 +677,8 @@ pub fn derive(
     seq: u64,
     at_ms: TimeMs,
 ) -> FeedRecord {
-    let mut atp = Vec::with_capacity(before.atp.len());
-    for (ch, previous) in before.atp {
+    let mut atp = Vec::new();
+    for (ch, previous) in before.atp() {
         let now = after.channel_atp(ch);
         if now != previous {
             let t = transition_of(previous, now, catalog.low_stock_of(&after.sku, &ch.id));
