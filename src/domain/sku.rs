@@ -1366,45 +1366,39 @@ impl SkuState {
     }
 
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
-    /// channel is the hold's, read before `apply` may close it).
+    /// channel is the hold's, read before `apply` may close it), on the channel and at
+    /// each allocation's location, in one call per event.
     fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
         // `--intelligence off`: one branch, nothing else on the request path.
         if !self.velocity.is_recording() {
             return;
         }
-        let units =
-            |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
+        fn taken(allocs: &[Allocation]) -> impl Iterator<Item = (&LocationId, u32)> + Clone {
+            allocs.iter().map(|a| (&a.location, a.qty))
+        }
         match ev {
             Event::HoldPlaced {
                 channel,
                 allocations,
                 ..
-            } => {
-                self.velocity
-                    .record(channel, DemandKind::Held, units(allocations), at_ms);
-                for a in allocations {
-                    self.velocity
-                        .record_at(&a.location, DemandKind::Held, a.qty, at_ms);
-                }
-            }
+            } => self.velocity.record_event(
+                Some(channel),
+                DemandKind::Held,
+                taken(allocations),
+                at_ms,
+            ),
             Event::HoldFulfilled {
                 reservation,
                 allocations,
                 ..
             } => {
-                if let Some(h) = self.holds.get(reservation) {
-                    let channel = h.channel.clone();
-                    self.velocity.record(
-                        &channel,
-                        DemandKind::Fulfilled,
-                        units(allocations),
-                        at_ms,
-                    );
-                }
-                for a in allocations {
-                    self.velocity
-                        .record_at(&a.location, DemandKind::Fulfilled, a.qty, at_ms);
-                }
+                let channel = self.holds.get(reservation).map(|h| &h.channel);
+                self.velocity.record_event(
+                    channel,
+                    DemandKind::Fulfilled,
+                    taken(allocations),
+                    at_ms,
+                );
             }
             _ => {}
         }
