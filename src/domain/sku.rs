@@ -1373,32 +1373,22 @@ impl SkuState {
         if !self.velocity.is_recording() {
             return;
         }
-        fn taken(allocs: &[Allocation]) -> impl Iterator<Item = (&LocationId, u32)> + Clone {
-            allocs.iter().map(|a| (&a.location, a.qty))
-        }
         match ev {
             Event::HoldPlaced {
                 channel,
                 allocations,
                 ..
-            } => self.velocity.record_event(
-                Some(channel),
-                DemandKind::Held,
-                taken(allocations),
-                at_ms,
-            ),
+            } => self
+                .velocity
+                .record_event(Some(channel), DemandKind::Held, allocations, at_ms),
             Event::HoldFulfilled {
                 reservation,
                 allocations,
                 ..
             } => {
                 let channel = self.holds.get(reservation).map(|h| &h.channel);
-                self.velocity.record_event(
-                    channel,
-                    DemandKind::Fulfilled,
-                    taken(allocations),
-                    at_ms,
-                );
+                self.velocity
+                    .record_event(channel, DemandKind::Fulfilled, allocations, at_ms);
             }
             _ => {}
         }

@@ -37,6 +37,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::event::Allocation;
 use super::ids::{ChannelId, LocationId, SkuId, TimeMs};
 
 /// Number of windows (half-lives). Their lengths are configurable, their number is not.
@@ -147,20 +148,6 @@ fn decay(dt_ms: u64, half_life_ms: u64) -> f64 {
     (-(dt_ms as f64) / half_life_ms as f64).exp2()
 }
 
-/// `2^(dt/h)`: the weight of a unit `dt_ms` after the epoch (exactly 1 for `dt_ms == 0`).
-/// On the request path, once per window and time: [`exp2_weight`] rather than the libm
-/// call, and signed conversions (one instruction each; both values are far below `2^63`).
-fn growth(dt_ms: u64, half_life_ms: u64) -> f64 {
-    if dt_ms == 0 {
-        return 1.0;
-    }
-    let (dt, h) = (
-        i64::try_from(dt_ms).unwrap_or(i64::MAX),
-        i64::try_from(half_life_ms).unwrap_or(i64::MAX),
-    );
-    exp2_weight(dt as f64 / h as f64)
-}
-
 /// `2^(j/64)` for `j` in `0..64`, each the nearest `f64` (computed to 60 digits).
 const EXP2_TABLE: [f64; 64] = [
     1.0,
@@ -229,11 +216,14 @@ const EXP2_TABLE: [f64; 64] = [
     1.978456026387951,
 ];
 
-/// `2^x` for `0 <= x <= 64` (anything else goes to libm's `exp2`): `x = n + j/64 + r`
-/// with `0 <= r < 1/64`, `2^x = 2^n * 2^(j/64) * p(r)`, `p` the Taylor polynomial of
-/// `2^r` to degree 5 (truncation below `(r ln 2)^6 / 720 < 2.3e-15`). Within `1e-14`
-/// relative of `exp2` (a property test), about 20 instructions without a call; a pure
-/// function of `x`, so replay computes the same bits.
+/// `2^x` for `0 <= x <= 64` (anything else, NaN included, goes to libm's `exp2`):
+/// `x = n + j/64 + r` with `k = 64 n + j` the nearest integer to `64 x` and
+/// `|r| <= 1/128`, `2^x = 2^n * 2^(j/64) * p(r)`, `p` the Taylor polynomial of `2^r` to
+/// degree 5 (truncation below `(ln 2 / 128)^6 / 720 < 4e-17`). Within `1e-14` relative of
+/// `exp2` (a property test), exact at whole numbers, about 25 instructions without a
+/// call or a float-to-integer conversion; a pure function of `x`, so replay computes the
+/// same bits.
+#[inline]
 fn exp2_weight(x: f64) -> f64 {
     if !(0.0..=64.0).contains(&x) {
         return x.exp2();
@@ -245,9 +235,12 @@ fn exp2_weight(x: f64) -> f64 {
         0.009618129107628477,
         0.0013333558146428443,
     ];
-    // 0 <= x * 64 <= 4096: the truncation is the floor and fits.
-    let k = (x * 64.0) as u32;
-    let r = x - f64::from(k) / 64.0;
+    // Adding 1.5 * 2^52 rounds 64 x (0..=4096) to an integer, left in the low bits.
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    let shifted = x * 64.0 + SHIFT;
+    let k = shifted.to_bits() as u32;
+    // Exact: k / 64 is within 1/128 of x.
+    let r = x - (shifted - SHIFT) / 64.0;
     let p = 1.0 + r * (C[0] + r * (C[1] + r * (C[2] + r * (C[3] + r * C[4]))));
     let two_n = f64::from_bits(u64::from(1023 + (k >> 6)) << 52);
     two_n * EXP2_TABLE[(k & 63) as usize] * p
@@ -306,16 +299,32 @@ fn find<K: Key>(list: &[Sums<K>], key: &K) -> Result<usize, usize> {
     list.binary_search_by(|c| c.key.cmp(key))
 }
 
-/// The entry of `key` in `list`, created (zero) if missing.
+/// The entry of `key` in `list`, created (zero) if missing. Inlined into the request
+/// path: the first four entries by address, else [`slow_index`].
+#[inline(always)]
 fn entry<'a, K: Key>(list: &'a mut Vec<Sums<K>>, key: &K) -> &'a mut Sums<K> {
-    let i = match find(list, key) {
+    let want = key.text();
+    let n = list.len().min(4);
+    let mut i = 0;
+    while i < n && !std::ptr::eq(list[i].key.text(), want) {
+        i += 1;
+    }
+    if i == n {
+        i = slow_index(list, key);
+    }
+    &mut list[i]
+}
+
+/// [`entry`]'s index by binary search, inserting a zero entry if missing.
+#[inline(never)]
+fn slow_index<K: Key>(list: &mut Vec<Sums<K>>, key: &K) -> usize {
+    match list.binary_search_by(|c| c.key.cmp(key)) {
         Ok(i) => i,
         Err(i) => {
             list.insert(i, new_sums(key.clone()));
             i
         }
-    };
-    &mut list[i]
+    }
 }
 
 /// The stored sums of `key` in `list` (zero when absent).
@@ -625,59 +634,88 @@ impl Velocity {
         !self.off
     }
 
-    /// The weights of a unit recorded at `t` (at or after the epoch).
+    /// The weights `2^((t - epoch) / h)` of a unit recorded at `t` (at or after the
+    /// epoch, and within `REBASE_HALF_LIVES` shortest half-lives of it but for damaged
+    /// input, which gets libm's `exp2` and no panic). Signed conversions: one instruction
+    /// each, and both values are far below `2^63`.
+    #[inline]
     fn growth_at(&self, t: TimeMs) -> [f64; WINDOWS] {
         let dt = t.saturating_sub(self.epoch_ms);
-        std::array::from_fn(|w| growth(dt, self.half_lives.ms[w]))
+        if dt == 0 {
+            return [1.0; WINDOWS];
+        }
+        let dt = dt as i64 as f64;
+        std::array::from_fn(|w| exp2_weight(dt / self.half_lives.ms[w] as i64 as f64))
     }
 
-    /// What recording at `t` (already at or after `latest_ms`) does to the epoch.
+    /// Whether a demand at `t` moves the epoch: its weight in the shortest window would
+    /// pass `2^REBASE_HALF_LIVES`.
+    #[inline]
+    fn rebases(&self, t: TimeMs) -> bool {
+        t.saturating_sub(self.epoch_ms) > REBASE_HALF_LIVES.saturating_mul(self.half_lives.ms[0])
+    }
+
+    /// The factors `2^(-(t - epoch) / h)` a move of the epoch to `t` multiplies by.
+    fn rebase_factors(&self, t: TimeMs) -> [f64; WINDOWS] {
+        let dt = t.saturating_sub(self.epoch_ms);
+        std::array::from_fn(|w| decay(dt, self.half_lives.ms[w]))
+    }
+
+    /// What recording at `t` (already at or after `latest_ms`) does to the epoch: the
+    /// decisions of [`Velocity::advance`], for the reads of a request not yet applied.
     fn step(&self, t: TimeMs) -> Step {
         if t == self.latest_ms {
-            return Step::Same;
-        }
-        let dt = t.saturating_sub(self.epoch_ms);
-        if dt > REBASE_HALF_LIVES.saturating_mul(self.half_lives.ms[0]) {
-            Step::Rebase(std::array::from_fn(|w| decay(dt, self.half_lives.ms[w])))
+            Step::Same
+        } else if self.rebases(t) {
+            Step::Rebase(self.rebase_factors(t))
         } else {
             Step::Later(self.growth_at(t))
         }
     }
 
-    /// Brings the epoch to a demand at `at_ms`; returns the time it counts at.
-    fn advance(&mut self, at_ms: TimeMs) -> TimeMs {
+    /// Brings the epoch to a demand at `at_ms` (counted at the latest demand's time if
+    /// older).
+    #[inline(always)]
+    fn advance(&mut self, at_ms: TimeMs) {
         if self.is_empty() {
             // Nothing to keep: the epoch starts at this demand.
             self.epoch_ms = at_ms;
             self.latest_ms = at_ms;
             self.growth = [1.0; WINDOWS];
-            return at_ms;
+            return;
         }
         let t = at_ms.max(self.latest_ms);
-        match self.step(t) {
-            Step::Same => {}
-            Step::Later(g) => self.growth = g,
-            Step::Rebase(f) => {
-                fn scale<K>(list: &mut Vec<Sums<K>>, f: &[f64; WINDOWS]) {
-                    for c in list.iter_mut() {
-                        for (w, f) in f.iter().enumerate() {
-                            c.held[w] *= f;
-                            c.fulfilled[w] *= f;
-                        }
-                    }
-                    list.retain(|c| {
-                        c.held[WINDOWS - 1] >= FORGET_BELOW_UNITS
-                            || c.fulfilled[WINDOWS - 1] >= FORGET_BELOW_UNITS
-                    });
-                }
-                scale(&mut self.channels, &f);
-                scale(&mut self.locations, &f);
-                self.epoch_ms = t;
-                self.growth = [1.0; WINDOWS];
+        if t != self.latest_ms {
+            if self.rebases(t) {
+                self.rebase(t);
+            } else {
+                self.growth = self.growth_at(t);
             }
+            self.latest_ms = t;
         }
-        self.latest_ms = t;
-        t
+    }
+
+    /// Moves the epoch to `t`: every sum multiplied down, the faded entries dropped.
+    #[cold]
+    #[inline(never)]
+    fn rebase(&mut self, t: TimeMs) {
+        fn scale<K>(list: &mut Vec<Sums<K>>, f: &[f64; WINDOWS]) {
+            for c in list.iter_mut() {
+                for (w, f) in f.iter().enumerate() {
+                    c.held[w] *= f;
+                    c.fulfilled[w] *= f;
+                }
+            }
+            list.retain(|c| {
+                c.held[WINDOWS - 1] >= FORGET_BELOW_UNITS
+                    || c.fulfilled[WINDOWS - 1] >= FORGET_BELOW_UNITS
+            });
+        }
+        let f = self.rebase_factors(t);
+        scale(&mut self.channels, &f);
+        scale(&mut self.locations, &f);
+        self.epoch_ms = t;
+        self.growth = [1.0; WINDOWS];
     }
 
     /// Adds `qty` of `kind` to `c` with the current weights.
@@ -693,25 +731,23 @@ impl Velocity {
         }
     }
 
-    /// Records one event's demand at `at_ms`: the units `taken` at each location, and their
-    /// total on `channel` when it is known (a fulfilment's hold gone: locations only).
-    /// The same as [`Velocity::record`] then [`Velocity::record_at`] for each location,
-    /// with the recording switch, the epoch and the weights looked at once.
-    pub fn record_event<'a, I>(
+    /// Records one event's demand at `at_ms`: each allocation's units at its location,
+    /// and their total on `channel` when it is known (a fulfilment's hold gone: locations
+    /// only). The same as [`Velocity::record`] then [`Velocity::record_at`] for each
+    /// allocation, with the recording switch, the epoch and the weights looked at once.
+    pub fn record_event(
         &mut self,
         channel: Option<&ChannelId>,
         kind: DemandKind,
-        taken: I,
+        allocations: &[Allocation],
         at_ms: TimeMs,
-    ) where
-        I: IntoIterator<Item = (&'a LocationId, u32)>,
-        I::IntoIter: Clone,
-    {
+    ) {
         if self.off {
             return;
         }
-        let taken = taken.into_iter();
-        let units = taken.clone().fold(0u32, |n, (_, q)| n.saturating_add(q));
+        let units = allocations
+            .iter()
+            .fold(0u32, |n, a| n.saturating_add(a.qty));
         if units == 0 {
             return;
         }
@@ -719,9 +755,14 @@ impl Velocity {
         if let Some(c) = channel {
             Self::add(entry(&mut self.channels, c), &self.growth, kind, units);
         }
-        for (l, q) in taken {
-            if q > 0 {
-                Self::add(entry(&mut self.locations, l), &self.growth, kind, q);
+        for a in allocations {
+            if a.qty > 0 {
+                Self::add(
+                    entry(&mut self.locations, &a.location),
+                    &self.growth,
+                    kind,
+                    a.qty,
+                );
             }
         }
     }
@@ -1286,14 +1327,17 @@ mod tests {
                 t += dt;
                 let kind = if held { DemandKind::Held } else { DemandKind::Fulfilled };
                 let channel = with_channel.then_some(&chans[usize::from(held)]);
-                let taken: Vec<(&LocationId, u32)> = taken.iter().map(|(l, q)| (&locs[*l], *q)).collect();
-                one.record_event(channel, kind, taken.iter().copied(), t);
-                let units = taken.iter().map(|x| x.1).sum();
+                let taken: Vec<Allocation> = taken
+                    .iter()
+                    .map(|(l, q)| Allocation { location: locs[*l].clone(), qty: *q })
+                    .collect();
+                one.record_event(channel, kind, &taken, t);
+                let units = taken.iter().map(|a| a.qty).sum();
                 if let Some(c) = channel {
                     parts.record(c, kind, units, t);
                 }
-                for (l, q) in &taken {
-                    parts.record_at(l, kind, *q, t);
+                for a in &taken {
+                    parts.record_at(&a.location, kind, a.qty, t);
                 }
             }
             prop_assert_eq!(one, parts);
