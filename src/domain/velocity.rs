@@ -315,12 +315,22 @@ fn entry<'a, K: Key>(list: &'a mut Vec<Sums<K>>, key: &K) -> &'a mut Sums<K> {
     &mut list[i]
 }
 
-/// [`entry`]'s index by binary search, inserting a zero entry if missing.
+/// A list grows one entry at a time up to this many (most SKUs sell on a few channels from
+/// a few locations; a new entry is rare, so the copies do not matter); beyond, by the
+/// `Vec`'s doubling.
+const EXACT_UP_TO: usize = 8;
+
+/// [`entry`]'s index by binary search, inserting a zero entry if missing. A short list
+/// grows by exactly one entry: a `Vec`'s first allocation is four entries (256 bytes),
+/// which a SKU with demand on one channel from one location would pay twice.
 #[inline(never)]
 fn slow_index<K: Key>(list: &mut Vec<Sums<K>>, key: &K) -> usize {
     match list.binary_search_by(|c| c.key.cmp(key)) {
         Ok(i) => i,
         Err(i) => {
+            if list.len() < EXACT_UP_TO {
+                list.reserve_exact(1);
+            }
             list.insert(i, new_sums(key.clone()));
             i
         }
@@ -1096,6 +1106,32 @@ mod tests {
         assert_eq!(std::mem::size_of::<ChannelDemand>(), 64);
         assert_eq!(std::mem::size_of::<LocationDemand>(), 64);
         assert_eq!(std::mem::size_of::<Velocity>(), 120);
+        // Up to eight entries a list holds no spare room (a plain `Vec` would allocate
+        // four entries for the first).
+        let mut v = Velocity::default();
+        for (i, c) in ["d", "b", "a", "c"].into_iter().enumerate() {
+            let loc = LocationId::new(c).unwrap();
+            v.record_event(
+                Some(&ch(c)),
+                DemandKind::Held,
+                &[Allocation {
+                    location: loc,
+                    qty: 1,
+                }],
+                i as u64,
+            );
+            assert_eq!(
+                (v.channels.capacity(), v.locations.capacity()),
+                (i + 1, i + 1)
+            );
+        }
+        for c in ["e", "f", "g", "h"] {
+            v.record(&ch(c), DemandKind::Held, 1, 9);
+            assert_eq!(v.channels.capacity(), v.channels.len());
+        }
+        v.record(&ch("i"), DemandKind::Held, 1, 9);
+        assert!(v.channels.capacity() >= 9);
+        assert!(v.channels.windows(2).all(|w| w[0].key < w[1].key));
     }
 
     #[test]
