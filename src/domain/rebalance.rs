@@ -430,40 +430,46 @@ impl SkuState {
         if catalog.stockout_hours.is_empty() && self.region_stockout.is_empty() {
             return;
         }
-        let mut regions: Vec<&str> = Vec::new();
+        // Each region with its threshold (0: none), looked up once: the lookup walks the
+        // thresholded channels' locations.
+        let mut regions: Vec<(&str, u32)> = Vec::new();
         for e in &events[..n] {
             each_location(e, &mut |l| {
                 if let Some(loc) = catalog.locations.get(l) {
                     let r = loc.region.as_str();
-                    if !regions.contains(&r) && catalog.region_stockout_hours(r).is_some() {
-                        regions.push(r);
+                    if !regions.iter().any(|(x, _)| *x == r) {
+                        if let Some(h) = catalog.region_stockout_hours(r) {
+                            regions.push((r, h));
+                        }
                     }
                 }
             });
         }
         for r in &self.region_stockout {
-            if !regions.contains(&r.as_str()) {
-                regions.push(r.as_str());
+            if !regions.iter().any(|(x, _)| x == r) {
+                let h = catalog.region_stockout_hours(r).unwrap_or(0);
+                regions.push((r.as_str(), h));
             }
         }
         regions.sort_unstable();
-        for region in regions {
-            if let Some(e) = self.region_transition(&events[..n], catalog, region, now_ms) {
+        for (region, hours) in regions {
+            if let Some(e) = self.region_transition(&events[..n], catalog, region, hours, now_ms) {
                 events.push(e);
             }
         }
     }
 
     /// The stockout transition of `region` after the command's `events`, if any.
+    /// `hours` is the region's threshold ([`Catalog::region_stockout_hours`], 0: none).
     fn region_transition(
         &self,
         events: &[Event],
         catalog: &Catalog,
         region: &str,
+        hours: u32,
         now_ms: TimeMs,
     ) -> Option<Event> {
         let projected = self.region_stockout.iter().any(|r| r == region);
-        let hours = catalog.region_stockout_hours(region).unwrap_or(0);
         if !projected && hours == 0 {
             return None;
         }

@@ -725,16 +725,18 @@ impl SkuState {
                     // bounds the real one from above (decay only shrinks it), so its hours
                     // bound the real hours from below; at or above the threshold nothing
                     // can be raised, and the decay (three `exp2`) is not computed.
+                    // The catalog's id (`ch.id`, the one the holds carry), not the
+                    // threshold map's: the velocity finds its entry by the id's address.
                     let bound = self
                         .velocity
-                        .held_per_hour_bound(channel, extra, STOCKOUT_WINDOW);
+                        .held_per_hour_bound(&ch.id, extra, STOCKOUT_WINDOW);
                     if hours_to_zero(atp, bound).is_none_or(|h| h >= f64::from(hours)) {
                         return None;
                     }
                 }
                 let r = self
                     .velocity
-                    .held_per_hour_after(channel, extra, now_ms, STOCKOUT_WINDOW);
+                    .held_per_hour_after(&ch.id, extra, now_ms, STOCKOUT_WINDOW);
                 (atp, r)
             }
             // Channels are never removed; an unknown one has nothing to project.
