@@ -481,9 +481,23 @@ impl SkuState {
                 locs.push(l);
             }
         };
+        // Demand and the request's events are almost always at bucket locations, already
+        // looked at: skip those (an id comparison, the same `Arc` matching by address)
+        // rather than look each up in the catalog again.
+        let in_buckets = |l: &LocationId| self.buckets.iter().any(|b| b.location == *l);
         self.buckets.iter().for_each(|b| add(&b.location));
-        self.velocity.locations().iter().for_each(|d| add(&d.key));
-        events.iter().for_each(|e| each_location(e, &mut add));
+        self.velocity
+            .locations()
+            .iter()
+            .filter(|d| !in_buckets(&d.key))
+            .for_each(|d| add(&d.key));
+        events.iter().for_each(|e| {
+            each_location(e, &mut |l| {
+                if !in_buckets(l) {
+                    add(l)
+                }
+            })
+        });
         let atp: u64 = locs
             .iter()
             .map(|l| u64::from(self.location_atp_after(events, l)))
