@@ -33,5 +33,5 @@ pub use rejection::{Rejection, RejectionCode};
 pub use sku::{AdjustReason, Bucket, ChannelSum, Hold, HoldLine, SkuCommand, SkuState, SkuView};
 pub use velocity::{
     AtRisk, AtRiskList, AtRiskRegion, AtRiskRegionList, ChannelVelocity, DemandKind, HalfLives,
-    RegionVelocity, SkuVelocity, TopN, Velocity, WindowRate,
+    RegionVelocity, SkuVelocity, SumsV6, TopN, Velocity, VelocityV6, WindowRate,
 };

@@ -430,40 +430,46 @@ impl SkuState {
         if catalog.stockout_hours.is_empty() && self.region_stockout.is_empty() {
             return;
         }
-        let mut regions: Vec<&str> = Vec::new();
+        // Each region with its threshold (0: none), looked up once: the lookup walks the
+        // thresholded channels' locations.
+        let mut regions: Vec<(&str, u32)> = Vec::new();
         for e in &events[..n] {
             each_location(e, &mut |l| {
                 if let Some(loc) = catalog.locations.get(l) {
                     let r = loc.region.as_str();
-                    if !regions.contains(&r) && catalog.region_stockout_hours(r).is_some() {
-                        regions.push(r);
+                    if !regions.iter().any(|(x, _)| *x == r) {
+                        if let Some(h) = catalog.region_stockout_hours(r) {
+                            regions.push((r, h));
+                        }
                     }
                 }
             });
         }
         for r in &self.region_stockout {
-            if !regions.contains(&r.as_str()) {
-                regions.push(r.as_str());
+            if !regions.iter().any(|(x, _)| x == r) {
+                let h = catalog.region_stockout_hours(r).unwrap_or(0);
+                regions.push((r.as_str(), h));
             }
         }
         regions.sort_unstable();
-        for region in regions {
-            if let Some(e) = self.region_transition(&events[..n], catalog, region, now_ms) {
+        for (region, hours) in regions {
+            if let Some(e) = self.region_transition(&events[..n], catalog, region, hours, now_ms) {
                 events.push(e);
             }
         }
     }
 
     /// The stockout transition of `region` after the command's `events`, if any.
+    /// `hours` is the region's threshold ([`Catalog::region_stockout_hours`], 0: none).
     fn region_transition(
         &self,
         events: &[Event],
         catalog: &Catalog,
         region: &str,
+        hours: u32,
         now_ms: TimeMs,
     ) -> Option<Event> {
         let projected = self.region_stockout.iter().any(|r| r == region);
-        let hours = catalog.region_stockout_hours(region).unwrap_or(0);
         if !projected && hours == 0 {
             return None;
         }
@@ -475,9 +481,23 @@ impl SkuState {
                 locs.push(l);
             }
         };
+        // Demand and the request's events are almost always at bucket locations, already
+        // looked at: skip those (an id comparison, the same `Arc` matching by address)
+        // rather than look each up in the catalog again.
+        let in_buckets = |l: &LocationId| self.buckets.iter().any(|b| b.location == *l);
         self.buckets.iter().for_each(|b| add(&b.location));
-        self.velocity.locations().iter().for_each(|d| add(&d.key));
-        events.iter().for_each(|e| each_location(e, &mut add));
+        self.velocity
+            .locations()
+            .iter()
+            .filter(|d| !in_buckets(&d.key))
+            .for_each(|d| add(&d.key));
+        events.iter().for_each(|e| {
+            each_location(e, &mut |l| {
+                if !in_buckets(l) {
+                    add(l)
+                }
+            })
+        });
         let atp: u64 = locs
             .iter()
             .map(|l| u64::from(self.location_atp_after(events, l)))

@@ -746,16 +746,18 @@ impl SkuState {
                     // bounds the real one from above (decay only shrinks it), so its hours
                     // bound the real hours from below; at or above the threshold nothing
                     // can be raised, and the decay (three `exp2`) is not computed.
+                    // The catalog's id (`ch.id`, the one the holds carry), not the
+                    // threshold map's: the velocity finds its entry by the id's address.
                     let bound = self
                         .velocity
-                        .held_per_hour_bound(channel, extra, STOCKOUT_WINDOW);
+                        .held_per_hour_bound(&ch.id, extra, STOCKOUT_WINDOW);
                     if hours_to_zero(atp, bound).is_none_or(|h| h >= f64::from(hours)) {
                         return None;
                     }
                 }
                 let r = self
                     .velocity
-                    .held_per_hour_after(channel, extra, now_ms, STOCKOUT_WINDOW);
+                    .held_per_hour_after(&ch.id, extra, now_ms, STOCKOUT_WINDOW);
                 (atp, r)
             }
             // Channels are never removed; an unknown one has nothing to project.
@@ -1387,45 +1389,29 @@ impl SkuState {
     }
 
     /// Feeds the velocity: units held by a hold placed, units sold by a fulfilment (the
-    /// channel is the hold's, read before `apply` may close it).
+    /// channel is the hold's, read before `apply` may close it), on the channel and at
+    /// each allocation's location, in one call per event.
     fn record_demand(&mut self, ev: &Event, at_ms: TimeMs) {
         // `--intelligence off`: one branch, nothing else on the request path.
         if !self.velocity.is_recording() {
             return;
         }
-        let units =
-            |allocs: &[Allocation]| allocs.iter().fold(0u32, |n, a| n.saturating_add(a.qty));
         match ev {
             Event::HoldPlaced {
                 channel,
                 allocations,
                 ..
-            } => {
-                self.velocity
-                    .record(channel, DemandKind::Held, units(allocations), at_ms);
-                for a in allocations {
-                    self.velocity
-                        .record_at(&a.location, DemandKind::Held, a.qty, at_ms);
-                }
-            }
+            } => self
+                .velocity
+                .record_event(Some(channel), DemandKind::Held, allocations, at_ms),
             Event::HoldFulfilled {
                 reservation,
                 allocations,
                 ..
             } => {
-                if let Some(h) = self.holds.get(reservation) {
-                    let channel = h.channel.clone();
-                    self.velocity.record(
-                        &channel,
-                        DemandKind::Fulfilled,
-                        units(allocations),
-                        at_ms,
-                    );
-                }
-                for a in allocations {
-                    self.velocity
-                        .record_at(&a.location, DemandKind::Fulfilled, a.qty, at_ms);
-                }
+                let channel = self.holds.get(reservation).map(|h| &h.channel);
+                self.velocity
+                    .record_event(channel, DemandKind::Fulfilled, allocations, at_ms);
             }
             _ => {}
         }

@@ -17,7 +17,7 @@ type Fast = foldhash::fast::RandomState;
 use crate::codec;
 use crate::domain::{
     Catalog, Event, HalfLives, ReleaseReason, RequestId, ReservationId, SkuCommand, SkuId,
-    SkuState, TimeMs,
+    SkuState, TimeMs, VelocityV6,
 };
 
 use super::api::{Change, Outcome};
@@ -29,8 +29,72 @@ use crate::feed::{self, hub::Slot, FeedBody, FeedRecord};
 /// 5 the stockout projections: the catalog's thresholds (`Catalog::stockout_hours`) and
 /// each SKU's raised flags (`SkuState::stockout`); 6 each SKU's raised region stockout
 /// flags (`SkuState::region_stockout`) and rebalance recommendation
-/// (`SkuState::rebalance`).
-pub const CHECKPOINT_VERSION: u32 = 6;
+/// (`SkuState::rebalance`); 7 stores each SKU's velocity scaled to one epoch
+/// (`Velocity`: an epoch and a latest time per SKU, no time per entry).
+pub const CHECKPOINT_VERSION: u32 = 7;
+
+/// The format before the velocity's epoch, still read: each SKU's velocity entries carry
+/// their own time ([`VelocityV6`]) and are brought to one epoch when read.
+pub const CHECKPOINT_VERSION_DECAYED_VELOCITY: u32 = 6;
+
+/// A SKU in a version 6 checkpoint: [`SkuState`] with its velocity in the old form.
+#[derive(Serialize, Deserialize)]
+pub struct SkuStateV6 {
+    /// The SKU.
+    pub sku: SkuId,
+    /// Its buckets.
+    pub buckets: Vec<crate::domain::Bucket>,
+    /// Its holds.
+    pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
+    /// Its last applied sequence number.
+    pub last_seq: u64,
+    /// Its velocity, each entry decayed to its own time.
+    pub velocity: VelocityV6,
+    /// Its raised stockout flags per channel.
+    pub stockout: Vec<crate::domain::ChannelId>,
+    /// Its raised stockout flags per region.
+    pub region_stockout: Vec<String>,
+    /// Its raised rebalance recommendation.
+    pub rebalance: Option<Box<crate::domain::RaisedRebalance>>,
+}
+
+/// A version 6 checkpoint.
+#[derive(Serialize, Deserialize)]
+pub struct CheckpointStateV6 {
+    /// 6.
+    pub version: u32,
+    /// Locations and channels (as today).
+    pub catalog: Catalog,
+    /// Every SKU.
+    pub skus: Vec<SkuStateV6>,
+    /// Remembered request ids.
+    pub idempotency: Vec<IdemRecord>,
+}
+
+impl From<CheckpointStateV6> for CheckpointState {
+    fn from(c: CheckpointStateV6) -> Self {
+        let skus = c
+            .skus
+            .into_iter()
+            .map(|s| SkuState {
+                holds: s.holds,
+                buckets: s.buckets,
+                last_seq: s.last_seq,
+                velocity: s.velocity.into(),
+                stockout: s.stockout,
+                region_stockout: s.region_stockout,
+                rebalance: s.rebalance,
+                ..SkuState::new(s.sku)
+            })
+            .collect();
+        CheckpointState {
+            version: CHECKPOINT_VERSION,
+            catalog: c.catalog,
+            skus,
+            idempotency: c.idempotency,
+        }
+    }
+}
 
 /// The format before region stockouts and raised recommendations, still read: its SKUs
 /// start with neither (the records replayed after it raise them again).
@@ -48,8 +112,8 @@ pub struct SkuStateV5 {
     pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
     /// Its last applied sequence number.
     pub last_seq: u64,
-    /// Its velocity.
-    pub velocity: crate::domain::Velocity,
+    /// Its velocity (the old form).
+    pub velocity: VelocityV6,
     /// Its raised stockout flags per channel.
     pub stockout: Vec<crate::domain::ChannelId>,
 }
@@ -76,7 +140,7 @@ impl From<CheckpointStateV5> for CheckpointState {
                 holds: s.holds,
                 buckets: s.buckets,
                 last_seq: s.last_seq,
-                velocity: s.velocity,
+                velocity: s.velocity.into(),
                 stockout: s.stockout,
                 ..SkuState::new(s.sku)
             })
@@ -139,8 +203,8 @@ pub struct SkuStateV4 {
     pub holds: HashMap<ReservationId, crate::domain::Hold, Fast>,
     /// Its last applied sequence number.
     pub last_seq: u64,
-    /// Its velocity.
-    pub velocity: crate::domain::Velocity,
+    /// Its velocity (the old form).
+    pub velocity: VelocityV6,
 }
 
 /// A version 4 checkpoint.
@@ -165,7 +229,7 @@ impl From<CheckpointStateV4> for CheckpointState {
                 holds: s.holds,
                 buckets: s.buckets,
                 last_seq: s.last_seq,
-                velocity: s.velocity,
+                velocity: s.velocity.into(),
                 ..SkuState::new(s.sku)
             })
             .collect();
@@ -293,7 +357,8 @@ fn change_sku(c: &Change) -> Option<&SkuId> {
     }
 }
 
-/// Decodes a checkpoint of the current version, of version 5 (without region stockouts
+/// Decodes a checkpoint of the current version, of version 6 (the velocity without its
+/// epoch), of version 5 (without region stockouts
 /// and raised recommendations), of version 4 (without stockout
 /// projections) or of version 3 (without velocity either). The
 /// version is the first field, a fixed-width little-endian `u32`, so it is read first and
@@ -307,6 +372,9 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
         .ok_or_else(|| bad("shorter than its version".into()))?;
     let c: CheckpointState = match version {
         CHECKPOINT_VERSION => codec::decode_large(bytes).map_err(|e| bad(e.to_string()))?,
+        CHECKPOINT_VERSION_DECAYED_VELOCITY => codec::decode_large::<CheckpointStateV6>(bytes)
+            .map_err(|e| bad(e.to_string()))?
+            .into(),
         CHECKPOINT_VERSION_NO_REBALANCE => codec::decode_large::<CheckpointStateV5>(bytes)
             .map_err(|e| bad(e.to_string()))?
             .into(),
@@ -319,8 +387,8 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<CheckpointState, EngineError> {
         v => {
             return Err(EngineError::Corrupt(format!(
                 "checkpoint version {v} is not supported (expected {CHECKPOINT_VERSION}, \
-                 {CHECKPOINT_VERSION_NO_REBALANCE}, {CHECKPOINT_VERSION_NO_STOCKOUT} or \
-                 {CHECKPOINT_VERSION_NO_VELOCITY})"
+                 {CHECKPOINT_VERSION_DECAYED_VELOCITY}, {CHECKPOINT_VERSION_NO_REBALANCE}, \
+                 {CHECKPOINT_VERSION_NO_STOCKOUT} or {CHECKPOINT_VERSION_NO_VELOCITY})"
             )))
         }
     };
@@ -823,8 +891,16 @@ mod tests {
         let web = crate::domain::ChannelId::new("web").expect("id");
         let v3 = v3_state();
         let s = &v3.skus[0];
-        let mut velocity = crate::domain::Velocity::default();
-        velocity.record(&web, crate::domain::DemandKind::Held, 3, 5_000);
+        let velocity = VelocityV6 {
+            half_lives: HalfLives::default(),
+            channels: vec![crate::domain::SumsV6 {
+                key: web.clone(),
+                last_ms: 5_000,
+                held: [3.0; 3],
+                fulfilled: [0.0; 3],
+            }],
+            locations: Vec::new(),
+        };
         let v4 = CheckpointStateV4 {
             version: CHECKPOINT_VERSION_NO_STOCKOUT,
             catalog: v4_catalog(),
@@ -845,7 +921,9 @@ mod tests {
         assert!(c.catalog.stockout_hours.is_empty());
         let s = &c.skus[0];
         assert_eq!((s.sku.as_str(), s.last_seq), ("A", 7));
-        assert_eq!(s.velocity, velocity);
+        let mut want = crate::domain::Velocity::default();
+        want.record(&web, crate::domain::DemandKind::Held, 3, 5_000);
+        assert_eq!(s.velocity, want);
         assert!(s.stockout.is_empty());
     }
 
@@ -863,7 +941,7 @@ mod tests {
                 buckets: s.buckets.clone(),
                 holds: HashMap::default(),
                 last_seq: 7,
-                velocity: crate::domain::Velocity::default(),
+                velocity: VelocityV6::default(),
                 stockout: vec![web.clone()],
             }],
             idempotency: Vec::new(),
@@ -876,6 +954,87 @@ mod tests {
         assert_eq!((s.sku.as_str(), s.last_seq), ("A", 7));
         assert_eq!(s.stockout, [web]);
         assert!(s.region_stockout.is_empty() && s.rebalance.is_none());
+    }
+
+    /// Format 6: velocity entries decayed to their own times. Read, they are brought to
+    /// one epoch (the latest entry's time) and give the same rates at every later time as
+    /// the old form's `sum * 2^(-(now - last_ms) / h)`, to rounding; the other parts of
+    /// the SKU are kept as they were.
+    #[test]
+    fn a_version_6_checkpoint_is_read_with_its_velocity_brought_to_one_epoch() {
+        let web = crate::domain::ChannelId::new("web").expect("id");
+        let store = crate::domain::ChannelId::new("store").expect("id");
+        let wh = LocationId::new("wh").expect("id");
+        let s = &v3_state().skus[0];
+        fn old<K>(key: K, last_ms: u64, held: f64, fulfilled: f64) -> crate::domain::SumsV6<K> {
+            crate::domain::SumsV6 {
+                key,
+                last_ms,
+                held: [held, held * 0.9, held * 0.8],
+                fulfilled: [fulfilled; 3],
+            }
+        }
+        let velocity = VelocityV6 {
+            half_lives: HalfLives::default(),
+            channels: vec![
+                old(store.clone(), 9_000_000, 2.0, 0.0),
+                old(web.clone(), 5_000_000, 7.0, 1.5),
+            ],
+            locations: vec![old(wh.clone(), 3_000_000, 9.0, 1.5)],
+        };
+        let v6 = CheckpointStateV6 {
+            version: CHECKPOINT_VERSION_DECAYED_VELOCITY,
+            catalog: v4_catalog().into(),
+            skus: vec![SkuStateV6 {
+                sku: s.sku.clone(),
+                buckets: s.buckets.clone(),
+                holds: HashMap::default(),
+                last_seq: 7,
+                velocity: velocity.clone(),
+                stockout: vec![web.clone()],
+                region_stockout: vec!["FR".into()],
+                rebalance: None,
+            }],
+            idempotency: Vec::new(),
+        };
+        let bytes = codec::encode(&v6).expect("encode");
+        let c = decode_checkpoint(&bytes).expect("v6 decodes");
+        assert_eq!(c.version, CHECKPOINT_VERSION);
+        let got = &c.skus[0];
+        assert_eq!(
+            (got.last_seq, &got.stockout[..], &got.region_stockout[..]),
+            (7, &[web.clone()][..], &["FR".to_string()][..])
+        );
+        assert_eq!(
+            (got.velocity.epoch_ms(), got.velocity.latest_ms()),
+            (9_000_000, 9_000_000)
+        );
+        let hl = HalfLives::default().ms();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+        for now in [9_000_000, 9_000_001, 12_345_678, 200_000_000] {
+            for e in &velocity.channels {
+                let r = got.velocity.rates(&e.key, 10, now);
+                for (w, &h) in hl.iter().enumerate() {
+                    let d = (-((now - e.last_ms) as f64) / h as f64).exp2();
+                    let per_hour = |x: f64| x * d * std::f64::consts::LN_2 / h as f64 * 3_600_000.0;
+                    assert!(
+                        close(r.windows[w].held_per_hour, per_hour(e.held[w])),
+                        "{now} {w}"
+                    );
+                    assert!(close(
+                        r.windows[w].fulfilled_per_hour,
+                        per_hour(e.fulfilled[w])
+                    ));
+                }
+            }
+            let r = got.velocity.region_rates("FR", [&wh], 10, now);
+            let e = &velocity.locations[0];
+            for (w, &h) in hl.iter().enumerate() {
+                let d = (-((now - e.last_ms) as f64) / h as f64).exp2();
+                let want = e.held[w] * d * std::f64::consts::LN_2 / h as f64 * 3_600_000.0;
+                assert!(close(r.windows[w].held_per_hour, want), "{now} {w}");
+            }
+        }
     }
 
     #[test]
