@@ -740,7 +740,8 @@ mod tests {
         let key = c.location_id("wh").unwrap().clone();
         assert!(c.channels[&chan("web")].locations[0].shares(&key));
         // A catalog decoded from bytes (a checkpoint) has a copy of each id per mention.
-        let mut d: Catalog = crate::codec::decode(&crate::codec::encode(&c).unwrap()).unwrap();
+        let mut d = c.clone();
+        d.channels.insert(chan("web"), channel("web", &["wh"]));
         let key = d.location_id("wh").unwrap().clone();
         assert!(!d.channels[&chan("web")].locations[0].shares(&key));
         d.intern_ids();
