@@ -7,7 +7,9 @@
 //! while a normal client on 127.0.0.1 pings every 5 ms over one connection and probes
 //! `/healthz` every 50 ms; RSS is sampled every 20 ms. Then SIGTERM, and a line of the
 //! table: peak RSS over the base against the budget, the normal client's ping p50 / p99 /
-//! max and errors, the health probes answered.
+//! max and errors, the health probes answered, and the server's counters of connections it
+//! closed by reason (idle or frame timeout, no room in the memory budget, slow reader) and
+//! of requests answered busy for memory, scraped from `/metrics` as the attack ends.
 //!
 //! The attacks (`--attacks`, comma-separated, default all):
 //! * `get-skus`: connections pipelining GET_SKUS of 1,200 SKUs x 16 locations (~1 MB
@@ -373,6 +375,40 @@ async fn healthz(admin: SocketAddr) -> bool {
     )
 }
 
+/// The server's counters of connections it closed, by reason, read from `/metrics` after
+/// the attack: idle or frame timeouts, no room for a frame in the connection memory
+/// budget, over `max_output_bytes` or not reading, and requests answered busy for memory.
+const CLOSE_COUNTERS: [&str; 4] = [
+    "omnistock_idle_disconnects_total",
+    "omnistock_memory_budget_disconnects_total",
+    "omnistock_slow_reader_disconnects_total",
+    "omnistock_memory_budget_busy_total",
+];
+
+/// `GET /metrics` (at most 8 MiB read, 5 s): the values of [`CLOSE_COUNTERS`] (`None`
+/// for one the scrape did not have).
+async fn close_counters(admin: SocketAddr) -> [Option<u64>; 4] {
+    let scrape = async {
+        let mut s = TcpStream::connect(admin).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: omnistock\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        let _ = (&mut s).take(8 << 20).read_to_end(&mut body).await;
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), scrape)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    CLOSE_COUNTERS.map(|name| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    })
+}
+
 /// The data `get-skus` reads: 1,200 SKUs at 16 locations.
 async fn setup_skus(addr: SocketAddr) -> Result<Vec<String>, String> {
     let mut cfg = ClientConfig::new(addr.to_string());
@@ -430,6 +466,8 @@ struct Row {
     pings: Vec<u64>,
     ping_errors: u64,
     health: (u64, u64),
+    /// [`CLOSE_COUNTERS`] at the end of the attack.
+    closes: [Option<u64>; 4],
     exit: String,
 }
 
@@ -534,6 +572,7 @@ fn run_attack(name: &'static str, bin: &PathBuf, a: &Args) -> Result<Row, String
             let _ = t.await;
         }
     });
+    let closes = rt.block_on(close_counters(admin));
     stop.store(true, Ordering::Relaxed);
     let _ = nc.join();
     let _ = sampler.join();
@@ -561,6 +600,7 @@ fn run_attack(name: &'static str, bin: &PathBuf, a: &Args) -> Result<Row, String
             normal.health_ok.load(Ordering::Relaxed),
             normal.health_probes.load(Ordering::Relaxed),
         ),
+        closes,
         exit,
     })
 }
@@ -575,7 +615,7 @@ fn print_row(r: &Row) -> bool {
     let p99 = pct(&r.pings, 0.99);
     let fast = p99 < 10.0 && r.ping_errors == 0;
     println!(
-        "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {:.2} | {:.2} | {:.1} | {} | {}/{} | {} |",
+        "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {:.2} | {:.2} | {:.1} | {} | {}/{} | {} | {} |",
         r.attack,
         r.connections,
         r.connects,
@@ -592,6 +632,11 @@ fn print_row(r: &Row) -> bool {
         r.ping_errors,
         r.health.0,
         r.health.1,
+        r.closes
+            .iter()
+            .map(|c| c.map_or("?".into(), |v| v.to_string()))
+            .collect::<Vec<_>>()
+            .join(" / "),
         r.exit,
     );
     within && fast && r.health.0 == r.health.1
@@ -648,8 +693,8 @@ fn main() {
         mib(a.max_output_bytes as u64)
     );
     println!();
-    println!("| attack | conns | connects | sent MiB | base RSS MiB | peak RSS MiB | peak − base MiB | budget MiB | within | pings | p50 ms | p99 ms | max ms | ping errors | /healthz ok | exit |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| attack | conns | connects | sent MiB | base RSS MiB | peak RSS MiB | peak − base MiB | budget MiB | within | pings | p50 ms | p99 ms | max ms | ping errors | /healthz ok | closed: idle / no room / slow reader; busy | exit |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_ok = true;
     for name in attacks {
         match run_attack(name, &bin, &a) {

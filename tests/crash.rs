@@ -12,7 +12,10 @@
 //! first cycle and the hundredth (docs/benchmarks.md "Longer crash run"): each child first
 //! fulfils or releases the reservations earlier cycles left open (the parent passes their
 //! ids in a file), and the engine remembers at most [`IDEMPOTENCY_ENTRIES`] request ids.
-//! Each cycle prints the recovery time, the records replayed and the data directory's size.
+//! Each cycle prints the recovery time (wall clock and this process's CPU time, and the
+//! child's wall and CPU time until it is ready), the records replayed and the data
+//! directory's size; history retention is small ([`HISTORY_EVENTS_PER_SKU`]) so the
+//! directory is stationary.
 //! OMNISTOCK_CRASH_CYCLES sets the number of cycles (default 20); OMNISTOCK_CRASH_KEEP=1
 //! keeps the data directory.
 
@@ -42,13 +45,42 @@ const IDEMPOTENCY_ENTRIES: usize = 3_000;
 const SKUS: usize = 8;
 /// The checkpoint interval of every process of the test, in log records.
 const CHECKPOINT_EVERY: u64 = 3_000;
+/// History events kept per SKU: small, so the durable history (and the directory) stops
+/// growing after a few cycles and recovery after 100 cycles compares with the first on a
+/// stationary state (the default keeps 100,000 events per SKU, which 100 cycles never reach).
+const HISTORY_EVENTS_PER_SKU: u64 = 200;
 
 fn persist(dir: &str) -> PersistConfig {
     let mut c = PersistConfig::new(dir);
     c.checkpoint_every_records = CHECKPOINT_EVERY;
     c.checkpoint_poll = Duration::from_millis(50);
     c.engine.idempotency_max_entries = IDEMPOTENCY_ENTRIES;
+    c.history.max_events_per_sku = HISTORY_EVENTS_PER_SKU;
     c
+}
+
+/// CPU time (user + system) this process has used so far: beside wall-clock recovery time,
+/// it is far less sensitive to other load on a shared machine.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(rc, 0, "getrusage");
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU time (utime + stime) of process `pid` so far, from /proc/<pid>/stat; None off Linux.
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| Duration::from_micros(ticks * 1_000_000 / hz as u64))
 }
 
 async fn setup(e: &Engine) {
@@ -248,13 +280,17 @@ fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Se
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().unwrap();
+    let started = std::time::Instant::now();
+    let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut seen = Seen::default();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // libtest prints "test crash_child ... " without a newline before the test runs.
             if line.ends_with("READY") {
-                let _ = tx.send(());
+                // The child's CPU time until it opened the directory (recovery included)
+                // and is about to serve: read before its load starts to count.
+                let _ = tx.send(cpu_of(pid));
             } else if let Some(rest) = line.strip_prefix("SEND ") {
                 let (id, op) = rest.split_once(' ').unwrap();
                 seen.sent.insert(id.parse().unwrap(), op.to_string());
@@ -265,7 +301,14 @@ fn run_child(dir: &str, open_file: &str, cycle: u64, kill_after: Duration) -> Se
         seen
     });
     let ready = rx.recv_timeout(Duration::from_secs(60));
-    if ready.is_ok() {
+    if let Ok(cpu) = &ready {
+        // Reported, not asserted: the child's own open (a recovery of the directory the
+        // parent left after its verification) until it is ready, wall and CPU.
+        eprintln!(
+            "cycle {cycle}: child ready after {:?} wall, {} CPU",
+            started.elapsed(),
+            cpu.map_or("?".into(), |c| format!("{c:?}"))
+        );
         std::thread::sleep(kill_after);
     }
     // Child::kill sends SIGKILL on Unix.
@@ -313,7 +356,10 @@ async fn settle(e: &Engine, all: &mut Seen) {
 /// child to end).
 async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen, prev_last: &mut u64) -> Vec<u128> {
     let opened = std::time::Instant::now();
+    let cpu_before = own_cpu();
     let e = Engine::open(persist(dir)).await.expect("reopen after kill");
+    // This process does nothing else meanwhile (the child is dead, its reader joined).
+    let cpu = own_cpu().saturating_sub(cpu_before);
     let last = e.log_stats().map_or(0, |s| s.durable_seq);
     // What a restart replays is bounded whatever the crash pattern: a process that finds
     // `checkpoint_every_records` or more to replay checkpoints before serving, so the log
@@ -332,7 +378,7 @@ async fn verify(dir: &str, all: &mut Seen, last_cycle: &Seen, prev_last: &mut u6
     // "Longer crash run" compares recovery after many cycles with the first.
     let took = opened.elapsed();
     eprintln!(
-        "recovery took {took:?}: {replayed} records replayed, {} since the checkpoint now, data directory {} bytes, {} blob files",
+        "recovery took {took:?} wall, {cpu:?} CPU: {replayed} records replayed, {} since the checkpoint now, data directory {} bytes, {} blob files",
         e.records_since_checkpoint(),
         dir_bytes(std::path::Path::new(dir)),
         std::fs::read_dir(std::path::Path::new(dir).join("blobs")).map_or(0, |d| d.count())

@@ -101,7 +101,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Longest a request frame may take to arrive once its first bytes have: a client that
     /// starts a frame and trickles (or stops) is closed with `IDLE_TIMEOUT` instead of
-    /// holding its partial frame until `idle_timeout`. Default 10 s.
+    /// holding its partial frame until `idle_timeout`. Time the server does not read it
+    /// (held back, or a large frame waiting for room in `max_connections_memory_bytes`)
+    /// does not count: the time starts again when reading resumes. Default 10 s.
     pub frame_timeout: Duration,
     /// Limits of feed subscriptions (lag before coalescing, stall timeout, ...).
     pub subscription: SubscriptionConfig,

@@ -400,16 +400,28 @@ impl FrameReader {
             if need <= SMALL_FRAME_BYTES {
                 m.reading_forced(more);
             } else {
-                let got = match self.deadline() {
-                    Some(at) => timeout_at(at, m.budget.acquire(more))
-                        .await
-                        .unwrap_or(false),
-                    None => m.budget.acquire(more).await,
+                let acquire = m.budget.acquire(more);
+                tokio::pin!(acquire);
+                // Room free at once, or a wait in line for it.
+                let (got, waited) = match futures::poll!(acquire.as_mut()) {
+                    std::task::Poll::Ready(got) => (got, false),
+                    std::task::Poll::Pending => match self.deadline() {
+                        Some(at) => (timeout_at(at, acquire).await.unwrap_or(false), true),
+                        None => (acquire.await, true),
+                    },
                 };
                 if !got {
                     return Err(ReadError::NoRoom { frame_bytes: need });
                 }
                 m.reading_acquired(more);
+                if waited {
+                    // The server did not read while the frame waited for its room: the
+                    // client's time starts again now (as after `wait_to_take`). Without
+                    // this, a frame granted room late found its deadline spent and was
+                    // closed as slow (IDLE_TIMEOUT), not for the budget: 1,970 of 2,000
+                    // closes under the partial-frames attack.
+                    self.restart_deadline();
+                }
             }
         }
         self.reallocate(need);
@@ -1372,6 +1384,79 @@ mod tests {
         other.written(100, 1);
         drop(other);
         assert_eq!(total(&stats), 0);
+    }
+
+    /// A large frame that waited for room in the budget gets its whole `frame_timeout`
+    /// from the moment it got the room (tokio's paused clock: no real time, no race). On
+    /// the old code its deadline ran from its first bytes and it ended `Slow`.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_granted_room_after_waiting_gets_its_frame_timeout_from_the_grant() {
+        use super::{FrameReader, ReadError};
+        use crate::protocol::{Frame, FrameKind};
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt;
+
+        const T: Duration = Duration::from_secs(10);
+        let stats = Arc::new(ServerStats::default());
+        // Room under the frame limit for one 64 KiB frame, not two.
+        let budget = Arc::new(Budget::new(stats.clone(), 160 << 10, 64 << 10));
+        let holder = meter(&stats, &budget, 1 << 20);
+        assert!(budget.acquire(70 << 10).await, "the holder's frame");
+        let m = Arc::new(meter(&stats, &budget, 1 << 20));
+        let (client, server) = tokio::io::duplex(256 << 10);
+        let mut r = FrameReader::new(Box::new(server), 64 << 10, Some(m.clone()));
+        r.frame_timeout = Some(T);
+        let frame = Frame {
+            kind: FrameKind::Request,
+            correlation: 9,
+            payload: vec![7u8; 60 << 10],
+        }
+        .encode();
+        let (mut client, half) = (client, frame.len() / 2);
+        client.write_all(&frame[..half]).await.unwrap();
+        let reading = tokio::spawn(async move { (r.next().await, r) });
+        // Waits for room 9 s (its first bytes arrived at 0 s), then gets it.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!reading.is_finished(), "waiting for room");
+        budget.release(70 << 10);
+        drop(holder);
+        // Past the deadline counted from its first bytes (10 s), within one from the grant.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !reading.is_finished(),
+            "still within its frame_timeout from the grant"
+        );
+        client.write_all(&frame[half..]).await.unwrap();
+        let (got, _r) = reading.await.unwrap();
+        match got {
+            Ok(Some(f)) => assert_eq!((f.correlation, f.payload.len()), (9, 60 << 10)),
+            Ok(None) => panic!("end of stream"),
+            Err(ReadError::Slow) => panic!("closed as slow: the wait for room was counted"),
+            Err(_) => panic!("read failed"),
+        }
+    }
+
+    /// A large frame that finds no room within its `frame_timeout` ends with its own reason.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_never_gets_room_ends_no_room_at_its_frame_timeout() {
+        use super::{FrameReader, ReadError};
+        use std::time::Duration;
+        use tokio::io::AsyncWriteExt;
+
+        let stats = Arc::new(ServerStats::default());
+        let budget = Arc::new(Budget::new(stats.clone(), 160 << 10, 64 << 10));
+        assert!(budget.acquire(70 << 10).await, "held for good");
+        let m = Arc::new(meter(&stats, &budget, 1 << 20));
+        let (mut client, server) = tokio::io::duplex(256 << 10);
+        let mut r = FrameReader::new(Box::new(server), 64 << 10, Some(m.clone()));
+        r.frame_timeout = Some(Duration::from_secs(10));
+        let mut start = ((60u32 << 10) + 9).to_le_bytes().to_vec();
+        start.extend_from_slice(&[0u8; 100]);
+        client.write_all(&start).await.unwrap();
+        match r.next().await {
+            Err(ReadError::NoRoom { frame_bytes }) => assert_eq!(frame_bytes, (60 << 10) + 13),
+            _ => panic!("expected no room"),
+        }
     }
 
     #[test]
