@@ -66,13 +66,7 @@ SERVER_PID=
 LOAD_PID=
 # shellcheck source=load/lib.sh
 source "$REPO/load/lib.sh"
-cleanup() {
-  stop_load
-  stop_server
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_all_on_exit 30 "$WORK"
 
 # utime + stime of a process, in clock ticks (fields 14 and 15; the name may hold spaces).
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }

@@ -94,14 +94,8 @@ LOAD_PID=
 
 # shellcheck source=load/lib.sh
 source "$REPO/load/lib.sh"
-cleanup() {
-  stop_load
-  # valgrind is slow to shut down (it writes the final profile): up to 120 s.
-  stop_server 120
-  rm -rf "$DATA"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# valgrind is slow to shut down (it writes the final profile): up to 120 s.
+stop_all_on_exit 120 "$DATA"
 
 # bounded LIMIT_S COMMAND...: runs COMMAND in the background (so signals reach the traps) with
 # a time limit; returns its status.

@@ -96,13 +96,7 @@ LOAD_PID=
 
 # shellcheck source=load/lib.sh
 source "$REPO/load/lib.sh"
-cleanup() {
-  stop_load
-  stop_server
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+stop_all_on_exit 30 "$WORK"
 
 # wait_ready NAME TIMEOUT_S COMMAND...: polls COMMAND until it succeeds while the server lives.
 wait_ready() {

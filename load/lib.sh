@@ -1,5 +1,5 @@
 # Shared by load/ab.sh, load/compare.sh and load/callgrind.sh (sourced, not run): stopping
-# the server and the load they started, and picking free 127.0.0.1 ports. The sourcing
+# the server and the load they started (at exit too: stop_all_on_exit), and picking free 127.0.0.1 ports. The sourcing
 # script defines `die` and sets SERVER_PID / LOAD_PID.
 
 # stop_server [SECONDS]: SIGTERM to $SERVER_PID, SIGKILL if it still runs after SECONDS
@@ -44,4 +44,18 @@ free_port() {
     fi
   done
   die "no free port found"
+}
+
+# stop_all_on_exit [SECONDS] [DIR]: when the script exits (or on INT / TERM, exit 130),
+# stops the load and the server (stop_server SECONDS, default 30) and removes DIR if given.
+stop_all_on_exit() {
+  _STOP_SECS=${1:-30}
+  _RM_DIR=${2:-}
+  trap _stop_all EXIT
+  trap 'exit 130' INT TERM
+}
+_stop_all() {
+  stop_load
+  stop_server "$_STOP_SECS"
+  if [[ -n $_RM_DIR ]]; then rm -rf "$_RM_DIR"; fi
 }

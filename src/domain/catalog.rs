@@ -343,6 +343,15 @@ pub struct Catalog {
     pub index: ChannelIndex,
 }
 
+/// Points `ch`'s location ids at `locations`' own keys (those it has).
+fn intern_channel(locations: &BTreeMap<LocationId, Location>, ch: &mut Channel) {
+    for loc in &mut ch.locations {
+        if let Some((shared, _)) = locations.get_key_value(loc.as_str()) {
+            *loc = shared.clone();
+        }
+    }
+}
+
 impl Catalog {
     /// The shared id of a known location (so buckets share one allocation per location).
     pub fn location_id(&self, name: &str) -> Option<&LocationId> {
@@ -621,11 +630,7 @@ impl Catalog {
             ..
         } = self;
         for ch in channels.values_mut() {
-            for loc in &mut ch.locations {
-                if let Some((shared, _)) = locations.get_key_value(loc.as_str()) {
-                    *loc = shared.clone();
-                }
-            }
+            intern_channel(locations, ch);
         }
         self.index = ChannelIndex::default();
     }
@@ -656,11 +661,7 @@ impl Catalog {
             CatalogEvent::ChannelUpserted(ch) => {
                 // Re-use the catalog's own location ids so every bucket shares them.
                 let mut ch = ch.clone();
-                for loc in &mut ch.locations {
-                    if let Some(shared) = self.location_id(loc.as_str()) {
-                        *loc = shared.clone();
-                    }
-                }
+                intern_channel(&self.locations, &mut ch);
                 self.channels.insert(ch.id.clone(), ch);
             }
             CatalogEvent::LowStockSet(l) => match &l.sku {

@@ -131,26 +131,34 @@ pub struct CheckpointStateV5 {
     pub idempotency: Vec<IdemRecord>,
 }
 
-impl From<CheckpointStateV5> for CheckpointState {
+impl From<CheckpointStateV5> for CheckpointStateV6 {
     fn from(c: CheckpointStateV5) -> Self {
         let skus = c
             .skus
             .into_iter()
-            .map(|s| SkuState {
-                holds: s.holds,
+            .map(|s| SkuStateV6 {
+                sku: s.sku,
                 buckets: s.buckets,
+                holds: s.holds,
                 last_seq: s.last_seq,
-                velocity: s.velocity.into(),
+                velocity: s.velocity,
                 stockout: s.stockout,
-                ..SkuState::new(s.sku)
+                region_stockout: Vec::new(),
+                rebalance: None,
             })
             .collect();
-        CheckpointState {
-            version: CHECKPOINT_VERSION,
+        CheckpointStateV6 {
+            version: CHECKPOINT_VERSION_DECAYED_VELOCITY,
             catalog: c.catalog,
             skus,
             idempotency: c.idempotency,
         }
+    }
+}
+
+impl From<CheckpointStateV5> for CheckpointState {
+    fn from(c: CheckpointStateV5) -> Self {
+        CheckpointStateV6::from(c).into()
     }
 }
 
@@ -220,25 +228,32 @@ pub struct CheckpointStateV4 {
     pub idempotency: Vec<IdemRecord>,
 }
 
-impl From<CheckpointStateV4> for CheckpointState {
+impl From<CheckpointStateV4> for CheckpointStateV5 {
     fn from(c: CheckpointStateV4) -> Self {
         let skus = c
             .skus
             .into_iter()
-            .map(|s| SkuState {
-                holds: s.holds,
+            .map(|s| SkuStateV5 {
+                sku: s.sku,
                 buckets: s.buckets,
+                holds: s.holds,
                 last_seq: s.last_seq,
-                velocity: s.velocity.into(),
-                ..SkuState::new(s.sku)
+                velocity: s.velocity,
+                stockout: Vec::new(),
             })
             .collect();
-        CheckpointState {
-            version: CHECKPOINT_VERSION,
+        CheckpointStateV5 {
+            version: CHECKPOINT_VERSION_NO_REBALANCE,
             catalog: c.catalog.into(),
             skus,
             idempotency: c.idempotency,
         }
+    }
+}
+
+impl From<CheckpointStateV4> for CheckpointState {
+    fn from(c: CheckpointStateV4) -> Self {
+        CheckpointStateV5::from(c).into()
     }
 }
 
