@@ -395,8 +395,11 @@ async fn serve_conn<IO>(
         let at = *deadline.borrow_and_update();
         let reading = slot.is_reading();
         tokio::select! {
+            // The connection first: a request that was already in when the connection was
+            // evicted is read and answered (a busy machine, not a squatter).
+            biased;
             _ = &mut conn => return,
-            _ = slot.evicted.notified() => return,
+            _ = slot.evicted.notified(), if !slot.head_in() => return,
             r = stopped.changed(), if reading => if r.is_err() || *stopped.borrow() { return },
             _ = tokio::time::sleep_until(at.unwrap_or_else(Instant::now)), if at.is_some() => return,
             // Its sender lives as long as the service: closed only as the connection ends.

@@ -45,6 +45,11 @@ pub(crate) struct Slot {
     pub evicted: Arc<Notify>,
     /// Its request head was read before any eviction: it keeps its place to the end.
     answered: AtomicBool,
+    /// Its request head was read, before or after an eviction: it is answered either way
+    /// (evicted while its request already waited unread, on a machine too busy to poll it
+    /// within [`EVICTABLE_AFTER`], it was no squatter). Its place was passed on: such a
+    /// connection is one over the limit until its answer is written.
+    head_in: AtomicBool,
 }
 
 impl Pool {
@@ -76,6 +81,7 @@ impl Pool {
             id,
             evicted,
             answered: AtomicBool::new(false),
+            head_in: AtomicBool::new(false),
         })
     }
 }
@@ -84,12 +90,18 @@ impl Slot {
     /// The request head is in: this connection is answered, never evicted. `false` when it
     /// was evicted just before (its `evicted` signal closes it).
     pub fn head_read(&self) -> bool {
+        self.head_in.store(true, Ordering::Relaxed);
         let mut p = lock(&self.pool.inner);
         let still = p.reading.remove(&self.id).is_some();
         if still {
             self.answered.store(true, Ordering::Relaxed);
         }
         still
+    }
+
+    /// Its request head was read (whether or not it was evicted first).
+    pub fn head_in(&self) -> bool {
+        self.head_in.load(Ordering::Relaxed)
     }
 
     /// Still waiting for its request head (and so evictable).

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -339,9 +338,13 @@ enum ReadError {
 /// grows only once the room for it is taken from the server's budget.
 pub(crate) struct FrameReader {
     rd: ReadHalf,
-    buf: BytesMut,
-    /// The allocation of `buf` as counted (`BytesMut::capacity` shrinks as frames are
-    /// taken from the front, the memory does not).
+    /// Bytes read: `buf[start..]` is not yet taken. Its capacity is the allocation as
+    /// counted (`alloc`): reads fill only the spare capacity, so it never grows by itself,
+    /// and frames taken from the front only move `start` (no allocation or copy per frame;
+    /// what is left of a partial frame moves to the front when room is needed behind it).
+    buf: Vec<u8>,
+    start: usize,
+    /// The allocation of `buf` as counted.
     alloc: usize,
     max: usize,
     /// Where the buffered bytes are counted, and what says whether to read on.
@@ -352,6 +355,67 @@ pub(crate) struct FrameReader {
     /// When the partial frame in `buf` began to arrive (or reading resumed after a pause
     /// of the server's): its deadline is this plus `frame_timeout`.
     partial_since: Option<tokio::time::Instant>,
+    /// What lets the read loop skip polling this reader when it was not woken for it
+    /// ([`read_when_woken`]).
+    wake: Arc<ReadWake>,
+}
+
+/// The waker the read loop polls its [`FrameReader`] with: it records that the reader (its
+/// socket, or a timer or notification a read waits on) woke the connection task, so that
+/// the loop's other wake-ups (an answer's progress, several per request) do not each build
+/// and poll a read of a socket that has nothing.
+pub(crate) struct ReadWake {
+    /// Woken since the reader was last polled (or it must be polled again anyway).
+    woken: AtomicBool,
+    /// The last poll ended waiting only on the socket (whose readiness wakes this waker
+    /// whether or not the read is polled again); otherwise the read waits on a timer or a
+    /// notification that lives in the read itself, and is polled at every turn.
+    socket_only: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// The reader's next frame, polled only when [`ReadWake`] says it may have progressed.
+/// Cancel-safe as [`FrameReader::next`] is.
+async fn read_when_woken(
+    reader: &mut FrameReader,
+    wake: &ReadWake,
+    waker: &std::task::Waker,
+) -> Result<Option<Frame>, ReadError> {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    let next = reader.next();
+    tokio::pin!(next);
+    std::future::poll_fn(|cx| {
+        wake.task.register(cx.waker());
+        if !wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        match next.as_mut().poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(r) => {
+                // More may be buffered: read again at the next turn.
+                wake.woken.store(true, Ordering::Release);
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if !wake.socket_only.load(Ordering::Acquire) {
+                    wake.woken.store(true, Ordering::Release);
+                }
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 impl FrameReader {
@@ -361,28 +425,62 @@ impl FrameReader {
         }
         FrameReader {
             rd,
-            buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            buf: Vec::with_capacity(READ_BUFFER_BYTES),
+            start: 0,
             alloc: READ_BUFFER_BYTES,
             max,
             meter,
             frame_timeout: None,
             partial_since: None,
+            wake: Arc::new(ReadWake {
+                woken: AtomicBool::new(true),
+                socket_only: AtomicBool::new(false),
+                task: futures::task::AtomicWaker::new(),
+            }),
         }
     }
 
     /// Moves what is buffered into a new allocation of exactly `cap` bytes (≥ its length);
     /// the meter is told by the caller.
     fn reallocate(&mut self, cap: usize) {
-        let mut b = BytesMut::with_capacity(cap);
-        b.extend_from_slice(&self.buf);
+        let mut b = Vec::with_capacity(cap);
+        b.extend_from_slice(self.pending());
         self.buf = b;
+        self.start = 0;
         self.alloc = cap;
+    }
+
+    /// The bytes read and not yet taken as frames.
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    /// Takes `n` bytes from the front.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Moves the bytes not yet taken to the front of the allocation, making its whole
+    /// spare capacity readable into.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
     }
 
     /// An empty buffer grown for a large frame is given back (a connection that sent one
     /// large frame does not keep a megabyte for the rest of its life).
     fn shrink_if_empty(&mut self) {
-        if self.buf.is_empty() && self.alloc > 2 * READ_BUFFER_BYTES {
+        if self.is_empty() && self.alloc > 2 * READ_BUFFER_BYTES {
             let freed = self.alloc - READ_BUFFER_BYTES;
             self.reallocate(READ_BUFFER_BYTES);
             if let Some(m) = &self.meter {
@@ -434,6 +532,7 @@ impl FrameReader {
     /// frames) or the server is over its connection memory budget, and before growing the
     /// buffer for a large frame until the budget has room for it.
     async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.wake.socket_only.store(false, Ordering::Release);
         if let Some(m) = &self.meter {
             if !m.may_take_frame() {
                 m.wait_to_take().await;
@@ -442,8 +541,10 @@ impl FrameReader {
             }
         }
         loop {
-            if let Some((f, used)) = Frame::parse(&self.buf, self.max).map_err(ReadError::Frame)? {
-                self.buf.advance(used);
+            if let Some((f, used)) =
+                Frame::parse(self.pending(), self.max).map_err(ReadError::Frame)?
+            {
+                self.consume(used);
                 self.shrink_if_empty();
                 // What is left is the start of the next frame, read just now.
                 self.partial_since = None;
@@ -451,7 +552,7 @@ impl FrameReader {
                 return Ok(Some(f));
             }
             // The whole frame (its length already checked against the limit) must fit.
-            let need = match Frame::peek_len(&self.buf, self.max).map_err(ReadError::Frame)? {
+            let need = match Frame::peek_len(self.pending(), self.max).map_err(ReadError::Frame)? {
                 Some(len) => 4 + len,
                 None => 4,
             };
@@ -459,20 +560,28 @@ impl FrameReader {
                 self.grow(need).await?;
             }
             // Fill the allocation, at most a chunk per read; taken frames left room at the
-            // front only: move what is left back first.
-            let want = (self.alloc - self.buf.len()).min(64 * 1024);
+            // front only: move what is left back first (the rest of a partial frame, never
+            // more than a frame).
+            let want = (self.alloc - self.pending().len()).min(64 * 1024);
             if self.buf.capacity() - self.buf.len() < want {
-                self.reallocate(self.alloc);
+                self.compact();
             }
+            debug_assert!(want > 0, "a whole frame fits the allocation and was taken");
             let deadline = self.deadline();
             let mut limited = bytes::BufMut::limit(&mut self.buf, want);
             let read = self.rd.read_buf(&mut limited);
             let n = match deadline {
-                Some(at) => match tokio::time::timeout_at(at, read).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(ReadError::Slow),
-                },
-                None => read.await,
+                Some(at) => {
+                    self.wake.socket_only.store(false, Ordering::Release);
+                    match tokio::time::timeout_at(at, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(ReadError::Slow),
+                    }
+                }
+                None => {
+                    self.wake.socket_only.store(true, Ordering::Release);
+                    read.await
+                }
             }
             .map_err(|_| ReadError::Io)?;
             debug_assert!(
@@ -480,7 +589,7 @@ impl FrameReader {
                 "the buffer grew uncounted"
             );
             if n == 0 {
-                return if self.buf.is_empty() {
+                return if self.is_empty() {
                     Ok(None)
                 } else {
                     Err(ReadError::Io)
@@ -497,7 +606,7 @@ impl FrameReader {
     /// timer applies.
     fn deadline(&self) -> Option<tokio::time::Instant> {
         match (self.frame_timeout, self.partial_since) {
-            (Some(limit), Some(since)) if !self.buf.is_empty() => Some(since + limit),
+            (Some(limit), Some(since)) if !self.is_empty() => Some(since + limit),
             _ => None,
         }
     }
@@ -505,7 +614,7 @@ impl FrameReader {
     /// Starts the partial frame's deadline again (after a pause of the server's, or for
     /// the rest of a read that ended a frame).
     fn restart_deadline(&mut self) {
-        if !self.buf.is_empty() {
+        if !self.is_empty() {
             self.partial_since = Some(tokio::time::Instant::now());
         }
     }
@@ -514,7 +623,9 @@ impl FrameReader {
     /// it without reading or waiting. Lets the read loop gather pipelined frames into one
     /// engine call.
     fn has_frame(&self) -> bool {
-        let whole = matches!(Frame::peek_len(&self.buf, self.max), Ok(Some(len)) if self.buf.len() >= 4 + len);
+        let pending = self.pending();
+        let whole =
+            matches!(Frame::peek_len(pending, self.max), Ok(Some(len)) if pending.len() >= 4 + len);
         whole && self.meter.as_ref().is_none_or(|m| m.may_take_frame())
     }
 
@@ -522,7 +633,8 @@ impl FrameReader {
     /// the connection before the peer has read our last frame.
     async fn linger(mut self, d: Duration) {
         // What was buffered is no longer needed: free it (and its count) first.
-        self.buf = BytesMut::new();
+        self.buf = Vec::new();
+        self.start = 0;
         if let Some(m) = &self.meter {
             m.reading_released(self.alloc);
         }
@@ -690,7 +802,7 @@ async fn handshake(
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) | Ok(Err(ReadError::Io)) => return None,
         Ok(Err(ReadError::Frame(FrameError::TooLarge { .. })))
-            if reader.buf.first() == Some(&TLS_HANDSHAKE_RECORD) && c.tls.is_none() =>
+            if reader.pending().first() == Some(&TLS_HANDSHAKE_RECORD) && c.tls.is_none() =>
         {
             // A TLS client on a plaintext port: it cannot read our answer, so say it here.
             ctx.stats.tls_on_plain_port.fetch_add(1, Ordering::Relaxed);
@@ -1077,6 +1189,8 @@ async fn read_loop(
     tokio::pin!(stop);
     let killed = kill.notified();
     tokio::pin!(killed);
+    let read_wake = reader.wake.clone();
+    let read_waker = std::task::Waker::from(read_wake.clone());
     // Pipelined frames already read, gathered into one engine call (one reply buffer, one
     // durability wait for all of them) and answered frame by frame.
     let mut group = Group::default();
@@ -1118,10 +1232,22 @@ async fn read_loop(
                 if meter.over_budget() {
                     break End::Dropped;
                 }
+                // Queue what the writer has room for now (usually everything): no turn of
+                // the loop, and no poll of every branch, for each answer.
+                while let Some(bytes) = ready.pop_front() {
+                    match tx.try_reserve() {
+                        Ok(p) => p.send(bytes),
+                        Err(_) => {
+                            // Full, or the writer is gone (the branch above finds out).
+                            ready.push_front(bytes);
+                            break;
+                        }
+                    }
+                }
                 continue;
             }
             _ = &mut stop => break End::Clean,
-            r = reader.next(), if frames_in_flight + ready.len() < max => r,
+            r = read_when_woken(reader, &read_wake, &read_waker), if frames_in_flight + ready.len() < max => r,
             _ = &mut idle => {
                 // Answers pending, or a subscriber only listening: not idle.
                 if !inflight.is_empty() || !ready.is_empty() || sub.as_ref().is_some_and(|s| s.active()) || meter.queued() > 0 {

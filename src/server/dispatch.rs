@@ -78,6 +78,29 @@ fn failure(f: &Failure) -> OpResult {
 /// reply buffer, one durability wait); the others (reads, ping, ack) run beside it.
 pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpResult> {
     let started = crate::metrics::op_clock();
+    if let [raw] = ops {
+        // One operation (an unpipelined client's every request): the same plan and engine
+        // call without the bookkeeping that keeps many in request order.
+        let catalog = ctx.engine.catalog();
+        let ids = SharedIds {
+            engine: Some(&ctx.engine),
+            catalog: &catalog,
+        };
+        let result = match plan(ctx, role, raw, &ids) {
+            Plan::Answer(r) => r,
+            Plan::Write(req, fp, on_ok) => {
+                match ctx.engine.execute_frame(vec![(req, fp)]).await.pop() {
+                    Some(Ok(outcome)) => on_ok(&outcome),
+                    Some(Err(f)) => failure(&f),
+                    None => failed(status::INTERNAL_ERROR, "operation not answered"),
+                }
+            }
+            Plan::Other(op) => run_other(ctx, op).await,
+        };
+        let results = vec![result];
+        record_latency(started, ops, &results);
+        return results;
+    }
     let mut results: Vec<Option<OpResult>> = (0..ops.len()).map(|_| None).collect();
     let mut writes = Vec::with_capacity(ops.len());
     let mut writes_at = Vec::with_capacity(ops.len());
@@ -124,12 +147,18 @@ pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpRes
         .into_iter()
         .map(|r| r.unwrap_or_else(|| failed(status::INTERNAL_ERROR, "operation not answered")))
         .collect();
+    record_latency(started, ops, &results);
+    results
+}
+
+/// Records the frame's latency for each of its operations.
+fn record_latency(started: Option<std::time::Instant>, ops: &[RawOp], results: &[OpResult]) {
     if let Some(t) = started {
         // Every operation gets the frame's latency: one clock read, and one recording per
         // run of equal (opcode, status) (a batch of reserves is one run).
         let elapsed = t.elapsed();
         let mut run: Option<(u16, u16, usize)> = None;
-        for (raw, r) in ops.iter().zip(&results) {
+        for (raw, r) in ops.iter().zip(results) {
             match &mut run {
                 Some((op, st, n)) if *op == raw.opcode && *st == r.status => *n += 1,
                 _ => {
@@ -144,7 +173,6 @@ pub(crate) async fn run_batch(ctx: &Ctx, role: Role, ops: &[RawOp]) -> Vec<OpRes
             crate::metrics::record_ops(op, st, elapsed, n);
         }
     }
-    results
 }
 
 /// What a frame does with one operation.
