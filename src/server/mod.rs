@@ -101,6 +101,10 @@ pub struct ServerStats {
     pub frames_grouped: AtomicU64,
     /// Operations processed.
     pub operations: AtomicU64,
+    /// Connections that yielded with request frames still to take (their turn ended, not
+    /// their pipeline): the more there are, the fewer frames each takes per turn
+    /// (`conn::frames_per_turn`).
+    pub busy_connections: AtomicU64,
 }
 
 /// Asks a running server to stop. Cloneable; `shutdown` is idempotent.
