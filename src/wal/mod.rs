@@ -67,10 +67,23 @@ pub const DEFAULT_MAX_BATCH_RECORDS: usize = 8192;
 /// every value (and a torn tail) bigger.
 pub const DEFAULT_MAX_GROUP_RECORDS: usize = 256;
 
-/// Default for [`WalConfig::max_group_bytes`]: 4 KiB of encoded group per sled value
-/// ([`SLED_VALUE_BYTES`]: small enough that sled never stores a log leaf as a blob file).
-/// A single record larger than this is stored as a group of one.
-pub const DEFAULT_MAX_GROUP_BYTES: usize = SLED_VALUE_BYTES;
+/// Default for [`WalConfig::max_group_bytes`]: [`LOG_GROUP_BYTES`] (6 KiB) of encoded group
+/// per sled value: small enough that sled never stores a log leaf as a blob file. A single
+/// record larger than this is stored as a group of one.
+pub const DEFAULT_MAX_GROUP_BYTES: usize = LOG_GROUP_BYTES;
+
+/// The size a log group stays under: 6 KiB (checkpoint chunks stay at
+/// [`SLED_VALUE_BYTES`]).
+///
+/// Why larger than [`SLED_VALUE_BYTES`]: sled charges per key (~19K instructions to insert
+/// a group, plus a node split every ~11 groups), so a larger group costs less per record
+/// (docs/benchmarks.md "Instructions per durable reserve in the actor and the log").
+/// Why not larger: a sled leaf holds at most 17 values before it splits, and a leaf that
+/// falls under 4 is merged with its neighbour, so a leaf holds at most 20 values; 20
+/// groups of 6 KiB with their keys and headers (~123 KB) stay under the blob threshold of
+/// `segment_size / 4 - 20` (131,052 bytes with the default 512 KiB segments), so a log leaf
+/// is never a blob file (see [`SLED_VALUE_BYTES`]); 7 KiB would not be.
+pub const LOG_GROUP_BYTES: usize = 6 * 1024;
 
 /// The size every sled value of ours stays under (log groups, checkpoint chunks): 4 KiB.
 ///
