@@ -21,8 +21,9 @@ use crate::domain::{
     ReservationId, SkuId, SkuState, StockoutClearReason, TimeMs,
 };
 use crate::protocol::{
-    cause, kinds, lifecycle, rebalance_reason, stockout_reason, transition, PushItem, WireAtp,
-    WireOversold, WireRebalanceEvent, WireRegionStockout, WireReservationEvent, WireStockout,
+    cause, kinds, lifecycle, rebalance_reason, stockout_reason, transition, FrameKind, PushItem,
+    WireAtp, WireOversold, WireRebalanceEvent, WireRegionStockout, WireReservationEvent,
+    WireStockout,
 };
 
 /// ATP of one SKU on one channel changed.
@@ -205,11 +206,13 @@ impl PartialEq for EncodedCache {
 impl Eq for EncodedCache {}
 
 /// Push items being collected into one frame payload (a `PushBatch`: a `u64` count, then the
-/// items), so that cached item bytes can be appended without decoding or re-encoding.
+/// items), so that cached item bytes can be appended without decoding or re-encoding. Room
+/// for the frame's header is kept in front, so a payload that fits one frame becomes that
+/// frame in place ([`FrameBuf::take_frames`]: no copy of the items).
 #[derive(Debug)]
 pub struct FrameBuf {
-    /// The payload: 8 bytes for the count, then the items.
-    pub bytes: Vec<u8>,
+    /// Room for the frame header, 8 bytes for the count, then the items.
+    bytes: Vec<u8>,
     /// Items so far.
     pub count: u64,
     /// Where each unit (one item, or a record's reservation items together) ends in
@@ -218,17 +221,28 @@ pub struct FrameBuf {
     ends: Vec<(usize, u64)>,
 }
 
+/// Bytes in front of a [`FrameBuf`]'s payload: the frame's length prefix and header.
+const FRAME_HEAD: usize = crate::protocol::frame::FRAME_OVERHEAD_BYTES;
+
 impl Default for FrameBuf {
     fn default() -> Self {
-        FrameBuf {
-            bytes: vec![0; 8],
-            count: 0,
-            ends: Vec::new(),
-        }
+        FrameBuf::with_capacity(0)
     }
 }
 
 impl FrameBuf {
+    /// An empty buffer with room for about `bytes` bytes of items (no reallocation while a
+    /// frame of the size of a subscriber's last one is rendered).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut b = Vec::with_capacity(FRAME_HEAD + 8 + bytes);
+        b.resize(FRAME_HEAD + 8, 0);
+        FrameBuf {
+            bytes: b,
+            count: 0,
+            ends: Vec::new(),
+        }
+    }
+
     /// Appends one item.
     pub fn push(&mut self, item: &PushItem) {
         if crate::codec::encode_into(item, &mut self.bytes).is_ok() {
@@ -249,29 +263,52 @@ impl FrameBuf {
         self.count == 0
     }
 
+    /// Bytes of items held.
+    pub fn items_len(&self) -> usize {
+        self.bytes.len() - FRAME_HEAD - 8
+    }
+
     /// The finished `PushBatch` payload; the buffer is left empty for reuse.
     pub fn take_payload(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.bytes);
+        out.drain(..FRAME_HEAD);
         out[..8].copy_from_slice(&self.count.to_le_bytes());
         *self = FrameBuf::default();
         out
     }
 
-    /// The items as `PushBatch` payloads of at most `max_payload` bytes each, cut between
-    /// items, in order (one payload when they fit; the common case copies nothing). An
-    /// item that alone is over the limit goes in a payload of its own: items are bounded
-    /// by the id limits, a few hundred bytes, and `max_frame_bytes` is at least 256.
-    pub fn take_payloads(&mut self, max_payload: usize) -> Vec<Vec<u8>> {
-        if self.bytes.len() <= max_payload {
-            return vec![self.take_payload()];
+    /// The items as frames of `kind` and `correlation` whose `PushBatch` payloads are at
+    /// most `max_payload` bytes each, cut between items, in order (one frame when they
+    /// fit, built in place: the common case copies nothing). An item that alone is over
+    /// the limit goes in a frame of its own: items are bounded by the id limits, a few
+    /// hundred bytes, and `max_frame_bytes` is at least 256. The buffer is left empty.
+    pub fn take_frames(
+        &mut self,
+        kind: FrameKind,
+        correlation: u64,
+        max_payload: usize,
+    ) -> Vec<Vec<u8>> {
+        let head = |b: &mut [u8], count: u64| {
+            let len =
+                u32::try_from(b.len() - crate::protocol::frame::LENGTH_BYTES).unwrap_or(u32::MAX);
+            b[..4].copy_from_slice(&len.to_le_bytes());
+            b[4] = kind as u8;
+            b[5..FRAME_HEAD].copy_from_slice(&correlation.to_le_bytes());
+            b[FRAME_HEAD..FRAME_HEAD + 8].copy_from_slice(&count.to_le_bytes());
+        };
+        if self.bytes.len() - FRAME_HEAD <= max_payload {
+            let mut out = std::mem::take(&mut self.bytes);
+            head(&mut out, self.count);
+            *self = FrameBuf::default();
+            return vec![out];
         }
         let mut out = Vec::new();
-        let (mut start, mut count) = (8usize, 0u64);
-        let mut part = vec![0u8; 8];
+        let (mut start, mut count) = (FRAME_HEAD + 8, 0u64);
+        let mut part = vec![0u8; FRAME_HEAD + 8];
         for &(end, n) in &self.ends {
-            if count > 0 && part.len() + (end - start) > max_payload {
-                part[..8].copy_from_slice(&count.to_le_bytes());
-                out.push(std::mem::replace(&mut part, vec![0u8; 8]));
+            if count > 0 && part.len() - FRAME_HEAD + (end - start) > max_payload {
+                head(&mut part, count);
+                out.push(std::mem::replace(&mut part, vec![0u8; FRAME_HEAD + 8]));
                 count = 0;
             }
             part.extend_from_slice(&self.bytes[start..end]);
@@ -279,7 +316,7 @@ impl FrameBuf {
             start = end;
         }
         if count > 0 {
-            part[..8].copy_from_slice(&count.to_le_bytes());
+            head(&mut part, count);
             out.push(part);
         }
         *self = FrameBuf::default();
@@ -710,13 +747,18 @@ pub fn derive(
 
 /// Encodes every wire item of a record once, in the order `Filter::render` emits them.
 fn encode_record(rec: &FeedRecord) -> Encoded {
-    let mut e = Encoded::default();
     let all = Filter {
         kinds: kinds::ALL,
         ..Filter::default()
     };
     let mut items = Vec::new();
     all.render(rec, &mut items, None);
+    // One allocation of about the right size (an ATP item is ~60 bytes plus its ids).
+    let mut e = Encoded {
+        bytes: Vec::with_capacity(items.len() * 96),
+        atp_ends: Vec::with_capacity(items.len()),
+        ..Encoded::default()
+    };
     for item in &items {
         let _ = crate::codec::encode_into(item, &mut e.bytes);
         match item {

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::domain::{Catalog, ChannelId, SkuId, SkuView};
-use crate::protocol::{self, kinds, start, started, Frame, FrameKind, PushBatch, PushItem};
+use crate::protocol::{self, kinds, start, started, FrameKind, PushBatch, PushItem};
 use crate::protocol::{Subscribe, Subscribed, WireSnapshotEntry};
 
 use crate::subscriber::{Action, Answer, Input, Limits, Machine, Reason, Start};
@@ -364,13 +364,13 @@ fn payload_frames(
     let max_payload = cfg
         .max_frame_bytes
         .saturating_sub(crate::protocol::frame::FRAME_OVERHEAD_BYTES);
-    let payloads = buf.take_payloads(max_payload);
-    let n = payloads.len();
-    payloads
+    let frames = buf.take_frames(FrameKind::Push, corr, max_payload);
+    let n = frames.len();
+    frames
         .into_iter()
         .enumerate()
-        .map(|(i, p)| Framed {
-            bytes: Frame::new(FrameKind::Push, corr, p).encode(),
+        .map(|(i, bytes)| Framed {
+            bytes,
             tells: pos.filter(|_| i + 1 == n),
             stream: true,
         })
@@ -415,7 +415,12 @@ struct Live {
     /// Its records as routed by the hub (a filter on SKUs or a prefix), else `None`: it
     /// reads every record of the ring.
     routed: Option<Routed>,
+    /// Bytes of items in its last frame: the room the next one starts with.
+    frame_hint: usize,
 }
+
+/// Most room a frame starts with ([`Live::frame_hint`]).
+const FRAME_HINT_MAX: usize = 64 * 1024;
 
 /// A routed subscriber's side of its inbox (src/feed/hub.rs).
 struct Routed {
@@ -483,7 +488,7 @@ impl Live {
         let hub = engine.feed();
         let max_items = cfg.max_items_per_frame.max(1) as u64;
         let mut frames = Vec::new();
-        let mut buf = FrameBuf::default();
+        let mut buf = FrameBuf::with_capacity(self.frame_hint);
         let mut items: Vec<PushItem> = Vec::new();
         if let Some(r) = self.routed.as_mut() {
             let scan_upto = r.inbox.drain(&mut r.queue);
@@ -567,7 +572,11 @@ impl Live {
         if !buf.is_empty() {
             buf.push(&PushItem::Position { seq: at });
             self.rendered = at;
-            return payload_frames(cfg, self.corr, buf, Some(at));
+            // The next frame is given room for as many bytes as this one (bounded).
+            self.frame_hint = buf.items_len().min(FRAME_HINT_MAX);
+            let frames = payload_frames(cfg, self.corr, buf, Some(at));
+            *buf = FrameBuf::with_capacity(self.frame_hint);
+            return frames;
         }
         if self.coalescer.is_empty() && items.is_empty() {
             return Vec::new();
@@ -947,6 +956,7 @@ fn act<S: Source, P: Port>(
                         tick,
                         joined,
                         routed,
+                        frame_hint: 0,
                     });
                     sh.port.streaming(true);
                     sh.last_sent = Instant::now();

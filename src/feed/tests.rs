@@ -376,3 +376,51 @@ fn leaving_the_low_stock_band_upwards_is_derived_as_low_stock_cleared() {
         "{out:?}"
     );
 }
+
+/// `FrameBuf::take_frames` against the plain encoding: whatever the items and the limit,
+/// the frames parse as `Push` frames of the correlation id whose payloads decode to the
+/// items, in order, each payload within the limit unless it holds a single item.
+#[test]
+fn frames_built_in_place_carry_exactly_the_items_within_the_limit() {
+    use crate::protocol::{Frame, FrameKind, PushBatch};
+    use proptest::prelude::*;
+    proptest!(ProptestConfig::with_cases(200), |(
+        skus in prop::collection::vec("[A-Z]{1,40}", 0..40),
+        max_payload in 40usize..2000,
+        corr in any::<u64>(),
+    )| {
+        let items: Vec<PushItem> = skus
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PushItem::Atp(WireAtp {
+                seq: i as u64,
+                at_ms: 7,
+                sku: s.clone(),
+                channel: "web".into(),
+                previous: 0,
+                atp: i as u32,
+                cause: 0,
+                transition: 0,
+                coalesced: false,
+            }))
+            .collect();
+        let mut buf = FrameBuf::with_capacity(items.len());
+        for i in &items {
+            buf.push(i);
+        }
+        let frames = buf.take_frames(FrameKind::Push, corr, max_payload);
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(frames.is_empty(), false, "one frame at least, even of no item");
+        let mut got = Vec::new();
+        for f in &frames {
+            let (frame, used) = Frame::parse(f, usize::MAX).expect("frame").expect("whole");
+            prop_assert_eq!(used, f.len());
+            prop_assert_eq!(frame.kind, FrameKind::Push);
+            prop_assert_eq!(frame.correlation, corr);
+            let batch: PushBatch = crate::codec::decode(&frame.payload).expect("payload");
+            prop_assert!(frame.payload.len() <= max_payload || batch.items.len() == 1);
+            got.extend(batch.items);
+        }
+        prop_assert_eq!(got, items);
+    });
+}

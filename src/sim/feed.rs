@@ -47,12 +47,18 @@ impl AckClock {
         self.seqs[i].store(seq, Ordering::Release);
     }
 
-    /// Microseconds from the acknowledgement of `seq` to now: 0 when the change arrived
-    /// before the load task noted its acknowledgement (the slot still holds an older seq),
-    /// `None` when the slot was reused by a newer seq or `seq` was not a reservation.
-    fn since_ack(&self, seq: u64) -> Option<u64> {
+    /// Now, in µs since the run began (read once per received frame: its items arrived
+    /// together, and a clock read per item costs the generator more than the decode).
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Microseconds from the acknowledgement of `seq` to `now` ([`AckClock::now_us`]): 0
+    /// when the change arrived before the load task noted its acknowledgement (the slot
+    /// still holds an older seq), `None` when the slot was reused by a newer seq or `seq`
+    /// was not a reservation.
+    fn since_ack(&self, seq: u64, now: u64) -> Option<u64> {
         let i = (seq as usize) & (SLOTS - 1);
-        let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
         let noted = self.seqs[i].load(Ordering::Acquire);
         if noted == seq {
             Some(now.saturating_sub(self.micros[i].load(Ordering::Relaxed)))
@@ -154,10 +160,11 @@ async fn subscriber(
         if Instant::now() < measure_from {
             continue;
         }
+        let now = clock.now_us();
         for item in &items {
             if let PushItem::Atp(a) = item {
                 t.events += 1;
-                if let Some(us) = clock.since_ack(a.seq) {
+                if let Some(us) = clock.since_ack(a.seq, now) {
                     let _ = t.hist.record(us.max(1));
                 }
             }
