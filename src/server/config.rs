@@ -32,6 +32,9 @@ pub enum ServerError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The thread of the heavy reads (`server::heavy`) could not be started.
+    #[error("cannot start the heavy reads' thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Server settings. Every field has a documented default ([`ServerConfig::default`]).
@@ -81,7 +84,7 @@ pub struct ServerConfig {
     /// Memory budget of all connections together: the bytes `max_output_bytes` counts,
     /// summed, plus what requests in flight reserve (their body and estimated answer) and a
     /// fixed cost per open connection (`CONNECTION_OVERHEAD_BYTES`, 20 KiB). A frame larger
-    /// than 8 KiB is read only once room for all of it is free under 7/8 of the budget
+    /// than 8 KiB is read only once room for all of it is free under 3/4 of the budget
     /// (the rest is left to answers and small requests); it waits in line until its
     /// `frame_timeout`, then the connection is closed (`LIMIT_EXCEEDED`, counted in
     /// `omnistock_memory_budget_disconnects_total`). Over the budget, a request from a

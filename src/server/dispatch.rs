@@ -18,12 +18,15 @@ use super::status::{of_engine_error, of_rejection};
 use super::{ServerConfig, ServerStats};
 
 /// What an operation needs besides its body.
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub engine: Arc<Engine>,
     pub config: Arc<ServerConfig>,
     pub stats: Arc<ServerStats>,
     /// The connections' memory budget (`max_connections_memory_bytes`).
     pub budget: Arc<super::budget::Budget>,
+    /// The thread large reads run on (`heavy.rs`).
+    pub heavy: Arc<super::heavy::HeavyReads>,
 }
 
 /// A successful result carrying `v` (an encoding failure becomes `INTERNAL_ERROR`).
@@ -325,7 +328,15 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
-        Op::GetSkus(g) => get_skus(ctx, &g.skus).await,
+        Op::GetSkus(g) if g.skus.len() <= super::heavy::HEAVY_GET_SKUS => {
+            get_skus(ctx, &g.skus).await
+        }
+        Op::GetSkus(g) => {
+            let c = ctx.clone();
+            ctx.heavy
+                .run(async move { get_skus(&c, &g.skus).await })
+                .await
+        }
         Op::ExplainAtp(e) => match explain(ctx, &e).await {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
@@ -334,18 +345,39 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
-        Op::AtRisk(q) => match at_risk(ctx, &q).await {
-            Ok(v) => ok(&v),
-            Err(f) => failure(&f),
-        },
-        Op::AtRiskRegion(q) => match at_risk_region(ctx, &q).await {
-            Ok(v) => ok(&v),
-            Err(f) => failure(&f),
-        },
-        Op::RebalanceList(q) => match rebalance_list(ctx, &q).await {
-            Ok(v) => ok(&v),
-            Err(f) => failure(&f),
-        },
+        Op::AtRisk(q) => {
+            let c = ctx.clone();
+            ctx.heavy
+                .run(async move {
+                    match at_risk(&c, &q).await {
+                        Ok(v) => ok(&v),
+                        Err(f) => failure(&f),
+                    }
+                })
+                .await
+        }
+        Op::AtRiskRegion(q) => {
+            let c = ctx.clone();
+            ctx.heavy
+                .run(async move {
+                    match at_risk_region(&c, &q).await {
+                        Ok(v) => ok(&v),
+                        Err(f) => failure(&f),
+                    }
+                })
+                .await
+        }
+        Op::RebalanceList(q) => {
+            let c = ctx.clone();
+            ctx.heavy
+                .run(async move {
+                    match rebalance_list(&c, &q).await {
+                        Ok(v) => ok(&v),
+                        Err(f) => failure(&f),
+                    }
+                })
+                .await
+        }
         Op::ListSkus(q) => match list_skus(ctx, &q) {
             Ok(v) => ok(&v),
             Err(r) => rejected(&r),

@@ -30,6 +30,7 @@ mod conn;
 pub mod convert;
 mod dispatch;
 mod feed_source;
+mod heavy;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -105,6 +106,8 @@ pub struct ServerStats {
     /// their pipeline): the more there are, the fewer frames each takes per turn
     /// (`conn::frames_per_turn`).
     pub busy_connections: AtomicU64,
+    /// The places busy connections take turns in (`conn::BUSY_LANE_PERMITS`).
+    pub(crate) busy_lane: conn::BusyLane,
 }
 
 /// Asks a running server to stop. Cloneable; `shutdown` is idempotent.
@@ -171,6 +174,7 @@ impl Server {
                 )),
                 config,
                 stats,
+                heavy: Arc::new(heavy::HeavyReads::start().map_err(ServerError::Thread)?),
             }),
             local_addr,
             shutdown_tx: Arc::new(tx),
