@@ -147,10 +147,14 @@ impl<'s> Turns<'s> {
         }
     }
 
-    /// Nothing more to take without waiting: not busy, and the place in the lane is given up.
+    /// Nothing more to take without waiting: not busy, the place in the lane is given up,
+    /// and the turn ends (the connection waits for its socket, and what it reads next is a
+    /// new turn: a pipeline of 16 frames is not counted busy because it arrived twice
+    /// between two yields — with 50 such clients, every one of them waited in the lane).
     fn idle(&mut self) {
         self.set_busy(false);
         self.place = None;
+        self.taken = 0;
     }
 
     /// Ends the turn and yields. A connection with frames still buffered (`busy`) gives up
@@ -1750,7 +1754,13 @@ mod tests {
         let mut b = Turns::new(&stats);
         b.set_busy(true);
         assert_eq!(stats.busy_connections.load(Ordering::Relaxed), 2);
+        for _ in 0..super::FRAMES_PER_TURN {
+            assert!(!b.ended());
+            b.took_frame();
+        }
+        assert!(b.ended());
         b.idle();
+        assert!(!b.ended(), "waiting for the socket ends the turn");
         assert_eq!(stats.busy_connections.load(Ordering::Relaxed), 1);
         b.set_busy(true);
         drop(a);
