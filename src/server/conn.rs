@@ -147,6 +147,13 @@ impl<'s> Turns<'s> {
         }
     }
 
+    /// Gives up the place in the lane before anything that may wait (room for frames in
+    /// flight, an answer queued behind a client that does not read): a place is for taking
+    /// frames, and a connection stuck on its own client must not keep others out.
+    fn leave_lane(&mut self) {
+        self.place = None;
+    }
+
     /// Nothing more to take without waiting: not busy, the place in the lane is given up,
     /// and the turn ends (the connection waits for its socket, and what it reads next is a
     /// new turn: a pipeline of 16 frames is not counted busy because it arrived twice
@@ -1326,9 +1333,8 @@ async fn read_loop(
             reader.next().await
         } else {
             if reader.has_frame() {
-                // Waiting with frames buffered (for room in flight): busy, but the place in
-                // the lane is for taking frames, not for waiting.
-                turns.place = None;
+                // Waiting with frames buffered (for room in flight): still busy.
+                turns.leave_lane();
             } else {
                 // Nothing more to take without waiting: no longer busy.
                 turns.idle();
@@ -1382,6 +1388,10 @@ async fn read_loop(
             }
             }
         };
+        if !matches!(next, Ok(Some(_))) {
+            // The loop ends (after an error frame, perhaps queued behind unread answers).
+            turns.idle();
+        }
         let frame = match next {
             Ok(None) => break End::Clean,
             Err(ReadError::Io) => break End::Clean,
@@ -1419,6 +1429,7 @@ async fn read_loop(
         idle.as_mut()
             .reset(tokio::time::Instant::now() + ctx.config.idle_timeout);
         if frame.kind != FrameKind::Request {
+            turns.idle();
             let msg = format!("unexpected frame kind {:?} after the handshake", frame.kind);
             refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
             break End::Refused;
@@ -1426,6 +1437,7 @@ async fn read_loop(
         let batch: RequestBatch = match protocol::decode_request_batch(&frame.payload) {
             Ok(b) => b,
             Err(e) => {
+                turns.idle();
                 let msg = format!("request payload: {e}");
                 refuse::<()>(ctx, out, frame.correlation, status::PROTOCOL_ERROR, msg).await;
                 break End::Refused;
@@ -1448,7 +1460,9 @@ async fn read_loop(
         }
         if let [op] = batch.ops.as_slice() {
             if matches!(op.opcode, opcode::SUBSCRIBE | opcode::UNSUBSCRIBE) && role.may(op.opcode) {
-                // The subscription shell answers it (behind its pushes so far).
+                // The subscription shell answers it (behind its pushes so far); queueing
+                // the command may wait.
+                turns.leave_lane();
                 match subscribe::command(ctx, corr, op) {
                     Ok(cmd) => {
                         let shell = sub.get_or_insert_with(|| subscribe::SubShell::start(ctx, out));
@@ -1465,6 +1479,8 @@ async fn read_loop(
         meter.reserve(estimate);
         group.add(corr, batch, estimate);
     };
+    // Uncounted, and out of the lane, before waiting for what is in flight.
+    drop(turns);
     if !group.is_empty() {
         // Read before the loop ended: they run and are answered like those in flight.
         inflight.push(group.take().run(ctx, role));
@@ -1765,6 +1781,39 @@ mod tests {
         b.set_busy(true);
         drop(a);
         drop(b);
+        assert_eq!(stats.busy_connections.load(Ordering::Relaxed), 0);
+    }
+
+    /// A place in the lane is taken only while more connections are busy than it has places,
+    /// and given up before anything that may wait (and when the connection ends).
+    #[tokio::test]
+    async fn a_place_in_the_lane_is_given_up_before_waiting_and_at_the_end() {
+        use super::{Turns, BUSY_LANE_PERMITS};
+        let stats = ServerStats::default();
+        let free = || stats.busy_lane.0.available_permits();
+        let mut a = Turns::new(&stats);
+        a.next_turn(true).await;
+        assert!(a.place.is_none(), "one busy connection: no lane");
+        let mut others: Vec<Turns<'_>> =
+            (0..BUSY_LANE_PERMITS).map(|_| Turns::new(&stats)).collect();
+        for o in &mut others {
+            o.set_busy(true);
+        }
+        a.next_turn(true).await;
+        assert!(a.place.is_some(), "more busy than places: a place");
+        assert_eq!(free(), BUSY_LANE_PERMITS - 1);
+        a.leave_lane();
+        assert_eq!(free(), BUSY_LANE_PERMITS);
+        assert_eq!(
+            stats.busy_connections.load(Ordering::Relaxed),
+            BUSY_LANE_PERMITS as u64 + 1,
+            "still busy"
+        );
+        a.next_turn(true).await;
+        assert_eq!(free(), BUSY_LANE_PERMITS - 1);
+        drop(a);
+        assert_eq!(free(), BUSY_LANE_PERMITS);
+        drop(others);
         assert_eq!(stats.busy_connections.load(Ordering::Relaxed), 0);
     }
 

@@ -315,6 +315,24 @@ fn plan_typed(ctx: &Ctx, op: Op, fp: u64, ids: &SharedIds<'_>) -> Plan {
     }
 }
 
+/// Runs the read `read` builds, given its own copy of the context, on the heavy reads'
+/// thread (`heavy.rs`).
+async fn on_heavy<F, Fut>(ctx: &Ctx, read: F) -> OpResult
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: std::future::Future<Output = OpResult> + Send + 'static,
+{
+    ctx.heavy.run(read(ctx.clone())).await
+}
+
+/// A read's value as a successful result, or its failure.
+fn answer<T: Serialize>(r: Result<T, Failure>) -> OpResult {
+    match r {
+        Ok(v) => ok(&v),
+        Err(f) => failure(&f),
+    }
+}
+
 /// Runs a read or connection-level operation.
 async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
     match op {
@@ -331,12 +349,7 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
         Op::GetSkus(g) if g.skus.len() <= super::heavy::HEAVY_GET_SKUS => {
             get_skus(ctx, &g.skus).await
         }
-        Op::GetSkus(g) => {
-            let c = ctx.clone();
-            ctx.heavy
-                .run(async move { get_skus(&c, &g.skus).await })
-                .await
-        }
+        Op::GetSkus(g) => on_heavy(ctx, |c| async move { get_skus(&c, &g.skus).await }).await,
         Op::ExplainAtp(e) => match explain(ctx, &e).await {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
@@ -345,38 +358,12 @@ async fn run_other(ctx: &Ctx, op: Op) -> OpResult {
             Ok(v) => ok(&v),
             Err(f) => failure(&f),
         },
-        Op::AtRisk(q) => {
-            let c = ctx.clone();
-            ctx.heavy
-                .run(async move {
-                    match at_risk(&c, &q).await {
-                        Ok(v) => ok(&v),
-                        Err(f) => failure(&f),
-                    }
-                })
-                .await
-        }
+        Op::AtRisk(q) => on_heavy(ctx, |c| async move { answer(at_risk(&c, &q).await) }).await,
         Op::AtRiskRegion(q) => {
-            let c = ctx.clone();
-            ctx.heavy
-                .run(async move {
-                    match at_risk_region(&c, &q).await {
-                        Ok(v) => ok(&v),
-                        Err(f) => failure(&f),
-                    }
-                })
-                .await
+            on_heavy(ctx, |c| async move { answer(at_risk_region(&c, &q).await) }).await
         }
         Op::RebalanceList(q) => {
-            let c = ctx.clone();
-            ctx.heavy
-                .run(async move {
-                    match rebalance_list(&c, &q).await {
-                        Ok(v) => ok(&v),
-                        Err(f) => failure(&f),
-                    }
-                })
-                .await
+            on_heavy(ctx, |c| async move { answer(rebalance_list(&c, &q).await) }).await
         }
         Op::ListSkus(q) => match list_skus(ctx, &q) {
             Ok(v) => ok(&v),
