@@ -79,6 +79,11 @@ struct Args {
     /// The server's --max-output-bytes (per connection).
     #[arg(long, default_value_t = 4 << 20)]
     max_output_bytes: usize,
+    /// The server's --per-source-limit-on-loopback. Off by default so that the attacks
+    /// reach the server-wide limits (the attackers all connect from 127.0.0.2); on, they
+    /// meet the per-source limits a deployment has for a source off loopback.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    per_source_limit: bool,
 }
 
 fn free_port() -> u16 {
@@ -106,7 +111,10 @@ impl Server {
             .arg(dir.path().join("data"))
             .args(["--durability", "relaxed", "--log-level", "warn"])
             .args(["--token", &format!("{TOKEN}:admin")])
-            .args(["--per-source-limit-on-loopback", "false"])
+            .args([
+                "--per-source-limit-on-loopback",
+                if a.per_source_limit { "true" } else { "false" },
+            ])
             .args([
                 "--max-connections-memory-bytes",
                 &a.budget_bytes.to_string(),
