@@ -363,6 +363,24 @@ async fn every_operation_round_trips() {
 
     let many = c.get_skus(vec!["A".into(), "NOPE".into()]).await.unwrap();
     assert!(many.skus[0].is_some() && many.skus[1].is_none());
+    // More than 16 SKUs run on the heavy reads' thread: the same answer, in the order asked.
+    let names: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                "A".into()
+            } else {
+                format!("NOPE-{i}")
+            }
+        })
+        .collect();
+    let many = c.get_skus(names).await.unwrap();
+    assert_eq!(many.skus.len(), 40);
+    for (i, s) in many.skus.iter().enumerate() {
+        match s {
+            Some(v) => assert!(i % 2 == 0 && v.sku == "A", "{i}: {}", v.sku),
+            None => assert!(i % 2 == 1, "{i}: A is known"),
+        }
+    }
     s.stop.shutdown();
     s.task.await.unwrap();
 }
