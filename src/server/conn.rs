@@ -164,14 +164,19 @@ impl<'s> Turns<'s> {
         self.taken = 0;
     }
 
-    /// Ends the turn and yields. A connection with frames still buffered (`busy`) gives up
-    /// its place and, while more connections are busy than the lane has places, waits for
-    /// one behind those already waiting.
+    /// Ends the turn. A connection with frames still buffered (`busy`) gives up its place,
+    /// waits for one behind those already waiting while more connections are busy than the
+    /// lane has places, and yields. One with nothing buffered does not yield here: it runs
+    /// what it took and then waits for its socket (a client that sends one ping at a time
+    /// is answered now, not after a round of the others' turns).
     async fn next_turn(&mut self, busy: bool) {
         self.taken = 0;
         self.set_busy(busy);
         self.place = None;
-        if busy && self.stats.busy_connections.load(Ordering::Relaxed) > BUSY_LANE_PERMITS as u64 {
+        if !busy {
+            return;
+        }
+        if self.stats.busy_connections.load(Ordering::Relaxed) > BUSY_LANE_PERMITS as u64 {
             // Never closed; if it were, the connection would go on without a place.
             self.place = self.stats.busy_lane.0.acquire().await.ok();
         }
