@@ -20,7 +20,8 @@
 //! answered busy without being run when its connection holds other answers or requests or
 //! when it is large; a small request on a connection holding nothing still runs. A
 //! connection yields to the others after [`frames_per_turn`] frames (fewer, down to one, the more
-//! connections have frames waiting). The `Hello` is read
+//! connections have frames waiting), and beyond [`BUSY_LANE_PERMITS`] such busy connections
+//! they take turns in a lane of that many places ([`Turns`]). The `Hello` is read
 //! with a limit of [`MAX_HELLO_FRAME_BYTES`], not the frame limit, so a socket without a
 //! credential cannot make the server buffer a megabyte.
 
@@ -160,7 +161,7 @@ impl<'s> Turns<'s> {
     /// between two yields — with 50 such clients, every one of them waited in the lane).
     fn idle(&mut self) {
         self.set_busy(false);
-        self.place = None;
+        self.leave_lane();
         self.taken = 0;
     }
 
@@ -172,7 +173,7 @@ impl<'s> Turns<'s> {
     async fn next_turn(&mut self, busy: bool) {
         self.taken = 0;
         self.set_busy(busy);
-        self.place = None;
+        self.leave_lane();
         if !busy {
             return;
         }
