@@ -144,6 +144,8 @@ pub const TLS_RELOAD_FAILURES_TOTAL: &str = "omnistock_tls_reload_failures_total
 /// Gauge, bytes: what all connections hold in buffers (queued output, partial frames) or
 /// have reserved for requests in flight.
 pub const CONNECTION_BUFFERED_BYTES: &str = "omnistock_connection_buffered_bytes";
+/// Connections with request frames still buffered after their turn.
+pub const BUSY_CONNECTIONS: &str = "omnistock_busy_connections";
 /// Counter: request frames answered busy because connection memory was over budget.
 pub const MEMORY_BUDGET_BUSY_TOTAL: &str = "omnistock_memory_budget_busy_total";
 /// Counter: connections closed because a large frame they had begun found no room under
@@ -295,6 +297,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (TLS_RELOADS_TOTAL, Kind::Counter, None, "TLS certificates and keys re-read at SIGHUP and used for new handshakes since, by port."),
     (TLS_RELOAD_FAILURES_TOTAL, Kind::Counter, None, "TLS reloads at SIGHUP that failed (a missing or bad file, a key not matching its certificate); the certificate in use stayed. By port."),
     (CONNECTION_BUFFERED_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes all connections hold or have reserved: output not yet written, partial frames, requests in flight with their estimated answers."),
+    (BUSY_CONNECTIONS, Kind::Gauge, None, "Connections with request frames still buffered after their turn; beyond 8 they take turns in the busy lane."),
     (MEMORY_BUDGET_BUSY_TOTAL, Kind::Counter, None, "Request frames answered busy, unrun, because connection memory was over max_connections_memory_bytes (from connections holding other answers or requests, or large requests)."),
     (MEMORY_BUDGET_DISCONNECTS_TOTAL, Kind::Counter, None, "Connections closed because a large frame they had begun found no room under max_connections_memory_bytes within frame_timeout_ms."),
     (REQUEST_FRAMES_TOTAL, Kind::Counter, None, "Request frames received (each carries a batch of operations)."),
