@@ -977,3 +977,55 @@ async fn push_frames_keep_to_the_frame_limit() {
     assert_eq!(atp_items, 50 * 40);
     assert!(frames > 1);
 }
+
+/// More connections pipelining without reading than the busy lane has places
+/// (`conn::BUSY_LANE_PERMITS`, 8): a normal client's pings are answered meanwhile, and
+/// when the non-readers close (whatever each was doing: taking its turn, waiting for a
+/// place, blocked on its output) every one of them is closed by the server and none is
+/// left counted busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_non_readers_pipelining_in_the_busy_lane_neither_wedge_nor_starve_a_ping() {
+    const NON_READERS: usize = 24;
+    let (addr, stats) = start_with_stats(|_| {}).await;
+    // 64 pings per write: connections with whole frames still buffered after their turn.
+    let pings: Vec<u8> = (0..64).flat_map(|i| request(i, &[Op::Ping])).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..NON_READERS {
+        let (mut s, pings, stop) = (non_reader(addr).await, pings.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Not reading: the server stops reading too once its output is full.
+                let _ = tokio::time::timeout(Duration::from_millis(50), s.write_all(&pings)).await;
+            }
+            // Dropped here: closed with answers unread and frames unread.
+        }));
+    }
+    let (mut c, _) = raw(addr).await;
+    for i in 0..20u64 {
+        c.write_all(&request(1_000 + i, &[Op::Ping])).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut c))
+            .await
+            .expect("a ping is answered while the non-readers pipeline")
+            .unwrap();
+        assert_eq!(answer.correlation, 1_000 + i);
+        assert_eq!(results(&answer), [0]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert!(
+        open_connections_within(&stats, 1, Duration::from_secs(20)).await,
+        "closed non-readers are still open: {} open",
+        load(&stats.connections_open)
+    );
+    assert_eq!(
+        load(&stats.busy_connections),
+        0,
+        "a connection left counted busy"
+    );
+    // The normal client is still served.
+    c.write_all(&request(2_000, &[Op::Ping])).await.unwrap();
+    assert_eq!(results(&read_frame(&mut c).await.unwrap()), [0]);
+}
