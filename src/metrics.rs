@@ -62,6 +62,8 @@ pub const STOCKOUT_WATCH_OVERFLOW_TOTAL: &str = "omnistock_stockout_watch_overfl
 pub const PASSIVE_STATE_BYTES: &str = "omnistock_passive_state_bytes";
 /// Counter: requests answered `Busy` because a SKU's mailbox was full.
 pub const MAILBOX_FULL_TOTAL: &str = "omnistock_mailbox_full_total";
+/// Counter: new holds refused without their SKU's actor because the SKU sold out.
+pub const SOLD_OUT_REFUSALS_TOTAL: &str = "omnistock_sold_out_refusals_total";
 /// Gauge: request ids remembered for idempotency.
 pub const IDEMPOTENCY_ENTRIES: &str = "omnistock_idempotency_entries";
 /// Gauge: pending expiry deadlines.
@@ -262,6 +264,7 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (STOCKOUT_WATCH_OVERFLOW_TOTAL, Kind::Counter, None, "Raised stockout projections not watched because 100,000 SKUs already were: they clear only with their SKU's next record."),
     (PASSIVE_STATE_BYTES, Kind::Gauge, Some(Unit::Bytes), "Bytes of compact state of passive SKUs."),
     (MAILBOX_FULL_TOTAL, Kind::Counter, None, "Requests answered Busy because a SKU's mailbox was full."),
+    (SOLD_OUT_REFUSALS_TOTAL, Kind::Counter, None, "New holds refused as insufficient stock without their SKU's actor, because the SKU had sold out."),
     (IDEMPOTENCY_ENTRIES, Kind::Gauge, None, "Request ids remembered for idempotency."),
     (EXPIRY_PENDING, Kind::Gauge, None, "Pending reservation expiry deadlines."),
     (WAL_BATCH_RECORDS, Kind::Histogram, None, "Records per write-ahead-log group commit."),

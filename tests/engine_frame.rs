@@ -350,3 +350,60 @@ async fn ops_on_one_sku_apply_in_frame_order_across_messages() {
     let a = e.sku_state(&sku("A")).await.unwrap();
     assert_eq!((on_hand(&a), a.reserved_total()), (600, 599));
 }
+
+/// A SKU that sold out refuses new holds without its actor (`sold_out_refusals`), with the
+/// actor's answer; a stock command earlier in the same frame is still applied first, and a
+/// release makes the SKU sell again.
+#[tokio::test]
+async fn a_sold_out_sku_refuses_new_holds_itself_and_sells_again_once_stock_returns() {
+    let e = engine();
+    small_catalog(&e).await;
+    // `store` sells from ds-c then wh-a with no buffer: 3 units, all reserved by 100.
+    adjust(&e, "A", "ds-c", 3).await.unwrap();
+    let placed = e
+        .execute_frame(vec![req(reserve_cmd(100, "store", &[("A", 3)], 60_000))])
+        .await;
+    assert!(placed[0].is_ok(), "{:?}", placed[0]);
+    let before = e.stats().sold_out_refusals;
+    let answers = e
+        .execute_frame(vec![
+            req(reserve_cmd(101, "store", &[("A", 1)], 60_000)),
+            req(reserve_cmd(102, "web", &[("A", 2)], 60_000)),
+        ])
+        .await;
+    for (a, requested) in answers.iter().zip([1, 2]) {
+        assert_eq!(
+            rejection(a),
+            &Rejection::InsufficientStock {
+                line: 0,
+                sku: sku("A"),
+                requested,
+                available: 0
+            }
+        );
+    }
+    assert_eq!(
+        e.stats().sold_out_refusals - before,
+        2,
+        "both refused without the actor"
+    );
+    assert!(e.reservation(101).is_none() && e.reservation(102).is_none());
+    // A receipt then a hold in one frame: one message to the actor, in frame order.
+    let answers = e
+        .execute_frame(vec![
+            req(adjust_cmd("A", "ds-c", 1)),
+            req(reserve_cmd(103, "store", &[("A", 1)], 60_000)),
+        ])
+        .await;
+    assert!(answers[0].is_ok() && answers[1].is_ok(), "{answers:?}");
+    assert_eq!(e.stats().sold_out_refusals - before, 2);
+    // Sold out again; a release brings 3 units back, and the next hold is placed.
+    let released = exec(&e, Command::Release { reservation: 100 }).await;
+    assert!(released.is_ok(), "{released:?}");
+    let answers = e
+        .execute_frame(vec![req(reserve_cmd(104, "store", &[("A", 3)], 60_000))])
+        .await;
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    let a = e.sku_state(&sku("A")).await.unwrap();
+    assert_eq!((on_hand(&a), a.reserved_total()), (4, 4), "103 and 104");
+}

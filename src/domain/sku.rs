@@ -868,15 +868,7 @@ impl SkuState {
         expires_at_ms: TimeMs,
         now_ms: TimeMs,
     ) -> Result<(), Rejection> {
-        if lines.is_empty() || lines.len() > MAX_LINES_PER_RESERVATION {
-            return Err(Rejection::invalid(format!(
-                "a reservation has 1..={MAX_LINES_PER_RESERVATION} lines"
-            )));
-        }
-        for l in lines {
-            check_qty(l.qty, "line quantity")?;
-        }
-        check_expiry(expires_at_ms, now_ms)?;
+        check_hold_request(lines, expires_at_ms, now_ms)?;
         if self.holds.contains_key(&reservation) {
             return Err(Rejection::ReservationExists(reservation));
         }
@@ -970,12 +962,48 @@ impl SkuState {
     }
 
     fn insufficient(&self, line: u16, requested: u64, available: u32) -> Rejection {
-        Rejection::InsufficientStock {
-            line,
-            sku: self.sku.clone(),
-            requested: u32::try_from(requested).unwrap_or(u32::MAX),
-            available,
-        }
+        insufficient(&self.sku, line, requested, available)
+    }
+
+    /// Whether no channel can sell a unit of this SKU and a new hold would reach sourcing:
+    /// every location's exposed ATP is 0 (so every channel's ATP is 0, whatever its
+    /// buffer and cap) and the SKU is below [`MAX_HOLDS_PER_SKU`]. Then `decide` answers
+    /// every new hold with [`SkuState::hold_when_sold_out`].
+    pub fn sells_nothing(&self) -> bool {
+        self.holds.len() < MAX_HOLDS_PER_SKU && self.buckets.iter().all(|b| b.atp_exposed() == 0)
+    }
+
+    /// What `decide` answers `cmd` on a SKU `sku` that [`SkuState::sells_nothing`], for a
+    /// `Hold` of a reservation the SKU does not hold: decided from the command alone (the
+    /// checks `decide` makes before sourcing, in its order, then `InsufficientStock` with
+    /// 0 available). `None` for any other command. This lets the engine refuse a flash
+    /// sale's late carts without the SKU's actor.
+    pub fn hold_when_sold_out(
+        sku: &SkuId,
+        cmd: &SkuCommand,
+        catalog: &Catalog,
+        now_ms: TimeMs,
+    ) -> Option<Rejection> {
+        let SkuCommand::Hold {
+            channel,
+            lines,
+            expires_at_ms,
+            ..
+        } = cmd
+        else {
+            return None;
+        };
+        let checked = catalog
+            .channel(channel)
+            .and_then(|_| check_hold_request(lines, *expires_at_ms, now_ms));
+        Some(match checked {
+            Err(r) => r,
+            Ok(()) => {
+                let total: u64 = lines.iter().map(|l| u64::from(l.qty)).sum();
+                let first_line = lines.first().map_or(0, |l| l.line);
+                insufficient(sku, first_line, total, 0)
+            }
+        })
     }
 
     fn decide_fulfill(
@@ -1526,6 +1554,33 @@ impl SkuState {
     }
 }
 
+/// The checks of a new hold that depend on the request alone: its lines, their
+/// quantities, its expiry.
+fn check_hold_request(
+    lines: &[HoldLine],
+    expires_at_ms: TimeMs,
+    now_ms: TimeMs,
+) -> Result<(), Rejection> {
+    if lines.is_empty() || lines.len() > MAX_LINES_PER_RESERVATION {
+        return Err(Rejection::invalid(format!(
+            "a reservation has 1..={MAX_LINES_PER_RESERVATION} lines"
+        )));
+    }
+    for l in lines {
+        check_qty(l.qty, "line quantity")?;
+    }
+    check_expiry(expires_at_ms, now_ms)
+}
+
+fn insufficient(sku: &SkuId, line: u16, requested: u64, available: u32) -> Rejection {
+    Rejection::InsufficientStock {
+        line,
+        sku: sku.clone(),
+        requested: u32::try_from(requested).unwrap_or(u32::MAX),
+        available,
+    }
+}
+
 fn check_expiry(expires_at_ms: TimeMs, now_ms: TimeMs) -> Result<(), Rejection> {
     if expires_at_ms <= now_ms || expires_at_ms - now_ms > MAX_HOLD_DURATION_MS {
         return Err(Rejection::invalid(format!(
@@ -1755,5 +1810,98 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].region.as_str(), r[0].atp), ("FR", 6));
         assert_eq!(r[0].windows, v.windows);
+    }
+
+    /// A hold command of the shapes `decide` checks: known or unknown channel, 0..=3 lines
+    /// (a quantity of 0 or over the limit now and then), an expiry in the past, near or
+    /// too far.
+    fn any_hold(
+        reservation: ReservationId,
+    ) -> impl proptest::strategy::Strategy<Value = SkuCommand> {
+        use proptest::prelude::*;
+        let qty = prop_oneof![8 => 1u32..=5, 1 => Just(0u32), 1 => Just(MAX_QTY + 1)];
+        (
+            any::<bool>(),
+            proptest::collection::vec((qty, any::<bool>()), 0..=3),
+            prop_oneof![Just(0u64), Just(1_000u64), Just(MAX_HOLD_DURATION_MS + 10)],
+        )
+            .prop_map(move |(known, lines, expires_at_ms)| SkuCommand::Hold {
+                reservation,
+                channel: ChannelId::new(if known { "web" } else { "nope" }).unwrap(),
+                lines: lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (qty, at_wh))| HoldLine {
+                        line: i as u16,
+                        qty,
+                        location: at_wh.then(loc),
+                    })
+                    .collect(),
+                allow_split: false,
+                expires_at_ms,
+                cart_skus: 1,
+            })
+    }
+
+    proptest::proptest! {
+        /// `hold_when_sold_out` is what `decide` answers a new hold on a SKU that sells
+        /// nothing, whichever way it came to sell nothing (everything held, sold, adjusted
+        /// away, or kept back as safety stock), and `sells_nothing` is false while a
+        /// unit can be sold.
+        #[test]
+        fn a_sku_that_sells_nothing_answers_a_new_hold_from_the_command_alone(
+            stock in 0i64..6,
+            held in 0u32..4,
+            sold in proptest::bool::ANY,
+            removed in 0i64..3,
+            safety in 0u32..3,
+            cmd in any_hold(99),
+        ) {
+            let c = catalog();
+            let mut s = SkuState::new(SkuId::new("A").unwrap());
+            if stock > 0 {
+                run(&mut s, &c, adjust(stock)).unwrap();
+            }
+            if held > 0 && run(&mut s, &c, hold(1, held)).is_ok() && sold {
+                run(&mut s, &c, fulfil(1)).unwrap();
+            }
+            if removed > 0 {
+                let _ = run(&mut s, &c, adjust(-removed));
+            }
+            if safety > 0 {
+                run(&mut s, &c, SkuCommand::SetSafetyStock { location: loc(), qty: safety })
+                    .unwrap();
+            }
+            let web = &c.channels[&ChannelId::new("web").unwrap()];
+            proptest::prop_assert_eq!(s.sells_nothing(), s.channel_atp(web) == 0);
+            // Then sell out whatever is left: a hold of the channel's whole ATP.
+            let left = s.channel_atp(web);
+            if left > 0 {
+                run(&mut s, &c, hold(2, left)).unwrap();
+            }
+            proptest::prop_assert!(s.sells_nothing());
+            let sku = s.sku.clone();
+            proptest::prop_assert_eq!(
+                s.decide(&cmd, &c, 0).err(),
+                SkuState::hold_when_sold_out(&sku, &cmd, &c, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn hold_when_sold_out_answers_only_holds() {
+        let c = catalog();
+        let sku = SkuId::new("A").unwrap();
+        assert_eq!(SkuState::hold_when_sold_out(&sku, &fulfil(1), &c, 0), None);
+        assert_eq!(SkuState::hold_when_sold_out(&sku, &adjust(5), &c, 0), None);
+        assert_eq!(
+            SkuState::hold_when_sold_out(&sku, &hold(3, 2), &c, 0),
+            Some(Rejection::InsufficientStock {
+                line: 0,
+                sku,
+                requested: 2,
+                available: 0
+            })
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! steps — decide, log, apply, reply — with no business rule of its own. Asked by the
 //! registry's idle sweeper, it passivates, handing its compact state back to the registry.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Context, Handler, Message};
@@ -128,14 +128,32 @@ impl Message for SkuBatch {
     type Result = ();
 }
 
+/// What an actor shares with its registry slot: read there without a message.
+#[derive(Debug)]
+pub(crate) struct ActorShared {
+    /// Sweep tick of the last message handled (or sold-out refusal), read by the sweeper.
+    pub last_tick: AtomicU64,
+    /// [`SkuState::sells_nothing`] after the last change: a new hold is then refused from
+    /// the command alone ([`SkuState::hold_when_sold_out`], `delivery`), without a message.
+    pub sells_nothing: AtomicBool,
+}
+
+impl ActorShared {
+    pub(crate) fn new(state: &SkuState, tick: u64) -> Self {
+        ActorShared {
+            last_tick: AtomicU64::new(tick),
+            sells_nothing: AtomicBool::new(state.sells_nothing()),
+        }
+    }
+}
+
 /// One SKU's actor.
 pub(crate) struct SkuActor {
     state: SkuState,
     core: Arc<Core>,
     generation: u64,
     passivated: bool,
-    /// Sweep tick of the last message handled, shared with the registry's sweeper.
-    last_tick: Arc<AtomicU64>,
+    shared: Arc<ActorShared>,
 }
 
 impl SkuActor {
@@ -143,14 +161,14 @@ impl SkuActor {
         state: SkuState,
         core: Arc<Core>,
         generation: u64,
-        last_tick: Arc<AtomicU64>,
+        shared: Arc<ActorShared>,
     ) -> Self {
         SkuActor {
             state,
             core,
             generation,
             passivated: false,
-            last_tick,
+            shared,
         }
     }
 
@@ -208,6 +226,10 @@ impl SkuActor {
             self.state.apply(e, seq, now_ms);
         }
         self.count_oversold(was_oversold);
+        // Before the reply: whoever learns of this change also sees the flag it leaves.
+        self.shared
+            .sells_nothing
+            .store(self.state.sells_nothing(), Ordering::Release);
         if events.last().is_some_and(super::stockout::is_projection) {
             self.core.stockout.follow(&self.state);
         }
@@ -312,14 +334,15 @@ impl SkuActor {
         let answer = match op {
             SkuOp::Passivate { tick: seen } => {
                 // Passivate only if nothing arrived since the sweeper looked.
-                if self.last_tick.load(Ordering::Relaxed) <= seen {
+                if self.shared.last_tick.load(Ordering::Relaxed) <= seen {
                     self.try_passivate(ctx);
                 }
                 SkuReply::Passivated
             }
             op => {
                 // Idle tracking without a timer per actor: a relaxed store of the sweep tick.
-                self.last_tick
+                self.shared
+                    .last_tick
                     .store(self.core.registry.tick(), Ordering::Relaxed);
                 self.serve(op)
             }

@@ -1,6 +1,13 @@
 //! Mailbox delivery: how the engine's request code reaches a SKU actor. One op is sent with
 //! `try_send` (new work: a full mailbox answers `Busy`) or `send` (work that must finish:
 //! it waits for room), re-sent when the actor passivated under it, and its reply collected.
+//!
+//! A frame's new holds on a SKU that sold out (its actor's `sells_nothing` flag, set after
+//! each change) are refused here, on the request's thread, without a message: the answer
+//! is the actor's (`SkuState::hold_when_sold_out`), and nothing changes. Only a message
+//! whose every op is such a hold is answered this way, so the ops of one frame on a SKU
+//! still meet its actor in frame order. A flash sale's late carts then cost the SKU's
+//! thread nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +17,7 @@ use futures::task::AtomicWaker;
 
 use tokio::sync::oneshot;
 
-use crate::domain::{Event, Rejection, SkuCommand, SkuId, TimeMs};
+use crate::domain::{Event, Rejection, SkuCommand, SkuId, SkuState, TimeMs};
 
 use super::actor::{ReplyTo, SkuBatch, SkuMsg, SkuOp, SkuReply};
 use super::api::Failure;
@@ -382,11 +389,65 @@ pub(super) async fn deliver_all(
         .collect()
 }
 
-/// What one `try_send` of a slot message did (the message stays with the caller unless queued).
+/// What one `try_send` of a slot message did (the message stays with the caller unless
+/// queued or answered).
 enum Offer {
     Queued,
+    /// Answered without the actor: this many new holds on a SKU that sold out.
+    Refused(u64),
     Full,
     Closed,
+}
+
+/// A message whose new holds a sold-out SKU can refuse without its actor
+/// ([`SkuState::hold_when_sold_out`]): all of its ops, or none (the message goes to the
+/// actor, which answers them in order as before).
+pub(super) trait SoldOut: Sized {
+    /// Answers every op as refused and returns how many, or gives the message back.
+    fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self>;
+}
+
+/// The refusal of one op on a SKU that sold out (`None`: not a new hold).
+fn sold_out_refusal(sku: &SkuId, op: &SkuOp) -> Option<Rejection> {
+    match op {
+        SkuOp::Command {
+            cmd,
+            catalog,
+            now_ms,
+            ..
+        } => SkuState::hold_when_sold_out(sku, cmd, catalog, *now_ms),
+        _ => None,
+    }
+}
+
+impl SoldOut for SkuMsg {
+    fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
+        match (sold_out_refusal(sku, &self.op), self.reply) {
+            (Some(r), ReplyTo::Slot(s)) => {
+                s.send(SkuReply::Rejected(r));
+                Ok(1)
+            }
+            (_, reply) => Err(SkuMsg { op: self.op, reply }),
+        }
+    }
+}
+
+impl SoldOut for SkuBatch {
+    fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
+        let refusals: Option<Vec<Rejection>> = self
+            .ops
+            .iter()
+            .map(|(op, _)| sold_out_refusal(sku, op))
+            .collect();
+        let Some(refusals) = refusals else {
+            return Err(self);
+        };
+        let n = refusals.len() as u64;
+        for ((_, s), r) in self.ops.into_iter().zip(refusals) {
+            s.send(SkuReply::Rejected(r));
+        }
+        Ok(n)
+    }
 }
 
 /// Queues one op for `sku`'s actor, answering into `reply`; a refusal fills the slot.
@@ -412,15 +473,25 @@ fn send_batch(core: &Arc<Core>, sku: &SkuId, ops: Vec<(SkuOp, SlotReply)>, creat
 /// [`MAX_REDELIVERIES`]) the message comes back with the failure to answer it with.
 fn offer<M>(core: &Arc<Core>, sku: &SkuId, msg: M, create: bool) -> Result<(), (Option<M>, Failure)>
 where
-    M: actix::Message<Result = ()> + Send + 'static,
+    M: actix::Message<Result = ()> + SoldOut + Send + 'static,
     super::actor::SkuActor: actix::Handler<M>,
 {
     let mut held = Some(msg);
     for _ in 0..MAX_REDELIVERIES {
-        // The message stays in `held` unless the closure runs and the mailbox takes it.
-        let sent = core.registry.with_addr(core, sku, create, |a| {
-            let msg = held.take().expect("invariant: held until sent");
-            match a.try_send(msg) {
+        // The message stays in `held` unless the closure runs and the mailbox takes it (or
+        // the sold-out SKU answers it).
+        let sent = core.registry.with_active(core, sku, create, |a| {
+            let mut msg = held.take().expect("invariant: held until sent");
+            if a.sells_nothing() {
+                match msg.refuse_sold_out(sku) {
+                    Ok(n) => {
+                        a.touch(core.registry.tick());
+                        return Offer::Refused(n);
+                    }
+                    Err(back) => msg = back,
+                }
+            }
+            match a.addr().try_send(msg) {
                 Ok(()) => Offer::Queued,
                 Err(actix::dev::SendError::Full(m)) => {
                     held = Some(m);
@@ -434,6 +505,12 @@ where
         });
         let failure: Failure = match sent {
             Ok(Some(Offer::Queued)) => return Ok(()),
+            Ok(Some(Offer::Refused(n))) => {
+                core.counters
+                    .sold_out_refusals
+                    .fetch_add(n, Ordering::Relaxed);
+                return Ok(());
+            }
             // The actor had stopped (passivated): look the SKU up again.
             Ok(Some(Offer::Closed)) => continue,
             Ok(Some(Offer::Full)) => {

@@ -209,6 +209,8 @@ pub(crate) struct Counters {
     pub reservations_released: AtomicU64,
     pub reservations_expired: AtomicU64,
     pub mailbox_full: AtomicU64,
+    /// New holds refused from the command alone because their SKU sold out (`delivery`).
+    pub sold_out_refusals: AtomicU64,
     /// SKUs whose state is oversold now (a gauge: actors add or remove themselves).
     pub oversold_skus: AtomicU64,
 }
@@ -304,6 +306,8 @@ pub struct EngineStats {
     pub reservations_expired: u64,
     /// Requests answered `Busy` because a SKU's mailbox was full, since start.
     pub mailbox_full: u64,
+    /// Holds refused without their SKU's actor because the SKU sold out, since start.
+    pub sold_out_refusals: u64,
     /// SKUs oversold now (on hand below reserved, or a shortfall, at some location).
     pub oversold_skus: u64,
     /// SKUs with a raised stockout projection watched by the re-projection task.
@@ -864,6 +868,7 @@ impl Engine {
             reservations_released: c.reservations_released.load(Ordering::Relaxed),
             reservations_expired: c.reservations_expired.load(Ordering::Relaxed),
             mailbox_full: c.mailbox_full.load(Ordering::Relaxed),
+            sold_out_refusals: c.sold_out_refusals.load(Ordering::Relaxed),
             oversold_skus: c.oversold_skus.load(Ordering::Relaxed),
             stockout_watched: self.core.stockout.len(),
             stockout_watch_overflow: self.core.stockout.overflowed.load(Ordering::Relaxed),

@@ -22,15 +22,32 @@ use dashmap::DashMap;
 use crate::codec;
 use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState, Velocity};
 
-use super::actor::{ReplyTo, SkuActor, SkuMsg, SkuOp};
+use super::actor::{ActorShared, ReplyTo, SkuActor, SkuMsg, SkuOp};
 use super::{Core, EngineError};
 
 /// An active SKU's actor.
 pub(crate) struct ActiveSlot {
     addr: Addr<SkuActor>,
     generation: u64,
-    /// Sweep tick of the actor's last message (written by the actor, read by the sweeper).
-    last_tick: Arc<AtomicU64>,
+    /// The sweep tick of the actor's last message (written by the actor, read by the
+    /// sweeper) and its sold-out flag.
+    shared: Arc<ActorShared>,
+}
+
+impl ActiveSlot {
+    pub(crate) fn addr(&self) -> &Addr<SkuActor> {
+        &self.addr
+    }
+
+    /// Whether the SKU sold out at its last change ([`ActorShared::sells_nothing`]).
+    pub(crate) fn sells_nothing(&self) -> bool {
+        self.shared.sells_nothing.load(Ordering::Acquire)
+    }
+
+    /// Counts an answer given for the actor as its activity (the idle sweeper's tick).
+    pub(crate) fn touch(&self, tick: u64) {
+        self.shared.last_tick.store(tick, Ordering::Relaxed);
+    }
 }
 
 /// Where a SKU lives. Boxed both ways so a registry entry stays small: most SKUs are passive.
@@ -237,16 +254,16 @@ impl Registry {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let arbiter = &self.arbiters[(generation as usize) % self.arbiters.len()];
         let core = core.clone();
-        let last_tick = Arc::new(AtomicU64::new(self.tick()));
-        let shared = last_tick.clone();
+        let shared = Arc::new(ActorShared::new(&state, self.tick()));
+        let theirs = shared.clone();
         let addr = SkuActor::start_in_arbiter(arbiter, move |_| {
-            SkuActor::new(state, core, generation, shared)
+            SkuActor::new(state, core, generation, theirs)
         });
         self.active.fetch_add(1, Ordering::Relaxed);
         Slot::Active(Box::new(ActiveSlot {
             addr,
             generation,
-            last_tick,
+            shared,
         }))
     }
 
@@ -263,7 +280,7 @@ impl Registry {
         let mut asked = 0;
         for r in self.map.iter() {
             if let Slot::Active(a) = r.value() {
-                let last = a.last_tick.load(Ordering::Relaxed);
+                let last = a.shared.last_tick.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= idle_ticks {
                     let (tx, _rx) = tokio::sync::oneshot::channel();
                     let op = SkuOp::Passivate { tick: last };
@@ -291,9 +308,20 @@ impl Registry {
         create: bool,
         f: impl FnOnce(&Addr<SkuActor>) -> R,
     ) -> Result<Option<R>, EngineError> {
+        self.with_active(core, sku, create, |a| f(&a.addr))
+    }
+
+    /// [`Registry::with_addr`] with the whole active slot (its actor's shared flags too).
+    pub(crate) fn with_active<R>(
+        &self,
+        core: &Arc<Core>,
+        sku: &SkuId,
+        create: bool,
+        f: impl FnOnce(&ActiveSlot) -> R,
+    ) -> Result<Option<R>, EngineError> {
         if let Some(slot) = self.map.get(sku) {
             if let Slot::Active(a) = &*slot {
-                return Ok(Some(f(&a.addr)));
+                return Ok(Some(f(a)));
             }
         }
         // Counted before taking the shard lock: `len` locks every shard (would deadlock).
@@ -306,7 +334,7 @@ impl Registry {
                     o.insert(slot);
                 }
                 match o.get() {
-                    Slot::Active(a) => Ok(Some(f(&a.addr))),
+                    Slot::Active(a) => Ok(Some(f(a))),
                     Slot::Passive(_) => unreachable!("invariant: activated just above"),
                 }
             }
@@ -324,7 +352,7 @@ impl Registry {
                 state.velocity.configure(core.config.velocity_half_lives);
                 let slot = v.insert(self.start(core, state));
                 match &*slot {
-                    Slot::Active(a) => Ok(Some(f(&a.addr))),
+                    Slot::Active(a) => Ok(Some(f(a))),
                     Slot::Passive(_) => unreachable!("invariant: inserted active"),
                 }
             }
