@@ -745,6 +745,22 @@ pub fn derive(
     )
 }
 
+/// Appends `PushItem::Atp` of change `c` as the fixed codec writes it (bincode,
+/// fixed-width little-endian: the variant's u32 index, then the fields of `WireAtp` in
+/// declaration order, a string as its u64 length then its bytes, a bool as one byte).
+fn put_atp(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, c: &AtpChange, cause: u8) {
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&rec.seq.to_le_bytes());
+    out.extend_from_slice(&rec.at_ms.to_le_bytes());
+    for s in [sku, c.channel.as_str()] {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&c.previous.to_le_bytes());
+    out.extend_from_slice(&c.atp.to_le_bytes());
+    out.extend_from_slice(&[cause, c.transition, u8::from(false)]);
+}
+
 /// Encodes every wire item of a record once, in the order `Filter::render` emits them.
 fn encode_record(rec: &FeedRecord) -> Encoded {
     let all = Filter {
@@ -752,13 +768,31 @@ fn encode_record(rec: &FeedRecord) -> Encoded {
         ..Filter::default()
     };
     let mut items = Vec::new();
-    all.render(rec, &mut items, None);
+    all.render_into(rec, &mut items, AtpSink::Skip);
+    let atp = match &rec.body {
+        FeedBody::Sku {
+            sku, cause, atp, ..
+        } => Some((sku, *cause, atp)),
+        FeedBody::Catalog => None,
+    };
+    let n = items.len() + atp.map_or(0, |(_, _, a)| a.len());
     // One allocation of about the right size (an ATP item is ~60 bytes plus its ids).
     let mut e = Encoded {
-        bytes: Vec::with_capacity(items.len() * 96),
-        atp_ends: Vec::with_capacity(items.len()),
+        bytes: Vec::with_capacity(n * 96),
+        atp_ends: Vec::with_capacity(n),
         ..Encoded::default()
     };
+    // Nearly every item is an ATP change: written field by field, the bytes the codec
+    // writes for `PushItem::Atp` (`cached_bytes_are_exactly_the_encoded_items_for_every_filter`), without building
+    // the item and its two strings.
+    for (sku, cause, changes) in atp.into_iter() {
+        for c in changes {
+            put_atp(&mut e.bytes, rec, sku.as_str(), c, cause);
+            e.atp_ends.push(e.bytes.len());
+            e.oversold_end = e.bytes.len();
+            e.reservations_end = e.bytes.len();
+        }
+    }
     for item in &items {
         let _ = crate::codec::encode_into(item, &mut e.bytes);
         match item {
@@ -815,6 +849,13 @@ impl Filter {
     /// Like [`Filter::render`] without coalescing, appending the record's cached wire bytes
     /// (encoded once per record, whichever subscriber asks first) instead of building items.
     pub fn render_bytes(&self, rec: &FeedRecord, out: &mut FrameBuf) {
+        self.render_bytes_of(rec, out, false)
+    }
+
+    /// [`Filter::render_bytes`] of a record whose SKU is known to be wanted when
+    /// `sku_wanted` (a routed subscriber's own record: the hub matched it already, and
+    /// reading the SKU's id again would cost a cache miss per record and subscriber).
+    pub fn render_bytes_of(&self, rec: &FeedRecord, out: &mut FrameBuf, sku_wanted: bool) {
         let (sku, changes, oversold) = match &rec.body {
             FeedBody::Catalog => (None, &[][..], None),
             FeedBody::Sku {
@@ -822,7 +863,11 @@ impl Filter {
             } => (Some(sku), &atp[..], *oversold),
         };
         if let Some(sku) = sku {
-            if !self.wants_sku(sku) {
+            debug_assert!(
+                !sku_wanted || self.wants_sku(sku),
+                "routed to a subscriber it does not match"
+            );
+            if !sku_wanted && !self.wants_sku(sku) {
                 return;
             }
         }
@@ -892,12 +937,12 @@ impl Filter {
 
     /// Appends the wire items of `rec` this filter selects. ATP changes go to `atp` when it
     /// is given (coalescing), else to `out` with everything else.
-    pub fn render(
-        &self,
-        rec: &FeedRecord,
-        out: &mut Vec<PushItem>,
-        mut atp: Option<&mut Coalescer>,
-    ) {
+    pub fn render(&self, rec: &FeedRecord, out: &mut Vec<PushItem>, atp: Option<&mut Coalescer>) {
+        self.render_into(rec, out, atp.map_or(AtpSink::Items, AtpSink::Coalescer));
+    }
+
+    /// [`Filter::render`], with the ATP changes sent where `atp` says.
+    fn render_into(&self, rec: &FeedRecord, out: &mut Vec<PushItem>, mut atp: AtpSink<'_>) {
         let (seq, at_ms) = (rec.seq, rec.at_ms);
         let (sku, cause, changes, oversold, reservations, stockout, rebalance, regions) =
             match &rec.body {
@@ -929,9 +974,10 @@ impl Filter {
             return;
         }
         for c in changes.iter().filter(|c| self.wants_atp_change(c)) {
-            match atp.as_deref_mut() {
-                Some(co) => co.add(sku, c, cause, seq, at_ms),
-                None => out.push(PushItem::Atp(WireAtp {
+            match &mut atp {
+                AtpSink::Skip => break,
+                AtpSink::Coalescer(co) => co.add(sku, c, cause, seq, at_ms),
+                AtpSink::Items => out.push(PushItem::Atp(WireAtp {
                     seq,
                     at_ms,
                     sku: sku.to_string(),
@@ -1022,6 +1068,16 @@ impl Filter {
             }
         }
     }
+}
+
+/// Where [`Filter::render_into`] sends a record's ATP changes.
+enum AtpSink<'a> {
+    /// Wire items, with the rest.
+    Items,
+    /// Merged per SKU x channel.
+    Coalescer(&'a mut Coalescer),
+    /// Nowhere: the caller encoded them itself (`encode_record`).
+    Skip,
 }
 
 #[derive(Debug)]

@@ -498,8 +498,16 @@ impl Live {
                 r.queue.retain(|s| *s > scan_upto);
             }
         }
+        // A routed subscriber's own records match its SKU filter when its route is the whole
+        // filter (a SKU set without a prefix, or a prefix alone).
+        let route_is_filter = self.filter.skus.is_empty() || self.filter.sku_prefix.is_empty();
         while self.cursor < to {
             let (filter, skip) = (&self.filter, &self.skip);
+            let own_records = route_is_filter
+                && self
+                    .routed
+                    .as_ref()
+                    .is_some_and(|r| self.cursor >= r.scan_upto);
             let coalescer = &mut self.coalescer;
             let mut cursor = self.cursor;
             let mut full = false;
@@ -515,7 +523,7 @@ impl Live {
                     filter.render(rec, &mut items, Some(&mut *coalescer));
                     full = coalescer.len() + items.len() >= cfg.max_coalesce_pairs;
                 } else {
-                    filter.render_bytes(rec, &mut buf);
+                    filter.render_bytes_of(rec, &mut buf, own_records);
                     full = buf.count >= max_items;
                 }
                 !full
