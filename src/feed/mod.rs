@@ -761,6 +761,19 @@ fn put_atp(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, c: &AtpChange, cause:
     out.extend_from_slice(&[cause, c.transition, u8::from(false)]);
 }
 
+/// Appends `PushItem::Reservation` of `r` as the fixed codec writes it (see [`put_atp`]).
+fn put_reservation(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, r: &ReservationChange) {
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&rec.seq.to_le_bytes());
+    out.extend_from_slice(&rec.at_ms.to_le_bytes());
+    out.extend_from_slice(&(sku.len() as u64).to_le_bytes());
+    out.extend_from_slice(sku.as_bytes());
+    out.extend_from_slice(&r.reservation.to_le_bytes());
+    out.push(r.kind);
+    out.extend_from_slice(&r.qty.to_le_bytes());
+    out.extend_from_slice(&r.expires_at_ms.to_le_bytes());
+}
+
 /// Encodes every wire item of a record once, in the order `Filter::render` emits them.
 fn encode_record(rec: &FeedRecord) -> Encoded {
     let all = Filter {
@@ -768,30 +781,48 @@ fn encode_record(rec: &FeedRecord) -> Encoded {
         ..Filter::default()
     };
     let mut items = Vec::new();
-    all.render_into(rec, &mut items, AtpSink::Skip);
-    let atp = match &rec.body {
+    all.render_into(rec, &mut items, AtpSink::Encoded);
+    let sku_items = match &rec.body {
         FeedBody::Sku {
-            sku, cause, atp, ..
-        } => Some((sku, *cause, atp)),
+            sku,
+            cause,
+            atp,
+            oversold,
+            reservations,
+            ..
+        } => Some((sku, *cause, atp, *oversold, reservations)),
         FeedBody::Catalog => None,
     };
-    let n = items.len() + atp.map_or(0, |(_, _, a)| a.len());
+    let n = items.len() + sku_items.map_or(0, |(_, _, a, _, r)| a.len() + 1 + r.len());
     // One allocation of about the right size (an ATP item is ~60 bytes plus its ids).
     let mut e = Encoded {
         bytes: Vec::with_capacity(n * 96),
         atp_ends: Vec::with_capacity(n),
         ..Encoded::default()
     };
-    // Nearly every item is an ATP change: written field by field, the bytes the codec
-    // writes for `PushItem::Atp` (`cached_bytes_are_exactly_the_encoded_items_for_every_filter`), without building
-    // the item and its two strings.
-    for (sku, cause, changes) in atp.into_iter() {
+    // Nearly every item is an ATP change or a reservation's: written field by field, the
+    // bytes the codec writes for `PushItem::Atp` and `PushItem::Reservation`
+    // (`cached_bytes_are_exactly_the_encoded_items_for_every_filter`), without building
+    // the items and their strings. The oversold item between them goes through the codec.
+    if let Some((sku, cause, changes, oversold, reservations)) = sku_items {
         for c in changes {
             put_atp(&mut e.bytes, rec, sku.as_str(), c, cause);
             e.atp_ends.push(e.bytes.len());
-            e.oversold_end = e.bytes.len();
-            e.reservations_end = e.bytes.len();
         }
+        if let Some(flag) = oversold {
+            let item = PushItem::Oversold(WireOversold {
+                seq: rec.seq,
+                at_ms: rec.at_ms,
+                sku: sku.to_string(),
+                oversold: flag,
+            });
+            let _ = crate::codec::encode_into(&item, &mut e.bytes);
+        }
+        e.oversold_end = e.bytes.len();
+        for r in reservations {
+            put_reservation(&mut e.bytes, rec, sku.as_str(), r);
+        }
+        e.reservations_end = e.bytes.len();
     }
     for item in &items {
         let _ = crate::codec::encode_into(item, &mut e.bytes);
@@ -975,7 +1006,7 @@ impl Filter {
         }
         for c in changes.iter().filter(|c| self.wants_atp_change(c)) {
             match &mut atp {
-                AtpSink::Skip => break,
+                AtpSink::Encoded => break,
                 AtpSink::Coalescer(co) => co.add(sku, c, cause, seq, at_ms),
                 AtpSink::Items => out.push(PushItem::Atp(WireAtp {
                     seq,
@@ -990,7 +1021,9 @@ impl Filter {
                 })),
             }
         }
-        if let Some(flag) = oversold {
+        if matches!(atp, AtpSink::Encoded) {
+            // The ATP, oversold and reservation items are the caller's.
+        } else if let Some(flag) = oversold {
             if self.kinds & (kinds::THRESHOLDS | kinds::ATP) != 0 {
                 out.push(PushItem::Oversold(WireOversold {
                     seq,
@@ -1000,7 +1033,7 @@ impl Filter {
                 }));
             }
         }
-        if self.kinds & kinds::RESERVATIONS != 0 {
+        if self.kinds & kinds::RESERVATIONS != 0 && !matches!(atp, AtpSink::Encoded) {
             for r in reservations {
                 out.push(PushItem::Reservation(WireReservationEvent {
                     seq,
@@ -1076,8 +1109,9 @@ enum AtpSink<'a> {
     Items,
     /// Merged per SKU x channel.
     Coalescer(&'a mut Coalescer),
-    /// Nowhere: the caller encoded them itself (`encode_record`).
-    Skip,
+    /// Nowhere, nor the oversold and reservation items: the caller encoded them itself
+    /// (`encode_record`).
+    Encoded,
 }
 
 #[derive(Debug)]

@@ -270,8 +270,28 @@ fn coalescer_reports_full_at_its_bound() {
 #[test]
 fn cached_bytes_are_exactly_the_encoded_items_for_every_filter() {
     let mut rec = record(3, "SHOE-1", vec![change("web", 9, 8), change("pos", 1, 0)]);
-    if let FeedBody::Sku { oversold, .. } = &mut rec.body {
+    if let FeedBody::Sku {
+        oversold,
+        reservations,
+        ..
+    } = &mut rec.body
+    {
         *oversold = Some(true);
+        // Written field by field too (`put_reservation`), after the oversold item.
+        *reservations = vec![
+            ReservationChange {
+                reservation: u128::MAX - 7,
+                kind: crate::protocol::lifecycle::PLACED,
+                qty: 3,
+                expires_at_ms: 1_234_567,
+            },
+            ReservationChange {
+                reservation: 9,
+                kind: crate::protocol::lifecycle::RELEASED,
+                qty: 1,
+                expires_at_ms: 0,
+            },
+        ];
     }
     let catalog = FeedRecord::new(4, 2, FeedBody::Catalog);
     let channel = |c: &str| [ChannelId::new(c).expect("id")].into();
