@@ -95,6 +95,13 @@ fn decode_whole<'de, T: Deserialize<'de>, C: bincode::config::Config>(
     Ok(v)
 }
 
+/// Decodes one value from the start of `bytes` with the fixed configuration, and how many
+/// bytes it took (for a caller reading a sequence of values itself).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, FIXED)
+        .map_err(|e| CodecError::Decode(plain(&e)))
+}
+
 /// Decodes a whole buffer with the fixed configuration; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_whole(bytes, FIXED)

@@ -57,7 +57,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::protocol::ops::decode_body;
+use crate::protocol::ops::decode_push_batch;
 use crate::protocol::*;
 
 use super::conn::Conn;
@@ -155,7 +155,7 @@ impl Subscriber {
     /// One `Push` frame's payload: its items, the position after them, `Lagged` as an error.
     fn take(&mut self, bytes: &[u8]) -> Result<Vec<PushItem>, ClientError> {
         let batch: PushBatch =
-            decode_body(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            decode_push_batch(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut last = None;
         for item in &batch.items {
             match item {

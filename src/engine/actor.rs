@@ -154,6 +154,9 @@ pub(crate) struct SkuActor {
     generation: u64,
     passivated: bool,
     shared: Arc<ActorShared>,
+    /// What `shared.sells_nothing` says (stored only when it changes: the request
+    /// threads read that cache line on every send).
+    sells_nothing: bool,
 }
 
 impl SkuActor {
@@ -163,12 +166,14 @@ impl SkuActor {
         generation: u64,
         shared: Arc<ActorShared>,
     ) -> Self {
+        let sells_nothing = shared.sells_nothing.load(Ordering::Relaxed);
         SkuActor {
             state,
             core,
             generation,
             passivated: false,
             shared,
+            sells_nothing,
         }
     }
 
@@ -227,9 +232,13 @@ impl SkuActor {
         }
         self.count_oversold(was_oversold);
         // Before the reply: whoever learns of this change also sees the flag it leaves.
-        self.shared
-            .sells_nothing
-            .store(self.state.sells_nothing(), Ordering::Release);
+        let sells_nothing = self.state.sells_nothing();
+        if sells_nothing != self.sells_nothing {
+            self.sells_nothing = sells_nothing;
+            self.shared
+                .sells_nothing
+                .store(sells_nothing, Ordering::Release);
+        }
         if events.last().is_some_and(super::stockout::is_projection) {
             self.core.stockout.follow(&self.state);
         }

@@ -481,16 +481,12 @@ where
         // The message stays in `held` unless the closure runs and the mailbox takes it (or
         // the sold-out SKU answers it).
         let sent = core.registry.with_active(core, sku, create, |a| {
-            let mut msg = held.take().expect("invariant: held until sent");
             if a.sells_nothing() {
-                match msg.refuse_sold_out(sku) {
-                    Ok(n) => {
-                        a.touch(core.registry.tick());
-                        return Offer::Refused(n);
-                    }
-                    Err(back) => msg = back,
+                if let Some(n) = refuse_sold_out(core, a, sku, &mut held) {
+                    return Offer::Refused(n);
                 }
             }
+            let msg = held.take().expect("invariant: held until sent");
             match a.addr().try_send(msg) {
                 Ok(()) => Offer::Queued,
                 Err(actix::dev::SendError::Full(m)) => {
@@ -523,6 +519,30 @@ where
         return Err((held, failure));
     }
     Err((held, Rejection::Busy.into()))
+}
+
+/// The sold-out answer to the message in `held` (taken from it), or `None` with the message
+/// left there when some op is not a new hold. Out of line: the send path stays as it was
+/// for a SKU that sells.
+#[cold]
+#[inline(never)]
+fn refuse_sold_out<M: SoldOut>(
+    core: &Core,
+    a: &super::registry::ActiveSlot,
+    sku: &SkuId,
+    held: &mut Option<M>,
+) -> Option<u64> {
+    let msg = held.take().expect("invariant: held until sent");
+    match msg.refuse_sold_out(sku) {
+        Ok(n) => {
+            a.touch(core.registry.tick());
+            Some(n)
+        }
+        Err(back) => {
+            *held = Some(back);
+            None
+        }
+    }
 }
 
 fn refuse_all(msg: Option<SkuBatch>, f: &Failure) {

@@ -136,6 +136,66 @@ pub fn failed(status: u16, message: impl Into<String>) -> OpResult {
 mod tests {
     use super::*;
 
+    /// `decode_push_batch` gives what the codec gives, and refuses what it refuses: a batch
+    /// of ATP items and others, cut at every byte, with a bad bool, a bad UTF-8 string and
+    /// a count larger than the bytes.
+    #[test]
+    fn push_batches_decode_as_the_codec_decodes_them() {
+        let atp = |seq: u64, sku: &str, coalesced| {
+            PushItem::Atp(WireAtp {
+                seq,
+                at_ms: 1_700_000_000_000 + seq,
+                sku: sku.into(),
+                channel: "web".into(),
+                previous: 7,
+                atp: 6,
+                cause: 1,
+                transition: 3,
+                coalesced,
+            })
+        };
+        let batch = PushBatch {
+            items: vec![
+                atp(5, "SKU-1", false),
+                PushItem::Oversold(WireOversold {
+                    seq: 5,
+                    at_ms: 9,
+                    sku: "SKU-1".into(),
+                    oversold: true,
+                }),
+                atp(6, "SKU-\u{e9}", true),
+                PushItem::Position { seq: 6 },
+                atp(7, "", false),
+            ],
+        };
+        let bytes = crate::codec::encode(&batch).unwrap();
+        assert_eq!(ops::decode_push_batch(&bytes).unwrap(), batch);
+        let empty = crate::codec::encode(&PushBatch { items: vec![] }).unwrap();
+        assert_eq!(ops::decode_push_batch(&empty).unwrap().items, vec![]);
+        for cut in 0..bytes.len() {
+            let part = &bytes[..cut];
+            assert!(ops::decode_body::<PushBatch>(part).is_err(), "cut {cut}");
+            assert!(ops::decode_push_batch(part).is_err(), "cut {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(ops::decode_push_batch(&trailing).is_err());
+        // The first item's `coalesced` byte (the last of its 4 + 8 + 8 + (8 + 5) + (8 + 3)
+        // + 4 + 4 + 1 + 1 + 1 bytes, after the 8-byte count) as 2, then its SKU's first
+        // byte as an invalid UTF-8 byte.
+        let mut bad_bool = bytes.clone();
+        bad_bool[8 + 54] = 2;
+        assert!(ops::decode_body::<PushBatch>(&bad_bool).is_err());
+        assert!(ops::decode_push_batch(&bad_bool).is_err());
+        let mut bad_utf8 = bytes.clone();
+        bad_utf8[8 + 4 + 16 + 8] = 0xff;
+        assert!(ops::decode_body::<PushBatch>(&bad_utf8).is_err());
+        assert!(ops::decode_push_batch(&bad_utf8).is_err());
+        let mut huge = bytes;
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(ops::decode_push_batch(&huge).is_err());
+    }
+
     #[test]
     fn a_response_frame_written_directly_is_the_encoded_response_batch() {
         let cases: Vec<Vec<OpResult>> = vec![
