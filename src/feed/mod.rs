@@ -780,50 +780,14 @@ fn encode_record(rec: &FeedRecord) -> Encoded {
         kinds: kinds::ALL,
         ..Filter::default()
     };
-    let mut items = Vec::new();
-    all.render_into(rec, &mut items, AtpSink::Encoded);
-    let sku_items = match &rec.body {
-        FeedBody::Sku {
-            sku,
-            cause,
-            atp,
-            oversold,
-            reservations,
-            ..
-        } => Some((sku, *cause, atp, *oversold, reservations)),
-        FeedBody::Catalog => None,
-    };
-    let n = items.len() + sku_items.map_or(0, |(_, _, a, _, r)| a.len() + 1 + r.len());
-    // One allocation of about the right size (an ATP item is ~60 bytes plus its ids).
+    // About one reserve's record (two ATP items and a reservation's); grown if larger.
     let mut e = Encoded {
-        bytes: Vec::with_capacity(n * 96),
-        atp_ends: Vec::with_capacity(n),
+        bytes: Vec::with_capacity(256),
+        atp_ends: Vec::with_capacity(4),
         ..Encoded::default()
     };
-    // Nearly every item is an ATP change or a reservation's: written field by field, the
-    // bytes the codec writes for `PushItem::Atp` and `PushItem::Reservation`
-    // (`cached_bytes_are_exactly_the_encoded_items_for_every_filter`), without building
-    // the items and their strings. The oversold item between them goes through the codec.
-    if let Some((sku, cause, changes, oversold, reservations)) = sku_items {
-        for c in changes {
-            put_atp(&mut e.bytes, rec, sku.as_str(), c, cause);
-            e.atp_ends.push(e.bytes.len());
-        }
-        if let Some(flag) = oversold {
-            let item = PushItem::Oversold(WireOversold {
-                seq: rec.seq,
-                at_ms: rec.at_ms,
-                sku: sku.to_string(),
-                oversold: flag,
-            });
-            let _ = crate::codec::encode_into(&item, &mut e.bytes);
-        }
-        e.oversold_end = e.bytes.len();
-        for r in reservations {
-            put_reservation(&mut e.bytes, rec, sku.as_str(), r);
-        }
-        e.reservations_end = e.bytes.len();
-    }
+    let mut items = Vec::new();
+    all.render_into(rec, &mut items, AtpSink::Encoded(&mut e));
     for item in &items {
         let _ = crate::codec::encode_into(item, &mut e.bytes);
         match item {
@@ -1006,7 +970,10 @@ impl Filter {
         }
         for c in changes.iter().filter(|c| self.wants_atp_change(c)) {
             match &mut atp {
-                AtpSink::Encoded => break,
+                AtpSink::Encoded(e) => {
+                    put_atp(&mut e.bytes, rec, sku.as_str(), c, cause);
+                    e.atp_ends.push(e.bytes.len());
+                }
                 AtpSink::Coalescer(co) => co.add(sku, c, cause, seq, at_ms),
                 AtpSink::Items => out.push(PushItem::Atp(WireAtp {
                     seq,
@@ -1021,19 +988,29 @@ impl Filter {
                 })),
             }
         }
-        if matches!(atp, AtpSink::Encoded) {
-            // The ATP, oversold and reservation items are the caller's.
-        } else if let Some(flag) = oversold {
+        if let Some(flag) = oversold {
             if self.kinds & (kinds::THRESHOLDS | kinds::ATP) != 0 {
-                out.push(PushItem::Oversold(WireOversold {
+                let item = PushItem::Oversold(WireOversold {
                     seq,
                     at_ms,
                     sku: sku.to_string(),
                     oversold: flag,
-                }));
+                });
+                match &mut atp {
+                    AtpSink::Encoded(e) => {
+                        let _ = crate::codec::encode_into(&item, &mut e.bytes);
+                    }
+                    _ => out.push(item),
+                }
             }
         }
-        if self.kinds & kinds::RESERVATIONS != 0 && !matches!(atp, AtpSink::Encoded) {
+        if let AtpSink::Encoded(e) = &mut atp {
+            e.oversold_end = e.bytes.len();
+            for r in reservations {
+                put_reservation(&mut e.bytes, rec, sku.as_str(), r);
+            }
+            e.reservations_end = e.bytes.len();
+        } else if self.kinds & kinds::RESERVATIONS != 0 {
             for r in reservations {
                 out.push(PushItem::Reservation(WireReservationEvent {
                     seq,
@@ -1109,9 +1086,11 @@ enum AtpSink<'a> {
     Items,
     /// Merged per SKU x channel.
     Coalescer(&'a mut Coalescer),
-    /// Nowhere, nor the oversold and reservation items: the caller encoded them itself
-    /// (`encode_record`).
-    Encoded,
+    /// Written field by field into a record's cached bytes, with its oversold and
+    /// reservation items (`encode_record`): the bytes the codec writes for them
+    /// (`cached_bytes_are_exactly_the_encoded_items_for_every_filter`), without building
+    /// the items and their strings. The other items still go to `out`.
+    Encoded(&'a mut Encoded),
 }
 
 #[derive(Debug)]
