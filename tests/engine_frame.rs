@@ -407,3 +407,30 @@ async fn a_sold_out_sku_refuses_new_holds_itself_and_sells_again_once_stock_retu
     let a = e.sku_state(&sku("A")).await.unwrap();
     assert_eq!((on_hand(&a), a.reserved_total()), (4, 4), "103 and 104");
 }
+
+/// A hold on a sold-out SKU sent while a command to that SKU is still queued is not
+/// refused ahead of it: it waits its turn in the mailbox, as before the sold-out path.
+#[tokio::test]
+async fn a_sold_out_sku_does_not_refuse_a_hold_ahead_of_a_queued_command() {
+    let e = engine();
+    small_catalog(&e).await;
+    adjust(&e, "A", "ds-c", 1).await.unwrap();
+    let placed = e
+        .execute_frame(vec![req(reserve_cmd(200, "store", &[("A", 1)], 60_000))])
+        .await;
+    assert!(placed[0].is_ok(), "{:?}", placed[0]);
+    let before = e.stats().sold_out_refusals;
+    // Two calls at once: the receipt's message is sent first (`join!` polls in order), so
+    // the hold finds a command queued ahead of it and goes to the actor behind it.
+    let (receipt, hold) = futures::join!(
+        e.execute_frame(vec![req(adjust_cmd("A", "ds-c", 2))]),
+        e.execute_frame(vec![req(reserve_cmd(201, "store", &[("A", 2)], 60_000))]),
+    );
+    assert!(receipt[0].is_ok(), "{:?}", receipt[0]);
+    assert!(
+        hold[0].is_ok(),
+        "the hold waited for the receipt: {:?}",
+        hold[0]
+    );
+    assert_eq!(e.stats().sold_out_refusals, before);
+}

@@ -2,7 +2,7 @@
 //! steps — decide, log, apply, reply — with no business rule of its own. Asked by the
 //! registry's idle sweeper, it passivates, handing its compact state back to the registry.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Context, Handler, Message};
@@ -128,11 +128,29 @@ impl Message for SkuBatch {
     type Result = ();
 }
 
+impl SkuOp {
+    /// Whether it is a command (may change the SKU): what [`ActorShared::queued`] counts.
+    pub(crate) fn is_command(&self) -> bool {
+        matches!(self, SkuOp::Command { .. })
+    }
+}
+
+impl SkuBatch {
+    /// Whether some op is a command: the message is counted in [`ActorShared::queued`].
+    pub(crate) fn has_command(&self) -> bool {
+        self.ops.iter().any(|(op, _)| op.is_command())
+    }
+}
+
 /// What an actor shares with its registry slot: read there without a message.
 #[derive(Debug)]
 pub(crate) struct ActorShared {
     /// Sweep tick of the last message handled (or sold-out refusal), read by the sweeper.
     pub last_tick: AtomicU64,
+    /// Messages with a command sent to the actor and not handled yet (`delivery` counts
+    /// them in, the actor out): a hold is refused without a message only when none is
+    /// ahead of it, so it is answered as the actor would answer it in mailbox order.
+    pub queued: AtomicU32,
     /// [`SkuState::sells_nothing`] after the last change: a new hold is then refused from
     /// the command alone ([`SkuState::hold_when_sold_out`], `delivery`), without a message.
     pub sells_nothing: AtomicBool,
@@ -142,6 +160,7 @@ impl ActorShared {
     pub(crate) fn new(state: &SkuState, tick: u64) -> Self {
         ActorShared {
             last_tick: AtomicU64::new(tick),
+            queued: AtomicU32::new(0),
             sells_nothing: AtomicBool::new(state.sells_nothing()),
         }
     }
@@ -318,7 +337,9 @@ impl Handler<SkuMsg> for SkuActor {
     type Result = ();
 
     fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
+        let counted = msg.op.is_command();
         self.handle_one(msg.op, msg.reply, ctx);
+        self.handled(counted);
     }
 }
 
@@ -326,13 +347,23 @@ impl Handler<SkuBatch> for SkuActor {
     type Result = ();
 
     fn handle(&mut self, msg: SkuBatch, ctx: &mut Context<Self>) {
+        let counted = msg.has_command();
         for (op, reply) in msg.ops {
             self.handle_one(op, ReplyTo::Slot(reply), ctx);
         }
+        self.handled(counted);
     }
 }
 
 impl SkuActor {
+    /// Counts a handled message out of [`ActorShared::queued`] (after the flag it leaves
+    /// is published), if `delivery` counted it in.
+    fn handled(&self, counted: bool) {
+        if counted {
+            self.shared.queued.fetch_sub(1, Ordering::Release);
+        }
+    }
+
     /// One op, whichever message carried it. After passivation every op goes back
     /// (`Moved`) to be re-sent to the SKU's new actor.
     fn handle_one(&mut self, op: SkuOp, reply: ReplyTo, ctx: &mut Context<Self>) {

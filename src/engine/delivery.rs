@@ -5,7 +5,9 @@
 //! A frame's new holds on a SKU that sold out (its actor's `sells_nothing` flag, set after
 //! each change) are refused here, on the request's thread, without a message: the answer
 //! is the actor's (`SkuState::hold_when_sold_out`), and nothing changes. Only a message
-//! whose every op is such a hold is answered this way, so the ops of one frame on a SKU
+//! whose every op is such a hold is answered this way, and only when no command is queued
+//! ahead of it (`ActorShared::queued`, counted in here and out by the actor), so it gets
+//! the answer the actor would give it in mailbox order, and the ops of one frame on a SKU
 //! still meet its actor in frame order. A flash sale's late carts then cost the SKU's
 //! thread nothing.
 
@@ -67,12 +69,22 @@ pub(super) async fn call(
         let kept = (delivery == Delivery::Wait).then(|| msg.op.clone());
         match delivery {
             Delivery::Try => {
+                let counted = msg.op.is_command();
                 let sent = core
                     .registry
-                    .with_addr(core, sku, create, |a| match a.try_send(msg) {
-                        Ok(()) => Sent::Queued,
-                        Err(actix::dev::SendError::Full(_)) => Sent::Full,
-                        Err(actix::dev::SendError::Closed(m)) => Sent::Closed(m.op),
+                    .with_active(core, sku, create, |a| {
+                        a.queue(counted);
+                        match a.addr().try_send(msg) {
+                            Ok(()) => Sent::Queued,
+                            Err(actix::dev::SendError::Full(_)) => {
+                                a.unqueue(counted);
+                                Sent::Full
+                            }
+                            Err(actix::dev::SendError::Closed(m)) => {
+                                a.unqueue(counted);
+                                Sent::Closed(m.op)
+                            }
+                        }
                     })
                     .map_err(limit_to_rejection)?;
                 match sent {
@@ -89,9 +101,15 @@ pub(super) async fn call(
                 }
             }
             Delivery::Wait => {
+                // Counted in for as long as the mailbox may hold it (a send that fails
+                // means the actor stopped, and its count with it).
+                let counted = msg.op.is_command();
                 let req = core
                     .registry
-                    .with_addr(core, sku, create, |a| a.send(msg))
+                    .with_active(core, sku, create, |a| {
+                        a.queue(counted);
+                        a.addr().send(msg)
+                    })
                     .map_err(limit_to_rejection)?
                     .ok_or_else(|| Rejection::UnknownSku(sku.clone()))?;
                 let _ = req.await;
@@ -405,6 +423,9 @@ enum Offer {
 pub(super) trait SoldOut: Sized {
     /// Answers every op as refused and returns how many, or gives the message back.
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self>;
+
+    /// Whether it carries a command (counted in the actor's queue while it is in flight).
+    fn has_command(&self) -> bool;
 }
 
 /// The refusal of one op on a SKU that sold out (`None`: not a new hold).
@@ -421,6 +442,10 @@ fn sold_out_refusal(sku: &SkuId, op: &SkuOp) -> Option<Rejection> {
 }
 
 impl SoldOut for SkuMsg {
+    fn has_command(&self) -> bool {
+        self.op.is_command()
+    }
+
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
         match (sold_out_refusal(sku, &self.op), self.reply) {
             (Some(r), ReplyTo::Slot(s)) => {
@@ -433,6 +458,10 @@ impl SoldOut for SkuMsg {
 }
 
 impl SoldOut for SkuBatch {
+    fn has_command(&self) -> bool {
+        SkuBatch::has_command(self)
+    }
+
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
         let refusals: Option<Vec<Rejection>> = self
             .ops
@@ -481,19 +510,23 @@ where
         // The message stays in `held` unless the closure runs and the mailbox takes it (or
         // the sold-out SKU answers it).
         let sent = core.registry.with_active(core, sku, create, |a| {
-            if a.sells_nothing() {
+            if a.refuses_holds() {
                 if let Some(n) = refuse_sold_out(core, a, sku, &mut held) {
                     return Offer::Refused(n);
                 }
             }
             let msg = held.take().expect("invariant: held until sent");
+            let counted = msg.has_command();
+            a.queue(counted);
             match a.addr().try_send(msg) {
                 Ok(()) => Offer::Queued,
                 Err(actix::dev::SendError::Full(m)) => {
+                    a.unqueue(counted);
                     held = Some(m);
                     Offer::Full
                 }
                 Err(actix::dev::SendError::Closed(m)) => {
+                    a.unqueue(counted);
                     held = Some(m);
                     Offer::Closed
                 }

@@ -39,9 +39,26 @@ impl ActiveSlot {
         &self.addr
     }
 
-    /// Whether the SKU sold out at its last change ([`ActorShared::sells_nothing`]).
-    pub(crate) fn sells_nothing(&self) -> bool {
-        self.shared.sells_nothing.load(Ordering::Acquire)
+    /// Whether a new hold may be refused without a message: the SKU sold out at its last
+    /// change ([`ActorShared::sells_nothing`]) and no command is queued ahead of it.
+    pub(crate) fn refuses_holds(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) == 0
+            && self.shared.sells_nothing.load(Ordering::Acquire)
+    }
+
+    /// Counts a message about to be sent in [`ActorShared::queued`] (`counted`: it has a
+    /// command). Before the send: the actor counts it out once handled.
+    pub(crate) fn queue(&self, counted: bool) {
+        if counted {
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Counts out a message [`ActiveSlot::queue`] counted in but the mailbox refused.
+    pub(crate) fn unqueue(&self, counted: bool) {
+        if counted {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Counts an answer given for the actor as its activity (the idle sweeper's tick).
@@ -299,19 +316,9 @@ impl Registry {
         asked
     }
 
-    /// Runs `f` with the SKU's actor address, activating it if passive and creating it if
-    /// absent and `create` is set. `Ok(None)`: unknown SKU.
-    pub(crate) fn with_addr<R>(
-        &self,
-        core: &Arc<Core>,
-        sku: &SkuId,
-        create: bool,
-        f: impl FnOnce(&Addr<SkuActor>) -> R,
-    ) -> Result<Option<R>, EngineError> {
-        self.with_active(core, sku, create, |a| f(&a.addr))
-    }
-
-    /// [`Registry::with_addr`] with the whole active slot (its actor's shared flags too).
+    /// Runs `f` with the SKU's active slot (its actor's address and shared flags),
+    /// activating it if passive and creating it if absent and `create` is set.
+    /// `Ok(None)`: unknown SKU.
     pub(crate) fn with_active<R>(
         &self,
         core: &Arc<Core>,
