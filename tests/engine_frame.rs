@@ -351,19 +351,30 @@ async fn ops_on_one_sku_apply_in_frame_order_across_messages() {
     assert_eq!((on_hand(&a), a.reserved_total()), (600, 599));
 }
 
+/// An engine whose SKU A sold out: `units` received at ds-c, all held by `reservation` on
+/// `store` (which sells from ds-c then wh-a with no buffer).
+async fn sold_out_engine(units: u32, reservation: u128) -> Engine {
+    let e = engine();
+    small_catalog(&e).await;
+    adjust(&e, "A", "ds-c", i64::from(units)).await.unwrap();
+    let placed = e
+        .execute_frame(vec![req(reserve_cmd(
+            reservation,
+            "store",
+            &[("A", units)],
+            60_000,
+        ))])
+        .await;
+    assert!(placed[0].is_ok(), "{:?}", placed[0]);
+    e
+}
+
 /// A SKU that sold out refuses new holds without its actor (`sold_out_refusals`), with the
 /// actor's answer; a stock command earlier in the same frame is still applied first, and a
 /// release makes the SKU sell again.
 #[tokio::test]
 async fn a_sold_out_sku_refuses_new_holds_itself_and_sells_again_once_stock_returns() {
-    let e = engine();
-    small_catalog(&e).await;
-    // `store` sells from ds-c then wh-a with no buffer: 3 units, all reserved by 100.
-    adjust(&e, "A", "ds-c", 3).await.unwrap();
-    let placed = e
-        .execute_frame(vec![req(reserve_cmd(100, "store", &[("A", 3)], 60_000))])
-        .await;
-    assert!(placed[0].is_ok(), "{:?}", placed[0]);
+    let e = sold_out_engine(3, 100).await;
     let before = e.stats().sold_out_refusals;
     let answers = e
         .execute_frame(vec![
@@ -412,13 +423,7 @@ async fn a_sold_out_sku_refuses_new_holds_itself_and_sells_again_once_stock_retu
 /// refused ahead of it: it waits its turn in the mailbox, as before the sold-out path.
 #[tokio::test]
 async fn a_sold_out_sku_does_not_refuse_a_hold_ahead_of_a_queued_command() {
-    let e = engine();
-    small_catalog(&e).await;
-    adjust(&e, "A", "ds-c", 1).await.unwrap();
-    let placed = e
-        .execute_frame(vec![req(reserve_cmd(200, "store", &[("A", 1)], 60_000))])
-        .await;
-    assert!(placed[0].is_ok(), "{:?}", placed[0]);
+    let e = sold_out_engine(1, 200).await;
     let before = e.stats().sold_out_refusals;
     // Two calls at once: the receipt's message is sent first (`join!` polls in order), so
     // the hold finds a command queued ahead of it and goes to the actor behind it.
