@@ -60,6 +60,18 @@ impl Shard {
         }
     }
 
+    /// [`Shard::insert`] of several ids due at the same millisecond.
+    fn insert_all(&mut self, at_ms: TimeMs, ids: impl ExactSizeIterator<Item = ReservationId>) {
+        let bucket = self.by_ms.entry(at_ms).or_default();
+        bucket.reserve(ids.len());
+        for id in ids {
+            if !bucket.contains(&id) {
+                bucket.push(id);
+                self.len += 1;
+            }
+        }
+    }
+
     fn remove(&mut self, at_ms: TimeMs, id: ReservationId) {
         if let Some(bucket) = self.by_ms.get_mut(&at_ms) {
             if let Some(i) = bucket.iter().position(|&x| x == id) {
@@ -102,6 +114,44 @@ impl ExpiryQueue {
         self.shards[shard_of(id)].lock().insert(at_ms, id);
         if at_ms < self.armed_ms.load(Ordering::Acquire) {
             self.armed_ms.fetch_min(at_ms, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+
+    /// [`ExpiryQueue::insert`] of many deadlines (a frame's reserves): one lock per shard
+    /// and one lookup per shard and run of equal milliseconds instead of one each (a
+    /// frame's reserves share their `now`, so mostly their expiry).
+    pub fn insert_many(&self, items: &[(TimeMs, ReservationId)]) {
+        let Some(earliest) = items.iter().map(|&(at, _)| at).min() else {
+            return;
+        };
+        // By shard, keeping their order (a counting sort: no comparison sort per frame).
+        let mut starts = [0usize; SHARDS + 1];
+        for &(_, id) in items {
+            starts[shard_of(id) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut by_shard = vec![(0, 0); items.len()];
+        for &item in items {
+            let s = shard_of(item.1);
+            by_shard[next[s]] = item;
+            next[s] += 1;
+        }
+        for s in 0..SHARDS {
+            let run = &by_shard[starts[s]..starts[s + 1]];
+            if run.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock();
+            for same_ms in run.chunk_by(|a, b| a.0 == b.0) {
+                shard.insert_all(same_ms[0].0, same_ms.iter().map(|&(_, id)| id));
+            }
+        }
+        if earliest < self.armed_ms.load(Ordering::Acquire) {
+            self.armed_ms.fetch_min(earliest, Ordering::AcqRel);
             self.wake.notify_one();
         }
     }
@@ -171,6 +221,8 @@ mod tests {
         #[derive(Clone, Debug)]
         enum Step {
             Insert(TimeMs, ReservationId),
+            /// A frame's deadlines at once (repeats and mixed deadlines included).
+            InsertMany(Vec<(TimeMs, ReservationId)>),
             Remove(TimeMs, ReservationId),
             Take(TimeMs, usize),
             Next,
@@ -182,6 +234,8 @@ mod tests {
             let id = (0..24u128).prop_map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i);
             prop_oneof![
                 4 => (t.clone(), id.clone()).prop_map(|(t, i)| Step::Insert(t, i)),
+                2 => proptest::collection::vec((t.clone(), id.clone()), 0..12)
+                    .prop_map(Step::InsertMany),
                 2 => (t.clone(), id).prop_map(|(t, i)| Step::Remove(t, i)),
                 1 => (t, 0..6usize).prop_map(|(t, m)| Step::Take(t, m)),
                 1 => Just(Step::Next),
@@ -197,6 +251,10 @@ mod tests {
                 for s in steps {
                     match s {
                         Step::Insert(t, i) => { q.insert(t, i); m.insert((t, i)); }
+                        Step::InsertMany(items) => {
+                            m.extend(items.iter().copied());
+                            q.insert_many(&items);
+                        }
                         Step::Remove(t, i) => { q.remove(t, i); m.remove(&(t, i)); }
                         Step::Take(now, max) => {
                             let got = q.take_due(now, max);

@@ -360,6 +360,22 @@ async fn run_direct(
         Some(seq) if seq > 0 => core.journal.wait_durable(seq).await,
         _ => Ok(()),
     };
+    if durable.is_ok() {
+        // Every placed reserve's expiry at once, before any of them can be fulfilled,
+        // released or extended (`complete` marks them committed): a deadline is never
+        // removed before it is queued.
+        let due: Vec<(TimeMs, ReservationId)> = meta
+            .iter()
+            .zip(&placed)
+            .filter_map(|((_, _, _, kind, _), p)| match (kind, p) {
+                (Kind::Reserve(reservation, expires_at_ms), Ok(_)) => {
+                    Some((*expires_at_ms, *reservation))
+                }
+                _ => None,
+            })
+            .collect();
+        core.expiry.insert_many(&due);
+    }
     meta.into_iter()
         .zip(placed)
         .map(|((i, id, fp, kind, _), p)| (i, complete(core, (id, fp), kind, p, &durable, now)))
@@ -391,12 +407,13 @@ fn complete(
     let failure: Failure = match (placed, durable) {
         (Ok((done, _)), durable) => {
             match kind {
-                Kind::Reserve(reservation, expires_at_ms) if durable.is_ok() => {
+                // Its expiry was queued by `run_direct`.
+                Kind::Reserve(reservation, _) if durable.is_ok() => {
                     let lines = done
                         .iter()
                         .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
                         .collect();
-                    finish_reservation(core, reservation, lines, expires_at_ms);
+                    finish_reservation(core, reservation, lines);
                 }
                 Kind::Reserve(reservation, _) => {
                     core.reservations.remove(&reservation);

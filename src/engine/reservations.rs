@@ -95,20 +95,14 @@ pub(super) fn hold_command(
     }
 }
 
-/// A placed and durable reservation: its units per SKU, free for fulfil, release, extend,
-/// and due for expiry.
-pub(super) fn finish_reservation(
-    core: &Core,
-    id: ReservationId,
-    lines: Vec<(SkuId, u32)>,
-    expires_at_ms: TimeMs,
-) {
+/// A placed and durable reservation whose expiry is queued already: its units per SKU,
+/// free for fulfil, release and extend from now on.
+pub(super) fn finish_reservation(core: &Core, id: ReservationId, lines: Vec<(SkuId, u32)>) {
     if let Some(mut e) = core.reservations.get_mut(&id) {
         e.lines = lines;
         e.busy = false;
         e.committed = true;
     }
-    core.expiry.insert(expires_at_ms, id);
     Counters::bump(&core.counters.reservations_placed);
 }
 
