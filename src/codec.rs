@@ -95,6 +95,28 @@ fn decode_whole<'de, T: Deserialize<'de>, C: bincode::config::Config>(
     Ok(v)
 }
 
+// Writers of the fixed codec's layout, for the few values written field by field on hot
+// paths (log records, feed items): bincode, fixed-width little-endian, so integers as
+// themselves, a `bool` as one byte, a string or a vector as a u64 length then its items,
+// an enum variant as its u32 index then its fields in declaration order. Each caller has a
+// test that its bytes are the codec's.
+
+/// Appends `v` as the fixed codec writes a u64.
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Appends an enum variant's index as the fixed codec writes it.
+pub fn put_variant(out: &mut Vec<u8>, index: u32) {
+    out.extend_from_slice(&index.to_le_bytes());
+}
+
+/// Appends a string as the fixed codec writes it: its u64 length, then its bytes.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_u64(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// Decodes one value from the start of `bytes` with the fixed configuration, and how many
 /// bytes it took (for a caller reading a sequence of values itself).
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {

@@ -135,9 +135,20 @@ impl SkuOp {
     }
 }
 
-impl SkuBatch {
-    /// Whether some op is a command: the message is counted in [`ActorShared::queued`].
-    pub(crate) fn has_command(&self) -> bool {
+/// A message to a SKU actor, counted in [`ActorShared::queued`] while in flight when it
+/// carries a command (`ActiveSlot::try_send` counts it in, the actor's handler out).
+pub(crate) trait Counted {
+    fn has_command(&self) -> bool;
+}
+
+impl Counted for SkuMsg {
+    fn has_command(&self) -> bool {
+        self.op.is_command()
+    }
+}
+
+impl Counted for SkuBatch {
+    fn has_command(&self) -> bool {
         self.ops.iter().any(|(op, _)| op.is_command())
     }
 }
@@ -337,7 +348,7 @@ impl Handler<SkuMsg> for SkuActor {
     type Result = ();
 
     fn handle(&mut self, msg: SkuMsg, ctx: &mut Context<Self>) {
-        let counted = msg.op.is_command();
+        let counted = msg.has_command();
         self.handle_one(msg.op, msg.reply, ctx);
         self.handled(counted);
     }

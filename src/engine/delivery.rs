@@ -6,7 +6,7 @@
 //! each change) are refused here, on the request's thread, without a message: the answer
 //! is the actor's (`SkuState::hold_when_sold_out`), and nothing changes. Only a message
 //! whose every op is such a hold is answered this way, and only when no command is queued
-//! ahead of it (`ActorShared::queued`, counted in here and out by the actor), so it gets
+//! ahead of it (`ActorShared::queued`, counted in by `ActiveSlot::try_send` and out by the actor), so it gets
 //! the answer the actor would give it in mailbox order, and the ops of one frame on a SKU
 //! still meet its actor in frame order. A flash sale's late carts then cost the SKU's
 //! thread nothing.
@@ -69,22 +69,12 @@ pub(super) async fn call(
         let kept = (delivery == Delivery::Wait).then(|| msg.op.clone());
         match delivery {
             Delivery::Try => {
-                let counted = msg.op.is_command();
                 let sent = core
                     .registry
-                    .with_active(core, sku, create, |a| {
-                        a.queue(counted);
-                        match a.addr().try_send(msg) {
-                            Ok(()) => Sent::Queued,
-                            Err(actix::dev::SendError::Full(_)) => {
-                                a.unqueue(counted);
-                                Sent::Full
-                            }
-                            Err(actix::dev::SendError::Closed(m)) => {
-                                a.unqueue(counted);
-                                Sent::Closed(m.op)
-                            }
-                        }
+                    .with_active(core, sku, create, |a| match a.try_send(msg) {
+                        Ok(()) => Sent::Queued,
+                        Err(actix::dev::SendError::Full(_)) => Sent::Full,
+                        Err(actix::dev::SendError::Closed(m)) => Sent::Closed(m.op),
                     })
                     .map_err(limit_to_rejection)?;
                 match sent {
@@ -101,15 +91,9 @@ pub(super) async fn call(
                 }
             }
             Delivery::Wait => {
-                // Counted in for as long as the mailbox may hold it (a send that fails
-                // means the actor stopped, and its count with it).
-                let counted = msg.op.is_command();
                 let req = core
                     .registry
-                    .with_active(core, sku, create, |a| {
-                        a.queue(counted);
-                        a.addr().send(msg)
-                    })
+                    .with_active(core, sku, create, |a| a.send(msg))
                     .map_err(limit_to_rejection)?
                     .ok_or_else(|| Rejection::UnknownSku(sku.clone()))?;
                 let _ = req.await;
@@ -423,9 +407,6 @@ enum Offer {
 pub(super) trait SoldOut: Sized {
     /// Answers every op as refused and returns how many, or gives the message back.
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self>;
-
-    /// Whether it carries a command (counted in the actor's queue while it is in flight).
-    fn has_command(&self) -> bool;
 }
 
 /// The refusal of one op on a SKU that sold out (`None`: not a new hold).
@@ -442,10 +423,6 @@ fn sold_out_refusal(sku: &SkuId, op: &SkuOp) -> Option<Rejection> {
 }
 
 impl SoldOut for SkuMsg {
-    fn has_command(&self) -> bool {
-        self.op.is_command()
-    }
-
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
         match (sold_out_refusal(sku, &self.op), self.reply) {
             (Some(r), ReplyTo::Slot(s)) => {
@@ -458,10 +435,6 @@ impl SoldOut for SkuMsg {
 }
 
 impl SoldOut for SkuBatch {
-    fn has_command(&self) -> bool {
-        SkuBatch::has_command(self)
-    }
-
     fn refuse_sold_out(self, sku: &SkuId) -> Result<u64, Self> {
         let refusals: Option<Vec<Rejection>> = self
             .ops
@@ -502,7 +475,7 @@ fn send_batch(core: &Arc<Core>, sku: &SkuId, ops: Vec<(SkuOp, SlotReply)>, creat
 /// [`MAX_REDELIVERIES`]) the message comes back with the failure to answer it with.
 fn offer<M>(core: &Arc<Core>, sku: &SkuId, msg: M, create: bool) -> Result<(), (Option<M>, Failure)>
 where
-    M: actix::Message<Result = ()> + SoldOut + Send + 'static,
+    M: actix::Message<Result = ()> + SoldOut + super::actor::Counted + Send + 'static,
     super::actor::SkuActor: actix::Handler<M>,
 {
     let mut held = Some(msg);
@@ -516,17 +489,13 @@ where
                 }
             }
             let msg = held.take().expect("invariant: held until sent");
-            let counted = msg.has_command();
-            a.queue(counted);
-            match a.addr().try_send(msg) {
+            match a.try_send(msg) {
                 Ok(()) => Offer::Queued,
                 Err(actix::dev::SendError::Full(m)) => {
-                    a.unqueue(counted);
                     held = Some(m);
                     Offer::Full
                 }
                 Err(actix::dev::SendError::Closed(m)) => {
-                    a.unqueue(counted);
                     held = Some(m);
                     Offer::Closed
                 }

@@ -52,15 +52,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn insert(&mut self, at_ms: TimeMs, id: ReservationId) {
-        let bucket = self.by_ms.entry(at_ms).or_default();
-        if !bucket.contains(&id) {
-            bucket.push(id);
-            self.len += 1;
-        }
-    }
-
-    /// [`Shard::insert`] of several ids due at the same millisecond.
+    /// Adds `ids`, due at the same millisecond (each once).
     fn insert_all(&mut self, at_ms: TimeMs, ids: impl ExactSizeIterator<Item = ReservationId>) {
         let bucket = self.by_ms.entry(at_ms).or_default();
         bucket.reserve(ids.len());
@@ -111,7 +103,14 @@ impl Shard {
 impl ExpiryQueue {
     /// Adds a deadline; wakes the driver if it is earlier than the one it sleeps until.
     pub fn insert(&self, at_ms: TimeMs, id: ReservationId) {
-        self.shards[shard_of(id)].lock().insert(at_ms, id);
+        self.shards[shard_of(id)]
+            .lock()
+            .insert_all(at_ms, std::iter::once(id));
+        self.arm(at_ms);
+    }
+
+    /// Wakes the driver if `at_ms` is earlier than the deadline it sleeps until.
+    fn arm(&self, at_ms: TimeMs) {
         if at_ms < self.armed_ms.load(Ordering::Acquire) {
             self.armed_ms.fetch_min(at_ms, Ordering::AcqRel);
             self.wake.notify_one();
@@ -150,10 +149,7 @@ impl ExpiryQueue {
                 shard.insert_all(same_ms[0].0, same_ms.iter().map(|&(_, id)| id));
             }
         }
-        if earliest < self.armed_ms.load(Ordering::Acquire) {
-            self.armed_ms.fetch_min(earliest, Ordering::AcqRel);
-            self.wake.notify_one();
-        }
+        self.arm(earliest);
     }
 
     /// Removes a deadline (reservation ended or extended).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::codec::{self, put_str, put_u64, put_variant};
 use crate::domain::{CatalogEvent, Event, RequestId, ReservationId, SkuCommand, SkuId, TimeMs};
 use crate::wal::{Wal, WalError};
 
@@ -163,22 +163,7 @@ impl Journal {
     }
 }
 
-// The fixed codec's layout (bincode, fixed-width little-endian): integers as themselves, a
-// `bool` as one byte, a string or a vector as a u64 length then its items, an enum variant
-// as its u32 index then its fields in declaration order.
-
-fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn put_variant(out: &mut Vec<u8>, index: u32) {
-    out.extend_from_slice(&index.to_le_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_u64(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
+// Written in the fixed codec's layout (`codec::put_u64` and the rest).
 
 fn put_allocations(out: &mut Vec<u8>, allocations: &[crate::domain::Allocation]) {
     put_u64(out, allocations.len() as u64);

@@ -15,14 +15,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr, ArbiterHandle};
+use actix::{Actor, Addr, ArbiterHandle, Handler, Message};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::codec;
 use crate::domain::{Bucket, Catalog, Hold, ReservationId, SkuId, SkuState, Velocity};
 
-use super::actor::{ActorShared, ReplyTo, SkuActor, SkuMsg, SkuOp};
+use super::actor::{ActorShared, Counted, ReplyTo, SkuActor, SkuMsg, SkuOp};
 use super::{Core, EngineError};
 
 /// An active SKU's actor.
@@ -35,10 +35,6 @@ pub(crate) struct ActiveSlot {
 }
 
 impl ActiveSlot {
-    pub(crate) fn addr(&self) -> &Addr<SkuActor> {
-        &self.addr
-    }
-
     /// Whether a new hold may be refused without a message: the SKU sold out at its last
     /// change ([`ActorShared::sells_nothing`]) and no command is queued ahead of it.
     pub(crate) fn refuses_holds(&self) -> bool {
@@ -46,19 +42,34 @@ impl ActiveSlot {
             && self.shared.sells_nothing.load(Ordering::Acquire)
     }
 
-    /// Counts a message about to be sent in [`ActorShared::queued`] (`counted`: it has a
-    /// command). Before the send: the actor counts it out once handled.
-    pub(crate) fn queue(&self, counted: bool) {
+    /// `try_send`s `msg` to the actor, counting it in [`ActorShared::queued`] while in
+    /// flight if it carries a command (the actor counts it out once handled; a refused
+    /// send is counted out here).
+    pub(crate) fn try_send<M>(&self, msg: M) -> Result<(), actix::dev::SendError<M>>
+    where
+        M: Message<Result = ()> + Counted + Send + 'static,
+        SkuActor: Handler<M>,
+    {
+        let counted = msg.has_command();
         if counted {
             self.shared.queued.fetch_add(1, Ordering::AcqRel);
         }
-    }
-
-    /// Counts out a message [`ActiveSlot::queue`] counted in but the mailbox refused.
-    pub(crate) fn unqueue(&self, counted: bool) {
-        if counted {
+        let sent = self.addr.try_send(msg);
+        if counted && sent.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
         }
+        sent
+    }
+
+    /// [`ActiveSlot::try_send`] that waits for room. A send that fails later means the
+    /// actor stopped, and its count with it. A waiting send dropped before the mailbox took
+    /// it stays counted: this actor then sends every hold to its mailbox (the safe side)
+    /// until it passivates and a new actor starts from 0.
+    pub(crate) fn send(&self, msg: SkuMsg) -> actix::dev::Request<SkuActor, SkuMsg> {
+        if msg.has_command() {
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        self.addr.send(msg)
     }
 
     /// Counts an answer given for the actor as its activity (the idle sweeper's tick).
@@ -301,12 +312,11 @@ impl Registry {
                 if now.saturating_sub(last) >= idle_ticks {
                     let (tx, _rx) = tokio::sync::oneshot::channel();
                     let op = SkuOp::Passivate { tick: last };
-                    if a.addr
-                        .try_send(SkuMsg {
-                            op,
-                            reply: ReplyTo::One(tx),
-                        })
-                        .is_ok()
+                    if a.try_send(SkuMsg {
+                        op,
+                        reply: ReplyTo::One(tx),
+                    })
+                    .is_ok()
                     {
                         asked += 1;
                     }

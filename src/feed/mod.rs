@@ -745,17 +745,15 @@ pub fn derive(
     )
 }
 
-/// Appends `PushItem::Atp` of change `c` as the fixed codec writes it (bincode,
-/// fixed-width little-endian: the variant's u32 index, then the fields of `WireAtp` in
-/// declaration order, a string as its u64 length then its bytes, a bool as one byte).
+/// Appends `PushItem::Atp` of change `c` as the fixed codec writes it (the variant's
+/// index, then the fields of `WireAtp` in declaration order; see `codec::put_u64`).
 fn put_atp(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, c: &AtpChange, cause: u8) {
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&rec.seq.to_le_bytes());
-    out.extend_from_slice(&rec.at_ms.to_le_bytes());
-    for s in [sku, c.channel.as_str()] {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
+    use crate::codec::{put_str, put_u64, put_variant};
+    put_variant(out, 0);
+    put_u64(out, rec.seq);
+    put_u64(out, rec.at_ms);
+    put_str(out, sku);
+    put_str(out, c.channel.as_str());
     out.extend_from_slice(&c.previous.to_le_bytes());
     out.extend_from_slice(&c.atp.to_le_bytes());
     out.extend_from_slice(&[cause, c.transition, u8::from(false)]);
@@ -763,15 +761,15 @@ fn put_atp(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, c: &AtpChange, cause:
 
 /// Appends `PushItem::Reservation` of `r` as the fixed codec writes it (see [`put_atp`]).
 fn put_reservation(out: &mut Vec<u8>, rec: &FeedRecord, sku: &str, r: &ReservationChange) {
-    out.extend_from_slice(&2u32.to_le_bytes());
-    out.extend_from_slice(&rec.seq.to_le_bytes());
-    out.extend_from_slice(&rec.at_ms.to_le_bytes());
-    out.extend_from_slice(&(sku.len() as u64).to_le_bytes());
-    out.extend_from_slice(sku.as_bytes());
+    use crate::codec::{put_str, put_u64, put_variant};
+    put_variant(out, 2);
+    put_u64(out, rec.seq);
+    put_u64(out, rec.at_ms);
+    put_str(out, sku);
     out.extend_from_slice(&r.reservation.to_le_bytes());
     out.push(r.kind);
     out.extend_from_slice(&r.qty.to_le_bytes());
-    out.extend_from_slice(&r.expires_at_ms.to_le_bytes());
+    put_u64(out, r.expires_at_ms);
 }
 
 /// Encodes every wire item of a record once, in the order `Filter::render` emits them.

@@ -296,7 +296,7 @@ fn reserve_ref_direct(bytes: &[u8]) -> Option<super::messages::ReserveRef<'_>> {
     })
 }
 
-/// A reader over the bytes left of a body (see [`reserve_ref_direct`]).
+/// A reader over the bytes left of a body (see [`reserve_ref_direct`], [`decode_push_batch`]).
 struct Direct<'a>(&'a [u8]);
 
 impl<'a> Direct<'a> {
@@ -332,28 +332,28 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError
 pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, ProtocolError> {
     use crate::protocol::{PushItem, WireAtp};
     let bad = |m: &str| ProtocolError::Decode(format!("push batch: {m}"));
-    let mut r = bytes;
-    let n = take_u64(&mut r).ok_or_else(|| bad("truncated item count"))?;
+    let mut r = Direct(bytes);
+    let n = u64::from_le_bytes(r.array().ok_or_else(|| bad("truncated item count"))?);
     // Each item takes at least its 4-byte variant index: a count beyond that is refused
     // before anything is allocated for it.
-    if n > (r.len() / 4) as u64 {
+    if n > (r.0.len() / 4) as u64 {
         return Err(bad("more items announced than bytes for them"));
     }
     let mut items = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        if r.get(..4) == Some(&0u32.to_le_bytes()[..]) {
-            r = &r[4..];
+        if r.0.get(..4) == Some(&0u32.to_le_bytes()[..]) {
+            r.take(4);
             let atp = (|| {
                 Some(WireAtp {
-                    seq: take_u64(&mut r)?,
-                    at_ms: take_u64(&mut r)?,
-                    sku: take_string(&mut r)?,
-                    channel: take_string(&mut r)?,
-                    previous: u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?),
-                    atp: u32::from_le_bytes(take(&mut r, 4)?.try_into().ok()?),
-                    cause: take(&mut r, 1)?[0],
-                    transition: take(&mut r, 1)?[0],
-                    coalesced: match take(&mut r, 1)?[0] {
+                    seq: u64::from_le_bytes(r.array()?),
+                    at_ms: u64::from_le_bytes(r.array()?),
+                    sku: r.str()?.to_owned(),
+                    channel: r.str()?.to_owned(),
+                    previous: u32::from_le_bytes(r.array()?),
+                    atp: u32::from_le_bytes(r.array()?),
+                    cause: r.byte()?,
+                    transition: r.byte()?,
+                    coalesced: match r.byte()? {
                         0 => false,
                         1 => true,
                         _ => return None,
@@ -363,33 +363,16 @@ pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, Pro
             .ok_or_else(|| bad("malformed ATP item"))?;
             items.push(PushItem::Atp(atp));
         } else {
-            let (item, used) = codec::decode_prefix::<PushItem>(r)
+            let (item, used) = codec::decode_prefix::<PushItem>(r.0)
                 .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-            r = &r[used..];
+            r.take(used);
             items.push(item);
         }
     }
-    if !r.is_empty() {
-        return Err(bad(&format!("{} byte(s) after the last item", r.len())));
+    if !r.0.is_empty() {
+        return Err(bad(&format!("{} byte(s) after the last item", r.0.len())));
     }
     Ok(crate::protocol::PushBatch { items })
-}
-
-/// The next `n` bytes of `r`, moving past them.
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    let (head, rest) = r.split_at_checked(n)?;
-    *r = rest;
-    Some(head)
-}
-
-fn take_u64(r: &mut &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(take(r, 8)?.try_into().ok()?))
-}
-
-/// A string as the codec writes it: its u64 length, then its UTF-8 bytes.
-fn take_string(r: &mut &[u8]) -> Option<String> {
-    let len = usize::try_from(take_u64(r)?).ok()?;
-    String::from_utf8(take(r, len)?.to_vec()).ok()
 }
 
 impl Op {
