@@ -1,7 +1,18 @@
-//! One client connection: the write half behind a lock (callers write whole frames), and a
-//! reader task that routes each response to the caller waiting on its correlation id. When
-//! the connection ends every waiting caller gets [`ClientError::Disconnected`] (or the
-//! server's error frame), so nobody waits forever.
+//! One client connection: a writer task that owns the write half, and a reader task that
+//! routes each response to the caller waiting on its correlation id. When the connection
+//! ends every waiting caller gets [`ClientError::Disconnected`] (or the server's error
+//! frame), so nobody waits forever.
+//!
+//! Callers encode their request frame into the connection's outbox and wake the writer;
+//! they never write the socket themselves, so a caller that is cancelled can never leave
+//! half a frame on the wire. The writer takes everything queued at once and writes it with
+//! one call: requests sent together by many tasks sharing the connection (a checkout
+//! service's concurrent carts) leave in one segment and reach the server as one read. When
+//! other requests of the connection are still waiting for answers, the writer first lets
+//! the tasks that are runnable now add theirs (answers arrive together and wake their
+//! callers together); a connection with one request at a time is written at once. The
+//! outbox holds at most [`MAX_QUEUED_BYTES`] (or one frame, if larger); a caller beyond it
+//! waits for the writer to drain it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +23,10 @@ use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::timeout;
 
+use crate::protocol::frame::{FRAME_OVERHEAD_BYTES, HEADER_BYTES};
 use crate::protocol::{self, ErrorFrame, Frame, FrameKind, Hello, ResponseBatch, Welcome};
 
 use super::{ClientConfig, ClientError};
@@ -33,12 +45,59 @@ struct Pending {
     pushes: HashMap<u64, mpsc::Sender<Vec<u8>>>,
 }
 
+/// Request bytes a connection queues for its writer before callers wait for room (a
+/// single larger frame is still taken when the outbox is empty).
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// Frames waiting for the writer task.
+#[derive(Default)]
+struct Outbox {
+    buf: Vec<u8>,
+    /// Frames in `buf`.
+    frames: usize,
+    /// The writer has been woken and has not taken `buf` yet.
+    woken: bool,
+    /// Nothing more is written: the connection failed or was closed.
+    closed: bool,
+    /// Shut the write side down once `buf` is written (a requested close).
+    shutdown: bool,
+}
+
+/// What callers and the writer task share.
+#[derive(Default)]
+struct Writer {
+    out: Mutex<Outbox>,
+    /// Wakes the writer (a stored permit: no wake-up is lost).
+    wake: Notify,
+    /// Wakes callers waiting for room in the outbox.
+    room: Notify,
+}
+
+impl Writer {
+    /// No more frames; the writer task ends after its current write.
+    fn close(&self) {
+        self.out.lock().closed = true;
+        self.wake.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
 /// A live connection.
 pub(crate) struct Conn {
-    wr: tokio::sync::Mutex<WriteHalf>,
+    writer: Arc<Writer>,
+    /// Resolves when the writer task has ended (after a requested shutdown or a failure).
+    writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     pending: Mutex<Pending>,
     next_corr: AtomicU64,
     pub welcome: Welcome,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The writer writes what is queued, then ends; dropping the write half closes it.
+        self.writer.out.lock().shutdown = true;
+        self.writer.wake.notify_one();
+    }
 }
 
 async fn read_frame(
@@ -129,8 +188,11 @@ impl Conn {
             }
         };
         let max = welcome.max_frame_bytes as usize;
+        let writer = Arc::new(Writer::default());
+        let (done_tx, done_rx) = oneshot::channel();
         let conn = Arc::new(Conn {
-            wr: tokio::sync::Mutex::new(wr),
+            writer: writer.clone(),
+            writer_done: tokio::sync::Mutex::new(Some(done_rx)),
             pending: Mutex::new(Pending {
                 closed: false,
                 waiters: HashMap::new(),
@@ -139,6 +201,7 @@ impl Conn {
             next_corr: AtomicU64::new(1),
             welcome,
         });
+        tokio::spawn(write_loop(Arc::downgrade(&conn), writer, wr, done_tx));
         tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf, max));
         Ok(conn)
     }
@@ -197,61 +260,210 @@ impl Conn {
                 p.pushes.insert(corr, push);
             }
         }
-        let frame = Frame::new(FrameKind::Request, corr, payload.to_vec());
-        let written = self.wr.lock().await.write_all(&frame.encode()).await;
-        if written.is_err() {
-            self.pending.lock().waiters.remove(&corr);
-            return Err(ClientError::Disconnected);
+        // The limit covers the wait for room in the outbox as well as for the answer.
+        let answer = timeout(limit, async {
+            self.enqueue(corr, payload).await?;
+            rx.await.unwrap_or(Err(ClientError::Disconnected))
+        })
+        .await
+        .unwrap_or(Err(ClientError::Timeout));
+        if answer.is_err() {
+            let mut p = self.pending.lock();
+            p.waiters.remove(&corr);
+            p.pushes.remove(&corr);
         }
-        match timeout(limit, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ClientError::Disconnected),
-            Err(_) => {
-                self.pending.lock().waiters.remove(&corr);
-                Err(ClientError::Timeout)
+        answer
+    }
+
+    /// Queues one request frame for the writer, waiting while the outbox is full. A frame
+    /// over the server's limit is refused here: the server would close the connection.
+    async fn enqueue(&self, corr: u64, payload: &[u8]) -> Result<(), ClientError> {
+        let len = HEADER_BYTES + payload.len();
+        let limit = self.welcome.max_frame_bytes as usize;
+        if len > limit {
+            return Err(ClientError::Protocol(format!(
+                "request frame of {len} bytes is over the server's limit of {limit} bytes: \
+                 send fewer operations per batch"
+            )));
+        }
+        let w = &self.writer;
+        loop {
+            let room = w.room.notified();
+            tokio::pin!(room);
+            {
+                let mut o = w.out.lock();
+                if o.closed || o.shutdown {
+                    return Err(ClientError::Disconnected);
+                }
+                if o.buf.is_empty()
+                    || o.buf.len() + FRAME_OVERHEAD_BYTES + payload.len() <= MAX_QUEUED_BYTES
+                {
+                    // u32: `len` is at most the server's limit, itself a u32.
+                    o.buf.reserve(FRAME_OVERHEAD_BYTES + payload.len());
+                    o.buf.extend_from_slice(&(len as u32).to_le_bytes());
+                    o.buf.push(FrameKind::Request as u8);
+                    o.buf.extend_from_slice(&corr.to_le_bytes());
+                    o.buf.extend_from_slice(payload);
+                    o.frames += 1;
+                    let wake = !o.woken;
+                    o.woken = true;
+                    drop(o);
+                    if wake {
+                        w.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+                // Registered before the lock is released, so the writer's drain is not missed.
+                room.as_mut().enable();
             }
+            room.await;
         }
     }
 
-    /// Closes the write side (the server then finishes and closes).
+    /// Requests still waiting for their answer.
+    fn in_flight(&self) -> usize {
+        self.pending.lock().waiters.len()
+    }
+
+    /// Writes what is queued, then closes the write side (the server then finishes and
+    /// closes); returns once the writer has ended.
     pub async fn close(&self) {
-        let _ = self.wr.lock().await.shutdown().await;
+        {
+            self.writer.out.lock().shutdown = true;
+            self.writer.wake.notify_one();
+        }
+        if let Some(done) = self.writer_done.lock().await.take() {
+            let _ = done.await;
+        }
     }
 
     fn fail_all(&self, err: &ClientError) {
-        let mut p = self.pending.lock();
-        p.closed = true;
-        for (_, w) in p.waiters.drain() {
-            let _ = w.send(Err(err.clone()));
+        {
+            let mut p = self.pending.lock();
+            p.closed = true;
+            for (_, w) in p.waiters.drain() {
+                let _ = w.send(Err(err.clone()));
+            }
+            p.pushes.clear();
         }
-        p.pushes.clear();
+        self.writer.close();
+    }
+}
+
+/// The writer task: takes everything queued at once and writes it with one call. Ends on
+/// a write failure (failing every waiting caller), a requested shutdown or a closed
+/// connection. Holds the connection only weakly, so dropping the last `Conn` ends it.
+async fn write_loop(
+    conn: std::sync::Weak<Conn>,
+    w: Arc<Writer>,
+    mut wr: WriteHalf,
+    _done: oneshot::Sender<()>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        w.wake.notified().await;
+        // Other requests of this connection are waiting for answers, which arrive
+        // together and wake their callers together: let those runnable now queue theirs,
+        // so they leave in this write.
+        let queued = w.out.lock().frames;
+        if conn.upgrade().is_some_and(|c| c.in_flight() > queued) {
+            tokio::task::yield_now().await;
+        }
+        let (shutdown, closed) = {
+            let mut o = w.out.lock();
+            o.woken = false;
+            o.frames = 0;
+            std::mem::swap(&mut o.buf, &mut batch);
+            (o.shutdown, o.closed)
+        };
+        w.room.notify_waiters();
+        if closed {
+            return;
+        }
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                if let Some(c) = conn.upgrade() {
+                    c.fail_all(&ClientError::Disconnected);
+                } else {
+                    w.close();
+                }
+                return;
+            }
+            batch.clear();
+            if batch.capacity() > MAX_QUEUED_BYTES {
+                batch = Vec::new();
+            }
+        }
+        if shutdown {
+            let _ = wr.shutdown().await;
+            w.close();
+            return;
+        }
+    }
+}
+
+/// Waits until `buf` starts with a whole frame; returns its kind, correlation id and total
+/// length (the payload is `buf[FRAME_OVERHEAD_BYTES..total]`, read in place).
+async fn next_frame(
+    rd: &mut ReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(FrameKind, u64, usize), ClientError> {
+    loop {
+        let bad = |e: protocol::FrameError| ClientError::Protocol(e.to_string());
+        if let Some(len) = Frame::peek_len(buf, max).map_err(bad)? {
+            let total = protocol::frame::LENGTH_BYTES + len;
+            if buf.len() >= total {
+                let head = &buf[protocol::frame::LENGTH_BYTES..];
+                let kind = FrameKind::from_u8(head[0])
+                    .ok_or(protocol::FrameError::UnknownKind(head[0]))
+                    .map_err(bad)?;
+                let mut corr = [0u8; 8];
+                corr.copy_from_slice(&head[1..HEADER_BYTES]);
+                return Ok((kind, u64::from_le_bytes(corr), total));
+            }
+            buf.reserve(total - buf.len());
+        }
+        buf.reserve(64 * 1024);
+        let n = rd.read_buf(buf).await.map_err(|e| read_error(&e))?;
+        if n == 0 {
+            return Err(ClientError::Disconnected);
+        }
     }
 }
 
 async fn read_loop(conn: std::sync::Weak<Conn>, mut rd: ReadHalf, mut buf: BytesMut, max: usize) {
     let err = loop {
-        let f = match read_frame(&mut rd, &mut buf, max).await {
+        let (kind, corr, total) = match next_frame(&mut rd, &mut buf, max).await {
             Ok(f) => f,
             Err(e) => break e,
         };
         let Some(c) = conn.upgrade() else { return };
-        match f.kind {
+        let payload = &buf[FRAME_OVERHEAD_BYTES..total];
+        match kind {
             FrameKind::Response => {
-                let r = protocol::decode_payload::<ResponseBatch>(&f.payload)
+                let r = protocol::decode_response_batch(payload)
                     .map_err(|e| ClientError::Protocol(e.to_string()));
-                if let Some(w) = c.pending.lock().waiters.remove(&f.correlation) {
+                buf.advance(total);
+                let waiter = c.pending.lock().waiters.remove(&corr);
+                if let Some(w) = waiter {
                     let _ = w.send(r);
                 }
             }
             FrameKind::Push => {
-                let to = c.pending.lock().pushes.get(&f.correlation).cloned();
+                let payload = payload.to_vec();
+                buf.advance(total);
+                let to = c.pending.lock().pushes.get(&corr).cloned();
                 drop(c);
                 if let Some(to) = to {
                     // Back-pressure: wait for the subscriber to take it.
-                    let _ = to.send(f.payload).await;
+                    let _ = to.send(payload).await;
                 }
             }
-            FrameKind::Error => break server_error(&f),
+            FrameKind::Error => {
+                let f = Frame::new(kind, corr, payload.to_vec());
+                break server_error(&f);
+            }
             k => break ClientError::Protocol(format!("unexpected frame kind {k:?}")),
         }
     };

@@ -67,12 +67,7 @@ fn request_batch_direct(b: &[u8]) -> Option<RequestBatch> {
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
         let (opcode, r) = rest.split_first_chunk::<2>()?;
-        let (len, r) = r.split_first_chunk::<8>()?;
-        let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
-        if len > r.len() {
-            return None;
-        }
-        let (body, r) = r.split_at(len);
+        let (body, r) = split_bytes(r)?;
         ops.push(messages::RawOp {
             opcode: u16::from_le_bytes(*opcode),
             body: body.to_vec(),
@@ -80,6 +75,46 @@ fn request_batch_direct(b: &[u8]) -> Option<RequestBatch> {
         rest = r;
     }
     rest.is_empty().then_some(RequestBatch { ops })
+}
+
+/// Decodes a `Response` payload: its layout (u64 count, then per result a u16 status, the
+/// message as u64 length and UTF-8 bytes, the body as u64 length and bytes, nothing after)
+/// read directly when it is well formed; anything else goes to the codec, which words the
+/// error. The client decodes every answer with it.
+pub fn decode_response_batch(b: &[u8]) -> Result<ResponseBatch, ProtocolError> {
+    if let Some(batch) = response_batch_direct(b) {
+        return Ok(batch);
+    }
+    decode_payload(b)
+}
+
+fn response_batch_direct(b: &[u8]) -> Option<ResponseBatch> {
+    let (count, mut rest) = b.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    // Each result takes at least 18 bytes: a count the rest cannot hold is not allocated.
+    if n > rest.len() / 18 {
+        return None;
+    }
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, r) = rest.split_first_chunk::<2>()?;
+        let (message, r) = split_bytes(r)?;
+        let (body, r) = split_bytes(r)?;
+        results.push(messages::OpResult {
+            status: u16::from_le_bytes(*status),
+            message: std::str::from_utf8(message).ok()?.to_owned(),
+            body: body.to_vec(),
+        });
+        rest = r;
+    }
+    rest.is_empty().then_some(ResponseBatch { results })
+}
+
+/// A u64 length and that many bytes, and what follows.
+fn split_bytes(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, r) = b.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    (len <= r.len()).then(|| r.split_at(len))
 }
 
 /// Builds a frame carrying `payload` encoded.
