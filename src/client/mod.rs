@@ -40,6 +40,7 @@ use thiserror::Error;
 use crate::protocol::ops::decode_body;
 use crate::protocol::*;
 use conn::Conn;
+pub use conn::MAX_QUEUED_BYTES;
 pub use rejection::Rejection;
 pub use subscriber::Subscriber;
 
