@@ -13,6 +13,12 @@
 //! callers together); a connection with one request at a time is written at once. The
 //! outbox holds at most [`MAX_QUEUED_BYTES`] (or one frame, if larger); a caller beyond it
 //! waits for the writer to drain it.
+//!
+//! Request timeouts are kept by a third task, the sweeper, rather than by a timer per
+//! request: each waiting caller is stored with its deadline, and the sweeper sleeps until
+//! the earliest one, answers the callers past theirs with [`ClientError::Timeout`], and
+//! sleeps again (a caller with an earlier deadline than the one it sleeps for wakes it).
+//! A connection in steady use wakes it about once per request timeout.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,11 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures::future::Either;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use crate::protocol::frame::{FRAME_OVERHEAD_BYTES, HEADER_BYTES};
 use crate::protocol::{self, ErrorFrame, Frame, FrameKind, Hello, ResponseBatch, Welcome};
@@ -40,7 +47,10 @@ type Waiter = oneshot::Sender<Result<ResponseBatch, ClientError>>;
 
 struct Pending {
     closed: bool,
-    waiters: HashMap<u64, Waiter>,
+    /// Callers waiting for their answer, with their deadline.
+    waiters: HashMap<u64, (Waiter, Instant)>,
+    /// The deadline the sweeper sleeps until (`None`: it waits for a caller).
+    next_sweep: Option<Instant>,
     /// Where `Push` frames of a subscription go, by the SUBSCRIBE request's correlation id.
     pushes: HashMap<u64, mpsc::Sender<Vec<u8>>>,
 }
@@ -63,9 +73,12 @@ struct Outbox {
     shutdown: bool,
 }
 
-/// What callers and the writer task share.
+/// What callers and the connection's writer and sweeper tasks share.
 #[derive(Default)]
 struct Writer {
+    /// Wakes the sweeper: a caller's deadline is earlier than the one it sleeps until,
+    /// or the connection ended.
+    sweep: Notify,
     out: Mutex<Outbox>,
     /// Wakes the writer (a stored permit: no wake-up is lost).
     wake: Notify,
@@ -79,6 +92,7 @@ impl Writer {
         self.out.lock().closed = true;
         self.wake.notify_one();
         self.room.notify_waiters();
+        self.sweep.notify_one();
     }
 }
 
@@ -97,6 +111,7 @@ impl Drop for Conn {
         // The writer writes what is queued, then ends; dropping the write half closes it.
         self.writer.out.lock().shutdown = true;
         self.writer.wake.notify_one();
+        self.writer.sweep.notify_one();
     }
 }
 
@@ -196,11 +211,13 @@ impl Conn {
             pending: Mutex::new(Pending {
                 closed: false,
                 waiters: HashMap::new(),
+                next_sweep: None,
                 pushes: HashMap::new(),
             }),
             next_corr: AtomicU64::new(1),
             welcome,
         });
+        tokio::spawn(sweep_loop(Arc::downgrade(&conn), writer.clone()));
         tokio::spawn(write_loop(Arc::downgrade(&conn), writer, wr, done_tx));
         tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf, max));
         Ok(conn)
@@ -249,24 +266,42 @@ impl Conn {
         push: Option<mpsc::Sender<Vec<u8>>>,
     ) -> Result<ResponseBatch, ClientError> {
         let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
+        let (tx, mut rx) = oneshot::channel();
+        // The limit covers the wait for room in the outbox as well as for the answer.
+        let deadline = Instant::now() + limit;
+        let wake_sweeper = {
             let mut p = self.pending.lock();
             if p.closed {
                 return Err(ClientError::Disconnected);
             }
-            p.waiters.insert(corr, tx);
+            p.waiters.insert(corr, (tx, deadline));
             if let Some(push) = push {
                 p.pushes.insert(corr, push);
             }
+            let earlier = p.next_sweep.is_none_or(|at| deadline < at);
+            if earlier {
+                p.next_sweep = Some(deadline);
+            }
+            earlier
+        };
+        if wake_sweeper {
+            self.writer.sweep.notify_one();
         }
-        // The limit covers the wait for room in the outbox as well as for the answer.
-        let answer = timeout(limit, async {
-            self.enqueue(corr, payload).await?;
-            rx.await.unwrap_or(Err(ClientError::Disconnected))
-        })
-        .await
-        .unwrap_or(Err(ClientError::Timeout));
+        let answer = async {
+            // The sweeper's timeout (or the connection's end) also ends a wait for room.
+            let queued = {
+                let enqueue = std::pin::pin!(self.enqueue(corr, payload));
+                match futures::future::select(&mut rx, enqueue).await {
+                    Either::Left((answer, _)) => {
+                        return answer.unwrap_or(Err(ClientError::Disconnected))
+                    }
+                    Either::Right((queued, _)) => queued,
+                }
+            };
+            queued?;
+            (&mut rx).await.unwrap_or(Err(ClientError::Disconnected))
+        }
+        .await;
         if answer.is_err() {
             let mut p = self.pending.lock();
             p.waiters.remove(&corr);
@@ -341,12 +376,50 @@ impl Conn {
         {
             let mut p = self.pending.lock();
             p.closed = true;
-            for (_, w) in p.waiters.drain() {
+            for (_, (w, _)) in p.waiters.drain() {
                 let _ = w.send(Err(err.clone()));
             }
             p.pushes.clear();
         }
         self.writer.close();
+    }
+}
+
+/// The sweeper task: answers the callers past their deadline with a timeout, then sleeps
+/// until the earliest deadline left (or, with no caller waiting, until one comes). Ends
+/// with the connection.
+async fn sweep_loop(conn: std::sync::Weak<Conn>, w: Arc<Writer>) {
+    loop {
+        let next = {
+            let Some(c) = conn.upgrade() else { return };
+            let (expired, next) = {
+                let mut p = c.pending.lock();
+                if p.closed {
+                    return;
+                }
+                let now = Instant::now();
+                let expired: Vec<Waiter> = p
+                    .waiters
+                    .extract_if(|_, (_, at)| *at <= now)
+                    .map(|(_, (waiter, _))| waiter)
+                    .collect();
+                let next = p.waiters.values().map(|(_, at)| *at).min();
+                p.next_sweep = next;
+                (expired, next)
+            };
+            for waiter in expired {
+                let _ = waiter.send(Err(ClientError::Timeout));
+            }
+            next
+        };
+        match next {
+            Some(at) => {
+                let sleep = std::pin::pin!(tokio::time::sleep_until(at));
+                let woken = std::pin::pin!(w.sweep.notified());
+                futures::future::select(sleep, woken).await;
+            }
+            None => w.sweep.notified().await,
+        }
     }
 }
 
@@ -446,7 +519,7 @@ async fn read_loop(conn: std::sync::Weak<Conn>, mut rd: ReadHalf, mut buf: Bytes
                     .map_err(|e| ClientError::Protocol(e.to_string()));
                 buf.advance(total);
                 let waiter = c.pending.lock().waiters.remove(&corr);
-                if let Some(w) = waiter {
+                if let Some((w, _)) = waiter {
                     let _ = w.send(r);
                 }
             }
@@ -469,5 +542,92 @@ async fn read_loop(conn: std::sync::Weak<Conn>, mut rd: ReadHalf, mut buf: Bytes
     };
     if let Some(c) = conn.upgrade() {
         c.fail_all(&err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that handshakes, then reads everything and answers nothing.
+    async fn silent_server() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (rd, mut wr) = s.into_split();
+            let mut rd: ReadHalf = Box::new(rd);
+            let mut buf = BytesMut::new();
+            let hello = read_frame(&mut rd, &mut buf, 1 << 20).await;
+            assert_eq!(hello.unwrap().kind, FrameKind::Hello);
+            let welcome = Welcome {
+                version: protocol::PROTOCOL_VERSION,
+                server_name: "silent".into(),
+                max_frame_bytes: 1 << 20,
+                max_batch_ops: 8190,
+                max_lines_per_reservation: 100,
+                max_in_flight: 1024,
+            };
+            let f = protocol::frame_of(FrameKind::Welcome, 0, &welcome).unwrap();
+            wr.write_all(&f.encode()).await.unwrap();
+            let mut sink = vec![0u8; 64 * 1024];
+            while rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        addr
+    }
+
+    fn ping() -> Vec<u8> {
+        protocol::encode_payload(&protocol::RequestBatch {
+            ops: vec![protocol::RawOp {
+                opcode: protocol::opcode::PING,
+                body: vec![],
+            }],
+        })
+        .unwrap()
+    }
+
+    /// The sweeper keeps each caller's own deadline: a short one behind a long one wakes it
+    /// early, and neither times out before its limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_request_times_out_at_its_own_limit() {
+        let addr = silent_server().await;
+        let conn = Conn::open(&ClientConfig::new(addr)).await.unwrap();
+        let long = {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = conn.roundtrip(&ping(), Duration::from_millis(2500)).await;
+                (r, t.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            let r = conn.roundtrip(&ping(), Duration::from_millis(300)).await;
+            let took = t.elapsed();
+            assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+            assert!(
+                took >= Duration::from_millis(300),
+                "timed out early: {took:?}"
+            );
+            assert!(
+                took < Duration::from_millis(2000),
+                "the short limit waited for the long one: {took:?}"
+            );
+        }
+        let (r, took) = long.await.unwrap();
+        assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+        assert!(
+            took >= Duration::from_millis(2500),
+            "timed out early: {took:?}"
+        );
+        assert!(
+            conn.pending.lock().waiters.is_empty(),
+            "timed-out callers are forgotten"
+        );
+        // The connection is still usable and idle connections keep no deadline to wake for.
+        let r = conn.roundtrip(&ping(), Duration::from_millis(100)).await;
+        assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
     }
 }

@@ -284,7 +284,11 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The current connection (a short lock per request, never held across an await).
+    conn: parking_lot::Mutex<Option<Arc<Conn>>>,
+    /// Held while reconnecting, so that callers finding the connection closed open one
+    /// new connection between them, not one each.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Client {
@@ -294,33 +298,43 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
-                conn: tokio::sync::Mutex::new(Some(conn)),
+                conn: parking_lot::Mutex::new(Some(conn)),
+                connecting: tokio::sync::Mutex::new(()),
             }),
         })
     }
 
     /// The server's `Welcome` on the current connection, if connected.
     pub async fn welcome(&self) -> Option<Welcome> {
-        let g = self.inner.conn.lock().await;
+        let g = self.inner.conn.lock();
         g.as_ref().map(|c| c.welcome.clone())
     }
 
     /// Closes the current connection (the next call reconnects).
     pub async fn disconnect(&self) {
-        if let Some(c) = self.inner.conn.lock().await.take() {
+        let current = self.inner.conn.lock().take();
+        if let Some(c) = current {
             c.close().await;
         }
     }
 
+    /// The current connection if it is open.
+    fn open_connection(&self) -> Option<Arc<Conn>> {
+        let g = self.inner.conn.lock();
+        g.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
     async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
-        let mut g = self.inner.conn.lock().await;
-        if let Some(c) = g.as_ref() {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
+        if let Some(c) = self.open_connection() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.inner.connecting.lock().await;
+        // Another caller may have reconnected while this one waited.
+        if let Some(c) = self.open_connection() {
+            return Ok(c);
         }
         let c = Conn::open(&self.inner.config).await?;
-        *g = Some(c.clone());
+        *self.inner.conn.lock() = Some(c.clone());
         Ok(c)
     }
 
