@@ -51,30 +51,42 @@ pub fn decode_request<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, Pro
 /// then per op a u16 opcode and its body as u64 length and bytes, nothing after) read
 /// directly when it is well formed; anything else goes to the codec, which words the error.
 pub fn decode_request_batch(b: &[u8]) -> Result<RequestBatch, ProtocolError> {
-    if let Some(batch) = request_batch_direct(b) {
-        return Ok(batch);
-    }
-    decode_request(b)
+    request_batch_direct(b).map_or_else(|| decode_request(b), Ok)
 }
 
 fn request_batch_direct(b: &[u8]) -> Option<RequestBatch> {
-    let (count, mut rest) = b.split_first_chunk::<8>()?;
-    let n = usize::try_from(u64::from_le_bytes(*count)).ok()?;
-    // Each op takes at least 10 bytes: a count the rest cannot hold is not allocated.
-    if n > rest.len() / 10 {
-        return None;
-    }
-    let mut ops = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (opcode, r) = rest.split_first_chunk::<2>()?;
+    // Each op takes at least 10 bytes (opcode, body length).
+    let ops = list_direct(b, 10, |r| {
+        let (opcode, r) = r.split_first_chunk::<2>()?;
         let (body, r) = split_bytes(r)?;
-        ops.push(messages::RawOp {
+        let op = messages::RawOp {
             opcode: u16::from_le_bytes(*opcode),
             body: body.to_vec(),
-        });
+        };
+        Some((op, r))
+    })?;
+    Some(RequestBatch { ops })
+}
+
+/// A u64 count, then that many items read by `item` (each at least `min_item` bytes, so a
+/// count the rest cannot hold is refused before anything is allocated), nothing after.
+fn list_direct<'a, T>(
+    b: &'a [u8],
+    min_item: usize,
+    mut item: impl FnMut(&'a [u8]) -> Option<(T, &'a [u8])>,
+) -> Option<Vec<T>> {
+    let (count, mut rest) = b.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*count)).ok()?;
+    if n > rest.len() / min_item {
+        return None;
+    }
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (x, r) = item(rest)?;
+        items.push(x);
         rest = r;
     }
-    rest.is_empty().then_some(RequestBatch { ops })
+    rest.is_empty().then_some(items)
 }
 
 /// Decodes a `Response` payload: its layout (u64 count, then per result a u16 status, the
@@ -82,32 +94,23 @@ fn request_batch_direct(b: &[u8]) -> Option<RequestBatch> {
 /// read directly when it is well formed; anything else goes to the codec, which words the
 /// error. The client decodes every answer with it.
 pub fn decode_response_batch(b: &[u8]) -> Result<ResponseBatch, ProtocolError> {
-    if let Some(batch) = response_batch_direct(b) {
-        return Ok(batch);
-    }
-    decode_payload(b)
+    response_batch_direct(b).map_or_else(|| decode_payload(b), Ok)
 }
 
 fn response_batch_direct(b: &[u8]) -> Option<ResponseBatch> {
-    let (count, mut rest) = b.split_first_chunk::<8>()?;
-    let n = usize::try_from(u64::from_le_bytes(*count)).ok()?;
-    // Each result takes at least 18 bytes: a count the rest cannot hold is not allocated.
-    if n > rest.len() / 18 {
-        return None;
-    }
-    let mut results = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (status, r) = rest.split_first_chunk::<2>()?;
+    // Each result takes at least 18 bytes (status, message and body lengths).
+    let results = list_direct(b, 18, |r| {
+        let (status, r) = r.split_first_chunk::<2>()?;
         let (message, r) = split_bytes(r)?;
         let (body, r) = split_bytes(r)?;
-        results.push(messages::OpResult {
+        let result = messages::OpResult {
             status: u16::from_le_bytes(*status),
             message: std::str::from_utf8(message).ok()?.to_owned(),
             body: body.to_vec(),
-        });
-        rest = r;
-    }
-    rest.is_empty().then_some(ResponseBatch { results })
+        };
+        Some((result, r))
+    })?;
+    Some(ResponseBatch { results })
 }
 
 /// A u64 length and that many bytes, and what follows.
@@ -265,6 +268,37 @@ mod tests {
         }
     }
 
+    /// `direct` reads `value`'s encoding as the codec does. Damaged (`how` 1: one byte
+    /// changed to `byte` at `at`, 2: cut at `at`, 3: `byte` added after the end), it
+    /// accepts only what the codec accepts, as the same value, and `full` (the direct
+    /// reading, else the codec) gives the codec's answer.
+    fn reads_as_the_codec<T: PartialEq + std::fmt::Debug + serde::Serialize>(
+        value: T,
+        direct: impl Fn(&[u8]) -> Option<T>,
+        full: impl Fn(&[u8]) -> Option<T>,
+        codec: impl Fn(&[u8]) -> Option<T>,
+        (how, at, byte): (u8, proptest::sample::Index, u8),
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut b = encode_payload(&value).unwrap();
+        if how == 0 {
+            proptest::prop_assert_eq!(direct(&b), Some(value));
+            return Ok(());
+        }
+        match how {
+            1 => {
+                let i = at.index(b.len());
+                b[i] = byte;
+            }
+            2 => b.truncate(at.index(b.len())),
+            _ => b.push(byte),
+        }
+        if let Some(d) = direct(&b) {
+            proptest::prop_assert_eq!(Some(d), codec(&b));
+        }
+        proptest::prop_assert_eq!(full(&b), codec(&b));
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
 
@@ -284,24 +318,46 @@ mod tests {
             let batch = RequestBatch {
                 ops: ops.into_iter().map(|(opcode, body)| RawOp { opcode, body }).collect(),
             };
-            let mut b = encode_payload(&batch).unwrap();
-            let codec_of = |b: &[u8]| decode_request::<RequestBatch>(b).ok();
-            if how == 0 {
-                proptest::prop_assert_eq!(request_batch_direct(&b), Some(batch));
-            } else {
-                match how {
-                    1 => { let i = at.index(b.len()); b[i] = byte; }
-                    2 => b.truncate(at.index(b.len())),
-                    _ => b.push(byte),
-                }
-                if let Some(d) = request_batch_direct(&b) {
-                    proptest::prop_assert_eq!(Some(d), codec_of(&b));
-                }
-                proptest::prop_assert_eq!(
-                    decode_request_batch(&b).ok(),
-                    codec_of(&b)
-                );
-            }
+            reads_as_the_codec(
+                batch,
+                request_batch_direct,
+                |b| decode_request_batch(b).ok(),
+                |b| decode_request::<RequestBatch>(b).ok(),
+                (how, at, byte),
+            )?;
+        }
+
+        /// The same for the response batch the client reads directly: every encoded batch
+        /// as the codec reads it; of damaged bytes (a changed byte, such as one that makes
+        /// a message invalid UTF-8, a cut, a byte after the end) only what the codec
+        /// accepts, as the same batch.
+        #[test]
+        fn response_batch_read_directly_as_the_codec_reads_it(
+            results in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<u16>(),
+                    "[a-z\u{e9}\u{4e2d} ]{0,12}",
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+                ),
+                0..8,
+            ),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+            how in 0..4u8,
+        ) {
+            let batch = ResponseBatch {
+                results: results
+                    .into_iter()
+                    .map(|(status, message, body)| OpResult { status, message, body })
+                    .collect(),
+            };
+            reads_as_the_codec(
+                batch,
+                response_batch_direct,
+                |b| decode_response_batch(b).ok(),
+                |b| decode_payload::<ResponseBatch>(b).ok(),
+                (how, at, byte),
+            )?;
         }
     }
 }
