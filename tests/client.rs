@@ -386,17 +386,29 @@ async fn a_cancelled_caller_never_leaves_half_a_frame_on_the_wire() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_stops_reading_makes_callers_time_out_not_wait_forever() {
+/// A client (request timeout 1 s) of a server that never reads, and `n` callers each
+/// sending 512 KiB: more than the kernel's socket buffers and the client's outbox hold.
+async fn flooding_a_deaf_server(
+    n: usize,
+) -> (
+    Client,
+    Vec<tokio::task::JoinHandle<Result<Vec<OpResult>, ClientError>>>,
+) {
     let (addr, _) = fake(DEFAULT_MAX_FRAME_BYTES as u32, Mode::Deaf).await;
     let c = connect(&addr, Duration::from_secs(1)).await;
-    // 48 MiB in all: more than the kernel's socket buffers and the client's outbox hold.
-    let calls: Vec<_> = (0..96)
+    let calls = (0..n)
         .map(|_| {
             let c = c.clone();
             tokio::spawn(async move { c.raw_batch(vec![op(vec![3; 512 * 1024])]).await })
         })
         .collect();
+    (c, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_makes_callers_time_out_not_wait_forever() {
+    // 48 MiB in all.
+    let (_c, calls) = flooding_a_deaf_server(96).await;
     let all = tokio::time::timeout(Duration::from_secs(30), async {
         let mut out = Vec::new();
         for call in calls {
@@ -408,5 +420,20 @@ async fn a_server_that_stops_reading_makes_callers_time_out_not_wait_forever() {
     .expect("callers waited past their request timeout");
     for r in all {
         assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_while_the_server_stops_reading_returns_within_the_request_timeout() {
+    // 16 MiB: the writer is blocked in a write when asked to close.
+    let (c, calls) = flooding_a_deaf_server(32).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), c.disconnect())
+        .await
+        .expect("disconnect waited for a server that does not read");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for call in calls {
+        assert!(call.await.unwrap().is_err());
     }
 }

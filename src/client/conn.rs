@@ -75,30 +75,39 @@ struct Outbox {
 
 /// What callers and the connection's writer and sweeper tasks share.
 #[derive(Default)]
-struct Writer {
-    /// Wakes the sweeper: a caller's deadline is earlier than the one it sleeps until,
-    /// or the connection ended.
-    sweep: Notify,
+struct Shared {
     out: Mutex<Outbox>,
     /// Wakes the writer (a stored permit: no wake-up is lost).
     wake: Notify,
     /// Wakes callers waiting for room in the outbox.
     room: Notify,
+    /// Stops a write in progress: the connection is closed, unwritten bytes are dropped.
+    stop: Notify,
+    /// Wakes the sweeper: a caller's deadline is earlier than the one it sleeps until,
+    /// or the connection ended.
+    sweep: Notify,
 }
 
-impl Writer {
-    /// No more frames; the writer task ends after its current write.
+impl Shared {
+    /// No more frames; a write in progress is abandoned and the writer task ends.
     fn close(&self) {
         self.out.lock().closed = true;
         self.wake.notify_one();
+        self.stop.notify_one();
         self.room.notify_waiters();
         self.sweep.notify_one();
+    }
+
+    /// The writer writes what is queued, then shuts the write side down and ends.
+    fn shut_down(&self) {
+        self.out.lock().shutdown = true;
+        self.wake.notify_one();
     }
 }
 
 /// A live connection.
 pub(crate) struct Conn {
-    writer: Arc<Writer>,
+    shared: Arc<Shared>,
     /// Resolves when the writer task has ended (after a requested shutdown or a failure).
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     pending: Mutex<Pending>,
@@ -108,30 +117,22 @@ pub(crate) struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // The writer writes what is queued, then ends; dropping the write half closes it.
-        self.writer.out.lock().shutdown = true;
-        self.writer.wake.notify_one();
-        self.writer.sweep.notify_one();
+        // Every caller holds the connection while it waits, so what is still queued is
+        // only cancelled callers' frames: the tasks end and the socket closes now.
+        self.shared.close();
     }
 }
 
+/// The next whole frame, taken out of `buf`.
 async fn read_frame(
     rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Frame, ClientError> {
-    loop {
-        let parsed = Frame::parse(buf, max).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if let Some((f, used)) = parsed {
-            buf.advance(used);
-            return Ok(f);
-        }
-        buf.reserve(64 * 1024);
-        let n = rd.read_buf(buf).await.map_err(|e| read_error(&e))?;
-        if n == 0 {
-            return Err(ClientError::Disconnected);
-        }
-    }
+    let (kind, corr, total) = next_frame(rd, buf, max).await?;
+    let f = Frame::new(kind, corr, buf[FRAME_OVERHEAD_BYTES..total].to_vec());
+    buf.advance(total);
+    Ok(f)
 }
 
 /// A failed read: a TLS alert (a refused client certificate, ...) is said as such; any
@@ -145,8 +146,9 @@ fn read_error(e: &std::io::Error) -> ClientError {
     ClientError::Disconnected
 }
 
-fn server_error(f: &Frame) -> ClientError {
-    match protocol::decode_payload::<ErrorFrame>(&f.payload) {
+/// The error of an `Error` frame's payload.
+fn server_error(payload: &[u8]) -> ClientError {
+    match protocol::decode_payload::<ErrorFrame>(payload) {
         Ok(e) => ClientError::Refused {
             status: e.status,
             message: e.message,
@@ -195,7 +197,7 @@ impl Conn {
         let welcome: Welcome = match first.kind {
             FrameKind::Welcome => protocol::decode_payload(&first.payload)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
-            FrameKind::Error => return Err(server_error(&first)),
+            FrameKind::Error => return Err(server_error(&first.payload)),
             k => {
                 return Err(ClientError::Protocol(format!(
                     "expected Welcome, got {k:?}"
@@ -203,10 +205,10 @@ impl Conn {
             }
         };
         let max = welcome.max_frame_bytes as usize;
-        let writer = Arc::new(Writer::default());
+        let shared = Arc::new(Shared::default());
         let (done_tx, done_rx) = oneshot::channel();
         let conn = Arc::new(Conn {
-            writer: writer.clone(),
+            shared: shared.clone(),
             writer_done: tokio::sync::Mutex::new(Some(done_rx)),
             pending: Mutex::new(Pending {
                 closed: false,
@@ -217,8 +219,8 @@ impl Conn {
             next_corr: AtomicU64::new(1),
             welcome,
         });
-        tokio::spawn(sweep_loop(Arc::downgrade(&conn), writer.clone()));
-        tokio::spawn(write_loop(Arc::downgrade(&conn), writer, wr, done_tx));
+        tokio::spawn(sweep_loop(Arc::downgrade(&conn), shared.clone()));
+        tokio::spawn(write_loop(Arc::downgrade(&conn), shared, wr, done_tx));
         tokio::spawn(read_loop(Arc::downgrade(&conn), rd, buf, max));
         Ok(conn)
     }
@@ -285,7 +287,7 @@ impl Conn {
             earlier
         };
         if wake_sweeper {
-            self.writer.sweep.notify_one();
+            self.shared.sweep.notify_one();
         }
         let answer = async {
             // The sweeper's timeout (or the connection's end) also ends a wait for room.
@@ -321,7 +323,7 @@ impl Conn {
                  send fewer operations per batch"
             )));
         }
-        let w = &self.writer;
+        let w = &self.shared;
         loop {
             let room = w.room.notified();
             tokio::pin!(room);
@@ -361,15 +363,18 @@ impl Conn {
     }
 
     /// Writes what is queued, then closes the write side (the server then finishes and
-    /// closes); returns once the writer has ended.
-    pub async fn close(&self) {
-        {
-            self.writer.out.lock().shutdown = true;
-            self.writer.wake.notify_one();
+    /// closes); returns once the writer has ended, or after `limit`: a server that stops
+    /// reading cannot hold the close up, the connection is then closed with what is left
+    /// unwritten.
+    pub async fn close(&self, limit: Duration) {
+        self.shared.shut_down();
+        let mut done = self.writer_done.lock().await;
+        if let Some(rx) = done.as_mut() {
+            if timeout(limit, rx).await.is_err() {
+                self.shared.close();
+            }
         }
-        if let Some(done) = self.writer_done.lock().await.take() {
-            let _ = done.await;
-        }
+        *done = None;
     }
 
     fn fail_all(&self, err: &ClientError) {
@@ -381,14 +386,14 @@ impl Conn {
             }
             p.pushes.clear();
         }
-        self.writer.close();
+        self.shared.close();
     }
 }
 
 /// The sweeper task: answers the callers past their deadline with a timeout, then sleeps
 /// until the earliest deadline left (or, with no caller waiting, until one comes). Ends
 /// with the connection.
-async fn sweep_loop(conn: std::sync::Weak<Conn>, w: Arc<Writer>) {
+async fn sweep_loop(conn: std::sync::Weak<Conn>, w: Arc<Shared>) {
     loop {
         let next = {
             let Some(c) = conn.upgrade() else { return };
@@ -425,10 +430,11 @@ async fn sweep_loop(conn: std::sync::Weak<Conn>, w: Arc<Writer>) {
 
 /// The writer task: takes everything queued at once and writes it with one call. Ends on
 /// a write failure (failing every waiting caller), a requested shutdown or a closed
-/// connection. Holds the connection only weakly, so dropping the last `Conn` ends it.
+/// connection (abandoning a write in progress). Holds the connection only weakly, so
+/// dropping the last `Conn` ends it.
 async fn write_loop(
     conn: std::sync::Weak<Conn>,
-    w: Arc<Writer>,
+    w: Arc<Shared>,
     mut wr: WriteHalf,
     _done: oneshot::Sender<()>,
 ) {
@@ -454,7 +460,14 @@ async fn write_loop(
             return;
         }
         if !batch.is_empty() {
-            if wr.write_all(&batch).await.is_err() {
+            let write = std::pin::pin!(wr.write_all(&batch));
+            let stop = std::pin::pin!(w.stop.notified());
+            let written = match futures::future::select(write, stop).await {
+                Either::Left((written, _)) => written,
+                // Closed: the write half is dropped with the task.
+                Either::Right(_) => return,
+            };
+            if written.is_err() {
                 if let Some(c) = conn.upgrade() {
                     c.fail_all(&ClientError::Disconnected);
                 } else {
@@ -495,7 +508,6 @@ async fn next_frame(
                 corr.copy_from_slice(&head[1..HEADER_BYTES]);
                 return Ok((kind, u64::from_le_bytes(corr), total));
             }
-            buf.reserve(total - buf.len());
         }
         buf.reserve(64 * 1024);
         let n = rd.read_buf(buf).await.map_err(|e| read_error(&e))?;
@@ -533,10 +545,7 @@ async fn read_loop(conn: std::sync::Weak<Conn>, mut rd: ReadHalf, mut buf: Bytes
                     let _ = to.send(payload).await;
                 }
             }
-            FrameKind::Error => {
-                let f = Frame::new(kind, corr, payload.to_vec());
-                break server_error(&f);
-            }
+            FrameKind::Error => break server_error(payload),
             k => break ClientError::Protocol(format!("unexpected frame kind {k:?}")),
         }
     };

@@ -314,7 +314,7 @@ impl Client {
     pub async fn disconnect(&self) {
         let current = self.inner.conn.lock().take();
         if let Some(c) = current {
-            c.close().await;
+            c.close(self.inner.config.request_timeout).await;
         }
     }
 

@@ -196,7 +196,7 @@ impl Subscriber {
     /// from its log, or sends a snapshot if the log no longer holds that position). A
     /// snapshot interrupted before `SnapshotEnd` is started over.
     pub async fn resume(&mut self) -> Result<&Subscribed, ClientError> {
-        self.conn.close().await;
+        self.conn.close(self.config.request_timeout).await;
         let mut req = self.request.clone();
         if !self.in_snapshot {
             req.start = start::AFTER;
@@ -244,7 +244,7 @@ impl Subscriber {
         if let Ok(p) = request_payload(&Op::Unsubscribe) {
             let _ = conn.roundtrip(&p, config.request_timeout).await;
         }
-        conn.close().await;
+        conn.close(config.request_timeout).await;
     }
 }
 
