@@ -16,13 +16,17 @@
 //!   operation from the server's dispatch), the log's batch size and flush latency (once
 //!   per batch, on the writer thread), checkpoint and recovery durations. These use handles
 //!   resolved once and cached in `OnceLock`s, so recording is an atomic add or a lock-free
-//!   bucket push: no registry lookup, no lock. Before [`install`] runs, every recording
+//!   bucket push: no registry lookup, no lock. The request latency histogram is kept here
+//!   ([`render`] appends it to the exporter's text): a frame's operations share one
+//!   latency, so recording them is three atomic adds, not one stored sample each. Before [`install`] runs, every recording
 //!   function returns at once (tests and `simulate` pay one atomic load).
 //!
 //! Conventions: `omnistock_` prefix, base units (`_seconds`, `_bytes`), counters end in
 //! `_total`, labels have a fixed small set of values (operation names, status names, a few
 //! enumerations): never a SKU, reservation or client. Recording never panics or blocks.
 
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -372,6 +376,10 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 /// Registers the type, unit and help text of every metric with the installed recorder.
 pub fn describe() {
     for &(name, kind, unit, help) in DESCRIPTIONS {
+        if name == REQUEST_DURATION_SECONDS {
+            // Not the exporter's: described by `render` with its series.
+            continue;
+        }
         match (kind, unit) {
             (Kind::Counter, Some(u)) => describe_counter!(name, u, help),
             (Kind::Counter, None) => describe_counter!(name, help),
@@ -436,10 +444,111 @@ fn status_index(s: u16) -> usize {
     }
 }
 
+/// `omnistock_request_duration_seconds` of one operation, kept here rather than in the
+/// exporter: the `n` operations of a frame share one latency, so recording them is one
+/// bucket, count and sum increment each. (The exporter's histogram stores every sample —
+/// `n` per frame — and folds them into buckets at upkeep: about 160 instructions per
+/// operation on the request path, and upkeep work on top, in the batched benchmark.)
+/// Rendered after the exporter's text by [`render`], in the same format.
+struct Latency {
+    /// Samples per bucket of [`LATENCY_BUCKETS_SECONDS`], not cumulative; the last is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    count: AtomicU64,
+    /// Sum of the samples in units of 100 ns (wraps after 58 years at 100 s of latency per
+    /// second; Prometheus reads a wrap as a counter reset).
+    sum_100ns: AtomicU64,
+}
+
+/// [`LATENCY_BUCKETS_SECONDS`] in nanoseconds (a sample in bucket `i` is `<=` bound `i`).
+const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS_SECONDS.len()] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+impl Latency {
+    fn new() -> Self {
+        Latency {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_100ns: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, elapsed: Duration, n: u64) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        self.sum_100ns
+            .fetch_add((ns / 100).wrapping_mul(n), Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Appends the series of operation `op` in the Prometheus text format.
+    fn render_into(&self, op: &str, out: &mut String) {
+        let name = REQUEST_DURATION_SECONDS;
+        let mut cumulative = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            match LATENCY_BUCKETS_SECONDS.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_100ns.load(Ordering::Relaxed) as f64 / 1e7;
+        let _ = writeln!(out, "{name}_sum{{op=\"{op}\"}} {sum}");
+        // The count is read after the buckets: never below their total.
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_count{{op=\"{op}\"}} {count}");
+    }
+}
+
+/// The scrape: the exporter's text, then the request latency histogram ([`Latency`]).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    let Some(hot) = HOT.get() else { return out };
+    let help = DESCRIPTIONS
+        .iter()
+        .find(|d| d.0 == REQUEST_DURATION_SECONDS)
+        .map_or("", |d| d.3);
+    let name = REQUEST_DURATION_SECONDS;
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let reserve = op_index(opcode::RESERVE);
+    for (i, l) in hot.latency.iter().enumerate() {
+        // Reserve's series exists from the start (dashboards show 0, not "no data").
+        if i == reserve || l.count.load(Ordering::Relaxed) > 0 {
+            let op = OPS.get(i).map_or("other", |o| o.1);
+            l.render_into(op, &mut out);
+        }
+    }
+    out
+}
+
 /// Handles resolved once per label set, so recording never looks a key up in the registry.
 struct Hot {
     requests: Box<[OnceLock<Counter>]>,
-    latency: Box<[OnceLock<Histogram>]>,
+    latency: Box<[Latency]>,
     wal_batch: Histogram,
     wal_write: Histogram,
     wal_flush: Histogram,
@@ -475,7 +584,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     process_collector().describe();
     let _ = HOT.set(Hot {
         requests: (0..N_OPS * N_STATUS).map(|_| OnceLock::new()).collect(),
-        latency: (0..N_OPS).map(|_| OnceLock::new()).collect(),
+        latency: (0..N_OPS).map(|_| Latency::new()).collect(),
         wal_batch: histogram!(WAL_BATCH_RECORDS),
         wal_write: histogram!(WAL_WRITE_DURATION_SECONDS),
         wal_flush: histogram!(WAL_FLUSH_DURATION_SECONDS),
@@ -520,7 +629,6 @@ fn create_series() {
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     // Histograms appear once they have a sample; checkpoints may take hours to get one.
     let _ = histogram!(CHECKPOINT_DURATION_SECONDS);
-    let _ = histogram!(REQUEST_DURATION_SECONDS, "op" => "reserve");
     counter!(REQUESTS_TOTAL, "op" => "reserve", "status" => "ok").increment(0);
     // Counters and gauges read at scrape time are created by the first `collect`.
 }
@@ -544,8 +652,7 @@ pub fn record_ops(op: u16, status: u16, elapsed: Duration, n: usize) {
             .increment(n as u64);
     }
     if let Some(h) = hot.latency.get(o) {
-        h.get_or_init(|| histogram!(REQUEST_DURATION_SECONDS, "op" => op_name))
-            .record_many(elapsed.as_secs_f64(), n);
+        h.record(elapsed, n as u64);
     }
 }
 
@@ -631,6 +738,53 @@ pub fn recovery_done(took: Duration, records: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_bounds_are_the_buckets_in_nanoseconds() {
+        for (ns, s) in LATENCY_BOUNDS_NS.iter().zip(LATENCY_BUCKETS_SECONDS) {
+            assert_eq!(*ns, (s * 1e9).round() as u64);
+        }
+    }
+
+    #[test]
+    fn a_frame_of_operations_is_counted_in_its_bucket_cumulatively() {
+        let l = Latency::new();
+        // On a bound: in that bucket (`le`); just above: the next one.
+        l.record(Duration::from_micros(10), 3);
+        l.record(Duration::from_nanos(10_001), 2);
+        l.record(Duration::from_secs(2), 1);
+        let mut out = String::new();
+        l.render_into("reserve", &mut out);
+        let value = |series: &str| -> String {
+            out.lines()
+                .find_map(|line| line.strip_prefix(series))
+                .unwrap_or_else(|| panic!("{series} missing in {out}"))
+                .trim()
+                .to_owned()
+        };
+        let b = |le: &str| {
+            value(&format!(
+                "{REQUEST_DURATION_SECONDS}_bucket{{op=\"reserve\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(b("0.00001"), "3");
+        assert_eq!(b("0.000025"), "5");
+        assert_eq!(b("1"), "5");
+        assert_eq!(b("+Inf"), "6");
+        assert_eq!(
+            value(&format!(
+                "{REQUEST_DURATION_SECONDS}_count{{op=\"reserve\"}}"
+            )),
+            "6"
+        );
+        let sum: f64 = value(&format!("{REQUEST_DURATION_SECONDS}_sum{{op=\"reserve\"}}"))
+            .parse()
+            .expect("a number");
+        assert!(
+            (sum - (3.0 * 10e-6 + 2.0 * 10.001e-6 + 2.0)).abs() < 1e-6,
+            "{sum}"
+        );
+    }
 
     #[test]
     fn metric_names_follow_the_conventions() {

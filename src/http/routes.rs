@@ -142,7 +142,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>
     let (sources, handle) = (state.sources.clone(), state.metrics.clone());
     let rendered = tokio::task::spawn_blocking(move || {
         sources.collect();
-        handle.render()
+        crate::metrics::render(&handle)
     })
     .await;
     match rendered {
