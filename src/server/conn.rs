@@ -868,10 +868,27 @@ async fn write_loop(
             }
         };
         let n = bytes.len();
-        match timeout(ctx.config.write_timeout, wr.write_all(bytes)).await {
-            Ok(Ok(())) => meter.written(n, frames),
-            Ok(Err(_)) => return,
-            Err(_) => {
+        // Most writes complete at once: one attempt without the write timeout's timer (a
+        // timer registration per answer for an unpipelined client). `poll_write` writes
+        // nothing when it is pending, so the rest goes to `write_all` under the timeout.
+        let first = futures::FutureExt::now_or_never(std::future::poll_fn(|cx| {
+            tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut wr), cx, bytes)
+        }));
+        let done = match first {
+            Some(Ok(0)) if n > 0 => return, // closed, as `write_all` would find
+            Some(Err(_)) => return,
+            Some(Ok(k)) => k,
+            None => 0,
+        };
+        let rest = if done < n {
+            Some(timeout(ctx.config.write_timeout, wr.write_all(&bytes[done..])).await)
+        } else {
+            None
+        };
+        match rest {
+            None | Some(Ok(Ok(()))) => meter.written(n, frames),
+            Some(Ok(Err(_))) => return,
+            Some(Err(_)) => {
                 // Dropping the queue makes every sender fail: the connection closes and
                 // what was waiting for this client is freed.
                 ctx.stats
