@@ -121,6 +121,10 @@ impl ExpiryQueue {
     /// and one lookup per shard and run of equal milliseconds instead of one each (a
     /// frame's reserves share their `now`, so mostly their expiry).
     pub fn insert_many(&self, items: &[(TimeMs, ReservationId)]) {
+        if let [(at_ms, id)] = items {
+            // An unpipelined client's frame: no sort, no scratch vector.
+            return self.insert(*at_ms, *id);
+        }
         let Some(earliest) = items.iter().map(|&(at, _)| at).min() else {
             return;
         };
