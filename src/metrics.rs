@@ -460,24 +460,15 @@ struct Latency {
 }
 
 /// [`LATENCY_BUCKETS_SECONDS`] in nanoseconds (a sample in bucket `i` is `<=` bound `i`).
-const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS_SECONDS.len()] = [
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-];
+const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS_SECONDS.len()] = {
+    let mut ns = [0u64; LATENCY_BUCKETS_SECONDS.len()];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (LATENCY_BUCKETS_SECONDS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    ns
+};
 
 impl Latency {
     fn new() -> Self {
@@ -503,14 +494,11 @@ impl Latency {
         let mut cumulative = 0u64;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Ordering::Relaxed);
-            match LATENCY_BUCKETS_SECONDS.get(i) {
-                Some(le) => {
-                    let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"+Inf\"}} {cumulative}");
-                }
-            }
+            let le: &dyn std::fmt::Display = match LATENCY_BUCKETS_SECONDS.get(i) {
+                Some(bound) => bound,
+                None => &"+Inf",
+            };
+            let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}");
         }
         let sum = self.sum_100ns.load(Ordering::Relaxed) as f64 / 1e7;
         let _ = writeln!(out, "{name}_sum{{op=\"{op}\"}} {sum}");

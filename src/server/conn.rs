@@ -486,23 +486,25 @@ pub(crate) struct FrameReader {
 /// the loop's other wake-ups (an answer's progress, several per request) do not each build
 /// and poll a read of a socket that has nothing.
 pub(crate) struct ReadWake {
-    /// Woken since the reader was last polled (or it must be polled again anyway).
-    woken: AtomicBool,
+    /// Marked when woken since the reader was last polled (or it must be polled again
+    /// anyway).
+    gate: Arc<Gate>,
+    /// The gate's waker.
+    waker: std::task::Waker,
     /// The last poll ended waiting only on the socket (whose readiness wakes this waker
     /// whether or not the read is polled again); otherwise the read waits on a timer or a
     /// notification that lives in the read itself, and is polled at every turn.
     socket_only: AtomicBool,
-    task: futures::task::AtomicWaker,
 }
 
-impl std::task::Wake for ReadWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
+impl ReadWake {
+    fn new() -> Self {
+        let (gate, waker) = Gate::new();
+        ReadWake {
+            gate,
+            waker,
+            socket_only: AtomicBool::new(false),
+        }
     }
 }
 
@@ -511,26 +513,24 @@ impl std::task::Wake for ReadWake {
 async fn read_when_woken(
     reader: &mut FrameReader,
     wake: &ReadWake,
-    waker: &std::task::Waker,
 ) -> Result<Option<Frame>, ReadError> {
     use std::future::Future;
     use std::task::{Context, Poll};
     let next = reader.next();
     tokio::pin!(next);
     std::future::poll_fn(|cx| {
-        wake.task.register(cx.waker());
-        if !wake.woken.swap(false, Ordering::AcqRel) {
+        if !wake.gate.take(cx) {
             return Poll::Pending;
         }
-        match next.as_mut().poll(&mut Context::from_waker(waker)) {
+        match next.as_mut().poll(&mut Context::from_waker(&wake.waker)) {
             Poll::Ready(r) => {
                 // More may be buffered: read again at the next turn.
-                wake.woken.store(true, Ordering::Release);
+                wake.gate.open();
                 Poll::Ready(r)
             }
             Poll::Pending => {
                 if !wake.socket_only.load(Ordering::Acquire) {
-                    wake.woken.store(true, Ordering::Release);
+                    wake.gate.open();
                 }
                 Poll::Pending
             }
@@ -539,12 +539,12 @@ async fn read_when_woken(
     .await
 }
 
-/// A wake-up of one of the read loop's rarely ready futures (the kill notification, the
-/// server's shutdown, the idle timer): polled only after its own waker fired, not at every
-/// turn of the loop (the loop turns several times per request, and polling those three
-/// cost about 2,300 instructions per unpipelined request). The future is polled with the
-/// gate's waker, which marks the gate and wakes the task; a poll that finds the gate
-/// unmarked answers `Pending` without touching the future.
+/// A wake-up of a future the read loop rarely finds ready (the reader's, above; the kill
+/// notification, the server's shutdown, the idle timer): polled only after its own waker
+/// fired, not at every turn of the loop (the loop turns several times per request, and
+/// polling those last three cost about 2,300 instructions per unpipelined request). The
+/// future is polled with the gate's waker, which marks the gate and wakes the task; a poll
+/// that finds the gate unmarked answers `Pending` without touching the future.
 struct Gate {
     woken: AtomicBool,
     task: futures::task::AtomicWaker,
@@ -566,6 +566,13 @@ impl Gate {
         self.woken.store(true, Ordering::Release);
     }
 
+    /// Registers the task to be woken with the gate, and takes the mark: whether the
+    /// future is to be polled now.
+    fn take(&self, cx: &std::task::Context<'_>) -> bool {
+        self.task.register(cx.waker());
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
     /// Polls `fut` if its waker fired since the last poll.
     fn poll<F: std::future::Future>(
         &self,
@@ -573,8 +580,7 @@ impl Gate {
         waker: &std::task::Waker,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<F::Output> {
-        self.task.register(cx.waker());
-        if !self.woken.swap(false, Ordering::AcqRel) {
+        if !self.take(cx) {
             return std::task::Poll::Pending;
         }
         fut.poll(&mut std::task::Context::from_waker(waker))
@@ -606,11 +612,7 @@ impl FrameReader {
             meter,
             frame_timeout: None,
             partial_since: None,
-            wake: Arc::new(ReadWake {
-                woken: AtomicBool::new(true),
-                socket_only: AtomicBool::new(false),
-                task: futures::task::AtomicWaker::new(),
-            }),
+            wake: Arc::new(ReadWake::new()),
         }
     }
 
@@ -1388,7 +1390,6 @@ async fn read_loop(
     let (stop_gate, stop_waker) = Gate::new();
     let (idle_gate, idle_waker) = Gate::new();
     let read_wake = reader.wake.clone();
-    let read_waker = std::task::Waker::from(read_wake.clone());
     // Pipelined frames already read, gathered into one engine call (one reply buffer, one
     // durability wait for all of them) and answered frame by frame.
     let mut group = Group::default();
@@ -1456,13 +1457,13 @@ async fn read_loop(
                 continue;
             }
             _ = std::future::poll_fn(|cx| stop_gate.poll(stop.as_mut(), &stop_waker, cx)) => break End::Clean,
-            r = read_when_woken(reader, &read_wake, &read_waker), if frames_in_flight + ready.len() < max => r,
+            r = read_when_woken(reader, &read_wake), if frames_in_flight + ready.len() < max => r,
             _ = std::future::poll_fn(|cx| idle_gate.poll(idle.as_mut(), &idle_waker, cx)) => {
+                let now = tokio::time::Instant::now();
                 let quiet_until = last_frame + ctx.config.idle_timeout;
                 // A frame since the timer was set, answers pending, or a subscriber only
                 // listening: not idle.
-                if quiet_until > tokio::time::Instant::now() || !inflight.is_empty() || !ready.is_empty() || sub.as_ref().is_some_and(|s| s.active()) || meter.queued() > 0 {
-                    let now = tokio::time::Instant::now();
+                if quiet_until > now || !inflight.is_empty() || !ready.is_empty() || sub.as_ref().is_some_and(|s| s.active()) || meter.queued() > 0 {
                     let at = if quiet_until > now { quiet_until } else { now + ctx.config.idle_timeout };
                     idle.as_mut().reset(at);
                     // Polled again, so the timer is registered with its new deadline.
