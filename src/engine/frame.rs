@@ -125,6 +125,7 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
     let mut direct = Vec::with_capacity(reqs.len());
     let mut general = Vec::new();
     let mut exclusive = Vec::new();
+    let mut entering = Vec::with_capacity(reqs.len());
     for (i, (req, fp)) in reqs.into_iter().enumerate() {
         if closing
             .as_ref()
@@ -132,9 +133,17 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
         {
             // Before the idempotency table: nothing to undo, a resend runs it again.
             out[i] = Some(Err(Rejection::Busy.into()));
-            continue;
+        } else if req.id == 0 {
+            out[i] = Some(Err(Rejection::invalid("request id must be non-zero").into()));
+        } else {
+            entering.push((i, req, fp));
         }
-        match route(core, &catalog, req, fp, now) {
+    }
+    // The frame's ids entered together: one lock per idempotency shard.
+    let ids: Vec<(u128, u64)> = entering.iter().map(|(_, req, fp)| (req.id, *fp)).collect();
+    let begun = core.idem.begin_many(&ids);
+    for ((i, req, fp), begun) in entering.into_iter().zip(begun) {
+        match route(core, &catalog, req, fp, begun, now) {
             Route::Answered(a) => out[i] = Some(a),
             Route::Direct(d) => direct.push((i, d)),
             Route::General(req) => general.push((i, req, fp)),
@@ -153,12 +162,16 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
     (out, exclusive)
 }
 
-/// Checks a request id, enters it in the idempotency table, and picks its path.
-fn route(core: &Core, catalog: &Arc<Catalog>, req: Request, fp: u64, now: TimeMs) -> Route {
-    if req.id == 0 {
-        return Route::Answered(Err(Rejection::invalid("request id must be non-zero").into()));
-    }
-    match core.idem.begin(req.id, fp) {
+/// Picks a request's path given what the idempotency table said of its id.
+fn route(
+    core: &Core,
+    catalog: &Arc<Catalog>,
+    req: Request,
+    fp: u64,
+    begun: Result<Begin, Rejection>,
+    now: TimeMs,
+) -> Route {
+    match begun {
         Err(r) => Route::Answered(Err(r.into())),
         Ok(Begin::Replay(o)) => Route::Answered(Ok(o)),
         Ok(Begin::New) => {
@@ -376,10 +389,21 @@ async fn run_direct(
             .collect();
         core.expiry.insert_many(&due);
     }
-    meta.into_iter()
+    let mut accepted = Vec::with_capacity(meta.len());
+    let answers = meta
+        .into_iter()
         .zip(placed)
-        .map(|((i, id, fp, kind, _), p)| (i, complete(core, (id, fp), kind, p, &durable, now)))
-        .collect()
+        .map(|((i, id, fp, kind, _), p)| {
+            let answer = complete(core, id, kind, p, &durable);
+            if let Ok(outcome) = &answer {
+                accepted.push((id, fp, outcome.clone()));
+            }
+            (i, answer)
+        })
+        .collect();
+    // Before any answer leaves: a resend finds the outcome.
+    core.idem.complete_many(accepted, now);
+    answers
 }
 
 /// Logs the `CartPlaced` marker of a cart of several SKUs whose holds are all placed (it
@@ -394,15 +418,14 @@ fn close_cart(
     log_marker(core, id, now, body, Admit::Finish)
 }
 
-/// Turns a direct request's result into its answer, and records it (index entry, expiry,
-/// idempotency) or forgets it.
+/// Turns a direct request's result into its answer, and records it in the index or
+/// forgets it (and its idempotency entry: an accepted one is recorded by the caller).
 fn complete(
     core: &Core,
-    (id, fp): (u128, u64),
+    id: u128,
     kind: Kind,
     placed: Placed,
     durable: &Result<(), EngineError>,
-    now: TimeMs,
 ) -> Answer {
     let failure: Failure = match (placed, durable) {
         (Ok((done, _)), durable) => {
@@ -436,9 +459,7 @@ fn complete(
                     event,
                 }));
             }
-            let outcome = Arc::new(Outcome { seq, changes });
-            core.idem.complete(id, fp, outcome.clone(), now);
-            return Ok(outcome);
+            return Ok(Arc::new(Outcome { seq, changes }));
         }
         (Err(f), _) => f,
     };

@@ -4,12 +4,19 @@
 //! simply evaluated again. The table is bounded by entry count and by age (both settings,
 //! see `EngineConfig`); the oldest entries are forgotten first. A request id that is still
 //! being processed answers `InProgress` (retriable) to a concurrent duplicate.
+//!
+//! The table is [`SHARDS`] shards by request id, each one map and its eviction order under
+//! one lock. A request frame enters its ids ([`IdempotencyTable::begin_many`]) and records
+//! their outcomes ([`IdempotencyTable::complete_many`]) one shard at a time: one lock per
+//! shard and frame rather than one (or three: entry, order, eviction) per request. The
+//! table is large (a million entries by default) and its lookups miss the cache; under one
+//! lock, consecutive lookups overlap, where a lock instruction between them (a full fence
+//! on x86) would make each wait for the one before.
 
-use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use crate::domain::{Rejection, RequestId, TimeMs};
@@ -37,38 +44,53 @@ pub enum Begin {
     Replay(Arc<Outcome>),
 }
 
+/// One shard: its entries and their eviction order (accepted ids, oldest first).
+#[derive(Debug, Default)]
+struct Shard {
+    map: HashMap<RequestId, Entry_, foldhash::fast::RandomState>,
+    order: VecDeque<(TimeMs, RequestId)>,
+}
+
 /// Remembered request ids (bounded).
-///
-/// The eviction order is kept in [`SHARDS`] queues (by request id), each bounded to its
-/// share of `max_entries`, so concurrent completions do not contend on one lock.
 #[derive(Debug)]
 pub struct IdempotencyTable {
-    map: DashMap<RequestId, Entry_, foldhash::fast::RandomState>,
-    order: Vec<Mutex<VecDeque<(TimeMs, RequestId)>>>,
+    shards: Box<[Mutex<Shard>]>,
     max_per_shard: usize,
     retention_ms: u64,
 }
 
-/// Shards of the eviction order (a power of two).
+/// Shards of the table (a power of two).
 const SHARDS: usize = 16;
 
 fn shard_of(id: RequestId) -> usize {
     ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
 }
 
-impl IdempotencyTable {
-    /// An empty table keeping at most `max_entries` ids for at most `retention_ms`.
-    pub fn new(max_entries: usize, retention_ms: u64) -> Self {
-        IdempotencyTable {
-            map: DashMap::default(),
-            order: (0..SHARDS).map(|_| Mutex::new(VecDeque::new())).collect(),
-            max_per_shard: max_entries.div_ceil(SHARDS).max(1),
-            retention_ms,
-        }
+/// The positions `0..ids.len()` grouped by the shard of `ids[i]`, each group in position
+/// order: `(order, ends)` where shard `s`'s positions are `order[ends[s-1]..ends[s]]`
+/// (`ends[-1]` being 0). A counting sort: two passes, one allocation.
+fn by_shard(ids: impl Iterator<Item = RequestId> + Clone) -> (Vec<u32>, [u32; SHARDS]) {
+    let mut ends = [0u32; SHARDS];
+    for id in ids.clone() {
+        ends[shard_of(id)] += 1;
     }
+    let mut start = 0;
+    for e in ends.iter_mut() {
+        start += *e;
+        *e = start - *e;
+    }
+    // `ends` now holds each group's start; filling moves it to the group's end.
+    let mut order = vec![0u32; start as usize];
+    for (i, id) in ids.enumerate() {
+        let s = &mut ends[shard_of(id)];
+        order[*s as usize] = i as u32;
+        *s += 1;
+    }
+    (order, ends)
+}
 
-    /// Starts a request: new, a replay of an accepted one, or a rejection.
-    pub fn begin(&self, id: RequestId, fingerprint: u64) -> Result<Begin, Rejection> {
+impl Shard {
+    fn begin(&mut self, id: RequestId, fingerprint: u64) -> Result<Begin, Rejection> {
         match self.map.entry(id) {
             Entry::Vacant(v) => {
                 v.insert(Entry_ {
@@ -90,65 +112,150 @@ impl IdempotencyTable {
         }
     }
 
+    fn abort(&mut self, id: RequestId) {
+        if let Entry::Occupied(o) = self.map.entry(id) {
+            if matches!(o.get().state, State::InFlight) {
+                o.remove();
+            }
+        }
+    }
+
+    /// Records an accepted request's outcome (the entry `begin` put in place, completed
+    /// where it is), then forgets the oldest entries past the shard's bounds.
+    fn complete(
+        &mut self,
+        (id, fingerprint, outcome): (RequestId, u64, Arc<Outcome>),
+        now_ms: TimeMs,
+        max_entries: usize,
+        oldest_kept: TimeMs,
+    ) {
+        let done = Entry_ {
+            fingerprint,
+            state: State::Done(outcome),
+        };
+        match self.map.entry(id) {
+            Entry::Occupied(mut o) => *o.get_mut() = done,
+            Entry::Vacant(v) => {
+                v.insert(done);
+            }
+        }
+        self.order.push_back((now_ms, id));
+        while let Some(&(t, old)) = self.order.front() {
+            if self.order.len() <= max_entries && t >= oldest_kept {
+                break;
+            }
+            self.order.pop_front();
+            if let Entry::Occupied(o) = self.map.entry(old) {
+                if matches!(o.get().state, State::Done(_)) {
+                    o.remove();
+                }
+            }
+        }
+    }
+}
+
+impl IdempotencyTable {
+    /// An empty table keeping at most `max_entries` ids for at most `retention_ms`.
+    pub fn new(max_entries: usize, retention_ms: u64) -> Self {
+        IdempotencyTable {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_per_shard: max_entries.div_ceil(SHARDS).max(1),
+            retention_ms,
+        }
+    }
+
+    fn shard(&self, id: RequestId) -> parking_lot::MutexGuard<'_, Shard> {
+        self.shards[shard_of(id)].lock()
+    }
+
+    /// Starts a request: new, a replay of an accepted one, or a rejection (one request
+    /// at a time: the tests' form of [`begin_many`](Self::begin_many)).
+    #[cfg(test)]
+    pub fn begin(&self, id: RequestId, fingerprint: u64) -> Result<Begin, Rejection> {
+        self.shard(id).begin(id, fingerprint)
+    }
+
+    /// [`begin`](Self::begin) for each `(id, fingerprint)`, in order (a repeated id is
+    /// `InProgress` after its first), one lock per shard: the answers in the same order.
+    pub fn begin_many(&self, reqs: &[(RequestId, u64)]) -> Vec<Result<Begin, Rejection>> {
+        let mut out: Vec<Result<Begin, Rejection>> = Vec::with_capacity(reqs.len());
+        out.resize_with(reqs.len(), || Ok(Begin::New));
+        let (order, ends) = by_shard(reqs.iter().map(|r| r.0));
+        let mut start = 0;
+        for (s, &end) in ends.iter().enumerate() {
+            let group = &order[start as usize..end as usize];
+            start = end;
+            if group.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock();
+            for &i in group {
+                let (id, fp) = reqs[i as usize];
+                out[i as usize] = shard.begin(id, fp);
+            }
+        }
+        out
+    }
+
     /// Forgets an in-flight request that was rejected or failed.
     pub fn abort(&self, id: RequestId) {
-        self.map
-            .remove_if(&id, |_, e| matches!(e.state, State::InFlight));
+        self.shard(id).abort(id);
     }
 
     /// Records the outcome of an accepted request at time `now_ms`, evicting old entries.
     pub fn complete(&self, id: RequestId, fingerprint: u64, outcome: Arc<Outcome>, now_ms: TimeMs) {
-        // The entry `begin` put in place, completed where it is (one lookup, no new entry).
-        match self.map.get_mut(&id) {
-            Some(mut e) => {
-                e.fingerprint = fingerprint;
-                e.state = State::Done(outcome);
-            }
-            None => {
-                self.map.insert(
-                    id,
-                    Entry_ {
-                        fingerprint,
-                        state: State::Done(outcome),
-                    },
-                );
-            }
-        }
-        let mut order = self.order[shard_of(id)].lock();
-        order.push_back((now_ms, id));
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);
-        while let Some(&(t, old)) = order.front() {
-            if order.len() <= self.max_per_shard && t >= oldest_kept {
-                break;
+        self.shard(id).complete(
+            (id, fingerprint, outcome),
+            now_ms,
+            self.max_per_shard,
+            oldest_kept,
+        );
+    }
+
+    /// [`complete`](Self::complete) for each `(id, fingerprint, outcome)`, one lock per
+    /// shard.
+    pub fn complete_many(&self, done: Vec<(RequestId, u64, Arc<Outcome>)>, now_ms: TimeMs) {
+        let oldest_kept = now_ms.saturating_sub(self.retention_ms);
+        let (order, ends) = by_shard(done.iter().map(|d| d.0));
+        let mut done: Vec<Option<(RequestId, u64, Arc<Outcome>)>> =
+            done.into_iter().map(Some).collect();
+        let mut start = 0;
+        for (s, &end) in ends.iter().enumerate() {
+            let group = &order[start as usize..end as usize];
+            start = end;
+            if group.is_empty() {
+                continue;
             }
-            order.pop_front();
-            self.map
-                .remove_if(&old, |_, e| matches!(e.state, State::Done(_)));
+            let mut shard = self.shards[s].lock();
+            for &i in group {
+                if let Some(d) = done[i as usize].take() {
+                    shard.complete(d, now_ms, self.max_per_shard, oldest_kept);
+                }
+            }
         }
     }
 
     /// Number of remembered (accepted) ids.
     pub fn len(&self) -> usize {
-        self.order.iter().map(|o| o.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().order.len()).sum()
     }
 
     /// All remembered entries, oldest first: (time, id, fingerprint, outcome). For checkpoints.
     pub fn entries(&self) -> Vec<(TimeMs, RequestId, u64, Arc<Outcome>)> {
-        let mut all: Vec<(TimeMs, RequestId)> = self
-            .order
-            .iter()
-            .flat_map(|o| o.lock().iter().copied().collect::<Vec<_>>())
-            .collect();
-        all.sort_unstable();
-        all.into_iter()
-            .filter_map(|(t, id)| {
-                let e = self.map.get(&id)?;
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            all.extend(shard.order.iter().filter_map(|&(t, id)| {
+                let e = shard.map.get(&id)?;
                 match &e.state {
                     State::Done(o) => Some((t, id, e.fingerprint, o.clone())),
                     State::InFlight => None,
                 }
-            })
-            .collect()
+            }));
+        }
+        all.sort_unstable_by_key(|&(t, id, ..)| (t, id));
+        all
     }
 }
 
@@ -206,9 +313,99 @@ mod tests {
         t.complete(id, 0, outcome(1), 500);
         let shard = shard_of(id);
         assert_eq!(
-            t.order[shard].lock().len(),
+            t.shards[shard].lock().order.len(),
             1,
             "entries older than retention evicted"
         );
+    }
+
+    #[test]
+    fn by_shard_groups_every_position_once_in_order() {
+        let ids: Vec<RequestId> = (0..300u128).map(|i| i * 7919 + (i << 70)).collect();
+        let (order, ends) = by_shard(ids.iter().copied());
+        let mut seen = vec![false; ids.len()];
+        let mut start = 0;
+        for (s, &end) in ends.iter().enumerate() {
+            let group = &order[start as usize..end as usize];
+            assert!(group.windows(2).all(|w| w[0] < w[1]), "position order");
+            for &i in group {
+                assert_eq!(shard_of(ids[i as usize]), s);
+                assert!(!seen[i as usize]);
+                seen[i as usize] = true;
+            }
+            start = end;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(by_shard(std::iter::empty()).0.len(), 0);
+    }
+
+    #[test]
+    fn a_frame_is_answered_as_its_requests_one_by_one() {
+        // The same history entered one request at a time and as frames of begin_many /
+        // complete_many: the same answers, in request order, repeated ids included.
+        let one = IdempotencyTable::new(1000, 10_000);
+        let many = IdempotencyTable::new(1000, 10_000);
+        let frames: Vec<Vec<(RequestId, u64)>> = vec![
+            vec![(1, 1), (2, 1), (1, 1), (17, 3), (33, 4)],
+            vec![(1, 1), (1, 2), (2, 1), (5, 5), (5, 5), (17, 3)],
+            vec![(33, 4), (33, 9), (5, 5), (6, 6)],
+        ];
+        let show = |r: &Result<Begin, Rejection>| match r {
+            Ok(Begin::New) => "new".to_string(),
+            Ok(Begin::Replay(o)) => format!("replay {}", o.seq),
+            Err(e) => format!("{e:?}"),
+        };
+        for (f, frame) in frames.iter().enumerate() {
+            let singles: Vec<String> = frame
+                .iter()
+                .map(|&(id, fp)| show(&one.begin(id, fp)))
+                .collect();
+            let batch: Vec<String> = many.begin_many(frame).iter().map(show).collect();
+            assert_eq!(singles, batch, "frame {f}");
+            // Complete every new one of even id, abort the others.
+            let mut done = Vec::new();
+            for (&(id, fp), answer) in frame.iter().zip(&singles) {
+                if answer == "new" {
+                    if id % 2 == 0 {
+                        one.complete(id, fp, outcome(id as u64 * 10), f as u64);
+                        done.push((id, fp, outcome(id as u64 * 10)));
+                    } else {
+                        one.abort(id);
+                        many.abort(id);
+                    }
+                }
+            }
+            many.complete_many(done, f as u64);
+        }
+        assert_eq!(one.len(), many.len());
+        let key = |t: &IdempotencyTable| {
+            t.entries()
+                .into_iter()
+                .map(|(t, id, fp, o)| (t, id, fp, o.seq))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&one), key(&many));
+        assert!(!key(&many).is_empty());
+    }
+
+    #[test]
+    fn complete_many_evicts_by_count_and_age() {
+        let t = IdempotencyTable::new(SHARDS, 100);
+        let ids: Vec<RequestId> = (1..=500u128).collect();
+        let begun: Vec<(RequestId, u64)> = ids.iter().map(|&id| (id, 0)).collect();
+        assert!(t
+            .begin_many(&begun)
+            .iter()
+            .all(|b| matches!(b, Ok(Begin::New))));
+        t.complete_many(ids.iter().map(|&id| (id, 0, outcome(1))).collect(), 10);
+        assert!(t.len() <= SHARDS, "bounded by count: {}", t.len());
+        t.complete_many(vec![(1000, 0, outcome(2))], 500);
+        // Age is enforced as a shard is written: 1000's shard forgot its older entry.
+        assert_eq!(
+            t.shards[shard_of(1000)].lock().order.len(),
+            1,
+            "older than the retention: forgotten"
+        );
+        assert!(matches!(t.begin(1000, 0), Ok(Begin::Replay(_))));
     }
 }
