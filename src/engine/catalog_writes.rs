@@ -230,11 +230,11 @@ async fn references(
     let mut refs = References::default();
     let location = match target {
         CatalogRef::Channel(c) => {
-            for r in core.reservations.iter() {
-                if &r.value().channel == c {
-                    refs.add_reservation(*r.key());
+            core.reservations.for_each(|id, e| {
+                if &e.channel == c {
+                    refs.add_reservation(id);
                 }
-            }
+            });
             return Ok(refs);
         }
         CatalogRef::Location(l) => l.clone(),

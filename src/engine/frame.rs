@@ -31,8 +31,8 @@ use super::delivery::{collect, deliver_all, sku_op_with, Admit, Done};
 use super::idempotency::Begin;
 use super::journal::RecordBody;
 use super::reservations::{
-    begin_reservation, check_extend_ttl, finish_reservation, fulfil_plan, group_lines, held_by,
-    hold_command, lock_reservation, log_marker, release_holds, unlock_reservation, Holder,
+    check_extend_ttl, commit_reservations, fulfil_plan, group_lines, held_by, hold_command,
+    lock_reservation, log_marker, new_reservation, release_holds, unlock_reservation, Holder,
 };
 use super::{Core, Counters, EngineError, ResEntry};
 
@@ -48,13 +48,16 @@ struct Direct {
     /// Whether the SKUs may be created (stock commands) or must exist (holds).
     create: bool,
     kind: Kind,
+    /// A reserve's index entry, entered with the frame's others (`enter_reservations`).
+    new_entry: Option<ResEntry>,
 }
 
 /// What a direct request is, for what follows its actors' answers.
 enum Kind {
     /// A stock command: nothing to record besides its outcome.
     Stock,
-    /// A reserve: its id and expiry (its index entry is in place, busy).
+    /// A reserve: its id and expiry (its index entry is in place, busy, once the frame's
+    /// reserves are entered).
     Reserve(ReservationId, TimeMs),
     /// A fulfil, release or extend of a reservation of one SKU (its index entry locked,
     /// busy): there is no group to open, so it goes straight to the SKU like a reserve.
@@ -150,6 +153,7 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
             Route::Exclusive(req) => exclusive.push((i, req, fp)),
         }
     }
+    enter_reservations(core, &mut direct, &mut out);
     let general = join_all(
         general
             .into_iter()
@@ -160,6 +164,34 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
         out[i] = Some(a);
     }
     (out, exclusive)
+}
+
+/// The frame's reserves entered in the index together (one lock per shard), in frame
+/// order: a reserve whose reservation id is taken (by a reservation in the index or an
+/// earlier reserve of the frame) is refused, and its request id forgotten.
+fn enter_reservations(core: &Core, direct: &mut Vec<(usize, Direct)>, out: &mut [Option<Answer>]) {
+    let new: Vec<(ReservationId, ResEntry)> = direct
+        .iter_mut()
+        .filter_map(|(_, d)| match (&d.kind, d.new_entry.take()) {
+            (Kind::Reserve(reservation, _), Some(entry)) => Some((*reservation, entry)),
+            _ => None,
+        })
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    let mut entered = core.reservations.begin_many(new).into_iter();
+    direct.retain(|(i, d)| {
+        let Kind::Reserve(reservation, _) = d.kind else {
+            return true;
+        };
+        if entered.next().unwrap_or(false) {
+            return true;
+        }
+        core.idem.abort(d.id);
+        out[*i] = Some(Err(Rejection::ReservationExists(reservation).into()));
+        false
+    });
 }
 
 /// Picks a request's path given what the idempotency table said of its id.
@@ -199,7 +231,8 @@ fn direct(
     match req.command {
         Command::Reserve(r) => {
             let groups = group_lines(&r)?;
-            let expires_at_ms = begin_reservation(core, catalog, &r, now)?;
+            let entry = new_reservation(catalog, &r, now)?;
+            let expires_at_ms = entry.expires_at_ms;
             let cart_skus = u16::try_from(groups.len()).unwrap_or(u16::MAX);
             let ops = groups
                 .into_iter()
@@ -215,6 +248,7 @@ fn direct(
                 ops,
                 create: false,
                 kind: Kind::Reserve(r.reservation, expires_at_ms),
+                new_entry: Some(entry),
             }))
         }
         Command::Stock { sku, command } => {
@@ -225,6 +259,7 @@ fn direct(
                 ops: vec![(sku, op)],
                 create: true,
                 kind: Kind::Stock,
+                new_entry: None,
             }))
         }
         Command::Catalog(c) if delete_target(&c).is_some() => Ok(Route::Exclusive(Request {
@@ -240,6 +275,7 @@ fn direct(
                     ops: vec![(sku, op)],
                     create: false,
                     kind: Kind::OnReservation(reservation, entry.expires_at_ms, after),
+                    new_entry: None,
                 }))
             }
             None => Ok(Route::General(Request { id, command })),
@@ -308,8 +344,8 @@ fn one_sku_op(core: &Core, command: &Command, now: TimeMs) -> Result<Option<OnOn
 /// `OpBegun` group). A reservation's number of SKUs never changes once it is committed.
 fn one_sku(core: &Core, reservation: ReservationId) -> bool {
     core.reservations
-        .get(&reservation)
-        .is_some_and(|e| e.committed && e.lines.len() == 1)
+        .read(&reservation, |e| e.committed && e.lines.len() == 1)
+        .unwrap_or(false)
 }
 
 /// A direct request once its actors answered: its changes and the sequence of its closing
@@ -390,18 +426,20 @@ async fn run_direct(
         core.expiry.insert_many(&due);
     }
     let mut accepted = Vec::with_capacity(meta.len());
+    let mut committed = Vec::with_capacity(meta.len());
     let answers = meta
         .into_iter()
         .zip(placed)
         .map(|((i, id, fp, kind, _), p)| {
-            let answer = complete(core, id, kind, p, &durable);
+            let answer = complete(core, id, kind, p, &durable, &mut committed);
             if let Ok(outcome) = &answer {
                 accepted.push((id, fp, outcome.clone()));
             }
             (i, answer)
         })
         .collect();
-    // Before any answer leaves: a resend finds the outcome.
+    // Before any answer leaves: a fulfil finds its reservation, a resend its outcome.
+    commit_reservations(core, committed);
     core.idem.complete_many(accepted, now);
     answers
 }
@@ -419,13 +457,15 @@ fn close_cart(
 }
 
 /// Turns a direct request's result into its answer, and records it in the index or
-/// forgets it (and its idempotency entry: an accepted one is recorded by the caller).
+/// forgets it (and its idempotency entry). The caller records what is accepted: the
+/// outcome, and a placed reserve's lines (pushed to `committed`).
 fn complete(
     core: &Core,
     id: u128,
     kind: Kind,
     placed: Placed,
     durable: &Result<(), EngineError>,
+    committed: &mut Vec<(ReservationId, Vec<(SkuId, u32)>)>,
 ) -> Answer {
     let failure: Failure = match (placed, durable) {
         (Ok((done, _)), durable) => {
@@ -436,7 +476,7 @@ fn complete(
                         .iter()
                         .map(|(sku, _, ev)| (sku.clone(), held_by(ev)))
                         .collect();
-                    finish_reservation(core, reservation, lines);
+                    committed.push((reservation, lines));
                 }
                 Kind::Reserve(reservation, _) => {
                     core.reservations.remove(&reservation);

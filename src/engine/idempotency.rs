@@ -5,23 +5,20 @@
 //! see `EngineConfig`); the oldest entries are forgotten first. A request id that is still
 //! being processed answers `InProgress` (retriable) to a concurrent duplicate.
 //!
-//! The table is [`SHARDS`] shards by request id, each one map and its eviction order under
-//! one lock. A request frame enters its ids ([`IdempotencyTable::begin_many`]) and records
-//! their outcomes ([`IdempotencyTable::complete_many`]) one shard at a time: one lock per
-//! shard and frame rather than one (or three: entry, order, eviction) per request. The
-//! table is large (a million entries by default) and its lookups miss the cache; under one
-//! lock, consecutive lookups overlap, where a lock instruction between them (a full fence
-//! on x86) would make each wait for the one before.
+//! The table is sharded by request id (`shards`), each shard one map and its eviction
+//! order under one lock. A request frame enters its ids ([`IdempotencyTable::begin_many`])
+//! and records their outcomes ([`IdempotencyTable::complete_many`]) one shard at a time:
+//! one lock per shard and frame rather than one (or three: entry, order, eviction) per
+//! request.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::domain::{Rejection, RequestId, TimeMs};
 
 use super::api::Outcome;
+use super::shards::{Shards, SHARDS};
 
 #[derive(Debug)]
 enum State {
@@ -54,39 +51,9 @@ struct Shard {
 /// Remembered request ids (bounded).
 #[derive(Debug)]
 pub struct IdempotencyTable {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Shards<Shard>,
     max_per_shard: usize,
     retention_ms: u64,
-}
-
-/// Shards of the table (a power of two).
-const SHARDS: usize = 16;
-
-fn shard_of(id: RequestId) -> usize {
-    ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
-}
-
-/// The positions `0..ids.len()` grouped by the shard of `ids[i]`, each group in position
-/// order: `(order, ends)` where shard `s`'s positions are `order[ends[s-1]..ends[s]]`
-/// (`ends[-1]` being 0). A counting sort: two passes, one allocation.
-fn by_shard(ids: impl Iterator<Item = RequestId> + Clone) -> (Vec<u32>, [u32; SHARDS]) {
-    let mut ends = [0u32; SHARDS];
-    for id in ids.clone() {
-        ends[shard_of(id)] += 1;
-    }
-    let mut start = 0;
-    for e in ends.iter_mut() {
-        start += *e;
-        *e = start - *e;
-    }
-    // `ends` now holds each group's start; filling moves it to the group's end.
-    let mut order = vec![0u32; start as usize];
-    for (i, id) in ids.enumerate() {
-        let s = &mut ends[shard_of(id)];
-        order[*s as usize] = i as u32;
-        *s += 1;
-    }
-    (order, ends)
 }
 
 impl Shard {
@@ -158,21 +125,17 @@ impl IdempotencyTable {
     /// An empty table keeping at most `max_entries` ids for at most `retention_ms`.
     pub fn new(max_entries: usize, retention_ms: u64) -> Self {
         IdempotencyTable {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: Shards::default(),
             max_per_shard: max_entries.div_ceil(SHARDS).max(1),
             retention_ms,
         }
-    }
-
-    fn shard(&self, id: RequestId) -> parking_lot::MutexGuard<'_, Shard> {
-        self.shards[shard_of(id)].lock()
     }
 
     /// Starts a request: new, a replay of an accepted one, or a rejection (one request
     /// at a time: the tests' form of [`begin_many`](Self::begin_many)).
     #[cfg(test)]
     pub fn begin(&self, id: RequestId, fingerprint: u64) -> Result<Begin, Rejection> {
-        self.shard(id).begin(id, fingerprint)
+        self.shards.lock(id).begin(id, fingerprint)
     }
 
     /// [`begin`](Self::begin) for each `(id, fingerprint)`, in order (a repeated id is
@@ -180,32 +143,22 @@ impl IdempotencyTable {
     pub fn begin_many(&self, reqs: &[(RequestId, u64)]) -> Vec<Result<Begin, Rejection>> {
         let mut out: Vec<Result<Begin, Rejection>> = Vec::with_capacity(reqs.len());
         out.resize_with(reqs.len(), || Ok(Begin::New));
-        let (order, ends) = by_shard(reqs.iter().map(|r| r.0));
-        let mut start = 0;
-        for (s, &end) in ends.iter().enumerate() {
-            let group = &order[start as usize..end as usize];
-            start = end;
-            if group.is_empty() {
-                continue;
-            }
-            let mut shard = self.shards[s].lock();
-            for &i in group {
-                let (id, fp) = reqs[i as usize];
-                out[i as usize] = shard.begin(id, fp);
-            }
-        }
+        self.shards.grouped(reqs.iter().map(|r| r.0), |shard, i| {
+            let (id, fp) = reqs[i];
+            out[i] = shard.begin(id, fp);
+        });
         out
     }
 
     /// Forgets an in-flight request that was rejected or failed.
     pub fn abort(&self, id: RequestId) {
-        self.shard(id).abort(id);
+        self.shards.lock(id).abort(id);
     }
 
     /// Records the outcome of an accepted request at time `now_ms`, evicting old entries.
     pub fn complete(&self, id: RequestId, fingerprint: u64, outcome: Arc<Outcome>, now_ms: TimeMs) {
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);
-        self.shard(id).complete(
+        self.shards.lock(id).complete(
             (id, fingerprint, outcome),
             now_ms,
             self.max_per_shard,
@@ -217,43 +170,35 @@ impl IdempotencyTable {
     /// shard.
     pub fn complete_many(&self, done: Vec<(RequestId, u64, Arc<Outcome>)>, now_ms: TimeMs) {
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);
-        let (order, ends) = by_shard(done.iter().map(|d| d.0));
+        let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
         let mut done: Vec<Option<(RequestId, u64, Arc<Outcome>)>> =
             done.into_iter().map(Some).collect();
-        let mut start = 0;
-        for (s, &end) in ends.iter().enumerate() {
-            let group = &order[start as usize..end as usize];
-            start = end;
-            if group.is_empty() {
-                continue;
+        self.shards.grouped(ids.iter().copied(), |shard, i| {
+            if let Some(d) = done[i].take() {
+                shard.complete(d, now_ms, self.max_per_shard, oldest_kept);
             }
-            let mut shard = self.shards[s].lock();
-            for &i in group {
-                if let Some(d) = done[i as usize].take() {
-                    shard.complete(d, now_ms, self.max_per_shard, oldest_kept);
-                }
-            }
-        }
+        });
     }
 
     /// Number of remembered (accepted) ids.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().order.len()).sum()
+        let mut n = 0;
+        self.shards.each(|s| n += s.order.len());
+        n
     }
 
     /// All remembered entries, oldest first: (time, id, fingerprint, outcome). For checkpoints.
     pub fn entries(&self) -> Vec<(TimeMs, RequestId, u64, Arc<Outcome>)> {
         let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
+        self.shards.each(|shard| {
             all.extend(shard.order.iter().filter_map(|&(t, id)| {
                 let e = shard.map.get(&id)?;
                 match &e.state {
                     State::Done(o) => Some((t, id, e.fingerprint, o.clone())),
                     State::InFlight => None,
                 }
-            }));
-        }
+            }))
+        });
         all.sort_unstable_by_key(|&(t, id, ..)| (t, id));
         all
     }
@@ -311,32 +256,12 @@ mod tests {
         let id = 5000u128;
         assert!(matches!(t.begin(id, 0), Ok(Begin::New)));
         t.complete(id, 0, outcome(1), 500);
-        let shard = shard_of(id);
+        let shard = super::super::shards::shard_of(id);
         assert_eq!(
-            t.shards[shard].lock().order.len(),
+            t.shards.lock_shard(shard).order.len(),
             1,
             "entries older than retention evicted"
         );
-    }
-
-    #[test]
-    fn by_shard_groups_every_position_once_in_order() {
-        let ids: Vec<RequestId> = (0..300u128).map(|i| i * 7919 + (i << 70)).collect();
-        let (order, ends) = by_shard(ids.iter().copied());
-        let mut seen = vec![false; ids.len()];
-        let mut start = 0;
-        for (s, &end) in ends.iter().enumerate() {
-            let group = &order[start as usize..end as usize];
-            assert!(group.windows(2).all(|w| w[0] < w[1]), "position order");
-            for &i in group {
-                assert_eq!(shard_of(ids[i as usize]), s);
-                assert!(!seen[i as usize]);
-                seen[i as usize] = true;
-            }
-            start = end;
-        }
-        assert!(seen.iter().all(|&s| s));
-        assert_eq!(by_shard(std::iter::empty()).0.len(), 0);
     }
 
     #[test]
@@ -402,7 +327,7 @@ mod tests {
         t.complete_many(vec![(1000, 0, outcome(2))], 500);
         // Age is enforced as a shard is written: 1000's shard forgot its older entry.
         assert_eq!(
-            t.shards[shard_of(1000)].lock().order.len(),
+            t.shards.lock(1000).order.len(),
             1,
             "older than the retention: forgotten"
         );

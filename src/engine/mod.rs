@@ -24,7 +24,9 @@ mod persist;
 mod reads;
 pub mod recovery;
 mod registry;
+mod reservation_index;
 mod reservations;
+mod shards;
 mod stockout;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -170,7 +172,7 @@ pub(crate) struct Core {
     /// The catalog entry a running delete checks: requests naming it answer `Busy`
     /// (`catalog_writes`).
     pub closing: catalog_writes::ClosingMark,
-    pub reservations: DashMap<ReservationId, ResEntry, foldhash::fast::RandomState>,
+    pub reservations: reservation_index::ReservationIndex,
     pub idem: IdempotencyTable,
     pub expiry: ExpiryQueue,
     /// One checkpoint at a time.
@@ -457,7 +459,7 @@ impl Engine {
             catalog: RwLock::new(Arc::new(catalog)),
             catalog_write: tokio::sync::Mutex::new(()),
             closing: catalog_writes::ClosingMark::default(),
-            reservations: DashMap::default(),
+            reservations: Default::default(),
             expiry: ExpiryQueue::default(),
             checkpoint_lock: tokio::sync::Mutex::new(()),
             backup_running: std::sync::atomic::AtomicBool::new(false),
@@ -792,13 +794,14 @@ impl Engine {
 
     /// An active reservation.
     pub fn reservation(&self, id: ReservationId) -> Option<ReservationView> {
-        let e = self.core.reservations.get(&id)?;
-        e.committed.then(|| ReservationView {
-            reservation: id,
-            channel: e.channel.clone(),
-            expires_at_ms: e.expires_at_ms,
-            lines: e.lines.clone(),
-        })
+        self.core.reservations.read(&id, |e| {
+            e.committed.then(|| ReservationView {
+                reservation: id,
+                channel: e.channel.clone(),
+                expires_at_ms: e.expires_at_ms,
+                lines: e.lines.clone(),
+            })
+        })?
     }
 
     /// The catalog.

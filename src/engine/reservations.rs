@@ -46,36 +46,27 @@ pub(super) fn group_lines(r: &ReserveRequest) -> Result<Vec<(SkuId, Vec<HoldLine
     crate::domain::cart::group_lines(&r.lines, r.ttl_ms, |l| (&l.sku, l.qty, &l.location))
 }
 
-/// Checks the cart's channel and enters the reservation in the index, busy and not yet
-/// committed (a second reservation with the same id is refused). Returns its expiry time.
-pub(super) fn begin_reservation(
-    core: &Core,
+/// Checks a reserve's reservation id and channel: its index entry, busy and not yet
+/// committed, to enter with the frame's others (`ReservationIndex::begin_many`: a second
+/// reservation with the same id is refused).
+pub(super) fn new_reservation(
     catalog: &crate::domain::Catalog,
     r: &ReserveRequest,
     now: TimeMs,
-) -> Result<TimeMs, Rejection> {
+) -> Result<ResEntry, Rejection> {
     if r.reservation == 0 {
         // 0 is what an unset id looks like in most clients: refused, like request id 0.
         return Err(Rejection::invalid("reservation id must be non-zero"));
     }
     catalog.channel(&r.channel)?;
-    let expires_at_ms = now.saturating_add(r.ttl_ms);
-    match core.reservations.entry(r.reservation) {
-        dashmap::mapref::entry::Entry::Occupied(_) => {
-            Err(Rejection::ReservationExists(r.reservation))
-        }
-        dashmap::mapref::entry::Entry::Vacant(v) => {
-            v.insert(ResEntry {
-                channel: r.channel.clone(),
-                lines: Vec::new(),
-                expires_at_ms,
-                busy: true,
-                expiring: false,
-                committed: false,
-            });
-            Ok(expires_at_ms)
-        }
-    }
+    Ok(ResEntry {
+        channel: r.channel.clone(),
+        lines: Vec::new(),
+        expires_at_ms: now.saturating_add(r.ttl_ms),
+        busy: true,
+        expiring: false,
+        committed: false,
+    })
 }
 
 /// The hold one SKU of the cart is asked to place.
@@ -95,15 +86,15 @@ pub(super) fn hold_command(
     }
 }
 
-/// A placed and durable reservation whose expiry is queued already: its units per SKU,
-/// free for fulfil, release and extend from now on.
-pub(super) fn finish_reservation(core: &Core, id: ReservationId, lines: Vec<(SkuId, u32)>) {
-    if let Some(mut e) = core.reservations.get_mut(&id) {
-        e.lines = lines;
-        e.busy = false;
-        e.committed = true;
-    }
-    Counters::bump(&core.counters.reservations_placed);
+/// A frame's reserves whose holds are placed and durable, and whose expiries are queued
+/// already: committed with their units per SKU, free for fulfil, release and extend from
+/// now on.
+pub(super) fn commit_reservations(core: &Core, placed: Vec<(ReservationId, Vec<(SkuId, u32)>)>) {
+    let n = placed.len() as u64;
+    core.reservations.commit_many(placed);
+    core.counters
+        .reservations_placed
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 pub(super) fn held_by(events: &[Event]) -> u32 {
@@ -456,18 +447,18 @@ pub(super) fn check_extend_ttl(ttl_ms: u64) -> Result<(), Rejection> {
 pub(crate) fn index_holds(core: &Core, skus: &[SkuState]) {
     for s in skus {
         for (id, h) in &s.holds {
-            let mut e = core.reservations.entry(*id).or_insert_with(|| ResEntry {
+            let make = || ResEntry {
                 channel: h.channel.clone(),
                 lines: Vec::new(),
                 expires_at_ms: h.expires_at_ms,
                 busy: false,
                 expiring: false,
                 committed: true,
-            });
-            e.lines.push((s.sku.clone(), h.held()));
+            };
+            core.reservations
+                .upsert(*id, make, |e| e.lines.push((s.sku.clone(), h.held())));
         }
     }
-    for r in core.reservations.iter() {
-        core.expiry.insert(r.expires_at_ms, *r.key());
-    }
+    core.reservations
+        .for_each(|id, e| core.expiry.insert(e.expires_at_ms, id));
 }

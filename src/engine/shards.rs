@@ -1,0 +1,143 @@
+//! Tables keyed by a client's 128-bit id (request ids, reservation ids), split into
+//! [`SHARDS`] shards by id, each under its own lock; and the grouping that lets a request
+//! frame visit each shard once ([`Shards::grouped`]) instead of taking a lock per request.
+//!
+//! Both tables that use it (the idempotency table, the reservation index) are large and
+//! their lookups miss the cache. Under one lock, a frame's consecutive lookups overlap;
+//! with a lock instruction between each two (a full fence on x86), each would wait for
+//! the one before. Shards keep two threads' frames apart most of the time.
+
+use parking_lot::{Mutex, MutexGuard};
+
+/// Shards of a table (a power of two).
+pub(crate) const SHARDS: usize = 16;
+
+/// The shard of `id` (both halves mixed: clients choose ids, some only one half).
+pub(crate) fn shard_of(id: u128) -> usize {
+    ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
+}
+
+/// The positions `0..n` of `ids` grouped by the shard of their id, each group in position
+/// order: shard `s`'s positions are `order[ends[s - 1]..ends[s]]` (from 0 for shard 0).
+/// A counting sort: two passes over the ids and one allocation.
+pub(crate) fn by_shard(ids: impl Iterator<Item = u128> + Clone) -> (Vec<u32>, [u32; SHARDS]) {
+    let mut ends = [0u32; SHARDS];
+    for id in ids.clone() {
+        ends[shard_of(id)] += 1;
+    }
+    let mut start = 0;
+    for e in ends.iter_mut() {
+        start += *e;
+        *e = start - *e;
+    }
+    // `ends` now holds each group's start; filling moves it to the group's end.
+    let mut order = vec![0u32; start as usize];
+    for (i, id) in ids.enumerate() {
+        let s = &mut ends[shard_of(id)];
+        order[*s as usize] = i as u32;
+        *s += 1;
+    }
+    (order, ends)
+}
+
+/// [`SHARDS`] values of `T`, each under a lock.
+#[derive(Debug)]
+pub(crate) struct Shards<T> {
+    shards: Box<[Mutex<T>]>,
+}
+
+impl<T: Default> Default for Shards<T> {
+    fn default() -> Self {
+        Shards {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl<T> Shards<T> {
+    /// The shard of `id`, locked.
+    pub(crate) fn lock(&self, id: u128) -> MutexGuard<'_, T> {
+        self.shards[shard_of(id)].lock()
+    }
+
+    /// Shard `s` (`0..SHARDS`), locked.
+    #[cfg(test)]
+    pub(crate) fn lock_shard(&self, s: usize) -> MutexGuard<'_, T> {
+        self.shards[s].lock()
+    }
+
+    /// Every shard in turn, each locked while `f` looks at it (never two at once).
+    pub(crate) fn each(&self, mut f: impl FnMut(&mut T)) {
+        for s in self.shards.iter() {
+            f(&mut s.lock());
+        }
+    }
+
+    /// Calls `f(shard, i)` for each position `i` of `ids`, the shard being that of
+    /// `ids[i]`, locked once for all its positions, which come in position order (so a
+    /// repeated id is seen in order). Never holds two shards at once.
+    pub(crate) fn grouped(
+        &self,
+        ids: impl Iterator<Item = u128> + Clone,
+        mut f: impl FnMut(&mut T, usize),
+    ) {
+        let (order, ends) = by_shard(ids);
+        let mut start = 0;
+        for (s, &end) in ends.iter().enumerate() {
+            let group = &order[start as usize..end as usize];
+            start = end;
+            if group.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock();
+            for &i in group {
+                f(&mut shard, i as usize);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_shard_groups_every_position_once_in_order() {
+        let ids: Vec<u128> = (0..300u128).map(|i| i * 7919 + (i << 70)).collect();
+        let (order, ends) = by_shard(ids.iter().copied());
+        let mut seen = vec![false; ids.len()];
+        let mut start = 0;
+        for (s, &end) in ends.iter().enumerate() {
+            let group = &order[start as usize..end as usize];
+            assert!(group.windows(2).all(|w| w[0] < w[1]), "position order");
+            for &i in group {
+                assert_eq!(shard_of(ids[i as usize]), s);
+                assert!(!seen[i as usize]);
+                seen[i as usize] = true;
+            }
+            start = end;
+        }
+        assert!(seen.iter().all(|&s| s));
+        assert_eq!(start as usize, ids.len());
+        assert!(by_shard(std::iter::empty()).0.is_empty());
+    }
+
+    #[test]
+    fn grouped_visits_each_position_under_its_shard() {
+        let t: Shards<Vec<usize>> = Shards::default();
+        let ids: Vec<u128> = vec![5, 1 << 64, 5, 77, 3 << 90, 77, 12];
+        t.grouped(ids.iter().copied(), |shard, i| shard.push(i));
+        let mut all = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            assert!(t.lock(id).contains(&i));
+        }
+        t.each(|shard| {
+            assert!(shard.windows(2).all(|w| w[0] < w[1]));
+            all.extend(shard.iter().copied());
+        });
+        all.sort_unstable();
+        assert_eq!(all, (0..ids.len()).collect::<Vec<_>>());
+        let s = shard_of(5);
+        assert_eq!(t.lock_shard(s).iter().filter(|&&i| ids[i] == 5).count(), 2);
+    }
+}
