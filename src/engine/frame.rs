@@ -139,13 +139,13 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
         } else if req.id == 0 {
             out[i] = Some(Err(Rejection::invalid("request id must be non-zero").into()));
         } else {
-            entering.push((i, req, fp));
+            entering.push((i, req, fp, Ok(Begin::New)));
         }
     }
     // The frame's ids entered together: one lock per idempotency shard.
-    let ids: Vec<(u128, u64)> = entering.iter().map(|(_, req, fp)| (req.id, *fp)).collect();
-    let begun = core.idem.begin_many(&ids);
-    for ((i, req, fp), begun) in entering.into_iter().zip(begun) {
+    core.idem
+        .begin_many(&mut entering, |e| (e.1.id, e.2), |e, begun| e.3 = begun);
+    for (i, req, fp, begun) in entering {
         match route(core, &catalog, req, fp, begun, now) {
             Route::Answered(a) => out[i] = Some(a),
             Route::Direct(d) => direct.push((i, d)),
@@ -170,24 +170,18 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
 /// order: a reserve whose reservation id is taken (by a reservation in the index or an
 /// earlier reserve of the frame) is refused, and its request id forgotten.
 fn enter_reservations(core: &Core, direct: &mut Vec<(usize, Direct)>, out: &mut [Option<Answer>]) {
-    let new: Vec<(ReservationId, ResEntry)> = direct
-        .iter_mut()
-        .filter_map(|(_, d)| match (&d.kind, d.new_entry.take()) {
-            (Kind::Reserve(reservation, _), Some(entry)) => Some((*reservation, entry)),
-            _ => None,
-        })
-        .collect();
-    if new.is_empty() {
-        return;
-    }
-    let mut entered = core.reservations.begin_many(new).into_iter();
+    let reserve = |(_, d): &(usize, Direct)| match d.kind {
+        Kind::Reserve(reservation, _) => Some(reservation),
+        _ => None,
+    };
+    core.reservations
+        .begin_many(direct, reserve, |(_, d)| &mut d.new_entry);
+    // An entry still in its request: the id was taken.
     direct.retain(|(i, d)| {
-        let Kind::Reserve(reservation, _) = d.kind else {
+        let (Kind::Reserve(reservation, _), Some(_)) = (&d.kind, &d.new_entry) else {
             return true;
         };
-        if entered.next().unwrap_or(false) {
-            return true;
-        }
+        let reservation = *reservation;
         core.idem.abort(d.id);
         out[*i] = Some(Err(Rejection::ReservationExists(reservation).into()));
         false
@@ -433,14 +427,14 @@ async fn run_direct(
         .map(|((i, id, fp, kind, _), p)| {
             let answer = complete(core, id, kind, p, &durable, &mut committed);
             if let Ok(outcome) = &answer {
-                accepted.push((id, fp, outcome.clone()));
+                accepted.push((id, fp, Some(outcome.clone())));
             }
             (i, answer)
         })
         .collect();
     // Before any answer leaves: a fulfil finds its reservation, a resend its outcome.
-    commit_reservations(core, committed);
-    core.idem.complete_many(accepted, now);
+    commit_reservations(core, &mut committed);
+    core.idem.complete_many(&mut accepted, now);
     answers
 }
 

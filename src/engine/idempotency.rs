@@ -138,16 +138,23 @@ impl IdempotencyTable {
         self.shards.lock(id).begin(id, fingerprint)
     }
 
-    /// [`begin`](Self::begin) for each `(id, fingerprint)`, in order (a repeated id is
-    /// `InProgress` after its first), one lock per shard: the answers in the same order.
-    pub fn begin_many(&self, reqs: &[(RequestId, u64)]) -> Vec<Result<Begin, Rejection>> {
-        let mut out: Vec<Result<Begin, Rejection>> = Vec::with_capacity(reqs.len());
-        out.resize_with(reqs.len(), || Ok(Begin::New));
-        self.shards.grouped(reqs.iter().map(|r| r.0), |shard, i| {
-            let (id, fp) = reqs[i];
-            out[i] = shard.begin(id, fp);
-        });
-        out
+    /// Starts each request of `items` (`key(item)`: its id and fingerprint) as
+    /// [`begin`](Self::begin) would one after the other (a repeated id is `InProgress`
+    /// after its first), one lock per shard, and gives `set` each one's answer.
+    pub fn begin_many<I>(
+        &self,
+        items: &mut [I],
+        key: impl Fn(&I) -> (RequestId, u64),
+        mut set: impl FnMut(&mut I, Result<Begin, Rejection>),
+    ) {
+        self.shards.grouped(
+            items,
+            |item| Some(key(item).0),
+            |shard, item| {
+                let (id, fp) = key(item);
+                set(item, shard.begin(id, fp));
+            },
+        );
     }
 
     /// Forgets an in-flight request that was rejected or failed.
@@ -166,18 +173,23 @@ impl IdempotencyTable {
         );
     }
 
-    /// [`complete`](Self::complete) for each `(id, fingerprint, outcome)`, one lock per
-    /// shard.
-    pub fn complete_many(&self, done: Vec<(RequestId, u64, Arc<Outcome>)>, now_ms: TimeMs) {
+    /// [`complete`](Self::complete) for each `(id, fingerprint, outcome)` (the outcomes
+    /// taken), one lock per shard.
+    pub fn complete_many(
+        &self,
+        done: &mut [(RequestId, u64, Option<Arc<Outcome>>)],
+        now_ms: TimeMs,
+    ) {
         let oldest_kept = now_ms.saturating_sub(self.retention_ms);
-        let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
-        let mut done: Vec<Option<(RequestId, u64, Arc<Outcome>)>> =
-            done.into_iter().map(Some).collect();
-        self.shards.grouped(ids.iter().copied(), |shard, i| {
-            if let Some(d) = done[i].take() {
-                shard.complete(d, now_ms, self.max_per_shard, oldest_kept);
-            }
-        });
+        self.shards.grouped(
+            done,
+            |d| Some(d.0),
+            |shard, d| {
+                if let Some(outcome) = d.2.take() {
+                    shard.complete((d.0, d.1, outcome), now_ms, self.max_per_shard, oldest_kept);
+                }
+            },
+        );
     }
 
     /// Number of remembered (accepted) ids.
@@ -285,7 +297,12 @@ mod tests {
                 .iter()
                 .map(|&(id, fp)| show(&one.begin(id, fp)))
                 .collect();
-            let batch: Vec<String> = many.begin_many(frame).iter().map(show).collect();
+            let mut items: Vec<(RequestId, u64, String)> = frame
+                .iter()
+                .map(|&(id, fp)| (id, fp, String::new()))
+                .collect();
+            many.begin_many(&mut items, |i| (i.0, i.1), |i, b| i.2 = show(&b));
+            let batch: Vec<String> = items.into_iter().map(|i| i.2).collect();
             assert_eq!(singles, batch, "frame {f}");
             // Complete every new one of even id, abort the others.
             let mut done = Vec::new();
@@ -293,14 +310,14 @@ mod tests {
                 if answer == "new" {
                     if id % 2 == 0 {
                         one.complete(id, fp, outcome(id as u64 * 10), f as u64);
-                        done.push((id, fp, outcome(id as u64 * 10)));
+                        done.push((id, fp, Some(outcome(id as u64 * 10))));
                     } else {
                         one.abort(id);
                         many.abort(id);
                     }
                 }
             }
-            many.complete_many(done, f as u64);
+            many.complete_many(&mut done, f as u64);
         }
         assert_eq!(one.len(), many.len());
         let key = |t: &IdempotencyTable| {
@@ -317,14 +334,17 @@ mod tests {
     fn complete_many_evicts_by_count_and_age() {
         let t = IdempotencyTable::new(SHARDS, 100);
         let ids: Vec<RequestId> = (1..=500u128).collect();
-        let begun: Vec<(RequestId, u64)> = ids.iter().map(|&id| (id, 0)).collect();
-        assert!(t
-            .begin_many(&begun)
-            .iter()
-            .all(|b| matches!(b, Ok(Begin::New))));
-        t.complete_many(ids.iter().map(|&id| (id, 0, outcome(1))).collect(), 10);
+        let mut begun: Vec<(RequestId, bool)> = ids.iter().map(|&id| (id, false)).collect();
+        t.begin_many(
+            &mut begun,
+            |b| (b.0, 0),
+            |b, r| b.1 = matches!(r, Ok(Begin::New)),
+        );
+        assert!(begun.iter().all(|b| b.1));
+        let mut done: Vec<_> = ids.iter().map(|&id| (id, 0, Some(outcome(1)))).collect();
+        t.complete_many(&mut done, 10);
         assert!(t.len() <= SHARDS, "bounded by count: {}", t.len());
-        t.complete_many(vec![(1000, 0, outcome(2))], 500);
+        t.complete_many(&mut [(1000, 0, Some(outcome(2)))], 500);
         // Age is enforced as a shard is written: 1000's shard forgot its older entry.
         assert_eq!(
             t.shards.lock(1000).order.len(),

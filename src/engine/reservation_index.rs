@@ -61,34 +61,40 @@ impl ReservationIndex {
         self.shards.each(|m| m.iter().for_each(|(id, e)| f(*id, e)));
     }
 
-    /// Enters each `(id, entry)` whose id is free, in order: `false` where the id is taken
-    /// (by an entry already there or an earlier one of `new`), which is left as it was.
-    pub(crate) fn begin_many(&self, new: Vec<(ReservationId, ResEntry)>) -> Vec<bool> {
-        let ids: Vec<ReservationId> = new.iter().map(|n| n.0).collect();
-        let mut new: Vec<Option<ResEntry>> = new.into_iter().map(|n| Some(n.1)).collect();
-        let mut entered = vec![false; ids.len()];
-        self.shards.grouped(ids.iter().copied(), |m, i| {
-            if let (Entry::Vacant(v), Some(e)) = (m.entry(ids[i]), new[i].take()) {
-                v.insert(e);
-                entered[i] = true;
+    /// For each item with a reservation id (`id(item)`), in slice order, takes its entry
+    /// out of `entry(item)` into the index if the id is free. Where the id is taken (by an
+    /// entry already there or an earlier item), the entry is left in the item, and the
+    /// entry in the index as it was.
+    pub(crate) fn begin_many<I>(
+        &self,
+        items: &mut [I],
+        id: impl Fn(&I) -> Option<ReservationId>,
+        entry: impl Fn(&mut I) -> &mut Option<ResEntry>,
+    ) {
+        self.shards.grouped(items, &id, |m, item| {
+            let Some(key) = id(item) else { return };
+            if let Entry::Vacant(v) = m.entry(key) {
+                if let Some(e) = entry(item).take() {
+                    v.insert(e);
+                }
             }
         });
-        entered
     }
 
-    /// Each reservation of `placed` committed with its lines (all its holds placed and
-    /// durable) and no longer busy.
-    pub(crate) fn commit_many(&self, placed: Vec<(ReservationId, Vec<(SkuId, u32)>)>) {
-        let ids: Vec<ReservationId> = placed.iter().map(|p| p.0).collect();
-        let mut lines: Vec<Option<Vec<(SkuId, u32)>>> =
-            placed.into_iter().map(|p| Some(p.1)).collect();
-        self.shards.grouped(ids.iter().copied(), |m, i| {
-            if let (Some(e), Some(l)) = (m.get_mut(&ids[i]), lines[i].take()) {
-                e.lines = l;
-                e.busy = false;
-                e.committed = true;
-            }
-        });
+    /// Each reservation of `placed` committed with its lines (taken: all its holds placed
+    /// and durable) and no longer busy.
+    pub(crate) fn commit_many(&self, placed: &mut [(ReservationId, Vec<(SkuId, u32)>)]) {
+        self.shards.grouped(
+            placed,
+            |p| Some(p.0),
+            |m, p| {
+                if let Some(e) = m.get_mut(&p.0) {
+                    e.lines = std::mem::take(&mut p.1);
+                    e.busy = false;
+                    e.committed = true;
+                }
+            },
+        );
     }
 }
 
@@ -108,12 +114,21 @@ mod tests {
         }
     }
 
+    /// Enters `(id, entry)` items: whether each was entered.
+    fn begin(index: &ReservationIndex, new: Vec<(ReservationId, ResEntry)>) -> Vec<bool> {
+        let mut items: Vec<(ReservationId, Option<ResEntry>)> =
+            new.into_iter().map(|(id, e)| (id, Some(e))).collect();
+        index.begin_many(&mut items, |i| Some(i.0), |i| &mut i.1);
+        items.iter().map(|i| i.1.is_none()).collect()
+    }
+
     #[test]
     fn begin_many_enters_free_ids_once_in_order() {
         let index = ReservationIndex::default();
-        assert_eq!(index.begin_many(vec![(7, entry(1))]), vec![true]);
+        assert_eq!(begin(&index, vec![(7, entry(1))]), vec![true]);
         let ids = [7u128, 8, 8, 1 << 100, 9];
-        let got = index.begin_many(
+        let got = begin(
+            &index,
             ids.iter()
                 .map(|&id| (id, entry(id as u64 % 1000)))
                 .collect(),
@@ -135,12 +150,9 @@ mod tests {
     #[test]
     fn commit_many_commits_what_is_there() {
         let index = ReservationIndex::default();
-        index.begin_many(vec![(1, entry(5)), (2, entry(5))]);
+        begin(&index, vec![(1, entry(5)), (2, entry(5))]);
         let sku = SkuId::new("A").unwrap();
-        index.commit_many(vec![
-            (1, vec![(sku.clone(), 3)]),
-            (3, vec![(sku.clone(), 1)]),
-        ]);
+        index.commit_many(&mut [(1, vec![(sku.clone(), 3)]), (3, vec![(sku.clone(), 1)])]);
         let one = index.read(&1, |e| (e.busy, e.committed, e.lines.clone()));
         assert_eq!(one, Some((false, true, vec![(sku, 3)])));
         assert_eq!(

@@ -89,7 +89,7 @@ pub(super) fn hold_command(
 /// A frame's reserves whose holds are placed and durable, and whose expiries are queued
 /// already: committed with their units per SKU, free for fulfil, release and extend from
 /// now on.
-pub(super) fn commit_reservations(core: &Core, placed: Vec<(ReservationId, Vec<(SkuId, u32)>)>) {
+pub(super) fn commit_reservations(core: &Core, placed: &mut [(ReservationId, Vec<(SkuId, u32)>)]) {
     let n = placed.len() as u64;
     core.reservations.commit_many(placed);
     core.counters

@@ -73,15 +73,28 @@ impl<T> Shards<T> {
         }
     }
 
-    /// Calls `f(shard, i)` for each position `i` of `ids`, the shard being that of
-    /// `ids[i]`, locked once for all its positions, which come in position order (so a
-    /// repeated id is seen in order). Never holds two shards at once.
-    pub(crate) fn grouped(
+    /// Calls `f(shard, item)` for each item of `items` with an id (`id(item)`; `None`: not
+    /// for this table), the shard being that of its id, locked once for all its items,
+    /// which come in slice order (so a repeated id is seen in order). Never holds two
+    /// shards at once. One item (an unpipelined request's frame) takes its shard directly,
+    /// without grouping.
+    pub(crate) fn grouped<I>(
         &self,
-        ids: impl Iterator<Item = u128> + Clone,
-        mut f: impl FnMut(&mut T, usize),
+        items: &mut [I],
+        id: impl Fn(&I) -> Option<u128>,
+        mut f: impl FnMut(&mut T, &mut I),
     ) {
-        let (order, ends) = by_shard(ids);
+        if let [item] = items {
+            if let Some(key) = id(item) {
+                f(&mut self.lock(key), item);
+            }
+            return;
+        }
+        let (order, ends) = by_shard(items.iter().filter_map(&id));
+        // `order` numbers the items with an id; map those numbers back to slice positions.
+        let positions: Vec<u32> = (0..items.len() as u32)
+            .filter(|&i| id(&items[i as usize]).is_some())
+            .collect();
         let mut start = 0;
         for (s, &end) in ends.iter().enumerate() {
             let group = &order[start as usize..end as usize];
@@ -90,8 +103,8 @@ impl<T> Shards<T> {
                 continue;
             }
             let mut shard = self.shards[s].lock();
-            for &i in group {
-                f(&mut shard, i as usize);
+            for &k in group {
+                f(&mut shard, &mut items[positions[k as usize] as usize]);
             }
         }
     }
@@ -126,7 +139,15 @@ mod tests {
     fn grouped_visits_each_position_under_its_shard() {
         let t: Shards<Vec<usize>> = Shards::default();
         let ids: Vec<u128> = vec![5, 1 << 64, 5, 77, 3 << 90, 77, 12];
-        t.grouped(ids.iter().copied(), |shard, i| shard.push(i));
+        // Items without an id (0 here) are skipped.
+        let mut items: Vec<(usize, u128)> = ids.iter().copied().enumerate().collect();
+        items.insert(3, (99, 0));
+        items.push((98, 0));
+        t.grouped(
+            &mut items,
+            |&(_, id)| (id != 0).then_some(id),
+            |shard, item| shard.push(item.0),
+        );
         let mut all = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
             assert!(t.lock(id).contains(&i));
@@ -139,5 +160,21 @@ mod tests {
         assert_eq!(all, (0..ids.len()).collect::<Vec<_>>());
         let s = shard_of(5);
         assert_eq!(t.lock_shard(s).iter().filter(|&&i| ids[i] == 5).count(), 2);
+        // One item: its shard directly.
+        let one: Shards<Vec<usize>> = Shards::default();
+        one.grouped(
+            &mut [(7usize, 77u128)],
+            |&(_, id)| Some(id),
+            |shard, item| shard.push(item.0),
+        );
+        assert_eq!(*one.lock(77), vec![7]);
+        one.grouped(
+            &mut [(8usize, 0u128)],
+            |_| None,
+            |shard, item| shard.push(item.0),
+        );
+        let mut n = 0;
+        one.each(|s| n += s.len());
+        assert_eq!(n, 1, "an item without an id: nothing");
     }
 }
