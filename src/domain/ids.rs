@@ -38,9 +38,24 @@ fn validate(kind: &'static str, s: &str, max: usize) -> Result<(), Rejection> {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Eq, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(Arc<str>);
+
+        /// Equal text; the same shared copy (the engine resolves ids to its own copies)
+        /// is equal without comparing bytes, which a map lookup would otherwise do.
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        /// The text's hash, as `str`'s (what `Borrow<str>` needs), as derived before.
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state)
+            }
+        }
 
         impl $name {
             /// Validates and wraps an identifier.
@@ -115,5 +130,26 @@ mod tests {
         assert!(LocationId::new(&"x".repeat(MAX_NAME_BYTES)).is_ok());
         assert!(ChannelId::new("web-fr").is_ok());
         assert!(ChannelId::new("é").is_err());
+    }
+
+    #[test]
+    fn equal_ids_are_equal_and_hash_alike_whether_shared_or_not() {
+        use std::collections::HashMap;
+        use std::hash::BuildHasher;
+        let a = SkuId::new("SKU-1").unwrap();
+        let shared = a.clone();
+        let copy = SkuId::new("SKU-1").unwrap();
+        let other = SkuId::new("SKU-2").unwrap();
+        assert!(a.shares(&shared) && !a.shares(&copy));
+        assert_eq!(a, shared);
+        assert_eq!(a, copy);
+        assert_ne!(a, other);
+        let h = std::collections::hash_map::RandomState::new();
+        assert_eq!(h.hash_one(&a), h.hash_one(&copy));
+        assert_eq!(h.hash_one(&a), h.hash_one("SKU-1"), "Borrow<str> finds it");
+        let map: HashMap<SkuId, u8> = [(copy, 1)].into_iter().collect();
+        assert_eq!(map.get(&a), Some(&1));
+        assert_eq!(map.get("SKU-1"), Some(&1));
+        assert_eq!(map.get(&other), None);
     }
 }
