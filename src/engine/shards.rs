@@ -17,13 +17,19 @@ pub(crate) fn shard_of(id: u128) -> usize {
     ((id ^ (id >> 64)) as usize).wrapping_mul(0x9E37_79B9) >> 7 & (SHARDS - 1)
 }
 
-/// The positions `0..n` of `ids` grouped by the shard of their id, each group in position
-/// order: shard `s`'s positions are `order[ends[s - 1]..ends[s]]` (from 0 for shard 0).
-/// A counting sort: two passes over the ids and one allocation.
-pub(crate) fn by_shard(ids: impl Iterator<Item = u128> + Clone) -> (Vec<u32>, [u32; SHARDS]) {
+/// Marks an item that has no shard (no id for this table) in [`by_shard`]'s input.
+const NO_SHARD: u8 = u8::MAX;
+
+/// The positions `0..shards.len()` grouped by their shard (`shards[i]`, or [`NO_SHARD`]:
+/// left out), each group in position order: shard `s`'s positions are
+/// `order[ends[s - 1]..ends[s]]` (from 0 for shard 0). A counting sort: two passes and one
+/// allocation.
+fn by_shard(shards: &[u8]) -> (Vec<u32>, [u32; SHARDS]) {
     let mut ends = [0u32; SHARDS];
-    for id in ids.clone() {
-        ends[shard_of(id)] += 1;
+    for &s in shards {
+        if s != NO_SHARD {
+            ends[s as usize] += 1;
+        }
     }
     let mut start = 0;
     for e in ends.iter_mut() {
@@ -32,10 +38,12 @@ pub(crate) fn by_shard(ids: impl Iterator<Item = u128> + Clone) -> (Vec<u32>, [u
     }
     // `ends` now holds each group's start; filling moves it to the group's end.
     let mut order = vec![0u32; start as usize];
-    for (i, id) in ids.enumerate() {
-        let s = &mut ends[shard_of(id)];
-        order[*s as usize] = i as u32;
-        *s += 1;
+    for (i, &s) in shards.iter().enumerate() {
+        if s != NO_SHARD {
+            let e = &mut ends[s as usize];
+            order[*e as usize] = i as u32;
+            *e += 1;
+        }
     }
     (order, ends)
 }
@@ -90,11 +98,12 @@ impl<T> Shards<T> {
             }
             return;
         }
-        let (order, ends) = by_shard(items.iter().filter_map(&id));
-        // `order` numbers the items with an id; map those numbers back to slice positions.
-        let positions: Vec<u32> = (0..items.len() as u32)
-            .filter(|&i| id(&items[i as usize]).is_some())
+        // One id look-up per item, then the counting sort over the shard numbers.
+        let shards: Vec<u8> = items
+            .iter()
+            .map(|item| id(item).map_or(NO_SHARD, |key| shard_of(key) as u8))
             .collect();
+        let (order, ends) = by_shard(&shards);
         let mut start = 0;
         for (s, &end) in ends.iter().enumerate() {
             let group = &order[start as usize..end as usize];
@@ -103,8 +112,8 @@ impl<T> Shards<T> {
                 continue;
             }
             let mut shard = self.shards[s].lock();
-            for &k in group {
-                f(&mut shard, &mut items[positions[k as usize] as usize]);
+            for &i in group {
+                f(&mut shard, &mut items[i as usize]);
             }
         }
     }
@@ -117,8 +126,18 @@ mod tests {
     #[test]
     fn by_shard_groups_every_position_once_in_order() {
         let ids: Vec<u128> = (0..300u128).map(|i| i * 7919 + (i << 70)).collect();
-        let (order, ends) = by_shard(ids.iter().copied());
-        let mut seen = vec![false; ids.len()];
+        // Every seventh position has no shard: left out.
+        let shards: Vec<u8> = (0..ids.len())
+            .map(|i| {
+                if i % 7 == 3 {
+                    NO_SHARD
+                } else {
+                    shard_of(ids[i]) as u8
+                }
+            })
+            .collect();
+        let (order, ends) = by_shard(&shards);
+        let mut seen: Vec<bool> = (0..ids.len()).map(|i| i % 7 == 3).collect();
         let mut start = 0;
         for (s, &end) in ends.iter().enumerate() {
             let group = &order[start as usize..end as usize];
@@ -131,8 +150,10 @@ mod tests {
             start = end;
         }
         assert!(seen.iter().all(|&s| s));
-        assert_eq!(start as usize, ids.len());
-        assert!(by_shard(std::iter::empty()).0.is_empty());
+        let kept = shards.iter().filter(|&&s| s != NO_SHARD).count();
+        assert_eq!(start as usize, kept);
+        assert_eq!(kept, 300 - 43);
+        assert!(by_shard(&[]).0.is_empty());
     }
 
     #[test]
