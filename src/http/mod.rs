@@ -399,7 +399,13 @@ async fn serve_conn<IO>(
             // evicted is read and answered (a busy machine, not a squatter).
             biased;
             _ = &mut conn => return,
-            _ = slot.evicted.notified(), if !slot.head_in() => return,
+            // Checked again once notified: the poll of `conn` just above, in this same
+            // turn, may have read the head (the condition was evaluated before it).
+            _ = slot.evicted.notified(), if !slot.head_in() => {
+                if !slot.head_in() {
+                    return;
+                }
+            }
             r = stopped.changed(), if reading => if r.is_err() || *stopped.borrow() { return },
             _ = tokio::time::sleep_until(at.unwrap_or_else(Instant::now)), if at.is_some() => return,
             // Its sender lives as long as the service: closed only as the connection ends.
