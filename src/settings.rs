@@ -193,7 +193,7 @@ pub struct Args {
     /// Longest a request id is remembered, in ms [default: 86400000].
     #[arg(long, env = "OMNISTOCK_IDEMPOTENCY_RETENTION_MS", value_name = "MS")]
     pub idempotency_retention_ms: Option<u64>,
-    /// Feed records kept in memory so subscribers can resume (about 650 B each once read: ~650 MB at the default)
+    /// Feed records kept in memory so subscribers can resume (about 450 B each, 800 B once read: 450–800 MB at the default)
     /// [default: 1000000].
     #[arg(long, env = "OMNISTOCK_FEED_RETENTION_RECORDS", value_name = "N")]
     pub feed_retention_records: Option<usize>,

@@ -102,7 +102,7 @@ pub struct EngineConfig {
     pub expiry_driver: bool,
     /// Most reservations expired concurrently in one driver round. Default 1024.
     pub expiry_batch: usize,
-    /// Feed records kept in memory for subscribers to resume from (about 650 B each once a subscriber has read it: ~650 MB at the default).
+    /// Feed records kept in memory for subscribers to resume from (about 450 B each while no subscriber has read it, about 800 B once one has: 450–800 MB at the default).
     pub feed_retention_records: usize,
     /// Half-lives of the demand-velocity windows (docs/intelligence.md). Default 15 min,
     /// 1 h, 24 h. Changing them forgets the velocity built with the old ones: it is rebuilt

@@ -35,7 +35,8 @@ use tokio::sync::{watch, Notify};
 use super::{FeedBody, FeedRecord};
 use crate::domain::SkuId;
 
-/// Default records kept for resumption (about 650 B each once a subscriber has read it: ~650 MB at the default).
+/// Default records kept for resumption: about 450 B each while no subscriber has read it,
+/// about 800 B once one has (its encoded items): 450–800 MB at the default.
 pub const DEFAULT_RETENTION_RECORDS: usize = 1_000_000;
 
 /// One published position of the ring: the record of that sequence number, if it means

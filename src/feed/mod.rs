@@ -190,8 +190,10 @@ pub struct Encoded {
 }
 
 /// A lazily filled [`Encoded`]; ignored by equality and cloned empty (it is a cache).
+/// Boxed: most records in the ring are never encoded (no subscriber reads them), and the
+/// 104 bytes inline would put every record in a larger size class.
 #[derive(Debug, Default)]
-pub struct EncodedCache(std::sync::OnceLock<Encoded>);
+pub struct EncodedCache(std::sync::OnceLock<Box<Encoded>>);
 
 impl Clone for EncodedCache {
     fn clone(&self) -> Self {
@@ -864,7 +866,7 @@ impl Filter {
                 return;
             }
         }
-        let e = rec.encoded.0.get_or_init(|| encode_record(rec));
+        let e = rec.encoded.0.get_or_init(|| Box::new(encode_record(rec)));
         if sku.is_none() {
             // Catalog: one item, always sent.
             out.push_encoded(&e.bytes[..e.reservations_end], 1);

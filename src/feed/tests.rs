@@ -444,3 +444,15 @@ fn frames_built_in_place_carry_exactly_the_items_within_the_limit() {
         prop_assert_eq!(got, items);
     });
 }
+/// The ring keeps up to `retention_records` of these (a million by default), most of them
+/// never encoded: the encoding lives behind its own box, so a record's allocation stays
+/// in the 192-byte size class (it was 288 bytes with the encoding inline, the 320 class).
+#[test]
+fn a_feed_record_stays_small_until_encoded() {
+    assert!(
+        std::mem::size_of::<super::FeedRecord>() <= 176,
+        "FeedRecord is {} bytes",
+        std::mem::size_of::<super::FeedRecord>()
+    );
+    assert!(std::mem::size_of::<super::EncodedCache>() <= 16);
+}
