@@ -139,7 +139,9 @@ async fn run_frame(core: &Arc<Core>, reqs: Vec<(Request, u64)>) -> FrameRun {
         } else if req.id == 0 {
             out[i] = Some(Err(Rejection::invalid("request id must be non-zero").into()));
         } else {
-            entering.push((i, req, fp, Ok(Begin::New)));
+            // Until `begin_many` answers: a retriable refusal, never a go-ahead.
+            let unanswered = Err(Rejection::InProgress(req.id));
+            entering.push((i, req, fp, unanswered));
         }
     }
     // The frame's ids entered together: one lock per idempotency shard.

@@ -150,8 +150,8 @@ impl IdempotencyTable {
         self.shards.grouped(
             items,
             |item| Some(key(item).0),
-            |shard, item| {
-                let (id, fp) = key(item);
+            |shard, id, item| {
+                let fp = key(item).1;
                 set(item, shard.begin(id, fp));
             },
         );
@@ -184,9 +184,9 @@ impl IdempotencyTable {
         self.shards.grouped(
             done,
             |d| Some(d.0),
-            |shard, d| {
+            |shard, id, d| {
                 if let Some(outcome) = d.2.take() {
-                    shard.complete((d.0, d.1, outcome), now_ms, self.max_per_shard, oldest_kept);
+                    shard.complete((id, d.1, outcome), now_ms, self.max_per_shard, oldest_kept);
                 }
             },
         );

@@ -71,8 +71,7 @@ impl ReservationIndex {
         id: impl Fn(&I) -> Option<ReservationId>,
         entry: impl Fn(&mut I) -> &mut Option<ResEntry>,
     ) {
-        self.shards.grouped(items, &id, |m, item| {
-            let Some(key) = id(item) else { return };
+        self.shards.grouped(items, id, |m, key, item| {
             if let Entry::Vacant(v) = m.entry(key) {
                 if let Some(e) = entry(item).take() {
                     v.insert(e);
@@ -87,8 +86,8 @@ impl ReservationIndex {
         self.shards.grouped(
             placed,
             |p| Some(p.0),
-            |m, p| {
-                if let Some(e) = m.get_mut(&p.0) {
+            |m, id, p| {
+                if let Some(e) = m.get_mut(&id) {
                     e.lines = std::mem::take(&mut p.1);
                     e.busy = false;
                     e.committed = true;

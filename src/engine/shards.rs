@@ -81,8 +81,8 @@ impl<T> Shards<T> {
         }
     }
 
-    /// Calls `f(shard, item)` for each item of `items` with an id (`id(item)`; `None`: not
-    /// for this table), the shard being that of its id, locked once for all its items,
+    /// Calls `f(shard, id, item)` for each item of `items` with an id (`id(item)`; `None`:
+    /// not for this table), the shard being that of its id, locked once for all its items,
     /// which come in slice order (so a repeated id is seen in order). Never holds two
     /// shards at once. One item (an unpipelined request's frame) takes its shard directly,
     /// without grouping.
@@ -90,11 +90,11 @@ impl<T> Shards<T> {
         &self,
         items: &mut [I],
         id: impl Fn(&I) -> Option<u128>,
-        mut f: impl FnMut(&mut T, &mut I),
+        mut f: impl FnMut(&mut T, u128, &mut I),
     ) {
         if let [item] = items {
             if let Some(key) = id(item) {
-                f(&mut self.lock(key), item);
+                f(&mut self.lock(key), key, item);
             }
             return;
         }
@@ -113,7 +113,10 @@ impl<T> Shards<T> {
             }
             let mut shard = self.shards[s].lock();
             for &i in group {
-                f(&mut shard, &mut items[i as usize]);
+                let item = &mut items[i as usize];
+                if let Some(key) = id(item) {
+                    f(&mut shard, key, item);
+                }
             }
         }
     }
@@ -167,7 +170,7 @@ mod tests {
         t.grouped(
             &mut items,
             |&(_, id)| (id != 0).then_some(id),
-            |shard, item| shard.push(item.0),
+            |shard, _, item| shard.push(item.0),
         );
         let mut all = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
@@ -186,13 +189,13 @@ mod tests {
         one.grouped(
             &mut [(7usize, 77u128)],
             |&(_, id)| Some(id),
-            |shard, item| shard.push(item.0),
+            |shard, _, item| shard.push(item.0),
         );
         assert_eq!(*one.lock(77), vec![7]);
         one.grouped(
             &mut [(8usize, 0u128)],
             |_| None,
-            |shard, item| shard.push(item.0),
+            |shard, _, item| shard.push(item.0),
         );
         let mut n = 0;
         one.each(|s| n += s.len());
