@@ -57,7 +57,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use tokio::sync::mpsc;
 
-use crate::protocol::ops::decode_push_batch;
+use crate::protocol::ops::{decode_push_refs, PushItemRef};
 use crate::protocol::*;
 
 use super::conn::Conn;
@@ -146,19 +146,37 @@ impl Subscriber {
     /// subscriber for falling behind; `Err(Disconnected)`: the connection ended. Either way
     /// [`Subscriber::resume`] continues after [`Subscriber::position`].
     pub async fn next(&mut self) -> Result<Vec<PushItem>, ClientError> {
+        self.next_with(|items| items.into_iter().map(PushItemRef::into_owned).collect())
+            .await
+    }
+
+    /// [`Subscriber::next`] without copying the ATP items' strings: `f` gets the frame's
+    /// items with their SKU and channel borrowed from the frame (one allocation per frame
+    /// rather than two more per ATP item), and its result is returned. The position moves
+    /// as with `next`, before `f` runs.
+    pub async fn next_with<R>(
+        &mut self,
+        f: impl FnOnce(Vec<PushItemRef<'_>>) -> R,
+    ) -> Result<R, ClientError> {
         let Some(bytes) = self.rx.recv().await else {
             return Err(ClientError::Disconnected);
         };
-        self.take(&bytes)
+        Ok(f(self.take(&bytes)?))
     }
 
     /// One `Push` frame's payload: its items, the position after them, `Lagged` as an error.
-    fn take(&mut self, bytes: &[u8]) -> Result<Vec<PushItem>, ClientError> {
-        let batch: PushBatch =
-            decode_push_batch(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    fn take<'a>(&mut self, bytes: &'a [u8]) -> Result<Vec<PushItemRef<'a>>, ClientError> {
+        let items = decode_push_refs(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut last = None;
-        for item in &batch.items {
-            match item {
+        for item in &items {
+            let other = match item {
+                PushItemRef::Atp(a) => {
+                    last = Some(a.seq);
+                    continue;
+                }
+                PushItemRef::Other(o) => o,
+            };
+            match other {
                 PushItem::Atp(WireAtp { seq, .. })
                 | PushItem::Oversold(WireOversold { seq, .. })
                 | PushItem::Reservation(WireReservationEvent { seq, .. })
@@ -189,7 +207,7 @@ impl Subscriber {
                 self.position = self.position.max(l);
             }
         }
-        Ok(batch.items)
+        Ok(items)
     }
 
     /// Reconnects and subscribes again after [`Subscriber::position`] (the server replays
@@ -262,7 +280,9 @@ impl Stream for Subscriber {
         let r = match this.rx.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => Err(ClientError::Disconnected),
-            Poll::Ready(Some(bytes)) => this.take(&bytes),
+            Poll::Ready(Some(bytes)) => this
+                .take(&bytes)
+                .map(|items| items.into_iter().map(PushItemRef::into_owned).collect()),
         };
         this.ended = r.is_err();
         Poll::Ready(Some(r))

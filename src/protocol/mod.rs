@@ -208,12 +208,28 @@ mod tests {
         };
         let bytes = crate::codec::encode(&batch).unwrap();
         assert_eq!(ops::decode_push_batch(&bytes).unwrap(), batch);
+        // The borrowed items are the same items, their ATP strings pointing into `bytes`.
+        let refs = ops::decode_push_refs(&bytes).unwrap();
+        let owned: Vec<PushItem> = refs.iter().map(ops::PushItemRef::to_owned).collect();
+        assert_eq!(owned, batch.items);
+        match &refs[0] {
+            ops::PushItemRef::Atp(a) => {
+                assert!(bytes.as_ptr_range().contains(&a.sku.as_ptr()));
+                assert_eq!((a.sku, a.channel), ("SKU-1", "web"));
+            }
+            other => panic!("expected an ATP item, got {other:?}"),
+        }
+        assert!(matches!(
+            &refs[1],
+            ops::PushItemRef::Other(PushItem::Oversold(_))
+        ));
         let empty = crate::codec::encode(&PushBatch { items: vec![] }).unwrap();
         assert_eq!(ops::decode_push_batch(&empty).unwrap().items, vec![]);
         for cut in 0..bytes.len() {
             let part = &bytes[..cut];
             assert!(ops::decode_body::<PushBatch>(part).is_err(), "cut {cut}");
             assert!(ops::decode_push_batch(part).is_err(), "cut {cut}");
+            assert!(ops::decode_push_refs(part).is_err(), "cut {cut}");
         }
         let mut trailing = bytes.clone();
         trailing.push(0);

@@ -325,12 +325,93 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError
     codec::decode(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))
 }
 
+/// An ATP item of a `Push` payload whose strings borrow the payload's bytes
+/// ([`decode_push_refs`]): [`WireAtp`](crate::protocol::WireAtp) without its two
+/// allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireAtpRef<'a> {
+    /// Log sequence number of the change.
+    pub seq: u64,
+    /// When the engine accepted it (Unix ms).
+    pub at_ms: u64,
+    /// The SKU.
+    pub sku: &'a str,
+    /// The channel.
+    pub channel: &'a str,
+    /// ATP before.
+    pub previous: u32,
+    /// ATP after.
+    pub atp: u32,
+    /// See [`crate::protocol::cause`].
+    pub cause: u8,
+    /// See [`crate::protocol::transition`].
+    pub transition: u8,
+    /// Whether several changes were merged into this one.
+    pub coalesced: bool,
+}
+
+impl WireAtpRef<'_> {
+    /// The owned item.
+    pub fn to_owned(&self) -> crate::protocol::WireAtp {
+        crate::protocol::WireAtp {
+            seq: self.seq,
+            at_ms: self.at_ms,
+            sku: self.sku.to_owned(),
+            channel: self.channel.to_owned(),
+            previous: self.previous,
+            atp: self.atp,
+            cause: self.cause,
+            transition: self.transition,
+            coalesced: self.coalesced,
+        }
+    }
+}
+
+/// One item of a `Push` payload as [`decode_push_refs`] gives it: an ATP item (nearly every
+/// item a subscriber receives) borrowing the payload, any other item owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushItemRef<'a> {
+    /// [`PushItem::Atp`](crate::protocol::PushItem::Atp).
+    Atp(WireAtpRef<'a>),
+    /// Any other item.
+    Other(crate::protocol::PushItem),
+}
+
+impl PushItemRef<'_> {
+    /// The owned item.
+    pub fn to_owned(&self) -> crate::protocol::PushItem {
+        match self {
+            PushItemRef::Atp(a) => crate::protocol::PushItem::Atp(a.to_owned()),
+            PushItemRef::Other(i) => i.clone(),
+        }
+    }
+
+    /// Into the owned item (no copy of an item that is owned already).
+    pub fn into_owned(self) -> crate::protocol::PushItem {
+        match self {
+            PushItemRef::Atp(a) => crate::protocol::PushItem::Atp(a.to_owned()),
+            PushItemRef::Other(i) => i,
+        }
+    }
+}
+
 /// Decodes a `Push` payload ([`PushBatch`]) to what [`decode_body`] gives, and refuses what
 /// it refuses: ATP items (nearly every item a subscriber receives) read field by field,
 /// any other item through the codec. A subscriber spends most of its time here, and serde
 /// goes through each ATP item's nine fields and two strings one call at a time.
 pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, ProtocolError> {
-    use crate::protocol::{PushItem, WireAtp};
+    let items = decode_push_refs(bytes)?
+        .into_iter()
+        .map(PushItemRef::into_owned)
+        .collect();
+    Ok(crate::protocol::PushBatch { items })
+}
+
+/// [`decode_push_batch`] with the ATP items' strings borrowed from `bytes`: one allocation
+/// per payload instead of two more per ATP item. The whole payload is checked before
+/// anything is returned.
+pub fn decode_push_refs(bytes: &[u8]) -> Result<Vec<PushItemRef<'_>>, ProtocolError> {
+    use crate::protocol::PushItem;
     let bad = |m: &str| ProtocolError::Decode(format!("push batch: {m}"));
     let mut r = Direct(bytes);
     let n = u64::from_le_bytes(r.array().ok_or_else(|| bad("truncated item count"))?);
@@ -344,11 +425,11 @@ pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, Pro
         if r.0.get(..4) == Some(&0u32.to_le_bytes()[..]) {
             r.take(4);
             let atp = (|| {
-                Some(WireAtp {
+                Some(WireAtpRef {
                     seq: u64::from_le_bytes(r.array()?),
                     at_ms: u64::from_le_bytes(r.array()?),
-                    sku: r.str()?.to_owned(),
-                    channel: r.str()?.to_owned(),
+                    sku: r.str()?,
+                    channel: r.str()?,
                     previous: u32::from_le_bytes(r.array()?),
                     atp: u32::from_le_bytes(r.array()?),
                     cause: r.byte()?,
@@ -361,18 +442,18 @@ pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, Pro
                 })
             })()
             .ok_or_else(|| bad("malformed ATP item"))?;
-            items.push(PushItem::Atp(atp));
+            items.push(PushItemRef::Atp(atp));
         } else {
             let (item, used) = codec::decode_prefix::<PushItem>(r.0)
                 .map_err(|e| ProtocolError::Decode(e.to_string()))?;
             r.take(used);
-            items.push(item);
+            items.push(PushItemRef::Other(item));
         }
     }
     if !r.0.is_empty() {
         return Err(bad(&format!("{} byte(s) after the last item", r.0.len())));
     }
-    Ok(crate::protocol::PushBatch { items })
+    Ok(items)
 }
 
 impl Op {
