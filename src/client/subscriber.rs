@@ -146,8 +146,7 @@ impl Subscriber {
     /// subscriber for falling behind; `Err(Disconnected)`: the connection ended. Either way
     /// [`Subscriber::resume`] continues after [`Subscriber::position`].
     pub async fn next(&mut self) -> Result<Vec<PushItem>, ClientError> {
-        self.next_with(|items| items.into_iter().map(PushItemRef::into_owned).collect())
-            .await
+        self.next_with(PushItemRef::all_owned).await
     }
 
     /// [`Subscriber::next`] without copying the ATP items' strings: `f` gets the frame's
@@ -280,9 +279,7 @@ impl Stream for Subscriber {
         let r = match this.rx.poll_recv(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => Err(ClientError::Disconnected),
-            Poll::Ready(Some(bytes)) => this
-                .take(&bytes)
-                .map(|items| items.into_iter().map(PushItemRef::into_owned).collect()),
+            Poll::Ready(Some(bytes)) => this.take(&bytes).map(PushItemRef::all_owned),
         };
         this.ended = r.is_err();
         Poll::Ready(Some(r))

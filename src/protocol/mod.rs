@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(ops::decode_push_batch(&bytes).unwrap(), batch);
         // The borrowed items are the same items, their ATP strings pointing into `bytes`.
         let refs = ops::decode_push_refs(&bytes).unwrap();
-        let owned: Vec<PushItem> = refs.iter().map(ops::PushItemRef::to_owned).collect();
+        let owned = ops::PushItemRef::all_owned(refs.clone());
         assert_eq!(owned, batch.items);
         match &refs[0] {
             ops::PushItemRef::Atp(a) => {

@@ -378,20 +378,17 @@ pub enum PushItemRef<'a> {
 }
 
 impl PushItemRef<'_> {
-    /// The owned item.
-    pub fn to_owned(&self) -> crate::protocol::PushItem {
-        match self {
-            PushItemRef::Atp(a) => crate::protocol::PushItem::Atp(a.to_owned()),
-            PushItemRef::Other(i) => i.clone(),
-        }
-    }
-
     /// Into the owned item (no copy of an item that is owned already).
     pub fn into_owned(self) -> crate::protocol::PushItem {
         match self {
             PushItemRef::Atp(a) => crate::protocol::PushItem::Atp(a.to_owned()),
             PushItemRef::Other(i) => i,
         }
+    }
+
+    /// A frame's items owned (what [`decode_push_batch`] and the client's `next` give).
+    pub fn all_owned(items: Vec<PushItemRef<'_>>) -> Vec<crate::protocol::PushItem> {
+        items.into_iter().map(PushItemRef::into_owned).collect()
     }
 }
 
@@ -400,10 +397,7 @@ impl PushItemRef<'_> {
 /// any other item through the codec. A subscriber spends most of its time here, and serde
 /// goes through each ATP item's nine fields and two strings one call at a time.
 pub fn decode_push_batch(bytes: &[u8]) -> Result<crate::protocol::PushBatch, ProtocolError> {
-    let items = decode_push_refs(bytes)?
-        .into_iter()
-        .map(PushItemRef::into_owned)
-        .collect();
+    let items = PushItemRef::all_owned(decode_push_refs(bytes)?);
     Ok(crate::protocol::PushBatch { items })
 }
 
